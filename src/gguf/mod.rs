@@ -1,0 +1,1 @@
+//! GGUF container: validated mmap reader and streaming writer.

@@ -1,0 +1,9 @@
+//! ggufq: inspect, requantize and validate GGUF models.
+//!
+//! Library-first: every command of the `ggufq` binary is a thin wrapper over these modules.
+//! Data flows one way: `gguf` (read/write) → `recipe` (plan) → `quant` (kernels) →
+//! `convert` (writer) → `model` (runtime) → `eval` (ppl/KLD) → `bench` → `batch`.
+
+pub mod error;
+pub mod gguf;
+pub mod quant;

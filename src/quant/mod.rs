@@ -1,0 +1,5 @@
+//! Tensor types and their quantize / dequantize kernels.
+
+pub mod types;
+
+pub use types::GgmlType;
