@@ -1,16 +1,20 @@
 //! Command-line front end. One file per subcommand: parse arguments, call the library, print.
 //!
-//! Exit codes (documented in README.md and docs/cli.md):
+//! Exit codes (documented in docs/cli.md):
 //! - 0: success
-//! - 1: the command ran but a check failed (a gate in bench/batch, a diff found differences)
+//! - 1: the command ran but a check failed (a gate in bench/batch, `diff` found differences)
 //! - 2: bad usage or bad input (unreadable or invalid file, bad recipe)
 //! - 3: an internal or environment failure (I/O error writing output, no GPU adapter)
+//!
+//! To add a subcommand: create `src/cli/<name>.rs` with `pub struct Args` (clap `Args`) and
+//! `pub fn run(args: Args) -> anyhow::Result<i32>`, then add one variant and one match arm here.
 
 use clap::{Parser, Subcommand};
 
 /// Exit code: success.
 pub const EXIT_OK: i32 = 0;
 /// Exit code: a check or gate failed, or a diff found differences.
+#[allow(dead_code)]
 pub const EXIT_CHECK_FAILED: i32 = 1;
 /// Exit code: bad usage or bad input.
 pub const EXIT_BAD_INPUT: i32 = 2;
@@ -25,9 +29,42 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Print the list of tensor types ggufq knows.
+    Types,
+}
 
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    match cli.cmd {}
+    let res = match cli.cmd {
+        Command::Types => types(),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => report(&e),
+    }
+}
+
+/// Print an error chain and map it to an exit code: library input errors → 2, the rest → 3.
+fn report(e: &anyhow::Error) -> i32 {
+    eprintln!("error: {e:#}");
+    match e.downcast_ref::<ggufq::error::Error>() {
+        Some(ggufq::error::Error::Io { .. }) => EXIT_INTERNAL,
+        Some(_) => EXIT_BAD_INPUT,
+        None => EXIT_INTERNAL,
+    }
+}
+
+fn types() -> anyhow::Result<i32> {
+    for t in ggufq::quant::GgmlType::all() {
+        println!(
+            "{:<8} id {:>2}  block {:>3}  bytes {:>3}  {:.4} bpw",
+            t.name(),
+            t.id(),
+            t.block_size(),
+            t.type_size(),
+            t.bpw()
+        );
+    }
+    Ok(EXIT_OK)
 }
