@@ -6,5 +6,6 @@
 
 pub mod error;
 pub mod gguf;
+pub mod inspect;
 pub mod quant;
 pub mod testutil;

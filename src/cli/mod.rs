@@ -11,10 +11,12 @@
 
 use clap::{Parser, Subcommand};
 
+mod diff;
+mod inspect;
+
 /// Exit code: success.
 pub const EXIT_OK: i32 = 0;
 /// Exit code: a check or gate failed, or a diff found differences.
-#[allow(dead_code)]
 pub const EXIT_CHECK_FAILED: i32 = 1;
 /// Exit code: bad usage or bad input.
 pub const EXIT_BAD_INPUT: i32 = 2;
@@ -36,12 +38,18 @@ struct Cli {
 enum Command {
     /// Print the list of tensor types ggufq knows.
     Types,
+    /// Show a GGUF file: summary, metadata, tensors, layer matrix, JSON.
+    Inspect(inspect::Args),
+    /// Compare two GGUF files: metadata, tensor types, shapes and data (exit 1 if different).
+    Diff(diff::Args),
 }
 
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Command::Types => types(),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Diff(a) => diff::run(a),
     };
     match res {
         Ok(code) => code,
