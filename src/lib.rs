@@ -7,4 +7,5 @@
 pub mod error;
 pub mod gguf;
 pub mod quant;
+pub mod recipe;
 pub mod testutil;
