@@ -4,6 +4,7 @@
 //! Data flows one way: `gguf` (read/write) → `recipe` (plan) → `quant` (kernels) →
 //! `convert` (writer) → `model` (runtime) → `eval` (ppl/KLD) → `bench` → `batch`.
 
+pub mod convert;
 pub mod error;
 pub mod gguf;
 pub mod quant;

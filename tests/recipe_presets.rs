@@ -315,7 +315,11 @@ fn rules_layers_every_first_last() {
             "attn_q {i}"
         );
         let k = ty(&p, &format!("blk.{i}.attn_k.weight"));
-        assert_eq!(k, if !(4..30).contains(&i) { Q6_K } else { Q4_K }, "attn_k {i}");
+        assert_eq!(
+            k,
+            if !(4..30).contains(&i) { Q6_K } else { Q4_K },
+            "attn_k {i}"
+        );
         let up = ty(&p, &format!("blk.{i}.ffn_up.weight"));
         assert_eq!(
             up,

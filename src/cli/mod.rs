@@ -11,6 +11,8 @@
 
 use clap::{Parser, Subcommand};
 
+mod convert;
+
 /// Exit code: success.
 pub const EXIT_OK: i32 = 0;
 /// Exit code: a check or gate failed, or a diff found differences.
@@ -36,12 +38,15 @@ struct Cli {
 enum Command {
     /// Print the list of tensor types ggufq knows.
     Types,
+    /// Requantize a GGUF by a recipe, a llama.cpp preset or a plain type.
+    Convert(convert::Args),
 }
 
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Command::Types => types(),
+        Command::Convert(a) => convert::run(a),
     };
     match res {
         Ok(code) => code,
