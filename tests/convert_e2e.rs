@@ -12,6 +12,9 @@ use sha2::{Digest, Sha256};
 
 const E: u64 = 256;
 
+/// (name, dims, f32 values) of each source tensor.
+type Values = Vec<(String, Vec<u64>, Vec<f32>)>;
+
 /// Deterministic pseudo-random values with a per-row scale (so the blocks differ).
 fn data(seed: u64, n: usize, row: usize) -> Vec<f32> {
     let mut s = seed
@@ -71,7 +74,7 @@ fn metadata() -> Vec<(String, Value)> {
 }
 
 /// Write the synthetic model with every 2-D tensor stored as `ty` (1-D ones F32).
-fn write_model(path: &Path, ty: GgmlType) -> Vec<(String, Vec<u64>, Vec<f32>)> {
+fn write_model(path: &Path, ty: GgmlType) -> Values {
     let ts = tensors();
     let mut specs = Vec::new();
     let mut payload = Vec::new();
@@ -94,7 +97,7 @@ fn write_model(path: &Path, ty: GgmlType) -> Vec<(String, Vec<u64>, Vec<f32>)> {
     values
 }
 
-fn f32_source(dir: &Path) -> (PathBuf, Vec<(String, Vec<u64>, Vec<f32>)>) {
+fn f32_source(dir: &Path) -> (PathBuf, Values) {
     let p = dir.join("src-f32.gguf");
     let v = write_model(&p, GgmlType::F32);
     (p, v)
