@@ -4,8 +4,10 @@
 //! Data flows one way: `gguf` (read/write) → `recipe` (plan) → `quant` (kernels) →
 //! `convert` (writer) → `model` (runtime) → `eval` (ppl/KLD) → `bench` → `batch`.
 
+pub mod convert;
 pub mod error;
 pub mod gguf;
 pub mod inspect;
 pub mod quant;
+pub mod recipe;
 pub mod testutil;

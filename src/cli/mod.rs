@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 mod diff;
 mod inspect;
+mod convert;
 
 /// Exit code: success.
 pub const EXIT_OK: i32 = 0;
@@ -42,6 +43,8 @@ enum Command {
     Inspect(inspect::Args),
     /// Compare two GGUF files: metadata, tensor types, shapes and data (exit 1 if different).
     Diff(diff::Args),
+    /// Requantize a GGUF by a recipe, a llama.cpp preset or a plain type.
+    Convert(convert::Args),
 }
 
 pub fn main() -> i32 {
@@ -50,6 +53,7 @@ pub fn main() -> i32 {
         Command::Types => types(),
         Command::Inspect(a) => inspect::run(a),
         Command::Diff(a) => diff::run(a),
+        Command::Convert(a) => convert::run(a),
     };
     match res {
         Ok(code) => code,
