@@ -4,7 +4,10 @@
 //! Data flows one way: `gguf` (read/write) → `recipe` (plan) → `quant` (kernels) →
 //! `convert` (writer) → `model` (runtime) → `eval` (ppl/KLD) → `bench` → `batch`.
 
+pub mod bench;
 pub mod error;
 pub mod gguf;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 pub mod quant;
 pub mod testutil;

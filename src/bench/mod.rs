@@ -1,0 +1,1 @@
+//! Benchmark runner, statistics and report formats for `ggufq bench`.
