@@ -11,6 +11,8 @@
 
 use clap::{Parser, Subcommand};
 
+pub mod bench;
+
 /// Exit code: success.
 pub const EXIT_OK: i32 = 0;
 /// Exit code: a check or gate failed, or a diff found differences.
@@ -32,12 +34,15 @@ struct Cli {
 enum Command {
     /// Print the list of tensor types ggufq knows.
     Types,
+    /// Benchmark models on the GPU (wgpu) or CPU: pp/tg tokens/s, latency, bandwidth, gates.
+    Bench(bench::Args),
 }
 
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Command::Types => types(),
+        Command::Bench(a) => bench::run(a),
     };
     match res {
         Ok(code) => code,

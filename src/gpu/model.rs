@@ -111,16 +111,6 @@ impl Default for ModelOptions {
     }
 }
 
-struct Layer {
-    attn_norm: wgpu::Buffer,
-    ffn_norm: wgpu::Buffer,
-    qkv: Vec<GpuMatrix>,
-    wo: GpuMatrix,
-    gate_up: Vec<GpuMatrix>,
-    down: GpuMatrix,
-    k_cache: wgpu::Buffer,
-    v_cache: wgpu::Buffer,
-}
 
 /// GPU memory use, by kind (bytes).
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -135,7 +125,7 @@ pub struct MemoryUse {
 
 #[derive(Clone, Copy)]
 enum StepKind {
-    Norm { x_tok_off: bool },
+    Norm,
     Mat { m: usize, c: usize, x_ld: u32, y_off: u32, ld_y: u32, mode: u32, last_only: bool },
     Rope,
     Attn,
@@ -431,7 +421,7 @@ impl GpuModel {
         };
         for ly in &lidx {
             let slot = steps.len();
-            steps.push(Step { kind: StepKind::Norm { x_tok_off: false }, bind: bg(&bgl_mat, &[&x, &ly.an, &xn], slot), slot, key: KernelKey::RmsNorm, n: d as u32 });
+            steps.push(Step { kind: StepKind::Norm, bind: bg(&bgl_mat, &[&x, &ly.an, &xn], slot), slot, key: KernelKey::RmsNorm, n: d as u32 });
             let mut off = 0;
             for &m in &ly.qkv {
                 add_mat(&mut steps, &mats, m, &xn, &qkvb, d, off, cfg.qkv_dim(), 0, false);
@@ -443,7 +433,7 @@ impl GpuModel {
             steps.push(Step { kind: StepKind::Attn, bind: bg(&bgl_attn, &[&qkvb, &ly.kc, &ly.vc, &att, &tinfo], slot), slot, key: KernelKey::Attention { ctx: opts.n_ctx as u32 }, n: 0 });
             add_mat(&mut steps, &mats, ly.wo, &att, &x, d, 0, d, 1, false);
             let slot = steps.len();
-            steps.push(Step { kind: StepKind::Norm { x_tok_off: false }, bind: bg(&bgl_mat, &[&x, &ly.fnm, &xn], slot), slot, key: KernelKey::RmsNorm, n: d as u32 });
+            steps.push(Step { kind: StepKind::Norm, bind: bg(&bgl_mat, &[&x, &ly.fnm, &xn], slot), slot, key: KernelKey::RmsNorm, n: d as u32 });
             if ly.gu.len() == 1 {
                 add_mat(&mut steps, &mats, ly.gu[0], &xn, &hid, d, 0, cfg.n_ff, 2, false);
                 add_mat(&mut steps, &mats, ly.down, &hid, &x, cfg.n_ff, 0, d, 1, false);
@@ -456,7 +446,7 @@ impl GpuModel {
             }
         }
         let slot = steps.len();
-        steps.push(Step { kind: StepKind::Norm { x_tok_off: false }, bind: bg(&bgl_mat, &[&x, &onorm, &xn], slot), slot, key: KernelKey::RmsNorm, n: d as u32 });
+        steps.push(Step { kind: StepKind::Norm, bind: bg(&bgl_mat, &[&x, &onorm, &xn], slot), slot, key: KernelKey::RmsNorm, n: d as u32 });
         add_mat(&mut steps, &mats, out_idx, &xn, &logits, d, 0, n_vocab, 0, true);
         if steps.len() > n_slots_est {
             return Err(Error::msg("internal: params slots underestimated"));
@@ -544,7 +534,7 @@ impl GpuModel {
             let p: [u32; 12];
             let wg;
             match s.kind {
-                StepKind::Norm { .. } => {
+                StepKind::Norm => {
                     p = [s.n, n as u32, cfg.eps.to_bits(), 0, 0, 0, 0, 0, 0, 0, 0, 0];
                     wg = (n as u32, 1);
                 }
@@ -609,6 +599,24 @@ impl GpuModel {
         };
         self.staging.unmap();
         Ok(out)
+    }
+
+    /// The weight type holding most bytes, with the others listed: "Q4_K (+Q6_K)".
+    pub fn type_summary(&self) -> String {
+        let mut by: Vec<(String, u64)> = Vec::new();
+        for m in &self.mats {
+            match by.iter_mut().find(|(n, _)| n == m.ty.name()) {
+                Some(e) => e.1 += m.file_bytes,
+                None => by.push((m.ty.name().to_string(), m.file_bytes)),
+            }
+        }
+        by.sort_by(|a, b| b.1.cmp(&a.1));
+        let mut s = by.first().map(|b| b.0.clone()).unwrap_or_default();
+        if by.len() > 1 {
+            let rest: Vec<String> = by[1..].iter().map(|b| b.0.clone()).collect();
+            s.push_str(&format!(" (+{})", rest.join(",")));
+        }
+        s
     }
 
     /// Number of layers.

@@ -167,3 +167,35 @@ impl MatRunner {
         Ok(times[times.len() / 2])
     }
 }
+
+/// Check the `nt`-token kernel of `ty` against CPU dequantization on random data: returns the
+/// largest |gpu − cpu| relative to the largest |cpu| over a `rows` × `cols` matrix and
+/// `n_tok` inputs (f64 reference).
+pub fn check_against_cpu(
+    ctx: &GpuContext,
+    runner: &mut MatRunner,
+    ty: crate::quant::GgmlType,
+    rows: usize,
+    cols: usize,
+    n_tok: usize,
+    nt: u32,
+) -> Result<f64> {
+    let data = super::source::random_blocks(ty, rows * cols, 11 + rows as u64, 0.3)?;
+    let w = super::reference::dequantize(ty, &data, rows * cols)?;
+    let m = super::buffers::upload_matrix(ctx, "check", ty, rows, cols, &data)?;
+    let x: Vec<f32> = (0..n_tok * cols).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
+    let y = runner.run(ctx, &m, &x, n_tok, nt)?;
+    let (mut mx, mut err) = (0f64, 0f64);
+    for t in 0..n_tok {
+        for r in 0..rows {
+            let s: f64 = (0..cols).map(|c| w[r * cols + c] as f64 * x[t * cols + c] as f64).sum();
+            let g = y[t * rows + r] as f64;
+            if !g.is_finite() {
+                return Ok(f64::INFINITY);
+            }
+            mx = mx.max(s.abs());
+            err = err.max((g - s).abs());
+        }
+    }
+    Ok(err / mx.max(1e-30))
+}
