@@ -1,7 +1,7 @@
 // Dequantize-in-shader matrix × vector(s): Y[t][row] = sum_k W[row][k] * X[t][k].
 //
-// One workgroup = 8 rows × 32 threads; each thread walks the row's 32-weight units with a
-// stride of 32 and keeps NT accumulators (NT = 1 for decode, 8 for prompt batches, so each
+// One workgroup = 8 warps of 32 lanes, each warp NR rows; lanes walk the row in groups of
+// 4 weights and keep NR × NT accumulators (NT = 1 for decode, 8 for prompt batches, so each
 // dequantized weight is used NT times). Output modes: 0 store, 1 accumulate (residual add),
 // 2 SwiGLU over interleaved (gate, up) row pairs: Y[t][row/2] = silu(gate) * up,
 // 3 SwiGLU with the gate already stored pad0 elements further: Y = silu(Y[+pad0]) * up.
@@ -26,51 +26,56 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> Y: array<f32>;
 @group(0) @binding(3) var<uniform> P: Params;
 
-const TPR: u32 = 32u;
-const RPW: u32 = 8u;
+const NR: u32 = $NRu;
+const RPW: u32 = 8u * NR;
 const NT: u32 = $NTu;
 const UPB: u32 = $UPBu;
 
-var<workgroup> res: array<f32, 64>;
+var<workgroup> res: array<f32, RPW * NT>;
 $RED_DECL
 
 $DEQ
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
-    let rl = lid / TPR;
-    let lane = lid % TPR;
-    let r = wg.x * RPW + rl;
+    let warp = lid / 32u;
+    let lane = lid % 32u;
+    let rbase = wg.x * RPW + warp * NR;
     let t0 = wg.y * NT;
-    var acc: array<f32, NT>;
-    for (var t = 0u; t < NT; t++) {
-        acc[t] = 0.0;
+    var acc: array<f32, NR * NT>;
+    for (var k = 0u; k < NR * NT; k++) {
+        acc[k] = 0.0;
     }
     var xt: array<u32, NT>;
     for (var t = 0u; t < NT; t++) {
         xt[t] = P.x_off + min(t0 + t, P.n_tok - 1u) * P.ld_x;
     }
-    if (r < P.rows) {
-        let ub = r * P.units;
-        for (var u = lane; u < P.units; u += TPR) {
-            let g = ub + u;
-            let b = g / UPB;
-            let sub = g % UPB;
-            for (var j = 0u; j < 8u; j++) {
-                let w = deq4(b, sub, j);
-                for (var t = 0u; t < NT; t++) {
-                    acc[t] += dot(w, X[xt[t] + u * 8u + j]);
-                }
+    // Lanes take consecutive groups of 4 weights, so X loads (and most weight loads) of a
+    // warp are contiguous; each X vector is reused for NR rows and each weight for NT tokens.
+    let groups = P.units * 8u;
+    for (var g = lane; g < groups; g += 32u) {
+        let u = g >> 3u;
+        let j = g & 7u;
+        var xv: array<vec4<f32>, NT>;
+        for (var t = 0u; t < NT; t++) {
+            xv[t] = X[xt[t] + g];
+        }
+        for (var rr = 0u; rr < NR; rr++) {
+            let r = min(rbase + rr, P.rows - 1u);
+            let gu = r * P.units + u;
+            let w = deq4(gu / UPB, gu % UPB, j);
+            for (var t = 0u; t < NT; t++) {
+                acc[rr * NT + t] += dot(w, xv[t]);
             }
         }
     }
 $RED_BODY
     workgroupBarrier();
-    if (lid < RPW * NT) {
-        let rr = wg.x * RPW + lid / NT;
-        let tok = t0 + lid % NT;
+    for (var idx = lid; idx < RPW * NT; idx += 256u) {
+        let rr = wg.x * RPW + idx / NT;
+        let tok = t0 + idx % NT;
         if (rr < P.rows && tok < P.n_tok) {
-            let v = res[lid];
+            let v = res[idx];
             let orow = P.row0 + rr;
             if (P.mode == 0u) {
                 Y[P.y_off + tok * P.ld_y + orow] = v;
@@ -82,7 +87,7 @@ $RED_BODY
                 let g = Y[o + P.pad0];
                 Y[o] = g / (1.0 + exp(-g)) * v;
             } else if ((orow & 1u) == 0u) {
-                let up = res[lid + NT];
+                let up = res[idx + NT];
                 Y[P.y_off + tok * P.ld_y + orow / 2u] = v / (1.0 + exp(-v)) * up;
             }
         }

@@ -3,6 +3,7 @@
 #![cfg(feature = "gpu")]
 
 use ggufq::gpu::buffers::upload_matrix;
+use ggufq::gpu::kernels::{NR_DECODE, NR_PROMPT, NT_PROMPT};
 use ggufq::gpu::ops::MatRunner;
 use ggufq::gpu::reference::dequantize;
 use ggufq::gpu::source::random_blocks;
@@ -31,12 +32,13 @@ fn xs(n: usize, seed: u32) -> Vec<f32> {
 
 /// Max |gpu - ref| relative to the largest |ref| must be tiny (f32 accumulation order only).
 fn check(ctx: &GpuContext, runner: &mut MatRunner, name: &str, rows: usize, cols: usize, n_tok: usize, nt: u32) {
+    let nr = if nt == 1 { NR_DECODE } else { NR_PROMPT };
     let ty = GgmlType::from_name(name).unwrap();
     let data = random_blocks(ty, rows * cols, 7 + rows as u64, 0.3).unwrap();
     let w = dequantize(ty, &data, rows * cols).unwrap();
     let m = upload_matrix(ctx, name, ty, rows, cols, &data).unwrap();
     let x = xs(n_tok * cols, rows as u32);
-    let y = runner.run(ctx, &m, &x, n_tok, nt).unwrap();
+    let y = runner.run(ctx, &m, &x, n_tok, nt, nr).unwrap();
     let mut max_ref = 0f64;
     let mut max_err = 0f64;
     for t in 0..n_tok {
@@ -71,7 +73,7 @@ fn gpu_matmat_every_type_matches_cpu_dequant() {
     let mut runner = MatRunner::new(&ctx);
     for name in TYPES {
         // 11 tokens: one full group of 8 and a partial one.
-        check(&ctx, &mut runner, name, 19, 256, 11, 8);
+        check(&ctx, &mut runner, name, 19, 256, 11, NT_PROMPT);
     }
 }
 
@@ -85,7 +87,7 @@ fn gpu_split_matrix_over_binding_limit() {
     assert!(m.chunks.len() > 1, "expected a split, got {} chunk(s)", m.chunks.len());
     let mut runner = MatRunner::new(&ctx);
     check(&ctx, &mut runner, "Q6_K", 300, 1024, 1, 1);
-    check(&ctx, &mut runner, "Q4_0", 1500, 1024, 3, 8);
+    check(&ctx, &mut runner, "Q4_0", 1500, 1024, 3, NT_PROMPT);
 }
 
 #[test]

@@ -282,11 +282,11 @@ fn kernel_bench(ctx: &ggufq::gpu::GpuContext, args: &Args, peak: Option<f64>) ->
             let data = random_blocks(ty, rows * cols, i as u64 + 1, 0.1)?;
             ms.push(upload_matrix(ctx, name, ty, rows, cols, &data)?);
         }
-        let e1 = ggufq::gpu::ops::check_against_cpu(ctx, &mut runner, ty, 37, 512, 1, 1)?;
-        let e8 = ggufq::gpu::ops::check_against_cpu(ctx, &mut runner, ty, 19, 256, 11, 8)?;
+        let e1 = ggufq::gpu::ops::check_against_cpu(ctx, &mut runner, ty, 37, 512, 1, 1, ggufq::gpu::kernels::NR_DECODE)?;
+        let e8 = ggufq::gpu::ops::check_against_cpu(ctx, &mut runner, ty, 19, 256, 11, ggufq::gpu::kernels::NT_PROMPT, ggufq::gpu::kernels::NR_PROMPT)?;
         bad |= !(e1 < 1e-4 && e8 < 1e-4);
-        let t1 = runner.time(ctx, &ms, 1, 1, args.reps.max(3))?;
-        let t8 = runner.time(ctx, &ms, 64, 8, args.reps.max(3))?;
+        let t1 = runner.time(ctx, &ms, 1, 1, ggufq::gpu::kernels::NR_DECODE, args.reps.max(3))?;
+        let t8 = runner.time(ctx, &ms, 64, ggufq::gpu::kernels::NT_PROMPT, ggufq::gpu::kernels::NR_PROMPT, args.reps.max(3))?;
         let gbps = (per * count as u64) as f64 / t1 / 1e9;
         let gflops = 2.0 * (rows * cols * count * 64) as f64 / t8 / 1e9;
         println!(

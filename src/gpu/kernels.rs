@@ -73,11 +73,19 @@ pub fn deq_source(ty: GgmlType, buf: &str, suffix: &str, doff: &str) -> Result<S
     Ok(rest[..end].replace("$W", buf).replace("$S", suffix).replace("$DOFF", doff))
 }
 
+/// Rows per warp of the decode kernel (x reuse across rows).
+pub const NR_DECODE: u32 = 2;
+/// Rows per warp of the prompt kernel.
+pub const NR_PROMPT: u32 = 4;
+/// Tokens per workgroup of the prompt kernel.
+pub const NT_PROMPT: u32 = 8;
+
 /// Kernel identity in the pipeline cache.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum KernelKey {
-    /// Mat-vec / mat-mat over one weight type with NT tokens per workgroup.
-    MatVec { ty: u32, nt: u32 },
+    /// Mat-vec / mat-mat over one weight type: NT tokens per workgroup, NR rows per warp
+    /// (8·NR rows per workgroup).
+    MatVec { ty: u32, nt: u32, nr: u32 },
     /// RMSNorm.
     RmsNorm,
     /// RoPE + KV store.
@@ -96,7 +104,7 @@ impl Kernels {
     /// WGSL text of a kernel (public for tests and `--dump-wgsl`).
     pub fn source(ctx: &GpuContext, key: &KernelKey) -> Result<String> {
         Ok(match key {
-            KernelKey::MatVec { ty, nt } => {
+            KernelKey::MatVec { ty, nt, nr } => {
                 let gt = GgmlType::from_id(*ty)
                     .ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;
                 let lay = layout(gt)?;
@@ -104,19 +112,20 @@ impl Kernels {
                 let (decl, body) = if ctx.subgroup32 {
                     (
                         String::new(),
-                        "    for (var t = 0u; t < NT; t++) {\n        let s = subgroupAdd(acc[t]);\n        if (lane == 0u) { res[rl * NT + t] = s; }\n    }\n".to_string(),
+                        "    for (var k = 0u; k < NR * NT; k++) {\n        let s = subgroupAdd(acc[k]);\n        if (lane == 0u) { res[warp * NR * NT + k] = s; }\n    }\n".to_string(),
                     )
                 } else {
                     (
-                        "var<workgroup> red: array<f32, 256 * NT>;".to_string(),
-                        "    for (var t = 0u; t < NT; t++) { red[t * 256u + lid] = acc[t]; }\n    workgroupBarrier();\n    for (var s = 16u; s > 0u; s >>= 1u) {\n        if (lane < s) {\n            for (var t = 0u; t < NT; t++) { red[t * 256u + lid] += red[t * 256u + lid + s]; }\n        }\n        workgroupBarrier();\n    }\n    if (lane == 0u) {\n        for (var t = 0u; t < NT; t++) { res[rl * NT + t] = red[t * 256u + lid]; }\n    }\n".to_string(),
+                        "var<workgroup> red: array<f32, 256>;".to_string(),
+                        "    for (var k = 0u; k < NR * NT; k++) {\n        red[lid] = acc[k];\n        workgroupBarrier();\n        for (var s = 16u; s > 0u; s >>= 1u) {\n            if (lane < s) { red[lid] += red[lid + s]; }\n            workgroupBarrier();\n        }\n        if (lane == 0u) { res[warp * NR * NT + k] = red[lid]; }\n        workgroupBarrier();\n    }\n".to_string(),
                     )
                 };
-                let head = if ctx.subgroup32 { "enable subgroups;\n" } else { "" };
+                let head = "";
                 format!(
                     "{head}{}",
                     MATVEC_WGSL
                         .replace("$NT", &nt.to_string())
+                        .replace("$NR", &nr.to_string())
                         .replace("$UPB", &lay.units_per_block().to_string())
                         .replace("$RED_DECL", &decl)
                         .replace("$RED_BODY", &body)

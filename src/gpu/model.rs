@@ -9,7 +9,7 @@ use crate::quant::GgmlType;
 
 use super::buffers::{f32_buffer, scratch, upload_matrix, GpuMatrix};
 use super::device::GpuContext;
-use super::kernels::{KernelKey, Kernels};
+use super::kernels::{KernelKey, Kernels, NR_DECODE, NR_PROMPT, NT_PROMPT};
 use super::reference::dequantize;
 use super::source::{TensorView, WeightSource};
 
@@ -414,7 +414,7 @@ impl GpuModel {
                     kind: StepKind::Mat { m, c, x_ld: (x_ld / 4) as u32, y_off: y_off as u32, ld_y: ld_y as u32, mode, last_only },
                     bind,
                     slot,
-                    key: KernelKey::MatVec { ty: mats[m].ty.id(), nt: 1 },
+                    key: KernelKey::MatVec { ty: mats[m].ty.id(), nt: 1, nr: NR_DECODE },
                     n: 0,
                 });
             }
@@ -464,7 +464,7 @@ impl GpuModel {
             };
             kernels.get_with_layout(&ctx, &s.key, pl)?;
             if let KernelKey::MatVec { ty, .. } = s.key {
-                kernels.get_with_layout(&ctx, &KernelKey::MatVec { ty, nt: 8 }, pl)?;
+                kernels.get_with_layout(&ctx, &KernelKey::MatVec { ty, nt: NT_PROMPT, nr: NR_PROMPT }, pl)?;
             }
         }
         let dispatches = steps.len();
@@ -527,8 +527,7 @@ impl GpuModel {
         self.ctx.queue.write_buffer(&self.x, 0, bytemuck::cast_slice(&xs));
         self.ctx.queue.write_buffer(&self.tinfo, 0, bytemuck::cast_slice(&ti));
         let cfg = &self.cfg;
-        let nt = if n == 1 { 1 } else { 8 };
-        let mut pbytes = vec![0u8; self.steps.len() * SLOT];
+                let mut pbytes = vec![0u8; self.steps.len() * SLOT];
         let mut disp: Vec<(u32, u32)> = Vec::with_capacity(self.steps.len());
         for s in &self.steps {
             let p: [u32; 12];
@@ -542,10 +541,10 @@ impl GpuModel {
                     let mat = &self.mats[m];
                     let ch = &mat.chunks[c];
                     let (x_off, ntok) = if last_only && !all_logits { ((n as u32 - 1) * x_ld, 1) } else { (0, n as u32) };
-                    let ntk = if ntok == 1 { 1 } else { nt };
+                    let (ntk, nrk) = if ntok == 1 { (1, NR_DECODE) } else { (NT_PROMPT, NR_PROMPT) };
                     let aux = if mode == 3 { cfg.n_ff as u32 } else { 0 };
                     p = [ch.rows, (mat.cols / 32) as u32, ch.d_off, x_off, x_ld, y_off, ld_y, ntok, mode, ch.row0, aux, 0];
-                    wg = (ch.rows.div_ceil(8), ntok.div_ceil(ntk));
+                    wg = (ch.rows.div_ceil(8 * nrk), ntok.div_ceil(ntk));
                 }
                 StepKind::Rope => {
                     p = [cfg.n_head as u32, cfg.n_kv as u32, cfg.head_dim as u32, self.opts.n_ctx as u32, n as u32, cfg.qkv_dim() as u32, (cfg.n_kv * cfg.head_dim) as u32, cfg.n_rot as u32, 0, 0, 0, 0];
@@ -568,7 +567,7 @@ impl GpuModel {
                 let key = match (&s.key, s.kind) {
                     (KernelKey::MatVec { ty, .. }, StepKind::Mat { last_only, .. }) => {
                         let one = n == 1 || (last_only && !all_logits);
-                        KernelKey::MatVec { ty: *ty, nt: if one { 1 } else { 8 } }
+                        if one { KernelKey::MatVec { ty: *ty, nt: 1, nr: NR_DECODE } } else { KernelKey::MatVec { ty: *ty, nt: NT_PROMPT, nr: NR_PROMPT } }
                     }
                     (k, _) => k.clone(),
                 };

@@ -50,12 +50,13 @@ impl MatRunner {
         key: &KernelKey,
         n_tok: u32,
         nt: u32,
+        nr: u32,
     ) -> Result<()> {
         let pipe = self.kernels.get_with_layout(ctx, key, &self.layout)?;
         pass.set_pipeline(pipe);
         for (bg, rows) in binds {
             pass.set_bind_group(0, bg, &[]);
-            pass.dispatch_workgroups(rows.div_ceil(8), n_tok.div_ceil(nt), 1);
+            pass.dispatch_workgroups(rows.div_ceil(8 * nr), n_tok.div_ceil(nt), 1);
         }
         Ok(())
     }
@@ -108,7 +109,8 @@ impl MatRunner {
     }
 
     /// Y = W · X for `n_tok` token vectors `x` (row-major, `n_tok × cols`); `nt` tokens per
-    /// workgroup (1 = decode kernel, 8 = prompt kernel). Returns `n_tok × rows`.
+    /// workgroup and `nr` rows per warp (decode: 1, NR_DECODE; prompt: NT_PROMPT, NR_PROMPT).
+    /// Returns `n_tok × rows`.
     pub fn run(
         &mut self,
         ctx: &GpuContext,
@@ -116,6 +118,7 @@ impl MatRunner {
         x: &[f32],
         n_tok: usize,
         nt: u32,
+        nr: u32,
     ) -> Result<Vec<f32>> {
         if x.len() != n_tok * m.cols || n_tok == 0 {
             return Err(Error::msg(format!(
@@ -127,11 +130,11 @@ impl MatRunner {
         let xb = f32_buffer(ctx, "x", x);
         let yb = scratch(ctx, "y", n_tok * m.rows);
         let binds = self.binds(ctx, m, &xb, &yb, n_tok as u32, 0);
-        let key = KernelKey::MatVec { ty: m.ty.id(), nt };
+        let key = KernelKey::MatVec { ty: m.ty.id(), nt, nr };
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
-            self.record(ctx, &mut pass, &binds, &key, n_tok as u32, nt)?;
+            self.record(ctx, &mut pass, &binds, &key, n_tok as u32, nt, nr)?;
         }
         ctx.queue.submit(Some(enc.finish()));
         ctx.read_f32(&yb, 0, n_tok * m.rows)
@@ -139,13 +142,13 @@ impl MatRunner {
 
     /// Time `reps` rounds of mat-vec over every matrix in `ms` (one submit per round, so
     /// the matrices rotate and do not stay in cache). Returns seconds per round (median).
-    pub fn time(&mut self, ctx: &GpuContext, ms: &[GpuMatrix], n_tok: usize, nt: u32, reps: usize) -> Result<f64> {
+    pub fn time(&mut self, ctx: &GpuContext, ms: &[GpuMatrix], n_tok: usize, nt: u32, nr: u32, reps: usize) -> Result<f64> {
         let first = ms.first().ok_or_else(|| Error::msg("no matrices to time"))?;
         let xb = f32_buffer(ctx, "x", &vec![0.5f32; n_tok * first.cols]);
         let yb = scratch(ctx, "y", n_tok * first.rows);
         let mut all = Vec::new();
         for m in ms {
-            all.push((self.binds(ctx, m, &xb, &yb, n_tok as u32, 0), KernelKey::MatVec { ty: m.ty.id(), nt }));
+            all.push((self.binds(ctx, m, &xb, &yb, n_tok as u32, 0), KernelKey::MatVec { ty: m.ty.id(), nt, nr }));
         }
         let mut times = Vec::new();
         for r in 0..reps + 2 {
@@ -153,7 +156,7 @@ impl MatRunner {
             {
                 let mut pass = enc.begin_compute_pass(&Default::default());
                 for (b, k) in &all {
-                    self.record(ctx, &mut pass, b, k, n_tok as u32, nt)?;
+                    self.record(ctx, &mut pass, b, k, n_tok as u32, nt, nr)?;
                 }
             }
             let t = Instant::now();
@@ -179,12 +182,13 @@ pub fn check_against_cpu(
     cols: usize,
     n_tok: usize,
     nt: u32,
+    nr: u32,
 ) -> Result<f64> {
     let data = super::source::random_blocks(ty, rows * cols, 11 + rows as u64, 0.3)?;
     let w = super::reference::dequantize(ty, &data, rows * cols)?;
     let m = super::buffers::upload_matrix(ctx, "check", ty, rows, cols, &data)?;
     let x: Vec<f32> = (0..n_tok * cols).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
-    let y = runner.run(ctx, &m, &x, n_tok, nt)?;
+    let y = runner.run(ctx, &m, &x, n_tok, nt, nr)?;
     let (mut mx, mut err) = (0f64, 0f64);
     for t in 0..n_tok {
         for r in 0..rows {
