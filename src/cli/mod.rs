@@ -24,7 +24,11 @@ pub const EXIT_BAD_INPUT: i32 = 2;
 pub const EXIT_INTERNAL: i32 = 3;
 
 #[derive(Parser)]
-#[command(name = "ggufq", version, about = "Inspect, requantize and validate GGUF models")]
+#[command(
+    name = "ggufq",
+    version,
+    about = "Inspect, requantize and validate GGUF models"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Command,
