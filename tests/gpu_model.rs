@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use ggufq::gpu::reference::dequantize;
 use ggufq::gpu::{DeviceOptions, GpuContext, GpuModel, ModelOptions, Shape, SynthSource, WeightSource};
-use ggufq::quant::GgmlType;
+use ggufq::gpu::source::Mix;
 
 fn context() -> Option<Arc<GpuContext>> {
     match GpuContext::new(&DeviceOptions::default()) {
@@ -126,7 +126,7 @@ fn compare(gpu: &[f32], cpu: &[f64], what: &str) {
 }
 
 fn run_type(ctx: &Arc<GpuContext>, ty: &str) {
-    let src = SynthSource { shape: Shape::named("tiny").unwrap(), ty: GgmlType::from_name(ty).unwrap(), name: format!("tiny-{ty}") };
+    let src = SynthSource { shape: Shape::named("tiny").unwrap(), mix: Mix::parse(ty).unwrap(), name: format!("tiny-{ty}") };
     let mut cpu = CpuRef::new(&src);
     let mut gpu = GpuModel::load(ctx.clone(), &src, ModelOptions { n_ctx: 64, n_batch: 16, n_seq: 2 }).unwrap();
     let nv = src.shape.n_vocab as usize;
@@ -166,7 +166,25 @@ fn gpu_llama_matches_cpu_reference_q4_k() {
 #[test]
 fn gpu_llama_matches_cpu_reference_other_types() {
     let Some(ctx) = context() else { return };
-    for ty in ["F16", "Q8_0", "Q4_0", "Q6_K"] {
+    for ty in ["F16", "Q8_0", "Q4_0", "Q6_K", "q4_k_m", "hybrid", "q2_k_mix"] {
         run_type(&ctx, ty);
     }
+}
+
+#[test]
+fn gpu_gguf_roundtrip_gives_same_logits() {
+    // A synthetic model written as GGUF and loaded back from the file runs identically.
+    let Some(ctx) = context() else { return };
+    let src = SynthSource { shape: Shape::named("tiny").unwrap(), mix: Mix::parse("q4_k_m").unwrap(), name: "tiny-q4km".into() };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.gguf");
+    src.write_gguf(&path).unwrap();
+    let file = ggufq::gpu::GgufSource::open(&path).unwrap();
+    assert_eq!(file.meta_u64("llama.block_count"), Some(2));
+    let opts = ModelOptions { n_ctx: 32, n_batch: 8, n_seq: 1 };
+    let mut a = GpuModel::load(ctx.clone(), &src, opts.clone()).unwrap();
+    let mut b = GpuModel::load(ctx.clone(), &file, opts).unwrap();
+    let toks = [(3u32, 0u32, 0u32), (100, 0, 1), (7, 0, 2)];
+    assert_eq!(a.forward(&toks, true).unwrap(), b.forward(&toks, true).unwrap());
+    assert_eq!(a.type_summary(), "Q4_K (+Q6_K)");
 }

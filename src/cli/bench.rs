@@ -69,6 +69,9 @@ pub struct Args {
     /// Cap the storage binding size (bytes) to exercise tensor splitting.
     #[arg(long, hide = true)]
     pub max_binding: Option<u64>,
+    /// With --synth: write the synthetic models as GGUF files into this folder and exit.
+    #[arg(long, value_name = "DIR")]
+    pub write_synth: Option<PathBuf>,
     /// Time each type's mat-vec kernel alone (GB/s) instead of whole models.
     #[arg(long)]
     pub kernels: bool,
@@ -151,7 +154,7 @@ fn run_gpu(_args: Args, _d: Option<Duration>) -> anyhow::Result<i32> {
 
 #[cfg(feature = "gpu")]
 fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
-    use ggufq::gpu::{DeviceOptions, GgufSource, GpuContext, GpuModel, ModelOptions, Shape, SynthSource, WeightSource};
+    use ggufq::gpu::{DeviceOptions, GgufSource, GpuContext, GpuModel, ModelOptions, WeightSource};
     use std::sync::Arc;
 
     let ctx = Arc::new(GpuContext::new(&DeviceOptions {
@@ -187,10 +190,21 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
         sources.push(Box::new(GgufSource::open(p)?));
     }
     for s in &args.synth {
-        let (shape, ty) = s.split_once(':').with_context(|| format!("--synth wants SHAPE:TYPE, got '{s}'"))?;
-        let sh = Shape::named(shape).with_context(|| format!("unknown shape '{shape}' (tiny, 1b, 7b, 8b)"))?;
-        let t = ggufq::quant::GgmlType::from_name(&ty.to_uppercase()).with_context(|| format!("unknown type '{ty}'"))?;
-        sources.push(Box::new(SynthSource { shape: sh, ty: t, name: format!("synth-{shape}-{}", t.name()) }));
+        let src = synth_source(s)?;
+        if let Some(dir) = &args.write_synth {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let path = dir.join(format!("{}.gguf", src.name));
+            if !args.quiet {
+                eprintln!("writing {} ...", path.display());
+            }
+            src.write_gguf(&path)?;
+            println!("{}", path.display());
+            continue;
+        }
+        sources.push(Box::new(src));
+    }
+    if args.write_synth.is_some() {
+        return Ok(EXIT_OK);
     }
     let cfgr = RunConfig { reps: args.reps, parallel: args.parallel, duration, progress: !args.quiet };
     let mut rows: Vec<(ModelRow, BenchResult)> = Vec::new();
@@ -251,6 +265,16 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
     let out = render(&args.output, &rows, &time_now()).map_err(anyhow::Error::msg)?;
     print!("{out}");
     Ok(if failed { EXIT_CHECK_FAILED } else { EXIT_OK })
+}
+
+/// Parse --synth SHAPE:MIX (mix: a type name, q4_k_m, q2_k_mix or hybrid).
+#[cfg(feature = "gpu")]
+fn synth_source(s: &str) -> anyhow::Result<ggufq::gpu::SynthSource> {
+    use ggufq::gpu::source::Mix;
+    let (shape, mix) = s.split_once(':').with_context(|| format!("--synth wants SHAPE:TYPE, got '{s}'"))?;
+    let sh = ggufq::gpu::Shape::named(shape).with_context(|| format!("unknown shape '{shape}' (tiny, 1b, 7b, 8b)"))?;
+    let m = Mix::parse(mix).with_context(|| format!("unknown type or mix '{mix}' (a type name, q4_k_m, q2_k_mix, hybrid)"))?;
+    Ok(ggufq::gpu::SynthSource { shape: sh, mix: m, name: format!("synth-{shape}-{}", m.name()) })
 }
 
 #[cfg(feature = "gpu")]

@@ -170,13 +170,116 @@ impl Shape {
     }
 }
 
-/// Random weights of a llama shape, every matrix in `ty` (norms F32, output Q6_K unless `ty`
-/// is a float type), generated deterministically from a seed.
+/// How tensor types are chosen for synthetic weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mix {
+    /// Every matrix in one type; output Q6_K unless the type is Q8_0 or a float type
+    /// (as llama-quantize does for a pure file type).
+    Uniform(GgmlType),
+    /// llama.cpp's Q4_K_M: Q4_K, with attn_v and ffn_down in Q6_K on the layers
+    /// `use_more_bits` picks, output Q6_K.
+    Q4KM,
+    /// llama.cpp's Q2_K for a model without GQA: Q2_K, attn_v / attn_output / ffn_down Q3_K,
+    /// output Q6_K.
+    Q2K,
+    /// recipes/hybrid.yaml: attention Q5_K, everything else Q2_K, output Q6_K.
+    Hybrid,
+}
+
+impl Mix {
+    /// Parse "q4_k_m", "q2_k_mix", "hybrid" or a type name ("Q4_0", "q8_0", ...).
+    pub fn parse(s: &str) -> Option<Mix> {
+        match s.to_ascii_lowercase().as_str() {
+            "q4_k_m" => Some(Mix::Q4KM),
+            "q2_k_mix" | "q2_k_llama" => Some(Mix::Q2K),
+            "hybrid" => Some(Mix::Hybrid),
+            _ => GgmlType::from_name(&s.to_ascii_uppercase()).map(Mix::Uniform),
+        }
+    }
+    /// Short name for labels.
+    pub fn name(&self) -> String {
+        match self {
+            Mix::Uniform(t) => t.name().to_string(),
+            Mix::Q4KM => "Q4_K_M".into(),
+            Mix::Q2K => "Q2_K_mix".into(),
+            Mix::Hybrid => "hybrid".into(),
+        }
+    }
+    /// llama.cpp general.file_type code.
+    pub fn file_type(&self) -> u32 {
+        match self {
+            Mix::Q4KM => 15,
+            Mix::Q2K | Mix::Hybrid => 10,
+            Mix::Uniform(t) => match t.name() {
+                "F32" => 0,
+                "F16" => 1,
+                "Q4_0" => 2,
+                "Q4_1" => 3,
+                "Q8_0" => 7,
+                "Q5_0" => 8,
+                "Q5_1" => 9,
+                "Q2_K" => 10,
+                "Q3_K" => 12,
+                "Q4_K" => 14,
+                "Q5_K" => 17,
+                "Q6_K" => 18,
+                "BF16" => 32,
+                _ => 0,
+            },
+        }
+    }
+    fn ty(name: &str) -> GgmlType {
+        GgmlType::from_name(name).unwrap_or_else(|| unreachable!("ggml type table lacks {name}"))
+    }
+    /// Type of tensor `name` (a matrix) in layer `layer` of `n_layer`.
+    pub fn type_for(&self, name: &str, layer: Option<u64>, n_layer: u64) -> GgmlType {
+        let more_bits = |i: u64| i < n_layer / 8 || i >= 7 * n_layer / 8 || (i >= n_layer / 8 && (i - n_layer / 8) % 3 == 2);
+        let is = |t: &str| name.contains(t);
+        match self {
+            Mix::Uniform(t) => {
+                if name == "output.weight" && t.is_quantized() && t.name() != "Q8_0" {
+                    Self::ty("Q6_K")
+                } else {
+                    *t
+                }
+            }
+            Mix::Q4KM => {
+                if name == "output.weight" {
+                    Self::ty("Q6_K")
+                } else if (is("attn_v") || is("ffn_down")) && layer.is_some_and(more_bits) {
+                    Self::ty("Q6_K")
+                } else {
+                    Self::ty("Q4_K")
+                }
+            }
+            Mix::Q2K => {
+                if name == "output.weight" {
+                    Self::ty("Q6_K")
+                } else if is("attn_v") || is("attn_output") || is("ffn_down") {
+                    Self::ty("Q3_K")
+                } else {
+                    Self::ty("Q2_K")
+                }
+            }
+            Mix::Hybrid => {
+                if name == "output.weight" {
+                    Self::ty("Q6_K")
+                } else if is("attn_") {
+                    Self::ty("Q5_K")
+                } else {
+                    Self::ty("Q2_K")
+                }
+            }
+        }
+    }
+}
+
+/// Random weights of a llama shape in a type mix (norms F32), generated deterministically.
 pub struct SynthSource {
     /// Shape.
     pub shape: Shape,
-    /// Matrix type.
-    pub ty: GgmlType,
+    /// Type mix.
+    pub mix: Mix,
     /// Name for reports.
     pub name: String,
 }
@@ -308,12 +411,11 @@ impl WeightSource for SynthSource {
         let Some((dims, norm)) = self.dims_of(name) else { return Ok(None) };
         let n: u64 = dims.iter().product();
         let seed = name.bytes().fold(1469598103934665603u64, |h, b| (h ^ b as u64).wrapping_mul(1099511628211));
+        let layer = name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|l| l.parse().ok());
         let ty = if norm {
             GgmlType::from_name("F32").ok_or_else(|| Error::msg("no F32 type"))?
-        } else if name == "output.weight" && self.ty.is_quantized() {
-            GgmlType::from_name("Q6_K").ok_or_else(|| Error::msg("no Q6_K type"))?
         } else {
-            self.ty
+            self.mix.type_for(name, layer, self.shape.n_layer)
         };
         let data = if norm {
             let mut v = Vec::with_capacity(n as usize * 4);
@@ -330,5 +432,84 @@ impl WeightSource for SynthSource {
     }
     fn label(&self) -> String {
         self.name.clone()
+    }
+}
+
+impl SynthSource {
+    /// Tensor names in llama.cpp's file order.
+    pub fn tensor_names(&self) -> Vec<String> {
+        let mut v = vec!["token_embd.weight".to_string()];
+        for l in 0..self.shape.n_layer {
+            for t in ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"] {
+                v.push(format!("blk.{l}.{t}.weight"));
+            }
+        }
+        v.push("output_norm.weight".into());
+        v.push("output.weight".into());
+        v
+    }
+
+    /// Write this model as a GGUF file llama.cpp can load (llama architecture, a placeholder
+    /// SentencePiece-style vocabulary: <unk>, <s>, </s>, 256 byte tokens, then filler pieces).
+    pub fn write_gguf(&self, path: &Path) -> Result<()> {
+        use crate::gguf::value::{Array, Value, ValueType};
+        use crate::gguf::writer::{GgufWriter, TensorSpec};
+        let s = &self.shape;
+        let nv = s.n_vocab as usize;
+        let mut tokens = Vec::with_capacity(nv);
+        let mut types = Vec::with_capacity(nv);
+        for i in 0..nv {
+            let (t, ty) = match i {
+                0 => ("<unk>".to_string(), 2),
+                1 => ("<s>".to_string(), 3),
+                2 => ("</s>".to_string(), 3),
+                3..=258 => (format!("<0x{:02X}>", i - 3), 6),
+                _ => (format!("\u{2581}t{i}"), 1),
+            };
+            tokens.push(Value::String(t));
+            types.push(Value::I32(ty));
+        }
+        let scores: Vec<Value> = (0..nv).map(|i| Value::F32(-(i as f32))).collect();
+        let a = |k: &str| format!("llama.{k}");
+        let meta: Vec<(String, Value)> = vec![
+            ("general.architecture".into(), Value::String("llama".into())),
+            ("general.name".into(), Value::String(self.name.clone())),
+            ("general.file_type".into(), Value::U32(self.mix.file_type())),
+            (a("context_length"), Value::U32(4096)),
+            (a("embedding_length"), Value::U32(s.n_embd as u32)),
+            (a("block_count"), Value::U32(s.n_layer as u32)),
+            (a("feed_forward_length"), Value::U32(s.n_ff as u32)),
+            (a("rope.dimension_count"), Value::U32((s.n_embd / s.n_head) as u32)),
+            (a("attention.head_count"), Value::U32(s.n_head as u32)),
+            (a("attention.head_count_kv"), Value::U32(s.n_kv as u32)),
+            (a("attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
+            (a("rope.freq_base"), Value::F32(10000.0)),
+            ("tokenizer.ggml.model".into(), Value::String("llama".into())),
+            ("tokenizer.ggml.tokens".into(), Value::Array(Array::new(ValueType::String, tokens))),
+            ("tokenizer.ggml.scores".into(), Value::Array(Array::new(ValueType::F32, scores))),
+            ("tokenizer.ggml.token_type".into(), Value::Array(Array::new(ValueType::I32, types))),
+            ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
+            ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
+            ("tokenizer.ggml.unknown_token_id".into(), Value::U32(0)),
+            ("tokenizer.ggml.add_bos_token".into(), Value::Bool(true)),
+        ];
+        let names = self.tensor_names();
+        let mut specs = Vec::new();
+        for n in &names {
+            let t = self.tensor(n)?.ok_or_else(|| Error::msg(format!("synth tensor {n} missing")))?;
+            specs.push(TensorSpec::new(n.clone(), t.dims.clone(), t.ty)?);
+        }
+        let mut out = crate::gguf::atomic::AtomicOutput::create(path)?;
+        {
+            let f = std::io::BufWriter::with_capacity(1 << 22, out.file_mut());
+            let mut w = GgufWriter::new(f, 3, 32, &meta, specs)?;
+            for n in &names {
+                let t = self.tensor(n)?.ok_or_else(|| Error::msg(format!("synth tensor {n} missing")))?;
+                w.write_tensor(&t.data)?;
+            }
+            let mut f = w.finish()?;
+            std::io::Write::flush(&mut f).map_err(|e| Error::io(path, e))?;
+        }
+        out.commit()
     }
 }
