@@ -8,6 +8,11 @@ pub mod convert;
 pub mod error;
 pub mod gguf;
 pub mod inspect;
+pub mod bench;
+pub mod error;
+pub mod gguf;
+#[cfg(feature = "gpu")]
+pub mod gpu;
 pub mod quant;
 pub mod recipe;
 pub mod testutil;

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 mod diff;
 mod inspect;
 mod convert;
+pub mod bench;
 
 /// Exit code: success.
 pub const EXIT_OK: i32 = 0;
@@ -45,6 +46,8 @@ enum Command {
     Diff(diff::Args),
     /// Requantize a GGUF by a recipe, a llama.cpp preset or a plain type.
     Convert(convert::Args),
+    /// Benchmark models on the GPU (wgpu) or CPU: pp/tg tokens/s, latency, bandwidth, gates.
+    Bench(bench::Args),
 }
 
 pub fn main() -> i32 {
@@ -54,6 +57,7 @@ pub fn main() -> i32 {
         Command::Inspect(a) => inspect::run(a),
         Command::Diff(a) => diff::run(a),
         Command::Convert(a) => convert::run(a),
+        Command::Bench(a) => bench::run(a),
     };
     match res {
         Ok(code) => code,
