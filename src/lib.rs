@@ -4,7 +4,10 @@
 //! Data flows one way: `gguf` (read/write) → `recipe` (plan) → `quant` (kernels) →
 //! `convert` (writer) → `model` (runtime) → `eval` (ppl/KLD) → `bench` → `batch`.
 
+pub mod batch;
 pub mod error;
 pub mod gguf;
 pub mod quant;
+pub mod recipe;
+pub mod report;
 pub mod testutil;

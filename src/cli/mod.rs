@@ -9,12 +9,14 @@
 //! To add a subcommand: create `src/cli/<name>.rs` with `pub struct Args` (clap `Args`) and
 //! `pub fn run(args: Args) -> anyhow::Result<i32>`, then add one variant and one match arm here.
 
+mod batch;
+mod report;
+
 use clap::{Parser, Subcommand};
 
 /// Exit code: success.
 pub const EXIT_OK: i32 = 0;
 /// Exit code: a check or gate failed, or a diff found differences.
-#[allow(dead_code)]
 pub const EXIT_CHECK_FAILED: i32 = 1;
 /// Exit code: bad usage or bad input.
 pub const EXIT_BAD_INPUT: i32 = 2;
@@ -22,7 +24,11 @@ pub const EXIT_BAD_INPUT: i32 = 2;
 pub const EXIT_INTERNAL: i32 = 3;
 
 #[derive(Parser)]
-#[command(name = "ggufq", version, about = "Inspect, requantize and validate GGUF models")]
+#[command(
+    name = "ggufq",
+    version,
+    about = "Inspect, requantize and validate GGUF models"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Command,
@@ -32,12 +38,18 @@ struct Cli {
 enum Command {
     /// Print the list of tensor types ggufq knows.
     Types,
+    /// Convert, validate and gate many models × recipes from a pipeline file.
+    Batch(batch::Args),
+    /// Merge batch results (several shares) into one report with tables and plots.
+    Report(report::Args),
 }
 
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Command::Types => types(),
+        Command::Batch(a) => batch::run(a),
+        Command::Report(a) => report::run(a),
     };
     match res {
         Ok(code) => code,
