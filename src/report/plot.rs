@@ -303,8 +303,10 @@ fn size_vs_tps<DB: DrawingBackend>(
 
 fn ms_per_token<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, pts: &[&Row]) -> DrawResult {
     root.fill(&WHITE).map_err(e2s)?;
+    // Reversed so the first job is drawn at the top.
     let vals: Vec<(String, f64)> = pts
         .iter()
+        .rev()
         .map(|r| {
             (
                 r.job_id.clone(),
