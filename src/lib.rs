@@ -5,6 +5,7 @@
 //! `convert` (writer) → `model` (runtime) → `eval` (ppl/KLD) → `bench` → `batch`.
 
 pub mod convert;
+pub mod batch;
 pub mod error;
 pub mod gguf;
 pub mod inspect;
@@ -15,4 +16,5 @@ pub mod gguf;
 pub mod gpu;
 pub mod quant;
 pub mod recipe;
+pub mod report;
 pub mod testutil;

@@ -9,6 +9,9 @@
 //! To add a subcommand: create `src/cli/<name>.rs` with `pub struct Args` (clap `Args`) and
 //! `pub fn run(args: Args) -> anyhow::Result<i32>`, then add one variant and one match arm here.
 
+mod batch;
+mod report;
+
 use clap::{Parser, Subcommand};
 
 mod diff;
@@ -48,6 +51,10 @@ enum Command {
     Convert(convert::Args),
     /// Benchmark models on the GPU (wgpu) or CPU: pp/tg tokens/s, latency, bandwidth, gates.
     Bench(bench::Args),
+    /// Convert, validate and gate many models × recipes from a pipeline file.
+    Batch(batch::Args),
+    /// Merge batch results (several shares) into one report with tables and plots.
+    Report(report::Args),
 }
 
 pub fn main() -> i32 {
@@ -58,6 +65,8 @@ pub fn main() -> i32 {
         Command::Diff(a) => diff::run(a),
         Command::Convert(a) => convert::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Batch(a) => batch::run(a),
+        Command::Report(a) => report::run(a),
     };
     match res {
         Ok(code) => code,

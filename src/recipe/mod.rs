@@ -11,3 +11,4 @@ pub mod schema;
 pub use plan::{build_plan, Plan, PlanEntry, PlanOptions, Reason, TensorDesc};
 pub use presets::{ModelInfo, Preset};
 pub use schema::{Base, FallbackMode, Recipe, RecipeFile, Rule, RuleSpec, Target, TensorKind};
+pub mod pipeline;
