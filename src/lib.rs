@@ -4,16 +4,14 @@
 //! Data flows one way: `gguf` (read/write) → `recipe` (plan) → `quant` (kernels) →
 //! `convert` (writer) → `model` (runtime) → `eval` (ppl/KLD) → `bench` → `batch`.
 
-pub mod convert;
 pub mod batch;
-pub mod error;
-pub mod gguf;
-pub mod inspect;
 pub mod bench;
+pub mod convert;
 pub mod error;
 pub mod gguf;
 #[cfg(feature = "gpu")]
 pub mod gpu;
+pub mod inspect;
 pub mod quant;
 pub mod recipe;
 pub mod report;

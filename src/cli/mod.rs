@@ -9,15 +9,14 @@
 //! To add a subcommand: create `src/cli/<name>.rs` with `pub struct Args` (clap `Args`) and
 //! `pub fn run(args: Args) -> anyhow::Result<i32>`, then add one variant and one match arm here.
 
-mod batch;
-mod report;
-
 use clap::{Parser, Subcommand};
 
+mod batch;
+pub mod bench;
+mod convert;
 mod diff;
 mod inspect;
-mod convert;
-pub mod bench;
+mod report;
 
 /// Exit code: success.
 pub const EXIT_OK: i32 = 0;

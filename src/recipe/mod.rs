@@ -3,6 +3,7 @@
 //!
 //! All YAML parsing of the project lives in this module.
 
+pub mod pipeline;
 pub mod plan;
 pub mod presets;
 pub mod rules;
@@ -11,4 +12,3 @@ pub mod schema;
 pub use plan::{build_plan, Plan, PlanEntry, PlanOptions, Reason, TensorDesc};
 pub use presets::{ModelInfo, Preset};
 pub use schema::{Base, FallbackMode, Recipe, RecipeFile, Rule, RuleSpec, Target, TensorKind};
-pub mod pipeline;
