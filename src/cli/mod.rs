@@ -75,7 +75,19 @@ pub fn main() -> i32 {
 
 /// Print an error chain and map it to an exit code: library input errors → 2, the rest → 3.
 fn report(e: &anyhow::Error) -> i32 {
-    eprintln!("error: {e:#}");
+    // Print the cause chain, skipping a cause whose text the previous message already holds
+    // (library errors embed their source in their own message).
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&text);
+        }
+    }
+    eprintln!("error: {msg}");
     match e.downcast_ref::<ggufq::error::Error>() {
         Some(ggufq::error::Error::Io { .. }) => EXIT_INTERNAL,
         Some(_) => EXIT_BAD_INPUT,
