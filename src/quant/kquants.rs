@@ -224,8 +224,8 @@ fn get_f16(src: &[u8], at: usize) -> f32 {
 /// ggml's `make_qkx2_quants` / `make_qkx3_quants` (identical when weights are given): fit
 /// `x ≈ scale * L - the_min` with `L` in `0..=nmax`, searching `nstep + 1` candidate scales.
 /// Returns `(scale, the_min)`.
+#[cfg(test)]
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
 fn make_qkx_quants<const N: usize>(
     nmax: i32,
     x: &[f32; N],
@@ -376,6 +376,274 @@ fn make_qx_quants<const N: usize>(
             best = scale * sumlx;
         }
     }
+    scale
+}
+
+/// Transpose `M` sub-blocks of `N` values into `N` rows of `M` lanes.
+#[inline(always)]
+fn transpose<T: Copy + Default, const N: usize, const M: usize>(a: &[[T; N]; M]) -> [[T; M]; N] {
+    let mut t = [[T::default(); M]; N];
+    for (m, row) in a.iter().enumerate() {
+        for (i, &v) in row.iter().enumerate() {
+            t[i][m] = v;
+        }
+    }
+    t
+}
+
+/// [`make_qkx_quants`] on `M` independent sub-blocks at once.
+///
+/// Each lane performs exactly the f32 operations of the scalar function, in the same order,
+/// so the result is bit-identical; only independent lanes are interleaved, which lets the
+/// compiler vectorize across sub-blocks. Returns `(scales, the_mins)`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn make_qkx_quants_lanes<const N: usize, const M: usize>(
+    nmax: i32,
+    xs: &[[f32; N]; M],
+    ws: &[[f32; N]; M],
+    ls: &mut [[u8; N]; M],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+    use_mad: bool,
+) -> ([f32; M], [f32; M]) {
+    let xt = transpose(xs);
+    let wt = transpose(ws);
+    let mut lt = [[0u8; M]; N];
+    let mut min = xt[0];
+    let mut max = xt[0];
+    let mut sum_w = wt[0];
+    let mut sum_x = [0f32; M];
+    for m in 0..M {
+        sum_x[m] = sum_w[m] * xt[0][m];
+    }
+    for i in 1..N {
+        for m in 0..M {
+            let v = xt[i][m];
+            if v < min[m] {
+                min[m] = v;
+            }
+            if v > max[m] {
+                max[m] = v;
+            }
+            let w = wt[i][m];
+            sum_w[m] += w;
+            sum_x[m] += w * v;
+        }
+    }
+    let mut degenerate = [false; M];
+    for m in 0..M {
+        if min[m] > 0.0 {
+            min[m] = 0.0;
+        }
+        degenerate[m] = max[m] <= min[m];
+    }
+    let min0 = min;
+    let nmaxf = nmax as f32;
+    let mut iscale = [0f32; M];
+    let mut scale = [0f32; M];
+    for m in 0..M {
+        iscale[m] = nmaxf / (max[m] - min[m]);
+        scale[m] = 1.0 / iscale[m];
+    }
+    let mut best = [0f32; M];
+    for i in 0..N {
+        for m in 0..M {
+            let l = nearest_int(iscale[m] * (xt[i][m] - min[m])).clamp(0, nmax);
+            lt[i][m] = l as u8;
+            let diff = scale[m] * l as f32 + min[m] - xt[i][m];
+            let diff = if use_mad { diff.abs() } else { diff * diff };
+            best[m] += wt[i][m] * diff;
+        }
+    }
+    let mut laux = [[0f32; M]; N];
+    for is in 0..=nstep {
+        let step = rmin + rdelta * is as f32 + nmaxf;
+        for m in 0..M {
+            iscale[m] = step / (max[m] - min[m]);
+        }
+        let mut sum_l = [0f32; M];
+        let mut sum_l2 = [0f32; M];
+        let mut sum_xl = [0f32; M];
+        for i in 0..N {
+            for m in 0..M {
+                let l = nearest_int(iscale[m] * (xt[i][m] - min[m])).clamp(0, nmax) as f32;
+                laux[i][m] = l;
+                let w = wt[i][m];
+                sum_l[m] += w * l;
+                sum_l2[m] += w * l * l;
+                sum_xl[m] += w * l * xt[i][m];
+            }
+        }
+        let mut ok = [false; M];
+        let mut this_scale = [0f32; M];
+        let mut this_min = [0f32; M];
+        for m in 0..M {
+            let d = sum_w[m] * sum_l2[m] - sum_l[m] * sum_l[m];
+            ok[m] = d > 0.0;
+            let mut ts = (sum_w[m] * sum_xl[m] - sum_x[m] * sum_l[m]) / d;
+            let mut tm = (sum_l2[m] * sum_x[m] - sum_l[m] * sum_xl[m]) / d;
+            if tm > 0.0 {
+                tm = 0.0;
+                ts = sum_xl[m] / sum_l2[m];
+            }
+            this_scale[m] = ts;
+            this_min[m] = tm;
+        }
+        let mut cur = [0f32; M];
+        for i in 0..N {
+            for m in 0..M {
+                let diff = this_scale[m] * laux[i][m] + this_min[m] - xt[i][m];
+                let diff = if use_mad { diff.abs() } else { diff * diff };
+                cur[m] += wt[i][m] * diff;
+            }
+        }
+        let mut any = false;
+        let mut upd = [false; M];
+        for m in 0..M {
+            upd[m] = ok[m] && cur[m] < best[m];
+            if upd[m] {
+                best[m] = cur[m];
+                scale[m] = this_scale[m];
+                min[m] = this_min[m];
+            }
+            any |= upd[m];
+        }
+        if any {
+            for i in 0..N {
+                for m in 0..M {
+                    if upd[m] {
+                        lt[i][m] = laux[i][m] as u8;
+                    }
+                }
+            }
+        }
+    }
+    let mut the_min = [0f32; M];
+    for m in 0..M {
+        if degenerate[m] {
+            scale[m] = 0.0;
+            min[m] = min0[m];
+            for row in lt.iter_mut() {
+                row[m] = 0;
+            }
+        }
+        the_min[m] = -min[m];
+    }
+    *ls = transpose(&lt);
+    (scale, the_min)
+}
+
+/// [`make_qx_quants`] on `M` independent sub-blocks at once (bit-identical per lane, see
+/// [`make_qkx_quants_lanes`]). `qws` are the weights, `x²` when `None`.
+#[inline(always)]
+fn make_qx_quants_lanes<const N: usize, const M: usize>(
+    nmax: i32,
+    xs: &[[f32; N]; M],
+    ls: &mut [[i8; N]; M],
+    qws: Option<&[[f32; N]; M]>,
+) -> [f32; M] {
+    let xt = transpose(xs);
+    let wt = match qws {
+        Some(q) => transpose(q),
+        None => {
+            let mut w = [[0f32; M]; N];
+            for i in 0..N {
+                for m in 0..M {
+                    w[i][m] = xt[i][m] * xt[i][m];
+                }
+            }
+            w
+        }
+    };
+    let mut max = [0f32; M];
+    let mut amax = [0f32; M];
+    for row in &xt {
+        for m in 0..M {
+            let ax = row[m].abs();
+            if ax > amax[m] {
+                amax[m] = ax;
+                max[m] = row[m];
+            }
+        }
+    }
+    let nmaxf = nmax as f32;
+    let mut lt = [[0i8; M]; N];
+    let mut iscale = [0f32; M];
+    for m in 0..M {
+        iscale[m] = -nmaxf / max[m];
+    }
+    let mut sumlx = [0f32; M];
+    let mut suml2 = [0f32; M];
+    for i in 0..N {
+        for m in 0..M {
+            let l = nearest_int(iscale[m] * xt[i][m]).clamp(-nmax, nmax - 1);
+            lt[i][m] = (l + nmax) as i8;
+            let lf = l as f32;
+            sumlx[m] += wt[i][m] * xt[i][m] * lf;
+            suml2[m] += wt[i][m] * lf * lf;
+        }
+    }
+    let mut scale = [0f32; M];
+    let mut best = [0f32; M];
+    for m in 0..M {
+        scale[m] = if suml2[m] != 0.0 {
+            sumlx[m] / suml2[m]
+        } else {
+            0.0
+        };
+        best[m] = scale[m] * sumlx[m];
+    }
+    let mut cand = [[0i8; M]; N];
+    for is in -9i32..=9 {
+        if is == 0 {
+            continue;
+        }
+        let num = nmaxf + 0.1 * is as f32;
+        for m in 0..M {
+            iscale[m] = -num / max[m];
+        }
+        let mut sumlx = [0f32; M];
+        let mut suml2 = [0f32; M];
+        for i in 0..N {
+            for m in 0..M {
+                let l = nearest_int(iscale[m] * xt[i][m]).clamp(-nmax, nmax - 1);
+                cand[i][m] = (l + nmax) as i8;
+                let lf = l as f32;
+                sumlx[m] += wt[i][m] * xt[i][m] * lf;
+                suml2[m] += wt[i][m] * lf * lf;
+            }
+        }
+        let mut any = false;
+        let mut upd = [false; M];
+        for m in 0..M {
+            upd[m] = suml2[m] > 0.0 && sumlx[m] * sumlx[m] > best[m] * suml2[m];
+            if upd[m] {
+                scale[m] = sumlx[m] / suml2[m];
+                best[m] = scale[m] * sumlx[m];
+            }
+            any |= upd[m];
+        }
+        if any {
+            for i in 0..N {
+                for m in 0..M {
+                    if upd[m] {
+                        lt[i][m] = cand[i][m];
+                    }
+                }
+            }
+        }
+    }
+    for m in 0..M {
+        if amax[m] < GROUP_MAX_EPS {
+            scale[m] = 0.0;
+            for row in lt.iter_mut() {
+                row[m] = 0;
+            }
+        }
+    }
+    *ls = transpose(&lt);
     scale
 }
 
@@ -593,18 +861,17 @@ mod q2k {
     pub(super) fn quantize_ref(x: &[f32; QK_K], y: &mut [u8]) {
         let xs: [[f32; 16]; 16] = split(x);
         let mut l = [[0u8; 16]; 16];
-        let mut scales = [0f32; 16];
-        let mut mins = [0f32; 16];
         let mut max_scale = 0f32;
         let mut max_min = 0f32;
-        for j in 0..16 {
-            let mut weights = [0f32; 16];
+        let mut weights = [[0f32; 16]; 16];
+        for (w, xj) in weights.iter_mut().zip(&xs) {
             for i in 0..16 {
-                weights[i] = xs[j][i].abs();
+                w[i] = xj[i].abs();
             }
-            let (s, m) = make_qkx_quants(3, &xs[j], &weights, &mut l[j], -0.5, 0.1, 15, true);
-            scales[j] = s;
-            mins[j] = m;
+        }
+        let (scales, mins) = make_qkx_quants_lanes(3, &xs, &weights, &mut l, -0.5, 0.1, 15, true);
+        for j in 0..16 {
+            let (s, m) = (scales[j], mins[j]);
             if s > max_scale {
                 max_scale = s;
             }
@@ -648,23 +915,20 @@ mod q2k {
         }
         let sigma2 = sumx2 / QK_K as f32;
         let mut l = [[0u8; 16]; 16];
-        let mut scales = [0f32; 16];
-        let mut mins = [0f32; 16];
         let mut sw = [0f32; 16];
+        let mut weights = [[0f32; 16]; 16];
         for j in 0..16 {
-            let mut weight = [0f32; 16];
+            let weight = &mut weights[j];
             for i in 0..16 {
                 weight[i] = qws[j][i] * (sigma2 + xs[j][i] * xs[j][i]).sqrt();
             }
             let mut s = 0f32;
-            for &w in &weight {
+            for &w in weight.iter() {
                 s += w;
             }
             sw[j] = s;
-            let (sc, m) = make_qkx_quants(3, &xs[j], &weight, &mut l[j], -0.9, 0.05, 36, false);
-            scales[j] = sc;
-            mins[j] = m;
         }
+        let (scales, mins) = make_qkx_quants_lanes(3, &xs, &weights, &mut l, -0.9, 0.05, 36, false);
         let mut ls = [0u8; 16];
         let mut lm = [0u8; 16];
         let dm = make_qp_quants(15, &scales, &mut ls, &sw);
@@ -806,20 +1070,20 @@ mod q3k {
         }
         let sigma2 = 2.0 * sumx2 / QK_K as f32;
         let mut l = [[0i8; 16]; 16];
-        let mut scales = [0f32; 16];
         let mut sw = [0f32; 16];
+        let mut weights = [[0f32; 16]; 16];
         for j in 0..16 {
-            let mut weight = [0f32; 16];
+            let weight = &mut weights[j];
             for i in 0..16 {
                 weight[i] = qws[j][i] * (sigma2 + xs[j][i] * xs[j][i]).sqrt();
             }
             let mut s = 0f32;
-            for &w in &weight {
+            for &w in weight.iter() {
                 s += w;
             }
             sw[j] = s;
-            scales[j] = make_qx_quants(4, &xs[j], &mut l[j], Some(&weight));
         }
+        let scales = make_qx_quants_lanes(4, &xs, &mut l, Some(&weights));
         let mut lsc = [0i8; 16];
         let d_block = make_qx_quants(32, &scales, &mut lsc, Some(&sw));
         let mut ls = [0i32; 16];
@@ -918,24 +1182,23 @@ mod q45k {
         let (nmax, rmin, nstep) = if FIVE { (31, -0.5, 15) } else { (15, -1.0, 20) };
         let xs: [[f32; 32]; 8] = split(x);
         let mut l = [[0u8; 32]; 8];
-        let mut scales = [0f32; 8];
-        let mut mins = [0f32; 8];
         let mut max_scale = 0f32;
         let mut max_min = 0f32;
-        for j in 0..8 {
+        let mut weights = [[0f32; 32]; 8];
+        for (w, xj) in weights.iter_mut().zip(&xs) {
             let mut sum_x2 = 0f32;
-            for &v in &xs[j] {
+            for &v in xj {
                 sum_x2 += v * v;
             }
             let av_x = (sum_x2 / 32.0).sqrt();
-            let mut weights = [0f32; 32];
             for i in 0..32 {
-                weights[i] = av_x + xs[j][i].abs();
+                w[i] = av_x + xj[i].abs();
             }
-            let (s, m) =
-                make_qkx_quants(nmax, &xs[j], &weights, &mut l[j], rmin, 0.1, nstep, false);
-            scales[j] = s;
-            mins[j] = m;
+        }
+        let (scales, mins) =
+            make_qkx_quants_lanes(nmax, &xs, &weights, &mut l, rmin, 0.1, nstep, false);
+        for j in 0..8 {
+            let (s, m) = (scales[j], mins[j]);
             if s > max_scale {
                 max_scale = s;
             }
@@ -975,23 +1238,21 @@ mod q45k {
         }
         let sigma2 = 2.0 * sum_x2 / QK_K as f32;
         let mut l = [[0u8; 32]; 8];
-        let mut scales = [0f32; 8];
-        let mut mins = [0f32; 8];
         let mut sw = [0f32; 8];
+        let mut weights = [[0f32; 32]; 8];
         for j in 0..8 {
-            let mut weights = [0f32; 32];
+            let w = &mut weights[j];
             for i in 0..32 {
-                weights[i] = qws[j][i] * (sigma2 + xs[j][i] * xs[j][i]).sqrt();
+                w[i] = qws[j][i] * (sigma2 + xs[j][i] * xs[j][i]).sqrt();
             }
             let mut s = 0f32;
-            for &w in &weights {
-                s += w;
+            for &v in w.iter() {
+                s += v;
             }
             sw[j] = s;
-            let (sc, m) = make_qkx_quants(nmax, &xs[j], &weights, &mut l[j], -0.9, 0.05, 36, false);
-            scales[j] = sc;
-            mins[j] = m;
         }
+        let (scales, mins) =
+            make_qkx_quants_lanes(nmax, &xs, &weights, &mut l, -0.9, 0.05, 36, false);
         let mut ls = [0u8; 8];
         let mut lm = [0u8; 8];
         let d_block = make_qp_quants(63, &scales, &mut ls, &sw);
@@ -1058,12 +1319,10 @@ mod q6k {
         let xs: [[f32; 16]; 16] = split(x);
         let qws: Option<[[f32; 16]; 16]> = qw.map(split);
         let mut l = [[0i8; 16]; 16];
-        let mut scales = [0f32; 16];
         let mut max_scale = 0f32;
         let mut max_abs_scale = 0f32;
-        for ib in 0..16 {
-            let scale = make_qx_quants(32, &xs[ib], &mut l[ib], qws.as_ref().map(|q| &q[ib]));
-            scales[ib] = scale;
+        let scales = make_qx_quants_lanes(32, &xs, &mut l, qws.as_ref());
+        for &scale in &scales {
             let abs_scale = scale.abs();
             if abs_scale > max_abs_scale {
                 max_abs_scale = abs_scale;
@@ -1255,6 +1514,83 @@ mod tests {
                 i / ROW_LEN,
                 i % ROW_LEN
             );
+        }
+    }
+
+    /// Deterministic test values: Gaussian-ish, with runs of zeros, constants and outliers.
+    fn test_values(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed | 1;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32
+        };
+        (0..n)
+            .map(|i| {
+                let kind = (i / 16) % 7;
+                let g = next() + next() + next() - 1.5;
+                match kind {
+                    0 => 0.0,
+                    1 => 0.25,
+                    2 => g * 40.0,
+                    3 => g.abs() + 1.0,
+                    4 => -(g.abs()) * 1e-3,
+                    5 if next() < 0.1 => 30.0 * g,
+                    _ => g,
+                }
+            })
+            .collect()
+    }
+
+    /// The lane-parallel searches give exactly what the scalar (ggml-order) ones give.
+    #[test]
+    fn lane_searches_match_scalar() {
+        for seed in 1..40u64 {
+            let v = test_values(seed, 512);
+            let mut xs16 = [[0f32; 16]; 16];
+            let mut ws16 = [[0f32; 16]; 16];
+            let mut xs32 = [[0f32; 32]; 8];
+            let mut ws32 = [[0f32; 32]; 8];
+            for i in 0..256 {
+                xs16[i / 16][i % 16] = v[i];
+                ws16[i / 16][i % 16] = v[256 + i].abs() + 0.01 * (i % 5) as f32;
+                xs32[i / 32][i % 32] = v[i];
+                ws32[i / 32][i % 32] = v[256 + i].abs();
+            }
+            let mut l16 = [[0u8; 16]; 16];
+            let (sc, mn) = make_qkx_quants_lanes(3, &xs16, &ws16, &mut l16, -0.5, 0.1, 15, true);
+            for m in 0..16 {
+                let mut l = [0u8; 16];
+                let (a, b) = make_qkx_quants(3, &xs16[m], &ws16[m], &mut l, -0.5, 0.1, 15, true);
+                assert_eq!(
+                    (a.to_bits(), b.to_bits(), l),
+                    (sc[m].to_bits(), mn[m].to_bits(), l16[m])
+                );
+            }
+            let mut l32 = [[0u8; 32]; 8];
+            let (sc, mn) = make_qkx_quants_lanes(31, &xs32, &ws32, &mut l32, -0.9, 0.05, 36, false);
+            for m in 0..8 {
+                let mut l = [0u8; 32];
+                let (a, b) = make_qkx_quants(31, &xs32[m], &ws32[m], &mut l, -0.9, 0.05, 36, false);
+                assert_eq!(
+                    (a.to_bits(), b.to_bits(), l),
+                    (sc[m].to_bits(), mn[m].to_bits(), l32[m])
+                );
+            }
+            for qw in [None, Some(&ws16)] {
+                let mut li = [[0i8; 16]; 16];
+                let sc = make_qx_quants_lanes(32, &xs16, &mut li, qw);
+                for m in 0..16 {
+                    let mut l = [0i8; 16];
+                    let a = make_qx_quants(32, &xs16[m], &mut l, qw.map(|q| &q[m]));
+                    assert_eq!(
+                        (a.to_bits(), l),
+                        (sc[m].to_bits(), li[m]),
+                        "seed {seed} lane {m}"
+                    );
+                }
+            }
         }
     }
 
