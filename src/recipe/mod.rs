@@ -3,6 +3,7 @@
 //!
 //! All YAML parsing of the project lives in this module.
 
+pub mod pipeline;
 pub mod plan;
 pub mod presets;
 pub mod rules;
