@@ -5,6 +5,8 @@
 //! `convert` (writer) → `model` (runtime) → `eval` (ppl/KLD) → `bench` → `batch`.
 
 pub mod error;
+pub mod eval;
 pub mod gguf;
+pub mod model;
 pub mod quant;
 pub mod testutil;

@@ -11,6 +11,8 @@
 
 use clap::{Parser, Subcommand};
 
+mod run;
+
 /// Exit code: success.
 pub const EXIT_OK: i32 = 0;
 /// Exit code: a check or gate failed, or a diff found differences.
@@ -22,7 +24,11 @@ pub const EXIT_BAD_INPUT: i32 = 2;
 pub const EXIT_INTERNAL: i32 = 3;
 
 #[derive(Parser)]
-#[command(name = "ggufq", version, about = "Inspect, requantize and validate GGUF models")]
+#[command(
+    name = "ggufq",
+    version,
+    about = "Inspect, requantize and validate GGUF models"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Command,
@@ -32,12 +38,15 @@ struct Cli {
 enum Command {
     /// Print the list of tensor types ggufq knows.
     Types,
+    /// Greedy text generation on the CPU (a sanity check).
+    Run(run::Args),
 }
 
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Command::Types => types(),
+        Command::Run(a) => run::run(a),
     };
     match res {
         Ok(code) => code,
