@@ -11,6 +11,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod ppl;
 mod run;
 
 /// Exit code: success.
@@ -24,11 +25,7 @@ pub const EXIT_BAD_INPUT: i32 = 2;
 pub const EXIT_INTERNAL: i32 = 3;
 
 #[derive(Parser)]
-#[command(
-    name = "ggufq",
-    version,
-    about = "Inspect, requantize and validate GGUF models"
-)]
+#[command(name = "ggufq", version, about = "Inspect, requantize and validate GGUF models")]
 struct Cli {
     #[command(subcommand)]
     cmd: Command,
@@ -40,6 +37,8 @@ enum Command {
     Types,
     /// Greedy text generation on the CPU (a sanity check).
     Run(run::Args),
+    /// Perplexity and KL-divergence on a text file (llama-perplexity's method).
+    Ppl(ppl::Args),
 }
 
 pub fn main() -> i32 {
@@ -47,6 +46,7 @@ pub fn main() -> i32 {
     let res = match cli.cmd {
         Command::Types => types(),
         Command::Run(a) => run::run(a),
+        Command::Ppl(a) => ppl::run(a),
     };
     match res {
         Ok(code) => code,
