@@ -17,6 +17,8 @@ mod convert;
 mod diff;
 mod inspect;
 mod report;
+mod ppl;
+mod run;
 
 /// Exit code: success.
 pub const EXIT_OK: i32 = 0;
@@ -54,6 +56,10 @@ enum Command {
     Batch(batch::Args),
     /// Merge batch results (several shares) into one report with tables and plots.
     Report(report::Args),
+    /// Greedy text generation on the CPU (a sanity check).
+    Run(run::Args),
+    /// Perplexity and KL-divergence on a text file (llama-perplexity's method).
+    Ppl(ppl::Args),
 }
 
 pub fn main() -> i32 {
@@ -66,6 +72,8 @@ pub fn main() -> i32 {
         Command::Bench(a) => bench::run(a),
         Command::Batch(a) => batch::run(a),
         Command::Report(a) => report::run(a),
+        Command::Run(a) => run::run(a),
+        Command::Ppl(a) => ppl::run(a),
     };
     match res {
         Ok(code) => code,
