@@ -33,6 +33,7 @@ fn xs(n: usize, seed: u32) -> Vec<f32> {
 /// Max |gpu - ref| relative to the largest |ref| must be tiny (f32 accumulation order only).
 fn check(ctx: &GpuContext, runner: &mut MatRunner, name: &str, rows: usize, cols: usize, n_tok: usize, nt: u32) {
     let nr = if nt == 1 { NR_DECODE } else { NR_PROMPT };
+    let nr = if nt == 0 { 1 } else { nr };
     let ty = GgmlType::from_name(name).unwrap();
     let data = random_blocks(ty, rows * cols, 7 + rows as u64, 0.3).unwrap();
     let w = dequantize(ty, &data, rows * cols).unwrap();
@@ -78,6 +79,16 @@ fn gpu_matmat_every_type_matches_cpu_dequant() {
 }
 
 #[test]
+fn gpu_tiled_matmat_every_type_matches_cpu_dequant() {
+    let Some(ctx) = context(DeviceOptions::default()) else { return };
+    let mut runner = MatRunner::new(&ctx);
+    for name in TYPES {
+        // 70 rows × 67 tokens: partial 64×64 tiles in both directions.
+        check(&ctx, &mut runner, name, 70, 256, 67, 0);
+    }
+}
+
+#[test]
 fn gpu_split_matrix_over_binding_limit() {
     // A 64 KiB binding cap forces Q6_K (210-byte blocks, repacked) and Q4_0 into row chunks.
     let Some(ctx) = context(DeviceOptions { max_binding_override: Some(64 * 1024), ..Default::default() }) else { return };
@@ -88,6 +99,7 @@ fn gpu_split_matrix_over_binding_limit() {
     let mut runner = MatRunner::new(&ctx);
     check(&ctx, &mut runner, "Q6_K", 300, 1024, 1, 1);
     check(&ctx, &mut runner, "Q4_0", 1500, 1024, 3, NT_PROMPT);
+    check(&ctx, &mut runner, "Q4_0", 1500, 1024, 70, 0);
 }
 
 #[test]

@@ -128,9 +128,10 @@ fn compare(gpu: &[f32], cpu: &[f64], what: &str) {
 fn run_type(ctx: &Arc<GpuContext>, ty: &str) {
     let src = SynthSource { shape: Shape::named("tiny").unwrap(), mix: Mix::parse(ty).unwrap(), name: format!("tiny-{ty}") };
     let mut cpu = CpuRef::new(&src);
-    let mut gpu = GpuModel::load(ctx.clone(), &src, ModelOptions { n_ctx: 64, n_batch: 16, n_seq: 2 }).unwrap();
+    let mut gpu = GpuModel::load(ctx.clone(), &src, ModelOptions { n_ctx: 64, n_batch: 32, n_seq: 2 }).unwrap();
     let nv = src.shape.n_vocab as usize;
-    let prompt = [1u32, 77, 300, 5, 511, 42];
+    // 18 tokens: the prompt goes through the tiled 64×64 mat-mat kernel (≥ 16 tokens).
+    let prompt = [1u32, 77, 300, 5, 511, 42, 8, 9, 10, 200, 201, 3, 4, 5, 6, 7, 400, 401];
     let toks: Vec<(u32, u32, u32)> = prompt.iter().enumerate().map(|(i, &t)| (t, 0, i as u32)).collect();
     let all = gpu.forward(&toks, true).unwrap();
     assert_eq!(all.len(), prompt.len() * nv);

@@ -52,6 +52,8 @@ pub struct GpuContext {
     pub max_binding: u64,
     /// Fixed subgroup size usable by kernels (only when min == max == 32).
     pub subgroup32: bool,
+    /// Kernel shape choices.
+    pub tune: super::kernels::Tune,
 }
 
 impl GpuContext {
@@ -126,7 +128,7 @@ impl GpuContext {
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             timestamps: ts,
         };
-        Ok(GpuContext { device, queue, facts, max_binding, subgroup32 })
+        Ok(GpuContext { device, queue, facts, max_binding, subgroup32, tune: super::kernels::Tune::from_env() })
     }
 
     /// Block until all submitted work is done.

@@ -9,7 +9,7 @@ use crate::quant::GgmlType;
 
 use super::buffers::{f32_buffer, scratch, upload_matrix, GpuMatrix};
 use super::device::GpuContext;
-use super::kernels::{KernelKey, Kernels, NR_DECODE, NR_PROMPT, NT_PROMPT};
+use super::kernels::{KernelKey, Kernels};
 use super::reference::dequantize;
 use super::source::{TensorView, WeightSource};
 
@@ -414,7 +414,7 @@ impl GpuModel {
                     kind: StepKind::Mat { m, c, x_ld: (x_ld / 4) as u32, y_off: y_off as u32, ld_y: ld_y as u32, mode, last_only },
                     bind,
                     slot,
-                    key: KernelKey::MatVec { ty: mats[m].ty.id(), nt: 1, nr: NR_DECODE },
+                    key: KernelKey::MatVec { ty: mats[m].ty.id(), nt: 1, nr: ctx.tune.nr_decode },
                     n: 0,
                 });
             }
@@ -464,7 +464,8 @@ impl GpuModel {
             };
             kernels.get_with_layout(&ctx, &s.key, pl)?;
             if let KernelKey::MatVec { ty, .. } = s.key {
-                kernels.get_with_layout(&ctx, &KernelKey::MatVec { ty, nt: NT_PROMPT, nr: NR_PROMPT }, pl)?;
+                kernels.get_with_layout(&ctx, &KernelKey::MatVec { ty, nt: ctx.tune.nt_prompt, nr: ctx.tune.nr_prompt }, pl)?;
+                kernels.get_with_layout(&ctx, &KernelKey::MatMat { ty }, pl)?;
             }
         }
         let dispatches = steps.len();
@@ -541,10 +542,16 @@ impl GpuModel {
                     let mat = &self.mats[m];
                     let ch = &mat.chunks[c];
                     let (x_off, ntok) = if last_only && !all_logits { ((n as u32 - 1) * x_ld, 1) } else { (0, n as u32) };
-                    let (ntk, nrk) = if ntok == 1 { (1, NR_DECODE) } else { (NT_PROMPT, NR_PROMPT) };
+                    let tune = self.ctx.tune;
                     let aux = if mode == 3 { cfg.n_ff as u32 } else { 0 };
                     p = [ch.rows, (mat.cols / 32) as u32, ch.d_off, x_off, x_ld, y_off, ld_y, ntok, mode, ch.row0, aux, 0];
-                    wg = (ch.rows.div_ceil(8 * nrk), ntok.div_ceil(ntk));
+                    wg = if ntok == 1 {
+                        (ch.rows.div_ceil(8 * tune.nr_decode), 1)
+                    } else if ntok >= tune.mm_min {
+                        (ch.rows.div_ceil(64), ntok.div_ceil(64))
+                    } else {
+                        (ch.rows.div_ceil(8 * tune.nr_prompt), ntok.div_ceil(tune.nt_prompt))
+                    };
                 }
                 StepKind::Rope => {
                     p = [cfg.n_head as u32, cfg.n_kv as u32, cfg.head_dim as u32, self.opts.n_ctx as u32, n as u32, cfg.qkv_dim() as u32, (cfg.n_kv * cfg.head_dim) as u32, cfg.n_rot as u32, 0, 0, 0, 0];
@@ -566,8 +573,15 @@ impl GpuModel {
             for (s, wg) in self.steps.iter().zip(&disp) {
                 let key = match (&s.key, s.kind) {
                     (KernelKey::MatVec { ty, .. }, StepKind::Mat { last_only, .. }) => {
-                        let one = n == 1 || (last_only && !all_logits);
-                        if one { KernelKey::MatVec { ty: *ty, nt: 1, nr: NR_DECODE } } else { KernelKey::MatVec { ty: *ty, nt: NT_PROMPT, nr: NR_PROMPT } }
+                        let ntok = if n == 1 || (last_only && !all_logits) { 1 } else { n as u32 };
+                        let tune = self.ctx.tune;
+                        if ntok == 1 {
+                            KernelKey::MatVec { ty: *ty, nt: 1, nr: tune.nr_decode }
+                        } else if ntok >= tune.mm_min {
+                            KernelKey::MatMat { ty: *ty }
+                        } else {
+                            KernelKey::MatVec { ty: *ty, nt: tune.nt_prompt, nr: tune.nr_prompt }
+                        }
                     }
                     (k, _) => k.clone(),
                 };
