@@ -179,6 +179,7 @@ impl MatRunner {
 /// Check the `nt`-token kernel of `ty` against CPU dequantization on random data: returns the
 /// largest |gpu − cpu| relative to the largest |cpu| over a `rows` × `cols` matrix and
 /// `n_tok` inputs (f64 reference).
+#[allow(clippy::too_many_arguments)]
 pub fn check_against_cpu(
     ctx: &GpuContext,
     runner: &mut MatRunner,
