@@ -27,11 +27,21 @@ fn context(opts: DeviceOptions) -> Option<GpuContext> {
 }
 
 fn xs(n: usize, seed: u32) -> Vec<f32> {
-    (0..n).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0).collect()
+    (0..n)
+        .map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0)
+        .collect()
 }
 
 /// Max |gpu - ref| relative to the largest |ref| must be tiny (f32 accumulation order only).
-fn check(ctx: &GpuContext, runner: &mut MatRunner, name: &str, rows: usize, cols: usize, n_tok: usize, nt: u32) {
+fn check(
+    ctx: &GpuContext,
+    runner: &mut MatRunner,
+    name: &str,
+    rows: usize,
+    cols: usize,
+    n_tok: usize,
+    nt: u32,
+) {
     let nr = if nt == 1 { NR_DECODE } else { NR_PROMPT };
     let nr = if nt == 0 { 1 } else { nr };
     let ty = GgmlType::from_name(name).unwrap();
@@ -49,18 +59,26 @@ fn check(ctx: &GpuContext, runner: &mut MatRunner, name: &str, rows: usize, cols
                 s += w[r * cols + c] as f64 * x[t * cols + c] as f64;
             }
             let g = y[t * rows + r] as f64;
-            assert!(g.is_finite(), "{name}: non-finite output at token {t} row {r}");
+            assert!(
+                g.is_finite(),
+                "{name}: non-finite output at token {t} row {r}"
+            );
             max_ref = max_ref.max(s.abs());
             max_err = max_err.max((g - s).abs());
         }
     }
     let rel = max_err / max_ref.max(1e-9);
-    assert!(rel < 1e-4, "{name} rows {rows} cols {cols} tokens {n_tok} nt {nt}: rel err {rel:e}");
+    assert!(
+        rel < 1e-4,
+        "{name} rows {rows} cols {cols} tokens {n_tok} nt {nt}: rel err {rel:e}"
+    );
 }
 
 #[test]
 fn gpu_matvec_every_type_matches_cpu_dequant() {
-    let Some(ctx) = context(DeviceOptions::default()) else { return };
+    let Some(ctx) = context(DeviceOptions::default()) else {
+        return;
+    };
     let mut runner = MatRunner::new(&ctx);
     for name in TYPES {
         // 37 rows: not a multiple of the 8 rows per workgroup; 512 cols: 2 K-blocks per row.
@@ -70,7 +88,9 @@ fn gpu_matvec_every_type_matches_cpu_dequant() {
 
 #[test]
 fn gpu_matmat_every_type_matches_cpu_dequant() {
-    let Some(ctx) = context(DeviceOptions::default()) else { return };
+    let Some(ctx) = context(DeviceOptions::default()) else {
+        return;
+    };
     let mut runner = MatRunner::new(&ctx);
     for name in TYPES {
         // 11 tokens: one full group of 8 and a partial one.
@@ -91,11 +111,20 @@ fn gpu_tiled_matmat_every_type_matches_cpu_dequant() {
 #[test]
 fn gpu_split_matrix_over_binding_limit() {
     // A 64 KiB binding cap forces Q6_K (210-byte blocks, repacked) and Q4_0 into row chunks.
-    let Some(ctx) = context(DeviceOptions { max_binding_override: Some(64 * 1024), ..Default::default() }) else { return };
+    let Some(ctx) = context(DeviceOptions {
+        max_binding_override: Some(64 * 1024),
+        ..Default::default()
+    }) else {
+        return;
+    };
     let ty = GgmlType::from_name("Q6_K").unwrap();
     let data = random_blocks(ty, 300 * 1024, 3, 0.3).unwrap();
     let m = upload_matrix(&ctx, "big", ty, 300, 1024, &data).unwrap();
-    assert!(m.chunks.len() > 1, "expected a split, got {} chunk(s)", m.chunks.len());
+    assert!(
+        m.chunks.len() > 1,
+        "expected a split, got {} chunk(s)",
+        m.chunks.len()
+    );
     let mut runner = MatRunner::new(&ctx);
     check(&ctx, &mut runner, "Q6_K", 300, 1024, 1, 1);
     check(&ctx, &mut runner, "Q4_0", 1500, 1024, 3, NT_PROMPT);
@@ -104,12 +133,18 @@ fn gpu_split_matrix_over_binding_limit() {
 
 #[test]
 fn gpu_rejects_bad_shapes() {
-    let Some(ctx) = context(DeviceOptions::default()) else { return };
+    let Some(ctx) = context(DeviceOptions::default()) else {
+        return;
+    };
     let ty = GgmlType::from_name("Q4_K").unwrap();
     // 128 columns are not a whole 256-weight block.
-    let err = upload_matrix(&ctx, "t", ty, 2, 128, &[0u8; 144]).err().expect("must fail");
+    let err = upload_matrix(&ctx, "t", ty, 2, 128, &[0u8; 144])
+        .err()
+        .expect("must fail");
     assert!(err.to_string().contains("row length 128"), "{err}");
     // Wrong byte count.
-    let err = upload_matrix(&ctx, "t", ty, 2, 256, &[0u8; 100]).err().expect("must fail");
+    let err = upload_matrix(&ctx, "t", ty, 2, 256, &[0u8; 100])
+        .err()
+        .expect("must fail");
     assert!(err.to_string().contains("bytes"), "{err}");
 }

@@ -41,17 +41,61 @@ pub fn build_commit() -> String {
 }
 
 const LB_FIELDS: &[&str] = &[
-    "build_commit", "build_number", "cpu_info", "gpu_info", "backends", "model_filename",
-    "model_type", "model_size", "model_n_params", "n_batch", "n_ubatch", "n_threads", "cpu_mask",
-    "cpu_strict", "poll", "type_k", "type_v", "n_gpu_layers", "n_cpu_moe", "split_mode",
-    "main_gpu", "no_kv_offload", "flash_attn", "devices", "tensor_split", "tensor_buft_overrides",
-    "load_mode", "lazy_mode", "embeddings", "no_op_offload", "no_host", "repack", "fit_target",
-    "fit_min_ctx", "n_prompt", "n_gen", "n_depth", "test_time", "avg_ns", "stddev_ns", "avg_ts",
+    "build_commit",
+    "build_number",
+    "cpu_info",
+    "gpu_info",
+    "backends",
+    "model_filename",
+    "model_type",
+    "model_size",
+    "model_n_params",
+    "n_batch",
+    "n_ubatch",
+    "n_threads",
+    "cpu_mask",
+    "cpu_strict",
+    "poll",
+    "type_k",
+    "type_v",
+    "n_gpu_layers",
+    "n_cpu_moe",
+    "split_mode",
+    "main_gpu",
+    "no_kv_offload",
+    "flash_attn",
+    "devices",
+    "tensor_split",
+    "tensor_buft_overrides",
+    "load_mode",
+    "lazy_mode",
+    "embeddings",
+    "no_op_offload",
+    "no_host",
+    "repack",
+    "fit_target",
+    "fit_min_ctx",
+    "n_prompt",
+    "n_gen",
+    "n_depth",
+    "test_time",
+    "avg_ns",
+    "stddev_ns",
+    "avg_ts",
     "stddev_ts",
 ];
 const EXTRA_FIELDS: &[&str] = &[
-    "n_parallel", "p50_ms", "p95_ms", "p99_ms", "bandwidth_gbps", "peak_pct", "mem_weights",
-    "mem_kv", "mem_scratch", "drift", "ppl",
+    "n_parallel",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "bandwidth_gbps",
+    "peak_pct",
+    "mem_weights",
+    "mem_kv",
+    "mem_scratch",
+    "drift",
+    "ppl",
 ];
 
 #[derive(Clone, Copy, PartialEq)]
@@ -69,8 +113,8 @@ fn kind(f: &str) -> Kind {
         | "avg_ns" | "stddev_ns" | "no_op_offload" | "n_cpu_moe" | "fit_target" | "fit_min_ctx"
         | "flash_attn" | "n_parallel" | "mem_weights" | "mem_kv" | "mem_scratch" => Kind::Int,
         "no_kv_offload" | "cpu_strict" | "embeddings" | "no_host" | "repack" => Kind::Bool,
-        "avg_ts" | "stddev_ts" | "p50_ms" | "p95_ms" | "p99_ms" | "bandwidth_gbps"
-        | "peak_pct" | "drift" | "ppl" => Kind::Float,
+        "avg_ts" | "stddev_ts" | "p50_ms" | "p95_ms" | "p99_ms" | "bandwidth_gbps" | "peak_pct"
+        | "drift" | "ppl" => Kind::Float,
         _ => Kind::Str,
     }
 }
@@ -154,7 +198,10 @@ fn json_value(f: &str, v: &str) -> serde_json::Value {
     match kind(f) {
         Kind::Str => serde_json::Value::String(v.to_string()),
         Kind::Bool => serde_json::Value::Bool(v != "0"),
-        Kind::Int => v.parse::<i64>().map(Into::into).unwrap_or(serde_json::Value::Null),
+        Kind::Int => v
+            .parse::<i64>()
+            .map(Into::into)
+            .unwrap_or(serde_json::Value::Null),
         Kind::Float => v
             .parse::<f64>()
             .ok()
@@ -165,7 +212,11 @@ fn json_value(f: &str, v: &str) -> serde_json::Value {
 }
 
 /// Render rows in `format` (md, json, csv, sql). `time` is the ISO test time.
-pub fn render(format: &str, rows: &[(ModelRow, BenchResult)], time: &str) -> Result<String, String> {
+pub fn render(
+    format: &str,
+    rows: &[(ModelRow, BenchResult)],
+    time: &str,
+) -> Result<String, String> {
     let fields = all_fields();
     let mut out = String::new();
     match format {
@@ -177,7 +228,11 @@ pub fn render(format: &str, rows: &[(ModelRow, BenchResult)], time: &str) -> Res
                     (Some(b), Some(p)) if p > 0.0 => format!("{:.1}", 100.0 * b / p),
                     _ => "-".into(),
                 };
-                let test = if r.parallel > 1 { format!("{} ×{}", r.test, r.parallel) } else { r.test.clone() };
+                let test = if r.parallel > 1 {
+                    format!("{} ×{}", r.test, r.parallel)
+                } else {
+                    r.test.clone()
+                };
                 out.push_str(&format!(
                     "| {} | {:.2} GiB | {:.2} B | {} | {} | {:.2} ± {:.2} | {:.2}/{:.2}/{:.2} | {} | {} |\n",
                     m.model_type,
@@ -247,7 +302,10 @@ pub fn render(format: &str, rows: &[(ModelRow, BenchResult)], time: &str) -> Res
                     Kind::Int | Kind::Bool => "INTEGER",
                     Kind::Float => "REAL",
                 };
-                out.push_str(&format!("  {f} {t}{}\n", if i + 1 < LB_FIELDS.len() { "," } else { "" }));
+                out.push_str(&format!(
+                    "  {f} {t}{}\n",
+                    if i + 1 < LB_FIELDS.len() { "," } else { "" }
+                ));
             }
             out.push_str(");\n\n");
             for (m, r) in rows {
@@ -263,7 +321,11 @@ pub fn render(format: &str, rows: &[(ModelRow, BenchResult)], time: &str) -> Res
                 ));
             }
         }
-        other => return Err(format!("unknown output format '{other}' (md, json, csv, sql)")),
+        other => {
+            return Err(format!(
+                "unknown output format '{other}' (md, json, csv, sql)"
+            ))
+        }
     }
     Ok(out)
 }
@@ -324,8 +386,12 @@ mod tests {
         let mut lines = c.lines();
         let head = lines.next().unwrap();
         assert!(head.starts_with("build_commit,build_number,cpu_info"));
-        assert_eq!(head.split(',').count(), lines.next().unwrap().split("\",\"").count());
-        let j: serde_json::Value = serde_json::from_str(&render("json", &rows, "t").unwrap()).unwrap();
+        assert_eq!(
+            head.split(',').count(),
+            lines.next().unwrap().split("\",\"").count()
+        );
+        let j: serde_json::Value =
+            serde_json::from_str(&render("json", &rows, "t").unwrap()).unwrap();
         assert_eq!(j[0]["n_gen"], 128);
         assert_eq!(j[0]["avg_ts"], 128.0);
         assert_eq!(j[0]["embeddings"], false);

@@ -52,7 +52,11 @@ impl Engine for crate::gpu::GpuModel {
         self.weight_bytes_per_token
     }
     fn memory(&self) -> (u64, u64, u64) {
-        (self.memory.weights, self.memory.kv_cache, self.memory.scratch)
+        (
+            self.memory.weights,
+            self.memory.kv_cache,
+            self.memory.scratch,
+        )
     }
 }
 
@@ -143,7 +147,10 @@ pub fn rss_bytes() -> Option<u64> {
 struct Lcg(u64);
 impl Lcg {
     fn next(&mut self, n: usize) -> u32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((self.0 >> 33) % n.max(1) as u64) as u32
     }
 }
@@ -155,7 +162,9 @@ fn run_pp(e: &mut dyn Engine, n: usize, rng: &mut Lcg, lat: &mut Vec<f64>) -> Re
     let mut done = 0;
     while done < n {
         let k = nb.min(n - done);
-        let toks: Vec<(u32, u32, u32)> = (0..k).map(|i| (rng.next(nv), 0, (done + i) as u32)).collect();
+        let toks: Vec<(u32, u32, u32)> = (0..k)
+            .map(|i| (rng.next(nv), 0, (done + i) as u32))
+            .collect();
         let t1 = Instant::now();
         e.forward(&toks, false)?;
         lat.push(t1.elapsed().as_secs_f64() * 1e3);
@@ -164,11 +173,19 @@ fn run_pp(e: &mut dyn Engine, n: usize, rng: &mut Lcg, lat: &mut Vec<f64>) -> Re
     Ok(t.elapsed())
 }
 
-fn run_tg(e: &mut dyn Engine, n: usize, par: usize, rng: &mut Lcg, lat: &mut Vec<f64>) -> Result<Duration> {
+fn run_tg(
+    e: &mut dyn Engine,
+    n: usize,
+    par: usize,
+    rng: &mut Lcg,
+    lat: &mut Vec<f64>,
+) -> Result<Duration> {
     let nv = e.n_vocab();
     let t = Instant::now();
     for p in 0..n {
-        let toks: Vec<(u32, u32, u32)> = (0..par).map(|s| (rng.next(nv), s as u32, p as u32)).collect();
+        let toks: Vec<(u32, u32, u32)> = (0..par)
+            .map(|s| (rng.next(nv), s as u32, p as u32))
+            .collect();
         let t1 = Instant::now();
         e.forward(&toks, false)?;
         lat.push(t1.elapsed().as_secs_f64() * 1e3);
@@ -178,7 +195,11 @@ fn run_tg(e: &mut dyn Engine, n: usize, par: usize, rng: &mut Lcg, lat: &mut Vec
 
 /// Run one test on an engine.
 pub fn run_test(e: &mut dyn Engine, kind: TestKind, cfg: &RunConfig) -> Result<BenchResult> {
-    let par = if matches!(kind, TestKind::Tg(_)) { cfg.parallel.max(1) } else { 1 };
+    let par = if matches!(kind, TestKind::Tg(_)) {
+        cfg.parallel.max(1)
+    } else {
+        1
+    };
     let ntok = match kind {
         TestKind::Pp(n) | TestKind::Tg(n) => n,
     };
@@ -190,7 +211,10 @@ pub fn run_test(e: &mut dyn Engine, kind: TestKind, cfg: &RunConfig) -> Result<B
         )));
     }
     if par > e.n_seq() {
-        return Err(crate::error::Error::msg(format!("--parallel {par} exceeds the {} sequences allocated", e.n_seq())));
+        return Err(crate::error::Error::msg(format!(
+            "--parallel {par} exceeds the {} sequences allocated",
+            e.n_seq()
+        )));
     }
     let mut rng = Lcg(0x5eed);
     let mut scratch = Vec::new();
@@ -217,7 +241,11 @@ pub fn run_test(e: &mut dyn Engine, kind: TestKind, cfg: &RunConfig) -> Result<B
         r += 1;
         let tps = (ntok * par) as f64 / d.as_secs_f64();
         if cfg.duration.is_some() {
-            soak.push(SoakSample { t_s: start.elapsed().as_secs_f64(), tps, rss: rss_bytes() });
+            soak.push(SoakSample {
+                t_s: start.elapsed().as_secs_f64(),
+                tps,
+                rss: rss_bytes(),
+            });
         }
         if cfg.progress {
             eprint!("\r  {} rep {r}: {tps:.1} t/s   ", kind.name());
@@ -232,13 +260,18 @@ pub fn run_test(e: &mut dyn Engine, kind: TestKind, cfg: &RunConfig) -> Result<B
     if cfg.progress {
         eprintln!();
     }
-    let ts: Vec<f64> = ns.iter().map(|&n| (ntok * par) as f64 * 1e9 / n as f64).collect();
+    let ts: Vec<f64> = ns
+        .iter()
+        .map(|&n| (ntok * par) as f64 * 1e9 / n as f64)
+        .collect();
     let nsf: Vec<f64> = ns.iter().map(|&n| n as f64).collect();
     let bw = match kind {
         TestKind::Tg(n) => Some(e.weight_bytes() as f64 * (n as f64) / (mean(&nsf) * 1e-9) / 1e9),
         TestKind::Pp(_) => None,
     };
-    let drift_v = cfg.duration.map(|_| drift(&soak.iter().map(|s| s.tps).collect::<Vec<_>>()));
+    let drift_v = cfg
+        .duration
+        .map(|_| drift(&soak.iter().map(|s| s.tps).collect::<Vec<_>>()));
     Ok(BenchResult {
         test: kind.name(),
         n_prompt: if let TestKind::Pp(n) = kind { n } else { 0 },
@@ -250,7 +283,11 @@ pub fn run_test(e: &mut dyn Engine, kind: TestKind, cfg: &RunConfig) -> Result<B
         stddev_ns: stdev(&nsf) as u64,
         samples_ns: ns,
         samples_ts: ts,
-        latency_ms: [percentile(&lat, 50.0), percentile(&lat, 95.0), percentile(&lat, 99.0)],
+        latency_ms: [
+            percentile(&lat, 50.0),
+            percentile(&lat, 95.0),
+            percentile(&lat, 99.0),
+        ],
         bandwidth_gbps: bw,
         soak,
         drift: drift_v,

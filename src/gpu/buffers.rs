@@ -32,7 +32,11 @@ pub fn repack(ty: GgmlType, data: &[u8]) -> Result<Repacked> {
     }
     let n_blocks = data.len() / lay.block_bytes;
     let body_len = n_blocks * lay.body_words;
-    let d_words = if lay.d_at.is_some() { n_blocks.div_ceil(2) } else { 0 };
+    let d_words = if lay.d_at.is_some() {
+        n_blocks.div_ceil(2)
+    } else {
+        0
+    };
     let mut words = vec![0u32; body_len + d_words];
     match lay.d_at {
         None => {
@@ -57,7 +61,10 @@ pub fn repack(ty: GgmlType, data: &[u8]) -> Result<Repacked> {
             }
         }
     }
-    Ok(Repacked { words, d_off: body_len as u32 })
+    Ok(Repacked {
+        words,
+        d_off: body_len as u32,
+    })
 }
 
 /// One GPU buffer holding rows `row0 .. row0 + rows` of a matrix.
@@ -108,7 +115,10 @@ pub fn upload_matrix(
     data: &[u8],
 ) -> Result<GpuMatrix> {
     let lay = layout(ty)?;
-    let terr = |msg: String| Error::Tensor { tensor: name.to_string(), msg };
+    let terr = |msg: String| Error::Tensor {
+        tensor: name.to_string(),
+        msg,
+    };
     if cols % lay.block_elems != 0 || cols % 32 != 0 {
         return Err(terr(format!(
             "row length {cols} is not a multiple of the {}-weight {} block (and of 32)",
@@ -136,13 +146,20 @@ pub fn upload_matrix(
         if words.is_empty() {
             words.push(0);
         }
-        let buf = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(name),
-            contents: bytemuck::cast_slice(&words),
-            usage: wgpu::BufferUsages::STORAGE,
-        });
+        let buf = ctx
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(name),
+                contents: bytemuck::cast_slice(&words),
+                usage: wgpu::BufferUsages::STORAGE,
+            });
         gpu_bytes += (words.len() * 4) as u64;
-        chunks.push(Chunk { buf, row0: row0 as u32, rows: n as u32, d_off: rp.d_off });
+        chunks.push(Chunk {
+            buf,
+            row0: row0 as u32,
+            rows: n as u32,
+            d_off: rp.d_off,
+        });
         row0 += n;
     }
     Ok(GpuMatrix {
@@ -160,13 +177,14 @@ pub fn upload_matrix(
 pub fn f32_buffer(ctx: &GpuContext, label: &str, data: &[f32]) -> wgpu::Buffer {
     let one = [0f32];
     let contents: &[f32] = if data.is_empty() { &one } else { data };
-    ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-        label: Some(label),
-        contents: bytemuck::cast_slice(contents),
-        usage: wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_SRC
-            | wgpu::BufferUsages::COPY_DST,
-    })
+    ctx.device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::cast_slice(contents),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+        })
 }
 
 /// Create a zeroed f32 scratch buffer of `n` elements.

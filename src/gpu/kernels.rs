@@ -59,7 +59,12 @@ pub fn layout(ty: GgmlType) -> Result<GpuLayout> {
             )))
         }
     };
-    Ok(GpuLayout { block_elems, block_bytes, body_words, d_at })
+    Ok(GpuLayout {
+        block_elems,
+        block_bytes,
+        body_words,
+        d_at,
+    })
 }
 
 /// The dequantization section of `dequant.wgsl` for `ty`, with `$W` → `buf`, `$S` → `suffix`
@@ -70,8 +75,14 @@ pub fn deq_source(ty: GgmlType, buf: &str, suffix: &str, doff: &str) -> Result<S
         .find(&tag)
         .ok_or_else(|| Error::msg(format!("no WGSL dequantizer for {}", ty.name())))?;
     let rest = &DEQUANT_WGSL[start..];
-    let end = rest[tag.len()..].find("// @type ").map(|e| e + tag.len()).unwrap_or(rest.len());
-    Ok(rest[..end].replace("$W", buf).replace("$S", suffix).replace("$DOFF", doff))
+    let end = rest[tag.len()..]
+        .find("// @type ")
+        .map(|e| e + tag.len())
+        .unwrap_or(rest.len());
+    Ok(rest[..end]
+        .replace("$W", buf)
+        .replace("$S", suffix)
+        .replace("$DOFF", doff))
 }
 
 /// Rows per warp of the decode kernel (x reuse across rows).
@@ -189,20 +200,26 @@ impl Kernels {
         if !self.cache.contains_key(key) {
             let src = Self::source(ctx, key)?;
             let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-            let module = ctx.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some("ggufq kernel"),
-                source: wgpu::ShaderSource::Wgsl(src.into()),
-            });
-            let pipe = ctx.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some("ggufq kernel"),
-                layout: Some(layout),
-                module: &module,
-                entry_point: Some("main"),
-                compilation_options: Default::default(),
-                cache: None,
-            });
+            let module = ctx
+                .device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some("ggufq kernel"),
+                    source: wgpu::ShaderSource::Wgsl(src.into()),
+                });
+            let pipe = ctx
+                .device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some("ggufq kernel"),
+                    layout: Some(layout),
+                    module: &module,
+                    entry_point: Some("main"),
+                    compilation_options: Default::default(),
+                    cache: None,
+                });
             if let Some(e) = pollster::block_on(scope.pop()) {
-                return Err(Error::msg(format!("GPU kernel {key:?} failed to compile: {e}")));
+                return Err(Error::msg(format!(
+                    "GPU kernel {key:?} failed to compile: {e}"
+                )));
             }
             self.cache.insert(key.clone(), pipe);
         }

@@ -56,5 +56,8 @@ pub fn dequantize(ty: GgmlType, data: &[u8], n: usize) -> Result<Vec<f32>> {
     let cerr = |e: candle_core::Error| Error::msg(format!("dequantize {}: {e}", ty.name()));
     let q = candle_core::quantized::ggml_file::qtensor_from_ggml(dt, data, vec![n], &dev)
         .map_err(cerr)?;
-    q.dequantize(&dev).map_err(cerr)?.to_vec1::<f32>().map_err(cerr)
+    q.dequantize(&dev)
+        .map_err(cerr)?
+        .to_vec1::<f32>()
+        .map_err(cerr)
 }

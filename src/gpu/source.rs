@@ -66,9 +66,12 @@ impl GgufSource {
     pub fn open(path: impl AsRef<Path>) -> Result<GgufSource> {
         let path = path.as_ref().to_path_buf();
         let mut f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-        let content = candle_core::quantized::gguf_file::Content::read(&mut f).map_err(|e| {
-            Error::Gguf { path: path.clone(), offset: 0, msg: e.to_string() }
-        })?;
+        let content =
+            candle_core::quantized::gguf_file::Content::read(&mut f).map_err(|e| Error::Gguf {
+                path: path.clone(),
+                offset: 0,
+                msg: e.to_string(),
+            })?;
         // SAFETY: the file is opened read-only; ggufq never writes to a file it is reading.
         let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(&path, e))?;
         let mut tensors = HashMap::new();
@@ -85,7 +88,10 @@ impl GgufSource {
                 msg: format!("{n} elements is not a whole number of {} blocks", ty.name()),
             })? as usize;
             let off = content.tensor_data_offset + ti.offset;
-            if off.checked_add(bytes as u64).is_none_or(|e| e > map.len() as u64) {
+            if off
+                .checked_add(bytes as u64)
+                .is_none_or(|e| e > map.len() as u64)
+            {
                 return Err(Error::Gguf {
                     path: path.clone(),
                     offset: off,
@@ -94,7 +100,12 @@ impl GgufSource {
             }
             tensors.insert(name.clone(), (ty, dims, off, bytes));
         }
-        Ok(GgufSource { path, meta: content.metadata, tensors, map })
+        Ok(GgufSource {
+            path,
+            meta: content.metadata,
+            tensors,
+            map,
+        })
     }
 }
 
@@ -161,10 +172,38 @@ impl Shape {
     /// Named shapes: tiny (tests), 1b (TinyLlama-like), 7b (Llama-2-7B), 8b (Llama-3-8B).
     pub fn named(name: &str) -> Option<Shape> {
         Some(match name {
-            "tiny" => Shape { n_embd: 256, n_layer: 2, n_ff: 512, n_head: 4, n_kv: 2, n_vocab: 512 },
-            "1b" => Shape { n_embd: 2048, n_layer: 22, n_ff: 5632, n_head: 32, n_kv: 4, n_vocab: 32000 },
-            "7b" => Shape { n_embd: 4096, n_layer: 32, n_ff: 11008, n_head: 32, n_kv: 32, n_vocab: 32000 },
-            "8b" => Shape { n_embd: 4096, n_layer: 32, n_ff: 14336, n_head: 32, n_kv: 8, n_vocab: 128256 },
+            "tiny" => Shape {
+                n_embd: 256,
+                n_layer: 2,
+                n_ff: 512,
+                n_head: 4,
+                n_kv: 2,
+                n_vocab: 512,
+            },
+            "1b" => Shape {
+                n_embd: 2048,
+                n_layer: 22,
+                n_ff: 5632,
+                n_head: 32,
+                n_kv: 4,
+                n_vocab: 32000,
+            },
+            "7b" => Shape {
+                n_embd: 4096,
+                n_layer: 32,
+                n_ff: 11008,
+                n_head: 32,
+                n_kv: 32,
+                n_vocab: 32000,
+            },
+            "8b" => Shape {
+                n_embd: 4096,
+                n_layer: 32,
+                n_ff: 14336,
+                n_head: 32,
+                n_kv: 8,
+                n_vocab: 128256,
+            },
             _ => return None,
         })
     }
@@ -233,7 +272,11 @@ impl Mix {
     }
     /// Type of tensor `name` (a matrix) in layer `layer` of `n_layer`.
     pub fn type_for(&self, name: &str, layer: Option<u64>, n_layer: u64) -> GgmlType {
-        let more_bits = |i: u64| i < n_layer / 8 || i >= 7 * n_layer / 8 || (i >= n_layer / 8 && (i - n_layer / 8) % 3 == 2);
+        let more_bits = |i: u64| {
+            i < n_layer / 8
+                || i >= 7 * n_layer / 8
+                || (i >= n_layer / 8 && (i - n_layer / 8) % 3 == 2)
+        };
         let is = |t: &str| name.contains(t);
         match self {
             Mix::Uniform(t) => {
@@ -301,10 +344,12 @@ impl Rng {
 /// f16 scales. Float types get values in [-scale, scale].
 pub fn random_blocks(ty: GgmlType, n: usize, seed: u64, scale: f32) -> Result<Vec<u8>> {
     let mut rng = Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
-    let bytes = ty
-        .bytes_for(n as u64)
-        .ok_or_else(|| Error::msg(format!("{n} weights do not fill whole {} blocks", ty.name())))?
-        as usize;
+    let bytes = ty.bytes_for(n as u64).ok_or_else(|| {
+        Error::msg(format!(
+            "{n} weights do not fill whole {} blocks",
+            ty.name()
+        ))
+    })? as usize;
     let mut out = vec![0u8; bytes];
     let name = ty.name();
     match name {
@@ -408,10 +453,17 @@ impl WeightSource for SynthSource {
         (key == "general.architecture").then(|| "llama".to_string())
     }
     fn tensor(&self, name: &str) -> Result<Option<TensorView<'_>>> {
-        let Some((dims, norm)) = self.dims_of(name) else { return Ok(None) };
+        let Some((dims, norm)) = self.dims_of(name) else {
+            return Ok(None);
+        };
         let n: u64 = dims.iter().product();
-        let seed = name.bytes().fold(1469598103934665603u64, |h, b| (h ^ b as u64).wrapping_mul(1099511628211));
-        let layer = name.strip_prefix("blk.").and_then(|r| r.split('.').next()).and_then(|l| l.parse().ok());
+        let seed = name.bytes().fold(1469598103934665603u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(1099511628211)
+        });
+        let layer = name
+            .strip_prefix("blk.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|l| l.parse().ok());
         let ty = if norm {
             GgmlType::from_name("F32").ok_or_else(|| Error::msg("no F32 type"))?
         } else {
@@ -428,7 +480,11 @@ impl WeightSource for SynthSource {
             let scale = 1.0 / (dims[0] as f32).sqrt() * 1.7;
             random_blocks(ty, n as usize, seed, scale)?
         };
-        Ok(Some(TensorView { ty, dims, data: Cow::Owned(data) }))
+        Ok(Some(TensorView {
+            ty,
+            dims,
+            data: Cow::Owned(data),
+        }))
     }
     fn label(&self) -> String {
         self.name.clone()
@@ -440,7 +496,17 @@ impl SynthSource {
     pub fn tensor_names(&self) -> Vec<String> {
         let mut v = vec!["token_embd.weight".to_string()];
         for l in 0..self.shape.n_layer {
-            for t in ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"] {
+            for t in [
+                "attn_norm",
+                "attn_q",
+                "attn_k",
+                "attn_v",
+                "attn_output",
+                "ffn_norm",
+                "ffn_gate",
+                "ffn_up",
+                "ffn_down",
+            ] {
                 v.push(format!("blk.{l}.{t}.weight"));
             }
         }
@@ -479,15 +545,27 @@ impl SynthSource {
             (a("embedding_length"), Value::U32(s.n_embd as u32)),
             (a("block_count"), Value::U32(s.n_layer as u32)),
             (a("feed_forward_length"), Value::U32(s.n_ff as u32)),
-            (a("rope.dimension_count"), Value::U32((s.n_embd / s.n_head) as u32)),
+            (
+                a("rope.dimension_count"),
+                Value::U32((s.n_embd / s.n_head) as u32),
+            ),
             (a("attention.head_count"), Value::U32(s.n_head as u32)),
             (a("attention.head_count_kv"), Value::U32(s.n_kv as u32)),
             (a("attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
             (a("rope.freq_base"), Value::F32(10000.0)),
             ("tokenizer.ggml.model".into(), Value::String("llama".into())),
-            ("tokenizer.ggml.tokens".into(), Value::Array(Array::new(ValueType::String, tokens))),
-            ("tokenizer.ggml.scores".into(), Value::Array(Array::new(ValueType::F32, scores))),
-            ("tokenizer.ggml.token_type".into(), Value::Array(Array::new(ValueType::I32, types))),
+            (
+                "tokenizer.ggml.tokens".into(),
+                Value::Array(Array::new(ValueType::String, tokens)),
+            ),
+            (
+                "tokenizer.ggml.scores".into(),
+                Value::Array(Array::new(ValueType::F32, scores)),
+            ),
+            (
+                "tokenizer.ggml.token_type".into(),
+                Value::Array(Array::new(ValueType::I32, types)),
+            ),
             ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
             ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
             ("tokenizer.ggml.unknown_token_id".into(), Value::U32(0)),
@@ -496,7 +574,9 @@ impl SynthSource {
         let names = self.tensor_names();
         let mut specs = Vec::new();
         for n in &names {
-            let t = self.tensor(n)?.ok_or_else(|| Error::msg(format!("synth tensor {n} missing")))?;
+            let t = self
+                .tensor(n)?
+                .ok_or_else(|| Error::msg(format!("synth tensor {n} missing")))?;
             specs.push(TensorSpec::new(n.clone(), t.dims.clone(), t.ty)?);
         }
         let mut out = crate::gguf::atomic::AtomicOutput::create(path)?;
@@ -504,7 +584,9 @@ impl SynthSource {
             let f = std::io::BufWriter::with_capacity(1 << 22, out.file_mut());
             let mut w = GgufWriter::new(f, 3, 32, &meta, specs)?;
             for n in &names {
-                let t = self.tensor(n)?.ok_or_else(|| Error::msg(format!("synth tensor {n} missing")))?;
+                let t = self
+                    .tensor(n)?
+                    .ok_or_else(|| Error::msg(format!("synth tensor {n} missing")))?;
                 w.write_tensor(&t.data)?;
             }
             let mut f = w.finish()?;
