@@ -22,36 +22,24 @@ impl MatRunner {
         let entry = |i: u32, ty: wgpu::BufferBindingType| wgpu::BindGroupLayoutEntry {
             binding: i,
             visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty,
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            },
+            ty: wgpu::BindingType::Buffer { ty, has_dynamic_offset: false, min_binding_size: None },
             count: None,
         };
-        let bgl = ctx
-            .device
-            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some("matvec"),
-                entries: &[
-                    entry(0, wgpu::BufferBindingType::Storage { read_only: true }),
-                    entry(1, wgpu::BufferBindingType::Storage { read_only: true }),
-                    entry(2, wgpu::BufferBindingType::Storage { read_only: false }),
-                    entry(3, wgpu::BufferBindingType::Uniform),
-                ],
-            });
-        let layout = ctx
-            .device
-            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: None,
-                bind_group_layouts: &[Some(&bgl)],
-                immediate_size: 0,
-            });
-        MatRunner {
-            layout,
-            bgl,
-            kernels: Kernels::default(),
-        }
+        let bgl = ctx.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("matvec"),
+            entries: &[
+                entry(0, wgpu::BufferBindingType::Storage { read_only: true }),
+                entry(1, wgpu::BufferBindingType::Storage { read_only: true }),
+                entry(2, wgpu::BufferBindingType::Storage { read_only: false }),
+                entry(3, wgpu::BufferBindingType::Uniform),
+            ],
+        });
+        let layout = ctx.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: None,
+            bind_group_layouts: &[Some(&bgl)],
+            immediate_size: 0,
+        });
+        MatRunner { layout, bgl, kernels: Kernels::default() }
     }
 
     fn record(
@@ -68,7 +56,11 @@ impl MatRunner {
         pass.set_pipeline(pipe);
         for (bg, rows) in binds {
             pass.set_bind_group(0, bg, &[]);
-            pass.dispatch_workgroups(rows.div_ceil(8 * nr), n_tok.div_ceil(nt), 1);
+            if let KernelKey::MatMat { .. } = key {
+                pass.dispatch_workgroups(rows.div_ceil(64), n_tok.div_ceil(64), 1);
+            } else {
+                pass.dispatch_workgroups(rows.div_ceil(8 * nr), n_tok.div_ceil(nt), 1);
+            }
         }
         Ok(())
     }
@@ -100,33 +92,19 @@ impl MatRunner {
                     0,
                     0,
                 ];
-                let ub = ctx
-                    .device
-                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some("params"),
-                        contents: bytemuck::cast_slice(&p),
-                        usage: wgpu::BufferUsages::UNIFORM,
-                    });
+                let ub = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("params"),
+                    contents: bytemuck::cast_slice(&p),
+                    usage: wgpu::BufferUsages::UNIFORM,
+                });
                 let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: None,
                     layout: &self.bgl,
                     entries: &[
-                        wgpu::BindGroupEntry {
-                            binding: 0,
-                            resource: ch.buf.as_entire_binding(),
-                        },
-                        wgpu::BindGroupEntry {
-                            binding: 1,
-                            resource: xb.as_entire_binding(),
-                        },
-                        wgpu::BindGroupEntry {
-                            binding: 2,
-                            resource: yb.as_entire_binding(),
-                        },
-                        wgpu::BindGroupEntry {
-                            binding: 3,
-                            resource: ub.as_entire_binding(),
-                        },
+                        wgpu::BindGroupEntry { binding: 0, resource: ch.buf.as_entire_binding() },
+                        wgpu::BindGroupEntry { binding: 1, resource: xb.as_entire_binding() },
+                        wgpu::BindGroupEntry { binding: 2, resource: yb.as_entire_binding() },
+                        wgpu::BindGroupEntry { binding: 3, resource: ub.as_entire_binding() },
                     ],
                 });
                 (bg, ch.rows)
@@ -135,8 +113,8 @@ impl MatRunner {
     }
 
     /// Y = W · X for `n_tok` token vectors `x` (row-major, `n_tok × cols`); `nt` tokens per
-    /// workgroup and `nr` rows per warp (decode: 1, NR_DECODE; prompt: NT_PROMPT, NR_PROMPT).
-    /// Returns `n_tok × rows`.
+    /// workgroup and `nr` rows per warp (decode: 1, NR_DECODE; prompt: NT_PROMPT, NR_PROMPT);
+    /// `nt == 0` selects the tiled 64×64 mat-mat kernel. Returns `n_tok × rows`.
     pub fn run(
         &mut self,
         ctx: &GpuContext,
@@ -156,11 +134,7 @@ impl MatRunner {
         let xb = f32_buffer(ctx, "x", x);
         let yb = scratch(ctx, "y", n_tok * m.rows);
         let binds = self.binds(ctx, m, &xb, &yb, n_tok as u32, 0);
-        let key = KernelKey::MatVec {
-            ty: m.ty.id(),
-            nt,
-            nr,
-        };
+        let key = if nt == 0 { KernelKey::MatMat { ty: m.ty.id() } } else { KernelKey::MatVec { ty: m.ty.id(), nt, nr } };
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
@@ -172,30 +146,14 @@ impl MatRunner {
 
     /// Time `reps` rounds of mat-vec over every matrix in `ms` (one submit per round, so
     /// the matrices rotate and do not stay in cache). Returns seconds per round (median).
-    pub fn time(
-        &mut self,
-        ctx: &GpuContext,
-        ms: &[GpuMatrix],
-        n_tok: usize,
-        nt: u32,
-        nr: u32,
-        reps: usize,
-    ) -> Result<f64> {
-        let first = ms
-            .first()
-            .ok_or_else(|| Error::msg("no matrices to time"))?;
+    pub fn time(&mut self, ctx: &GpuContext, ms: &[GpuMatrix], n_tok: usize, nt: u32, nr: u32, reps: usize) -> Result<f64> {
+        let first = ms.first().ok_or_else(|| Error::msg("no matrices to time"))?;
         let xb = f32_buffer(ctx, "x", &vec![0.5f32; n_tok * first.cols]);
         let yb = scratch(ctx, "y", n_tok * first.rows);
         let mut all = Vec::new();
         for m in ms {
-            all.push((
-                self.binds(ctx, m, &xb, &yb, n_tok as u32, 0),
-                KernelKey::MatVec {
-                    ty: m.ty.id(),
-                    nt,
-                    nr,
-                },
-            ));
+            let key = if nt == 0 { KernelKey::MatMat { ty: m.ty.id() } } else { KernelKey::MatVec { ty: m.ty.id(), nt, nr } };
+            all.push((self.binds(ctx, m, &xb, &yb, n_tok as u32, 0), key));
         }
         let mut times = Vec::new();
         for r in 0..reps + 2 {
@@ -221,6 +179,7 @@ impl MatRunner {
 /// Check the `nt`-token kernel of `ty` against CPU dequantization on random data: returns the
 /// largest |gpu − cpu| relative to the largest |cpu| over a `rows` × `cols` matrix and
 /// `n_tok` inputs (f64 reference).
+#[allow(clippy::too_many_arguments)]
 pub fn check_against_cpu(
     ctx: &GpuContext,
     runner: &mut MatRunner,
@@ -234,16 +193,12 @@ pub fn check_against_cpu(
     let data = super::source::random_blocks(ty, rows * cols, 11 + rows as u64, 0.3)?;
     let w = super::reference::dequantize(ty, &data, rows * cols)?;
     let m = super::buffers::upload_matrix(ctx, "check", ty, rows, cols, &data)?;
-    let x: Vec<f32> = (0..n_tok * cols)
-        .map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0)
-        .collect();
+    let x: Vec<f32> = (0..n_tok * cols).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
     let y = runner.run(ctx, &m, &x, n_tok, nt, nr)?;
     let (mut mx, mut err) = (0f64, 0f64);
     for t in 0..n_tok {
         for r in 0..rows {
-            let s: f64 = (0..cols)
-                .map(|c| w[r * cols + c] as f64 * x[t * cols + c] as f64)
-                .sum();
+            let s: f64 = (0..cols).map(|c| w[r * cols + c] as f64 * x[t * cols + c] as f64).sum();
             let g = y[t * rows + r] as f64;
             if !g.is_finite() {
                 return Ok(f64::INFINITY);
