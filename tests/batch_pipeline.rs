@@ -480,6 +480,9 @@ fn shards_split_the_jobs_and_report_merges_them() {
         .output()
         .unwrap();
     let dry = String::from_utf8_lossy(&dry.stdout);
+    let all = env.cmd(&["batch", "pipeline.yaml", "--dry-run"]).output().unwrap();
+    let all = String::from_utf8_lossy(&all.stdout);
+    assert!(all.contains("--recipe Q8_0") && all.contains("hybrid.yaml"), "{all}");
     for id in walk(&env.p("share1/results")) {
         assert!(
             dry.contains(&*id.file_stem().unwrap().to_string_lossy()),

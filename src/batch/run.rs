@@ -252,6 +252,7 @@ impl Ctx<'_> {
         let recipe = match &j.recipe {
             None => Value::Null,
             Some(RecipeSource::Preset(p)) => json!({ "preset": p }),
+            Some(RecipeSource::Type(t)) => json!({ "type": t }),
             Some(RecipeSource::File(f)) => json!({ "file_sha256": sha256_file(f)? }),
         };
         let imatrix = match &j.imatrix {
@@ -528,7 +529,8 @@ impl Ctx<'_> {
         let _ = std::fs::remove_file(&record_path);
         let mut args: Vec<OsString> = vec!["convert".into(), j.source.clone().into()];
         match &j.recipe {
-            Some(RecipeSource::Preset(p)) => args.extend(["--type".into(), p.into()]),
+            Some(RecipeSource::Preset(p)) => args.extend(["--recipe".into(), p.into()]),
+            Some(RecipeSource::Type(t)) => args.extend(["--type".into(), t.into()]),
             Some(RecipeSource::File(f)) => args.extend(["--recipe".into(), f.clone().into()]),
             None => return Err((step(), "job has no recipe".into())),
         }
