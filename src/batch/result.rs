@@ -60,6 +60,9 @@ pub struct JobResult {
     pub size_bytes: Option<u64>,
     /// Size of the source file in bytes.
     pub source_size_bytes: u64,
+    /// Bits per weight of the output, from convert's manifest (`totals.bpw`).
+    #[serde(default)]
+    pub bpw: Option<f64>,
     /// Perplexity.
     pub ppl: Option<f64>,
     /// Standard error of the perplexity.

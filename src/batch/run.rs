@@ -312,6 +312,7 @@ impl Ctx<'_> {
             error: None,
             size_bytes: None,
             source_size_bytes: j.source_size,
+            bpw: None,
             ppl: None,
             ppl_err: None,
             base_ppl: None,
@@ -519,6 +520,7 @@ impl Ctx<'_> {
                     && manifest_recipe_sha(&m) == Some(rec.manifest_recipe_sha256.as_str());
                 if same && out.is_file() {
                     r.convert_reused = true;
+                    r.bpw = super::result::find_number(&m, &["bpw"]);
                     r.raw.insert("manifest".into(), manifest_summary(&m));
                     return Ok(());
                 }
@@ -575,6 +577,7 @@ impl Ctx<'_> {
             ));
         }
         r.raw.insert("manifest".into(), manifest_summary(&m));
+        r.bpw = super::result::find_number(&m, &["bpw"]);
         if let Some(rs) = manifest_recipe_sha(&m) {
             let rec = ConvertRecord {
                 ggufq_version: VERSION.into(),

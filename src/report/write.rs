@@ -54,7 +54,7 @@ fn mb(b: Option<u64>) -> String {
 /// CSV with one row per job (RFC 4180 quoting).
 pub fn to_csv(r: &Report) -> String {
     let mut s = String::from(
-        "job_id,model,variant,kind,status,size_bytes,size_ratio,ppl,ppl_err,ppl_increase,kld,kld_err,tps_gen,tps_prompt,tps_from,ms_per_token,verdict,pareto,gate_notes,bench_status,error\n",
+        "job_id,model,variant,kind,status,size_bytes,size_ratio,bpw,ppl,ppl_err,ppl_increase,kld,kld_err,tps_gen,tps_prompt,tps_from,ms_per_token,verdict,pareto,gate_notes,bench_status,error\n",
     );
     for x in &r.rows {
         let fields = [
@@ -65,6 +65,7 @@ pub fn to_csv(r: &Report) -> String {
             status(x).into(),
             x.size_bytes.map(|b| b.to_string()).unwrap_or_default(),
             opt(x.size_ratio, 6),
+            opt(x.bpw, 4),
             opt(x.ppl, 6),
             opt(x.ppl_err, 6),
             opt(x.ppl_increase, 6),
@@ -109,15 +110,16 @@ fn status(x: &Row) -> &'static str {
     }
 }
 
-const HEADER: [&str; 9] = [
-    "job", "size MB", "size %", "PPL", "ΔPPL", "KLD", "tok/s", "ms/tok", "verdict",
+const HEADER: [&str; 10] = [
+    "job", "size MB", "size %", "bpw", "PPL", "ΔPPL", "KLD", "tok/s", "ms/tok", "verdict",
 ];
 
-fn cells(x: &Row) -> [String; 9] {
+fn cells(x: &Row) -> [String; 10] {
     [
         format!("{}{}", x.job_id, if x.pareto { " *" } else { "" }),
         mb(x.size_bytes),
         opt(x.size_ratio.map(|v| v * 100.0), 1),
+        opt(x.bpw, 2),
         match (x.ppl, x.ppl_err) {
             (Some(p), Some(e)) => format!("{p:.3} ± {e:.3}"),
             (Some(p), None) => format!("{p:.3}"),
