@@ -5,8 +5,13 @@
 //! `convert` (writer) → `model` (runtime) → `eval` (ppl/KLD) → `bench` → `batch`.
 
 pub mod batch;
+pub mod bench;
+pub mod convert;
 pub mod error;
 pub mod gguf;
+#[cfg(feature = "gpu")]
+pub mod gpu;
+pub mod inspect;
 pub mod quant;
 pub mod recipe;
 pub mod report;

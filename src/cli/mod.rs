@@ -9,10 +9,14 @@
 //! To add a subcommand: create `src/cli/<name>.rs` with `pub struct Args` (clap `Args`) and
 //! `pub fn run(args: Args) -> anyhow::Result<i32>`, then add one variant and one match arm here.
 
-mod batch;
-mod report;
-
 use clap::{Parser, Subcommand};
+
+mod batch;
+pub mod bench;
+mod convert;
+mod diff;
+mod inspect;
+mod report;
 
 /// Exit code: success.
 pub const EXIT_OK: i32 = 0;
@@ -38,6 +42,14 @@ struct Cli {
 enum Command {
     /// Print the list of tensor types ggufq knows.
     Types,
+    /// Show a GGUF file: summary, metadata, tensors, layer matrix, JSON.
+    Inspect(inspect::Args),
+    /// Compare two GGUF files: metadata, tensor types, shapes and data (exit 1 if different).
+    Diff(diff::Args),
+    /// Requantize a GGUF by a recipe, a llama.cpp preset or a plain type.
+    Convert(convert::Args),
+    /// Benchmark models on the GPU (wgpu) or CPU: pp/tg tokens/s, latency, bandwidth, gates.
+    Bench(bench::Args),
     /// Convert, validate and gate many models × recipes from a pipeline file.
     Batch(batch::Args),
     /// Merge batch results (several shares) into one report with tables and plots.
@@ -48,6 +60,10 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Command::Types => types(),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Diff(a) => diff::run(a),
+        Command::Convert(a) => convert::run(a),
+        Command::Bench(a) => bench::run(a),
         Command::Batch(a) => batch::run(a),
         Command::Report(a) => report::run(a),
     };
