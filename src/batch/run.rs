@@ -390,15 +390,11 @@ impl Ctx<'_> {
                         "--ppl".into(),
                         text.clone().into(),
                     ]);
-                    args.extend(["-c".into(), v.ctx.to_string().into()]);
-                    if let Some(c) = v.chunks {
-                        args.extend(["--chunks".into(), c.to_string().into()]);
-                    }
                     if let Some(b) = &kl_base {
                         args.extend(["--kl-base".into(), b.clone().into()]);
                     }
                     args.extend(v.bench_args.iter().map(OsString::from));
-                    args.extend(["--format".into(), "json".into()]);
+                    args.extend(["-o".into(), "json".into()]);
                 }
             }
             let step = if v.device == Device::Cpu {
@@ -455,7 +451,7 @@ impl Ctx<'_> {
         if v.device == Device::Cpu && v.bench != BenchMode::Never {
             let mut args: Vec<OsString> = vec!["bench".into(), model.clone().into()];
             args.extend(v.bench_args.iter().map(OsString::from));
-            args.extend(["--format".into(), "json".into()]);
+            args.extend(["-o".into(), "json".into()]);
             let t = Instant::now();
             let out = self
                 .child(j, "bench", &args)
@@ -479,12 +475,13 @@ impl Ctx<'_> {
                     r.bench_status = "ok".into();
                     r.raw.insert("bench".into(), val);
                 }
-                Some(CHILD_EXIT_ENV) if v.bench == BenchMode::Auto => {
+                Some(code) if v.bench == BenchMode::Auto && no_gpu(code, &out) => {
                     let why = out
                         .stderr_tail
                         .lines()
-                        .last()
-                        .unwrap_or("no GPU")
+                        .rev()
+                        .find(|l| l.contains("adapter") || l.starts_with("error"))
+                        .unwrap_or("no GPU adapter")
                         .trim()
                         .to_string();
                     r.bench_status = format!("skipped: {why}");
@@ -620,6 +617,12 @@ impl Ctx<'_> {
             stderr_tail: tail_of_file(&log_path, 2000),
         })
     }
+}
+
+/// A bench that could not find a GPU: exit code 3 (environment failure), or its
+/// "no GPU adapter" message.
+fn no_gpu(code: i32, out: &ChildOut) -> bool {
+    code == CHILD_EXIT_ENV || out.stderr_tail.contains("no GPU adapter")
 }
 
 fn is_unknown_subcommand(out: &ChildOut) -> bool {

@@ -165,10 +165,20 @@ pub fn terminal_table(r: &Report) -> String {
     s
 }
 
+/// A decision cell: the variant, "none passes" when no variant passes, or "n/a" when variants
+/// pass but the figure it needs (speed, KLD) was not measured.
+fn pick(o: &Option<String>, d: &super::Decision) -> String {
+    match o {
+        Some(v) => v.clone(),
+        None if d.passing.is_empty() => "none passes".into(),
+        None => "n/a (not measured)".into(),
+    }
+}
+
 fn decisions_text(r: &Report) -> String {
     let mut s = String::new();
     for d in &r.decisions {
-        let f = |o: &Option<String>| o.clone().unwrap_or_else(|| "none passes".into());
+        let f = |o: &Option<String>| pick(o, d);
         let _ = writeln!(
             s,
             "{}: smallest passing = {}, fastest passing = {}, best quality per GB = {}",
@@ -201,7 +211,7 @@ pub fn to_markdown(r: &Report, plots: &[PathBuf]) -> String {
     }
     s.push_str("\n## Decision matrix\n\n| model | smallest passing | fastest passing | best quality per GB | passing |\n| --- | --- | --- | --- | --- |\n");
     for d in &r.decisions {
-        let f = |o: &Option<String>| o.clone().unwrap_or_else(|| "none".into());
+        let f = |o: &Option<String>| pick(o, d);
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} |",
