@@ -137,6 +137,7 @@ fn batch_converts_validates_gates_and_reports() {
     assert_eq!(rep["rows"].as_array().unwrap().len(), 8);
     let q8 = row(&rep, "alpha__Q8_0");
     assert_eq!(q8["size_bytes"], 5500);
+    assert_eq!(q8["bpw"], 8.0); // from the manifest's totals.bpw
     assert!(
         (q8["ppl_increase"].as_f64().unwrap() - 0.2025).abs() < 1e-6,
         "{q8}"
@@ -480,6 +481,15 @@ fn shards_split_the_jobs_and_report_merges_them() {
         .output()
         .unwrap();
     let dry = String::from_utf8_lossy(&dry.stdout);
+    let all = env
+        .cmd(&["batch", "pipeline.yaml", "--dry-run"])
+        .output()
+        .unwrap();
+    let all = String::from_utf8_lossy(&all.stdout);
+    assert!(
+        all.contains("--recipe Q8_0") && all.contains("hybrid.yaml"),
+        "{all}"
+    );
     for id in walk(&env.p("share1/results")) {
         assert!(
             dry.contains(&*id.file_stem().unwrap().to_string_lossy()),
@@ -564,4 +574,39 @@ fn pipeline_errors_name_file_line_and_column() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(env.calls().is_empty());
+}
+
+#[test]
+fn concurrency_is_bounded_by_jobs_and_memory() {
+    let env = Env::new();
+    std::fs::remove_file(env.p("models/beta.gguf")).unwrap();
+    let running = env.p("running");
+    let max_running = |env: &Env| -> usize {
+        std::fs::read_to_string(env.p("concurrency.log"))
+            .unwrap()
+            .lines()
+            .map(|l| l.trim().parse::<usize>().unwrap())
+            .max()
+            .unwrap()
+    };
+    // alpha.gguf is 10 000 bytes, so each job is estimated at 4 x 10 000 = 40 000 bytes.
+    let base = "models: [models/alpha.gguf]\nrecipes: [Q8_0, Q4_K_M, Q2_K, {type: Q4_0}]\nvalidation: {bench: never}\n";
+    for (parallel, jobs, expect) in [("{memory: 60000B}", "4", 1), ("{memory: 1GiB}", "2", 2)] {
+        std::fs::create_dir_all(&running).unwrap();
+        let _ = std::fs::remove_file(env.p("concurrency.log"));
+        let _ = std::fs::remove_dir_all(env.p("out"));
+        env.pipeline(&format!("{base}output: out\nparallel: {parallel}\n"));
+        let out = env
+            .cmd(&["batch", "pipeline.yaml", "-j", jobs, "-q"])
+            .env("FAKE_RUNNING", &running)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(max_running(&env), expect, "parallel {parallel}, -j {jobs}");
+    }
 }

@@ -155,10 +155,10 @@ pub fn plan(opts: &BatchOptions) -> Result<Plan> {
                 )));
             }
         }
-        if let RecipeSource::Preset(p) = &src {
+        if let RecipeSource::Preset(p) | RecipeSource::Type(p) = &src {
             if p.is_empty() {
                 return Err(Error::msg(format!(
-                    "{}: empty preset name",
+                    "{}: empty preset or type name",
                     opts.pipeline.display()
                 )));
             }

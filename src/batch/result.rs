@@ -60,6 +60,9 @@ pub struct JobResult {
     pub size_bytes: Option<u64>,
     /// Size of the source file in bytes.
     pub source_size_bytes: u64,
+    /// Bits per weight of the output, from convert's manifest (`totals.bpw`).
+    #[serde(default)]
+    pub bpw: Option<f64>,
     /// Perplexity.
     pub ppl: Option<f64>,
     /// Standard error of the perplexity.
@@ -214,7 +217,12 @@ pub fn ppl_figures(v: &Value) -> PplFigures {
         tps: find_number(
             v,
             &["tokens_per_second", "tokens_per_s", "tok_per_s", "tps"],
-        ),
+        )
+        .or_else(|| {
+            let n = find_number(v, &["n_tokens_evaluated", "n_tokens"])?;
+            let s = find_number(v, &["seconds", "eval_seconds", "elapsed_s"])?;
+            (s > 0.0).then_some(n / s)
+        }),
     }
 }
 
@@ -288,6 +296,19 @@ mod tests {
         // Shallowest key wins.
         let f = ppl_figures(&json!({"base": {"ppl": 1.0}, "ppl": 2.0}));
         assert_eq!(f.ppl, Some(2.0));
+        // Nested result structs (ppl + kld sections), speed from tokens and seconds.
+        let f = ppl_figures(&json!({
+            "ppl": {"ppl": 21.5, "ppl_err": 0.4, "n_tokens_evaluated": 1000, "seconds": 4.0},
+            "kld": {"ppl": 21.5, "ppl_base": 21.0, "kld": 0.03, "kld_err": 0.002}
+        }));
+        assert_eq!(
+            (f.ppl, f.ppl_err, f.base_ppl),
+            (Some(21.5), Some(0.4), Some(21.0))
+        );
+        assert_eq!(
+            (f.kld, f.kld_err, f.tps),
+            (Some(0.03), Some(0.002), Some(250.0))
+        );
     }
 
     #[test]

@@ -252,6 +252,7 @@ impl Ctx<'_> {
         let recipe = match &j.recipe {
             None => Value::Null,
             Some(RecipeSource::Preset(p)) => json!({ "preset": p }),
+            Some(RecipeSource::Type(t)) => json!({ "type": t }),
             Some(RecipeSource::File(f)) => json!({ "file_sha256": sha256_file(f)? }),
         };
         let imatrix = match &j.imatrix {
@@ -311,6 +312,7 @@ impl Ctx<'_> {
             error: None,
             size_bytes: None,
             source_size_bytes: j.source_size,
+            bpw: None,
             ppl: None,
             ppl_err: None,
             base_ppl: None,
@@ -388,15 +390,11 @@ impl Ctx<'_> {
                         "--ppl".into(),
                         text.clone().into(),
                     ]);
-                    args.extend(["-c".into(), v.ctx.to_string().into()]);
-                    if let Some(c) = v.chunks {
-                        args.extend(["--chunks".into(), c.to_string().into()]);
-                    }
                     if let Some(b) = &kl_base {
                         args.extend(["--kl-base".into(), b.clone().into()]);
                     }
                     args.extend(v.bench_args.iter().map(OsString::from));
-                    args.extend(["--format".into(), "json".into()]);
+                    args.extend(["-o".into(), "json".into()]);
                 }
             }
             let step = if v.device == Device::Cpu {
@@ -453,7 +451,7 @@ impl Ctx<'_> {
         if v.device == Device::Cpu && v.bench != BenchMode::Never {
             let mut args: Vec<OsString> = vec!["bench".into(), model.clone().into()];
             args.extend(v.bench_args.iter().map(OsString::from));
-            args.extend(["--format".into(), "json".into()]);
+            args.extend(["-o".into(), "json".into()]);
             let t = Instant::now();
             let out = self
                 .child(j, "bench", &args)
@@ -477,12 +475,13 @@ impl Ctx<'_> {
                     r.bench_status = "ok".into();
                     r.raw.insert("bench".into(), val);
                 }
-                Some(CHILD_EXIT_ENV) if v.bench == BenchMode::Auto => {
+                Some(code) if v.bench == BenchMode::Auto && no_gpu(code, &out) => {
                     let why = out
                         .stderr_tail
                         .lines()
-                        .last()
-                        .unwrap_or("no GPU")
+                        .rev()
+                        .find(|l| l.contains("adapter") || l.starts_with("error"))
+                        .unwrap_or("no GPU adapter")
                         .trim()
                         .to_string();
                     r.bench_status = format!("skipped: {why}");
@@ -518,6 +517,7 @@ impl Ctx<'_> {
                     && manifest_recipe_sha(&m) == Some(rec.manifest_recipe_sha256.as_str());
                 if same && out.is_file() {
                     r.convert_reused = true;
+                    r.bpw = super::result::find_number(&m, &["bpw"]);
                     r.raw.insert("manifest".into(), manifest_summary(&m));
                     return Ok(());
                 }
@@ -528,7 +528,8 @@ impl Ctx<'_> {
         let _ = std::fs::remove_file(&record_path);
         let mut args: Vec<OsString> = vec!["convert".into(), j.source.clone().into()];
         match &j.recipe {
-            Some(RecipeSource::Preset(p)) => args.extend(["--type".into(), p.into()]),
+            Some(RecipeSource::Preset(p)) => args.extend(["--recipe".into(), p.into()]),
+            Some(RecipeSource::Type(t)) => args.extend(["--type".into(), t.into()]),
             Some(RecipeSource::File(f)) => args.extend(["--recipe".into(), f.clone().into()]),
             None => return Err((step(), "job has no recipe".into())),
         }
@@ -573,6 +574,7 @@ impl Ctx<'_> {
             ));
         }
         r.raw.insert("manifest".into(), manifest_summary(&m));
+        r.bpw = super::result::find_number(&m, &["bpw"]);
         if let Some(rs) = manifest_recipe_sha(&m) {
             let rec = ConvertRecord {
                 ggufq_version: VERSION.into(),
@@ -615,6 +617,12 @@ impl Ctx<'_> {
             stderr_tail: tail_of_file(&log_path, 2000),
         })
     }
+}
+
+/// A bench that could not find a GPU: exit code 3 (environment failure), or its
+/// "no GPU adapter" message.
+fn no_gpu(code: i32, out: &ChildOut) -> bool {
+    code == CHILD_EXIT_ENV || out.stderr_tail.contains("no GPU adapter")
 }
 
 fn is_unknown_subcommand(out: &ChildOut) -> bool {

@@ -62,7 +62,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         ]);
         for j in plan.jobs.iter().filter(|j| shard.contains(&j.id)) {
             let conv = match &j.recipe {
-                Some(ggufq::recipe::pipeline::RecipeSource::Preset(p)) => format!("--type {p}"),
+                Some(ggufq::recipe::pipeline::RecipeSource::Preset(p)) => format!("--recipe {p}"),
+                Some(ggufq::recipe::pipeline::RecipeSource::Type(t)) => format!("--type {t}"),
                 Some(ggufq::recipe::pipeline::RecipeSource::File(f)) => {
                     format!("--recipe {}", f.display())
                 }

@@ -88,9 +88,9 @@ impl ModelSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum RecipeSpec {
-    /// `- Q4_K_M`: a shipped preset or a plain tensor type (`convert --type`).
+    /// `- Q4_K_M`: a llama.cpp preset mix (`convert --recipe Q4_K_M`).
     Preset(String),
-    /// `- { preset: Q8_0 }` or `- { recipe: hybrid.yaml, name: hybrid }`.
+    /// `- { preset: Q8_0 }`, `- { type: Q4_0 }` or `- { recipe: hybrid.yaml, name: hybrid }`.
     Full(RecipeEntry),
 }
 
@@ -98,13 +98,16 @@ pub enum RecipeSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RecipeEntry {
-    /// A preset or tensor type name (`convert --type`).
+    /// A llama.cpp preset name (`convert --recipe NAME`).
     #[serde(default)]
     pub preset: Option<String>,
+    /// One tensor type for every quantizable tensor, like llama-quantize --pure (`convert --type`).
+    #[serde(default, rename = "type")]
+    pub ty: Option<String>,
     /// A recipe file, relative to the pipeline file (`convert --recipe`).
     #[serde(default)]
     pub recipe: Option<String>,
-    /// Name used in job ids and output file names (default: preset name or recipe file stem).
+    /// Name used in job ids and output file names (default: preset/type name or recipe file stem).
     #[serde(default)]
     pub name: Option<String>,
     /// An importance matrix file passed as `convert --imatrix`.
@@ -115,8 +118,10 @@ pub struct RecipeEntry {
 /// What a recipe entry asks `convert` to do, with paths resolved.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecipeSource {
-    /// `convert --type NAME`.
+    /// `convert --recipe NAME` with a preset name.
     Preset(String),
+    /// `convert --type TYPE`: one type for every quantizable tensor.
+    Type(String),
     /// `convert --recipe PATH`.
     File(PathBuf),
 }
@@ -329,20 +334,16 @@ impl Pipeline {
         }
         for r in &self.recipes {
             if let RecipeSpec::Full(e) = r {
-                match (&e.preset, &e.recipe) {
-                    (Some(_), Some(_)) => {
-                        return Err(err(
-                            &["recipes"],
-                            "a recipes entry has both `preset:` and `recipe:`; use one".into(),
-                        ))
-                    }
-                    (None, None) => {
-                        return Err(err(
-                            &["recipes"],
-                            "a recipes entry needs `preset:` or `recipe:`".into(),
-                        ))
-                    }
-                    _ => {}
+                let n = [e.preset.is_some(), e.ty.is_some(), e.recipe.is_some()]
+                    .iter()
+                    .filter(|x| **x)
+                    .count();
+                if n != 1 {
+                    return Err(err(
+                        &["recipes"],
+                        "a recipes entry needs exactly one of `preset:`, `type:` or `recipe:`"
+                            .into(),
+                    ));
                 }
             }
         }
@@ -409,7 +410,7 @@ impl RecipeSpec {
             RecipeSpec::Full(e) => {
                 if let Some(n) = &e.name {
                     n.clone()
-                } else if let Some(p) = &e.preset {
+                } else if let Some(p) = e.preset.as_ref().or(e.ty.as_ref()) {
                     p.clone()
                 } else {
                     let r = e.recipe.as_deref().unwrap_or("recipe");
@@ -426,11 +427,12 @@ impl RecipeSpec {
     pub fn source(&self, base_dir: &Path) -> RecipeSource {
         match self {
             RecipeSpec::Preset(p) => RecipeSource::Preset(p.trim().to_string()),
-            RecipeSpec::Full(e) => match (&e.preset, &e.recipe) {
-                (_, Some(r)) => RecipeSource::File(resolve_path(r, base_dir)),
-                (Some(p), None) => RecipeSource::Preset(p.trim().to_string()),
-                // validate() rejects entries with neither; treat as an empty preset name here.
-                (None, None) => RecipeSource::Preset(String::new()),
+            RecipeSpec::Full(e) => match (&e.preset, &e.ty, &e.recipe) {
+                (_, _, Some(r)) => RecipeSource::File(resolve_path(r, base_dir)),
+                (_, Some(t), None) => RecipeSource::Type(t.trim().to_string()),
+                (Some(p), None, None) => RecipeSource::Preset(p.trim().to_string()),
+                // validate() rejects entries with none; an empty name is refused by the planner.
+                (None, None, None) => RecipeSource::Preset(String::new()),
             },
         }
     }
@@ -533,7 +535,7 @@ fn yaml_error(e: &serde_yaml::Error, origin: &str, text: &str) -> Error {
         .replace("data did not match any variant of untagged enum ModelSpec", "a models entry must be a path string or a map with `path:` (and optional `name:`)")
         .replace(
             "data did not match any variant of untagged enum RecipeSpec",
-            "a recipes entry must be a preset name or a map with `preset:` or `recipe:` (optional `name:`, `imatrix:`; no other keys)",
+            "a recipes entry must be a preset name or a map with one of `preset:`, `type:`, `recipe:` (optional `name:`, `imatrix:`; no other keys)",
         );
     Error::Recipe {
         path: origin.to_string(),
@@ -589,6 +591,7 @@ recipes:
   - preset: Q8_0
     name: q8
   - { recipe: ../hybrid.yaml }
+  - { type: Q4_0, name: pure4 }
 validation:
   text: wiki.txt
   ctx: 128
@@ -611,7 +614,15 @@ parallel:
         assert_eq!(p.models[1].pattern(), "models/*.gguf");
         assert_eq!(p.models[1].name(), Some("m"));
         let names: Vec<String> = p.recipes.iter().map(|r| r.name()).collect();
-        assert_eq!(names, ["Q4_K_M", "q8", "hybrid"]);
+        assert_eq!(names, ["Q4_K_M", "q8", "hybrid", "pure4"]);
+        assert_eq!(
+            p.recipes[0].source(Path::new("/x")),
+            RecipeSource::Preset("Q4_K_M".into())
+        );
+        assert_eq!(
+            p.recipes[3].source(Path::new("/x")),
+            RecipeSource::Type("Q4_0".into())
+        );
         assert_eq!(
             p.recipes[2].source(Path::new("/x/y")),
             RecipeSource::File(PathBuf::from("/x/y/../hybrid.yaml"))
@@ -648,7 +659,10 @@ parallel:
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("both `preset:` and `recipe:`"), "{e}");
+        assert!(
+            e.contains("exactly one of `preset:`, `type:` or `recipe:`"),
+            "{e}"
+        );
         let e = Pipeline::parse(
             "models: [a]\nrecipes: [Q4_0]\nparallel: {memory: 3 parsecs}\n",
             "p.yaml",

@@ -39,6 +39,8 @@ pub struct Row {
     pub size_bytes: Option<u64>,
     /// Size relative to the source file.
     pub size_ratio: Option<f64>,
+    /// Bits per weight (from convert's manifest).
+    pub bpw: Option<f64>,
     /// Perplexity.
     pub ppl: Option<f64>,
     /// Perplexity standard error.
@@ -202,6 +204,7 @@ pub fn build(jobs: Vec<JobResult>, gates: Option<Gates>) -> Report {
                     .size_bytes
                     .filter(|_| j.source_size_bytes > 0)
                     .map(|s| s as f64 / j.source_size_bytes as f64),
+                bpw: j.bpw,
                 ppl: j.ppl,
                 ppl_err: j.ppl_err,
                 ppl_increase,
@@ -387,6 +390,7 @@ pub(crate) mod tests {
             error: None,
             size_bytes: Some(size),
             source_size_bytes: 1000,
+            bpw: None,
             ppl: Some(ppl),
             ppl_err: None,
             base_ppl: None,

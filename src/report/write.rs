@@ -54,7 +54,7 @@ fn mb(b: Option<u64>) -> String {
 /// CSV with one row per job (RFC 4180 quoting).
 pub fn to_csv(r: &Report) -> String {
     let mut s = String::from(
-        "job_id,model,variant,kind,status,size_bytes,size_ratio,ppl,ppl_err,ppl_increase,kld,kld_err,tps_gen,tps_prompt,tps_from,ms_per_token,verdict,pareto,gate_notes,bench_status,error\n",
+        "job_id,model,variant,kind,status,size_bytes,size_ratio,bpw,ppl,ppl_err,ppl_increase,kld,kld_err,tps_gen,tps_prompt,tps_from,ms_per_token,verdict,pareto,gate_notes,bench_status,error\n",
     );
     for x in &r.rows {
         let fields = [
@@ -65,6 +65,7 @@ pub fn to_csv(r: &Report) -> String {
             status(x).into(),
             x.size_bytes.map(|b| b.to_string()).unwrap_or_default(),
             opt(x.size_ratio, 6),
+            opt(x.bpw, 4),
             opt(x.ppl, 6),
             opt(x.ppl_err, 6),
             opt(x.ppl_increase, 6),
@@ -109,15 +110,16 @@ fn status(x: &Row) -> &'static str {
     }
 }
 
-const HEADER: [&str; 9] = [
-    "job", "size MB", "size %", "PPL", "ΔPPL", "KLD", "tok/s", "ms/tok", "verdict",
+const HEADER: [&str; 10] = [
+    "job", "size MB", "size %", "bpw", "PPL", "ΔPPL", "KLD", "tok/s", "ms/tok", "verdict",
 ];
 
-fn cells(x: &Row) -> [String; 9] {
+fn cells(x: &Row) -> [String; 10] {
     [
         format!("{}{}", x.job_id, if x.pareto { " *" } else { "" }),
         mb(x.size_bytes),
         opt(x.size_ratio.map(|v| v * 100.0), 1),
+        opt(x.bpw, 2),
         match (x.ppl, x.ppl_err) {
             (Some(p), Some(e)) => format!("{p:.3} ± {e:.3}"),
             (Some(p), None) => format!("{p:.3}"),
@@ -163,10 +165,20 @@ pub fn terminal_table(r: &Report) -> String {
     s
 }
 
+/// A decision cell: the variant, "none passes" when no variant passes, or "n/a" when variants
+/// pass but the figure it needs (speed, KLD) was not measured.
+fn pick(o: &Option<String>, d: &super::Decision) -> String {
+    match o {
+        Some(v) => v.clone(),
+        None if d.passing.is_empty() => "none passes".into(),
+        None => "n/a (not measured)".into(),
+    }
+}
+
 fn decisions_text(r: &Report) -> String {
     let mut s = String::new();
     for d in &r.decisions {
-        let f = |o: &Option<String>| o.clone().unwrap_or_else(|| "none passes".into());
+        let f = |o: &Option<String>| pick(o, d);
         let _ = writeln!(
             s,
             "{}: smallest passing = {}, fastest passing = {}, best quality per GB = {}",
@@ -199,7 +211,7 @@ pub fn to_markdown(r: &Report, plots: &[PathBuf]) -> String {
     }
     s.push_str("\n## Decision matrix\n\n| model | smallest passing | fastest passing | best quality per GB | passing |\n| --- | --- | --- | --- | --- |\n");
     for d in &r.decisions {
-        let f = |o: &Option<String>| o.clone().unwrap_or_else(|| "none".into());
+        let f = |o: &Option<String>| pick(o, d);
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} |",
