@@ -16,8 +16,8 @@ pub mod bench;
 mod convert;
 mod diff;
 mod inspect;
-mod report;
 mod ppl;
+mod report;
 mod run;
 
 /// Exit code: success.

@@ -49,9 +49,11 @@ fn bar(n: usize, quiet: bool, what: &str) -> ProgressBar {
     }
     let pb = ProgressBar::new(n as u64);
     pb.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} chunks {msg} ({elapsed}, eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} chunks {msg} ({elapsed}, eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     pb.set_prefix(what.to_string());
     pb
@@ -62,7 +64,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let model = Model::open(&a.model)?;
     let tok = model.tokenizer()?;
     let bos = if tok.add_bos { tok.bos } else { None };
-    let opts = PplOptions { n_ctx: a.n_ctx, n_chunks: a.chunks, bos };
+    let opts = PplOptions {
+        n_ctx: a.n_ctx,
+        n_chunks: a.chunks,
+        bos,
+    };
     let t_tok = std::time::Instant::now();
     let tokens = match (&a.file, &a.kl_logits) {
         (Some(f), _) => {
@@ -87,7 +93,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             base_be = CpuBackend::new(&bm, a.n_ctx, a.threads)?;
             BaseSource::Model(&mut base_be)
         } else {
-            let p = a.kl_logits.as_ref().ok_or_else(|| anyhow::anyhow!("no base"))?;
+            let p = a
+                .kl_logits
+                .as_ref()
+                .ok_or_else(|| anyhow::anyhow!("no base"))?;
             BaseSource::File(LogProbReader::open(p)?)
         };
         let n = match &base {
@@ -110,7 +119,10 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             println!("{}", serde_json::to_string_pretty(&v)?);
         } else {
             print!("{}", st.to_text());
-            eprintln!("[{backend_name}] {} scored tokens in {secs:.1} s", st.n_tokens);
+            eprintln!(
+                "[{backend_name}] {} scored tokens in {secs:.1} s",
+                st.n_tokens
+            );
         }
         return Ok(crate::cli::EXIT_OK);
     }
@@ -163,9 +175,17 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        let list: Vec<String> = res.running.iter().enumerate().map(|(i, p)| format!("[{}]{p:.4}", i + 1)).collect();
+        let list: Vec<String> = res
+            .running
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("[{}]{p:.4}", i + 1))
+            .collect();
         println!("{}", list.join(","));
-        println!("Final estimate: PPL = {:.4} +/- {:.5}", res.ppl, res.ppl_err);
+        println!(
+            "Final estimate: PPL = {:.4} +/- {:.5}",
+            res.ppl, res.ppl_err
+        );
         eprintln!(
             "[{backend_name}] {} chunks × {} tokens in {:.1} s: {tps:.1} tokens/s (tokenizing {} tokens took {tok_s:.2} s)",
             res.n_chunks,

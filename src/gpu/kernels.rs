@@ -110,13 +110,20 @@ impl Tune {
     /// Defaults with environment overrides (values out of range are ignored).
     pub fn from_env() -> Tune {
         let get = |k: &str, d: u32, ok: &[u32]| -> u32 {
-            std::env::var(k).ok().and_then(|v| v.parse().ok()).filter(|v| ok.contains(v)).unwrap_or(d)
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|v| ok.contains(v))
+                .unwrap_or(d)
         };
         Tune {
             nr_decode: get("GGUFQ_NR_DECODE", NR_DECODE, &[1, 2, 4]),
             nr_prompt: get("GGUFQ_NR_PROMPT", NR_PROMPT, &[1, 2, 4]),
             nt_prompt: get("GGUFQ_NT_PROMPT", NT_PROMPT, &[4, 8, 16]),
-            mm_min: std::env::var("GGUFQ_MM_MIN").ok().and_then(|v| v.parse().ok()).unwrap_or(16),
+            mm_min: std::env::var("GGUFQ_MM_MIN")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(16),
         }
     }
 }

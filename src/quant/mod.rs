@@ -463,4 +463,3 @@ mod tests {
         assert!(validate_row_data(GgmlType::BF16, &[0x7F, 0x7F]).is_ok());
     }
 }
-pub mod kquants;
