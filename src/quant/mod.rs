@@ -25,6 +25,7 @@
 //! [`validate_row_data`] is the same check on its own.
 
 pub mod float;
+pub mod imatrix;
 pub mod kquants;
 pub mod legacy;
 pub mod types;
