@@ -647,9 +647,100 @@ fn make_qx_quants_lanes<const N: usize, const M: usize>(
     scale
 }
 
+/// [`make_q3_quants`] on `M` independent sub-blocks at once (bit-identical per lane, see
+/// [`make_qkx_quants_lanes`]); a lane stops refining when its own pass changes nothing.
+#[inline(always)]
+fn make_q3_quants_lanes<const N: usize, const M: usize>(
+    nmax: i32,
+    xs: &[[f32; N]; M],
+    ls: &mut [[i8; N]; M],
+) -> [f32; M] {
+    let xt = transpose(xs);
+    let mut max = [0f32; M];
+    let mut amax = [0f32; M];
+    for row in &xt {
+        for m in 0..M {
+            let ax = row[m].abs();
+            if ax > amax[m] {
+                amax[m] = ax;
+                max[m] = row[m];
+            }
+        }
+    }
+    let mut iscale = [0f32; M];
+    for m in 0..M {
+        iscale[m] = -(nmax as f32) / max[m];
+    }
+    let mut lt = [[0i32; M]; N];
+    let mut sumlx = [0f32; M];
+    let mut suml2 = [0f32; M];
+    for i in 0..N {
+        for m in 0..M {
+            let x = xt[i][m];
+            let l = nearest_int(iscale[m] * x).clamp(-nmax, nmax - 1);
+            lt[i][m] = l;
+            let w = x * x;
+            let lf = l as f32;
+            sumlx[m] += w * x * lf;
+            suml2[m] += w * lf * lf;
+        }
+    }
+    let mut active = [true; M];
+    for _ in 0..5 {
+        let mut changed = [false; M];
+        for i in 0..N {
+            for m in 0..M {
+                let x = xt[i][m];
+                let w = x * x;
+                let li = lt[i][m] as f32;
+                let slx = sumlx[m] - w * x * li;
+                let sl2 = suml2[m] - w * li * li;
+                let new_l = nearest_int(x * sl2 / slx).clamp(-nmax, nmax - 1);
+                let nf = new_l as f32;
+                let slx2 = slx + w * x * nf;
+                let sl22 = sl2 + w * nf * nf;
+                let take = active[m]
+                    && slx > 0.0
+                    && new_l != lt[i][m]
+                    && sl22 > 0.0
+                    && slx2 * slx2 * suml2[m] > sumlx[m] * sumlx[m] * sl22;
+                if take {
+                    lt[i][m] = new_l;
+                    sumlx[m] = slx2;
+                    suml2[m] = sl22;
+                    changed[m] = true;
+                }
+            }
+        }
+        let mut any = false;
+        for m in 0..M {
+            active[m] &= changed[m];
+            any |= active[m];
+        }
+        if !any {
+            break;
+        }
+    }
+    let mut scale = [0f32; M];
+    let mut out = [[0i8; M]; N];
+    for m in 0..M {
+        let zero = amax[m] < GROUP_MAX_EPS;
+        scale[m] = if !zero && suml2[m] > 0.0 {
+            sumlx[m] / suml2[m]
+        } else {
+            0.0
+        };
+        for i in 0..N {
+            out[i][m] = if zero { 0 } else { (lt[i][m] + nmax) as i8 };
+        }
+    }
+    *ls = transpose(&out);
+    scale
+}
+
 /// ggml's `make_q3_quants` with `do_rmse`: symmetric fit with weights `x²` refined by
 /// coordinate descent; `L` in `0..2*nmax`.
-#[inline(always)]
+#[cfg(test)]
 fn make_q3_quants<const N: usize>(nmax: i32, x: &[f32; N], l_out: &mut [i8; N]) -> f32 {
     let mut max = 0f32;
     let mut amax = 0f32;
@@ -1033,11 +1124,10 @@ mod q3k {
     pub(super) fn quantize_ref(x: &[f32; QK_K], y: &mut [u8]) {
         let xs: [[f32; 16]; 16] = split(x);
         let mut l = [[0i8; 16]; 16];
-        let mut scales = [0f32; 16];
         let mut max_scale = 0f32;
         let mut amax = 0f32;
+        let scales = make_q3_quants_lanes(4, &xs, &mut l);
         for j in 0..16 {
-            scales[j] = make_q3_quants(4, &xs[j], &mut l[j]);
             let s = scales[j].abs();
             if s > amax {
                 amax = s;
@@ -1576,6 +1666,17 @@ mod tests {
                 assert_eq!(
                     (a.to_bits(), b.to_bits(), l),
                     (sc[m].to_bits(), mn[m].to_bits(), l32[m])
+                );
+            }
+            let mut l3 = [[0i8; 16]; 16];
+            let sc = make_q3_quants_lanes(4, &xs16, &mut l3);
+            for m in 0..16 {
+                let mut l = [0i8; 16];
+                let a = make_q3_quants(4, &xs16[m], &mut l);
+                assert_eq!(
+                    (a.to_bits(), l),
+                    (sc[m].to_bits(), l3[m]),
+                    "q3 seed {seed} lane {m}"
                 );
             }
             for qw in [None, Some(&ws16)] {
