@@ -1127,11 +1127,10 @@ mod q3k {
         let mut max_scale = 0f32;
         let mut amax = 0f32;
         let scales = make_q3_quants_lanes(4, &xs, &mut l);
-        for j in 0..16 {
-            let s = scales[j].abs();
-            if s > amax {
-                amax = s;
-                max_scale = scales[j];
+        for &sc in &scales {
+            if sc.abs() > amax {
+                amax = sc.abs();
+                max_scale = sc;
             }
         }
         if max_scale != 0.0 {
