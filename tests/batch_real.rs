@@ -1,0 +1,131 @@
+//! `ggufq batch` driving the real ggufq binary (`convert`, and `bench` when the build has a GPU
+//! adapter) on a tiny synthetic llama model.
+#![cfg(feature = "gpu")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ggufq::gguf::GgufFile;
+use ggufq::gpu::source::{Mix, Shape, SynthSource};
+use ggufq::quant::GgmlType;
+use serde_json::Value;
+
+fn json(p: &Path) -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+    )
+    .unwrap()
+}
+
+/// A tiny F16 llama (256 wide, 2 layers) written with the synthetic-model writer.
+fn tiny_source(dir: &Path) -> PathBuf {
+    let p = dir.join("tiny-f16.gguf");
+    let src = SynthSource {
+        shape: Shape::named("tiny").unwrap(),
+        mix: Mix::Uniform(GgmlType::F16),
+        name: "tiny-f16".into(),
+    };
+    src.write_gguf(&p).unwrap();
+    p
+}
+
+fn batch(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ggufq"))
+        .arg("batch")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn real_convert_outputs_resume_and_report() {
+    let d = tempfile::tempdir().unwrap();
+    tiny_source(d.path());
+    std::fs::write(
+        d.path().join("pipeline.yaml"),
+        "\
+output: out
+models: [tiny-f16.gguf]
+recipes:
+  - Q8_0
+  - { type: Q5_1 }
+  - { type: Q4_0, name: pure-q4_0 }
+validation:
+  bench: auto
+  bench_args: [-p, '8', -n, '4', -r, '1']
+",
+    )
+    .unwrap();
+    let out = batch(d.path(), &["pipeline.yaml", "-j", "2"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let src = GgufFile::open(d.path().join("tiny-f16.gguf")).unwrap();
+    for (variant, expect_blk_q) in [("Q8_0", "Q8_0"), ("Q5_1", "Q5_1"), ("pure-q4_0", "Q4_0")] {
+        let id = format!("tiny-f16__{variant}");
+        let r = json(&d.path().join(format!("out/results/{id}.json")));
+        assert_eq!(r["status"], "ok", "{r}");
+        let bench = r["bench_status"].as_str().unwrap();
+        assert!(bench == "ok" || bench.starts_with("skipped: "), "{bench}");
+        if bench == "ok" {
+            assert!(r["tps_gen"].as_f64().unwrap() > 0.0, "{r}");
+        }
+        // The output is a valid GGUF with the recipe's types and the source's tensors.
+        let f = GgufFile::open(d.path().join(format!("out/{id}.gguf"))).unwrap();
+        assert_eq!(f.tensors.len(), src.tensors.len());
+        let q = f.tensor("blk.0.attn_q.weight").unwrap();
+        assert_eq!(q.type_name(), expect_blk_q, "{id}");
+        assert_eq!(r["size_bytes"].as_u64().unwrap(), f.file_size);
+        // bpw read from convert's manifest.
+        let bpw = r["bpw"].as_f64().unwrap();
+        assert!(bpw > 4.0 && bpw < 9.0, "{id}: {bpw}");
+        let m = json(&d.path().join(format!("out/{id}.gguf.manifest.json")));
+        assert_eq!(m["source"]["sha256"], r["source_sha256"]);
+    }
+    let rep = json(&d.path().join("out/report/results.json"));
+    let sizes: Vec<u64> = ["Q8_0", "Q5_1", "pure-q4_0"]
+        .iter()
+        .map(|v| {
+            rep["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["variant"] == *v)
+                .unwrap()["size_bytes"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert!(sizes[0] > sizes[1] && sizes[1] > sizes[2], "{sizes:?}");
+    let md = std::fs::read_to_string(d.path().join("out/report/summary.md")).unwrap();
+    assert!(md.contains("| tiny-f16 | pure-q4_0 |"), "{md}");
+
+    // Rerun: everything matches, nothing is converted again.
+    let out = batch(d.path(), &["pipeline.yaml"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(": 0 run, 4 reused, 0 failed"), "{stdout}");
+
+    // A lost output is made again, alone.
+    std::fs::remove_file(d.path().join("out/tiny-f16__Q5_1.gguf")).unwrap();
+    let out = batch(d.path(), &["pipeline.yaml"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(": 1 run, 3 reused, 0 failed"), "{stdout}");
+    assert!(d.path().join("out/tiny-f16__Q5_1.gguf").is_file());
+
+    // A recipe convert refuses fails that job only, with convert's own message.
+    std::fs::write(
+        d.path().join("pipeline.yaml"),
+        "output: out\nmodels: [tiny-f16.gguf]\nrecipes: [Q8_0, NOT_A_TYPE]\nvalidation: {bench: never}\n",
+    )
+    .unwrap();
+    let out = batch(d.path(), &["pipeline.yaml", "-q"]);
+    assert_eq!(out.status.code(), Some(1));
+    let r = json(&d.path().join("out/results/tiny-f16__NOT_A_TYPE.json"));
+    assert_eq!(r["status"], "failed");
+    assert!(r["error"].as_str().unwrap().contains("NOT_A_TYPE"), "{r}");
+    assert_eq!(
+        json(&d.path().join("out/results/tiny-f16__Q8_0.json"))["status"],
+        "ok"
+    );
+}
