@@ -11,13 +11,19 @@
 
 use clap::{Parser, Subcommand};
 
+mod batch;
+pub mod bench;
+mod convert;
+mod diff;
+mod inspect;
+mod report;
 mod ppl;
 mod run;
+mod synth;
 
 /// Exit code: success.
 pub const EXIT_OK: i32 = 0;
 /// Exit code: a check or gate failed, or a diff found differences.
-#[allow(dead_code)]
 pub const EXIT_CHECK_FAILED: i32 = 1;
 /// Exit code: bad usage or bad input.
 pub const EXIT_BAD_INPUT: i32 = 2;
@@ -25,7 +31,11 @@ pub const EXIT_BAD_INPUT: i32 = 2;
 pub const EXIT_INTERNAL: i32 = 3;
 
 #[derive(Parser)]
-#[command(name = "ggufq", version, about = "Inspect, requantize and validate GGUF models")]
+#[command(
+    name = "ggufq",
+    version,
+    about = "Inspect, requantize and validate GGUF models"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Command,
@@ -35,18 +45,39 @@ struct Cli {
 enum Command {
     /// Print the list of tensor types ggufq knows.
     Types,
+    /// Show a GGUF file: summary, metadata, tensors, layer matrix, JSON.
+    Inspect(inspect::Args),
+    /// Compare two GGUF files: metadata, tensor types, shapes and data (exit 1 if different).
+    Diff(diff::Args),
+    /// Requantize a GGUF by a recipe, a llama.cpp preset or a plain type.
+    Convert(convert::Args),
+    /// Benchmark models on the GPU (wgpu) or CPU: pp/tg tokens/s, latency, bandwidth, gates.
+    Bench(bench::Args),
+    /// Convert, validate and gate many models × recipes from a pipeline file.
+    Batch(batch::Args),
+    /// Merge batch results (several shares) into one report with tables and plots.
+    Report(report::Args),
     /// Greedy text generation on the CPU (a sanity check).
     Run(run::Args),
     /// Perplexity and KL-divergence on a text file (llama-perplexity's method).
     Ppl(ppl::Args),
+    /// Write a llama-shaped GGUF with seeded random weights (tests, benchmarks).
+    Synth(synth::Args),
 }
 
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Command::Types => types(),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Diff(a) => diff::run(a),
+        Command::Convert(a) => convert::run(a),
+        Command::Bench(a) => bench::run(a),
+        Command::Batch(a) => batch::run(a),
+        Command::Report(a) => report::run(a),
         Command::Run(a) => run::run(a),
         Command::Ppl(a) => ppl::run(a),
+        Command::Synth(a) => synth::run(a),
     };
     match res {
         Ok(code) => code,
@@ -56,7 +87,19 @@ pub fn main() -> i32 {
 
 /// Print an error chain and map it to an exit code: library input errors → 2, the rest → 3.
 fn report(e: &anyhow::Error) -> i32 {
-    eprintln!("error: {e:#}");
+    // Print the cause chain, skipping a cause whose text the previous message already holds
+    // (library errors embed their source in their own message).
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&text);
+        }
+    }
+    eprintln!("error: {msg}");
     match e.downcast_ref::<ggufq::error::Error>() {
         Some(ggufq::error::Error::Io { .. }) => EXIT_INTERNAL,
         Some(_) => EXIT_BAD_INPUT,

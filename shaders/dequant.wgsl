@@ -1,0 +1,167 @@
+// Dequantization of one group of 4 weights, one function per ggml type.
+//
+// Every type is read as 32-weight units: `b` is the block index inside the buffer, `sub` the
+// unit inside the block (0 for 32-weight blocks, 0..7 for 256-weight K-quant blocks) and `j`
+// (0..7) picks weights 4j..4j+3 of the unit. Blocks whose size is not a multiple of 4 bytes
+// (Q4_0, Q5_0, Q8_0, Q3_K, Q6_K) are repacked on upload: their f16 scale `d` moves to a
+// separate array at word `$DOFF`, the rest of the block stays as 4-byte words.
+// `$W` is the weight buffer (array<u32>), `$S` the function-name suffix.
+
+// @type F32 words=32 upb=1
+fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
+    let o = b * 32u + j * 4u;
+    return bitcast<vec4<f32>>(vec4<u32>($W[o], $W[o + 1u], $W[o + 2u], $W[o + 3u]));
+}
+
+// @type F16 words=16 upb=1
+fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
+    let o = b * 16u + j * 2u;
+    return vec4<f32>(unpack2x16float($W[o]), unpack2x16float($W[o + 1u]));
+}
+
+// @type BF16 words=16 upb=1
+fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
+    let o = b * 16u + j * 2u;
+    let a = $W[o];
+    let c = $W[o + 1u];
+    return bitcast<vec4<f32>>(vec4<u32>(a << 16u, a & 0xffff0000u, c << 16u, c & 0xffff0000u));
+}
+
+// @type Q4_0 words=4 upb=1 dsep
+fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
+    let d = unpack2x16float($W[$DOFF + (b >> 1u)])[b & 1u];
+    let q = $W[b * 4u + (j & 3u)] >> ((j >> 2u) * 4u);
+    let v = vec4<f32>(f32(q & 15u), f32((q >> 8u) & 15u), f32((q >> 16u) & 15u), f32((q >> 24u) & 15u));
+    return d * (v - 8.0);
+}
+
+// @type Q4_1 words=5 upb=1
+fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
+    let dm = unpack2x16float($W[b * 5u]);
+    let q = $W[b * 5u + 1u + (j & 3u)] >> ((j >> 2u) * 4u);
+    let v = vec4<f32>(f32(q & 15u), f32((q >> 8u) & 15u), f32((q >> 16u) & 15u), f32((q >> 24u) & 15u));
+    return dm.x * v + dm.y;
+}
+
+// @type Q5_0 words=5 upb=1 dsep
+fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
+    let d = unpack2x16float($W[$DOFF + (b >> 1u)])[b & 1u];
+    let h = $W[b * 5u] >> (4u * j);
+    let q = $W[b * 5u + 1u + (j & 3u)] >> ((j >> 2u) * 4u);
+    let v = vec4<f32>(f32((q & 15u) | ((h & 1u) << 4u)), f32(((q >> 8u) & 15u) | (((h >> 1u) & 1u) << 4u)),
+                      f32(((q >> 16u) & 15u) | (((h >> 2u) & 1u) << 4u)), f32(((q >> 24u) & 15u) | (((h >> 3u) & 1u) << 4u)));
+    return d * (v - 16.0);
+}
+
+// @type Q5_1 words=6 upb=1
+fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
+    let dm = unpack2x16float($W[b * 6u]);
+    let h = $W[b * 6u + 1u] >> (4u * j);
+    let q = $W[b * 6u + 2u + (j & 3u)] >> ((j >> 2u) * 4u);
+    let v = vec4<f32>(f32((q & 15u) | ((h & 1u) << 4u)), f32(((q >> 8u) & 15u) | (((h >> 1u) & 1u) << 4u)),
+                      f32(((q >> 16u) & 15u) | (((h >> 2u) & 1u) << 4u)), f32(((q >> 24u) & 15u) | (((h >> 3u) & 1u) << 4u)));
+    return dm.x * v + dm.y;
+}
+
+// @type Q8_0 words=8 upb=1 dsep
+fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
+    let d = unpack2x16float($W[$DOFF + (b >> 1u)])[b & 1u];
+    let q = bitcast<i32>($W[b * 8u + j]);
+    let v = vec4<f32>(f32((q << 24u) >> 24u), f32((q << 16u) >> 24u), f32((q << 8u) >> 24u), f32(q >> 24u));
+    return d * v;
+}
+
+// @type Q2_K words=21 upb=8
+fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
+    let base = b * 21u;
+    let dm = unpack2x16float($W[base + 20u]);
+    let n = sub >> 2u;
+    let jj = sub & 3u;
+    let is = 8u * n + 2u * jj + (j >> 2u);
+    let sc = ($W[base + (is >> 2u)] >> ((is & 3u) * 8u)) & 0xffu;
+    let q = $W[base + 4u + 8u * n + j] >> (2u * jj);
+    let v = vec4<f32>(f32(q & 3u), f32((q >> 8u) & 3u), f32((q >> 16u) & 3u), f32((q >> 24u) & 3u));
+    return (dm.x * f32(sc & 15u)) * v - dm.y * f32(sc >> 4u);
+}
+
+// @type Q3_K words=27 upb=8 dsep
+fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
+    let base = b * 27u;
+    let d = unpack2x16float($W[$DOFF + (b >> 1u)])[b & 1u];
+    let n = sub >> 2u;
+    let jj = sub & 3u;
+    let is = 8u * n + 2u * jj + (j >> 2u);
+    let k = is >> 2u;
+    let a = $W[base + 24u + (k & 1u)];
+    let a2 = $W[base + 26u];
+    let sk = ((a >> ((k >> 1u) * 4u)) & 0x0f0f0f0fu) | (((a2 >> (2u * k)) & 0x03030303u) << 4u);
+    let sc = f32(i32((sk >> (8u * (is & 3u))) & 0xffu) - 32);
+    let q = $W[base + 8u + 8u * n + j] >> (2u * jj);
+    let hm = $W[base + j] >> (4u * n + jj);
+    let v = vec4<f32>(f32(q & 3u), f32((q >> 8u) & 3u), f32((q >> 16u) & 3u), f32((q >> 24u) & 3u));
+    let h = vec4<f32>(f32(hm & 1u), f32((hm >> 8u) & 1u), f32((hm >> 16u) & 1u), f32((hm >> 24u) & 1u));
+    return (d * sc) * (v - 4.0 + 4.0 * h);
+}
+
+// @type Q4_K words=36 upb=8
+fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
+    let base = b * 36u;
+    let dm = unpack2x16float($W[base]);
+    var sc: u32;
+    var mn: u32;
+    let s0 = $W[base + 1u];
+    let s1 = $W[base + 2u];
+    let s2 = $W[base + 3u];
+    if (sub < 4u) {
+        sc = (s0 >> (8u * sub)) & 63u;
+        mn = (s1 >> (8u * sub)) & 63u;
+    } else {
+        let t = sub - 4u;
+        let hi = (s2 >> (8u * t)) & 0xffu;
+        sc = (hi & 15u) | (((s0 >> (8u * t + 6u)) & 3u) << 4u);
+        mn = (hi >> 4u) | (((s1 >> (8u * t + 6u)) & 3u) << 4u);
+    }
+    let q = $W[base + 4u + 8u * (sub >> 1u) + j] >> (4u * (sub & 1u));
+    let v = vec4<f32>(f32(q & 15u), f32((q >> 8u) & 15u), f32((q >> 16u) & 15u), f32((q >> 24u) & 15u));
+    return (dm.x * f32(sc)) * v - dm.y * f32(mn);
+}
+
+// @type Q5_K words=44 upb=8
+fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
+    let base = b * 44u;
+    let dm = unpack2x16float($W[base]);
+    var sc: u32;
+    var mn: u32;
+    let s0 = $W[base + 1u];
+    let s1 = $W[base + 2u];
+    let s2 = $W[base + 3u];
+    if (sub < 4u) {
+        sc = (s0 >> (8u * sub)) & 63u;
+        mn = (s1 >> (8u * sub)) & 63u;
+    } else {
+        let t = sub - 4u;
+        let hi = (s2 >> (8u * t)) & 0xffu;
+        sc = (hi & 15u) | (((s0 >> (8u * t + 6u)) & 3u) << 4u);
+        mn = (hi >> 4u) | (((s1 >> (8u * t + 6u)) & 3u) << 4u);
+    }
+    let q = $W[base + 12u + 8u * (sub >> 1u) + j] >> (4u * (sub & 1u));
+    let h = $W[base + 4u + j] >> sub;
+    let v = vec4<f32>(f32((q & 15u) | ((h & 1u) << 4u)), f32(((q >> 8u) & 15u) | (((h >> 8u) & 1u) << 4u)),
+                      f32(((q >> 16u) & 15u) | (((h >> 16u) & 1u) << 4u)), f32(((q >> 24u) & 15u) | (((h >> 24u) & 1u) << 4u)));
+    return (dm.x * f32(sc)) * v - dm.y * f32(mn);
+}
+
+// @type Q6_K words=52 upb=8 dsep
+fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
+    let base = b * 52u;
+    let d = unpack2x16float($W[$DOFF + (b >> 1u)])[b & 1u];
+    let n = sub >> 2u;
+    let jj = sub & 3u;
+    let ql = $W[base + 16u * n + 8u * (jj & 1u) + j] >> (4u * (jj >> 1u));
+    let qh = $W[base + 32u + 8u * n + j] >> (2u * jj);
+    let is = 8u * n + 2u * jj + (j >> 2u);
+    let sc = f32(bitcast<i32>(($W[base + 48u + (is >> 2u)] >> (8u * (is & 3u))) << 24u) >> 24u);
+    let v = vec4<f32>(f32((ql & 15u) | ((qh & 3u) << 4u)), f32(((ql >> 8u) & 15u) | (((qh >> 8u) & 3u) << 4u)),
+                      f32(((ql >> 16u) & 15u) | (((qh >> 16u) & 3u) << 4u)), f32(((ql >> 24u) & 15u) | (((qh >> 24u) & 3u) << 4u)));
+    return (d * sc) * (v - 32.0);
+}

@@ -1,0 +1,95 @@
+// Dequantize-in-shader matrix × vector(s): Y[t][row] = sum_k W[row][k] * X[t][k].
+//
+// One workgroup = 8 warps of 32 lanes, each warp NR rows; lanes walk the row in groups of
+// 4 weights and keep NR × NT accumulators (NT = 1 for decode, 8 for prompt batches, so each
+// dequantized weight is used NT times). Output modes: 0 store, 1 accumulate (residual add),
+// 2 SwiGLU over interleaved (gate, up) row pairs: Y[t][row/2] = silu(gate) * up,
+// 3 SwiGLU with the gate already stored pad0 elements further: Y = silu(Y[+pad0]) * up.
+
+struct Params {
+    rows: u32,
+    units: u32,
+    d_off: u32,
+    x_off: u32,
+    ld_x: u32,
+    y_off: u32,
+    ld_y: u32,
+    n_tok: u32,
+    mode: u32,
+    row0: u32,
+    pad0: u32,
+    pad1: u32,
+}
+
+@group(0) @binding(0) var<storage, read> W: array<u32>;
+@group(0) @binding(1) var<storage, read> X: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> Y: array<f32>;
+@group(0) @binding(3) var<uniform> P: Params;
+
+const NR: u32 = $NRu;
+const RPW: u32 = 8u * NR;
+const NT: u32 = $NTu;
+const UPB: u32 = $UPBu;
+
+var<workgroup> res: array<f32, RPW * NT>;
+$RED_DECL
+
+$DEQ
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let warp = lid / 32u;
+    let lane = lid % 32u;
+    let rbase = wg.x * RPW + warp * NR;
+    let t0 = wg.y * NT;
+    var acc: array<f32, NR * NT>;
+    for (var k = 0u; k < NR * NT; k++) {
+        acc[k] = 0.0;
+    }
+    var xt: array<u32, NT>;
+    for (var t = 0u; t < NT; t++) {
+        xt[t] = P.x_off + min(t0 + t, P.n_tok - 1u) * P.ld_x;
+    }
+    // Lanes take consecutive groups of 4 weights, so X loads (and most weight loads) of a
+    // warp are contiguous; each X vector is reused for NR rows and each weight for NT tokens.
+    let groups = P.units * 8u;
+    for (var g = lane; g < groups; g += 32u) {
+        let u = g >> 3u;
+        let j = g & 7u;
+        var xv: array<vec4<f32>, NT>;
+        for (var t = 0u; t < NT; t++) {
+            xv[t] = X[xt[t] + g];
+        }
+        for (var rr = 0u; rr < NR; rr++) {
+            let r = min(rbase + rr, P.rows - 1u);
+            let gu = r * P.units + u;
+            let w = deq4(gu / UPB, gu % UPB, j);
+            for (var t = 0u; t < NT; t++) {
+                acc[rr * NT + t] += dot(w, xv[t]);
+            }
+        }
+    }
+$RED_BODY
+    workgroupBarrier();
+    for (var idx = lid; idx < RPW * NT; idx += 256u) {
+        let rr = wg.x * RPW + idx / NT;
+        let tok = t0 + idx % NT;
+        if (rr < P.rows && tok < P.n_tok) {
+            let v = res[idx];
+            let orow = P.row0 + rr;
+            if (P.mode == 0u) {
+                Y[P.y_off + tok * P.ld_y + orow] = v;
+            } else if (P.mode == 1u) {
+                let o = P.y_off + tok * P.ld_y + orow;
+                Y[o] = Y[o] + v;
+            } else if (P.mode == 3u) {
+                let o = P.y_off + tok * P.ld_y + orow;
+                let g = Y[o + P.pad0];
+                Y[o] = g / (1.0 + exp(-g)) * v;
+            } else if ((orow & 1u) == 0u) {
+                let up = res[idx + NT];
+                Y[P.y_off + tok * P.ld_y + orow / 2u] = v / (1.0 + exp(-v)) * up;
+            }
+        }
+    }
+}

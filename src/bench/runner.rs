@@ -1,0 +1,295 @@
+//! Timed runs with llama-bench semantics: `pp N` processes N prompt tokens in batches (only the
+//! last token's logits are read back), `tg N` decodes N tokens one at a time; each test runs
+//! once untimed (warm-up), then `reps` timed times; tokens/s is the mean ± sample std over reps.
+
+use std::time::{Duration, Instant};
+
+use crate::error::Result;
+
+use super::stats::{drift, mean, percentile, stdev};
+
+/// Something that can run a llama forward pass: the GPU model or the CPU backend.
+pub trait Engine {
+    /// Backend name for reports ("wgpu", "cpu").
+    fn backend(&self) -> String;
+    /// Vocabulary size.
+    fn n_vocab(&self) -> usize;
+    /// Largest batch per forward call.
+    fn n_batch(&self) -> usize;
+    /// Sequences that can be decoded at once.
+    fn n_seq(&self) -> usize;
+    /// Positions per sequence.
+    fn n_ctx(&self) -> usize;
+    /// Run (token, sequence, position) triples; logits of all tokens or only the last.
+    fn forward(&mut self, tokens: &[(u32, u32, u32)], all_logits: bool) -> Result<Vec<f32>>;
+    /// Bytes of weights read per decoded token.
+    fn weight_bytes(&self) -> u64;
+    /// Device memory (weights, kv cache, scratch) in bytes.
+    fn memory(&self) -> (u64, u64, u64);
+}
+
+#[cfg(feature = "gpu")]
+impl Engine for crate::gpu::GpuModel {
+    fn backend(&self) -> String {
+        format!("wgpu/{}", self.context().facts.backend)
+    }
+    fn n_vocab(&self) -> usize {
+        self.cfg.n_vocab
+    }
+    fn n_batch(&self) -> usize {
+        self.opts.n_batch
+    }
+    fn n_seq(&self) -> usize {
+        self.opts.n_seq
+    }
+    fn n_ctx(&self) -> usize {
+        self.opts.n_ctx
+    }
+    fn forward(&mut self, tokens: &[(u32, u32, u32)], all_logits: bool) -> Result<Vec<f32>> {
+        crate::gpu::GpuModel::forward(self, tokens, all_logits)
+    }
+    fn weight_bytes(&self) -> u64 {
+        self.weight_bytes_per_token
+    }
+    fn memory(&self) -> (u64, u64, u64) {
+        (
+            self.memory.weights,
+            self.memory.kv_cache,
+            self.memory.scratch,
+        )
+    }
+}
+
+/// Which test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum TestKind {
+    /// Prompt processing of n tokens.
+    Pp(usize),
+    /// Generation of n tokens.
+    Tg(usize),
+}
+
+impl TestKind {
+    /// "pp512" / "tg128".
+    pub fn name(&self) -> String {
+        match self {
+            TestKind::Pp(n) => format!("pp{n}"),
+            TestKind::Tg(n) => format!("tg{n}"),
+        }
+    }
+}
+
+/// Run settings.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Timed repetitions.
+    pub reps: usize,
+    /// Parallel sequences for tg (1 = plain decode).
+    pub parallel: usize,
+    /// Soak duration for tg (repeats tg runs until it elapses; None = `reps` runs).
+    pub duration: Option<Duration>,
+    /// Print progress to stderr.
+    pub progress: bool,
+}
+
+/// One sample of a soak run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SoakSample {
+    /// Seconds since the start.
+    pub t_s: f64,
+    /// Tokens/s of this run.
+    pub tps: f64,
+    /// Resident set size of the process (bytes), if readable.
+    pub rss: Option<u64>,
+}
+
+/// Result of one test.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchResult {
+    /// Test name ("pp512", "tg128").
+    pub test: String,
+    /// Prompt tokens (llama-bench n_prompt).
+    pub n_prompt: usize,
+    /// Generated tokens (llama-bench n_gen).
+    pub n_gen: usize,
+    /// Parallel sequences.
+    pub parallel: usize,
+    /// Wall time of each timed repetition (ns).
+    pub samples_ns: Vec<u64>,
+    /// Aggregate tokens/s of each repetition.
+    pub samples_ts: Vec<f64>,
+    /// Mean tokens/s.
+    pub avg_ts: f64,
+    /// Sample standard deviation of tokens/s.
+    pub stddev_ts: f64,
+    /// Mean ns per repetition.
+    pub avg_ns: u64,
+    /// Std of ns per repetition.
+    pub stddev_ns: u64,
+    /// Per-token (tg) or per-batch (pp) latency percentiles in ms: p50, p95, p99.
+    pub latency_ms: [f64; 3],
+    /// Achieved weight bandwidth (GB/s) for tg: bytes per step × steps/s.
+    pub bandwidth_gbps: Option<f64>,
+    /// Soak samples (empty without --duration).
+    pub soak: Vec<SoakSample>,
+    /// Relative tokens/s change from the first to the last quarter of the soak.
+    pub drift: Option<f64>,
+}
+
+/// Current resident set size (Linux /proc), if readable.
+pub fn rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self, n: usize) -> u32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 33) % n.max(1) as u64) as u32
+    }
+}
+
+fn run_pp(e: &mut dyn Engine, n: usize, rng: &mut Lcg, lat: &mut Vec<f64>) -> Result<Duration> {
+    let nb = e.n_batch();
+    let nv = e.n_vocab();
+    let t = Instant::now();
+    let mut done = 0;
+    while done < n {
+        let k = nb.min(n - done);
+        let toks: Vec<(u32, u32, u32)> = (0..k)
+            .map(|i| (rng.next(nv), 0, (done + i) as u32))
+            .collect();
+        let t1 = Instant::now();
+        e.forward(&toks, false)?;
+        lat.push(t1.elapsed().as_secs_f64() * 1e3);
+        done += k;
+    }
+    Ok(t.elapsed())
+}
+
+fn run_tg(
+    e: &mut dyn Engine,
+    n: usize,
+    par: usize,
+    rng: &mut Lcg,
+    lat: &mut Vec<f64>,
+) -> Result<Duration> {
+    let nv = e.n_vocab();
+    let t = Instant::now();
+    for p in 0..n {
+        let toks: Vec<(u32, u32, u32)> = (0..par)
+            .map(|s| (rng.next(nv), s as u32, p as u32))
+            .collect();
+        let t1 = Instant::now();
+        e.forward(&toks, false)?;
+        lat.push(t1.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(t.elapsed())
+}
+
+/// Run one test on an engine.
+pub fn run_test(e: &mut dyn Engine, kind: TestKind, cfg: &RunConfig) -> Result<BenchResult> {
+    let par = if matches!(kind, TestKind::Tg(_)) {
+        cfg.parallel.max(1)
+    } else {
+        1
+    };
+    let ntok = match kind {
+        TestKind::Pp(n) | TestKind::Tg(n) => n,
+    };
+    if ntok > e.n_ctx() {
+        return Err(crate::error::Error::msg(format!(
+            "{} needs {ntok} positions but the context holds {} (raise --ctx)",
+            kind.name(),
+            e.n_ctx()
+        )));
+    }
+    if par > e.n_seq() {
+        return Err(crate::error::Error::msg(format!(
+            "--parallel {par} exceeds the {} sequences allocated",
+            e.n_seq()
+        )));
+    }
+    let mut rng = Lcg(0x5eed);
+    let mut scratch = Vec::new();
+    // Warm-up (llama-bench: one untimed run).
+    match kind {
+        TestKind::Pp(n) => {
+            run_pp(e, n, &mut rng, &mut scratch)?;
+        }
+        TestKind::Tg(_) => {
+            run_tg(e, 1, par, &mut rng, &mut scratch)?;
+        }
+    }
+    let mut lat = Vec::new();
+    let mut ns = Vec::new();
+    let mut soak = Vec::new();
+    let start = Instant::now();
+    let mut r = 0;
+    loop {
+        let d = match kind {
+            TestKind::Pp(n) => run_pp(e, n, &mut rng, &mut lat)?,
+            TestKind::Tg(n) => run_tg(e, n, par, &mut rng, &mut lat)?,
+        };
+        ns.push(d.as_nanos() as u64);
+        r += 1;
+        let tps = (ntok * par) as f64 / d.as_secs_f64();
+        if cfg.duration.is_some() {
+            soak.push(SoakSample {
+                t_s: start.elapsed().as_secs_f64(),
+                tps,
+                rss: rss_bytes(),
+            });
+        }
+        if cfg.progress {
+            eprint!("\r  {} rep {r}: {tps:.1} t/s   ", kind.name());
+        }
+        match cfg.duration {
+            Some(dur) if start.elapsed() < dur => continue,
+            Some(_) => break,
+            None if r < cfg.reps.max(1) => continue,
+            None => break,
+        }
+    }
+    if cfg.progress {
+        eprintln!();
+    }
+    let ts: Vec<f64> = ns
+        .iter()
+        .map(|&n| (ntok * par) as f64 * 1e9 / n as f64)
+        .collect();
+    let nsf: Vec<f64> = ns.iter().map(|&n| n as f64).collect();
+    let bw = match kind {
+        TestKind::Tg(n) => Some(e.weight_bytes() as f64 * (n as f64) / (mean(&nsf) * 1e-9) / 1e9),
+        TestKind::Pp(_) => None,
+    };
+    let drift_v = cfg
+        .duration
+        .map(|_| drift(&soak.iter().map(|s| s.tps).collect::<Vec<_>>()));
+    Ok(BenchResult {
+        test: kind.name(),
+        n_prompt: if let TestKind::Pp(n) = kind { n } else { 0 },
+        n_gen: if let TestKind::Tg(n) = kind { n } else { 0 },
+        parallel: par,
+        avg_ts: mean(&ts),
+        stddev_ts: stdev(&ts),
+        avg_ns: mean(&nsf) as u64,
+        stddev_ns: stdev(&nsf) as u64,
+        samples_ns: ns,
+        samples_ts: ts,
+        latency_ms: [
+            percentile(&lat, 50.0),
+            percentile(&lat, 95.0),
+            percentile(&lat, 99.0),
+        ],
+        bandwidth_gbps: bw,
+        soak,
+        drift: drift_v,
+    })
+}

@@ -1,0 +1,665 @@
+//! `convert`: plan + kernels + streaming writer.
+//!
+//! One tensor at a time: the source is memory-mapped, each tensor is dequantized to f32 (when
+//! its type changes), quantized in parallel over rows, hashed and written, so peak memory is
+//! about the largest tensor in f32 plus its output, not the model. The output goes to a
+//! temporary file beside OUT that is fsynced and renamed only when everything succeeded
+//! ([`AtomicOutput`]); an error, a panic or a kill leaves no partial OUT.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+use crate::gguf::{AtomicOutput, GgufFile, GgufWriter, TensorSpec, Value};
+use crate::quant::imatrix::Imatrix;
+use crate::quant::{self, GgmlType};
+use crate::recipe::schema::MetaValue;
+use crate::recipe::{build_plan, FallbackMode, ModelInfo, Plan, PlanOptions, Recipe, TensorDesc};
+
+/// ggml's quantization format version (`GGML_QNT_VERSION`), written as
+/// `general.quantization_version`.
+pub const QUANTIZATION_VERSION: u32 = 2;
+
+/// Options of [`convert`].
+#[derive(Clone, Debug)]
+pub struct ConvertOptions {
+    /// The recipe (a file, a preset or a plain type).
+    pub recipe: Recipe,
+    /// Output path; required unless `dry_run`.
+    pub output: Option<PathBuf>,
+    /// Only plan; write nothing (except `export_tensor_types`).
+    pub dry_run: bool,
+    /// Allow dequantizing a quantized source tensor to quantize it again.
+    pub allow_requantize: bool,
+    /// Importance matrix (overrides the recipe's `imatrix:`).
+    pub imatrix: Option<PathBuf>,
+    /// Write the plan as a llama-quantize `--tensor-type-file` here.
+    pub export_tensor_types: Option<PathBuf>,
+    /// Worker threads (default: rayon's, one per core).
+    pub threads: Option<usize>,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+    /// Write `OUT.manifest.json`.
+    pub manifest: bool,
+}
+
+impl ConvertOptions {
+    /// Options with defaults: write OUT and its manifest, no progress bar.
+    pub fn new(recipe: Recipe) -> ConvertOptions {
+        ConvertOptions {
+            recipe,
+            output: None,
+            dry_run: false,
+            allow_requantize: false,
+            imatrix: None,
+            export_tensor_types: None,
+            threads: None,
+            progress: false,
+            manifest: true,
+        }
+    }
+}
+
+/// Seconds spent in each phase.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Timings {
+    /// Opening the source and planning.
+    pub plan_s: f64,
+    /// Converting and writing tensors.
+    pub convert_s: f64,
+    /// Hashing the source file (overlapped with converting).
+    pub source_hash_s: f64,
+    /// Everything.
+    pub total_s: f64,
+}
+
+/// What [`convert`] did.
+#[derive(Clone, Debug)]
+pub struct ConvertReport {
+    /// The plan that was executed (or only printed, for a dry run).
+    pub plan: Plan,
+    /// The output, when written.
+    pub output: Option<PathBuf>,
+    /// The manifest, when written.
+    pub manifest: Option<PathBuf>,
+    /// The manifest's content.
+    pub manifest_json: Option<serde_json::Value>,
+    /// Timings.
+    pub timings: Timings,
+}
+
+/// Model facts for the preset logic, from GGUF metadata.
+pub fn model_info(f: &GgufFile) -> ModelInfo {
+    let arch = f.architecture().unwrap_or("").to_string();
+    let num = |key: &str| -> Option<u64> {
+        match f.get(&format!("{arch}.{key}"))? {
+            Value::Array(a) => a.values.first().and_then(|v| v.as_u64()),
+            v => v.as_u64(),
+        }
+    };
+    let n_head = num("attention.head_count").unwrap_or(0);
+    ModelInfo {
+        n_layer: num("block_count").unwrap_or(0),
+        n_head,
+        n_head_kv: num("attention.head_count_kv").unwrap_or(n_head),
+        n_expert: num("expert_count").unwrap_or(0),
+        arch,
+    }
+}
+
+/// The planner's view of a file's tensors, in file order.
+pub fn tensor_descs(f: &GgufFile) -> Vec<TensorDesc> {
+    f.tensors
+        .iter()
+        .map(|t| TensorDesc {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            type_id: t.type_id,
+            ty: t.ty,
+            n_bytes: t.n_bytes.unwrap_or(0),
+        })
+        .collect()
+}
+
+fn tensor_err(name: &str, msg: impl Into<String>) -> Error {
+    Error::Tensor {
+        tensor: name.to_string(),
+        msg: msg.into(),
+    }
+}
+
+/// Dequantize a whole source tensor to f32.
+fn to_f32(f: &GgufFile, name: &str) -> Result<Vec<f32>> {
+    let t = f
+        .tensor(name)
+        .ok_or_else(|| tensor_err(name, "not in the source"))?;
+    let ty =
+        t.ty.ok_or_else(|| tensor_err(name, format!("cannot decode type {}", t.type_name())))?;
+    let data = f.tensor_data(t)?;
+    let n = usize::try_from(t.n_elements()).map_err(|_| tensor_err(name, "too many elements"))?;
+    quant::dequantize_tensor(ty, data, n).map_err(|e| tensor_err(name, e.to_string()))
+}
+
+/// The importance weights for one tensor, checked like llama-quantize: `row_len × n_expert`
+/// values; a size mismatch is an error except for token_embd (ignored).
+fn imatrix_for<'a>(im: Option<&'a Imatrix>, name: &str, dims: &[u64]) -> Result<Option<&'a [f32]>> {
+    let Some(im) = im else { return Ok(None) };
+    let Some(w) = im.get(name) else {
+        return Ok(None);
+    };
+    let row = dims.first().copied().unwrap_or(1);
+    let n_expert = dims.get(2).copied().unwrap_or(1);
+    if w.len() as u64 != row * n_expert {
+        if name == "token_embd.weight" || name == "per_layer_token_embd.weight" {
+            return Ok(None);
+        }
+        return Err(tensor_err(
+            name,
+            format!(
+                "imatrix has {} values, the tensor needs {} ({row} × {n_expert} experts)",
+                w.len(),
+                row * n_expert
+            ),
+        ));
+    }
+    Ok(Some(w))
+}
+
+/// Quantize f32 data of a tensor with dims `dims` to `ty`, expert by expert when 3-D.
+fn quantize_data(
+    ty: GgmlType,
+    data: &[f32],
+    dims: &[u64],
+    imatrix: Option<&[f32]>,
+    name: &str,
+) -> Result<Vec<u8>> {
+    let row = dims.first().copied().unwrap_or(1) as usize;
+    let n_expert = dims.get(2).copied().unwrap_or(1).max(1) as usize;
+    let per_expert = data.len() / n_expert;
+    let mut out = Vec::new();
+    for e in 0..n_expert {
+        let slice = data
+            .get(e * per_expert..(e + 1) * per_expert)
+            .unwrap_or(&[]);
+        let w = imatrix.and_then(|w| w.get(e * row..(e + 1) * row));
+        let q = quant::quantize_tensor(ty, slice, row, w)
+            .map_err(|err| tensor_err(name, err.to_string()))?;
+        if n_expert == 1 {
+            return Ok(q);
+        }
+        out.extend_from_slice(&q);
+    }
+    Ok(out)
+}
+
+/// Relative weighted squared error of quantizing `data` to `ty` (for `fallback: best`).
+/// Measured on up to 256 rows spread evenly over the tensor.
+fn measure_error(
+    data: &[f32],
+    row: usize,
+    ty: GgmlType,
+    imatrix: Option<&[f32]>,
+    name: &str,
+) -> Result<f64> {
+    let n_rows = data.len() / row.max(1);
+    let step = n_rows.div_ceil(256).max(1);
+    let mut sample = Vec::with_capacity(n_rows.min(256) * row);
+    for r in (0..n_rows).step_by(step) {
+        sample.extend_from_slice(&data[r * row..(r + 1) * row]);
+    }
+    let w = imatrix.filter(|w| w.len() == row);
+    let q =
+        quant::quantize_tensor(ty, &sample, row, w).map_err(|e| tensor_err(name, e.to_string()))?;
+    let back = quant::dequantize_tensor(ty, &q, sample.len())
+        .map_err(|e| tensor_err(name, e.to_string()))?;
+    let (mut num, mut den) = (0f64, 0f64);
+    for (i, (&x, &y)) in sample.iter().zip(&back).enumerate() {
+        let wi = w.map(|w| w[i % row] as f64).unwrap_or(1.0);
+        num += wi * (x as f64 - y as f64).powi(2);
+        den += wi * (x as f64).powi(2);
+    }
+    Ok(if den > 0.0 { num / den } else { num })
+}
+
+/// Plan a conversion of an open file.
+pub fn plan_file(f: &GgufFile, recipe: &Recipe, imatrix: Option<&Imatrix>) -> Result<Plan> {
+    let model = model_info(f);
+    let descs = tensor_descs(f);
+    let mut measure = |d: &TensorDesc, ty: GgmlType| -> Result<f64> {
+        let data = to_f32(f, &d.name)?;
+        let w = imatrix_for(imatrix, &d.name, &d.dims)?;
+        measure_error(&data, d.row_len() as usize, ty, w, &d.name)
+    };
+    let opts = PlanOptions {
+        has_imatrix: imatrix.is_some(),
+        measure: if recipe.fallback == FallbackMode::Best {
+            Some(&mut measure)
+        } else {
+            None
+        },
+    };
+    build_plan(recipe, &model, &descs, opts)
+}
+
+fn meta_value(key: &str, v: &MetaValue, existing: Option<&Value>) -> Result<Value> {
+    let bad = |m: String| Error::msg(format!("metadata override '{key}': {m}"));
+    Ok(match (v, existing) {
+        (MetaValue::Str(s), _) => Value::String(s.clone()),
+        (MetaValue::Bool(b), _) => Value::Bool(*b),
+        (MetaValue::Float(x), Some(Value::F64(_))) => Value::F64(*x),
+        (MetaValue::Float(x), _) => Value::F32(*x as f32),
+        (MetaValue::Int(_) | MetaValue::UInt(_), Some(old))
+            if old.as_u64().is_some() || old.as_i64().is_some() =>
+        {
+            let i: i128 = match v {
+                MetaValue::Int(i) => *i as i128,
+                MetaValue::UInt(u) => *u as i128,
+                _ => 0,
+            };
+            let fit = |lo: i128, hi: i128| {
+                if (lo..=hi).contains(&i) {
+                    Ok(())
+                } else {
+                    Err(bad(format!(
+                        "{i} does not fit the key's type {:?}",
+                        old.value_type()
+                    )))
+                }
+            };
+            match old {
+                Value::U8(_) => fit(0, u8::MAX as i128).map(|_| Value::U8(i as u8))?,
+                Value::I8(_) => {
+                    fit(i8::MIN as i128, i8::MAX as i128).map(|_| Value::I8(i as i8))?
+                }
+                Value::U16(_) => fit(0, u16::MAX as i128).map(|_| Value::U16(i as u16))?,
+                Value::I16(_) => {
+                    fit(i16::MIN as i128, i16::MAX as i128).map(|_| Value::I16(i as i16))?
+                }
+                Value::U32(_) => fit(0, u32::MAX as i128).map(|_| Value::U32(i as u32))?,
+                Value::I32(_) => {
+                    fit(i32::MIN as i128, i32::MAX as i128).map(|_| Value::I32(i as i32))?
+                }
+                Value::U64(_) => fit(0, u64::MAX as i128).map(|_| Value::U64(i as u64))?,
+                _ => fit(i64::MIN as i128, i64::MAX as i128).map(|_| Value::I64(i as i64))?,
+            }
+        }
+        (MetaValue::Int(i), _) => {
+            if let Ok(u) = u32::try_from(*i) {
+                Value::U32(u)
+            } else if let Ok(s) = i32::try_from(*i) {
+                Value::I32(s)
+            } else {
+                Value::I64(*i)
+            }
+        }
+        (MetaValue::UInt(u), _) => Value::U64(*u),
+    })
+}
+
+/// The output metadata: the source's in order, split keys removed, recipe overrides applied,
+/// then `general.quantization_version` and `general.file_type` (re-added last, as llama.cpp does).
+pub fn output_metadata(
+    f: &GgufFile,
+    recipe: &Recipe,
+    file_type: u32,
+) -> Result<Vec<(String, Value)>> {
+    const DROP: &[&str] = &["split.no", "split.count", "split.tensors.count"];
+    let mut meta: Vec<(String, Value)> = f
+        .metadata
+        .iter()
+        .filter(|(k, _)| !DROP.contains(&k.as_str()))
+        .filter(|(k, _)| k != "general.quantization_version" && k != "general.file_type")
+        .cloned()
+        .collect();
+    meta.push((
+        "general.quantization_version".into(),
+        Value::U32(QUANTIZATION_VERSION),
+    ));
+    meta.push(("general.file_type".into(), Value::U32(file_type)));
+    for (k, v) in &recipe.metadata {
+        if k == "general.alignment" {
+            return Err(Error::msg(
+                "metadata override 'general.alignment' is not allowed (it changes the data layout)",
+            ));
+        }
+        let pos = meta.iter().position(|(mk, _)| mk == k);
+        match (v, pos) {
+            (None, Some(p)) => {
+                meta.remove(p);
+            }
+            (None, None) => {}
+            (Some(v), Some(p)) => {
+                let nv = meta_value(k, v, Some(&meta[p].1))?;
+                meta[p].1 = nv;
+            }
+            (Some(v), None) => {
+                let nv = meta_value(k, v, None)?;
+                meta.push((k.clone(), nv));
+            }
+        }
+    }
+    Ok(meta)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    let ca = std::fs::canonicalize(a);
+    if let (Ok(ca), Ok(cb)) = (&ca, std::fs::canonicalize(b)) {
+        return *ca == cb;
+    }
+    // b does not exist yet: compare its canonical parent + file name.
+    match (ca, b.parent(), b.file_name()) {
+        (Ok(ca), Some(parent), Some(name)) => {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            std::fs::canonicalize(parent)
+                .map(|p| p.join(name) == ca)
+                .unwrap_or(false)
+        }
+        _ => false,
+    }
+}
+
+fn hex(d: impl AsRef<[u8]>) -> String {
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The manifest path for an output: `OUT.manifest.json`.
+pub fn manifest_path(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".manifest.json");
+    PathBuf::from(s)
+}
+
+/// Convert `input` as `opts` says. See the module docs.
+pub fn convert(input: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
+    match opts.threads {
+        Some(n) if n > 0 => {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .map_err(|e| Error::msg(format!("cannot start {n} threads: {e}")))?;
+            pool.install(|| convert_inner(input, opts))
+        }
+        Some(_) => Err(Error::msg("--threads must be at least 1")),
+        None => convert_inner(input, opts),
+    }
+}
+
+fn convert_inner(input: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
+    let t0 = Instant::now();
+    if let Some(out) = &opts.output {
+        if same_file(input, out) {
+            return Err(Error::msg(format!(
+                "output {} is the input file; choose another output path",
+                out.display()
+            )));
+        }
+    } else if !opts.dry_run {
+        return Err(Error::msg("an output path is required (or use --dry-run)"));
+    }
+    let f = GgufFile::open(input)?;
+    let im_path = opts.imatrix.clone().or_else(|| opts.recipe.imatrix.clone());
+    let imatrix = im_path.as_deref().map(Imatrix::load).transpose()?;
+    let plan = plan_file(&f, &opts.recipe, imatrix.as_ref())?;
+    if let Some(p) = &opts.export_tensor_types {
+        let mut a = AtomicOutput::create(p)?;
+        a.write_all(plan.tensor_type_file().as_bytes())
+            .map_err(|e| Error::io(p, e))?;
+        a.commit()?;
+    }
+    let plan_s = t0.elapsed().as_secs_f64();
+    if opts.dry_run {
+        return Ok(ConvertReport {
+            plan,
+            output: None,
+            manifest: None,
+            manifest_json: None,
+            timings: Timings {
+                plan_s,
+                total_s: t0.elapsed().as_secs_f64(),
+                ..Default::default()
+            },
+        });
+    }
+    let out_path = opts.output.clone().unwrap_or_default();
+    if !opts.allow_requantize {
+        if let Some(e) = plan.entries.iter().find(|e| e.is_requantize()) {
+            return Err(tensor_err(
+                &e.name,
+                format!(
+                    "source is {}; requantizing to {} needs --allow-requantize ({} tensor(s) affected)",
+                    e.from_name(),
+                    e.to_name(),
+                    plan.n_requantize()
+                ),
+            ));
+        }
+    }
+    for e in &plan.entries {
+        if e.is_copy() && f.tensor(&e.name).and_then(|t| t.n_bytes).is_none() {
+            return Err(tensor_err(
+                &e.name,
+                format!("cannot copy a tensor of unknown type {}", e.from_name()),
+            ));
+        }
+    }
+    let metadata = output_metadata(&f, &opts.recipe, plan.file_type)?;
+    let specs: Vec<TensorSpec> = plan
+        .entries
+        .iter()
+        .map(|e| TensorSpec {
+            name: e.name.clone(),
+            dims: e.dims.clone(),
+            type_id: e.to_id,
+            n_bytes: e.to_bytes,
+        })
+        .collect();
+
+    let t1 = Instant::now();
+    let atomic = AtomicOutput::create(&out_path)?;
+    let mut writer = GgufWriter::new(
+        BufWriter::with_capacity(1 << 20, atomic),
+        f.version,
+        f.alignment,
+        &metadata,
+        specs,
+    )?;
+    let bar = progress_bar(opts.progress, plan.from_bytes());
+    let mut tensor_hashes = Vec::with_capacity(plan.entries.len());
+    let (source_sha, source_hash_s, result) = std::thread::scope(|s| {
+        let bytes = f.as_bytes();
+        let hasher = s.spawn(move || {
+            let th = Instant::now();
+            let mut h = Sha256::new();
+            for chunk in bytes.chunks(8 << 20) {
+                h.update(chunk);
+            }
+            (hex(h.finalize()), th.elapsed().as_secs_f64())
+        });
+        let result = (|| -> Result<()> {
+            for e in &plan.entries {
+                bar.set_message(e.name.clone());
+                let t = f
+                    .tensor(&e.name)
+                    .ok_or_else(|| tensor_err(&e.name, "not in the source"))?;
+                let out: std::borrow::Cow<[u8]> = if e.is_copy() {
+                    std::borrow::Cow::Borrowed(f.tensor_data(t)?)
+                } else {
+                    let to = e.to.ok_or_else(|| tensor_err(&e.name, "no target type"))?;
+                    let data = to_f32(&f, &e.name)?;
+                    let w = if to.is_quantized() {
+                        imatrix_for(imatrix.as_ref(), &e.name, &e.dims)?
+                    } else {
+                        None
+                    };
+                    std::borrow::Cow::Owned(quantize_data(to, &data, &e.dims, w, &e.name)?)
+                };
+                if out.len() as u64 != e.to_bytes {
+                    return Err(tensor_err(
+                        &e.name,
+                        format!("produced {} bytes, planned {}", out.len(), e.to_bytes),
+                    ));
+                }
+                tensor_hashes.push(hex(Sha256::digest(&out)));
+                writer.write_tensor(&out).map_err(|err| match err {
+                    Error::Io { source, .. } => Error::io(&out_path, source),
+                    other => other,
+                })?;
+                bar.inc(e.from_bytes);
+            }
+            Ok(())
+        })();
+        let (sha, secs) = hasher.join().unwrap_or_else(|_| (String::new(), 0.0));
+        (sha, secs, result)
+    });
+    result?;
+    let buf = writer.finish()?;
+    let atomic = buf
+        .into_inner()
+        .map_err(|e| Error::io(&out_path, e.into_error()))?;
+    bar.finish_and_clear();
+    let convert_s = t1.elapsed().as_secs_f64();
+
+    let mut manifest_json = None;
+    let mut manifest_out = None;
+    let mpath = manifest_path(&out_path);
+    if opts.manifest {
+        let timings = Timings {
+            plan_s,
+            convert_s,
+            source_hash_s,
+            total_s: t0.elapsed().as_secs_f64(),
+        };
+        let m = manifest(
+            &f,
+            &opts.recipe,
+            &plan,
+            &tensor_hashes,
+            &source_sha,
+            imatrix.as_ref(),
+            &timings,
+        );
+        let text = serde_json::to_string_pretty(&m).map_err(|e| Error::msg(e.to_string()))?;
+        let mut mo = AtomicOutput::create(&mpath)?;
+        mo.write_all(text.as_bytes())
+            .map_err(|e| Error::io(&mpath, e))?;
+        mo.write_all(b"\n").map_err(|e| Error::io(&mpath, e))?;
+        manifest_json = Some(m);
+        manifest_out = Some(mo);
+    }
+    public_permissions(atomic.temp_path());
+    atomic.commit()?;
+    if let Some(mo) = manifest_out {
+        public_permissions(mo.temp_path());
+        mo.commit()?;
+    }
+    let timings = Timings {
+        plan_s,
+        convert_s,
+        source_hash_s,
+        total_s: t0.elapsed().as_secs_f64(),
+    };
+    Ok(ConvertReport {
+        plan,
+        output: Some(out_path),
+        manifest: opts.manifest.then_some(mpath),
+        manifest_json,
+        timings,
+    })
+}
+
+/// Temporary files are created 0600; outputs get the usual 0644 (best effort).
+fn public_permissions(p: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644));
+    }
+    #[cfg(not(unix))]
+    let _ = p;
+}
+
+fn progress_bar(show: bool, total: u64) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{elapsed_precise} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+fn manifest(
+    f: &GgufFile,
+    recipe: &Recipe,
+    plan: &Plan,
+    hashes: &[String],
+    source_sha: &str,
+    imatrix: Option<&Imatrix>,
+    t: &Timings,
+) -> serde_json::Value {
+    let norm = recipe.normalized_json();
+    let norm_text = serde_json::to_string(&norm).unwrap_or_default();
+    let tensors: Vec<serde_json::Value> = plan
+        .entries
+        .iter()
+        .zip(hashes)
+        .map(|(e, h)| {
+            serde_json::json!({
+                "name": e.name,
+                "dims": e.dims,
+                "from": e.from_name(),
+                "type": e.to_name(),
+                "bytes": e.to_bytes,
+                "sha256": h,
+                "why": e.why(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "ggufq_version": env!("CARGO_PKG_VERSION"),
+        "source": {
+            "path": f.path.display().to_string(),
+            "bytes": f.file_size,
+            "sha256": source_sha,
+        },
+        "recipe": {
+            "sources": recipe.sources,
+            "normalized": norm,
+            "sha256": hex(Sha256::digest(norm_text.as_bytes())),
+        },
+        "imatrix": imatrix.map(|m| serde_json::json!({
+            "path": m.path.display().to_string(),
+            "entries": m.entries.len(),
+            "legacy": m.legacy,
+        })),
+        "file_type": plan.file_type,
+        "quantization_version": QUANTIZATION_VERSION,
+        "totals": {
+            "tensors": plan.entries.len(),
+            "from_bytes": plan.from_bytes(),
+            "to_bytes": plan.to_bytes(),
+            "bpw": plan.bpw(),
+        },
+        "warnings": plan.warnings,
+        "tensors": tensors,
+        "timings": {
+            "plan_s": t.plan_s,
+            "convert_s": t.convert_s,
+            "source_hash_s": t.source_hash_s,
+            "total_s": t.total_s,
+        },
+    })
+}

@@ -1,0 +1,178 @@
+//! Adapter and device setup: request the adapter's own limits and the optional features
+//! (subgroups, f16, timestamp queries) when present, with a path that works without them.
+
+use crate::error::{Error, Result};
+
+/// Options for opening a GPU device.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceOptions {
+    /// Cap the storage-buffer binding size (bytes) below the adapter's limit; tests use this to
+    /// exercise the tensor-splitting path on adapters with large limits.
+    pub max_binding_override: Option<u64>,
+    /// Ignore the subgroup feature even when the adapter has it (forces the shared-memory path).
+    pub no_subgroups: bool,
+    /// Pick the adapter whose name contains this text (case-insensitive).
+    pub adapter_name: Option<String>,
+}
+
+/// Facts about the opened adapter, for reports.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AdapterFacts {
+    /// Adapter name as the driver reports it.
+    pub name: String,
+    /// Backend (Vulkan, Metal, Dx12, Gl).
+    pub backend: String,
+    /// Device type (DiscreteGpu, Cpu, ...).
+    pub device_type: String,
+    /// Driver name and version text.
+    pub driver: String,
+    /// Largest storage-buffer binding in use (bytes).
+    pub max_binding: u64,
+    /// Largest buffer (bytes).
+    pub max_buffer: u64,
+    /// Workgroup shared memory (bytes).
+    pub shared_mem: u32,
+    /// Subgroups used (and their size when fixed).
+    pub subgroup_size: Option<u32>,
+    /// f16 shader type available.
+    pub shader_f16: bool,
+    /// Timestamp queries available.
+    pub timestamps: bool,
+}
+
+/// An open device with its queue and the facts the kernels need.
+pub struct GpuContext {
+    /// The wgpu device.
+    pub device: wgpu::Device,
+    /// Its queue.
+    pub queue: wgpu::Queue,
+    /// Adapter facts.
+    pub facts: AdapterFacts,
+    /// Effective max storage binding size in bytes (a multiple of 256).
+    pub max_binding: u64,
+    /// Fixed subgroup size usable by kernels (only when min == max == 32).
+    pub subgroup32: bool,
+}
+
+impl GpuContext {
+    /// Open the best adapter (high performance, any backend) with its full limits.
+    ///
+    /// Fails with a clear error when no adapter exists.
+    pub fn new(opts: &DeviceOptions) -> Result<GpuContext> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = if let Some(want) = &opts.adapter_name {
+            let all = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+            let w = want.to_lowercase();
+            let names: Vec<String> = all.iter().map(|a| a.get_info().name).collect();
+            all.into_iter()
+                .find(|a| a.get_info().name.to_lowercase().contains(&w))
+                .ok_or_else(|| {
+                    Error::msg(format!("no GPU adapter matches '{want}' (have: {names:?})"))
+                })?
+        } else {
+            pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            }))
+            .map_err(|e| {
+                Error::msg(format!(
+                    "no GPU adapter found ({e}); install a Vulkan/Metal/DX12 driver \
+                     (on Linux without a GPU: mesa-vulkan-drivers for lavapipe)"
+                ))
+            })?
+        };
+        let info = adapter.get_info();
+        let alimits = adapter.limits();
+        let afeat = adapter.features();
+        let mut features = wgpu::Features::empty();
+        let want_sub = afeat.contains(wgpu::Features::SUBGROUP) && !opts.no_subgroups;
+        if want_sub {
+            features |= wgpu::Features::SUBGROUP;
+        }
+        if afeat.contains(wgpu::Features::SHADER_F16) {
+            features |= wgpu::Features::SHADER_F16;
+        }
+        let ts = afeat.contains(wgpu::Features::TIMESTAMP_QUERY);
+        if ts {
+            features |= wgpu::Features::TIMESTAMP_QUERY;
+        }
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("ggufq"),
+            required_features: features,
+            required_limits: alimits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::msg(format!("GPU device request failed on '{}': {e}", info.name)))?;
+        let mut max_binding =
+            (alimits.max_storage_buffer_binding_size as u64).min(alimits.max_buffer_size);
+        if let Some(cap) = opts.max_binding_override {
+            max_binding = max_binding.min(cap);
+        }
+        max_binding &= !255;
+        let subgroup32 = want_sub && info.subgroup_min_size == 32 && info.subgroup_max_size == 32;
+        let facts = AdapterFacts {
+            name: info.name.clone(),
+            backend: format!("{:?}", info.backend),
+            device_type: format!("{:?}", info.device_type),
+            driver: format!("{} {}", info.driver, info.driver_info)
+                .trim()
+                .to_string(),
+            max_binding,
+            max_buffer: alimits.max_buffer_size,
+            shared_mem: alimits.max_compute_workgroup_storage_size,
+            subgroup_size: subgroup32.then_some(32),
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            timestamps: ts,
+        };
+        Ok(GpuContext {
+            device,
+            queue,
+            facts,
+            max_binding,
+            subgroup32,
+        })
+    }
+
+    /// Block until all submitted work is done.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::msg(format!("GPU poll failed: {e}")))?;
+        Ok(())
+    }
+
+    /// Read back `n` f32 values starting at element `offset` of a storage buffer
+    /// (the buffer needs COPY_SRC usage).
+    pub fn read_f32(&self, buf: &wgpu::Buffer, offset: u64, n: usize) -> Result<Vec<f32>> {
+        let size = (n as u64) * 4;
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: size.max(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(buf, offset * 4, &staging, 0, size);
+        self.queue.submit(Some(enc.finish()));
+        let slice = staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        rx.recv()
+            .map_err(|e| Error::msg(format!("GPU readback channel: {e}")))?
+            .map_err(|e| Error::msg(format!("GPU readback map failed: {e}")))?;
+        let out = {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| Error::msg(format!("GPU readback view: {e:?}")))?;
+            bytemuck::cast_slice::<u8, f32>(&view[..size as usize]).to_vec()
+        };
+        staging.unmap();
+        Ok(out)
+    }
+}

@@ -1,0 +1,196 @@
+//! WGSL assembly and the pipeline cache. The per-type dequantization functions live in
+//! `shaders/dequant.wgsl`, one section per ggml type; kernels are specialised by text
+//! substitution (type, tokens per workgroup, reduction flavour) and compiled once.
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+use crate::quant::GgmlType;
+
+use super::device::GpuContext;
+
+const DEQUANT_WGSL: &str = include_str!("../../shaders/dequant.wgsl");
+const MATVEC_WGSL: &str = include_str!("../../shaders/matvec.wgsl");
+const RMSNORM_WGSL: &str = include_str!("../../shaders/rmsnorm.wgsl");
+const ROPE_WGSL: &str = include_str!("../../shaders/rope.wgsl");
+const ATTENTION_WGSL: &str = include_str!("../../shaders/attention.wgsl");
+
+/// How a ggml type is laid out on the GPU after upload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GpuLayout {
+    /// Weights per ggml block (32 for float types: they are read in 32-weight units).
+    pub block_elems: usize,
+    /// Bytes per block in the file.
+    pub block_bytes: usize,
+    /// 32-bit words per block body on the GPU.
+    pub body_words: usize,
+    /// Byte offset of the f16 scale moved out of the block (types whose size is not a
+    /// multiple of 4 bytes), or None when the block is uploaded unchanged.
+    pub d_at: Option<usize>,
+}
+
+impl GpuLayout {
+    /// 32-weight units per block.
+    pub fn units_per_block(&self) -> usize {
+        self.block_elems / 32
+    }
+}
+
+/// The GPU layout of `ty`, or an error for a type the GPU kernels do not read.
+pub fn layout(ty: GgmlType) -> Result<GpuLayout> {
+    let (block_elems, block_bytes, body_words, d_at) = match ty.name() {
+        "F32" => (32, 128, 32, None),
+        "F16" => (32, 64, 16, None),
+        "BF16" => (32, 64, 16, None),
+        "Q4_0" => (32, 18, 4, Some(0)),
+        "Q4_1" => (32, 20, 5, None),
+        "Q5_0" => (32, 22, 5, Some(0)),
+        "Q5_1" => (32, 24, 6, None),
+        "Q8_0" => (32, 34, 8, Some(0)),
+        "Q2_K" => (256, 84, 21, None),
+        "Q3_K" => (256, 110, 27, Some(108)),
+        "Q4_K" => (256, 144, 36, None),
+        "Q5_K" => (256, 176, 44, None),
+        "Q6_K" => (256, 210, 52, Some(208)),
+        other => {
+            return Err(Error::msg(format!(
+                "the GPU engine has no kernel for tensor type {other}"
+            )))
+        }
+    };
+    Ok(GpuLayout {
+        block_elems,
+        block_bytes,
+        body_words,
+        d_at,
+    })
+}
+
+/// The dequantization section of `dequant.wgsl` for `ty`, with `$W` → `buf`, `$S` → `suffix`
+/// and `$DOFF` → `doff`.
+pub fn deq_source(ty: GgmlType, buf: &str, suffix: &str, doff: &str) -> Result<String> {
+    let tag = format!("// @type {} ", ty.name());
+    let start = DEQUANT_WGSL
+        .find(&tag)
+        .ok_or_else(|| Error::msg(format!("no WGSL dequantizer for {}", ty.name())))?;
+    let rest = &DEQUANT_WGSL[start..];
+    let end = rest[tag.len()..]
+        .find("// @type ")
+        .map(|e| e + tag.len())
+        .unwrap_or(rest.len());
+    Ok(rest[..end]
+        .replace("$W", buf)
+        .replace("$S", suffix)
+        .replace("$DOFF", doff))
+}
+
+/// Rows per warp of the decode kernel (x reuse across rows).
+pub const NR_DECODE: u32 = 2;
+/// Rows per warp of the prompt kernel.
+pub const NR_PROMPT: u32 = 4;
+/// Tokens per workgroup of the prompt kernel.
+pub const NT_PROMPT: u32 = 8;
+
+/// Kernel identity in the pipeline cache.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum KernelKey {
+    /// Mat-vec / mat-mat over one weight type: NT tokens per workgroup, NR rows per warp
+    /// (8·NR rows per workgroup).
+    MatVec { ty: u32, nt: u32, nr: u32 },
+    /// RMSNorm.
+    RmsNorm,
+    /// RoPE + KV store.
+    Rope,
+    /// Attention with a shared score array of `ctx` entries.
+    Attention { ctx: u32 },
+}
+
+/// Compiled pipelines, built on first use.
+#[derive(Default)]
+pub struct Kernels {
+    cache: HashMap<KernelKey, wgpu::ComputePipeline>,
+}
+
+impl Kernels {
+    /// WGSL text of a kernel (public for tests and `--dump-wgsl`).
+    pub fn source(ctx: &GpuContext, key: &KernelKey) -> Result<String> {
+        Ok(match key {
+            KernelKey::MatVec { ty, nt, nr } => {
+                let gt = GgmlType::from_id(*ty)
+                    .ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;
+                let lay = layout(gt)?;
+                let deq = deq_source(gt, "W", "", "P.d_off")?;
+                let (decl, body) = if ctx.subgroup32 {
+                    (
+                        String::new(),
+                        "    for (var k = 0u; k < NR * NT; k++) {\n        let s = subgroupAdd(acc[k]);\n        if (lane == 0u) { res[warp * NR * NT + k] = s; }\n    }\n".to_string(),
+                    )
+                } else {
+                    (
+                        "var<workgroup> red: array<f32, 256>;".to_string(),
+                        "    for (var k = 0u; k < NR * NT; k++) {\n        red[lid] = acc[k];\n        workgroupBarrier();\n        for (var s = 16u; s > 0u; s >>= 1u) {\n            if (lane < s) { red[lid] += red[lid + s]; }\n            workgroupBarrier();\n        }\n        if (lane == 0u) { res[warp * NR * NT + k] = red[lid]; }\n        workgroupBarrier();\n    }\n".to_string(),
+                    )
+                };
+                let head = "";
+                format!(
+                    "{head}{}",
+                    MATVEC_WGSL
+                        .replace("$NT", &nt.to_string())
+                        .replace("$NR", &nr.to_string())
+                        .replace("$UPB", &lay.units_per_block().to_string())
+                        .replace("$RED_DECL", &decl)
+                        .replace("$RED_BODY", &body)
+                        .replace("$DEQ", &deq)
+                )
+            }
+            KernelKey::RmsNorm => RMSNORM_WGSL.to_string(),
+            KernelKey::Rope => ROPE_WGSL.to_string(),
+            KernelKey::Attention { ctx: n } => ATTENTION_WGSL.replace("$CTX", &n.to_string()),
+        })
+    }
+
+    /// The pipeline for `key` with an explicit pipeline layout, compiling it on first use.
+    pub fn get_with_layout(
+        &mut self,
+        ctx: &GpuContext,
+        key: &KernelKey,
+        layout: &wgpu::PipelineLayout,
+    ) -> Result<&wgpu::ComputePipeline> {
+        if !self.cache.contains_key(key) {
+            let src = Self::source(ctx, key)?;
+            let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let module = ctx
+                .device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some("ggufq kernel"),
+                    source: wgpu::ShaderSource::Wgsl(src.into()),
+                });
+            let pipe = ctx
+                .device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some("ggufq kernel"),
+                    layout: Some(layout),
+                    module: &module,
+                    entry_point: Some("main"),
+                    compilation_options: Default::default(),
+                    cache: None,
+                });
+            if let Some(e) = pollster::block_on(scope.pop()) {
+                return Err(Error::msg(format!(
+                    "GPU kernel {key:?} failed to compile: {e}"
+                )));
+            }
+            self.cache.insert(key.clone(), pipe);
+        }
+        self.cache
+            .get(key)
+            .ok_or_else(|| Error::msg(format!("pipeline {key:?} missing from cache")))
+    }
+
+    /// A pipeline compiled earlier.
+    pub fn cached(&self, key: &KernelKey) -> Result<&wgpu::ComputePipeline> {
+        self.cache
+            .get(key)
+            .ok_or_else(|| Error::msg(format!("pipeline {key:?} was not compiled at load")))
+    }
+}

@@ -1,0 +1,15 @@
+//! The wgpu inference engine: device setup, weight upload (repack, split), WGSL kernels
+//! (dequantize-in-shader mat-vec / mat-mat for every type `convert` writes, RMSNorm, RoPE,
+//! attention over a KV cache, SwiGLU, residuals) and the llama graph.
+
+pub mod buffers;
+pub mod device;
+pub mod kernels;
+pub mod model;
+pub mod ops;
+pub mod reference;
+pub mod source;
+
+pub use device::{AdapterFacts, DeviceOptions, GpuContext};
+pub use model::{GpuModel, LlamaConfig, MemoryUse, ModelOptions};
+pub use source::{GgufSource, Shape, SynthSource, TensorView, WeightSource};

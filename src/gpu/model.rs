@@ -1,0 +1,1008 @@
+//! The llama graph on the GPU: per token 8 dispatches per layer (RMSNorm, fused QKV mat-vec,
+//! RoPE + KV store, attention, output projection + residual, RMSNorm, fused gate/up mat-vec
+//! with SwiGLU, down projection + residual), all recorded in one compute pass and one submit.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::quant::GgmlType;
+
+use super::buffers::{f32_buffer, scratch, upload_matrix, GpuMatrix};
+use super::device::GpuContext;
+use super::kernels::{KernelKey, Kernels, NR_DECODE, NR_PROMPT, NT_PROMPT};
+use super::reference::dequantize;
+use super::source::{TensorView, WeightSource};
+
+/// Llama hyper-parameters read from GGUF metadata.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LlamaConfig {
+    /// Architecture name (metadata prefix).
+    pub arch: String,
+    /// Hidden size.
+    pub n_embd: usize,
+    /// Layers.
+    pub n_layer: usize,
+    /// FFN size.
+    pub n_ff: usize,
+    /// Heads.
+    pub n_head: usize,
+    /// KV heads.
+    pub n_kv: usize,
+    /// Head size.
+    pub head_dim: usize,
+    /// Rotated dims per head.
+    pub n_rot: usize,
+    /// Vocabulary size.
+    pub n_vocab: usize,
+    /// RMSNorm epsilon.
+    pub eps: f32,
+    /// RoPE base.
+    pub rope_base: f64,
+    /// Training context.
+    pub n_ctx_train: usize,
+}
+
+impl LlamaConfig {
+    /// Read from metadata; `n_vocab` from the embedding tensor.
+    pub fn from_source(src: &dyn WeightSource) -> Result<LlamaConfig> {
+        let arch = src
+            .meta_str("general.architecture")
+            .unwrap_or_else(|| "llama".into());
+        if arch != "llama" {
+            return Err(Error::msg(format!(
+                "{}: architecture '{arch}' is not supported by the GPU engine (llama only)",
+                src.label()
+            )));
+        }
+        let need = |k: &str| -> Result<usize> {
+            src.meta_u64(&format!("{arch}.{k}"))
+                .map(|v| v as usize)
+                .ok_or_else(|| {
+                    Error::msg(format!("{}: metadata key {arch}.{k} missing", src.label()))
+                })
+        };
+        let n_embd = need("embedding_length")?;
+        let n_head = need("attention.head_count")?;
+        let n_kv = src
+            .meta_u64(&format!("{arch}.attention.head_count_kv"))
+            .map(|v| v as usize)
+            .unwrap_or(n_head);
+        if n_head == 0 || n_kv == 0 || n_embd % n_head != 0 || n_head % n_kv != 0 {
+            return Err(Error::msg(format!(
+                "{}: bad head counts (embd {n_embd}, heads {n_head}, kv heads {n_kv})",
+                src.label()
+            )));
+        }
+        let head_dim = n_embd / n_head;
+        if head_dim % 4 != 0 || head_dim > 256 {
+            return Err(Error::msg(format!(
+                "{}: head size {head_dim} unsupported (must be a multiple of 4, ≤ 256)",
+                src.label()
+            )));
+        }
+        let n_rot = src
+            .meta_u64(&format!("{arch}.rope.dimension_count"))
+            .map(|v| v as usize)
+            .unwrap_or(head_dim);
+        let emb = src.tensor("token_embd.weight")?.ok_or_else(|| {
+            Error::msg(format!("{}: tensor token_embd.weight missing", src.label()))
+        })?;
+        let n_vocab =
+            *emb.dims
+                .get(1)
+                .ok_or_else(|| Error::msg("token_embd.weight is not 2-D"))? as usize;
+        Ok(LlamaConfig {
+            n_embd,
+            n_layer: need("block_count")?,
+            n_ff: need("feed_forward_length")?,
+            n_head,
+            n_kv,
+            head_dim,
+            n_rot: n_rot.min(head_dim),
+            n_vocab,
+            eps: src
+                .meta_f64(&format!("{arch}.attention.layer_norm_rms_epsilon"))
+                .unwrap_or(1e-5) as f32,
+            rope_base: src
+                .meta_f64(&format!("{arch}.rope.freq_base"))
+                .unwrap_or(10000.0),
+            n_ctx_train: src
+                .meta_u64(&format!("{arch}.context_length"))
+                .unwrap_or(4096) as usize,
+            arch,
+        })
+    }
+    /// Width of the fused QKV output.
+    pub fn qkv_dim(&self) -> usize {
+        (self.n_head + 2 * self.n_kv) * self.head_dim
+    }
+}
+
+/// Options for loading a model on the GPU.
+#[derive(Clone, Debug)]
+pub struct ModelOptions {
+    /// Positions per sequence in the KV cache.
+    pub n_ctx: usize,
+    /// Largest number of tokens per forward call (prompt batch).
+    pub n_batch: usize,
+    /// Sequences that can be decoded at once.
+    pub n_seq: usize,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        ModelOptions {
+            n_ctx: 1024,
+            n_batch: 512,
+            n_seq: 1,
+        }
+    }
+}
+
+/// GPU memory use, by kind (bytes).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct MemoryUse {
+    /// Weight buffers.
+    pub weights: u64,
+    /// KV cache.
+    pub kv_cache: u64,
+    /// Activations, logits, parameters.
+    pub scratch: u64,
+}
+
+#[derive(Clone, Copy)]
+enum StepKind {
+    Norm,
+    Mat {
+        m: usize,
+        c: usize,
+        x_ld: u32,
+        y_off: u32,
+        ld_y: u32,
+        mode: u32,
+        last_only: bool,
+    },
+    Rope,
+    Attn,
+}
+
+struct Step {
+    kind: StepKind,
+    bind: wgpu::BindGroup,
+    slot: usize,
+    key: KernelKey,
+    /// Norm width for Norm; rows for mat dispatch computed from the matrix.
+    n: u32,
+}
+
+const SLOT: usize = 256;
+
+/// A llama model resident on the GPU.
+pub struct GpuModel {
+    ctx: Arc<GpuContext>,
+    /// Hyper-parameters.
+    pub cfg: LlamaConfig,
+    /// Load options.
+    pub opts: ModelOptions,
+    kernels: Kernels,
+    mats: Vec<GpuMatrix>,
+    steps: Vec<Step>,
+    layers_n: usize,
+    embd_ty: GgmlType,
+    embd: Vec<u8>,
+    embd_row_bytes: usize,
+    params: wgpu::Buffer,
+    tinfo: wgpu::Buffer,
+    x: wgpu::Buffer,
+    logits: wgpu::Buffer,
+    staging: wgpu::Buffer,
+    /// Bytes per token that a decode step reads from weights (file sizes of all matrices).
+    pub weight_bytes_per_token: u64,
+    /// GPU memory use.
+    pub memory: MemoryUse,
+    /// Dispatches recorded per forward call.
+    pub dispatches: usize,
+    /// Source label.
+    pub label: String,
+}
+
+fn mat_dims(t: &TensorView<'_>, name: &str) -> Result<(usize, usize)> {
+    match t.dims.as_slice() {
+        [c, r] => Ok((*r as usize, *c as usize)),
+        _ => Err(Error::Tensor {
+            tensor: name.into(),
+            msg: format!("expected 2 dims, got {:?}", t.dims),
+        }),
+    }
+}
+
+fn f32_of(t: &TensorView<'_>, name: &str, n: usize) -> Result<Vec<f32>> {
+    let total: u64 = t.dims.iter().product();
+    if total as usize != n {
+        return Err(Error::Tensor {
+            tensor: name.into(),
+            msg: format!("has {total} elements, expected {n}"),
+        });
+    }
+    dequantize(t.ty, &t.data, n).map_err(|e| Error::Tensor {
+        tensor: name.into(),
+        msg: e.to_string(),
+    })
+}
+
+/// Interleave the rows of two matrices of one type and row length: a0 b0 a1 b1 ...
+fn interleave_rows(a: &[u8], b: &[u8], row_bytes: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    for (ra, rb) in a.chunks_exact(row_bytes).zip(b.chunks_exact(row_bytes)) {
+        out.extend_from_slice(ra);
+        out.extend_from_slice(rb);
+    }
+    out
+}
+
+fn layout_entries(kinds: &[u8]) -> Vec<wgpu::BindGroupLayoutEntry> {
+    kinds
+        .iter()
+        .enumerate()
+        .map(|(i, k)| wgpu::BindGroupLayoutEntry {
+            binding: i as u32,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: match k {
+                b'u' => wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                b'r' => wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only: true },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                _ => wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only: false },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+            },
+            count: None,
+        })
+        .collect()
+}
+
+impl GpuModel {
+    /// Upload a model from `src` and prepare every dispatch.
+    pub fn load(
+        ctx: Arc<GpuContext>,
+        src: &dyn WeightSource,
+        opts: ModelOptions,
+    ) -> Result<GpuModel> {
+        let cfg = LlamaConfig::from_source(src)?;
+        let mut opts = opts;
+        let shared_ctx = ((ctx.facts.shared_mem as usize).saturating_sub(2048)) / 4;
+        if opts.n_ctx > shared_ctx {
+            return Err(Error::msg(format!(
+                "context {} exceeds what attention can hold in {} bytes of workgroup memory (max {shared_ctx})",
+                opts.n_ctx, ctx.facts.shared_mem
+            )));
+        }
+        opts.n_batch = opts.n_batch.max(opts.n_seq).max(1);
+        let d = cfg.n_embd;
+        let hd = cfg.head_dim;
+        let kv_dim = cfg.n_kv * hd;
+        let nb = opts.n_batch;
+        let mut mem = MemoryUse::default();
+        let get = |name: &str| -> Result<TensorView<'_>> {
+            src.tensor(name)?
+                .ok_or_else(|| Error::msg(format!("{}: tensor {name} missing", src.label())))
+        };
+        let mut mats: Vec<GpuMatrix> = Vec::new();
+        let mut weight_bytes = 0u64;
+        let mut push = |m: GpuMatrix, mats: &mut Vec<GpuMatrix>| -> usize {
+            weight_bytes += m.file_bytes;
+            mats.push(m);
+            mats.len() - 1
+        };
+        // Embedding stays on the CPU (one row per token).
+        let emb = get("token_embd.weight")?;
+        let (n_vocab, emb_cols) = mat_dims(&emb, "token_embd.weight")?;
+        if emb_cols != d {
+            return Err(Error::Tensor {
+                tensor: "token_embd.weight".into(),
+                msg: format!("row length {emb_cols} != embedding length {d}"),
+            });
+        }
+        let embd_row_bytes = emb
+            .ty
+            .bytes_for(d as u64)
+            .ok_or_else(|| Error::msg("embedding row is not whole blocks"))?
+            as usize;
+        let embd_ty = emb.ty;
+        let embd = emb.data.to_vec();
+
+        struct LayerIdx {
+            an: wgpu::Buffer,
+            fnm: wgpu::Buffer,
+            qkv: Vec<usize>,
+            wo: usize,
+            gu: Vec<usize>,
+            down: usize,
+            kc: wgpu::Buffer,
+            vc: wgpu::Buffer,
+        }
+        let mut lidx = Vec::new();
+        let kv_elems = opts.n_seq * opts.n_ctx * kv_dim;
+        for l in 0..cfg.n_layer {
+            let n = |t: &str| format!("blk.{l}.{t}.weight");
+            let an = f32_buffer(
+                &ctx,
+                "attn_norm",
+                &f32_of(&get(&n("attn_norm"))?, &n("attn_norm"), d)?,
+            );
+            let fnm = f32_buffer(
+                &ctx,
+                "ffn_norm",
+                &f32_of(&get(&n("ffn_norm"))?, &n("ffn_norm"), d)?,
+            );
+            mem.weights += 8 * d as u64;
+            let q = get(&n("attn_q"))?;
+            let k = get(&n("attn_k"))?;
+            let v = get(&n("attn_v"))?;
+            for (t, rows) in [(&q, d), (&k, kv_dim), (&v, kv_dim)] {
+                let (r, c) = mat_dims(t, "attn")?;
+                if r != rows || c != d {
+                    return Err(Error::Tensor {
+                        tensor: n("attn_q/k/v"),
+                        msg: format!("shape {r}×{c}, expected {rows}×{d}"),
+                    });
+                }
+            }
+            let mut qkv = Vec::new();
+            if q.ty == k.ty && k.ty == v.ty {
+                let mut all = q.data.to_vec();
+                all.extend_from_slice(&k.data);
+                all.extend_from_slice(&v.data);
+                qkv.push(push(
+                    upload_matrix(&ctx, &n("attn_qkv"), q.ty, d + 2 * kv_dim, d, &all)?,
+                    &mut mats,
+                ));
+            } else {
+                qkv.push(push(
+                    upload_matrix(&ctx, &n("attn_q"), q.ty, d, d, &q.data)?,
+                    &mut mats,
+                ));
+                qkv.push(push(
+                    upload_matrix(&ctx, &n("attn_k"), k.ty, kv_dim, d, &k.data)?,
+                    &mut mats,
+                ));
+                qkv.push(push(
+                    upload_matrix(&ctx, &n("attn_v"), v.ty, kv_dim, d, &v.data)?,
+                    &mut mats,
+                ));
+            }
+            let o = get(&n("attn_output"))?;
+            let (r, c) = mat_dims(&o, &n("attn_output"))?;
+            if r != d || c != d {
+                return Err(Error::Tensor {
+                    tensor: n("attn_output"),
+                    msg: format!("shape {r}×{c}, expected {d}×{d}"),
+                });
+            }
+            let wo = push(
+                upload_matrix(&ctx, &n("attn_output"), o.ty, d, d, &o.data)?,
+                &mut mats,
+            );
+            let g = get(&n("ffn_gate"))?;
+            let u = get(&n("ffn_up"))?;
+            let dn = get(&n("ffn_down"))?;
+            for (t, rows, cols, nm) in [
+                (&g, cfg.n_ff, d, "ffn_gate"),
+                (&u, cfg.n_ff, d, "ffn_up"),
+                (&dn, d, cfg.n_ff, "ffn_down"),
+            ] {
+                let (r, c) = mat_dims(t, nm)?;
+                if r != rows || c != cols {
+                    return Err(Error::Tensor {
+                        tensor: n(nm),
+                        msg: format!("shape {r}×{c}, expected {rows}×{cols}"),
+                    });
+                }
+            }
+            let mut gu = Vec::new();
+            if g.ty == u.ty {
+                let rb = g.data.len() / cfg.n_ff;
+                let il = interleave_rows(&g.data, &u.data, rb);
+                gu.push(push(
+                    upload_matrix(&ctx, &n("ffn_gate_up"), g.ty, 2 * cfg.n_ff, d, &il)?,
+                    &mut mats,
+                ));
+            } else {
+                gu.push(push(
+                    upload_matrix(&ctx, &n("ffn_gate"), g.ty, cfg.n_ff, d, &g.data)?,
+                    &mut mats,
+                ));
+                gu.push(push(
+                    upload_matrix(&ctx, &n("ffn_up"), u.ty, cfg.n_ff, d, &u.data)?,
+                    &mut mats,
+                ));
+            }
+            let down = push(
+                upload_matrix(&ctx, &n("ffn_down"), dn.ty, d, cfg.n_ff, &dn.data)?,
+                &mut mats,
+            );
+            let kc = scratch(&ctx, "k_cache", kv_elems);
+            let vc = scratch(&ctx, "v_cache", kv_elems);
+            mem.kv_cache += 8 * kv_elems as u64;
+            lidx.push(LayerIdx {
+                an,
+                fnm,
+                qkv,
+                wo,
+                gu,
+                down,
+                kc,
+                vc,
+            });
+        }
+        let onorm = f32_buffer(
+            &ctx,
+            "output_norm",
+            &f32_of(&get("output_norm.weight")?, "output_norm.weight", d)?,
+        );
+        let outm = match src.tensor("output.weight")? {
+            Some(t) => {
+                let (r, c) = mat_dims(&t, "output.weight")?;
+                if r != n_vocab || c != d {
+                    return Err(Error::Tensor {
+                        tensor: "output.weight".into(),
+                        msg: format!("shape {r}×{c}, expected {n_vocab}×{d}"),
+                    });
+                }
+                upload_matrix(&ctx, "output.weight", t.ty, n_vocab, d, &t.data)?
+            }
+            None => upload_matrix(
+                &ctx,
+                "token_embd.weight (tied output)",
+                embd_ty,
+                n_vocab,
+                d,
+                &embd,
+            )?,
+        };
+        let out_idx = push(outm, &mut mats);
+        mem.weights += mats.iter().map(|m| m.gpu_bytes).sum::<u64>();
+
+        // Scratch buffers.
+        let x = scratch(&ctx, "x", nb * d);
+        let xn = scratch(&ctx, "xn", nb * d);
+        let qkvb = scratch(&ctx, "qkv", nb * cfg.qkv_dim());
+        let att = scratch(&ctx, "attn", nb * d);
+        let hid = scratch(&ctx, "ffn", nb * 2 * cfg.n_ff);
+        let logits = scratch(&ctx, "logits", nb * n_vocab);
+        let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("staging"),
+            size: (nb * n_vocab * 4) as u64,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let tinfo = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("tokens"),
+            size: (nb * 8) as u64,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        // RoPE table.
+        let half = cfg.n_rot / 2;
+        let factors = match src.tensor("rope_freqs.weight")? {
+            Some(t) => Some(f32_of(&t, "rope_freqs.weight", half)?),
+            None => None,
+        };
+        let mut cs = Vec::with_capacity(opts.n_ctx * half * 2);
+        for p in 0..opts.n_ctx {
+            for i in 0..half {
+                let mut f = cfg.rope_base.powf(-2.0 * i as f64 / cfg.n_rot as f64);
+                if let Some(fa) = &factors {
+                    f /= fa[i] as f64;
+                }
+                let th = p as f64 * f;
+                cs.push(th.cos() as f32);
+                cs.push(th.sin() as f32);
+            }
+        }
+        let cs_buf = f32_buffer(&ctx, "rope", &cs);
+
+        let bgl_mat = ctx
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("mat"),
+                entries: &layout_entries(b"rrwu"),
+            });
+        let bgl_rope = ctx
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("rope"),
+                entries: &layout_entries(b"wwwrur"),
+            });
+        let bgl_attn = ctx
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("attn"),
+                entries: &layout_entries(b"rrrwur"),
+            });
+
+        // Steps (bind groups reference a params slot each).
+        let n_slots_est = cfg.n_layer * 12 + 8 + mats.iter().map(|m| m.chunks.len()).sum::<usize>();
+        let params = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("params"),
+            size: (n_slots_est * SLOT) as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        mem.scratch = (nb * (d * 3 + cfg.qkv_dim() + 2 * cfg.n_ff + 2 * n_vocab) * 4
+            + nb * 8
+            + cs.len() * 4
+            + n_slots_est * SLOT) as u64;
+        let mut steps: Vec<Step> = Vec::new();
+        let bg = |layout: &wgpu::BindGroupLayout,
+                  bufs: &[&wgpu::Buffer],
+                  slot: usize|
+         -> wgpu::BindGroup {
+            let mut entries: Vec<wgpu::BindGroupEntry> = bufs
+                .iter()
+                .enumerate()
+                .map(|(i, b)| wgpu::BindGroupEntry {
+                    binding: i as u32,
+                    resource: b.as_entire_binding(),
+                })
+                .collect();
+            entries.insert(
+                entries.len().min(if bufs.len() >= 5 { 4 } else { 3 }),
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &params,
+                        offset: (slot * SLOT) as u64,
+                        size: wgpu::BufferSize::new(64),
+                    }),
+                },
+            );
+            for (i, e) in entries.iter_mut().enumerate() {
+                e.binding = i as u32;
+            }
+            ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout,
+                entries: &entries,
+            })
+        };
+        let add_mat = |steps: &mut Vec<Step>,
+                       mats: &Vec<GpuMatrix>,
+                       m: usize,
+                       xb: &wgpu::Buffer,
+                       yb: &wgpu::Buffer,
+                       x_ld: usize,
+                       y_off: usize,
+                       ld_y: usize,
+                       mode: u32,
+                       last_only: bool| {
+            for c in 0..mats[m].chunks.len() {
+                let slot = steps.len();
+                let bind = bg(&bgl_mat, &[&mats[m].chunks[c].buf, xb, yb], slot);
+                steps.push(Step {
+                    kind: StepKind::Mat {
+                        m,
+                        c,
+                        x_ld: (x_ld / 4) as u32,
+                        y_off: y_off as u32,
+                        ld_y: ld_y as u32,
+                        mode,
+                        last_only,
+                    },
+                    bind,
+                    slot,
+                    key: KernelKey::MatVec {
+                        ty: mats[m].ty.id(),
+                        nt: 1,
+                        nr: NR_DECODE,
+                    },
+                    n: 0,
+                });
+            }
+        };
+        for ly in &lidx {
+            let slot = steps.len();
+            steps.push(Step {
+                kind: StepKind::Norm,
+                bind: bg(&bgl_mat, &[&x, &ly.an, &xn], slot),
+                slot,
+                key: KernelKey::RmsNorm,
+                n: d as u32,
+            });
+            let mut off = 0;
+            for &m in &ly.qkv {
+                add_mat(
+                    &mut steps,
+                    &mats,
+                    m,
+                    &xn,
+                    &qkvb,
+                    d,
+                    off,
+                    cfg.qkv_dim(),
+                    0,
+                    false,
+                );
+                off += mats[m].rows;
+            }
+            let slot = steps.len();
+            steps.push(Step {
+                kind: StepKind::Rope,
+                bind: bg(&bgl_rope, &[&qkvb, &ly.kc, &ly.vc, &cs_buf, &tinfo], slot),
+                slot,
+                key: KernelKey::Rope,
+                n: 0,
+            });
+            let slot = steps.len();
+            steps.push(Step {
+                kind: StepKind::Attn,
+                bind: bg(&bgl_attn, &[&qkvb, &ly.kc, &ly.vc, &att, &tinfo], slot),
+                slot,
+                key: KernelKey::Attention {
+                    ctx: opts.n_ctx as u32,
+                },
+                n: 0,
+            });
+            add_mat(&mut steps, &mats, ly.wo, &att, &x, d, 0, d, 1, false);
+            let slot = steps.len();
+            steps.push(Step {
+                kind: StepKind::Norm,
+                bind: bg(&bgl_mat, &[&x, &ly.fnm, &xn], slot),
+                slot,
+                key: KernelKey::RmsNorm,
+                n: d as u32,
+            });
+            if ly.gu.len() == 1 {
+                add_mat(
+                    &mut steps, &mats, ly.gu[0], &xn, &hid, d, 0, cfg.n_ff, 2, false,
+                );
+                add_mat(
+                    &mut steps, &mats, ly.down, &hid, &x, cfg.n_ff, 0, d, 1, false,
+                );
+            } else {
+                // Gate and up of different types: gate → hid[t][ff..2ff], then the up pass
+                // (mode 3) writes silu(gate) * up into hid[t][0..ff].
+                add_mat(
+                    &mut steps,
+                    &mats,
+                    ly.gu[0],
+                    &xn,
+                    &hid,
+                    d,
+                    cfg.n_ff,
+                    2 * cfg.n_ff,
+                    0,
+                    false,
+                );
+                add_mat(
+                    &mut steps,
+                    &mats,
+                    ly.gu[1],
+                    &xn,
+                    &hid,
+                    d,
+                    0,
+                    2 * cfg.n_ff,
+                    3,
+                    false,
+                );
+                add_mat(
+                    &mut steps,
+                    &mats,
+                    ly.down,
+                    &hid,
+                    &x,
+                    2 * cfg.n_ff,
+                    0,
+                    d,
+                    1,
+                    false,
+                );
+            }
+        }
+        let slot = steps.len();
+        steps.push(Step {
+            kind: StepKind::Norm,
+            bind: bg(&bgl_mat, &[&x, &onorm, &xn], slot),
+            slot,
+            key: KernelKey::RmsNorm,
+            n: d as u32,
+        });
+        add_mat(
+            &mut steps, &mats, out_idx, &xn, &logits, d, 0, n_vocab, 0, true,
+        );
+        if steps.len() > n_slots_est {
+            return Err(Error::msg("internal: params slots underestimated"));
+        }
+
+        let mut kernels = Kernels::default();
+        let pl_mat = ctx
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: None,
+                bind_group_layouts: &[Some(&bgl_mat)],
+                immediate_size: 0,
+            });
+        let pl_rope = ctx
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: None,
+                bind_group_layouts: &[Some(&bgl_rope)],
+                immediate_size: 0,
+            });
+        let pl_attn = ctx
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: None,
+                bind_group_layouts: &[Some(&bgl_attn)],
+                immediate_size: 0,
+            });
+        for s in &steps {
+            let pl = match s.key {
+                KernelKey::Rope => &pl_rope,
+                KernelKey::Attention { .. } => &pl_attn,
+                _ => &pl_mat,
+            };
+            kernels.get_with_layout(&ctx, &s.key, pl)?;
+            if let KernelKey::MatVec { ty, .. } = s.key {
+                kernels.get_with_layout(
+                    &ctx,
+                    &KernelKey::MatVec {
+                        ty,
+                        nt: NT_PROMPT,
+                        nr: NR_PROMPT,
+                    },
+                    pl,
+                )?;
+            }
+        }
+        let dispatches = steps.len();
+        let _ = (&xn, &qkvb, &att, &hid);
+        Ok(GpuModel {
+            ctx,
+            label: src.label(),
+            cfg,
+            opts,
+            kernels,
+            mats,
+            steps,
+            layers_n: lidx.len(),
+            embd_ty,
+            embd,
+            embd_row_bytes,
+            params,
+            tinfo,
+            x,
+            logits,
+            staging,
+            weight_bytes_per_token: weight_bytes,
+            memory: mem,
+            dispatches,
+        })
+    }
+
+    /// The device context.
+    pub fn context(&self) -> &Arc<GpuContext> {
+        &self.ctx
+    }
+
+    /// Run `tokens` (each with its sequence id and position) through the model. Returns the
+    /// logits of every token when `all_logits`, else of the last token only.
+    pub fn forward(&mut self, tokens: &[(u32, u32, u32)], all_logits: bool) -> Result<Vec<f32>> {
+        let n = tokens.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        if n > self.opts.n_batch {
+            return Err(Error::msg(format!(
+                "{n} tokens exceed the batch size {}",
+                self.opts.n_batch
+            )));
+        }
+        let d = self.cfg.n_embd;
+        let nv = self.cfg.n_vocab;
+        // Embeddings on the CPU.
+        let mut xs = Vec::with_capacity(n * d);
+        let mut ti = Vec::with_capacity(n * 2);
+        for &(tok, seq, pos) in tokens {
+            if tok as usize >= nv {
+                return Err(Error::msg(format!(
+                    "token id {tok} is outside the vocabulary ({nv})"
+                )));
+            }
+            if seq as usize >= self.opts.n_seq || pos as usize >= self.opts.n_ctx {
+                return Err(Error::msg(format!(
+                    "sequence {seq} position {pos} outside the KV cache ({} × {})",
+                    self.opts.n_seq, self.opts.n_ctx
+                )));
+            }
+            let r = tok as usize * self.embd_row_bytes;
+            xs.extend(dequantize(
+                self.embd_ty,
+                &self.embd[r..r + self.embd_row_bytes],
+                d,
+            )?);
+            ti.push(seq);
+            ti.push(pos);
+        }
+        self.ctx
+            .queue
+            .write_buffer(&self.x, 0, bytemuck::cast_slice(&xs));
+        self.ctx
+            .queue
+            .write_buffer(&self.tinfo, 0, bytemuck::cast_slice(&ti));
+        let cfg = &self.cfg;
+        let mut pbytes = vec![0u8; self.steps.len() * SLOT];
+        let mut disp: Vec<(u32, u32)> = Vec::with_capacity(self.steps.len());
+        for s in &self.steps {
+            let p: [u32; 12];
+            let wg;
+            match s.kind {
+                StepKind::Norm => {
+                    p = [s.n, n as u32, cfg.eps.to_bits(), 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                    wg = (n as u32, 1);
+                }
+                StepKind::Mat {
+                    m,
+                    c,
+                    x_ld,
+                    y_off,
+                    ld_y,
+                    mode,
+                    last_only,
+                } => {
+                    let mat = &self.mats[m];
+                    let ch = &mat.chunks[c];
+                    let (x_off, ntok) = if last_only && !all_logits {
+                        ((n as u32 - 1) * x_ld, 1)
+                    } else {
+                        (0, n as u32)
+                    };
+                    let (ntk, nrk) = if ntok == 1 {
+                        (1, NR_DECODE)
+                    } else {
+                        (NT_PROMPT, NR_PROMPT)
+                    };
+                    let aux = if mode == 3 { cfg.n_ff as u32 } else { 0 };
+                    p = [
+                        ch.rows,
+                        (mat.cols / 32) as u32,
+                        ch.d_off,
+                        x_off,
+                        x_ld,
+                        y_off,
+                        ld_y,
+                        ntok,
+                        mode,
+                        ch.row0,
+                        aux,
+                        0,
+                    ];
+                    wg = (ch.rows.div_ceil(8 * nrk), ntok.div_ceil(ntk));
+                }
+                StepKind::Rope => {
+                    p = [
+                        cfg.n_head as u32,
+                        cfg.n_kv as u32,
+                        cfg.head_dim as u32,
+                        self.opts.n_ctx as u32,
+                        n as u32,
+                        cfg.qkv_dim() as u32,
+                        (cfg.n_kv * cfg.head_dim) as u32,
+                        cfg.n_rot as u32,
+                        0,
+                        0,
+                        0,
+                        0,
+                    ];
+                    let total = (cfg.n_head + 2 * cfg.n_kv) * cfg.head_dim / 2;
+                    wg = ((total as u32).div_ceil(64), n as u32);
+                }
+                StepKind::Attn => {
+                    p = [
+                        cfg.n_head as u32,
+                        cfg.n_kv as u32,
+                        cfg.head_dim as u32,
+                        self.opts.n_ctx as u32,
+                        n as u32,
+                        cfg.qkv_dim() as u32,
+                        (cfg.n_kv * cfg.head_dim) as u32,
+                        d as u32,
+                        (1.0 / (cfg.head_dim as f32).sqrt()).to_bits(),
+                        0,
+                        0,
+                        0,
+                    ];
+                    wg = (cfg.n_head as u32, n as u32);
+                }
+            }
+            pbytes[s.slot * SLOT..s.slot * SLOT + 48].copy_from_slice(bytemuck::cast_slice(&p));
+            disp.push(wg);
+        }
+        self.ctx.queue.write_buffer(&self.params, 0, &pbytes);
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("forward"),
+                timestamp_writes: None,
+            });
+            for (s, wg) in self.steps.iter().zip(&disp) {
+                let key = match (&s.key, s.kind) {
+                    (KernelKey::MatVec { ty, .. }, StepKind::Mat { last_only, .. }) => {
+                        let one = n == 1 || (last_only && !all_logits);
+                        if one {
+                            KernelKey::MatVec {
+                                ty: *ty,
+                                nt: 1,
+                                nr: NR_DECODE,
+                            }
+                        } else {
+                            KernelKey::MatVec {
+                                ty: *ty,
+                                nt: NT_PROMPT,
+                                nr: NR_PROMPT,
+                            }
+                        }
+                    }
+                    (k, _) => k.clone(),
+                };
+                let pipe = self.kernels.cached(&key)?;
+                pass.set_pipeline(pipe);
+                pass.set_bind_group(0, &s.bind, &[]);
+                pass.dispatch_workgroups(wg.0, wg.1, 1);
+            }
+        }
+        let n_out = if all_logits { n } else { 1 };
+        let bytes = (n_out * nv * 4) as u64;
+        enc.copy_buffer_to_buffer(&self.logits, 0, &self.staging, 0, bytes);
+        self.ctx.queue.submit(Some(enc.finish()));
+        let slice = self.staging.slice(0..bytes);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.ctx.wait()?;
+        rx.recv()
+            .map_err(|e| Error::msg(format!("GPU readback: {e}")))?
+            .map_err(|e| Error::msg(format!("GPU readback map failed: {e}")))?;
+        let out = {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| Error::msg(format!("GPU readback view: {e:?}")))?;
+            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+        };
+        self.staging.unmap();
+        Ok(out)
+    }
+
+    /// The weight type holding most bytes, with the others listed: "Q4_K (+Q6_K)".
+    pub fn type_summary(&self) -> String {
+        let mut by: Vec<(String, u64)> = Vec::new();
+        for m in &self.mats {
+            match by.iter_mut().find(|(n, _)| n == m.ty.name()) {
+                Some(e) => e.1 += m.file_bytes,
+                None => by.push((m.ty.name().to_string(), m.file_bytes)),
+            }
+        }
+        by.sort_by(|a, b| b.1.cmp(&a.1));
+        let mut s = by.first().map(|b| b.0.clone()).unwrap_or_default();
+        if by.len() > 1 {
+            let rest: Vec<String> = by[1..].iter().map(|b| b.0.clone()).collect();
+            s.push_str(&format!(" (+{})", rest.join(",")));
+        }
+        s
+    }
+
+    /// Number of layers.
+    pub fn n_layers(&self) -> usize {
+        self.layers_n
+    }
+}

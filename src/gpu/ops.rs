@@ -1,0 +1,256 @@
+//! Stand-alone kernel runs: one mat-vec / mat-mat over an uploaded matrix. Used by the kernel
+//! tests and by `ggufq bench --kernels` (bandwidth of each type's mat-vec).
+
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+
+use super::buffers::{f32_buffer, scratch, GpuMatrix};
+use super::device::GpuContext;
+use super::kernels::{KernelKey, Kernels};
+
+/// A mat-vec runner bound to one matrix.
+pub struct MatRunner {
+    layout: wgpu::PipelineLayout,
+    bgl: wgpu::BindGroupLayout,
+    kernels: Kernels,
+}
+
+impl MatRunner {
+    /// Create a runner (explicit bind-group layout shared by all mat-vec kernels).
+    pub fn new(ctx: &GpuContext) -> MatRunner {
+        let entry = |i: u32, ty: wgpu::BufferBindingType| wgpu::BindGroupLayoutEntry {
+            binding: i,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        };
+        let bgl = ctx
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("matvec"),
+                entries: &[
+                    entry(0, wgpu::BufferBindingType::Storage { read_only: true }),
+                    entry(1, wgpu::BufferBindingType::Storage { read_only: true }),
+                    entry(2, wgpu::BufferBindingType::Storage { read_only: false }),
+                    entry(3, wgpu::BufferBindingType::Uniform),
+                ],
+            });
+        let layout = ctx
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: None,
+                bind_group_layouts: &[Some(&bgl)],
+                immediate_size: 0,
+            });
+        MatRunner {
+            layout,
+            bgl,
+            kernels: Kernels::default(),
+        }
+    }
+
+    fn record(
+        &mut self,
+        ctx: &GpuContext,
+        pass: &mut wgpu::ComputePass<'_>,
+        binds: &[(wgpu::BindGroup, u32)],
+        key: &KernelKey,
+        n_tok: u32,
+        nt: u32,
+        nr: u32,
+    ) -> Result<()> {
+        let pipe = self.kernels.get_with_layout(ctx, key, &self.layout)?;
+        pass.set_pipeline(pipe);
+        for (bg, rows) in binds {
+            pass.set_bind_group(0, bg, &[]);
+            pass.dispatch_workgroups(rows.div_ceil(8 * nr), n_tok.div_ceil(nt), 1);
+        }
+        Ok(())
+    }
+
+    fn binds(
+        &self,
+        ctx: &GpuContext,
+        m: &GpuMatrix,
+        xb: &wgpu::Buffer,
+        yb: &wgpu::Buffer,
+        n_tok: u32,
+        mode: u32,
+    ) -> Vec<(wgpu::BindGroup, u32)> {
+        use wgpu::util::DeviceExt;
+        m.chunks
+            .iter()
+            .map(|ch| {
+                let p: [u32; 12] = [
+                    ch.rows,
+                    (m.cols / 32) as u32,
+                    ch.d_off,
+                    0,
+                    (m.cols / 4) as u32,
+                    0,
+                    m.rows as u32,
+                    n_tok,
+                    mode,
+                    ch.row0,
+                    0,
+                    0,
+                ];
+                let ub = ctx
+                    .device
+                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("params"),
+                        contents: bytemuck::cast_slice(&p),
+                        usage: wgpu::BufferUsages::UNIFORM,
+                    });
+                let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: None,
+                    layout: &self.bgl,
+                    entries: &[
+                        wgpu::BindGroupEntry {
+                            binding: 0,
+                            resource: ch.buf.as_entire_binding(),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 1,
+                            resource: xb.as_entire_binding(),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 2,
+                            resource: yb.as_entire_binding(),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 3,
+                            resource: ub.as_entire_binding(),
+                        },
+                    ],
+                });
+                (bg, ch.rows)
+            })
+            .collect()
+    }
+
+    /// Y = W · X for `n_tok` token vectors `x` (row-major, `n_tok × cols`); `nt` tokens per
+    /// workgroup and `nr` rows per warp (decode: 1, NR_DECODE; prompt: NT_PROMPT, NR_PROMPT).
+    /// Returns `n_tok × rows`.
+    pub fn run(
+        &mut self,
+        ctx: &GpuContext,
+        m: &GpuMatrix,
+        x: &[f32],
+        n_tok: usize,
+        nt: u32,
+        nr: u32,
+    ) -> Result<Vec<f32>> {
+        if x.len() != n_tok * m.cols || n_tok == 0 {
+            return Err(Error::msg(format!(
+                "x has {} values, expected {n_tok} × {}",
+                x.len(),
+                m.cols
+            )));
+        }
+        let xb = f32_buffer(ctx, "x", x);
+        let yb = scratch(ctx, "y", n_tok * m.rows);
+        let binds = self.binds(ctx, m, &xb, &yb, n_tok as u32, 0);
+        let key = KernelKey::MatVec {
+            ty: m.ty.id(),
+            nt,
+            nr,
+        };
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            self.record(ctx, &mut pass, &binds, &key, n_tok as u32, nt, nr)?;
+        }
+        ctx.queue.submit(Some(enc.finish()));
+        ctx.read_f32(&yb, 0, n_tok * m.rows)
+    }
+
+    /// Time `reps` rounds of mat-vec over every matrix in `ms` (one submit per round, so
+    /// the matrices rotate and do not stay in cache). Returns seconds per round (median).
+    pub fn time(
+        &mut self,
+        ctx: &GpuContext,
+        ms: &[GpuMatrix],
+        n_tok: usize,
+        nt: u32,
+        nr: u32,
+        reps: usize,
+    ) -> Result<f64> {
+        let first = ms
+            .first()
+            .ok_or_else(|| Error::msg("no matrices to time"))?;
+        let xb = f32_buffer(ctx, "x", &vec![0.5f32; n_tok * first.cols]);
+        let yb = scratch(ctx, "y", n_tok * first.rows);
+        let mut all = Vec::new();
+        for m in ms {
+            all.push((
+                self.binds(ctx, m, &xb, &yb, n_tok as u32, 0),
+                KernelKey::MatVec {
+                    ty: m.ty.id(),
+                    nt,
+                    nr,
+                },
+            ));
+        }
+        let mut times = Vec::new();
+        for r in 0..reps + 2 {
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            {
+                let mut pass = enc.begin_compute_pass(&Default::default());
+                for (b, k) in &all {
+                    self.record(ctx, &mut pass, b, k, n_tok as u32, nt, nr)?;
+                }
+            }
+            let t = Instant::now();
+            ctx.queue.submit(Some(enc.finish()));
+            ctx.wait()?;
+            if r >= 2 {
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        Ok(times[times.len() / 2])
+    }
+}
+
+/// Check the `nt`-token kernel of `ty` against CPU dequantization on random data: returns the
+/// largest |gpu − cpu| relative to the largest |cpu| over a `rows` × `cols` matrix and
+/// `n_tok` inputs (f64 reference).
+pub fn check_against_cpu(
+    ctx: &GpuContext,
+    runner: &mut MatRunner,
+    ty: crate::quant::GgmlType,
+    rows: usize,
+    cols: usize,
+    n_tok: usize,
+    nt: u32,
+    nr: u32,
+) -> Result<f64> {
+    let data = super::source::random_blocks(ty, rows * cols, 11 + rows as u64, 0.3)?;
+    let w = super::reference::dequantize(ty, &data, rows * cols)?;
+    let m = super::buffers::upload_matrix(ctx, "check", ty, rows, cols, &data)?;
+    let x: Vec<f32> = (0..n_tok * cols)
+        .map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0)
+        .collect();
+    let y = runner.run(ctx, &m, &x, n_tok, nt, nr)?;
+    let (mut mx, mut err) = (0f64, 0f64);
+    for t in 0..n_tok {
+        for r in 0..rows {
+            let s: f64 = (0..cols)
+                .map(|c| w[r * cols + c] as f64 * x[t * cols + c] as f64)
+                .sum();
+            let g = y[t * rows + r] as f64;
+            if !g.is_finite() {
+                return Ok(f64::INFINITY);
+            }
+            mx = mx.max(s.abs());
+            err = err.max((g - s).abs());
+        }
+    }
+    Ok(err / mx.max(1e-30))
+}

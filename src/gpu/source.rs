@@ -1,0 +1,597 @@
+//! Where weights come from: a GGUF file (memory-mapped) or random weights of a real model
+//! shape generated in memory (for speed runs without files).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::quant::GgmlType;
+
+/// One tensor as stored: type, ggml dims (dims[0] = row length) and raw bytes.
+pub struct TensorView<'a> {
+    /// Storage type.
+    pub ty: GgmlType,
+    /// ggml order dims.
+    pub dims: Vec<u64>,
+    /// Raw block bytes.
+    pub data: Cow<'a, [u8]>,
+}
+
+/// Metadata and tensors of a model.
+pub trait WeightSource {
+    /// Integer metadata.
+    fn meta_u64(&self, key: &str) -> Option<u64>;
+    /// Float metadata.
+    fn meta_f64(&self, key: &str) -> Option<f64>;
+    /// String metadata.
+    fn meta_str(&self, key: &str) -> Option<String>;
+    /// A tensor by name, or None if absent.
+    fn tensor(&self, name: &str) -> Result<Option<TensorView<'_>>>;
+    /// A label for reports (file path or synthetic shape).
+    fn label(&self) -> String;
+}
+
+/// A GGUF file read with memory mapping.
+pub struct GgufSource {
+    path: PathBuf,
+    meta: HashMap<String, candle_core::quantized::gguf_file::Value>,
+    tensors: HashMap<String, (GgmlType, Vec<u64>, u64, usize)>,
+    map: memmap2::Mmap,
+}
+
+fn candle_type_name(t: candle_core::quantized::GgmlDType) -> &'static str {
+    use candle_core::quantized::GgmlDType as D;
+    match t {
+        D::F32 => "F32",
+        D::F16 => "F16",
+        D::BF16 => "BF16",
+        D::Q4_0 => "Q4_0",
+        D::Q4_1 => "Q4_1",
+        D::Q5_0 => "Q5_0",
+        D::Q5_1 => "Q5_1",
+        D::Q8_0 => "Q8_0",
+        D::Q8_1 => "Q8_1",
+        D::Q2K => "Q2_K",
+        D::Q3K => "Q3_K",
+        D::Q4K => "Q4_K",
+        D::Q5K => "Q5_K",
+        D::Q6K => "Q6_K",
+        D::Q8K => "Q8_K",
+    }
+}
+
+impl GgufSource {
+    /// Open and index a GGUF file.
+    pub fn open(path: impl AsRef<Path>) -> Result<GgufSource> {
+        let path = path.as_ref().to_path_buf();
+        let mut f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        let content =
+            candle_core::quantized::gguf_file::Content::read(&mut f).map_err(|e| Error::Gguf {
+                path: path.clone(),
+                offset: 0,
+                msg: e.to_string(),
+            })?;
+        // SAFETY: the file is opened read-only; ggufq never writes to a file it is reading.
+        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(&path, e))?;
+        let mut tensors = HashMap::new();
+        for (name, ti) in &content.tensor_infos {
+            let tname = candle_type_name(ti.ggml_dtype);
+            let ty = GgmlType::from_name(tname).ok_or_else(|| Error::Tensor {
+                tensor: name.clone(),
+                msg: format!("type {tname} unknown to ggufq"),
+            })?;
+            let dims: Vec<u64> = ti.shape.dims().iter().rev().map(|&d| d as u64).collect();
+            let n: u64 = dims.iter().product();
+            let bytes = ty.bytes_for(n).ok_or_else(|| Error::Tensor {
+                tensor: name.clone(),
+                msg: format!("{n} elements is not a whole number of {} blocks", ty.name()),
+            })? as usize;
+            let off = content.tensor_data_offset + ti.offset;
+            if off
+                .checked_add(bytes as u64)
+                .is_none_or(|e| e > map.len() as u64)
+            {
+                return Err(Error::Gguf {
+                    path: path.clone(),
+                    offset: off,
+                    msg: format!("tensor '{name}' data runs past the end of the file"),
+                });
+            }
+            tensors.insert(name.clone(), (ty, dims, off, bytes));
+        }
+        Ok(GgufSource {
+            path,
+            meta: content.metadata,
+            tensors,
+            map,
+        })
+    }
+}
+
+impl WeightSource for GgufSource {
+    fn meta_u64(&self, key: &str) -> Option<u64> {
+        use candle_core::quantized::gguf_file::Value as V;
+        match self.meta.get(key)? {
+            V::U8(v) => Some(*v as u64),
+            V::U16(v) => Some(*v as u64),
+            V::U32(v) => Some(*v as u64),
+            V::U64(v) => Some(*v),
+            V::I8(v) => u64::try_from(*v).ok(),
+            V::I16(v) => u64::try_from(*v).ok(),
+            V::I32(v) => u64::try_from(*v).ok(),
+            V::I64(v) => u64::try_from(*v).ok(),
+            _ => None,
+        }
+    }
+    fn meta_f64(&self, key: &str) -> Option<f64> {
+        use candle_core::quantized::gguf_file::Value as V;
+        match self.meta.get(key)? {
+            V::F32(v) => Some(*v as f64),
+            V::F64(v) => Some(*v),
+            _ => self.meta_u64(key).map(|v| v as f64),
+        }
+    }
+    fn meta_str(&self, key: &str) -> Option<String> {
+        use candle_core::quantized::gguf_file::Value as V;
+        match self.meta.get(key)? {
+            V::String(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
+    fn tensor(&self, name: &str) -> Result<Option<TensorView<'_>>> {
+        Ok(self.tensors.get(name).map(|(ty, dims, off, n)| TensorView {
+            ty: *ty,
+            dims: dims.clone(),
+            data: Cow::Borrowed(&self.map[*off as usize..*off as usize + *n]),
+        }))
+    }
+    fn label(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
+/// Llama model shapes for synthetic weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// Hidden size.
+    pub n_embd: u64,
+    /// Layers.
+    pub n_layer: u64,
+    /// FFN hidden size.
+    pub n_ff: u64,
+    /// Attention heads.
+    pub n_head: u64,
+    /// KV heads.
+    pub n_kv: u64,
+    /// Vocabulary.
+    pub n_vocab: u64,
+}
+
+impl Shape {
+    /// Named shapes: tiny (tests), 1b (TinyLlama-like), 7b (Llama-2-7B), 8b (Llama-3-8B).
+    pub fn named(name: &str) -> Option<Shape> {
+        Some(match name {
+            "tiny" => Shape {
+                n_embd: 256,
+                n_layer: 2,
+                n_ff: 512,
+                n_head: 4,
+                n_kv: 2,
+                n_vocab: 512,
+            },
+            "1b" => Shape {
+                n_embd: 2048,
+                n_layer: 22,
+                n_ff: 5632,
+                n_head: 32,
+                n_kv: 4,
+                n_vocab: 32000,
+            },
+            "7b" => Shape {
+                n_embd: 4096,
+                n_layer: 32,
+                n_ff: 11008,
+                n_head: 32,
+                n_kv: 32,
+                n_vocab: 32000,
+            },
+            "8b" => Shape {
+                n_embd: 4096,
+                n_layer: 32,
+                n_ff: 14336,
+                n_head: 32,
+                n_kv: 8,
+                n_vocab: 128256,
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// How tensor types are chosen for synthetic weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mix {
+    /// Every matrix in one type; output Q6_K unless the type is Q8_0 or a float type
+    /// (as llama-quantize does for a pure file type).
+    Uniform(GgmlType),
+    /// llama.cpp's Q4_K_M: Q4_K, with attn_v and ffn_down in Q6_K on the layers
+    /// `use_more_bits` picks, output Q6_K.
+    Q4KM,
+    /// llama.cpp's Q2_K for a model without GQA: Q2_K, attn_v / attn_output / ffn_down Q3_K,
+    /// output Q6_K.
+    Q2K,
+    /// recipes/hybrid.yaml: attention Q5_K, everything else Q2_K, output Q6_K.
+    Hybrid,
+}
+
+impl Mix {
+    /// Parse "q4_k_m", "q2_k_mix", "hybrid" or a type name ("Q4_0", "q8_0", ...).
+    pub fn parse(s: &str) -> Option<Mix> {
+        match s.to_ascii_lowercase().as_str() {
+            "q4_k_m" => Some(Mix::Q4KM),
+            "q2_k_mix" | "q2_k_llama" => Some(Mix::Q2K),
+            "hybrid" => Some(Mix::Hybrid),
+            _ => GgmlType::from_name(&s.to_ascii_uppercase()).map(Mix::Uniform),
+        }
+    }
+    /// Short name for labels.
+    pub fn name(&self) -> String {
+        match self {
+            Mix::Uniform(t) => t.name().to_string(),
+            Mix::Q4KM => "Q4_K_M".into(),
+            Mix::Q2K => "Q2_K_mix".into(),
+            Mix::Hybrid => "hybrid".into(),
+        }
+    }
+    /// llama.cpp general.file_type code.
+    pub fn file_type(&self) -> u32 {
+        match self {
+            Mix::Q4KM => 15,
+            Mix::Q2K | Mix::Hybrid => 10,
+            Mix::Uniform(t) => match t.name() {
+                "F32" => 0,
+                "F16" => 1,
+                "Q4_0" => 2,
+                "Q4_1" => 3,
+                "Q8_0" => 7,
+                "Q5_0" => 8,
+                "Q5_1" => 9,
+                "Q2_K" => 10,
+                "Q3_K" => 12,
+                "Q4_K" => 14,
+                "Q5_K" => 17,
+                "Q6_K" => 18,
+                "BF16" => 32,
+                _ => 0,
+            },
+        }
+    }
+    fn ty(name: &str) -> GgmlType {
+        GgmlType::from_name(name).unwrap_or_else(|| unreachable!("ggml type table lacks {name}"))
+    }
+    /// Type of tensor `name` (a matrix) in layer `layer` of `n_layer`.
+    pub fn type_for(&self, name: &str, layer: Option<u64>, n_layer: u64) -> GgmlType {
+        let more_bits = |i: u64| {
+            i < n_layer / 8
+                || i >= 7 * n_layer / 8
+                || (i >= n_layer / 8 && (i - n_layer / 8) % 3 == 2)
+        };
+        let is = |t: &str| name.contains(t);
+        match self {
+            Mix::Uniform(t) => {
+                if name == "output.weight" && t.is_quantized() && t.name() != "Q8_0" {
+                    Self::ty("Q6_K")
+                } else {
+                    *t
+                }
+            }
+            Mix::Q4KM => {
+                if name == "output.weight" {
+                    Self::ty("Q6_K")
+                } else if (is("attn_v") || is("ffn_down")) && layer.is_some_and(more_bits) {
+                    Self::ty("Q6_K")
+                } else {
+                    Self::ty("Q4_K")
+                }
+            }
+            Mix::Q2K => {
+                if name == "output.weight" {
+                    Self::ty("Q6_K")
+                } else if is("attn_v") || is("attn_output") || is("ffn_down") {
+                    Self::ty("Q3_K")
+                } else {
+                    Self::ty("Q2_K")
+                }
+            }
+            Mix::Hybrid => {
+                if name == "output.weight" {
+                    Self::ty("Q6_K")
+                } else if is("attn_") {
+                    Self::ty("Q5_K")
+                } else {
+                    Self::ty("Q2_K")
+                }
+            }
+        }
+    }
+}
+
+/// Random weights of a llama shape in a type mix (norms F32), generated deterministically.
+pub struct SynthSource {
+    /// Shape.
+    pub shape: Shape,
+    /// Type mix.
+    pub mix: Mix,
+    /// Name for reports.
+    pub name: String,
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn f(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+}
+
+/// Random but well-formed blocks of `ty` for `n` weights: random quant bits, small positive
+/// f16 scales. Float types get values in [-scale, scale].
+pub fn random_blocks(ty: GgmlType, n: usize, seed: u64, scale: f32) -> Result<Vec<u8>> {
+    let mut rng = Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1);
+    let bytes = ty.bytes_for(n as u64).ok_or_else(|| {
+        Error::msg(format!(
+            "{n} weights do not fill whole {} blocks",
+            ty.name()
+        ))
+    })? as usize;
+    let mut out = vec![0u8; bytes];
+    let name = ty.name();
+    match name {
+        "F32" => {
+            for c in out.chunks_exact_mut(4) {
+                c.copy_from_slice(&(rng.f() * scale).to_le_bytes());
+            }
+            return Ok(out);
+        }
+        "F16" => {
+            for c in out.chunks_exact_mut(2) {
+                c.copy_from_slice(&half::f16::from_f32(rng.f() * scale).to_le_bytes());
+            }
+            return Ok(out);
+        }
+        "BF16" => {
+            for c in out.chunks_exact_mut(2) {
+                c.copy_from_slice(&half::bf16::from_f32(rng.f() * scale).to_le_bytes());
+            }
+            return Ok(out);
+        }
+        _ => {}
+    }
+    for c in out.chunks_mut(8) {
+        let r = rng.next().to_le_bytes();
+        c.copy_from_slice(&r[..c.len()]);
+    }
+    // (offset of d, offset of dmin/m or none, scale of d relative to the weight range)
+    let (bs, d_at, m_at, q_max): (usize, usize, Option<usize>, f32) = match name {
+        "Q4_0" => (18, 0, None, 8.0),
+        "Q4_1" => (20, 0, Some(2), 16.0),
+        "Q5_0" => (22, 0, None, 16.0),
+        "Q5_1" => (24, 0, Some(2), 32.0),
+        "Q8_0" => (34, 0, None, 127.0),
+        "Q2_K" => (84, 80, Some(82), 3.0 * 15.0),
+        "Q3_K" => (110, 108, None, 4.0 * 32.0),
+        "Q4_K" => (144, 0, Some(2), 15.0 * 63.0),
+        "Q5_K" => (176, 0, Some(2), 31.0 * 63.0),
+        "Q6_K" => (210, 208, None, 32.0 * 128.0),
+        other => return Err(Error::msg(format!("cannot synthesize {other} weights"))),
+    };
+    for blk in out.chunks_exact_mut(bs) {
+        let d = half::f16::from_f32(scale / q_max * (0.5 + 0.5 * rng.f().abs()));
+        blk[d_at..d_at + 2].copy_from_slice(&d.to_le_bytes());
+        if let Some(m) = m_at {
+            let dm = half::f16::from_f32(scale / q_max * 0.5 * rng.f().abs() * q_max / 2.0);
+            blk[m..m + 2].copy_from_slice(&dm.to_le_bytes());
+        }
+    }
+    Ok(out)
+}
+
+impl SynthSource {
+    fn dims_of(&self, name: &str) -> Option<(Vec<u64>, bool)> {
+        let s = &self.shape;
+        let hd = s.n_embd / s.n_head;
+        let kv = hd * s.n_kv;
+        if name == "token_embd.weight" || name == "output.weight" {
+            return Some((vec![s.n_embd, s.n_vocab], false));
+        }
+        if name == "output_norm.weight" {
+            return Some((vec![s.n_embd], true));
+        }
+        let rest = name.strip_prefix("blk.")?;
+        let (l, t) = rest.split_once('.')?;
+        if l.parse::<u64>().ok()? >= s.n_layer {
+            return None;
+        }
+        Some(match t {
+            "attn_norm.weight" | "ffn_norm.weight" => (vec![s.n_embd], true),
+            "attn_q.weight" | "attn_output.weight" => (vec![s.n_embd, s.n_embd], false),
+            "attn_k.weight" | "attn_v.weight" => (vec![s.n_embd, kv], false),
+            "ffn_gate.weight" | "ffn_up.weight" => (vec![s.n_embd, s.n_ff], false),
+            "ffn_down.weight" => (vec![s.n_ff, s.n_embd], false),
+            _ => return None,
+        })
+    }
+}
+
+impl WeightSource for SynthSource {
+    fn meta_u64(&self, key: &str) -> Option<u64> {
+        let s = &self.shape;
+        Some(match key.strip_prefix("llama.")? {
+            "embedding_length" => s.n_embd,
+            "block_count" => s.n_layer,
+            "feed_forward_length" => s.n_ff,
+            "attention.head_count" => s.n_head,
+            "attention.head_count_kv" => s.n_kv,
+            "context_length" => 4096,
+            _ => return None,
+        })
+    }
+    fn meta_f64(&self, key: &str) -> Option<f64> {
+        match key {
+            "llama.attention.layer_norm_rms_epsilon" => Some(1e-5),
+            "llama.rope.freq_base" => Some(10000.0),
+            _ => self.meta_u64(key).map(|v| v as f64),
+        }
+    }
+    fn meta_str(&self, key: &str) -> Option<String> {
+        (key == "general.architecture").then(|| "llama".to_string())
+    }
+    fn tensor(&self, name: &str) -> Result<Option<TensorView<'_>>> {
+        let Some((dims, norm)) = self.dims_of(name) else {
+            return Ok(None);
+        };
+        let n: u64 = dims.iter().product();
+        let seed = name.bytes().fold(1469598103934665603u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(1099511628211)
+        });
+        let layer = name
+            .strip_prefix("blk.")
+            .and_then(|r| r.split('.').next())
+            .and_then(|l| l.parse().ok());
+        let ty = if norm {
+            GgmlType::from_name("F32").ok_or_else(|| Error::msg("no F32 type"))?
+        } else {
+            self.mix.type_for(name, layer, self.shape.n_layer)
+        };
+        let data = if norm {
+            let mut v = Vec::with_capacity(n as usize * 4);
+            let mut rng = Rng(seed | 1);
+            for _ in 0..n {
+                v.extend_from_slice(&(1.0 + 0.1 * rng.f()).to_le_bytes());
+            }
+            v
+        } else {
+            let scale = 1.0 / (dims[0] as f32).sqrt() * 1.7;
+            random_blocks(ty, n as usize, seed, scale)?
+        };
+        Ok(Some(TensorView {
+            ty,
+            dims,
+            data: Cow::Owned(data),
+        }))
+    }
+    fn label(&self) -> String {
+        self.name.clone()
+    }
+}
+
+impl SynthSource {
+    /// Tensor names in llama.cpp's file order.
+    pub fn tensor_names(&self) -> Vec<String> {
+        let mut v = vec!["token_embd.weight".to_string()];
+        for l in 0..self.shape.n_layer {
+            for t in [
+                "attn_norm",
+                "attn_q",
+                "attn_k",
+                "attn_v",
+                "attn_output",
+                "ffn_norm",
+                "ffn_gate",
+                "ffn_up",
+                "ffn_down",
+            ] {
+                v.push(format!("blk.{l}.{t}.weight"));
+            }
+        }
+        v.push("output_norm.weight".into());
+        v.push("output.weight".into());
+        v
+    }
+
+    /// Write this model as a GGUF file llama.cpp can load (llama architecture, a placeholder
+    /// SentencePiece-style vocabulary: <unk>, <s>, </s>, 256 byte tokens, then filler pieces).
+    pub fn write_gguf(&self, path: &Path) -> Result<()> {
+        use crate::gguf::value::{Array, Value, ValueType};
+        use crate::gguf::writer::{GgufWriter, TensorSpec};
+        let s = &self.shape;
+        let nv = s.n_vocab as usize;
+        let mut tokens = Vec::with_capacity(nv);
+        let mut types = Vec::with_capacity(nv);
+        for i in 0..nv {
+            let (t, ty) = match i {
+                0 => ("<unk>".to_string(), 2),
+                1 => ("<s>".to_string(), 3),
+                2 => ("</s>".to_string(), 3),
+                3..=258 => (format!("<0x{:02X}>", i - 3), 6),
+                _ => (format!("\u{2581}t{i}"), 1),
+            };
+            tokens.push(Value::String(t));
+            types.push(Value::I32(ty));
+        }
+        let scores: Vec<Value> = (0..nv).map(|i| Value::F32(-(i as f32))).collect();
+        let a = |k: &str| format!("llama.{k}");
+        let meta: Vec<(String, Value)> = vec![
+            ("general.architecture".into(), Value::String("llama".into())),
+            ("general.name".into(), Value::String(self.name.clone())),
+            ("general.file_type".into(), Value::U32(self.mix.file_type())),
+            (a("context_length"), Value::U32(4096)),
+            (a("embedding_length"), Value::U32(s.n_embd as u32)),
+            (a("block_count"), Value::U32(s.n_layer as u32)),
+            (a("feed_forward_length"), Value::U32(s.n_ff as u32)),
+            (
+                a("rope.dimension_count"),
+                Value::U32((s.n_embd / s.n_head) as u32),
+            ),
+            (a("attention.head_count"), Value::U32(s.n_head as u32)),
+            (a("attention.head_count_kv"), Value::U32(s.n_kv as u32)),
+            (a("attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
+            (a("rope.freq_base"), Value::F32(10000.0)),
+            ("tokenizer.ggml.model".into(), Value::String("llama".into())),
+            (
+                "tokenizer.ggml.tokens".into(),
+                Value::Array(Array::new(ValueType::String, tokens)),
+            ),
+            (
+                "tokenizer.ggml.scores".into(),
+                Value::Array(Array::new(ValueType::F32, scores)),
+            ),
+            (
+                "tokenizer.ggml.token_type".into(),
+                Value::Array(Array::new(ValueType::I32, types)),
+            ),
+            ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
+            ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
+            ("tokenizer.ggml.unknown_token_id".into(), Value::U32(0)),
+            ("tokenizer.ggml.add_bos_token".into(), Value::Bool(true)),
+        ];
+        let names = self.tensor_names();
+        let mut specs = Vec::new();
+        for n in &names {
+            let t = self
+                .tensor(n)?
+                .ok_or_else(|| Error::msg(format!("synth tensor {n} missing")))?;
+            specs.push(TensorSpec::new(n.clone(), t.dims.clone(), t.ty)?);
+        }
+        let mut out = crate::gguf::atomic::AtomicOutput::create(path)?;
+        {
+            let f = std::io::BufWriter::with_capacity(1 << 22, out.file_mut());
+            let mut w = GgufWriter::new(f, 3, 32, &meta, specs)?;
+            for n in &names {
+                let t = self
+                    .tensor(n)?
+                    .ok_or_else(|| Error::msg(format!("synth tensor {n} missing")))?;
+                w.write_tensor(&t.data)?;
+            }
+            let mut f = w.finish()?;
+            std::io::Write::flush(&mut f).map_err(|e| Error::io(path, e))?;
+        }
+        out.commit()
+    }
+}
