@@ -345,6 +345,14 @@ pub fn output_metadata(
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(ma), Ok(mb)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+            // Also catches hard links and bind mounts.
+            return ma.dev() == mb.dev() && ma.ino() == mb.ino();
+        }
+    }
     let ca = std::fs::canonicalize(a);
     if let (Ok(ca), Ok(cb)) = (&ca, std::fs::canonicalize(b)) {
         return *ca == cb;
@@ -402,6 +410,9 @@ fn convert_inner(input: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
         }
     } else if !opts.dry_run {
         return Err(Error::msg("an output path is required (or use --dry-run)"));
+    }
+    if !input.is_file() {
+        return Err(Error::msg(format!("{}: no such file", input.display())));
     }
     let f = GgufFile::open(input)?;
     let im_path = opts.imatrix.clone().or_else(|| opts.recipe.imatrix.clone());

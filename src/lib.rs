@@ -8,10 +8,12 @@ pub mod batch;
 pub mod bench;
 pub mod convert;
 pub mod error;
+pub mod eval;
 pub mod gguf;
 #[cfg(feature = "gpu")]
 pub mod gpu;
 pub mod inspect;
+pub mod model;
 pub mod quant;
 pub mod recipe;
 pub mod report;

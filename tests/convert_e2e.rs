@@ -288,6 +288,14 @@ fn refusals_leave_nothing() {
         .to_string();
     assert!(e.contains("is the input"), "{e}");
     assert_eq!(std::fs::read(&src).unwrap(), before);
+    let link = dir.path().join("link.gguf");
+    std::fs::hard_link(&src, &link).unwrap();
+    let e = convert(&src, &opts(Recipe::load("Q8_0").unwrap(), &link))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("is the input"), "hard link: {e}");
+    std::fs::remove_file(&link).unwrap();
+    assert_eq!(std::fs::read(&src).unwrap(), before);
 
     // A quantized source needs --allow-requantize.
     let q = dir.path().join("src-q8.gguf");
@@ -563,6 +571,19 @@ fn cli_errors() {
         .stderr
         .clone();
     assert!(String::from_utf8(e).unwrap().contains("is the input"));
+    let e = bin()
+        .args(["convert", s, "--recipe", "nope.yaml", "--dry-run"])
+        .assert()
+        .code(2)
+        .get_output()
+        .stderr
+        .clone();
+    let e = String::from_utf8(e).unwrap();
+    assert!(e.contains("nope.yaml") && e.contains("Q4_K_M"), "{e}");
+    bin()
+        .args(["convert", "missing.gguf", "--type", "Q8_0", "--dry-run"])
+        .assert()
+        .code(2);
     let warn = dir.path().join("warn.yaml");
     std::fs::write(
         &warn,

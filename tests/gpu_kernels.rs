@@ -43,6 +43,7 @@ fn check(
     nt: u32,
 ) {
     let nr = if nt == 1 { NR_DECODE } else { NR_PROMPT };
+    let nr = if nt == 0 { 1 } else { nr };
     let ty = GgmlType::from_name(name).unwrap();
     let data = random_blocks(ty, rows * cols, 7 + rows as u64, 0.3).unwrap();
     let w = dequantize(ty, &data, rows * cols).unwrap();
@@ -98,6 +99,18 @@ fn gpu_matmat_every_type_matches_cpu_dequant() {
 }
 
 #[test]
+fn gpu_tiled_matmat_every_type_matches_cpu_dequant() {
+    let Some(ctx) = context(DeviceOptions::default()) else {
+        return;
+    };
+    let mut runner = MatRunner::new(&ctx);
+    for name in TYPES {
+        // 70 rows × 67 tokens: partial 64×64 tiles in both directions.
+        check(&ctx, &mut runner, name, 70, 256, 67, 0);
+    }
+}
+
+#[test]
 fn gpu_split_matrix_over_binding_limit() {
     // A 64 KiB binding cap forces Q6_K (210-byte blocks, repacked) and Q4_0 into row chunks.
     let Some(ctx) = context(DeviceOptions {
@@ -117,6 +130,7 @@ fn gpu_split_matrix_over_binding_limit() {
     let mut runner = MatRunner::new(&ctx);
     check(&ctx, &mut runner, "Q6_K", 300, 1024, 1, 1);
     check(&ctx, &mut runner, "Q4_0", 1500, 1024, 3, NT_PROMPT);
+    check(&ctx, &mut runner, "Q4_0", 1500, 1024, 70, 0);
 }
 
 #[test]

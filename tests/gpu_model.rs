@@ -193,13 +193,16 @@ fn run_type(ctx: &Arc<GpuContext>, ty: &str) {
         &src,
         ModelOptions {
             n_ctx: 64,
-            n_batch: 16,
+            n_batch: 32,
             n_seq: 2,
         },
     )
     .unwrap();
     let nv = src.shape.n_vocab as usize;
-    let prompt = [1u32, 77, 300, 5, 511, 42];
+    // 18 tokens: the prompt goes through the tiled 64×64 mat-mat kernel (≥ 16 tokens).
+    let prompt = [
+        1u32, 77, 300, 5, 511, 42, 8, 9, 10, 200, 201, 3, 4, 5, 6, 7, 400, 401,
+    ];
     let toks: Vec<(u32, u32, u32)> = prompt
         .iter()
         .enumerate()

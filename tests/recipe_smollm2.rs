@@ -28,7 +28,7 @@ fn ty(p: &Plan, name: &str) -> GgmlType {
 
 /// llama.cpp's use_more_bits for SmolLM2's 30 layers: i < 3, i >= 26, or (i - 3) % 3 == 2.
 fn more_bits(i: u64) -> bool {
-    i < 3 || i >= 26 || (i >= 3 && (i - 3) % 3 == 2)
+    !(3..26).contains(&i) || (i - 3) % 3 == 2
 }
 
 #[test]

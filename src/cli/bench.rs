@@ -186,6 +186,12 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
     use ggufq::gpu::{DeviceOptions, GgufSource, GpuContext, GpuModel, ModelOptions, WeightSource};
     use std::sync::Arc;
 
+    // Parse everything that can be wrong before touching the GPU.
+    let synths = args
+        .synth
+        .iter()
+        .map(|s| synth_source(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let ctx = Arc::new(GpuContext::new(&DeviceOptions {
         max_binding_override: args.max_binding,
         adapter_name: args.adapter.clone(),
@@ -220,8 +226,7 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
     for p in &args.models {
         sources.push(Box::new(GgufSource::open(p)?));
     }
-    for s in &args.synth {
-        let src = synth_source(s)?;
+    for src in synths {
         if let Some(dir) = &args.write_synth {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             let path = dir.join(format!("{}.gguf", src.name));
@@ -361,14 +366,15 @@ fn kernel_bench(
     peak: Option<f64>,
 ) -> anyhow::Result<i32> {
     use ggufq::gpu::buffers::upload_matrix;
-    use ggufq::gpu::ops::MatRunner;
+    use ggufq::gpu::kernels::{NR_PROMPT, NT_PROMPT};
+    use ggufq::gpu::ops::{check_against_cpu, MatRunner};
     use ggufq::gpu::source::random_blocks;
     let (rows, cols) = (11008usize, 4096usize);
+    let reps = args.reps.max(3);
     let mut runner = MatRunner::new(ctx);
-    println!(
-        "| type | matrix | bytes/round | decode GB/s | % peak | pp8 GFLOP/s | rel err nt1 / nt8 |"
-    );
-    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: |");
+    println!("Mat-vec (decode) GB/s by rows per warp (NR), tiled mat-mat and small-batch GFLOP/s; {rows}×{cols} matrices, ≥ 256 MiB per round.\n");
+    println!("| type | decode NR=1 | NR=2 | NR=4 | best % peak | mm 512 tok GFLOP/s | nt8 64 tok GFLOP/s | rel err nt1 / nt8 / mm |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut bad = false;
     for name in [
         "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
@@ -376,56 +382,33 @@ fn kernel_bench(
     ] {
         let ty = ggufq::quant::GgmlType::from_name(name).context("type")?;
         let per = ty.bytes_for((rows * cols) as u64).context("size")?;
-        // Enough matrices to exceed any L2 (≥ 256 MiB per round).
         let count = ((256u64 << 20) / per).clamp(1, 32) as usize;
         let mut ms = Vec::new();
         for i in 0..count {
             let data = random_blocks(ty, rows * cols, i as u64 + 1, 0.1)?;
             ms.push(upload_matrix(ctx, name, ty, rows, cols, &data)?);
         }
-        let e1 = ggufq::gpu::ops::check_against_cpu(
-            ctx,
-            &mut runner,
-            ty,
-            37,
-            512,
-            1,
-            1,
-            ggufq::gpu::kernels::NR_DECODE,
-        )?;
-        let e8 = ggufq::gpu::ops::check_against_cpu(
-            ctx,
-            &mut runner,
-            ty,
-            19,
-            256,
-            11,
-            ggufq::gpu::kernels::NT_PROMPT,
-            ggufq::gpu::kernels::NR_PROMPT,
-        )?;
-        bad |= !(e1 < 1e-4 && e8 < 1e-4);
-        let t1 = runner.time(
-            ctx,
-            &ms,
-            1,
-            1,
-            ggufq::gpu::kernels::NR_DECODE,
-            args.reps.max(3),
-        )?;
-        let t8 = runner.time(
-            ctx,
-            &ms,
-            64,
-            ggufq::gpu::kernels::NT_PROMPT,
-            ggufq::gpu::kernels::NR_PROMPT,
-            args.reps.max(3),
-        )?;
-        let gbps = (per * count as u64) as f64 / t1 / 1e9;
-        let gflops = 2.0 * (rows * cols * count * 64) as f64 / t8 / 1e9;
+        let e1 = check_against_cpu(ctx, &mut runner, ty, 37, 512, 1, 1, ctx.tune.nr_decode)?;
+        let e8 = check_against_cpu(ctx, &mut runner, ty, 19, 256, 11, NT_PROMPT, NR_PROMPT)?;
+        let em = check_against_cpu(ctx, &mut runner, ty, 70, 256, 67, 0, 1)?;
+        bad |= !(e1 < 1e-4 && e8 < 1e-4 && em < 1e-4);
+        let bytes = (per * count as u64) as f64;
+        let mut gb = Vec::new();
+        for nr in [1u32, 2, 4] {
+            gb.push(bytes / runner.time(ctx, &ms, 1, 1, nr, reps)? / 1e9);
+        }
+        let flops = |ntok: usize| 2.0 * (rows * cols * count * ntok) as f64;
+        let tm = runner.time(ctx, &ms[..1], 512, 0, 1, reps)?;
+        let t8 = runner.time(ctx, &ms, 64, NT_PROMPT, NR_PROMPT, reps)?;
+        let best = gb.iter().cloned().fold(0.0, f64::max);
         println!(
-            "| {name} | {count}× {rows}×{cols} | {} | {gbps:.0} | {} | {gflops:.0} | {e1:.1e} / {e8:.1e} |",
-            per * count as u64,
-            peak.map(|p| format!("{:.1}", 100.0 * gbps / p)).unwrap_or_else(|| "-".into())
+            "| {name} | {:.0} | {:.0} | {:.0} | {} | {:.0} | {:.0} | {e1:.1e} / {e8:.1e} / {em:.1e} |",
+            gb[0],
+            gb[1],
+            gb[2],
+            peak.map(|p| format!("{:.1}", 100.0 * best / p)).unwrap_or_else(|| "-".into()),
+            flops(512) / count as f64 / tm / 1e9,
+            flops(64) / t8 / 1e9,
         );
     }
     if bad {

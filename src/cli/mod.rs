@@ -16,7 +16,9 @@ pub mod bench;
 mod convert;
 mod diff;
 mod inspect;
+mod ppl;
 mod report;
+mod run;
 
 /// Exit code: success.
 pub const EXIT_OK: i32 = 0;
@@ -54,6 +56,10 @@ enum Command {
     Batch(batch::Args),
     /// Merge batch results (several shares) into one report with tables and plots.
     Report(report::Args),
+    /// Greedy text generation on the CPU (a sanity check).
+    Run(run::Args),
+    /// Perplexity and KL-divergence on a text file (llama-perplexity's method).
+    Ppl(ppl::Args),
 }
 
 pub fn main() -> i32 {
@@ -66,6 +72,8 @@ pub fn main() -> i32 {
         Command::Bench(a) => bench::run(a),
         Command::Batch(a) => batch::run(a),
         Command::Report(a) => report::run(a),
+        Command::Run(a) => run::run(a),
+        Command::Ppl(a) => ppl::run(a),
     };
     match res {
         Ok(code) => code,
@@ -75,7 +83,19 @@ pub fn main() -> i32 {
 
 /// Print an error chain and map it to an exit code: library input errors → 2, the rest → 3.
 fn report(e: &anyhow::Error) -> i32 {
-    eprintln!("error: {e:#}");
+    // Print the cause chain, skipping a cause whose text the previous message already holds
+    // (library errors embed their source in their own message).
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !msg.contains(&text) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&text);
+        }
+    }
+    eprintln!("error: {msg}");
     match e.downcast_ref::<ggufq::error::Error>() {
         Some(ggufq::error::Error::Io { .. }) => EXIT_INTERNAL,
         Some(_) => EXIT_BAD_INPUT,

@@ -52,6 +52,8 @@ pub struct GpuContext {
     pub max_binding: u64,
     /// Fixed subgroup size usable by kernels (only when min == max == 32).
     pub subgroup32: bool,
+    /// Kernel shape choices.
+    pub tune: super::kernels::Tune,
 }
 
 impl GpuContext {
@@ -133,6 +135,7 @@ impl GpuContext {
             facts,
             max_binding,
             subgroup32,
+            tune: super::kernels::Tune::from_env(),
         })
     }
 

@@ -14,6 +14,7 @@ const MATVEC_WGSL: &str = include_str!("../../shaders/matvec.wgsl");
 const RMSNORM_WGSL: &str = include_str!("../../shaders/rmsnorm.wgsl");
 const ROPE_WGSL: &str = include_str!("../../shaders/rope.wgsl");
 const ATTENTION_WGSL: &str = include_str!("../../shaders/attention.wgsl");
+const MATMAT_WGSL: &str = include_str!("../../shaders/matmat.wgsl");
 
 /// How a ggml type is laid out on the GPU after upload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,10 +87,46 @@ pub fn deq_source(ty: GgmlType, buf: &str, suffix: &str, doff: &str) -> Result<S
 
 /// Rows per warp of the decode kernel (x reuse across rows).
 pub const NR_DECODE: u32 = 2;
-/// Rows per warp of the prompt kernel.
+/// Rows per warp of the small-batch kernel.
 pub const NR_PROMPT: u32 = 4;
-/// Tokens per workgroup of the prompt kernel.
+/// Tokens per workgroup of the small-batch kernel.
 pub const NT_PROMPT: u32 = 8;
+
+/// Kernel shape choices; defaults, overridable with environment variables for tuning runs
+/// (GGUFQ_NR_DECODE, GGUFQ_NR_PROMPT, GGUFQ_NT_PROMPT, GGUFQ_MM_MIN).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Tune {
+    /// Rows per warp in the decode mat-vec.
+    pub nr_decode: u32,
+    /// Rows per warp in the small-batch kernel.
+    pub nr_prompt: u32,
+    /// Tokens per workgroup in the small-batch kernel.
+    pub nt_prompt: u32,
+    /// Batches of at least this many tokens use the tiled 64×64 mat-mat kernel.
+    pub mm_min: u32,
+}
+
+impl Tune {
+    /// Defaults with environment overrides (values out of range are ignored).
+    pub fn from_env() -> Tune {
+        let get = |k: &str, d: u32, ok: &[u32]| -> u32 {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|v| ok.contains(v))
+                .unwrap_or(d)
+        };
+        Tune {
+            nr_decode: get("GGUFQ_NR_DECODE", NR_DECODE, &[1, 2, 4]),
+            nr_prompt: get("GGUFQ_NR_PROMPT", NR_PROMPT, &[1, 2, 4]),
+            nt_prompt: get("GGUFQ_NT_PROMPT", NT_PROMPT, &[4, 8, 16]),
+            mm_min: std::env::var("GGUFQ_MM_MIN")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(16),
+        }
+    }
+}
 
 /// Kernel identity in the pipeline cache.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -97,6 +134,8 @@ pub enum KernelKey {
     /// Mat-vec / mat-mat over one weight type: NT tokens per workgroup, NR rows per warp
     /// (8·NR rows per workgroup).
     MatVec { ty: u32, nt: u32, nr: u32 },
+    /// Tiled 64×64 mat-mat over one weight type.
+    MatMat { ty: u32 },
     /// RMSNorm.
     RmsNorm,
     /// RoPE + KV store.
@@ -142,6 +181,15 @@ impl Kernels {
                         .replace("$RED_BODY", &body)
                         .replace("$DEQ", &deq)
                 )
+            }
+            KernelKey::MatMat { ty } => {
+                let gt = GgmlType::from_id(*ty)
+                    .ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;
+                let lay = layout(gt)?;
+                let deq = deq_source(gt, "W", "", "P.d_off")?;
+                MATMAT_WGSL
+                    .replace("$UPB", &lay.units_per_block().to_string())
+                    .replace("$DEQ", &deq)
             }
             KernelKey::RmsNorm => RMSNORM_WGSL.to_string(),
             KernelKey::Rope => ROPE_WGSL.to_string(),

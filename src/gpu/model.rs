@@ -9,7 +9,7 @@ use crate::quant::GgmlType;
 
 use super::buffers::{f32_buffer, scratch, upload_matrix, GpuMatrix};
 use super::device::GpuContext;
-use super::kernels::{KernelKey, Kernels, NR_DECODE, NR_PROMPT, NT_PROMPT};
+use super::kernels::{KernelKey, Kernels};
 use super::reference::dequantize;
 use super::source::{TensorView, WeightSource};
 
@@ -602,7 +602,7 @@ impl GpuModel {
                     key: KernelKey::MatVec {
                         ty: mats[m].ty.id(),
                         nt: 1,
-                        nr: NR_DECODE,
+                        nr: ctx.tune.nr_decode,
                     },
                     n: 0,
                 });
@@ -757,11 +757,12 @@ impl GpuModel {
                     &ctx,
                     &KernelKey::MatVec {
                         ty,
-                        nt: NT_PROMPT,
-                        nr: NR_PROMPT,
+                        nt: ctx.tune.nt_prompt,
+                        nr: ctx.tune.nr_prompt,
                     },
                     pl,
                 )?;
+                kernels.get_with_layout(&ctx, &KernelKey::MatMat { ty }, pl)?;
             }
         }
         let dispatches = steps.len();
@@ -866,11 +867,7 @@ impl GpuModel {
                     } else {
                         (0, n as u32)
                     };
-                    let (ntk, nrk) = if ntok == 1 {
-                        (1, NR_DECODE)
-                    } else {
-                        (NT_PROMPT, NR_PROMPT)
-                    };
+                    let tune = self.ctx.tune;
                     let aux = if mode == 3 { cfg.n_ff as u32 } else { 0 };
                     p = [
                         ch.rows,
@@ -886,7 +883,16 @@ impl GpuModel {
                         aux,
                         0,
                     ];
-                    wg = (ch.rows.div_ceil(8 * nrk), ntok.div_ceil(ntk));
+                    wg = if ntok == 1 {
+                        (ch.rows.div_ceil(8 * tune.nr_decode), 1)
+                    } else if ntok >= tune.mm_min {
+                        (ch.rows.div_ceil(64), ntok.div_ceil(64))
+                    } else {
+                        (
+                            ch.rows.div_ceil(8 * tune.nr_prompt),
+                            ntok.div_ceil(tune.nt_prompt),
+                        )
+                    };
                 }
                 StepKind::Rope => {
                     p = [
@@ -937,18 +943,25 @@ impl GpuModel {
             for (s, wg) in self.steps.iter().zip(&disp) {
                 let key = match (&s.key, s.kind) {
                     (KernelKey::MatVec { ty, .. }, StepKind::Mat { last_only, .. }) => {
-                        let one = n == 1 || (last_only && !all_logits);
-                        if one {
+                        let ntok = if n == 1 || (last_only && !all_logits) {
+                            1
+                        } else {
+                            n as u32
+                        };
+                        let tune = self.ctx.tune;
+                        if ntok == 1 {
                             KernelKey::MatVec {
                                 ty: *ty,
                                 nt: 1,
-                                nr: NR_DECODE,
+                                nr: tune.nr_decode,
                             }
+                        } else if ntok >= tune.mm_min {
+                            KernelKey::MatMat { ty: *ty }
                         } else {
                             KernelKey::MatVec {
                                 ty: *ty,
-                                nt: NT_PROMPT,
-                                nr: NR_PROMPT,
+                                nt: tune.nt_prompt,
+                                nr: tune.nr_prompt,
                             }
                         }
                     }

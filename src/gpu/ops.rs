@@ -68,7 +68,11 @@ impl MatRunner {
         pass.set_pipeline(pipe);
         for (bg, rows) in binds {
             pass.set_bind_group(0, bg, &[]);
-            pass.dispatch_workgroups(rows.div_ceil(8 * nr), n_tok.div_ceil(nt), 1);
+            if let KernelKey::MatMat { .. } = key {
+                pass.dispatch_workgroups(rows.div_ceil(64), n_tok.div_ceil(64), 1);
+            } else {
+                pass.dispatch_workgroups(rows.div_ceil(8 * nr), n_tok.div_ceil(nt), 1);
+            }
         }
         Ok(())
     }
@@ -135,8 +139,8 @@ impl MatRunner {
     }
 
     /// Y = W · X for `n_tok` token vectors `x` (row-major, `n_tok × cols`); `nt` tokens per
-    /// workgroup and `nr` rows per warp (decode: 1, NR_DECODE; prompt: NT_PROMPT, NR_PROMPT).
-    /// Returns `n_tok × rows`.
+    /// workgroup and `nr` rows per warp (decode: 1, NR_DECODE; prompt: NT_PROMPT, NR_PROMPT);
+    /// `nt == 0` selects the tiled 64×64 mat-mat kernel. Returns `n_tok × rows`.
     pub fn run(
         &mut self,
         ctx: &GpuContext,
@@ -156,10 +160,14 @@ impl MatRunner {
         let xb = f32_buffer(ctx, "x", x);
         let yb = scratch(ctx, "y", n_tok * m.rows);
         let binds = self.binds(ctx, m, &xb, &yb, n_tok as u32, 0);
-        let key = KernelKey::MatVec {
-            ty: m.ty.id(),
-            nt,
-            nr,
+        let key = if nt == 0 {
+            KernelKey::MatMat { ty: m.ty.id() }
+        } else {
+            KernelKey::MatVec {
+                ty: m.ty.id(),
+                nt,
+                nr,
+            }
         };
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         {
@@ -188,14 +196,16 @@ impl MatRunner {
         let yb = scratch(ctx, "y", n_tok * first.rows);
         let mut all = Vec::new();
         for m in ms {
-            all.push((
-                self.binds(ctx, m, &xb, &yb, n_tok as u32, 0),
+            let key = if nt == 0 {
+                KernelKey::MatMat { ty: m.ty.id() }
+            } else {
                 KernelKey::MatVec {
                     ty: m.ty.id(),
                     nt,
                     nr,
-                },
-            ));
+                }
+            };
+            all.push((self.binds(ctx, m, &xb, &yb, n_tok as u32, 0), key));
         }
         let mut times = Vec::new();
         for r in 0..reps + 2 {
@@ -221,6 +231,7 @@ impl MatRunner {
 /// Check the `nt`-token kernel of `ty` against CPU dequantization on random data: returns the
 /// largest |gpu − cpu| relative to the largest |cpu| over a `rows` × `cols` matrix and
 /// `n_tok` inputs (f64 reference).
+#[allow(clippy::too_many_arguments)]
 pub fn check_against_cpu(
     ctx: &GpuContext,
     runner: &mut MatRunner,

@@ -11,9 +11,10 @@
 //! * the importance-weighted search rounds half to even (ggml's `nearest_int`).
 //!
 //! Float-to-integer casts follow the x86 C behaviour ggml is built with: convert to a 32-bit
-//! integer first, then keep the low bits. Values never leave the small range on finite input;
-//! a NaN element converts to the integer 0 there, so the plain encoders store the raw quant 0
-//! for it (Q4_0 then decodes it as `-8 * d`, Q8_0 as 0), exactly as ggml does on x86.
+//! integer with `cvttss2si` semantics (NaN and out-of-range give 0x80000000), then keep the
+//! low bits. Ordinary values never leave the small range; a NaN element, or every element of a
+//! block whose scale is so tiny (subnormal input) that `1/d` is Inf, ends as the raw quant 0
+//! (Q4_0 then decodes it as `-8 * d`, Q8_0 as 0), exactly as ggml does on x86.
 //!
 //! Block layouts (little-endian, ggml's `block_*` field order):
 //!
@@ -77,10 +78,19 @@ fn get_f16(lo: u8, hi: u8) -> f32 {
     f16_to_f32(u16::from_le_bytes([lo, hi]))
 }
 
-/// C's `(int)f` on x86 for the values that occur here (NaN gives 0 after narrowing either way).
+/// The f32 values that convert to i32 without overflow.
+const I32_RANGE: std::ops::Range<f32> = -2_147_483_648.0..2_147_483_648.0;
+
+/// C's `(int)f` as x86's `cvttss2si` does it: truncate toward zero, and give `i32::MIN`
+/// (0x80000000) for NaN and out-of-range values, where Rust's `as` would saturate. It matters
+/// when a block's scale is so tiny that `1/d` overflows to Inf (subnormal inputs).
 #[inline(always)]
 fn trunc_i32(v: f32) -> i32 {
-    v as i32
+    if I32_RANGE.contains(&v) {
+        v as i32
+    } else {
+        i32::MIN
+    }
 }
 
 /// ggml's `nearest_int`: round to nearest, ties to even, via the 1.5·2^23 magic constant.
@@ -101,34 +111,82 @@ fn inverse_or_zero(d: f32) -> f32 {
     }
 }
 
-/// The element with the largest magnitude (the first one on ties) and that magnitude.
+/// The element with the largest magnitude (the first one on ties) and that magnitude, as
+/// ggml's `if (amax < fabsf(v)) { amax = fabsf(v); max = v; }` loop finds them.
+///
+/// Computed as a lane-wise maximum (vectorizes) and then a search for the first element of
+/// that magnitude. Same result: NaN never compares greater so it is skipped either way, the
+/// maximum of a set does not depend on the order, and the scalar loop keeps the first element
+/// reaching it. An all-zero (or all-NaN) block keeps the initial `max = +0.0`.
 #[inline(always)]
 fn signed_absmax(x: &[f32; QK]) -> (f32, f32) {
-    let mut amax = 0.0f32;
-    let mut max = 0.0f32;
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
+    let mut acc = [0.0f32; 8];
+    for c in x.chunks_exact(8) {
+        for k in 0..8 {
+            let a = c[k].abs();
+            acc[k] = if a > acc[k] { a } else { acc[k] };
         }
     }
+    let mut amax = 0.0f32;
+    for a in acc {
+        amax = if a > amax { a } else { amax };
+    }
+    if amax == 0.0 {
+        return (0.0, 0.0);
+    }
+    let max = x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0);
     (max, amax)
 }
 
-/// Minimum and maximum with ggml's comparisons (starting from ±FLT_MAX).
+/// Minimum and maximum with ggml's comparisons (starting from ±FLT_MAX, `v < min`, `v > max`).
+///
+/// Lane-wise, then reduced. Among values that compare equal only ±0.0 differ in bits, and the
+/// scalar loop keeps the first zero it meets, so a zero extreme takes the first zero's sign.
 #[inline(always)]
 fn min_max(x: &[f32; QK]) -> (f32, f32) {
+    let mut mn = [f32::MAX; 8];
+    let mut mx = [-f32::MAX; 8];
+    for c in x.chunks_exact(8) {
+        for k in 0..8 {
+            mn[k] = if c[k] < mn[k] { c[k] } else { mn[k] };
+            mx[k] = if c[k] > mx[k] { c[k] } else { mx[k] };
+        }
+    }
     let mut min = f32::MAX;
     let mut max = -f32::MAX;
-    for &v in x {
-        if v < min {
-            min = v;
+    for k in 0..8 {
+        min = if mn[k] < min { mn[k] } else { min };
+        max = if mx[k] > max { mx[k] } else { max };
+    }
+    if min == 0.0 || max == 0.0 {
+        let first_zero = x.iter().copied().find(|v| *v == 0.0).unwrap_or(0.0);
+        if min == 0.0 {
+            min = first_zero;
         }
-        if v > max {
-            max = v;
+        if max == 0.0 {
+            max = first_zero;
         }
     }
     (min, max)
+}
+
+/// `(int)roundf(v)` on x86: round half away from zero without a libm call (the fractional
+/// part `v - trunc(v)` is exact), and `i32::MIN` for NaN and out-of-range values like
+/// [`trunc_i32`].
+#[inline(always)]
+fn round_half_away(v: f32) -> i32 {
+    if !I32_RANGE.contains(&v) {
+        return i32::MIN;
+    }
+    let t = v as i32;
+    let frac = v - t as f32;
+    if frac >= 0.5 {
+        t + 1
+    } else if frac <= -0.5 {
+        t - 1
+    } else {
+        t
+    }
 }
 
 /// Pack 32 five-bit quants (low nibbles in `qs`, fifth bits in `qh`).
@@ -221,7 +279,7 @@ fn q8_0_block(x: &[f32; QK], y: &mut [u8; Q8_0_BYTES]) {
     let id = inverse_or_zero(d);
     put_f16(&mut y[0..2], d);
     for (q, &v) in y[2..].iter_mut().zip(x.iter()) {
-        *q = trunc_i32((v * id).round()) as i8 as u8;
+        *q = round_half_away(v * id) as i8 as u8;
     }
 }
 
@@ -421,59 +479,354 @@ fn weighted_blocks<'a, const N: usize>(
         })
 }
 
-/// Q4_0 row with importance weights `qw` (one per column; `quantize_row_q4_0_impl`).
-pub(crate) fn quantize_row_q4_0_imatrix(src: &[f32], qw: &[f32], dst: &mut [u8]) {
-    let sigma2 = row_sigma2(src);
-    for (x, q, y) in weighted_blocks::<Q4_0_BYTES>(src, qw, dst) {
-        let w = block_weights(x, q, sigma2);
-        let mut l = [0u8; QK];
-        let d = make_qx_quants(8, x, &w, &mut l);
-        put_f16(&mut y[0..2], d);
-        for j in 0..HALF {
-            y[2 + j] = l[j] | (l[j + HALF] << 4);
+/// Blocks searched together by the lane-interleaved weighted encoders. Each lane runs exactly
+/// the scalar algorithm on its own block (same operations, same order), so the bytes are the
+/// same; interleaving only removes the latency chains of the sequential sums and lets the
+/// compiler use SIMD across blocks.
+const LANES: usize = 8;
+
+/// ggml's `make_qx_quants` (weights given, `rmse_type` 1) on `LANES` blocks at once.
+/// `x[i][k]` is element `i` of block `k`. Returns the scale of each block.
+#[inline(always)]
+fn make_qx_quants_lanes(
+    nmax: i32,
+    x: &[[f32; LANES]; QK],
+    w: &[[f32; LANES]; QK],
+    l_out: &mut [[u8; LANES]; QK],
+) -> [f32; LANES] {
+    let mut max = [0.0f32; LANES];
+    let mut amax = [0.0f32; LANES];
+    for xi in x {
+        for k in 0..LANES {
+            let a = xi[k].abs();
+            if amax[k] < a {
+                amax[k] = a;
+                max[k] = xi[k];
+            }
         }
     }
+    let nmax_f = nmax as f32;
+    let mut iscale = [0.0f32; LANES];
+    for k in 0..LANES {
+        iscale[k] = (-nmax) as f32 / max[k];
+    }
+    let mut sumlx = [0.0f32; LANES];
+    let mut suml2 = [0.0f32; LANES];
+    for i in 0..QK {
+        for k in 0..LANES {
+            let l = nearest_int(iscale[k] * x[i][k]).clamp(-nmax, nmax - 1);
+            l_out[i][k] = (l + nmax) as u8;
+            let lf = l as f32;
+            sumlx[k] += w[i][k] * x[i][k] * lf;
+            suml2[k] += w[i][k] * lf * lf;
+        }
+    }
+    let mut scale = [0.0f32; LANES];
+    let mut best = [0.0f32; LANES];
+    for k in 0..LANES {
+        scale[k] = if suml2[k] != 0.0 {
+            sumlx[k] / suml2[k]
+        } else {
+            0.0
+        };
+        best[k] = scale[k] * sumlx[k];
+    }
+    let mut laux = [[0u8; LANES]; QK];
+    for is in -9i32..=9 {
+        if is == 0 {
+            continue;
+        }
+        let num = -(nmax_f + 0.1 * is as f32);
+        for k in 0..LANES {
+            iscale[k] = num / max[k];
+        }
+        sumlx = [0.0; LANES];
+        suml2 = [0.0; LANES];
+        for i in 0..QK {
+            for k in 0..LANES {
+                let l = nearest_int(iscale[k] * x[i][k]).clamp(-nmax, nmax - 1);
+                laux[i][k] = (l + nmax) as u8;
+                let lf = l as f32;
+                sumlx[k] += w[i][k] * x[i][k] * lf;
+                suml2[k] += w[i][k] * lf * lf;
+            }
+        }
+        let mut upd = [false; LANES];
+        for k in 0..LANES {
+            upd[k] = suml2[k] > 0.0 && sumlx[k] * sumlx[k] > best[k] * suml2[k];
+            if upd[k] {
+                scale[k] = sumlx[k] / suml2[k];
+                best[k] = scale[k] * sumlx[k];
+            }
+        }
+        for i in 0..QK {
+            for k in 0..LANES {
+                l_out[i][k] = if upd[k] { laux[i][k] } else { l_out[i][k] };
+            }
+        }
+    }
+    for k in 0..LANES {
+        if amax[k] < 1e-15 {
+            scale[k] = 0.0;
+            for li in l_out.iter_mut() {
+                li[k] = 0;
+            }
+        }
+    }
+    scale
+}
+
+/// ggml's `make_qkx3_quants` (see [`make_qkx3_quants`]) on `LANES` blocks at once.
+/// Returns `(scale, min)` per block.
+#[inline(always)]
+fn make_qkx3_quants_lanes(
+    nmax: i32,
+    x: &[[f32; LANES]; QK],
+    w: &[[f32; LANES]; QK],
+    l_out: &mut [[u8; LANES]; QK],
+) -> ([f32; LANES], [f32; LANES]) {
+    const RMIN: f32 = -0.9;
+    const RDELTA: f32 = 0.05;
+    const NSTEP: i32 = 36;
+    let mut min = x[0];
+    let mut max = x[0];
+    let mut sum_w = w[0];
+    let mut sum_x = [0.0f32; LANES];
+    for k in 0..LANES {
+        sum_x[k] = sum_w[k] * x[0][k];
+    }
+    for i in 1..QK {
+        for k in 0..LANES {
+            if x[i][k] < min[k] {
+                min[k] = x[i][k];
+            }
+            if x[i][k] > max[k] {
+                max[k] = x[i][k];
+            }
+            sum_w[k] += w[i][k];
+            sum_x[k] += w[i][k] * x[i][k];
+        }
+    }
+    let mut degenerate = [false; LANES];
+    let mut iscale = [0.0f32; LANES];
+    let mut scale = [0.0f32; LANES];
+    for k in 0..LANES {
+        if min[k] > 0.0 {
+            min[k] = 0.0;
+        }
+        degenerate[k] = max[k] <= min[k];
+        iscale[k] = nmax as f32 / (max[k] - min[k]);
+        scale[k] = 1.0 / iscale[k];
+    }
+    let min0 = min;
+    let mut best_mad = [0.0f32; LANES];
+    for i in 0..QK {
+        for k in 0..LANES {
+            let l = nearest_int(iscale[k] * (x[i][k] - min[k])).clamp(0, nmax);
+            l_out[i][k] = l as u8;
+            let diff = scale[k] * l as f32 + min[k] - x[i][k];
+            best_mad[k] += w[i][k] * (diff * diff);
+        }
+    }
+    let mut laux = [[0u8; LANES]; QK];
+    for is in 0..=NSTEP {
+        let num = RMIN + RDELTA * is as f32 + nmax as f32;
+        for k in 0..LANES {
+            // `min` is the best minimum so far, as in ggml (it moves when a step wins).
+            iscale[k] = num / (max[k] - min[k]);
+        }
+        let mut sum_l = [0.0f32; LANES];
+        let mut sum_l2 = [0.0f32; LANES];
+        let mut sum_xl = [0.0f32; LANES];
+        for i in 0..QK {
+            for k in 0..LANES {
+                let l = nearest_int(iscale[k] * (x[i][k] - min[k])).clamp(0, nmax);
+                laux[i][k] = l as u8;
+                let lf = l as f32;
+                sum_l[k] += w[i][k] * lf;
+                sum_l2[k] += w[i][k] * lf * lf;
+                sum_xl[k] += w[i][k] * lf * x[i][k];
+            }
+        }
+        let mut det = [0.0f32; LANES];
+        let mut this_scale = [0.0f32; LANES];
+        let mut this_min = [0.0f32; LANES];
+        for k in 0..LANES {
+            det[k] = sum_w[k] * sum_l2[k] - sum_l[k] * sum_l[k];
+            this_scale[k] = (sum_w[k] * sum_xl[k] - sum_x[k] * sum_l[k]) / det[k];
+            this_min[k] = (sum_l2[k] * sum_x[k] - sum_l[k] * sum_xl[k]) / det[k];
+            if this_min[k] > 0.0 {
+                this_min[k] = 0.0;
+                this_scale[k] = sum_xl[k] / sum_l2[k];
+            }
+        }
+        let mut mad = [0.0f32; LANES];
+        for i in 0..QK {
+            for k in 0..LANES {
+                let diff = this_scale[k] * laux[i][k] as f32 + this_min[k] - x[i][k];
+                mad[k] += w[i][k] * (diff * diff);
+            }
+        }
+        let mut upd = [false; LANES];
+        for k in 0..LANES {
+            upd[k] = det[k] > 0.0 && mad[k] < best_mad[k];
+            if upd[k] {
+                best_mad[k] = mad[k];
+                scale[k] = this_scale[k];
+                min[k] = this_min[k];
+            }
+        }
+        for i in 0..QK {
+            for k in 0..LANES {
+                l_out[i][k] = if upd[k] { laux[i][k] } else { l_out[i][k] };
+            }
+        }
+    }
+    for k in 0..LANES {
+        if degenerate[k] {
+            scale[k] = 0.0;
+            min[k] = min0[k];
+            for li in l_out.iter_mut() {
+                li[k] = 0;
+            }
+        }
+    }
+    (scale, min)
+}
+
+/// The four importance-weighted legacy encoders.
+#[derive(Clone, Copy)]
+enum Weighted {
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q5_1,
+}
+
+/// Write one encoded block: scale `d`, minimum `m` (for the `_1` types) and quants `l`.
+#[inline(always)]
+fn write_weighted_block(kind: Weighted, d: f32, m: f32, l: &[u8; QK], y: &mut [u8]) {
+    put_f16(&mut y[0..2], d);
+    match kind {
+        Weighted::Q4_0 | Weighted::Q4_1 => {
+            let off = if matches!(kind, Weighted::Q4_0) { 2 } else { 4 };
+            if matches!(kind, Weighted::Q4_1) {
+                put_f16(&mut y[2..4], m);
+            }
+            for (j, q) in y[off..off + HALF].iter_mut().enumerate() {
+                *q = l[j] | (l[j + HALF] << 4);
+            }
+        }
+        Weighted::Q5_0 => {
+            let (qh, qs) = y[2..].split_at_mut(4);
+            pack5(l, qh, qs);
+        }
+        Weighted::Q5_1 => {
+            put_f16(&mut y[2..4], m);
+            let (qh, qs) = y[4..].split_at_mut(4);
+            pack5(l, qh, qs);
+        }
+    }
+}
+
+/// One block with the scalar search (used for the blocks left over after the lane groups).
+#[inline(always)]
+fn weighted_block_scalar(kind: Weighted, x: &[f32; QK], w: &[f32; QK], y: &mut [u8]) {
+    let mut l = [0u8; QK];
+    let (d, m) = match kind {
+        Weighted::Q4_0 => (make_qx_quants(8, x, w, &mut l), 0.0),
+        Weighted::Q5_0 => (make_qx_quants(16, x, w, &mut l), 0.0),
+        Weighted::Q4_1 => make_qkx3_quants(15, x, w, &mut l),
+        Weighted::Q5_1 => make_qkx3_quants(31, x, w, &mut l),
+    };
+    write_weighted_block(kind, d, m, &l, y);
+}
+
+/// `LANES` consecutive blocks with the interleaved search.
+#[inline(always)]
+fn weighted_group(
+    kind: Weighted,
+    xg: &[f32],
+    qg: &[f32],
+    sigma2: f32,
+    yg: &mut [u8],
+    nbytes: usize,
+) {
+    let mut xt = [[0.0f32; LANES]; QK];
+    let mut wt = [[0.0f32; LANES]; QK];
+    for (k, (xb, qb)) in xg
+        .chunks_exact(QK)
+        .zip(qg.chunks_exact(QK))
+        .take(LANES)
+        .enumerate()
+    {
+        for (i, (&x, &q)) in xb.iter().zip(qb.iter()).enumerate() {
+            xt[i][k] = x;
+            wt[i][k] = q * (sigma2 + x * x).sqrt();
+        }
+    }
+    let mut lt = [[0u8; LANES]; QK];
+    let (d, m) = match kind {
+        Weighted::Q4_0 => (make_qx_quants_lanes(8, &xt, &wt, &mut lt), [0.0; LANES]),
+        Weighted::Q5_0 => (make_qx_quants_lanes(16, &xt, &wt, &mut lt), [0.0; LANES]),
+        Weighted::Q4_1 => make_qkx3_quants_lanes(15, &xt, &wt, &mut lt),
+        Weighted::Q5_1 => make_qkx3_quants_lanes(31, &xt, &wt, &mut lt),
+    };
+    for (k, y) in yg.chunks_exact_mut(nbytes).take(LANES).enumerate() {
+        let l: [u8; QK] = std::array::from_fn(|i| lt[i][k]);
+        write_weighted_block(kind, d[k], m[k], &l, y);
+    }
+}
+
+/// Shared row driver of the weighted encoders: `sigma2` over the row, then groups of `LANES`
+/// blocks, then the remaining blocks one at a time.
+fn quantize_row_weighted<const N: usize>(kind: Weighted, src: &[f32], qw: &[f32], dst: &mut [u8]) {
+    let sigma2 = row_sigma2(src);
+    let mut xs = src.chunks_exact(QK * LANES);
+    let mut qs = qw.chunks_exact(QK * LANES);
+    let mut ys = dst.chunks_exact_mut(N * LANES);
+    for ((xg, qg), yg) in (&mut xs).zip(&mut qs).zip(&mut ys) {
+        weighted_group(kind, xg, qg, sigma2, yg, N);
+    }
+    let (xr, qr, yr) = (xs.remainder(), qs.remainder(), ys.into_remainder());
+    for (x, q, y) in weighted_blocks::<N>(xr, qr, yr) {
+        let w = block_weights(x, q, sigma2);
+        weighted_block_scalar(kind, x, &w, y);
+    }
+}
+
+/// Q4_0 row with importance weights `qw` (one per column; `quantize_row_q4_0_impl`).
+pub(crate) fn quantize_row_q4_0_imatrix(src: &[f32], qw: &[f32], dst: &mut [u8]) {
+    quantize_row_weighted::<Q4_0_BYTES>(Weighted::Q4_0, src, qw, dst);
 }
 
 /// Q4_1 row with importance weights (`quantize_row_q4_1_impl`).
 pub(crate) fn quantize_row_q4_1_imatrix(src: &[f32], qw: &[f32], dst: &mut [u8]) {
-    let sigma2 = row_sigma2(src);
-    for (x, q, y) in weighted_blocks::<Q4_1_BYTES>(src, qw, dst) {
-        let w = block_weights(x, q, sigma2);
-        let mut l = [0u8; QK];
-        let (d, min) = make_qkx3_quants(15, x, &w, &mut l);
-        put_f16(&mut y[0..2], d);
-        put_f16(&mut y[2..4], min);
-        for j in 0..HALF {
-            y[4 + j] = l[j] | (l[j + HALF] << 4);
-        }
-    }
+    quantize_row_weighted::<Q4_1_BYTES>(Weighted::Q4_1, src, qw, dst);
 }
 
 /// Q5_0 row with importance weights (`quantize_row_q5_0_impl`).
 pub(crate) fn quantize_row_q5_0_imatrix(src: &[f32], qw: &[f32], dst: &mut [u8]) {
-    let sigma2 = row_sigma2(src);
-    for (x, q, y) in weighted_blocks::<Q5_0_BYTES>(src, qw, dst) {
-        let w = block_weights(x, q, sigma2);
-        let mut l = [0u8; QK];
-        let d = make_qx_quants(16, x, &w, &mut l);
-        put_f16(&mut y[0..2], d);
-        let (qh, qs) = y[2..].split_at_mut(4);
-        pack5(&l, qh, qs);
-    }
+    quantize_row_weighted::<Q5_0_BYTES>(Weighted::Q5_0, src, qw, dst);
 }
 
 /// Q5_1 row with importance weights (`quantize_row_q5_1_impl`).
 pub(crate) fn quantize_row_q5_1_imatrix(src: &[f32], qw: &[f32], dst: &mut [u8]) {
+    quantize_row_weighted::<Q5_1_BYTES>(Weighted::Q5_1, src, qw, dst);
+}
+
+/// The scalar weighted path for a whole row (reference for the lane-interleaved one in tests).
+#[cfg(test)]
+fn quantize_row_weighted_scalar<const N: usize>(
+    kind: Weighted,
+    src: &[f32],
+    qw: &[f32],
+    dst: &mut [u8],
+) {
     let sigma2 = row_sigma2(src);
-    for (x, q, y) in weighted_blocks::<Q5_1_BYTES>(src, qw, dst) {
+    for (x, q, y) in weighted_blocks::<N>(src, qw, dst) {
         let w = block_weights(x, q, sigma2);
-        let mut l = [0u8; QK];
-        let (d, min) = make_qkx3_quants(31, x, &w, &mut l);
-        put_f16(&mut y[0..2], d);
-        put_f16(&mut y[2..4], min);
-        let (qh, qs) = y[4..].split_at_mut(4);
-        pack5(&l, qh, qs);
+        weighted_block_scalar(kind, x, &w, y);
     }
 }
 
@@ -646,6 +999,74 @@ mod tests {
         x.iter().fold(0.0, |a, v| a.max(v.abs()))
     }
 
+    /// The vectorized block scans agree with ggml's sequential loops, signs of zero included.
+    #[test]
+    fn block_scans_match_sequential_loops() {
+        let seq_absmax = |x: &[f32; QK]| {
+            let (mut amax, mut max) = (0.0f32, 0.0f32);
+            for &v in x {
+                if amax < v.abs() {
+                    amax = v.abs();
+                    max = v;
+                }
+            }
+            (max, amax)
+        };
+        let seq_minmax = |x: &[f32; QK]| {
+            let (mut min, mut max) = (f32::MAX, -f32::MAX);
+            for &v in x {
+                if v < min {
+                    min = v;
+                }
+                if v > max {
+                    max = v;
+                }
+            }
+            (min, max)
+        };
+        let g = pseudo_gaussian(QK * 400, 5, 1.0);
+        for (b, c) in g.chunks_exact(QK).enumerate() {
+            let mut x: [f32; QK] = c.try_into().unwrap();
+            match b % 8 {
+                0 => x
+                    .iter_mut()
+                    .for_each(|v| *v = if *v > 0.0 { 0.0 } else { -0.0 }),
+                1 => x
+                    .iter_mut()
+                    .for_each(|v| *v = v.abs().round() * if b % 3 == 0 { -1.0 } else { 1.0 }),
+                2 => x[b % QK] = f32::NAN,
+                3 => x.iter_mut().for_each(|v| *v = (*v * 2.0).round()),
+                4 => x.iter_mut().for_each(|v| *v = v.abs()),
+                5 => x.iter_mut().for_each(|v| *v = f32::NAN),
+                _ => {}
+            }
+            let bits = |p: (f32, f32)| (p.0.to_bits(), p.1.to_bits());
+            assert_eq!(
+                bits(signed_absmax(&x)),
+                bits(seq_absmax(&x)),
+                "block {b}: {x:?}"
+            );
+            assert_eq!(bits(min_max(&x)), bits(seq_minmax(&x)), "block {b}: {x:?}");
+        }
+    }
+
+    #[test]
+    fn round_half_away_matches_roundf() {
+        for i in -300_000..300_000 {
+            let v = i as f32 * 0.000_5;
+            assert_eq!(round_half_away(v), v.round() as i32, "{v}");
+        }
+        for v in [
+            0.5f32, -0.5, 1.5, -1.5, 2.5, 126.5, -127.49999, 0.49999997, -0.0,
+        ] {
+            assert_eq!(round_half_away(v), v.round() as i32, "{v}");
+        }
+        assert_eq!(round_half_away(f32::NAN), i32::MIN);
+        assert_eq!(round_half_away(f32::INFINITY), i32::MIN);
+        assert_eq!(trunc_i32(f32::NEG_INFINITY), i32::MIN);
+        assert_eq!(trunc_i32(-2.9), -2);
+    }
+
     #[test]
     fn nearest_int_ties_to_even() {
         assert_eq!(nearest_int(0.5), 0);
@@ -717,6 +1138,61 @@ mod tests {
             dec(&q, &mut y);
             let e_p = wsum(&y);
             assert!(e_w <= e_p * 1.001, "{name}: weighted {e_w} > plain {e_p}");
+        }
+    }
+
+    /// The lane-interleaved weighted search gives the same bytes as the scalar one, on rows
+    /// mixing ordinary, constant, all-zero, all-positive, all-negative and tiny blocks.
+    #[test]
+    fn interleaved_weighted_search_equals_scalar() {
+        let nb = LANES * 3 + 5;
+        for seed in 0..12u64 {
+            let mut x = pseudo_gaussian(nb * QK, seed + 100, 10f32.powi(seed as i32 % 5 - 2));
+            for (b, blk) in x.chunks_mut(QK).enumerate() {
+                match (b + seed as usize) % 9 {
+                    0 => blk.fill(0.0),
+                    1 => blk.fill(-0.25),
+                    2 => blk.iter_mut().for_each(|v| *v = v.abs() + 1.0),
+                    3 => blk.iter_mut().for_each(|v| *v = -v.abs()),
+                    4 => blk.iter_mut().for_each(|v| *v *= 1e-20),
+                    5 => blk[7] = 50.0,
+                    _ => {}
+                }
+            }
+            let qw: Vec<f32> = (0..nb * QK)
+                .map(|i| (i as f32 + seed as f32).sin().abs() * 10.0 + 0.1)
+                .collect();
+            type Pair = (Weighted, usize, EncW);
+            let cases: [Pair; 4] = [
+                (Weighted::Q4_0, Q4_0_BYTES, quantize_row_q4_0_imatrix),
+                (Weighted::Q4_1, Q4_1_BYTES, quantize_row_q4_1_imatrix),
+                (Weighted::Q5_0, Q5_0_BYTES, quantize_row_q5_0_imatrix),
+                (Weighted::Q5_1, Q5_1_BYTES, quantize_row_q5_1_imatrix),
+            ];
+            for (kind, bytes, enc) in cases {
+                let mut fast = vec![0u8; nb * bytes];
+                let mut slow = vec![0u8; nb * bytes];
+                enc(&x, &qw, &mut fast);
+                match bytes {
+                    Q4_0_BYTES => {
+                        quantize_row_weighted_scalar::<Q4_0_BYTES>(kind, &x, &qw, &mut slow)
+                    }
+                    Q4_1_BYTES => {
+                        quantize_row_weighted_scalar::<Q4_1_BYTES>(kind, &x, &qw, &mut slow)
+                    }
+                    Q5_0_BYTES => {
+                        quantize_row_weighted_scalar::<Q5_0_BYTES>(kind, &x, &qw, &mut slow)
+                    }
+                    _ => quantize_row_weighted_scalar::<Q5_1_BYTES>(kind, &x, &qw, &mut slow),
+                }
+                if let Some(i) = fast.iter().zip(&slow).position(|(a, b)| a != b) {
+                    panic!(
+                        "seed {seed} type bytes {bytes}: block {} byte {} differs",
+                        i / bytes,
+                        i % bytes
+                    );
+                }
+            }
         }
     }
 
@@ -818,6 +1294,27 @@ mod tests {
             dec(&q, &mut y);
             assert!(y.iter().all(|v| v.is_finite()), "{name}");
         }
+    }
+
+    #[test]
+    fn subnormal_scales_cast_like_x86() {
+        // amax = 1e-42: d = amax / 127 is subnormal, 1/d overflows to Inf, every x * id is
+        // ±Inf or NaN and x86 converts those to 0x80000000: all quants are 0.
+        let x: Vec<f32> = (0..32)
+            .map(|i| {
+                if i % 3 == 0 {
+                    -1e-42
+                } else {
+                    1e-42 * (i % 2) as f32
+                }
+            })
+            .collect();
+        let mut q = [0xAAu8; Q8_0_BYTES];
+        quantize_row_q8_0(&x, &mut q);
+        assert!(q[2..].iter().all(|&b| b == 0), "{q:?}");
+        let mut q = [0xAAu8; Q4_0_BYTES];
+        quantize_row_q4_0(&x, &mut q);
+        assert!(q[2..].iter().all(|&b| b == 0), "{q:?}");
     }
 
     #[test]

@@ -568,6 +568,10 @@ impl Recipe {
             if let Some(preset) = Preset::from_name(arg) {
                 return Ok(Recipe::from_base(Base::Preset(preset)));
             }
+            return Err(Error::msg(format!(
+                "recipe '{arg}': no such file, and not a preset ({})",
+                preset_list()
+            )));
         }
         Recipe::from_path(p)
     }

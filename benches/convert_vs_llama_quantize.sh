@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Wall time and peak memory of `ggufq convert` against llama-quantize, same source, same preset,
+# same machine, same run (alternating, warm page cache, median of N runs).
+#
+# Usage: benches/convert_vs_llama_quantize.sh SRC.gguf PRESET [RUNS]
+#   GGUFQ=path/to/ggufq (default target/release/ggufq)
+#   LLAMA_QUANTIZE=path/to/llama-quantize (default /work/peer/bin/llama-quantize; build it
+#     outside the repo from the llama-cpp-python 0.3.36 sdist, see docs/BENCHMARKS.md)
+#   THREADS=N (default: nproc), passed to both tools.
+# Prints one Markdown table row per tool and the ratio ggufq / llama-quantize.
+set -euo pipefail
+SRC=$1
+PRESET=$2
+RUNS=${3:-3}
+GGUFQ=${GGUFQ:-target/release/ggufq}
+LQ=${LLAMA_QUANTIZE:-/work/peer/bin/llama-quantize}
+THREADS=${THREADS:-$(nproc)}
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/convbench.XXXXXX")
+trap 'rm -rf "$TMP"' EXIT
+
+# One timed run: prints "wall_seconds max_rss_kib".
+timed() {
+  /usr/bin/time -f "%e %M" -o "$TMP/time" "$@" >"$TMP/out" 2>&1 || { cat "$TMP/out" >&2; exit 1; }
+  cat "$TMP/time"
+}
+run_ggufq() { timed "$GGUFQ" convert "$SRC" --recipe "$PRESET" -o "$TMP/g.gguf" --allow-requantize --no-progress --threads "$THREADS"; rm -f "$TMP/g.gguf" "$TMP/g.gguf.manifest.json"; }
+run_llama() { timed "$LQ" --allow-requantize "$SRC" "$TMP/l.gguf" "$PRESET" "$THREADS"; rm -f "$TMP/l.gguf"; }
+
+cat "$SRC" >/dev/null # warm the page cache
+run_ggufq >/dev/null
+run_llama >/dev/null
+: >"$TMP/g"
+: >"$TMP/l"
+for _ in $(seq "$RUNS"); do
+  run_ggufq >>"$TMP/g"
+  run_llama >>"$TMP/l"
+done
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+gw=$(cut -d' ' -f1 "$TMP/g" | median); gm=$(cut -d' ' -f2 "$TMP/g" | median)
+lw=$(cut -d' ' -f1 "$TMP/l" | median); lm=$(cut -d' ' -f2 "$TMP/l" | median)
+echo "| tool | wall s (median of $RUNS) | peak RSS MiB |"
+echo "| --- | ---: | ---: |"
+echo "| ggufq convert --recipe $PRESET | $gw | $((gm / 1024)) |"
+echo "| llama-quantize $PRESET | $lw | $((lm / 1024)) |"
+awk -v a="$gw" -v b="$lw" -v c="$gm" -v d="$lm" 'BEGIN {printf "ratio ggufq/llama-quantize: wall %.2f, peak RSS %.2f\n", a/b, c/d}'
+echo "all runs (wall s, RSS KiB): ggufq: $(tr '\n' ';' <"$TMP/g") llama: $(tr '\n' ';' <"$TMP/l")"
