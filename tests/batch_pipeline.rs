@@ -640,8 +640,12 @@ fn bench_auto_skips_without_gpu_and_always_fails_without_one() {
         r["bench_status"],
         "skipped: no GPU adapter (GGUFQ_BATCH_ASSUME_NO_GPU is set)"
     );
-    // Speed then comes from the ppl run, and says so.
-    assert_eq!(r["tps_from"], "ppl");
+    // Speed then comes from a plain ppl run (the source's), and says so; a KL run evaluates
+    // two models, so a variant gets no speed from it.
+    assert!(r["tps_gen"].is_null(), "{r}");
+    let s = json(&env.p("out/results/alpha__source.json"));
+    assert_eq!(s["tps_from"], "ppl");
+    assert_eq!(s["tps_gen"], 100.0);
     assert!(
         !env.calls().iter().any(|c| c.ends_with(" bench")),
         "{:?}",
