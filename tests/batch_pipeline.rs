@@ -47,6 +47,8 @@ impl Env {
             .current_dir(self.dir.path())
             .env("FAKE_LOG", self.log())
             .env("FAKE_VERSION", env!("CARGO_PKG_VERSION"))
+            .env("FAKE_BENCH_JSON", "1")
+            .env_remove("GGUFQ_BATCH_ASSUME_NO_GPU")
             .env_remove("FAKE_FAIL")
             .env_remove("FAKE_SLOW");
         c
@@ -80,6 +82,7 @@ validation:
   text: wiki.txt
   ctx: 64
   chunks: 2
+  bench: always
 gates:
   max_kld: 0.25
   max_ppl_increase: 60%
@@ -123,13 +126,8 @@ fn batch_converts_validates_gates_and_reports() {
     ] {
         let r = json(&env.p(&format!("out/results/{j}.json")));
         assert_eq!(r["status"], "ok", "{j}: {r}");
-        assert!(
-            r["bench_status"]
-                .as_str()
-                .unwrap()
-                .starts_with("skipped: error: no GPU adapter"),
-            "{r}"
-        );
+        assert_eq!(r["bench_status"], "ok", "{r}");
+        assert_eq!(r["tps_from"], "bench", "{r}");
     }
     assert!(env.p("out/alpha__Q8_0.gguf").is_file());
     assert!(env.p("out/alpha__Q8_0.gguf.manifest.json").is_file());
@@ -137,6 +135,15 @@ fn batch_converts_validates_gates_and_reports() {
     assert_eq!(rep["rows"].as_array().unwrap().len(), 8);
     let q8 = row(&rep, "alpha__Q8_0");
     assert_eq!(q8["size_bytes"], 5500);
+    // Speed from the bench's tg record (1e6 / size), prompt speed from its pp record.
+    assert!(
+        (q8["tps_gen"].as_f64().unwrap() - 1e6 / 5500.0).abs() < 1e-2,
+        "{q8}"
+    );
+    assert!(
+        (q8["tps_prompt"].as_f64().unwrap() - 1e7 / 5500.0).abs() < 1e-1,
+        "{q8}"
+    );
     assert_eq!(q8["bpw"], 8.0); // from the manifest's totals.bpw
     assert!(
         (q8["ppl_increase"].as_f64().unwrap() - 0.2025).abs() < 1e-6,
@@ -609,4 +616,55 @@ fn concurrency_is_bounded_by_jobs_and_memory() {
         );
         assert_eq!(max_running(&env), expect, "parallel {parallel}, -j {jobs}");
     }
+}
+
+#[test]
+fn bench_auto_skips_without_gpu_and_always_fails_without_one() {
+    let env = Env::new();
+    std::fs::remove_file(env.p("models/beta.gguf")).unwrap();
+    let p = "models: [models/alpha.gguf]\nrecipes: [Q8_0]\noutput: out\nvalidation: {text: wiki.txt, bench: auto}\n";
+    env.pipeline(p);
+    let out = env
+        .cmd(&["batch", "pipeline.yaml", "-q"])
+        .env("GGUFQ_BATCH_ASSUME_NO_GPU", "1")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = json(&env.p("out/results/alpha__Q8_0.json"));
+    assert_eq!(
+        r["bench_status"],
+        "skipped: no GPU adapter (GGUFQ_BATCH_ASSUME_NO_GPU is set)"
+    );
+    // Speed then comes from a plain ppl run (the source's), and says so; a KL run evaluates
+    // two models, so a variant gets no speed from it.
+    assert!(r["tps_gen"].is_null(), "{r}");
+    let s = json(&env.p("out/results/alpha__source.json"));
+    assert_eq!(s["tps_from"], "ppl");
+    assert_eq!(s["tps_gen"], 100.0);
+    assert!(
+        !env.calls().iter().any(|c| c.ends_with(" bench")),
+        "{:?}",
+        env.calls()
+    );
+
+    // `bench: always` runs it, and a bench that finds no adapter fails the job.
+    env.pipeline(&p.replace("bench: auto", "bench: always"));
+    let out = env
+        .cmd(&["batch", "pipeline.yaml", "-q", "-o", "out2"])
+        .env_remove("FAKE_BENCH_JSON")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let r = json(&env.p("out2/results/alpha__Q8_0.json"));
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["failed_step"], "bench");
+    assert!(
+        r["error"].as_str().unwrap().contains("no GPU adapter"),
+        "{r}"
+    );
 }

@@ -219,7 +219,9 @@ pub fn ppl_figures(v: &Value) -> PplFigures {
             &["tokens_per_second", "tokens_per_s", "tok_per_s", "tps"],
         )
         .or_else(|| {
-            let n = find_number(v, &["n_tokens_evaluated", "n_tokens"])?;
+            // Only a plain ppl run's token count: a KL run evaluates two models, so its
+            // speed is not the model's.
+            let n = find_number(v, &["n_tokens_evaluated"])?;
             let s = find_number(v, &["seconds", "eval_seconds", "elapsed_s"])?;
             (s > 0.0).then_some(n / s)
         }),
@@ -296,19 +298,25 @@ mod tests {
         // Shallowest key wins.
         let f = ppl_figures(&json!({"base": {"ppl": 1.0}, "ppl": 2.0}));
         assert_eq!(f.ppl, Some(2.0));
-        // Nested result structs (ppl + kld sections), speed from tokens and seconds.
+        // `ggufq ppl --json`: a plain run, speed from its tokens and seconds when not given.
         let f = ppl_figures(&json!({
-            "ppl": {"ppl": 21.5, "ppl_err": 0.4, "n_tokens_evaluated": 1000, "seconds": 4.0},
-            "kld": {"ppl": 21.5, "ppl_base": 21.0, "kld": 0.03, "kld_err": 0.002}
+            "model": "m.gguf", "backend": "cpu",
+            "result": {"ppl": 21.5, "ppl_err": 0.4, "n_tokens_evaluated": 1000, "seconds": 4.0}
+        }));
+        assert_eq!(
+            (f.ppl, f.ppl_err, f.tps),
+            (Some(21.5), Some(0.4), Some(250.0))
+        );
+        // `ggufq ppl --kl-base --json`: `base` is a path, figures are in `kld`; no speed.
+        let f = ppl_figures(&json!({
+            "model": "m.gguf", "base": "src.gguf", "n_ctx": 512, "seconds": 9.0,
+            "kld": {"n_tokens": 500, "ppl": 21.5, "ppl_err": 0.4, "ppl_base": 21.0, "kld": 0.03, "kld_err": 0.002}
         }));
         assert_eq!(
             (f.ppl, f.ppl_err, f.base_ppl),
             (Some(21.5), Some(0.4), Some(21.0))
         );
-        assert_eq!(
-            (f.kld, f.kld_err, f.tps),
-            (Some(0.03), Some(0.002), Some(250.0))
-        );
+        assert_eq!((f.kld, f.kld_err, f.tps), (Some(0.03), Some(0.002), None));
     }
 
     #[test]

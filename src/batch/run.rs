@@ -51,6 +51,8 @@ struct Ctx<'a> {
     state_dir: PathBuf,
     threads_per_job: usize,
     text_sha: Option<String>,
+    /// Result of the hardware-GPU probe for `bench: auto`, made once when first needed.
+    gpu: std::sync::OnceLock<std::result::Result<String, String>>,
 }
 
 /// Record written after a successful convert, used to decide whether it can be reused.
@@ -113,6 +115,7 @@ pub fn run(plan: &Plan, opts: &BatchOptions) -> Result<BatchSummary> {
         state_dir,
         threads_per_job,
         text_sha,
+        gpu: std::sync::OnceLock::new(),
     };
 
     let mut slots: Vec<Option<JobResult>> = vec![None; mine.len()];
@@ -448,7 +451,15 @@ impl Ctx<'_> {
             }
             r.raw.insert(step.replace('-', "_"), val);
         }
-        if v.device == Device::Cpu && v.bench != BenchMode::Never {
+        let skip_bench = match v.bench {
+            BenchMode::Auto if v.device == Device::Cpu => {
+                self.gpu.get_or_init(hardware_gpu).as_ref().err()
+            }
+            _ => None,
+        };
+        if let Some(why) = skip_bench {
+            r.bench_status = format!("skipped: {why}");
+        } else if v.device == Device::Cpu && v.bench != BenchMode::Never {
             let mut args: Vec<OsString> = vec!["bench".into(), model.clone().into()];
             args.extend(v.bench_args.iter().map(OsString::from));
             args.extend(["-o".into(), "json".into()]);
@@ -617,6 +628,40 @@ impl Ctx<'_> {
             stderr_tail: tail_of_file(&log_path, 2000),
         })
     }
+}
+
+/// The name of a hardware GPU adapter, or why there is none. CPU rasterizers (llvmpipe,
+/// lavapipe, WARP) do not count: `bench: auto` is for GPUs; `bench: always` runs on those too.
+#[cfg(feature = "gpu")]
+pub fn hardware_gpu() -> std::result::Result<String, String> {
+    if let Some(v) = std::env::var_os("GGUFQ_BATCH_ASSUME_NO_GPU") {
+        if !v.is_empty() {
+            return Err("no GPU adapter (GGUFQ_BATCH_ASSUME_NO_GPU is set)".into());
+        }
+    }
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let all = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+    let mut software = Vec::new();
+    for a in all {
+        let info = a.get_info();
+        if info.device_type == wgpu::DeviceType::Cpu {
+            software.push(info.name);
+        } else {
+            return Ok(info.name);
+        }
+    }
+    Err(if software.is_empty() {
+        "no GPU adapter".into()
+    } else {
+        format!("no hardware GPU adapter (only {})", software.join(", "))
+    })
+}
+
+/// Without the `gpu` feature there is no bench engine.
+#[cfg(not(feature = "gpu"))]
+pub fn hardware_gpu() -> std::result::Result<String, String> {
+    Err("this ggufq was built without the `gpu` feature".into())
 }
 
 /// A bench that could not find a GPU: exit code 3 (environment failure), or its
