@@ -7,6 +7,7 @@
 #   LLAMA_QUANTIZE=path/to/llama-quantize (default /work/peer/bin/llama-quantize; build it
 #     outside the repo from the llama-cpp-python 0.3.36 sdist, see docs/BENCHMARKS.md)
 #   THREADS=N (default: nproc), passed to both tools.
+#   GGUFQ_FLAGS="--no-manifest" (default empty): extra convert flags.
 # Prints one Markdown table row per tool and the ratio ggufq / llama-quantize.
 set -euo pipefail
 SRC=$1
@@ -23,7 +24,7 @@ timed() {
   /usr/bin/time -f "%e %M" -o "$TMP/time" "$@" >"$TMP/out" 2>&1 || { cat "$TMP/out" >&2; exit 1; }
   cat "$TMP/time"
 }
-run_ggufq() { timed "$GGUFQ" convert "$SRC" --recipe "$PRESET" -o "$TMP/g.gguf" --allow-requantize --no-progress --threads "$THREADS"; rm -f "$TMP/g.gguf" "$TMP/g.gguf.manifest.json"; }
+run_ggufq() { timed "$GGUFQ" convert "$SRC" --recipe "$PRESET" -o "$TMP/g.gguf" --allow-requantize --no-progress --threads "$THREADS" ${GGUFQ_FLAGS:-}; rm -f "$TMP/g.gguf" "$TMP/g.gguf.manifest.json"; }
 run_llama() { timed "$LQ" --allow-requantize "$SRC" "$TMP/l.gguf" "$PRESET" "$THREADS"; rm -f "$TMP/l.gguf"; }
 
 cat "$SRC" >/dev/null # warm the page cache
@@ -40,7 +41,7 @@ gw=$(cut -d' ' -f1 "$TMP/g" | median); gm=$(cut -d' ' -f2 "$TMP/g" | median)
 lw=$(cut -d' ' -f1 "$TMP/l" | median); lm=$(cut -d' ' -f2 "$TMP/l" | median)
 echo "| tool | wall s (median of $RUNS) | peak RSS MiB |"
 echo "| --- | ---: | ---: |"
-echo "| ggufq convert --recipe $PRESET | $gw | $((gm / 1024)) |"
+echo "| ggufq convert --recipe $PRESET ${GGUFQ_FLAGS:-} | $gw | $((gm / 1024)) |"
 echo "| llama-quantize $PRESET | $lw | $((lm / 1024)) |"
 awk -v a="$gw" -v b="$lw" -v c="$gm" -v d="$lm" 'BEGIN {printf "ratio ggufq/llama-quantize: wall %.2f, peak RSS %.2f\n", a/b, c/d}'
 echo "all runs (wall s, RSS KiB): ggufq: $(tr '\n' ';' <"$TMP/g") llama: $(tr '\n' ';' <"$TMP/l")"

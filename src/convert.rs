@@ -131,16 +131,106 @@ fn tensor_err(name: &str, msg: impl Into<String>) -> Error {
     }
 }
 
-/// Dequantize a whole source tensor to f32.
-fn to_f32(f: &GgufFile, name: &str) -> Result<Vec<f32>> {
-    let t = f
-        .tensor(name)
-        .ok_or_else(|| tensor_err(name, "not in the source"))?;
-    let ty =
-        t.ty.ok_or_else(|| tensor_err(name, format!("cannot decode type {}", t.type_name())))?;
-    let data = f.tensor_data(t)?;
-    let n = usize::try_from(t.n_elements()).map_err(|_| tensor_err(name, "too many elements"))?;
-    quant::dequantize_tensor(ty, data, n).map_err(|e| tensor_err(name, e.to_string()))
+/// Reads tensor data with positioned reads instead of touching the memory map, so that the
+/// resident memory stays about one tensor (llama-quantize unmaps each tensor for the same
+/// reason) rather than growing to the whole source file.
+struct Source<'a> {
+    f: &'a GgufFile,
+    file: std::fs::File,
+}
+
+impl<'a> Source<'a> {
+    fn open(f: &'a GgufFile) -> Result<Source<'a>> {
+        let file = std::fs::File::open(&f.path).map_err(|e| Error::io(&f.path, e))?;
+        Ok(Source { f, file })
+    }
+
+    /// The raw bytes of a tensor (offsets were validated when the file was opened).
+    fn read(&self, name: &str) -> Result<Vec<u8>> {
+        let t = self
+            .f
+            .tensor(name)
+            .ok_or_else(|| tensor_err(name, "not in the source"))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileExt;
+            let n = t
+                .n_bytes
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| {
+                    tensor_err(name, format!("size of type {} is unknown", t.type_name()))
+                })?;
+            let mut buf = vec![0u8; n];
+            self.file
+                .read_exact_at(&mut buf, self.f.data_offset.saturating_add(t.offset))
+                .map_err(|e| Error::io(&self.f.path, e))?;
+            Ok(buf)
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = &self.file;
+            Ok(self.f.tensor_data(t)?.to_vec())
+        }
+    }
+
+    /// A whole source tensor dequantized to f32.
+    fn to_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let t = self
+            .f
+            .tensor(name)
+            .ok_or_else(|| tensor_err(name, "not in the source"))?;
+        let ty =
+            t.ty.ok_or_else(|| tensor_err(name, format!("cannot decode type {}", t.type_name())))?;
+        let n =
+            usize::try_from(t.n_elements()).map_err(|_| tensor_err(name, "too many elements"))?;
+        if ty == GgmlType::F32 && t.n_bytes == Some(n as u64 * 4) {
+            return self.read_f32(t, n);
+        }
+        let data = self.read(name)?;
+        quant::dequantize_tensor(ty, &data, n).map_err(|e| tensor_err(name, e.to_string()))
+    }
+
+    /// An F32 tensor read straight into its f32 buffer (no second copy of the tensor).
+    #[cfg(unix)]
+    fn read_f32(&self, t: &crate::gguf::TensorInfo, n: usize) -> Result<Vec<f32>> {
+        use std::os::unix::fs::FileExt;
+        let mut v = vec![0f32; n];
+        // SAFETY: the byte view covers exactly the f32 buffer, which is initialised; every bit
+        // pattern is a valid f32, and the view is dropped before `v` is used again.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), n * 4) };
+        self.file
+            .read_exact_at(bytes, self.f.data_offset.saturating_add(t.offset))
+            .map_err(|e| Error::io(&self.f.path, e))?;
+        if cfg!(target_endian = "big") {
+            for x in &mut v {
+                *x = f32::from_bits(u32::from_le(x.to_bits()));
+            }
+        }
+        Ok(v)
+    }
+
+    #[cfg(not(unix))]
+    fn read_f32(&self, t: &crate::gguf::TensorInfo, n: usize) -> Result<Vec<f32>> {
+        let data = self.read(&t.name)?;
+        quant::dequantize_tensor(GgmlType::F32, &data, n)
+            .map_err(|e| tensor_err(&t.name, e.to_string()))
+    }
+}
+
+/// sha256 of a whole file, read sequentially (not through the map: see [`Source`]).
+fn file_sha256(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 8 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(h.finalize()))
 }
 
 /// The importance weights for one tensor, checked like llama-quantize: `row_len × n_expert`
@@ -228,8 +318,9 @@ fn measure_error(
 pub fn plan_file(f: &GgufFile, recipe: &Recipe, imatrix: Option<&Imatrix>) -> Result<Plan> {
     let model = model_info(f);
     let descs = tensor_descs(f);
+    let source = Source::open(f)?;
     let mut measure = |d: &TensorDesc, ty: GgmlType| -> Result<f64> {
-        let data = to_f32(f, &d.name)?;
+        let data = source.to_f32(&d.name)?;
         let w = imatrix_for(imatrix, &d.name, &d.dims)?;
         measure_error(&data, d.row_len() as usize, ty, w, &d.name)
     };
@@ -481,35 +572,36 @@ fn convert_inner(input: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
         &metadata,
         specs,
     )?;
+    let source = Source::open(&f)?;
     let bar = progress_bar(opts.progress, plan.from_bytes());
     let mut tensor_hashes = Vec::with_capacity(plan.entries.len());
     let (source_sha, source_hash_s, result) = std::thread::scope(|s| {
-        let bytes = f.as_bytes();
+        let src_path = f.path.clone();
+        // The source hash is only needed for the manifest.
+        let want_hash = opts.manifest;
         let hasher = s.spawn(move || {
             let th = Instant::now();
-            let mut h = Sha256::new();
-            for chunk in bytes.chunks(8 << 20) {
-                h.update(chunk);
-            }
-            (hex(h.finalize()), th.elapsed().as_secs_f64())
+            let sha = if want_hash {
+                file_sha256(&src_path)
+            } else {
+                Ok(String::new())
+            };
+            (sha, th.elapsed().as_secs_f64())
         });
         let result = (|| -> Result<()> {
             for e in &plan.entries {
                 bar.set_message(e.name.clone());
-                let t = f
-                    .tensor(&e.name)
-                    .ok_or_else(|| tensor_err(&e.name, "not in the source"))?;
-                let out: std::borrow::Cow<[u8]> = if e.is_copy() {
-                    std::borrow::Cow::Borrowed(f.tensor_data(t)?)
+                let out: Vec<u8> = if e.is_copy() {
+                    source.read(&e.name)?
                 } else {
                     let to = e.to.ok_or_else(|| tensor_err(&e.name, "no target type"))?;
-                    let data = to_f32(&f, &e.name)?;
+                    let data = source.to_f32(&e.name)?;
                     let w = if to.is_quantized() {
                         imatrix_for(imatrix.as_ref(), &e.name, &e.dims)?
                     } else {
                         None
                     };
-                    std::borrow::Cow::Owned(quantize_data(to, &data, &e.dims, w, &e.name)?)
+                    quantize_data(to, &data, &e.dims, w, &e.name)?
                 };
                 if out.len() as u64 != e.to_bytes {
                     return Err(tensor_err(
@@ -526,10 +618,13 @@ fn convert_inner(input: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
             }
             Ok(())
         })();
-        let (sha, secs) = hasher.join().unwrap_or_else(|_| (String::new(), 0.0));
+        let (sha, secs) = hasher
+            .join()
+            .unwrap_or_else(|_| (Err(Error::msg("source hashing thread panicked")), 0.0));
         (sha, secs, result)
     });
     result?;
+    let source_sha = source_sha?;
     let buf = writer.finish()?;
     let atomic = buf
         .into_inner()
