@@ -129,3 +129,70 @@ validation:
         "ok"
     );
 }
+
+/// The real model end to end on the CPU: convert (requantizing SmolLM2's Q4_1), perplexity and
+/// KL-divergence against the source, gates and report. Needs SmolLM2 (scripts/fetch-model.sh,
+/// which the test script runs); without it there is nothing to measure and the test says so.
+#[test]
+fn smollm2_convert_ppl_kld_report() {
+    let Some(model) = ggufq::testutil::smollm2_path() else {
+        eprintln!("SmolLM2 not fetched (scripts/fetch-model.sh): skipping the real-model batch");
+        return;
+    };
+    let text = ggufq::testutil::testdata_dir().join("wikitext-2-raw-test.txt");
+    let hybrid = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("recipes/hybrid.yaml");
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("pipeline.yaml"),
+        format!(
+            "\
+output: out
+allow_requantize: true
+models: [{{ path: '{}', name: smollm2 }}]
+recipes:
+  - Q8_0
+  - {{ recipe: '{}', name: hybrid }}
+validation: {{ text: '{}', ctx: 64, chunks: 1, bench: never }}
+gates: {{ max_kld: 0.05 }}
+",
+            model.display(),
+            hybrid.display(),
+            text.display()
+        ),
+    )
+    .unwrap();
+    let out = batch(d.path(), &["pipeline.yaml", "-j", "1"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // hybrid (attention Q5_K, the rest Q2_K) is far from its source: the KLD gate fails it.
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let src = json(&d.path().join("out/results/smollm2__source.json"));
+    let q8 = json(&d.path().join("out/results/smollm2__Q8_0.json"));
+    let hy = json(&d.path().join("out/results/smollm2__hybrid.json"));
+    for r in [&src, &q8, &hy] {
+        assert_eq!(r["status"], "ok", "{r}");
+        let ppl = r["ppl"].as_f64().unwrap();
+        assert!(ppl.is_finite() && ppl > 1.0, "{r}");
+    }
+    let (k8, kh) = (q8["kld"].as_f64().unwrap(), hy["kld"].as_f64().unwrap());
+    assert!(k8 >= 0.0 && k8 < kh, "KLD Q8_0 {k8} vs hybrid {kh}");
+    // The KL run reports the source's perplexity too; the increase is taken against it.
+    let base = q8["base_ppl"].as_f64().unwrap();
+    assert!(base.is_finite() && base > 1.0, "{q8}");
+    let rep = json(&d.path().join("out/report/results.json"));
+    let row = |v: &str| {
+        rep["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["variant"] == v)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(row("Q8_0")["verdict"], "pass");
+    let inc = row("Q8_0")["ppl_increase"].as_f64().unwrap();
+    assert!((inc - (q8["ppl"].as_f64().unwrap() / base - 1.0)).abs() < 1e-9);
+    assert_eq!(row("hybrid")["verdict"], "fail");
+    assert_eq!(rep["decisions"][0]["smallest_passing"], "Q8_0");
+    assert!(d.path().join("out/report/size_vs_kld.png").is_file());
+}
