@@ -8,7 +8,10 @@
 //! Throughput is MB/s of f32 input (4 bytes per element; 1 MB = 10^6 bytes), the best of
 //! `--reps` runs (after one warm-up; best-of rather than median because shared build machines
 //! are noisy: the fastest run is the one least disturbed by other load) over a `rows × cols` matrix of deterministic pseudo-Gaussian data with a few
-//! outliers. Multi-threaded runs use a rayon pool of `--threads` (default: all cores).
+//! outliers. Single-thread (1T) figures use the on-CPU time of the worker thread
+//! (`CLOCK_THREAD_CPUTIME_ID`), so other load on the machine does not inflate them;
+//! multi-threaded (NT) figures use wall time with a rayon pool of `--threads` (default: all
+//! cores) and are only meaningful on an otherwise idle machine.
 //!
 //! `--peer PATH` runs an external program in the same session on the same data, for the ratio
 //! against ggml. It is called as `PATH INPUT IMATRIX ROWS COLS THREADS REPS TYPE MODE` (MODE is
@@ -91,18 +94,42 @@ fn make_input(n: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Best MB/s of `reps` runs of `f` over `bytes` of input.
-fn measure(reps: usize, bytes: usize, mut f: impl FnMut() -> bool) -> Option<f64> {
-    if !f() {
-        return None; // warm-up; also tells whether the type is supported
+/// On-CPU nanoseconds of the calling thread (`CLOCK_THREAD_CPUTIME_ID`), so that
+/// single-thread figures are not inflated by other load on a shared machine.
+fn thread_cpu_ns() -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec we pass, which outlives the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+/// Seconds `f` takes: on-CPU time of this thread when `single` (and available), else wall time.
+/// `None` when `f` reports failure.
+fn timed(single: bool, f: impl FnOnce() -> bool) -> Option<f64> {
+    if single {
+        if let Some(c0) = thread_cpu_ns() {
+            let ok = f();
+            let c1 = thread_cpu_ns()?;
+            return ok.then(|| c1.saturating_sub(c0) as f64 * 1e-9);
+        }
     }
-    let mut rates = Vec::with_capacity(reps);
+    let t = Instant::now();
+    let ok = f();
+    ok.then(|| t.elapsed().as_secs_f64())
+}
+
+/// Best MB/s of `reps` runs of `f` (which returns seconds) over `bytes` of input.
+fn measure(reps: usize, bytes: usize, mut f: impl FnMut() -> Option<f64>) -> Option<f64> {
+    f()?; // warm-up; also tells whether the type is supported
+    let mut best: Option<f64> = None;
     for _ in 0..reps {
-        let t = Instant::now();
-        f();
-        rates.push(bytes as f64 / t.elapsed().as_secs_f64() / 1e6);
+        let rate = bytes as f64 / f()?.max(1e-9) / 1e6;
+        best = Some(best.map_or(rate, |b: f64| b.max(rate)));
     }
-    rates.into_iter().reduce(f64::max)
+    best
 }
 
 fn write_f32(path: &Path, v: &[f32]) -> std::io::Result<()> {
@@ -204,6 +231,7 @@ fn main() {
         let encoded = quantize_tensor(ty, &input, o.cols, None).ok();
         for mode in modes {
             let run = |pool: &rayon::ThreadPool| -> Option<f64> {
+                let single = pool.current_num_threads() == 1;
                 match mode {
                     "plain" | "imatrix" => {
                         let w = (mode == "imatrix").then_some(&imatrix[..]);
@@ -211,13 +239,15 @@ fn main() {
                             return None;
                         }
                         measure(o.reps, bytes, || {
-                            pool.install(|| quantize_tensor(ty, &input, o.cols, w).is_ok())
+                            pool.install(|| {
+                                timed(single, || quantize_tensor(ty, &input, o.cols, w).is_ok())
+                            })
                         })
                     }
                     _ => {
                         let q = encoded.as_ref()?;
                         measure(o.reps, bytes, || {
-                            pool.install(|| dequantize_tensor(ty, q, n).is_ok())
+                            pool.install(|| timed(single, || dequantize_tensor(ty, q, n).is_ok()))
                         })
                     }
                 }

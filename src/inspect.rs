@@ -108,7 +108,7 @@ pub fn bpw(bytes: u64, elements: u64) -> f64 {
     }
 }
 
-/// Compute the [`Summary`] of `tensors` (usually all of `f.tensors`).
+/// Compute the [`Summary`] of all tensors of `f`.
 pub fn summary(f: &GgufFile) -> Summary {
     let mut types: Vec<TypeCount> = Vec::new();
     let (mut params, mut bytes) = (0u64, 0u64);

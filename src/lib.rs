@@ -17,4 +17,5 @@ pub mod model;
 pub mod quant;
 pub mod recipe;
 pub mod report;
+pub mod synth;
 pub mod testutil;

@@ -278,6 +278,20 @@ fn absurd_counts_and_lengths() {
     );
     assert_eq!(at(&m), 24 + 8 + 12 + 4);
 
+    // Arrays that really are backed by bytes, but more values than any model's metadata holds
+    // (a crafted "array" swallowing the tensor data would otherwise cost 32 bytes per byte).
+    let n = (1u64 << 24) + 1;
+    let mut b = B::header(3, 0, 1);
+    b.str("a").u32(9).u32(0).u64(n).zeros(n as usize);
+    let m = rejects(
+        &b,
+        &[
+            "metadata key 'a'",
+            "array of 16777217 elements takes the metadata over 16777216 values",
+        ],
+    );
+    assert_eq!(at(&m), 24 + 8 + 1 + 4);
+
     // Key claiming u64::MAX bytes.
     let mut b = B::header(3, 0, 1);
     b.u64(u64::MAX).zeros(16);

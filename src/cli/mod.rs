@@ -16,9 +16,11 @@ pub mod bench;
 mod convert;
 mod diff;
 mod inspect;
+mod report;
 mod ppl;
 mod report;
 mod run;
+mod synth;
 
 /// Exit code: success.
 pub const EXIT_OK: i32 = 0;
@@ -60,6 +62,8 @@ enum Command {
     Run(run::Args),
     /// Perplexity and KL-divergence on a text file (llama-perplexity's method).
     Ppl(ppl::Args),
+    /// Write a llama-shaped GGUF with seeded random weights (tests, benchmarks).
+    Synth(synth::Args),
 }
 
 pub fn main() -> i32 {
@@ -74,6 +78,7 @@ pub fn main() -> i32 {
         Command::Report(a) => report::run(a),
         Command::Run(a) => run::run(a),
         Command::Ppl(a) => ppl::run(a),
+        Command::Synth(a) => synth::run(a),
     };
     match res {
         Ok(code) => code,

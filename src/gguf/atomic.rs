@@ -29,11 +29,16 @@ impl AtomicOutput {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "out".into());
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{stem}."))
-            .suffix(".tmp")
-            .tempfile_in(&dir)
-            .map_err(|e| Error::io(&target, e))?;
+        let prefix = format!(".{stem}.");
+        let mut b = tempfile::Builder::new();
+        b.prefix(&prefix).suffix(".tmp");
+        // Like any new file (0666 minus the umask), not tempfile's private 0600.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            b.permissions(std::fs::Permissions::from_mode(0o666));
+        }
+        let tmp = b.tempfile_in(&dir).map_err(|e| Error::io(&target, e))?;
         Ok(AtomicOutput { target, tmp })
     }
 
@@ -104,6 +109,16 @@ mod tests {
         a.commit().unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"new contents");
         assert!(!tmp.exists());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&target).unwrap().permissions().mode();
+            assert_ne!(
+                mode & 0o044,
+                0,
+                "readable by others like a normal new file: {mode:o}"
+            );
+        }
 
         let mut b = AtomicOutput::create(&target).unwrap();
         b.file_mut().write_all(b"abandoned").unwrap();

@@ -19,6 +19,12 @@ pub const DEFAULT_ALIGNMENT: u64 = 32;
 pub const ALIGNMENT_KEY: &str = "general.alignment";
 /// Deepest array nesting accepted (an array of arrays is depth 2).
 pub const MAX_ARRAY_DEPTH: usize = 16;
+/// Most array elements the whole metadata may hold. Real models hold about a million (tokenizer
+/// tokens, scores, types and merges); the cap bounds memory for crafted files whose "array"
+/// swallows gigabytes of tensor data.
+pub const MAX_METADATA_VALUES: u64 = 1 << 24;
+/// Capacity reserved up front for any list read from a file; larger lists grow as they parse.
+const MAX_RESERVE: usize = 1 << 16;
 /// Most dimensions a tensor may have (ggml's `GGML_MAX_DIMS`).
 pub const MAX_DIMS: u32 = 4;
 
@@ -182,6 +188,7 @@ impl GgufFile {
             buf: bytes,
             pos: 0,
             path,
+            values: 0,
         }
         .header()
     }
@@ -262,6 +269,8 @@ struct Parser<'a> {
     buf: &'a [u8],
     pos: usize,
     path: &'a Path,
+    /// Array elements read so far (against [`MAX_METADATA_VALUES`]).
+    values: u64,
 }
 
 impl<'a> Parser<'a> {
@@ -386,9 +395,17 @@ impl<'a> Parser<'a> {
                 ),
             ));
         }
+        self.values += len;
+        if self.values > MAX_METADATA_VALUES {
+            return Err(self.err(
+                start,
+                format!(
+                    "array of {len} elements takes the metadata over {MAX_METADATA_VALUES} values"
+                ),
+            ));
+        }
         // `need` fits in the remaining bytes, so `len` is bounded by the file size.
-        let n = len as usize;
-        let mut values = Vec::with_capacity(n);
+        let mut values = Vec::with_capacity((len as usize).min(MAX_RESERVE));
         if let Some(size) = elem_type.fixed_size() {
             if elem_type != ValueType::Bool {
                 let raw = self.take(len * size, "array data")?;
@@ -466,10 +483,11 @@ impl<'a> Parser<'a> {
         }
 
         // Metadata.
-        let mut metadata = Vec::with_capacity(kv_count as usize);
+        let mut metadata = Vec::with_capacity((kv_count as usize).min(MAX_RESERVE));
         let mut alignment = DEFAULT_ALIGNMENT;
         {
-            let mut seen: HashSet<String> = HashSet::with_capacity(kv_count as usize);
+            let mut seen: HashSet<String> =
+                HashSet::with_capacity((kv_count as usize).min(MAX_RESERVE));
             for i in 0..kv_count {
                 let kv_at = self.pos;
                 let key = self
@@ -504,10 +522,11 @@ impl<'a> Parser<'a> {
         }
 
         // Tensor infos.
-        let mut tensors = Vec::with_capacity(tensor_count as usize);
-        let mut info_at = Vec::with_capacity(tensor_count as usize);
+        let mut tensors = Vec::with_capacity((tensor_count as usize).min(MAX_RESERVE));
+        let mut info_at = Vec::with_capacity((tensor_count as usize).min(MAX_RESERVE));
         {
-            let mut names: HashSet<String> = HashSet::with_capacity(tensor_count as usize);
+            let mut names: HashSet<String> =
+                HashSet::with_capacity((tensor_count as usize).min(MAX_RESERVE));
             for i in 0..tensor_count {
                 let at = self.pos;
                 let t = self

@@ -91,7 +91,7 @@ impl ActQuant {
                     let iscale = -127.0 / max;
                     let d = 1.0 / iscale;
                     for v in b.iter_mut() {
-                        let q = ((iscale * *v).round() as i32).min(127);
+                        let q = ((iscale * *v).round_ties_even() as i32).min(127);
                         *v = q as f32 * d;
                     }
                 }

@@ -80,12 +80,14 @@ pub fn f16_to_f32(h: u16) -> f32 {
 #[inline]
 pub fn f32_to_bf16(f: f32) -> u16 {
     let u = f.to_bits();
-    if u & 0x7FFF_FFFF > 0x7F80_0000 {
-        // NaN: keep the upper bits, force the quiet bit.
-        return ((u >> 16) | 0x40) as u16;
-    }
-    // Cannot overflow: the largest non-NaN pattern is 0xFF80_0000.
-    ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) as u16
+    // NaN: keep the upper bits, force the quiet bit. Written as a select so rows vectorize.
+    let nan = (u >> 16) | 0x40;
+    let rounded = u.wrapping_add(0x7FFF + ((u >> 16) & 1)) >> 16;
+    (if u & 0x7FFF_FFFF > 0x7F80_0000 {
+        nan
+    } else {
+        rounded
+    }) as u16
 }
 
 /// Convert bf16 bits to f32 exactly.
@@ -108,11 +110,32 @@ pub(crate) fn dequantize_row_f32(src: &[u8], dst: &mut [f32]) {
     }
 }
 
+/// Encode each value with `conv` as a little-endian u16, 8 at a time so the loop vectorizes.
+#[inline(always)]
+fn encode_u16(src: &[f32], dst: &mut [u8], conv: impl Fn(f32) -> u16) {
+    let mut xs = src.chunks_exact(8);
+    let mut ds = dst.chunks_exact_mut(16);
+    for (x, d) in (&mut xs).zip(&mut ds) {
+        let mut h = [0u16; 8];
+        for (o, &v) in h.iter_mut().zip(x) {
+            *o = conv(v);
+        }
+        for (pair, v) in d.chunks_exact_mut(2).zip(h) {
+            pair.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    for (&v, d) in xs
+        .remainder()
+        .iter()
+        .zip(ds.into_remainder().chunks_exact_mut(2))
+    {
+        d.copy_from_slice(&conv(v).to_le_bytes());
+    }
+}
+
 /// Encode `src` as little-endian f16. `dst` holds `2 * src.len()` bytes.
 pub(crate) fn quantize_row_f16(src: &[f32], dst: &mut [u8]) {
-    for (x, d) in src.iter().zip(dst.chunks_exact_mut(2)) {
-        d.copy_from_slice(&f32_to_f16(*x).to_le_bytes());
-    }
+    encode_u16(src, dst, f32_to_f16);
 }
 
 /// Decode little-endian f16 values.
@@ -124,9 +147,7 @@ pub(crate) fn dequantize_row_f16(src: &[u8], dst: &mut [f32]) {
 
 /// Encode `src` as little-endian bf16. `dst` holds `2 * src.len()` bytes.
 pub(crate) fn quantize_row_bf16(src: &[f32], dst: &mut [u8]) {
-    for (x, d) in src.iter().zip(dst.chunks_exact_mut(2)) {
-        d.copy_from_slice(&f32_to_bf16(*x).to_le_bytes());
-    }
+    encode_u16(src, dst, f32_to_bf16);
 }
 
 /// Decode little-endian bf16 values.
@@ -248,6 +269,17 @@ mod tests {
         }
         let mut h = [0u8; 10];
         quantize_row_f16(&src, &mut h);
+        // 8-at-a-time and remainder paths agree with the scalar conversion.
+        let long: Vec<f32> = (0..21).map(|i| i as f32 * 1.37 - 9.0).collect();
+        let mut lb = [0u8; 42];
+        quantize_row_f16(&long, &mut lb);
+        for (v, p) in long.iter().zip(lb.chunks_exact(2)) {
+            assert_eq!(u16::from_le_bytes([p[0], p[1]]), f32_to_f16(*v));
+        }
+        quantize_row_bf16(&long, &mut lb);
+        for (v, p) in long.iter().zip(lb.chunks_exact(2)) {
+            assert_eq!(u16::from_le_bytes([p[0], p[1]]), f32_to_bf16(*v));
+        }
         dequantize_row_f16(&h, &mut back);
         assert_eq!(back[0], 1.5);
         assert_eq!(back[1].to_bits(), 0x8000_0000);

@@ -79,36 +79,95 @@ pub fn quantize_row(
             )));
         }
     }
+    if ty == GgmlType::Q8_K {
+        return quantize_row_q8k(src, dst);
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above). AVX2 only widens the
+            // vectors the lane loops use; it enables no FMA and changes no rounding.
+            unsafe { encode_blocks_avx2(ty, src, imatrix, dst, bb) };
+            return Ok(());
+        }
+    }
+    encode_blocks(ty, src, imatrix, dst, bb);
+    Ok(())
+}
+
+/// The super-block loop of [`quantize_row`] (sizes already checked; not Q8_K).
+#[inline(always)]
+fn encode_blocks(ty: GgmlType, src: &[f32], imatrix: Option<&[f32]>, dst: &mut [u8], bb: usize) {
+    if ty == GgmlType::Q4_K || ty == GgmlType::Q5_K {
+        // Two super-blocks at a time: 16 sub-block lanes keep more vector chains busy.
+        let pairs = src.len() / (2 * QK_K);
+        let (sp, sr) = src.split_at(pairs * 2 * QK_K);
+        let (dp, dr) = dst.split_at_mut(pairs * 2 * bb);
+        let (qp, qr) = match imatrix {
+            Some(q) => {
+                let (a, b) = q.split_at(pairs * 2 * QK_K);
+                (Some(a), Some(b))
+            }
+            None => (None, None),
+        };
+        for (p, (x, y)) in sp
+            .chunks_exact(2 * QK_K)
+            .zip(dp.chunks_exact_mut(2 * bb))
+            .enumerate()
+        {
+            let w = qp.map(|q| &q[p * 2 * QK_K..(p + 1) * 2 * QK_K]);
+            if ty == GgmlType::Q5_K {
+                q45k::quantize_group::<true, 2, 16>(x, w, y);
+            } else {
+                q45k::quantize_group::<false, 2, 16>(x, w, y);
+            }
+        }
+        if !sr.is_empty() {
+            if ty == GgmlType::Q5_K {
+                q45k::quantize_group::<true, 1, 8>(sr, qr, dr);
+            } else {
+                q45k::quantize_group::<false, 1, 8>(sr, qr, dr);
+            }
+        }
+        return;
+    }
     let blocks = src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(bb));
-    match (ty, imatrix) {
-        (GgmlType::Q8_K, _) => quantize_row_q8k(src, dst)?,
-        (_, None) => {
+    match imatrix {
+        None => {
             for (x, y) in blocks {
                 let x = to_block(x);
                 match ty {
                     GgmlType::Q2_K => q2k::quantize_ref(&x, y),
                     GgmlType::Q3_K => q3k::quantize_ref(&x, y),
-                    GgmlType::Q4_K => q45k::quantize_ref::<false>(&x, y),
-                    GgmlType::Q5_K => q45k::quantize_ref::<true>(&x, y),
                     _ => q6k::quantize(&x, None, y),
                 }
             }
         }
-        (_, Some(qw)) => {
+        Some(qw) => {
             for ((x, y), w) in blocks.zip(qw.chunks_exact(QK_K)) {
                 let x = to_block(x);
                 let w = to_block(w);
                 match ty {
                     GgmlType::Q2_K => q2k::quantize_imatrix(&x, &w, y),
                     GgmlType::Q3_K => q3k::quantize_imatrix(&x, &w, y),
-                    GgmlType::Q4_K => q45k::quantize_imatrix::<false>(&x, &w, y),
-                    GgmlType::Q5_K => q45k::quantize_imatrix::<true>(&x, &w, y),
                     _ => q6k::quantize(&x, Some(&w), y),
                 }
             }
         }
     }
-    Ok(())
+}
+
+/// [`encode_blocks`] compiled with AVX2 enabled, so the lane loops use 8-wide vectors.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn encode_blocks_avx2(
+    ty: GgmlType,
+    src: &[f32],
+    imatrix: Option<&[f32]>,
+    dst: &mut [u8],
+    bb: usize,
+) {
+    encode_blocks(ty, src, imatrix, dst, bb)
 }
 
 /// Dequantize one row of a K-quant type (`src` a whole number of blocks, `dst` 256 values
@@ -647,9 +706,100 @@ fn make_qx_quants_lanes<const N: usize, const M: usize>(
     scale
 }
 
+/// [`make_q3_quants`] on `M` independent sub-blocks at once (bit-identical per lane, see
+/// [`make_qkx_quants_lanes`]); a lane stops refining when its own pass changes nothing.
+#[inline(always)]
+fn make_q3_quants_lanes<const N: usize, const M: usize>(
+    nmax: i32,
+    xs: &[[f32; N]; M],
+    ls: &mut [[i8; N]; M],
+) -> [f32; M] {
+    let xt = transpose(xs);
+    let mut max = [0f32; M];
+    let mut amax = [0f32; M];
+    for row in &xt {
+        for m in 0..M {
+            let ax = row[m].abs();
+            if ax > amax[m] {
+                amax[m] = ax;
+                max[m] = row[m];
+            }
+        }
+    }
+    let mut iscale = [0f32; M];
+    for m in 0..M {
+        iscale[m] = -(nmax as f32) / max[m];
+    }
+    let mut lt = [[0i32; M]; N];
+    let mut sumlx = [0f32; M];
+    let mut suml2 = [0f32; M];
+    for i in 0..N {
+        for m in 0..M {
+            let x = xt[i][m];
+            let l = nearest_int(iscale[m] * x).clamp(-nmax, nmax - 1);
+            lt[i][m] = l;
+            let w = x * x;
+            let lf = l as f32;
+            sumlx[m] += w * x * lf;
+            suml2[m] += w * lf * lf;
+        }
+    }
+    let mut active = [true; M];
+    for _ in 0..5 {
+        let mut changed = [false; M];
+        for i in 0..N {
+            for m in 0..M {
+                let x = xt[i][m];
+                let w = x * x;
+                let li = lt[i][m] as f32;
+                let slx = sumlx[m] - w * x * li;
+                let sl2 = suml2[m] - w * li * li;
+                let new_l = nearest_int(x * sl2 / slx).clamp(-nmax, nmax - 1);
+                let nf = new_l as f32;
+                let slx2 = slx + w * x * nf;
+                let sl22 = sl2 + w * nf * nf;
+                let take = active[m]
+                    && slx > 0.0
+                    && new_l != lt[i][m]
+                    && sl22 > 0.0
+                    && slx2 * slx2 * suml2[m] > sumlx[m] * sumlx[m] * sl22;
+                if take {
+                    lt[i][m] = new_l;
+                    sumlx[m] = slx2;
+                    suml2[m] = sl22;
+                    changed[m] = true;
+                }
+            }
+        }
+        let mut any = false;
+        for m in 0..M {
+            active[m] &= changed[m];
+            any |= active[m];
+        }
+        if !any {
+            break;
+        }
+    }
+    let mut scale = [0f32; M];
+    let mut out = [[0i8; M]; N];
+    for m in 0..M {
+        let zero = amax[m] < GROUP_MAX_EPS;
+        scale[m] = if !zero && suml2[m] > 0.0 {
+            sumlx[m] / suml2[m]
+        } else {
+            0.0
+        };
+        for i in 0..N {
+            out[i][m] = if zero { 0 } else { (lt[i][m] + nmax) as i8 };
+        }
+    }
+    *ls = transpose(&out);
+    scale
+}
+
 /// ggml's `make_q3_quants` with `do_rmse`: symmetric fit with weights `x²` refined by
 /// coordinate descent; `L` in `0..2*nmax`.
-#[inline(always)]
+#[cfg(test)]
 fn make_q3_quants<const N: usize>(nmax: i32, x: &[f32; N], l_out: &mut [i8; N]) -> f32 {
     let mut max = 0f32;
     let mut amax = 0f32;
@@ -842,6 +992,7 @@ fn set_scale_min_k4(j: usize, q: &mut [u8], ls: u8, lm: u8) {
 mod q2k {
     use super::*;
 
+    #[inline(always)]
     fn finish(x: &[f32; QK_K], y: &mut [u8], l: &mut [u8; QK_K], dm: f32, mm: f32) {
         for j in 0..16 {
             let sc = y[j];
@@ -858,6 +1009,7 @@ mod q2k {
         pack_2bit(l, &mut y[16..80]);
     }
 
+    #[inline(always)]
     pub(super) fn quantize_ref(x: &[f32; QK_K], y: &mut [u8]) {
         let xs: [[f32; 16]; 16] = split(x);
         let mut l = [[0u8; 16]; 16];
@@ -906,6 +1058,7 @@ mod q2k {
         finish(x, y, &mut lf, dm, mm);
     }
 
+    #[inline(always)]
     pub(super) fn quantize_imatrix(x: &[f32; QK_K], qw: &[f32; QK_K], y: &mut [u8]) {
         let xs: [[f32; 16]; 16] = split(x);
         let qws: [[f32; 16]; 16] = split(qw);
@@ -974,6 +1127,7 @@ mod q3k {
     use super::*;
 
     /// Store the 16 6-bit scales `ls` (already offset by 32) into the 12-byte array.
+    #[inline(always)]
     fn pack_scales(ls: &[i32; 16], s: &mut [u8]) {
         s.fill(0);
         for (j, &l) in ls.iter().enumerate() {
@@ -995,6 +1149,7 @@ mod q3k {
         (lo | (hi << 4)) as i32 - 32
     }
 
+    #[inline(always)]
     fn finish(x: &[f32; QK_K], y: &mut [u8], l: &mut [i8; QK_K]) {
         let dall = get_f16(y, 108);
         for j in 0..16 {
@@ -1022,6 +1177,7 @@ mod q3k {
         pack_2bit(&lu, &mut rest[..64]);
     }
 
+    #[inline(always)]
     fn merge(l: &[[i8; 16]; 16]) -> [i8; QK_K] {
         let mut lf = [0i8; QK_K];
         for (d, s) in lf.chunks_exact_mut(16).zip(l.iter()) {
@@ -1030,18 +1186,17 @@ mod q3k {
         lf
     }
 
+    #[inline(always)]
     pub(super) fn quantize_ref(x: &[f32; QK_K], y: &mut [u8]) {
         let xs: [[f32; 16]; 16] = split(x);
         let mut l = [[0i8; 16]; 16];
-        let mut scales = [0f32; 16];
         let mut max_scale = 0f32;
         let mut amax = 0f32;
-        for j in 0..16 {
-            scales[j] = make_q3_quants(4, &xs[j], &mut l[j]);
-            let s = scales[j].abs();
-            if s > amax {
-                amax = s;
-                max_scale = scales[j];
+        let scales = make_q3_quants_lanes(4, &xs, &mut l);
+        for &sc in &scales {
+            if sc.abs() > amax {
+                amax = sc.abs();
+                max_scale = sc;
             }
         }
         if max_scale != 0.0 {
@@ -1061,6 +1216,7 @@ mod q3k {
         finish(x, y, &mut lf);
     }
 
+    #[inline(always)]
     pub(super) fn quantize_imatrix(x: &[f32; QK_K], qw: &[f32; QK_K], y: &mut [u8]) {
         let xs: [[f32; 16]; 16] = split(x);
         let qws: [[f32; 16]; 16] = split(qw);
@@ -1125,6 +1281,7 @@ mod q45k {
     use super::*;
 
     /// Requantize with the stored f16 scales and pack the quants (`FIVE`: Q5_K, else Q4_K).
+    #[inline(always)]
     fn finish<const FIVE: bool>(x: &[f32; QK_K], y: &mut [u8], l: &mut [u8; QK_K]) {
         let nmax = if FIVE { 31 } else { 15 };
         let dd = get_f16(y, 0);
@@ -1170,6 +1327,7 @@ mod q45k {
         }
     }
 
+    #[inline(always)]
     fn merge(l: &[[u8; 32]; 8]) -> [u8; QK_K] {
         let mut lf = [0u8; QK_K];
         for (d, s) in lf.chunks_exact_mut(32).zip(l.iter()) {
@@ -1178,25 +1336,96 @@ mod q45k {
         lf
     }
 
-    pub(super) fn quantize_ref<const FIVE: bool>(x: &[f32; QK_K], y: &mut [u8]) {
-        let (nmax, rmin, nstep) = if FIVE { (31, -0.5, 15) } else { (15, -1.0, 20) };
-        let xs: [[f32; 32]; 8] = split(x);
-        let mut l = [[0u8; 32]; 8];
-        let mut max_scale = 0f32;
-        let mut max_min = 0f32;
-        let mut weights = [[0f32; 32]; 8];
-        for (w, xj) in weights.iter_mut().zip(&xs) {
-            let mut sum_x2 = 0f32;
-            for &v in xj {
-                sum_x2 += v * v;
+    /// Encode `B` consecutive super-blocks (`x`: `B * 256` values, `qw` the same length,
+    /// `y`: `B` blocks), searching the scales of all `M = 8 * B` sub-blocks in parallel lanes.
+    #[inline(always)]
+    pub(super) fn quantize_group<const FIVE: bool, const B: usize, const M: usize>(
+        x: &[f32],
+        qw: Option<&[f32]>,
+        y: &mut [u8],
+    ) {
+        debug_assert_eq!(M, 8 * B);
+        let nmax = if FIVE { 31 } else { 15 };
+        let mut xs = [[0f32; 32]; M];
+        for (o, c) in xs.iter_mut().zip(x.chunks_exact(32)) {
+            o.copy_from_slice(c);
+        }
+        let mut weights = [[0f32; 32]; M];
+        let mut sw = [0f32; M];
+        let (rmin, rdelta, nstep) = match qw {
+            None => {
+                for (w, xj) in weights.iter_mut().zip(&xs) {
+                    let mut sum_x2 = 0f32;
+                    for &v in xj {
+                        sum_x2 += v * v;
+                    }
+                    let av_x = (sum_x2 / 32.0).sqrt();
+                    for i in 0..32 {
+                        w[i] = av_x + xj[i].abs();
+                    }
+                }
+                if FIVE {
+                    (-0.5, 0.1, 15)
+                } else {
+                    (-1.0, 0.1, 20)
+                }
             }
-            let av_x = (sum_x2 / 32.0).sqrt();
-            for i in 0..32 {
-                w[i] = av_x + xj[i].abs();
+            Some(qw) => {
+                for (b, xb) in x.chunks_exact(QK_K).enumerate() {
+                    let mut sum_x2 = 0f32;
+                    for &v in xb {
+                        sum_x2 += v * v;
+                    }
+                    let sigma2 = 2.0 * sum_x2 / QK_K as f32;
+                    for j in 8 * b..8 * b + 8 {
+                        let q = &qw[32 * j..32 * j + 32];
+                        let w = &mut weights[j];
+                        for i in 0..32 {
+                            w[i] = q[i] * (sigma2 + xs[j][i] * xs[j][i]).sqrt();
+                        }
+                        let mut s = 0f32;
+                        for &v in w.iter() {
+                            s += v;
+                        }
+                        sw[j] = s;
+                    }
+                }
+                (-0.9, 0.05, 36)
+            }
+        };
+        let mut l = [[0u8; 32]; M];
+        let (scales, mins) =
+            make_qkx_quants_lanes(nmax, &xs, &weights, &mut l, rmin, rdelta, nstep, false);
+        let bb = if FIVE { Q5K_BYTES } else { Q4K_BYTES };
+        for (b, (xb, yb)) in x.chunks_exact(QK_K).zip(y.chunks_exact_mut(bb)).enumerate() {
+            let r = 8 * b..8 * b + 8;
+            let mut sc = [0f32; 8];
+            let mut mn = [0f32; 8];
+            let mut lb = [[0u8; 32]; 8];
+            sc.copy_from_slice(&scales[r.clone()]);
+            mn.copy_from_slice(&mins[r.clone()]);
+            lb.copy_from_slice(&l[r.clone()]);
+            let xb = to_block(xb);
+            if qw.is_some() {
+                let mut w = [0f32; 8];
+                w.copy_from_slice(&sw[r]);
+                tail_imatrix::<FIVE>(&xb, yb, &sc, &mn, &w, &lb);
+            } else {
+                tail_ref::<FIVE>(&xb, yb, &sc, &mn, &lb);
             }
         }
-        let (scales, mins) =
-            make_qkx_quants_lanes(nmax, &xs, &weights, &mut l, rmin, 0.1, nstep, false);
+    }
+
+    #[inline(always)]
+    fn tail_ref<const FIVE: bool>(
+        x: &[f32; QK_K],
+        y: &mut [u8],
+        scales: &[f32; 8],
+        mins: &[f32; 8],
+        l: &[[u8; 32]; 8],
+    ) {
+        let mut max_scale = 0f32;
+        let mut max_min = 0f32;
         for j in 0..8 {
             let (s, m) = (scales[j], mins[j]);
             if s > max_scale {
@@ -1220,43 +1449,23 @@ mod q45k {
         }
         put_f16(y, 0, max_scale / 63.0);
         put_f16(y, 2, max_min / 63.0);
-        let mut lf = merge(&l);
+        let mut lf = merge(l);
         finish::<FIVE>(x, y, &mut lf);
     }
 
-    pub(super) fn quantize_imatrix<const FIVE: bool>(
+    #[inline(always)]
+    fn tail_imatrix<const FIVE: bool>(
         x: &[f32; QK_K],
-        qw: &[f32; QK_K],
         y: &mut [u8],
+        scales: &[f32; 8],
+        mins: &[f32; 8],
+        sw: &[f32; 8],
+        l: &[[u8; 32]; 8],
     ) {
-        let nmax = if FIVE { 31 } else { 15 };
-        let xs: [[f32; 32]; 8] = split(x);
-        let qws: [[f32; 32]; 8] = split(qw);
-        let mut sum_x2 = 0f32;
-        for &v in x {
-            sum_x2 += v * v;
-        }
-        let sigma2 = 2.0 * sum_x2 / QK_K as f32;
-        let mut l = [[0u8; 32]; 8];
-        let mut sw = [0f32; 8];
-        let mut weights = [[0f32; 32]; 8];
-        for j in 0..8 {
-            let w = &mut weights[j];
-            for i in 0..32 {
-                w[i] = qws[j][i] * (sigma2 + xs[j][i] * xs[j][i]).sqrt();
-            }
-            let mut s = 0f32;
-            for &v in w.iter() {
-                s += v;
-            }
-            sw[j] = s;
-        }
-        let (scales, mins) =
-            make_qkx_quants_lanes(nmax, &xs, &weights, &mut l, -0.9, 0.05, 36, false);
         let mut ls = [0u8; 8];
         let mut lm = [0u8; 8];
-        let d_block = make_qp_quants(63, &scales, &mut ls, &sw);
-        let m_block = make_qp_quants(63, &mins, &mut lm, &sw);
+        let d_block = make_qp_quants(63, scales, &mut ls, sw);
+        let m_block = make_qp_quants(63, mins, &mut lm, sw);
         let s = &mut y[4..16];
         for j in 0..8 {
             // ggml clamps to 63 here for Q5_K only.
@@ -1269,7 +1478,7 @@ mod q45k {
         }
         put_f16(y, 0, d_block);
         put_f16(y, 2, m_block);
-        let mut lf = merge(&l);
+        let mut lf = merge(l);
         finish::<FIVE>(x, y, &mut lf);
     }
 
@@ -1315,6 +1524,7 @@ mod q45k {
 mod q6k {
     use super::*;
 
+    #[inline(always)]
     pub(super) fn quantize(x: &[f32; QK_K], qw: Option<&[f32; QK_K]>, y: &mut [u8]) {
         let xs: [[f32; 16]; 16] = split(x);
         let qws: Option<[[f32; 16]; 16]> = qw.map(split);
@@ -1481,6 +1691,22 @@ mod tests {
                 &mut got,
             )
             .unwrap();
+            if ty != GgmlType::Q8_K {
+                // The portable path must agree with the (possibly AVX2) dispatched one.
+                let mut portable = vec![0u8; row_bytes];
+                let src = &input[r * ROW_LEN..(r + 1) * ROW_LEN];
+                encode_blocks(
+                    ty,
+                    src,
+                    qw.as_deref(),
+                    &mut portable,
+                    block_bytes(ty).unwrap(),
+                );
+                assert_eq!(
+                    portable, got,
+                    "{file}: row {r}: portable and dispatched paths differ"
+                );
+            }
             let w = &want[r * row_bytes..(r + 1) * row_bytes];
             if let Some(b) = got.iter().zip(w).position(|(a, b)| a != b) {
                 bad.push(format!(
@@ -1578,6 +1804,17 @@ mod tests {
                     (sc[m].to_bits(), mn[m].to_bits(), l32[m])
                 );
             }
+            let mut l3 = [[0i8; 16]; 16];
+            let sc = make_q3_quants_lanes(4, &xs16, &mut l3);
+            for m in 0..16 {
+                let mut l = [0i8; 16];
+                let a = make_q3_quants(4, &xs16[m], &mut l);
+                assert_eq!(
+                    (a.to_bits(), l),
+                    (sc[m].to_bits(), l3[m]),
+                    "q3 seed {seed} lane {m}"
+                );
+            }
             for qw in [None, Some(&ws16)] {
                 let mut li = [[0i8; 16]; 16];
                 let sc = make_qx_quants_lanes(32, &xs16, &mut li, qw);
@@ -1640,16 +1877,26 @@ mod tests {
     fn blocks_are_independent() {
         let input = read_f32("input.f32");
         let qw = read_f32("imatrix.f32");
-        let row = &input[8 * ROW_LEN..9 * ROW_LEN];
-        for ty in [GgmlType::Q2_K, GgmlType::Q4_K, GgmlType::Q6_K] {
-            let bb = block_bytes(ty).unwrap();
-            let mut whole = vec![0u8; 4 * bb];
-            quantize_row(ty, row, Some(&qw), &mut whole).unwrap();
-            for b in 0..4 {
-                let mut one = vec![0u8; bb];
-                let r = b * QK_K..(b + 1) * QK_K;
-                quantize_row(ty, &row[r.clone()], Some(&qw[r]), &mut one).unwrap();
-                assert_eq!(one, whole[b * bb..(b + 1) * bb], "{ty} block {b}");
+        // Three blocks: the Q4_K/Q5_K pair path plus the single-block remainder path.
+        let row = &input[8 * ROW_LEN..8 * ROW_LEN + 3 * QK_K];
+        let qw = &qw[..3 * QK_K];
+        for ty in [
+            GgmlType::Q2_K,
+            GgmlType::Q3_K,
+            GgmlType::Q4_K,
+            GgmlType::Q5_K,
+            GgmlType::Q6_K,
+        ] {
+            for w in [None, Some(qw)] {
+                let bb = block_bytes(ty).unwrap();
+                let mut whole = vec![0u8; 3 * bb];
+                quantize_row(ty, row, w, &mut whole).unwrap();
+                for b in 0..3 {
+                    let mut one = vec![0u8; bb];
+                    let r = b * QK_K..(b + 1) * QK_K;
+                    quantize_row(ty, &row[r.clone()], w.map(|q| &q[r]), &mut one).unwrap();
+                    assert_eq!(one, whole[b * bb..(b + 1) * bb], "{ty} block {b}");
+                }
             }
         }
     }

@@ -79,11 +79,13 @@ fn get_f16(lo: u8, hi: u8) -> f32 {
 }
 
 /// The f32 values that convert to i32 without overflow.
+#[cfg(any(test, not(target_arch = "x86_64")))]
 const I32_RANGE: std::ops::Range<f32> = -2_147_483_648.0..2_147_483_648.0;
 
 /// C's `(int)f` as x86's `cvttss2si` does it: truncate toward zero, and give `i32::MIN`
 /// (0x80000000) for NaN and out-of-range values, where Rust's `as` would saturate. It matters
 /// when a block's scale is so tiny that `1/d` overflows to Inf (subnormal inputs).
+#[cfg(any(test, not(target_arch = "x86_64")))]
 #[inline(always)]
 fn trunc_i32(v: f32) -> i32 {
     if I32_RANGE.contains(&v) {
@@ -99,6 +101,22 @@ fn trunc_i32(v: f32) -> i32 {
 fn nearest_int(v: f32) -> i32 {
     let val = v + 12_582_912.0;
     (val.to_bits() & 0x007F_FFFF) as i32 - 0x0040_0000
+}
+
+/// `nearest_int(v).clamp(lo, hi) as f32` computed in the float domain so it vectorizes:
+/// clamping first is the same because rounding is monotone and keeps integers, and the
+/// 1.5·2^23 add/subtract rounds exactly like `nearest_int`. NaN gives 0 as `nearest_int`
+/// does. Equal to the integer form for |v| <= 2^22 - 1 (the domain ggml asserts) and NaN.
+#[inline(always)]
+fn round_clamp(v: f32, lo: f32, hi: f32) -> f32 {
+    let c = if v < lo { lo } else { v };
+    let c = if hi < c { hi } else { c };
+    let r = (c + 12_582_912.0) - 12_582_912.0;
+    if r.is_nan() {
+        0.0
+    } else {
+        r
+    }
 }
 
 /// `1/d`, or 0 when `d` is zero (NaN is not zero, as in C).
@@ -170,23 +188,16 @@ fn min_max(x: &[f32; QK]) -> (f32, f32) {
     (min, max)
 }
 
-/// `(int)roundf(v)` on x86: round half away from zero without a libm call (the fractional
-/// part `v - trunc(v)` is exact), and `i32::MIN` for NaN and out-of-range values like
-/// [`trunc_i32`].
+/// `(int)roundf(s)` on x86 given `t = trunc_i32(s)`: round half away from zero without a libm
+/// call by stepping on the exact fraction `s - t`. NaN and out-of-range `s` (where `t` is
+/// `i32::MIN`) stay `i32::MIN`, as `cvttss2si(roundf(s))` gives.
 #[inline(always)]
-fn round_half_away(v: f32) -> i32 {
-    if !I32_RANGE.contains(&v) {
-        return i32::MIN;
+fn round_from_trunc(s: f32, t: i32) -> i32 {
+    if t == i32::MIN {
+        return t;
     }
-    let t = v as i32;
-    let frac = v - t as f32;
-    if frac >= 0.5 {
-        t + 1
-    } else if frac <= -0.5 {
-        t - 1
-    } else {
-        t
-    }
+    let frac = s - t as f32;
+    t + (frac >= 0.5) as i32 - (frac <= -0.5) as i32
 }
 
 /// Pack 32 five-bit quants (low nibbles in `qs`, fifth bits in `qh`).
@@ -206,19 +217,90 @@ fn pack5(l: &[u8; QK], qh_out: &mut [u8], qs_out: &mut [u8]) {
 // Plain encoders (quantize_row_*_ref)
 // ---------------------------------------------------------------------------------------------
 
+/// `trunc_i32` on a whole block, with SSE2's `cvttps2dq` on x86-64 (the same instruction
+/// semantics ggml's C casts compile to: NaN and out-of-range give `i32::MIN`), four at a time.
+#[inline(always)]
+fn trunc_block(v: &[f32; QK]) -> [i32; QK] {
+    let mut out = [0i32; QK];
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{__m128, __m128i, _mm_cvttps_epi32};
+        for (o, c) in out.chunks_exact_mut(4).zip(v.chunks_exact(4)) {
+            let (Ok(o), Ok(c)) = (<&mut [i32; 4]>::try_from(o), <&[f32; 4]>::try_from(c)) else {
+                continue;
+            };
+            // SAFETY: [f32; 4] and __m128 (and [i32; 4] and __m128i) have the same size and
+            // every bit pattern is valid for both; SSE2 is part of the x86-64 baseline.
+            #[allow(unused_unsafe)]
+            unsafe {
+                let x: __m128 = std::mem::transmute::<[f32; 4], __m128>(*c);
+                *o = std::mem::transmute::<__m128i, [i32; 4]>(_mm_cvttps_epi32(x));
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for (o, &x) in out.iter_mut().zip(v.iter()) {
+        *o = trunc_i32(x);
+    }
+    out
+}
+
+/// Quants `min(hi, (int8_t)(int)(x * id + off))` of one block (Q4_0, Q5_0).
+#[inline(always)]
+fn scaled_quants(x: &[f32; QK], id: f32, off: f32, hi: i32) -> [u8; QK] {
+    let mut s = [0.0f32; QK];
+    for (o, &v) in s.iter_mut().zip(x.iter()) {
+        *o = v * id + off;
+    }
+    let t = trunc_block(&s);
+    let mut l = [0u8; QK];
+    for (q, &t) in l.iter_mut().zip(t.iter()) {
+        *q = hi.min(t as i8 as i32) as u8;
+    }
+    l
+}
+
+/// Quants `(int)((x - min) * id + 0.5)`, as `min(hi, (int8_t)..)` for Q4_1 and as
+/// `(uint8_t)..` (no clamp) for Q5_1.
+#[inline(always)]
+fn offset_quants(x: &[f32; QK], min: f32, id: f32, hi: Option<i32>) -> [u8; QK] {
+    let mut s = [0.0f32; QK];
+    for (o, &v) in s.iter_mut().zip(x.iter()) {
+        *o = (v - min) * id + 0.5;
+    }
+    let t = trunc_block(&s);
+    let mut l = [0u8; QK];
+    match hi {
+        Some(hi) => {
+            for (q, &t) in l.iter_mut().zip(t.iter()) {
+                *q = hi.min(t as i8 as i32) as u8;
+            }
+        }
+        None => {
+            for (q, &t) in l.iter_mut().zip(t.iter()) {
+                *q = t as u8;
+            }
+        }
+    }
+    l
+}
+
+/// Pack 32 four-bit quants: element `j` in the low nibble, element `j + 16` in the high one.
+#[inline(always)]
+fn pack4(l: &[u8; QK], qs: &mut [u8]) {
+    for (j, q) in qs.iter_mut().take(HALF).enumerate() {
+        *q = l[j] | (l[j + HALF] << 4);
+    }
+}
+
 #[inline(always)]
 fn q4_0_block(x: &[f32; QK], y: &mut [u8; Q4_0_BYTES]) {
     let (max, _) = signed_absmax(x);
     let d = max / -8.0;
     let id = inverse_or_zero(d);
     put_f16(&mut y[0..2], d);
-    for j in 0..HALF {
-        let x0 = x[j] * id;
-        let x1 = x[j + HALF] * id;
-        let q0 = 15.min(trunc_i32(x0 + 8.5) as i8 as i32) as u8;
-        let q1 = 15.min(trunc_i32(x1 + 8.5) as i8 as i32) as u8;
-        y[2 + j] = q0 | (q1 << 4);
-    }
+    let l = scaled_quants(x, id, 8.5, 15);
+    pack4(&l, &mut y[2..]);
 }
 
 #[inline(always)]
@@ -228,13 +310,8 @@ fn q4_1_block(x: &[f32; QK], y: &mut [u8; Q4_1_BYTES]) {
     let id = inverse_or_zero(d);
     put_f16(&mut y[0..2], d);
     put_f16(&mut y[2..4], min);
-    for j in 0..HALF {
-        let x0 = (x[j] - min) * id;
-        let x1 = (x[j + HALF] - min) * id;
-        let q0 = 15.min(trunc_i32(x0 + 0.5) as i8 as i32) as u8;
-        let q1 = 15.min(trunc_i32(x1 + 0.5) as i8 as i32) as u8;
-        y[4 + j] = q0 | (q1 << 4);
-    }
+    let l = offset_quants(x, min, id, Some(15));
+    pack4(&l, &mut y[4..]);
 }
 
 #[inline(always)]
@@ -243,10 +320,7 @@ fn q5_0_block(x: &[f32; QK], y: &mut [u8; Q5_0_BYTES]) {
     let d = max / -16.0;
     let id = inverse_or_zero(d);
     put_f16(&mut y[0..2], d);
-    let mut l = [0u8; QK];
-    for (q, &v) in l.iter_mut().zip(x.iter()) {
-        *q = 31.min(trunc_i32(v * id + 16.5) as i8 as i32) as u8;
-    }
+    let l = scaled_quants(x, id, 16.5, 31);
     let (qh, qs) = y[2..].split_at_mut(4);
     pack5(&l, qh, qs);
 }
@@ -258,28 +332,45 @@ fn q5_1_block(x: &[f32; QK], y: &mut [u8; Q5_1_BYTES]) {
     let id = inverse_or_zero(d);
     put_f16(&mut y[0..2], d);
     put_f16(&mut y[2..4], min);
-    let mut l = [0u8; QK];
-    for (q, &v) in l.iter_mut().zip(x.iter()) {
-        // No clamp here in ggml: (uint8_t)(x0 + 0.5f).
-        *q = trunc_i32((v - min) * id + 0.5) as u8;
-    }
+    // No clamp here in ggml: (uint8_t)(x0 + 0.5f).
+    let l = offset_quants(x, min, id, None);
     let (qh, qs) = y[4..].split_at_mut(4);
     pack5(&l, qh, qs);
 }
 
 #[inline(always)]
 fn q8_0_block(x: &[f32; QK], y: &mut [u8; Q8_0_BYTES]) {
-    let mut amax = 0.0f32;
-    for &v in x {
-        // MAX(a, b) = a > b ? a : b, kept literally for NaN behaviour.
-        let a = v.abs();
-        amax = if amax > a { amax } else { a };
-    }
+    // ggml: amax = MAX(amax, fabsf(v)) with MAX(a, b) = a > b ? a : b. Without NaN that is the
+    // plain maximum (vectorized lane-wise); with a NaN the literal loop decides.
+    let has_nan = x.iter().fold(false, |n, v| n | v.is_nan());
+    let amax = if has_nan {
+        let mut amax = 0.0f32;
+        for &v in x {
+            let a = v.abs();
+            amax = if amax > a { amax } else { a };
+        }
+        amax
+    } else {
+        let mut acc = [0.0f32; 8];
+        for c in x.chunks_exact(8) {
+            for k in 0..8 {
+                let a = c[k].abs();
+                acc[k] = if acc[k] > a { acc[k] } else { a };
+            }
+        }
+        acc.iter().fold(0.0f32, |m, &a| if m > a { m } else { a })
+    };
     let d = amax / 127.0;
     let id = inverse_or_zero(d);
     put_f16(&mut y[0..2], d);
-    for (q, &v) in y[2..].iter_mut().zip(x.iter()) {
-        *q = round_half_away(v * id) as i8 as u8;
+    // roundf then the x86 cast; a NaN or infinite s ends as i32::MIN, low byte 0, as in ggml.
+    let mut s = [0.0f32; QK];
+    for (o, &v) in s.iter_mut().zip(x.iter()) {
+        *o = v * id;
+    }
+    let t = trunc_block(&s);
+    for ((q, &t), &s) in y[2..].iter_mut().zip(t.iter()).zip(s.iter()) {
+        *q = round_from_trunc(s, t) as i8 as u8;
     }
 }
 
@@ -510,14 +601,21 @@ fn make_qx_quants_lanes(
     for k in 0..LANES {
         iscale[k] = (-nmax) as f32 / max[k];
     }
+    let (lo, hi) = (-nmax_f, (nmax - 1) as f32);
+    // ggml's `w*x[i]*l` is `(w*x[i])*l`: the first product does not depend on the step.
+    let mut wx = [[0.0f32; LANES]; QK];
+    for i in 0..QK {
+        for k in 0..LANES {
+            wx[i][k] = w[i][k] * x[i][k];
+        }
+    }
     let mut sumlx = [0.0f32; LANES];
     let mut suml2 = [0.0f32; LANES];
     for i in 0..QK {
         for k in 0..LANES {
-            let l = nearest_int(iscale[k] * x[i][k]).clamp(-nmax, nmax - 1);
-            l_out[i][k] = (l + nmax) as u8;
-            let lf = l as f32;
-            sumlx[k] += w[i][k] * x[i][k] * lf;
+            let lf = round_clamp(iscale[k] * x[i][k], lo, hi);
+            l_out[i][k] = (lf as i32 + nmax) as u8;
+            sumlx[k] += wx[i][k] * lf;
             suml2[k] += w[i][k] * lf * lf;
         }
     }
@@ -531,7 +629,6 @@ fn make_qx_quants_lanes(
         };
         best[k] = scale[k] * sumlx[k];
     }
-    let mut laux = [[0u8; LANES]; QK];
     for is in -9i32..=9 {
         if is == 0 {
             continue;
@@ -544,10 +641,8 @@ fn make_qx_quants_lanes(
         suml2 = [0.0; LANES];
         for i in 0..QK {
             for k in 0..LANES {
-                let l = nearest_int(iscale[k] * x[i][k]).clamp(-nmax, nmax - 1);
-                laux[i][k] = (l + nmax) as u8;
-                let lf = l as f32;
-                sumlx[k] += w[i][k] * x[i][k] * lf;
+                let lf = round_clamp(iscale[k] * x[i][k], lo, hi);
+                sumlx[k] += wx[i][k] * lf;
                 suml2[k] += w[i][k] * lf * lf;
             }
         }
@@ -559,9 +654,15 @@ fn make_qx_quants_lanes(
                 best[k] = scale[k] * sumlx[k];
             }
         }
-        for i in 0..QK {
-            for k in 0..LANES {
-                l_out[i][k] = if upd[k] { laux[i][k] } else { l_out[i][k] };
+        // As ggml: the quants are recomputed only when a step wins (rarely).
+        if upd.iter().any(|&u| u) {
+            for i in 0..QK {
+                for k in 0..LANES {
+                    if upd[k] {
+                        let lf = round_clamp(iscale[k] * x[i][k], lo, hi);
+                        l_out[i][k] = (lf as i32 + nmax) as u8;
+                    }
+                }
             }
         }
     }
@@ -588,6 +689,7 @@ fn make_qkx3_quants_lanes(
     const RMIN: f32 = -0.9;
     const RDELTA: f32 = 0.05;
     const NSTEP: i32 = 36;
+    let nmax_f = nmax as f32;
     let mut min = x[0];
     let mut max = x[0];
     let mut sum_w = w[0];
@@ -622,13 +724,13 @@ fn make_qkx3_quants_lanes(
     let mut best_mad = [0.0f32; LANES];
     for i in 0..QK {
         for k in 0..LANES {
-            let l = nearest_int(iscale[k] * (x[i][k] - min[k])).clamp(0, nmax);
-            l_out[i][k] = l as u8;
-            let diff = scale[k] * l as f32 + min[k] - x[i][k];
+            let lf = round_clamp(iscale[k] * (x[i][k] - min[k]), 0.0, nmax_f);
+            l_out[i][k] = lf as u8;
+            let diff = scale[k] * lf + min[k] - x[i][k];
             best_mad[k] += w[i][k] * (diff * diff);
         }
     }
-    let mut laux = [[0u8; LANES]; QK];
+    let mut laux = [[0.0f32; LANES]; QK];
     for is in 0..=NSTEP {
         let num = RMIN + RDELTA * is as f32 + nmax as f32;
         for k in 0..LANES {
@@ -640,9 +742,8 @@ fn make_qkx3_quants_lanes(
         let mut sum_xl = [0.0f32; LANES];
         for i in 0..QK {
             for k in 0..LANES {
-                let l = nearest_int(iscale[k] * (x[i][k] - min[k])).clamp(0, nmax);
-                laux[i][k] = l as u8;
-                let lf = l as f32;
+                let lf = round_clamp(iscale[k] * (x[i][k] - min[k]), 0.0, nmax_f);
+                laux[i][k] = lf;
                 sum_l[k] += w[i][k] * lf;
                 sum_l2[k] += w[i][k] * lf * lf;
                 sum_xl[k] += w[i][k] * lf * x[i][k];
@@ -663,7 +764,7 @@ fn make_qkx3_quants_lanes(
         let mut mad = [0.0f32; LANES];
         for i in 0..QK {
             for k in 0..LANES {
-                let diff = this_scale[k] * laux[i][k] as f32 + this_min[k] - x[i][k];
+                let diff = this_scale[k] * laux[i][k] + this_min[k] - x[i][k];
                 mad[k] += w[i][k] * (diff * diff);
             }
         }
@@ -676,9 +777,15 @@ fn make_qkx3_quants_lanes(
                 min[k] = this_min[k];
             }
         }
-        for i in 0..QK {
-            for k in 0..LANES {
-                l_out[i][k] = if upd[k] { laux[i][k] } else { l_out[i][k] };
+        if upd.iter().any(|&u| u) {
+            for i in 0..QK {
+                for k in 0..LANES {
+                    l_out[i][k] = if upd[k] {
+                        laux[i][k] as u8
+                    } else {
+                        l_out[i][k]
+                    };
+                }
             }
         }
     }
@@ -1052,6 +1159,7 @@ mod tests {
 
     #[test]
     fn round_half_away_matches_roundf() {
+        let round_half_away = |v: f32| round_from_trunc(v, trunc_i32(v));
         for i in -300_000..300_000 {
             let v = i as f32 * 0.000_5;
             assert_eq!(round_half_away(v), v.round() as i32, "{v}");
