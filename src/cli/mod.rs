@@ -16,7 +16,6 @@ pub mod bench;
 mod convert;
 mod diff;
 mod inspect;
-mod report;
 mod ppl;
 mod report;
 mod run;
