@@ -1,13 +1,13 @@
-//! `ggufq batch` driving the real ggufq binary (`convert`, and `bench` when the build has a GPU
-//! adapter) on a tiny synthetic llama model.
-#![cfg(feature = "gpu")]
+//! `ggufq batch` driving the real ggufq binary: `convert`, `ppl --json` (perplexity and KLD on
+//! the CPU) and `bench` (when a hardware GPU adapter exists) on a tiny synthetic llama, and on
+//! SmolLM2 when it has been fetched.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ggufq::gguf::GgufFile;
-use ggufq::gpu::source::{Mix, Shape, SynthSource};
 use ggufq::quant::GgmlType;
+use ggufq::synth::{write_model, SynthOptions, SynthShape};
 use serde_json::Value;
 
 fn json(p: &Path) -> Value {
@@ -17,15 +17,16 @@ fn json(p: &Path) -> Value {
     .unwrap()
 }
 
-/// A tiny F16 llama (256 wide, 2 layers) written with the synthetic-model writer.
+/// A tiny F16 llama (256 wide, 2 layers, synthetic byte-level BPE vocabulary).
 fn tiny_source(dir: &Path) -> PathBuf {
     let p = dir.join("tiny-f16.gguf");
-    let src = SynthSource {
-        shape: Shape::named("tiny").unwrap(),
-        mix: Mix::Uniform(GgmlType::F16),
-        name: "tiny-f16".into(),
+    let opts = SynthOptions {
+        shape: SynthShape::named("tiny").unwrap(),
+        ty: GgmlType::F16,
+        seed: 7,
+        tokenizer_from: None,
     };
-    src.write_gguf(&p).unwrap();
+    write_model(&p, &opts).unwrap();
     p
 }
 
@@ -42,6 +43,10 @@ fn batch(dir: &Path, args: &[&str]) -> std::process::Output {
 fn real_convert_outputs_resume_and_report() {
     let d = tempfile::tempdir().unwrap();
     tiny_source(d.path());
+    let text: String = (0..200)
+        .map(|i| format!("The number {i} follows {}. ", i + 1))
+        .collect();
+    std::fs::write(d.path().join("text.txt"), text).unwrap();
     std::fs::write(
         d.path().join("pipeline.yaml"),
         "\
@@ -52,6 +57,9 @@ recipes:
   - { type: Q5_1 }
   - { type: Q4_0, name: pure-q4_0 }
 validation:
+  text: text.txt
+  ctx: 32
+  chunks: 2
   bench: auto
   bench_args: [-p, '8', -n, '4', -r, '1']
 ",
@@ -80,6 +88,10 @@ validation:
         // bpw read from convert's manifest.
         let bpw = r["bpw"].as_f64().unwrap();
         assert!(bpw > 4.0 && bpw < 9.0, "{id}: {bpw}");
+        // Perplexity and KLD against the source, from `ggufq ppl --kl-base --json`.
+        assert!(r["ppl"].as_f64().unwrap() > 1.0, "{r}");
+        assert!(r["kld"].as_f64().unwrap() >= 0.0, "{r}");
+        assert!(r["base_ppl"].as_f64().unwrap() > 1.0, "{r}");
         let m = json(&d.path().join(format!("out/{id}.gguf.manifest.json")));
         assert_eq!(m["source"]["sha256"], r["source_sha256"]);
     }
@@ -98,6 +110,20 @@ validation:
         })
         .collect();
     assert!(sizes[0] > sizes[1] && sizes[1] > sizes[2], "{sizes:?}");
+    // Fewer bits, more divergence from the F16 source.
+    let kld: Vec<f64> = ["Q8_0", "Q5_1", "pure-q4_0"]
+        .iter()
+        .map(|v| {
+            let r = rep["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["variant"] == *v)
+                .unwrap();
+            r["kld"].as_f64().unwrap()
+        })
+        .collect();
+    assert!(kld[0] < kld[1] && kld[1] < kld[2], "{kld:?}");
     let md = std::fs::read_to_string(d.path().join("out/report/summary.md")).unwrap();
     assert!(md.contains("| tiny-f16 | pure-q4_0 |"), "{md}");
 

@@ -204,7 +204,10 @@ mod tests {
         write_atomic(&ok.join("y.json"), b"{}").unwrap();
         assert_eq!(std::fs::read(ok.join("y.json")).unwrap(), b"{}");
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(ok.join("y.json")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(ok.join("y.json"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o644);
     }
 }
