@@ -91,7 +91,8 @@ fn byte_chars() -> Vec<char> {
     let mut out = Vec::with_capacity(256);
     let mut n = 0u32;
     for b in 0..256u32 {
-        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let printable =
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
         let c = if printable {
             b
         } else {
@@ -127,7 +128,10 @@ fn synthetic_tokenizer() -> Vec<(String, Value)> {
         types.push(1);
     }
     let arr_s = |v: &[String]| {
-        Value::Array(Array::new(ValueType::String, v.iter().map(|s| Value::String(s.clone())).collect()))
+        Value::Array(Array::new(
+            ValueType::String,
+            v.iter().map(|s| Value::String(s.clone())).collect(),
+        ))
     };
     vec![
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
@@ -135,7 +139,10 @@ fn synthetic_tokenizer() -> Vec<(String, Value)> {
         ("tokenizer.ggml.tokens".into(), arr_s(&tokens)),
         (
             "tokenizer.ggml.token_type".into(),
-            Value::Array(Array::new(ValueType::I32, types.into_iter().map(Value::I32).collect())),
+            Value::Array(Array::new(
+                ValueType::I32,
+                types.into_iter().map(Value::I32).collect(),
+            )),
         ),
         ("tokenizer.ggml.merges".into(), arr_s(&merges)),
         ("tokenizer.ggml.bos_token_id".into(), Value::U32(0)),
@@ -151,13 +158,22 @@ pub fn write_model(path: &Path, opts: &SynthOptions) -> Result<SynthShape> {
     let tok_meta = match &opts.tokenizer_from {
         Some(src) => {
             let f = GgufFile::open(src)?;
-            let meta: Vec<(String, Value)> =
-                f.metadata.iter().filter(|(k, _)| k.starts_with("tokenizer.")).cloned().collect();
+            let meta: Vec<(String, Value)> = f
+                .metadata
+                .iter()
+                .filter(|(k, _)| k.starts_with("tokenizer."))
+                .cloned()
+                .collect();
             let n = f
                 .get("tokenizer.ggml.tokens")
                 .and_then(|v| v.as_array())
                 .map(|a| a.len())
-                .ok_or_else(|| Error::msg(format!("{}: no tokenizer.ggml.tokens to copy", src.display())))?;
+                .ok_or_else(|| {
+                    Error::msg(format!(
+                        "{}: no tokenizer.ggml.tokens to copy",
+                        src.display()
+                    ))
+                })?;
             shape.n_vocab = n;
             meta
         }
@@ -168,7 +184,8 @@ pub fn write_model(path: &Path, opts: &SynthOptions) -> Result<SynthShape> {
         }
     };
     let s = shape;
-    if s.n_head == 0 || s.n_head_kv == 0 || s.n_head % s.n_head_kv != 0 || s.n_embd % s.n_head != 0 {
+    if s.n_head == 0 || s.n_head_kv == 0 || s.n_head % s.n_head_kv != 0 || s.n_embd % s.n_head != 0
+    {
         return Err(Error::msg(format!(
             "synth: heads {} / kv heads {} do not divide embedding {}",
             s.n_head, s.n_head_kv, s.n_embd
@@ -179,7 +196,10 @@ pub fn write_model(path: &Path, opts: &SynthOptions) -> Result<SynthShape> {
     let u32v = |v: usize| Value::U32(v as u32);
     let mut meta: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String("llama".into())),
-        ("general.name".into(), Value::String(format!("ggufq-synth-{}", opts.ty.name()))),
+        (
+            "general.name".into(),
+            Value::String(format!("ggufq-synth-{}", opts.ty.name())),
+        ),
         ("llama.block_count".into(), u32v(s.n_layer)),
         ("llama.context_length".into(), u32v(s.n_ctx)),
         ("llama.embedding_length".into(), u32v(s.n_embd)),
@@ -187,14 +207,21 @@ pub fn write_model(path: &Path, opts: &SynthOptions) -> Result<SynthShape> {
         ("llama.attention.head_count".into(), u32v(s.n_head)),
         ("llama.attention.head_count_kv".into(), u32v(s.n_head_kv)),
         ("llama.rope.freq_base".into(), Value::F32(10000.0)),
-        ("llama.attention.layer_norm_rms_epsilon".into(), Value::F32(1e-5)),
+        (
+            "llama.attention.layer_norm_rms_epsilon".into(),
+            Value::F32(1e-5),
+        ),
         ("llama.rope.dimension_count".into(), u32v(hd)),
         ("llama.vocab_size".into(), u32v(s.n_vocab)),
         ("general.quantization_version".into(), Value::U32(2)),
     ];
     meta.extend(tok_meta);
     // (name, dims, is_matrix)
-    let mut list: Vec<(String, Vec<u64>, bool)> = vec![("token_embd.weight".into(), vec![s.n_embd as u64, s.n_vocab as u64], true)];
+    let mut list: Vec<(String, Vec<u64>, bool)> = vec![(
+        "token_embd.weight".into(),
+        vec![s.n_embd as u64, s.n_vocab as u64],
+        true,
+    )];
     for l in 0..s.n_layer {
         let e = s.n_embd as u64;
         let f = s.n_ff as u64;
@@ -210,14 +237,23 @@ pub fn write_model(path: &Path, opts: &SynthOptions) -> Result<SynthShape> {
         list.push((format!("blk.{l}.ffn_down.weight"), vec![f, e], true));
     }
     list.push(("output_norm.weight".into(), vec![s.n_embd as u64], false));
-    list.push(("output.weight".into(), vec![s.n_embd as u64, s.n_vocab as u64], true));
+    list.push((
+        "output.weight".into(),
+        vec![s.n_embd as u64, s.n_vocab as u64],
+        true,
+    ));
     let mut specs = Vec::with_capacity(list.len());
     for (name, dims, mat) in &list {
         let ty = if *mat { opts.ty } else { GgmlType::F32 };
         if dims[0] % ty.block_size() != 0 {
             return Err(Error::Tensor {
                 tensor: name.clone(),
-                msg: format!("row length {} is not a multiple of the {} block size {}", dims[0], ty.name(), ty.block_size()),
+                msg: format!(
+                    "row length {} is not a multiple of the {} block size {}",
+                    dims[0],
+                    ty.name(),
+                    ty.block_size()
+                ),
             });
         }
         specs.push(TensorSpec::new(name.clone(), dims.clone(), ty)?);
@@ -232,15 +268,31 @@ pub fn write_model(path: &Path, opts: &SynthOptions) -> Result<SynthShape> {
             let ty = if *mat { opts.ty } else { GgmlType::F32 };
             let rb = spec.n_bytes as usize / rows.max(1);
             let mut data = vec![0u8; spec.n_bytes as usize];
-            let std = if *mat { 1.0 / (dims[0] as f32).sqrt() } else { 0.0 };
+            let std = if *mat {
+                1.0 / (dims[0] as f32).sqrt()
+            } else {
+                0.0
+            };
             let seed = opts.seed ^ ((ti as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407));
-            data.par_chunks_mut(rb).enumerate().try_for_each(|(r, dst)| -> Result<()> {
-                let mut rng = Rng(seed.wrapping_add((r as u64).wrapping_mul(0x9FB2_1C65_1E98_DF25)));
-                let vals: Vec<f32> = (0..row)
-                    .map(|_| if *mat { rng.normal() * std } else { 1.0 + 0.1 * rng.normal() })
-                    .collect();
-                quantize_row(ty, &vals, None, dst).map_err(|e| Error::Tensor { tensor: name.clone(), msg: e.to_string() })
-            })?;
+            data.par_chunks_mut(rb)
+                .enumerate()
+                .try_for_each(|(r, dst)| -> Result<()> {
+                    let mut rng =
+                        Rng(seed.wrapping_add((r as u64).wrapping_mul(0x9FB2_1C65_1E98_DF25)));
+                    let vals: Vec<f32> = (0..row)
+                        .map(|_| {
+                            if *mat {
+                                rng.normal() * std
+                            } else {
+                                1.0 + 0.1 * rng.normal()
+                            }
+                        })
+                        .collect();
+                    quantize_row(ty, &vals, None, dst).map_err(|e| Error::Tensor {
+                        tensor: name.clone(),
+                        msg: e.to_string(),
+                    })
+                })?;
             w.write_tensor(&data)?;
         }
         use std::io::Write;
@@ -253,10 +305,20 @@ pub fn write_model(path: &Path, opts: &SynthOptions) -> Result<SynthShape> {
 
 /// Write a tiny model for tests: 2 layers, 256 wide, GQA 4/2 heads, weights of type `ty`,
 /// with SmolLM2's tokenizer copied from `tokenizer_from` or a 328-token synthetic BPE vocab.
-pub fn write_tiny_model(path: &Path, ty: GgmlType, seed: u64, tokenizer_from: Option<&Path>) -> Result<SynthShape> {
+pub fn write_tiny_model(
+    path: &Path,
+    ty: GgmlType,
+    seed: u64,
+    tokenizer_from: Option<&Path>,
+) -> Result<SynthShape> {
     let shape = SynthShape::named("tiny").ok_or_else(|| Error::msg("no tiny shape"))?;
     write_model(
         path,
-        &SynthOptions { shape, ty, seed, tokenizer_from: tokenizer_from.map(Path::to_path_buf) },
+        &SynthOptions {
+            shape,
+            ty,
+            seed,
+            tokenizer_from: tokenizer_from.map(Path::to_path_buf),
+        },
     )
 }

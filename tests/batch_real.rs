@@ -1,13 +1,13 @@
-//! `ggufq batch` driving the real ggufq binary (`convert`, and `bench` when the build has a GPU
-//! adapter) on a tiny synthetic llama model.
-#![cfg(feature = "gpu")]
+//! `ggufq batch` driving the real ggufq binary: `convert`, `ppl --json` (perplexity and KLD on
+//! the CPU) and `bench` (when a hardware GPU adapter exists) on a tiny synthetic llama, and on
+//! SmolLM2 when it has been fetched.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ggufq::gguf::GgufFile;
-use ggufq::gpu::source::{Mix, Shape, SynthSource};
 use ggufq::quant::GgmlType;
+use ggufq::synth::{write_model, SynthOptions, SynthShape};
 use serde_json::Value;
 
 fn json(p: &Path) -> Value {
@@ -17,15 +17,16 @@ fn json(p: &Path) -> Value {
     .unwrap()
 }
 
-/// A tiny F16 llama (256 wide, 2 layers) written with the synthetic-model writer.
+/// A tiny F16 llama (256 wide, 2 layers, synthetic byte-level BPE vocabulary).
 fn tiny_source(dir: &Path) -> PathBuf {
     let p = dir.join("tiny-f16.gguf");
-    let src = SynthSource {
-        shape: Shape::named("tiny").unwrap(),
-        mix: Mix::Uniform(GgmlType::F16),
-        name: "tiny-f16".into(),
+    let opts = SynthOptions {
+        shape: SynthShape::named("tiny").unwrap(),
+        ty: GgmlType::F16,
+        seed: 7,
+        tokenizer_from: None,
     };
-    src.write_gguf(&p).unwrap();
+    write_model(&p, &opts).unwrap();
     p
 }
 
@@ -42,6 +43,10 @@ fn batch(dir: &Path, args: &[&str]) -> std::process::Output {
 fn real_convert_outputs_resume_and_report() {
     let d = tempfile::tempdir().unwrap();
     tiny_source(d.path());
+    let text: String = (0..200)
+        .map(|i| format!("The number {i} follows {}. ", i + 1))
+        .collect();
+    std::fs::write(d.path().join("text.txt"), text).unwrap();
     std::fs::write(
         d.path().join("pipeline.yaml"),
         "\
@@ -52,6 +57,9 @@ recipes:
   - { type: Q5_1 }
   - { type: Q4_0, name: pure-q4_0 }
 validation:
+  text: text.txt
+  ctx: 32
+  chunks: 2
   bench: auto
   bench_args: [-p, '8', -n, '4', -r, '1']
 ",
@@ -80,6 +88,10 @@ validation:
         // bpw read from convert's manifest.
         let bpw = r["bpw"].as_f64().unwrap();
         assert!(bpw > 4.0 && bpw < 9.0, "{id}: {bpw}");
+        // Perplexity and KLD against the source, from `ggufq ppl --kl-base --json`.
+        assert!(r["ppl"].as_f64().unwrap() > 1.0, "{r}");
+        assert!(r["kld"].as_f64().unwrap() >= 0.0, "{r}");
+        assert!(r["base_ppl"].as_f64().unwrap() > 1.0, "{r}");
         let m = json(&d.path().join(format!("out/{id}.gguf.manifest.json")));
         assert_eq!(m["source"]["sha256"], r["source_sha256"]);
     }
@@ -98,6 +110,20 @@ validation:
         })
         .collect();
     assert!(sizes[0] > sizes[1] && sizes[1] > sizes[2], "{sizes:?}");
+    // Fewer bits, more divergence from the F16 source.
+    let kld: Vec<f64> = ["Q8_0", "Q5_1", "pure-q4_0"]
+        .iter()
+        .map(|v| {
+            let r = rep["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["variant"] == *v)
+                .unwrap();
+            r["kld"].as_f64().unwrap()
+        })
+        .collect();
+    assert!(kld[0] < kld[1] && kld[1] < kld[2], "{kld:?}");
     let md = std::fs::read_to_string(d.path().join("out/report/summary.md")).unwrap();
     assert!(md.contains("| tiny-f16 | pure-q4_0 |"), "{md}");
 
@@ -128,4 +154,71 @@ validation:
         json(&d.path().join("out/results/tiny-f16__Q8_0.json"))["status"],
         "ok"
     );
+}
+
+/// The real model end to end on the CPU: convert (requantizing SmolLM2's Q4_1), perplexity and
+/// KL-divergence against the source, gates and report. Needs SmolLM2 (scripts/fetch-model.sh,
+/// which the test script runs); without it there is nothing to measure and the test says so.
+#[test]
+fn smollm2_convert_ppl_kld_report() {
+    let Some(model) = ggufq::testutil::smollm2_path() else {
+        eprintln!("SmolLM2 not fetched (scripts/fetch-model.sh): skipping the real-model batch");
+        return;
+    };
+    let text = ggufq::testutil::testdata_dir().join("wikitext-2-raw-test.txt");
+    let hybrid = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("recipes/hybrid.yaml");
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("pipeline.yaml"),
+        format!(
+            "\
+output: out
+allow_requantize: true
+models: [{{ path: '{}', name: smollm2 }}]
+recipes:
+  - Q8_0
+  - {{ recipe: '{}', name: hybrid }}
+validation: {{ text: '{}', ctx: 64, chunks: 1, bench: never }}
+gates: {{ max_kld: 0.05 }}
+",
+            model.display(),
+            hybrid.display(),
+            text.display()
+        ),
+    )
+    .unwrap();
+    let out = batch(d.path(), &["pipeline.yaml", "-j", "1"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // hybrid (attention Q5_K, the rest Q2_K) is far from its source: the KLD gate fails it.
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let src = json(&d.path().join("out/results/smollm2__source.json"));
+    let q8 = json(&d.path().join("out/results/smollm2__Q8_0.json"));
+    let hy = json(&d.path().join("out/results/smollm2__hybrid.json"));
+    for r in [&src, &q8, &hy] {
+        assert_eq!(r["status"], "ok", "{r}");
+        let ppl = r["ppl"].as_f64().unwrap();
+        assert!(ppl.is_finite() && ppl > 1.0, "{r}");
+    }
+    let (k8, kh) = (q8["kld"].as_f64().unwrap(), hy["kld"].as_f64().unwrap());
+    assert!(k8 >= 0.0 && k8 < kh, "KLD Q8_0 {k8} vs hybrid {kh}");
+    // The KL run reports the source's perplexity too; the increase is taken against it.
+    let base = q8["base_ppl"].as_f64().unwrap();
+    assert!(base.is_finite() && base > 1.0, "{q8}");
+    let rep = json(&d.path().join("out/report/results.json"));
+    let row = |v: &str| {
+        rep["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["variant"] == v)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(row("Q8_0")["verdict"], "pass");
+    let inc = row("Q8_0")["ppl_increase"].as_f64().unwrap();
+    assert!((inc - (q8["ppl"].as_f64().unwrap() / base - 1.0)).abs() < 1e-9);
+    assert_eq!(row("hybrid")["verdict"], "fail");
+    assert_eq!(rep["decisions"][0]["smallest_passing"], "Q8_0");
+    assert!(d.path().join("out/report/size_vs_kld.png").is_file());
 }

@@ -21,7 +21,17 @@ fn hparams_and_shapes_are_read() {
     let d = tempfile::tempdir().unwrap();
     let m = Model::open(tiny(&d, GgmlType::Q8_0, 1)).unwrap();
     let hp = &m.hparams;
-    assert_eq!((hp.n_layer, hp.n_embd, hp.n_head, hp.n_head_kv, hp.head_dim, hp.n_ff), (2, 256, 4, 2, 64, 512));
+    assert_eq!(
+        (
+            hp.n_layer,
+            hp.n_embd,
+            hp.n_head,
+            hp.n_head_kv,
+            hp.head_dim,
+            hp.n_ff
+        ),
+        (2, 256, 4, 2, 64, 512)
+    );
     assert_eq!(hp.n_vocab, 328);
     assert!(!hp.tied_embeddings);
     assert_eq!(m.weights.layers[1].wk.n_rows(), 128);
@@ -47,7 +57,11 @@ fn batched_prompt_equals_token_by_token() {
             // F32 differs only by GEMM summation order; with quantized activations a value
             // on a rounding boundary may flip by one step, as in llama.cpp.
             let tol = if ty == GgmlType::F32 { 1e-3 } else { 4e-2 };
-            assert!(diff < tol, "{}: position {i}: relative difference {diff}", ty.name());
+            assert!(
+                diff < tol,
+                "{}: position {i}: relative difference {diff}",
+                ty.name()
+            );
         }
         assert_eq!(b.n_past(), 24);
         // From(i) returns the tail rows of All.
@@ -65,10 +79,15 @@ fn context_changes_the_prediction() {
     let m = Model::open(tiny(&d, GgmlType::Q8_0, 3)).unwrap();
     let mut b = CpuBackend::new(&m, 32, 1).unwrap();
     let (mut x, mut y) = (Vec::new(), Vec::new());
-    b.forward(&[10, 20, 30], LogitsWanted::Last, &mut x).unwrap();
+    b.forward(&[10, 20, 30], LogitsWanted::Last, &mut x)
+        .unwrap();
     b.reset();
-    b.forward(&[11, 20, 30], LogitsWanted::Last, &mut y).unwrap();
-    assert!(max_rel_diff(&x, &y) > 1e-3, "attention ignores earlier tokens");
+    b.forward(&[11, 20, 30], LogitsWanted::Last, &mut y)
+        .unwrap();
+    assert!(
+        max_rel_diff(&x, &y) > 1e-3,
+        "attention ignores earlier tokens"
+    );
 }
 
 #[test]
@@ -77,11 +96,16 @@ fn bad_tokens_and_overflow_are_errors() {
     let m = Model::open(tiny(&d, GgmlType::Q8_0, 1)).unwrap();
     let mut b = CpuBackend::new(&m, 8, 1).unwrap();
     let mut out = Vec::new();
-    let e = b.forward(&[1, 328], LogitsWanted::All, &mut out).unwrap_err();
+    let e = b
+        .forward(&[1, 328], LogitsWanted::All, &mut out)
+        .unwrap_err();
     assert!(e.to_string().contains("328"), "{e}");
     assert_eq!(b.n_past(), 0);
-    b.forward(&[1, 2, 3, 4, 5], LogitsWanted::None, &mut out).unwrap();
-    let e = b.forward(&[1, 2, 3, 4], LogitsWanted::All, &mut out).unwrap_err();
+    b.forward(&[1, 2, 3, 4, 5], LogitsWanted::None, &mut out)
+        .unwrap();
+    let e = b
+        .forward(&[1, 2, 3, 4], LogitsWanted::All, &mut out)
+        .unwrap_err();
     assert!(e.to_string().contains("exceed"), "{e}");
     assert_eq!(b.n_past(), 5);
 }
@@ -89,7 +113,12 @@ fn bad_tokens_and_overflow_are_errors() {
 /// Rewrite `src` with one metadata key changed (None = removed).
 fn rewrite(src: &std::path::Path, dst: &std::path::Path, key: &str, val: Option<Value>) {
     let f = GgufFile::open(src).unwrap();
-    let mut meta: Vec<(String, Value)> = f.metadata.iter().filter(|(k, _)| k != key).cloned().collect();
+    let mut meta: Vec<(String, Value)> = f
+        .metadata
+        .iter()
+        .filter(|(k, _)| k != key)
+        .cloned()
+        .collect();
     if let Some(v) = val {
         meta.push((key.to_string(), v));
     }
@@ -115,11 +144,21 @@ fn missing_key_and_unknown_arch_are_named() {
     let e = Model::open(&a).err().unwrap().to_string();
     assert!(e.contains("llama.block_count"), "{e}");
     let b = d.path().join("b.gguf");
-    rewrite(&src, &b, "general.architecture", Some(Value::String("gptj".into())));
+    rewrite(
+        &src,
+        &b,
+        "general.architecture",
+        Some(Value::String("gptj".into())),
+    );
     let e = Model::open(&b).err().unwrap().to_string();
     assert!(e.contains("unsupported architecture 'gptj'"), "{e}");
     let c = d.path().join("c.gguf");
-    rewrite(&src, &c, "llama.rope.scaling.type", Some(Value::String("yarn".into())));
+    rewrite(
+        &src,
+        &c,
+        "llama.rope.scaling.type",
+        Some(Value::String("yarn".into())),
+    );
     let e = Model::open(&c).err().unwrap().to_string();
     assert!(e.contains("yarn"), "{e}");
 }

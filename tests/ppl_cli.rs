@@ -11,7 +11,14 @@ fn text() -> String {
 }
 
 fn json(args: &[&str]) -> serde_json::Value {
-    let out = Command::cargo_bin("ggufq").unwrap().args(args).assert().success().get_output().stdout.clone();
+    let out = Command::cargo_bin("ggufq")
+        .unwrap()
+        .args(args)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
     serde_json::from_slice(&out).expect("json output")
 }
 
@@ -24,7 +31,11 @@ fn ppl_and_kld_routes_agree() {
     ggufq::synth::write_tiny_model(&q, GgmlType::Q4_0, 5, None).unwrap();
     let txt = d.path().join("t.txt");
     std::fs::write(&txt, text()).unwrap();
-    let (b, qs, t) = (base.to_str().unwrap(), q.to_str().unwrap(), txt.to_str().unwrap());
+    let (b, qs, t) = (
+        base.to_str().unwrap(),
+        q.to_str().unwrap(),
+        txt.to_str().unwrap(),
+    );
 
     let p = json(&["ppl", b, "-f", t, "-c", "64", "--chunks", "3", "--json"]);
     let r = &p["result"];
@@ -35,7 +46,19 @@ fn ppl_and_kld_routes_agree() {
 
     let logits = d.path().join("base.logits");
     let ls = logits.to_str().unwrap();
-    let p2 = json(&["ppl", b, "-f", t, "-c", "64", "--chunks", "3", "--save-logits", ls, "--json"]);
+    let p2 = json(&[
+        "ppl",
+        b,
+        "-f",
+        t,
+        "-c",
+        "64",
+        "--chunks",
+        "3",
+        "--save-logits",
+        ls,
+        "--json",
+    ]);
     assert!((p2["result"]["ppl"].as_f64().unwrap() - ppl).abs() < 1e-5 * ppl);
     assert!(logits.is_file());
 
@@ -43,7 +66,19 @@ fn ppl_and_kld_routes_agree() {
     assert!(same["kld"]["kld"].as_f64().unwrap().abs() < 1e-4);
     assert_eq!(same["kld"]["same_top"], 1.0);
 
-    let k1 = json(&["ppl", qs, "-f", t, "-c", "64", "--chunks", "3", "--kl-base", b, "--json"]);
+    let k1 = json(&[
+        "ppl",
+        qs,
+        "-f",
+        t,
+        "-c",
+        "64",
+        "--chunks",
+        "3",
+        "--kl-base",
+        b,
+        "--json",
+    ]);
     let k2 = json(&["ppl", qs, "--kl-logits", ls, "--json"]);
     let (a, c) = (&k1["kld"], &k2["kld"]);
     assert!(a["kld"].as_f64().unwrap() > 1e-5);
@@ -62,7 +97,14 @@ fn too_short_text_is_a_clear_error() {
     std::fs::write(&txt, "just a few words").unwrap();
     Command::cargo_bin("ggufq")
         .unwrap()
-        .args(["ppl", m.to_str().unwrap(), "-f", txt.to_str().unwrap(), "-c", "64"])
+        .args([
+            "ppl",
+            m.to_str().unwrap(),
+            "-f",
+            txt.to_str().unwrap(),
+            "-c",
+            "64",
+        ])
         .assert()
         .code(2)
         .stderr(predicates::str::contains("at least 128"));

@@ -5,12 +5,17 @@ use ggufq::model::Model;
 use sha2::{Digest, Sha256};
 
 fn fixture() -> serde_json::Value {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/tokenizer_smollm2_wikitext.json");
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/tokenizer_smollm2_wikitext.json");
     serde_json::from_str(&std::fs::read_to_string(p).expect("fixture")).expect("json")
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
 }
 
 fn tokenizer() -> Option<ggufq::model::tokenizer::Tokenizer> {
@@ -18,7 +23,12 @@ fn tokenizer() -> Option<ggufq::model::tokenizer::Tokenizer> {
         eprintln!("SmolLM2 not in the cache; skipping (see testutil::smollm2_path)");
         return None;
     };
-    Some(Model::open(p).expect("open SmolLM2").tokenizer().expect("tokenizer"))
+    Some(
+        Model::open(p)
+            .expect("open SmolLM2")
+            .tokenizer()
+            .expect("tokenizer"),
+    )
 }
 
 #[test]
@@ -31,9 +41,17 @@ fn strings_match_llama_tokenize() {
         let text = s["text"].as_str().expect("text");
         // `ids` come from llama-tokenize --no-parse-special (what llama-perplexity sees);
         // `ids_parse_special` from its default, where "<|im_start|>" becomes id 1.
-        assert_eq!(tok.encode(text, false, false).unwrap(), ids(&s["ids"]), "text {text:?}");
+        assert_eq!(
+            tok.encode(text, false, false).unwrap(),
+            ids(&s["ids"]),
+            "text {text:?}"
+        );
         if let Some(ps) = s.get("ids_parse_special") {
-            assert_eq!(tok.encode(text, false, true).unwrap(), ids(ps), "parse_special {text:?}");
+            assert_eq!(
+                tok.encode(text, false, true).unwrap(),
+                ids(ps),
+                "parse_special {text:?}"
+            );
         }
         let back = tok.decode(&ids(&s["ids"]));
         if !text.contains("<|") {
@@ -46,7 +64,9 @@ fn strings_match_llama_tokenize() {
 fn whole_wikitext_matches_llama_perplexity_tokens() {
     let Some(tok) = tokenizer() else { return };
     let fx = fixture();
-    let mut text = std::fs::read_to_string(ggufq::testutil::testdata_dir().join("wikitext-2-raw-test.txt")).unwrap();
+    let mut text =
+        std::fs::read_to_string(ggufq::testutil::testdata_dir().join("wikitext-2-raw-test.txt"))
+            .unwrap();
     text.pop(); // llama-perplexity drops the trailing newline of -f files
     let got = tok.encode(&text, true, false).unwrap();
     let want = &fx["perplexity"];

@@ -145,6 +145,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .tempfile_in(dir)
         .map_err(|e| Error::io(dir, e))?;
     tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    // Results and reports are ordinary files (tempfile creates 0600).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| Error::io(path, e))?;
+    }
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
     Ok(())
@@ -195,5 +203,11 @@ mod tests {
         assert!(!outside.path().join("f").exists());
         write_atomic(&ok.join("y.json"), b"{}").unwrap();
         assert_eq!(std::fs::read(ok.join("y.json")).unwrap(), b"{}");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(ok.join("y.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
     }
 }

@@ -38,6 +38,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     };
     let exe = match args.exe {
         Some(e) => e,
+        // On Linux, /proc/self/exe still runs this very binary if the file is replaced or
+        // deleted while a long batch runs (a rebuild, an upgrade): children match the version
+        // written into results and manifests.
+        None if cfg!(target_os = "linux") && std::path::Path::new("/proc/self/exe").exists() => {
+            PathBuf::from("/proc/self/exe")
+        }
         None => std::env::current_exe()?,
     };
     let opts = BatchOptions {

@@ -52,7 +52,12 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     shape.n_head_kv = a.n_head_kv.unwrap_or(shape.n_head_kv);
     let ty = GgmlType::from_name(&a.ty.to_ascii_uppercase())
         .ok_or_else(|| anyhow::anyhow!("unknown tensor type '{}'", a.ty))?;
-    let opts = SynthOptions { shape, ty, seed: a.seed, tokenizer_from: a.tokenizer_from.clone() };
+    let opts = SynthOptions {
+        shape,
+        ty,
+        seed: a.seed,
+        tokenizer_from: a.tokenizer_from.clone(),
+    };
     let s = write_model(&a.output, &opts)?;
     eprintln!(
         "wrote {}: llama, {} layers, embd {}, ff {}, heads {}/{}, vocab {}, {}",

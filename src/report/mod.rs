@@ -172,7 +172,7 @@ pub fn load_results(files: &[impl AsRef<Path>]) -> Result<Vec<JobResult>> {
 /// Build a report from job results; `gates` overrides the gates stored in the results.
 pub fn build(jobs: Vec<JobResult>, gates: Option<Gates>) -> Report {
     let gates = gates.unwrap_or_else(|| jobs.first().map(|j| j.gates.clone()).unwrap_or_default());
-    // Baseline perplexity per model: the source job's, else one reported by a KL run.
+    // Baseline perplexity per model from the source jobs (used when a KL run reported none).
     let mut base: BTreeMap<&str, f64> = BTreeMap::new();
     for j in &jobs {
         if j.kind == JobKind::Source && j.status == JobStatus::Ok {
@@ -184,7 +184,9 @@ pub fn build(jobs: Vec<JobResult>, gates: Option<Gates>) -> Report {
     let mut rows: Vec<Row> = jobs
         .iter()
         .map(|j| {
-            let base_ppl = base.get(j.model.as_str()).copied().or(j.base_ppl);
+            // Prefer the source perplexity measured in the variant's own KL run (same tokens,
+            // same invocation); else the source job's.
+            let base_ppl = j.base_ppl.or_else(|| base.get(j.model.as_str()).copied());
             let ppl_increase = match (j.kind, j.ppl, base_ppl) {
                 (JobKind::Variant, Some(p), Some(b)) if b > 0.0 => Some(p / b - 1.0),
                 _ => None,
@@ -448,6 +450,17 @@ pub(crate) mod tests {
         // Rows: source first, then by size.
         let order: Vec<&str> = r.rows.iter().map(|x| x.variant.as_str()).collect();
         assert_eq!(order, ["source", "q2", "q4", "bad", "q8"]);
+    }
+
+    #[test]
+    fn ppl_increase_prefers_the_kl_runs_own_baseline() {
+        let mut jobs = sample();
+        jobs[2].base_ppl = Some(10.4 / 1.02); // q4: +2 % against its own run's source ppl
+        let r = build(jobs, None);
+        let q4 = r.rows.iter().find(|x| x.variant == "q4").unwrap();
+        assert!((q4.ppl_increase.unwrap() - 0.02).abs() < 1e-9);
+        let q8 = r.rows.iter().find(|x| x.variant == "q8").unwrap();
+        assert!((q8.ppl_increase.unwrap() - 0.005).abs() < 1e-9); // vs the source job's 10.0
     }
 
     #[test]
