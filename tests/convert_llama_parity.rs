@@ -200,16 +200,12 @@ fn synth32_types_equal_llama_quantize_dry_run() {
 
 #[test]
 fn hybrid_equals_llama_quantize_tensor_type() {
-    // recipes/hybrid.yaml = `llama-quantize --pure --tensor-type attn=q5_k IN OUT Q2_K`;
-    // `preset: Q2_K` + an attn rule = the same without --pure.
+    // recipes/hybrid-pure.yaml = `llama-quantize --pure --tensor-type attn=q5_k IN OUT Q2_K`;
+    // recipes/hybrid.yaml (`preset: Q2_K` + an attn rule) = the same without --pure.
     let dir = ref_dir();
-    let hybrid = Recipe::load(concat!(env!("CARGO_MANIFEST_DIR"), "/recipes/hybrid.yaml")).unwrap();
-    let mix = Recipe::from_str_in(
-        "preset: Q2_K\nrules:\n  - regex: attn\n    type: Q5_K\n",
-        "mix.yaml",
-        std::path::Path::new("."),
-    )
-    .unwrap();
+    let hybrid =
+        Recipe::load(concat!(env!("CARGO_MANIFEST_DIR"), "/recipes/hybrid-pure.yaml")).unwrap();
+    let mix = Recipe::load(concat!(env!("CARGO_MANIFEST_DIR"), "/recipes/hybrid.yaml")).unwrap();
     let mut n = 0;
     for (src, log, r) in [
         ("synth32-f16.gguf", "dry-synth32-hybrid-pure.log", &hybrid),
