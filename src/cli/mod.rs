@@ -101,6 +101,15 @@ fn report(e: &anyhow::Error) -> i32 {
     }
     eprintln!("error: {msg}");
     match e.downcast_ref::<ggufq::error::Error>() {
+        // A file that does not exist or may not be read is the user's input at fault.
+        Some(ggufq::error::Error::Io { source, .. })
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            EXIT_BAD_INPUT
+        }
         Some(ggufq::error::Error::Io { .. }) => EXIT_INTERNAL,
         Some(_) => EXIT_BAD_INPUT,
         None => EXIT_INTERNAL,
