@@ -203,8 +203,11 @@ fn hybrid_equals_llama_quantize_tensor_type() {
     // recipes/hybrid-pure.yaml = `llama-quantize --pure --tensor-type attn=q5_k IN OUT Q2_K`;
     // recipes/hybrid.yaml (`preset: Q2_K` + an attn rule) = the same without --pure.
     let dir = ref_dir();
-    let hybrid =
-        Recipe::load(concat!(env!("CARGO_MANIFEST_DIR"), "/recipes/hybrid-pure.yaml")).unwrap();
+    let hybrid = Recipe::load(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/recipes/hybrid-pure.yaml"
+    ))
+    .unwrap();
     let mix = Recipe::load(concat!(env!("CARGO_MANIFEST_DIR"), "/recipes/hybrid.yaml")).unwrap();
     let mut n = 0;
     for (src, log, r) in [

@@ -29,7 +29,11 @@ fn desc(name: &str, dims: Vec<u64>, ty: GgmlType) -> TensorDesc {
 }
 
 fn dims(v: &Value) -> Vec<u64> {
-    v.as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_u64().unwrap())
+        .collect()
 }
 
 fn recipe_for(preset: &str) -> Recipe {
@@ -53,13 +57,24 @@ fn check(model: &ModelInfo, tensors: &[TensorDesc], expected: &Value, label: &st
         assert_eq!(want.len(), tensors.len(), "{label} {preset}: tensor count");
         for e in &plan.entries {
             let got = e.to.map(|t| t.name().to_string()).unwrap_or_default();
-            let exp = want.get(&e.name).and_then(|v| v.as_str()).unwrap_or("<missing>");
+            let exp = want
+                .get(&e.name)
+                .and_then(|v| v.as_str())
+                .unwrap_or("<missing>");
             if got != exp {
-                mismatches.push(format!("{label} {preset} {}: ggufq {got}, llama-quantize {exp}", e.name));
+                mismatches.push(format!(
+                    "{label} {preset} {}: ggufq {got}, llama-quantize {exp}",
+                    e.name
+                ));
             }
         }
     }
-    assert!(mismatches.is_empty(), "{} mismatches:\n{}", mismatches.len(), mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
     presets.len()
 }
 
@@ -84,7 +99,12 @@ fn smollm2_presets_equal_llama_quantize() {
         n_head_kv: 3,
         n_expert: 0,
     };
-    let n = check(&model, &tensors, &json("testdata/llama_quantize_types_smollm2.json"), "smollm2");
+    let n = check(
+        &model,
+        &tensors,
+        &json("testdata/llama_quantize_types_smollm2.json"),
+        "smollm2",
+    );
     assert!(n >= 13, "only {n} presets in the fixture");
 }
 

@@ -222,6 +222,8 @@ fn shipped_recipes_parse() {
     }
     assert!(n >= 1);
     let h = Recipe::from_path(&dir.join("hybrid.yaml")).unwrap();
-    assert_eq!(h.base, Base::Type(GgmlType::Q2_K));
+    assert_eq!(h.base, Base::Preset(ggufq::recipe::Preset::Q2_K));
     assert_eq!(h.fallback, FallbackMode::Llama);
+    let p = Recipe::from_path(&dir.join("hybrid-pure.yaml")).unwrap();
+    assert_eq!(p.base, Base::Type(GgmlType::Q2_K));
 }

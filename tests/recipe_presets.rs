@@ -258,9 +258,9 @@ fn seventy_b_and_experts() {
 }
 
 #[test]
-fn hybrid_recipe() {
+fn hybrid_pure_recipe() {
     let (m, t) = synth32();
-    let hybrid = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/hybrid.yaml");
+    let hybrid = Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes/hybrid-pure.yaml");
     let r = Recipe::from_path(&hybrid).unwrap();
     let p = build_plan(&r, &m, &t, PlanOptions::default()).unwrap();
     for n in ["attn_q", "attn_k", "attn_v", "attn_output"] {
@@ -277,7 +277,7 @@ fn hybrid_recipe() {
         .find(|e| e.name == "blk.5.attn_q.weight")
         .unwrap();
     assert!(
-        matches!(&e.reason, Reason::Rule(o) if o.line == 8),
+        matches!(&e.reason, Reason::Rule(o) if o.line == 10),
         "{:?}",
         e.reason
     );
