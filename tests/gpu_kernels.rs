@@ -100,7 +100,9 @@ fn gpu_matmat_every_type_matches_cpu_dequant() {
 
 #[test]
 fn gpu_tiled_matmat_every_type_matches_cpu_dequant() {
-    let Some(ctx) = context(DeviceOptions::default()) else { return };
+    let Some(ctx) = context(DeviceOptions::default()) else {
+        return;
+    };
     let mut runner = MatRunner::new(&ctx);
     for name in TYPES {
         // 70 rows × 67 tokens: partial 64×64 tiles in both directions.

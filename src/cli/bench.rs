@@ -22,10 +22,20 @@ pub struct Args {
     #[arg(long = "synth", value_name = "SHAPE:TYPE")]
     pub synth: Vec<String>,
     /// Prompt tokens per pp test (0 = skip), comma-separated list allowed.
-    #[arg(short = 'p', long = "n-prompt", default_value = "512", value_delimiter = ',')]
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        default_value = "512",
+        value_delimiter = ','
+    )]
     pub n_prompt: Vec<usize>,
     /// Generated tokens per tg test (0 = skip), comma-separated list allowed.
-    #[arg(short = 'n', long = "n-gen", default_value = "128", value_delimiter = ',')]
+    #[arg(
+        short = 'n',
+        long = "n-gen",
+        default_value = "128",
+        value_delimiter = ','
+    )]
     pub n_gen: Vec<usize>,
     /// Timed repetitions per test.
     #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
@@ -94,7 +104,10 @@ pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     } else {
         (s, 1.0)
     };
-    let x: f64 = num.trim().parse().with_context(|| format!("bad duration '{s}' (e.g. 90s, 10m, 1h)"))?;
+    let x: f64 = num
+        .trim()
+        .parse()
+        .with_context(|| format!("bad duration '{s}' (e.g. 90s, 10m, 1h)"))?;
     if !(x.is_finite() && x > 0.0) {
         bail!("duration must be positive: '{s}'");
     }
@@ -104,12 +117,20 @@ pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
 fn cpu_info() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|v| v.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().to_string())
+        })
         .unwrap_or_default()
 }
 
 fn time_now() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     // Civil date from days since 1970 (Howard Hinnant's algorithm).
     let days = (secs / 86400) as i64;
     let rem = secs % 86400;
@@ -122,13 +143,21 @@ fn time_now() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Run `ggufq bench`.
 pub fn run(args: Args) -> anyhow::Result<i32> {
     if !["md", "json", "csv", "sql"].contains(&args.output.as_str()) {
-        bail!("unknown output format '{}' (md, json, csv, sql)", args.output);
+        bail!(
+            "unknown output format '{}' (md, json, csv, sql)",
+            args.output
+        );
     }
     let duration = args.duration.as_deref().map(parse_duration).transpose()?;
     if args.models.is_empty() && args.synth.is_empty() && !args.kernels {
@@ -158,7 +187,11 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
     use std::sync::Arc;
 
     // Parse everything that can be wrong before touching the GPU.
-    let synths = args.synth.iter().map(|s| synth_source(s)).collect::<anyhow::Result<Vec<_>>>()?;
+    let synths = args
+        .synth
+        .iter()
+        .map(|s| synth_source(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let ctx = Arc::new(GpuContext::new(&DeviceOptions {
         max_binding_override: args.max_binding,
         adapter_name: args.adapter.clone(),
@@ -186,7 +219,9 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
     }
     let max_p = args.n_prompt.iter().copied().max().unwrap_or(0);
     let max_g = args.n_gen.iter().copied().max().unwrap_or(0);
-    let n_ctx = args.ctx.unwrap_or_else(|| (max_p.max(max_g + 1)).next_power_of_two().max(256));
+    let n_ctx = args
+        .ctx
+        .unwrap_or_else(|| (max_p.max(max_g + 1)).next_power_of_two().max(256));
     let mut sources: Vec<Box<dyn WeightSource>> = Vec::new();
     for p in &args.models {
         sources.push(Box::new(GgufSource::open(p)?));
@@ -207,7 +242,12 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
     if args.write_synth.is_some() {
         return Ok(EXIT_OK);
     }
-    let cfgr = RunConfig { reps: args.reps, parallel: args.parallel, duration, progress: !args.quiet };
+    let cfgr = RunConfig {
+        reps: args.reps,
+        parallel: args.parallel,
+        duration,
+        progress: !args.quiet,
+    };
     let mut rows: Vec<(ModelRow, BenchResult)> = Vec::new();
     let mut failed = false;
     for src in &sources {
@@ -215,12 +255,26 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
             eprintln!("loading {} ...", src.label());
         }
         let t = std::time::Instant::now();
-        let mut model = GpuModel::load(ctx.clone(), src.as_ref(), ModelOptions { n_ctx, n_batch: args.batch.max(args.parallel), n_seq: args.parallel })?;
+        let mut model = GpuModel::load(
+            ctx.clone(),
+            src.as_ref(),
+            ModelOptions {
+                n_ctx,
+                n_batch: args.batch.max(args.parallel),
+                n_seq: args.parallel,
+            },
+        )?;
         if !args.quiet {
-            eprintln!("  loaded in {:.1} s: {} dispatches per forward", t.elapsed().as_secs_f64(), model.dispatches);
+            eprintln!(
+                "  loaded in {:.1} s: {} dispatches per forward",
+                t.elapsed().as_secs_f64(),
+                model.dispatches
+            );
         }
         let c = &model.cfg;
-        let n_params = (c.n_vocab * c.n_embd * 2 + c.n_layer * (c.n_embd * c.qkv_dim() + c.n_embd * c.n_embd + 3 * c.n_embd * c.n_ff)) as u64;
+        let n_params = (c.n_vocab * c.n_embd * 2
+            + c.n_layer * (c.n_embd * c.qkv_dim() + c.n_embd * c.n_embd + 3 * c.n_embd * c.n_ff))
+            as u64;
         let (mw, mk, ms) = model.memory();
         let ty_desc = model_type(src.as_ref(), &model);
         let row = ModelRow {
@@ -256,7 +310,10 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
             let r = run_test(&mut model, k, &cfgr)?;
             if let Some(min) = args.min_tps {
                 if r.avg_ts < min {
-                    eprintln!("gate: {} {} = {:.2} t/s < --min-tps {min}", row.model_type, r.test, r.avg_ts);
+                    eprintln!(
+                        "gate: {} {} = {:.2} t/s < --min-tps {min}",
+                        row.model_type, r.test, r.avg_ts
+                    );
                     failed = true;
                 }
             }
@@ -272,23 +329,42 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
 #[cfg(feature = "gpu")]
 fn synth_source(s: &str) -> anyhow::Result<ggufq::gpu::SynthSource> {
     use ggufq::gpu::source::Mix;
-    let (shape, mix) = s.split_once(':').with_context(|| format!("--synth wants SHAPE:TYPE, got '{s}'"))?;
-    let sh = ggufq::gpu::Shape::named(shape).with_context(|| format!("unknown shape '{shape}' (tiny, 1b, 7b, 8b)"))?;
-    let m = Mix::parse(mix).with_context(|| format!("unknown type or mix '{mix}' (a type name, q4_k_m, q2_k_mix, hybrid)"))?;
-    Ok(ggufq::gpu::SynthSource { shape: sh, mix: m, name: format!("synth-{shape}-{}", m.name()) })
+    let (shape, mix) = s
+        .split_once(':')
+        .with_context(|| format!("--synth wants SHAPE:TYPE, got '{s}'"))?;
+    let sh = ggufq::gpu::Shape::named(shape)
+        .with_context(|| format!("unknown shape '{shape}' (tiny, 1b, 7b, 8b)"))?;
+    let m = Mix::parse(mix).with_context(|| {
+        format!("unknown type or mix '{mix}' (a type name, q4_k_m, q2_k_mix, hybrid)")
+    })?;
+    Ok(ggufq::gpu::SynthSource {
+        shape: sh,
+        mix: m,
+        name: format!("synth-{shape}-{}", m.name()),
+    })
 }
 
 #[cfg(feature = "gpu")]
 fn model_type(src: &dyn ggufq::gpu::WeightSource, m: &ggufq::gpu::GpuModel) -> String {
     let _ = src;
     let c = &m.cfg;
-    let n = (c.n_vocab * c.n_embd * 2 + c.n_layer * (c.n_embd * c.qkv_dim() + c.n_embd * c.n_embd + 3 * c.n_embd * c.n_ff)) as f64;
-    let size = if n >= 1e9 { format!("{:.0}B", n / 1e9) } else { format!("{:.0}M", n / 1e6) };
+    let n = (c.n_vocab * c.n_embd * 2
+        + c.n_layer * (c.n_embd * c.qkv_dim() + c.n_embd * c.n_embd + 3 * c.n_embd * c.n_ff))
+        as f64;
+    let size = if n >= 1e9 {
+        format!("{:.0}B", n / 1e9)
+    } else {
+        format!("{:.0}M", n / 1e6)
+    };
     format!("{} {size} {}", c.arch, m.type_summary())
 }
 
 #[cfg(feature = "gpu")]
-fn kernel_bench(ctx: &ggufq::gpu::GpuContext, args: &Args, peak: Option<f64>) -> anyhow::Result<i32> {
+fn kernel_bench(
+    ctx: &ggufq::gpu::GpuContext,
+    args: &Args,
+    peak: Option<f64>,
+) -> anyhow::Result<i32> {
     use ggufq::gpu::buffers::upload_matrix;
     use ggufq::gpu::kernels::{NR_PROMPT, NT_PROMPT};
     use ggufq::gpu::ops::{check_against_cpu, MatRunner};
@@ -300,7 +376,10 @@ fn kernel_bench(ctx: &ggufq::gpu::GpuContext, args: &Args, peak: Option<f64>) ->
     println!("| type | decode NR=1 | NR=2 | NR=4 | best % peak | mm 512 tok GFLOP/s | nt8 64 tok GFLOP/s | rel err nt1 / nt8 / mm |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut bad = false;
-    for name in ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"] {
+    for name in [
+        "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
+        "Q5_K", "Q6_K",
+    ] {
         let ty = ggufq::quant::GgmlType::from_name(name).context("type")?;
         let per = ty.bytes_for((rows * cols) as u64).context("size")?;
         let count = ((256u64 << 20) / per).clamp(1, 32) as usize;

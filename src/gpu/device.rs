@@ -108,19 +108,20 @@ impl GpuContext {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| Error::msg(format!("GPU device request failed on '{}': {e}", info.name)))?;
-        let mut max_binding = (alimits.max_storage_buffer_binding_size as u64)
-            .min(alimits.max_buffer_size);
+        let mut max_binding =
+            (alimits.max_storage_buffer_binding_size as u64).min(alimits.max_buffer_size);
         if let Some(cap) = opts.max_binding_override {
             max_binding = max_binding.min(cap);
         }
         max_binding &= !255;
-        let subgroup32 =
-            want_sub && info.subgroup_min_size == 32 && info.subgroup_max_size == 32;
+        let subgroup32 = want_sub && info.subgroup_min_size == 32 && info.subgroup_max_size == 32;
         let facts = AdapterFacts {
             name: info.name.clone(),
             backend: format!("{:?}", info.backend),
             device_type: format!("{:?}", info.device_type),
-            driver: format!("{} {}", info.driver, info.driver_info).trim().to_string(),
+            driver: format!("{} {}", info.driver, info.driver_info)
+                .trim()
+                .to_string(),
             max_binding,
             max_buffer: alimits.max_buffer_size,
             shared_mem: alimits.max_compute_workgroup_storage_size,
@@ -128,7 +129,14 @@ impl GpuContext {
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             timestamps: ts,
         };
-        Ok(GpuContext { device, queue, facts, max_binding, subgroup32, tune: super::kernels::Tune::from_env() })
+        Ok(GpuContext {
+            device,
+            queue,
+            facts,
+            max_binding,
+            subgroup32,
+            tune: super::kernels::Tune::from_env(),
+        })
     }
 
     /// Block until all submitted work is done.

@@ -110,13 +110,20 @@ impl Tune {
     /// Defaults with environment overrides (values out of range are ignored).
     pub fn from_env() -> Tune {
         let get = |k: &str, d: u32, ok: &[u32]| -> u32 {
-            std::env::var(k).ok().and_then(|v| v.parse().ok()).filter(|v| ok.contains(v)).unwrap_or(d)
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|v| ok.contains(v))
+                .unwrap_or(d)
         };
         Tune {
             nr_decode: get("GGUFQ_NR_DECODE", NR_DECODE, &[1, 2, 4]),
             nr_prompt: get("GGUFQ_NR_PROMPT", NR_PROMPT, &[1, 2, 4]),
             nt_prompt: get("GGUFQ_NT_PROMPT", NT_PROMPT, &[4, 8, 16]),
-            mm_min: std::env::var("GGUFQ_MM_MIN").ok().and_then(|v| v.parse().ok()).unwrap_or(16),
+            mm_min: std::env::var("GGUFQ_MM_MIN")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(16),
         }
     }
 }
@@ -160,7 +167,9 @@ impl Kernels {
                     }
                 }
                 for t in 0..nt {
-                    body.push_str(&format!("    let xt_{t} = P.x_off + min(t0 + {t}u, P.n_tok - 1u) * P.ld_x;\n"));
+                    body.push_str(&format!(
+                        "    let xt_{t} = P.x_off + min(t0 + {t}u, P.n_tok - 1u) * P.ld_x;\n"
+                    ));
                 }
                 body.push_str("    let groups = P.units * 8u;\n    for (var g = lane; g < groups; g += 32u) {\n        let u = g >> 3u;\n        let j = g & 7u;\n");
                 for t in 0..nt {
@@ -173,7 +182,11 @@ impl Kernels {
                     }
                 }
                 body.push_str("    }\n");
-                let decl = if ctx.subgroup32 { String::new() } else { "var<workgroup> red: array<f32, 256>;".to_string() };
+                let decl = if ctx.subgroup32 {
+                    String::new()
+                } else {
+                    "var<workgroup> red: array<f32, 256>;".to_string()
+                };
                 for r in 0..nr {
                     for t in 0..nt {
                         let k = r * nt + t;

@@ -45,7 +45,9 @@ pub struct LlamaConfig {
 impl LlamaConfig {
     /// Read from metadata; `n_vocab` from the embedding tensor.
     pub fn from_source(src: &dyn WeightSource) -> Result<LlamaConfig> {
-        let arch = src.meta_str("general.architecture").unwrap_or_else(|| "llama".into());
+        let arch = src
+            .meta_str("general.architecture")
+            .unwrap_or_else(|| "llama".into());
         if arch != "llama" {
             return Err(Error::msg(format!(
                 "{}: architecture '{arch}' is not supported by the GPU engine (llama only)",
@@ -53,13 +55,18 @@ impl LlamaConfig {
             )));
         }
         let need = |k: &str| -> Result<usize> {
-            src.meta_u64(&format!("{arch}.{k}")).map(|v| v as usize).ok_or_else(|| {
-                Error::msg(format!("{}: metadata key {arch}.{k} missing", src.label()))
-            })
+            src.meta_u64(&format!("{arch}.{k}"))
+                .map(|v| v as usize)
+                .ok_or_else(|| {
+                    Error::msg(format!("{}: metadata key {arch}.{k} missing", src.label()))
+                })
         };
         let n_embd = need("embedding_length")?;
         let n_head = need("attention.head_count")?;
-        let n_kv = src.meta_u64(&format!("{arch}.attention.head_count_kv")).map(|v| v as usize).unwrap_or(n_head);
+        let n_kv = src
+            .meta_u64(&format!("{arch}.attention.head_count_kv"))
+            .map(|v| v as usize)
+            .unwrap_or(n_head);
         if n_head == 0 || n_kv == 0 || n_embd % n_head != 0 || n_head % n_kv != 0 {
             return Err(Error::msg(format!(
                 "{}: bad head counts (embd {n_embd}, heads {n_head}, kv heads {n_kv})",
@@ -68,11 +75,22 @@ impl LlamaConfig {
         }
         let head_dim = n_embd / n_head;
         if head_dim % 4 != 0 || head_dim > 256 {
-            return Err(Error::msg(format!("{}: head size {head_dim} unsupported (must be a multiple of 4, ≤ 256)", src.label())));
+            return Err(Error::msg(format!(
+                "{}: head size {head_dim} unsupported (must be a multiple of 4, ≤ 256)",
+                src.label()
+            )));
         }
-        let n_rot = src.meta_u64(&format!("{arch}.rope.dimension_count")).map(|v| v as usize).unwrap_or(head_dim);
-        let emb = src.tensor("token_embd.weight")?.ok_or_else(|| Error::msg(format!("{}: tensor token_embd.weight missing", src.label())))?;
-        let n_vocab = *emb.dims.get(1).ok_or_else(|| Error::msg("token_embd.weight is not 2-D"))? as usize;
+        let n_rot = src
+            .meta_u64(&format!("{arch}.rope.dimension_count"))
+            .map(|v| v as usize)
+            .unwrap_or(head_dim);
+        let emb = src.tensor("token_embd.weight")?.ok_or_else(|| {
+            Error::msg(format!("{}: tensor token_embd.weight missing", src.label()))
+        })?;
+        let n_vocab =
+            *emb.dims
+                .get(1)
+                .ok_or_else(|| Error::msg("token_embd.weight is not 2-D"))? as usize;
         Ok(LlamaConfig {
             n_embd,
             n_layer: need("block_count")?,
@@ -82,9 +100,15 @@ impl LlamaConfig {
             head_dim,
             n_rot: n_rot.min(head_dim),
             n_vocab,
-            eps: src.meta_f64(&format!("{arch}.attention.layer_norm_rms_epsilon")).unwrap_or(1e-5) as f32,
-            rope_base: src.meta_f64(&format!("{arch}.rope.freq_base")).unwrap_or(10000.0),
-            n_ctx_train: src.meta_u64(&format!("{arch}.context_length")).unwrap_or(4096) as usize,
+            eps: src
+                .meta_f64(&format!("{arch}.attention.layer_norm_rms_epsilon"))
+                .unwrap_or(1e-5) as f32,
+            rope_base: src
+                .meta_f64(&format!("{arch}.rope.freq_base"))
+                .unwrap_or(10000.0),
+            n_ctx_train: src
+                .meta_u64(&format!("{arch}.context_length"))
+                .unwrap_or(4096) as usize,
             arch,
         })
     }
@@ -107,10 +131,13 @@ pub struct ModelOptions {
 
 impl Default for ModelOptions {
     fn default() -> Self {
-        ModelOptions { n_ctx: 1024, n_batch: 512, n_seq: 1 }
+        ModelOptions {
+            n_ctx: 1024,
+            n_batch: 512,
+            n_seq: 1,
+        }
     }
 }
-
 
 /// GPU memory use, by kind (bytes).
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -126,7 +153,15 @@ pub struct MemoryUse {
 #[derive(Clone, Copy)]
 enum StepKind {
     Norm,
-    Mat { m: usize, c: usize, x_ld: u32, y_off: u32, ld_y: u32, mode: u32, last_only: bool },
+    Mat {
+        m: usize,
+        c: usize,
+        x_ld: u32,
+        y_off: u32,
+        ld_y: u32,
+        mode: u32,
+        last_only: bool,
+    },
     Rope,
     Attn,
 }
@@ -174,16 +209,25 @@ pub struct GpuModel {
 fn mat_dims(t: &TensorView<'_>, name: &str) -> Result<(usize, usize)> {
     match t.dims.as_slice() {
         [c, r] => Ok((*r as usize, *c as usize)),
-        _ => Err(Error::Tensor { tensor: name.into(), msg: format!("expected 2 dims, got {:?}", t.dims) }),
+        _ => Err(Error::Tensor {
+            tensor: name.into(),
+            msg: format!("expected 2 dims, got {:?}", t.dims),
+        }),
     }
 }
 
 fn f32_of(t: &TensorView<'_>, name: &str, n: usize) -> Result<Vec<f32>> {
     let total: u64 = t.dims.iter().product();
     if total as usize != n {
-        return Err(Error::Tensor { tensor: name.into(), msg: format!("has {total} elements, expected {n}") });
+        return Err(Error::Tensor {
+            tensor: name.into(),
+            msg: format!("has {total} elements, expected {n}"),
+        });
     }
-    dequantize(t.ty, &t.data, n).map_err(|e| Error::Tensor { tensor: name.into(), msg: e.to_string() })
+    dequantize(t.ty, &t.data, n).map_err(|e| Error::Tensor {
+        tensor: name.into(),
+        msg: e.to_string(),
+    })
 }
 
 /// Interleave the rows of two matrices of one type and row length: a0 b0 a1 b1 ...
@@ -227,7 +271,11 @@ fn layout_entries(kinds: &[u8]) -> Vec<wgpu::BindGroupLayoutEntry> {
 
 impl GpuModel {
     /// Upload a model from `src` and prepare every dispatch.
-    pub fn load(ctx: Arc<GpuContext>, src: &dyn WeightSource, opts: ModelOptions) -> Result<GpuModel> {
+    pub fn load(
+        ctx: Arc<GpuContext>,
+        src: &dyn WeightSource,
+        opts: ModelOptions,
+    ) -> Result<GpuModel> {
         let cfg = LlamaConfig::from_source(src)?;
         let mut opts = opts;
         let shared_ctx = ((ctx.facts.shared_mem as usize).saturating_sub(2048)) / 4;
@@ -244,7 +292,8 @@ impl GpuModel {
         let nb = opts.n_batch;
         let mut mem = MemoryUse::default();
         let get = |name: &str| -> Result<TensorView<'_>> {
-            src.tensor(name)?.ok_or_else(|| Error::msg(format!("{}: tensor {name} missing", src.label())))
+            src.tensor(name)?
+                .ok_or_else(|| Error::msg(format!("{}: tensor {name} missing", src.label())))
         };
         let mut mats: Vec<GpuMatrix> = Vec::new();
         let mut weight_bytes = 0u64;
@@ -257,19 +306,43 @@ impl GpuModel {
         let emb = get("token_embd.weight")?;
         let (n_vocab, emb_cols) = mat_dims(&emb, "token_embd.weight")?;
         if emb_cols != d {
-            return Err(Error::Tensor { tensor: "token_embd.weight".into(), msg: format!("row length {emb_cols} != embedding length {d}") });
+            return Err(Error::Tensor {
+                tensor: "token_embd.weight".into(),
+                msg: format!("row length {emb_cols} != embedding length {d}"),
+            });
         }
-        let embd_row_bytes = emb.ty.bytes_for(d as u64).ok_or_else(|| Error::msg("embedding row is not whole blocks"))? as usize;
+        let embd_row_bytes = emb
+            .ty
+            .bytes_for(d as u64)
+            .ok_or_else(|| Error::msg("embedding row is not whole blocks"))?
+            as usize;
         let embd_ty = emb.ty;
         let embd = emb.data.to_vec();
 
-        struct LayerIdx { an: wgpu::Buffer, fnm: wgpu::Buffer, qkv: Vec<usize>, wo: usize, gu: Vec<usize>, down: usize, kc: wgpu::Buffer, vc: wgpu::Buffer }
+        struct LayerIdx {
+            an: wgpu::Buffer,
+            fnm: wgpu::Buffer,
+            qkv: Vec<usize>,
+            wo: usize,
+            gu: Vec<usize>,
+            down: usize,
+            kc: wgpu::Buffer,
+            vc: wgpu::Buffer,
+        }
         let mut lidx = Vec::new();
         let kv_elems = opts.n_seq * opts.n_ctx * kv_dim;
         for l in 0..cfg.n_layer {
             let n = |t: &str| format!("blk.{l}.{t}.weight");
-            let an = f32_buffer(&ctx, "attn_norm", &f32_of(&get(&n("attn_norm"))?, &n("attn_norm"), d)?);
-            let fnm = f32_buffer(&ctx, "ffn_norm", &f32_of(&get(&n("ffn_norm"))?, &n("ffn_norm"), d)?);
+            let an = f32_buffer(
+                &ctx,
+                "attn_norm",
+                &f32_of(&get(&n("attn_norm"))?, &n("attn_norm"), d)?,
+            );
+            let fnm = f32_buffer(
+                &ctx,
+                "ffn_norm",
+                &f32_of(&get(&n("ffn_norm"))?, &n("ffn_norm"), d)?,
+            );
             mem.weights += 8 * d as u64;
             let q = get(&n("attn_q"))?;
             let k = get(&n("attn_k"))?;
@@ -277,7 +350,10 @@ impl GpuModel {
             for (t, rows) in [(&q, d), (&k, kv_dim), (&v, kv_dim)] {
                 let (r, c) = mat_dims(t, "attn")?;
                 if r != rows || c != d {
-                    return Err(Error::Tensor { tensor: n("attn_q/k/v"), msg: format!("shape {r}×{c}, expected {rows}×{d}") });
+                    return Err(Error::Tensor {
+                        tensor: n("attn_q/k/v"),
+                        msg: format!("shape {r}×{c}, expected {rows}×{d}"),
+                    });
                 }
             }
             let mut qkv = Vec::new();
@@ -285,52 +361,112 @@ impl GpuModel {
                 let mut all = q.data.to_vec();
                 all.extend_from_slice(&k.data);
                 all.extend_from_slice(&v.data);
-                qkv.push(push(upload_matrix(&ctx, &n("attn_qkv"), q.ty, d + 2 * kv_dim, d, &all)?, &mut mats));
+                qkv.push(push(
+                    upload_matrix(&ctx, &n("attn_qkv"), q.ty, d + 2 * kv_dim, d, &all)?,
+                    &mut mats,
+                ));
             } else {
-                qkv.push(push(upload_matrix(&ctx, &n("attn_q"), q.ty, d, d, &q.data)?, &mut mats));
-                qkv.push(push(upload_matrix(&ctx, &n("attn_k"), k.ty, kv_dim, d, &k.data)?, &mut mats));
-                qkv.push(push(upload_matrix(&ctx, &n("attn_v"), v.ty, kv_dim, d, &v.data)?, &mut mats));
+                qkv.push(push(
+                    upload_matrix(&ctx, &n("attn_q"), q.ty, d, d, &q.data)?,
+                    &mut mats,
+                ));
+                qkv.push(push(
+                    upload_matrix(&ctx, &n("attn_k"), k.ty, kv_dim, d, &k.data)?,
+                    &mut mats,
+                ));
+                qkv.push(push(
+                    upload_matrix(&ctx, &n("attn_v"), v.ty, kv_dim, d, &v.data)?,
+                    &mut mats,
+                ));
             }
             let o = get(&n("attn_output"))?;
             let (r, c) = mat_dims(&o, &n("attn_output"))?;
             if r != d || c != d {
-                return Err(Error::Tensor { tensor: n("attn_output"), msg: format!("shape {r}×{c}, expected {d}×{d}") });
+                return Err(Error::Tensor {
+                    tensor: n("attn_output"),
+                    msg: format!("shape {r}×{c}, expected {d}×{d}"),
+                });
             }
-            let wo = push(upload_matrix(&ctx, &n("attn_output"), o.ty, d, d, &o.data)?, &mut mats);
+            let wo = push(
+                upload_matrix(&ctx, &n("attn_output"), o.ty, d, d, &o.data)?,
+                &mut mats,
+            );
             let g = get(&n("ffn_gate"))?;
             let u = get(&n("ffn_up"))?;
             let dn = get(&n("ffn_down"))?;
-            for (t, rows, cols, nm) in [(&g, cfg.n_ff, d, "ffn_gate"), (&u, cfg.n_ff, d, "ffn_up"), (&dn, d, cfg.n_ff, "ffn_down")] {
+            for (t, rows, cols, nm) in [
+                (&g, cfg.n_ff, d, "ffn_gate"),
+                (&u, cfg.n_ff, d, "ffn_up"),
+                (&dn, d, cfg.n_ff, "ffn_down"),
+            ] {
                 let (r, c) = mat_dims(t, nm)?;
                 if r != rows || c != cols {
-                    return Err(Error::Tensor { tensor: n(nm), msg: format!("shape {r}×{c}, expected {rows}×{cols}") });
+                    return Err(Error::Tensor {
+                        tensor: n(nm),
+                        msg: format!("shape {r}×{c}, expected {rows}×{cols}"),
+                    });
                 }
             }
             let mut gu = Vec::new();
             if g.ty == u.ty {
                 let rb = g.data.len() / cfg.n_ff;
                 let il = interleave_rows(&g.data, &u.data, rb);
-                gu.push(push(upload_matrix(&ctx, &n("ffn_gate_up"), g.ty, 2 * cfg.n_ff, d, &il)?, &mut mats));
+                gu.push(push(
+                    upload_matrix(&ctx, &n("ffn_gate_up"), g.ty, 2 * cfg.n_ff, d, &il)?,
+                    &mut mats,
+                ));
             } else {
-                gu.push(push(upload_matrix(&ctx, &n("ffn_gate"), g.ty, cfg.n_ff, d, &g.data)?, &mut mats));
-                gu.push(push(upload_matrix(&ctx, &n("ffn_up"), u.ty, cfg.n_ff, d, &u.data)?, &mut mats));
+                gu.push(push(
+                    upload_matrix(&ctx, &n("ffn_gate"), g.ty, cfg.n_ff, d, &g.data)?,
+                    &mut mats,
+                ));
+                gu.push(push(
+                    upload_matrix(&ctx, &n("ffn_up"), u.ty, cfg.n_ff, d, &u.data)?,
+                    &mut mats,
+                ));
             }
-            let down = push(upload_matrix(&ctx, &n("ffn_down"), dn.ty, d, cfg.n_ff, &dn.data)?, &mut mats);
+            let down = push(
+                upload_matrix(&ctx, &n("ffn_down"), dn.ty, d, cfg.n_ff, &dn.data)?,
+                &mut mats,
+            );
             let kc = scratch(&ctx, "k_cache", kv_elems);
             let vc = scratch(&ctx, "v_cache", kv_elems);
             mem.kv_cache += 8 * kv_elems as u64;
-            lidx.push(LayerIdx { an, fnm, qkv, wo, gu, down, kc, vc });
+            lidx.push(LayerIdx {
+                an,
+                fnm,
+                qkv,
+                wo,
+                gu,
+                down,
+                kc,
+                vc,
+            });
         }
-        let onorm = f32_buffer(&ctx, "output_norm", &f32_of(&get("output_norm.weight")?, "output_norm.weight", d)?);
+        let onorm = f32_buffer(
+            &ctx,
+            "output_norm",
+            &f32_of(&get("output_norm.weight")?, "output_norm.weight", d)?,
+        );
         let outm = match src.tensor("output.weight")? {
             Some(t) => {
                 let (r, c) = mat_dims(&t, "output.weight")?;
                 if r != n_vocab || c != d {
-                    return Err(Error::Tensor { tensor: "output.weight".into(), msg: format!("shape {r}×{c}, expected {n_vocab}×{d}") });
+                    return Err(Error::Tensor {
+                        tensor: "output.weight".into(),
+                        msg: format!("shape {r}×{c}, expected {n_vocab}×{d}"),
+                    });
                 }
                 upload_matrix(&ctx, "output.weight", t.ty, n_vocab, d, &t.data)?
             }
-            None => upload_matrix(&ctx, "token_embd.weight (tied output)", embd_ty, n_vocab, d, &embd)?,
+            None => upload_matrix(
+                &ctx,
+                "token_embd.weight (tied output)",
+                embd_ty,
+                n_vocab,
+                d,
+                &embd,
+            )?,
         };
         let out_idx = push(outm, &mut mats);
         mem.weights += mats.iter().map(|m| m.gpu_bytes).sum::<u64>();
@@ -374,9 +510,24 @@ impl GpuModel {
         }
         let cs_buf = f32_buffer(&ctx, "rope", &cs);
 
-        let bgl_mat = ctx.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some("mat"), entries: &layout_entries(b"rrwu") });
-        let bgl_rope = ctx.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some("rope"), entries: &layout_entries(b"wwwrur") });
-        let bgl_attn = ctx.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some("attn"), entries: &layout_entries(b"rrrwur") });
+        let bgl_mat = ctx
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("mat"),
+                entries: &layout_entries(b"rrwu"),
+            });
+        let bgl_rope = ctx
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("rope"),
+                entries: &layout_entries(b"wwwrur"),
+            });
+        let bgl_attn = ctx
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("attn"),
+                entries: &layout_entries(b"rrrwur"),
+            });
 
         // Steps (bind groups reference a params slot each).
         let n_slots_est = cfg.n_layer * 12 + 8 + mats.iter().map(|m| m.chunks.len()).sum::<usize>();
@@ -386,76 +537,214 @@ impl GpuModel {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        mem.scratch = (nb * (d * 3 + cfg.qkv_dim() + 2 * cfg.n_ff + 2 * n_vocab) * 4 + nb * 8 + cs.len() * 4 + n_slots_est * SLOT) as u64;
+        mem.scratch = (nb * (d * 3 + cfg.qkv_dim() + 2 * cfg.n_ff + 2 * n_vocab) * 4
+            + nb * 8
+            + cs.len() * 4
+            + n_slots_est * SLOT) as u64;
         let mut steps: Vec<Step> = Vec::new();
-        let bg = |layout: &wgpu::BindGroupLayout, bufs: &[&wgpu::Buffer], slot: usize| -> wgpu::BindGroup {
+        let bg = |layout: &wgpu::BindGroupLayout,
+                  bufs: &[&wgpu::Buffer],
+                  slot: usize|
+         -> wgpu::BindGroup {
             let mut entries: Vec<wgpu::BindGroupEntry> = bufs
                 .iter()
                 .enumerate()
-                .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+                .map(|(i, b)| wgpu::BindGroupEntry {
+                    binding: i as u32,
+                    resource: b.as_entire_binding(),
+                })
                 .collect();
             entries.insert(
                 entries.len().min(if bufs.len() >= 5 { 4 } else { 3 }),
                 wgpu::BindGroupEntry {
                     binding: 0,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &params, offset: (slot * SLOT) as u64, size: wgpu::BufferSize::new(64) }),
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &params,
+                        offset: (slot * SLOT) as u64,
+                        size: wgpu::BufferSize::new(64),
+                    }),
                 },
             );
             for (i, e) in entries.iter_mut().enumerate() {
                 e.binding = i as u32;
             }
-            ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout, entries: &entries })
+            ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout,
+                entries: &entries,
+            })
         };
-        let add_mat = |steps: &mut Vec<Step>, mats: &Vec<GpuMatrix>, m: usize, xb: &wgpu::Buffer, yb: &wgpu::Buffer, x_ld: usize, y_off: usize, ld_y: usize, mode: u32, last_only: bool| {
+        let add_mat = |steps: &mut Vec<Step>,
+                       mats: &Vec<GpuMatrix>,
+                       m: usize,
+                       xb: &wgpu::Buffer,
+                       yb: &wgpu::Buffer,
+                       x_ld: usize,
+                       y_off: usize,
+                       ld_y: usize,
+                       mode: u32,
+                       last_only: bool| {
             for c in 0..mats[m].chunks.len() {
                 let slot = steps.len();
                 let bind = bg(&bgl_mat, &[&mats[m].chunks[c].buf, xb, yb], slot);
                 steps.push(Step {
-                    kind: StepKind::Mat { m, c, x_ld: (x_ld / 4) as u32, y_off: y_off as u32, ld_y: ld_y as u32, mode, last_only },
+                    kind: StepKind::Mat {
+                        m,
+                        c,
+                        x_ld: (x_ld / 4) as u32,
+                        y_off: y_off as u32,
+                        ld_y: ld_y as u32,
+                        mode,
+                        last_only,
+                    },
                     bind,
                     slot,
-                    key: KernelKey::MatVec { ty: mats[m].ty.id(), nt: 1, nr: ctx.tune.nr_decode },
+                    key: KernelKey::MatVec {
+                        ty: mats[m].ty.id(),
+                        nt: 1,
+                        nr: ctx.tune.nr_decode,
+                    },
                     n: 0,
                 });
             }
         };
         for ly in &lidx {
             let slot = steps.len();
-            steps.push(Step { kind: StepKind::Norm, bind: bg(&bgl_mat, &[&x, &ly.an, &xn], slot), slot, key: KernelKey::RmsNorm, n: d as u32 });
+            steps.push(Step {
+                kind: StepKind::Norm,
+                bind: bg(&bgl_mat, &[&x, &ly.an, &xn], slot),
+                slot,
+                key: KernelKey::RmsNorm,
+                n: d as u32,
+            });
             let mut off = 0;
             for &m in &ly.qkv {
-                add_mat(&mut steps, &mats, m, &xn, &qkvb, d, off, cfg.qkv_dim(), 0, false);
+                add_mat(
+                    &mut steps,
+                    &mats,
+                    m,
+                    &xn,
+                    &qkvb,
+                    d,
+                    off,
+                    cfg.qkv_dim(),
+                    0,
+                    false,
+                );
                 off += mats[m].rows;
             }
             let slot = steps.len();
-            steps.push(Step { kind: StepKind::Rope, bind: bg(&bgl_rope, &[&qkvb, &ly.kc, &ly.vc, &cs_buf, &tinfo], slot), slot, key: KernelKey::Rope, n: 0 });
+            steps.push(Step {
+                kind: StepKind::Rope,
+                bind: bg(&bgl_rope, &[&qkvb, &ly.kc, &ly.vc, &cs_buf, &tinfo], slot),
+                slot,
+                key: KernelKey::Rope,
+                n: 0,
+            });
             let slot = steps.len();
-            steps.push(Step { kind: StepKind::Attn, bind: bg(&bgl_attn, &[&qkvb, &ly.kc, &ly.vc, &att, &tinfo], slot), slot, key: KernelKey::Attention { ctx: opts.n_ctx as u32 }, n: 0 });
+            steps.push(Step {
+                kind: StepKind::Attn,
+                bind: bg(&bgl_attn, &[&qkvb, &ly.kc, &ly.vc, &att, &tinfo], slot),
+                slot,
+                key: KernelKey::Attention {
+                    ctx: opts.n_ctx as u32,
+                },
+                n: 0,
+            });
             add_mat(&mut steps, &mats, ly.wo, &att, &x, d, 0, d, 1, false);
             let slot = steps.len();
-            steps.push(Step { kind: StepKind::Norm, bind: bg(&bgl_mat, &[&x, &ly.fnm, &xn], slot), slot, key: KernelKey::RmsNorm, n: d as u32 });
+            steps.push(Step {
+                kind: StepKind::Norm,
+                bind: bg(&bgl_mat, &[&x, &ly.fnm, &xn], slot),
+                slot,
+                key: KernelKey::RmsNorm,
+                n: d as u32,
+            });
             if ly.gu.len() == 1 {
-                add_mat(&mut steps, &mats, ly.gu[0], &xn, &hid, d, 0, cfg.n_ff, 2, false);
-                add_mat(&mut steps, &mats, ly.down, &hid, &x, cfg.n_ff, 0, d, 1, false);
+                add_mat(
+                    &mut steps, &mats, ly.gu[0], &xn, &hid, d, 0, cfg.n_ff, 2, false,
+                );
+                add_mat(
+                    &mut steps, &mats, ly.down, &hid, &x, cfg.n_ff, 0, d, 1, false,
+                );
             } else {
                 // Gate and up of different types: gate → hid[t][ff..2ff], then the up pass
                 // (mode 3) writes silu(gate) * up into hid[t][0..ff].
-                add_mat(&mut steps, &mats, ly.gu[0], &xn, &hid, d, cfg.n_ff, 2 * cfg.n_ff, 0, false);
-                add_mat(&mut steps, &mats, ly.gu[1], &xn, &hid, d, 0, 2 * cfg.n_ff, 3, false);
-                add_mat(&mut steps, &mats, ly.down, &hid, &x, 2 * cfg.n_ff, 0, d, 1, false);
+                add_mat(
+                    &mut steps,
+                    &mats,
+                    ly.gu[0],
+                    &xn,
+                    &hid,
+                    d,
+                    cfg.n_ff,
+                    2 * cfg.n_ff,
+                    0,
+                    false,
+                );
+                add_mat(
+                    &mut steps,
+                    &mats,
+                    ly.gu[1],
+                    &xn,
+                    &hid,
+                    d,
+                    0,
+                    2 * cfg.n_ff,
+                    3,
+                    false,
+                );
+                add_mat(
+                    &mut steps,
+                    &mats,
+                    ly.down,
+                    &hid,
+                    &x,
+                    2 * cfg.n_ff,
+                    0,
+                    d,
+                    1,
+                    false,
+                );
             }
         }
         let slot = steps.len();
-        steps.push(Step { kind: StepKind::Norm, bind: bg(&bgl_mat, &[&x, &onorm, &xn], slot), slot, key: KernelKey::RmsNorm, n: d as u32 });
-        add_mat(&mut steps, &mats, out_idx, &xn, &logits, d, 0, n_vocab, 0, true);
+        steps.push(Step {
+            kind: StepKind::Norm,
+            bind: bg(&bgl_mat, &[&x, &onorm, &xn], slot),
+            slot,
+            key: KernelKey::RmsNorm,
+            n: d as u32,
+        });
+        add_mat(
+            &mut steps, &mats, out_idx, &xn, &logits, d, 0, n_vocab, 0, true,
+        );
         if steps.len() > n_slots_est {
             return Err(Error::msg("internal: params slots underestimated"));
         }
 
         let mut kernels = Kernels::default();
-        let pl_mat = ctx.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor { label: None, bind_group_layouts: &[Some(&bgl_mat)], immediate_size: 0 });
-        let pl_rope = ctx.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor { label: None, bind_group_layouts: &[Some(&bgl_rope)], immediate_size: 0 });
-        let pl_attn = ctx.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor { label: None, bind_group_layouts: &[Some(&bgl_attn)], immediate_size: 0 });
+        let pl_mat = ctx
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: None,
+                bind_group_layouts: &[Some(&bgl_mat)],
+                immediate_size: 0,
+            });
+        let pl_rope = ctx
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: None,
+                bind_group_layouts: &[Some(&bgl_rope)],
+                immediate_size: 0,
+            });
+        let pl_attn = ctx
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: None,
+                bind_group_layouts: &[Some(&bgl_attn)],
+                immediate_size: 0,
+            });
         for s in &steps {
             let pl = match s.key {
                 KernelKey::Rope => &pl_rope,
@@ -464,7 +753,15 @@ impl GpuModel {
             };
             kernels.get_with_layout(&ctx, &s.key, pl)?;
             if let KernelKey::MatVec { ty, .. } = s.key {
-                kernels.get_with_layout(&ctx, &KernelKey::MatVec { ty, nt: ctx.tune.nt_prompt, nr: ctx.tune.nr_prompt }, pl)?;
+                kernels.get_with_layout(
+                    &ctx,
+                    &KernelKey::MatVec {
+                        ty,
+                        nt: ctx.tune.nt_prompt,
+                        nr: ctx.tune.nr_prompt,
+                    },
+                    pl,
+                )?;
                 kernels.get_with_layout(&ctx, &KernelKey::MatMat { ty }, pl)?;
             }
         }
@@ -506,7 +803,10 @@ impl GpuModel {
             return Ok(Vec::new());
         }
         if n > self.opts.n_batch {
-            return Err(Error::msg(format!("{n} tokens exceed the batch size {}", self.opts.n_batch)));
+            return Err(Error::msg(format!(
+                "{n} tokens exceed the batch size {}",
+                self.opts.n_batch
+            )));
         }
         let d = self.cfg.n_embd;
         let nv = self.cfg.n_vocab;
@@ -515,20 +815,33 @@ impl GpuModel {
         let mut ti = Vec::with_capacity(n * 2);
         for &(tok, seq, pos) in tokens {
             if tok as usize >= nv {
-                return Err(Error::msg(format!("token id {tok} is outside the vocabulary ({nv})")));
+                return Err(Error::msg(format!(
+                    "token id {tok} is outside the vocabulary ({nv})"
+                )));
             }
             if seq as usize >= self.opts.n_seq || pos as usize >= self.opts.n_ctx {
-                return Err(Error::msg(format!("sequence {seq} position {pos} outside the KV cache ({} × {})", self.opts.n_seq, self.opts.n_ctx)));
+                return Err(Error::msg(format!(
+                    "sequence {seq} position {pos} outside the KV cache ({} × {})",
+                    self.opts.n_seq, self.opts.n_ctx
+                )));
             }
             let r = tok as usize * self.embd_row_bytes;
-            xs.extend(dequantize(self.embd_ty, &self.embd[r..r + self.embd_row_bytes], d)?);
+            xs.extend(dequantize(
+                self.embd_ty,
+                &self.embd[r..r + self.embd_row_bytes],
+                d,
+            )?);
             ti.push(seq);
             ti.push(pos);
         }
-        self.ctx.queue.write_buffer(&self.x, 0, bytemuck::cast_slice(&xs));
-        self.ctx.queue.write_buffer(&self.tinfo, 0, bytemuck::cast_slice(&ti));
+        self.ctx
+            .queue
+            .write_buffer(&self.x, 0, bytemuck::cast_slice(&xs));
+        self.ctx
+            .queue
+            .write_buffer(&self.tinfo, 0, bytemuck::cast_slice(&ti));
         let cfg = &self.cfg;
-                let mut pbytes = vec![0u8; self.steps.len() * SLOT];
+        let mut pbytes = vec![0u8; self.steps.len() * SLOT];
         let mut disp: Vec<(u32, u32)> = Vec::with_capacity(self.steps.len());
         for s in &self.steps {
             let p: [u32; 12];
@@ -538,28 +851,82 @@ impl GpuModel {
                     p = [s.n, n as u32, cfg.eps.to_bits(), 0, 0, 0, 0, 0, 0, 0, 0, 0];
                     wg = (n as u32, 1);
                 }
-                StepKind::Mat { m, c, x_ld, y_off, ld_y, mode, last_only } => {
+                StepKind::Mat {
+                    m,
+                    c,
+                    x_ld,
+                    y_off,
+                    ld_y,
+                    mode,
+                    last_only,
+                } => {
                     let mat = &self.mats[m];
                     let ch = &mat.chunks[c];
-                    let (x_off, ntok) = if last_only && !all_logits { ((n as u32 - 1) * x_ld, 1) } else { (0, n as u32) };
+                    let (x_off, ntok) = if last_only && !all_logits {
+                        ((n as u32 - 1) * x_ld, 1)
+                    } else {
+                        (0, n as u32)
+                    };
                     let tune = self.ctx.tune;
                     let aux = if mode == 3 { cfg.n_ff as u32 } else { 0 };
-                    p = [ch.rows, (mat.cols / 32) as u32, ch.d_off, x_off, x_ld, y_off, ld_y, ntok, mode, ch.row0, aux, 0];
+                    p = [
+                        ch.rows,
+                        (mat.cols / 32) as u32,
+                        ch.d_off,
+                        x_off,
+                        x_ld,
+                        y_off,
+                        ld_y,
+                        ntok,
+                        mode,
+                        ch.row0,
+                        aux,
+                        0,
+                    ];
                     wg = if ntok == 1 {
                         (ch.rows.div_ceil(8 * tune.nr_decode), 1)
                     } else if ntok >= tune.mm_min {
                         (ch.rows.div_ceil(64), ntok.div_ceil(64))
                     } else {
-                        (ch.rows.div_ceil(8 * tune.nr_prompt), ntok.div_ceil(tune.nt_prompt))
+                        (
+                            ch.rows.div_ceil(8 * tune.nr_prompt),
+                            ntok.div_ceil(tune.nt_prompt),
+                        )
                     };
                 }
                 StepKind::Rope => {
-                    p = [cfg.n_head as u32, cfg.n_kv as u32, cfg.head_dim as u32, self.opts.n_ctx as u32, n as u32, cfg.qkv_dim() as u32, (cfg.n_kv * cfg.head_dim) as u32, cfg.n_rot as u32, 0, 0, 0, 0];
+                    p = [
+                        cfg.n_head as u32,
+                        cfg.n_kv as u32,
+                        cfg.head_dim as u32,
+                        self.opts.n_ctx as u32,
+                        n as u32,
+                        cfg.qkv_dim() as u32,
+                        (cfg.n_kv * cfg.head_dim) as u32,
+                        cfg.n_rot as u32,
+                        0,
+                        0,
+                        0,
+                        0,
+                    ];
                     let total = (cfg.n_head + 2 * cfg.n_kv) * cfg.head_dim / 2;
                     wg = ((total as u32).div_ceil(64), n as u32);
                 }
                 StepKind::Attn => {
-                    p = [cfg.n_head as u32, cfg.n_kv as u32, cfg.head_dim as u32, self.opts.n_ctx as u32, n as u32, cfg.qkv_dim() as u32, (cfg.n_kv * cfg.head_dim) as u32, d as u32, (1.0 / (cfg.head_dim as f32).sqrt()).to_bits(), 0, 0, 0];
+                    p = [
+                        cfg.n_head as u32,
+                        cfg.n_kv as u32,
+                        cfg.head_dim as u32,
+                        self.opts.n_ctx as u32,
+                        n as u32,
+                        cfg.qkv_dim() as u32,
+                        (cfg.n_kv * cfg.head_dim) as u32,
+                        d as u32,
+                        (1.0 / (cfg.head_dim as f32).sqrt()).to_bits(),
+                        0,
+                        0,
+                        0,
+                    ];
                     wg = (cfg.n_head as u32, n as u32);
                 }
             }
@@ -569,18 +936,33 @@ impl GpuModel {
         self.ctx.queue.write_buffer(&self.params, 0, &pbytes);
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
         {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("forward"), timestamp_writes: None });
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("forward"),
+                timestamp_writes: None,
+            });
             for (s, wg) in self.steps.iter().zip(&disp) {
                 let key = match (&s.key, s.kind) {
                     (KernelKey::MatVec { ty, .. }, StepKind::Mat { last_only, .. }) => {
-                        let ntok = if n == 1 || (last_only && !all_logits) { 1 } else { n as u32 };
+                        let ntok = if n == 1 || (last_only && !all_logits) {
+                            1
+                        } else {
+                            n as u32
+                        };
                         let tune = self.ctx.tune;
                         if ntok == 1 {
-                            KernelKey::MatVec { ty: *ty, nt: 1, nr: tune.nr_decode }
+                            KernelKey::MatVec {
+                                ty: *ty,
+                                nt: 1,
+                                nr: tune.nr_decode,
+                            }
                         } else if ntok >= tune.mm_min {
                             KernelKey::MatMat { ty: *ty }
                         } else {
-                            KernelKey::MatVec { ty: *ty, nt: tune.nt_prompt, nr: tune.nr_prompt }
+                            KernelKey::MatVec {
+                                ty: *ty,
+                                nt: tune.nt_prompt,
+                                nr: tune.nr_prompt,
+                            }
                         }
                     }
                     (k, _) => k.clone(),

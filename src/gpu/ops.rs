@@ -22,24 +22,36 @@ impl MatRunner {
         let entry = |i: u32, ty: wgpu::BufferBindingType| wgpu::BindGroupLayoutEntry {
             binding: i,
             visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer { ty, has_dynamic_offset: false, min_binding_size: None },
+            ty: wgpu::BindingType::Buffer {
+                ty,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
             count: None,
         };
-        let bgl = ctx.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("matvec"),
-            entries: &[
-                entry(0, wgpu::BufferBindingType::Storage { read_only: true }),
-                entry(1, wgpu::BufferBindingType::Storage { read_only: true }),
-                entry(2, wgpu::BufferBindingType::Storage { read_only: false }),
-                entry(3, wgpu::BufferBindingType::Uniform),
-            ],
-        });
-        let layout = ctx.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: None,
-            bind_group_layouts: &[Some(&bgl)],
-            immediate_size: 0,
-        });
-        MatRunner { layout, bgl, kernels: Kernels::default() }
+        let bgl = ctx
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("matvec"),
+                entries: &[
+                    entry(0, wgpu::BufferBindingType::Storage { read_only: true }),
+                    entry(1, wgpu::BufferBindingType::Storage { read_only: true }),
+                    entry(2, wgpu::BufferBindingType::Storage { read_only: false }),
+                    entry(3, wgpu::BufferBindingType::Uniform),
+                ],
+            });
+        let layout = ctx
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: None,
+                bind_group_layouts: &[Some(&bgl)],
+                immediate_size: 0,
+            });
+        MatRunner {
+            layout,
+            bgl,
+            kernels: Kernels::default(),
+        }
     }
 
     fn record(
@@ -92,19 +104,33 @@ impl MatRunner {
                     0,
                     0,
                 ];
-                let ub = ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some("params"),
-                    contents: bytemuck::cast_slice(&p),
-                    usage: wgpu::BufferUsages::UNIFORM,
-                });
+                let ub = ctx
+                    .device
+                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some("params"),
+                        contents: bytemuck::cast_slice(&p),
+                        usage: wgpu::BufferUsages::UNIFORM,
+                    });
                 let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: None,
                     layout: &self.bgl,
                     entries: &[
-                        wgpu::BindGroupEntry { binding: 0, resource: ch.buf.as_entire_binding() },
-                        wgpu::BindGroupEntry { binding: 1, resource: xb.as_entire_binding() },
-                        wgpu::BindGroupEntry { binding: 2, resource: yb.as_entire_binding() },
-                        wgpu::BindGroupEntry { binding: 3, resource: ub.as_entire_binding() },
+                        wgpu::BindGroupEntry {
+                            binding: 0,
+                            resource: ch.buf.as_entire_binding(),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 1,
+                            resource: xb.as_entire_binding(),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 2,
+                            resource: yb.as_entire_binding(),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 3,
+                            resource: ub.as_entire_binding(),
+                        },
                     ],
                 });
                 (bg, ch.rows)
@@ -134,7 +160,15 @@ impl MatRunner {
         let xb = f32_buffer(ctx, "x", x);
         let yb = scratch(ctx, "y", n_tok * m.rows);
         let binds = self.binds(ctx, m, &xb, &yb, n_tok as u32, 0);
-        let key = if nt == 0 { KernelKey::MatMat { ty: m.ty.id() } } else { KernelKey::MatVec { ty: m.ty.id(), nt, nr } };
+        let key = if nt == 0 {
+            KernelKey::MatMat { ty: m.ty.id() }
+        } else {
+            KernelKey::MatVec {
+                ty: m.ty.id(),
+                nt,
+                nr,
+            }
+        };
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&Default::default());
@@ -146,13 +180,31 @@ impl MatRunner {
 
     /// Time `reps` rounds of mat-vec over every matrix in `ms` (one submit per round, so
     /// the matrices rotate and do not stay in cache). Returns seconds per round (median).
-    pub fn time(&mut self, ctx: &GpuContext, ms: &[GpuMatrix], n_tok: usize, nt: u32, nr: u32, reps: usize) -> Result<f64> {
-        let first = ms.first().ok_or_else(|| Error::msg("no matrices to time"))?;
+    pub fn time(
+        &mut self,
+        ctx: &GpuContext,
+        ms: &[GpuMatrix],
+        n_tok: usize,
+        nt: u32,
+        nr: u32,
+        reps: usize,
+    ) -> Result<f64> {
+        let first = ms
+            .first()
+            .ok_or_else(|| Error::msg("no matrices to time"))?;
         let xb = f32_buffer(ctx, "x", &vec![0.5f32; n_tok * first.cols]);
         let yb = scratch(ctx, "y", n_tok * first.rows);
         let mut all = Vec::new();
         for m in ms {
-            let key = if nt == 0 { KernelKey::MatMat { ty: m.ty.id() } } else { KernelKey::MatVec { ty: m.ty.id(), nt, nr } };
+            let key = if nt == 0 {
+                KernelKey::MatMat { ty: m.ty.id() }
+            } else {
+                KernelKey::MatVec {
+                    ty: m.ty.id(),
+                    nt,
+                    nr,
+                }
+            };
             all.push((self.binds(ctx, m, &xb, &yb, n_tok as u32, 0), key));
         }
         let mut times = Vec::new();
@@ -193,12 +245,16 @@ pub fn check_against_cpu(
     let data = super::source::random_blocks(ty, rows * cols, 11 + rows as u64, 0.3)?;
     let w = super::reference::dequantize(ty, &data, rows * cols)?;
     let m = super::buffers::upload_matrix(ctx, "check", ty, rows, cols, &data)?;
-    let x: Vec<f32> = (0..n_tok * cols).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
+    let x: Vec<f32> = (0..n_tok * cols)
+        .map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0)
+        .collect();
     let y = runner.run(ctx, &m, &x, n_tok, nt, nr)?;
     let (mut mx, mut err) = (0f64, 0f64);
     for t in 0..n_tok {
         for r in 0..rows {
-            let s: f64 = (0..cols).map(|c| w[r * cols + c] as f64 * x[t * cols + c] as f64).sum();
+            let s: f64 = (0..cols)
+                .map(|c| w[r * cols + c] as f64 * x[t * cols + c] as f64)
+                .sum();
             let g = y[t * rows + r] as f64;
             if !g.is_finite() {
                 return Ok(f64::INFINITY);
