@@ -26,9 +26,9 @@ struct Params {
 
 const UPB: u32 = $UPBu;
 
-// [k][16 vec4 of rows] and [k][16 vec4 of tokens]
-var<workgroup> Ws: array<vec4<f32>, 512>;
-var<workgroup> Xs: array<vec4<f32>, 512>;
+// [k][64 rows] and [k][64 tokens]
+var<workgroup> WsF: array<f32, 2048>;
+var<workgroup> XsF: array<f32, 2048>;
 
 $DEQ
 
@@ -38,66 +38,81 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     let tok_base = wg.y * 64u;
     let ty = lid / 16u;
     let tx = lid % 16u;
-    var acc: array<vec4<f32>, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        acc[i] = vec4<f32>(0.0);
-    }
+    // Accumulators are four vec4 variables, not an array: a dynamically indexed private
+    // array would be placed in slow local memory.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     for (var u = 0u; u < P.units; u++) {
         for (var h = 0u; h < 2u; h++) {
             let p = lid + h * 256u;
-            // weight tile: (row, j) pairs
+            // weight tile: (row, j) pairs, stored k-major
             let wr = p / 8u;
             let j = p % 8u;
             let r = min(row_base + wr, P.rows - 1u);
             let gu = r * P.units + u;
             let w = deq4(gu / UPB, gu % UPB, j);
-            for (var i = 0u; i < 4u; i++) {
-                Ws[(4u * j + i) * 16u + wr / 4u][wr % 4u] = w[i];
-            }
-            // input tile: (token, group) pairs
+            let wb = (4u * j) * 64u + wr;
+            WsF[wb] = w.x;
+            WsF[wb + 64u] = w.y;
+            WsF[wb + 128u] = w.z;
+            WsF[wb + 192u] = w.w;
+            // input tile: (token, group) pairs, stored k-major
             let xt = p / 8u;
             let g = p % 8u;
             let t = min(tok_base + xt, P.n_tok - 1u);
             let xv = X[P.x_off + t * P.ld_x + u * 8u + g];
-            for (var i = 0u; i < 4u; i++) {
-                Xs[(4u * g + i) * 16u + xt / 4u][xt % 4u] = xv[i];
-            }
+            let xb = (4u * g) * 64u + xt;
+            XsF[xb] = xv.x;
+            XsF[xb + 64u] = xv.y;
+            XsF[xb + 128u] = xv.z;
+            XsF[xb + 192u] = xv.w;
         }
         workgroupBarrier();
         for (var k = 0u; k < 32u; k++) {
-            let a = Ws[k * 16u + ty];
-            let b = Xs[k * 16u + tx];
-            acc[0] += a.x * b;
-            acc[1] += a.y * b;
-            acc[2] += a.z * b;
-            acc[3] += a.w * b;
+            let ab = k * 64u + ty * 4u;
+            let bb = k * 64u + tx * 4u;
+            let a = vec4<f32>(WsF[ab], WsF[ab + 1u], WsF[ab + 2u], WsF[ab + 3u]);
+            let b = vec4<f32>(XsF[bb], XsF[bb + 1u], XsF[bb + 2u], XsF[bb + 3u]);
+            acc0 += a.x * b;
+            acc1 += a.y * b;
+            acc2 += a.z * b;
+            acc3 += a.w * b;
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let rr = row_base + ty * 4u + i;
-        if (rr >= P.rows) {
+    let r0 = row_base + ty * 4u;
+    store4(r0, tx, tok_base, acc0, acc1);
+    store4(r0 + 1u, tx, tok_base, acc1, acc1);
+    store4(r0 + 2u, tx, tok_base, acc2, acc3);
+    store4(r0 + 3u, tx, tok_base, acc3, acc3);
+}
+
+// Store one row's 4 tokens; `up` is the next row's values (used by mode 2 on even rows).
+fn store4(rr: u32, tx: u32, tok_base: u32, v4: vec4<f32>, up4: vec4<f32>) {
+    if (rr >= P.rows) {
+        return;
+    }
+    let orow = P.row0 + rr;
+    let vs = array<f32, 4>(v4.x, v4.y, v4.z, v4.w);
+    let us = array<f32, 4>(up4.x, up4.y, up4.z, up4.w);
+    for (var c = 0u; c < 4u; c++) {
+        let tok = tok_base + tx * 4u + c;
+        if (tok >= P.n_tok) {
             continue;
         }
-        let orow = P.row0 + rr;
-        for (var c = 0u; c < 4u; c++) {
-            let tok = tok_base + tx * 4u + c;
-            if (tok >= P.n_tok) {
-                continue;
-            }
-            let v = acc[i][c];
-            let o = P.y_off + tok * P.ld_y + orow;
-            if (P.mode == 0u) {
-                Y[o] = v;
-            } else if (P.mode == 1u) {
-                Y[o] = Y[o] + v;
-            } else if (P.mode == 3u) {
-                let gt = Y[o + P.pad0];
-                Y[o] = gt / (1.0 + exp(-gt)) * v;
-            } else if ((i & 1u) == 0u) {
-                let up = acc[i + 1u][c];
-                Y[P.y_off + tok * P.ld_y + orow / 2u] = v / (1.0 + exp(-v)) * up;
-            }
+        let v = vs[c];
+        let o = P.y_off + tok * P.ld_y + orow;
+        if (P.mode == 0u) {
+            Y[o] = v;
+        } else if (P.mode == 1u) {
+            Y[o] = Y[o] + v;
+        } else if (P.mode == 3u) {
+            let gt = Y[o + P.pad0];
+            Y[o] = gt / (1.0 + exp(-gt)) * v;
+        } else if ((orow & 1u) == 0u) {
+            Y[P.y_off + tok * P.ld_y + orow / 2u] = v / (1.0 + exp(-v)) * us[c];
         }
     }
 }

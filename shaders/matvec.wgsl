@@ -42,34 +42,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     let lane = lid % 32u;
     let rbase = wg.x * RPW + warp * NR;
     let t0 = wg.y * NT;
-    var acc: array<f32, NR * NT>;
-    for (var k = 0u; k < NR * NT; k++) {
-        acc[k] = 0.0;
-    }
-    var xt: array<u32, NT>;
-    for (var t = 0u; t < NT; t++) {
-        xt[t] = P.x_off + min(t0 + t, P.n_tok - 1u) * P.ld_x;
-    }
     // Lanes take consecutive groups of 4 weights, so X loads (and most weight loads) of a
     // warp are contiguous; each X vector is reused for NR rows and each weight for NT tokens.
-    let groups = P.units * 8u;
-    for (var g = lane; g < groups; g += 32u) {
-        let u = g >> 3u;
-        let j = g & 7u;
-        var xv: array<vec4<f32>, NT>;
-        for (var t = 0u; t < NT; t++) {
-            xv[t] = X[xt[t] + g];
-        }
-        for (var rr = 0u; rr < NR; rr++) {
-            let r = min(rbase + rr, P.rows - 1u);
-            let gu = r * P.units + u;
-            let w = deq4(gu / UPB, gu % UPB, j);
-            for (var t = 0u; t < NT; t++) {
-                acc[rr * NT + t] += dot(w, xv[t]);
-            }
-        }
-    }
-$RED_BODY
+    // The NR × NT accumulators are generated as scalars (no private arrays: a dynamically
+    // indexed private array would live in slow local memory).
+$BODY
     workgroupBarrier();
     for (var idx = lid; idx < RPW * NT; idx += 256u) {
         let rr = wg.x * RPW + idx / NT;

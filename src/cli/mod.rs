@@ -54,7 +54,7 @@ enum Command {
     /// Requantize a GGUF by a recipe, a llama.cpp preset or a plain type.
     Convert(convert::Args),
     /// Benchmark models on the GPU (wgpu) or CPU: pp/tg tokens/s, latency, bandwidth, gates.
-    Bench(bench::Args),
+    Bench(Box<bench::Args>),
     /// Convert, validate and gate many models × recipes from a pipeline file.
     Batch(batch::Args),
     /// Merge batch results (several shares) into one report with tables and plots.
@@ -74,7 +74,7 @@ pub fn main() -> i32 {
         Command::Inspect(a) => inspect::run(a),
         Command::Diff(a) => diff::run(a),
         Command::Convert(a) => convert::run(a),
-        Command::Bench(a) => bench::run(a),
+        Command::Bench(a) => bench::run(*a),
         Command::Batch(a) => batch::run(a),
         Command::Report(a) => report::run(a),
         Command::Run(a) => run::run(a),

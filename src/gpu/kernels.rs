@@ -159,17 +159,44 @@ impl Kernels {
                     .ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;
                 let lay = layout(gt)?;
                 let deq = deq_source(gt, "W", "", "P.d_off")?;
-                let (decl, body) = if ctx.subgroup32 {
-                    (
-                        String::new(),
-                        "    for (var k = 0u; k < NR * NT; k++) {\n        let s = subgroupAdd(acc[k]);\n        if (lane == 0u) { res[warp * NR * NT + k] = s; }\n    }\n".to_string(),
-                    )
+                let (nr, nt) = (*nr as usize, *nt as usize);
+                let mut body = String::new();
+                for r in 0..nr {
+                    for t in 0..nt {
+                        body.push_str(&format!("    var acc_{r}_{t} = 0.0;\n"));
+                    }
+                }
+                for t in 0..nt {
+                    body.push_str(&format!(
+                        "    let xt_{t} = P.x_off + min(t0 + {t}u, P.n_tok - 1u) * P.ld_x;\n"
+                    ));
+                }
+                body.push_str("    let groups = P.units * 8u;\n    for (var g = lane; g < groups; g += 32u) {\n        let u = g >> 3u;\n        let j = g & 7u;\n");
+                for t in 0..nt {
+                    body.push_str(&format!("        let xv_{t} = X[xt_{t} + g];\n"));
+                }
+                for r in 0..nr {
+                    body.push_str(&format!("        let gu_{r} = min(rbase + {r}u, P.rows - 1u) * P.units + u;\n        let w_{r} = deq4(gu_{r} / UPB, gu_{r} % UPB, j);\n"));
+                    for t in 0..nt {
+                        body.push_str(&format!("        acc_{r}_{t} += dot(w_{r}, xv_{t});\n"));
+                    }
+                }
+                body.push_str("    }\n");
+                let decl = if ctx.subgroup32 {
+                    String::new()
                 } else {
-                    (
-                        "var<workgroup> red: array<f32, 256>;".to_string(),
-                        "    for (var k = 0u; k < NR * NT; k++) {\n        red[lid] = acc[k];\n        workgroupBarrier();\n        for (var s = 16u; s > 0u; s >>= 1u) {\n            if (lane < s) { red[lid] += red[lid + s]; }\n            workgroupBarrier();\n        }\n        if (lane == 0u) { res[warp * NR * NT + k] = red[lid]; }\n        workgroupBarrier();\n    }\n".to_string(),
-                    )
+                    "var<workgroup> red: array<f32, 256>;".to_string()
                 };
+                for r in 0..nr {
+                    for t in 0..nt {
+                        let k = r * nt + t;
+                        if ctx.subgroup32 {
+                            body.push_str(&format!("    let s_{k} = subgroupAdd(acc_{r}_{t});\n    if (lane == 0u) {{ res[warp * NR * NT + {k}u] = s_{k}; }}\n"));
+                        } else {
+                            body.push_str(&format!("    red[lid] = acc_{r}_{t};\n    workgroupBarrier();\n    for (var s = 16u; s > 0u; s >>= 1u) {{\n        if (lane < s) {{ red[lid] += red[lid + s]; }}\n        workgroupBarrier();\n    }}\n    if (lane == 0u) {{ res[warp * NR * NT + {k}u] = red[lid]; }}\n    workgroupBarrier();\n"));
+                        }
+                    }
+                }
                 let head = "";
                 format!(
                     "{head}{}",
@@ -178,7 +205,7 @@ impl Kernels {
                         .replace("$NR", &nr.to_string())
                         .replace("$UPB", &lay.units_per_block().to_string())
                         .replace("$RED_DECL", &decl)
-                        .replace("$RED_BODY", &body)
+                        .replace("$BODY", &body)
                         .replace("$DEQ", &deq)
                 )
             }

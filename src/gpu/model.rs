@@ -1005,7 +1005,7 @@ impl GpuModel {
                 None => by.push((m.ty.name().to_string(), m.file_bytes)),
             }
         }
-        by.sort_by(|a, b| b.1.cmp(&a.1));
+        by.sort_by_key(|b| std::cmp::Reverse(b.1));
         let mut s = by.first().map(|b| b.0.clone()).unwrap_or_default();
         if by.len() > 1 {
             let rest: Vec<String> = by[1..].iter().map(|b| b.0.clone()).collect();

@@ -54,6 +54,7 @@ impl MatRunner {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn record(
         &mut self,
         ctx: &GpuContext,

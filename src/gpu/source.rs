@@ -272,11 +272,8 @@ impl Mix {
     }
     /// Type of tensor `name` (a matrix) in layer `layer` of `n_layer`.
     pub fn type_for(&self, name: &str, layer: Option<u64>, n_layer: u64) -> GgmlType {
-        let more_bits = |i: u64| {
-            i < n_layer / 8
-                || i >= 7 * n_layer / 8
-                || (i >= n_layer / 8 && (i - n_layer / 8) % 3 == 2)
-        };
+        let more_bits =
+            |i: u64| i < n_layer / 8 || i >= 7 * n_layer / 8 || (i - n_layer / 8) % 3 == 2;
         let is = |t: &str| name.contains(t);
         match self {
             Mix::Uniform(t) => {
@@ -287,9 +284,9 @@ impl Mix {
                 }
             }
             Mix::Q4KM => {
-                if name == "output.weight" {
-                    Self::ty("Q6_K")
-                } else if (is("attn_v") || is("ffn_down")) && layer.is_some_and(more_bits) {
+                if name == "output.weight"
+                    || ((is("attn_v") || is("ffn_down")) && layer.is_some_and(more_bits))
+                {
                     Self::ty("Q6_K")
                 } else {
                     Self::ty("Q4_K")
