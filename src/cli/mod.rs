@@ -41,8 +41,6 @@ struct Cli {
     cmd: Command,
 }
 
-// Parsed once per process; boxing the large argument structs would buy nothing.
-#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Print the list of tensor types ggufq knows.
