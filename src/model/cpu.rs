@@ -22,6 +22,55 @@ const TILE_ROWS: usize = 64;
 /// Query rows per attention task.
 const ATT_BLOCK: usize = 32;
 
+/// Round to the nearest integer, ties to even, for |x| ≤ 2²² (the activation quantizers only
+/// see |x| ≤ 127): adding and subtracting 1.5·2²³ leaves no fraction bits, and the FPU's
+/// default rounding is ties-to-even. Unlike `f32::round_ties_even` on baseline x86-64 (a
+/// libm `rintf` call) this inlines and vectorizes. NaN stays NaN.
+#[inline(always)]
+pub fn round_even_small(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³
+    (x + MAGIC) - MAGIC
+}
+
+/// Round every value to the nearest f16 (ties to even, f16 subnormals and overflow to ±inf as
+/// `half::f16::from_f32`) and back to f32. Uses F16C eight lanes at a time when the CPU has it.
+pub fn round_f16(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx")
+        {
+            // SAFETY: the CPU supports F16C and AVX (checked just above).
+            unsafe { round_f16_f16c(x) };
+            return;
+        }
+    }
+    round_f16_scalar(x);
+}
+
+/// Scalar reference for [`round_f16`].
+pub fn round_f16_scalar(x: &mut [f32]) {
+    x.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32());
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn round_f16_f16c(x: &mut [f32]) {
+    use std::arch::x86_64::{
+        _mm256_cvtph_ps, _mm256_cvtps_ph, _mm256_loadu_ps, _mm256_storeu_ps,
+        _MM_FROUND_TO_NEAREST_INT,
+    };
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        // SAFETY: `c` holds exactly 8 f32 (unaligned loads/stores).
+        unsafe {
+            let v = _mm256_loadu_ps(c.as_ptr());
+            let h = _mm256_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT }>(v);
+            _mm256_storeu_ps(c.as_mut_ptr(), _mm256_cvtph_ps(h));
+        }
+    }
+    round_f16_scalar(chunks.into_remainder());
+}
+
 /// Which rounding llama.cpp applies to activations before a dot product with a weight type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ActQuant {
@@ -63,7 +112,7 @@ impl ActQuant {
     pub fn apply(self, x: &mut [f32]) {
         match self {
             ActQuant::None => {}
-            ActQuant::F16 => x.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32()),
+            ActQuant::F16 => round_f16(x),
             ActQuant::Bf16 => x.iter_mut().for_each(|v| *v = bf16::from_f32(*v).to_f32()),
             ActQuant::Q8_0 | ActQuant::Q8_1 => {
                 for b in x.chunks_mut(32) {
@@ -72,7 +121,7 @@ impl ActQuant {
                     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
                     let dh = f16::from_f32(d).to_f32();
                     for v in b.iter_mut() {
-                        *v = (*v * id).round_ties_even() * dh;
+                        *v = round_even_small(*v * id) * dh;
                     }
                 }
             }
@@ -93,7 +142,7 @@ impl ActQuant {
                     let iscale = -127.0 / max;
                     let d = 1.0 / iscale;
                     for v in b.iter_mut() {
-                        let q = ((iscale * *v).round_ties_even() as i32).min(127);
+                        let q = (round_even_small(iscale * *v) as i32).min(127);
                         *v = q as f32 * d;
                     }
                 }
@@ -557,9 +606,8 @@ impl CpuBackend {
                         sum += *v as f64;
                     }
                     let inv = (1.0 / sum) as f32;
-                    for v in vis.iter_mut() {
-                        *v = f16::from_f32(*v * inv).to_f32();
-                    }
+                    vis.iter_mut().for_each(|v| *v *= inv);
+                    round_f16(vis);
                     masked.iter_mut().for_each(|v| *v = 0.0);
                 }
                 // SAFETY: this task alone writes rows t0..t0+rows, columns hh·hd..(hh+1)·hd
@@ -622,15 +670,13 @@ impl CpuBackend {
             }
             self.rope(&mut q, nh, &table);
             self.rope(&mut k, nkv, &table);
-            q.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32());
+            round_f16(&mut q);
             let kc = &mut self.k_cache[li][pos0 * kvd..(pos0 + n) * kvd];
-            kc.iter_mut()
-                .zip(&k)
-                .for_each(|(c, v)| *c = f16::from_f32(*v).to_f32());
+            kc.copy_from_slice(&k);
+            round_f16(kc);
             let vc = &mut self.v_cache[li][pos0 * kvd..(pos0 + n) * kvd];
-            vc.iter_mut()
-                .zip(&v)
-                .for_each(|(c, v)| *c = f16::from_f32(*v).to_f32());
+            vc.copy_from_slice(&v);
+            round_f16(vc);
             self.attention(li, &q, n, pos0, &mut att);
             let l = &self.layers[li];
             let ao = self.linear(&l.wo, &att, n, None)?;
