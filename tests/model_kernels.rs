@@ -2,7 +2,7 @@
 //! `half`, the inlined ties-to-even rounding vs `f32::round_ties_even`, and the activation
 //! quantizers vs a straightforward transcription of ggml's.
 
-use ggufq::model::cpu::{round_even_small, round_f16, round_f16_scalar, ActQuant};
+use ggufq::model::cpu::{dot, dot_scalar, round_even_small, round_f16, round_f16_scalar, ActQuant};
 
 /// Deterministic values over many binades, with f16 ties, subnormals, overflow and specials.
 fn values() -> Vec<f32> {
@@ -147,4 +147,29 @@ fn activation_quantizers_match_ggml_transcriptions() {
     let mut b = x.clone();
     round_f16_scalar(&mut b);
     assert_eq!(a, b);
+}
+
+#[test]
+fn dot_kernels_match_f64_reference_for_all_lengths() {
+    let vals: Vec<f32> = values()
+        .into_iter()
+        .filter(|v| v.is_finite() && v.abs() < 1e3)
+        .collect();
+    let (a, b) = vals.split_at(vals.len() / 2);
+    for len in (0..80).chain([575, 576, 1536, 4096]) {
+        let (x, y) = (&a[..len], &b[..len]);
+        let exact: f64 = x.iter().zip(y).map(|(&p, &q)| p as f64 * q as f64).sum();
+        let mag: f64 = x
+            .iter()
+            .zip(y)
+            .map(|(&p, &q)| (p as f64 * q as f64).abs())
+            .sum();
+        let tol = 1e-6 * mag + 1e-30;
+        for (name, got) in [("dot", dot(x, y)), ("dot_scalar", dot_scalar(x, y))] {
+            assert!(
+                (got as f64 - exact).abs() <= tol,
+                "{name} length {len}: {got} vs {exact}"
+            );
+        }
+    }
 }

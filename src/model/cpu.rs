@@ -19,6 +19,8 @@ use crate::quant::GgmlType;
 
 /// Rows of a weight matrix per task when no even split exists (see `tile_rows`).
 const TILE_ROWS: usize = 64;
+/// Batches of at most this many tokens use the row-by-row mat-vec path instead of a GEMM.
+const SMALL_BATCH: usize = 4;
 /// Query rows per attention task.
 const ATT_BLOCK: usize = 32;
 
@@ -263,6 +265,76 @@ fn tile_rows(m: usize) -> usize {
         .unwrap_or(TILE_ROWS)
 }
 
+/// Dot product of two equally long f32 slices (AVX2/FMA eight lanes × four accumulators when
+/// the CPU has them, else [`dot_scalar`]).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { dot_avx2(a, b) };
+        }
+    }
+    dot_scalar(a, b)
+}
+
+/// Portable dot product with eight independent partial sums (vectorizable without
+/// reassociating a single sum).
+pub fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        s += x * y;
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    // SAFETY: every load reads 8 floats at i + 8·j < n from both slices.
+    unsafe {
+        while i + 32 <= n {
+            for (j, a) in acc.iter_mut().enumerate() {
+                let x = _mm256_loadu_ps(pa.add(i + 8 * j));
+                let y = _mm256_loadu_ps(pb.add(i + 8 * j));
+                *a = _mm256_fmadd_ps(x, y, *a);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            let x = _mm256_loadu_ps(pa.add(i));
+            let y = _mm256_loadu_ps(pb.add(i));
+            acc[0] = _mm256_fmadd_ps(x, y, acc[0]);
+            i += 8;
+        }
+        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+        let mut s: f32 = lanes.iter().sum();
+        while i < n {
+            s += *pa.add(i) * *pb.add(i);
+            i += 1;
+        }
+        s
+    }
+}
+
 /// A weight matrix ready for the CPU: raw bytes plus layout.
 struct Mat {
     ty: GgmlType,
@@ -279,7 +351,7 @@ impl Mat {
         let k = w.row_len();
         let row_bytes = ty
             .bytes_for(k as u64)
-            .filter(|_| k as u64 % ty.block_size() == 0)
+            .filter(|_| k > 0 && k as u64 % ty.block_size() == 0)
             .ok_or_else(|| Error::Tensor {
                 tensor: w.name().to_string(),
                 msg: format!(
@@ -329,6 +401,9 @@ impl Mat {
         let out_ptr = SendPtr(out.as_mut_ptr());
         let f32_in_place =
             self.ty == GgmlType::F32 && (data.as_ptr() as usize) % std::mem::align_of::<f32>() == 0;
+        if n <= SMALL_BATCH {
+            return self.matvec(data, xq, out, rows_per, f32_in_place);
+        }
         (0..n_tiles).into_par_iter().try_for_each(|t| {
             let r0 = t * rows_per;
             let rows = rows_per.min(m - r0);
@@ -369,6 +444,43 @@ impl Mat {
                         1,
                         k,
                     );
+                }
+                Ok(())
+            })
+        })
+    }
+
+    /// Small batches (decode): one row of W at a time, dequantized into a per-thread buffer
+    /// that stays in L1 (F32 rows read in place) and dotted with each input row. A GEMM
+    /// would pack the whole matrix for a single output row.
+    fn matvec(
+        &self,
+        data: &[u8],
+        xq: &[f32],
+        out: &mut [f32],
+        rows_per: usize,
+        f32_in_place: bool,
+    ) -> Result<()> {
+        let (k, m) = (self.k, self.m);
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        (0..m.div_ceil(rows_per)).into_par_iter().try_for_each(|t| {
+            let r0 = t * rows_per;
+            let rows = rows_per.min(m - r0);
+            with_scratch(k, |buf| -> Result<()> {
+                for r in r0..r0 + rows {
+                    let bytes = &data[r * self.row_bytes..(r + 1) * self.row_bytes];
+                    let w: &[f32] = if f32_in_place {
+                        // SAFETY: `bytes` holds k f32 values, 4-byte aligned (checked by the
+                        // caller); any bit pattern is a valid f32.
+                        unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, k) }
+                    } else {
+                        dequantize_rows(self.ty, bytes, buf)?;
+                        buf
+                    };
+                    for (i, x) in xq.chunks_exact(k).enumerate() {
+                        // SAFETY: i < n (rows of xq) and r < m; this task alone writes column r.
+                        unsafe { *out_ptr.get().add(i * m + r) = dot(x, w) };
+                    }
                 }
                 Ok(())
             })
