@@ -99,7 +99,14 @@ fn report(e: &anyhow::Error) -> i32 {
             msg.push_str(&text);
         }
     }
-    eprintln!("error: {msg}");
+    // Names in the message may come from a file: never send its control characters (ESC, BEL,
+    // CR...) raw to the terminal; line breaks of multi-line messages stay.
+    let shown: String = msg
+        .split('\n')
+        .map(|l| ggufq::gguf::value::printable(l).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n");
+    eprintln!("error: {shown}");
     match e.downcast_ref::<ggufq::error::Error>() {
         // A file that does not exist or may not be read is the user's input at fault.
         Some(ggufq::error::Error::Io { source, .. })
