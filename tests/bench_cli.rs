@@ -350,3 +350,32 @@ fn bench_ppl_on_gpu_matches_cpu_and_reports_kld() {
         "gpu {kg} cpu {kc}"
     );
 }
+
+#[test]
+fn bench_counts_smollm2_params_like_llama_bench() {
+    // SmolLM2 ties its output to the embedding: llama-bench reports 134.52 M parameters
+    // (134,515,008 elements over the file's tensors) and a 92.10 MiB model size.
+    let Some(smol) = ggufq::testutil::smollm2_path() else {
+        eprintln!("SmolLM2 not fetched (scripts/fetch-model.sh): skipping");
+        return;
+    };
+    let out = bench(&[
+        "--backend",
+        "cpu",
+        smol.to_str().unwrap(),
+        "-p",
+        "0",
+        "-n",
+        "1",
+        "-r",
+        "1",
+        "-o",
+        "json",
+        "-q",
+    ])
+    .success();
+    let rows = json_rows(&out);
+    assert_eq!(rows[0]["model_n_params"], 134_515_008u64);
+    assert_eq!(rows[0]["model_size"], 96_576_768u64);
+    assert_eq!(rows[0]["model_type"], "llama 135M Q4_1");
+}
