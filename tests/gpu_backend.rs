@@ -25,11 +25,12 @@ fn context() -> Option<Arc<GpuContext>> {
 }
 
 fn write_tiny(dir: &Path, mix: &str) -> std::path::PathBuf {
-    let src = SynthSource {
-        shape: Shape::named("tiny").unwrap(),
-        mix: Mix::parse(mix).unwrap(),
-        name: format!("tiny-{mix}"),
-    };
+    let src = SynthSource::new(
+        Shape::named("tiny").unwrap(),
+        Mix::parse(mix).unwrap(),
+        format!("tiny-{mix}"),
+    )
+    .unwrap();
     let p = dir.join(format!("{}.gguf", src.name));
     src.write_gguf(&p).unwrap();
     p

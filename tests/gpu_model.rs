@@ -194,11 +194,12 @@ fn compare(gpu: &[f32], cpu: &[f64], what: &str) {
 }
 
 fn run_type(ctx: &Arc<GpuContext>, ty: &str) {
-    let src = SynthSource {
-        shape: Shape::named("tiny").unwrap(),
-        mix: Mix::parse(ty).unwrap(),
-        name: format!("tiny-{ty}"),
-    };
+    let src = SynthSource::new(
+        Shape::named("tiny").unwrap(),
+        Mix::parse(ty).unwrap(),
+        format!("tiny-{ty}"),
+    )
+    .unwrap();
     let mut cpu = CpuRef::new(&src);
     let mut gpu = GpuModel::load(
         ctx.clone(),
@@ -287,11 +288,12 @@ fn gpu_llama_matches_cpu_reference_other_types() {
 fn gpu_gguf_roundtrip_gives_same_logits() {
     // A synthetic model written as GGUF and loaded back from the file runs identically.
     let Some(ctx) = context() else { return };
-    let src = SynthSource {
-        shape: Shape::named("tiny").unwrap(),
-        mix: Mix::parse("q4_k_m").unwrap(),
-        name: "tiny-q4km".into(),
-    };
+    let src = SynthSource::new(
+        Shape::named("tiny").unwrap(),
+        Mix::parse("q4_k_m").unwrap(),
+        "tiny-q4km",
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("m.gguf");
     src.write_gguf(&path).unwrap();

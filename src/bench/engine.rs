@@ -156,11 +156,12 @@ mod tests {
         use crate::gpu::source::{Mix, Shape, SynthSource};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tiny.gguf");
-        let src = SynthSource {
-            shape: Shape::named("tiny").unwrap(),
-            mix: Mix::parse("q8_0").unwrap(),
-            name: "tiny".into(),
-        };
+        let src = SynthSource::new(
+            Shape::named("tiny").unwrap(),
+            Mix::parse("q8_0").unwrap(),
+            "tiny",
+        )
+        .unwrap();
         src.write_gguf(&path).unwrap();
         crate::model::Model::open(&path).unwrap().hparams
     }

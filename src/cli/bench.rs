@@ -18,7 +18,10 @@ use super::{EXIT_CHECK_FAILED, EXIT_OK};
 pub struct Args {
     /// GGUF models to benchmark.
     pub models: Vec<PathBuf>,
-    /// Random-weight models generated in memory, SHAPE:TYPE (shape tiny|1b|7b|8b), repeatable.
+    /// Random-weight models generated in memory, SHAPE:MIX, repeatable: shape tiny|1b|7b|8b;
+    /// mix a llama-quantize preset (q4_k_m, q4_0, q2_k, ...) planned as `convert` plans it,
+    /// a type name that is no preset (q4_k: every matrix), hybrid (recipes/hybrid.yaml) or a
+    /// recipe .yaml file.
     #[arg(long = "synth", value_name = "SHAPE:TYPE")]
     pub synth: Vec<String>,
     /// Prompt tokens per pp test (0 = skip), comma-separated list allowed.
@@ -664,7 +667,7 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
     print_rows(&args, &rows, failed)
 }
 
-/// Parse --synth SHAPE:MIX (mix: a type name, q4_k_m, q2_k_mix or hybrid).
+/// Parse --synth SHAPE:MIX (mix: a type name, a llama-quantize preset, hybrid, or a recipe file).
 #[cfg(feature = "gpu")]
 fn synth_source(s: &str) -> anyhow::Result<ggufq::gpu::SynthSource> {
     use ggufq::gpu::source::Mix;
@@ -673,14 +676,9 @@ fn synth_source(s: &str) -> anyhow::Result<ggufq::gpu::SynthSource> {
         .with_context(|| format!("--synth wants SHAPE:TYPE, got '{s}'"))?;
     let sh = ggufq::gpu::Shape::named(shape)
         .with_context(|| format!("unknown shape '{shape}' (tiny, 1b, 7b, 8b)"))?;
-    let m = Mix::parse(mix).with_context(|| {
-        format!("unknown type or mix '{mix}' (a type name, q4_k_m, q2_k_mix, hybrid)")
-    })?;
-    Ok(ggufq::gpu::SynthSource {
-        shape: sh,
-        mix: m,
-        name: format!("synth-{shape}-{}", m.name()),
-    })
+    let m = Mix::load(mix)?;
+    let name = format!("synth-{shape}-{}", m.name());
+    Ok(ggufq::gpu::SynthSource::new(sh, m, name)?)
 }
 
 #[cfg(feature = "gpu")]

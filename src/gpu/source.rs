@@ -6,6 +6,9 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::quant::GgmlType;
+use crate::recipe::plan::{build_plan, PlanOptions, TensorDesc};
+use crate::recipe::presets::{ModelInfo, Preset};
+use crate::recipe::schema::{Base, Recipe};
 
 /// One tensor as stored: type, ggml dims (dims[0] = row length) and raw bytes.
 pub struct TensorView<'a> {
@@ -168,108 +171,68 @@ impl Shape {
     }
 }
 
-/// How tensor types are chosen for synthetic weights.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mix {
-    /// Every matrix in one type; output Q6_K unless the type is Q8_0 or a float type
-    /// (as llama-quantize does for a pure file type).
-    Uniform(GgmlType),
-    /// llama.cpp's Q4_K_M: Q4_K, with attn_v and ffn_down in Q6_K on the layers
-    /// `use_more_bits` picks, output Q6_K.
-    Q4KM,
-    /// llama.cpp's Q2_K for a model without GQA: Q2_K, attn_v / attn_output / ffn_down Q3_K,
-    /// output Q6_K.
-    Q2K,
-    /// recipes/hybrid.yaml: attention Q5_K, everything else Q2_K, output Q6_K.
-    Hybrid,
+/// How tensor types are chosen for synthetic weights: a recipe planned exactly as
+/// `ggufq convert` plans it ([`crate::recipe::plan::build_plan`]) for an F32 source of the
+/// shape.
+#[derive(Clone, Debug)]
+pub struct Mix {
+    name: String,
+    recipe: Recipe,
 }
 
+/// recipes/hybrid.yaml, built in so `--synth 7b:hybrid` works anywhere.
+const HYBRID_YAML: &str = include_str!("../../recipes/hybrid.yaml");
+
 impl Mix {
-    /// Parse "q4_k_m", "q2_k_mix", "hybrid" or a type name ("Q4_0", "q8_0", ...).
+    /// Parse a preset name (`q4_k_m`, `q4_0`, `q2_k`: llama-quantize's mix of that file type;
+    /// `q2_k_mix` is an alias of `q2_k`), `hybrid` (recipes/hybrid.yaml) or a type name that
+    /// is not a preset (`q4_k`, `q3_k`, `q5_k`: every quantizable tensor in that type).
     pub fn parse(s: &str) -> Option<Mix> {
-        match s.to_ascii_lowercase().as_str() {
-            "q4_k_m" => Some(Mix::Q4KM),
-            "q2_k_mix" | "q2_k_llama" => Some(Mix::Q2K),
-            "hybrid" => Some(Mix::Hybrid),
-            _ => GgmlType::from_name(&s.to_ascii_uppercase()).map(Mix::Uniform),
-        }
-    }
-    /// Short name for labels.
-    pub fn name(&self) -> String {
-        match self {
-            Mix::Uniform(t) => t.name().to_string(),
-            Mix::Q4KM => "Q4_K_M".into(),
-            Mix::Q2K => "Q2_K_mix".into(),
-            Mix::Hybrid => "hybrid".into(),
-        }
-    }
-    /// llama.cpp general.file_type code.
-    pub fn file_type(&self) -> u32 {
-        match self {
-            Mix::Q4KM => 15,
-            Mix::Q2K | Mix::Hybrid => 10,
-            Mix::Uniform(t) => match t.name() {
-                "F32" => 0,
-                "F16" => 1,
-                "Q4_0" => 2,
-                "Q4_1" => 3,
-                "Q8_0" => 7,
-                "Q5_0" => 8,
-                "Q5_1" => 9,
-                "Q2_K" => 10,
-                "Q3_K" => 12,
-                "Q4_K" => 14,
-                "Q5_K" => 17,
-                "Q6_K" => 18,
-                "BF16" => 32,
-                _ => 0,
+        let up = s.to_ascii_uppercase();
+        let (name, recipe) = match up.as_str() {
+            "HYBRID" => (
+                "hybrid".to_string(),
+                Recipe::from_str_in(HYBRID_YAML, "recipes/hybrid.yaml", Path::new(".")).ok()?,
+            ),
+            "Q2_K_MIX" | "Q2_K_LLAMA" => (
+                "Q2_K".to_string(),
+                Recipe::from_base(Base::Preset(Preset::Q2_K)),
+            ),
+            _ => match Preset::from_name(&up) {
+                Some(p) => (p.name().to_string(), Recipe::from_base(Base::Preset(p))),
+                None => {
+                    let t = GgmlType::from_name(&up)?;
+                    (t.name().to_string(), Recipe::from_base(Base::Type(t)))
+                }
             },
-        }
+        };
+        Some(Mix { name, recipe })
     }
-    fn ty(name: &str) -> GgmlType {
-        GgmlType::from_name(name).unwrap_or_else(|| unreachable!("ggml type table lacks {name}"))
-    }
-    /// Type of tensor `name` (a matrix) in layer `layer` of `n_layer`.
-    pub fn type_for(&self, name: &str, layer: Option<u64>, n_layer: u64) -> GgmlType {
-        let more_bits =
-            |i: u64| i < n_layer / 8 || i >= 7 * n_layer / 8 || (i - n_layer / 8) % 3 == 2;
-        let is = |t: &str| name.contains(t);
-        match self {
-            Mix::Uniform(t) => {
-                if name == "output.weight" && t.is_quantized() && t.name() != "Q8_0" {
-                    Self::ty("Q6_K")
-                } else {
-                    *t
-                }
-            }
-            Mix::Q4KM => {
-                if name == "output.weight"
-                    || ((is("attn_v") || is("ffn_down")) && layer.is_some_and(more_bits))
-                {
-                    Self::ty("Q6_K")
-                } else {
-                    Self::ty("Q4_K")
-                }
-            }
-            Mix::Q2K => {
-                if name == "output.weight" {
-                    Self::ty("Q6_K")
-                } else if is("attn_v") || is("attn_output") || is("ffn_down") {
-                    Self::ty("Q3_K")
-                } else {
-                    Self::ty("Q2_K")
-                }
-            }
-            Mix::Hybrid => {
-                if name == "output.weight" {
-                    Self::ty("Q6_K")
-                } else if is("attn_") {
-                    Self::ty("Q5_K")
-                } else {
-                    Self::ty("Q2_K")
-                }
-            }
+    /// [`Mix::parse`], or a recipe YAML file when `s` names one (a path ending in .yaml/.yml).
+    pub fn load(s: &str) -> Result<Mix> {
+        if s.ends_with(".yaml") || s.ends_with(".yml") {
+            let recipe = Recipe::from_path(Path::new(s))?;
+            let name = recipe.name.clone().unwrap_or_else(|| {
+                Path::new(s)
+                    .file_stem()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
+            return Ok(Mix { name, recipe });
         }
+        Mix::parse(s).ok_or_else(|| {
+            Error::msg(format!(
+                "unknown type, preset or recipe '{s}' (a type name, a llama-quantize preset such as q4_k_m, hybrid, or a .yaml recipe)"
+            ))
+        })
+    }
+    /// Short name for labels ("Q4_K_M", "hybrid").
+    pub fn name(&self) -> String {
+        self.name.clone()
+    }
+    /// The recipe.
+    pub fn recipe(&self) -> &Recipe {
+        &self.recipe
     }
 }
 
@@ -281,6 +244,67 @@ pub struct SynthSource {
     pub mix: Mix,
     /// Name for reports.
     pub name: String,
+    /// Planned type of every tensor, in file order.
+    types: Vec<(String, GgmlType)>,
+    file_type: u32,
+}
+
+impl SynthSource {
+    /// Plan `mix` over the tensors of `shape`.
+    pub fn new(shape: Shape, mix: Mix, name: impl Into<String>) -> Result<SynthSource> {
+        let names = tensor_names_of(&shape);
+        let descs: Vec<TensorDesc> = names
+            .iter()
+            .map(|n| {
+                let (dims, _) = dims_of(&shape, n)
+                    .ok_or_else(|| Error::msg(format!("synth: no dims for {n}")))?;
+                let e: u64 = dims.iter().product();
+                Ok(TensorDesc {
+                    name: n.clone(),
+                    dims,
+                    type_id: GgmlType::F32.id(),
+                    ty: Some(GgmlType::F32),
+                    n_bytes: 4 * e,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let info = ModelInfo {
+            arch: "llama".into(),
+            n_layer: shape.n_layer,
+            n_head: shape.n_head,
+            n_head_kv: shape.n_kv,
+            n_expert: 0,
+        };
+        let plan = build_plan(&mix.recipe, &info, &descs, PlanOptions::default())?;
+        let types = plan
+            .entries
+            .iter()
+            .map(|e| {
+                let t = e.to.ok_or_else(|| Error::Tensor {
+                    tensor: e.name.clone(),
+                    msg: format!("planned type id {} unknown", e.to_id),
+                })?;
+                Ok((e.name.clone(), t))
+            })
+            .collect::<Result<_>>()?;
+        Ok(SynthSource {
+            shape,
+            mix,
+            name: name.into(),
+            types,
+            file_type: plan.file_type,
+        })
+    }
+
+    /// `general.file_type` of the plan.
+    pub fn file_type(&self) -> u32 {
+        self.file_type
+    }
+
+    /// Planned type of tensor `name`.
+    pub fn type_of(&self, name: &str) -> Option<GgmlType> {
+        self.types.iter().find(|(n, _)| n == name).map(|(_, t)| *t)
+    }
 }
 
 struct Rng(u64);
@@ -358,9 +382,8 @@ pub fn random_blocks(ty: GgmlType, n: usize, seed: u64, scale: f32) -> Result<Ve
     Ok(out)
 }
 
-impl SynthSource {
-    fn dims_of(&self, name: &str) -> Option<(Vec<u64>, bool)> {
-        let s = &self.shape;
+fn dims_of(s: &Shape, name: &str) -> Option<(Vec<u64>, bool)> {
+    {
         let hd = s.n_embd / s.n_head;
         let kv = hd * s.n_kv;
         if name == "token_embd.weight" || name == "output.weight" {
@@ -409,23 +432,18 @@ impl WeightSource for SynthSource {
         (key == "general.architecture").then(|| "llama".to_string())
     }
     fn tensor(&self, name: &str) -> Result<Option<TensorView<'_>>> {
-        let Some((dims, norm)) = self.dims_of(name) else {
+        let Some((dims, norm)) = dims_of(&self.shape, name) else {
             return Ok(None);
         };
         let n: u64 = dims.iter().product();
         let seed = name.bytes().fold(1469598103934665603u64, |h, b| {
             (h ^ b as u64).wrapping_mul(1099511628211)
         });
-        let layer = name
-            .strip_prefix("blk.")
-            .and_then(|r| r.split('.').next())
-            .and_then(|l| l.parse().ok());
-        let ty = if norm {
-            GgmlType::from_name("F32").ok_or_else(|| Error::msg("no F32 type"))?
-        } else {
-            self.mix.type_for(name, layer, self.shape.n_layer)
-        };
-        let data = if norm {
+        let ty = self.type_of(name).ok_or_else(|| Error::Tensor {
+            tensor: name.into(),
+            msg: "not in the synthetic model's plan".into(),
+        })?;
+        let data = if norm || ty == GgmlType::F32 {
             let mut v = Vec::with_capacity(n as usize * 4);
             let mut rng = Rng(seed | 1);
             for _ in 0..n {
@@ -446,12 +464,8 @@ impl WeightSource for SynthSource {
         self.tensor_names()
             .into_iter()
             .filter_map(|n| {
-                let (dims, norm) = self.dims_of(&n)?;
-                let ty = if norm {
-                    GgmlType::F32
-                } else {
-                    self.mix.type_for(&n, layer_of(&n), self.shape.n_layer)
-                };
+                let (dims, _) = dims_of(&self.shape, &n)?;
+                let ty = self.type_of(&n)?;
                 Some((n, ty, dims))
             })
             .collect()
@@ -461,17 +475,18 @@ impl WeightSource for SynthSource {
     }
 }
 
-fn layer_of(name: &str) -> Option<u64> {
-    name.strip_prefix("blk.")
-        .and_then(|r| r.split('.').next())
-        .and_then(|l| l.parse().ok())
-}
-
 impl SynthSource {
     /// Tensor names in llama.cpp's file order.
     pub fn tensor_names(&self) -> Vec<String> {
+        tensor_names_of(&self.shape)
+    }
+}
+
+/// Tensor names of a llama shape in llama.cpp's file order.
+fn tensor_names_of(shape: &Shape) -> Vec<String> {
+    {
         let mut v = vec!["token_embd.weight".to_string()];
-        for l in 0..self.shape.n_layer {
+        for l in 0..shape.n_layer {
             for t in [
                 "attn_norm",
                 "attn_q",
@@ -490,7 +505,9 @@ impl SynthSource {
         v.push("output.weight".into());
         v
     }
+}
 
+impl SynthSource {
     /// Write this model as a GGUF file llama.cpp can load (llama architecture, a placeholder
     /// SentencePiece-style vocabulary: <unk>, <s>, </s>, 256 byte tokens, then filler pieces).
     pub fn write_gguf(&self, path: &Path) -> Result<()> {
@@ -516,7 +533,7 @@ impl SynthSource {
         let meta: Vec<(String, Value)> = vec![
             ("general.architecture".into(), Value::String("llama".into())),
             ("general.name".into(), Value::String(self.name.clone())),
-            ("general.file_type".into(), Value::U32(self.mix.file_type())),
+            ("general.file_type".into(), Value::U32(self.file_type)),
             (a("context_length"), Value::U32(4096)),
             (a("embedding_length"), Value::U32(s.n_embd as u32)),
             (a("block_count"), Value::U32(s.n_layer as u32)),
