@@ -2,8 +2,7 @@
 //! shape generated in memory (for speed runs without files).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::quant::GgmlType;
@@ -28,126 +27,86 @@ pub trait WeightSource {
     fn meta_str(&self, key: &str) -> Option<String>;
     /// A tensor by name, or None if absent.
     fn tensor(&self, name: &str) -> Result<Option<TensorView<'_>>>;
+    /// Every tensor's name, type and ggml dims, without reading data.
+    fn tensor_list(&self) -> Vec<(String, GgmlType, Vec<u64>)>;
     /// A label for reports (file path or synthetic shape).
     fn label(&self) -> String;
-}
 
-/// A GGUF file read with memory mapping.
-pub struct GgufSource {
-    path: PathBuf,
-    meta: HashMap<String, candle_core::quantized::gguf_file::Value>,
-    tensors: HashMap<String, (GgmlType, Vec<u64>, u64, usize)>,
-    map: memmap2::Mmap,
-}
-
-fn candle_type_name(t: candle_core::quantized::GgmlDType) -> &'static str {
-    use candle_core::quantized::GgmlDType as D;
-    match t {
-        D::F32 => "F32",
-        D::F16 => "F16",
-        D::BF16 => "BF16",
-        D::Q4_0 => "Q4_0",
-        D::Q4_1 => "Q4_1",
-        D::Q5_0 => "Q5_0",
-        D::Q5_1 => "Q5_1",
-        D::Q8_0 => "Q8_0",
-        D::Q8_1 => "Q8_1",
-        D::Q2K => "Q2_K",
-        D::Q3K => "Q3_K",
-        D::Q4K => "Q4_K",
-        D::Q5K => "Q5_K",
-        D::Q6K => "Q6_K",
-        D::Q8K => "Q8_K",
+    /// Parameter count and bytes over all tensors (llama-bench's `model_n_params` and
+    /// `model_size`: a tied output matrix is the embedding, counted once).
+    fn size_stats(&self) -> (u64, u64) {
+        self.tensor_list()
+            .iter()
+            .fold((0, 0), |(n, b), (_, ty, dims)| {
+                let e: u64 = dims.iter().product();
+                (n + e, b + ty.bytes_for(e).unwrap_or(0))
+            })
     }
 }
 
+/// A GGUF file read with memory mapping ([`crate::gguf::GgufFile`]).
+pub struct GgufSource {
+    file: crate::gguf::GgufFile,
+}
+
 impl GgufSource {
-    /// Open and index a GGUF file.
+    /// Open and validate a GGUF file; every tensor must have a type ggufq knows.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufSource> {
-        let path = path.as_ref().to_path_buf();
-        let mut f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-        let content =
-            candle_core::quantized::gguf_file::Content::read(&mut f).map_err(|e| Error::Gguf {
-                path: path.clone(),
-                offset: 0,
-                msg: e.to_string(),
-            })?;
-        // SAFETY: the file is opened read-only; ggufq never writes to a file it is reading.
-        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(&path, e))?;
-        let mut tensors = HashMap::new();
-        for (name, ti) in &content.tensor_infos {
-            let tname = candle_type_name(ti.ggml_dtype);
-            let ty = GgmlType::from_name(tname).ok_or_else(|| Error::Tensor {
-                tensor: name.clone(),
-                msg: format!("type {tname} unknown to ggufq"),
-            })?;
-            let dims: Vec<u64> = ti.shape.dims().iter().rev().map(|&d| d as u64).collect();
-            let n: u64 = dims.iter().product();
-            let bytes = ty.bytes_for(n).ok_or_else(|| Error::Tensor {
-                tensor: name.clone(),
-                msg: format!("{n} elements is not a whole number of {} blocks", ty.name()),
-            })? as usize;
-            let off = content.tensor_data_offset + ti.offset;
-            if off
-                .checked_add(bytes as u64)
-                .is_none_or(|e| e > map.len() as u64)
-            {
-                return Err(Error::Gguf {
-                    path: path.clone(),
-                    offset: off,
-                    msg: format!("tensor '{name}' data runs past the end of the file"),
+        let file = crate::gguf::GgufFile::open(path)?;
+        for t in &file.tensors {
+            if t.ty.is_none() {
+                return Err(Error::Tensor {
+                    tensor: t.name.clone(),
+                    msg: format!(
+                        "{}: type {} unknown to ggufq",
+                        file.path.display(),
+                        t.type_name()
+                    ),
                 });
             }
-            tensors.insert(name.clone(), (ty, dims, off, bytes));
         }
-        Ok(GgufSource {
-            path,
-            meta: content.metadata,
-            tensors,
-            map,
-        })
+        Ok(GgufSource { file })
+    }
+
+    /// The underlying file.
+    pub fn file(&self) -> &crate::gguf::GgufFile {
+        &self.file
     }
 }
 
 impl WeightSource for GgufSource {
     fn meta_u64(&self, key: &str) -> Option<u64> {
-        use candle_core::quantized::gguf_file::Value as V;
-        match self.meta.get(key)? {
-            V::U8(v) => Some(*v as u64),
-            V::U16(v) => Some(*v as u64),
-            V::U32(v) => Some(*v as u64),
-            V::U64(v) => Some(*v),
-            V::I8(v) => u64::try_from(*v).ok(),
-            V::I16(v) => u64::try_from(*v).ok(),
-            V::I32(v) => u64::try_from(*v).ok(),
-            V::I64(v) => u64::try_from(*v).ok(),
-            _ => None,
-        }
+        self.file.get(key)?.as_u64()
     }
     fn meta_f64(&self, key: &str) -> Option<f64> {
-        use candle_core::quantized::gguf_file::Value as V;
-        match self.meta.get(key)? {
-            V::F32(v) => Some(*v as f64),
-            V::F64(v) => Some(*v),
-            _ => self.meta_u64(key).map(|v| v as f64),
-        }
+        self.file.get(key)?.as_f64()
     }
     fn meta_str(&self, key: &str) -> Option<String> {
-        use candle_core::quantized::gguf_file::Value as V;
-        match self.meta.get(key)? {
-            V::String(s) => Some(s.clone()),
-            _ => None,
-        }
+        self.file.get_str(key).map(str::to_string)
     }
     fn tensor(&self, name: &str) -> Result<Option<TensorView<'_>>> {
-        Ok(self.tensors.get(name).map(|(ty, dims, off, n)| TensorView {
-            ty: *ty,
-            dims: dims.clone(),
-            data: Cow::Borrowed(&self.map[*off as usize..*off as usize + *n]),
+        let Some(t) = self.file.tensor(name) else {
+            return Ok(None);
+        };
+        let ty = t.ty.ok_or_else(|| Error::Tensor {
+            tensor: name.into(),
+            msg: format!("type {} unknown to ggufq", t.type_name()),
+        })?;
+        Ok(Some(TensorView {
+            ty,
+            dims: t.dims.clone(),
+            data: Cow::Borrowed(self.file.tensor_data(t)?),
         }))
     }
+    fn tensor_list(&self) -> Vec<(String, GgmlType, Vec<u64>)> {
+        self.file
+            .tensors
+            .iter()
+            .filter_map(|t| Some((t.name.clone(), t.ty?, t.dims.clone())))
+            .collect()
+    }
     fn label(&self) -> String {
-        self.path.display().to_string()
+        self.file.path.display().to_string()
     }
 }
 
@@ -483,9 +442,29 @@ impl WeightSource for SynthSource {
             data: Cow::Owned(data),
         }))
     }
+    fn tensor_list(&self) -> Vec<(String, GgmlType, Vec<u64>)> {
+        self.tensor_names()
+            .into_iter()
+            .filter_map(|n| {
+                let (dims, norm) = self.dims_of(&n)?;
+                let ty = if norm {
+                    GgmlType::F32
+                } else {
+                    self.mix.type_for(&n, layer_of(&n), self.shape.n_layer)
+                };
+                Some((n, ty, dims))
+            })
+            .collect()
+    }
     fn label(&self) -> String {
         self.name.clone()
     }
+}
+
+fn layer_of(name: &str) -> Option<u64> {
+    name.strip_prefix("blk.")
+        .and_then(|r| r.split('.').next())
+        .and_then(|l| l.parse().ok())
 }
 
 impl SynthSource {
