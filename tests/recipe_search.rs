@@ -21,7 +21,9 @@ fn text() -> String {
     let mut s = String::new();
     let mut x: u64 = 12345;
     for i in 0..6000 {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         s.push_str(words[(x >> 33) as usize % words.len()]);
         s.push(if i % 17 == 16 { '\n' } else { ' ' });
     }
@@ -35,7 +37,9 @@ fn search(model: &Path, dir: &Path, budget: &[&str], out: &str) -> serde_json::V
         .args(budget)
         .arg("-f")
         .arg(dir.join("text.txt"))
-        .args(["--ctx", "64", "--chunks", "2", "--rows", "64", "-t", "2", "--json"])
+        .args([
+            "--ctx", "64", "--chunks", "2", "--rows", "64", "-t", "2", "--json",
+        ])
         .arg("--cache-dir")
         .arg(dir.join("cache"))
         .arg("-o")
@@ -82,14 +86,23 @@ fn search_converts_within_budget_and_second_run_hits_the_cache() {
     assert!(c1["proxy_measured"].as_u64().unwrap() > 0, "{c1}");
     assert_eq!(c1["proxy_cached"].as_u64().unwrap(), 0);
     assert!(c1["kl_measured"].as_u64().unwrap() >= 4, "{c1}");
+    assert_eq!(r1["calibrated"], true);
     // Every group was calibrated with a positive KL.
     for (g, c) in r1["calibration"].as_object().unwrap() {
         assert!(c["kl"].as_f64().unwrap() > 0.0, "{g}: {c}");
     }
     let budget1 = r1["budget_bytes"].as_u64().unwrap();
-    let size1 = convert(&model, &dir.path().join("a.yaml"), &dir.path().join("a.gguf"));
+    let size1 = convert(
+        &model,
+        &dir.path().join("a.yaml"),
+        &dir.path().join("a.gguf"),
+    );
     assert!(size1 <= budget1, "{size1} > {budget1}");
-    assert_eq!(size1, r1["file_bytes"].as_u64().unwrap(), "predicted size is exact");
+    assert_eq!(
+        size1,
+        r1["file_bytes"].as_u64().unwrap(),
+        "predicted size is exact"
+    );
     // k/v and gate/up got the same type in every layer.
     for u in r1["units"].as_array().unwrap() {
         let g = u["group"].as_str().unwrap();
@@ -111,7 +124,11 @@ fn search_converts_within_budget_and_second_run_hits_the_cache() {
     assert_eq!(c2["kl_measured"].as_u64().unwrap(), 0, "{c2}");
     assert_eq!(c2["proxy_cached"], c1["proxy_measured"]);
     assert_eq!(c2["kl_cached"], c1["kl_measured"]);
-    let size2 = convert(&model, &dir.path().join("b.yaml"), &dir.path().join("b.gguf"));
+    let size2 = convert(
+        &model,
+        &dir.path().join("b.yaml"),
+        &dir.path().join("b.gguf"),
+    );
     assert!(size2 <= target, "{size2} > {target}");
     // Less room cannot predict a lower error.
     assert!(r2["predicted_kl"].as_f64().unwrap() >= r1["predicted_kl"].as_f64().unwrap());

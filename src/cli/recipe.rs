@@ -182,13 +182,18 @@ fn run_search(a: SearchArgs) -> anyhow::Result<i32> {
             res.cache.kl_cached
         );
         println!(
-            "{}: {} bytes ({:.2} MiB, {:.3} bpw) for a budget of {} bytes ({:.2} MiB); predicted KLD {:.5}",
+            "{}: {} bytes ({:.2} MiB, {:.3} bpw) for a budget of {} bytes ({:.2} MiB); predicted {} {:.5}",
             a.output.display(),
             res.file_bytes,
             res.file_bytes as f64 / 1048576.0,
             res.bpw,
             res.budget_bytes,
             res.budget_bytes as f64 / 1048576.0,
+            if res.calibrated {
+                "KLD"
+            } else {
+                "error (uncalibrated proxy, no -f TEXT)"
+            },
             res.predicted_kl
         );
     }

@@ -452,8 +452,10 @@ pub struct SearchResult {
     pub file_bytes: u64,
     /// Bits per weight of the plan.
     pub bpw: f64,
-    /// Predicted mean KL-divergence (Σ α·proxy).
+    /// Predicted mean KL-divergence (Σ α·proxy); in proxy units when not `calibrated`.
     pub predicted_kl: f64,
+    /// Whether the groups were calibrated by KL measurements (a text was given).
+    pub calibrated: bool,
     /// Calibration per group.
     pub calibration: BTreeMap<String, Calibration>,
     /// Factor per group (KL per unit of proxy).
@@ -823,6 +825,7 @@ pub fn search(
             file_bytes: size,
             bpw: plan.bpw(),
             predicted_kl: a.err,
+            calibrated: !calib.is_empty(),
             calibration: calib,
             alpha,
             units: choices,
@@ -840,6 +843,11 @@ fn calib_summary(
     choices: &[UnitChoice],
     calib: &BTreeMap<String, Calibration>,
 ) -> BTreeMap<String, String> {
+    let what = if calib.is_empty() {
+        "error (uncalibrated proxy)"
+    } else {
+        "KL"
+    };
     let mut out: BTreeMap<String, (u64, f64, BTreeMap<String, usize>)> = BTreeMap::new();
     for c in choices {
         let e = out.entry(c.group.clone()).or_default();
@@ -857,7 +865,7 @@ fn calib_summary(
             (
                 g,
                 format!(
-                    "{:.2} MiB, predicted KL {kl:.5} ({}){cal}",
+                    "{:.2} MiB, predicted {what} {kl:.5} ({}){cal}",
                     b as f64 / 1048576.0,
                     t.join(", ")
                 ),
