@@ -17,6 +17,7 @@ mod convert;
 mod diff;
 mod inspect;
 mod ppl;
+mod recipe;
 mod report;
 mod run;
 mod synth;
@@ -61,6 +62,9 @@ enum Command {
     Run(run::Args),
     /// Perplexity and KL-divergence on a text file (llama-perplexity's method).
     Ppl(ppl::Args),
+    /// Recipe tools: `recipe search` chooses per-tensor types for a size budget.
+    #[command(subcommand)]
+    Recipe(recipe::Cmd),
     /// Write a llama-shaped GGUF with seeded random weights (tests, benchmarks).
     Synth(synth::Args),
 }
@@ -78,6 +82,7 @@ pub fn main() -> i32 {
         Command::Run(a) => run::run(a),
         Command::Ppl(a) => ppl::run(a),
         Command::Synth(a) => synth::run(a),
+        Command::Recipe(c) => recipe::run(c),
     };
     match res {
         Ok(code) => code,
