@@ -172,12 +172,14 @@ fn backend_matches_scalar_reference_for_every_type() {
         for threads in [1, 2] {
             let mut b = CpuBackend::new(&m, 96, threads).unwrap();
             let mut got = Vec::new();
-            // Two batches: a prompt, then more tokens attending to the cache.
+            // A prompt, more tokens attending to the cache (GEMM path), then decode-sized
+            // batches of 1 and 2 tokens (mat-vec path).
             b.forward(&toks[..45], LogitsWanted::All, &mut got).unwrap();
             let mut rest = Vec::new();
-            b.forward(&toks[45..], LogitsWanted::All, &mut rest)
-                .unwrap();
-            got.extend_from_slice(&rest);
+            for r in [45..66, 66..67, 67..68, 68..70] {
+                b.forward(&toks[r], LogitsWanted::All, &mut rest).unwrap();
+                got.extend_from_slice(&rest);
+            }
             assert_eq!(got.len(), toks.len() * nv);
             for (i, w) in want.iter().enumerate() {
                 let diff = max_rel_diff(w, &got[i * nv..(i + 1) * nv]);

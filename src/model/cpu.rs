@@ -19,8 +19,59 @@ use crate::quant::GgmlType;
 
 /// Rows of a weight matrix per task when no even split exists (see `tile_rows`).
 const TILE_ROWS: usize = 64;
+/// Batches of at most this many tokens use the row-by-row mat-vec path instead of a GEMM.
+const SMALL_BATCH: usize = 4;
 /// Query rows per attention task.
 const ATT_BLOCK: usize = 32;
+
+/// Round to the nearest integer, ties to even, for |x| ≤ 2²² (the activation quantizers only
+/// see |x| ≤ 127): adding and subtracting 1.5·2²³ leaves no fraction bits, and the FPU's
+/// default rounding is ties-to-even. Unlike `f32::round_ties_even` on baseline x86-64 (a
+/// libm `rintf` call) this inlines and vectorizes. NaN stays NaN.
+#[inline(always)]
+pub fn round_even_small(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³
+    (x + MAGIC) - MAGIC
+}
+
+/// Round every value to the nearest f16 (ties to even, f16 subnormals and overflow to ±inf as
+/// `half::f16::from_f32`) and back to f32. Uses F16C eight lanes at a time when the CPU has it.
+pub fn round_f16(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx")
+        {
+            // SAFETY: the CPU supports F16C and AVX (checked just above).
+            unsafe { round_f16_f16c(x) };
+            return;
+        }
+    }
+    round_f16_scalar(x);
+}
+
+/// Scalar reference for [`round_f16`].
+pub fn round_f16_scalar(x: &mut [f32]) {
+    x.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32());
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn round_f16_f16c(x: &mut [f32]) {
+    use std::arch::x86_64::{
+        _mm256_cvtph_ps, _mm256_cvtps_ph, _mm256_loadu_ps, _mm256_storeu_ps,
+        _MM_FROUND_TO_NEAREST_INT,
+    };
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        // SAFETY: `c` holds exactly 8 f32 (unaligned loads/stores).
+        unsafe {
+            let v = _mm256_loadu_ps(c.as_ptr());
+            let h = _mm256_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT }>(v);
+            _mm256_storeu_ps(c.as_mut_ptr(), _mm256_cvtph_ps(h));
+        }
+    }
+    round_f16_scalar(chunks.into_remainder());
+}
 
 /// Which rounding llama.cpp applies to activations before a dot product with a weight type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +114,7 @@ impl ActQuant {
     pub fn apply(self, x: &mut [f32]) {
         match self {
             ActQuant::None => {}
-            ActQuant::F16 => x.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32()),
+            ActQuant::F16 => round_f16(x),
             ActQuant::Bf16 => x.iter_mut().for_each(|v| *v = bf16::from_f32(*v).to_f32()),
             ActQuant::Q8_0 | ActQuant::Q8_1 => {
                 for b in x.chunks_mut(32) {
@@ -72,7 +123,7 @@ impl ActQuant {
                     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
                     let dh = f16::from_f32(d).to_f32();
                     for v in b.iter_mut() {
-                        *v = (*v * id).round_ties_even() * dh;
+                        *v = round_even_small(*v * id) * dh;
                     }
                 }
             }
@@ -93,7 +144,7 @@ impl ActQuant {
                     let iscale = -127.0 / max;
                     let d = 1.0 / iscale;
                     for v in b.iter_mut() {
-                        let q = ((iscale * *v).round_ties_even() as i32).min(127);
+                        let q = (round_even_small(iscale * *v) as i32).min(127);
                         *v = q as f32 * d;
                     }
                 }
@@ -214,6 +265,76 @@ fn tile_rows(m: usize) -> usize {
         .unwrap_or(TILE_ROWS)
 }
 
+/// Dot product of two equally long f32 slices (AVX2/FMA eight lanes × four accumulators when
+/// the CPU has them, else [`dot_scalar`]).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { dot_avx2(a, b) };
+        }
+    }
+    dot_scalar(a, b)
+}
+
+/// Portable dot product with eight independent partial sums (vectorizable without
+/// reassociating a single sum).
+pub fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        s += x * y;
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    // SAFETY: every load reads 8 floats at i + 8·j < n from both slices.
+    unsafe {
+        while i + 32 <= n {
+            for (j, a) in acc.iter_mut().enumerate() {
+                let x = _mm256_loadu_ps(pa.add(i + 8 * j));
+                let y = _mm256_loadu_ps(pb.add(i + 8 * j));
+                *a = _mm256_fmadd_ps(x, y, *a);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            let x = _mm256_loadu_ps(pa.add(i));
+            let y = _mm256_loadu_ps(pb.add(i));
+            acc[0] = _mm256_fmadd_ps(x, y, acc[0]);
+            i += 8;
+        }
+        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+        let mut s: f32 = lanes.iter().sum();
+        while i < n {
+            s += *pa.add(i) * *pb.add(i);
+            i += 1;
+        }
+        s
+    }
+}
+
 /// A weight matrix ready for the CPU: raw bytes plus layout.
 struct Mat {
     ty: GgmlType,
@@ -230,7 +351,7 @@ impl Mat {
         let k = w.row_len();
         let row_bytes = ty
             .bytes_for(k as u64)
-            .filter(|_| k as u64 % ty.block_size() == 0)
+            .filter(|_| k > 0 && k as u64 % ty.block_size() == 0)
             .ok_or_else(|| Error::Tensor {
                 tensor: w.name().to_string(),
                 msg: format!(
@@ -280,6 +401,9 @@ impl Mat {
         let out_ptr = SendPtr(out.as_mut_ptr());
         let f32_in_place =
             self.ty == GgmlType::F32 && (data.as_ptr() as usize) % std::mem::align_of::<f32>() == 0;
+        if n <= SMALL_BATCH {
+            return self.matvec(data, xq, out, rows_per, f32_in_place);
+        }
         (0..n_tiles).into_par_iter().try_for_each(|t| {
             let r0 = t * rows_per;
             let rows = rows_per.min(m - r0);
@@ -320,6 +444,43 @@ impl Mat {
                         1,
                         k,
                     );
+                }
+                Ok(())
+            })
+        })
+    }
+
+    /// Small batches (decode): one row of W at a time, dequantized into a per-thread buffer
+    /// that stays in L1 (F32 rows read in place) and dotted with each input row. A GEMM
+    /// would pack the whole matrix for a single output row.
+    fn matvec(
+        &self,
+        data: &[u8],
+        xq: &[f32],
+        out: &mut [f32],
+        rows_per: usize,
+        f32_in_place: bool,
+    ) -> Result<()> {
+        let (k, m) = (self.k, self.m);
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        (0..m.div_ceil(rows_per)).into_par_iter().try_for_each(|t| {
+            let r0 = t * rows_per;
+            let rows = rows_per.min(m - r0);
+            with_scratch(k, |buf| -> Result<()> {
+                for r in r0..r0 + rows {
+                    let bytes = &data[r * self.row_bytes..(r + 1) * self.row_bytes];
+                    let w: &[f32] = if f32_in_place {
+                        // SAFETY: `bytes` holds k f32 values, 4-byte aligned (checked by the
+                        // caller); any bit pattern is a valid f32.
+                        unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, k) }
+                    } else {
+                        dequantize_rows(self.ty, bytes, buf)?;
+                        buf
+                    };
+                    for (i, x) in xq.chunks_exact(k).enumerate() {
+                        // SAFETY: i < n (rows of xq) and r < m; this task alone writes column r.
+                        unsafe { *out_ptr.get().add(i * m + r) = dot(x, w) };
+                    }
                 }
                 Ok(())
             })
@@ -557,9 +718,8 @@ impl CpuBackend {
                         sum += *v as f64;
                     }
                     let inv = (1.0 / sum) as f32;
-                    for v in vis.iter_mut() {
-                        *v = f16::from_f32(*v * inv).to_f32();
-                    }
+                    vis.iter_mut().for_each(|v| *v *= inv);
+                    round_f16(vis);
                     masked.iter_mut().for_each(|v| *v = 0.0);
                 }
                 // SAFETY: this task alone writes rows t0..t0+rows, columns hh·hd..(hh+1)·hd
@@ -622,15 +782,13 @@ impl CpuBackend {
             }
             self.rope(&mut q, nh, &table);
             self.rope(&mut k, nkv, &table);
-            q.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32());
+            round_f16(&mut q);
             let kc = &mut self.k_cache[li][pos0 * kvd..(pos0 + n) * kvd];
-            kc.iter_mut()
-                .zip(&k)
-                .for_each(|(c, v)| *c = f16::from_f32(*v).to_f32());
+            kc.copy_from_slice(&k);
+            round_f16(kc);
             let vc = &mut self.v_cache[li][pos0 * kvd..(pos0 + n) * kvd];
-            vc.iter_mut()
-                .zip(&v)
-                .for_each(|(c, v)| *c = f16::from_f32(*v).to_f32());
+            vc.copy_from_slice(&v);
+            round_f16(vc);
             self.attention(li, &q, n, pos0, &mut att);
             let l = &self.layers[li];
             let ao = self.linear(&l.wo, &att, n, None)?;
