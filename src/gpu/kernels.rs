@@ -117,11 +117,13 @@ pub struct Tune {
     pub unchecked: bool,
 }
 
-/// Types whose decode kernel uses unit lanes by default: faster that way in the H100 kernel
-/// bench of session 2 (Q4_K 653 vs 434 GB/s, Q4_0 669 vs 524, Q3_K 430 vs 291, Q5_K 411 vs
-/// 175). F32/F16/BF16 and Q8_0 were faster with 4-weight-group lanes (F16 1084 vs 412, Q8_0
-/// 998 vs 265); Q4_1/Q5_0/Q5_1 were not measured with unit lanes and keep group lanes.
-pub const UNIT_TYPES: &[&str] = &["Q4_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"];
+/// Types whose decode kernel uses unit lanes by default. In the session-2 H100 run every
+/// whole-model tg128 with unit lanes (all types) was faster than or equal to session 1's
+/// group lanes (Q4_K_M 87.9 → 126.8 t/s, Q4_0 116.6 → 143.8, Q8_0 119.3 → 123.2), and the
+/// kernel bench agreed for Q4_K (653 vs 434 GB/s) and Q4_0 (669 vs 524). Float types keep
+/// group lanes (kernel bench: F16 412 with unit lanes, 1084 with group lanes in session 1);
+/// Q4_1/Q5_0/Q5_1 were not measured with unit lanes and keep group lanes.
+pub const UNIT_TYPES: &[&str] = &["Q4_0", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"];
 
 impl Tune {
     /// Whether the decode kernel for type id `ty` uses unit lanes.
