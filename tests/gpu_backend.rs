@@ -136,11 +136,12 @@ fn gpu_backend_contract_errors() {
     assert!(gpu.forward(&[3; 7], LogitsWanted::Last, &mut out).is_err());
     assert_eq!(gpu.n_past(), 10);
     assert!(gpu.forward(&[], LogitsWanted::Last, &mut out).is_err());
-    // reset: the same tokens give the same logits again.
+    // reset: the same tokens give the same logits again (to float rounding: `All` runs the
+    // output matrix with the batched kernel, `Last` with the decode kernel).
     gpu.reset();
     gpu.forward(&[3; 10], LogitsWanted::All, &mut out).unwrap();
     assert_eq!(out.len(), 10 * 512);
-    assert_eq!(&out[9 * 512..], &before[..]);
+    assert!(max_rel(&out[9 * 512..], &before) < 1e-5);
     // Mismatched hyper-parameters are refused.
     let mut hp = model.hparams.clone();
     hp.n_ff += 1;

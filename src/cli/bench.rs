@@ -97,6 +97,9 @@ pub struct Args {
     /// Time each type's mat-vec kernel alone (GB/s) instead of whole models.
     #[arg(long)]
     pub kernels: bool,
+    /// With --kernels: only these types (comma-separated, e.g. Q4_K,Q4_0).
+    #[arg(long, value_delimiter = ',')]
+    pub kernel_types: Vec<String>,
     /// No progress output.
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -698,11 +701,23 @@ fn kernel_bench(
     println!("| type | decode NR=1 | NR=2 | NR=4 | best % peak | mm 512 tok GFLOP/s | nt8 64 tok GFLOP/s | rel err nt1 / nt8 / mm |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut bad = false;
-    for name in [
+    let all = [
         "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
         "Q5_K", "Q6_K",
-    ] {
-        let ty = ggufq::quant::GgmlType::from_name(name).context("type")?;
+    ];
+    let names: Vec<String> = if args.kernel_types.is_empty() {
+        all.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.kernel_types
+            .iter()
+            .map(|s| s.to_ascii_uppercase())
+            .collect()
+    };
+    for name in &names {
+        let name = name.as_str();
+        let ty = ggufq::quant::GgmlType::from_name(name)
+            .filter(|t| all.contains(&t.name()))
+            .with_context(|| format!("--kernel-types: no GPU kernel for '{name}'"))?;
         let per = ty.bytes_for((rows * cols) as u64).context("size")?;
         let count = ((256u64 << 20) / per).clamp(1, 32) as usize;
         let mut ms = Vec::new();
@@ -710,7 +725,16 @@ fn kernel_bench(
             let data = random_blocks(ty, rows * cols, i as u64 + 1, 0.1)?;
             ms.push(upload_matrix(ctx, name, ty, rows, cols, &data)?);
         }
-        let e1 = check_against_cpu(ctx, &mut runner, ty, 37, 512, 1, 1, ctx.tune.nr_decode)?;
+        let e1 = check_against_cpu(
+            ctx,
+            &mut runner,
+            ty,
+            37,
+            512,
+            1,
+            1,
+            ctx.tune.decode_nr(ty.id()),
+        )?;
         let e8 = check_against_cpu(ctx, &mut runner, ty, 19, 256, 11, NT_PROMPT, NR_PROMPT)?;
         let em = check_against_cpu(ctx, &mut runner, ty, 70, 256, 67, 0, 1)?;
         bad |= !(e1 < 1e-4 && e8 < 1e-4 && em < 1e-4);
