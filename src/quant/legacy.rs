@@ -374,65 +374,54 @@ fn q8_0_block(x: &[f32; QK], y: &mut [u8; Q8_0_BYTES]) {
     }
 }
 
-/// Encode a row block by block with `block`, compiled for AVX2 when the CPU has it (wider
-/// vectors for the same operations: AVX2 enables no FMA and changes no rounding, so the bytes
-/// are those of the baseline build).
-#[inline(always)]
-fn plain_row<const N: usize>(
-    src: &[f32],
-    dst: &mut [u8],
-    block: impl Fn(&[f32; QK], &mut [u8; N]),
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
-            unsafe { plain_row_avx2(src, dst, block) };
-            return;
+/// A plain row encoder: block by block, compiled a second time with AVX2 enabled and picked
+/// at run time when the CPU has it. AVX2 only widens the vectors of the same operations (it
+/// enables no FMA and changes no rounding), so the bytes are those of the baseline build.
+macro_rules! plain_row {
+    ($(#[$doc:meta])* $name:ident, $block:ident, $bytes:expr) => {
+        $(#[$doc])*
+        pub(crate) fn $name(src: &[f32], dst: &mut [u8]) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2(src: &[f32], dst: &mut [u8]) {
+                    for (x, y) in blocks_mut::<$bytes>(src, dst) {
+                        $block(x, y);
+                    }
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2 (checked just above).
+                    unsafe { avx2(src, dst) };
+                    return;
+                }
+            }
+            for (x, y) in blocks_mut::<$bytes>(src, dst) {
+                $block(x, y);
+            }
         }
-    }
-    for (x, y) in blocks_mut(src, dst) {
-        block(x, y);
-    }
+    };
 }
 
-/// [`plain_row`]'s loop with AVX2 enabled (the block kernels inline into it).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn plain_row_avx2<const N: usize>(
-    src: &[f32],
-    dst: &mut [u8],
-    block: impl Fn(&[f32; QK], &mut [u8; N]),
-) {
-    for (x, y) in blocks_mut(src, dst) {
-        block(x, y);
-    }
-}
-
-/// Q4_0 row, plain (`quantize_row_q4_0_ref`).
-pub(crate) fn quantize_row_q4_0(src: &[f32], dst: &mut [u8]) {
-    plain_row(src, dst, q4_0_block);
-}
-
-/// Q4_1 row, plain (`quantize_row_q4_1_ref`).
-pub(crate) fn quantize_row_q4_1(src: &[f32], dst: &mut [u8]) {
-    plain_row(src, dst, q4_1_block);
-}
-
-/// Q5_0 row, plain (`quantize_row_q5_0_ref`).
-pub(crate) fn quantize_row_q5_0(src: &[f32], dst: &mut [u8]) {
-    plain_row(src, dst, q5_0_block);
-}
-
-/// Q5_1 row, plain (`quantize_row_q5_1_ref`).
-pub(crate) fn quantize_row_q5_1(src: &[f32], dst: &mut [u8]) {
-    plain_row(src, dst, q5_1_block);
-}
-
-/// Q8_0 row (`quantize_row_q8_0_ref`; ggml ignores quant weights for Q8_0).
-pub(crate) fn quantize_row_q8_0(src: &[f32], dst: &mut [u8]) {
-    plain_row(src, dst, q8_0_block);
-}
+plain_row!(
+    /// Q4_0 row, plain (`quantize_row_q4_0_ref`).
+    quantize_row_q4_0, q4_0_block, Q4_0_BYTES
+);
+plain_row!(
+    /// Q4_1 row, plain (`quantize_row_q4_1_ref`).
+    quantize_row_q4_1, q4_1_block, Q4_1_BYTES
+);
+plain_row!(
+    /// Q5_0 row, plain (`quantize_row_q5_0_ref`).
+    quantize_row_q5_0, q5_0_block, Q5_0_BYTES
+);
+plain_row!(
+    /// Q5_1 row, plain (`quantize_row_q5_1_ref`).
+    quantize_row_q5_1, q5_1_block, Q5_1_BYTES
+);
+plain_row!(
+    /// Q8_0 row (`quantize_row_q8_0_ref`; ggml ignores quant weights for Q8_0).
+    quantize_row_q8_0, q8_0_block, Q8_0_BYTES
+);
 
 // ---------------------------------------------------------------------------------------------
 // Importance-weighted encoders (quantize_row_*_impl)
