@@ -47,6 +47,9 @@ pub struct SearchArgs {
     /// Tokens per calibration chunk.
     #[arg(short = 'c', long = "ctx", default_value_t = 512)]
     pub n_ctx: usize,
+    /// Calibrate every group in N contiguous layer ranges (N KL runs per group instead of 1).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub calib_split: usize,
     /// Rows sampled per tensor for the error proxy.
     #[arg(long, default_value_t = 256)]
     pub rows: usize,
@@ -99,6 +102,10 @@ fn run_search(a: SearchArgs) -> anyhow::Result<i32> {
     opts.chunks = a.chunks;
     opts.n_ctx = a.n_ctx;
     opts.rows = a.rows.max(1);
+    if a.calib_split == 0 {
+        anyhow::bail!("--calib-split must be at least 1");
+    }
+    opts.calib_split = a.calib_split;
     opts.threads = a.threads;
     opts.name = a.name.clone().or_else(|| {
         a.output

@@ -115,6 +115,9 @@ pub struct SearchOptions {
     pub chunks: usize,
     /// Rows sampled per tensor for the proxy.
     pub rows: usize,
+    /// Calibrate each group separately in this many contiguous layer ranges (1 = one
+    /// measurement per group).
+    pub calib_split: usize,
     /// Candidate types.
     pub candidates: Vec<GgmlType>,
     /// Worker threads for the calibration runs (0 = all cores).
@@ -136,6 +139,7 @@ impl SearchOptions {
             n_ctx: 512,
             chunks: 2,
             rows: 256,
+            calib_split: 1,
             candidates: DEFAULT_CANDIDATES.to_vec(),
             threads: 0,
             cache_root: Some(crate::testutil::cache_dir()),
@@ -614,9 +618,18 @@ pub fn search(
         .collect();
 
     // --- Calibration.
+    let n_layer = units
+        .iter()
+        .filter_map(|u| u.layer)
+        .max()
+        .map_or(0, |m| m + 1);
+    let ckeys: Vec<String> = units
+        .iter()
+        .map(|u| calib_key(u, opts.calib_split, n_layer))
+        .collect();
     let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (i, u) in units.iter().enumerate() {
-        groups.entry(u.group.clone()).or_default().push(i);
+    for (i, k) in ckeys.iter().enumerate() {
+        groups.entry(k.clone()).or_default().push(i);
     }
     let mut calib: BTreeMap<String, Calibration> = BTreeMap::new();
     if let Some(text) = &opts.text {
@@ -698,7 +711,8 @@ pub fn search(
     let options: Vec<Vec<(GgmlType, AllocOption)>> = units
         .iter()
         .zip(&unit_proxy)
-        .map(|(u, p)| {
+        .zip(&ckeys)
+        .map(|((u, p), key)| {
             u.candidates
                 .iter()
                 .filter_map(|&c| {
@@ -718,7 +732,8 @@ pub fn search(
                         c,
                         AllocOption {
                             bytes: bytes?,
-                            err: alpha[&u.group] * p.get(&c).copied().unwrap_or(0.0),
+                            err: alpha.get(key).copied().unwrap_or(1.0)
+                                * p.get(&c).copied().unwrap_or(0.0),
                         },
                     ))
                 })
@@ -838,6 +853,21 @@ pub fn search(
     )))
 }
 
+/// The calibration group of a unit: its group, or with `split > 1` and a layer, the group and
+/// the layer range (`ffn_down@10-19`).
+pub fn calib_key(u: &Unit, split: usize, n_layer: u64) -> String {
+    match u.layer {
+        Some(l) if split > 1 && n_layer > 0 => {
+            let s = split as u64;
+            let b = (l * s / n_layer).min(s - 1);
+            let lo = (b * n_layer).div_ceil(s);
+            let hi = ((b + 1) * n_layer).div_ceil(s) - 1;
+            format!("{}@{lo}-{hi}", u.group)
+        }
+        _ => u.group.clone(),
+    }
+}
+
 /// Per-group summary for the comments: group → (bytes, predicted KL, type counts).
 fn calib_summary(
     choices: &[UnitChoice],
@@ -858,10 +888,23 @@ fn calib_summary(
     out.into_iter()
         .map(|(g, (b, kl, types))| {
             let t: Vec<String> = types.iter().map(|(t, n)| format!("{t}×{n}")).collect();
-            let cal = calib
-                .get(&g)
-                .map(|c| format!("; calibrated: all {} → KL {:.5}", c.ty, c.kl))
-                .unwrap_or_default();
+            let cal: Vec<String> = calib
+                .iter()
+                .filter(|(k, _)| {
+                    **k == g
+                        || k.strip_prefix(g.as_str())
+                            .is_some_and(|r| r.starts_with('@'))
+                })
+                .map(|(k, c)| {
+                    let part = k.strip_prefix(g.as_str()).unwrap_or("");
+                    format!("{part} all {} → KL {:.5}", c.ty, c.kl)
+                })
+                .collect();
+            let cal = if cal.is_empty() {
+                String::new()
+            } else {
+                format!("; calibrated:{}", cal.join(","))
+            };
             (
                 g,
                 format!(
@@ -1232,6 +1275,38 @@ mod tests {
         let r2 = Recipe::from_str_in(&again, "<t2>", Path::new(".")).unwrap();
         assert_eq!(r2.rules.len(), r.rules.len());
         assert_eq!(r2.base, r.base);
+    }
+
+    #[test]
+    fn calibration_keys_split_layers_into_contiguous_ranges() {
+        let units = build_units(&smol_like(), DEFAULT_CANDIDATES);
+        let kv = units.iter().find(|u| u.group == "attn_kv").unwrap();
+        assert_eq!(calib_key(kv, 1, 3), "attn_kv");
+        let keys: Vec<String> = units
+            .iter()
+            .filter(|u| u.group == "ffn_down")
+            .map(|u| calib_key(u, 2, 3))
+            .collect();
+        assert_eq!(keys, ["ffn_down@0-1", "ffn_down@0-1", "ffn_down@2-2"]);
+        let te = units.iter().find(|u| u.group == "token_embd").unwrap();
+        assert_eq!(calib_key(te, 3, 3), "token_embd");
+        // 30 layers in 3 ranges: 0-9, 10-19, 20-29; 31 layers: 0-10, 11-20, 21-30.
+        let mut u = kv.clone();
+        for (l, n, want) in [
+            (9, 30, "0-9"),
+            (10, 30, "10-19"),
+            (29, 30, "20-29"),
+            (10, 31, "0-10"),
+            (11, 31, "11-20"),
+            (30, 31, "21-30"),
+        ] {
+            u.layer = Some(l);
+            assert_eq!(
+                calib_key(&u, 3, n),
+                format!("attn_kv@{want}"),
+                "layer {l} of {n}"
+            );
+        }
     }
 
     #[test]
