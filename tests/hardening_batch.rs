@@ -108,6 +108,10 @@ fn full_disk_fails_only_that_job_and_leaves_nothing_behind() {
     let err = failed["error"].as_str().unwrap();
     assert!(err.contains("File too large"), "{err}");
     assert!(err.contains("convert"), "{err}");
+    assert!(
+        err.contains("tiny__Q8_0.gguf"),
+        "error does not name the output: {err}"
+    );
 
     let ok = json(&results.join("tiny__Q4_K_M.json"));
     assert_eq!(ok["status"], "ok", "{ok}");
