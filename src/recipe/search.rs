@@ -674,7 +674,7 @@ pub fn search(
                     progress(Progress::Step(g.clone()));
                     continue;
                 };
-                let proxy: f64 = idx.iter().map(|&i| unit_proxy[i][&ct]).sum();
+                let proxy: f64 = idx.iter().filter_map(|&i| unit_proxy[i].get(&ct)).sum();
                 let names: Vec<&String> = gu.iter().flat_map(|u| u.tensors.iter()).collect();
                 let kl = group_kl(model, &names, ct, opts, tmp.path(), &base_path, base_bos)?;
                 cc.groups.insert(
@@ -754,7 +754,16 @@ pub fn search(
         .iter()
         .map(|o| o.iter().map(|x| x.1).collect())
         .collect();
-    let trial: Vec<GgmlType> = options.iter().map(|o| o[0].0).collect();
+    let trial: Vec<GgmlType> = options
+        .iter()
+        .zip(&units)
+        .map(|(o, u)| {
+            o.first().map(|x| x.0).ok_or_else(|| Error::Tensor {
+                tensor: u.tensors.join("+"),
+                msg: "no candidate type fits".into(),
+            })
+        })
+        .collect::<Result<_>>()?;
     let header = {
         let yaml = write_recipe(&units, &trial, &name, "", &BTreeMap::new(), opts)?;
         let r = Recipe::from_str_in(&yaml, "<search>", Path::new("."))?;
