@@ -691,7 +691,12 @@ pub fn search(
                 progress(Progress::Step(format!("{g} {ct}: KL {kl:.5}")));
             }
         }
-        calib = cc.groups;
+        // Only this search's groups (the cache may also hold other splits).
+        calib = cc
+            .groups
+            .into_iter()
+            .filter(|(k, _)| groups.contains_key(k))
+            .collect();
     }
     // Factors: KL per unit of proxy; groups without a usable measurement get the median.
     let mut alpha: BTreeMap<String, f64> = BTreeMap::new();
@@ -904,15 +909,17 @@ fn calib_summary(
                         || k.strip_prefix(g.as_str())
                             .is_some_and(|r| r.starts_with('@'))
                 })
-                .map(|(k, c)| {
-                    let part = k.strip_prefix(g.as_str()).unwrap_or("");
-                    format!("{part} all {} → KL {:.5}", c.ty, c.kl)
-                })
+                .map(
+                    |(k, c)| match k.strip_prefix(g.as_str()).and_then(|p| p.strip_prefix('@')) {
+                        Some(range) => format!("layers {range} all {} → KL {:.5}", c.ty, c.kl),
+                        None => format!("all {} → KL {:.5}", c.ty, c.kl),
+                    },
+                )
                 .collect();
             let cal = if cal.is_empty() {
                 String::new()
             } else {
-                format!("; calibrated:{}", cal.join(","))
+                format!("; calibrated: {}", cal.join(", "))
             };
             (
                 g,
