@@ -1352,5 +1352,16 @@ mod tests {
         let some = proxy_error(GgmlType::Q4_0, &data, 256, None, 32).unwrap();
         assert!((some / all - 1.0).abs() < 0.3, "{some} vs {all}");
         assert!(proxy_error(GgmlType::Q4_0, &data[..100], 256, None, 4).is_err());
+        // Importance weights scale each column's error (Q8_0 quantizes the same either way).
+        let w = vec![3.0f32; 256];
+        let plain = proxy_error(GgmlType::Q8_0, &data, 256, None, 64).unwrap();
+        let weighted = proxy_error(GgmlType::Q8_0, &data, 256, Some(&w), 64).unwrap();
+        assert!(
+            (weighted / plain - 3.0).abs() < 1e-6,
+            "{weighted} vs {plain}"
+        );
+        // Weights of the wrong length are ignored rather than misread.
+        let bad = proxy_error(GgmlType::Q8_0, &data, 256, Some(&w[..10]), 64).unwrap();
+        assert_eq!(bad, plain);
     }
 }
