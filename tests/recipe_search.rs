@@ -133,6 +133,35 @@ fn search_converts_within_budget_and_second_run_hits_the_cache() {
     // Less room cannot predict a lower error.
     assert!(r2["predicted_kl"].as_f64().unwrap() >= r1["predicted_kl"].as_f64().unwrap());
 
+    // Calibration per layer range: one measurement per group and layer (2 layers), the
+    // layer-less groups come from the cache.
+    let r3 = search(
+        &model,
+        dir.path(),
+        &["--target-size", &target.to_string(), "--calib-split", "2"],
+        "s.yaml",
+    );
+    let cal3 = r3["calibration"].as_object().unwrap();
+    let split: Vec<&String> = cal3.keys().filter(|k| k.contains('@')).collect();
+    assert!(
+        split.iter().any(|k| k.ends_with("@0-0")) && split.iter().any(|k| k.ends_with("@1-1")),
+        "{split:?}"
+    );
+    assert_eq!(
+        r3["cache"]["kl_measured"].as_u64().unwrap() as usize,
+        split.len()
+    );
+    assert_eq!(
+        r3["cache"]["kl_cached"].as_u64().unwrap() as usize,
+        cal3.len() - split.len()
+    );
+    let size3 = convert(
+        &model,
+        &dir.path().join("s.yaml"),
+        &dir.path().join("s.gguf"),
+    );
+    assert!(size3 <= target, "{size3} > {target}");
+
     // A budget below the smallest candidates is a clear error, and no recipe is written.
     let o = ggufq()
         .args(["recipe", "search"])

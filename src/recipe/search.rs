@@ -674,7 +674,7 @@ pub fn search(
                     progress(Progress::Step(g.clone()));
                     continue;
                 };
-                let proxy: f64 = idx.iter().map(|&i| unit_proxy[i][&ct]).sum();
+                let proxy: f64 = idx.iter().filter_map(|&i| unit_proxy[i].get(&ct)).sum();
                 let names: Vec<&String> = gu.iter().flat_map(|u| u.tensors.iter()).collect();
                 let kl = group_kl(model, &names, ct, opts, tmp.path(), &base_path, base_bos)?;
                 cc.groups.insert(
@@ -691,7 +691,12 @@ pub fn search(
                 progress(Progress::Step(format!("{g} {ct}: KL {kl:.5}")));
             }
         }
-        calib = cc.groups;
+        // Only this search's groups (the cache may also hold other splits).
+        calib = cc
+            .groups
+            .into_iter()
+            .filter(|(k, _)| groups.contains_key(k))
+            .collect();
     }
     // Factors: KL per unit of proxy; groups without a usable measurement get the median.
     let mut alpha: BTreeMap<String, f64> = BTreeMap::new();
@@ -754,7 +759,16 @@ pub fn search(
         .iter()
         .map(|o| o.iter().map(|x| x.1).collect())
         .collect();
-    let trial: Vec<GgmlType> = options.iter().map(|o| o[0].0).collect();
+    let trial: Vec<GgmlType> = options
+        .iter()
+        .zip(&units)
+        .map(|(o, u)| {
+            o.first().map(|x| x.0).ok_or_else(|| Error::Tensor {
+                tensor: u.tensors.join("+"),
+                msg: "no candidate type fits".into(),
+            })
+        })
+        .collect::<Result<_>>()?;
     let header = {
         let yaml = write_recipe(&units, &trial, &name, "", &BTreeMap::new(), opts)?;
         let r = Recipe::from_str_in(&yaml, "<search>", Path::new("."))?;
@@ -895,15 +909,17 @@ fn calib_summary(
                         || k.strip_prefix(g.as_str())
                             .is_some_and(|r| r.starts_with('@'))
                 })
-                .map(|(k, c)| {
-                    let part = k.strip_prefix(g.as_str()).unwrap_or("");
-                    format!("{part} all {} → KL {:.5}", c.ty, c.kl)
-                })
+                .map(
+                    |(k, c)| match k.strip_prefix(g.as_str()).and_then(|p| p.strip_prefix('@')) {
+                        Some(range) => format!("layers {range} all {} → KL {:.5}", c.ty, c.kl),
+                        None => format!("all {} → KL {:.5}", c.ty, c.kl),
+                    },
+                )
                 .collect();
             let cal = if cal.is_empty() {
                 String::new()
             } else {
-                format!("; calibrated:{}", cal.join(","))
+                format!("; calibrated: {}", cal.join(", "))
             };
             (
                 g,
@@ -1336,5 +1352,16 @@ mod tests {
         let some = proxy_error(GgmlType::Q4_0, &data, 256, None, 32).unwrap();
         assert!((some / all - 1.0).abs() < 0.3, "{some} vs {all}");
         assert!(proxy_error(GgmlType::Q4_0, &data[..100], 256, None, 4).is_err());
+        // Importance weights scale each column's error (Q8_0 quantizes the same either way).
+        let w = vec![3.0f32; 256];
+        let plain = proxy_error(GgmlType::Q8_0, &data, 256, None, 64).unwrap();
+        let weighted = proxy_error(GgmlType::Q8_0, &data, 256, Some(&w), 64).unwrap();
+        assert!(
+            (weighted / plain - 3.0).abs() < 1e-6,
+            "{weighted} vs {plain}"
+        );
+        // Weights of the wrong length are ignored rather than misread.
+        let bad = proxy_error(GgmlType::Q8_0, &data, 256, Some(&w[..10]), 64).unwrap();
+        assert_eq!(bad, plain);
     }
 }
