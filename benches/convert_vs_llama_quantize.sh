@@ -3,6 +3,9 @@
 # same machine, same run (alternating, warm page cache, median of N runs).
 #
 # Usage: benches/convert_vs_llama_quantize.sh SRC.gguf PRESET [RUNS]
+#   PRESET is given to ggufq as --recipe and to llama-quantize as its type, unless
+#   LLAMA_TYPE=T and LLAMA_FLAGS="..." say otherwise (a recipe file needs its llama-quantize
+#   equivalent, e.g. recipes/hybrid.yaml = LLAMA_FLAGS="--tensor-type attn=q5_k" LLAMA_TYPE=Q2_K).
 #   GGUFQ=path/to/ggufq (default target/release/ggufq)
 #   LLAMA_QUANTIZE=path/to/llama-quantize (default /work/peer/bin/llama-quantize; build it
 #     outside the repo from the llama-cpp-python 0.3.36 sdist, see docs/BENCHMARKS.md)
@@ -19,13 +22,14 @@ THREADS=${THREADS:-$(nproc)}
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/convbench.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
 
-# One timed run: prints "wall_seconds max_rss_kib".
+# One timed run: prints "wall_seconds max_rss_kib cpu_seconds" (cpu = user + system).
 timed() {
-  /usr/bin/time -f "%e %M" -o "$TMP/time" "$@" >"$TMP/out" 2>&1 || { cat "$TMP/out" >&2; exit 1; }
-  cat "$TMP/time"
+  /usr/bin/time -f "%e %M %U %S" -o "$TMP/time" "$@" >"$TMP/out" 2>&1 || { cat "$TMP/out" >&2; exit 1; }
+  awk '{printf "%s %s %.2f\n", $1, $2, $3 + $4}' "$TMP/time"
+  return 0
 }
 run_ggufq() { timed "$GGUFQ" convert "$SRC" --recipe "$PRESET" -o "$TMP/g.gguf" --allow-requantize --no-progress --threads "$THREADS" ${GGUFQ_FLAGS:-}; rm -f "$TMP/g.gguf" "$TMP/g.gguf.manifest.json"; }
-run_llama() { timed "$LQ" --allow-requantize "$SRC" "$TMP/l.gguf" "$PRESET" "$THREADS"; rm -f "$TMP/l.gguf"; }
+run_llama() { timed "$LQ" --allow-requantize ${LLAMA_FLAGS:-} "$SRC" "$TMP/l.gguf" "${LLAMA_TYPE:-$PRESET}" "$THREADS"; rm -f "$TMP/l.gguf"; }
 
 cat "$SRC" >/dev/null # warm the page cache
 run_ggufq >/dev/null
@@ -39,9 +43,10 @@ done
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 gw=$(cut -d' ' -f1 "$TMP/g" | median); gm=$(cut -d' ' -f2 "$TMP/g" | median)
 lw=$(cut -d' ' -f1 "$TMP/l" | median); lm=$(cut -d' ' -f2 "$TMP/l" | median)
-echo "| tool | wall s (median of $RUNS) | peak RSS MiB |"
-echo "| --- | ---: | ---: |"
-echo "| ggufq convert --recipe $PRESET ${GGUFQ_FLAGS:-} | $gw | $((gm / 1024)) |"
-echo "| llama-quantize $PRESET | $lw | $((lm / 1024)) |"
-awk -v a="$gw" -v b="$lw" -v c="$gm" -v d="$lm" 'BEGIN {printf "ratio ggufq/llama-quantize: wall %.2f, peak RSS %.2f\n", a/b, c/d}'
-echo "all runs (wall s, RSS KiB): ggufq: $(tr '\n' ';' <"$TMP/g") llama: $(tr '\n' ';' <"$TMP/l")"
+gc=$(cut -d' ' -f3 "$TMP/g" | median); lc=$(cut -d' ' -f3 "$TMP/l" | median)
+echo "| tool | wall s (median of $RUNS) | CPU s (user+sys, median) | peak RSS MiB |"
+echo "| --- | ---: | ---: | ---: |"
+echo "| ggufq convert --recipe $PRESET ${GGUFQ_FLAGS:-} | $gw | $gc | $((gm / 1024)) |"
+echo "| llama-quantize ${LLAMA_FLAGS:-}${LLAMA_FLAGS:+ }${LLAMA_TYPE:-$PRESET} | $lw | $lc | $((lm / 1024)) |"
+awk -v a="$gw" -v b="$lw" -v c="$gm" -v d="$lm" -v e="$gc" -v f="$lc" 'BEGIN {printf "ratio ggufq/llama-quantize: wall %.2f, CPU %.2f, peak RSS %.2f\n", a/b, e/f, c/d}'
+echo "all runs (wall s, RSS KiB, CPU s): ggufq: $(tr '\n' ';' <"$TMP/g") llama: $(tr '\n' ';' <"$TMP/l")"

@@ -258,33 +258,6 @@ fn imatrix_for<'a>(im: Option<&'a Imatrix>, name: &str, dims: &[u64]) -> Result<
     Ok(Some(w))
 }
 
-/// Quantize f32 data of a tensor with dims `dims` to `ty`, expert by expert when 3-D.
-fn quantize_data(
-    ty: GgmlType,
-    data: &[f32],
-    dims: &[u64],
-    imatrix: Option<&[f32]>,
-    name: &str,
-) -> Result<Vec<u8>> {
-    let row = dims.first().copied().unwrap_or(1) as usize;
-    let n_expert = dims.get(2).copied().unwrap_or(1).max(1) as usize;
-    let per_expert = data.len() / n_expert;
-    let mut out = Vec::new();
-    for e in 0..n_expert {
-        let slice = data
-            .get(e * per_expert..(e + 1) * per_expert)
-            .unwrap_or(&[]);
-        let w = imatrix.and_then(|w| w.get(e * row..(e + 1) * row));
-        let q = quant::quantize_tensor(ty, slice, row, w)
-            .map_err(|err| tensor_err(name, err.to_string()))?;
-        if n_expert == 1 {
-            return Ok(q);
-        }
-        out.extend_from_slice(&q);
-    }
-    Ok(out)
-}
-
 /// Relative weighted squared error of quantizing `data` to `ty` (for `fallback: best`).
 /// Measured on up to 256 rows spread evenly over the tensor.
 fn measure_error(
@@ -565,72 +538,24 @@ fn convert_inner(input: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
 
     let t1 = Instant::now();
     let atomic = AtomicOutput::create(&out_path)?;
-    let mut writer = GgufWriter::new(
+    let writer = GgufWriter::new_for_path(
         BufWriter::with_capacity(1 << 20, atomic),
+        &out_path,
         f.version,
         f.alignment,
         &metadata,
         specs,
     )?;
-    let source = Source::open(&f)?;
     let bar = progress_bar(opts.progress, plan.from_bytes());
-    let mut tensor_hashes = Vec::with_capacity(plan.entries.len());
-    let (source_sha, source_hash_s, result) = std::thread::scope(|s| {
-        let src_path = f.path.clone();
-        // The source hash is only needed for the manifest.
-        let want_hash = opts.manifest;
-        let hasher = s.spawn(move || {
-            let th = Instant::now();
-            let sha = if want_hash {
-                file_sha256(&src_path)
-            } else {
-                Ok(String::new())
-            };
-            (sha, th.elapsed().as_secs_f64())
-        });
-        let result = (|| -> Result<()> {
-            for e in &plan.entries {
-                bar.set_message(e.name.clone());
-                let out: Vec<u8> = if e.is_copy() {
-                    source.read(&e.name)?
-                } else {
-                    let to = e.to.ok_or_else(|| tensor_err(&e.name, "no target type"))?;
-                    let data = source.to_f32(&e.name)?;
-                    let w = if to.is_quantized() {
-                        imatrix_for(imatrix.as_ref(), &e.name, &e.dims)?
-                    } else {
-                        None
-                    };
-                    quantize_data(to, &data, &e.dims, w, &e.name)?
-                };
-                if out.len() as u64 != e.to_bytes {
-                    return Err(tensor_err(
-                        &e.name,
-                        format!("produced {} bytes, planned {}", out.len(), e.to_bytes),
-                    ));
-                }
-                tensor_hashes.push(hex(Sha256::digest(&out)));
-                writer.write_tensor(&out).map_err(|err| match err {
-                    Error::Io { source, .. } => Error::io(&out_path, source),
-                    other => other,
-                })?;
-                bar.inc(e.from_bytes);
-            }
-            Ok(())
-        })();
-        let (sha, secs) = hasher
-            .join()
-            .unwrap_or_else(|_| (Err(Error::msg("source hashing thread panicked")), 0.0));
-        (sha, secs, result)
-    });
-    result?;
-    let source_sha = source_sha?;
-    let buf = writer.finish()?;
+    let run = run_pipeline(&f, &plan, imatrix.as_ref(), writer, opts.manifest, &bar)?;
+    let buf = run.writer.finish()?;
     let atomic = buf
         .into_inner()
         .map_err(|e| Error::io(&out_path, e.into_error()))?;
     bar.finish_and_clear();
     let convert_s = t1.elapsed().as_secs_f64();
+    let (tensor_hashes, source_sha, source_hash_s) =
+        (run.tensor_hashes, run.source_sha, run.source_hash_s);
 
     let mut manifest_json = None;
     let mut manifest_out = None;
@@ -659,10 +584,8 @@ fn convert_inner(input: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
         manifest_json = Some(m);
         manifest_out = Some(mo);
     }
-    public_permissions(atomic.temp_path());
     atomic.commit()?;
     if let Some(mo) = manifest_out {
-        public_permissions(mo.temp_path());
         mo.commit()?;
     }
     let timings = Timings {
@@ -680,15 +603,454 @@ fn convert_inner(input: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
     })
 }
 
-/// Temporary files are created 0600; outputs get the usual 0644 (best effort).
-fn public_permissions(p: &Path) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644));
+/// f32 elements per pipeline piece (4 MiB of f32): enough whole rows to keep every core busy,
+/// few enough that peak memory does not grow with the model.
+const PIECE_ELEMS: u64 = 1 << 20;
+/// Bytes per piece of a tensor copied unchanged.
+const COPY_PIECE_BYTES: u64 = 8 << 20;
+/// Pieces in flight between two pipeline stages.
+const QUEUE: usize = 2;
+
+/// Spare buffers handed back from a later pipeline stage to an earlier one, so that steady
+/// state allocates nothing (fresh buffers cost page faults and zeroing on every piece).
+struct Pool<T> {
+    tx: std::sync::mpsc::SyncSender<Vec<T>>,
+    rx: std::sync::Mutex<std::sync::mpsc::Receiver<Vec<T>>>,
+}
+
+impl<T: Copy + Default> Pool<T> {
+    fn new() -> Pool<T> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE + 2);
+        Pool {
+            tx,
+            rx: std::sync::Mutex::new(rx),
+        }
     }
-    #[cfg(not(unix))]
-    let _ = p;
+
+    /// A buffer of `n` elements; its content is unspecified (old data or zeros).
+    fn take(&self, n: usize) -> Vec<T> {
+        let spare = self.rx.lock().ok().and_then(|rx| rx.try_recv().ok());
+        match spare {
+            Some(mut v) => {
+                if v.len() > n {
+                    v.truncate(n);
+                } else {
+                    v.resize(n, T::default());
+                }
+                v
+            }
+            None => vec![T::default(); n],
+        }
+    }
+
+    /// Give a buffer back (dropped when the pool is full).
+    fn give(&self, v: Vec<T>) {
+        let _ = self.tx.try_send(v);
+    }
+}
+
+/// Source data of one piece: f32 read straight into place, or raw bytes.
+enum Payload {
+    F32(Vec<f32>),
+    Raw(Vec<u8>),
+}
+
+/// A run of whole rows of one tensor (or, for a copied tensor, a run of bytes).
+struct Piece {
+    entry: usize,
+    /// First row of the piece in the tensor (0 for copies).
+    first_row: u64,
+    /// Rows in the piece (0 for copies).
+    n_rows: u64,
+    /// The tensor's last piece.
+    last: bool,
+    data: Payload,
+}
+
+/// Encoded bytes of a piece, on their way to the writer.
+struct OutPiece {
+    entry: usize,
+    last: bool,
+    data: Vec<u8>,
+}
+
+/// What [`run_pipeline`] hands back.
+struct PipelineRun<W: Write> {
+    writer: GgufWriter<W>,
+    tensor_hashes: Vec<String>,
+    source_sha: String,
+    source_hash_s: f64,
+}
+
+/// Absolute byte ranges of the plan's tensors in the source, in plan order.
+fn source_ranges(f: &GgufFile, plan: &Plan) -> Result<Vec<(u64, u64)>> {
+    plan.entries
+        .iter()
+        .map(|e| {
+            let t = f
+                .tensor(&e.name)
+                .ok_or_else(|| tensor_err(&e.name, "not in the source"))?;
+            let n = t.n_bytes.ok_or_else(|| {
+                tensor_err(
+                    &e.name,
+                    format!("size of type {} is unknown", t.type_name()),
+                )
+            })?;
+            let start = f.data_offset.saturating_add(t.offset);
+            Ok((start, start.saturating_add(n)))
+        })
+        .collect()
+}
+
+/// Feeds the source file to sha256 in file order while the tensors are read, so the source
+/// is read once: the bytes between tensors (header, padding) are read here, the tensors'
+/// own bytes are handed over by the reader.
+struct InlineHasher {
+    h: Sha256,
+    pos: u64,
+    secs: f64,
+}
+
+impl InlineHasher {
+    /// Hash the file from the current position up to `to`.
+    fn gap(&mut self, file: &std::fs::File, path: &Path, to: u64) -> Result<()> {
+        let mut buf = Vec::new();
+        while self.pos < to {
+            let n = (to - self.pos).min(COPY_PIECE_BYTES) as usize;
+            buf.resize(n, 0);
+            read_at(file, path, &mut buf, self.pos)?;
+            self.bytes(&buf);
+        }
+        Ok(())
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        let t = Instant::now();
+        self.h.update(b);
+        self.pos += b.len() as u64;
+        self.secs += t.elapsed().as_secs_f64();
+    }
+}
+
+#[cfg(unix)]
+fn read_at(file: &std::fs::File, path: &Path, buf: &mut [u8], at: u64) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.read_exact_at(buf, at).map_err(|e| Error::io(path, e))
+}
+
+#[cfg(not(unix))]
+fn read_at(file: &std::fs::File, path: &Path, buf: &mut [u8], at: u64) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = file;
+    file.seek(SeekFrom::Start(at))
+        .and_then(|_| file.read_exact(buf))
+        .map_err(|e| Error::io(path, e))
+}
+
+/// The byte view of an f32 buffer.
+fn f32_bytes_mut(v: &mut [f32]) -> &mut [u8] {
+    // SAFETY: the view covers exactly the initialised f32 buffer; every bit pattern is a valid
+    // f32 and u8 has no alignment requirement.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+}
+
+/// The reader stage: every tensor of the plan, in plan order, cut into pieces of whole rows,
+/// read with positioned reads (never through the map: resident memory stays a few pieces),
+/// hashed into `hasher` when that is given.
+fn read_pieces(
+    f: &GgufFile,
+    plan: &Plan,
+    ranges: &[(u64, u64)],
+    mut hasher: Option<&mut InlineHasher>,
+    tx: &std::sync::mpsc::SyncSender<Result<Piece>>,
+    pools: &Pools,
+) -> Result<()> {
+    let file = std::fs::File::open(&f.path).map_err(|e| Error::io(&f.path, e))?;
+    for (i, (e, &(start, end))) in plan.entries.iter().zip(ranges).enumerate() {
+        if let Some(h) = hasher.as_deref_mut() {
+            h.gap(&file, &f.path, start)?;
+        }
+        let n_bytes = end - start;
+        let row_len = e.dims.first().copied().unwrap_or(1).max(1);
+        let n_rows = e.n_elements() / row_len;
+        let f32_in =
+            !e.is_copy() && e.from == Some(GgmlType::F32) && n_bytes == n_rows * row_len * 4;
+        // Pieces: byte runs for copies, runs of whole rows otherwise (never across experts,
+        // which have their own importance weights).
+        let mut pieces: Vec<(u64, u64, u64, u64)> = Vec::new(); // (first_row, rows, byte start, bytes)
+        if e.is_copy() || n_rows == 0 {
+            let mut at = 0;
+            loop {
+                let n = (n_bytes - at).min(COPY_PIECE_BYTES);
+                pieces.push((0, 0, at, n));
+                at += n;
+                if at >= n_bytes {
+                    break;
+                }
+            }
+        } else {
+            let row_bytes = n_bytes / n_rows;
+            let n_expert = e.dims.get(2).copied().unwrap_or(1).max(1);
+            let per_expert = (n_rows / n_expert).max(1);
+            let step = (PIECE_ELEMS / row_len).max(1);
+            let mut r = 0;
+            while r < n_rows {
+                let expert_end = (r / per_expert + 1) * per_expert;
+                let rows = step.min(expert_end - r).min(n_rows - r);
+                pieces.push((r, rows, r * row_bytes, rows * row_bytes));
+                r += rows;
+            }
+        }
+        let last_idx = pieces.len() - 1;
+        for (k, (first_row, rows, at, n)) in pieces.into_iter().enumerate() {
+            let len = usize::try_from(n).map_err(|_| tensor_err(&e.name, "too large"))?;
+            let data = if f32_in {
+                let mut v = pools.f32.take(len / 4);
+                read_at(&file, &f.path, f32_bytes_mut(&mut v), start + at)?;
+                if let Some(h) = hasher.as_deref_mut() {
+                    h.bytes(f32_bytes_mut(&mut v));
+                }
+                if cfg!(target_endian = "big") {
+                    for x in &mut v {
+                        *x = f32::from_bits(u32::from_le(x.to_bits()));
+                    }
+                }
+                Payload::F32(v)
+            } else {
+                let mut v = pools.raw.take(len);
+                read_at(&file, &f.path, &mut v, start + at)?;
+                if let Some(h) = hasher.as_deref_mut() {
+                    h.bytes(&v);
+                }
+                Payload::Raw(v)
+            };
+            let piece = Piece {
+                entry: i,
+                first_row,
+                n_rows: rows,
+                last: k == last_idx,
+                data,
+            };
+            if tx.send(Ok(piece)).is_err() {
+                // The converter stopped (it reports why).
+                return Ok(());
+            }
+        }
+    }
+    if let Some(h) = hasher {
+        h.gap(&file, &f.path, f.file_size)?;
+    }
+    Ok(())
+}
+
+/// The buffer pools of one conversion: f32 and raw source pieces go back to the reader,
+/// encoded pieces back to the converter.
+struct Pools {
+    f32: Pool<f32>,
+    raw: Pool<u8>,
+    out: Pool<u8>,
+}
+
+/// Encode one piece (the converter stage).
+fn encode_piece(
+    e: &crate::recipe::PlanEntry,
+    p: Piece,
+    imatrix: Option<&Imatrix>,
+    pools: &Pools,
+) -> Result<Vec<u8>> {
+    if e.is_copy() {
+        return Ok(match p.data {
+            Payload::Raw(v) => v,
+            Payload::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        });
+    }
+    let to = e.to.ok_or_else(|| tensor_err(&e.name, "no target type"))?;
+    let row_len = e.dims.first().copied().unwrap_or(1).max(1);
+    let n = usize::try_from(p.n_rows * row_len).map_err(|_| tensor_err(&e.name, "too large"))?;
+    let data = match p.data {
+        Payload::F32(v) => v,
+        Payload::Raw(b) => {
+            let from = e.from.ok_or_else(|| {
+                tensor_err(&e.name, format!("cannot decode type {}", e.from_name()))
+            })?;
+            let mut v = pools.f32.take(n);
+            dequantize_into(from, &b, &mut v)
+                .map_err(|err| tensor_err(&e.name, err.to_string()))?;
+            pools.raw.give(b);
+            v
+        }
+    };
+    let w = if to.is_quantized() {
+        imatrix_for(imatrix, &e.name, &e.dims)?
+    } else {
+        None
+    };
+    let n_rows = e.n_elements() / row_len;
+    let n_expert = e.dims.get(2).copied().unwrap_or(1).max(1);
+    let expert = p.first_row / (n_rows / n_expert).max(1);
+    let rl = row_len as usize;
+    let w = w.and_then(|w| w.get(expert as usize * rl..(expert as usize + 1) * rl));
+    let rb = to
+        .bytes_for(row_len)
+        .and_then(|b| usize::try_from(b).ok())
+        .ok_or_else(|| tensor_err(&e.name, "row too large"))?;
+    let mut out = pools.out.take(p.n_rows as usize * rb);
+    // Every kernel writes whole blocks; clearing a reused buffer keeps that from mattering.
+    out.fill(0);
+    let r = quant::quantize_rows_into(to, &data, rl, w, p.first_row as usize, &mut out)
+        .map_err(|err| tensor_err(&e.name, err.to_string()));
+    pools.f32.give(data);
+    r.map(|()| out)
+}
+
+/// Decode `src` (whole blocks of `ty`) into `dst`, in parallel like
+/// [`quant::dequantize_tensor`] but into a reused buffer.
+fn dequantize_into(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
+    use rayon::prelude::*;
+    let bs = ty.block_size() as usize;
+    let ts = ty.type_size() as usize;
+    if bs == 0 || ts == 0 || src.len() / ts * bs != dst.len() || src.len() % ts != 0 {
+        return Err(Error::msg(format!(
+            "{ty}: {} bytes do not hold {} values",
+            src.len(),
+            dst.len()
+        )));
+    }
+    let per_task = (65_536 / bs).max(1);
+    dst.par_chunks_mut(bs * per_task)
+        .zip(src.par_chunks(ts * per_task))
+        .try_for_each(|(d, s)| quant::dequantize_row(ty, s, d))
+}
+
+/// Read → convert → hash + write, three stages that overlap: the reader (positioned reads,
+/// source hash) and the writer (tensor hashes, output) run on their own threads while the
+/// rayon pool encodes. At most [`QUEUE`] pieces wait between two stages, so memory stays a
+/// few pieces whatever the model's size.
+fn run_pipeline<W: Write + Send>(
+    f: &GgufFile,
+    plan: &Plan,
+    imatrix: Option<&Imatrix>,
+    mut writer: GgufWriter<W>,
+    want_hash: bool,
+    bar: &indicatif::ProgressBar,
+) -> Result<PipelineRun<W>> {
+    use std::sync::mpsc::sync_channel;
+    let ranges = source_ranges(f, plan)?;
+    // The source can be hashed while it is read when the tensors come in file order without
+    // overlaps (what every writer produces); otherwise a separate pass reads it.
+    let in_order = ranges.windows(2).all(|w| w[0].1 <= w[1].0)
+        && ranges.last().is_none_or(|r| r.1 <= f.file_size);
+    let pools = Pools {
+        f32: Pool::new(),
+        raw: Pool::new(),
+        out: Pool::new(),
+    };
+    let pools = &pools;
+    std::thread::scope(|s| {
+        let (ptx, prx) = sync_channel::<Result<Piece>>(QUEUE);
+        let (otx, orx) = sync_channel::<OutPiece>(QUEUE);
+        let separate_hash = (want_hash && !in_order).then(|| {
+            let path = f.path.clone();
+            s.spawn(move || {
+                let t = Instant::now();
+                (file_sha256(&path), t.elapsed().as_secs_f64())
+            })
+        });
+        let ranges = &ranges;
+        let reader = s.spawn(move || -> Result<Option<InlineHasher>> {
+            let mut h = (want_hash && in_order).then(|| InlineHasher {
+                h: Sha256::new(),
+                pos: 0,
+                secs: 0.0,
+            });
+            if let Err(e) = read_pieces(f, plan, ranges, h.as_mut(), &ptx, pools) {
+                let _ = ptx.send(Err(e));
+                return Ok(None);
+            }
+            Ok(h)
+        });
+        let writer_thread = s.spawn(move || -> Result<(GgufWriter<W>, Vec<String>)> {
+            let mut hashes = Vec::with_capacity(plan.entries.len());
+            let mut h = Sha256::new();
+            let mut produced = 0u64;
+            for p in orx {
+                let e = &plan.entries[p.entry];
+                h.update(&p.data);
+                produced += p.data.len() as u64;
+                if produced > e.to_bytes || (p.last && produced != e.to_bytes) {
+                    return Err(tensor_err(
+                        &e.name,
+                        format!("produced {produced} bytes, planned {}", e.to_bytes),
+                    ));
+                }
+                writer.write_tensor_part(&p.data)?;
+                pools.out.give(p.data);
+                if p.last {
+                    hashes.push(hex(h.finalize_reset()));
+                    produced = 0;
+                }
+            }
+            Ok((writer, hashes))
+        });
+        // The converter stage, on this (rayon) thread.
+        let converted = (|| -> Result<()> {
+            let mut current = usize::MAX;
+            for piece in prx {
+                let piece = piece?;
+                let e = &plan.entries[piece.entry];
+                if piece.entry != current {
+                    current = piece.entry;
+                    bar.set_message(e.name.clone());
+                }
+                let src_bytes = match &piece.data {
+                    Payload::F32(v) => v.len() as u64 * 4,
+                    Payload::Raw(v) => v.len() as u64,
+                };
+                let (entry, last) = (piece.entry, piece.last);
+                let data = encode_piece(e, piece, imatrix, pools)?;
+                if otx.send(OutPiece { entry, last, data }).is_err() {
+                    // The writer failed; its error is reported below.
+                    break;
+                }
+                bar.inc(src_bytes);
+            }
+            Ok(())
+        })();
+        drop(otx);
+        let written = writer_thread
+            .join()
+            .unwrap_or_else(|_| Err(Error::msg("writer thread panicked")));
+        let read = reader
+            .join()
+            .unwrap_or_else(|_| Err(Error::msg("reader thread panicked")));
+        // The first failure in pipeline order: reading/encoding, then writing.
+        converted?;
+        let (writer, tensor_hashes) = written?;
+        let inline = read?;
+        let (source_sha, source_hash_s) = match (separate_hash, inline) {
+            (Some(t), _) => {
+                let (sha, secs) = t
+                    .join()
+                    .unwrap_or_else(|_| (Err(Error::msg("source hashing thread panicked")), 0.0));
+                (sha?, secs)
+            }
+            (None, Some(h)) => (hex(h.h.finalize()), h.secs),
+            (None, None) => (String::new(), 0.0),
+        };
+        if tensor_hashes.len() != plan.entries.len() {
+            return Err(Error::msg(format!(
+                "wrote {} of {} tensors",
+                tensor_hashes.len(),
+                plan.entries.len()
+            )));
+        }
+        Ok(PipelineRun {
+            writer,
+            tensor_hashes,
+            source_sha,
+            source_hash_s,
+        })
+    })
 }
 
 fn progress_bar(show: bool, total: u64) -> indicatif::ProgressBar {

@@ -56,6 +56,10 @@ pub struct GgufWriter<W: Write> {
     next: usize,
     alignment: u64,
     written: u64,
+    /// Bytes of the current tensor received so far ([`GgufWriter::write_tensor_part`]).
+    part: u64,
+    /// The output's path, for I/O errors.
+    path: Option<std::path::PathBuf>,
 }
 
 fn bad(msg: impl Into<String>) -> Error {
@@ -68,7 +72,38 @@ impl<W: Write> GgufWriter<W> {
     /// `alignment` must be a power of two and agree with `general.alignment` in `metadata`
     /// (when that key is absent it must be 32, the GGUF default).
     pub fn new(
+        out: W,
+        version: u32,
+        alignment: u64,
+        metadata: &[(String, Value)],
+        tensors: Vec<TensorSpec>,
+    ) -> Result<Self> {
+        Self::new_inner(out, None, version, alignment, metadata, tensors)
+    }
+
+    /// Like [`GgufWriter::new`] for output written to the file `path`: every I/O error,
+    /// including those writing the header, is an [`Error::Io`] naming `path`.
+    pub fn new_for_path(
+        out: W,
+        path: &std::path::Path,
+        version: u32,
+        alignment: u64,
+        metadata: &[(String, Value)],
+        tensors: Vec<TensorSpec>,
+    ) -> Result<Self> {
+        Self::new_inner(
+            out,
+            Some(path.to_path_buf()),
+            version,
+            alignment,
+            metadata,
+            tensors,
+        )
+    }
+
+    fn new_inner(
         mut out: W,
+        path: Option<std::path::PathBuf>,
         version: u32,
         alignment: u64,
         metadata: &[(String, Value)],
@@ -137,7 +172,10 @@ impl<W: Write> GgufWriter<W> {
             }
         }
 
-        let io = |e| Error::msg(format!("GGUF writer: {e}"));
+        let io = |e| match &path {
+            Some(p) => Error::io(p, e),
+            None => Error::msg(format!("GGUF writer: {e}")),
+        };
         let mut h = Vec::with_capacity(4096);
         let mut flushed = 0u64;
         h.extend_from_slice(b"GGUF");
@@ -178,7 +216,23 @@ impl<W: Write> GgufWriter<W> {
             next: 0,
             alignment,
             written: header_len + pad,
+            part: 0,
+            path,
         })
+    }
+
+    /// Name the file being written: I/O errors then become [`Error::Io`] on that path
+    /// (otherwise a message naming the tensor).
+    pub fn with_path(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+
+    fn io_error(&self, tensor: &str, e: std::io::Error) -> Error {
+        match &self.path {
+            Some(p) => Error::io(p, e),
+            None => Error::msg(format!("GGUF writer: tensor '{tensor}': {e}")),
+        }
     }
 
     /// Write the next tensor's data (exactly its spec's `n_bytes`) followed by its padding.
@@ -190,23 +244,53 @@ impl<W: Write> GgufWriter<W> {
                 self.tensors.len()
             ))
         })?;
-        if data.len() as u64 != t.n_bytes {
+        if data.len() as u64 != t.n_bytes || self.part != 0 {
             return Err(bad(format!(
                 "tensor '{}': got {} bytes, expected {}",
                 t.name,
-                data.len(),
+                data.len() as u64 + self.part,
                 t.n_bytes
             )));
         }
-        let io = |e| Error::msg(format!("GGUF writer: tensor '{}': {e}", t.name));
-        self.out.write_all(data).map_err(io)?;
-        let pad = (data.len() as u64).next_multiple_of(self.alignment) - data.len() as u64;
-        if pad > 0 {
-            let zeros = vec![0u8; pad as usize];
-            self.out.write_all(&zeros).map_err(io)?;
+        self.write_tensor_part(data)
+    }
+
+    /// Write the next piece of the current tensor's data. Pieces are concatenated; when they
+    /// add up to the spec's `n_bytes` the padding is written and the next tensor begins. More
+    /// bytes than the tensor holds is an error.
+    pub fn write_tensor_part(&mut self, data: &[u8]) -> Result<()> {
+        let Some(t) = self.tensors.get(self.next) else {
+            return Err(bad(format!(
+                "tensor data after the last of {} tensors",
+                self.tensors.len()
+            )));
+        };
+        let n_bytes = t.n_bytes;
+        let end = self.part + data.len() as u64;
+        if end > n_bytes {
+            return Err(bad(format!(
+                "tensor '{}': got {end} bytes, expected {n_bytes}",
+                t.name
+            )));
         }
-        self.written += data.len() as u64 + pad;
-        self.next += 1;
+        if let Err(e) = self.out.write_all(data) {
+            let name = t.name.clone();
+            return Err(self.io_error(&name, e));
+        }
+        self.part = end;
+        if end == n_bytes {
+            let pad = n_bytes.next_multiple_of(self.alignment) - n_bytes;
+            if pad > 0 {
+                let zeros = vec![0u8; pad as usize];
+                if let Err(e) = self.out.write_all(&zeros) {
+                    let name = self.tensors[self.next].name.clone();
+                    return Err(self.io_error(&name, e));
+                }
+            }
+            self.written += n_bytes + pad;
+            self.next += 1;
+            self.part = 0;
+        }
         Ok(())
     }
 
@@ -230,9 +314,12 @@ impl<W: Write> GgufWriter<W> {
                 self.tensors[self.next].name
             )));
         }
-        self.out
-            .flush()
-            .map_err(|e| Error::msg(format!("GGUF writer: {e}")))?;
+        if let Err(e) = self.out.flush() {
+            return Err(match &self.path {
+                Some(p) => Error::io(p, e),
+                None => Error::msg(format!("GGUF writer: {e}")),
+            });
+        }
         Ok(self.out)
     }
 }

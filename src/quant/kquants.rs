@@ -595,7 +595,9 @@ fn make_qkx_quants_lanes<const N: usize, const M: usize>(
 }
 
 /// [`make_qx_quants`] on `M` independent sub-blocks at once (bit-identical per lane, see
-/// [`make_qkx_quants_lanes`]). `qws` are the weights, `x²` when `None`.
+/// [`make_qkx_quants_lanes`]). `qws` are the weights, `x²` when `None`. The search itself is
+/// the one the legacy weighted encoders use ([`super::legacy::make_qx_quants_lanes`]); this
+/// wrapper only changes the layout (sub-blocks in, lanes inside) and the quant type.
 #[inline(always)]
 fn make_qx_quants_lanes<const N: usize, const M: usize>(
     nmax: i32,
@@ -616,93 +618,16 @@ fn make_qx_quants_lanes<const N: usize, const M: usize>(
             w
         }
     };
-    let mut max = [0f32; M];
-    let mut amax = [0f32; M];
-    for row in &xt {
-        for m in 0..M {
-            let ax = row[m].abs();
-            if ax > amax[m] {
-                amax[m] = ax;
-                max[m] = row[m];
-            }
-        }
-    }
-    let nmaxf = nmax as f32;
-    let mut lt = [[0i8; M]; N];
-    let mut iscale = [0f32; M];
-    for m in 0..M {
-        iscale[m] = -nmaxf / max[m];
-    }
-    let mut sumlx = [0f32; M];
-    let mut suml2 = [0f32; M];
+    let mut lt = [[0u8; M]; N];
+    let scale = super::legacy::make_qx_quants_lanes(nmax, &xt, &wt, &mut lt);
+    // l + nmax <= 2 * nmax - 1 <= 63 for every caller: it fits an i8.
+    let mut l8 = [[0i8; M]; N];
     for i in 0..N {
         for m in 0..M {
-            let l = nearest_int(iscale[m] * xt[i][m]).clamp(-nmax, nmax - 1);
-            lt[i][m] = (l + nmax) as i8;
-            let lf = l as f32;
-            sumlx[m] += wt[i][m] * xt[i][m] * lf;
-            suml2[m] += wt[i][m] * lf * lf;
+            l8[i][m] = lt[i][m] as i8;
         }
     }
-    let mut scale = [0f32; M];
-    let mut best = [0f32; M];
-    for m in 0..M {
-        scale[m] = if suml2[m] != 0.0 {
-            sumlx[m] / suml2[m]
-        } else {
-            0.0
-        };
-        best[m] = scale[m] * sumlx[m];
-    }
-    let mut cand = [[0i8; M]; N];
-    for is in -9i32..=9 {
-        if is == 0 {
-            continue;
-        }
-        let num = nmaxf + 0.1 * is as f32;
-        for m in 0..M {
-            iscale[m] = -num / max[m];
-        }
-        let mut sumlx = [0f32; M];
-        let mut suml2 = [0f32; M];
-        for i in 0..N {
-            for m in 0..M {
-                let l = nearest_int(iscale[m] * xt[i][m]).clamp(-nmax, nmax - 1);
-                cand[i][m] = (l + nmax) as i8;
-                let lf = l as f32;
-                sumlx[m] += wt[i][m] * xt[i][m] * lf;
-                suml2[m] += wt[i][m] * lf * lf;
-            }
-        }
-        let mut any = false;
-        let mut upd = [false; M];
-        for m in 0..M {
-            upd[m] = suml2[m] > 0.0 && sumlx[m] * sumlx[m] > best[m] * suml2[m];
-            if upd[m] {
-                scale[m] = sumlx[m] / suml2[m];
-                best[m] = scale[m] * sumlx[m];
-            }
-            any |= upd[m];
-        }
-        if any {
-            for i in 0..N {
-                for m in 0..M {
-                    if upd[m] {
-                        lt[i][m] = cand[i][m];
-                    }
-                }
-            }
-        }
-    }
-    for m in 0..M {
-        if amax[m] < GROUP_MAX_EPS {
-            scale[m] = 0.0;
-            for row in lt.iter_mut() {
-                row[m] = 0;
-            }
-        }
-    }
-    *ls = transpose(&lt);
+    *ls = transpose(&l8);
     scale
 }
 

@@ -374,40 +374,54 @@ fn q8_0_block(x: &[f32; QK], y: &mut [u8; Q8_0_BYTES]) {
     }
 }
 
-/// Q4_0 row, plain (`quantize_row_q4_0_ref`).
-pub(crate) fn quantize_row_q4_0(src: &[f32], dst: &mut [u8]) {
-    for (x, y) in blocks_mut(src, dst) {
-        q4_0_block(x, y);
-    }
+/// A plain row encoder: block by block, compiled a second time with AVX2 enabled and picked
+/// at run time when the CPU has it. AVX2 only widens the vectors of the same operations (it
+/// enables no FMA and changes no rounding), so the bytes are those of the baseline build.
+macro_rules! plain_row {
+    ($(#[$doc:meta])* $name:ident, $block:ident, $bytes:expr) => {
+        $(#[$doc])*
+        pub(crate) fn $name(src: &[f32], dst: &mut [u8]) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2(src: &[f32], dst: &mut [u8]) {
+                    for (x, y) in blocks_mut::<$bytes>(src, dst) {
+                        $block(x, y);
+                    }
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU supports AVX2 (checked just above).
+                    unsafe { avx2(src, dst) };
+                    return;
+                }
+            }
+            for (x, y) in blocks_mut::<$bytes>(src, dst) {
+                $block(x, y);
+            }
+        }
+    };
 }
 
-/// Q4_1 row, plain (`quantize_row_q4_1_ref`).
-pub(crate) fn quantize_row_q4_1(src: &[f32], dst: &mut [u8]) {
-    for (x, y) in blocks_mut(src, dst) {
-        q4_1_block(x, y);
-    }
-}
-
-/// Q5_0 row, plain (`quantize_row_q5_0_ref`).
-pub(crate) fn quantize_row_q5_0(src: &[f32], dst: &mut [u8]) {
-    for (x, y) in blocks_mut(src, dst) {
-        q5_0_block(x, y);
-    }
-}
-
-/// Q5_1 row, plain (`quantize_row_q5_1_ref`).
-pub(crate) fn quantize_row_q5_1(src: &[f32], dst: &mut [u8]) {
-    for (x, y) in blocks_mut(src, dst) {
-        q5_1_block(x, y);
-    }
-}
-
-/// Q8_0 row (`quantize_row_q8_0_ref`; ggml ignores quant weights for Q8_0).
-pub(crate) fn quantize_row_q8_0(src: &[f32], dst: &mut [u8]) {
-    for (x, y) in blocks_mut(src, dst) {
-        q8_0_block(x, y);
-    }
-}
+plain_row!(
+    /// Q4_0 row, plain (`quantize_row_q4_0_ref`).
+    quantize_row_q4_0, q4_0_block, Q4_0_BYTES
+);
+plain_row!(
+    /// Q4_1 row, plain (`quantize_row_q4_1_ref`).
+    quantize_row_q4_1, q4_1_block, Q4_1_BYTES
+);
+plain_row!(
+    /// Q5_0 row, plain (`quantize_row_q5_0_ref`).
+    quantize_row_q5_0, q5_0_block, Q5_0_BYTES
+);
+plain_row!(
+    /// Q5_1 row, plain (`quantize_row_q5_1_ref`).
+    quantize_row_q5_1, q5_1_block, Q5_1_BYTES
+);
+plain_row!(
+    /// Q8_0 row (`quantize_row_q8_0_ref`; ggml ignores quant weights for Q8_0).
+    quantize_row_q8_0, q8_0_block, Q8_0_BYTES
+);
 
 // ---------------------------------------------------------------------------------------------
 // Importance-weighted encoders (quantize_row_*_impl)
@@ -576,19 +590,23 @@ fn weighted_blocks<'a, const N: usize>(
 /// compiler use SIMD across blocks.
 const LANES: usize = 8;
 
-/// ggml's `make_qx_quants` (weights given, `rmse_type` 1) on `LANES` blocks at once.
-/// `x[i][k]` is element `i` of block `k`. Returns the scale of each block.
+/// ggml's `make_qx_quants` (weights given, `rmse_type` 1) on `M` blocks of `N` values at once,
+/// shared by the legacy weighted encoders (Q4_0, Q5_0: `N = 32`, `M = LANES`) and the K-quants
+/// (Q3_K with an imatrix, Q6_K: 16-value sub-blocks, through `kquants::make_qx_quants_lanes`).
+/// `x[i][k]` is element `i` of block `k`; `l_out` gets `l + nmax`. Returns each block's scale.
+/// Rounding is [`round_clamp`], equal to ggml's `nearest_int` + clamp on the values reached
+/// here (|x·iscale| <= nmax; NaN gives 0 both ways).
 #[inline(always)]
-fn make_qx_quants_lanes(
+pub(super) fn make_qx_quants_lanes<const N: usize, const M: usize>(
     nmax: i32,
-    x: &[[f32; LANES]; QK],
-    w: &[[f32; LANES]; QK],
-    l_out: &mut [[u8; LANES]; QK],
-) -> [f32; LANES] {
-    let mut max = [0.0f32; LANES];
-    let mut amax = [0.0f32; LANES];
+    x: &[[f32; M]; N],
+    w: &[[f32; M]; N],
+    l_out: &mut [[u8; M]; N],
+) -> [f32; M] {
+    let mut max = [0.0f32; M];
+    let mut amax = [0.0f32; M];
     for xi in x {
-        for k in 0..LANES {
+        for k in 0..M {
             let a = xi[k].abs();
             if amax[k] < a {
                 amax[k] = a;
@@ -597,31 +615,31 @@ fn make_qx_quants_lanes(
         }
     }
     let nmax_f = nmax as f32;
-    let mut iscale = [0.0f32; LANES];
-    for k in 0..LANES {
+    let mut iscale = [0.0f32; M];
+    for k in 0..M {
         iscale[k] = (-nmax) as f32 / max[k];
     }
     let (lo, hi) = (-nmax_f, (nmax - 1) as f32);
     // ggml's `w*x[i]*l` is `(w*x[i])*l`: the first product does not depend on the step.
-    let mut wx = [[0.0f32; LANES]; QK];
-    for i in 0..QK {
-        for k in 0..LANES {
+    let mut wx = [[0.0f32; M]; N];
+    for i in 0..N {
+        for k in 0..M {
             wx[i][k] = w[i][k] * x[i][k];
         }
     }
-    let mut sumlx = [0.0f32; LANES];
-    let mut suml2 = [0.0f32; LANES];
-    for i in 0..QK {
-        for k in 0..LANES {
+    let mut sumlx = [0.0f32; M];
+    let mut suml2 = [0.0f32; M];
+    for i in 0..N {
+        for k in 0..M {
             let lf = round_clamp(iscale[k] * x[i][k], lo, hi);
             l_out[i][k] = (lf as i32 + nmax) as u8;
             sumlx[k] += wx[i][k] * lf;
             suml2[k] += w[i][k] * lf * lf;
         }
     }
-    let mut scale = [0.0f32; LANES];
-    let mut best = [0.0f32; LANES];
-    for k in 0..LANES {
+    let mut scale = [0.0f32; M];
+    let mut best = [0.0f32; M];
+    for k in 0..M {
         scale[k] = if suml2[k] != 0.0 {
             sumlx[k] / suml2[k]
         } else {
@@ -634,20 +652,20 @@ fn make_qx_quants_lanes(
             continue;
         }
         let num = -(nmax_f + 0.1 * is as f32);
-        for k in 0..LANES {
+        for k in 0..M {
             iscale[k] = num / max[k];
         }
-        sumlx = [0.0; LANES];
-        suml2 = [0.0; LANES];
-        for i in 0..QK {
-            for k in 0..LANES {
+        sumlx = [0.0; M];
+        suml2 = [0.0; M];
+        for i in 0..N {
+            for k in 0..M {
                 let lf = round_clamp(iscale[k] * x[i][k], lo, hi);
                 sumlx[k] += wx[i][k] * lf;
                 suml2[k] += w[i][k] * lf * lf;
             }
         }
-        let mut upd = [false; LANES];
-        for k in 0..LANES {
+        let mut upd = [false; M];
+        for k in 0..M {
             upd[k] = suml2[k] > 0.0 && sumlx[k] * sumlx[k] > best[k] * suml2[k];
             if upd[k] {
                 scale[k] = sumlx[k] / suml2[k];
@@ -656,8 +674,8 @@ fn make_qx_quants_lanes(
         }
         // As ggml: the quants are recomputed only when a step wins (rarely).
         if upd.iter().any(|&u| u) {
-            for i in 0..QK {
-                for k in 0..LANES {
+            for i in 0..N {
+                for k in 0..M {
                     if upd[k] {
                         let lf = round_clamp(iscale[k] * x[i][k], lo, hi);
                         l_out[i][k] = (lf as i32 + nmax) as u8;
@@ -666,7 +684,7 @@ fn make_qx_quants_lanes(
             }
         }
     }
-    for k in 0..LANES {
+    for k in 0..M {
         if amax[k] < 1e-15 {
             scale[k] = 0.0;
             for li in l_out.iter_mut() {

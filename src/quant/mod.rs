@@ -204,16 +204,57 @@ pub fn quantize_tensor(
         }
     }
     let rb = row_bytes(ty, row_len)?;
+    let mut out = vec![0u8; data.len() / row_len * rb];
+    quantize_rows_into(ty, data, row_len, imatrix, 0, &mut out)?;
+    Ok(out)
+}
+
+/// [`quantize_tensor`] into a caller's buffer, for a run of rows of a larger tensor:
+/// `data` holds whole rows, `dst` exactly their encoded size, and `first_row` is the index of
+/// the first row in the tensor (error messages name tensor rows). Encoding rows in separate
+/// runs gives the same bytes as one call: rows are independent.
+pub fn quantize_rows_into(
+    ty: GgmlType,
+    data: &[f32],
+    row_len: usize,
+    imatrix: Option<&[f32]>,
+    first_row: usize,
+    dst: &mut [u8],
+) -> Result<()> {
+    if row_len == 0 {
+        return Err(Error::msg(format!("{ty}: row length is 0")));
+    }
+    if data.len() % row_len != 0 {
+        return Err(Error::msg(format!(
+            "{ty}: {} values is not a whole number of rows of {row_len}",
+            data.len()
+        )));
+    }
+    if let Some(w) = imatrix {
+        if w.len() != row_len {
+            return Err(Error::msg(format!(
+                "{ty}: importance matrix has {} values, rows have {row_len}",
+                w.len()
+            )));
+        }
+    }
+    let rb = row_bytes(ty, row_len)?;
     let n_rows = data.len() / row_len;
-    let mut out = vec![0u8; n_rows * rb];
+    if dst.len() != n_rows * rb {
+        return Err(Error::msg(format!(
+            "{ty}: output buffer holds {} bytes, {n_rows} rows need {}",
+            dst.len(),
+            n_rows * rb
+        )));
+    }
     let rpt = rows_per_task(row_len);
-    let results: Vec<Result<()>> = out
+    let results: Vec<Result<()>> = dst
         .par_chunks_mut(rb * rpt)
         .zip(data.par_chunks(row_len * rpt))
         .enumerate()
         .map(|(task, (dst, src))| {
             for (i, (d, s)) in dst.chunks_mut(rb).zip(src.chunks(row_len)).enumerate() {
-                let row = task * rpt + i;
+                let row = first_row + task * rpt + i;
                 quantize_row(ty, s, imatrix, d)
                     .and_then(|()| validate_row_data(ty, d))
                     .map_err(|e| Error::msg(format!("row {row}: {e}")))?;
@@ -222,8 +263,7 @@ pub fn quantize_tensor(
         })
         .collect();
     // The first failing row in row order, whatever the scheduling was.
-    results.into_iter().collect::<Result<()>>()?;
-    Ok(out)
+    results.into_iter().collect::<Result<()>>()
 }
 
 /// Decode a whole tensor of `n_elements` values of `ty` stored in `data`, in parallel.
