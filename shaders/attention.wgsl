@@ -26,6 +26,11 @@ const CTX: u32 = $CTXu;
 var<workgroup> S: array<f32, CTX>;
 var<workgroup> red: array<f32, 256>;
 
+// Probabilities are rounded to f16 before the weighted sum of V, as llama.cpp's CPU backend does.
+fn r16(x: f32) -> f32 {
+    return unpack2x16float(pack2x16float(vec2<f32>(x, 0.0))).x;
+}
+
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     let h = wg.x;
@@ -80,7 +85,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     var acc = 0.0;
     if (gi < groups) {
         for (var p = gi; p < n; p += groups) {
-            acc += S[p] * VC[cb + p * P.kv_ld + kb + d];
+            acc += r16(S[p] * inv) * VC[cb + p * P.kv_ld + kb + d];
         }
     }
     workgroupBarrier();
@@ -91,6 +96,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
         for (var g = 0u; g < groups; g++) {
             t += red[g * P.hd + lid];
         }
-        O[tok * P.o_ld + h * P.hd + lid] = t * inv;
+        O[tok * P.o_ld + h * P.hd + lid] = t;
     }
 }

@@ -35,6 +35,24 @@ fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
     return d * (v - 8.0);
 }
 
+// Unit dot: d · Σ (q − 8)·x over one 32-weight block (x = the unit's 8 x vectors).
+fn udot$S(b: u32, sub: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>,
+          x4: vec4<f32>, x5: vec4<f32>, x6: vec4<f32>, x7: vec4<f32>) -> f32 {
+    let d = unpack2x16float($W[$DOFF + (b >> 1u)])[b & 1u];
+    let o = b * 4u;
+    let w0 = $W[o];
+    let w1 = $W[o + 1u];
+    let w2 = $W[o + 2u];
+    let w3 = $W[o + 3u];
+    let m = 0x0f0f0f0fu;
+    let s = dot(vec4<f32>(unpack4xU8(w0 & m)), x0) + dot(vec4<f32>(unpack4xU8(w1 & m)), x1)
+          + dot(vec4<f32>(unpack4xU8(w2 & m)), x2) + dot(vec4<f32>(unpack4xU8(w3 & m)), x3)
+          + dot(vec4<f32>(unpack4xU8((w0 >> 4u) & m)), x4) + dot(vec4<f32>(unpack4xU8((w1 >> 4u) & m)), x5)
+          + dot(vec4<f32>(unpack4xU8((w2 >> 4u) & m)), x6) + dot(vec4<f32>(unpack4xU8((w3 >> 4u) & m)), x7);
+    let sx = dot(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7, vec4<f32>(1.0));
+    return d * (s - 8.0 * sx);
+}
+
 // @type Q4_1 words=5 upb=1
 fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
     let dm = unpack2x16float($W[b * 5u]);
@@ -71,6 +89,18 @@ fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
     return d * v;
 }
 
+// Unit dot: d · Σ q·x over one 32-weight block.
+fn udot$S(b: u32, sub: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>,
+          x4: vec4<f32>, x5: vec4<f32>, x6: vec4<f32>, x7: vec4<f32>) -> f32 {
+    let d = unpack2x16float($W[$DOFF + (b >> 1u)])[b & 1u];
+    let o = b * 8u;
+    let s = dot(vec4<f32>(unpack4xI8($W[o])), x0) + dot(vec4<f32>(unpack4xI8($W[o + 1u])), x1)
+          + dot(vec4<f32>(unpack4xI8($W[o + 2u])), x2) + dot(vec4<f32>(unpack4xI8($W[o + 3u])), x3)
+          + dot(vec4<f32>(unpack4xI8($W[o + 4u])), x4) + dot(vec4<f32>(unpack4xI8($W[o + 5u])), x5)
+          + dot(vec4<f32>(unpack4xI8($W[o + 6u])), x6) + dot(vec4<f32>(unpack4xI8($W[o + 7u])), x7);
+    return d * s;
+}
+
 // @type Q2_K words=21 upb=8
 fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
     let base = b * 21u;
@@ -82,6 +112,30 @@ fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
     let q = $W[base + 4u + 8u * n + j] >> (2u * jj);
     let v = vec4<f32>(f32(q & 3u), f32((q >> 8u) & 3u), f32((q >> 16u) & 3u), f32((q >> 24u) & 3u));
     return (dm.x * f32(sc & 15u)) * v - dm.y * f32(sc >> 4u);
+}
+
+// Unit dot: two 16-weight sub-blocks, each d·sc·Σq·x − dmin·m·Σx.
+fn udot$S(b: u32, sub: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>,
+          x4: vec4<f32>, x5: vec4<f32>, x6: vec4<f32>, x7: vec4<f32>) -> f32 {
+    let base = b * 21u;
+    let dm = unpack2x16float($W[base + 20u]);
+    let n = sub >> 2u;
+    let jj = sub & 3u;
+    let is = 8u * n + 2u * jj;
+    let scw = $W[base + (is >> 2u)] >> ((is & 3u) * 8u);
+    let sc0 = scw & 0xffu;
+    let sc1 = (scw >> 8u) & 0xffu;
+    let qo = base + 4u + 8u * n;
+    let sh = 2u * jj;
+    let m = 0x03030303u;
+    let s0 = dot(vec4<f32>(unpack4xU8(($W[qo] >> sh) & m)), x0) + dot(vec4<f32>(unpack4xU8(($W[qo + 1u] >> sh) & m)), x1)
+           + dot(vec4<f32>(unpack4xU8(($W[qo + 2u] >> sh) & m)), x2) + dot(vec4<f32>(unpack4xU8(($W[qo + 3u] >> sh) & m)), x3);
+    let s1 = dot(vec4<f32>(unpack4xU8(($W[qo + 4u] >> sh) & m)), x4) + dot(vec4<f32>(unpack4xU8(($W[qo + 5u] >> sh) & m)), x5)
+           + dot(vec4<f32>(unpack4xU8(($W[qo + 6u] >> sh) & m)), x6) + dot(vec4<f32>(unpack4xU8(($W[qo + 7u] >> sh) & m)), x7);
+    let one = vec4<f32>(1.0);
+    let sx0 = dot(x0 + x1 + x2 + x3, one);
+    let sx1 = dot(x4 + x5 + x6 + x7, one);
+    return dm.x * (f32(sc0 & 15u) * s0 + f32(sc1 & 15u) * s1) - dm.y * (f32(sc0 >> 4u) * sx0 + f32(sc1 >> 4u) * sx1);
 }
 
 // @type Q3_K words=27 upb=8 dsep
@@ -126,6 +180,36 @@ fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
     return (dm.x * f32(sc)) * v - dm.y * f32(mn);
 }
 
+// Unit dot: one 32-weight sub-block, d·sc·Σq·x − dmin·m·Σx.
+fn udot$S(b: u32, sub: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>,
+          x4: vec4<f32>, x5: vec4<f32>, x6: vec4<f32>, x7: vec4<f32>) -> f32 {
+    let base = b * 36u;
+    let dm = unpack2x16float($W[base]);
+    var sc: u32;
+    var mn: u32;
+    let s0 = $W[base + 1u];
+    let s1 = $W[base + 2u];
+    let s2 = $W[base + 3u];
+    if (sub < 4u) {
+        sc = (s0 >> (8u * sub)) & 63u;
+        mn = (s1 >> (8u * sub)) & 63u;
+    } else {
+        let t = sub - 4u;
+        let hi = (s2 >> (8u * t)) & 0xffu;
+        sc = (hi & 15u) | (((s0 >> (8u * t + 6u)) & 3u) << 4u);
+        mn = (hi >> 4u) | (((s1 >> (8u * t + 6u)) & 3u) << 4u);
+    }
+    let qo = base + 4u + 8u * (sub >> 1u);
+    let sh = 4u * (sub & 1u);
+    let m = 0x0f0f0f0fu;
+    let s = dot(vec4<f32>(unpack4xU8(($W[qo] >> sh) & m)), x0) + dot(vec4<f32>(unpack4xU8(($W[qo + 1u] >> sh) & m)), x1)
+          + dot(vec4<f32>(unpack4xU8(($W[qo + 2u] >> sh) & m)), x2) + dot(vec4<f32>(unpack4xU8(($W[qo + 3u] >> sh) & m)), x3)
+          + dot(vec4<f32>(unpack4xU8(($W[qo + 4u] >> sh) & m)), x4) + dot(vec4<f32>(unpack4xU8(($W[qo + 5u] >> sh) & m)), x5)
+          + dot(vec4<f32>(unpack4xU8(($W[qo + 6u] >> sh) & m)), x6) + dot(vec4<f32>(unpack4xU8(($W[qo + 7u] >> sh) & m)), x7);
+    let sx = dot(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7, vec4<f32>(1.0));
+    return dm.x * f32(sc) * s - dm.y * f32(mn) * sx;
+}
+
 // @type Q5_K words=44 upb=8
 fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
     let base = b * 44u;
@@ -151,6 +235,42 @@ fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
     return (dm.x * f32(sc)) * v - dm.y * f32(mn);
 }
 
+// Unit dot: one 32-weight sub-block, d·sc·Σq·x − dmin·m·Σx (q = nibble | high bit << 4).
+fn udot$S(b: u32, sub: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>,
+          x4: vec4<f32>, x5: vec4<f32>, x6: vec4<f32>, x7: vec4<f32>) -> f32 {
+    let base = b * 44u;
+    let dm = unpack2x16float($W[base]);
+    var sc: u32;
+    var mn: u32;
+    let s0 = $W[base + 1u];
+    let s1 = $W[base + 2u];
+    let s2 = $W[base + 3u];
+    if (sub < 4u) {
+        sc = (s0 >> (8u * sub)) & 63u;
+        mn = (s1 >> (8u * sub)) & 63u;
+    } else {
+        let t = sub - 4u;
+        let hi = (s2 >> (8u * t)) & 0xffu;
+        sc = (hi & 15u) | (((s0 >> (8u * t + 6u)) & 3u) << 4u);
+        mn = (hi >> 4u) | (((s1 >> (8u * t + 6u)) & 3u) << 4u);
+    }
+    let qo = base + 12u + 8u * (sub >> 1u);
+    let sh = 4u * (sub & 1u);
+    let ho = base + 4u;
+    let m = 0x0f0f0f0fu;
+    let hm = 0x01010101u;
+    let s = dot(vec4<f32>(unpack4xU8((($W[qo] >> sh) & m) | ((($W[ho] >> sub) & hm) << 4u))), x0)
+          + dot(vec4<f32>(unpack4xU8((($W[qo + 1u] >> sh) & m) | ((($W[ho + 1u] >> sub) & hm) << 4u))), x1)
+          + dot(vec4<f32>(unpack4xU8((($W[qo + 2u] >> sh) & m) | ((($W[ho + 2u] >> sub) & hm) << 4u))), x2)
+          + dot(vec4<f32>(unpack4xU8((($W[qo + 3u] >> sh) & m) | ((($W[ho + 3u] >> sub) & hm) << 4u))), x3)
+          + dot(vec4<f32>(unpack4xU8((($W[qo + 4u] >> sh) & m) | ((($W[ho + 4u] >> sub) & hm) << 4u))), x4)
+          + dot(vec4<f32>(unpack4xU8((($W[qo + 5u] >> sh) & m) | ((($W[ho + 5u] >> sub) & hm) << 4u))), x5)
+          + dot(vec4<f32>(unpack4xU8((($W[qo + 6u] >> sh) & m) | ((($W[ho + 6u] >> sub) & hm) << 4u))), x6)
+          + dot(vec4<f32>(unpack4xU8((($W[qo + 7u] >> sh) & m) | ((($W[ho + 7u] >> sub) & hm) << 4u))), x7);
+    let sx = dot(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7, vec4<f32>(1.0));
+    return dm.x * f32(sc) * s - dm.y * f32(mn) * sx;
+}
+
 // @type Q6_K words=52 upb=8 dsep
 fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
     let base = b * 52u;
@@ -165,3 +285,33 @@ fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
                       f32(((ql >> 16u) & 15u) | (((qh >> 16u) & 3u) << 4u)), f32(((ql >> 24u) & 15u) | (((qh >> 24u) & 3u) << 4u)));
     return (d * sc) * (v - 32.0);
 }
+
+// Unit dot: two 16-weight sub-blocks, d·sc·Σ(q − 32)·x (q = 4 low bits | 2 high bits << 4).
+fn udot$S(b: u32, sub: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec4<f32>,
+          x4: vec4<f32>, x5: vec4<f32>, x6: vec4<f32>, x7: vec4<f32>) -> f32 {
+    let base = b * 52u;
+    let d = unpack2x16float($W[$DOFF + (b >> 1u)])[b & 1u];
+    let n = sub >> 2u;
+    let jj = sub & 3u;
+    let lo = base + 16u * n + 8u * (jj & 1u);
+    let ls = 4u * (jj >> 1u);
+    let ho = base + 32u + 8u * n;
+    let hs = 2u * jj;
+    let m = 0x0f0f0f0fu;
+    let m2 = 0x03030303u;
+    let s0 = dot(vec4<f32>(unpack4xU8((($W[lo] >> ls) & m) | ((($W[ho] >> hs) & m2) << 4u))), x0)
+           + dot(vec4<f32>(unpack4xU8((($W[lo + 1u] >> ls) & m) | ((($W[ho + 1u] >> hs) & m2) << 4u))), x1)
+           + dot(vec4<f32>(unpack4xU8((($W[lo + 2u] >> ls) & m) | ((($W[ho + 2u] >> hs) & m2) << 4u))), x2)
+           + dot(vec4<f32>(unpack4xU8((($W[lo + 3u] >> ls) & m) | ((($W[ho + 3u] >> hs) & m2) << 4u))), x3);
+    let s1 = dot(vec4<f32>(unpack4xU8((($W[lo + 4u] >> ls) & m) | ((($W[ho + 4u] >> hs) & m2) << 4u))), x4)
+           + dot(vec4<f32>(unpack4xU8((($W[lo + 5u] >> ls) & m) | ((($W[ho + 5u] >> hs) & m2) << 4u))), x5)
+           + dot(vec4<f32>(unpack4xU8((($W[lo + 6u] >> ls) & m) | ((($W[ho + 6u] >> hs) & m2) << 4u))), x6)
+           + dot(vec4<f32>(unpack4xU8((($W[lo + 7u] >> ls) & m) | ((($W[ho + 7u] >> hs) & m2) << 4u))), x7);
+    let one = vec4<f32>(1.0);
+    let is = 8u * n + 2u * jj;
+    let scw = $W[base + 48u + (is >> 2u)] >> (8u * (is & 3u));
+    let sc0 = f32(bitcast<i32>(scw << 24u) >> 24u);
+    let sc1 = f32(bitcast<i32>((scw >> 8u) << 24u) >> 24u);
+    return d * (sc0 * (s0 - 32.0 * dot(x0 + x1 + x2 + x3, one)) + sc1 * (s1 - 32.0 * dot(x4 + x5 + x6 + x7, one)));
+}
+

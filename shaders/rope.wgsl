@@ -18,6 +18,11 @@ struct Params {
 // Per token: (sequence, position).
 @group(0) @binding(5) var<storage, read> TI: array<vec2<u32>>;
 
+// Round to f16 and back, as llama.cpp's f16 KV cache and f16 Q in attention do.
+fn r16(x: f32) -> f32 {
+    return unpack2x16float(pack2x16float(vec2<f32>(x, 0.0))).x;
+}
+
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let tok = gid.y;
@@ -55,18 +60,18 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             x1 = y1;
         }
         if (i < nq) {
-            QKV[src] = x0;
-            QKV[src + 1u] = x1;
+            QKV[src] = r16(x0);
+            QKV[src + 1u] = r16(x1);
         } else {
             let dst = slot * P.kv_ld + h * P.hd + 2u * k;
-            KC[dst] = x0;
-            KC[dst + 1u] = x1;
+            KC[dst] = r16(x0);
+            KC[dst + 1u] = r16(x1);
         }
     } else {
         let m = i - nq - nk;
         let src = row + (P.n_head + P.n_kv) * P.hd + 2u * m;
         let dst = slot * P.kv_ld + 2u * m;
-        VC[dst] = QKV[src];
-        VC[dst + 1u] = QKV[src + 1u];
+        VC[dst] = r16(QKV[src]);
+        VC[dst + 1u] = r16(QKV[src + 1u]);
     }
 }

@@ -9,6 +9,7 @@ use serde_json::{json, Map, Value as J};
 use sha2::{Digest, Sha256};
 
 use crate::error::Result;
+use crate::gguf::value::printable;
 use crate::gguf::{GgufFile, TensorInfo, Value, ValueType};
 
 /// Schema id written as `"schema"` in `inspect --json` output.
@@ -380,7 +381,10 @@ fn right(s: impl ToString) -> Cell {
 pub fn summary_text(f: &GgufFile) -> String {
     let s = summary(f);
     let mut t = table();
-    let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+    let opt = |o: &Option<String>| {
+        o.as_deref()
+            .map_or("-".into(), |v| printable(v).into_owned())
+    };
     t.set_header(vec!["summary", ""]);
     t.add_row(vec!["file".to_string(), f.path.display().to_string()]);
     t.add_row(vec!["GGUF version".to_string(), f.version.to_string()]);
@@ -443,7 +447,11 @@ pub fn metadata_text(f: &GgufFile, full: bool) -> String {
     let mut t = table();
     t.set_header(vec!["key", "type", "value"]);
     for (k, v) in &f.metadata {
-        t.add_row(vec![k.clone(), type_label(v), render_value(v, full)]);
+        t.add_row(vec![
+            printable(k).into_owned(),
+            type_label(v),
+            render_value(v, full),
+        ]);
     }
     format!("{t}\n")
 }
@@ -463,7 +471,7 @@ pub fn tensors_text(f: &GgufFile, tensors: &[&TensorInfo], hashes: Option<&[Stri
         let b = ti.n_bytes.unwrap_or(0);
         let mut row = vec![
             right(i),
-            Cell::new(&ti.name),
+            Cell::new(printable(&ti.name)),
             Cell::new(ti.type_name()),
             Cell::new(shape_string(&ti.dims)),
             right(n),
@@ -497,12 +505,13 @@ pub fn layers_text(tensors: &[&TensorInfo]) -> String {
     for t in tensors {
         match block_kind(&t.name) {
             Some((n, kind)) => {
+                let kind = printable(&kind).into_owned();
                 if !kinds.contains(&kind) {
                     kinds.push(kind.clone());
                 }
                 blocks.entry(n).or_default().push((kind, t.type_name()));
             }
-            None => others.push((t.name.clone(), t.type_name())),
+            None => others.push((printable(&t.name).into_owned(), t.type_name())),
         }
     }
     let mut out = String::new();
@@ -742,7 +751,7 @@ pub fn diff_text(d: &Diff, full: bool) -> String {
                 .map_or("(absent)".into(), |v| render_value(v, full))
         };
         for m in &d.metadata {
-            t.add_row(vec![m.key.clone(), show(&m.a), show(&m.b)]);
+            t.add_row(vec![printable(&m.key).into_owned(), show(&m.a), show(&m.b)]);
         }
         out.push_str(&format!("{t}\n"));
     }
@@ -760,7 +769,12 @@ pub fn diff_text(d: &Diff, full: bool) -> String {
             }
         };
         for x in &d.tensors {
-            t.add_row(vec![x.name.clone(), x.what(), show(&x.a), show(&x.b)]);
+            t.add_row(vec![
+                printable(&x.name).into_owned(),
+                x.what(),
+                show(&x.a),
+                show(&x.b),
+            ]);
         }
         out.push_str(&format!("{t}\n"));
     }

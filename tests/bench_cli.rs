@@ -150,3 +150,232 @@ fn bench_rejects_bad_arguments() {
         .stderr(predicates::str::contains("no model given"));
     bench(&["/nonexistent/model.gguf", "-q"]).failure();
 }
+
+/// A tiny synthetic model file and a text made of its vocabulary's word pieces.
+fn tiny_model_and_text(dir: &std::path::Path, mix: &str) -> (String, String) {
+    let out = bench(&[
+        "--synth",
+        &format!("tiny:{mix}"),
+        "--write-synth",
+        dir.to_str().unwrap(),
+        "-q",
+    ])
+    .success();
+    let model = String::from_utf8_lossy(&out.get_output().stdout)
+        .trim()
+        .to_string();
+    let mut s = 17u64;
+    let words: Vec<String> = (0..300)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+            format!("t{}", 259 + (s >> 33) % 253)
+        })
+        .collect();
+    let text = dir.join("text.txt");
+    std::fs::write(&text, words.join(" ")).unwrap();
+    (model, text.to_str().unwrap().to_string())
+}
+
+fn json_rows(a: &assert_cmd::assert::Assert) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_slice(&a.get_output().stdout).unwrap();
+    v.as_array().unwrap().clone()
+}
+
+#[test]
+fn bench_cpu_backend_runs_tests_parallel_and_soak() {
+    // No GPU needed: the CPU backend on a synthetic model written to a temporary file.
+    let out = bench(&[
+        "--backend",
+        "cpu",
+        "--synth",
+        "tiny:q4_k_m",
+        "-p",
+        "16",
+        "-n",
+        "4",
+        "-r",
+        "2",
+        "-t",
+        "1",
+        "-o",
+        "json",
+        "-q",
+    ])
+    .success();
+    let rows = json_rows(&out);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["test_time"].as_str().map(|s| s.len()), Some(20));
+    assert_eq!(rows[0]["n_prompt"], 16);
+    assert_eq!(rows[1]["n_gen"], 4);
+    for r in &rows {
+        assert_eq!(r["backends"], "CPU");
+        assert_eq!(r["n_threads"], 1);
+        assert_eq!(r["samples_ts"].as_array().unwrap().len(), 2);
+        assert!(r["avg_ts"].as_f64().unwrap() > 0.0);
+        assert!(r["p50_ms"].as_f64().unwrap() <= r["p99_ms"].as_f64().unwrap());
+        // tiny: 512×256 embedding + 2 layers + output + norms.
+        let params =
+            512 * 256 * 2 + 2 * (256 * 256 * 2 + 2 * 256 * 128 + 3 * 256 * 512 + 2 * 256) + 256;
+        assert_eq!(r["model_n_params"], params);
+        assert_eq!(r["model_type"], "llama 1M Q4_K_M");
+        assert!(r["mem_kv"].as_u64().unwrap() > 0);
+    }
+    assert!(rows[1]["bandwidth_gbps"].as_f64().unwrap() > 0.0);
+    // Parallel decode and a soak with memory samples.
+    let out = bench(&[
+        "--backend",
+        "cpu",
+        "--synth",
+        "tiny:q8_0",
+        "-p",
+        "0",
+        "-n",
+        "3",
+        "--parallel",
+        "2",
+        "--duration",
+        "1s",
+        "-t",
+        "1",
+        "-o",
+        "json",
+        "-q",
+    ])
+    .success();
+    let rows = json_rows(&out);
+    assert_eq!(rows[0]["n_parallel"], 2);
+    let soak = rows[0]["soak"].as_array().unwrap();
+    assert!(soak.len() >= 2);
+    assert!(soak[0]["rss"].as_u64().unwrap() > 0);
+    assert!(rows[0]["drift"].is_number());
+    // --kernels is GPU only.
+    bench(&["--backend", "cpu", "--kernels"])
+        .failure()
+        .stderr(predicates::str::contains("--backend gpu"));
+}
+
+#[test]
+fn bench_ppl_on_cpu_and_max_ppl_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, text) = tiny_model_and_text(dir.path(), "q8_0");
+    let args = |max: &str| {
+        vec![
+            "--backend".to_string(),
+            "cpu".into(),
+            model.clone(),
+            "--ppl".into(),
+            text.clone(),
+            "--ppl-ctx".into(),
+            "32".into(),
+            "-p".into(),
+            "0".into(),
+            "-n".into(),
+            "0".into(),
+            "-t".into(),
+            "1".into(),
+            "-o".into(),
+            "json".into(),
+            "-q".into(),
+            "--max-ppl".into(),
+            max.into(),
+        ]
+    };
+    let a: Vec<String> = args("1e9");
+    let out = bench(&a.iter().map(String::as_str).collect::<Vec<_>>()).success();
+    let rows = json_rows(&out);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["n_prompt"], 0);
+    let ppl = rows[0]["ppl"].as_f64().unwrap();
+    assert!(ppl > 1.0 && ppl < 1e4, "{ppl}");
+    assert!(rows[0]["ppl_err"].as_f64().unwrap() > 0.0);
+    // A bound below the result fails the gate (exit 1) and still prints the report.
+    let a = args(&format!("{}", ppl * 0.5));
+    let out = bench(&a.iter().map(String::as_str).collect::<Vec<_>>()).code(1);
+    assert_eq!(json_rows(&out)[0]["ppl"].as_f64().unwrap(), ppl);
+    // --max-ppl without --ppl, --ppl with --synth: refused.
+    bench(&["--backend", "cpu", &model, "--max-ppl", "5"])
+        .failure()
+        .stderr(predicates::str::contains("--max-ppl needs --ppl"));
+    bench(&["--synth", "tiny:q8_0", "--ppl", &text])
+        .failure()
+        .stderr(predicates::str::contains("tokenizer"));
+}
+
+#[test]
+fn bench_ppl_on_gpu_matches_cpu_and_reports_kld() {
+    if !gpu_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (model, text) = tiny_model_and_text(dir.path(), "q4_k_m");
+    let (base, _) = tiny_model_and_text(&dir.path().join("f16"), "f16");
+    let run = |backend: &str| {
+        let out = bench(&[
+            "--backend",
+            backend,
+            &model,
+            "--ppl",
+            &text,
+            "--ppl-ctx",
+            "32",
+            "--kl-base",
+            &base,
+            "-p",
+            "8",
+            "-n",
+            "0",
+            "-r",
+            "1",
+            "-t",
+            "1",
+            "-o",
+            "json",
+            "-q",
+        ])
+        .success();
+        json_rows(&out)
+    };
+    let g = run("gpu");
+    let c = run("cpu");
+    // The ppl row, then pp8 carrying the same ppl/kld columns.
+    assert_eq!(g.len(), 2);
+    assert_eq!(g[0]["n_prompt"], 0);
+    assert_eq!(g[1]["n_prompt"], 8);
+    assert_eq!(g[0]["ppl"], g[1]["ppl"]);
+    let (pg, pc) = (g[0]["ppl"].as_f64().unwrap(), c[0]["ppl"].as_f64().unwrap());
+    assert!((pg / pc - 1.0).abs() < 2e-3, "gpu {pg} cpu {pc}");
+    let (kg, kc) = (g[0]["kld"].as_f64().unwrap(), c[0]["kld"].as_f64().unwrap());
+    assert!(
+        kg > 0.0 && (kg - kc).abs() < 0.05 * kc + 1e-4,
+        "gpu {kg} cpu {kc}"
+    );
+}
+
+#[test]
+fn bench_counts_smollm2_params_like_llama_bench() {
+    // SmolLM2 ties its output to the embedding: llama-bench reports 134.52 M parameters
+    // (134,515,008 elements over the file's tensors) and a 92.10 MiB model size.
+    let Some(smol) = ggufq::testutil::smollm2_path() else {
+        eprintln!("SmolLM2 not fetched (scripts/fetch-model.sh): skipping");
+        return;
+    };
+    let out = bench(&[
+        "--backend",
+        "cpu",
+        smol.to_str().unwrap(),
+        "-p",
+        "0",
+        "-n",
+        "1",
+        "-r",
+        "1",
+        "-o",
+        "json",
+        "-q",
+    ])
+    .success();
+    let rows = json_rows(&out);
+    assert_eq!(rows[0]["model_n_params"], 134_515_008u64);
+    assert_eq!(rows[0]["model_size"], 96_576_768u64);
+    assert_eq!(rows[0]["model_type"], "llama 135M Q4_1");
+}

@@ -3,7 +3,7 @@
 #![cfg(feature = "gpu")]
 
 use ggufq::gpu::buffers::upload_matrix;
-use ggufq::gpu::kernels::{NR_DECODE, NR_PROMPT, NT_PROMPT};
+use ggufq::gpu::kernels::{NR_PROMPT, NT_PROMPT};
 use ggufq::gpu::ops::MatRunner;
 use ggufq::gpu::reference::dequantize;
 use ggufq::gpu::source::random_blocks;
@@ -42,9 +42,13 @@ fn check(
     n_tok: usize,
     nt: u32,
 ) {
-    let nr = if nt == 1 { NR_DECODE } else { NR_PROMPT };
-    let nr = if nt == 0 { 1 } else { nr };
     let ty = GgmlType::from_name(name).unwrap();
+    let nr = if nt <= 2 {
+        ctx.tune.decode_nr(ty.id())
+    } else {
+        NR_PROMPT
+    };
+    let nr = if nt == 0 { 1 } else { nr };
     let data = random_blocks(ty, rows * cols, 7 + rows as u64, 0.3).unwrap();
     let w = dequantize(ty, &data, rows * cols).unwrap();
     let m = upload_matrix(ctx, name, ty, rows, cols, &data).unwrap();
@@ -83,6 +87,28 @@ fn gpu_matvec_every_type_matches_cpu_dequant() {
     for name in TYPES {
         // 37 rows: not a multiple of the 8 rows per workgroup; 512 cols: 2 K-blocks per row.
         check(&ctx, &mut runner, name, 37, 512, 1, 1);
+    }
+}
+
+#[test]
+fn gpu_matvec_both_lane_layouts_every_type() {
+    // Unit lanes (with and without the types' udot) and 4-weight-group lanes, for every
+    // type, whatever the per-type default is; NR 1, 2 and 4 (37 rows: partial workgroups).
+    for (unit, udot) in [(true, true), (true, false), (false, true)] {
+        let Some(mut ctx) = context(DeviceOptions::default()) else {
+            return;
+        };
+        ctx.tune.unit_lanes = Some(unit);
+        ctx.tune.udot = udot;
+        let mut runner = MatRunner::new(&ctx);
+        for name in TYPES {
+            for nr in [1, 2, 4] {
+                ctx.tune.nr_decode = nr;
+                check(&ctx, &mut runner, name, 37, 512, 1, 1);
+            }
+            // Two tokens (batched decode of two sequences) also take the decode layout.
+            check(&ctx, &mut runner, name, 37, 512, 2, 2);
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Benchmark runner, statistics and report formats for `ggufq bench` (llama-bench semantics).
 
+pub mod engine;
 pub mod output;
 pub mod runner;
 pub mod stats;

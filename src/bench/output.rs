@@ -23,6 +23,8 @@ pub struct ModelRow {
     pub cpu_info: String,
     /// Batch size.
     pub n_batch: usize,
+    /// CPU threads (CPU backend), llama-bench's `n_threads`.
+    pub n_threads: Option<usize>,
     /// GPU memory: weights, kv cache, scratch (bytes).
     pub mem_weights: u64,
     /// KV cache bytes.
@@ -33,6 +35,10 @@ pub struct ModelRow {
     pub peak_gbps: Option<f64>,
     /// Perplexity, if --ppl ran.
     pub ppl: Option<f64>,
+    /// Its standard error.
+    pub ppl_err: Option<f64>,
+    /// Mean KL-divergence against --kl-base, if given.
+    pub kld: Option<f64>,
 }
 
 /// ggufq version string used as llama-bench's build_commit.
@@ -96,6 +102,8 @@ const EXTRA_FIELDS: &[&str] = &[
     "mem_scratch",
     "drift",
     "ppl",
+    "ppl_err",
+    "kld",
 ];
 
 #[derive(Clone, Copy, PartialEq)]
@@ -114,8 +122,17 @@ fn kind(f: &str) -> Kind {
         | "flash_attn" | "n_parallel" | "mem_weights" | "mem_kv" | "mem_scratch" => Kind::Int,
         "no_kv_offload" | "cpu_strict" | "embeddings" | "no_host" | "repack" => Kind::Bool,
         "avg_ts" | "stddev_ts" | "p50_ms" | "p95_ms" | "p99_ms" | "bandwidth_gbps" | "peak_pct"
-        | "drift" | "ppl" => Kind::Float,
+        | "drift" | "ppl" | "ppl_err" | "kld" => Kind::Float,
         _ => Kind::Str,
+    }
+}
+
+/// "134.52 M" / "6.74 B", as llama-bench prints parameter counts.
+fn params_label(n: u64) -> String {
+    if n >= 1_000_000_000 {
+        format!("{:.2} B", n as f64 / 1e9)
+    } else {
+        format!("{:.2} M", n as f64 / 1e6)
     }
 }
 
@@ -141,7 +158,7 @@ fn values(m: &ModelRow, r: &BenchResult, time: &str) -> Vec<String> {
         m.model_n_params.to_string(),
         m.n_batch.to_string(),
         m.n_batch.to_string(),
-        "1".into(),
+        m.n_threads.unwrap_or(1).to_string(),
         "0x0".into(),
         "0".into(),
         "50".into(),
@@ -183,6 +200,8 @@ fn values(m: &ModelRow, r: &BenchResult, time: &str) -> Vec<String> {
         m.mem_scratch.to_string(),
         opt(r.drift),
         opt(m.ppl),
+        opt(m.ppl_err),
+        opt(m.kld),
     ]
 }
 
@@ -234,10 +253,10 @@ pub fn render(
                     r.test.clone()
                 };
                 out.push_str(&format!(
-                    "| {} | {:.2} GiB | {:.2} B | {} | {} | {:.2} ± {:.2} | {:.2}/{:.2}/{:.2} | {} | {} |\n",
+                    "| {} | {:.2} GiB | {} | {} | {} | {:.2} ± {:.2} | {:.2}/{:.2}/{:.2} | {} | {} |\n",
                     m.model_type,
                     m.model_size as f64 / (1u64 << 30) as f64,
-                    m.model_n_params as f64 / 1e9,
+                    params_label(m.model_n_params),
                     m.backends,
                     test,
                     r.avg_ts,
@@ -257,9 +276,25 @@ pub fn render(
                     ));
                 }
             }
+            let mut seen = Vec::new();
+            for (m, _) in rows {
+                if let (Some(p), false) = (m.ppl, seen.contains(&&m.model_filename)) {
+                    seen.push(&m.model_filename);
+                    out.push_str(&format!(
+                        "\nPerplexity of {} on {}: {:.4} ± {:.4}{}\n",
+                        m.model_type,
+                        m.backends,
+                        p,
+                        m.ppl_err.unwrap_or(0.0),
+                        m.kld
+                            .map(|k| format!(", mean KLD {k:.6}"))
+                            .unwrap_or_default()
+                    ));
+                }
+            }
             if let Some((m, _)) = rows.first() {
                 out.push_str(&format!(
-                    "\nGPU memory (first model): weights {:.1} MiB, KV cache {:.1} MiB, scratch {:.1} MiB\n",
+                    "\nMemory (first model): weights {:.1} MiB, KV cache {:.1} MiB, scratch {:.1} MiB\n",
                     m.mem_weights as f64 / 1048576.0,
                     m.mem_kv as f64 / 1048576.0,
                     m.mem_scratch as f64 / 1048576.0
@@ -349,6 +384,9 @@ mod tests {
             mem_scratch: 3,
             peak_gbps: Some(3350.0),
             ppl: None,
+            n_threads: None,
+            ppl_err: None,
+            kld: None,
         };
         let r = BenchResult {
             test: "tg128".into(),

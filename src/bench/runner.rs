@@ -136,6 +136,31 @@ pub struct BenchResult {
     pub drift: Option<f64>,
 }
 
+impl BenchResult {
+    /// The row of a perplexity run: test "ppl{n_ctx}", tokens/s = tokens evaluated per second.
+    pub fn from_ppl(r: &crate::eval::ppl::PplResult) -> BenchResult {
+        let ts = r.n_tokens_evaluated as f64 / r.seconds.max(1e-9);
+        let ns = (r.seconds * 1e9) as u64;
+        let per_chunk = 1e3 * r.seconds / r.n_chunks.max(1) as f64;
+        BenchResult {
+            test: format!("ppl{}", r.n_ctx),
+            n_prompt: 0,
+            n_gen: 0,
+            parallel: 1,
+            samples_ns: vec![ns],
+            samples_ts: vec![ts],
+            avg_ts: ts,
+            stddev_ts: 0.0,
+            avg_ns: ns,
+            stddev_ns: 0,
+            latency_ms: [per_chunk; 3],
+            bandwidth_gbps: None,
+            soak: Vec::new(),
+            drift: None,
+        }
+    }
+}
+
 /// Current resident set size (Linux /proc), if readable.
 pub fn rss_bytes() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;

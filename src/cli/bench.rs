@@ -18,7 +18,10 @@ use super::{EXIT_CHECK_FAILED, EXIT_OK};
 pub struct Args {
     /// GGUF models to benchmark.
     pub models: Vec<PathBuf>,
-    /// Random-weight models generated in memory, SHAPE:TYPE (shape tiny|1b|7b|8b), repeatable.
+    /// Random-weight models generated in memory, SHAPE:MIX, repeatable: shape tiny|1b|7b|8b;
+    /// mix a llama-quantize preset (q4_k_m, q4_0, q2_k, ...) planned as `convert` plans it,
+    /// a type name that is no preset (q4_k: every matrix), hybrid (recipes/hybrid.yaml) or a
+    /// recipe .yaml file.
     #[arg(long = "synth", value_name = "SHAPE:TYPE")]
     pub synth: Vec<String>,
     /// Prompt tokens per pp test (0 = skip), comma-separated list allowed.
@@ -70,9 +73,18 @@ pub struct Args {
     /// Text file for a perplexity run on the benchmark backend.
     #[arg(long)]
     pub ppl: Option<PathBuf>,
-    /// Reference model for KL divergence (with --ppl).
+    /// Reference model for KL divergence (with --ppl), run on the same backend.
     #[arg(long)]
     pub kl_base: Option<PathBuf>,
+    /// Tokens per perplexity chunk (llama-perplexity `-c`).
+    #[arg(long, default_value_t = 512)]
+    pub ppl_ctx: usize,
+    /// Evaluate at most this many perplexity chunks.
+    #[arg(long)]
+    pub ppl_chunks: Option<usize>,
+    /// CPU threads for --backend cpu (0 = all cores).
+    #[arg(short = 't', long, default_value_t = 0)]
+    pub threads: usize,
     /// Pick the adapter whose name contains this text.
     #[arg(long)]
     pub adapter: Option<String>,
@@ -85,6 +97,9 @@ pub struct Args {
     /// Time each type's mat-vec kernel alone (GB/s) instead of whole models.
     #[arg(long)]
     pub kernels: bool,
+    /// With --kernels: only these types (comma-separated, e.g. Q4_K,Q4_0).
+    #[arg(long, value_delimiter = ',')]
+    pub kernel_types: Vec<String>,
     /// No progress output.
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -169,11 +184,344 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     if args.kl_base.is_some() && args.ppl.is_none() {
         bail!("--kl-base needs --ppl TEXT");
     }
+    if args.max_ppl.is_some() && args.ppl.is_none() {
+        bail!("--max-ppl needs --ppl TEXT");
+    }
+    if args.ppl.is_some() && !args.synth.is_empty() {
+        bail!("--ppl needs model files with a tokenizer, not --synth models");
+    }
     match args.backend.as_str() {
         "gpu" => run_gpu(args, duration),
-        "cpu" => bail!("--backend cpu needs the CPU model runtime (ggufq::model), which is not in this build yet"),
+        "cpu" => run_cpu(args, duration),
         other => bail!("unknown backend '{other}' (gpu, cpu)"),
     }
+}
+
+/// Test list from -p / -n.
+fn tests_of(args: &Args) -> Vec<TestKind> {
+    let mut tests = Vec::new();
+    tests.extend(
+        args.n_prompt
+            .iter()
+            .filter(|&&p| p > 0)
+            .map(|&p| TestKind::Pp(p)),
+    );
+    tests.extend(
+        args.n_gen
+            .iter()
+            .filter(|&&g| g > 0)
+            .map(|&g| TestKind::Tg(g)),
+    );
+    tests
+}
+
+/// KV positions per sequence the tests (and the perplexity run) need.
+fn ctx_needed(args: &Args) -> usize {
+    let max_p = args.n_prompt.iter().copied().max().unwrap_or(0);
+    let max_g = args.n_gen.iter().copied().max().unwrap_or(0);
+    let ppl = if args.ppl.is_some() { args.ppl_ctx } else { 0 };
+    args.ctx
+        .unwrap_or_else(|| (max_p.max(max_g + 1)).next_power_of_two().max(256).max(ppl))
+}
+
+/// Run every test on `e`, checking the --min-tps gate; rows are appended.
+fn run_tests(
+    e: &mut dyn Engine,
+    row: &ModelRow,
+    args: &Args,
+    cfgr: &RunConfig,
+    rows: &mut Vec<(ModelRow, BenchResult)>,
+) -> anyhow::Result<bool> {
+    let mut failed = false;
+    for k in tests_of(args) {
+        let r = run_test(e, k, cfgr)?;
+        if let Some(min) = args.min_tps {
+            if r.avg_ts < min {
+                eprintln!(
+                    "gate: {} {} = {:.2} t/s < --min-tps {min}",
+                    row.model_type, r.test, r.avg_ts
+                );
+                failed = true;
+            }
+        }
+        rows.push((row.clone(), r));
+    }
+    Ok(failed)
+}
+
+/// What a --ppl run adds to a model's rows.
+struct PplOutcome {
+    result: ggufq::eval::ppl::PplResult,
+    kld: Option<ggufq::eval::kld::KldStats>,
+}
+
+/// Tokenize the --ppl text with the model's tokenizer (as `ggufq ppl -f` does).
+fn ppl_tokens(
+    model: &ggufq::model::Model,
+    text: &std::path::Path,
+) -> anyhow::Result<(Vec<u32>, Option<u32>)> {
+    let tok = model.tokenizer()?;
+    let mut s = std::fs::read_to_string(text).map_err(|e| ggufq::error::Error::io(text, e))?;
+    // llama.cpp's `-f` drops one trailing newline.
+    if s.ends_with('\n') {
+        s.pop();
+    }
+    let bos = if tok.add_bos { tok.bos } else { None };
+    Ok((tok.encode(&s, true, false)?, bos))
+}
+
+/// Perplexity (and KL-divergence against `base`) of `be` on the --ppl text.
+fn ppl_run(
+    be: &mut dyn ggufq::model::Backend,
+    base: Option<&mut dyn ggufq::model::Backend>,
+    model: &ggufq::model::Model,
+    args: &Args,
+) -> anyhow::Result<PplOutcome> {
+    use ggufq::eval::kld::{kl_divergence, BaseSource};
+    use ggufq::eval::ppl::{perplexity, PplOptions, PplResult};
+    let text = args.ppl.as_deref().context("--ppl TEXT")?;
+    let (tokens, bos) = ppl_tokens(model, text)?;
+    let opts = PplOptions {
+        n_ctx: args.ppl_ctx,
+        n_chunks: args.ppl_chunks,
+        bos,
+    };
+    let quiet = args.quiet;
+    let t0 = std::time::Instant::now();
+    let mut progress = |done: usize, total: usize, v: f64| {
+        if !quiet {
+            eprint!("\r  ppl chunk {done}/{total}: {v:.4}   ");
+        }
+    };
+    let out = match base {
+        None => PplOutcome {
+            result: perplexity(be, &tokens, &opts, &mut progress)?,
+            kld: None,
+        },
+        Some(b) => {
+            let st = kl_divergence(be, BaseSource::Model(b), &tokens, &opts, &mut progress)?;
+            let plan = ggufq::eval::ppl::ChunkPlan::new(tokens.len(), &opts)?;
+            PplOutcome {
+                result: PplResult {
+                    ppl: st.ppl,
+                    ppl_err: st.ppl_err,
+                    n_chunks: plan.n_chunks,
+                    n_ctx: plan.n_ctx,
+                    n_scored: st.n_tokens,
+                    running: Vec::new(),
+                    // Both models evaluate every chunk.
+                    n_tokens_evaluated: 2 * plan.n_chunks * plan.n_ctx,
+                    seconds: t0.elapsed().as_secs_f64(),
+                },
+                kld: Some(st),
+            }
+        }
+    };
+    if !quiet {
+        eprintln!();
+        let r = &out.result;
+        eprintln!(
+            "  [{}] PPL = {:.4} +/- {:.5} over {} chunks of {} ({:.1} s){}",
+            be.name(),
+            r.ppl,
+            r.ppl_err,
+            r.n_chunks,
+            r.n_ctx,
+            r.seconds,
+            out.kld
+                .as_ref()
+                .map(|k| format!(
+                    ", mean KLD {:.6}, same top {:.2} %",
+                    k.kld,
+                    100.0 * k.same_top
+                ))
+                .unwrap_or_default()
+        );
+    }
+    Ok(out)
+}
+
+/// Attach a perplexity outcome to `row`, add its own row, and check --max-ppl.
+fn record_ppl(
+    out: &PplOutcome,
+    row: &mut ModelRow,
+    args: &Args,
+    rows: &mut Vec<(ModelRow, BenchResult)>,
+) -> bool {
+    let r = &out.result;
+    row.ppl = Some(r.ppl);
+    row.ppl_err = Some(r.ppl_err);
+    row.kld = out.kld.as_ref().map(|k| k.kld);
+    rows.push((row.clone(), BenchResult::from_ppl(r)));
+    match args.max_ppl {
+        Some(max) if r.ppl > max || r.ppl.is_nan() => {
+            eprintln!(
+                "gate: {} perplexity {:.4} > --max-ppl {max}",
+                row.model_type, r.ppl
+            );
+            true
+        }
+        _ => false,
+    }
+}
+
+fn print_rows(args: &Args, rows: &[(ModelRow, BenchResult)], failed: bool) -> anyhow::Result<i32> {
+    let out = render(&args.output, rows, &time_now()).map_err(anyhow::Error::msg)?;
+    print!("{out}");
+    Ok(if failed { EXIT_CHECK_FAILED } else { EXIT_OK })
+}
+
+/// Short size label from a parameter count: "135M", "7B".
+fn size_label(n: u64) -> String {
+    let n = n as f64;
+    if n >= 1e9 {
+        format!("{:.0}B", n / 1e9)
+    } else {
+        format!("{:.0}M", n / 1e6)
+    }
+}
+
+/// `--backend cpu`: every test on `model::cpu::CpuBackend` (one instance per --parallel
+/// sequence, sharing the memory-mapped weights).
+fn run_cpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
+    use ggufq::bench::engine::BackendEngine;
+    use ggufq::model::cpu::CpuBackend;
+    use ggufq::model::{Backend, Model};
+    if args.kernels {
+        bail!("--kernels times GPU kernels; it needs --backend gpu");
+    }
+    let n_ctx = ctx_needed(&args);
+    let tmp = tempfile::tempdir().context("temporary directory for --synth models")?;
+    let mut paths: Vec<(PathBuf, String)> = args
+        .models
+        .iter()
+        .map(|p| (p.clone(), p.display().to_string()))
+        .collect();
+    #[cfg(feature = "gpu")]
+    for s in &args.synth {
+        // The CPU runtime reads files: write the synthetic model first.
+        let src = synth_source(s)?;
+        let path = tmp.path().join(format!("{}.gguf", src.name));
+        src.write_gguf(&path)?;
+        paths.push((path, src.name.clone()));
+    }
+    #[cfg(not(feature = "gpu"))]
+    if !args.synth.is_empty() {
+        bail!("--synth needs the `gpu` feature in this build");
+    }
+    let cfgr = RunConfig {
+        reps: args.reps,
+        parallel: args.parallel,
+        duration,
+        progress: !args.quiet,
+    };
+    let mut rows = Vec::new();
+    let mut failed = false;
+    for (path, label) in &paths {
+        if !args.quiet {
+            eprintln!("loading {label} ...");
+        }
+        let model = Model::open(path)?;
+        let mut seqs: Vec<Box<dyn Backend>> = Vec::new();
+        for _ in 0..args.parallel {
+            seqs.push(Box::new(CpuBackend::new(&model, n_ctx, args.threads)?));
+        }
+        let name = seqs[0].name();
+        let file = ggufq::gguf::GgufFile::open(path)?;
+        let (n_params, size) = file.tensors.iter().fold((0u64, 0u64), |(n, b), t| {
+            (n + t.n_elements(), b + t.n_bytes.unwrap_or(0))
+        });
+        // Bytes read per decoded token: every matrix except the embedding (one row is read),
+        // unless the output matrix is the tied embedding.
+        let hp = &model.hparams;
+        let emb = file
+            .tensor("token_embd.weight")
+            .and_then(|t| t.n_bytes)
+            .unwrap_or(0);
+        let per_tok = if hp.tied_embeddings {
+            size
+        } else {
+            size - emb.min(size)
+        };
+        let kv = (2 * hp.n_layer * n_ctx * hp.kv_dim() * 4 * args.parallel) as u64;
+        let mut engine = BackendEngine::new(
+            seqs,
+            "cpu".into(),
+            args.batch.min(n_ctx),
+            per_tok,
+            (size, kv, 0),
+        )?;
+        let ty = file
+            .get_u64("general.file_type")
+            .and_then(|ft| {
+                ggufq::recipe::presets::Preset::all()
+                    .into_iter()
+                    .find(|p| u64::from(p.ftype()) == ft)
+            })
+            .map(|p| p.name().to_string())
+            .unwrap_or_else(|| dominant_type(&file));
+        let mut row = ModelRow {
+            model_filename: label.clone(),
+            model_type: format!("{} {} {ty}", hp.arch.name(), size_label(n_params)),
+            model_size: size,
+            model_n_params: n_params,
+            backends: "CPU".into(),
+            gpu_info: String::new(),
+            cpu_info: cpu_info(),
+            n_batch: args.batch,
+            n_threads: Some(name_threads(&name)),
+            mem_weights: size,
+            mem_kv: kv,
+            mem_scratch: 0,
+            peak_gbps: args.peak_gbps,
+            ppl: None,
+            ppl_err: None,
+            kld: None,
+        };
+        if args.ppl.is_some() {
+            let mut base = match &args.kl_base {
+                Some(b) => Some(CpuBackend::new(
+                    &Model::open(b)?,
+                    args.ppl_ctx,
+                    args.threads,
+                )?),
+                None => None,
+            };
+            let out = ppl_run(
+                engine.first_mut(),
+                base.as_mut().map(|b| b as &mut dyn Backend),
+                &model,
+                &args,
+            )?;
+            failed |= record_ppl(&out, &mut row, &args, &mut rows);
+        }
+        failed |= run_tests(&mut engine, &row, &args, &cfgr, &mut rows)?;
+    }
+    drop(tmp);
+    print_rows(&args, &rows, failed)
+}
+
+/// "N threads" from "cpu (N threads)".
+fn name_threads(name: &str) -> usize {
+    name.split(['(', ' '])
+        .find_map(|w| w.parse().ok())
+        .unwrap_or(1)
+}
+
+/// The type holding most bytes in a GGUF.
+fn dominant_type(f: &ggufq::gguf::GgufFile) -> String {
+    let mut by: Vec<(String, u64)> = Vec::new();
+    for t in &f.tensors {
+        let n = t.type_name();
+        match by.iter_mut().find(|(k, _)| *k == n) {
+            Some(e) => e.1 += t.n_bytes.unwrap_or(0),
+            None => by.push((n, t.n_bytes.unwrap_or(0))),
+        }
+    }
+    by.into_iter()
+        .max_by_key(|b| b.1)
+        .map(|b| b.0)
+        .unwrap_or_default()
 }
 
 #[cfg(not(feature = "gpu"))]
@@ -183,7 +531,9 @@ fn run_gpu(_args: Args, _d: Option<Duration>) -> anyhow::Result<i32> {
 
 #[cfg(feature = "gpu")]
 fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
-    use ggufq::gpu::{DeviceOptions, GgufSource, GpuContext, GpuModel, ModelOptions, WeightSource};
+    use ggufq::gpu::{
+        DeviceOptions, GgufSource, GpuBackend, GpuContext, GpuModel, ModelOptions, WeightSource,
+    };
     use std::sync::Arc;
 
     // Parse everything that can be wrong before touching the GPU.
@@ -192,6 +542,18 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
         .iter()
         .map(|s| synth_source(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    if let Some(dir) = &args.write_synth {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for src in &synths {
+            let path = dir.join(format!("{}.gguf", src.name));
+            if !args.quiet {
+                eprintln!("writing {} ...", path.display());
+            }
+            src.write_gguf(&path)?;
+            println!("{}", path.display());
+        }
+        return Ok(EXIT_OK);
+    }
     let ctx = Arc::new(GpuContext::new(&DeviceOptions {
         max_binding_override: args.max_binding,
         adapter_name: args.adapter.clone(),
@@ -217,30 +579,13 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
     if args.kernels {
         return kernel_bench(&ctx, &args, peak);
     }
-    let max_p = args.n_prompt.iter().copied().max().unwrap_or(0);
-    let max_g = args.n_gen.iter().copied().max().unwrap_or(0);
-    let n_ctx = args
-        .ctx
-        .unwrap_or_else(|| (max_p.max(max_g + 1)).next_power_of_two().max(256));
-    let mut sources: Vec<Box<dyn WeightSource>> = Vec::new();
+    let n_ctx = ctx_needed(&args);
+    let mut sources: Vec<(Box<dyn WeightSource>, Option<PathBuf>)> = Vec::new();
     for p in &args.models {
-        sources.push(Box::new(GgufSource::open(p)?));
+        sources.push((Box::new(GgufSource::open(p)?), Some(p.clone())));
     }
     for src in synths {
-        if let Some(dir) = &args.write_synth {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            let path = dir.join(format!("{}.gguf", src.name));
-            if !args.quiet {
-                eprintln!("writing {} ...", path.display());
-            }
-            src.write_gguf(&path)?;
-            println!("{}", path.display());
-            continue;
-        }
-        sources.push(Box::new(src));
-    }
-    if args.write_synth.is_some() {
-        return Ok(EXIT_OK);
+        sources.push((Box::new(src), None));
     }
     let cfgr = RunConfig {
         reps: args.reps,
@@ -250,20 +595,23 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
     };
     let mut rows: Vec<(ModelRow, BenchResult)> = Vec::new();
     let mut failed = false;
-    for src in &sources {
+    for (src, path) in &sources {
         if !args.quiet {
             eprintln!("loading {} ...", src.label());
         }
         let t = std::time::Instant::now();
-        let mut model = GpuModel::load(
-            ctx.clone(),
-            src.as_ref(),
-            ModelOptions {
-                n_ctx,
-                n_batch: args.batch.max(args.parallel),
-                n_seq: args.parallel,
-            },
-        )?;
+        let load = |src: &dyn WeightSource, n_seq: usize| {
+            GpuModel::load(
+                ctx.clone(),
+                src,
+                ModelOptions {
+                    n_ctx,
+                    n_batch: args.batch.max(n_seq),
+                    n_seq,
+                },
+            )
+        };
+        let mut model = load(src.as_ref(), args.parallel)?;
         if !args.quiet {
             eprintln!(
                 "  loaded in {:.1} s: {} dispatches per forward",
@@ -271,61 +619,58 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
                 model.dispatches
             );
         }
-        let c = &model.cfg;
-        let n_params = (c.n_vocab * c.n_embd * 2
-            + c.n_layer * (c.n_embd * c.qkv_dim() + c.n_embd * c.n_embd + 3 * c.n_embd * c.n_ff))
-            as u64;
+        let (n_params, size) = src.size_stats();
         let (mw, mk, ms) = model.memory();
-        let ty_desc = model_type(src.as_ref(), &model);
-        let row = ModelRow {
+        let mut row = ModelRow {
             model_filename: src.label(),
-            model_type: ty_desc,
-            model_size: model.weight_bytes(),
+            model_type: format!(
+                "{} {} {}",
+                model.cfg.arch,
+                size_label(n_params),
+                model.type_summary()
+            ),
+            model_size: size,
             model_n_params: n_params,
             backends: model.backend(),
             gpu_info: ctx.facts.name.clone(),
             cpu_info: cpu_info(),
             n_batch: args.batch,
+            n_threads: None,
             mem_weights: mw,
             mem_kv: mk,
             mem_scratch: ms,
             peak_gbps: peak,
             ppl: None,
+            ppl_err: None,
+            kld: None,
         };
-        if args.ppl.is_some() {
-            bail!("--ppl needs the tokenizer and eval modules of the CPU runtime (ggufq::model / ggufq::eval), not in this build yet");
-        }
-        let mut tests = Vec::new();
-        for &p in &args.n_prompt {
-            if p > 0 {
-                tests.push(TestKind::Pp(p));
-            }
-        }
-        for &g in &args.n_gen {
-            if g > 0 {
-                tests.push(TestKind::Tg(g));
-            }
-        }
-        for k in tests {
-            let r = run_test(&mut model, k, &cfgr)?;
-            if let Some(min) = args.min_tps {
-                if r.avg_ts < min {
-                    eprintln!(
-                        "gate: {} {} = {:.2} t/s < --min-tps {min}",
-                        row.model_type, r.test, r.avg_ts
-                    );
-                    failed = true;
+        if let (Some(_), Some(path)) = (&args.ppl, path) {
+            let rt = ggufq::model::Model::open(path)?;
+            let mut be = GpuBackend::from_model(model, rt.hparams.clone())?;
+            let mut base = match &args.kl_base {
+                Some(b) => {
+                    let bm = ggufq::model::Model::open(b)?;
+                    let bsrc = GgufSource::open(b)?;
+                    Some(GpuBackend::from_model(load(&bsrc, 1)?, bm.hparams)?)
                 }
-            }
-            rows.push((row.clone(), r));
+                None => None,
+            };
+            let out = ppl_run(
+                &mut be,
+                base.as_mut().map(|b| b as &mut dyn ggufq::model::Backend),
+                &rt,
+                &args,
+            )?;
+            drop(base);
+            failed |= record_ppl(&out, &mut row, &args, &mut rows);
+            model = be.into_model();
         }
+        failed |= run_tests(&mut model, &row, &args, &cfgr, &mut rows)?;
     }
-    let out = render(&args.output, &rows, &time_now()).map_err(anyhow::Error::msg)?;
-    print!("{out}");
-    Ok(if failed { EXIT_CHECK_FAILED } else { EXIT_OK })
+    print_rows(&args, &rows, failed)
 }
 
-/// Parse --synth SHAPE:MIX (mix: a type name, q4_k_m, q2_k_mix or hybrid).
+/// Parse --synth SHAPE:MIX (mix: a type name, a llama-quantize preset, hybrid, or a recipe file).
 #[cfg(feature = "gpu")]
 fn synth_source(s: &str) -> anyhow::Result<ggufq::gpu::SynthSource> {
     use ggufq::gpu::source::Mix;
@@ -334,29 +679,9 @@ fn synth_source(s: &str) -> anyhow::Result<ggufq::gpu::SynthSource> {
         .with_context(|| format!("--synth wants SHAPE:TYPE, got '{s}'"))?;
     let sh = ggufq::gpu::Shape::named(shape)
         .with_context(|| format!("unknown shape '{shape}' (tiny, 1b, 7b, 8b)"))?;
-    let m = Mix::parse(mix).with_context(|| {
-        format!("unknown type or mix '{mix}' (a type name, q4_k_m, q2_k_mix, hybrid)")
-    })?;
-    Ok(ggufq::gpu::SynthSource {
-        shape: sh,
-        mix: m,
-        name: format!("synth-{shape}-{}", m.name()),
-    })
-}
-
-#[cfg(feature = "gpu")]
-fn model_type(src: &dyn ggufq::gpu::WeightSource, m: &ggufq::gpu::GpuModel) -> String {
-    let _ = src;
-    let c = &m.cfg;
-    let n = (c.n_vocab * c.n_embd * 2
-        + c.n_layer * (c.n_embd * c.qkv_dim() + c.n_embd * c.n_embd + 3 * c.n_embd * c.n_ff))
-        as f64;
-    let size = if n >= 1e9 {
-        format!("{:.0}B", n / 1e9)
-    } else {
-        format!("{:.0}M", n / 1e6)
-    };
-    format!("{} {size} {}", c.arch, m.type_summary())
+    let m = Mix::load(mix)?;
+    let name = format!("synth-{shape}-{}", m.name());
+    Ok(ggufq::gpu::SynthSource::new(sh, m, name)?)
 }
 
 #[cfg(feature = "gpu")]
@@ -376,11 +701,23 @@ fn kernel_bench(
     println!("| type | decode NR=1 | NR=2 | NR=4 | best % peak | mm 512 tok GFLOP/s | nt8 64 tok GFLOP/s | rel err nt1 / nt8 / mm |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut bad = false;
-    for name in [
+    let all = [
         "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
         "Q5_K", "Q6_K",
-    ] {
-        let ty = ggufq::quant::GgmlType::from_name(name).context("type")?;
+    ];
+    let names: Vec<String> = if args.kernel_types.is_empty() {
+        all.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.kernel_types
+            .iter()
+            .map(|s| s.to_ascii_uppercase())
+            .collect()
+    };
+    for name in &names {
+        let name = name.as_str();
+        let ty = ggufq::quant::GgmlType::from_name(name)
+            .filter(|t| all.contains(&t.name()))
+            .with_context(|| format!("--kernel-types: no GPU kernel for '{name}'"))?;
         let per = ty.bytes_for((rows * cols) as u64).context("size")?;
         let count = ((256u64 << 20) / per).clamp(1, 32) as usize;
         let mut ms = Vec::new();
@@ -388,7 +725,16 @@ fn kernel_bench(
             let data = random_blocks(ty, rows * cols, i as u64 + 1, 0.1)?;
             ms.push(upload_matrix(ctx, name, ty, rows, cols, &data)?);
         }
-        let e1 = check_against_cpu(ctx, &mut runner, ty, 37, 512, 1, 1, ctx.tune.nr_decode)?;
+        let e1 = check_against_cpu(
+            ctx,
+            &mut runner,
+            ty,
+            37,
+            512,
+            1,
+            1,
+            ctx.tune.decode_nr(ty.id()),
+        )?;
         let e8 = check_against_cpu(ctx, &mut runner, ty, 19, 256, 11, NT_PROMPT, NR_PROMPT)?;
         let em = check_against_cpu(ctx, &mut runner, ty, 70, 256, 67, 0, 1)?;
         bad |= !(e1 < 1e-4 && e8 < 1e-4 && em < 1e-4);

@@ -17,6 +17,7 @@ mod convert;
 mod diff;
 mod inspect;
 mod ppl;
+mod recipe;
 mod report;
 mod run;
 mod synth;
@@ -61,6 +62,9 @@ enum Command {
     Run(run::Args),
     /// Perplexity and KL-divergence on a text file (llama-perplexity's method).
     Ppl(ppl::Args),
+    /// Recipe tools: `recipe search` chooses per-tensor types for a size budget.
+    #[command(subcommand)]
+    Recipe(recipe::Cmd),
     /// Write a llama-shaped GGUF with seeded random weights (tests, benchmarks).
     Synth(synth::Args),
 }
@@ -78,6 +82,7 @@ pub fn main() -> i32 {
         Command::Run(a) => run::run(a),
         Command::Ppl(a) => ppl::run(a),
         Command::Synth(a) => synth::run(a),
+        Command::Recipe(c) => recipe::run(c),
     };
     match res {
         Ok(code) => code,
@@ -99,7 +104,14 @@ fn report(e: &anyhow::Error) -> i32 {
             msg.push_str(&text);
         }
     }
-    eprintln!("error: {msg}");
+    // Names in the message may come from a file: never send its control characters (ESC, BEL,
+    // CR...) raw to the terminal; line breaks of multi-line messages stay.
+    let shown: String = msg
+        .split('\n')
+        .map(|l| ggufq::gguf::value::printable(l).into_owned())
+        .collect::<Vec<_>>()
+        .join("\n");
+    eprintln!("error: {shown}");
     match e.downcast_ref::<ggufq::error::Error>() {
         // A file that does not exist or may not be read is the user's input at fault.
         Some(ggufq::error::Error::Io { source, .. })

@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::value::{Array, Value, ValueType};
+use super::value::{printable, Array, Value, ValueType};
 use crate::error::{Error, Result};
 use crate::quant::GgmlType;
 
@@ -493,7 +493,7 @@ impl<'a> Parser<'a> {
                 let key = self
                     .string("key")
                     .map_err(|e| with_ctx(e, || format!("metadata entry #{i}")))?;
-                let ctx = || format!("metadata key '{key}'");
+                let ctx = || format!("metadata key '{}'", printable(&key));
                 if !seen.insert(key.clone()) {
                     return Err(self.err(kv_at, format!("{}: duplicate key", ctx())));
                 }
@@ -533,7 +533,10 @@ impl<'a> Parser<'a> {
                     .tensor_info()
                     .map_err(|e| with_ctx(e, || format!("tensor info #{i}")))?;
                 if !names.insert(t.name.clone()) {
-                    return Err(self.err(at, format!("tensor '{}': duplicate tensor name", t.name)));
+                    return Err(self.err(
+                        at,
+                        format!("tensor '{}': duplicate tensor name", printable(&t.name)),
+                    ));
                 }
                 tensors.push(t);
                 info_at.push(at);
@@ -562,7 +565,7 @@ impl<'a> Parser<'a> {
                     at,
                     format!(
                         "tensor '{}': data offset {} is not a multiple of the alignment {alignment}",
-                        t.name, t.offset
+                        printable(&t.name), t.offset
                     ),
                 ));
             }
@@ -571,7 +574,7 @@ impl<'a> Parser<'a> {
                     at,
                     format!(
                         "tensor '{}': data offset {} is past the end of the {data_size}-byte data section",
-                        t.name, t.offset
+                        printable(&t.name), t.offset
                     ),
                 ));
             }
@@ -582,7 +585,7 @@ impl<'a> Parser<'a> {
                         format!(
                             "tensor '{}': data [{}, {}) runs past the end of the {data_size}-byte \
                              data section (file truncated?)",
-                            t.name,
+                            printable(&t.name),
                             t.offset,
                             u128::from(t.offset) + u128::from(n)
                         ),
@@ -611,7 +614,10 @@ impl<'a> Parser<'a> {
                     info_at[w[1]],
                     format!(
                         "tensors '{}' (data [{}, {a_end})) and '{}' (data from {}) overlap",
-                        a.name, a.offset, b.name, b.offset
+                        printable(&a.name),
+                        a.offset,
+                        printable(&b.name),
+                        b.offset
                     ),
                 ));
             }
@@ -629,13 +635,14 @@ impl<'a> Parser<'a> {
 
     fn tensor_info(&mut self) -> Result<TensorInfo> {
         let name = self.string("tensor name")?;
-        let ctx = || format!("tensor '{name}'");
+        let shown = printable(&name).into_owned();
+        let ctx = || format!("tensor '{shown}'");
         let dims_at = self.pos;
         let n_dims = self.u32("n_dims").map_err(|e| with_ctx(e, ctx))?;
         if !(1..=MAX_DIMS).contains(&n_dims) {
             return Err(self.err(
                 dims_at,
-                format!("tensor '{name}': n_dims {n_dims} is outside 1..={MAX_DIMS}"),
+                format!("tensor '{shown}': n_dims {n_dims} is outside 1..={MAX_DIMS}"),
             ));
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
@@ -649,7 +656,7 @@ impl<'a> Parser<'a> {
                     return Err(self.err(
                         at,
                         format!(
-                            "tensor '{name}': dimension {d} = {v} makes the element count overflow"
+                            "tensor '{shown}': dimension {d} = {v} makes the element count overflow"
                         ),
                     ))
                 }
@@ -667,7 +674,7 @@ impl<'a> Parser<'a> {
                     return Err(self.err(
                         type_at,
                         format!(
-                            "tensor '{name}': row length {} is not a multiple of the {} block size {}",
+                            "tensor '{shown}': row length {} is not a multiple of the {} block size {}",
                             dims[0],
                             t.name(),
                             t.block_size()
@@ -678,7 +685,7 @@ impl<'a> Parser<'a> {
                     self.err(
                         type_at,
                         format!(
-                            "tensor '{name}': byte size of {n} {} elements overflows",
+                            "tensor '{shown}': byte size of {n} {} elements overflows",
                             t.name()
                         ),
                     )

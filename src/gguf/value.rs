@@ -284,6 +284,25 @@ impl fmt::Display for Value {
     }
 }
 
+/// A name or key from a file, safe to print on a terminal: control characters (ESC, BEL, CR,
+/// newline...) are shown escaped (`\u{1b}`), everything else as is. Values already go through
+/// `{:?}`; this is for the names, keys and summary fields that are shown bare, so a crafted file
+/// cannot send escape sequences to the user's terminal or forge table rows.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -96,7 +96,8 @@ pub const NT_PROMPT: u32 = 8;
 /// (GGUFQ_NR_DECODE, GGUFQ_NR_PROMPT, GGUFQ_NT_PROMPT, GGUFQ_MM_MIN).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Tune {
-    /// Rows per warp in the decode mat-vec.
+    /// Rows per warp in the decode mat-vec (GGUFQ_NR_DECODE); 0 = per kernel: 4 with unit
+    /// lanes, 2 with 4-weight-group lanes (the best of NR = 1/2/4 for each on an H100).
     pub nr_decode: u32,
     /// Rows per warp in the small-batch kernel.
     pub nr_prompt: u32,
@@ -104,9 +105,43 @@ pub struct Tune {
     pub nt_prompt: u32,
     /// Batches of at least this many tokens use the tiled 64×64 mat-mat kernel.
     pub mm_min: u32,
+    /// Mat-vec lanes take whole 32-weight units (8 groups of 4, one scale look-up, 8 loads
+    /// of x in flight) instead of single 4-weight groups: None = by type ([`UNIT_TYPES`]),
+    /// GGUFQ_DECODE_UNIT=1 / 0 forces one way for every type.
+    pub unit_lanes: Option<bool>,
+    /// Use the type's `udot` (unit dot product with integer unpacking) where dequant.wgsl has
+    /// one (GGUFQ_UDOT=0: 8 × deq4 + dot instead).
+    pub udot: bool,
+    /// Compile kernels without naga's bounds checks and loop bounding (the kernels clamp
+    /// their own indices); GGUFQ_SHADER_CHECKS=1 keeps the checks.
+    pub unchecked: bool,
 }
 
+/// Types whose decode kernel uses unit lanes by default. In the session-2 H100 run every
+/// whole-model tg128 with unit lanes (all types) was faster than or equal to session 1's
+/// group lanes (Q4_K_M 87.9 → 126.8 t/s, Q4_0 116.6 → 143.8, Q8_0 119.3 → 123.2), and the
+/// kernel bench agreed for Q4_K (653 vs 434 GB/s) and Q4_0 (669 vs 524). Float types keep
+/// group lanes (kernel bench: F16 412 with unit lanes, 1084 with group lanes in session 1);
+/// Q4_1/Q5_0/Q5_1 were not measured with unit lanes and keep group lanes.
+pub const UNIT_TYPES: &[&str] = &["Q4_0", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"];
+
 impl Tune {
+    /// Whether the decode kernel for type id `ty` uses unit lanes.
+    pub fn unit_for(&self, ty: u32) -> bool {
+        self.unit_lanes.unwrap_or_else(|| {
+            GgmlType::from_id(ty).is_some_and(|t| UNIT_TYPES.contains(&t.name()))
+        })
+    }
+
+    /// Rows per warp of the decode kernel for type id `ty`.
+    pub fn decode_nr(&self, ty: u32) -> u32 {
+        match self.nr_decode {
+            0 if self.unit_for(ty) => 4,
+            0 => NR_DECODE,
+            n => n,
+        }
+    }
+
     /// Defaults with environment overrides (values out of range are ignored).
     pub fn from_env() -> Tune {
         let get = |k: &str, d: u32, ok: &[u32]| -> u32 {
@@ -117,13 +152,20 @@ impl Tune {
                 .unwrap_or(d)
         };
         Tune {
-            nr_decode: get("GGUFQ_NR_DECODE", NR_DECODE, &[1, 2, 4]),
+            nr_decode: get("GGUFQ_NR_DECODE", 0, &[1, 2, 4]),
             nr_prompt: get("GGUFQ_NR_PROMPT", NR_PROMPT, &[1, 2, 4]),
             nt_prompt: get("GGUFQ_NT_PROMPT", NT_PROMPT, &[4, 8, 16]),
             mm_min: std::env::var("GGUFQ_MM_MIN")
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(16),
+            unit_lanes: match std::env::var("GGUFQ_DECODE_UNIT").as_deref() {
+                Ok("0") => Some(false),
+                Ok("1") => Some(true),
+                _ => None,
+            },
+            udot: std::env::var("GGUFQ_UDOT").as_deref() != Ok("0"),
+            unchecked: std::env::var("GGUFQ_SHADER_CHECKS").as_deref() != Ok("1"),
         }
     }
 }
@@ -171,17 +213,64 @@ impl Kernels {
                         "    let xt_{t} = P.x_off + min(t0 + {t}u, P.n_tok - 1u) * P.ld_x;\n"
                     ));
                 }
-                body.push_str("    let groups = P.units * 8u;\n    for (var g = lane; g < groups; g += 32u) {\n        let u = g >> 3u;\n        let j = g & 7u;\n");
-                for t in 0..nt {
-                    body.push_str(&format!("        let xv_{t} = X[xt_{t} + g];\n"));
-                }
-                for r in 0..nr {
-                    body.push_str(&format!("        let gu_{r} = min(rbase + {r}u, P.rows - 1u) * P.units + u;\n        let w_{r} = deq4(gu_{r} / UPB, gu_{r} % UPB, j);\n"));
+                // Unit lanes hold 8 x vectors per token: only for decode-sized NT.
+                if ctx.tune.unit_for(*ty) && nt <= 2 {
+                    // Lane = one 32-weight unit per step: its 8 x vectors are loaded once
+                    // (8 loads in flight) and reused for NR rows; the unit's scale is looked
+                    // up by 8 inlined deq4 calls on the same block, which the compiler merges.
+                    body.push_str("    for (var u = lane; u < P.units; u += 32u) {\n");
                     for t in 0..nt {
-                        body.push_str(&format!("        acc_{r}_{t} += dot(w_{r}, xv_{t});\n"));
+                        for j in 0..8 {
+                            body.push_str(&format!(
+                                "        let xv_{t}_{j} = X[xt_{t} + u * 8u + {j}u];\n"
+                            ));
+                        }
                     }
+                    let has_udot = ctx.tune.udot && deq.contains("fn udot");
+                    for r in 0..nr {
+                        body.push_str(&format!("        let gu_{r} = min(rbase + {r}u, P.rows - 1u) * P.units + u;\n        let b_{r} = gu_{r} / UPB;\n        let s_{r} = gu_{r} % UPB;\n"));
+                        if has_udot {
+                            // The type's unit dot: integer unpacking, one scale multiply.
+                            for t in 0..nt {
+                                let xs: Vec<String> =
+                                    (0..8).map(|j| format!("xv_{t}_{j}")).collect();
+                                body.push_str(&format!(
+                                    "        acc_{r}_{t} += udot(b_{r}, s_{r}, {});\n",
+                                    xs.join(", ")
+                                ));
+                            }
+                            continue;
+                        }
+                        for j in 0..8 {
+                            body.push_str(&format!(
+                                "        let w_{r}_{j} = deq4(b_{r}, s_{r}, {j}u);\n"
+                            ));
+                        }
+                        for t in 0..nt {
+                            let terms: Vec<String> = (0..8)
+                                .map(|j| format!("dot(w_{r}_{j}, xv_{t}_{j})"))
+                                .collect();
+                            body.push_str(&format!(
+                                "        acc_{r}_{t} += ({}) + ({});\n",
+                                terms[..4].join(" + "),
+                                terms[4..].join(" + ")
+                            ));
+                        }
+                    }
+                    body.push_str("    }\n");
+                } else {
+                    body.push_str("    let groups = P.units * 8u;\n    for (var g = lane; g < groups; g += 32u) {\n        let u = g >> 3u;\n        let j = g & 7u;\n");
+                    for t in 0..nt {
+                        body.push_str(&format!("        let xv_{t} = X[xt_{t} + g];\n"));
+                    }
+                    for r in 0..nr {
+                        body.push_str(&format!("        let gu_{r} = min(rbase + {r}u, P.rows - 1u) * P.units + u;\n        let w_{r} = deq4(gu_{r} / UPB, gu_{r} % UPB, j);\n"));
+                        for t in 0..nt {
+                            body.push_str(&format!("        acc_{r}_{t} += dot(w_{r}, xv_{t});\n"));
+                        }
+                    }
+                    body.push_str("    }\n");
                 }
-                body.push_str("    }\n");
                 let decl = if ctx.subgroup32 {
                     String::new()
                 } else {
@@ -234,12 +323,23 @@ impl Kernels {
         if !self.cache.contains_key(key) {
             let src = Self::source(ctx, key)?;
             let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-            let module = ctx
-                .device
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some("ggufq kernel"),
-                    source: wgpu::ShaderSource::Wgsl(src.into()),
-                });
+            let desc = wgpu::ShaderModuleDescriptor {
+                label: Some("ggufq kernel"),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            };
+            let module = if ctx.tune.unchecked {
+                // SAFETY: every kernel clamps its own buffer indices (rows and tokens with
+                // `min`, positions and sequences checked by `GpuModel::forward` before the
+                // dispatch, chunk sizes from the upload), divides only by validated non-zero
+                // head counts, and has loops bounded by uniform sizes; the tests run the
+                // same kernels with the checks on (GGUFQ_SHADER_CHECKS=1) and off.
+                unsafe {
+                    ctx.device
+                        .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+                }
+            } else {
+                ctx.device.create_shader_module(desc)
+            };
             let pipe = ctx
                 .device
                 .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {

@@ -2,6 +2,7 @@
 //! (dequantize-in-shader mat-vec / mat-mat for every type `convert` writes, RMSNorm, RoPE,
 //! attention over a KV cache, SwiGLU, residuals) and the llama graph.
 
+pub mod backend;
 pub mod buffers;
 pub mod device;
 pub mod kernels;
@@ -10,6 +11,7 @@ pub mod ops;
 pub mod reference;
 pub mod source;
 
+pub use backend::GpuBackend;
 pub use device::{AdapterFacts, DeviceOptions, GpuContext};
 pub use model::{GpuModel, LlamaConfig, MemoryUse, ModelOptions};
 pub use source::{GgufSource, Shape, SynthSource, TensorView, WeightSource};

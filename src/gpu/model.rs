@@ -602,7 +602,7 @@ impl GpuModel {
                     key: KernelKey::MatVec {
                         ty: mats[m].ty.id(),
                         nt: 1,
-                        nr: ctx.tune.nr_decode,
+                        nr: ctx.tune.decode_nr(mats[m].ty.id()),
                     },
                     n: 0,
                 });
@@ -884,7 +884,7 @@ impl GpuModel {
                         0,
                     ];
                     wg = if ntok == 1 {
-                        (ch.rows.div_ceil(8 * tune.nr_decode), 1)
+                        (ch.rows.div_ceil(8 * tune.decode_nr(mat.ty.id())), 1)
                     } else if ntok >= tune.mm_min {
                         (ch.rows.div_ceil(64), ntok.div_ceil(64))
                     } else {
@@ -953,7 +953,7 @@ impl GpuModel {
                             KernelKey::MatVec {
                                 ty: *ty,
                                 nt: 1,
-                                nr: tune.nr_decode,
+                                nr: tune.decode_nr(*ty),
                             }
                         } else if ntok >= tune.mm_min {
                             KernelKey::MatMat { ty: *ty }

@@ -2,11 +2,13 @@
 //! shape generated in memory (for speed runs without files).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::quant::GgmlType;
+use crate::recipe::plan::{build_plan, PlanOptions, TensorDesc};
+use crate::recipe::presets::{ModelInfo, Preset};
+use crate::recipe::schema::{Base, Recipe};
 
 /// One tensor as stored: type, ggml dims (dims[0] = row length) and raw bytes.
 pub struct TensorView<'a> {
@@ -28,126 +30,86 @@ pub trait WeightSource {
     fn meta_str(&self, key: &str) -> Option<String>;
     /// A tensor by name, or None if absent.
     fn tensor(&self, name: &str) -> Result<Option<TensorView<'_>>>;
+    /// Every tensor's name, type and ggml dims, without reading data.
+    fn tensor_list(&self) -> Vec<(String, GgmlType, Vec<u64>)>;
     /// A label for reports (file path or synthetic shape).
     fn label(&self) -> String;
-}
 
-/// A GGUF file read with memory mapping.
-pub struct GgufSource {
-    path: PathBuf,
-    meta: HashMap<String, candle_core::quantized::gguf_file::Value>,
-    tensors: HashMap<String, (GgmlType, Vec<u64>, u64, usize)>,
-    map: memmap2::Mmap,
-}
-
-fn candle_type_name(t: candle_core::quantized::GgmlDType) -> &'static str {
-    use candle_core::quantized::GgmlDType as D;
-    match t {
-        D::F32 => "F32",
-        D::F16 => "F16",
-        D::BF16 => "BF16",
-        D::Q4_0 => "Q4_0",
-        D::Q4_1 => "Q4_1",
-        D::Q5_0 => "Q5_0",
-        D::Q5_1 => "Q5_1",
-        D::Q8_0 => "Q8_0",
-        D::Q8_1 => "Q8_1",
-        D::Q2K => "Q2_K",
-        D::Q3K => "Q3_K",
-        D::Q4K => "Q4_K",
-        D::Q5K => "Q5_K",
-        D::Q6K => "Q6_K",
-        D::Q8K => "Q8_K",
+    /// Parameter count and bytes over all tensors (llama-bench's `model_n_params` and
+    /// `model_size`: a tied output matrix is the embedding, counted once).
+    fn size_stats(&self) -> (u64, u64) {
+        self.tensor_list()
+            .iter()
+            .fold((0, 0), |(n, b), (_, ty, dims)| {
+                let e: u64 = dims.iter().product();
+                (n + e, b + ty.bytes_for(e).unwrap_or(0))
+            })
     }
 }
 
+/// A GGUF file read with memory mapping ([`crate::gguf::GgufFile`]).
+pub struct GgufSource {
+    file: crate::gguf::GgufFile,
+}
+
 impl GgufSource {
-    /// Open and index a GGUF file.
+    /// Open and validate a GGUF file; every tensor must have a type ggufq knows.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufSource> {
-        let path = path.as_ref().to_path_buf();
-        let mut f = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
-        let content =
-            candle_core::quantized::gguf_file::Content::read(&mut f).map_err(|e| Error::Gguf {
-                path: path.clone(),
-                offset: 0,
-                msg: e.to_string(),
-            })?;
-        // SAFETY: the file is opened read-only; ggufq never writes to a file it is reading.
-        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(&path, e))?;
-        let mut tensors = HashMap::new();
-        for (name, ti) in &content.tensor_infos {
-            let tname = candle_type_name(ti.ggml_dtype);
-            let ty = GgmlType::from_name(tname).ok_or_else(|| Error::Tensor {
-                tensor: name.clone(),
-                msg: format!("type {tname} unknown to ggufq"),
-            })?;
-            let dims: Vec<u64> = ti.shape.dims().iter().rev().map(|&d| d as u64).collect();
-            let n: u64 = dims.iter().product();
-            let bytes = ty.bytes_for(n).ok_or_else(|| Error::Tensor {
-                tensor: name.clone(),
-                msg: format!("{n} elements is not a whole number of {} blocks", ty.name()),
-            })? as usize;
-            let off = content.tensor_data_offset + ti.offset;
-            if off
-                .checked_add(bytes as u64)
-                .is_none_or(|e| e > map.len() as u64)
-            {
-                return Err(Error::Gguf {
-                    path: path.clone(),
-                    offset: off,
-                    msg: format!("tensor '{name}' data runs past the end of the file"),
+        let file = crate::gguf::GgufFile::open(path)?;
+        for t in &file.tensors {
+            if t.ty.is_none() {
+                return Err(Error::Tensor {
+                    tensor: t.name.clone(),
+                    msg: format!(
+                        "{}: type {} unknown to ggufq",
+                        file.path.display(),
+                        t.type_name()
+                    ),
                 });
             }
-            tensors.insert(name.clone(), (ty, dims, off, bytes));
         }
-        Ok(GgufSource {
-            path,
-            meta: content.metadata,
-            tensors,
-            map,
-        })
+        Ok(GgufSource { file })
+    }
+
+    /// The underlying file.
+    pub fn file(&self) -> &crate::gguf::GgufFile {
+        &self.file
     }
 }
 
 impl WeightSource for GgufSource {
     fn meta_u64(&self, key: &str) -> Option<u64> {
-        use candle_core::quantized::gguf_file::Value as V;
-        match self.meta.get(key)? {
-            V::U8(v) => Some(*v as u64),
-            V::U16(v) => Some(*v as u64),
-            V::U32(v) => Some(*v as u64),
-            V::U64(v) => Some(*v),
-            V::I8(v) => u64::try_from(*v).ok(),
-            V::I16(v) => u64::try_from(*v).ok(),
-            V::I32(v) => u64::try_from(*v).ok(),
-            V::I64(v) => u64::try_from(*v).ok(),
-            _ => None,
-        }
+        self.file.get(key)?.as_u64()
     }
     fn meta_f64(&self, key: &str) -> Option<f64> {
-        use candle_core::quantized::gguf_file::Value as V;
-        match self.meta.get(key)? {
-            V::F32(v) => Some(*v as f64),
-            V::F64(v) => Some(*v),
-            _ => self.meta_u64(key).map(|v| v as f64),
-        }
+        self.file.get(key)?.as_f64()
     }
     fn meta_str(&self, key: &str) -> Option<String> {
-        use candle_core::quantized::gguf_file::Value as V;
-        match self.meta.get(key)? {
-            V::String(s) => Some(s.clone()),
-            _ => None,
-        }
+        self.file.get_str(key).map(str::to_string)
     }
     fn tensor(&self, name: &str) -> Result<Option<TensorView<'_>>> {
-        Ok(self.tensors.get(name).map(|(ty, dims, off, n)| TensorView {
-            ty: *ty,
-            dims: dims.clone(),
-            data: Cow::Borrowed(&self.map[*off as usize..*off as usize + *n]),
+        let Some(t) = self.file.tensor(name) else {
+            return Ok(None);
+        };
+        let ty = t.ty.ok_or_else(|| Error::Tensor {
+            tensor: name.into(),
+            msg: format!("type {} unknown to ggufq", t.type_name()),
+        })?;
+        Ok(Some(TensorView {
+            ty,
+            dims: t.dims.clone(),
+            data: Cow::Borrowed(self.file.tensor_data(t)?),
         }))
     }
+    fn tensor_list(&self) -> Vec<(String, GgmlType, Vec<u64>)> {
+        self.file
+            .tensors
+            .iter()
+            .filter_map(|t| Some((t.name.clone(), t.ty?, t.dims.clone())))
+            .collect()
+    }
     fn label(&self) -> String {
-        self.path.display().to_string()
+        self.file.path.display().to_string()
     }
 }
 
@@ -209,108 +171,68 @@ impl Shape {
     }
 }
 
-/// How tensor types are chosen for synthetic weights.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mix {
-    /// Every matrix in one type; output Q6_K unless the type is Q8_0 or a float type
-    /// (as llama-quantize does for a pure file type).
-    Uniform(GgmlType),
-    /// llama.cpp's Q4_K_M: Q4_K, with attn_v and ffn_down in Q6_K on the layers
-    /// `use_more_bits` picks, output Q6_K.
-    Q4KM,
-    /// llama.cpp's Q2_K for a model without GQA: Q2_K, attn_v / attn_output / ffn_down Q3_K,
-    /// output Q6_K.
-    Q2K,
-    /// recipes/hybrid.yaml: attention Q5_K, everything else Q2_K, output Q6_K.
-    Hybrid,
+/// How tensor types are chosen for synthetic weights: a recipe planned exactly as
+/// `ggufq convert` plans it ([`crate::recipe::plan::build_plan`]) for an F32 source of the
+/// shape.
+#[derive(Clone, Debug)]
+pub struct Mix {
+    name: String,
+    recipe: Recipe,
 }
 
+/// recipes/hybrid.yaml, built in so `--synth 7b:hybrid` works anywhere.
+const HYBRID_YAML: &str = include_str!("../../recipes/hybrid.yaml");
+
 impl Mix {
-    /// Parse "q4_k_m", "q2_k_mix", "hybrid" or a type name ("Q4_0", "q8_0", ...).
+    /// Parse a preset name (`q4_k_m`, `q4_0`, `q2_k`: llama-quantize's mix of that file type;
+    /// `q2_k_mix` is an alias of `q2_k`), `hybrid` (recipes/hybrid.yaml) or a type name that
+    /// is not a preset (`q4_k`, `q3_k`, `q5_k`: every quantizable tensor in that type).
     pub fn parse(s: &str) -> Option<Mix> {
-        match s.to_ascii_lowercase().as_str() {
-            "q4_k_m" => Some(Mix::Q4KM),
-            "q2_k_mix" | "q2_k_llama" => Some(Mix::Q2K),
-            "hybrid" => Some(Mix::Hybrid),
-            _ => GgmlType::from_name(&s.to_ascii_uppercase()).map(Mix::Uniform),
-        }
-    }
-    /// Short name for labels.
-    pub fn name(&self) -> String {
-        match self {
-            Mix::Uniform(t) => t.name().to_string(),
-            Mix::Q4KM => "Q4_K_M".into(),
-            Mix::Q2K => "Q2_K_mix".into(),
-            Mix::Hybrid => "hybrid".into(),
-        }
-    }
-    /// llama.cpp general.file_type code.
-    pub fn file_type(&self) -> u32 {
-        match self {
-            Mix::Q4KM => 15,
-            Mix::Q2K | Mix::Hybrid => 10,
-            Mix::Uniform(t) => match t.name() {
-                "F32" => 0,
-                "F16" => 1,
-                "Q4_0" => 2,
-                "Q4_1" => 3,
-                "Q8_0" => 7,
-                "Q5_0" => 8,
-                "Q5_1" => 9,
-                "Q2_K" => 10,
-                "Q3_K" => 12,
-                "Q4_K" => 14,
-                "Q5_K" => 17,
-                "Q6_K" => 18,
-                "BF16" => 32,
-                _ => 0,
+        let up = s.to_ascii_uppercase();
+        let (name, recipe) = match up.as_str() {
+            "HYBRID" => (
+                "hybrid".to_string(),
+                Recipe::from_str_in(HYBRID_YAML, "recipes/hybrid.yaml", Path::new(".")).ok()?,
+            ),
+            "Q2_K_MIX" | "Q2_K_LLAMA" => (
+                "Q2_K".to_string(),
+                Recipe::from_base(Base::Preset(Preset::Q2_K)),
+            ),
+            _ => match Preset::from_name(&up) {
+                Some(p) => (p.name().to_string(), Recipe::from_base(Base::Preset(p))),
+                None => {
+                    let t = GgmlType::from_name(&up)?;
+                    (t.name().to_string(), Recipe::from_base(Base::Type(t)))
+                }
             },
-        }
+        };
+        Some(Mix { name, recipe })
     }
-    fn ty(name: &str) -> GgmlType {
-        GgmlType::from_name(name).unwrap_or_else(|| unreachable!("ggml type table lacks {name}"))
-    }
-    /// Type of tensor `name` (a matrix) in layer `layer` of `n_layer`.
-    pub fn type_for(&self, name: &str, layer: Option<u64>, n_layer: u64) -> GgmlType {
-        let more_bits =
-            |i: u64| i < n_layer / 8 || i >= 7 * n_layer / 8 || (i - n_layer / 8) % 3 == 2;
-        let is = |t: &str| name.contains(t);
-        match self {
-            Mix::Uniform(t) => {
-                if name == "output.weight" && t.is_quantized() && t.name() != "Q8_0" {
-                    Self::ty("Q6_K")
-                } else {
-                    *t
-                }
-            }
-            Mix::Q4KM => {
-                if name == "output.weight"
-                    || ((is("attn_v") || is("ffn_down")) && layer.is_some_and(more_bits))
-                {
-                    Self::ty("Q6_K")
-                } else {
-                    Self::ty("Q4_K")
-                }
-            }
-            Mix::Q2K => {
-                if name == "output.weight" {
-                    Self::ty("Q6_K")
-                } else if is("attn_v") || is("attn_output") || is("ffn_down") {
-                    Self::ty("Q3_K")
-                } else {
-                    Self::ty("Q2_K")
-                }
-            }
-            Mix::Hybrid => {
-                if name == "output.weight" {
-                    Self::ty("Q6_K")
-                } else if is("attn_") {
-                    Self::ty("Q5_K")
-                } else {
-                    Self::ty("Q2_K")
-                }
-            }
+    /// [`Mix::parse`], or a recipe YAML file when `s` names one (a path ending in .yaml/.yml).
+    pub fn load(s: &str) -> Result<Mix> {
+        if s.ends_with(".yaml") || s.ends_with(".yml") {
+            let recipe = Recipe::from_path(Path::new(s))?;
+            let name = recipe.name.clone().unwrap_or_else(|| {
+                Path::new(s)
+                    .file_stem()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
+            return Ok(Mix { name, recipe });
         }
+        Mix::parse(s).ok_or_else(|| {
+            Error::msg(format!(
+                "unknown type, preset or recipe '{s}' (a type name, a llama-quantize preset such as q4_k_m, hybrid, or a .yaml recipe)"
+            ))
+        })
+    }
+    /// Short name for labels ("Q4_K_M", "hybrid").
+    pub fn name(&self) -> String {
+        self.name.clone()
+    }
+    /// The recipe.
+    pub fn recipe(&self) -> &Recipe {
+        &self.recipe
     }
 }
 
@@ -322,6 +244,67 @@ pub struct SynthSource {
     pub mix: Mix,
     /// Name for reports.
     pub name: String,
+    /// Planned type of every tensor, in file order.
+    types: Vec<(String, GgmlType)>,
+    file_type: u32,
+}
+
+impl SynthSource {
+    /// Plan `mix` over the tensors of `shape`.
+    pub fn new(shape: Shape, mix: Mix, name: impl Into<String>) -> Result<SynthSource> {
+        let names = tensor_names_of(&shape);
+        let descs: Vec<TensorDesc> = names
+            .iter()
+            .map(|n| {
+                let (dims, _) = dims_of(&shape, n)
+                    .ok_or_else(|| Error::msg(format!("synth: no dims for {n}")))?;
+                let e: u64 = dims.iter().product();
+                Ok(TensorDesc {
+                    name: n.clone(),
+                    dims,
+                    type_id: GgmlType::F32.id(),
+                    ty: Some(GgmlType::F32),
+                    n_bytes: 4 * e,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let info = ModelInfo {
+            arch: "llama".into(),
+            n_layer: shape.n_layer,
+            n_head: shape.n_head,
+            n_head_kv: shape.n_kv,
+            n_expert: 0,
+        };
+        let plan = build_plan(&mix.recipe, &info, &descs, PlanOptions::default())?;
+        let types = plan
+            .entries
+            .iter()
+            .map(|e| {
+                let t = e.to.ok_or_else(|| Error::Tensor {
+                    tensor: e.name.clone(),
+                    msg: format!("planned type id {} unknown", e.to_id),
+                })?;
+                Ok((e.name.clone(), t))
+            })
+            .collect::<Result<_>>()?;
+        Ok(SynthSource {
+            shape,
+            mix,
+            name: name.into(),
+            types,
+            file_type: plan.file_type,
+        })
+    }
+
+    /// `general.file_type` of the plan.
+    pub fn file_type(&self) -> u32 {
+        self.file_type
+    }
+
+    /// Planned type of tensor `name`.
+    pub fn type_of(&self, name: &str) -> Option<GgmlType> {
+        self.types.iter().find(|(n, _)| n == name).map(|(_, t)| *t)
+    }
 }
 
 struct Rng(u64);
@@ -399,9 +382,8 @@ pub fn random_blocks(ty: GgmlType, n: usize, seed: u64, scale: f32) -> Result<Ve
     Ok(out)
 }
 
-impl SynthSource {
-    fn dims_of(&self, name: &str) -> Option<(Vec<u64>, bool)> {
-        let s = &self.shape;
+fn dims_of(s: &Shape, name: &str) -> Option<(Vec<u64>, bool)> {
+    {
         let hd = s.n_embd / s.n_head;
         let kv = hd * s.n_kv;
         if name == "token_embd.weight" || name == "output.weight" {
@@ -450,23 +432,18 @@ impl WeightSource for SynthSource {
         (key == "general.architecture").then(|| "llama".to_string())
     }
     fn tensor(&self, name: &str) -> Result<Option<TensorView<'_>>> {
-        let Some((dims, norm)) = self.dims_of(name) else {
+        let Some((dims, norm)) = dims_of(&self.shape, name) else {
             return Ok(None);
         };
         let n: u64 = dims.iter().product();
         let seed = name.bytes().fold(1469598103934665603u64, |h, b| {
             (h ^ b as u64).wrapping_mul(1099511628211)
         });
-        let layer = name
-            .strip_prefix("blk.")
-            .and_then(|r| r.split('.').next())
-            .and_then(|l| l.parse().ok());
-        let ty = if norm {
-            GgmlType::from_name("F32").ok_or_else(|| Error::msg("no F32 type"))?
-        } else {
-            self.mix.type_for(name, layer, self.shape.n_layer)
-        };
-        let data = if norm {
+        let ty = self.type_of(name).ok_or_else(|| Error::Tensor {
+            tensor: name.into(),
+            msg: "not in the synthetic model's plan".into(),
+        })?;
+        let data = if norm || ty == GgmlType::F32 {
             let mut v = Vec::with_capacity(n as usize * 4);
             let mut rng = Rng(seed | 1);
             for _ in 0..n {
@@ -483,6 +460,16 @@ impl WeightSource for SynthSource {
             data: Cow::Owned(data),
         }))
     }
+    fn tensor_list(&self) -> Vec<(String, GgmlType, Vec<u64>)> {
+        self.tensor_names()
+            .into_iter()
+            .filter_map(|n| {
+                let (dims, _) = dims_of(&self.shape, &n)?;
+                let ty = self.type_of(&n)?;
+                Some((n, ty, dims))
+            })
+            .collect()
+    }
     fn label(&self) -> String {
         self.name.clone()
     }
@@ -491,8 +478,15 @@ impl WeightSource for SynthSource {
 impl SynthSource {
     /// Tensor names in llama.cpp's file order.
     pub fn tensor_names(&self) -> Vec<String> {
+        tensor_names_of(&self.shape)
+    }
+}
+
+/// Tensor names of a llama shape in llama.cpp's file order.
+fn tensor_names_of(shape: &Shape) -> Vec<String> {
+    {
         let mut v = vec!["token_embd.weight".to_string()];
-        for l in 0..self.shape.n_layer {
+        for l in 0..shape.n_layer {
             for t in [
                 "attn_norm",
                 "attn_q",
@@ -511,7 +505,9 @@ impl SynthSource {
         v.push("output.weight".into());
         v
     }
+}
 
+impl SynthSource {
     /// Write this model as a GGUF file llama.cpp can load (llama architecture, a placeholder
     /// SentencePiece-style vocabulary: <unk>, <s>, </s>, 256 byte tokens, then filler pieces).
     pub fn write_gguf(&self, path: &Path) -> Result<()> {
@@ -537,7 +533,7 @@ impl SynthSource {
         let meta: Vec<(String, Value)> = vec![
             ("general.architecture".into(), Value::String("llama".into())),
             ("general.name".into(), Value::String(self.name.clone())),
-            ("general.file_type".into(), Value::U32(self.mix.file_type())),
+            ("general.file_type".into(), Value::U32(self.file_type)),
             (a("context_length"), Value::U32(4096)),
             (a("embedding_length"), Value::U32(s.n_embd as u32)),
             (a("block_count"), Value::U32(s.n_layer as u32)),

@@ -17,8 +17,61 @@ use crate::model::weights::{LlamaWeights, Weight};
 use crate::model::Model;
 use crate::quant::GgmlType;
 
-/// Rows of a weight matrix dequantized per task.
+/// Rows of a weight matrix per task when no even split exists (see `tile_rows`).
 const TILE_ROWS: usize = 64;
+/// Batches of at most this many tokens use the row-by-row mat-vec path instead of a GEMM.
+const SMALL_BATCH: usize = 4;
+/// Query rows per attention task.
+const ATT_BLOCK: usize = 32;
+
+/// Round to the nearest integer, ties to even, for |x| ≤ 2²² (the activation quantizers only
+/// see |x| ≤ 127): adding and subtracting 1.5·2²³ leaves no fraction bits, and the FPU's
+/// default rounding is ties-to-even. Unlike `f32::round_ties_even` on baseline x86-64 (a
+/// libm `rintf` call) this inlines and vectorizes. NaN stays NaN.
+#[inline(always)]
+pub fn round_even_small(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³
+    (x + MAGIC) - MAGIC
+}
+
+/// Round every value to the nearest f16 (ties to even, f16 subnormals and overflow to ±inf as
+/// `half::f16::from_f32`) and back to f32. Uses F16C eight lanes at a time when the CPU has it.
+pub fn round_f16(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("f16c") && std::arch::is_x86_feature_detected!("avx")
+        {
+            // SAFETY: the CPU supports F16C and AVX (checked just above).
+            unsafe { round_f16_f16c(x) };
+            return;
+        }
+    }
+    round_f16_scalar(x);
+}
+
+/// Scalar reference for [`round_f16`].
+pub fn round_f16_scalar(x: &mut [f32]) {
+    x.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32());
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn round_f16_f16c(x: &mut [f32]) {
+    use std::arch::x86_64::{
+        _mm256_cvtph_ps, _mm256_cvtps_ph, _mm256_loadu_ps, _mm256_storeu_ps,
+        _MM_FROUND_TO_NEAREST_INT,
+    };
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        // SAFETY: `c` holds exactly 8 f32 (unaligned loads/stores).
+        unsafe {
+            let v = _mm256_loadu_ps(c.as_ptr());
+            let h = _mm256_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT }>(v);
+            _mm256_storeu_ps(c.as_mut_ptr(), _mm256_cvtph_ps(h));
+        }
+    }
+    round_f16_scalar(chunks.into_remainder());
+}
 
 /// Which rounding llama.cpp applies to activations before a dot product with a weight type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +114,7 @@ impl ActQuant {
     pub fn apply(self, x: &mut [f32]) {
         match self {
             ActQuant::None => {}
-            ActQuant::F16 => x.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32()),
+            ActQuant::F16 => round_f16(x),
             ActQuant::Bf16 => x.iter_mut().for_each(|v| *v = bf16::from_f32(*v).to_f32()),
             ActQuant::Q8_0 | ActQuant::Q8_1 => {
                 for b in x.chunks_mut(32) {
@@ -70,7 +123,7 @@ impl ActQuant {
                     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
                     let dh = f16::from_f32(d).to_f32();
                     for v in b.iter_mut() {
-                        *v = (*v * id).round_ties_even() * dh;
+                        *v = round_even_small(*v * id) * dh;
                     }
                 }
             }
@@ -91,7 +144,7 @@ impl ActQuant {
                     let iscale = -127.0 / max;
                     let d = 1.0 / iscale;
                     for v in b.iter_mut() {
-                        let q = ((iscale * *v).round_ties_even() as i32).min(127);
+                        let q = (round_even_small(iscale * *v) as i32).min(127);
                         *v = q as f32 * d;
                     }
                 }
@@ -100,78 +153,185 @@ impl ActQuant {
     }
 }
 
-/// Dequantize whole rows of `ty` from `src` into `dst` (length a multiple of the block size).
+/// Dequantize whole rows of `ty` from `src` into `dst` (length a multiple of the block size),
+/// bit-exactly as ggml's `to_float` (via [`crate::quant::dequantize_row`]).
 pub fn dequantize_rows(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
-    use candle_core::quantized::k_quants::{
-        BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
-        BlockQ6K, BlockQ8_0, GgmlType as G,
-    };
-    fn go<B: G>(src: &[u8], dst: &mut [f32], bs: usize) -> Result<()> {
-        let nb = dst.len() / bs;
-        let need = nb * std::mem::size_of::<B>();
-        if dst.len() % bs != 0 || src.len() < need {
-            return Err(Error::msg(format!(
-                "dequantize: {} bytes for {} values does not fit blocks of {bs}",
-                src.len(),
-                dst.len()
-            )));
-        }
-        if (src.as_ptr() as usize) % std::mem::align_of::<B>() == 0 {
-            // SAFETY: B is a plain `repr(C)` block of integers and f16s (any bit pattern is
-            // valid), the pointer is aligned for B and `need` bytes are in bounds.
-            let blocks = unsafe { std::slice::from_raw_parts(src.as_ptr() as *const B, nb) };
-            B::to_float(blocks, dst);
-        } else {
-            let mut tmp: Vec<B> = Vec::with_capacity(nb);
-            // SAFETY: copy `need` bytes into fresh, aligned storage for `nb` blocks.
-            unsafe {
-                std::ptr::copy_nonoverlapping(src.as_ptr(), tmp.as_mut_ptr() as *mut u8, need);
-                tmp.set_len(nb);
-            }
-            B::to_float(&tmp, dst);
-        }
-        Ok(())
+    ActQuant::for_weight(ty)?;
+    let need = ty
+        .bytes_for(dst.len() as u64)
+        .filter(|_| dst.len() as u64 % ty.block_size() == 0)
+        .ok_or_else(|| {
+            Error::msg(format!(
+                "dequantize: {} values are not whole {} blocks",
+                dst.len(),
+                ty.name()
+            ))
+        })? as usize;
+    let src = src.get(..need).ok_or_else(|| {
+        Error::msg(format!(
+            "dequantize: {} bytes for {} {} values (need {need})",
+            src.len(),
+            dst.len(),
+            ty.name()
+        ))
+    })?;
+    crate::quant::dequantize_row(ty, src, dst)
+}
+
+/// A raw pointer that may cross threads; every user writes a region no other task touches.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: only used to hand disjoint output regions to rayon tasks (see each use).
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
     }
-    use GgmlType as T;
-    match ty {
-        T::F32 => {
-            let n = dst.len();
-            if src.len() < n * 4 {
-                return Err(Error::msg("dequantize: short F32 data"));
-            }
-            for (d, c) in dst.iter_mut().zip(src.chunks_exact(4)) {
-                *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            }
-            Ok(())
+}
+
+/// `dst[i·dst_rs + j] = Σ_kk a[i·a_rs + kk] · b[kk·b_rs + j·b_cs]` for `i < m`, `j < n`,
+/// single-threaded (the callers parallelize over tiles).
+///
+/// # Safety
+/// Every pointer must be valid for the extents its strides and sizes describe, and `dst`
+/// must not overlap `a` or `b`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    a: *const f32,
+    a_rs: usize,
+    b: *const f32,
+    b_rs: usize,
+    b_cs: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        false,
+        a,
+        1,
+        a_rs as isize,
+        b,
+        b_cs as isize,
+        b_rs as isize,
+        0.0,
+        1.0,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
+}
+
+thread_local! {
+    /// Per-thread scratch for dequantized weight tiles and attention scores.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Run `f` with a per-thread scratch buffer of at least `len` floats (contents unspecified).
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < len {
+            s.resize(len, 0.0);
         }
-        T::F16 | T::BF16 => {
-            if src.len() < dst.len() * 2 {
-                return Err(Error::msg("dequantize: short F16/BF16 data"));
-            }
-            for (d, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
-                let bits = u16::from_le_bytes([c[0], c[1]]);
-                *d = if ty == T::F16 {
-                    f16::from_bits(bits).to_f32()
-                } else {
-                    bf16::from_bits(bits).to_f32()
-                };
-            }
-            Ok(())
+        f(&mut s[..len])
+    })
+}
+
+/// Rows of a weight matrix per parallel task: the largest candidate that splits `m` into an
+/// even number of equal tiles (so two or four threads share the work evenly), else 64. It
+/// depends only on `m`, so results do not depend on the thread count.
+fn tile_rows(m: usize) -> usize {
+    const CANDIDATES: [usize; 6] = [128, 96, 64, 48, 32, 16];
+    CANDIDATES
+        .into_iter()
+        .find(|&r| m % r == 0 && (m / r) % 2 == 0)
+        .unwrap_or(TILE_ROWS)
+}
+
+/// Dot product of two equally long f32 slices (AVX2/FMA eight lanes × four accumulators when
+/// the CPU has them, else [`dot_scalar`]).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+            return unsafe { dot_avx2(a, b) };
         }
-        T::Q4_0 => go::<BlockQ4_0>(src, dst, 32),
-        T::Q4_1 => go::<BlockQ4_1>(src, dst, 32),
-        T::Q5_0 => go::<BlockQ5_0>(src, dst, 32),
-        T::Q5_1 => go::<BlockQ5_1>(src, dst, 32),
-        T::Q8_0 => go::<BlockQ8_0>(src, dst, 32),
-        T::Q2_K => go::<BlockQ2K>(src, dst, 256),
-        T::Q3_K => go::<BlockQ3K>(src, dst, 256),
-        T::Q4_K => go::<BlockQ4K>(src, dst, 256),
-        T::Q5_K => go::<BlockQ5K>(src, dst, 256),
-        T::Q6_K => go::<BlockQ6K>(src, dst, 256),
-        other => Err(Error::msg(format!(
-            "the CPU runtime does not support tensor type {}",
-            other.name()
-        ))),
+    }
+    dot_scalar(a, b)
+}
+
+/// Portable dot product with eight independent partial sums (vectorizable without
+/// reassociating a single sum).
+pub fn dot_scalar(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        s += x * y;
+    }
+    s
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    // SAFETY: every load reads 8 floats at i + 8·j < n from both slices.
+    unsafe {
+        while i + 32 <= n {
+            for (j, a) in acc.iter_mut().enumerate() {
+                let x = _mm256_loadu_ps(pa.add(i + 8 * j));
+                let y = _mm256_loadu_ps(pb.add(i + 8 * j));
+                *a = _mm256_fmadd_ps(x, y, *a);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            let x = _mm256_loadu_ps(pa.add(i));
+            let y = _mm256_loadu_ps(pb.add(i));
+            acc[0] = _mm256_fmadd_ps(x, y, acc[0]);
+            i += 8;
+        }
+        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+        let mut s: f32 = lanes.iter().sum();
+        while i < n {
+            s += *pa.add(i) * *pb.add(i);
+            i += 1;
+        }
+        s
     }
 }
 
@@ -191,7 +351,7 @@ impl Mat {
         let k = w.row_len();
         let row_bytes = ty
             .bytes_for(k as u64)
-            .filter(|_| k as u64 % ty.block_size() == 0)
+            .filter(|_| k > 0 && k as u64 % ty.block_size() == 0)
             .ok_or_else(|| Error::Tensor {
                 tensor: w.name().to_string(),
                 msg: format!(
@@ -203,71 +363,128 @@ impl Mat {
             tensor: w.name().into(),
             msg: e.to_string(),
         })?;
-        w.data()?;
+        let m = w.n_rows();
+        let data = w.data()?;
+        if data.len() < m * row_bytes {
+            return Err(Error::Tensor {
+                tensor: w.name().into(),
+                msg: format!("{} bytes of data for {m} rows of {row_bytes}", data.len()),
+            });
+        }
         Ok(Mat {
             ty,
             act,
             k,
-            m: w.n_rows(),
+            m,
             row_bytes,
             w: w.clone(),
         })
     }
 
     /// `out[n × m] = xq[n × k] · Wᵀ` where `xq` has already been rounded with `self.act`.
+    /// Row tiles of W run in parallel on the current rayon pool; each is dequantized into a
+    /// per-thread buffer (F32 weights are used in place) and multiplied with an f32 GEMM that
+    /// writes straight into its columns of `out`.
     fn matmul(&self, xq: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
         let (k, m) = (self.k, self.m);
-        debug_assert_eq!(xq.len(), n * k);
-        debug_assert_eq!(out.len(), n * m);
+        if xq.len() != n * k || out.len() != n * m {
+            return Err(Error::msg(format!(
+                "matmul '{}': {} inputs / {} outputs for {n} × {k} → {m}",
+                self.w.name(),
+                xq.len(),
+                out.len()
+            )));
+        }
         let data = self.w.data()?;
-        let tiles: Vec<usize> = (0..m).step_by(TILE_ROWS).collect();
-        let results: Vec<Result<(usize, Vec<f32>)>> = tiles
-            .par_iter()
-            .map(|&r0| {
-                let rows = TILE_ROWS.min(m - r0);
-                let mut wt = vec![0f32; rows * k];
-                dequantize_rows(
-                    self.ty,
-                    &data[r0 * self.row_bytes..(r0 + rows) * self.row_bytes],
-                    &mut wt,
-                )?;
-                let mut o = vec![0f32; n * rows];
-                // o[n × rows] = xq[n × k] · wt[rows × k]ᵀ
-                // SAFETY: all pointers cover the stated extents with the given strides.
+        let rows_per = tile_rows(m);
+        let n_tiles = m.div_ceil(rows_per);
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        let f32_in_place =
+            self.ty == GgmlType::F32 && (data.as_ptr() as usize) % std::mem::align_of::<f32>() == 0;
+        if n <= SMALL_BATCH {
+            return self.matvec(data, xq, out, rows_per, f32_in_place);
+        }
+        (0..n_tiles).into_par_iter().try_for_each(|t| {
+            let r0 = t * rows_per;
+            let rows = rows_per.min(m - r0);
+            let bytes = &data[r0 * self.row_bytes..(r0 + rows) * self.row_bytes];
+            if f32_in_place {
+                // SAFETY: `bytes` holds rows × k f32 values, 4-byte aligned (checked above);
+                // this task alone writes columns r0..r0+rows of the n rows of `out`.
                 unsafe {
-                    gemm::gemm(
+                    sgemm(
                         n,
                         rows,
                         k,
-                        o.as_mut_ptr(),
-                        1,
-                        rows as isize,
-                        false,
+                        out_ptr.get().add(r0),
+                        m,
                         xq.as_ptr(),
+                        k,
+                        bytes.as_ptr() as *const f32,
                         1,
-                        k as isize,
-                        wt.as_ptr(),
-                        k as isize,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
+                        k,
                     );
                 }
-                Ok((r0, o))
-            })
-            .collect();
-        for r in results {
-            let (r0, o) = r?;
-            let rows = o.len() / n.max(1);
-            for i in 0..n {
-                out[i * m + r0..i * m + r0 + rows].copy_from_slice(&o[i * rows..(i + 1) * rows]);
+                return Ok(());
             }
-        }
-        Ok(())
+            with_scratch(rows * k, |wt| -> Result<()> {
+                dequantize_rows(self.ty, bytes, wt)?;
+                // SAFETY: `wt` holds rows × k values; this task alone writes columns
+                // r0..r0+rows of the n rows of `out` (n × m).
+                unsafe {
+                    sgemm(
+                        n,
+                        rows,
+                        k,
+                        out_ptr.get().add(r0),
+                        m,
+                        xq.as_ptr(),
+                        k,
+                        wt.as_ptr(),
+                        1,
+                        k,
+                    );
+                }
+                Ok(())
+            })
+        })
+    }
+
+    /// Small batches (decode): one row of W at a time, dequantized into a per-thread buffer
+    /// that stays in L1 (F32 rows read in place) and dotted with each input row. A GEMM
+    /// would pack the whole matrix for a single output row.
+    fn matvec(
+        &self,
+        data: &[u8],
+        xq: &[f32],
+        out: &mut [f32],
+        rows_per: usize,
+        f32_in_place: bool,
+    ) -> Result<()> {
+        let (k, m) = (self.k, self.m);
+        let out_ptr = SendPtr(out.as_mut_ptr());
+        (0..m.div_ceil(rows_per)).into_par_iter().try_for_each(|t| {
+            let r0 = t * rows_per;
+            let rows = rows_per.min(m - r0);
+            with_scratch(k, |buf| -> Result<()> {
+                for r in r0..r0 + rows {
+                    let bytes = &data[r * self.row_bytes..(r + 1) * self.row_bytes];
+                    let w: &[f32] = if f32_in_place {
+                        // SAFETY: `bytes` holds k f32 values, 4-byte aligned (checked by the
+                        // caller); any bit pattern is a valid f32.
+                        unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const f32, k) }
+                    } else {
+                        dequantize_rows(self.ty, bytes, buf)?;
+                        buf
+                    };
+                    for (i, x) in xq.chunks_exact(k).enumerate() {
+                        // SAFETY: i < n (rows of xq) and r < m; this task alone writes column r.
+                        unsafe { *out_ptr.get().add(i * m + r) = dot(x, w) };
+                    }
+                }
+                Ok(())
+            })
+        })
     }
 }
 
@@ -385,16 +602,16 @@ impl CpuBackend {
         })
     }
 
-    /// Rotate `x` ([n × n_heads × head_dim]) for positions `pos0..pos0+n`, like ggml_rope_ext.
-    fn rope(&self, x: &mut [f32], n_heads: usize, pos0: usize) {
+    /// cos/sin of every rotated pair for positions `pos0..pos0+n` (row t: `rope_dim / 2`
+    /// pairs), computed like ggml_rope_ext (theta accumulated by repeated multiplication).
+    fn rope_table(&self, n: usize, pos0: usize) -> Vec<(f32, f32)> {
         let hp = &self.hp;
-        let hd = hp.head_dim;
         let nd = hp.rope_dim;
         let theta_scale = hp.rope_freq_base.powf(-2.0 / nd as f32);
-        let mut cs = vec![(0f32, 0f32); nd / 2];
-        for (t, row) in x.chunks_mut(n_heads * hd).enumerate() {
+        let mut cs = vec![(0f32, 0f32); n * (nd / 2)];
+        for (t, row) in cs.chunks_mut((nd / 2).max(1)).enumerate().take(n) {
             let mut theta = (pos0 + t) as f32;
-            for (i, c) in cs.iter_mut().enumerate() {
+            for (i, c) in row.iter_mut().enumerate() {
                 let ff = self
                     .rope_freqs
                     .as_ref()
@@ -404,11 +621,25 @@ impl CpuBackend {
                 *c = (th.cos(), th.sin());
                 theta *= theta_scale;
             }
+        }
+        cs
+    }
+
+    /// Rotate `x` ([n × n_heads × head_dim]) with a table from [`Self::rope_table`].
+    fn rope(&self, x: &mut [f32], n_heads: usize, table: &[(f32, f32)]) {
+        let hp = &self.hp;
+        let hd = hp.head_dim;
+        let nd = hp.rope_dim;
+        let half = nd / 2;
+        if half == 0 {
+            return;
+        }
+        for (row, cs) in x.chunks_mut(n_heads * hd).zip(table.chunks(half)) {
             for head in row.chunks_mut(hd) {
                 for (i, &(c, s)) in cs.iter().enumerate() {
                     let (a, b) = match hp.rope_mode {
                         RopeMode::Normal => (2 * i, 2 * i + 1),
-                        RopeMode::Neox => (i, i + nd / 2),
+                        RopeMode::Neox => (i, i + half),
                     };
                     let (x0, x1) = (head[a], head[b]);
                     head[a] = x0 * c - x1 * s;
@@ -418,19 +649,97 @@ impl CpuBackend {
         }
     }
 
+    /// `x[n × k] · Wᵀ (+ bias)`, with the activations rounded as llama.cpp's `vec_dot` would.
     fn linear(&self, m: &Mat, x: &[f32], n: usize, bias: Option<&Vec<f32>>) -> Result<Vec<f32>> {
-        let mut xq = x.to_vec();
-        if m.act != ActQuant::None {
-            xq.par_chunks_mut(m.k).for_each(|r| m.act.apply(r));
-        }
         let mut out = vec![0f32; n * m.m];
-        m.matmul(&xq, n, &mut out)?;
+        if m.act == ActQuant::None {
+            m.matmul(x, n, &mut out)?;
+        } else {
+            let mut xq = x.to_vec();
+            xq.par_chunks_mut(m.k).for_each(|r| m.act.apply(r));
+            m.matmul(&xq, n, &mut out)?;
+        }
         if let Some(b) = bias {
             for row in out.chunks_mut(m.m) {
                 row.iter_mut().zip(b).for_each(|(o, &bb)| *o += bb);
             }
         }
         Ok(out)
+    }
+
+    /// Causal attention of `n` new queries (`q`: [n × q_dim], already rounded to f16) at
+    /// positions `pos0..pos0+n` over layer `li`'s cache, into `att` ([n × q_dim]).
+    ///
+    /// One task per (head, block of query rows): S = Q·Kᵀ and O = P·V run as f32 GEMMs over
+    /// the f16-valued cache; softmax in f32 with an f64 sum, P rounded to f16 (llama.cpp's
+    /// f16 `mul_mat` of the probabilities with V).
+    fn attention(&self, li: usize, q: &[f32], n: usize, pos0: usize, att: &mut [f32]) {
+        let hp = &self.hp;
+        let (hd, nh, nkv) = (hp.head_dim, hp.n_head, hp.n_head_kv);
+        let (qd, kvd) = (hp.q_dim(), hp.kv_dim());
+        let group = (nh / nkv.max(1)).max(1);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (kc, vc) = (&self.k_cache[li], &self.v_cache[li]);
+        let n_blocks = n.div_ceil(ATT_BLOCK);
+        let att_ptr = SendPtr(att.as_mut_ptr());
+        (0..nh * n_blocks).into_par_iter().for_each(|task| {
+            let (hh, blk) = (task / n_blocks, task % n_blocks);
+            let kvh = hh / group;
+            let t0 = blk * ATT_BLOCK;
+            let rows = ATT_BLOCK.min(n - t0);
+            let nk = pos0 + t0 + rows; // keys visible to the last row of the block
+            with_scratch(rows * nk, |s| {
+                // SAFETY: q has n × qd values, the cache ≥ nk × kvd; s is rows × nk.
+                unsafe {
+                    sgemm(
+                        rows,
+                        nk,
+                        hd,
+                        s.as_mut_ptr(),
+                        nk,
+                        q.as_ptr().add(t0 * qd + hh * hd),
+                        qd,
+                        kc.as_ptr().add(kvh * hd),
+                        1,
+                        kvd,
+                    );
+                }
+                for (r, srow) in s.chunks_mut(nk).enumerate() {
+                    let last = pos0 + t0 + r; // inclusive
+                    let (vis, masked) = srow.split_at_mut(last + 1);
+                    let mut mx = f32::NEG_INFINITY;
+                    for v in vis.iter_mut() {
+                        *v *= scale;
+                        mx = mx.max(*v);
+                    }
+                    let mut sum = 0f64;
+                    for v in vis.iter_mut() {
+                        *v = (*v - mx).exp();
+                        sum += *v as f64;
+                    }
+                    let inv = (1.0 / sum) as f32;
+                    vis.iter_mut().for_each(|v| *v *= inv);
+                    round_f16(vis);
+                    masked.iter_mut().for_each(|v| *v = 0.0);
+                }
+                // SAFETY: this task alone writes rows t0..t0+rows, columns hh·hd..(hh+1)·hd
+                // of att (n × qd); the cache holds ≥ nk × kvd values.
+                unsafe {
+                    sgemm(
+                        rows,
+                        hd,
+                        nk,
+                        att_ptr.get().add(t0 * qd + hh * hd),
+                        qd,
+                        s.as_ptr(),
+                        nk,
+                        vc.as_ptr().add(kvh * hd),
+                        kvd,
+                        1,
+                    );
+                }
+            });
+        });
     }
 
     fn forward_inner(
@@ -441,7 +750,7 @@ impl CpuBackend {
     ) -> Result<()> {
         let hp = self.hp.clone();
         let n = tokens.len();
-        let (e, hd, nh, nkv) = (hp.n_embd, hp.head_dim, hp.n_head, hp.n_head_kv);
+        let (e, nh, nkv) = (hp.n_embd, hp.n_head, hp.n_head_kv);
         let (qd, kvd) = (hp.q_dim(), hp.kv_dim());
         let pos0 = self.n_past;
         // Embeddings.
@@ -449,14 +758,20 @@ impl CpuBackend {
         let mut x = vec![0f32; n * e];
         for (row, &t) in x.chunks_mut(e).zip(tokens) {
             let b = t as usize * self.tok_row_bytes;
-            dequantize_rows(self.tok_embd.ty(), &emb[b..b + self.tok_row_bytes], row)?;
+            let src = emb
+                .get(b..b + self.tok_row_bytes)
+                .ok_or_else(|| Error::Tensor {
+                    tensor: self.tok_embd.name().into(),
+                    msg: format!("no row for token {t}"),
+                })?;
+            dequantize_rows(self.tok_embd.ty(), src, row)?;
         }
-        let scale = 1.0 / (hd as f32).sqrt();
-        let group = nh / nkv;
-        let n_kv = pos0 + n;
+        let table = self.rope_table(n, pos0);
+        let mut h = vec![0f32; n * e];
+        let mut att = vec![0f32; n * qd];
         for li in 0..self.layers.len() {
             let l = &self.layers[li];
-            let mut h = x.clone();
+            h.copy_from_slice(&x);
             rms_norm(&mut h, &l.attn_norm, hp.rms_eps);
             let mut q = self.linear(&l.wq, &h, n, l.bq.as_ref())?;
             let mut k = self.linear(&l.wk, &h, n, l.bk.as_ref())?;
@@ -465,61 +780,30 @@ impl CpuBackend {
                 rms_norm(&mut q, qn, hp.rms_eps);
                 rms_norm(&mut k, kn, hp.rms_eps);
             }
-            self.rope(&mut q, nh, pos0);
-            self.rope(&mut k, nkv, pos0);
-            let kc = &mut self.k_cache[li];
-            for (i, v) in k.iter().enumerate() {
-                kc[pos0 * kvd + i] = f16::from_f32(*v).to_f32();
-            }
-            let vc = &mut self.v_cache[li];
-            for (i, val) in v.iter().enumerate() {
-                vc[pos0 * kvd + i] = f16::from_f32(*val).to_f32();
-            }
-            let (kc, vc) = (&self.k_cache[li], &self.v_cache[li]);
-            // Attention: one task per (token, head).
-            let mut att = vec![0f32; n * qd];
-            att.par_chunks_mut(hd).enumerate().for_each(|(idx, o)| {
-                let (t, hh) = (idx / nh, idx % nh);
-                let kvh = hh / group;
-                let qrow: Vec<f32> = q[t * qd + hh * hd..t * qd + (hh + 1) * hd]
-                    .iter()
-                    .map(|&v| f16::from_f32(v).to_f32())
-                    .collect();
-                let last = pos0 + t; // inclusive
-                let mut s = vec![0f32; last + 1];
-                let mut mx = f32::NEG_INFINITY;
-                for (j, sj) in s.iter_mut().enumerate() {
-                    let kr = &kc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd];
-                    let d: f32 = qrow.iter().zip(kr).map(|(a, b)| a * b).sum();
-                    *sj = d * scale;
-                    mx = mx.max(*sj);
-                }
-                let mut sum = 0f64;
-                for sj in s.iter_mut() {
-                    *sj = (*sj - mx).exp();
-                    sum += *sj as f64;
-                }
-                let inv = (1.0 / sum) as f32;
-                o.iter_mut().for_each(|v| *v = 0.0);
-                for (j, &p) in s.iter().enumerate() {
-                    let p = f16::from_f32(p * inv).to_f32();
-                    let vr = &vc[j * kvd + kvh * hd..j * kvd + (kvh + 1) * hd];
-                    for (ov, &vv) in o.iter_mut().zip(vr) {
-                        *ov += p * vv;
-                    }
-                }
-            });
-            let _ = n_kv;
+            self.rope(&mut q, nh, &table);
+            self.rope(&mut k, nkv, &table);
+            round_f16(&mut q);
+            let kc = &mut self.k_cache[li][pos0 * kvd..(pos0 + n) * kvd];
+            kc.copy_from_slice(&k);
+            round_f16(kc);
+            let vc = &mut self.v_cache[li][pos0 * kvd..(pos0 + n) * kvd];
+            vc.copy_from_slice(&v);
+            round_f16(vc);
+            self.attention(li, &q, n, pos0, &mut att);
             let l = &self.layers[li];
             let ao = self.linear(&l.wo, &att, n, None)?;
             x.iter_mut().zip(&ao).for_each(|(a, b)| *a += b);
-            let mut h = x.clone();
+            h.copy_from_slice(&x);
             rms_norm(&mut h, &l.ffn_norm, hp.rms_eps);
             let g = self.linear(&l.gate, &h, n, None)?;
             let mut u = self.linear(&l.up, &h, n, None)?;
-            u.par_iter_mut()
-                .zip(g.par_iter())
-                .for_each(|(u, &g)| *u *= g / (1.0 + (-g).exp()));
+            u.par_chunks_mut(4096)
+                .zip(g.par_chunks(4096))
+                .for_each(|(u, g)| {
+                    u.iter_mut()
+                        .zip(g)
+                        .for_each(|(u, &g)| *u *= g / (1.0 + (-g).exp()))
+                });
             let d = self.linear(&l.down, &u, n, None)?;
             x.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
         }

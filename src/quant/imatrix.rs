@@ -124,7 +124,10 @@ impl Imatrix {
                 return Err(bad(
                     path,
                     at_nval,
-                    format!("entry '{name}': value count {nval}"),
+                    format!(
+                        "entry '{}': value count {nval}",
+                        crate::gguf::value::printable(&name)
+                    ),
                 ));
             }
             let raw = c.take(nval as usize * 4, "values")?;
@@ -202,7 +205,10 @@ impl Imatrix {
                 return Err(bad(
                     path,
                     0,
-                    format!("mismatched sums and counts for '{name}'"),
+                    format!(
+                        "mismatched sums and counts for '{}'",
+                        crate::gguf::value::printable(name)
+                    ),
                 ));
             };
             let (ts, tc) = (&f.tensors[s], &f.tensors[c]);
@@ -210,17 +216,21 @@ impl Imatrix {
                 return Err(bad(
                     path,
                     0,
-                    format!("sums and counts for '{name}' must be F32"),
+                    format!(
+                        "sums and counts for '{}' must be F32",
+                        crate::gguf::value::printable(name)
+                    ),
                 ));
             }
             let sums = f32s(f.tensor_data(ts)?);
             let counts = f32s(f.tensor_data(tc)?);
-            if counts.is_empty() || sums.len() % counts.len() != 0 {
+            if sums.is_empty() || counts.is_empty() || sums.len() % counts.len() != 0 {
                 return Err(bad(
                     path,
                     0,
                     format!(
-                        "'{name}': {} sums do not split into {} experts",
+                        "'{}': {} sums do not split into {} experts",
+                        crate::gguf::value::printable(name),
                         sums.len(),
                         counts.len()
                     ),
@@ -264,7 +274,10 @@ fn check_finite(name: &str, v: &[f32], path: &Path) -> Result<()> {
         return Err(bad(
             path,
             0,
-            format!("'{name}' contains the non-finite value {x}"),
+            format!(
+                "'{}' contains the non-finite value {x}",
+                crate::gguf::value::printable(name)
+            ),
         ));
     }
     Ok(())

@@ -8,6 +8,8 @@ pub mod plan;
 pub mod presets;
 pub mod rules;
 pub mod schema;
+pub mod search;
+pub mod search_alloc;
 
 pub use plan::{build_plan, Plan, PlanEntry, PlanOptions, Reason, TensorDesc};
 pub use presets::{ModelInfo, Preset};

@@ -209,7 +209,7 @@ impl Plan {
         let w = self
             .entries
             .iter()
-            .map(|e| e.name.len())
+            .map(|e| crate::gguf::value::printable(&e.name).len())
             .max()
             .unwrap_or(6)
             .max(6);
@@ -223,7 +223,7 @@ impl Plan {
             let _ = writeln!(
                 s,
                 "{:<w$}  {:>7} → {:<7}  {:>12}  {}",
-                e.name,
+                crate::gguf::value::printable(&e.name),
                 e.from_name(),
                 e.to_name(),
                 e.to_bytes,

@@ -479,11 +479,16 @@ fn yaml_err(path: &str, e: serde_yaml::Error) -> Error {
     let (line, column) = e
         .location()
         .map(|l| (l.line(), l.column()))
-        .unwrap_or((0, 0));
+        .unwrap_or((1, 1));
     // serde_yaml appends " at line L column C" to its message; keep only the message.
     let mut msg = e.to_string();
     if let Some(i) = msg.find(" at line ") {
         msg.truncate(i);
+    }
+    if msg == "repetition limit exceeded" {
+        msg = "YAML aliases expand to too many values (repetition limit exceeded)".into();
+    } else if msg == "recursion limit exceeded" {
+        msg = "YAML nested too deeply (recursion limit exceeded)".into();
     }
     recipe_err(path, line, column, msg)
 }

@@ -41,6 +41,30 @@ fn palette(i: usize) -> RGBColor {
     C[i % C.len()]
 }
 
+/// The file a plot is drawn into before it is renamed into place: same folder, hidden, same
+/// extension (the bitmap backend picks the format from it). A plot that fails half-way (a full
+/// disk) leaves no partial file under the real name.
+fn tmp_path(p: &Path) -> PathBuf {
+    let part = |s: Option<&std::ffi::OsStr>| s.map(|s| s.to_string_lossy().into_owned());
+    p.with_file_name(format!(
+        ".{}.tmp-{}.{}",
+        part(p.file_stem()).unwrap_or_default(),
+        std::process::id(),
+        part(p.extension()).unwrap_or_default()
+    ))
+}
+
+fn plot_failed(p: &Path, tmp: &Path, e: impl std::fmt::Display) -> Error {
+    let _ = std::fs::remove_file(tmp);
+    Error::msg(format!("{}: plot failed: {e}", p.display()))
+}
+
+fn commit(tmp: &Path, p: &Path) -> Result<()> {
+    std::fs::rename(tmp, p).map_err(|e| {
+        let _ = std::fs::remove_file(tmp);
+        Error::io(p, e)
+    })
+}
 /// Write the plots that have data into `dir`; returns the files written.
 pub fn write_plots(r: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
     register_font();
@@ -68,20 +92,22 @@ pub fn write_plots(r: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
                 "size_vs_kld.png"
             });
             super::super::batch::paths::refuse_symlink(&p)?;
+            let tmp = tmp_path(&p);
             if svg {
                 size_vs_kld(
-                    SVGBackend::new(&p, (W, H)).into_drawing_area(),
+                    SVGBackend::new(&tmp, (W, H)).into_drawing_area(),
                     &kld_pts,
                     &models,
                 )
             } else {
                 size_vs_kld(
-                    BitMapBackend::new(&p, (W, H)).into_drawing_area(),
+                    BitMapBackend::new(&tmp, (W, H)).into_drawing_area(),
                     &kld_pts,
                     &models,
                 )
             }
-            .map_err(|e| Error::msg(format!("{}: plot failed: {e}", p.display())))?;
+            .map_err(|e| plot_failed(&p, &tmp, e))?;
+            commit(&tmp, &p)?;
             Ok(p)
         };
         out.push(draw(true)?);
@@ -100,20 +126,22 @@ pub fn write_plots(r: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
                 "size_vs_tps.png"
             });
             super::super::batch::paths::refuse_symlink(&p)?;
+            let tmp = tmp_path(&p);
             if svg {
                 size_vs_tps(
-                    SVGBackend::new(&p, (W, H)).into_drawing_area(),
+                    SVGBackend::new(&tmp, (W, H)).into_drawing_area(),
                     &tps_pts,
                     &models,
                 )
             } else {
                 size_vs_tps(
-                    BitMapBackend::new(&p, (W, H)).into_drawing_area(),
+                    BitMapBackend::new(&tmp, (W, H)).into_drawing_area(),
                     &tps_pts,
                     &models,
                 )
             }
-            .map_err(|e| Error::msg(format!("{}: plot failed: {e}", p.display())))?;
+            .map_err(|e| plot_failed(&p, &tmp, e))?;
+            commit(&tmp, &p)?;
             out.push(p);
         }
         let h = (120 + 28 * tps_pts.len() as u32).max(300);
@@ -124,12 +152,17 @@ pub fn write_plots(r: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
                 "ms_per_token.png"
             });
             super::super::batch::paths::refuse_symlink(&p)?;
+            let tmp = tmp_path(&p);
             if svg {
-                ms_per_token(SVGBackend::new(&p, (W, h)).into_drawing_area(), &tps_pts)
+                ms_per_token(SVGBackend::new(&tmp, (W, h)).into_drawing_area(), &tps_pts)
             } else {
-                ms_per_token(BitMapBackend::new(&p, (W, h)).into_drawing_area(), &tps_pts)
+                ms_per_token(
+                    BitMapBackend::new(&tmp, (W, h)).into_drawing_area(),
+                    &tps_pts,
+                )
             }
-            .map_err(|e| Error::msg(format!("{}: plot failed: {e}", p.display())))?;
+            .map_err(|e| plot_failed(&p, &tmp, e))?;
+            commit(&tmp, &p)?;
             out.push(p);
         }
     }

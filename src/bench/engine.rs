@@ -1,0 +1,191 @@
+//! [`Engine`] over any [`Backend`] (the CPU backend in `ggufq bench --backend cpu`): one
+//! backend instance per parallel sequence, each with its own KV cache. A batched-decode step
+//! of N sequences runs the N one-token forwards one after the other.
+
+use crate::error::{Error, Result};
+use crate::model::backend::{Backend, LogitsWanted};
+
+use super::runner::Engine;
+
+/// Benchmark engine over single-sequence backends.
+pub struct BackendEngine {
+    seqs: Vec<Box<dyn Backend>>,
+    label: String,
+    n_batch: usize,
+    weight_bytes: u64,
+    memory: (u64, u64, u64),
+}
+
+impl BackendEngine {
+    /// `seqs`: one backend per sequence (at least one, same model); `label` for reports;
+    /// `n_batch` the largest prompt batch per forward; `weight_bytes` the bytes of weights
+    /// read per decoded token; `memory` (weights, KV cache, scratch) in bytes.
+    pub fn new(
+        seqs: Vec<Box<dyn Backend>>,
+        label: String,
+        n_batch: usize,
+        weight_bytes: u64,
+        memory: (u64, u64, u64),
+    ) -> Result<BackendEngine> {
+        if seqs.is_empty() {
+            return Err(Error::msg("bench engine: no backend"));
+        }
+        Ok(BackendEngine {
+            seqs,
+            label,
+            n_batch: n_batch.max(1),
+            weight_bytes,
+            memory,
+        })
+    }
+
+    /// The first sequence's backend (e.g. for a perplexity run).
+    pub fn first_mut(&mut self) -> &mut dyn Backend {
+        &mut *self.seqs[0]
+    }
+}
+
+impl Engine for BackendEngine {
+    fn backend(&self) -> String {
+        self.label.clone()
+    }
+    fn n_vocab(&self) -> usize {
+        self.seqs[0].hparams().n_vocab
+    }
+    fn n_batch(&self) -> usize {
+        self.n_batch
+    }
+    fn n_seq(&self) -> usize {
+        self.seqs.len()
+    }
+    fn n_ctx(&self) -> usize {
+        self.seqs[0].n_ctx()
+    }
+    /// Tokens are grouped by sequence (in order of appearance); each group must continue its
+    /// sequence (position = cached tokens) or start it again at position 0.
+    fn forward(&mut self, tokens: &[(u32, u32, u32)], all_logits: bool) -> Result<Vec<f32>> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < tokens.len() {
+            let (_, seq, pos) = tokens[i];
+            let mut j = i + 1;
+            while j < tokens.len() && tokens[j].1 == seq && tokens[j].2 == tokens[j - 1].2 + 1 {
+                j += 1;
+            }
+            let n_seq = self.seqs.len();
+            let b = self.seqs.get_mut(seq as usize).ok_or_else(|| {
+                Error::msg(format!("sequence {seq} outside the {n_seq} allocated"))
+            })?;
+            if pos == 0 {
+                b.reset();
+            } else if pos as usize != b.n_past() {
+                return Err(Error::msg(format!(
+                    "sequence {seq}: position {pos} does not follow the {} cached tokens",
+                    b.n_past()
+                )));
+            }
+            let ids: Vec<u32> = tokens[i..j].iter().map(|t| t.0).collect();
+            let last = j == tokens.len();
+            let want = if all_logits {
+                LogitsWanted::All
+            } else if last {
+                LogitsWanted::Last
+            } else {
+                LogitsWanted::None
+            };
+            let mut part = Vec::new();
+            b.forward(&ids, want, &mut part)?;
+            out.extend_from_slice(&part);
+            i = j;
+        }
+        Ok(out)
+    }
+    fn weight_bytes(&self) -> u64 {
+        self.weight_bytes
+    }
+    fn memory(&self) -> (u64, u64, u64) {
+        self.memory
+    }
+}
+
+#[cfg(all(test, feature = "gpu"))]
+mod tests {
+    use super::*;
+    use crate::model::hparams::HParams;
+
+    /// A backend whose logits are [token, position] so routing can be checked.
+    struct Echo {
+        hp: HParams,
+        past: usize,
+    }
+    impl Backend for Echo {
+        fn name(&self) -> String {
+            "echo".into()
+        }
+        fn hparams(&self) -> &HParams {
+            &self.hp
+        }
+        fn n_ctx(&self) -> usize {
+            16
+        }
+        fn n_past(&self) -> usize {
+            self.past
+        }
+        fn reset(&mut self) {
+            self.past = 0;
+        }
+        fn forward(&mut self, t: &[u32], want: LogitsWanted, out: &mut Vec<f32>) -> Result<()> {
+            let rows: Vec<f32> = t
+                .iter()
+                .enumerate()
+                .flat_map(|(i, &x)| [x as f32, (self.past + i) as f32])
+                .collect();
+            self.past += t.len();
+            *out = match want {
+                LogitsWanted::All => rows,
+                LogitsWanted::Last => rows[rows.len() - 2..].to_vec(),
+                LogitsWanted::From(i) => rows[2 * i..].to_vec(),
+                LogitsWanted::None => Vec::new(),
+            };
+            Ok(())
+        }
+    }
+
+    /// Hyper-parameters of the tiny synthetic model, read back by the runtime.
+    fn hp() -> HParams {
+        use crate::gpu::source::{Mix, Shape, SynthSource};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tiny.gguf");
+        let src = SynthSource::new(
+            Shape::named("tiny").unwrap(),
+            Mix::parse("q8_0").unwrap(),
+            "tiny",
+        )
+        .unwrap();
+        src.write_gguf(&path).unwrap();
+        crate::model::Model::open(&path).unwrap().hparams
+    }
+
+    #[test]
+    fn routes_sequences_and_checks_positions() {
+        let seqs: Vec<Box<dyn Backend>> = (0..2)
+            .map(|_| Box::new(Echo { hp: hp(), past: 0 }) as Box<dyn Backend>)
+            .collect();
+        let mut e = BackendEngine::new(seqs, "echo".into(), 8, 1, (0, 0, 0)).unwrap();
+        // Prompt on sequence 0: only the last row comes back.
+        assert_eq!(
+            e.forward(&[(5, 0, 0), (6, 0, 1), (7, 0, 2)], false)
+                .unwrap(),
+            vec![7.0, 2.0]
+        );
+        // One decode step of both sequences, all logits: seq 0 continues at 3, seq 1 starts.
+        assert_eq!(
+            e.forward(&[(8, 0, 3), (9, 1, 0)], true).unwrap(),
+            vec![8.0, 3.0, 9.0, 0.0]
+        );
+        // A gap in positions is an error; position 0 restarts the sequence.
+        assert!(e.forward(&[(1, 1, 5)], false).is_err());
+        assert!(e.forward(&[(1, 2, 0)], false).is_err());
+        assert_eq!(e.forward(&[(4, 0, 0)], false).unwrap(), vec![4.0, 0.0]);
+    }
+}
