@@ -56,7 +56,9 @@ fn tmp_path(p: &Path) -> PathBuf {
 
 fn plot_failed(p: &Path, tmp: &Path, e: impl std::fmt::Display) -> Error {
     let _ = std::fs::remove_file(tmp);
-    Error::msg(format!("{}: plot failed: {e}", p.display()))
+    // A plot that cannot be written is an output failure (full disk, file size limit): an I/O
+    // error naming the file, so the CLI exits 3 as for any other output that cannot be written.
+    Error::io(p, std::io::Error::other(format!("plot failed: {e}")))
 }
 
 fn commit(tmp: &Path, p: &Path) -> Result<()> {
