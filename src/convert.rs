@@ -665,6 +665,9 @@ struct Piece {
     /// The tensor's last piece.
     last: bool,
     data: Payload,
+    /// Source bytes between the previous piece and this one (header, padding), for the
+    /// source hash; empty when the source is not hashed inline.
+    gap: Vec<u8>,
 }
 
 /// Encoded bytes of a piece, on their way to the writer.
@@ -702,33 +705,23 @@ fn source_ranges(f: &GgufFile, plan: &Plan) -> Result<Vec<(u64, u64)>> {
         .collect()
 }
 
-/// Feeds the source file to sha256 in file order while the tensors are read, so the source
-/// is read once: the bytes between tensors (header, padding) are read here, the tensors'
-/// own bytes are handed over by the reader.
-struct InlineHasher {
-    h: Sha256,
-    pos: u64,
-    secs: f64,
+/// The source bytes from `from` up to `to` (a gap between tensors: header, padding).
+fn read_gap(file: &std::fs::File, path: &Path, from: u64, to: u64) -> Result<Vec<u8>> {
+    let n = usize::try_from(to.saturating_sub(from))
+        .map_err(|_| Error::msg(format!("{}: gap too large", path.display())))?;
+    let mut buf = vec![0u8; n];
+    read_at(file, path, &mut buf, from)?;
+    Ok(buf)
 }
 
-impl InlineHasher {
-    /// Hash the file from the current position up to `to`.
-    fn gap(&mut self, file: &std::fs::File, path: &Path, to: u64) -> Result<()> {
-        let mut buf = Vec::new();
-        while self.pos < to {
-            let n = (to - self.pos).min(COPY_PIECE_BYTES) as usize;
-            buf.resize(n, 0);
-            read_at(file, path, &mut buf, self.pos)?;
-            self.bytes(&buf);
-        }
-        Ok(())
-    }
-
-    fn bytes(&mut self, b: &[u8]) {
-        let t = Instant::now();
-        self.h.update(b);
-        self.pos += b.len() as u64;
-        self.secs += t.elapsed().as_secs_f64();
+/// The bytes of a piece's source data, for the source hash.
+fn payload_bytes(p: &Payload) -> &[u8] {
+    match p {
+        // SAFETY: a read-only byte view of the initialised f32 buffer.
+        Payload::F32(v) => unsafe {
+            std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(&v[..]))
+        },
+        Payload::Raw(v) => v,
     }
 }
 
@@ -755,21 +748,27 @@ fn f32_bytes_mut(v: &mut [f32]) -> &mut [u8] {
 }
 
 /// The reader stage: every tensor of the plan, in plan order, cut into pieces of whole rows,
-/// read with positioned reads (never through the map: resident memory stays a few pieces),
-/// hashed into `hasher` when that is given.
+/// read with positioned reads (never through the map: resident memory stays a few pieces).
+/// With `hash`, every piece also carries the source bytes before it that no tensor covers,
+/// and a last piece (entry = number of tensors) the bytes after the last tensor, so the
+/// converter can hash the whole file in order without reading it twice.
 fn read_pieces(
     f: &GgufFile,
     plan: &Plan,
     ranges: &[(u64, u64)],
-    mut hasher: Option<&mut InlineHasher>,
+    hash: bool,
     tx: &std::sync::mpsc::SyncSender<Result<Piece>>,
     pools: &Pools,
 ) -> Result<()> {
     let file = std::fs::File::open(&f.path).map_err(|e| Error::io(&f.path, e))?;
+    let mut pos = 0u64;
     for (i, (e, &(start, end))) in plan.entries.iter().zip(ranges).enumerate() {
-        if let Some(h) = hasher.as_deref_mut() {
-            h.gap(&file, &f.path, start)?;
-        }
+        let mut gap = if hash {
+            read_gap(&file, &f.path, pos, start)?
+        } else {
+            Vec::new()
+        };
+        pos = end;
         let n_bytes = end - start;
         let row_len = e.dims.first().copied().unwrap_or(1).max(1);
         let n_rows = e.n_elements() / row_len;
@@ -807,9 +806,6 @@ fn read_pieces(
             let data = if f32_in {
                 let mut v = pools.f32.take(len / 4);
                 read_at(&file, &f.path, f32_bytes_mut(&mut v), start + at)?;
-                if let Some(h) = hasher.as_deref_mut() {
-                    h.bytes(f32_bytes_mut(&mut v));
-                }
                 if cfg!(target_endian = "big") {
                     for x in &mut v {
                         *x = f32::from_bits(u32::from_le(x.to_bits()));
@@ -819,9 +815,6 @@ fn read_pieces(
             } else {
                 let mut v = pools.raw.take(len);
                 read_at(&file, &f.path, &mut v, start + at)?;
-                if let Some(h) = hasher.as_deref_mut() {
-                    h.bytes(&v);
-                }
                 Payload::Raw(v)
             };
             let piece = Piece {
@@ -830,6 +823,7 @@ fn read_pieces(
                 n_rows: rows,
                 last: k == last_idx,
                 data,
+                gap: std::mem::take(&mut gap),
             };
             if tx.send(Ok(piece)).is_err() {
                 // The converter stopped (it reports why).
@@ -837,8 +831,16 @@ fn read_pieces(
             }
         }
     }
-    if let Some(h) = hasher {
-        h.gap(&file, &f.path, f.file_size)?;
+    if hash {
+        let tail = Piece {
+            entry: plan.entries.len(),
+            first_row: 0,
+            n_rows: 0,
+            last: true,
+            data: Payload::Raw(Vec::new()),
+            gap: read_gap(&file, &f.path, pos, f.file_size)?,
+        };
+        let _ = tx.send(Ok(tail));
     }
     Ok(())
 }
@@ -854,30 +856,29 @@ struct Pools {
 /// Encode one piece (the converter stage).
 fn encode_piece(
     e: &crate::recipe::PlanEntry,
-    p: Piece,
+    p: &Piece,
     imatrix: Option<&Imatrix>,
     pools: &Pools,
 ) -> Result<Vec<u8>> {
     if e.is_copy() {
-        return Ok(match p.data {
-            Payload::Raw(v) => v,
-            Payload::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        });
+        let b = payload_bytes(&p.data);
+        let mut out = pools.out.take(b.len());
+        out.copy_from_slice(b);
+        return Ok(out);
     }
     let to = e.to.ok_or_else(|| tensor_err(&e.name, "no target type"))?;
     let row_len = e.dims.first().copied().unwrap_or(1).max(1);
     let n = usize::try_from(p.n_rows * row_len).map_err(|_| tensor_err(&e.name, "too large"))?;
-    let data = match p.data {
+    let mut decoded: Option<Vec<f32>> = None;
+    let data: &[f32] = match &p.data {
         Payload::F32(v) => v,
         Payload::Raw(b) => {
             let from = e.from.ok_or_else(|| {
                 tensor_err(&e.name, format!("cannot decode type {}", e.from_name()))
             })?;
             let mut v = pools.f32.take(n);
-            dequantize_into(from, &b, &mut v)
-                .map_err(|err| tensor_err(&e.name, err.to_string()))?;
-            pools.raw.give(b);
-            v
+            dequantize_into(from, b, &mut v).map_err(|err| tensor_err(&e.name, err.to_string()))?;
+            decoded.insert(v)
         }
     };
     let w = if to.is_quantized() {
@@ -897,10 +898,12 @@ fn encode_piece(
     let mut out = pools.out.take(p.n_rows as usize * rb);
     // Every kernel writes whole blocks; clearing a reused buffer keeps that from mattering.
     out.fill(0);
-    let r = quant::quantize_rows_into(to, &data, rl, w, p.first_row as usize, &mut out)
-        .map_err(|err| tensor_err(&e.name, err.to_string()));
-    pools.f32.give(data);
-    r.map(|()| out)
+    quant::quantize_rows_into(to, data, rl, w, p.first_row as usize, &mut out)
+        .map_err(|err| tensor_err(&e.name, err.to_string()))?;
+    if let Some(v) = decoded {
+        pools.f32.give(v);
+    }
+    Ok(out)
 }
 
 /// Decode `src` (whole blocks of `ty`) into `dst`, in parallel like
@@ -957,17 +960,11 @@ fn run_pipeline<W: Write + Send>(
             })
         });
         let ranges = &ranges;
-        let reader = s.spawn(move || -> Result<Option<InlineHasher>> {
-            let mut h = (want_hash && in_order).then(|| InlineHasher {
-                h: Sha256::new(),
-                pos: 0,
-                secs: 0.0,
-            });
-            if let Err(e) = read_pieces(f, plan, ranges, h.as_mut(), &ptx, pools) {
+        let inline_hash = want_hash && in_order;
+        let reader = s.spawn(move || {
+            if let Err(e) = read_pieces(f, plan, ranges, inline_hash, &ptx, pools) {
                 let _ = ptx.send(Err(e));
-                return Ok(None);
             }
-            Ok(h)
         });
         let writer_thread = s.spawn(move || -> Result<(GgufWriter<W>, Vec<String>)> {
             let mut hashes = Vec::with_capacity(plan.entries.len());
@@ -992,22 +989,45 @@ fn run_pipeline<W: Write + Send>(
             }
             Ok((writer, hashes))
         });
-        // The converter stage, on this (rayon) thread.
+        // The converter stage, on this (rayon) thread. The source hash (when inline) runs
+        // beside each piece's encoding (rayon::join), in file order.
+        let mut src_hash = inline_hash.then(|| (Sha256::new(), 0f64));
         let converted = (|| -> Result<()> {
             let mut current = usize::MAX;
             for piece in prx {
                 let piece = piece?;
-                let e = &plan.entries[piece.entry];
+                let Some(e) = plan.entries.get(piece.entry) else {
+                    // The bytes after the last tensor.
+                    if let Some((h, secs)) = src_hash.as_mut() {
+                        let t = Instant::now();
+                        h.update(&piece.gap);
+                        *secs += t.elapsed().as_secs_f64();
+                    }
+                    continue;
+                };
                 if piece.entry != current {
                     current = piece.entry;
                     bar.set_message(e.name.clone());
                 }
-                let src_bytes = match &piece.data {
-                    Payload::F32(v) => v.len() as u64 * 4,
-                    Payload::Raw(v) => v.len() as u64,
-                };
+                let src = payload_bytes(&piece.data);
+                let src_bytes = src.len() as u64;
+                let (_, data) = rayon::join(
+                    || {
+                        if let Some((h, secs)) = src_hash.as_mut() {
+                            let t = Instant::now();
+                            h.update(&piece.gap);
+                            h.update(src);
+                            *secs += t.elapsed().as_secs_f64();
+                        }
+                    },
+                    || encode_piece(e, &piece, imatrix, pools),
+                );
+                let data = data?;
                 let (entry, last) = (piece.entry, piece.last);
-                let data = encode_piece(e, piece, imatrix, pools)?;
+                match piece.data {
+                    Payload::F32(v) => pools.f32.give(v),
+                    Payload::Raw(v) => pools.raw.give(v),
+                }
                 if otx.send(OutPiece { entry, last, data }).is_err() {
                     // The writer failed; its error is reported below.
                     break;
@@ -1020,21 +1040,20 @@ fn run_pipeline<W: Write + Send>(
         let written = writer_thread
             .join()
             .unwrap_or_else(|_| Err(Error::msg("writer thread panicked")));
-        let read = reader
-            .join()
-            .unwrap_or_else(|_| Err(Error::msg("reader thread panicked")));
+        if reader.join().is_err() {
+            return Err(Error::msg("reader thread panicked"));
+        }
         // The first failure in pipeline order: reading/encoding, then writing.
         converted?;
         let (writer, tensor_hashes) = written?;
-        let inline = read?;
-        let (source_sha, source_hash_s) = match (separate_hash, inline) {
+        let (source_sha, source_hash_s) = match (separate_hash, src_hash) {
             (Some(t), _) => {
                 let (sha, secs) = t
                     .join()
                     .unwrap_or_else(|_| (Err(Error::msg("source hashing thread panicked")), 0.0));
                 (sha?, secs)
             }
-            (None, Some(h)) => (hex(h.h.finalize()), h.secs),
+            (None, Some((h, secs))) => (hex(h.finalize()), secs),
             (None, None) => (String::new(), 0.0),
         };
         if tensor_hashes.len() != plan.entries.len() {
