@@ -8,65 +8,17 @@
 //!
 //! Only small-file tests live in this binary, so `RUSAGE_CHILDREN`'s maximum is theirs.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ggufq::gguf::GgufFile;
 
-struct Counting;
-
-thread_local! {
-    static TRACK: Cell<bool> = const { Cell::new(false) };
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-}
-
-fn note(delta: isize) {
-    // `try_with`: the allocator may run while thread-locals are being torn down.
-    let _ = TRACK.try_with(|t| {
-        if t.get() {
-            let _ = LIVE.try_with(|l| {
-                let v = l.get() + delta;
-                l.set(v);
-                let _ = PEAK.try_with(|p| p.set(p.get().max(v)));
-            });
-        }
-    });
-}
-
-// SAFETY: forwards to the system allocator; only counts bytes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        note(l.size() as isize);
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        note(-(l.size() as isize));
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        note(n as isize - l.size() as isize);
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
-#[global_allocator]
-static A: Counting = Counting;
+#[path = "common/peak_alloc.rs"]
+mod peak_alloc;
+use peak_alloc::peak_of;
 
 /// The memory ceiling of issue #7.
 const PEAK_LIMIT: usize = 100 << 20;
-
-/// Run `f` and return its result with the peak of live heap bytes it reached on this thread.
-fn peak_of<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    LIVE.with(|l| l.set(0));
-    PEAK.with(|p| p.set(0));
-    TRACK.with(|t| t.set(true));
-    let r = f();
-    TRACK.with(|t| t.set(false));
-    (r, PEAK.with(|p| p.get()).max(0) as usize)
-}
 
 /// Raw GGUF bytes, built field by field so that any field can be wrong.
 #[derive(Clone, Default)]
