@@ -186,25 +186,12 @@ pub fn quantize_tensor(
     row_len: usize,
     imatrix: Option<&[f32]>,
 ) -> Result<Vec<u8>> {
-    if row_len == 0 {
-        return Err(Error::msg(format!("{ty}: row length is 0")));
-    }
-    if data.len() % row_len != 0 {
-        return Err(Error::msg(format!(
-            "{ty}: {} values is not a whole number of rows of {row_len}",
-            data.len()
-        )));
-    }
-    if let Some(w) = imatrix {
-        if w.len() != row_len {
-            return Err(Error::msg(format!(
-                "{ty}: importance matrix has {} values, rows have {row_len}",
-                w.len()
-            )));
-        }
-    }
-    let rb = row_bytes(ty, row_len)?;
-    let mut out = vec![0u8; data.len() / row_len * rb];
+    // `quantize_rows_into` validates the shapes; size the buffer only when they can be valid.
+    let mut out = if row_len == 0 || data.len() % row_len != 0 {
+        Vec::new()
+    } else {
+        vec![0u8; data.len() / row_len * row_bytes(ty, row_len)?]
+    };
     quantize_rows_into(ty, data, row_len, imatrix, 0, &mut out)?;
     Ok(out)
 }
