@@ -392,6 +392,7 @@ fn run_cpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
     }
     let n_ctx = ctx_needed(&args);
     let tmp = tempfile::tempdir().context("temporary directory for --synth models")?;
+    #[cfg_attr(not(feature = "gpu"), allow(unused_mut))]
     let mut paths: Vec<(PathBuf, String)> = args
         .models
         .iter()
