@@ -272,6 +272,15 @@ fn killed_batch_resumes_only_unfinished_work() {
     assert!(!env.p("out/results/alpha__Q4_K_M.json").exists());
     assert!(!env.p("out/alpha__Q4_K_M.gguf").exists());
     assert!(!env.p("out/results/alpha__Q2_K.json").exists());
+    // A temp file that a kill in the middle of a result write would leave (old by now).
+    let stale = env.p("out/results/.tmp-killed1");
+    std::fs::write(&stale, b"{\"partial").unwrap();
+    let st = Command::new("touch")
+        .args(["-d", "1 hour ago"])
+        .arg(&stale)
+        .status()
+        .unwrap();
+    assert!(st.success());
 
     env.clear_log();
     let out = env
@@ -284,6 +293,13 @@ fn killed_batch_resumes_only_unfinished_work() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The next run leaves no temp files behind, the planted stale one included.
+    for d in ["out", "out/results", "out/report"] {
+        for e in std::fs::read_dir(env.p(d)).unwrap() {
+            let n = e.unwrap().file_name().into_string().unwrap();
+            assert!(!n.contains(".tmp-"), "{d}/{n} left behind");
+        }
+    }
     let calls = env.calls();
     let redone: std::collections::BTreeSet<&str> =
         calls.iter().map(|c| c.split(' ').next().unwrap()).collect();

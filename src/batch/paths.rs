@@ -133,6 +133,47 @@ pub fn check_pipeline_output(output: &str) -> Result<()> {
     Ok(())
 }
 
+/// How old a temporary file of ours must be before a later run treats it as left behind by a
+/// killed process. Our temp files live for milliseconds (a result JSON, a plot); concurrent
+/// shards writing into the same folder keep theirs far younger than this.
+pub const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Is `name` one of the temporary names this module or the report's plots write
+/// (`.tmp-XXXXXX` from [`write_atomic`], `.STEM.tmp-PID.EXT` from the plots)?
+fn is_our_temp_name(name: &str) -> bool {
+    name.starts_with(".tmp-") || (name.starts_with('.') && name.contains(".tmp-"))
+}
+
+/// Remove temporary files that a killed run left in `dir` (not recursive): regular files with
+/// our temporary names, older than `min_age`. Returns how many were removed. Errors reading the
+/// folder are ignored: cleaning is best effort and never blocks a run.
+pub fn clean_stale_temps(dir: &Path, min_age: std::time::Duration) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let now = std::time::SystemTime::now();
+    let mut n = 0;
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !is_our_temp_name(name) {
+            continue;
+        }
+        let Ok(md) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        let old = md
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age >= min_age);
+        if md.is_file() && old && std::fs::remove_file(e.path()).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
 /// Write `bytes` to `path` atomically (temp file in the same folder, fsync, rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
@@ -161,6 +202,33 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_temps_are_removed_only_when_ours_and_old() {
+        let d = tempfile::tempdir().unwrap();
+        let p = |n: &str| d.path().join(n);
+        for n in [
+            ".tmp-abc123",
+            ".throughput.tmp-4242.png",
+            "a.json",
+            "tmp-not-hidden",
+        ] {
+            std::fs::write(p(n), b"x").unwrap();
+        }
+        std::fs::create_dir(p(".tmp-dir")).unwrap();
+        // Young temp files may belong to a live shard: kept.
+        assert_eq!(clean_stale_temps(d.path(), STALE_TEMP_AGE), 0);
+        assert!(p(".tmp-abc123").exists());
+        // Old enough (age 0 threshold): only our regular temp files go.
+        assert_eq!(clean_stale_temps(d.path(), std::time::Duration::ZERO), 2);
+        assert!(!p(".tmp-abc123").exists());
+        assert!(!p(".throughput.tmp-4242.png").exists());
+        assert!(p("a.json").exists());
+        assert!(p("tmp-not-hidden").exists());
+        assert!(p(".tmp-dir").is_dir());
+        // A missing folder is not an error.
+        assert_eq!(clean_stale_temps(&p("missing"), STALE_TEMP_AGE), 0);
+    }
 
     #[test]
     fn sanitize_removes_escapes() {

@@ -71,6 +71,14 @@ pub fn run(plan: &Plan, opts: &BatchOptions) -> Result<BatchSummary> {
     let results_dir = out.subdir("results")?;
     let logs_dir = out.subdir("logs")?;
     let state_dir = out.subdir(".ggufq-batch")?;
+    // Temp files a killed earlier run left behind (results, reports, plots) go first.
+    for d in [
+        out.root().to_path_buf(),
+        results_dir.clone(),
+        out.root().join("report"),
+    ] {
+        crate::batch::paths::clean_stale_temps(&d, crate::batch::paths::STALE_TEMP_AGE);
+    }
     let mine: Vec<&Job> = plan
         .jobs
         .iter()
