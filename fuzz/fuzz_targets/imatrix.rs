@@ -6,35 +6,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use std::path::Path;
 
 mod alloc_guard;
+mod checks;
 #[global_allocator]
 static GUARD: alloc_guard::Guard = alloc_guard::Guard;
 
-use ggufq::gguf::GgufFile;
-use ggufq::quant::imatrix::Imatrix;
-
 fuzz_target!(|data: &[u8]| {
-    let Some((&sel, body)) = data.split_first() else {
-        return;
-    };
-    let m = if sel % 2 == 0 {
-        Imatrix::parse_legacy(body, Path::new("fuzz.dat"))
-    } else {
-        match GgufFile::from_bytes(body.to_vec(), "fuzz.imatrix.gguf") {
-            Ok(f) => Imatrix::from_gguf(&f),
-            Err(_) => return,
-        }
-    };
-    if let Ok(m) = m {
-        for (name, v) in &m.entries {
-            assert!(!v.is_empty(), "empty weights for {name}");
-            assert!(
-                v.iter().all(|x| x.is_finite()),
-                "non-finite weight in {name}"
-            );
-            assert_eq!(m.get(name).map(<[f32]>::len), Some(v.len()));
-        }
-    }
+    let _ = checks::imatrix(data);
 });
