@@ -363,6 +363,19 @@ fn meta_value(key: &str, v: &MetaValue, existing: Option<&Value>) -> Result<Valu
     })
 }
 
+/// The output tensors of `plan`, in file order, as the GGUF writer takes them.
+pub fn output_specs(plan: &Plan) -> Vec<TensorSpec> {
+    plan.entries
+        .iter()
+        .map(|e| TensorSpec {
+            name: e.name.clone(),
+            dims: e.dims.clone(),
+            type_id: e.to_id,
+            n_bytes: e.to_bytes,
+        })
+        .collect()
+}
+
 /// The output metadata: the source's in order, split keys removed, recipe overrides applied,
 /// then `general.quantization_version` and `general.file_type` (re-added last, as llama.cpp does).
 pub fn output_metadata(
@@ -525,16 +538,7 @@ fn convert_inner(input: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
         }
     }
     let metadata = output_metadata(&f, &opts.recipe, plan.file_type)?;
-    let specs: Vec<TensorSpec> = plan
-        .entries
-        .iter()
-        .map(|e| TensorSpec {
-            name: e.name.clone(),
-            dims: e.dims.clone(),
-            type_id: e.to_id,
-            n_bytes: e.to_bytes,
-        })
-        .collect();
+    let specs = output_specs(&plan);
 
     let t1 = Instant::now();
     let atomic = AtomicOutput::create(&out_path)?;

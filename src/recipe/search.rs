@@ -38,7 +38,7 @@ use crate::convert::{self, ConvertOptions};
 use crate::error::{Error, Result};
 use crate::eval::kld::{self, BaseSource, LogProbReader, LogProbWriter};
 use crate::eval::ppl::{self, ChunkPlan, PplOptions};
-use crate::gguf::{GgufFile, GgufWriter, TensorSpec};
+use crate::gguf::{GgufFile, GgufWriter};
 use crate::model::cpu::CpuBackend;
 use crate::model::Model;
 use crate::quant::imatrix::Imatrix;
@@ -253,16 +253,7 @@ fn padded(ty: GgmlType, n: u64, align: u64) -> Option<u64> {
 /// The exact size of the file `convert` writes for `plan` (header, metadata, padding).
 pub fn exact_file_size(f: &GgufFile, recipe: &Recipe, plan: &Plan) -> Result<u64> {
     let meta = convert::output_metadata(f, recipe, plan.file_type)?;
-    let specs: Vec<TensorSpec> = plan
-        .entries
-        .iter()
-        .map(|e| TensorSpec {
-            name: e.name.clone(),
-            dims: e.dims.clone(),
-            type_id: e.to_id,
-            n_bytes: e.to_bytes,
-        })
-        .collect();
+    let specs = convert::output_specs(plan);
     let data: u64 = plan
         .entries
         .iter()
