@@ -33,6 +33,7 @@ const UPB: u32 = $UPBu;
 
 var<workgroup> res: array<f32, RPW * NT>;
 $RED_DECL
+$NORM_DECL
 
 $DEQ
 
@@ -42,7 +43,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     let lane = lid % 32u;
     let rbase = wg.x * RPW + warp * NR;
     let t0 = wg.y * NT;
-    // Lanes take consecutive groups of 4 weights, so X loads (and most weight loads) of a
+$NORM_PRO    // Lanes take consecutive groups of 4 weights, so X loads (and most weight loads) of a
     // warp are contiguous; each X vector is reused for NR rows and each weight for NT tokens.
     // The NR × NT accumulators are generated as scalars (no private arrays: a dynamically
     // indexed private array would live in slow local memory).

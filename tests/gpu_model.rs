@@ -313,3 +313,115 @@ fn gpu_gguf_roundtrip_gives_same_logits() {
     );
     assert_eq!(a.type_summary(), "Q4_K (+Q6_K)");
 }
+
+/// Greedy-decode `steps` tokens after a prompt, returning every decode step's logits.
+fn decode_run(gpu: &mut GpuModel, prompt: &[u32], steps: usize) -> Vec<Vec<f32>> {
+    let toks: Vec<(u32, u32, u32)> = prompt
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| (t, 0, i as u32))
+        .collect();
+    let mut last = gpu.forward(&toks, false).unwrap();
+    let mut out = Vec::new();
+    for j in 0..steps {
+        let next = last
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0 as u32;
+        last = gpu
+            .forward(&[(next, 0, (prompt.len() + j) as u32)], false)
+            .unwrap();
+        out.push(last.clone());
+    }
+    out
+}
+
+#[test]
+fn gpu_fused_decode_graph_matches_batch_graph() {
+    // One-token forwards run the fused graph (RMSNorm in the mat-vec prologue, RoPE and the
+    // KV store inside attention, 5 dispatches per layer); the batch graph computes the same.
+    let Some(ctx) = context() else { return };
+    for mix in ["q4_k", "q4_k_m"] {
+        let src = SynthSource::new(
+            Shape::named("tiny").unwrap(),
+            Mix::parse(mix).unwrap(),
+            format!("tiny-{mix}"),
+        )
+        .unwrap();
+        let opts = ModelOptions {
+            n_ctx: 64,
+            n_batch: 16,
+            n_seq: 1,
+        };
+        let mut fused = GpuModel::load(ctx.clone(), &src, opts.clone()).unwrap();
+        let mut plain = GpuModel::load(ctx.clone(), &src, opts).unwrap();
+        assert!(
+            fused.set_fused_decode(true),
+            "{mix}: fused graph unavailable"
+        );
+        assert!(!plain.set_fused_decode(false));
+        if mix == "q4_k" {
+            // One type everywhere: fused QKV and gate/up, so 5 dispatches per layer + output.
+            assert_eq!(fused.dispatches_per_token(), 5 * 2 + 1);
+            assert_eq!(plain.dispatches_per_token(), 8 * 2 + 2);
+        }
+        let prompt = [5u32, 300, 17, 42, 99];
+        let a = decode_run(&mut fused, &prompt, 12);
+        let b = decode_run(&mut plain, &prompt, 12);
+        for (j, (x, y)) in a.iter().zip(&b).enumerate() {
+            let scale = y.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let err = x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+            assert!(
+                err / scale < 1e-4,
+                "{mix} step {j}: fused vs batch graph rel diff {}",
+                err / scale
+            );
+        }
+    }
+}
+
+#[test]
+fn gpu_decode_profile_covers_every_dispatch() {
+    let Some(ctx) = context() else { return };
+    let src = SynthSource::new(
+        Shape::named("tiny").unwrap(),
+        Mix::parse("q4_k_m").unwrap(),
+        "tiny-prof",
+    )
+    .unwrap();
+    let mut gpu = GpuModel::load(
+        ctx.clone(),
+        &src,
+        ModelOptions {
+            n_ctx: 32,
+            n_batch: 8,
+            n_seq: 1,
+        },
+    )
+    .unwrap();
+    let res = ggufq::gpu::profile::profile_decode(&mut gpu, 3);
+    if !ctx.facts.timestamps {
+        let e = res.unwrap_err().to_string();
+        assert!(e.contains("timestamp"), "{e}");
+        return;
+    }
+    let p = res.unwrap();
+    let n: usize = p.roles.iter().map(|r| r.dispatches).sum();
+    assert_eq!(n, gpu.dispatches_per_token());
+    let bytes: u64 = p.roles.iter().map(|r| r.weight_bytes).sum();
+    assert_eq!(bytes, gpu.weight_bytes_per_token);
+    for role in ["qkv", "attention", "wo", "down", "output"] {
+        assert!(
+            p.roles.iter().any(|r| r.role == role),
+            "no {role} in {:?}",
+            p.roles
+        );
+    }
+    assert!(p.steps_us > 0.0 && p.pass_us > 0.0 && p.wall_us > 0.0);
+    let md = p.to_markdown("tiny", Some(100.0));
+    assert!(md.contains("| attention | 2 |"), "{md}");
+    // Too short a context for three modes of 20 tokens is an error, not a panic.
+    assert!(ggufq::gpu::profile::profile_decode(&mut gpu, 20).is_err());
+}

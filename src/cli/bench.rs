@@ -100,6 +100,10 @@ pub struct Args {
     /// With --kernels: only these types (comma-separated, e.g. Q4_K,Q4_0).
     #[arg(long, value_delimiter = ',')]
     pub kernel_types: Vec<String>,
+    /// Before the tests, profile decode steps of each model: GPU time per kernel role
+    /// (timestamp queries), GPU time of the whole pass and the CPU phases of a forward call.
+    #[arg(long)]
+    pub profile: bool,
     /// No progress output.
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -665,6 +669,15 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
             drop(base);
             failed |= record_ppl(&out, &mut row, &args, &mut rows);
             model = be.into_model();
+        }
+        if args.profile {
+            let p = ggufq::gpu::profile::profile_decode(&mut model, 32)?;
+            let md = p.to_markdown(&src.label(), peak);
+            if args.output == "md" {
+                println!("{md}");
+            } else {
+                eprintln!("{md}");
+            }
         }
         failed |= run_tests(&mut model, &row, &args, &cfgr, &mut rows)?;
     }

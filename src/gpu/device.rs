@@ -178,4 +178,25 @@ impl GpuContext {
         staging.unmap();
         Ok(out)
     }
+
+    /// Map a MAP_READ buffer (after its copy was submitted), wait, and read it as u64s.
+    pub fn read_mapped_u64(&self, buf: &wgpu::Buffer) -> Result<Vec<u64>> {
+        let slice = buf.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait()?;
+        rx.recv()
+            .map_err(|e| Error::msg(format!("GPU readback channel: {e}")))?
+            .map_err(|e| Error::msg(format!("GPU readback map failed: {e}")))?;
+        let out = {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| Error::msg(format!("GPU readback view: {e:?}")))?;
+            bytemuck::cast_slice::<u8, u64>(&view).to_vec()
+        };
+        buf.unmap();
+        Ok(out)
+    }
 }

@@ -15,6 +15,7 @@ const RMSNORM_WGSL: &str = include_str!("../../shaders/rmsnorm.wgsl");
 const ROPE_WGSL: &str = include_str!("../../shaders/rope.wgsl");
 const ATTENTION_WGSL: &str = include_str!("../../shaders/attention.wgsl");
 const MATMAT_WGSL: &str = include_str!("../../shaders/matmat.wgsl");
+const ATTN_DECODE_WGSL: &str = include_str!("../../shaders/attn_decode.wgsl");
 
 /// How a ggml type is laid out on the GPU after upload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +116,9 @@ pub struct Tune {
     /// Compile kernels without naga's bounds checks and loop bounding (the kernels clamp
     /// their own indices); GGUFQ_SHADER_CHECKS=1 keeps the checks.
     pub unchecked: bool,
+    /// One-token forwards use the fused decode graph (RMSNorm in the mat-vec prologue,
+    /// RoPE and the KV store in the attention kernel); GGUFQ_FUSE=0 runs the batch graph.
+    pub fuse: bool,
 }
 
 /// Types whose decode kernel uses unit lanes by default. In the session-2 H100 run every
@@ -166,6 +170,7 @@ impl Tune {
             },
             udot: std::env::var("GGUFQ_UDOT").as_deref() != Ok("0"),
             unchecked: std::env::var("GGUFQ_SHADER_CHECKS").as_deref() != Ok("1"),
+            fuse: std::env::var("GGUFQ_FUSE").as_deref() != Ok("0"),
         }
     }
 }
@@ -184,7 +189,172 @@ pub enum KernelKey {
     Rope,
     /// Attention with a shared score array of `ctx` entries.
     Attention { ctx: u32 },
+    /// Decode mat-vec (one token) whose prologue applies RMSNorm to its `k4`·4-long input
+    /// (held in workgroup memory), NR rows per warp.
+    MatVecNorm { ty: u32, nr: u32, k4: u32 },
+    /// Decode attention with RoPE and the KV store fused in (`ctx` score entries, head size
+    /// `hd`).
+    AttnDecode { ctx: u32, hd: u32 },
 }
+
+/// WGSL of the mat-vec kernel of type id `ty` (NT tokens per workgroup, NR rows per warp);
+/// with `k4 = Some(k4)` a one-token kernel whose prologue RMS-normalises its `4·k4`-long
+/// input with the weights at binding 4 (eps in `P.pad1`) into workgroup memory.
+fn matvec_source(ctx: &GpuContext, ty: u32, nt: u32, nr: u32, k4: Option<u32>) -> Result<String> {
+    let gt =
+        GgmlType::from_id(ty).ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;
+    let xsrc = if k4.is_some() { "xs" } else { "X" };
+    let xoff = if k4.is_some() { "" } else { "P.x_off + " };
+    let (norm_decl, norm_pro) = match k4 {
+        None => (String::new(), String::new()),
+        Some(k4) => (
+            format!(
+                "@group(0) @binding(4) var<storage, read> NW: array<vec4<f32>>;\n\
+                 const K4: u32 = {k4}u;\n\
+                 var<workgroup> xs: array<vec4<f32>, K4>;\n\
+                 var<workgroup> nred: array<f32, 256>;\n"
+            ),
+            if ctx.subgroup32 {
+                NORM_PROLOGUE.replace(NORM_TREE, NORM_SUBGROUP)
+            } else {
+                NORM_PROLOGUE.to_string()
+            },
+        ),
+    };
+    let lay = layout(gt)?;
+    let deq = deq_source(gt, "W", "", "P.d_off")?;
+    let (nr, nt) = (nr as usize, nt as usize);
+    let mut body = String::new();
+    for r in 0..nr {
+        for t in 0..nt {
+            body.push_str(&format!("    var acc_{r}_{t} = 0.0;\n"));
+        }
+    }
+    for t in 0..nt {
+        body.push_str(&format!(
+            "    let xt_{t} = {xoff}min(t0 + {t}u, P.n_tok - 1u) * P.ld_x;\n"
+        ));
+    }
+    // Unit lanes hold 8 x vectors per token: only for decode-sized NT.
+    if ctx.tune.unit_for(ty) && nt <= 2 {
+        // Lane = one 32-weight unit per step: its 8 x vectors are loaded once
+        // (8 loads in flight) and reused for NR rows; the unit's scale is looked
+        // up by 8 inlined deq4 calls on the same block, which the compiler merges.
+        body.push_str("    for (var u = lane; u < P.units; u += 32u) {\n");
+        for t in 0..nt {
+            for j in 0..8 {
+                body.push_str(&format!(
+                    "        let xv_{t}_{j} = {xsrc}[xt_{t} + u * 8u + {j}u];\n"
+                ));
+            }
+        }
+        let has_udot = ctx.tune.udot && deq.contains("fn udot");
+        for r in 0..nr {
+            body.push_str(&format!("        let gu_{r} = min(rbase + {r}u, P.rows - 1u) * P.units + u;\n        let b_{r} = gu_{r} / UPB;\n        let s_{r} = gu_{r} % UPB;\n"));
+            if has_udot {
+                // The type's unit dot: integer unpacking, one scale multiply.
+                for t in 0..nt {
+                    let xs: Vec<String> = (0..8).map(|j| format!("xv_{t}_{j}")).collect();
+                    body.push_str(&format!(
+                        "        acc_{r}_{t} += udot(b_{r}, s_{r}, {});\n",
+                        xs.join(", ")
+                    ));
+                }
+                continue;
+            }
+            for j in 0..8 {
+                body.push_str(&format!(
+                    "        let w_{r}_{j} = deq4(b_{r}, s_{r}, {j}u);\n"
+                ));
+            }
+            for t in 0..nt {
+                let terms: Vec<String> = (0..8)
+                    .map(|j| format!("dot(w_{r}_{j}, xv_{t}_{j})"))
+                    .collect();
+                body.push_str(&format!(
+                    "        acc_{r}_{t} += ({}) + ({});\n",
+                    terms[..4].join(" + "),
+                    terms[4..].join(" + ")
+                ));
+            }
+        }
+        body.push_str("    }\n");
+    } else {
+        body.push_str("    let groups = P.units * 8u;\n    for (var g = lane; g < groups; g += 32u) {\n        let u = g >> 3u;\n        let j = g & 7u;\n");
+        for t in 0..nt {
+            body.push_str(&format!("        let xv_{t} = {xsrc}[xt_{t} + g];\n"));
+        }
+        for r in 0..nr {
+            body.push_str(&format!("        let gu_{r} = min(rbase + {r}u, P.rows - 1u) * P.units + u;\n        let w_{r} = deq4(gu_{r} / UPB, gu_{r} % UPB, j);\n"));
+            for t in 0..nt {
+                body.push_str(&format!("        acc_{r}_{t} += dot(w_{r}, xv_{t});\n"));
+            }
+        }
+        body.push_str("    }\n");
+    }
+    let decl = if ctx.subgroup32 {
+        String::new()
+    } else {
+        "var<workgroup> red: array<f32, 256>;".to_string()
+    };
+    for r in 0..nr {
+        for t in 0..nt {
+            let k = r * nt + t;
+            if ctx.subgroup32 {
+                body.push_str(&format!("    let s_{k} = subgroupAdd(acc_{r}_{t});\n    if (lane == 0u) {{ res[warp * NR * NT + {k}u] = s_{k}; }}\n"));
+            } else {
+                body.push_str(&format!("    red[lid] = acc_{r}_{t};\n    workgroupBarrier();\n    for (var s = 16u; s > 0u; s >>= 1u) {{\n        if (lane < s) {{ red[lid] += red[lid + s]; }}\n        workgroupBarrier();\n    }}\n    if (lane == 0u) {{ res[warp * NR * NT + {k}u] = red[lid]; }}\n    workgroupBarrier();\n"));
+            }
+        }
+    }
+    Ok(MATVEC_WGSL
+        .replace("$NT", &nt.to_string())
+        .replace("$NR", &nr.to_string())
+        .replace("$UPB", &lay.units_per_block().to_string())
+        .replace("$RED_DECL", &decl)
+        .replace("$BODY", &body)
+        .replace("$DEQ", &deq)
+        .replace("$NORM_DECL", &norm_decl)
+        .replace("$NORM_PRO", &norm_pro))
+}
+
+/// RMSNorm prologue of the fused decode mat-vec: the workgroup reduces Σx² of its input row,
+/// then stores x · inv · w into workgroup memory (as the RMSNorm kernel computes it).
+const NORM_PROLOGUE: &str = "    var ss = 0.0;
+    for (var i = lid; i < K4; i += 256u) {
+        let v = X[P.x_off + i];
+        ss += dot(v, v);
+    }
+    nred[lid] = ss;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s >>= 1u) {
+        if (lid < s) { nred[lid] += nred[lid + s]; }
+        workgroupBarrier();
+    }
+    let tot = nred[0];
+    let inv = 1.0 / sqrt(tot / f32(K4 * 4u) + bitcast<f32>(P.pad1));
+    for (var i = lid; i < K4; i += 256u) {
+        xs[i] = X[P.x_off + i] * inv * NW[i];
+    }
+    workgroupBarrier();
+";
+
+/// The shared-memory reduction of [`NORM_PROLOGUE`] ...
+const NORM_TREE: &str = "    nred[lid] = ss;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s >>= 1u) {
+        if (lid < s) { nred[lid] += nred[lid + s]; }
+        workgroupBarrier();
+    }
+    let tot = nred[0];
+";
+
+/// ... and its replacement with 32-wide subgroups: one subgroup sum per warp, then 8 values.
+const NORM_SUBGROUP: &str = "    let wsum = subgroupAdd(ss);
+    if (lid % 32u == 0u) { nred[lid / 32u] = wsum; }
+    workgroupBarrier();
+    let tot = ((nred[0] + nred[1]) + (nred[2] + nred[3])) + ((nred[4] + nred[5]) + (nred[6] + nred[7]));
+";
 
 /// Compiled pipelines, built on first use.
 #[derive(Default)]
@@ -196,108 +366,11 @@ impl Kernels {
     /// WGSL text of a kernel (public for tests and `--dump-wgsl`).
     pub fn source(ctx: &GpuContext, key: &KernelKey) -> Result<String> {
         Ok(match key {
-            KernelKey::MatVec { ty, nt, nr } => {
-                let gt = GgmlType::from_id(*ty)
-                    .ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;
-                let lay = layout(gt)?;
-                let deq = deq_source(gt, "W", "", "P.d_off")?;
-                let (nr, nt) = (*nr as usize, *nt as usize);
-                let mut body = String::new();
-                for r in 0..nr {
-                    for t in 0..nt {
-                        body.push_str(&format!("    var acc_{r}_{t} = 0.0;\n"));
-                    }
-                }
-                for t in 0..nt {
-                    body.push_str(&format!(
-                        "    let xt_{t} = P.x_off + min(t0 + {t}u, P.n_tok - 1u) * P.ld_x;\n"
-                    ));
-                }
-                // Unit lanes hold 8 x vectors per token: only for decode-sized NT.
-                if ctx.tune.unit_for(*ty) && nt <= 2 {
-                    // Lane = one 32-weight unit per step: its 8 x vectors are loaded once
-                    // (8 loads in flight) and reused for NR rows; the unit's scale is looked
-                    // up by 8 inlined deq4 calls on the same block, which the compiler merges.
-                    body.push_str("    for (var u = lane; u < P.units; u += 32u) {\n");
-                    for t in 0..nt {
-                        for j in 0..8 {
-                            body.push_str(&format!(
-                                "        let xv_{t}_{j} = X[xt_{t} + u * 8u + {j}u];\n"
-                            ));
-                        }
-                    }
-                    let has_udot = ctx.tune.udot && deq.contains("fn udot");
-                    for r in 0..nr {
-                        body.push_str(&format!("        let gu_{r} = min(rbase + {r}u, P.rows - 1u) * P.units + u;\n        let b_{r} = gu_{r} / UPB;\n        let s_{r} = gu_{r} % UPB;\n"));
-                        if has_udot {
-                            // The type's unit dot: integer unpacking, one scale multiply.
-                            for t in 0..nt {
-                                let xs: Vec<String> =
-                                    (0..8).map(|j| format!("xv_{t}_{j}")).collect();
-                                body.push_str(&format!(
-                                    "        acc_{r}_{t} += udot(b_{r}, s_{r}, {});\n",
-                                    xs.join(", ")
-                                ));
-                            }
-                            continue;
-                        }
-                        for j in 0..8 {
-                            body.push_str(&format!(
-                                "        let w_{r}_{j} = deq4(b_{r}, s_{r}, {j}u);\n"
-                            ));
-                        }
-                        for t in 0..nt {
-                            let terms: Vec<String> = (0..8)
-                                .map(|j| format!("dot(w_{r}_{j}, xv_{t}_{j})"))
-                                .collect();
-                            body.push_str(&format!(
-                                "        acc_{r}_{t} += ({}) + ({});\n",
-                                terms[..4].join(" + "),
-                                terms[4..].join(" + ")
-                            ));
-                        }
-                    }
-                    body.push_str("    }\n");
-                } else {
-                    body.push_str("    let groups = P.units * 8u;\n    for (var g = lane; g < groups; g += 32u) {\n        let u = g >> 3u;\n        let j = g & 7u;\n");
-                    for t in 0..nt {
-                        body.push_str(&format!("        let xv_{t} = X[xt_{t} + g];\n"));
-                    }
-                    for r in 0..nr {
-                        body.push_str(&format!("        let gu_{r} = min(rbase + {r}u, P.rows - 1u) * P.units + u;\n        let w_{r} = deq4(gu_{r} / UPB, gu_{r} % UPB, j);\n"));
-                        for t in 0..nt {
-                            body.push_str(&format!("        acc_{r}_{t} += dot(w_{r}, xv_{t});\n"));
-                        }
-                    }
-                    body.push_str("    }\n");
-                }
-                let decl = if ctx.subgroup32 {
-                    String::new()
-                } else {
-                    "var<workgroup> red: array<f32, 256>;".to_string()
-                };
-                for r in 0..nr {
-                    for t in 0..nt {
-                        let k = r * nt + t;
-                        if ctx.subgroup32 {
-                            body.push_str(&format!("    let s_{k} = subgroupAdd(acc_{r}_{t});\n    if (lane == 0u) {{ res[warp * NR * NT + {k}u] = s_{k}; }}\n"));
-                        } else {
-                            body.push_str(&format!("    red[lid] = acc_{r}_{t};\n    workgroupBarrier();\n    for (var s = 16u; s > 0u; s >>= 1u) {{\n        if (lane < s) {{ red[lid] += red[lid + s]; }}\n        workgroupBarrier();\n    }}\n    if (lane == 0u) {{ res[warp * NR * NT + {k}u] = red[lid]; }}\n    workgroupBarrier();\n"));
-                        }
-                    }
-                }
-                let head = "";
-                format!(
-                    "{head}{}",
-                    MATVEC_WGSL
-                        .replace("$NT", &nt.to_string())
-                        .replace("$NR", &nr.to_string())
-                        .replace("$UPB", &lay.units_per_block().to_string())
-                        .replace("$RED_DECL", &decl)
-                        .replace("$BODY", &body)
-                        .replace("$DEQ", &deq)
-                )
-            }
+            KernelKey::MatVec { ty, nt, nr } => matvec_source(ctx, *ty, *nt, *nr, None)?,
+            KernelKey::MatVecNorm { ty, nr, k4 } => matvec_source(ctx, *ty, 1, *nr, Some(*k4))?,
+            KernelKey::AttnDecode { ctx: n, hd } => ATTN_DECODE_WGSL
+                .replace("$CTX", &n.to_string())
+                .replace("$HD4", &(hd / 4).to_string()),
             KernelKey::MatMat { ty } => {
                 let gt = GgmlType::from_id(*ty)
                     .ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;

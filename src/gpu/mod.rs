@@ -8,10 +8,11 @@ pub mod device;
 pub mod kernels;
 pub mod model;
 pub mod ops;
+pub mod profile;
 pub mod reference;
 pub mod source;
 
 pub use backend::GpuBackend;
 pub use device::{AdapterFacts, DeviceOptions, GpuContext};
-pub use model::{GpuModel, LlamaConfig, MemoryUse, ModelOptions};
+pub use model::{CpuTimes, GpuModel, LlamaConfig, MemoryUse, ModelOptions, Timestamps};
 pub use source::{GgufSource, Shape, SynthSource, TensorView, WeightSource};

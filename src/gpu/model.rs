@@ -3,6 +3,7 @@
 //! with SwiGLU, down projection + residual), all recorded in one compute pass and one submit.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::quant::GgmlType;
@@ -164,10 +165,23 @@ enum StepKind {
     },
     Rope,
     Attn,
+    AttnDecode,
+}
+
+/// Which forward calls run a step: one-token calls use the fused decode graph (when enabled),
+/// the others the batch graph.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum When {
+    Always,
+    Batch,
+    Decode,
 }
 
 struct Step {
     kind: StepKind,
+    when: When,
+    /// What the dispatch computes, for `bench --profile` ("attn_norm", "qkv", "down", ...).
+    role: &'static str,
     bind: wgpu::BindGroup,
     slot: usize,
     key: KernelKey,
@@ -177,8 +191,41 @@ struct Step {
 
 const SLOT: usize = 256;
 
+/// GPU timestamps taken by [`GpuModel::forward_profiled`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timestamps {
+    /// None (a plain forward).
+    Off,
+    /// Beginning and end of the whole forward pass.
+    Pass,
+    /// Every dispatch in its own compute pass, each timed.
+    PerStep,
+}
+
+/// CPU time of forward calls by phase, summed over calls.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuTimes {
+    /// Forward calls counted.
+    pub calls: u64,
+    /// Embedding look-up, token table and parameter upload.
+    pub prepare: Duration,
+    /// Recording the dispatches into a command buffer.
+    pub record: Duration,
+    /// `queue.submit`.
+    pub submit: Duration,
+    /// Waiting for the GPU (poll until the logits copy is done).
+    pub wait: Duration,
+    /// Mapping and copying the logits out.
+    pub readback: Duration,
+}
+
 /// A llama model resident on the GPU.
 pub struct GpuModel {
+    cpu: CpuTimes,
+    /// Batch shape (tokens, all logits, fused) whose parameters are in `params`.
+    params_for: Option<(usize, bool, bool)>,
+    /// One-token forwards run the fused decode graph.
+    fused: bool,
     ctx: Arc<GpuContext>,
     /// Hyper-parameters.
     pub cfg: LlamaConfig,
@@ -200,7 +247,7 @@ pub struct GpuModel {
     pub weight_bytes_per_token: u64,
     /// GPU memory use.
     pub memory: MemoryUse,
-    /// Dispatches recorded per forward call.
+    /// Dispatches recorded per one-token forward call.
     pub dispatches: usize,
     /// Source label.
     pub label: String,
@@ -278,7 +325,8 @@ impl GpuModel {
     ) -> Result<GpuModel> {
         let cfg = LlamaConfig::from_source(src)?;
         let mut opts = opts;
-        let shared_ctx = ((ctx.facts.shared_mem as usize).saturating_sub(2048)) / 4;
+        // Attention keeps one score per position in workgroup memory, beside 9 KiB of its own.
+        let shared_ctx = ((ctx.facts.shared_mem as usize).saturating_sub(9216)) / 4;
         if opts.n_ctx > shared_ctx {
             return Err(Error::msg(format!(
                 "context {} exceeds what attention can hold in {} bytes of workgroup memory (max {shared_ctx})",
@@ -522,6 +570,18 @@ impl GpuModel {
                 label: Some("rope"),
                 entries: &layout_entries(b"wwwrur"),
             });
+        let bgl_matn = ctx
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("mat+norm"),
+                entries: &layout_entries(b"rrwur"),
+            });
+        let bgl_attd = ctx
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("attn decode"),
+                entries: &layout_entries(b"rwwwurr"),
+            });
         let bgl_attn = ctx
             .device
             .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
@@ -530,7 +590,8 @@ impl GpuModel {
             });
 
         // Steps (bind groups reference a params slot each).
-        let n_slots_est = cfg.n_layer * 12 + 8 + mats.iter().map(|m| m.chunks.len()).sum::<usize>();
+        let n_slots_est =
+            cfg.n_layer * 20 + 8 + 2 * mats.iter().map(|m| m.chunks.len()).sum::<usize>();
         let params = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params"),
             size: (n_slots_est * SLOT) as u64,
@@ -583,7 +644,8 @@ impl GpuModel {
                        y_off: usize,
                        ld_y: usize,
                        mode: u32,
-                       last_only: bool| {
+                       last_only: bool,
+                       role: &'static str| {
             for c in 0..mats[m].chunks.len() {
                 let slot = steps.len();
                 let bind = bg(&bgl_mat, &[&mats[m].chunks[c].buf, xb, yb], slot);
@@ -598,6 +660,8 @@ impl GpuModel {
                         last_only,
                     },
                     bind,
+                    when: When::Always,
+                    role,
                     slot,
                     key: KernelKey::MatVec {
                         ty: mats[m].ty.id(),
@@ -608,10 +672,58 @@ impl GpuModel {
                 });
             }
         };
+        // Fused decode mat-vec: RMSNorm of x with `nw` in the prologue.
+        let fuse_norm = d % 4 == 0 && 4 * d + 4096 <= ctx.facts.shared_mem as usize;
+        let add_mat_norm = |steps: &mut Vec<Step>,
+                            mats: &Vec<GpuMatrix>,
+                            m: usize,
+                            nw: &wgpu::Buffer,
+                            yb: &wgpu::Buffer,
+                            y_off: usize,
+                            ld_y: usize,
+                            mode: u32,
+                            role: &'static str| {
+            for c in 0..mats[m].chunks.len() {
+                let slot = steps.len();
+                let bind = bg(&bgl_matn, &[&mats[m].chunks[c].buf, &x, yb, nw], slot);
+                steps.push(Step {
+                    kind: StepKind::Mat {
+                        m,
+                        c,
+                        x_ld: (d / 4) as u32,
+                        y_off: y_off as u32,
+                        ld_y: ld_y as u32,
+                        mode,
+                        last_only: true,
+                    },
+                    bind,
+                    when: When::Decode,
+                    role,
+                    slot,
+                    key: KernelKey::MatVecNorm {
+                        ty: mats[m].ty.id(),
+                        nr: ctx.tune.decode_nr(mats[m].ty.id()),
+                        k4: (d / 4) as u32,
+                    },
+                    n: 0,
+                });
+            }
+        };
+        // Mark the last `k` steps (a matrix's batch-graph chunks) as batch-only.
+        let batch_last = |steps: &mut Vec<Step>, k: usize| {
+            if fuse_norm {
+                let from = steps.len().saturating_sub(k);
+                for s in &mut steps[from..] {
+                    s.when = When::Batch;
+                }
+            }
+        };
         for ly in &lidx {
             let slot = steps.len();
             steps.push(Step {
                 kind: StepKind::Norm,
+                when: When::Batch,
+                role: "attn_norm",
                 bind: bg(&bgl_mat, &[&x, &ly.an, &xn], slot),
                 slot,
                 key: KernelKey::RmsNorm,
@@ -630,12 +742,29 @@ impl GpuModel {
                     cfg.qkv_dim(),
                     0,
                     false,
+                    "qkv",
                 );
+                batch_last(&mut steps, mats[m].chunks.len());
+                if fuse_norm {
+                    add_mat_norm(
+                        &mut steps,
+                        &mats,
+                        m,
+                        &ly.an,
+                        &qkvb,
+                        off,
+                        cfg.qkv_dim(),
+                        0,
+                        "qkv",
+                    );
+                }
                 off += mats[m].rows;
             }
             let slot = steps.len();
             steps.push(Step {
                 kind: StepKind::Rope,
+                when: When::Batch,
+                role: "rope_kv",
                 bind: bg(&bgl_rope, &[&qkvb, &ly.kc, &ly.vc, &cs_buf, &tinfo], slot),
                 slot,
                 key: KernelKey::Rope,
@@ -644,6 +773,8 @@ impl GpuModel {
             let slot = steps.len();
             steps.push(Step {
                 kind: StepKind::Attn,
+                when: When::Batch,
+                role: "attention",
                 bind: bg(&bgl_attn, &[&qkvb, &ly.kc, &ly.vc, &att, &tinfo], slot),
                 slot,
                 key: KernelKey::Attention {
@@ -651,10 +782,29 @@ impl GpuModel {
                 },
                 n: 0,
             });
-            add_mat(&mut steps, &mats, ly.wo, &att, &x, d, 0, d, 1, false);
+            let slot = steps.len();
+            steps.push(Step {
+                kind: StepKind::AttnDecode,
+                when: When::Decode,
+                role: "attention",
+                bind: bg(
+                    &bgl_attd,
+                    &[&qkvb, &ly.kc, &ly.vc, &att, &tinfo, &cs_buf],
+                    slot,
+                ),
+                slot,
+                key: KernelKey::AttnDecode {
+                    ctx: opts.n_ctx as u32,
+                    hd: hd as u32,
+                },
+                n: 0,
+            });
+            add_mat(&mut steps, &mats, ly.wo, &att, &x, d, 0, d, 1, false, "wo");
             let slot = steps.len();
             steps.push(Step {
                 kind: StepKind::Norm,
+                when: When::Batch,
+                role: "ffn_norm",
                 bind: bg(&bgl_mat, &[&x, &ly.fnm, &xn], slot),
                 slot,
                 key: KernelKey::RmsNorm,
@@ -662,10 +812,16 @@ impl GpuModel {
             });
             if ly.gu.len() == 1 {
                 add_mat(
-                    &mut steps, &mats, ly.gu[0], &xn, &hid, d, 0, cfg.n_ff, 2, false,
+                    &mut steps, &mats, ly.gu[0], &xn, &hid, d, 0, cfg.n_ff, 2, false, "gate_up",
                 );
+                batch_last(&mut steps, mats[ly.gu[0]].chunks.len());
+                if fuse_norm {
+                    add_mat_norm(
+                        &mut steps, &mats, ly.gu[0], &ly.fnm, &hid, 0, cfg.n_ff, 2, "gate_up",
+                    );
+                }
                 add_mat(
-                    &mut steps, &mats, ly.down, &hid, &x, cfg.n_ff, 0, d, 1, false,
+                    &mut steps, &mats, ly.down, &hid, &x, cfg.n_ff, 0, d, 1, false, "down",
                 );
             } else {
                 // Gate and up of different types: gate → hid[t][ff..2ff], then the up pass
@@ -681,7 +837,22 @@ impl GpuModel {
                     2 * cfg.n_ff,
                     0,
                     false,
+                    "gate",
                 );
+                batch_last(&mut steps, mats[ly.gu[0]].chunks.len());
+                if fuse_norm {
+                    add_mat_norm(
+                        &mut steps,
+                        &mats,
+                        ly.gu[0],
+                        &ly.fnm,
+                        &hid,
+                        cfg.n_ff,
+                        2 * cfg.n_ff,
+                        0,
+                        "gate",
+                    );
+                }
                 add_mat(
                     &mut steps,
                     &mats,
@@ -693,7 +864,22 @@ impl GpuModel {
                     2 * cfg.n_ff,
                     3,
                     false,
+                    "up",
                 );
+                batch_last(&mut steps, mats[ly.gu[1]].chunks.len());
+                if fuse_norm {
+                    add_mat_norm(
+                        &mut steps,
+                        &mats,
+                        ly.gu[1],
+                        &ly.fnm,
+                        &hid,
+                        0,
+                        2 * cfg.n_ff,
+                        3,
+                        "up",
+                    );
+                }
                 add_mat(
                     &mut steps,
                     &mats,
@@ -705,20 +891,29 @@ impl GpuModel {
                     d,
                     1,
                     false,
+                    "down",
                 );
             }
         }
         let slot = steps.len();
         steps.push(Step {
             kind: StepKind::Norm,
+            when: When::Batch,
+            role: "output_norm",
             bind: bg(&bgl_mat, &[&x, &onorm, &xn], slot),
             slot,
             key: KernelKey::RmsNorm,
             n: d as u32,
         });
         add_mat(
-            &mut steps, &mats, out_idx, &xn, &logits, d, 0, n_vocab, 0, true,
+            &mut steps, &mats, out_idx, &xn, &logits, d, 0, n_vocab, 0, true, "output",
         );
+        batch_last(&mut steps, mats[out_idx].chunks.len());
+        if fuse_norm {
+            add_mat_norm(
+                &mut steps, &mats, out_idx, &onorm, &logits, 0, n_vocab, 0, "output",
+            );
+        }
         if steps.len() > n_slots_est {
             return Err(Error::msg("internal: params slots underestimated"));
         }
@@ -745,10 +940,26 @@ impl GpuModel {
                 bind_group_layouts: &[Some(&bgl_attn)],
                 immediate_size: 0,
             });
+        let pl_matn = ctx
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: None,
+                bind_group_layouts: &[Some(&bgl_matn)],
+                immediate_size: 0,
+            });
+        let pl_attd = ctx
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: None,
+                bind_group_layouts: &[Some(&bgl_attd)],
+                immediate_size: 0,
+            });
         for s in &steps {
             let pl = match s.key {
                 KernelKey::Rope => &pl_rope,
                 KernelKey::Attention { .. } => &pl_attn,
+                KernelKey::MatVecNorm { .. } => &pl_matn,
+                KernelKey::AttnDecode { .. } => &pl_attd,
                 _ => &pl_mat,
             };
             kernels.get_with_layout(&ctx, &s.key, pl)?;
@@ -765,9 +976,18 @@ impl GpuModel {
                 kernels.get_with_layout(&ctx, &KernelKey::MatMat { ty }, pl)?;
             }
         }
-        let dispatches = steps.len();
+        let fused = fuse_norm && ctx.tune.fuse;
+        let dispatches = steps
+            .iter()
+            .filter(|s| {
+                s.when == When::Always || s.when == (if fused { When::Decode } else { When::Batch })
+            })
+            .count();
         let _ = (&xn, &qkvb, &att, &hid);
         Ok(GpuModel {
+            cpu: CpuTimes::default(),
+            params_for: None,
+            fused,
             ctx,
             label: src.label(),
             cfg,
@@ -798,9 +1018,104 @@ impl GpuModel {
     /// Run `tokens` (each with its sequence id and position) through the model. Returns the
     /// logits of every token when `all_logits`, else of the last token only.
     pub fn forward(&mut self, tokens: &[(u32, u32, u32)], all_logits: bool) -> Result<Vec<f32>> {
+        Ok(self.forward_timed(tokens, all_logits, Timestamps::Off)?.0)
+    }
+
+    /// [`forward`](Self::forward) with GPU timestamps: `Timestamps::Pass` times the whole
+    /// forward pass (one value), `Timestamps::PerStep` puts every dispatch in its own compute
+    /// pass and times each (one value per step, in [`step_roles`](Self::step_roles) order).
+    /// Returns the logits and the GPU times in nanoseconds. Needs timestamp queries.
+    pub fn forward_profiled(
+        &mut self,
+        tokens: &[(u32, u32, u32)],
+        all_logits: bool,
+        mode: Timestamps,
+    ) -> Result<(Vec<f32>, Vec<f64>)> {
+        if !self.ctx.facts.timestamps {
+            return Err(Error::msg(format!(
+                "adapter '{}' has no timestamp queries: GPU profiling is not available",
+                self.ctx.facts.name
+            )));
+        }
+        self.forward_timed(tokens, all_logits, mode)
+    }
+
+    /// Dispatches of a one-token forward call (the fused decode graph when in use).
+    pub fn dispatches_per_token(&self) -> usize {
+        self.decode_steps().count()
+    }
+
+    /// Which graph a forward call of `n` tokens runs.
+    fn mode(&self, n: usize) -> When {
+        if n == 1 && self.fused {
+            When::Decode
+        } else {
+            When::Batch
+        }
+    }
+
+    /// Run one-token forwards through the fused decode graph (the default where the adapter
+    /// allows it and GGUFQ_FUSE is not 0) or through the batch graph (for comparisons).
+    /// Returns whether the fused graph is in use.
+    pub fn set_fused_decode(&mut self, on: bool) -> bool {
+        self.fused = on
+            && self
+                .steps
+                .iter()
+                .any(|s| matches!(s.key, KernelKey::MatVecNorm { .. }));
+        self.dispatches = self.dispatches_per_token();
+        self.fused
+    }
+
+    /// The steps a one-token forward runs.
+    fn decode_steps(&self) -> impl Iterator<Item = &Step> {
+        let mode = self.mode(1);
+        self.steps
+            .iter()
+            .filter(move |s| s.when == When::Always || s.when == mode)
+    }
+
+    /// Role of every dispatch of a one-token forward call, in order.
+    pub fn step_roles(&self) -> Vec<&'static str> {
+        self.decode_steps().map(|s| s.role).collect()
+    }
+
+    /// Weight bytes (as stored in the file) that every dispatch of a one-token forward reads,
+    /// in order (0 for kernels without weights).
+    pub fn step_weight_bytes(&self) -> Vec<u64> {
+        self.decode_steps()
+            .map(|s| match s.kind {
+                StepKind::Mat { m, c, .. } => {
+                    let mat = &self.mats[m];
+                    mat.file_bytes * mat.chunks[c].rows as u64 / mat.rows.max(1) as u64
+                }
+                _ => 0,
+            })
+            .collect()
+    }
+
+    /// CPU time spent in the forward calls so far (reset with [`reset_cpu_times`]).
+    ///
+    /// [`reset_cpu_times`]: Self::reset_cpu_times
+    pub fn cpu_times(&self) -> CpuTimes {
+        self.cpu
+    }
+
+    /// Zero the CPU-time counters.
+    pub fn reset_cpu_times(&mut self) {
+        self.cpu = CpuTimes::default();
+    }
+
+    fn forward_timed(
+        &mut self,
+        tokens: &[(u32, u32, u32)],
+        all_logits: bool,
+        ts: Timestamps,
+    ) -> Result<(Vec<f32>, Vec<f64>)> {
+        let t_start = Instant::now();
         let n = tokens.len();
         if n == 0 {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         if n > self.opts.n_batch {
             return Err(Error::msg(format!(
@@ -841,9 +1156,14 @@ impl GpuModel {
             .queue
             .write_buffer(&self.tinfo, 0, bytemuck::cast_slice(&ti));
         let cfg = &self.cfg;
+        let mode = self.mode(n);
         let mut pbytes = vec![0u8; self.steps.len() * SLOT];
         let mut disp: Vec<(u32, u32)> = Vec::with_capacity(self.steps.len());
-        for s in &self.steps {
+        for s in self
+            .steps
+            .iter()
+            .filter(|s| s.when == When::Always || s.when == mode)
+        {
             let p: [u32; 12];
             let wg;
             match s.kind {
@@ -881,7 +1201,7 @@ impl GpuModel {
                         mode,
                         ch.row0,
                         aux,
-                        0,
+                        cfg.eps.to_bits(),
                     ];
                     wg = if ntok == 1 {
                         (ch.rows.div_ceil(8 * tune.decode_nr(mat.ty.id())), 1)
@@ -912,7 +1232,7 @@ impl GpuModel {
                     let total = (cfg.n_head + 2 * cfg.n_kv) * cfg.head_dim / 2;
                     wg = ((total as u32).div_ceil(64), n as u32);
                 }
-                StepKind::Attn => {
+                StepKind::Attn | StepKind::AttnDecode => {
                     p = [
                         cfg.n_head as u32,
                         cfg.n_kv as u32,
@@ -923,7 +1243,7 @@ impl GpuModel {
                         (cfg.n_kv * cfg.head_dim) as u32,
                         d as u32,
                         (1.0 / (cfg.head_dim as f32).sqrt()).to_bits(),
-                        0,
+                        cfg.n_rot as u32,
                         0,
                         0,
                     ];
@@ -933,56 +1253,124 @@ impl GpuModel {
             pbytes[s.slot * SLOT..s.slot * SLOT + 48].copy_from_slice(bytemuck::cast_slice(&p));
             disp.push(wg);
         }
-        self.ctx.queue.write_buffer(&self.params, 0, &pbytes);
+        // The parameters depend only on the batch shape (positions are in the token table):
+        // consecutive decode steps upload them once.
+        let shape = (n, all_logits, mode == When::Decode);
+        if self.params_for != Some(shape) {
+            self.ctx.queue.write_buffer(&self.params, 0, &pbytes);
+            self.params_for = Some(shape);
+        }
+        let t_prepared = Instant::now();
+        let n_q = match ts {
+            Timestamps::Off => 0,
+            Timestamps::Pass => 2,
+            Timestamps::PerStep => 2 * disp.len() as u32,
+        };
+        if n_q > wgpu::QUERY_SET_MAX_QUERIES {
+            return Err(Error::msg(format!(
+                "{} dispatches are too many to time one by one",
+                self.steps.len()
+            )));
+        }
+        let qs = (n_q > 0).then(|| {
+            self.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("profile"),
+                ty: wgpu::QueryType::Timestamp,
+                count: n_q,
+            })
+        });
+        let tw = |i: u32| {
+            qs.as_ref().map(|q| wgpu::ComputePassTimestampWrites {
+                query_set: q,
+                beginning_of_pass_write_index: Some(2 * i),
+                end_of_pass_write_index: Some(2 * i + 1),
+            })
+        };
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+        let mut pass = enc
+            .begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("forward"),
-                timestamp_writes: None,
-            });
-            for (s, wg) in self.steps.iter().zip(&disp) {
-                let key = match (&s.key, s.kind) {
-                    (KernelKey::MatVec { ty, .. }, StepKind::Mat { last_only, .. }) => {
-                        let ntok = if n == 1 || (last_only && !all_logits) {
-                            1
-                        } else {
-                            n as u32
-                        };
-                        let tune = self.ctx.tune;
-                        if ntok == 1 {
-                            KernelKey::MatVec {
-                                ty: *ty,
-                                nt: 1,
-                                nr: tune.decode_nr(*ty),
-                            }
-                        } else if ntok >= tune.mm_min {
-                            KernelKey::MatMat { ty: *ty }
-                        } else {
-                            KernelKey::MatVec {
-                                ty: *ty,
-                                nt: tune.nt_prompt,
-                                nr: tune.nr_prompt,
-                            }
+                timestamp_writes: tw(0),
+            })
+            .forget_lifetime();
+        let active = self
+            .steps
+            .iter()
+            .filter(|s| s.when == When::Always || s.when == mode);
+        for (i, (s, wg)) in active.zip(&disp).enumerate() {
+            if ts == Timestamps::PerStep && i > 0 {
+                drop(pass);
+                pass = enc
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("forward step"),
+                        timestamp_writes: tw(i as u32),
+                    })
+                    .forget_lifetime();
+            }
+            let key = match (&s.key, s.kind) {
+                (KernelKey::MatVec { ty, .. }, StepKind::Mat { last_only, .. }) => {
+                    let ntok = if n == 1 || (last_only && !all_logits) {
+                        1
+                    } else {
+                        n as u32
+                    };
+                    let tune = self.ctx.tune;
+                    if ntok == 1 {
+                        KernelKey::MatVec {
+                            ty: *ty,
+                            nt: 1,
+                            nr: tune.decode_nr(*ty),
+                        }
+                    } else if ntok >= tune.mm_min {
+                        KernelKey::MatMat { ty: *ty }
+                    } else {
+                        KernelKey::MatVec {
+                            ty: *ty,
+                            nt: tune.nt_prompt,
+                            nr: tune.nr_prompt,
                         }
                     }
-                    (k, _) => k.clone(),
-                };
-                let pipe = self.kernels.cached(&key)?;
-                pass.set_pipeline(pipe);
-                pass.set_bind_group(0, &s.bind, &[]);
-                pass.dispatch_workgroups(wg.0, wg.1, 1);
-            }
+                }
+                (k, _) => k.clone(),
+            };
+            let pipe = self.kernels.cached(&key)?;
+            pass.set_pipeline(pipe);
+            pass.set_bind_group(0, &s.bind, &[]);
+            pass.dispatch_workgroups(wg.0, wg.1, 1);
         }
+        drop(pass);
         let n_out = if all_logits { n } else { 1 };
         let bytes = (n_out * nv * 4) as u64;
         enc.copy_buffer_to_buffer(&self.logits, 0, &self.staging, 0, bytes);
-        self.ctx.queue.submit(Some(enc.finish()));
+        let ts_bufs = qs.as_ref().map(|q| {
+            let size = 8 * n_q as u64;
+            let resolve = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("timestamps"),
+                size,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            let read = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("timestamps read"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            enc.resolve_query_set(q, 0..n_q, &resolve, 0);
+            enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, size);
+            read
+        });
+        let cmd = enc.finish();
+        let t_recorded = Instant::now();
+        self.ctx.queue.submit(Some(cmd));
+        let t_submitted = Instant::now();
         let slice = self.staging.slice(0..bytes);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
         self.ctx.wait()?;
+        let t_done = Instant::now();
         rx.recv()
             .map_err(|e| Error::msg(format!("GPU readback: {e}")))?
             .map_err(|e| Error::msg(format!("GPU readback map failed: {e}")))?;
@@ -993,7 +1381,24 @@ impl GpuModel {
             bytemuck::cast_slice::<u8, f32>(&view).to_vec()
         };
         self.staging.unmap();
-        Ok(out)
+        let t_read = Instant::now();
+        let c = &mut self.cpu;
+        c.calls += 1;
+        c.prepare += t_prepared - t_start;
+        c.record += t_recorded - t_prepared;
+        c.submit += t_submitted - t_recorded;
+        c.wait += t_done - t_submitted;
+        c.readback += t_read - t_done;
+        let mut times = Vec::new();
+        if let Some(read) = ts_bufs {
+            let raw = self.ctx.read_mapped_u64(&read)?;
+            let period = self.ctx.queue.get_timestamp_period() as f64;
+            times = raw
+                .chunks_exact(2)
+                .map(|p| p[1].saturating_sub(p[0]) as f64 * period)
+                .collect();
+        }
+        Ok((out, times))
     }
 
     /// The weight type holding most bytes, with the others listed: "Q4_K (+Q6_K)".

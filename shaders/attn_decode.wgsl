@@ -1,0 +1,176 @@
+// Decode attention with RoPE and the KV-cache store fused in: one workgroup per (head, token),
+// for batches whose tokens all belong to different sequences (one new position each). The
+// workgroup rotates its head's Q and its KV head's K of the new token from the QKV buffer
+// (llama's NORM mode, cos/sin from the f64 table), rounds them to f16 as the f16 KV cache and
+// f16 Q of llama.cpp do, stores K and V into the cache (the first head of each KV group does),
+// and attends over positions 0 ..= pos: older positions from the cache, the new one from
+// workgroup memory, so no other workgroup's store is read.
+struct Params {
+    n_head: u32,
+    n_kv: u32,
+    hd: u32,
+    ctx: u32,
+    n_tok: u32,
+    q_ld: u32,
+    kv_ld: u32,
+    o_ld: u32,
+    scale: f32,
+    n_rot: u32,
+    pad1: u32,
+    pad2: u32,
+}
+@group(0) @binding(0) var<storage, read> QKV: array<f32>;
+@group(0) @binding(1) var<storage, read_write> KC: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> VC: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> O: array<f32>;
+@group(0) @binding(4) var<uniform> P: Params;
+@group(0) @binding(5) var<storage, read> TI: array<vec2<u32>>;
+@group(0) @binding(6) var<storage, read> CS: array<vec2<f32>>;
+
+const CTX: u32 = $CTXu;
+// Head size / 4, a constant so that the loops over a head unroll (all loads in flight).
+const HD4: u32 = $HD4u;
+var<workgroup> S: array<f32, CTX>;
+var<workgroup> red: array<f32, 256>;
+var<workgroup> qs: array<vec4<f32>, 64>;
+var<workgroup> ks: array<vec4<f32>, 64>;
+var<workgroup> vs: array<vec4<f32>, 64>;
+var<workgroup> vred: array<vec4<f32>, 256>;
+
+fn r16(x: f32) -> f32 {
+    return unpack2x16float(pack2x16float(vec2<f32>(x, 0.0))).x;
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let h = wg.x;
+    let tok = wg.y;
+    let seq = TI[tok].x;
+    let pos = TI[tok].y;
+    let n = pos + 1u;
+    let grp = P.n_head / P.n_kv;
+    let kvh = h / grp;
+    let hd4 = HD4;
+    let half = P.hd / 2u;
+    let row = tok * P.q_ld;
+    if (lid < half) {
+        let k = lid;
+        let qo = row + h * P.hd + 2u * k;
+        let ko = row + P.n_head * P.hd + kvh * P.hd + 2u * k;
+        let vo = row + (P.n_head + P.n_kv) * P.hd + kvh * P.hd + 2u * k;
+        var q0 = QKV[qo];
+        var q1 = QKV[qo + 1u];
+        var k0 = QKV[ko];
+        var k1 = QKV[ko + 1u];
+        if (2u * k < P.n_rot) {
+            let cs = CS[pos * (P.n_rot / 2u) + k];
+            let a0 = q0 * cs.x - q1 * cs.y;
+            let a1 = q0 * cs.y + q1 * cs.x;
+            let b0 = k0 * cs.x - k1 * cs.y;
+            let b1 = k0 * cs.y + k1 * cs.x;
+            q0 = a0;
+            q1 = a1;
+            k0 = b0;
+            k1 = b1;
+        }
+        let c = 2u * (k % 2u);
+        qs[k / 2u][c] = r16(q0);
+        qs[k / 2u][c + 1u] = r16(q1);
+        ks[k / 2u][c] = r16(k0);
+        ks[k / 2u][c + 1u] = r16(k1);
+        vs[k / 2u][c] = r16(QKV[vo]);
+        vs[k / 2u][c + 1u] = r16(QKV[vo + 1u]);
+    }
+    workgroupBarrier();
+    let kvl4 = P.kv_ld / 4u;
+    let cb4 = seq * P.ctx * kvl4;
+    let kb4 = kvh * hd4;
+    if (h % grp == 0u) {
+        let so = cb4 + pos * kvl4 + kb4;
+        for (var i = lid; i < hd4; i += 256u) {
+            KC[so + i] = ks[i];
+            VC[so + i] = vs[i];
+        }
+    }
+    var mx = -3.0e38;
+    for (var p = lid; p < n; p += 256u) {
+        var s = 0.0;
+        if (p == pos) {
+            for (var d = 0u; d < HD4; d++) {
+                s += dot(qs[d], ks[d]);
+            }
+        } else {
+            let ko = cb4 + p * kvl4 + kb4;
+            for (var d = 0u; d < HD4; d++) {
+                s += dot(qs[d], KC[ko + d]);
+            }
+        }
+        s *= P.scale;
+        S[p] = s;
+        mx = max(mx, s);
+    }
+    red[lid] = mx;
+    workgroupBarrier();
+    for (var k = 128u; k > 0u; k >>= 1u) {
+        if (lid < k) {
+            red[lid] = max(red[lid], red[lid + k]);
+        }
+        workgroupBarrier();
+    }
+    let m = red[0];
+    workgroupBarrier();
+    var sum = 0.0;
+    for (var p = lid; p < n; p += 256u) {
+        let e = exp(S[p] - m);
+        S[p] = e;
+        sum += e;
+    }
+    red[lid] = sum;
+    workgroupBarrier();
+    for (var k = 128u; k > 0u; k >>= 1u) {
+        if (lid < k) {
+            red[lid] += red[lid + k];
+        }
+        workgroupBarrier();
+    }
+    let inv = 1.0 / red[0];
+    // hd/4 threads per position group (one vec4 of V each), 256 / (hd/4) groups.
+    let groups = 256u / hd4;
+    let d4 = lid % hd4;
+    let gi = lid / hd4;
+    var acc = vec4<f32>(0.0);
+    if (gi < groups) {
+        // Older positions four at a time (four loads in flight), the new one from vs.
+        let vb = cb4 + kb4 + d4;
+        var p = gi;
+        for (; p + 3u * groups < pos; p += 4u * groups) {
+            let v0 = VC[vb + p * kvl4];
+            let v1 = VC[vb + (p + groups) * kvl4];
+            let v2 = VC[vb + (p + 2u * groups) * kvl4];
+            let v3 = VC[vb + (p + 3u * groups) * kvl4];
+            acc += r16(S[p] * inv) * v0;
+            acc += r16(S[p + groups] * inv) * v1;
+            acc += r16(S[p + 2u * groups] * inv) * v2;
+            acc += r16(S[p + 3u * groups] * inv) * v3;
+        }
+        for (; p < pos; p += groups) {
+            acc += r16(S[p] * inv) * VC[vb + p * kvl4];
+        }
+        if (p == pos) {
+            acc += r16(S[p] * inv) * vs[d4];
+        }
+    }
+    vred[lid] = acc;
+    workgroupBarrier();
+    if (lid < hd4) {
+        var t = vec4<f32>(0.0);
+        for (var g = 0u; g < groups; g++) {
+            t += vred[g * hd4 + lid];
+        }
+        let o = tok * P.o_ld + h * P.hd + 4u * lid;
+        O[o] = t.x;
+        O[o + 1u] = t.y;
+        O[o + 2u] = t.z;
+        O[o + 3u] = t.w;
+    }
+}
