@@ -91,6 +91,24 @@ fn gpu_matvec_every_type_matches_cpu_dequant() {
 }
 
 #[test]
+fn gpu_matvec_unrolled_unit_loop_every_type() {
+    // 2 or 4 units per lane per step, with a tail: 2304 columns = 72 units (64 + 8) and
+    // 4352 = 136 units (128 + 8).
+    for (un, cols) in [(2u32, 2304), (4, 4352)] {
+        let Some(mut ctx) = context(DeviceOptions::default()) else {
+            return;
+        };
+        ctx.tune.unit_lanes = Some(true);
+        ctx.tune.unroll = un;
+        let mut runner = MatRunner::new(&ctx);
+        for name in TYPES {
+            check(&ctx, &mut runner, name, 9, cols, 1, 1);
+            check(&ctx, &mut runner, name, 21, 512, 2, 2);
+        }
+    }
+}
+
+#[test]
 fn gpu_matvec_both_lane_layouts_every_type() {
     // Unit lanes (with and without the types' udot) and 4-weight-group lanes, for every
     // type, whatever the per-type default is; NR 1, 2 and 4 (37 rows: partial workgroups).

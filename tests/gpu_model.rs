@@ -370,6 +370,13 @@ fn gpu_fused_decode_graph_matches_batch_graph() {
         let prompt = [5u32, 300, 17, 42, 99];
         let a = decode_run(&mut fused, &prompt, 12);
         let b = decode_run(&mut plain, &prompt, 12);
+        // Commands recorded ahead (the default) or at each call: identical results.
+        fused.set_prerecord(false);
+        assert_eq!(
+            decode_run(&mut fused, &prompt, 12),
+            a,
+            "{mix}: prerecording"
+        );
         for (j, (x, y)) in a.iter().zip(&b).enumerate() {
             let scale = y.iter().fold(0f32, |m, v| m.max(v.abs()));
             let err = x.iter().zip(y).fold(0f32, |m, (p, q)| m.max((p - q).abs()));

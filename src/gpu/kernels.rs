@@ -116,6 +116,11 @@ pub struct Tune {
     /// Compile kernels without naga's bounds checks and loop bounding (the kernels clamp
     /// their own indices); GGUFQ_SHADER_CHECKS=1 keeps the checks.
     pub unchecked: bool,
+    /// Units per lane per step of the unit-lane mat-vec loop (GGUFQ_UNROLL = 1, 2 or 4).
+    pub unroll: u32,
+    /// Record the next forward of the same batch shape while the GPU runs the current one
+    /// (GGUFQ_PRERECORD=0: record each forward when it is called).
+    pub prerecord: bool,
     /// One-token forwards use the fused decode graph (RMSNorm in the mat-vec prologue,
     /// RoPE and the KV store in the attention kernel); GGUFQ_FUSE=0 runs the batch graph.
     pub fuse: bool,
@@ -171,6 +176,8 @@ impl Tune {
             udot: std::env::var("GGUFQ_UDOT").as_deref() != Ok("0"),
             unchecked: std::env::var("GGUFQ_SHADER_CHECKS").as_deref() != Ok("1"),
             fuse: std::env::var("GGUFQ_FUSE").as_deref() != Ok("0"),
+            unroll: get("GGUFQ_UNROLL", 1, &[1, 2, 4]),
+            prerecord: std::env::var("GGUFQ_PRERECORD").as_deref() != Ok("0"),
         }
     }
 }
@@ -240,7 +247,7 @@ fn matvec_source(ctx: &GpuContext, ty: u32, nt: u32, nr: u32, k4: Option<u32>) -
         // Lane = one 32-weight unit per step: its 8 x vectors are loaded once
         // (8 loads in flight) and reused for NR rows; the unit's scale is looked
         // up by 8 inlined deq4 calls on the same block, which the compiler merges.
-        body.push_str("    for (var u = lane; u < P.units; u += 32u) {\n");
+        let outer = std::mem::take(&mut body);
         for t in 0..nt {
             for j in 0..8 {
                 body.push_str(&format!(
@@ -278,6 +285,27 @@ fn matvec_source(ctx: &GpuContext, ty: u32, nt: u32, nr: u32, k4: Option<u32>) -
                 ));
             }
         }
+        // `unit` is one unit's work for the unit index `u`. With UNROLL > 1 the loop takes
+        // UNROLL units (u0, u0 + 32, ...) per step in one block, so the loads of all of them
+        // can be in flight together; the accumulation order is the same as without.
+        let unit = std::mem::replace(&mut body, outer);
+        let un = ctx.tune.unroll.max(1);
+        if un > 1 {
+            body.push_str(&format!(
+                "    var u0 = lane;\n    for (; u0 + {}u < P.units; u0 += {}u) {{\n",
+                32 * (un - 1),
+                32 * un
+            ));
+            for k in 0..un {
+                body.push_str(&format!("    {{\n        let u = u0 + {}u;\n", 32 * k));
+                body.push_str(&unit);
+                body.push_str("    }\n");
+            }
+            body.push_str("    }\n    for (var u = u0; u < P.units; u += 32u) {\n");
+        } else {
+            body.push_str("    for (var u = lane; u < P.units; u += 32u) {\n");
+        }
+        body.push_str(&unit);
         body.push_str("    }\n");
     } else {
         body.push_str("    let groups = P.units * 8u;\n    for (var g = lane; g < groups; g += 32u) {\n        let u = g >> 3u;\n        let j = g & 7u;\n");

@@ -222,6 +222,10 @@ pub struct CpuTimes {
 /// A llama model resident on the GPU.
 pub struct GpuModel {
     cpu: CpuTimes,
+    /// Record the next forward of the same shape while the GPU runs the current one.
+    prerecord: bool,
+    /// That command buffer, with its shape (tokens, all logits, fused).
+    prerecorded: Option<((usize, bool, bool), wgpu::CommandBuffer)>,
     /// Batch shape (tokens, all logits, fused) whose parameters are in `params`.
     params_for: Option<(usize, bool, bool)>,
     /// One-token forwards run the fused decode graph.
@@ -986,6 +990,8 @@ impl GpuModel {
         let _ = (&xn, &qkvb, &att, &hid);
         Ok(GpuModel {
             cpu: CpuTimes::default(),
+            prerecord: ctx.tune.prerecord,
+            prerecorded: None,
             params_for: None,
             fused,
             ctx,
@@ -1038,6 +1044,14 @@ impl GpuModel {
             )));
         }
         self.forward_timed(tokens, all_logits, mode)
+    }
+
+    /// Record each forward's commands when it is called (`false`), or record the next
+    /// forward of the same shape while the GPU runs the current one (`true`, the default
+    /// unless GGUFQ_PRERECORD=0). Results are the same either way.
+    pub fn set_prerecord(&mut self, on: bool) {
+        self.prerecord = on;
+        self.prerecorded = None;
     }
 
     /// Dispatches of a one-token forward call (the fused decode graph when in use).
@@ -1272,6 +1286,73 @@ impl GpuModel {
                 self.steps.len()
             )));
         }
+        let shape_key = (n, all_logits, mode == When::Decode);
+        let n_out = if all_logits { n } else { 1 };
+        let bytes = (n_out * nv * 4) as u64;
+        let (cmd, ts_bufs) = match self.prerecorded.take() {
+            Some((k, cmd)) if k == shape_key && ts == Timestamps::Off => (cmd, None),
+            _ => self.record(n, all_logits, mode, &disp, ts, n_q, bytes)?,
+        };
+        let t_recorded = Instant::now();
+        self.ctx.queue.submit(Some(cmd));
+        let t_submitted = Instant::now();
+        if ts == Timestamps::Off && self.prerecord {
+            // Record the next forward of the same shape while the GPU runs this one: the
+            // embeddings and positions of the next call reach the GPU through queue writes,
+            // which run before the next submit's commands.
+            let (next, _) = self.record(n, all_logits, mode, &disp, ts, 0, bytes)?;
+            self.prerecorded = Some((shape_key, next));
+        }
+        let slice = self.staging.slice(0..bytes);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.ctx.wait()?;
+        let t_done = Instant::now();
+        rx.recv()
+            .map_err(|e| Error::msg(format!("GPU readback: {e}")))?
+            .map_err(|e| Error::msg(format!("GPU readback map failed: {e}")))?;
+        let out = {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| Error::msg(format!("GPU readback view: {e:?}")))?;
+            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
+        };
+        self.staging.unmap();
+        let t_read = Instant::now();
+        let c = &mut self.cpu;
+        c.calls += 1;
+        c.prepare += t_prepared - t_start;
+        c.record += t_recorded - t_prepared;
+        c.submit += t_submitted - t_recorded;
+        c.wait += t_done - t_submitted;
+        c.readback += t_read - t_done;
+        let mut times = Vec::new();
+        if let Some(read) = ts_bufs {
+            let raw = self.ctx.read_mapped_u64(&read)?;
+            let period = self.ctx.queue.get_timestamp_period() as f64;
+            times = raw
+                .chunks_exact(2)
+                .map(|p| p[1].saturating_sub(p[0]) as f64 * period)
+                .collect();
+        }
+        Ok((out, times))
+    }
+
+    /// Record a forward of `n` tokens (graph `mode`, workgroup counts `disp` of its active
+    /// steps) and the logits copy of `bytes`; with timestamps, also their read-back buffer.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        n: usize,
+        all_logits: bool,
+        mode: When,
+        disp: &[(u32, u32)],
+        ts: Timestamps,
+        n_q: u32,
+        bytes: u64,
+    ) -> Result<(wgpu::CommandBuffer, Option<wgpu::Buffer>)> {
         let qs = (n_q > 0).then(|| {
             self.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
                 label: Some("profile"),
@@ -1297,7 +1378,7 @@ impl GpuModel {
             .steps
             .iter()
             .filter(|s| s.when == When::Always || s.when == mode);
-        for (i, (s, wg)) in active.zip(&disp).enumerate() {
+        for (i, (s, wg)) in active.zip(disp).enumerate() {
             if ts == Timestamps::PerStep && i > 0 {
                 drop(pass);
                 pass = enc
@@ -1339,8 +1420,6 @@ impl GpuModel {
             pass.dispatch_workgroups(wg.0, wg.1, 1);
         }
         drop(pass);
-        let n_out = if all_logits { n } else { 1 };
-        let bytes = (n_out * nv * 4) as u64;
         enc.copy_buffer_to_buffer(&self.logits, 0, &self.staging, 0, bytes);
         let ts_bufs = qs.as_ref().map(|q| {
             let size = 8 * n_q as u64;
@@ -1360,45 +1439,7 @@ impl GpuModel {
             enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, size);
             read
         });
-        let cmd = enc.finish();
-        let t_recorded = Instant::now();
-        self.ctx.queue.submit(Some(cmd));
-        let t_submitted = Instant::now();
-        let slice = self.staging.slice(0..bytes);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        self.ctx.wait()?;
-        let t_done = Instant::now();
-        rx.recv()
-            .map_err(|e| Error::msg(format!("GPU readback: {e}")))?
-            .map_err(|e| Error::msg(format!("GPU readback map failed: {e}")))?;
-        let out = {
-            let view = slice
-                .get_mapped_range()
-                .map_err(|e| Error::msg(format!("GPU readback view: {e:?}")))?;
-            bytemuck::cast_slice::<u8, f32>(&view).to_vec()
-        };
-        self.staging.unmap();
-        let t_read = Instant::now();
-        let c = &mut self.cpu;
-        c.calls += 1;
-        c.prepare += t_prepared - t_start;
-        c.record += t_recorded - t_prepared;
-        c.submit += t_submitted - t_recorded;
-        c.wait += t_done - t_submitted;
-        c.readback += t_read - t_done;
-        let mut times = Vec::new();
-        if let Some(read) = ts_bufs {
-            let raw = self.ctx.read_mapped_u64(&read)?;
-            let period = self.ctx.queue.get_timestamp_period() as f64;
-            times = raw
-                .chunks_exact(2)
-                .map(|p| p[1].saturating_sub(p[0]) as f64 * period)
-                .collect();
-        }
-        Ok((out, times))
+        Ok((enc.finish(), ts_bufs))
     }
 
     /// The weight type holding most bytes, with the others listed: "Q4_K (+Q6_K)".
