@@ -27,7 +27,9 @@ struct Params {
 @group(0) @binding(3) var<uniform> P: Params;
 
 const NR: u32 = $NRu;
-const RPW: u32 = 8u * NR;
+// Rows per workgroup: 8 warps × NR, or NR when the whole workgroup splits one row group's
+// K range (split-K decode layout).
+const RPW: u32 = $RPWu;
 const NT: u32 = $NTu;
 const UPB: u32 = $UPBu;
 
@@ -41,7 +43,7 @@ $DEQ
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     let warp = lid / 32u;
     let lane = lid % 32u;
-    let rbase = wg.x * RPW + warp * NR;
+    let rbase = wg.x * RPW + $WARP_ROWS;
     let t0 = wg.y * NT;
 $NORM_PRO    // Lanes take consecutive groups of 4 weights, so X loads (and most weight loads) of a
     // warp are contiguous; each X vector is reused for NR rows and each weight for NT tokens.

@@ -92,14 +92,21 @@ fn gpu_matvec_every_type_matches_cpu_dequant() {
 
 #[test]
 fn gpu_matvec_unrolled_unit_loop_every_type() {
-    // 2 or 4 units per lane per step, with a tail: 2304 columns = 72 units (64 + 8) and
-    // 4352 = 136 units (128 + 8).
-    for (un, cols) in [(2u32, 2304), (4, 4352)] {
+    // 2 or 4 units per lane per step, with a tail: per warp (32 lanes), 2304 columns = 72
+    // units (64 + 8) and 4352 = 136 units (128 + 8); split-K (256 lanes per row group),
+    // 8448 columns = 264 units (256 + 8). Also the per-warp layout without unrolling.
+    for (un, splitk, cols) in [
+        (2u32, false, 2304),
+        (4, false, 4352),
+        (1, false, 2304),
+        (2, true, 8448),
+    ] {
         let Some(mut ctx) = context(DeviceOptions::default()) else {
             return;
         };
         ctx.tune.unit_lanes = Some(true);
         ctx.tune.unroll = un;
+        ctx.tune.splitk = splitk;
         let mut runner = MatRunner::new(&ctx);
         for name in TYPES {
             check(&ctx, &mut runner, name, 9, cols, 1, 1);

@@ -118,6 +118,10 @@ pub struct Tune {
     pub unchecked: bool,
     /// Units per lane per step of the unit-lane mat-vec loop (GGUFQ_UNROLL = 1, 2 or 4).
     pub unroll: u32,
+    /// Decode mat-vec with unit lanes: the whole workgroup (256 lanes) splits the K range of
+    /// NR rows, partial sums meet in workgroup memory (GGUFQ_SPLITK=0: each warp its own NR
+    /// rows, 8·NR rows per workgroup).
+    pub splitk: bool,
     /// Record the next forward of the same batch shape while the GPU runs the current one
     /// (GGUFQ_PRERECORD=0: record each forward when it is called).
     pub prerecord: bool,
@@ -140,6 +144,23 @@ impl Tune {
         self.unit_lanes.unwrap_or_else(|| {
             GgmlType::from_id(ty).is_some_and(|t| UNIT_TYPES.contains(&t.name()))
         })
+    }
+
+    /// Whether the mat-vec kernel of type id `ty` with `nt` tokens per workgroup uses the
+    /// split-K layout.
+    pub fn splitk_for(&self, ty: u32, nt: u32) -> bool {
+        self.splitk && nt <= 2 && self.unit_for(ty)
+    }
+
+    /// Output rows per workgroup of the kernel `key` with `nr` rows per warp (mat-vec keys;
+    /// 64 for the tiled mat-mat).
+    pub fn rows_per_wg(&self, key: &KernelKey, nr: u32) -> u32 {
+        match key {
+            KernelKey::MatVec { ty, nt, .. } if self.splitk_for(*ty, *nt) => nr.max(2),
+            KernelKey::MatVecNorm { ty, .. } if self.splitk_for(*ty, 1) => nr.max(2),
+            KernelKey::MatMat { .. } => 64,
+            _ => 8 * nr,
+        }
     }
 
     /// Rows per warp of the decode kernel for type id `ty`.
@@ -178,6 +199,7 @@ impl Tune {
             fuse: std::env::var("GGUFQ_FUSE").as_deref() != Ok("0"),
             unroll: get("GGUFQ_UNROLL", 1, &[1, 2, 4]),
             prerecord: std::env::var("GGUFQ_PRERECORD").as_deref() != Ok("0"),
+            splitk: std::env::var("GGUFQ_SPLITK").as_deref() != Ok("0"),
         }
     }
 }
@@ -212,6 +234,10 @@ fn matvec_source(ctx: &GpuContext, ty: u32, nt: u32, nr: u32, k4: Option<u32>) -
         GgmlType::from_id(ty).ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;
     let xsrc = if k4.is_some() { "xs" } else { "X" };
     let xoff = if k4.is_some() { "" } else { "P.x_off + " };
+    let splitk = ctx.tune.splitk_for(ty, nt);
+    // Split-K workgroups hold NR rows: at least 2, so that SwiGLU's (gate, up) row pairs
+    // stay together.
+    let nr = if splitk { nr.max(2) } else { nr };
     let (norm_decl, norm_pro) = match k4 {
         None => (String::new(), String::new()),
         Some(k4) => (
@@ -288,22 +314,28 @@ fn matvec_source(ctx: &GpuContext, ty: u32, nt: u32, nr: u32, k4: Option<u32>) -
         // `unit` is one unit's work for the unit index `u`. With UNROLL > 1 the loop takes
         // UNROLL units (u0, u0 + 32, ...) per step in one block, so the loads of all of them
         // can be in flight together; the accumulation order is the same as without.
+        // Split-K: all 256 lanes of the workgroup walk the units of the same NR rows.
         let unit = std::mem::replace(&mut body, outer);
         let un = ctx.tune.unroll.max(1);
+        let (first, stride) = if splitk { ("lid", 256) } else { ("lane", 32) };
         if un > 1 {
             body.push_str(&format!(
-                "    var u0 = lane;\n    for (; u0 + {}u < P.units; u0 += {}u) {{\n",
-                32 * (un - 1),
-                32 * un
+                "    var u0 = {first};\n    for (; u0 + {}u < P.units; u0 += {}u) {{\n",
+                stride * (un - 1),
+                stride * un
             ));
             for k in 0..un {
-                body.push_str(&format!("    {{\n        let u = u0 + {}u;\n", 32 * k));
+                body.push_str(&format!("    {{\n        let u = u0 + {}u;\n", stride * k));
                 body.push_str(&unit);
                 body.push_str("    }\n");
             }
-            body.push_str("    }\n    for (var u = u0; u < P.units; u += 32u) {\n");
+            body.push_str(&format!(
+                "    }}\n    for (var u = u0; u < P.units; u += {stride}u) {{\n"
+            ));
         } else {
-            body.push_str("    for (var u = lane; u < P.units; u += 32u) {\n");
+            body.push_str(&format!(
+                "    for (var u = {first}; u < P.units; u += {stride}u) {{\n"
+            ));
         }
         body.push_str(&unit);
         body.push_str("    }\n");
@@ -320,7 +352,9 @@ fn matvec_source(ctx: &GpuContext, ty: u32, nt: u32, nr: u32, k4: Option<u32>) -
         }
         body.push_str("    }\n");
     }
-    let decl = if ctx.subgroup32 {
+    let decl = if splitk && ctx.subgroup32 {
+        "var<workgroup> part: array<f32, 8u * RPW * NT>;".to_string()
+    } else if ctx.subgroup32 {
         String::new()
     } else {
         "var<workgroup> red: array<f32, 256>;".to_string()
@@ -328,14 +362,25 @@ fn matvec_source(ctx: &GpuContext, ty: u32, nt: u32, nr: u32, k4: Option<u32>) -
     for r in 0..nr {
         for t in 0..nt {
             let k = r * nt + t;
-            if ctx.subgroup32 {
+            if splitk && ctx.subgroup32 {
+                // One sum per warp, then the 8 warp sums of each accumulator.
+                body.push_str(&format!("    let s_{k} = subgroupAdd(acc_{r}_{t});\n    if (lane == 0u) {{ part[warp * RPW * NT + {k}u] = s_{k}; }}\n"));
+            } else if splitk {
+                body.push_str(&format!("    red[lid] = acc_{r}_{t};\n    workgroupBarrier();\n    for (var s = 128u; s > 0u; s >>= 1u) {{\n        if (lid < s) {{ red[lid] += red[lid + s]; }}\n        workgroupBarrier();\n    }}\n    if (lid == 0u) {{ res[{k}u] = red[0]; }}\n    workgroupBarrier();\n"));
+            } else if ctx.subgroup32 {
                 body.push_str(&format!("    let s_{k} = subgroupAdd(acc_{r}_{t});\n    if (lane == 0u) {{ res[warp * NR * NT + {k}u] = s_{k}; }}\n"));
             } else {
                 body.push_str(&format!("    red[lid] = acc_{r}_{t};\n    workgroupBarrier();\n    for (var s = 16u; s > 0u; s >>= 1u) {{\n        if (lane < s) {{ red[lid] += red[lid + s]; }}\n        workgroupBarrier();\n    }}\n    if (lane == 0u) {{ res[warp * NR * NT + {k}u] = red[lid]; }}\n    workgroupBarrier();\n"));
             }
         }
     }
+    if splitk && ctx.subgroup32 {
+        body.push_str("    workgroupBarrier();\n    if (lid < RPW * NT) {\n        res[lid] = ((part[lid] + part[RPW * NT + lid]) + (part[2u * RPW * NT + lid] + part[3u * RPW * NT + lid])) + ((part[4u * RPW * NT + lid] + part[5u * RPW * NT + lid]) + (part[6u * RPW * NT + lid] + part[7u * RPW * NT + lid]));\n    }\n");
+    }
+    let rpw = if splitk { nr } else { 8 * nr };
     Ok(MATVEC_WGSL
+        .replace("$RPW", &rpw.to_string())
+        .replace("$WARP_ROWS", if splitk { "0u" } else { "warp * NR" })
         .replace("$NT", &nt.to_string())
         .replace("$NR", &nr.to_string())
         .replace("$UPB", &lay.units_per_block().to_string())

@@ -1218,7 +1218,11 @@ impl GpuModel {
                         cfg.eps.to_bits(),
                     ];
                     wg = if ntok == 1 {
-                        (ch.rows.div_ceil(8 * tune.decode_nr(mat.ty.id())), 1)
+                        (
+                            ch.rows
+                                .div_ceil(tune.rows_per_wg(&s.key, tune.decode_nr(mat.ty.id()))),
+                            1,
+                        )
                     } else if ntok >= tune.mm_min {
                         (ch.rows.div_ceil(64), ntok.div_ceil(64))
                     } else {

@@ -72,7 +72,8 @@ impl MatRunner {
             if let KernelKey::MatMat { .. } = key {
                 pass.dispatch_workgroups(rows.div_ceil(64), n_tok.div_ceil(64), 1);
             } else {
-                pass.dispatch_workgroups(rows.div_ceil(8 * nr), n_tok.div_ceil(nt), 1);
+                let rpw = ctx.tune.rows_per_wg(key, nr);
+                pass.dispatch_workgroups(rows.div_ceil(rpw), n_tok.div_ceil(nt), 1);
             }
         }
         Ok(())
