@@ -95,12 +95,7 @@ fn gpu_matvec_unrolled_unit_loop_every_type() {
     // 2 or 4 units per lane per step, with a tail: per warp (32 lanes), 2304 columns = 72
     // units (64 + 8) and 4352 = 136 units (128 + 8); split-K (256 lanes per row group),
     // 8448 columns = 264 units (256 + 8). Also the per-warp layout without unrolling.
-    for (un, splitk, cols) in [
-        (2u32, false, 2304),
-        (4, false, 4352),
-        (1, false, 2304),
-        (2, true, 8448),
-    ] {
+    for (un, splitk, cols) in [(2u32, 0, 2304), (4, 0, 4352), (1, 0, 2304), (2, 2, 8448)] {
         let Some(mut ctx) = context(DeviceOptions::default()) else {
             return;
         };

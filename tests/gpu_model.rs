@@ -432,3 +432,37 @@ fn gpu_decode_profile_covers_every_dispatch() {
     // Too short a context for three modes of 20 tokens is an error, not a panic.
     assert!(ggufq::gpu::profile::profile_decode(&mut gpu, 20).is_err());
 }
+
+#[test]
+fn gpu_splitk_down_projection_matches_per_warp_layout() {
+    // ffn_down rows of 8192 weights (256 units) take the split-K decode kernel; the per-warp
+    // layout computes the same logits (f32 summation order only).
+    let Some(base) = context() else { return };
+    drop(base);
+    let shape = Shape {
+        n_ff: 8192,
+        ..Shape::named("tiny").unwrap()
+    };
+    let src = SynthSource::new(shape, Mix::parse("q4_k").unwrap(), "tiny-ff8k").unwrap();
+    let opts = ModelOptions {
+        n_ctx: 32,
+        n_batch: 8,
+        n_seq: 1,
+    };
+    let mut runs = Vec::new();
+    for level in [2u32, 0] {
+        let mut ctx = GpuContext::new(&DeviceOptions::default()).unwrap();
+        ctx.tune.splitk = level;
+        let mut m = GpuModel::load(Arc::new(ctx), &src, opts.clone()).unwrap();
+        runs.push(decode_run(&mut m, &[3, 9, 27], 4));
+    }
+    for (a, b) in runs[0].iter().zip(&runs[1]) {
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = a.iter().zip(b).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(
+            err / scale < 1e-4,
+            "split-K vs per-warp rel diff {}",
+            err / scale
+        );
+    }
+}

@@ -118,10 +118,12 @@ pub struct Tune {
     pub unchecked: bool,
     /// Units per lane per step of the unit-lane mat-vec loop (GGUFQ_UNROLL = 1, 2 or 4).
     pub unroll: u32,
-    /// Decode mat-vec with unit lanes: the whole workgroup (256 lanes) splits the K range of
-    /// NR rows, partial sums meet in workgroup memory (GGUFQ_SPLITK=0: each warp its own NR
-    /// rows, 8·NR rows per workgroup).
-    pub splitk: bool,
+    /// Split-K decode mat-vec, where the whole workgroup (256 lanes) shares the K range of
+    /// NR rows and partial sums meet in workgroup memory, instead of each warp its own NR
+    /// rows: 0 never, 1 (default) for K-quant matrices of ≥ 256 units per row (on an H100
+    /// the 11008-long rows of ffn_down: Q4_K 588 → 886 GB/s, while 4096-long rows and Q8_0
+    /// lose), 2 for every unit-lane type with ≥ 256 units (GGUFQ_SPLITK).
+    pub splitk: u32,
     /// Record the next forward of the same batch shape while the GPU runs the current one
     /// (GGUFQ_PRERECORD=0: record each forward when it is called).
     pub prerecord: bool,
@@ -146,18 +148,35 @@ impl Tune {
         })
     }
 
-    /// Whether the mat-vec kernel of type id `ty` with `nt` tokens per workgroup uses the
-    /// split-K layout.
-    pub fn splitk_for(&self, ty: u32, nt: u32) -> bool {
-        self.splitk && nt <= 2 && self.unit_for(ty)
+    /// Whether a decode mat-vec over rows of `units` 32-weight units of type id `ty` uses
+    /// the split-K layout.
+    pub fn splitk_for(&self, ty: u32, units: usize) -> bool {
+        let kquant = GgmlType::from_id(ty)
+            .is_some_and(|t| ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"].contains(&t.name()));
+        units >= 256
+            && self.unit_for(ty)
+            && match self.splitk {
+                0 => false,
+                1 => kquant,
+                _ => true,
+            }
+    }
+
+    /// The decode (one-token) mat-vec kernel for a matrix of type id `ty` with `units`
+    /// 32-weight units per row, NR rows per warp; `nt` > 1 gives the small-batch kernel.
+    pub fn matvec_key(&self, ty: u32, nt: u32, nr: u32, units: usize) -> KernelKey {
+        if nt == 1 && self.splitk_for(ty, units) {
+            KernelKey::MatVecSplitK { ty, nr }
+        } else {
+            KernelKey::MatVec { ty, nt, nr }
+        }
     }
 
     /// Output rows per workgroup of the kernel `key` with `nr` rows per warp (mat-vec keys;
     /// 64 for the tiled mat-mat).
     pub fn rows_per_wg(&self, key: &KernelKey, nr: u32) -> u32 {
         match key {
-            KernelKey::MatVec { ty, nt, .. } if self.splitk_for(*ty, *nt) => nr.max(2),
-            KernelKey::MatVecNorm { ty, .. } if self.splitk_for(*ty, 1) => nr.max(2),
+            KernelKey::MatVecSplitK { .. } => nr.max(2),
             KernelKey::MatMat { .. } => 64,
             _ => 8 * nr,
         }
@@ -199,7 +218,7 @@ impl Tune {
             fuse: std::env::var("GGUFQ_FUSE").as_deref() != Ok("0"),
             unroll: get("GGUFQ_UNROLL", 1, &[1, 2, 4]),
             prerecord: std::env::var("GGUFQ_PRERECORD").as_deref() != Ok("0"),
-            splitk: std::env::var("GGUFQ_SPLITK").as_deref() != Ok("0"),
+            splitk: get("GGUFQ_SPLITK", 1, &[0, 1, 2]),
         }
     }
 }
@@ -221,6 +240,9 @@ pub enum KernelKey {
     /// Decode mat-vec (one token) whose prologue applies RMSNorm to its `k4`·4-long input
     /// (held in workgroup memory), NR rows per warp.
     MatVecNorm { ty: u32, nr: u32, k4: u32 },
+    /// Decode mat-vec (one token) in the split-K layout: the workgroup's 256 lanes share
+    /// the K range of NR (≥ 2) rows.
+    MatVecSplitK { ty: u32, nr: u32 },
     /// Decode attention with RoPE and the KV store fused in (`ctx` score entries, head size
     /// `hd`).
     AttnDecode { ctx: u32, hd: u32 },
@@ -229,12 +251,19 @@ pub enum KernelKey {
 /// WGSL of the mat-vec kernel of type id `ty` (NT tokens per workgroup, NR rows per warp);
 /// with `k4 = Some(k4)` a one-token kernel whose prologue RMS-normalises its `4·k4`-long
 /// input with the weights at binding 4 (eps in `P.pad1`) into workgroup memory.
-fn matvec_source(ctx: &GpuContext, ty: u32, nt: u32, nr: u32, k4: Option<u32>) -> Result<String> {
+fn matvec_source(
+    ctx: &GpuContext,
+    ty: u32,
+    nt: u32,
+    nr: u32,
+    k4: Option<u32>,
+    splitk: bool,
+) -> Result<String> {
     let gt =
         GgmlType::from_id(ty).ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;
     let xsrc = if k4.is_some() { "xs" } else { "X" };
     let xoff = if k4.is_some() { "" } else { "P.x_off + " };
-    let splitk = ctx.tune.splitk_for(ty, nt);
+    let splitk = splitk && ctx.tune.unit_for(ty) && nt <= 2;
     // Split-K workgroups hold NR rows: at least 2, so that SwiGLU's (gate, up) row pairs
     // stay together.
     let nr = if splitk { nr.max(2) } else { nr };
@@ -439,8 +468,11 @@ impl Kernels {
     /// WGSL text of a kernel (public for tests and `--dump-wgsl`).
     pub fn source(ctx: &GpuContext, key: &KernelKey) -> Result<String> {
         Ok(match key {
-            KernelKey::MatVec { ty, nt, nr } => matvec_source(ctx, *ty, *nt, *nr, None)?,
-            KernelKey::MatVecNorm { ty, nr, k4 } => matvec_source(ctx, *ty, 1, *nr, Some(*k4))?,
+            KernelKey::MatVec { ty, nt, nr } => matvec_source(ctx, *ty, *nt, *nr, None, false)?,
+            KernelKey::MatVecSplitK { ty, nr } => matvec_source(ctx, *ty, 1, *nr, None, true)?,
+            KernelKey::MatVecNorm { ty, nr, k4 } => {
+                matvec_source(ctx, *ty, 1, *nr, Some(*k4), false)?
+            }
             KernelKey::AttnDecode { ctx: n, hd } => ATTN_DECODE_WGSL
                 .replace("$CTX", &n.to_string())
                 .replace("$HD4", &(hd / 4).to_string()),

@@ -667,11 +667,12 @@ impl GpuModel {
                     when: When::Always,
                     role,
                     slot,
-                    key: KernelKey::MatVec {
-                        ty: mats[m].ty.id(),
-                        nt: 1,
-                        nr: ctx.tune.decode_nr(mats[m].ty.id()),
-                    },
+                    key: ctx.tune.matvec_key(
+                        mats[m].ty.id(),
+                        1,
+                        ctx.tune.decode_nr(mats[m].ty.id()),
+                        mats[m].cols / 32,
+                    ),
                     n: 0,
                 });
             }
@@ -967,7 +968,7 @@ impl GpuModel {
                 _ => &pl_mat,
             };
             kernels.get_with_layout(&ctx, &s.key, pl)?;
-            if let KernelKey::MatVec { ty, .. } = s.key {
+            if let KernelKey::MatVec { ty, .. } | KernelKey::MatVecSplitK { ty, .. } = s.key {
                 kernels.get_with_layout(
                     &ctx,
                     &KernelKey::MatVec {
@@ -1393,7 +1394,10 @@ impl GpuModel {
                     .forget_lifetime();
             }
             let key = match (&s.key, s.kind) {
-                (KernelKey::MatVec { ty, .. }, StepKind::Mat { last_only, .. }) => {
+                (
+                    KernelKey::MatVec { ty, .. } | KernelKey::MatVecSplitK { ty, .. },
+                    StepKind::Mat { last_only, .. },
+                ) => {
                     let ntok = if n == 1 || (last_only && !all_logits) {
                         1
                     } else {
@@ -1401,11 +1405,7 @@ impl GpuModel {
                     };
                     let tune = self.ctx.tune;
                     if ntok == 1 {
-                        KernelKey::MatVec {
-                            ty: *ty,
-                            nt: 1,
-                            nr: tune.decode_nr(*ty),
-                        }
+                        s.key.clone()
                     } else if ntok >= tune.mm_min {
                         KernelKey::MatMat { ty: *ty }
                     } else {

@@ -165,11 +165,7 @@ impl MatRunner {
         let key = if nt == 0 {
             KernelKey::MatMat { ty: m.ty.id() }
         } else {
-            KernelKey::MatVec {
-                ty: m.ty.id(),
-                nt,
-                nr,
-            }
+            ctx.tune.matvec_key(m.ty.id(), nt, nr, m.cols / 32)
         };
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         {
@@ -201,11 +197,7 @@ impl MatRunner {
             let key = if nt == 0 {
                 KernelKey::MatMat { ty: m.ty.id() }
             } else {
-                KernelKey::MatVec {
-                    ty: m.ty.id(),
-                    nt,
-                    nr,
-                }
+                ctx.tune.matvec_key(m.ty.id(), nt, nr, m.cols / 32)
             };
             all.push((self.binds(ctx, m, &xb, &yb, n_tok as u32, 0), key));
         }
