@@ -16,6 +16,7 @@ const ROPE_WGSL: &str = include_str!("../../shaders/rope.wgsl");
 const ATTENTION_WGSL: &str = include_str!("../../shaders/attention.wgsl");
 const MATMAT_WGSL: &str = include_str!("../../shaders/matmat.wgsl");
 const ATTN_DECODE_WGSL: &str = include_str!("../../shaders/attn_decode.wgsl");
+const ACTQ_WGSL: &str = include_str!("../../shaders/actq.wgsl");
 
 /// How a ggml type is laid out on the GPU after upload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -238,14 +239,17 @@ pub enum KernelKey {
     /// Attention with a shared score array of `ctx` entries.
     Attention { ctx: u32 },
     /// Decode mat-vec (one token) whose prologue applies RMSNorm to its `k4`·4-long input
-    /// (held in workgroup memory), NR rows per warp.
-    MatVecNorm { ty: u32, nr: u32, k4: u32 },
+    /// (held in workgroup memory), then the activation rounding `act` (a
+    /// [`super::actq::kind_of`] code, 0 none), NR rows per warp.
+    MatVecNorm { ty: u32, nr: u32, k4: u32, act: u32 },
     /// Decode mat-vec (one token) in the split-K layout: the workgroup's 256 lanes share
     /// the K range of NR (≥ 2) rows.
     MatVecSplitK { ty: u32, nr: u32 },
     /// Decode attention with RoPE and the KV store fused in (`ctx` score entries, head size
     /// `hd`).
     AttnDecode { ctx: u32, hd: u32 },
+    /// Activation rounding before quantized matrices (`shaders/actq.wgsl`, [`super::actq`]).
+    ActQ,
 }
 
 /// WGSL of the mat-vec kernel of type id `ty` (NT tokens per workgroup, NR rows per warp);
@@ -274,7 +278,8 @@ fn matvec_source(
                 "@group(0) @binding(4) var<storage, read> NW: array<vec4<f32>>;\n\
                  const K4: u32 = {k4}u;\n\
                  var<workgroup> xs: array<vec4<f32>, K4>;\n\
-                 var<workgroup> nred: array<f32, 256>;\n"
+                 var<workgroup> nred: array<f32, 256>;\n\
+                 $ACT_FNS\n"
             ),
             if ctx.subgroup32 {
                 NORM_PROLOGUE.replace(NORM_TREE, NORM_SUBGROUP)
@@ -439,7 +444,77 @@ const NORM_PROLOGUE: &str = "    var ss = 0.0;
         xs[i] = X[P.x_off + i] * inv * NW[i];
     }
     workgroupBarrier();
-";
+$ACT_PRO";
+
+/// `div_rn`, `round_f16` and `round_bf16` of `shaders/actq.wgsl`, for the fused rounding.
+fn actq_functions() -> &'static str {
+    let start = ACTQ_WGSL.find("fn div_rn").unwrap_or(0);
+    let end = ACTQ_WGSL.find("@compute").unwrap_or(ACTQ_WGSL.len());
+    ACTQ_WGSL.get(start..end).unwrap_or("")
+}
+
+/// The activation rounding of `shaders/actq.wgsl` (same operations, so the same values) applied
+/// to the normalised input in workgroup memory: `act` 1 f16, 2 bf16, 3 Q8_0/Q8_1 blocks of 32,
+/// 4 Q8_K blocks of 256 (one thread per block), 0 none.
+fn act_prologue(act: u32, k4: u32) -> Result<String> {
+    let bs4 = match act {
+        0 => return Ok(String::new()),
+        1 | 2 => {
+            let f = if act == 1 { "round_f16" } else { "round_bf16" };
+            return Ok(format!(
+                "    for (var i = lid; i < K4; i += 256u) {{\n\
+                 \x20       let v = xs[i];\n\
+                 \x20       xs[i] = vec4<f32>({f}(v.x), {f}(v.y), {f}(v.z), {f}(v.w));\n\
+                 \x20   }}\n\
+                 \x20   workgroupBarrier();\n"
+            ));
+        }
+        3 => 8u32,
+        4 => 64,
+        _ => return Err(Error::msg(format!("unknown activation rounding {act}"))),
+    };
+    if k4 % bs4 != 0 {
+        return Err(Error::msg(format!(
+            "fused activation rounding: a row of {} values is not whole {}-value blocks",
+            4 * k4,
+            4 * bs4
+        )));
+    }
+    let scale = if act == 3 {
+        // Q8_0 / Q8_1: d = amax / 127 stored as f16, q = round(x · 127 / amax).
+        "let id = select(0.0, div_rn(127.0, amax), amax != 0.0);
+        let dh = round_f16(div_rn(amax, 127.0));
+        for (var j = 0u; j < BS4; j++) {
+            xs[b * BS4 + j] = round(xs[b * BS4 + j] * id) * dh;
+        }"
+    } else {
+        // Q8_K: iscale = 127 / amax, d = 1 / iscale; an all-zero block stays zero.
+        "var iscale = 0.0;
+        var dq = 0.0;
+        if (amax != 0.0) {
+            iscale = div_rn(127.0, amax);
+            dq = div_rn(1.0, iscale);
+        }
+        for (var j = 0u; j < BS4; j++) {
+            xs[b * BS4 + j] = min(round(iscale * xs[b * BS4 + j]), vec4<f32>(127.0)) * dq;
+        }"
+    };
+    Ok(format!(
+        "    {{
+    let BS4 = {bs4}u;
+    for (var b = lid; b < K4 / BS4; b += 256u) {{
+        var amax = 0.0;
+        for (var j = 0u; j < BS4; j++) {{
+            let v = abs(xs[b * BS4 + j]);
+            amax = max(amax, max(max(v.x, v.y), max(v.z, v.w)));
+        }}
+        {scale}
+    }}
+    workgroupBarrier();
+    }}
+"
+    ))
+}
 
 /// The shared-memory reduction of [`NORM_PROLOGUE`] ...
 const NORM_TREE: &str = "    nred[lid] = ss;
@@ -470,8 +545,10 @@ impl Kernels {
         Ok(match key {
             KernelKey::MatVec { ty, nt, nr } => matvec_source(ctx, *ty, *nt, *nr, None, false)?,
             KernelKey::MatVecSplitK { ty, nr } => matvec_source(ctx, *ty, 1, *nr, None, true)?,
-            KernelKey::MatVecNorm { ty, nr, k4 } => {
-                matvec_source(ctx, *ty, 1, *nr, Some(*k4), false)?
+            KernelKey::MatVecNorm { ty, nr, k4, act } => {
+                let src = matvec_source(ctx, *ty, 1, *nr, Some(*k4), false)?;
+                src.replace("$ACT_PRO", &act_prologue(*act, *k4)?)
+                    .replace("$ACT_FNS", if *act > 0 { actq_functions() } else { "" })
             }
             KernelKey::AttnDecode { ctx: n, hd } => ATTN_DECODE_WGSL
                 .replace("$CTX", &n.to_string())
@@ -488,6 +565,7 @@ impl Kernels {
             KernelKey::RmsNorm => RMSNORM_WGSL.to_string(),
             KernelKey::Rope => ROPE_WGSL.to_string(),
             KernelKey::Attention { ctx: n } => ATTENTION_WGSL.replace("$CTX", &n.to_string()),
+            KernelKey::ActQ => ACTQ_WGSL.to_string(),
         })
     }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::quant::GgmlType;
 
+use super::actq::ActRounding;
 use super::buffers::{f32_buffer, scratch, upload_matrix, GpuMatrix};
 use super::device::GpuContext;
 use super::kernels::{KernelKey, Kernels};
@@ -166,6 +167,13 @@ enum StepKind {
     Rope,
     Attn,
     AttnDecode,
+    /// Activation rounding of a matrix input (`k` values per token, stride `ld`).
+    ActQ {
+        kind: u32,
+        k: u32,
+        ld: u32,
+        last_only: bool,
+    },
 }
 
 /// Which forward calls run a step: one-token calls use the fused decode graph (when enabled),
@@ -548,16 +556,18 @@ impl GpuModel {
             Some(t) => Some(f32_of(&t, "rope_freqs.weight", half)?),
             None => None,
         };
+        // The same f32 angles as the CPU backend (and ggml_rope_ext): theta accumulated by
+        // repeated multiplication, so both backends rotate by bit-identical cos/sin.
         let mut cs = Vec::with_capacity(opts.n_ctx * half * 2);
+        let theta_scale = (cfg.rope_base as f32).powf(-2.0 / cfg.n_rot as f32);
         for p in 0..opts.n_ctx {
+            let mut theta = p as f32;
             for i in 0..half {
-                let mut f = cfg.rope_base.powf(-2.0 * i as f64 / cfg.n_rot as f64);
-                if let Some(fa) = &factors {
-                    f /= fa[i] as f64;
-                }
-                let th = p as f64 * f;
-                cs.push(th.cos() as f32);
-                cs.push(th.sin() as f32);
+                let ff = factors.as_ref().map_or(1.0, |fa| fa[i]);
+                let th = theta / ff;
+                cs.push(th.cos());
+                cs.push(th.sin());
+                theta *= theta_scale;
             }
         }
         let cs_buf = f32_buffer(&ctx, "rope", &cs);
@@ -594,8 +604,9 @@ impl GpuModel {
             });
 
         // Steps (bind groups reference a params slot each).
+        // Batch graph (up to 11 dispatches per layer), activation roundings, decode graph.
         let n_slots_est =
-            cfg.n_layer * 20 + 8 + 2 * mats.iter().map(|m| m.chunks.len()).sum::<usize>();
+            cfg.n_layer * 24 + 16 + 3 * mats.iter().map(|m| m.chunks.len()).sum::<usize>();
         let params = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params"),
             size: (n_slots_est * SLOT) as u64,
@@ -639,6 +650,7 @@ impl GpuModel {
                 entries: &entries,
             })
         };
+        let act = std::cell::RefCell::new(ActRounding::new(nb * d.max(2 * cfg.n_ff)));
         let add_mat = |steps: &mut Vec<Step>,
                        mats: &Vec<GpuMatrix>,
                        m: usize,
@@ -651,8 +663,29 @@ impl GpuModel {
                        last_only: bool,
                        role: &'static str| {
             for c in 0..mats[m].chunks.len() {
+                // Inputs rounded as the CPU backend's quantized activations (super::actq).
+                let input =
+                    act.borrow_mut()
+                        .input_for(&ctx, mats[m].ty, xb, yb, last_only, steps.len());
+                if let Some(r) = input.round {
+                    let slot = steps.len();
+                    steps.push(Step {
+                        kind: StepKind::ActQ {
+                            kind: r.kind,
+                            k: mats[m].cols as u32,
+                            ld: x_ld as u32,
+                            last_only,
+                        },
+                        bind: bg(&bgl_mat, &[xb, xb, &r.out], slot),
+                        when: When::Always,
+                        role: "actq",
+                        slot,
+                        key: KernelKey::ActQ,
+                        n: 0,
+                    });
+                }
                 let slot = steps.len();
-                let bind = bg(&bgl_mat, &[&mats[m].chunks[c].buf, xb, yb], slot);
+                let bind = bg(&bgl_mat, &[&mats[m].chunks[c].buf, &input.buf, yb], slot);
                 steps.push(Step {
                     kind: StepKind::Mat {
                         m,
@@ -678,7 +711,10 @@ impl GpuModel {
             }
         };
         // Fused decode mat-vec: RMSNorm of x with `nw` in the prologue.
-        let fuse_norm = d % 4 == 0 && 4 * d + 4096 <= ctx.facts.shared_mem as usize;
+        // Rows of whole 256-value blocks, so that the fused activation rounding (Q8_K blocks)
+        // sees the same blocks as the rounding kernel.
+        let fuse_norm = d % 256 == 0 && 4 * d + 4096 <= ctx.facts.shared_mem as usize;
+        let actq_on = std::env::var("GGUFQ_ACTQ").as_deref() != Ok("0");
         let add_mat_norm = |steps: &mut Vec<Step>,
                             mats: &Vec<GpuMatrix>,
                             m: usize,
@@ -709,15 +745,20 @@ impl GpuModel {
                         ty: mats[m].ty.id(),
                         nr: ctx.tune.decode_nr(mats[m].ty.id()),
                         k4: (d / 4) as u32,
+                        act: if actq_on {
+                            super::actq::kind_for_weight(mats[m].ty)
+                        } else {
+                            0
+                        },
                     },
                     n: 0,
                 });
             }
         };
-        // Mark the last `k` steps (a matrix's batch-graph chunks) as batch-only.
-        let batch_last = |steps: &mut Vec<Step>, k: usize| {
+        // Mark the steps from `from` on (batch-graph matrices and their roundings) as
+        // batch-only when the decode graph has its own.
+        let batch_from = |steps: &mut Vec<Step>, from: usize| {
             if fuse_norm {
-                let from = steps.len().saturating_sub(k);
                 for s in &mut steps[from..] {
                     s.when = When::Batch;
                 }
@@ -735,6 +776,7 @@ impl GpuModel {
                 n: d as u32,
             });
             let mut off = 0;
+            let b0 = steps.len();
             for &m in &ly.qkv {
                 add_mat(
                     &mut steps,
@@ -749,7 +791,11 @@ impl GpuModel {
                     false,
                     "qkv",
                 );
-                batch_last(&mut steps, mats[m].chunks.len());
+                off += mats[m].rows;
+            }
+            batch_from(&mut steps, b0);
+            let mut off = 0;
+            for &m in &ly.qkv {
                 if fuse_norm {
                     add_mat_norm(
                         &mut steps,
@@ -816,10 +862,11 @@ impl GpuModel {
                 n: d as u32,
             });
             if ly.gu.len() == 1 {
+                let b0 = steps.len();
                 add_mat(
                     &mut steps, &mats, ly.gu[0], &xn, &hid, d, 0, cfg.n_ff, 2, false, "gate_up",
                 );
-                batch_last(&mut steps, mats[ly.gu[0]].chunks.len());
+                batch_from(&mut steps, b0);
                 if fuse_norm {
                     add_mat_norm(
                         &mut steps, &mats, ly.gu[0], &ly.fnm, &hid, 0, cfg.n_ff, 2, "gate_up",
@@ -831,6 +878,7 @@ impl GpuModel {
             } else {
                 // Gate and up of different types: gate → hid[t][ff..2ff], then the up pass
                 // (mode 3) writes silu(gate) * up into hid[t][0..ff].
+                let b0 = steps.len();
                 add_mat(
                     &mut steps,
                     &mats,
@@ -844,20 +892,6 @@ impl GpuModel {
                     false,
                     "gate",
                 );
-                batch_last(&mut steps, mats[ly.gu[0]].chunks.len());
-                if fuse_norm {
-                    add_mat_norm(
-                        &mut steps,
-                        &mats,
-                        ly.gu[0],
-                        &ly.fnm,
-                        &hid,
-                        cfg.n_ff,
-                        2 * cfg.n_ff,
-                        0,
-                        "gate",
-                    );
-                }
                 add_mat(
                     &mut steps,
                     &mats,
@@ -871,8 +905,19 @@ impl GpuModel {
                     false,
                     "up",
                 );
-                batch_last(&mut steps, mats[ly.gu[1]].chunks.len());
+                batch_from(&mut steps, b0);
                 if fuse_norm {
+                    add_mat_norm(
+                        &mut steps,
+                        &mats,
+                        ly.gu[0],
+                        &ly.fnm,
+                        &hid,
+                        cfg.n_ff,
+                        2 * cfg.n_ff,
+                        0,
+                        "gate",
+                    );
                     add_mat_norm(
                         &mut steps,
                         &mats,
@@ -910,15 +955,17 @@ impl GpuModel {
             key: KernelKey::RmsNorm,
             n: d as u32,
         });
+        let b0 = steps.len();
         add_mat(
             &mut steps, &mats, out_idx, &xn, &logits, d, 0, n_vocab, 0, true, "output",
         );
-        batch_last(&mut steps, mats[out_idx].chunks.len());
+        batch_from(&mut steps, b0);
         if fuse_norm {
             add_mat_norm(
                 &mut steps, &mats, out_idx, &onorm, &logits, 0, n_vocab, 0, "output",
             );
         }
+        mem.scratch += act.borrow().bytes;
         if steps.len() > n_slots_est {
             return Err(Error::msg("internal: params slots underestimated"));
         }
@@ -1232,6 +1279,20 @@ impl GpuModel {
                             ntok.div_ceil(tune.nt_prompt),
                         )
                     };
+                }
+                StepKind::ActQ {
+                    kind,
+                    k,
+                    ld,
+                    last_only,
+                } => {
+                    let (x_off, ntok) = if last_only && !all_logits {
+                        ((n as u32 - 1) * ld, 1)
+                    } else {
+                        (0, n as u32)
+                    };
+                    p = super::actq::params(k, ld, x_off, ntok, kind);
+                    wg = super::actq::workgroups(k, ntok);
                 }
                 StepKind::Rope => {
                     p = [
