@@ -16,7 +16,12 @@ fn context() -> Option<Arc<GpuContext>> {
     // rounding (tests/gpu_actq.rs, tests/gpu_fused_actq.rs) is off for this file's models.
     std::env::set_var("GGUFQ_ACTQ", "0");
     match GpuContext::new(&DeviceOptions::default()) {
-        Ok(c) => Some(Arc::new(c)),
+        Ok(mut c) => {
+            // The f64 reference keeps activations unrounded; the Q8/f16 activation rounding
+            // is checked against the CPU backend in tests/gpu_actq*.rs.
+            c.tune.act_round = false;
+            Some(Arc::new(c))
+        }
         Err(e) if std::env::var("GGUFQ_SKIP_GPU").as_deref() == Ok("1") => {
             eprintln!("skipping GPU test: {e}");
             None
