@@ -12,9 +12,6 @@ use ggufq::gpu::{
 };
 
 fn context() -> Option<Arc<GpuContext>> {
-    // The f64 reference here keeps activations unrounded, so the GPU's CPU-parity activation
-    // rounding (tests/gpu_actq.rs, tests/gpu_fused_actq.rs) is off for this file's models.
-    std::env::set_var("GGUFQ_ACTQ", "0");
     match GpuContext::new(&DeviceOptions::default()) {
         Ok(mut c) => {
             // The f64 reference keeps activations unrounded; the Q8/f16 activation rounding

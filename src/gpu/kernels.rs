@@ -480,18 +480,23 @@ fn actq_functions() -> &'static str {
 
 /// The activation rounding of `shaders/actq.wgsl` (same operations, so the same values) applied
 /// to the normalised input in workgroup memory: `act` 1 f16, 2 bf16, 3 Q8_0/Q8_1 blocks of 32,
-/// 4 Q8_K blocks of 256 (one thread per block), 0 none.
-fn act_prologue(act: u32, k4: u32) -> Result<String> {
+/// 4 Q8_K blocks of 256, 0 none. Returns (declarations, prologue code). Block maxima: each
+/// vec4's largest |value| into `m4`, then a tree per block over `m4`; the block scales are
+/// computed once per block into `sc`, and every thread rounds its vec4s.
+fn act_prologue(act: u32, k4: u32) -> Result<(String, String)> {
     let bs4 = match act {
-        0 => return Ok(String::new()),
+        0 => return Ok((String::new(), String::new())),
         1 | 2 => {
             let f = if act == 1 { "round_f16" } else { "round_bf16" };
-            return Ok(format!(
-                "    for (var i = lid; i < K4; i += 256u) {{\n\
-                 \x20       let v = xs[i];\n\
-                 \x20       xs[i] = vec4<f32>({f}(v.x), {f}(v.y), {f}(v.z), {f}(v.w));\n\
-                 \x20   }}\n\
-                 \x20   workgroupBarrier();\n"
+            return Ok((
+                actq_functions().to_string(),
+                format!(
+                    "    for (var i = lid; i < K4; i += 256u) {{\n\
+                     \x20       let v = xs[i];\n\
+                     \x20       xs[i] = vec4<f32>({f}(v.x), {f}(v.y), {f}(v.z), {f}(v.w));\n\
+                     \x20   }}\n\
+                     \x20   workgroupBarrier();\n"
+                ),
             ));
         }
         3 => 8u32,
@@ -505,13 +510,13 @@ fn act_prologue(act: u32, k4: u32) -> Result<String> {
             4 * bs4
         )));
     }
+    let decl = format!(
+        "{}\nconst BS4: u32 = {bs4}u;\nvar<workgroup> m4: array<f32, K4>;\nvar<workgroup> sc: array<vec2<f32>, K4 / BS4>;\n",
+        actq_functions()
+    );
     let scale = if act == 3 {
         // Q8_0 / Q8_1: d = amax / 127 stored as f16, q = round(x · 127 / amax).
-        "let id = select(0.0, div_rn(127.0, amax), amax != 0.0);
-        let dh = round_f16(div_rn(amax, 127.0));
-        for (var j = 0u; j < BS4; j++) {
-            xs[b * BS4 + j] = round(xs[b * BS4 + j] * id) * dh;
-        }"
+        "sc[b] = vec2<f32>(select(0.0, div_rn(127.0, amax), amax != 0.0), round_f16(div_rn(amax, 127.0)));"
     } else {
         // Q8_K: iscale = 127 / amax, d = 1 / iscale; an all-zero block stays zero.
         "var iscale = 0.0;
@@ -520,25 +525,38 @@ fn act_prologue(act: u32, k4: u32) -> Result<String> {
             iscale = div_rn(127.0, amax);
             dq = div_rn(1.0, iscale);
         }
-        for (var j = 0u; j < BS4; j++) {
-            xs[b * BS4 + j] = min(round(iscale * xs[b * BS4 + j]), vec4<f32>(127.0)) * dq;
-        }"
+        sc[b] = vec2<f32>(iscale, dq);"
     };
-    Ok(format!(
-        "    {{
-    let BS4 = {bs4}u;
-    for (var b = lid; b < K4 / BS4; b += 256u) {{
-        var amax = 0.0;
-        for (var j = 0u; j < BS4; j++) {{
-            let v = abs(xs[b * BS4 + j]);
-            amax = max(amax, max(max(v.x, v.y), max(v.z, v.w)));
+    let apply = if act == 3 {
+        "xs[i] = round(xs[i] * s.x) * s.y;"
+    } else {
+        "xs[i] = min(round(s.x * xs[i]), vec4<f32>(127.0)) * s.y;"
+    };
+    let body = format!(
+        "    for (var i = lid; i < K4; i += 256u) {{
+        let v = abs(xs[i]);
+        m4[i] = max(max(v.x, v.y), max(v.z, v.w));
+    }}
+    workgroupBarrier();
+    for (var st = BS4 / 2u; st > 0u; st >>= 1u) {{
+        for (var i = lid; i < K4; i += 256u) {{
+            if ((i % BS4) < st) {{ m4[i] = max(m4[i], m4[i + st]); }}
         }}
+        workgroupBarrier();
+    }}
+    for (var b = lid; b < K4 / BS4; b += 256u) {{
+        let amax = m4[b * BS4];
         {scale}
     }}
     workgroupBarrier();
+    for (var i = lid; i < K4; i += 256u) {{
+        let s = sc[i / BS4];
+        {apply}
     }}
+    workgroupBarrier();
 "
-    ))
+    );
+    Ok((decl, body))
 }
 
 /// The shared-memory reduction of [`NORM_PROLOGUE`] ...
@@ -572,8 +590,8 @@ impl Kernels {
             KernelKey::MatVecSplitK { ty, nr } => matvec_source(ctx, *ty, 1, *nr, None, true)?,
             KernelKey::MatVecNorm { ty, nr, k4, act } => {
                 let src = matvec_source(ctx, *ty, 1, *nr, Some(*k4), false)?;
-                src.replace("$ACT_PRO", &act_prologue(*act, *k4)?)
-                    .replace("$ACT_FNS", if *act > 0 { actq_functions() } else { "" })
+                let (decl, body) = act_prologue(*act, *k4)?;
+                src.replace("$ACT_PRO", &body).replace("$ACT_FNS", &decl)
             }
             KernelKey::AttnDecode { ctx: n, hd } => ATTN_DECODE_WGSL
                 .replace("$CTX", &n.to_string())

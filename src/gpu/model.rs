@@ -717,7 +717,7 @@ impl GpuModel {
         // Rows of whole 256-value blocks, so that the fused activation rounding (Q8_K blocks)
         // sees the same blocks as the rounding kernel.
         let fuse_norm = d % 256 == 0 && 4 * d + 4096 <= ctx.facts.shared_mem as usize;
-        let actq_on = std::env::var("GGUFQ_ACTQ").as_deref() != Ok("0");
+        let actq_on = ctx.tune.act_round;
         let add_mat_norm = |steps: &mut Vec<Step>,
                             mats: &Vec<GpuMatrix>,
                             m: usize,
