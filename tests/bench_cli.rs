@@ -379,3 +379,52 @@ fn bench_counts_smollm2_params_like_llama_bench() {
     assert_eq!(rows[0]["model_size"], 96_576_768u64);
     assert_eq!(rows[0]["model_type"], "llama 135M Q4_1");
 }
+
+#[test]
+fn bench_profile_prints_kernel_roles_before_the_results() {
+    if !gpu_available() {
+        return;
+    }
+    let out = bench(&[
+        "--synth",
+        "tiny:q4_k",
+        "--profile",
+        "-p",
+        "0",
+        "-n",
+        "4",
+        "-r",
+        "1",
+        "-q",
+    ])
+    .success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    let prof = text.find("Decode profile of").expect("no profile");
+    let table = text.find("| tg4 |").expect("no tg4 row");
+    assert!(prof < table, "{text}");
+    // One q4_k type everywhere (rounding on): fused QKV and gate/up, 2 layers.
+    for row in [
+        "| qkv | 2 |",
+        "| attention | 2 |",
+        "| actq | 4 |",
+        "| output | 1 |",
+    ] {
+        assert!(text.contains(row), "missing {row} in {text}");
+    }
+    // A context too short for the profile is an error, not a panic.
+    bench(&[
+        "--synth",
+        "tiny:q4_k",
+        "--profile",
+        "-p",
+        "0",
+        "-n",
+        "4",
+        "-r",
+        "1",
+        "--ctx",
+        "16",
+        "-q",
+    ])
+    .failure();
+}
