@@ -425,6 +425,18 @@ impl GpuModel {
                     upload_matrix(&ctx, &n("attn_qkv"), q.ty, d + 2 * kv_dim, d, &all)?,
                     &mut mats,
                 ));
+            } else if q.ty == k.ty {
+                // Q and K share a type, V has another (Q4_K_M, Q2_K mixes): two mat-vecs.
+                let mut qk = q.data.to_vec();
+                qk.extend_from_slice(&k.data);
+                qkv.push(push(
+                    upload_matrix(&ctx, &n("attn_qk"), q.ty, d + kv_dim, d, &qk)?,
+                    &mut mats,
+                ));
+                qkv.push(push(
+                    upload_matrix(&ctx, &n("attn_v"), v.ty, kv_dim, d, &v.data)?,
+                    &mut mats,
+                ));
             } else {
                 qkv.push(push(
                     upload_matrix(&ctx, &n("attn_q"), q.ty, d, d, &q.data)?,
