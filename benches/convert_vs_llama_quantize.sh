@@ -38,12 +38,23 @@ timed() {
   awk '{printf "%s %s %.2f\n", $1, $2, $3 + $4}' "$TMP/time"
   return 0
 }
-run_ggufq() { timed "$GGUFQ" convert "$SRC" --recipe "$PRESET" -o "$TMP/g.gguf" --allow-requantize --no-progress --threads "$THREADS" $CACHE_FLAG ${GGUFQ_FLAGS:-}; rm -f "$TMP/g.gguf" "$TMP/g.gguf.manifest.json"; }
+EXPECT_FROM=
+run_ggufq() {
+  timed "$GGUFQ" convert "$SRC" --recipe "$PRESET" -o "$TMP/g.gguf" --allow-requantize --no-progress --threads "$THREADS" $CACHE_FLAG ${GGUFQ_FLAGS:-}
+  # A timed warm run must really have taken the source hash from the cache (and a cold one not).
+  if [ -n "$EXPECT_FROM" ] && [ -f "$TMP/g.gguf.manifest.json" ] &&
+    ! grep -q "\"sha256_from\": \"$EXPECT_FROM\"" "$TMP/g.gguf.manifest.json"; then
+    echo "expected source.sha256_from = $EXPECT_FROM in the manifest" >&2
+    exit 1
+  fi
+  rm -f "$TMP/g.gguf" "$TMP/g.gguf.manifest.json"
+}
 run_llama() { timed "$LQ" --allow-requantize ${LLAMA_FLAGS:-} "$SRC" "$TMP/l.gguf" "${LLAMA_TYPE:-$PRESET}" "$THREADS"; rm -f "$TMP/l.gguf"; }
 
 cat "$SRC" >/dev/null # warm the page cache
 run_ggufq >/dev/null
 run_llama >/dev/null
+if [ "$HASH_CACHE" = warm ]; then EXPECT_FROM=cache; else EXPECT_FROM=computed; fi
 : >"$TMP/g"
 : >"$TMP/l"
 for _ in $(seq "$RUNS"); do

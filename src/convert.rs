@@ -650,8 +650,10 @@ fn convert_inner(input: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
             &opts.recipe,
             &plan,
             &tensor_hashes,
-            &source_sha,
-            source_hash_from.unwrap_or(SourceHashFrom::Computed),
+            (
+                &source_sha,
+                source_hash_from.unwrap_or(SourceHashFrom::Computed),
+            ),
             imatrix.as_ref(),
             &timings,
         );
@@ -1174,8 +1176,7 @@ fn manifest(
     recipe: &Recipe,
     plan: &Plan,
     hashes: &[String],
-    source_sha: &str,
-    source_sha_from: SourceHashFrom,
+    (source_sha, source_sha_from): (&str, SourceHashFrom),
     imatrix: Option<&Imatrix>,
     t: &Timings,
 ) -> serde_json::Value {

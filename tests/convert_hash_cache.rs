@@ -141,6 +141,22 @@ fn read_only_cache_dir_is_a_warning() {
     std::fs::set_permissions(&cdir, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+/// A cache "directory" that cannot be created (its parent is a file; fails even for root):
+/// the conversion succeeds with a warning and computes the digest.
+#[test]
+fn unusable_cache_dir_is_a_warning() {
+    let (d, src, out, _) = setup();
+    let file = d.path().join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let cdir = file.join("cache");
+    for _ in 0..2 {
+        let (from, w, sha) = run(&src, &out, Some(&cdir));
+        assert_eq!((from, sha), (SourceHashFrom::Computed, file_sha(&src)));
+        assert!(w.iter().any(|w| w.contains("cannot store")), "{w:?}");
+    }
+    assert!(out.is_file());
+}
+
 #[test]
 fn cli_uses_the_cache_dir_and_no_hash_cache_bypasses_it() {
     let (d, src, out, cdir) = setup();

@@ -387,7 +387,11 @@ mod tests {
             assert_eq!(a.written, data.len() as u64);
             assert!(a.flushed >= 2 * EARLY_WRITEBACK, "{}", a.flushed);
             a.commit().unwrap();
-            assert!(std::fs::read(&target).unwrap() == data, "{}", target.display());
+            assert!(
+                std::fs::read(&target).unwrap() == data,
+                "{}",
+                target.display()
+            );
         }
     }
 
