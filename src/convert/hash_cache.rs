@@ -94,6 +94,9 @@ impl FileKey {
     }
 }
 
+/// Entries looked at by one [`HashCache::prune`].
+const PRUNE_SCAN: usize = 4096;
+
 /// One stored entry.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Entry {
@@ -210,7 +213,40 @@ impl HashCache {
         let mut out = AtomicOutput::create(&p)?;
         out.write_all(&text).map_err(|e| Error::io(&p, e))?;
         out.commit()?;
+        self.prune();
         Ok(true)
+    }
+
+    /// Remove entries of files that are gone or changed since (they can never hit again), so
+    /// the cache does not grow with every temporary file ever converted. Runs after a store,
+    /// which follows a full hash of a large file, so a scan of small files costs nothing in
+    /// comparison; at most [`PRUNE_SCAN`] entries are looked at. Best effort: errors are
+    /// ignored. Returns how many entries were removed.
+    pub fn prune(&self) -> usize {
+        let dir = self.dir.join("source-sha256");
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for e in rd.flatten().take(PRUNE_SCAN) {
+            let p = e.path();
+            let is_entry = p.extension().is_some_and(|x| x == "json")
+                && !e.file_name().to_string_lossy().starts_with('.');
+            if !is_entry {
+                continue;
+            }
+            let Ok(entry) = std::fs::read(&p)
+                .map_err(|_| ())
+                .and_then(|t| serde_json::from_slice::<Entry>(&t).map_err(|_| ()))
+            else {
+                continue; // Corrupt: lookup warns about it and the next store replaces it.
+            };
+            let current = FileKey::of(Path::new(&entry.key.path));
+            if current.map_or(true, |k| k != entry.key) && std::fs::remove_file(&p).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
     }
 }
 
@@ -250,6 +286,29 @@ mod tests {
         // Another size.
         std::fs::write(&f, b"hello!").unwrap();
         assert_eq!(c.lookup(&FileKey::of(&f).unwrap()), Lookup::Miss(None));
+    }
+
+    #[test]
+    fn entries_of_gone_or_changed_files_are_pruned() {
+        let d = tempfile::tempdir().unwrap();
+        let c = cache(&d.path().join("cache"));
+        let (a, b, keep) = (d.path().join("a"), d.path().join("b"), d.path().join("k"));
+        for f in [&a, &b, &keep] {
+            std::fs::write(f, b"1").unwrap();
+            c.store(&FileKey::of(f).unwrap(), &"a".repeat(64), later())
+                .unwrap();
+        }
+        let ka = FileKey::of(&a).unwrap();
+        let kk = FileKey::of(&keep).unwrap();
+        std::fs::remove_file(&b).unwrap();
+        std::fs::write(&a, b"22").unwrap();
+        assert_eq!(c.prune(), 2);
+        assert_eq!(c.lookup(&kk), Lookup::Hit("a".repeat(64)));
+        assert_eq!(c.lookup(&ka), Lookup::Miss(None));
+        let n = std::fs::read_dir(d.path().join("cache/source-sha256"))
+            .unwrap()
+            .count();
+        assert_eq!(n, 1);
     }
 
     #[test]
