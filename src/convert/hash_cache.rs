@@ -250,6 +250,29 @@ impl HashCache {
     }
 }
 
+impl HashCache {
+    /// The sha256 of the whole file at `path`: from the cache when the file's [`FileKey`] is
+    /// unchanged, else read and hashed, then stored unless the file changed while it was read
+    /// (or too recently, see [`HashCache::racy_window`]). Cache trouble never fails the call: it
+    /// is pushed to `warnings` and the file is hashed. `Err` only when the file cannot be read.
+    pub fn sha256_of(&self, path: &Path, warnings: &mut Vec<String>) -> Result<String> {
+        let key = FileKey::of(path)?;
+        match self.lookup(&key) {
+            Lookup::Hit(sha) => return Ok(sha),
+            Lookup::Miss(Some(w)) => warnings.push(w),
+            Lookup::Miss(None) => {}
+        }
+        let started = SystemTime::now();
+        let sha = crate::batch::run::sha256_file(path)?;
+        if FileKey::of(path).ok().as_ref() == Some(&key) {
+            if let Err(e) = self.store(&key, &sha, started) {
+                warnings.push(format!("source hash cache: not stored: {e}"));
+            }
+        }
+        Ok(sha)
+    }
+}
+
 fn hex(d: impl AsRef<[u8]>) -> String {
     d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -309,6 +332,40 @@ mod tests {
             .unwrap()
             .count();
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn sha256_of_hashes_stores_and_serves_from_the_cache() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("a.bin");
+        std::fs::write(&f, b"hello").unwrap();
+        let c = cache(&d.path().join("cache"));
+        let mut w = Vec::new();
+        let real = hex(Sha256::digest(b"hello"));
+        assert_eq!(c.sha256_of(&f, &mut w).unwrap(), real);
+        let k = FileKey::of(&f).unwrap();
+        assert_eq!(c.lookup(&k), Lookup::Hit(real));
+        // A planted entry is what comes back: the file was not read again.
+        c.store(&k, &"b".repeat(64), later()).unwrap();
+        assert_eq!(c.sha256_of(&f, &mut w).unwrap(), "b".repeat(64));
+        assert!(w.is_empty(), "{w:?}");
+        // Same size, other bytes: a new state, hashed again.
+        std::fs::write(&f, b"HELLO").unwrap();
+        assert_eq!(
+            c.sha256_of(&f, &mut w).unwrap(),
+            hex(Sha256::digest(b"HELLO"))
+        );
+        // A corrupt entry: a warning, and the real hash.
+        let k = FileKey::of(&f).unwrap();
+        std::fs::write(c.entry_path(&k), b"{").unwrap();
+        assert_eq!(
+            c.sha256_of(&f, &mut w).unwrap(),
+            hex(Sha256::digest(b"HELLO"))
+        );
+        assert!(w.iter().any(|x| x.contains("corrupt")), "{w:?}");
+        // A missing file is an error naming it.
+        let e = c.sha256_of(&d.path().join("gone"), &mut w).unwrap_err();
+        assert!(e.to_string().contains("gone"), "{e}");
     }
 
     #[test]
