@@ -795,20 +795,7 @@ pub fn hex_sha256(b: &[u8]) -> String {
     d.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Hex sha256 of a file, streamed.
-pub fn sha256_file(p: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(p).map_err(|e| Error::io(p, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io(p, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(buf.get(..n).unwrap_or(&[]));
-    }
-    Ok(h.finalize().iter().map(|x| format!("{x:02x}")).collect())
-}
+pub use crate::convert::hash_cache::sha256_file;
 
 /// MemAvailable from /proc/meminfo, else 8 GiB.
 fn available_memory() -> u64 {

@@ -263,7 +263,7 @@ impl HashCache {
             Lookup::Miss(None) => {}
         }
         let started = SystemTime::now();
-        let sha = crate::batch::run::sha256_file(path)?;
+        let sha = sha256_file(path)?;
         if FileKey::of(path).ok().as_ref() == Some(&key) {
             if let Err(e) = self.store(&key, &sha, started) {
                 warnings.push(format!("source hash cache: not stored: {e}"));
@@ -271,6 +271,21 @@ impl HashCache {
         }
         Ok(sha)
     }
+}
+
+/// Hex sha256 of a file, streamed.
+pub fn sha256_file(p: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(p).map_err(|e| Error::io(p, e))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut f, &mut buf).map_err(|e| Error::io(p, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(buf.get(..n).unwrap_or(&[]));
+    }
+    Ok(h.finalize().iter().map(|x| format!("{x:02x}")).collect())
 }
 
 fn hex(d: impl AsRef<[u8]>) -> String {
