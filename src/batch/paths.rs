@@ -133,6 +133,9 @@ pub fn check_pipeline_output(output: &str) -> Result<()> {
     Ok(())
 }
 
+/// Name of the report folder inside a batch output folder (`OUT/report`).
+pub const REPORT_DIR: &str = "report";
+
 /// How old a temporary file of ours must be before a later run treats it as left behind by a
 /// killed process. Our temp files live for milliseconds (a result JSON, a plot); concurrent
 /// shards writing into the same folder keep theirs far younger than this.

@@ -41,6 +41,13 @@ pub struct BatchSummary {
     pub results_dir: PathBuf,
 }
 
+impl BatchSummary {
+    /// `OUT/report`, where the report over the results is written.
+    pub fn report_dir(&self) -> PathBuf {
+        self.out_dir.join(crate::batch::paths::REPORT_DIR)
+    }
+}
+
 /// Context shared by all job threads.
 struct Ctx<'a> {
     plan: &'a Plan,
@@ -75,7 +82,7 @@ pub fn run(plan: &Plan, opts: &BatchOptions) -> Result<BatchSummary> {
     for d in [
         out.root().to_path_buf(),
         results_dir.clone(),
-        out.root().join("report"),
+        out.root().join(crate::batch::paths::REPORT_DIR),
     ] {
         crate::batch::paths::clean_stale_temps(&d, crate::batch::paths::STALE_TEMP_AGE);
     }

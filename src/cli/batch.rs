@@ -101,7 +101,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         .collect();
     let jobs = ggufq::report::load_results(&files)?;
     let report = ggufq::report::build(jobs, Some(plan.pipeline.gates.clone()));
-    let report_dir = summary.out_dir.join("report");
+    let report_dir = summary.report_dir();
     ggufq::batch::paths::refuse_symlink(&report_dir)?;
     ggufq::report::write::write_all(&report, &report_dir)?;
     if !args.quiet {

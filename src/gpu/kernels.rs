@@ -15,6 +15,7 @@ const RMSNORM_WGSL: &str = include_str!("../../shaders/rmsnorm.wgsl");
 const ROPE_WGSL: &str = include_str!("../../shaders/rope.wgsl");
 const ATTENTION_WGSL: &str = include_str!("../../shaders/attention.wgsl");
 const MATMAT_WGSL: &str = include_str!("../../shaders/matmat.wgsl");
+const ACTQ_WGSL: &str = include_str!("../../shaders/actq.wgsl");
 
 /// How a ggml type is laid out on the GPU after upload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,6 +185,8 @@ pub enum KernelKey {
     Rope,
     /// Attention with a shared score array of `ctx` entries.
     Attention { ctx: u32 },
+    /// Activation rounding before quantized matrices (`shaders/actq.wgsl`, [`super::actq`]).
+    ActQ,
 }
 
 /// Compiled pipelines, built on first use.
@@ -310,6 +313,7 @@ impl Kernels {
             KernelKey::RmsNorm => RMSNORM_WGSL.to_string(),
             KernelKey::Rope => ROPE_WGSL.to_string(),
             KernelKey::Attention { ctx: n } => ATTENTION_WGSL.replace("$CTX", &n.to_string()),
+            KernelKey::ActQ => ACTQ_WGSL.to_string(),
         })
     }
 

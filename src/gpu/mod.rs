@@ -2,6 +2,7 @@
 //! (dequantize-in-shader mat-vec / mat-mat for every type `convert` writes, RMSNorm, RoPE,
 //! attention over a KV cache, SwiGLU, residuals) and the llama graph.
 
+pub mod actq;
 pub mod backend;
 pub mod buffers;
 pub mod device;

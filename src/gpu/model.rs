@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::quant::GgmlType;
 
+use super::actq::ActRounding;
 use super::buffers::{f32_buffer, scratch, upload_matrix, GpuMatrix};
 use super::device::GpuContext;
 use super::kernels::{KernelKey, Kernels};
@@ -164,6 +165,13 @@ enum StepKind {
     },
     Rope,
     Attn,
+    /// Activation rounding of a matrix input (`k` values per token, stride `ld`).
+    ActQ {
+        kind: u32,
+        k: u32,
+        ld: u32,
+        last_only: bool,
+    },
 }
 
 struct Step {
@@ -496,16 +504,18 @@ impl GpuModel {
             Some(t) => Some(f32_of(&t, "rope_freqs.weight", half)?),
             None => None,
         };
+        // The same f32 angles as the CPU backend (and ggml_rope_ext): theta accumulated by
+        // repeated multiplication, so both backends rotate by bit-identical cos/sin.
         let mut cs = Vec::with_capacity(opts.n_ctx * half * 2);
+        let theta_scale = (cfg.rope_base as f32).powf(-2.0 / cfg.n_rot as f32);
         for p in 0..opts.n_ctx {
+            let mut theta = p as f32;
             for i in 0..half {
-                let mut f = cfg.rope_base.powf(-2.0 * i as f64 / cfg.n_rot as f64);
-                if let Some(fa) = &factors {
-                    f /= fa[i] as f64;
-                }
-                let th = p as f64 * f;
-                cs.push(th.cos() as f32);
-                cs.push(th.sin() as f32);
+                let ff = factors.as_ref().map_or(1.0, |fa| fa[i]);
+                let th = theta / ff;
+                cs.push(th.cos());
+                cs.push(th.sin());
+                theta *= theta_scale;
             }
         }
         let cs_buf = f32_buffer(&ctx, "rope", &cs);
@@ -530,7 +540,9 @@ impl GpuModel {
             });
 
         // Steps (bind groups reference a params slot each).
-        let n_slots_est = cfg.n_layer * 12 + 8 + mats.iter().map(|m| m.chunks.len()).sum::<usize>();
+        // Up to 8 dispatches per layer plus one activation rounding per matrix group.
+        let n_slots_est =
+            cfg.n_layer * 20 + 16 + 2 * mats.iter().map(|m| m.chunks.len()).sum::<usize>();
         let params = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params"),
             size: (n_slots_est * SLOT) as u64,
@@ -574,6 +586,7 @@ impl GpuModel {
                 entries: &entries,
             })
         };
+        let act = std::cell::RefCell::new(ActRounding::new(nb * d.max(2 * cfg.n_ff)));
         let add_mat = |steps: &mut Vec<Step>,
                        mats: &Vec<GpuMatrix>,
                        m: usize,
@@ -585,8 +598,27 @@ impl GpuModel {
                        mode: u32,
                        last_only: bool| {
             for c in 0..mats[m].chunks.len() {
+                // Inputs rounded as the CPU backend's quantized activations (super::actq).
+                let input =
+                    act.borrow_mut()
+                        .input_for(&ctx, mats[m].ty, xb, yb, last_only, steps.len());
+                if let Some(r) = input.round {
+                    let slot = steps.len();
+                    steps.push(Step {
+                        kind: StepKind::ActQ {
+                            kind: r.kind,
+                            k: mats[m].cols as u32,
+                            ld: x_ld as u32,
+                            last_only,
+                        },
+                        bind: bg(&bgl_mat, &[xb, xb, &r.out], slot),
+                        slot,
+                        key: KernelKey::ActQ,
+                        n: 0,
+                    });
+                }
                 let slot = steps.len();
-                let bind = bg(&bgl_mat, &[&mats[m].chunks[c].buf, xb, yb], slot);
+                let bind = bg(&bgl_mat, &[&mats[m].chunks[c].buf, &input.buf, yb], slot);
                 steps.push(Step {
                     kind: StepKind::Mat {
                         m,
@@ -719,6 +751,7 @@ impl GpuModel {
         add_mat(
             &mut steps, &mats, out_idx, &xn, &logits, d, 0, n_vocab, 0, true,
         );
+        mem.scratch += act.borrow().bytes;
         if steps.len() > n_slots_est {
             return Err(Error::msg("internal: params slots underestimated"));
         }
@@ -893,6 +926,20 @@ impl GpuModel {
                             ntok.div_ceil(tune.nt_prompt),
                         )
                     };
+                }
+                StepKind::ActQ {
+                    kind,
+                    k,
+                    ld,
+                    last_only,
+                } => {
+                    let (x_off, ntok) = if last_only && !all_logits {
+                        ((n as u32 - 1) * ld, 1)
+                    } else {
+                        (0, n as u32)
+                    };
+                    p = super::actq::params(k, ld, x_off, ntok, kind);
+                    wg = super::actq::workgroups(k, ntok);
                 }
                 StepKind::Rope => {
                     p = [

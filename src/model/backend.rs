@@ -18,7 +18,8 @@
 //! - Logits are written row-major into `out` (resized by the backend): one row of `n_vocab`
 //!   f32 per requested token, in token order (`All`: every token; `Last`: only the last; `From(i)`: tokens `i..`).
 //! - Numerics follow llama.cpp's CPU backend: RMSNorm, RoPE (mode from [`HParams::rope_mode`]),
-//!   K/V and Q rounded to f16 as llama.cpp's f16 KV cache does, softmax in f32, SwiGLU FFN.
+//!   K/V and Q rounded to f16 as llama.cpp's f16 KV cache does, softmax in f32, SwiGLU FFN (GeGLU with
+//!   ggml's f16 GELU table for gemma3).
 //! - Errors: a token id ≥ n_vocab, or a batch that would overflow `n_ctx()`, returns an error
 //!   and leaves the cache unchanged.
 

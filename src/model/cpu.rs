@@ -1,4 +1,5 @@
-//! The CPU backend: multi-threaded (rayon) llama-family forward pass over quantized weights.
+//! The CPU backend: multi-threaded (rayon) llama-family and gemma3 forward pass over quantized
+//! weights.
 //!
 //! Matrix products follow llama.cpp's CPU numerics: activations are rounded to the type
 //! llama.cpp's `vec_dot` pairs with the weight type (Q8_0 for Q4_0/Q5_0/Q8_0, Q8_1 for
@@ -12,7 +13,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::model::backend::{Backend, LogitsWanted};
-use crate::model::hparams::{HParams, RopeMode};
+use crate::model::hparams::{Arch, FfnAct, HParams, RopeMode};
 use crate::model::weights::{LlamaWeights, Weight};
 use crate::model::Model;
 use crate::quant::GgmlType;
@@ -505,7 +506,9 @@ struct Layer {
     bv: Option<Vec<f32>>,
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
+    post_attn_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
+    post_ffn_norm: Option<Vec<f32>>,
     gate: Mat,
     up: Mat,
     down: Mat,
@@ -527,6 +530,38 @@ pub struct CpuBackend {
     /// Per layer: [n_ctx × kv_dim], values rounded to f16 (llama.cpp's f16 KV cache).
     k_cache: Vec<Vec<f32>>,
     v_cache: Vec<Vec<f32>>,
+}
+
+/// GELU (tanh approximation) in f32 as ggml computes it (`0.5·x·(1 + tanh(√(2/π)·x·(1 +
+/// 0.044715·x²)))`, no fused multiply-adds).
+pub fn gelu_tanh(x: f32) -> f32 {
+    const GELU_COEF_A: f32 = 0.044715;
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh())
+}
+
+/// ggml's CPU GELU table: for every f16 bit pattern, `gelu_tanh` of its value rounded to f16.
+pub fn gelu_table() -> &'static [f16] {
+    static TABLE: std::sync::OnceLock<Vec<f16>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|b| f16::from_f32(gelu_tanh(f16::from_bits(b).to_f32())))
+            .collect()
+    })
+}
+
+/// `gelu(gate) · up` as ggml's CPU `geglu` (f32 rows): 0 for `gate ≤ -10`, `gate · up` for
+/// `gate ≥ 10`, else the f16 table looked up at `gate` rounded to f16.
+#[inline]
+pub fn geglu(table: &[f16], gate: f32, up: f32) -> f32 {
+    if gate <= -10.0 {
+        0.0
+    } else if gate >= 10.0 {
+        gate * up
+    } else {
+        let i = f16::from_f32(gate).to_bits() as usize;
+        table.get(i).map_or(0.0, |t| t.to_f32()) * up
+    }
 }
 
 /// RMSNorm of each row of `x` (width `w.len()`), times `w`, like ggml (sum in f64).
@@ -568,7 +603,9 @@ impl CpuBackend {
                 bv: opt(&l.bv)?,
                 q_norm: opt(&l.q_norm)?,
                 k_norm: opt(&l.k_norm)?,
+                post_attn_norm: opt(&l.post_attn_norm)?,
                 ffn_norm: load_vec(&l.ffn_norm)?,
+                post_ffn_norm: opt(&l.post_ffn_norm)?,
                 gate: Mat::new(&l.gate)?,
                 up: Mat::new(&l.up)?,
                 down: Mat::new(&l.down)?,
@@ -604,10 +641,10 @@ impl CpuBackend {
 
     /// cos/sin of every rotated pair for positions `pos0..pos0+n` (row t: `rope_dim / 2`
     /// pairs), computed like ggml_rope_ext (theta accumulated by repeated multiplication).
-    fn rope_table(&self, n: usize, pos0: usize) -> Vec<(f32, f32)> {
+    fn rope_table(&self, n: usize, pos0: usize, base: f32, freq_scale: f32) -> Vec<(f32, f32)> {
         let hp = &self.hp;
         let nd = hp.rope_dim;
-        let theta_scale = hp.rope_freq_base.powf(-2.0 / nd as f32);
+        let theta_scale = base.powf(-2.0 / nd as f32);
         let mut cs = vec![(0f32, 0f32); n * (nd / 2)];
         for (t, row) in cs.chunks_mut((nd / 2).max(1)).enumerate().take(n) {
             let mut theta = (pos0 + t) as f32;
@@ -617,7 +654,7 @@ impl CpuBackend {
                     .as_ref()
                     .and_then(|f| f.get(i).copied())
                     .unwrap_or(1.0);
-                let th = hp.rope_freq_scale * theta / ff;
+                let th = freq_scale * theta / ff;
                 *c = (th.cos(), th.sin());
                 theta *= theta_scale;
             }
@@ -668,17 +705,29 @@ impl CpuBackend {
     }
 
     /// Causal attention of `n` new queries (`q`: [n × q_dim], already rounded to f16) at
-    /// positions `pos0..pos0+n` over layer `li`'s cache, into `att` ([n × q_dim]).
+    /// positions `pos0..pos0+n` over layer `li`'s cache, into `att` ([n × q_dim]). Scores are
+    /// multiplied by `kq_scale`; with `window = Some(w)` a query at position `p` only sees
+    /// keys at positions `p0` with `p - p0 < w` (llama.cpp's standard sliding window).
     ///
     /// One task per (head, block of query rows): S = Q·Kᵀ and O = P·V run as f32 GEMMs over
     /// the f16-valued cache; softmax in f32 with an f64 sum, P rounded to f16 (llama.cpp's
     /// f16 `mul_mat` of the probabilities with V).
-    fn attention(&self, li: usize, q: &[f32], n: usize, pos0: usize, att: &mut [f32]) {
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        li: usize,
+        q: &[f32],
+        n: usize,
+        pos0: usize,
+        kq_scale: f32,
+        window: Option<usize>,
+        att: &mut [f32],
+    ) {
         let hp = &self.hp;
         let (hd, nh, nkv) = (hp.head_dim, hp.n_head, hp.n_head_kv);
         let (qd, kvd) = (hp.q_dim(), hp.kv_dim());
         let group = (nh / nkv.max(1)).max(1);
-        let scale = 1.0 / (hd as f32).sqrt();
+        let scale = kq_scale;
         let (kc, vc) = (&self.k_cache[li], &self.v_cache[li]);
         let n_blocks = n.div_ceil(ATT_BLOCK);
         let att_ptr = SendPtr(att.as_mut_ptr());
@@ -706,7 +755,10 @@ impl CpuBackend {
                 }
                 for (r, srow) in s.chunks_mut(nk).enumerate() {
                     let last = pos0 + t0 + r; // inclusive
-                    let (vis, masked) = srow.split_at_mut(last + 1);
+                    let first = window.map_or(0, |w| (last + 1).saturating_sub(w));
+                    let (srow, masked) = srow.split_at_mut(last + 1);
+                    let (before, vis) = srow.split_at_mut(first);
+                    before.iter_mut().for_each(|v| *v = 0.0);
                     let mut mx = f32::NEG_INFINITY;
                     for v in vis.iter_mut() {
                         *v *= scale;
@@ -766,10 +818,33 @@ impl CpuBackend {
                 })?;
             dequantize_rows(self.tok_embd.ty(), src, row)?;
         }
-        let table = self.rope_table(n, pos0);
+        if hp.embd_scale != 1.0 {
+            x.iter_mut().for_each(|v| *v *= hp.embd_scale);
+        }
+        // One RoPE table per distinct (base, scale): gemma3's local layers use their own.
+        let mut tables: Vec<((f32, f32), Vec<(f32, f32)>)> = Vec::new();
+        for li in 0..self.layers.len() {
+            let key = hp.rope_for_layer(li);
+            if !tables.iter().any(|(k, _)| *k == key) {
+                tables.push((key, self.rope_table(n, pos0, key.0, key.1)));
+            }
+        }
+        // gemma3 scales Q before the KQ product (llama.cpp's graph); the others scale scores.
+        let (q_scale, kq_scale) = if hp.arch == Arch::Gemma3 {
+            (hp.attn_scale, 1.0)
+        } else {
+            (1.0, hp.attn_scale)
+        };
         let mut h = vec![0f32; n * e];
         let mut att = vec![0f32; n * qd];
         for li in 0..self.layers.len() {
+            let key = hp.rope_for_layer(li);
+            let table = tables
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, t)| t.as_slice())
+                .unwrap_or(&[]);
+            let window = hp.swa.as_ref().filter(|_| hp.is_swa(li)).map(|s| s.window);
             let l = &self.layers[li];
             h.copy_from_slice(&x);
             rms_norm(&mut h, &l.attn_norm, hp.rms_eps);
@@ -780,8 +855,11 @@ impl CpuBackend {
                 rms_norm(&mut q, qn, hp.rms_eps);
                 rms_norm(&mut k, kn, hp.rms_eps);
             }
-            self.rope(&mut q, nh, &table);
-            self.rope(&mut k, nkv, &table);
+            self.rope(&mut q, nh, table);
+            self.rope(&mut k, nkv, table);
+            if q_scale != 1.0 {
+                q.iter_mut().for_each(|v| *v *= q_scale);
+            }
             round_f16(&mut q);
             let kc = &mut self.k_cache[li][pos0 * kvd..(pos0 + n) * kvd];
             kc.copy_from_slice(&k);
@@ -789,22 +867,42 @@ impl CpuBackend {
             let vc = &mut self.v_cache[li][pos0 * kvd..(pos0 + n) * kvd];
             vc.copy_from_slice(&v);
             round_f16(vc);
-            self.attention(li, &q, n, pos0, &mut att);
+            self.attention(li, &q, n, pos0, kq_scale, window, &mut att);
             let l = &self.layers[li];
-            let ao = self.linear(&l.wo, &att, n, None)?;
+            let mut ao = self.linear(&l.wo, &att, n, None)?;
+            if let Some(pn) = &l.post_attn_norm {
+                rms_norm(&mut ao, pn, hp.rms_eps);
+            }
             x.iter_mut().zip(&ao).for_each(|(a, b)| *a += b);
             h.copy_from_slice(&x);
             rms_norm(&mut h, &l.ffn_norm, hp.rms_eps);
             let g = self.linear(&l.gate, &h, n, None)?;
             let mut u = self.linear(&l.up, &h, n, None)?;
-            u.par_chunks_mut(4096)
-                .zip(g.par_chunks(4096))
-                .for_each(|(u, g)| {
-                    u.iter_mut()
-                        .zip(g)
-                        .for_each(|(u, &g)| *u *= g / (1.0 + (-g).exp()))
-                });
-            let d = self.linear(&l.down, &u, n, None)?;
+            match hp.ffn_act {
+                FfnAct::Silu => {
+                    u.par_chunks_mut(4096)
+                        .zip(g.par_chunks(4096))
+                        .for_each(|(u, g)| {
+                            u.iter_mut()
+                                .zip(g)
+                                .for_each(|(u, &g)| *u *= g / (1.0 + (-g).exp()))
+                        })
+                }
+                FfnAct::GeluTanh => {
+                    let table = gelu_table();
+                    u.par_chunks_mut(4096)
+                        .zip(g.par_chunks(4096))
+                        .for_each(|(u, g)| {
+                            u.iter_mut()
+                                .zip(g)
+                                .for_each(|(u, &g)| *u = geglu(table, g, *u))
+                        })
+                }
+            }
+            let mut d = self.linear(&l.down, &u, n, None)?;
+            if let Some(pn) = &l.post_ffn_norm {
+                rms_norm(&mut d, pn, hp.rms_eps);
+            }
             x.iter_mut().zip(&d).for_each(|(a, b)| *a += b);
         }
         self.n_past += n;
@@ -825,6 +923,11 @@ impl CpuBackend {
         let nr = h.len() / e;
         rms_norm(&mut h, &self.output_norm, hp.rms_eps);
         *out = self.linear(&self.output, &h, nr, None)?;
+        if let Some(c) = hp.logit_softcap {
+            out.par_chunks_mut(4096).for_each(|o| {
+                o.iter_mut().for_each(|v| *v = (*v * (1.0 / c)).tanh() * c);
+            });
+        }
         Ok(())
     }
 }

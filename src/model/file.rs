@@ -127,6 +127,16 @@ impl ModelFile {
             .collect()
     }
 
+    /// An array of booleans.
+    pub fn get_bool_array(&self, key: &str) -> Option<Vec<bool>> {
+        self.value(key)?
+            .as_array()?
+            .values
+            .iter()
+            .map(Value::as_bool)
+            .collect()
+    }
+
     /// An array of integers as i64.
     pub fn get_i64_array(&self, key: &str) -> Option<Vec<i64>> {
         self.value(key)?

@@ -14,6 +14,9 @@ pub enum Arch {
     Qwen2,
     /// `qwen3` (RMS norm on Q and K heads).
     Qwen3,
+    /// `gemma3` (scaled embeddings, Q/K norms, post-attention and post-FFN norms, GELU-gated
+    /// FFN, sliding-window attention on local layers).
+    Gemma3,
 }
 
 impl Arch {
@@ -24,6 +27,7 @@ impl Arch {
             "mistral" => Arch::Mistral,
             "qwen2" => Arch::Qwen2,
             "qwen3" => Arch::Qwen3,
+            "gemma3" => Arch::Gemma3,
             _ => return None,
         })
     }
@@ -34,8 +38,31 @@ impl Arch {
             Arch::Mistral => "mistral",
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
+            Arch::Gemma3 => "gemma3",
         }
     }
+}
+
+/// The FFN's gate activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FfnAct {
+    /// `silu(gate) * up` (SwiGLU: llama, mistral, qwen).
+    Silu,
+    /// `gelu_tanh(gate) * up` (GeGLU: gemma), with ggml's f16 GELU table.
+    GeluTanh,
+}
+
+/// Sliding-window attention (gemma3's local layers).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SlidingWindow {
+    /// Window length `n_swa`: a query at position `p` sees keys at `p0` with `p - p0 < n_swa`.
+    pub window: usize,
+    /// Per layer: whether it is a local (sliding-window) layer.
+    pub layers: Vec<bool>,
+    /// RoPE base frequency of the local layers (`rope.freq_base_swa`, default 10000).
+    pub rope_freq_base: f32,
+    /// RoPE frequency scale of the local layers (always 1, as llama.cpp).
+    pub rope_freq_scale: f32,
 }
 
 /// How RoPE pairs dimensions.
@@ -80,8 +107,22 @@ pub struct HParams {
     pub rms_eps: f32,
     /// The output projection reuses `token_embd.weight` (no `output.weight` tensor).
     pub tied_embeddings: bool,
-    /// Q and K are RMS-normalised per head (qwen3).
+    /// Q and K are RMS-normalised per head (qwen3, gemma3).
     pub qk_norm: bool,
+    /// Multiplier of the token embeddings (`sqrt(n_embd)` for gemma3, else 1).
+    pub embd_scale: f32,
+    /// Attention scale: scores are `q·k · attn_scale` (`1/sqrt(head_dim)` for llama; gemma3
+    /// multiplies Q by it before the f16 KV product, as llama.cpp's graph does).
+    pub attn_scale: f32,
+    /// RMS norms on the attention output and the FFN output before each residual add
+    /// (`post_attention_norm`, `post_ffw_norm`: gemma3).
+    pub post_norms: bool,
+    /// FFN gate activation.
+    pub ffn_act: FfnAct,
+    /// Sliding-window attention, if any layer uses it.
+    pub swa: Option<SlidingWindow>,
+    /// `final_logit_softcapping`: logits become `c · tanh(logits / c)` (None = off).
+    pub logit_softcap: Option<f32>,
 }
 
 impl HParams {
@@ -93,7 +134,7 @@ impl HParams {
         })?;
         let arch = Arch::from_name(arch_name).ok_or_else(|| {
             Error::msg(format!(
-                "{p}: unsupported architecture '{arch_name}' (supported: llama, mistral, qwen2, qwen3)"
+                "{p}: unsupported architecture '{arch_name}' (supported: llama, mistral, qwen2, qwen3, gemma3)"
             ))
         })?;
         let a = arch.name();
@@ -188,7 +229,26 @@ impl HParams {
         let tied_embeddings = f.tensor("output.weight").is_none();
         let rope_mode = match arch {
             Arch::Llama | Arch::Mistral => RopeMode::Normal,
-            Arch::Qwen2 | Arch::Qwen3 => RopeMode::Neox,
+            Arch::Qwen2 | Arch::Qwen3 | Arch::Gemma3 => RopeMode::Neox,
+        };
+        let gemma = arch == Arch::Gemma3;
+        // llama.cpp: 1/sqrt(head_dim), except Gemma 3 27B (62 layers): 1/sqrt(n_embd/n_head).
+        let attn_scale = if gemma && n_layer == 62 {
+            1.0 / ((n_embd / n_head) as f32).sqrt()
+        } else {
+            1.0 / (head_dim as f32).sqrt()
+        };
+        let swa = if gemma {
+            sliding_window(f, a, n_layer, &p)?
+        } else {
+            None
+        };
+        let logit_softcap = if gemma {
+            f.get_f64(&format!("{a}.final_logit_softcapping"))
+                .map(|v| v as f32)
+                .filter(|&v| v != 0.0)
+        } else {
+            None
         };
         Ok(HParams {
             arch,
@@ -206,8 +266,33 @@ impl HParams {
             rope_mode,
             rms_eps,
             tied_embeddings,
-            qk_norm: arch == Arch::Qwen3,
+            qk_norm: matches!(arch, Arch::Qwen3 | Arch::Gemma3),
+            embd_scale: if gemma { (n_embd as f32).sqrt() } else { 1.0 },
+            attn_scale,
+            post_norms: gemma,
+            ffn_act: if gemma {
+                FfnAct::GeluTanh
+            } else {
+                FfnAct::Silu
+            },
+            swa,
+            logit_softcap,
         })
+    }
+
+    /// Whether layer `il` uses sliding-window attention.
+    pub fn is_swa(&self, il: usize) -> bool {
+        self.swa
+            .as_ref()
+            .is_some_and(|s| s.layers.get(il).copied().unwrap_or(false))
+    }
+
+    /// RoPE (base, scale) of layer `il`: the local values on sliding-window layers.
+    pub fn rope_for_layer(&self, il: usize) -> (f32, f32) {
+        match &self.swa {
+            Some(s) if self.is_swa(il) => (s.rope_freq_base, s.rope_freq_scale),
+            _ => (self.rope_freq_base, self.rope_freq_scale),
+        }
     }
 
     /// Width of the query projection output (`n_head * head_dim`).
@@ -218,4 +303,49 @@ impl HParams {
     pub fn kv_dim(&self) -> usize {
         self.n_head_kv * self.head_dim
     }
+}
+
+/// gemma3's sliding-window layout, as llama.cpp reads it: `attention.sliding_window` (0 or
+/// absent = none); `attention.sliding_window_pattern` either a per-layer bool array or a
+/// period `n` (default 6) where every `n`-th layer (`il % n == n - 1`) is global.
+fn sliding_window(
+    f: &ModelFile,
+    a: &str,
+    n_layer: usize,
+    p: &str,
+) -> Result<Option<SlidingWindow>> {
+    let window = match f.get_u64(&format!("{a}.attention.sliding_window")) {
+        None | Some(0) => return Ok(None),
+        Some(w) => w as usize,
+    };
+    let key = format!("{a}.attention.sliding_window_pattern");
+    let layers = if let Some(arr) = f.get_i64_array(&key) {
+        if arr.len() < n_layer {
+            return Err(Error::msg(format!(
+                "{p}: '{key}' has {} entries for {n_layer} layers",
+                arr.len()
+            )));
+        }
+        arr.iter().take(n_layer).map(|&v| v != 0).collect()
+    } else if let Some(bools) = f.get_bool_array(&key) {
+        if bools.len() < n_layer {
+            return Err(Error::msg(format!(
+                "{p}: '{key}' has {} entries for {n_layer} layers",
+                bools.len()
+            )));
+        }
+        bools.into_iter().take(n_layer).collect()
+    } else {
+        let n = f.get_u64(&key).unwrap_or(6) as usize;
+        (0..n_layer).map(|il| n == 0 || il % n < n - 1).collect()
+    };
+    let rope_freq_base = f
+        .get_f64(&format!("{a}.rope.freq_base_swa"))
+        .unwrap_or(10000.0) as f32;
+    Ok(Some(SlidingWindow {
+        window,
+        layers,
+        rope_freq_base,
+        rope_freq_scale: 1.0,
+    }))
 }

@@ -1,4 +1,4 @@
-//! Model runtime: load a llama-family GGUF, tokenize, and run the forward pass on a backend.
+//! Model runtime: load a llama-family (or gemma3) GGUF, tokenize, and run the forward pass on a backend.
 //!
 //! - [`file`]: the GGUF file as the runtime sees it (metadata look-ups, tensor views)
 //! - [`hparams`]: hyper-parameters from metadata
@@ -21,7 +21,7 @@ use crate::error::Result;
 
 pub use backend::{Backend, LogitsWanted};
 pub use file::ModelFile;
-pub use hparams::{Arch, HParams, RopeMode};
+pub use hparams::{Arch, FfnAct, HParams, RopeMode, SlidingWindow};
 pub use weights::{LayerWeights, LlamaWeights, Weight};
 
 /// A model file opened for inference: hyper-parameters and tensor locations.

@@ -234,7 +234,7 @@ impl Tokenizer {
             .filter(|&i| {
                 matches!(
                     types[i as usize],
-                    TokenType::Control | TokenType::UserDefined
+                    TokenType::Control | TokenType::UserDefined | TokenType::Unknown
                 ) && !tokens[i as usize].is_empty()
             })
             .collect();
@@ -294,7 +294,13 @@ impl Tokenizer {
         }
         let mut frags = vec![Frag::Text(text)];
         for &sid in &self.special {
-            if self.types[sid as usize] == TokenType::Control && !parse_special {
+            // llama.cpp matches control and unknown tokens (e.g. "<unk>") only when parsing
+            // special tokens; user-defined ones always.
+            if matches!(
+                self.types[sid as usize],
+                TokenType::Control | TokenType::Unknown
+            ) && !parse_special
+            {
                 continue;
             }
             let s = self.tokens[sid as usize].as_str();
@@ -435,26 +441,10 @@ impl Tokenizer {
         for c in text.chars() {
             s.push(if c == ' ' { '\u{2581}' } else { c });
         }
-        // Symbols: one per UTF-8 character, merged greedily by the best-scoring pair.
-        let mut syms: Vec<(usize, usize)> = s
-            .char_indices()
-            .map(|(i, c)| (i, i + c.len_utf8()))
-            .collect();
-        loop {
-            let mut best: Option<(f32, usize, u32)> = None;
-            for i in 0..syms.len().saturating_sub(1) {
-                let piece = &s[syms[i].0..syms[i + 1].1];
-                if let Some(&id) = self.to_id.get(piece) {
-                    let sc = self.scores[id as usize];
-                    if best.is_none_or(|(bs, _, _)| sc > bs) {
-                        best = Some((sc, i, id));
-                    }
-                }
-            }
-            let Some((_, i, _)) = best else { break };
-            syms[i].1 = syms[i + 1].1;
-            syms.remove(i + 1);
-        }
+        // Symbols: one per UTF-8 character, merged best-scoring pair first (ties: leftmost),
+        // as llama.cpp's SPM session does, with a heap of candidate bigrams and a linked list
+        // of live symbols (stale heap entries are skipped), so long texts stay O(n log n).
+        let syms = self.spm_merge(&s);
         for (a, b) in syms {
             let piece = &s[a..b];
             match self.to_id.get(piece) {
@@ -470,6 +460,91 @@ impl Tokenizer {
                 }
             }
         }
+    }
+
+    /// Merge the characters of `s` into SentencePiece symbols; returns their byte ranges.
+    fn spm_merge(&self, s: &str) -> Vec<(usize, usize)> {
+        use std::cmp::Ordering;
+        use std::collections::BinaryHeap;
+
+        /// A candidate merge of symbol `left` with its right neighbour; `len` is the byte
+        /// length of the merged text when queued (a mismatch later means it is stale).
+        struct Bigram {
+            score: f32,
+            left: usize,
+            right: usize,
+            len: usize,
+        }
+        impl PartialEq for Bigram {
+            fn eq(&self, o: &Self) -> bool {
+                self.cmp(o) == Ordering::Equal
+            }
+        }
+        impl Eq for Bigram {}
+        impl PartialOrd for Bigram {
+            fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+                Some(self.cmp(o))
+            }
+        }
+        impl Ord for Bigram {
+            // Max-heap: higher score first, then the smaller left index.
+            fn cmp(&self, o: &Self) -> Ordering {
+                self.score
+                    .total_cmp(&o.score)
+                    .then_with(|| o.left.cmp(&self.left))
+            }
+        }
+        // (start, end, prev, next); `end == start` marks a symbol merged away.
+        let mut sym: Vec<(usize, usize, Option<usize>, Option<usize>)> = s
+            .char_indices()
+            .enumerate()
+            .map(|(i, (b, c))| (b, b + c.len_utf8(), i.checked_sub(1), Some(i + 1)))
+            .collect();
+        if let Some(last) = sym.last_mut() {
+            last.3 = None;
+        }
+        let mut heap = BinaryHeap::new();
+        let try_add = |heap: &mut BinaryHeap<Bigram>,
+                       sym: &[(usize, usize, Option<usize>, Option<usize>)],
+                       l: Option<usize>,
+                       r: Option<usize>| {
+            let (Some(l), Some(r)) = (l, r) else { return };
+            let (a, b) = (sym[l].0, sym[r].1);
+            if let Some(&id) = self.to_id.get(&s[a..b]) {
+                heap.push(Bigram {
+                    score: self.scores.get(id as usize).copied().unwrap_or(0.0),
+                    left: l,
+                    right: r,
+                    len: b - a,
+                });
+            }
+        };
+        for i in 1..sym.len() {
+            try_add(&mut heap, &sym, Some(i - 1), Some(i));
+        }
+        while let Some(bg) = heap.pop() {
+            let (l, r) = (bg.left, bg.right);
+            let (ls, rs) = (sym[l], sym[r]);
+            // Stale: one side was merged away or grew since this bigram was queued.
+            if ls.0 == ls.1 || rs.0 == rs.1 || ls.3 != Some(r) || rs.1 - ls.0 != bg.len {
+                continue;
+            }
+            sym[l].1 = rs.1;
+            sym[l].3 = rs.3;
+            sym[r].1 = sym[r].0;
+            if let Some(nx) = rs.3 {
+                sym[nx].2 = Some(l);
+            }
+            try_add(&mut heap, &sym, ls.2, Some(l));
+            try_add(&mut heap, &sym, Some(l), sym[l].3);
+        }
+        let mut out = Vec::new();
+        let mut cur = if sym.is_empty() { None } else { Some(0) };
+        while let Some(i) = cur {
+            out.push((sym[i].0, sym[i].1));
+            cur = sym[i].3;
+        }
+        out
     }
 
     /// The text of one token (byte-level decoding for BPE, `▁` → space for SentencePiece).

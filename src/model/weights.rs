@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::model::file::{ModelFile, TensorMeta};
-use crate::model::hparams::{Arch, HParams};
+use crate::model::hparams::HParams;
 use crate::quant::GgmlType;
 
 /// One tensor of the model: its metadata plus the file it lives in.
@@ -62,6 +62,9 @@ pub struct LayerWeights {
     pub q_norm: Option<Weight>,
     /// See `q_norm`.
     pub k_norm: Option<Weight>,
+    /// Optional `blk.N.post_attention_norm.weight` [n_embd] (gemma3): RMS norm of the
+    /// attention output before the residual add.
+    pub post_attn_norm: Option<Weight>,
     /// `blk.N.ffn_norm.weight` [n_embd].
     pub ffn_norm: Weight,
     /// `blk.N.ffn_gate.weight` [n_embd → n_ff].
@@ -70,6 +73,9 @@ pub struct LayerWeights {
     pub up: Weight,
     /// `blk.N.ffn_down.weight` [n_ff → n_embd].
     pub down: Weight,
+    /// Optional `blk.N.post_ffw_norm.weight` [n_embd] (gemma3): RMS norm of the FFN output
+    /// before the residual add.
+    pub post_ffn_norm: Option<Weight>,
 }
 
 /// All tensors of a llama-family model.
@@ -126,10 +132,18 @@ impl LlamaWeights {
         let mut layers = Vec::with_capacity(hp.n_layer);
         for i in 0..hp.n_layer {
             let n = |s: &str| format!("blk.{i}.{s}");
-            let (q_norm, k_norm) = if hp.arch == Arch::Qwen3 {
+            let (q_norm, k_norm) = if hp.qk_norm {
                 (
                     Some(get(&n("attn_q_norm.weight"), &[hd])?),
                     Some(get(&n("attn_k_norm.weight"), &[hd])?),
+                )
+            } else {
+                (None, None)
+            };
+            let (post_attn_norm, post_ffn_norm) = if hp.post_norms {
+                (
+                    Some(get(&n("post_attention_norm.weight"), &[e])?),
+                    Some(get(&n("post_ffw_norm.weight"), &[e])?),
                 )
             } else {
                 (None, None)
@@ -145,10 +159,12 @@ impl LlamaWeights {
                 bv: opt(&n("attn_v.bias"), &[kv])?,
                 q_norm,
                 k_norm,
+                post_attn_norm,
                 ffn_norm: get(&n("ffn_norm.weight"), &[e])?,
                 gate: get(&n("ffn_gate.weight"), &[e, ff])?,
                 up: get(&n("ffn_up.weight"), &[e, ff])?,
                 down: get(&n("ffn_down.weight"), &[ff, e])?,
+                post_ffn_norm,
             });
         }
         Ok(LlamaWeights {

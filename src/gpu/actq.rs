@@ -1,0 +1,254 @@
+//! Activation rounding on the GPU (`shaders/actq.wgsl`): before a quantized matrix reads its
+//! input, the input is rounded to the values of the activation type ggml's CPU `vec_dot`
+//! pairs with the weight type (Q8_0 / Q8_1 blocks before Q4_0 … Q5_1 and Q8_0, Q8_K before the
+//! K-quants, f16 / bf16 before F16 / BF16), exactly as [`ActQuant::apply`] does in the CPU
+//! backend. GPU and CPU then compute the same products up to f32 summation order, which makes
+//! the GPU's perplexity match the CPU backend's (and llama.cpp's CPU numerics).
+//!
+//! The graph builder asks [`ActRounding::input_for`] for each matrix step; it records at most
+//! one rounding per distinct (input buffer, activation type) while consecutive matrices read
+//! the same input (the fused QKV and gate/up groups), into one scratch buffer per type.
+
+use crate::error::{Error, Result};
+use crate::model::cpu::ActQuant;
+use crate::quant::GgmlType;
+
+use super::buffers::{f32_buffer, scratch};
+use super::device::GpuContext;
+use super::kernels::{KernelKey, Kernels};
+
+/// Values per workgroup of the rounding kernel (one row chunk of one token).
+pub const CHUNK: u32 = 256;
+
+/// Kernel code of an activation rounding: 0 none (F32 weights), 1 f16, 2 bf16, 3 Q8_0 / Q8_1
+/// blocks of 32 (both represent the same values), 4 Q8_K blocks of 256.
+pub fn kind_of(act: ActQuant) -> u32 {
+    match act {
+        ActQuant::None => 0,
+        ActQuant::F16 => 1,
+        ActQuant::Bf16 => 2,
+        ActQuant::Q8_0 | ActQuant::Q8_1 => 3,
+        ActQuant::Q8K => 4,
+    }
+}
+
+/// Kernel code of the rounding ggml's CPU applies before a matrix of weight type `ty`
+/// (0 for types the CPU backend does not know, which the GPU rejects at upload anyway).
+pub fn kind_for_weight(ty: GgmlType) -> u32 {
+    ActQuant::for_weight(ty).map(kind_of).unwrap_or(0)
+}
+
+/// Uniform parameters of one rounding dispatch: `n_tok` rows of `k` values, row stride `ld`,
+/// first value at `x_off` (all in f32 elements).
+pub fn params(k: u32, ld: u32, x_off: u32, n_tok: u32, kind: u32) -> [u32; 12] {
+    [k, ld, x_off, n_tok, kind, 0, 0, 0, 0, 0, 0, 0]
+}
+
+/// Workgroups of one rounding dispatch.
+pub fn workgroups(k: u32, n_tok: u32) -> (u32, u32) {
+    (k.div_ceil(CHUNK), n_tok)
+}
+
+/// A rounding the graph builder must record before a matrix step.
+pub struct RoundingStep {
+    /// Kernel code ([`kind_of`]).
+    pub kind: u32,
+    /// The buffer the rounded values go to (same layout as the input).
+    pub out: wgpu::Buffer,
+}
+
+/// What a matrix step reads.
+pub struct MatInput {
+    /// The buffer to bind as the matrix input (the input itself or a rounded copy).
+    pub buf: wgpu::Buffer,
+    /// A rounding to record first, if the rounded copy is not already there.
+    pub round: Option<RoundingStep>,
+}
+
+struct Rounded {
+    kind: u32,
+    input: wgpu::Buffer,
+    last_only: bool,
+    /// Steps recorded when this rounding was last known valid.
+    valid_at: usize,
+}
+
+/// Scratch buffers and bookkeeping for the rounding steps of one model graph.
+pub struct ActRounding {
+    elems: usize,
+    scratch: Vec<(u32, wgpu::Buffer)>,
+    live: Vec<Rounded>,
+    enabled: bool,
+    /// Bytes of scratch allocated.
+    pub bytes: u64,
+}
+
+impl ActRounding {
+    /// Bookkeeping for inputs of at most `elems` f32 values (the largest activation buffer).
+    /// `GGUFQ_ACTQ=0` turns the rounding off (f32 activations, the engine before session 3;
+    /// for comparisons only).
+    pub fn new(elems: usize) -> ActRounding {
+        ActRounding {
+            elems,
+            scratch: Vec::new(),
+            live: Vec::new(),
+            enabled: std::env::var("GGUFQ_ACTQ").as_deref() != Ok("0"),
+            bytes: 0,
+        }
+    }
+
+    /// The input of a matrix step of weight type `ty` that reads `x` and writes `y`, with
+    /// `n_steps` steps recorded before it. `last_only`: the step may read only the last
+    /// token's row (the rounding then covers only that row too). Call once per recorded
+    /// matrix step (every chunk), in recording order.
+    pub fn input_for(
+        &mut self,
+        ctx: &GpuContext,
+        ty: GgmlType,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        last_only: bool,
+        n_steps: usize,
+    ) -> MatInput {
+        let kind = if self.enabled { kind_for_weight(ty) } else { 0 };
+        // Roundings stay valid only while the steps since them are matrix steps reading
+        // the same input (and not writing it).
+        self.live
+            .retain(|r| r.valid_at == n_steps && &r.input == x && x != y);
+        if kind == 0 {
+            for r in &mut self.live {
+                r.valid_at = n_steps + 1;
+            }
+            return MatInput {
+                buf: x.clone(),
+                round: None,
+            };
+        }
+        let out = self.scratch_for(ctx, kind);
+        let reuse = self
+            .live
+            .iter()
+            .any(|r| r.kind == kind && (!r.last_only || last_only));
+        let extra = if reuse { 1 } else { 2 };
+        for r in &mut self.live {
+            r.valid_at = n_steps + extra;
+        }
+        if reuse {
+            return MatInput {
+                buf: out,
+                round: None,
+            };
+        }
+        self.live.retain(|r| r.kind != kind);
+        if x == y {
+            // The matrix overwrites its own input: nothing rounded stays valid after it.
+            self.live.clear();
+        } else {
+            self.live.push(Rounded {
+                kind,
+                input: x.clone(),
+                last_only,
+                valid_at: n_steps + 2,
+            });
+        }
+        MatInput {
+            buf: out.clone(),
+            round: Some(RoundingStep { kind, out }),
+        }
+    }
+
+    fn scratch_for(&mut self, ctx: &GpuContext, kind: u32) -> wgpu::Buffer {
+        if let Some((_, b)) = self.scratch.iter().find(|(k, _)| *k == kind) {
+            return b.clone();
+        }
+        let b = scratch(ctx, "act_rounded", self.elems);
+        self.bytes += 4 * self.elems.max(1) as u64;
+        self.scratch.push((kind, b.clone()));
+        b
+    }
+}
+
+/// Round `x` (`n_tok` rows of `k` values) on the GPU as the CPU backend rounds the input of a
+/// matrix of weight type `ty` (tests and diagnostics; the model records the same kernel in its
+/// graph).
+pub fn round_rows(ctx: &GpuContext, ty: GgmlType, x: &[f32], k: usize) -> Result<Vec<f32>> {
+    if k == 0 || x.len() % k != 0 {
+        return Err(Error::msg(format!(
+            "activation rounding: {} values are not whole rows of {k}",
+            x.len()
+        )));
+    }
+    let kind = kind_for_weight(ty);
+    if kind == 0 {
+        return Ok(x.to_vec());
+    }
+    let n_tok = x.len() / k;
+    use wgpu::util::DeviceExt;
+    let entry = |i: u32, ty: wgpu::BufferBindingType| wgpu::BindGroupLayoutEntry {
+        binding: i,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty,
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    };
+    let bgl = ctx
+        .device
+        .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("actq"),
+            entries: &[
+                entry(0, wgpu::BufferBindingType::Storage { read_only: true }),
+                entry(2, wgpu::BufferBindingType::Storage { read_only: false }),
+                entry(3, wgpu::BufferBindingType::Uniform),
+            ],
+        });
+    let layout = ctx
+        .device
+        .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: None,
+            bind_group_layouts: &[Some(&bgl)],
+            immediate_size: 0,
+        });
+    let mut kernels = Kernels::default();
+    let pipe = kernels.get_with_layout(ctx, &KernelKey::ActQ, &layout)?;
+    let xb = f32_buffer(ctx, "x", x);
+    let yb = scratch(ctx, "y", x.len());
+    let p = params(k as u32, k as u32, 0, n_tok as u32, kind);
+    let ub = ctx
+        .device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("params"),
+            contents: bytemuck::cast_slice(&p),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+    let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &bgl,
+        entries: &[
+            wgpu::BindGroupEntry {
+                binding: 0,
+                resource: xb.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 2,
+                resource: yb.as_entire_binding(),
+            },
+            wgpu::BindGroupEntry {
+                binding: 3,
+                resource: ub.as_entire_binding(),
+            },
+        ],
+    });
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        pass.set_pipeline(pipe);
+        pass.set_bind_group(0, &bg, &[]);
+        let (gx, gy) = workgroups(k as u32, n_tok as u32);
+        pass.dispatch_workgroups(gx, gy, 1);
+    }
+    ctx.queue.submit(Some(enc.finish()));
+    ctx.read_f32(&yb, 0, x.len())
+}
