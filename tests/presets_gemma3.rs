@@ -206,7 +206,7 @@ fn sha256_file(p: &Path) -> String {
 }
 
 /// With the model in the cache (scripts/fetch-gemma3.sh): `ggufq convert` writes files
-/// byte-identical to llama-quantize's for Q3_K_M, Q4_K_M, Q5_K_M and hybrid.yaml (hashes of
+/// byte-identical to llama-quantize's for Q3_K_M, Q4_K_M, Q5_K_M, hybrid.yaml and hybrid-pure.yaml (hashes of
 /// llama-quantize's outputs, recorded from the runs in the fixture's `_meta`).
 #[test]
 fn gemma3_converted_files_are_byte_identical_to_llama_quantize() {
@@ -217,7 +217,7 @@ fn gemma3_converted_files_are_byte_identical_to_llama_quantize() {
     let fx = fixture();
     let hashes = fx["_meta"]["sha256"].as_object().expect("_meta.sha256");
     let dir = tempfile::tempdir().unwrap();
-    for preset in ["Q3_K_M", "Q4_K_M", "Q5_K_M", "hybrid"] {
+    for preset in ["Q3_K_M", "Q4_K_M", "Q5_K_M", "hybrid", "hybrid-pure"] {
         let want = hashes[preset].as_str().expect("hash");
         let out = dir.path().join(format!("{preset}.gguf"));
         let mut o = ggufq::convert::ConvertOptions::new(recipe_for(preset));
