@@ -224,7 +224,6 @@ pub fn type_fits(ty: GgmlType, dims: &[u64]) -> bool {
 /// tensor) with the candidates of `candidates` that fit every tensor of the unit.
 pub fn build_units(descs: &[TensorDesc], candidates: &[GgmlType]) -> Vec<Unit> {
     let mut units: Vec<Unit> = Vec::new();
-    let mut src_types: Vec<Vec<GgmlType>> = Vec::new();
     let mut index: BTreeMap<(String, Option<u64>), usize> = BTreeMap::new();
     for d in descs {
         if !super::presets::allows_quantization(&d.name, &d.dims) || d.ty.is_none() {
@@ -252,7 +251,6 @@ pub fn build_units(descs: &[TensorDesc], candidates: &[GgmlType]) -> Vec<Unit> {
             u.candidates.retain(|&c| type_fits(c, &d.dims));
             continue;
         }
-        src_types.push(Vec::new());
         index.insert(key, units.len());
         units.push(Unit {
             group: group.to_string(),
@@ -268,9 +266,9 @@ pub fn build_units(descs: &[TensorDesc], candidates: &[GgmlType]) -> Vec<Unit> {
             keep: false,
         });
     }
-    // Source types per unit (same order as the unit's tensors).
-    for (u, st) in units.iter_mut().zip(src_types.iter_mut()) {
-        *st = u
+    for u in &mut units {
+        // The unit's source types (same order as its tensors).
+        let st: Vec<GgmlType> = u
             .tensors
             .iter()
             .filter_map(|t| descs.iter().find(|d| &d.name == t).and_then(|d| d.ty))
