@@ -13,7 +13,12 @@ use ggufq::gpu::{
 
 fn context() -> Option<Arc<GpuContext>> {
     match GpuContext::new(&DeviceOptions::default()) {
-        Ok(c) => Some(Arc::new(c)),
+        Ok(mut c) => {
+            // The f64 reference keeps activations unrounded; the Q8/f16 activation rounding
+            // is checked against the CPU backend in tests/gpu_actq*.rs.
+            c.tune.act_round = false;
+            Some(Arc::new(c))
+        }
         Err(e) if std::env::var("GGUFQ_SKIP_GPU").as_deref() == Ok("1") => {
             eprintln!("skipping GPU test: {e}");
             None

@@ -487,8 +487,7 @@ fn gpu_engine_refuses_gemma3_with_a_clear_error() {
     write_gemma3(&p, &mixed(GgmlType::Q8_0, None));
     let src = ggufq::gpu::GgufSource::open(&p).unwrap();
     let err = ggufq::gpu::LlamaConfig::from_source(&src)
-        .err()
-        .expect("gemma3 on the GPU engine")
+        .expect_err("gemma3 on the GPU engine")
         .to_string();
     assert!(
         err.contains("gemma3") && err.contains("not supported by the GPU engine"),

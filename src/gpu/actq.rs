@@ -84,15 +84,14 @@ pub struct ActRounding {
 }
 
 impl ActRounding {
-    /// Bookkeeping for inputs of at most `elems` f32 values (the largest activation buffer).
-    /// `GGUFQ_ACTQ=0` turns the rounding off (f32 activations, the engine before session 3;
-    /// for comparisons only).
-    pub fn new(elems: usize) -> ActRounding {
+    /// Bookkeeping for inputs of at most `elems` f32 values (the largest activation buffer);
+    /// `enabled: false` records no rounding (`Tune::act_round`, GGUFQ_ACTQ=0).
+    pub fn new(elems: usize, enabled: bool) -> ActRounding {
         ActRounding {
             elems,
             scratch: Vec::new(),
             live: Vec::new(),
-            enabled: std::env::var("GGUFQ_ACTQ").as_deref() != Ok("0"),
+            enabled,
             bytes: 0,
         }
     }

@@ -38,6 +38,9 @@ pub struct AdapterFacts {
     pub shader_f16: bool,
     /// Timestamp queries available.
     pub timestamps: bool,
+    /// Cooperative matrices (tensor cores) used by the prompt mat-mat kernel: 16×16×16 with
+    /// f16 inputs and f32 accumulation, subgroups of 32 (GGUFQ_COOP=0 turns them off).
+    pub coop_matrix: bool,
 }
 
 /// An open device with its queue and the facts the kernels need.
@@ -95,6 +98,10 @@ impl GpuContext {
         if afeat.contains(wgpu::Features::SHADER_F16) {
             features |= wgpu::Features::SHADER_F16;
         }
+        let coop = super::kernels::coop_usable(&adapter, want_sub);
+        if coop {
+            features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+        }
         let ts = afeat.contains(wgpu::Features::TIMESTAMP_QUERY);
         if ts {
             features |= wgpu::Features::TIMESTAMP_QUERY;
@@ -103,7 +110,14 @@ impl GpuContext {
             label: Some("ggufq"),
             required_features: features,
             required_limits: alimits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            experimental_features: if coop {
+                // SAFETY: the only experimental feature requested is cooperative matrices, used
+                // by one kernel (shaders/matmat_coop.wgsl) whose results tests and
+                // `bench --kernels` check against the CPU; GGUFQ_COOP=0 avoids it.
+                unsafe { wgpu::ExperimentalFeatures::enabled() }
+            } else {
+                wgpu::ExperimentalFeatures::disabled()
+            },
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
@@ -128,6 +142,7 @@ impl GpuContext {
             subgroup_size: subgroup32.then_some(32),
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             timestamps: ts,
+            coop_matrix: coop,
         };
         Ok(GpuContext {
             device,

@@ -16,6 +16,27 @@ const ROPE_WGSL: &str = include_str!("../../shaders/rope.wgsl");
 const ATTENTION_WGSL: &str = include_str!("../../shaders/attention.wgsl");
 const MATMAT_WGSL: &str = include_str!("../../shaders/matmat.wgsl");
 const ACTQ_WGSL: &str = include_str!("../../shaders/actq.wgsl");
+const MATMAT_COOP_WGSL: &str = include_str!("../../shaders/matmat_coop.wgsl");
+
+/// Whether `adapter` can run the cooperative-matrix mat-mat kernel: the experimental wgpu
+/// feature, f16 shaders, a 16×16×16 f16 × f16 + f32 configuration, and subgroups of 32
+/// (`subgroup32`); GGUFQ_COOP=0 says no.
+pub fn coop_usable(adapter: &wgpu::Adapter, subgroup32: bool) -> bool {
+    let info = adapter.get_info();
+    let feat = adapter.features();
+    subgroup32
+        && info.subgroup_min_size == 32
+        && info.subgroup_max_size == 32
+        && std::env::var("GGUFQ_COOP").as_deref() != Ok("0")
+        && feat.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+        && feat.contains(wgpu::Features::SHADER_F16)
+        && adapter.cooperative_matrix_properties().iter().any(|p| {
+            use wgpu::CooperativeScalarType as S;
+            (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+                && p.ab_type == S::F16
+                && p.cr_type == S::F32
+        })
+}
 
 /// How a ggml type is laid out on the GPU after upload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,6 +134,9 @@ pub struct Tune {
     /// Use the type's `udot` (unit dot product with integer unpacking) where dequant.wgsl has
     /// one (GGUFQ_UDOT=0: 8 × deq4 + dot instead).
     pub udot: bool,
+    /// Round matrix inputs as the CPU backend's quantized activations ([`super::actq`]);
+    /// GGUFQ_ACTQ=0 keeps f32 activations (the engine before session 3, for comparisons).
+    pub act_round: bool,
     /// Compile kernels without naga's bounds checks and loop bounding (the kernels clamp
     /// their own indices); GGUFQ_SHADER_CHECKS=1 keeps the checks.
     pub unchecked: bool,
@@ -166,6 +190,7 @@ impl Tune {
                 _ => None,
             },
             udot: std::env::var("GGUFQ_UDOT").as_deref() != Ok("0"),
+            act_round: std::env::var("GGUFQ_ACTQ").as_deref() != Ok("0"),
             unchecked: std::env::var("GGUFQ_SHADER_CHECKS").as_deref() != Ok("1"),
         }
     }
@@ -306,8 +331,12 @@ impl Kernels {
                     .ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;
                 let lay = layout(gt)?;
                 let deq = deq_source(gt, "W", "", "P.d_off")?;
-                MATMAT_WGSL
-                    .replace("$UPB", &lay.units_per_block().to_string())
+                let src = if ctx.facts.coop_matrix {
+                    MATMAT_COOP_WGSL
+                } else {
+                    MATMAT_WGSL
+                };
+                src.replace("$UPB", &lay.units_per_block().to_string())
                     .replace("$DEQ", &deq)
             }
             KernelKey::RmsNorm => RMSNORM_WGSL.to_string(),

@@ -586,7 +586,10 @@ impl GpuModel {
                 entries: &entries,
             })
         };
-        let act = std::cell::RefCell::new(ActRounding::new(nb * d.max(2 * cfg.n_ff)));
+        let act = std::cell::RefCell::new(ActRounding::new(
+            nb * d.max(2 * cfg.n_ff),
+            ctx.tune.act_round,
+        ));
         let add_mat = |steps: &mut Vec<Step>,
                        mats: &Vec<GpuMatrix>,
                        m: usize,

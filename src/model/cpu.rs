@@ -532,6 +532,9 @@ pub struct CpuBackend {
     v_cache: Vec<Vec<f32>>,
 }
 
+/// A RoPE cos/sin table and the (base, scale) it was made for.
+type RopeTable = ((f32, f32), Vec<(f32, f32)>);
+
 /// GELU (tanh approximation) in f32 as ggml computes it (`0.5·x·(1 + tanh(√(2/π)·x·(1 +
 /// 0.044715·x²)))`, no fused multiply-adds).
 pub fn gelu_tanh(x: f32) -> f32 {
@@ -822,7 +825,7 @@ impl CpuBackend {
             x.iter_mut().for_each(|v| *v *= hp.embd_scale);
         }
         // One RoPE table per distinct (base, scale): gemma3's local layers use their own.
-        let mut tables: Vec<((f32, f32), Vec<(f32, f32)>)> = Vec::new();
+        let mut tables: Vec<RopeTable> = Vec::new();
         for li in 0..self.layers.len() {
             let key = hp.rope_for_layer(li);
             if !tables.iter().any(|(k, _)| *k == key) {
