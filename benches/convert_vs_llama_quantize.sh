@@ -11,6 +11,10 @@
 #     outside the repo from the llama-cpp-python 0.3.36 sdist, see docs/BENCHMARKS.md)
 #   THREADS=N (default: nproc), passed to both tools.
 #   GGUFQ_FLAGS="--no-manifest" (default empty): extra convert flags.
+#   HASH_CACHE=cold|warm (default cold): cold passes --no-hash-cache, so every run hashes the
+#     whole source for the manifest; warm points GGUFQ_CACHE_DIR at a fresh directory that the
+#     untimed warm-up run fills, so the timed runs take the source sha256 from the cache (the
+#     batch case: one source, many recipes). Without a manifest the cache plays no part.
 # Prints one Markdown table row per tool and the ratio ggufq / llama-quantize.
 set -euo pipefail
 SRC=$1
@@ -21,6 +25,12 @@ LQ=${LLAMA_QUANTIZE:-/work/peer/bin/llama-quantize}
 THREADS=${THREADS:-$(nproc)}
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/convbench.XXXXXX")
 trap 'rm -rf "$TMP"' EXIT
+HASH_CACHE=${HASH_CACHE:-cold}
+case $HASH_CACHE in
+  cold) CACHE_FLAG=--no-hash-cache ;;
+  warm) CACHE_FLAG= ; export GGUFQ_CACHE_DIR="$TMP/cache" ;;
+  *) echo "HASH_CACHE must be cold or warm" >&2; exit 2 ;;
+esac
 
 # One timed run: prints "wall_seconds max_rss_kib cpu_seconds" (cpu = user + system).
 timed() {
@@ -28,12 +38,23 @@ timed() {
   awk '{printf "%s %s %.2f\n", $1, $2, $3 + $4}' "$TMP/time"
   return 0
 }
-run_ggufq() { timed "$GGUFQ" convert "$SRC" --recipe "$PRESET" -o "$TMP/g.gguf" --allow-requantize --no-progress --threads "$THREADS" ${GGUFQ_FLAGS:-}; rm -f "$TMP/g.gguf" "$TMP/g.gguf.manifest.json"; }
+EXPECT_FROM=
+run_ggufq() {
+  timed "$GGUFQ" convert "$SRC" --recipe "$PRESET" -o "$TMP/g.gguf" --allow-requantize --no-progress --threads "$THREADS" $CACHE_FLAG ${GGUFQ_FLAGS:-}
+  # A timed warm run must really have taken the source hash from the cache (and a cold one not).
+  if [ -n "$EXPECT_FROM" ] && [ -f "$TMP/g.gguf.manifest.json" ] &&
+    ! grep -q "\"sha256_from\": \"$EXPECT_FROM\"" "$TMP/g.gguf.manifest.json"; then
+    echo "expected source.sha256_from = $EXPECT_FROM in the manifest" >&2
+    exit 1
+  fi
+  rm -f "$TMP/g.gguf" "$TMP/g.gguf.manifest.json"
+}
 run_llama() { timed "$LQ" --allow-requantize ${LLAMA_FLAGS:-} "$SRC" "$TMP/l.gguf" "${LLAMA_TYPE:-$PRESET}" "$THREADS"; rm -f "$TMP/l.gguf"; }
 
 cat "$SRC" >/dev/null # warm the page cache
 run_ggufq >/dev/null
 run_llama >/dev/null
+if [ "$HASH_CACHE" = warm ]; then EXPECT_FROM=cache; else EXPECT_FROM=computed; fi
 : >"$TMP/g"
 : >"$TMP/l"
 for _ in $(seq "$RUNS"); do
@@ -46,7 +67,7 @@ lw=$(cut -d' ' -f1 "$TMP/l" | median); lm=$(cut -d' ' -f2 "$TMP/l" | median)
 gc=$(cut -d' ' -f3 "$TMP/g" | median); lc=$(cut -d' ' -f3 "$TMP/l" | median)
 echo "| tool | wall s (median of $RUNS) | CPU s (user+sys, median) | peak RSS MiB |"
 echo "| --- | ---: | ---: | ---: |"
-echo "| ggufq convert --recipe $PRESET ${GGUFQ_FLAGS:-} | $gw | $gc | $((gm / 1024)) |"
+echo "| ggufq convert --recipe $PRESET ${GGUFQ_FLAGS:-} (hash cache $HASH_CACHE) | $gw | $gc | $((gm / 1024)) |"
 echo "| llama-quantize ${LLAMA_FLAGS:-}${LLAMA_FLAGS:+ }${LLAMA_TYPE:-$PRESET} | $lw | $lc | $((lm / 1024)) |"
 awk -v a="$gw" -v b="$lw" -v c="$gm" -v d="$lm" -v e="$gc" -v f="$lc" 'BEGIN {printf "ratio ggufq/llama-quantize: wall %.2f, CPU %.2f, peak RSS %.2f\n", a/b, e/f, c/d}'
 echo "all runs (wall s, RSS KiB, CPU s): ggufq: $(tr '\n' ';' <"$TMP/g") llama: $(tr '\n' ';' <"$TMP/l")"

@@ -1,11 +1,12 @@
 // Tiled dequantize-in-shader matrix × matrix on cooperative matrices (tensor cores):
 // Y[t][row] = W[row] · X[t] for prompt batches, f16 inputs, f32 accumulation.
 //
-// A workgroup (8 subgroups of 32) computes a 64-row × 64-token tile. Per 32-wide step of K
-// it dequantizes the 64 × 32 weight tile and converts the 32 × 64 input tile to f16 in
-// workgroup memory; subgroup s multiplies rows 16·(s % 4) with tokens 32·(s / 4) .. +32 as
-// two 16 × 16 × 16 products per 16 of K. The tile result goes through workgroup memory so
-// the output modes of matvec.wgsl (store, residual add, SwiGLU) apply per element.
+// A workgroup (8 subgroups of 32) computes a BM-row × 64-token tile (BM = 64 or 128). Per
+// 32-wide step of K it dequantizes the BM × 32 weight tile and converts the 32 × 64 input
+// tile to f16 in workgroup memory; subgroup s multiplies rows (BM/4)·(s % 4) .. +BM/4 with
+// tokens 32·(s / 4) .. +32 as (BM/64)·2 products of 16 × 16 × 16 per 16 of K. The tile
+// result goes through workgroup memory so the output modes of matvec.wgsl (store, residual
+// add, SwiGLU) apply per element.
 enable f16;
 enable wgpu_cooperative_matrix;
 
@@ -33,25 +34,25 @@ const UPB: u32 = $UPBu;
 // Row strides (elements) of the tiles: multiples of 8 f16 / 4 f32 (16 bytes), padded
 // against bank conflicts.
 const LDW: u32 = 40u;
-const LDC: u32 = 68u;
+const BM: u32 = $BMu;
+const LDC: u32 = BM;
 
-var<workgroup> Ws: array<f16, 2560>;  // [64 rows][LDW]: W[row][k]
-var<workgroup> Xs: array<f16, 2560>;  // [64 tokens][LDW]: X[t][k]
-var<workgroup> Cs: array<f32, 4352>;  // [64 tokens][LDC]: Y[t][row]
+var<workgroup> Ws: array<f16, BM * LDW>;  // [BM rows][LDW]: W[row][k]
+var<workgroup> Xs: array<f16, 2560>;      // [64 tokens][LDW]: X[t][k]
+var<workgroup> Cs: array<f32, 64u * LDC>;  // [64 tokens][LDC]: Y[t][row]
 
 $DEQ
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
-    let row_base = wg.x * 64u;
+    let row_base = wg.x * BM;
     let tok_base = wg.y * 64u;
     let sg = lid / 32u;
-    let rb = (sg % 4u) * 16u;
+    let rb = (sg % 4u) * (BM / 4u);
     let tb = (sg / 4u) * 32u;
-    var c0 = coop_mat16x16<f32, C>();
-    var c1 = coop_mat16x16<f32, C>();
+$ACC_DECL
     for (var u = 0u; u < P.units; u++) {
-        for (var h = 0u; h < 2u; h++) {
+        for (var h = 0u; h < BM / 32u; h++) {
             let p = lid + h * 256u;
             let wr = p / 8u;
             let j = p % 8u;
@@ -63,31 +64,34 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
             Ws[wo + 1u] = w.y;
             Ws[wo + 2u] = w.z;
             Ws[wo + 3u] = w.w;
-            let t = min(tok_base + wr, P.n_tok - 1u);
+        }
+        for (var h = 0u; h < 2u; h++) {
+            let p = lid + h * 256u;
+            let xt = p / 8u;
+            let j = p % 8u;
+            let t = min(tok_base + xt, P.n_tok - 1u);
             let xv = vec4<f16>(X[P.x_off + t * P.ld_x + u * 8u + j]);
-            Xs[wo] = xv.x;
-            Xs[wo + 1u] = xv.y;
-            Xs[wo + 2u] = xv.z;
-            Xs[wo + 3u] = xv.w;
+            let xo = xt * LDW + 4u * j;
+            Xs[xo] = xv.x;
+            Xs[xo + 1u] = xv.y;
+            Xs[xo + 2u] = xv.z;
+            Xs[xo + 3u] = xv.w;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < 32u; kk += 16u) {
-            let a = coopLoadT<coop_mat16x16<f16, A>>(&Ws[rb * LDW + kk], LDW);
             let b0 = coopLoad<coop_mat16x16<f16, B>>(&Xs[tb * LDW + kk], LDW);
             let b1 = coopLoad<coop_mat16x16<f16, B>>(&Xs[(tb + 16u) * LDW + kk], LDW);
-            c0 = coopMultiplyAdd(a, b0, c0);
-            c1 = coopMultiplyAdd(a, b1, c1);
+$ACC_MMA
         }
         workgroupBarrier();
     }
     // C[row][t] column-major = Cs[t][row].
-    coopStore(c0, &Cs[tb * LDC + rb], LDC);
-    coopStore(c1, &Cs[(tb + 16u) * LDC + rb], LDC);
+$ACC_STORE
     workgroupBarrier();
-    for (var i = 0u; i < 16u; i++) {
+    for (var i = 0u; i < BM / 4u; i++) {
         let idx = lid + i * 256u;
-        let rr = idx % 64u;
-        let tt = idx / 64u;
+        let rr = idx % BM;
+        let tt = idx / BM;
         let row = row_base + rr;
         let tok = tok_base + tt;
         if (row >= P.rows || tok >= P.n_tok) {

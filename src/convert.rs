@@ -6,6 +6,8 @@
 //! temporary file beside OUT that is fsynced and renamed only when everything succeeded
 //! ([`AtomicOutput`]); an error, a panic or a kill leaves no partial OUT.
 
+pub mod hash_cache;
+
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -44,6 +46,9 @@ pub struct ConvertOptions {
     pub progress: bool,
     /// Write `OUT.manifest.json`.
     pub manifest: bool,
+    /// Take the manifest's source sha256 from this cache when the source file is unchanged,
+    /// and store it there after hashing (see [`hash_cache`]). `None`: always hash.
+    pub hash_cache: Option<hash_cache::HashCache>,
 }
 
 impl ConvertOptions {
@@ -59,6 +64,7 @@ impl ConvertOptions {
             threads: None,
             progress: false,
             manifest: true,
+            hash_cache: None,
         }
     }
 }
@@ -89,6 +95,29 @@ pub struct ConvertReport {
     pub manifest_json: Option<serde_json::Value>,
     /// Timings.
     pub timings: Timings,
+    /// Non-fatal problems met while converting (an unusable hash cache entry or directory).
+    pub warnings: Vec<String>,
+    /// Where the manifest's source sha256 came from (`None` without a manifest).
+    pub source_hash_from: Option<SourceHashFrom>,
+}
+
+/// Where the manifest's source sha256 came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceHashFrom {
+    /// Hashed in full during this conversion.
+    Computed,
+    /// Taken from the source hash cache (the file's path, inode, size and times unchanged).
+    Cache,
+}
+
+impl SourceHashFrom {
+    /// The manifest's spelling: `computed` or `cache`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceHashFrom::Computed => "computed",
+            SourceHashFrom::Cache => "cache",
+        }
+    }
 }
 
 /// Model facts for the preset logic, from GGUF metadata.
@@ -513,6 +542,8 @@ fn convert_inner(input: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
                 total_s: t0.elapsed().as_secs_f64(),
                 ..Default::default()
             },
+            warnings: Vec::new(),
+            source_hash_from: None,
         });
     }
     let out_path = opts.output.clone().unwrap_or_default();
@@ -550,16 +581,59 @@ fn convert_inner(input: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
         &metadata,
         specs,
     )?;
+    // The source hash: from the cache when the file is unchanged, else computed in full.
+    let mut warnings = Vec::new();
+    let cache = opts.hash_cache.as_ref().filter(|_| opts.manifest);
+    let mut cache_key = None;
+    let mut cached_sha = None;
+    let hashed_at = std::time::SystemTime::now();
+    if let Some(c) = cache {
+        match hash_cache::FileKey::of(input) {
+            Ok(k) => {
+                match c.lookup(&k) {
+                    hash_cache::Lookup::Hit(sha) => cached_sha = Some(sha),
+                    hash_cache::Lookup::Miss(w) => warnings.extend(w),
+                }
+                cache_key = Some(k);
+            }
+            Err(e) => warnings.push(format!("source hash cache: {e}; hashing the source")),
+        }
+    }
     let bar = progress_bar(opts.progress, plan.from_bytes());
-    let run = run_pipeline(&f, &plan, imatrix.as_ref(), writer, opts.manifest, &bar)?;
+    let want_hash = opts.manifest && cached_sha.is_none();
+    let run = run_pipeline(&f, &plan, imatrix.as_ref(), writer, want_hash, &bar)?;
     let buf = run.writer.finish()?;
     let atomic = buf
         .into_inner()
         .map_err(|e| Error::io(&out_path, e.into_error()))?;
     bar.finish_and_clear();
     let convert_s = t1.elapsed().as_secs_f64();
-    let (tensor_hashes, source_sha, source_hash_s) =
+    let (tensor_hashes, mut source_sha, source_hash_s) =
         (run.tensor_hashes, run.source_sha, run.source_hash_s);
+    let source_hash_from = opts.manifest.then(|| {
+        if cached_sha.is_some() {
+            SourceHashFrom::Cache
+        } else {
+            SourceHashFrom::Computed
+        }
+    });
+    if let Some(sha) = cached_sha {
+        source_sha = sha;
+    } else if let (Some(c), Some(k)) = (cache, &cache_key) {
+        // Store only if the file did not change while it was read.
+        match hash_cache::FileKey::of(input) {
+            Ok(now) if now == *k => {
+                if let Err(e) = c.store(k, &source_sha, hashed_at) {
+                    warnings.push(format!("source hash cache: cannot store the hash: {e}"));
+                }
+            }
+            Ok(_) => warnings.push(format!(
+                "{} changed while it was converted; its hash is not cached",
+                input.display()
+            )),
+            Err(e) => warnings.push(format!("source hash cache: {e}")),
+        }
+    }
 
     let mut manifest_json = None;
     let mut manifest_out = None;
@@ -576,7 +650,10 @@ fn convert_inner(input: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
             &opts.recipe,
             &plan,
             &tensor_hashes,
-            &source_sha,
+            (
+                &source_sha,
+                source_hash_from.unwrap_or(SourceHashFrom::Computed),
+            ),
             imatrix.as_ref(),
             &timings,
         );
@@ -604,6 +681,8 @@ fn convert_inner(input: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
         manifest: opts.manifest.then_some(mpath),
         manifest_json,
         timings,
+        warnings,
+        source_hash_from,
     })
 }
 
@@ -900,8 +979,8 @@ fn encode_piece(
         .and_then(|b| usize::try_from(b).ok())
         .ok_or_else(|| tensor_err(&e.name, "row too large"))?;
     let mut out = pools.out.take(p.n_rows as usize * rb);
-    // Every kernel writes whole blocks; clearing a reused buffer keeps that from mattering.
-    out.fill(0);
+    // A reused buffer is not cleared: every kernel writes every byte of its rows (tested by
+    // quant::tests::rows_write_every_output_byte; the memset was ~2-5 % of a conversion).
     quant::quantize_rows_into(to, data, rl, w, p.first_row as usize, &mut out)
         .map_err(|err| tensor_err(&e.name, err.to_string()))?;
     if let Some(v) = decoded {
@@ -1097,7 +1176,7 @@ fn manifest(
     recipe: &Recipe,
     plan: &Plan,
     hashes: &[String],
-    source_sha: &str,
+    (source_sha, source_sha_from): (&str, SourceHashFrom),
     imatrix: Option<&Imatrix>,
     t: &Timings,
 ) -> serde_json::Value {
@@ -1125,6 +1204,7 @@ fn manifest(
             "path": f.path.display().to_string(),
             "bytes": f.file_size,
             "sha256": source_sha,
+            "sha256_from": source_sha_from.as_str(),
         },
         "recipe": {
             "sources": recipe.sources,

@@ -72,8 +72,14 @@ fn check(
         }
     }
     let rel = max_err / max_ref.max(1e-9);
+    // The tiled kernel takes f16 inputs where it runs on cooperative matrices.
+    let tol = if nt == 0 {
+        ggufq::gpu::kernels::matmat_tolerance(ctx)
+    } else {
+        1e-4
+    };
     assert!(
-        rel < 1e-4,
+        rel < tol,
         "{name} rows {rows} cols {cols} tokens {n_tok} nt {nt}: rel err {rel:e}"
     );
 }

@@ -65,6 +65,72 @@ impl Rng {
     }
 }
 
+/// A SentencePiece vocabulary of exactly `NV` tokens laid out like Gemma's: `<pad>`, `<eos>`,
+/// `<bos>`, `<unk>`, the 256 byte tokens, then pieces with descending scores.
+fn spm_tokenizer() -> Vec<(String, Value)> {
+    use ggufq::gguf::{Array, ValueType};
+    let mut tokens: Vec<String> = ["<pad>", "<eos>", "<bos>", "<unk>"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut types = vec![3i32, 3, 3, 2];
+    for b in 0..256 {
+        tokens.push(format!("<0x{b:02X}>"));
+        types.push(6);
+    }
+    let pieces = "\u{2581} e t a o i n s h r d l u c m f w g y p b , . \u{2581}t \u{2581}a he in th er an re on at \u{2581}th \u{2581}the en nd es or te ed is it al ar st to";
+    for p in pieces.split(' ') {
+        if tokens.len() < NV {
+            tokens.push(p.to_string());
+            types.push(1);
+        }
+    }
+    let n_pieces = tokens.len() - 260;
+    for i in 0..NV - tokens.len() {
+        tokens.push(format!("x{i}"));
+        types.push(1);
+    }
+    let scores: Vec<Value> = (0..NV)
+        .map(|i| {
+            let s = if (260..260 + n_pieces).contains(&i) {
+                -((i - 260) as f32)
+            } else if i < 260 {
+                0.0
+            } else {
+                -1000.0
+            };
+            Value::F32(s)
+        })
+        .collect();
+    let strs = |v: &[String]| {
+        Value::Array(Array::new(
+            ValueType::String,
+            v.iter().map(|s| Value::String(s.clone())).collect(),
+        ))
+    };
+    vec![
+        ("tokenizer.ggml.model".into(), Value::String("llama".into())),
+        ("tokenizer.ggml.pre".into(), Value::String("default".into())),
+        ("tokenizer.ggml.tokens".into(), strs(&tokens)),
+        (
+            "tokenizer.ggml.scores".into(),
+            Value::Array(Array::new(ValueType::F32, scores)),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(Array::new(
+                ValueType::I32,
+                types.into_iter().map(Value::I32).collect(),
+            )),
+        ),
+        ("tokenizer.ggml.bos_token_id".into(), Value::U32(2)),
+        ("tokenizer.ggml.eos_token_id".into(), Value::U32(1)),
+        ("tokenizer.ggml.unknown_token_id".into(), Value::U32(3)),
+        ("tokenizer.ggml.add_bos_token".into(), Value::Bool(true)),
+        ("tokenizer.ggml.add_space_prefix".into(), Value::Bool(false)),
+    ]
+}
+
 /// Write a gemma3-shaped GGUF: tied embeddings, Q/K norms, post norms, `n_layer` blocks.
 fn write_gemma3(path: &Path, s: &Synth) {
     let u = |v: usize| Value::U32(v as u32);
@@ -107,6 +173,7 @@ fn write_gemma3(path: &Path, s: &Synth) {
     if let Some(c) = s.softcap {
         meta.push(("gemma3.final_logit_softcapping".into(), Value::F32(c)));
     }
+    meta.extend(spm_tokenizer());
     let mut list: Vec<(String, Vec<u64>, bool)> = vec![
         ("token_embd.weight".into(), vec![E as u64, NV as u64], true),
         ("output_norm.weight".into(), vec![E as u64], false),
@@ -492,5 +559,53 @@ fn gpu_engine_refuses_gemma3_with_a_clear_error() {
     assert!(
         err.contains("gemma3") && err.contains("not supported by the GPU engine"),
         "{err}"
+    );
+}
+
+#[test]
+fn ppl_cli_on_synthetic_gemma3_matches_the_reference() {
+    // `ggufq ppl` end to end (SentencePiece tokenizer, BOS per chunk, second-half scoring) on a
+    // gemma3 file whose chunks are longer than the window, against exp(mean NLL) of the
+    // scalar reference's logits.
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("g.gguf");
+    write_gemma3(&p, &mixed(GgmlType::F32, None));
+    let txt = d.path().join("t.txt");
+    let text = "the cat sat on the mat, and then the rat ate the oat. ".repeat(8);
+    std::fs::write(&txt, &text).unwrap();
+    let out = assert_cmd::Command::cargo_bin("ggufq")
+        .unwrap()
+        .args(["ppl", p.to_str().unwrap(), "-f", txt.to_str().unwrap()])
+        .args(["-c", "16", "--chunks", "3", "-t", "2", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    let got = v["result"]["ppl"].as_f64().expect("ppl");
+
+    let m = Model::open(&p).unwrap();
+    let tok = m.tokenizer().unwrap();
+    let toks = tok.encode(&text, true, false).unwrap();
+    assert_eq!(toks[0], 2, "BOS first");
+    assert!(toks.len() >= 48, "{} tokens", toks.len());
+    let (mut sum, mut n) = (0f64, 0usize);
+    for c in 0..3 {
+        let mut chunk = toks[c * 16..(c + 1) * 16].to_vec();
+        chunk[0] = 2;
+        let logits = reference(&m, &chunk);
+        for j in 8..15 {
+            let row = &logits[j];
+            let mx = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+            let lse = mx + row.iter().map(|&v| (v as f64 - mx).exp()).sum::<f64>().ln();
+            sum += lse - row[chunk[j + 1] as usize] as f64;
+            n += 1;
+        }
+    }
+    let want = (sum / n as f64).exp();
+    assert!(
+        (got - want).abs() / want < 1e-3,
+        "ggufq ppl {got} vs reference {want}"
     );
 }

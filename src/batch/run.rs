@@ -106,17 +106,30 @@ pub fn run(plan: &Plan, opts: &BatchOptions) -> Result<BatchSummary> {
         .unwrap_or_else(|| available_memory() / 4 * 3);
     let threads_per_job = (cores / max_jobs.min(mine.len().max(1))).max(1);
 
-    let hashes = SourceHashes::new(state_dir.join("source-hashes.json"));
+    // The same persistent source hash cache as `convert` (keyed by path, device, inode, size,
+    // mtime and ctime), so a source is read for its hash once across batches and converts.
+    let hash_cache = crate::convert::hash_cache::HashCache::default_dir()
+        .map(crate::convert::hash_cache::HashCache::new);
     let mut source_sha = std::collections::HashMap::new();
     for j in &mine {
         if !source_sha.contains_key(&j.source) {
             if opts.verbose {
                 eprintln!("hashing {}", j.source.display());
             }
-            source_sha.insert(j.source.clone(), hashes.sha256(&j.source)?);
+            let sha = match &hash_cache {
+                Some(c) => {
+                    let mut warnings = Vec::new();
+                    let sha = c.sha256_of(&j.source, &mut warnings)?;
+                    for w in warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    sha
+                }
+                None => sha256_file(&j.source)?,
+            };
+            source_sha.insert(j.source.clone(), sha);
         }
     }
-    hashes.save();
     let text_sha = match &plan.text {
         Some(t) => Some(sha256_file(t)?),
         None => None,
@@ -782,78 +795,7 @@ pub fn hex_sha256(b: &[u8]) -> String {
     d.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Hex sha256 of a file, streamed.
-pub fn sha256_file(p: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(p).map_err(|e| Error::io(p, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io(p, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(buf.get(..n).unwrap_or(&[]));
-    }
-    Ok(h.finalize().iter().map(|x| format!("{x:02x}")).collect())
-}
-
-/// Source hashes cached by (path, size, mtime) so a rerun does not re-read big sources.
-struct SourceHashes {
-    path: PathBuf,
-    map: std::sync::Mutex<serde_json::Map<String, Value>>,
-}
-
-impl SourceHashes {
-    fn new(path: PathBuf) -> Self {
-        let map = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Map<String, Value>>(&b).ok())
-            .unwrap_or_default();
-        SourceHashes {
-            path,
-            map: std::sync::Mutex::new(map),
-        }
-    }
-
-    fn sha256(&self, p: &Path) -> Result<String> {
-        let md = std::fs::metadata(p).map_err(|e| Error::io(p, e))?;
-        let mtime = md
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        let k = p.display().to_string();
-        let stamp = json!({"size": md.len(), "mtime_ns": mtime});
-        if let Ok(m) = self.map.lock() {
-            if let Some(e) = m.get(&k) {
-                if e.get("size") == stamp.get("size") && e.get("mtime_ns") == stamp.get("mtime_ns")
-                {
-                    if let Some(s) = e.get("sha256").and_then(Value::as_str) {
-                        return Ok(s.to_string());
-                    }
-                }
-            }
-        }
-        let sha = sha256_file(p)?;
-        if let Ok(mut m) = self.map.lock() {
-            m.insert(
-                k,
-                json!({"size": md.len(), "mtime_ns": mtime, "sha256": sha}),
-            );
-        }
-        Ok(sha)
-    }
-
-    fn save(&self) {
-        if let Ok(m) = self.map.lock() {
-            if let Ok(b) = serde_json::to_vec_pretty(&*m) {
-                // A cache: failing to write it only costs a re-hash next time.
-                let _ = write_atomic(&self.path, &b);
-            }
-        }
-    }
-}
+pub use crate::convert::hash_cache::sha256_file;
 
 /// MemAvailable from /proc/meminfo, else 8 GiB.
 fn available_memory() -> u64 {

@@ -568,7 +568,7 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
     let peak = args.peak_gbps.or_else(|| ggufq::bench::peak_gbps(&f.name));
     if !args.quiet {
         eprintln!(
-            "adapter: {} ({}, {}, driver {}); max binding {} MiB, shared {} KiB, subgroups {}, f16 {}, timestamps {}; peak {}",
+            "adapter: {} ({}, {}, driver {}); max binding {} MiB, shared {} KiB, subgroups {}, f16 {}, timestamps {}, coop matrix {}; peak {}",
             f.name,
             f.backend,
             f.device_type,
@@ -578,6 +578,7 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
             f.subgroup_size.map(|s| s.to_string()).unwrap_or_else(|| "off".into()),
             f.shader_f16,
             f.timestamps,
+            f.coop_matrix,
             peak.map(|p| format!("{p} GB/s")).unwrap_or_else(|| "unknown (use --peak-gbps)".into())
         );
     }
@@ -751,7 +752,8 @@ fn kernel_bench(
         )?;
         let e8 = check_against_cpu(ctx, &mut runner, ty, 19, 256, 11, NT_PROMPT, NR_PROMPT)?;
         let em = check_against_cpu(ctx, &mut runner, ty, 70, 256, 67, 0, 1)?;
-        bad |= !(e1 < 1e-4 && e8 < 1e-4 && em < 1e-4);
+        let tol_mm = ggufq::gpu::kernels::matmat_tolerance(ctx);
+        bad |= !(e1 < 1e-4 && e8 < 1e-4 && em < tol_mm);
         let bytes = (per * count as u64) as f64;
         let mut gb = Vec::new();
         for nr in [1u32, 2, 4] {

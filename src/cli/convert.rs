@@ -47,6 +47,10 @@ pub struct Args {
     /// Do not write OUT.manifest.json.
     #[arg(long)]
     pub no_manifest: bool,
+    /// Hash the whole source for the manifest even when the source hash cache
+    /// ($GGUFQ_CACHE_DIR, else ~/.cache/ggufq) knows it for this unchanged file.
+    #[arg(long)]
+    pub no_hash_cache: bool,
 }
 
 fn default_output(input: &Path, label: &str) -> PathBuf {
@@ -115,6 +119,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         threads: args.threads,
         progress: !args.no_progress,
         manifest: !args.no_manifest,
+        hash_cache: if args.no_hash_cache {
+            None
+        } else {
+            ggufq::convert::hash_cache::HashCache::default_dir()
+                .map(ggufq::convert::hash_cache::HashCache::new)
+        },
     };
     let rep = convert(&args.input, &opts)?;
     if args.dry_run {
@@ -132,7 +142,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         print_stdout(&text)?;
         return Ok(EXIT_OK);
     }
-    for w in &rep.plan.warnings {
+    for w in rep.plan.warnings.iter().chain(&rep.warnings) {
         eprintln!("warning: {w}");
     }
     let out = rep.output.as_deref().unwrap_or(Path::new(""));

@@ -33,7 +33,16 @@ pub struct AtomicOutput {
     file: File,
     /// The temporary file's name, or `None` for an anonymous `O_TMPFILE` file.
     tmp_path: Option<PathBuf>,
+    /// Bytes written so far, and the part whose writeback was already started
+    /// ([`EARLY_WRITEBACK`]).
+    written: u64,
+    flushed: u64,
 }
+
+/// Start writing data back to disk every this many bytes (Linux `sync_file_range`, a hint that
+/// does not wait), so that the fsync of [`AtomicOutput::commit`] finds most of the file already
+/// on disk instead of writing all of it at the end (~15 % of a SmolLM2 Q8_0 conversion).
+const EARLY_WRITEBACK: u64 = 16 << 20;
 
 /// When this process first created an output (stale temporary files must be older).
 fn process_start() -> SystemTime {
@@ -212,6 +221,8 @@ impl AtomicOutput {
                 dir,
                 file,
                 tmp_path: None,
+                written: 0,
+                flushed: 0,
             });
         }
         let prefix = format!(".{}{MARKER}{}.", stem_of(&target), std::process::id());
@@ -230,6 +241,8 @@ impl AtomicOutput {
             dir,
             file,
             tmp_path: Some(tmp_path),
+            written: 0,
+            flushed: 0,
         })
     }
 
@@ -299,12 +312,44 @@ impl Drop for AtomicOutput {
     }
 }
 
+impl AtomicOutput {
+    /// Count `n` written bytes; every [`EARLY_WRITEBACK`] bytes, start their writeback.
+    fn wrote(&mut self, n: usize) {
+        self.written += n as u64;
+        if self.written - self.flushed < EARLY_WRITEBACK {
+            return;
+        }
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::io::AsRawFd;
+            let (from, len) = (self.flushed, self.written - self.flushed);
+            if let (Ok(from), Ok(len)) = (i64::try_from(from), i64::try_from(len)) {
+                // SAFETY: a plain syscall on our own open descriptor. Only a hint: errors are
+                // ignored here and reported by the fsync of commit().
+                unsafe {
+                    libc::sync_file_range(
+                        self.file.as_raw_fd(),
+                        from,
+                        len,
+                        libc::SYNC_FILE_RANGE_WRITE,
+                    );
+                }
+            }
+        }
+        self.flushed = self.written;
+    }
+}
+
 impl Write for AtomicOutput {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.file.write(buf)
+        let n = self.file.write(buf)?;
+        self.wrote(n);
+        Ok(n)
     }
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.file.write_all(buf)
+        self.file.write_all(buf)?;
+        self.wrote(buf.len());
+        Ok(())
     }
     fn flush(&mut self) -> std::io::Result<()> {
         self.file.flush()
@@ -314,6 +359,41 @@ impl Write for AtomicOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Outputs larger than the early-writeback step (several `sync_file_range` calls, odd
+    /// write sizes) arrive whole, anonymous and named.
+    #[test]
+    fn large_outputs_with_early_writeback_are_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..(EARLY_WRITEBACK as usize * 5 / 2 + 12345))
+            .map(|i| (i * 7 + i / 251) as u8)
+            .collect();
+        for (k, named) in [false, true].into_iter().enumerate() {
+            let target = dir.path().join(format!("big{k}.bin"));
+            let mut a = AtomicOutput::create(&target).unwrap();
+            if named {
+                // Force the named-file path by swapping in a named temporary file.
+                let tmp = tempfile::Builder::new()
+                    .prefix(&format!(".big{k}{MARKER}{}.", std::process::id()))
+                    .tempfile_in(dir.path())
+                    .unwrap();
+                let (file, p) = tmp.keep().unwrap();
+                a.file = file;
+                a.tmp_path = Some(p);
+            }
+            for chunk in data.chunks(3 << 20 | 17) {
+                a.write_all(chunk).unwrap();
+            }
+            assert_eq!(a.written, data.len() as u64);
+            assert!(a.flushed >= 2 * EARLY_WRITEBACK, "{}", a.flushed);
+            a.commit().unwrap();
+            assert!(
+                std::fs::read(&target).unwrap() == data,
+                "{}",
+                target.display()
+            );
+        }
+    }
 
     fn check_commit_and_drop(dir: &Path) {
         let target = dir.join("out.gguf");
@@ -432,6 +512,8 @@ mod tests {
             dir: dir.path().to_path_buf(),
             file,
             tmp_path: Some(tmp_path.clone()),
+            written: 0,
+            flushed: 0,
         };
         a.write_all(b"named").unwrap();
         assert!(tmp_path.exists());

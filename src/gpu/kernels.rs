@@ -108,6 +108,56 @@ pub fn deq_source(ty: GgmlType, buf: &str, suffix: &str, doff: &str) -> Result<S
         .replace("$DOFF", doff))
 }
 
+/// The cooperative-matrix mat-mat kernel for `bm` rows per workgroup (64 or 128): each of
+/// the 8 subgroups holds (bm / 64) × 2 accumulators of 16 × 16.
+fn coop_source(bm: u32, upb: usize, deq: &str) -> String {
+    let rb = (bm / 64) as usize;
+    let (mut decl, mut mma, mut store) = (String::new(), String::new(), String::new());
+    for i in 0..rb {
+        mma.push_str(&format!(
+            "            let a_{i} = coopLoadT<coop_mat16x16<f16, A>>(&Ws[(rb + {}u) * LDW + kk], LDW);\n",
+            16 * i
+        ));
+        for j in 0..2 {
+            decl.push_str(&format!("    var c_{i}_{j} = coop_mat16x16<f32, C>();\n"));
+            mma.push_str(&format!(
+                "            c_{i}_{j} = coopMultiplyAdd(a_{i}, b{j}, c_{i}_{j});\n"
+            ));
+            store.push_str(&format!(
+                "    coopStore(c_{i}_{j}, &Cs[(tb + {}u) * LDC + rb + {}u], LDC);\n",
+                16 * j,
+                16 * i
+            ));
+        }
+    }
+    MATMAT_COOP_WGSL
+        .replace("$BM", &bm.to_string())
+        .replace("$UPB", &upb.to_string())
+        .replace("$ACC_DECL", &decl)
+        .replace("$ACC_MMA", &mma)
+        .replace("$ACC_STORE", &store)
+        .replace("$DEQ", deq)
+}
+
+/// Rows × tokens of one workgroup of the tiled mat-mat kernel for weight type id `ty` on `ctx`.
+pub fn matmat_tile(ctx: &GpuContext, ty: u32) -> (u32, u32) {
+    if ctx.facts.coop_matrix {
+        (ctx.tune.coop_rows(ty), 64)
+    } else {
+        (64, 64)
+    }
+}
+
+/// Relative error the mat-mat kernel may show against an f32 reference: f16 inputs on the
+/// cooperative-matrix path (~2⁻¹¹ per product), f32 rounding otherwise.
+pub fn matmat_tolerance(ctx: &GpuContext) -> f64 {
+    if ctx.facts.coop_matrix {
+        4e-3
+    } else {
+        1e-4
+    }
+}
+
 /// Rows per warp of the decode kernel (x reuse across rows).
 pub const NR_DECODE: u32 = 2;
 /// Rows per warp of the small-batch kernel.
@@ -138,6 +188,9 @@ pub struct Tune {
     /// Round matrix inputs as the CPU backend's quantized activations ([`super::actq`]);
     /// GGUFQ_ACTQ=0 keeps f32 activations (the engine before session 3, for comparisons).
     pub act_round: bool,
+    /// Rows per workgroup of the cooperative-matrix mat-mat kernel for every type
+    /// (GGUFQ_COOP_BM: 64 or 128); 0 = per type ([`Tune::coop_rows`]).
+    pub coop_bm: u32,
     /// Compile kernels without naga's bounds checks and loop bounding (the kernels clamp
     /// their own indices); GGUFQ_SHADER_CHECKS=1 keeps the checks.
     pub unchecked: bool,
@@ -207,6 +260,20 @@ impl Tune {
         }
     }
 
+    /// Rows per workgroup of the cooperative-matrix mat-mat kernel for type id `ty`: 128 for
+    /// the 32-weight block types, 64 for K-quants and float types. On the H100 (session 3,
+    /// 11008×4096, 512 tokens) 128 rows gave Q8_0 48.7 vs 32.1 TFLOP/s and the Q4_0 7B model
+    /// 2549 vs 2277 t/s pp512, but Q4_K 33.2 vs 37.8 and Q6_K 9.2 vs 35.3 TFLOP/s.
+    pub fn coop_rows(&self, ty: u32) -> u32 {
+        if self.coop_bm != 0 {
+            return self.coop_bm;
+        }
+        match GgmlType::from_id(ty).map(|t| t.name()) {
+            Some("Q4_0" | "Q4_1" | "Q5_0" | "Q5_1" | "Q8_0") => 128,
+            _ => 64,
+        }
+    }
+
     /// Rows per warp of the decode kernel for type id `ty`.
     pub fn decode_nr(&self, ty: u32) -> u32 {
         match self.nr_decode {
@@ -240,6 +307,7 @@ impl Tune {
             },
             udot: std::env::var("GGUFQ_UDOT").as_deref() != Ok("0"),
             act_round: std::env::var("GGUFQ_ACTQ").as_deref() != Ok("0"),
+            coop_bm: get("GGUFQ_COOP_BM", 0, &[64, 128]),
             unchecked: std::env::var("GGUFQ_SHADER_CHECKS").as_deref() != Ok("1"),
             fuse: std::env::var("GGUFQ_FUSE").as_deref() != Ok("0"),
             unroll: get("GGUFQ_UNROLL", 1, &[1, 2, 4]),
@@ -601,13 +669,13 @@ impl Kernels {
                     .ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;
                 let lay = layout(gt)?;
                 let deq = deq_source(gt, "W", "", "P.d_off")?;
-                let src = if ctx.facts.coop_matrix {
-                    MATMAT_COOP_WGSL
+                if ctx.facts.coop_matrix {
+                    coop_source(ctx.tune.coop_rows(*ty), lay.units_per_block(), &deq)
                 } else {
                     MATMAT_WGSL
-                };
-                src.replace("$UPB", &lay.units_per_block().to_string())
-                    .replace("$DEQ", &deq)
+                        .replace("$UPB", &lay.units_per_block().to_string())
+                        .replace("$DEQ", &deq)
+                }
             }
             KernelKey::RmsNorm => RMSNORM_WGSL.to_string(),
             KernelKey::Rope => ROPE_WGSL.to_string(),

@@ -1287,7 +1287,8 @@ impl GpuModel {
                             1,
                         )
                     } else if ntok >= tune.mm_min {
-                        (ch.rows.div_ceil(64), ntok.div_ceil(64))
+                        let (tr, tt) = super::kernels::matmat_tile(&self.ctx, mat.ty.id());
+                        (ch.rows.div_ceil(tr), ntok.div_ceil(tt))
                     } else {
                         (
                             ch.rows.div_ceil(8 * tune.nr_prompt),

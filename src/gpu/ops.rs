@@ -69,8 +69,9 @@ impl MatRunner {
         pass.set_pipeline(pipe);
         for (bg, rows) in binds {
             pass.set_bind_group(0, bg, &[]);
-            if let KernelKey::MatMat { .. } = key {
-                pass.dispatch_workgroups(rows.div_ceil(64), n_tok.div_ceil(64), 1);
+            if let KernelKey::MatMat { ty } = key {
+                let (tr, tt) = super::kernels::matmat_tile(ctx, *ty);
+                pass.dispatch_workgroups(rows.div_ceil(tr), n_tok.div_ceil(tt), 1);
             } else {
                 let rpw = ctx.tune.rows_per_wg(key, nr);
                 pass.dispatch_workgroups(rows.div_ceil(rpw), n_tok.div_ceil(nt), 1);

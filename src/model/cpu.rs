@@ -739,28 +739,34 @@ impl CpuBackend {
             let kvh = hh / group;
             let t0 = blk * ATT_BLOCK;
             let rows = ATT_BLOCK.min(n - t0);
-            let nk = pos0 + t0 + rows; // keys visible to the last row of the block
-            with_scratch(rows * nk, |s| {
-                // SAFETY: q has n × qd values, the cache ≥ nk × kvd; s is rows × nk.
+            // Keys visible to the last row of the block.
+            let nk = pos0 + t0 + rows;
+            // First key any row of the block sees (a sliding window hides the older ones):
+            // the products run over keys k0..nk only.
+            let k0 = window.map_or(0, |w| (pos0 + t0 + 1).saturating_sub(w));
+            let nkw = nk - k0;
+            with_scratch(rows * nkw, |s| {
+                // SAFETY: q has n × qd values, the cache ≥ nk × kvd; s is rows × nkw.
                 unsafe {
                     sgemm(
                         rows,
-                        nk,
+                        nkw,
                         hd,
                         s.as_mut_ptr(),
-                        nk,
+                        nkw,
                         q.as_ptr().add(t0 * qd + hh * hd),
                         qd,
-                        kc.as_ptr().add(kvh * hd),
+                        kc.as_ptr().add(k0 * kvd + kvh * hd),
                         1,
                         kvd,
                     );
                 }
-                for (r, srow) in s.chunks_mut(nk).enumerate() {
+                for (r, srow) in s.chunks_mut(nkw).enumerate() {
                     let last = pos0 + t0 + r; // inclusive
                     let first = window.map_or(0, |w| (last + 1).saturating_sub(w));
-                    let (srow, masked) = srow.split_at_mut(last + 1);
-                    let (before, vis) = srow.split_at_mut(first);
+                    // Row-local indices: column j is key k0 + j.
+                    let (srow, masked) = srow.split_at_mut(last + 1 - k0);
+                    let (before, vis) = srow.split_at_mut(first - k0);
                     before.iter_mut().for_each(|v| *v = 0.0);
                     let mut mx = f32::NEG_INFINITY;
                     for v in vis.iter_mut() {
@@ -783,12 +789,12 @@ impl CpuBackend {
                     sgemm(
                         rows,
                         hd,
-                        nk,
+                        nkw,
                         att_ptr.get().add(t0 * qd + hh * hd),
                         qd,
                         s.as_ptr(),
-                        nk,
-                        vc.as_ptr().add(kvh * hd),
+                        nkw,
+                        vc.as_ptr().add(k0 * kvd + kvh * hd),
                         kvd,
                         1,
                     );

@@ -687,4 +687,68 @@ mod tests {
         assert_eq!(ids, vec![1, (n - 1) as u32, 3 + 0xC3, 3 + 0xA9]);
         assert_eq!(t.decode(&ids), " hi\u{e9}");
     }
+
+    /// The plain greedy SentencePiece merge (best score first, leftmost on ties), O(n²).
+    fn naive_spm(t: &Tokenizer, s: &str) -> Vec<(usize, usize)> {
+        let mut syms: Vec<(usize, usize)> = s
+            .char_indices()
+            .map(|(i, c)| (i, i + c.len_utf8()))
+            .collect();
+        loop {
+            let mut best: Option<(f32, usize)> = None;
+            for i in 0..syms.len().saturating_sub(1) {
+                if let Some(&id) = t.to_id.get(&s[syms[i].0..syms[i + 1].1]) {
+                    let sc = t.scores[id as usize];
+                    if best.is_none_or(|(bs, _)| sc > bs) {
+                        best = Some((sc, i));
+                    }
+                }
+            }
+            let Some((_, i)) = best else { break };
+            syms[i].1 = syms[i + 1].1;
+            syms.remove(i + 1);
+        }
+        syms
+    }
+
+    #[test]
+    fn spm_heap_merge_equals_greedy_merge() {
+        // A vocabulary of every 1-4 letter string over {a, b, c, ▁} with pseudo-random
+        // scores, some of them tied, so merges compete and reorder.
+        let alpha = ['a', 'b', 'c', '\u{2581}'];
+        let mut tokens = vec!["<unk>".to_string()];
+        let mut frontier = vec![String::new()];
+        for _ in 0..4 {
+            let mut next = Vec::new();
+            for p in &frontier {
+                for c in alpha {
+                    let mut q = p.clone();
+                    q.push(c);
+                    next.push(q);
+                }
+            }
+            tokens.extend(next.iter().cloned());
+            frontier = next;
+        }
+        let mut x = 12345u64;
+        let mut rnd = || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (x >> 33) as u32
+        };
+        // Drop a third of the longer pieces so some merges are impossible.
+        tokens.retain(|t| t.chars().count() < 2 || rnd() % 3 != 0);
+        let n = tokens.len();
+        let scores: Vec<f32> = (0..n).map(|_| -((rnd() % 20) as f32)).collect();
+        let mut types = vec![TokenType::Normal; n];
+        types[0] = TokenType::Unknown;
+        let t = Tokenizer::build(Kind::Spm, tokens, types, scores, &[]).unwrap();
+        for len in [0, 1, 2, 5, 17, 64, 301] {
+            for _ in 0..20 {
+                let s: String = (0..len).map(|_| alpha[(rnd() % 4) as usize]).collect();
+                assert_eq!(t.spm_merge(&s), naive_spm(&t, &s), "text {s:?}");
+            }
+        }
+    }
 }

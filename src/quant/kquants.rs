@@ -84,6 +84,17 @@ pub fn quantize_row(
     }
     #[cfg(target_arch = "x86_64")]
     {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+        {
+            // SAFETY: the CPU supports these features (checked just above). Like AVX2 below,
+            // AVX-512 only widens the vectors (and turns lane selects into mask registers);
+            // it enables no FMA and changes no rounding.
+            unsafe { encode_blocks_avx512(ty, src, imatrix, dst, bb) };
+            return Ok(());
+        }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2 (checked just above). AVX2 only widens the
             // vectors the lane loops use; it enables no FMA and changes no rounding.
@@ -131,6 +142,19 @@ fn encode_blocks(ty: GgmlType, src: &[f32], imatrix: Option<&[f32]>, dst: &mut [
         }
         return;
     }
+    if ty == GgmlType::Q3_K && imatrix.is_none() {
+        // Two super-blocks at a time (32 sub-block lanes), as for Q4_K/Q5_K above.
+        let pairs = src.len() / (2 * QK_K);
+        let (sp, sr) = src.split_at(pairs * 2 * QK_K);
+        let (dp, dr) = dst.split_at_mut(pairs * 2 * bb);
+        for (x, y) in sp.chunks_exact(2 * QK_K).zip(dp.chunks_exact_mut(2 * bb)) {
+            q3k::quantize_ref_group::<2, 32>(x, y);
+        }
+        if !sr.is_empty() {
+            q3k::quantize_ref_group::<1, 16>(sr, dr);
+        }
+        return;
+    }
     let blocks = src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(bb));
     match imatrix {
         None => {
@@ -138,7 +162,7 @@ fn encode_blocks(ty: GgmlType, src: &[f32], imatrix: Option<&[f32]>, dst: &mut [
                 let x = to_block(x);
                 match ty {
                     GgmlType::Q2_K => q2k::quantize_ref(&x, y),
-                    GgmlType::Q3_K => q3k::quantize_ref(&x, y),
+                    GgmlType::Q3_K => q3k::quantize_ref_group::<1, 16>(&x, y),
                     _ => q6k::quantize(&x, None, y),
                 }
             }
@@ -161,6 +185,21 @@ fn encode_blocks(ty: GgmlType, src: &[f32], imatrix: Option<&[f32]>, dst: &mut [
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn encode_blocks_avx2(
+    ty: GgmlType,
+    src: &[f32],
+    imatrix: Option<&[f32]>,
+    dst: &mut [u8],
+    bb: usize,
+) {
+    encode_blocks(ty, src, imatrix, dst, bb)
+}
+
+/// [`encode_blocks`] compiled with AVX-512 (F, BW, VL, DQ) enabled: 16 f32 lanes per vector,
+/// one vector per super-block's 16 Q3_K/Q6_K sub-blocks, and mask registers for the lane
+/// selects.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq")]
+unsafe fn encode_blocks_avx512(
     ty: GgmlType,
     src: &[f32],
     imatrix: Option<&[f32]>,
@@ -572,9 +611,8 @@ fn make_qkx_quants_lanes<const N: usize, const M: usize>(
         if any {
             for i in 0..N {
                 for m in 0..M {
-                    if upd[m] {
-                        lt[i][m] = laux[i][m] as u8;
-                    }
+                    // A select, not a conditional (masked) store; see make_q3_quants_lanes.
+                    lt[i][m] = if upd[m] { laux[i][m] as u8 } else { lt[i][m] };
                 }
             }
         }
@@ -684,16 +722,16 @@ fn make_q3_quants_lanes<const N: usize, const M: usize>(
                 let slx2 = slx + w * x * nf;
                 let sl22 = sl2 + w * nf * nf;
                 let take = active[m]
-                    && slx > 0.0
-                    && new_l != lt[i][m]
-                    && sl22 > 0.0
-                    && slx2 * slx2 * suml2[m] > sumlx[m] * sumlx[m] * sl22;
-                if take {
-                    lt[i][m] = new_l;
-                    sumlx[m] = slx2;
-                    suml2[m] = sl22;
-                    changed[m] = true;
-                }
+                    & (slx > 0.0)
+                    & (new_l != lt[i][m])
+                    & (sl22 > 0.0)
+                    & (slx2 * slx2 * suml2[m] > sumlx[m] * sumlx[m] * sl22);
+                // Selects, not a conditional store: a vectorized `if` becomes masked stores,
+                // which are microcoded and slow on AMD (half the Q3_K time in the profile).
+                lt[i][m] = if take { new_l } else { lt[i][m] };
+                sumlx[m] = if take { slx2 } else { sumlx[m] };
+                suml2[m] = if take { sl22 } else { suml2[m] };
+                changed[m] |= take;
             }
         }
         let mut any = false;
@@ -1114,14 +1152,51 @@ mod q3k {
         lf
     }
 
+    /// Encode `B` consecutive super-blocks (`x`: `B * 256` values, `y`: `B` blocks) with the
+    /// reference encoder, searching all `M = 16 * B` sub-blocks in parallel lanes: the
+    /// coordinate descent is a chain of dependent steps per sub-block, so more independent
+    /// lanes keep more of the vector units busy. Same bytes as `B` calls of [`quantize_ref`].
     #[inline(always)]
-    pub(super) fn quantize_ref(x: &[f32; QK_K], y: &mut [u8]) {
+    pub(super) fn quantize_ref_group<const B: usize, const M: usize>(x: &[f32], y: &mut [u8]) {
+        debug_assert_eq!(M, 16 * B);
+        let mut xs = [[0f32; 16]; M];
+        for (o, c) in xs.iter_mut().zip(x.chunks_exact(16)) {
+            o.copy_from_slice(c);
+        }
+        let mut l = [[0i8; 16]; M];
+        let scales = make_q3_quants_lanes(4, &xs, &mut l);
+        for (b, (xb, yb)) in x
+            .chunks_exact(QK_K)
+            .zip(y.chunks_exact_mut(Q3K_BYTES))
+            .enumerate()
+        {
+            let mut sc = [0f32; 16];
+            let mut lb = [[0i8; 16]; 16];
+            sc.copy_from_slice(&scales[16 * b..16 * b + 16]);
+            lb.copy_from_slice(&l[16 * b..16 * b + 16]);
+            tail_ref(&to_block(xb), yb, &sc, &lb);
+        }
+    }
+
+    /// One super-block through the scalar search (ggml's loop order), for tests of the
+    /// lane-parallel path.
+    #[cfg(test)]
+    pub(super) fn quantize_ref_scalar(x: &[f32; QK_K], y: &mut [u8]) {
         let xs: [[f32; 16]; 16] = split(x);
         let mut l = [[0i8; 16]; 16];
+        let mut scales = [0f32; 16];
+        for j in 0..16 {
+            scales[j] = make_q3_quants(4, &xs[j], &mut l[j]);
+        }
+        tail_ref(x, y, &scales, &l);
+    }
+
+    /// The scales and quants of one super-block from its sub-block fits.
+    #[inline(always)]
+    fn tail_ref(x: &[f32; QK_K], y: &mut [u8], scales: &[f32; 16], l: &[[i8; 16]; 16]) {
         let mut max_scale = 0f32;
         let mut amax = 0f32;
-        let scales = make_q3_quants_lanes(4, &xs, &mut l);
-        for &sc in &scales {
+        for &sc in scales {
             if sc.abs() > amax {
                 amax = sc.abs();
                 max_scale = sc;
@@ -1140,7 +1215,7 @@ mod q3k {
             y[96..108].fill(0);
             put_f16(y, 108, 0.0);
         }
-        let mut lf = merge(&l);
+        let mut lf = merge(l);
         finish(x, y, &mut lf);
     }
 
@@ -1824,6 +1899,64 @@ mod tests {
                     let r = b * QK_K..(b + 1) * QK_K;
                     quantize_row(ty, &row[r.clone()], w.map(|q| &q[r]), &mut one).unwrap();
                     assert_eq!(one, whole[b * bb..(b + 1) * bb], "{ty} block {b}");
+                }
+            }
+        }
+    }
+
+    /// The Q3_K row encoder (super-block pairs in 32 lanes, AVX2/AVX-512 when present) gives
+    /// the bytes of the scalar search, block by block, on varied data.
+    #[test]
+    fn q3k_lanes_match_scalar_encoder() {
+        let bb = block_bytes(GgmlType::Q3_K).unwrap();
+        for seed in 1..6u64 {
+            let row = test_values(seed, 5 * QK_K);
+            let mut got = vec![0u8; 5 * bb];
+            quantize_row(GgmlType::Q3_K, &row, None, &mut got).unwrap();
+            for b in 0..5 {
+                let mut want = vec![0u8; bb];
+                q3k::quantize_ref_scalar(&to_block(&row[b * QK_K..]), &mut want);
+                assert_eq!(got[b * bb..(b + 1) * bb], want[..], "seed {seed} block {b}");
+            }
+        }
+    }
+
+    /// The baseline, AVX2 and AVX-512 builds of the encoders give the same bytes (the golden
+    /// tests check only the build the CPU picks).
+    #[test]
+    fn simd_builds_match_baseline() {
+        let n = 5 * QK_K;
+        let row = test_values(7, n);
+        let qw: Vec<f32> = test_values(8, n).iter().map(|v| v.abs() + 0.01).collect();
+        for ty in [
+            GgmlType::Q2_K,
+            GgmlType::Q3_K,
+            GgmlType::Q4_K,
+            GgmlType::Q5_K,
+            GgmlType::Q6_K,
+        ] {
+            let bb = block_bytes(ty).unwrap();
+            for w in [None, Some(&qw[..])] {
+                let mut base = vec![0u8; 5 * bb];
+                encode_blocks(ty, &row, w, &mut base, bb);
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if std::arch::is_x86_feature_detected!("avx2") {
+                        let mut v = vec![0u8; 5 * bb];
+                        // SAFETY: AVX2 is present (checked).
+                        unsafe { encode_blocks_avx2(ty, &row, w, &mut v, bb) };
+                        assert_eq!(v, base, "{ty} AVX2, imatrix {}", w.is_some());
+                    }
+                    if std::arch::is_x86_feature_detected!("avx512f")
+                        && std::arch::is_x86_feature_detected!("avx512bw")
+                        && std::arch::is_x86_feature_detected!("avx512vl")
+                        && std::arch::is_x86_feature_detected!("avx512dq")
+                    {
+                        let mut v = vec![0u8; 5 * bb];
+                        // SAFETY: the AVX-512 subsets are present (checked).
+                        unsafe { encode_blocks_avx512(ty, &row, w, &mut v, bb) };
+                        assert_eq!(v, base, "{ty} AVX-512, imatrix {}", w.is_some());
+                    }
                 }
             }
         }

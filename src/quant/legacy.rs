@@ -293,101 +293,197 @@ fn pack4(l: &[u8; QK], qs: &mut [u8]) {
     }
 }
 
-#[inline(always)]
-fn q4_0_block(x: &[f32; QK], y: &mut [u8; Q4_0_BYTES]) {
-    let (max, _) = signed_absmax(x);
-    let d = max / -8.0;
-    let id = inverse_or_zero(d);
-    put_f16(&mut y[0..2], d);
-    let l = scaled_quants(x, id, 8.5, 15);
-    pack4(&l, &mut y[2..]);
+/// A plain encoder in three steps, so that a row can run them over groups of blocks:
+/// `stats` (one block's extremes, lane-wise), `scale` (the block scale `d` from them: a
+/// division whose latency is the longest chain of a block), and `encode` (scales and quants
+/// into the block's bytes, given `d` and `id = 1/d`).
+trait Plain<const N: usize> {
+    fn stats(x: &[f32; QK]) -> (f32, f32);
+    fn scale(s: (f32, f32)) -> f32;
+    fn encode(x: &[f32; QK], s: (f32, f32), d: f32, id: f32, y: &mut [u8; N]);
 }
 
+/// Blocks per group in [`plain_blocks`].
+const GROUP: usize = 8;
+
+/// Encode whole blocks with `P`, `GROUP` blocks at a time: first every block's statistics,
+/// then the `GROUP` scales and inverses as one lane-wise step (independent divisions instead
+/// of one dependent chain per block), then the quants. Every value goes through the same
+/// operations as block by block, so the bytes are the same.
 #[inline(always)]
-fn q4_1_block(x: &[f32; QK], y: &mut [u8; Q4_1_BYTES]) {
-    let (min, max) = min_max(x);
-    let d = (max - min) / 15.0;
-    let id = inverse_or_zero(d);
-    put_f16(&mut y[0..2], d);
-    put_f16(&mut y[2..4], min);
-    let l = offset_quants(x, min, id, Some(15));
-    pack4(&l, &mut y[4..]);
+fn plain_blocks<P: Plain<N>, const N: usize>(src: &[f32], dst: &mut [u8]) {
+    for (xs, ys) in src.chunks(GROUP * QK).zip(dst.chunks_mut(GROUP * N)) {
+        let mut st = [(0f32, 0f32); GROUP];
+        let mut n = 0;
+        for (x, s) in xs.chunks_exact(QK).zip(st.iter_mut()) {
+            let Ok(x) = <&[f32; QK]>::try_from(x) else {
+                continue;
+            };
+            *s = P::stats(x);
+            n += 1;
+        }
+        let mut d = [0f32; GROUP];
+        let mut id = [0f32; GROUP];
+        for m in 0..GROUP {
+            d[m] = P::scale(st[m]);
+            id[m] = inverse_or_zero(d[m]);
+        }
+        for (m, (x, y)) in blocks_mut::<N>(xs, ys).enumerate().take(n) {
+            P::encode(x, st[m], d[m], id[m], y);
+        }
+    }
 }
 
-#[inline(always)]
-fn q5_0_block(x: &[f32; QK], y: &mut [u8; Q5_0_BYTES]) {
-    let (max, _) = signed_absmax(x);
-    let d = max / -16.0;
-    let id = inverse_or_zero(d);
-    put_f16(&mut y[0..2], d);
-    let l = scaled_quants(x, id, 16.5, 31);
-    let (qh, qs) = y[2..].split_at_mut(4);
-    pack5(&l, qh, qs);
+struct Q40;
+impl Plain<Q4_0_BYTES> for Q40 {
+    #[inline(always)]
+    fn stats(x: &[f32; QK]) -> (f32, f32) {
+        signed_absmax(x)
+    }
+    #[inline(always)]
+    fn scale((max, _): (f32, f32)) -> f32 {
+        max / -8.0
+    }
+    #[inline(always)]
+    fn encode(x: &[f32; QK], _: (f32, f32), d: f32, id: f32, y: &mut [u8; Q4_0_BYTES]) {
+        put_f16(&mut y[0..2], d);
+        let l = scaled_quants(x, id, 8.5, 15);
+        pack4(&l, &mut y[2..]);
+    }
 }
 
-#[inline(always)]
-fn q5_1_block(x: &[f32; QK], y: &mut [u8; Q5_1_BYTES]) {
-    let (min, max) = min_max(x);
-    let d = (max - min) / 31.0;
-    let id = inverse_or_zero(d);
-    put_f16(&mut y[0..2], d);
-    put_f16(&mut y[2..4], min);
-    // No clamp here in ggml: (uint8_t)(x0 + 0.5f).
-    let l = offset_quants(x, min, id, None);
-    let (qh, qs) = y[4..].split_at_mut(4);
-    pack5(&l, qh, qs);
+struct Q41;
+impl Plain<Q4_1_BYTES> for Q41 {
+    #[inline(always)]
+    fn stats(x: &[f32; QK]) -> (f32, f32) {
+        min_max(x)
+    }
+    #[inline(always)]
+    fn scale((min, max): (f32, f32)) -> f32 {
+        (max - min) / 15.0
+    }
+    #[inline(always)]
+    fn encode(x: &[f32; QK], (min, _): (f32, f32), d: f32, id: f32, y: &mut [u8; Q4_1_BYTES]) {
+        put_f16(&mut y[0..2], d);
+        put_f16(&mut y[2..4], min);
+        let l = offset_quants(x, min, id, Some(15));
+        pack4(&l, &mut y[4..]);
+    }
 }
 
+struct Q50;
+impl Plain<Q5_0_BYTES> for Q50 {
+    #[inline(always)]
+    fn stats(x: &[f32; QK]) -> (f32, f32) {
+        signed_absmax(x)
+    }
+    #[inline(always)]
+    fn scale((max, _): (f32, f32)) -> f32 {
+        max / -16.0
+    }
+    #[inline(always)]
+    fn encode(x: &[f32; QK], _: (f32, f32), d: f32, id: f32, y: &mut [u8; Q5_0_BYTES]) {
+        put_f16(&mut y[0..2], d);
+        let l = scaled_quants(x, id, 16.5, 31);
+        let (qh, qs) = y[2..].split_at_mut(4);
+        pack5(&l, qh, qs);
+    }
+}
+
+struct Q51;
+impl Plain<Q5_1_BYTES> for Q51 {
+    #[inline(always)]
+    fn stats(x: &[f32; QK]) -> (f32, f32) {
+        min_max(x)
+    }
+    #[inline(always)]
+    fn scale((min, max): (f32, f32)) -> f32 {
+        (max - min) / 31.0
+    }
+    #[inline(always)]
+    fn encode(x: &[f32; QK], (min, _): (f32, f32), d: f32, id: f32, y: &mut [u8; Q5_1_BYTES]) {
+        put_f16(&mut y[0..2], d);
+        put_f16(&mut y[2..4], min);
+        // No clamp here in ggml: (uint8_t)(x0 + 0.5f).
+        let l = offset_quants(x, min, id, None);
+        let (qh, qs) = y[4..].split_at_mut(4);
+        pack5(&l, qh, qs);
+    }
+}
+
+struct Q80;
+impl Plain<Q8_0_BYTES> for Q80 {
+    #[inline(always)]
+    fn stats(x: &[f32; QK]) -> (f32, f32) {
+        (q8_0_amax(x), 0.0)
+    }
+    #[inline(always)]
+    fn scale((amax, _): (f32, f32)) -> f32 {
+        amax / 127.0
+    }
+    #[inline(always)]
+    fn encode(x: &[f32; QK], _: (f32, f32), d: f32, id: f32, y: &mut [u8; Q8_0_BYTES]) {
+        put_f16(&mut y[0..2], d);
+        // roundf then the x86 cast; a NaN or infinite s ends as i32::MIN, low byte 0, as in
+        // ggml.
+        let mut s = [0.0f32; QK];
+        for (o, &v) in s.iter_mut().zip(x.iter()) {
+            *o = v * id;
+        }
+        let t = trunc_block(&s);
+        for ((q, &t), &s) in y[2..].iter_mut().zip(t.iter()).zip(s.iter()) {
+            *q = round_from_trunc(s, t) as i8 as u8;
+        }
+    }
+}
+
+/// Q8_0's `amax`: ggml's `amax = MAX(amax, fabsf(v))` with `MAX(a, b) = a > b ? a : b`.
+/// Without NaN that is the plain maximum (lane-wise, then a tree: the maximum of non-negative
+/// values does not depend on the order); with a NaN the literal loop decides.
 #[inline(always)]
-fn q8_0_block(x: &[f32; QK], y: &mut [u8; Q8_0_BYTES]) {
-    // ggml: amax = MAX(amax, fabsf(v)) with MAX(a, b) = a > b ? a : b. Without NaN that is the
-    // plain maximum (vectorized lane-wise); with a NaN the literal loop decides.
+fn q8_0_amax(x: &[f32; QK]) -> f32 {
     let has_nan = x.iter().fold(false, |n, v| n | v.is_nan());
-    let amax = if has_nan {
+    if has_nan {
         let mut amax = 0.0f32;
         for &v in x {
             let a = v.abs();
             amax = if amax > a { amax } else { a };
         }
-        amax
-    } else {
-        let mut acc = [0.0f32; 8];
-        for c in x.chunks_exact(8) {
-            for k in 0..8 {
-                let a = c[k].abs();
-                acc[k] = if acc[k] > a { acc[k] } else { a };
-            }
+        return amax;
+    }
+    let mut acc = [0.0f32; 8];
+    for c in x.chunks_exact(8) {
+        for k in 0..8 {
+            let a = c[k].abs();
+            acc[k] = if acc[k] > a { acc[k] } else { a };
         }
-        acc.iter().fold(0.0f32, |m, &a| if m > a { m } else { a })
-    };
-    let d = amax / 127.0;
-    let id = inverse_or_zero(d);
-    put_f16(&mut y[0..2], d);
-    // roundf then the x86 cast; a NaN or infinite s ends as i32::MIN, low byte 0, as in ggml.
-    let mut s = [0.0f32; QK];
-    for (o, &v) in s.iter_mut().zip(x.iter()) {
-        *o = v * id;
     }
-    let t = trunc_block(&s);
-    for ((q, &t), &s) in y[2..].iter_mut().zip(t.iter()).zip(s.iter()) {
-        *q = round_from_trunc(s, t) as i8 as u8;
+    let mut w = 4;
+    while w > 0 {
+        for k in 0..w {
+            acc[k] = if acc[k] > acc[k + w] {
+                acc[k]
+            } else {
+                acc[k + w]
+            };
+        }
+        w /= 2;
     }
+    acc[0]
 }
 
-/// A plain row encoder: block by block, compiled a second time with AVX2 enabled and picked
-/// at run time when the CPU has it. AVX2 only widens the vectors of the same operations (it
-/// enables no FMA and changes no rounding), so the bytes are those of the baseline build.
+/// A plain row encoder, compiled a second time with AVX2 enabled and picked at run time when
+/// the CPU has it. AVX2 only widens the vectors of the same operations (it enables no FMA and
+/// changes no rounding), so the bytes are those of the baseline build.
 macro_rules! plain_row {
-    ($(#[$doc:meta])* $name:ident, $block:ident, $bytes:expr) => {
+    ($(#[$doc:meta])* $name:ident, $ty:ident, $bytes:expr) => {
         $(#[$doc])*
         pub(crate) fn $name(src: &[f32], dst: &mut [u8]) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2")]
                 unsafe fn avx2(src: &[f32], dst: &mut [u8]) {
-                    for (x, y) in blocks_mut::<$bytes>(src, dst) {
-                        $block(x, y);
-                    }
+                    plain_blocks::<$ty, $bytes>(src, dst);
                 }
                 if std::arch::is_x86_feature_detected!("avx2") {
                     // SAFETY: the CPU supports AVX2 (checked just above).
@@ -395,32 +491,30 @@ macro_rules! plain_row {
                     return;
                 }
             }
-            for (x, y) in blocks_mut::<$bytes>(src, dst) {
-                $block(x, y);
-            }
+            plain_blocks::<$ty, $bytes>(src, dst);
         }
     };
 }
 
 plain_row!(
     /// Q4_0 row, plain (`quantize_row_q4_0_ref`).
-    quantize_row_q4_0, q4_0_block, Q4_0_BYTES
+    quantize_row_q4_0, Q40, Q4_0_BYTES
 );
 plain_row!(
     /// Q4_1 row, plain (`quantize_row_q4_1_ref`).
-    quantize_row_q4_1, q4_1_block, Q4_1_BYTES
+    quantize_row_q4_1, Q41, Q4_1_BYTES
 );
 plain_row!(
     /// Q5_0 row, plain (`quantize_row_q5_0_ref`).
-    quantize_row_q5_0, q5_0_block, Q5_0_BYTES
+    quantize_row_q5_0, Q50, Q5_0_BYTES
 );
 plain_row!(
     /// Q5_1 row, plain (`quantize_row_q5_1_ref`).
-    quantize_row_q5_1, q5_1_block, Q5_1_BYTES
+    quantize_row_q5_1, Q51, Q5_1_BYTES
 );
 plain_row!(
     /// Q8_0 row (`quantize_row_q8_0_ref`; ggml ignores quant weights for Q8_0).
-    quantize_row_q8_0, q8_0_block, Q8_0_BYTES
+    quantize_row_q8_0, Q80, Q8_0_BYTES
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1172,6 +1266,46 @@ mod tests {
                 "block {b}: {x:?}"
             );
             assert_eq!(bits(min_max(&x)), bits(seq_minmax(&x)), "block {b}: {x:?}");
+            let mut amax = 0.0f32;
+            for &v in &x {
+                let a = v.abs();
+                amax = if amax > a { amax } else { a };
+            }
+            assert_eq!(q8_0_amax(&x).to_bits(), amax.to_bits(), "block {b}: {x:?}");
+        }
+    }
+
+    /// Rows encoded in groups of blocks (any remainder, NaN and zero blocks included) give
+    /// exactly the bytes of encoding every block on its own.
+    #[test]
+    fn grouped_rows_equal_single_blocks() {
+        type Row = fn(&[f32], &mut [u8]);
+        let cases: [(&str, usize, Row); 5] = [
+            ("Q4_0", Q4_0_BYTES, quantize_row_q4_0),
+            ("Q4_1", Q4_1_BYTES, quantize_row_q4_1),
+            ("Q5_0", Q5_0_BYTES, quantize_row_q5_0),
+            ("Q5_1", Q5_1_BYTES, quantize_row_q5_1),
+            ("Q8_0", Q8_0_BYTES, quantize_row_q8_0),
+        ];
+        for nb in [1usize, 7, 8, 9, 18, 23] {
+            let mut x = pseudo_gaussian(QK * nb, nb as u64, 1.0);
+            if nb > 8 {
+                x[QK * 8 + 3] = f32::NAN;
+                x[QK * 2..QK * 3].iter_mut().for_each(|v| *v = 0.0);
+            }
+            for (name, bytes, row) in cases {
+                let mut whole = vec![0u8; nb * bytes];
+                row(&x, &mut whole);
+                for b in 0..nb {
+                    let mut one = vec![0u8; bytes];
+                    row(&x[b * QK..(b + 1) * QK], &mut one);
+                    assert_eq!(
+                        one,
+                        whole[b * bytes..(b + 1) * bytes],
+                        "{name} {nb} blocks, block {b}"
+                    );
+                }
+            }
         }
     }
 

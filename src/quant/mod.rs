@@ -331,6 +331,28 @@ mod tests {
             .collect()
     }
 
+    /// Every encoder writes every byte of its output, whatever the buffer held before (convert
+    /// reuses output buffers without clearing them): all types, with and without importance
+    /// weights, rows with zero and constant blocks included.
+    #[test]
+    fn rows_write_every_output_byte() {
+        let row = 512;
+        let mut x = sample(3 * row);
+        x[..64].fill(0.0);
+        x[row..row + 256].fill(0.25);
+        let w: Vec<f32> = sample(row).iter().map(|v| v.abs() + 0.1).collect();
+        for ty in QUANTIZABLE {
+            for imatrix in [None, Some(&w[..])] {
+                let n = row_bytes(ty, row).unwrap() * 3;
+                let mut a = vec![0x00u8; n];
+                let mut b = vec![0xFFu8; n];
+                quantize_rows_into(ty, &x, row, imatrix, 0, &mut a).unwrap();
+                quantize_rows_into(ty, &x, row, imatrix, 0, &mut b).unwrap();
+                assert_eq!(a, b, "{ty}, imatrix {}", imatrix.is_some());
+            }
+        }
+    }
+
     const LOCAL: [GgmlType; 8] = [
         GgmlType::F32,
         GgmlType::F16,

@@ -172,6 +172,29 @@ pub struct Unit {
     pub n_elements: u64,
     /// Candidate types valid for every tensor of the unit.
     pub candidates: Vec<GgmlType>,
+    /// Whether "keep every tensor's source type" is an option of its own: the source is
+    /// quantized and no single candidate reproduces it (a pair whose tensors differ, such as a
+    /// Q4_K_M file's `attn_k` Q5_0 beside `attn_v` Q8_0, or a source type not among the
+    /// candidates). Keeping costs no error and the source's bytes.
+    pub keep: bool,
+}
+
+/// What a unit gets: one type for all its tensors, or each tensor's source type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Pick {
+    /// Every tensor of the unit gets this type.
+    Type(GgmlType),
+    /// Every tensor keeps its source type (a recipe's `type: keep`).
+    Keep,
+}
+
+impl std::fmt::Display for Pick {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pick::Type(t) => f.write_str(t.name()),
+            Pick::Keep => f.write_str("keep"),
+        }
+    }
 }
 
 fn group_of(kind: TensorKind) -> &'static str {
@@ -240,7 +263,20 @@ pub fn build_units(descs: &[TensorDesc], candidates: &[GgmlType]) -> Vec<Unit> {
                 .copied()
                 .filter(|&c| type_fits(c, &d.dims))
                 .collect(),
+            keep: false,
         });
+    }
+    for u in &mut units {
+        // The unit's source types (same order as its tensors).
+        let st: Vec<GgmlType> = u
+            .tensors
+            .iter()
+            .filter_map(|t| descs.iter().find(|d| &d.name == t).and_then(|d| d.ty))
+            .collect();
+        let quantized = st.iter().any(|t| t.is_quantized());
+        let uniform = st.first().filter(|&&f| st.iter().all(|&t| t == f));
+        let reproduced = uniform.is_some_and(|t| u.candidates.contains(t));
+        u.keep = quantized && !reproduced;
     }
     units
 }
@@ -508,7 +544,7 @@ pub fn search(
             model.display()
         )));
     }
-    if let Some(u) = units.iter().find(|u| u.candidates.is_empty()) {
+    if let Some(u) = units.iter().find(|u| u.candidates.is_empty() && !u.keep) {
         return Err(Error::Tensor {
             tensor: u.tensors.join("+"),
             msg: "no candidate type fits its rows".into(),
@@ -704,11 +740,20 @@ pub fn search(
     }
 
     // --- Allocation.
-    let options: Vec<Vec<(GgmlType, AllocOption)>> = units
+    let options: Vec<Vec<(Pick, AllocOption)>> = units
         .iter()
         .zip(&unit_proxy)
         .zip(&ckeys)
         .map(|((u, p), key)| {
+            let keep = u.keep.then(|| {
+                let bytes: u64 = u
+                    .tensors
+                    .iter()
+                    .filter_map(|t| descs.iter().find(|d| &d.name == t))
+                    .map(|d| d.n_bytes.next_multiple_of(f.alignment))
+                    .sum();
+                (Pick::Keep, AllocOption { bytes, err: 0.0 })
+            });
             u.candidates
                 .iter()
                 .filter_map(|&c| {
@@ -725,7 +770,7 @@ pub fn search(
                         })
                         .sum();
                     Some((
-                        c,
+                        Pick::Type(c),
                         AllocOption {
                             bytes: bytes?,
                             err: alpha.get(key).copied().unwrap_or(1.0)
@@ -733,6 +778,7 @@ pub fn search(
                         },
                     ))
                 })
+                .chain(keep)
                 .collect()
         })
         .collect();
@@ -750,7 +796,7 @@ pub fn search(
         .iter()
         .map(|o| o.iter().map(|x| x.1).collect())
         .collect();
-    let trial: Vec<GgmlType> = options
+    let trial: Vec<Pick> = options
         .iter()
         .zip(&units)
         .map(|(o, u)| {
@@ -787,7 +833,7 @@ pub fn search(
                 min + header + fixed
             ))
         })?;
-        let chosen: Vec<GgmlType> = options
+        let chosen: Vec<Pick> = options
             .iter()
             .zip(&a.choice)
             .map(|(o, &c)| o[c].0)
@@ -800,7 +846,7 @@ pub fn search(
                 group: u.group.clone(),
                 layer: u.layer,
                 tensors: u.tensors.clone(),
-                ty: o[c].0.name().to_string(),
+                ty: o[c].0.to_string(),
                 bytes: o[c].1.bytes,
                 kl: o[c].1.err,
             })
@@ -826,7 +872,11 @@ pub fn search(
         for (u, t) in units.iter().zip(&chosen) {
             for name in &u.tensors {
                 let e = plan.entries.iter().find(|e| &e.name == name);
-                if e.and_then(|e| e.to) != Some(*t) {
+                let ok = match t {
+                    Pick::Type(t) => e.and_then(|e| e.to) == Some(*t),
+                    Pick::Keep => e.is_some_and(|e| e.is_copy()),
+                };
+                if !ok {
                     return Err(Error::Tensor {
                         tensor: name.clone(),
                         msg: format!("the written recipe does not give it {t}"),
@@ -964,7 +1014,7 @@ type RuleParts = (Vec<TensorKind>, Vec<u64>, Vec<String>);
 /// printed above each group's rules.
 pub fn write_recipe(
     units: &[Unit],
-    chosen: &[GgmlType],
+    chosen: &[Pick],
     name: &str,
     summary: &str,
     comments: &BTreeMap<String, String>,
@@ -976,7 +1026,9 @@ pub fn write_recipe(
     // Most common type = base (every quantizable tensor also has an explicit rule).
     let mut count: BTreeMap<GgmlType, u64> = BTreeMap::new();
     for (u, t) in units.iter().zip(chosen) {
-        *count.entry(*t).or_default() += u.n_elements;
+        if let Pick::Type(t) = t {
+            *count.entry(*t).or_default() += u.n_elements;
+        }
     }
     let base = count
         .iter()
@@ -1004,7 +1056,7 @@ pub fn write_recipe(
     let _ = writeln!(s, "rules:");
     // group → type → (kinds, layers) | names
     let mut order: Vec<String> = Vec::new();
-    let mut by_group: BTreeMap<String, BTreeMap<GgmlType, RuleParts>> = BTreeMap::new();
+    let mut by_group: BTreeMap<String, BTreeMap<Pick, RuleParts>> = BTreeMap::new();
     for (u, t) in units.iter().zip(chosen) {
         if !order.contains(&u.group) {
             order.push(u.group.clone());
@@ -1040,12 +1092,12 @@ pub fn write_recipe(
                 let ks: Vec<String> = kinds.iter().map(|k| kind_name(*k)).collect();
                 let _ = writeln!(s, "  - kind: [{}]", ks.join(", "));
                 let _ = writeln!(s, "    layers: '{}'", layer_list(&ls));
-                let _ = writeln!(s, "    type: {}", t.name());
+                let _ = writeln!(s, "    type: {}", t);
             }
             if !names.is_empty() {
                 let ns: Vec<String> = names.iter().map(|n| yaml_str(n)).collect();
                 let _ = writeln!(s, "  - name: [{}]", ns.join(", "));
-                let _ = writeln!(s, "    type: {}", t.name());
+                let _ = writeln!(s, "    type: {}", t);
             }
         }
     }
@@ -1232,10 +1284,10 @@ mod tests {
         let descs = smol_like();
         let units = build_units(&descs, DEFAULT_CANDIDATES);
         // A varied choice: cycle through each unit's candidates.
-        let chosen: Vec<GgmlType> = units
+        let chosen: Vec<Pick> = units
             .iter()
             .enumerate()
-            .map(|(i, u)| u.candidates[(i * 3) % u.candidates.len()])
+            .map(|(i, u)| Pick::Type(u.candidates[(i * 3) % u.candidates.len()]))
             .collect();
         let mut comments = BTreeMap::new();
         comments.insert(
@@ -1266,7 +1318,7 @@ mod tests {
         for (u, t) in units.iter().zip(&chosen) {
             for name in &u.tensors {
                 let e = plan.entries.iter().find(|e| &e.name == name).unwrap();
-                assert_eq!(e.to, Some(*t), "{name}");
+                assert_eq!(Pick::Type(e.to.unwrap()), *t, "{name}");
                 assert!(e.fallback.is_none());
             }
         }
@@ -1282,6 +1334,94 @@ mod tests {
         let r2 = Recipe::from_str_in(&again, "<t2>", Path::new(".")).unwrap();
         assert_eq!(r2.rules.len(), r.rules.len());
         assert_eq!(r2.base, r.base);
+    }
+
+    /// A Q4_K_M-like quantized source, 640 wide (no K-quant fits its attention rows): pairs
+    /// whose tensors differ in source type get a `keep` option; written as `type: keep`, it
+    /// plans to a byte copy of each tensor.
+    #[test]
+    fn quantized_sources_offer_keep_and_it_round_trips() {
+        let q = |name: &str, dims: &[u64], ty: GgmlType| {
+            let n: u64 = dims.iter().product();
+            TensorDesc {
+                name: name.into(),
+                dims: dims.to_vec(),
+                type_id: ty.id(),
+                ty: Some(ty),
+                n_bytes: ty.bytes_for(n).unwrap(),
+            }
+        };
+        use GgmlType::*;
+        let mut descs = vec![q("token_embd.weight", &[640, 512], Q8_0)];
+        for l in 0..2u64 {
+            let p = format!("blk.{l}.");
+            let v = if l == 0 { Q8_0 } else { Q5_0 };
+            descs.push(q(&format!("{p}attn_q.weight"), &[640, 1024], Q5_0));
+            descs.push(q(&format!("{p}attn_k.weight"), &[640, 256], Q5_0));
+            descs.push(q(&format!("{p}attn_v.weight"), &[640, 256], v));
+            descs.push(q(&format!("{p}attn_output.weight"), &[1024, 640], Q4_K));
+            descs.push(q(&format!("{p}ffn_gate.weight"), &[640, 2048], Q5_0));
+            descs.push(q(&format!("{p}ffn_up.weight"), &[640, 2048], Q5_0));
+            descs.push(q(&format!("{p}ffn_down.weight"), &[2048, 640], Q6_K));
+            descs.push(q(&format!("{p}attn_q_norm.weight"), &[256], F32));
+        }
+        let units = build_units(&descs, DEFAULT_CANDIDATES);
+        let keep_of = |g: &str, l: u64| {
+            units
+                .iter()
+                .find(|u| u.group == g && u.layer == Some(l))
+                .unwrap()
+                .keep
+        };
+        // Layer 0: k Q5_0 beside v Q8_0 → no single type reproduces the pair.
+        assert!(keep_of("attn_kv", 0));
+        // Layer 1: both Q5_0, a candidate → no separate keep option.
+        assert!(!keep_of("attn_kv", 1));
+        assert!(!keep_of("ffn_down", 0)); // Q6_K is a candidate for 2048-wide rows
+        let te = units.iter().find(|u| u.group == "token_embd").unwrap();
+        assert!(!te.keep && !te.candidates.contains(&Q6_K));
+        // Without Q6_K among the candidates, ffn_down can still keep its source type.
+        let no_q6 = build_units(&descs, &[Q4_0, Q4_K, Q5_0, Q8_0]);
+        assert!(no_q6
+            .iter()
+            .filter(|u| u.group == "ffn_down")
+            .all(|u| u.keep));
+        // F32 sources never offer keep.
+        assert!(build_units(&smol_like(), DEFAULT_CANDIDATES)
+            .iter()
+            .all(|u| !u.keep));
+        // Keep every unit that may keep, Q4_0 elsewhere: the written recipe copies exactly those.
+        let chosen: Vec<Pick> = units
+            .iter()
+            .map(|u| if u.keep { Pick::Keep } else { Pick::Type(Q4_0) })
+            .collect();
+        let opts = SearchOptions::new(Budget::Bytes(1));
+        let yaml = write_recipe(&units, &chosen, "k", "", &BTreeMap::new(), &opts).unwrap();
+        assert!(yaml.contains("type: keep"), "{yaml}");
+        let r = Recipe::from_str_in(&yaml, "<t>", Path::new(".")).unwrap();
+        let model = super::super::ModelInfo {
+            arch: "gemma3".into(),
+            n_layer: 2,
+            n_head: 4,
+            n_head_kv: 1,
+            n_expert: 0,
+        };
+        let plan = super::super::build_plan(&r, &model, &descs, Default::default()).unwrap();
+        for (u, t) in units.iter().zip(&chosen) {
+            for name in &u.tensors {
+                let e = plan.entries.iter().find(|e| &e.name == name).unwrap();
+                match t {
+                    Pick::Keep => assert!(e.is_copy(), "{name}"),
+                    Pick::Type(t) => assert_eq!(e.to, Some(*t), "{name}"),
+                }
+            }
+        }
+        let v0 = plan
+            .entries
+            .iter()
+            .find(|e| e.name == "blk.0.attn_v.weight")
+            .unwrap();
+        assert_eq!(v0.to, Some(Q8_0));
     }
 
     #[test]

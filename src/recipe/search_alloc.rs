@@ -39,6 +39,29 @@ pub fn allocate(units: &[Vec<AllocOption>], budget: u64, granules: u64) -> Optio
     if units.iter().any(|u| u.is_empty()) {
         return None;
     }
+    // When every unit's least-error option (ties: the smaller) fits as it is, that is the
+    // optimum whatever the rounding would say: a quantized source copied at its own size.
+    let best: Vec<usize> = units
+        .iter()
+        .map(|u| {
+            (0..u.len())
+                .min_by(|&a, &b| {
+                    u[a].err
+                        .total_cmp(&u[b].err)
+                        .then(u[a].bytes.cmp(&u[b].bytes))
+                })
+                .unwrap_or(0)
+        })
+        .collect();
+    let best_bytes: u64 = units.iter().zip(&best).map(|(u, &c)| u[c].bytes).sum();
+    if best_bytes <= budget {
+        let err = units.iter().zip(&best).map(|(u, &c)| u[c].err).sum();
+        return Some(Allocation {
+            choice: best,
+            bytes: best_bytes,
+            err,
+        });
+    }
     let max_total: u64 = units
         .iter()
         .map(|u| u.iter().map(|o| o.bytes).max().unwrap_or(0))
@@ -253,6 +276,23 @@ mod tests {
         assert_eq!(a.bytes, 250);
         assert!(allocate(&[vec![opt(1, 1.0)], vec![]], 1000, 1000).is_none());
         assert_eq!(allocate(&[], 0, 1000).unwrap().choice, Vec::<usize>::new());
+    }
+
+    /// The least-error choice is taken when it fits exactly, even where rounding every size up
+    /// to whole granules would reject it (a quantized source kept at exactly its own size).
+    #[test]
+    fn an_exact_fit_of_the_best_options_beats_the_rounding() {
+        let units: Vec<Vec<AllocOption>> = (0..10)
+            .map(|i| vec![opt(90 + i, 5.0), opt(101 + i, 0.0)])
+            .collect();
+        let exact: u64 = (0..10).map(|i| 101 + i).sum();
+        // Granules of ~21 bytes: rounded up, the zero-error options need more than `exact`.
+        let a = allocate(&units, exact, 100).unwrap();
+        assert_eq!(a.choice, vec![1; 10]);
+        assert_eq!((a.bytes, a.err), (exact, 0.0));
+        // One byte less: something must give.
+        let b = allocate(&units, exact - 1, 100).unwrap();
+        assert!(b.err > 0.0 && b.bytes < exact);
     }
 
     #[test]
