@@ -9,46 +9,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use ggufq::gpu::source::Mix;
-use ggufq::gpu::{DeviceOptions, GpuBackend, GpuContext, Shape, SynthSource};
+use ggufq::gpu::{GpuBackend, GpuContext};
 use ggufq::model::cpu::CpuBackend;
 use ggufq::model::{Backend, LogitsWanted, Model};
 
-fn context() -> Option<Arc<GpuContext>> {
-    match GpuContext::new(&DeviceOptions::default()) {
-        Ok(c) => Some(Arc::new(c)),
-        Err(e) if std::env::var("GGUFQ_SKIP_GPU").as_deref() == Ok("1") => {
-            eprintln!("skipping GPU test: {e}");
-            None
-        }
-        Err(e) => panic!("no GPU adapter ({e}); set GGUFQ_SKIP_GPU=1 to skip GPU tests"),
-    }
-}
-
-fn write_tiny(dir: &Path, mix: &str) -> std::path::PathBuf {
-    let src = SynthSource::new(
-        Shape::named("tiny").unwrap(),
-        Mix::parse(mix).unwrap(),
-        format!("tiny-{mix}"),
-    )
-    .unwrap();
-    let p = dir.join(format!("{}.gguf", src.name));
-    src.write_gguf(&p).unwrap();
-    p
-}
-
-/// Deterministic pseudo-random tokens below `n`.
-fn tokens(n: usize, count: usize, seed: u64) -> Vec<u32> {
-    let mut s = seed;
-    (0..count)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 33) % n as u64) as u32
-        })
-        .collect()
-}
+#[path = "common/gpu_fixture.rs"]
+mod gpu_fixture;
+use gpu_fixture::{context, tokens, write_tiny};
 
 /// Root-mean-square difference relative to the RMS of the reference.
 fn rms_rel(a: &[f32], b: &[f32]) -> f64 {

@@ -5,24 +5,15 @@
 //! Runs on lavapipe in CI; without an adapter these fail unless GGUFQ_SKIP_GPU=1.
 #![cfg(feature = "gpu")]
 
-use std::sync::Arc;
-
 use ggufq::gpu::source::Mix;
 use ggufq::gpu::SynthSource;
-use ggufq::gpu::{DeviceOptions, GpuBackend, GpuContext, GpuModel, ModelOptions, Shape};
+use ggufq::gpu::{GpuBackend, GpuModel, ModelOptions, Shape};
 use ggufq::model::cpu::CpuBackend;
 use ggufq::model::{Backend, LogitsWanted, Model};
 
-fn context() -> Option<Arc<GpuContext>> {
-    match GpuContext::new(&DeviceOptions::default()) {
-        Ok(c) => Some(Arc::new(c)),
-        Err(e) if std::env::var("GGUFQ_SKIP_GPU").as_deref() == Ok("1") => {
-            eprintln!("skipping GPU test: {e}");
-            None
-        }
-        Err(e) => panic!("no GPU adapter ({e}); set GGUFQ_SKIP_GPU=1 to skip GPU tests"),
-    }
-}
+#[path = "common/gpu_fixture.rs"]
+mod gpu_fixture;
+use gpu_fixture::context;
 
 fn rms_rel(a: &[f32], b: &[f32]) -> f64 {
     let d: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();

@@ -11,20 +11,14 @@ use ggufq::gpu::{
     DeviceOptions, GpuContext, GpuModel, ModelOptions, Shape, SynthSource, WeightSource,
 };
 
+#[path = "common/gpu_fixture.rs"]
+mod gpu_fixture;
+use gpu_fixture::context_tuned;
+
 fn context() -> Option<Arc<GpuContext>> {
-    match GpuContext::new(&DeviceOptions::default()) {
-        Ok(mut c) => {
-            // The f64 reference keeps activations unrounded; the Q8/f16 activation rounding
-            // is checked against the CPU backend in tests/gpu_actq*.rs.
-            c.tune.act_round = false;
-            Some(Arc::new(c))
-        }
-        Err(e) if std::env::var("GGUFQ_SKIP_GPU").as_deref() == Ok("1") => {
-            eprintln!("skipping GPU test: {e}");
-            None
-        }
-        Err(e) => panic!("no GPU adapter ({e}); set GGUFQ_SKIP_GPU=1 to skip GPU tests"),
-    }
+    // The f64 reference keeps activations unrounded; the Q8/f16 activation rounding is checked
+    // against the CPU backend in tests/gpu_actq*.rs.
+    context_tuned(|c| c.tune.act_round = false)
 }
 
 /// Reference llama forward in f64 over dequantized weights, one token at a time with a KV

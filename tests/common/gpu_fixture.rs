@@ -1,0 +1,57 @@
+//! Shared set-up of the GPU tests (included with `#[path]` by each tests/gpu_*.rs that needs
+//! it): the adapter (lavapipe in CI), tiny synthetic models written as GGUF files, and
+//! deterministic token streams.
+#![allow(dead_code)] // Each test binary uses a different subset.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ggufq::gpu::source::Mix;
+use ggufq::gpu::{DeviceOptions, GpuContext, Shape, SynthSource};
+
+/// The default adapter, or `None` (test skipped) when there is none and GGUFQ_SKIP_GPU=1.
+/// Without an adapter and without that variable the test fails: CI must run them.
+pub fn context() -> Option<Arc<GpuContext>> {
+    context_tuned(|_| {})
+}
+
+/// [`context`] with the engine's tuning adjusted by `tune` before it is shared.
+pub fn context_tuned(tune: impl FnOnce(&mut GpuContext)) -> Option<Arc<GpuContext>> {
+    match GpuContext::new(&DeviceOptions::default()) {
+        Ok(mut c) => {
+            tune(&mut c);
+            Some(Arc::new(c))
+        }
+        Err(e) if std::env::var("GGUFQ_SKIP_GPU").as_deref() == Ok("1") => {
+            eprintln!("skipping GPU test: {e}");
+            None
+        }
+        Err(e) => panic!("no GPU adapter ({e}); set GGUFQ_SKIP_GPU=1 to skip GPU tests"),
+    }
+}
+
+/// Write the "tiny" synthetic llama shape with weight mix `mix` into `dir`.
+pub fn write_tiny(dir: &Path, mix: &str) -> PathBuf {
+    let src = SynthSource::new(
+        Shape::named("tiny").unwrap(),
+        Mix::parse(mix).unwrap(),
+        format!("tiny-{mix}"),
+    )
+    .unwrap();
+    let p = dir.join(format!("{}.gguf", src.name));
+    src.write_gguf(&p).unwrap();
+    p
+}
+
+/// Deterministic pseudo-random tokens below `n`.
+pub fn tokens(n: usize, count: usize, seed: u64) -> Vec<u32> {
+    let mut s = seed;
+    (0..count)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 33) % n as u64) as u32
+        })
+        .collect()
+}
