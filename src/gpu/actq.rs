@@ -183,33 +183,7 @@ pub fn round_rows(ctx: &GpuContext, ty: GgmlType, x: &[f32], k: usize) -> Result
     }
     let n_tok = x.len() / k;
     use wgpu::util::DeviceExt;
-    let entry = |i: u32, ty: wgpu::BufferBindingType| wgpu::BindGroupLayoutEntry {
-        binding: i,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty,
-            has_dynamic_offset: false,
-            min_binding_size: None,
-        },
-        count: None,
-    };
-    let bgl = ctx
-        .device
-        .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("actq"),
-            entries: &[
-                entry(0, wgpu::BufferBindingType::Storage { read_only: true }),
-                entry(2, wgpu::BufferBindingType::Storage { read_only: false }),
-                entry(3, wgpu::BufferBindingType::Uniform),
-            ],
-        });
-    let layout = ctx
-        .device
-        .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: None,
-            bind_group_layouts: &[Some(&bgl)],
-            immediate_size: 0,
-        });
+    let (bgl, layout) = super::kernels::buffer_layouts(ctx, "actq", b"r-wu");
     let mut kernels = Kernels::default();
     let pipe = kernels.get_with_layout(ctx, &KernelKey::ActQ, &layout)?;
     let xb = f32_buffer(ctx, "x", x);

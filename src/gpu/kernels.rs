@@ -644,6 +644,49 @@ const NORM_SUBGROUP: &str = "    let wsum = subgroupAdd(ss);
     let tot = ((nred[0] + nred[1]) + (nred[2] + nred[3])) + ((nred[4] + nred[5]) + (nred[6] + nred[7]));
 ";
 
+/// A compute bind-group layout over buffers and the pipeline layout with it as group 0.
+/// `kinds` has one byte per binding number, in order: `r` read-only storage, `w` read-write
+/// storage, `u` uniform, `-` a binding number left unused.
+pub fn buffer_layouts(
+    ctx: &GpuContext,
+    label: &str,
+    kinds: &[u8],
+) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+    let entries: Vec<wgpu::BindGroupLayoutEntry> = kinds
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| **k != b'-')
+        .map(|(i, k)| wgpu::BindGroupLayoutEntry {
+            binding: i as u32,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: match k {
+                    b'u' => wgpu::BufferBindingType::Uniform,
+                    b'r' => wgpu::BufferBindingType::Storage { read_only: true },
+                    _ => wgpu::BufferBindingType::Storage { read_only: false },
+                },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        })
+        .collect();
+    let bgl = ctx
+        .device
+        .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(label),
+            entries: &entries,
+        });
+    let pl = ctx
+        .device
+        .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(label),
+            bind_group_layouts: &[Some(&bgl)],
+            immediate_size: 0,
+        });
+    (bgl, pl)
+}
+
 /// Compiled pipelines, built on first use.
 #[derive(Default)]
 pub struct Kernels {

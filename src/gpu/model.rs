@@ -11,7 +11,7 @@ use crate::quant::GgmlType;
 use super::actq::ActRounding;
 use super::buffers::{f32_buffer, scratch, upload_matrix, GpuMatrix};
 use super::device::GpuContext;
-use super::kernels::{KernelKey, Kernels};
+use super::kernels::{buffer_layouts, KernelKey, Kernels};
 use super::reference::dequantize;
 use super::source::{TensorView, WeightSource};
 
@@ -299,35 +299,6 @@ fn interleave_rows(a: &[u8], b: &[u8], row_bytes: usize) -> Vec<u8> {
     out
 }
 
-fn layout_entries(kinds: &[u8]) -> Vec<wgpu::BindGroupLayoutEntry> {
-    kinds
-        .iter()
-        .enumerate()
-        .map(|(i, k)| wgpu::BindGroupLayoutEntry {
-            binding: i as u32,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: match k {
-                b'u' => wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Uniform,
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
-                },
-                b'r' => wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Storage { read_only: true },
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
-                },
-                _ => wgpu::BindingType::Buffer {
-                    ty: wgpu::BufferBindingType::Storage { read_only: false },
-                    has_dynamic_offset: false,
-                    min_binding_size: None,
-                },
-            },
-            count: None,
-        })
-        .collect()
-}
-
 impl GpuModel {
     /// Upload a model from `src` and prepare every dispatch.
     pub fn load(
@@ -584,36 +555,11 @@ impl GpuModel {
         }
         let cs_buf = f32_buffer(&ctx, "rope", &cs);
 
-        let bgl_mat = ctx
-            .device
-            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some("mat"),
-                entries: &layout_entries(b"rrwu"),
-            });
-        let bgl_rope = ctx
-            .device
-            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some("rope"),
-                entries: &layout_entries(b"wwwrur"),
-            });
-        let bgl_matn = ctx
-            .device
-            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some("mat+norm"),
-                entries: &layout_entries(b"rrwur"),
-            });
-        let bgl_attd = ctx
-            .device
-            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some("attn decode"),
-                entries: &layout_entries(b"rwwwurr"),
-            });
-        let bgl_attn = ctx
-            .device
-            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some("attn"),
-                entries: &layout_entries(b"rrrwur"),
-            });
+        let (bgl_mat, pl_mat) = buffer_layouts(&ctx, "mat", b"rrwu");
+        let (bgl_rope, pl_rope) = buffer_layouts(&ctx, "rope", b"wwwrur");
+        let (bgl_matn, pl_matn) = buffer_layouts(&ctx, "mat+norm", b"rrwur");
+        let (bgl_attd, pl_attd) = buffer_layouts(&ctx, "attn decode", b"rwwwurr");
+        let (bgl_attn, pl_attn) = buffer_layouts(&ctx, "attn", b"rrrwur");
 
         // Steps (bind groups reference a params slot each).
         // Batch graph (up to 11 dispatches per layer), activation roundings, decode graph.
@@ -986,41 +932,6 @@ impl GpuModel {
         }
 
         let mut kernels = Kernels::default();
-        let pl_mat = ctx
-            .device
-            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: None,
-                bind_group_layouts: &[Some(&bgl_mat)],
-                immediate_size: 0,
-            });
-        let pl_rope = ctx
-            .device
-            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: None,
-                bind_group_layouts: &[Some(&bgl_rope)],
-                immediate_size: 0,
-            });
-        let pl_attn = ctx
-            .device
-            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: None,
-                bind_group_layouts: &[Some(&bgl_attn)],
-                immediate_size: 0,
-            });
-        let pl_matn = ctx
-            .device
-            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: None,
-                bind_group_layouts: &[Some(&bgl_matn)],
-                immediate_size: 0,
-            });
-        let pl_attd = ctx
-            .device
-            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: None,
-                bind_group_layouts: &[Some(&bgl_attd)],
-                immediate_size: 0,
-            });
         for s in &steps {
             let pl = match s.key {
                 KernelKey::Rope => &pl_rope,

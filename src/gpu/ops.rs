@@ -19,34 +19,7 @@ pub struct MatRunner {
 impl MatRunner {
     /// Create a runner (explicit bind-group layout shared by all mat-vec kernels).
     pub fn new(ctx: &GpuContext) -> MatRunner {
-        let entry = |i: u32, ty: wgpu::BufferBindingType| wgpu::BindGroupLayoutEntry {
-            binding: i,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty,
-                has_dynamic_offset: false,
-                min_binding_size: None,
-            },
-            count: None,
-        };
-        let bgl = ctx
-            .device
-            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some("matvec"),
-                entries: &[
-                    entry(0, wgpu::BufferBindingType::Storage { read_only: true }),
-                    entry(1, wgpu::BufferBindingType::Storage { read_only: true }),
-                    entry(2, wgpu::BufferBindingType::Storage { read_only: false }),
-                    entry(3, wgpu::BufferBindingType::Uniform),
-                ],
-            });
-        let layout = ctx
-            .device
-            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: None,
-                bind_group_layouts: &[Some(&bgl)],
-                immediate_size: 0,
-            });
+        let (bgl, layout) = super::kernels::buffer_layouts(ctx, "matvec", b"rrwu");
         MatRunner {
             layout,
             bgl,
