@@ -16,10 +16,13 @@ use std::io::BufWriter;
 use std::path::Path;
 
 use ggufq::gguf::{GgufWriter, TensorSpec, Value};
-use ggufq::model::cpu::{dequantize_rows, ActQuant, CpuBackend};
+use ggufq::model::cpu::CpuBackend;
 use ggufq::model::{Arch, Backend, FfnAct, LogitsWanted, Model, RopeMode, Weight};
 use ggufq::quant::{quantize_row, GgmlType};
-use half::f16;
+
+#[path = "common/reference_ops.rs"]
+mod reference_ops;
+use reference_ops::{deq, lin, max_rel_diff, r16, rms};
 
 /// How the synthetic model lays out its sliding-window layers.
 #[derive(Clone)]
@@ -235,41 +238,6 @@ fn write_gemma3(path: &Path, s: &Synth) {
     w.finish().unwrap();
 }
 
-fn deq(w: &Weight) -> Vec<f32> {
-    let mut v = vec![0f32; w.meta.n_elements() as usize];
-    dequantize_rows(w.ty(), w.data().unwrap(), &mut v).unwrap();
-    v
-}
-
-fn r16(v: f32) -> f32 {
-    f16::from_f32(v).to_f32()
-}
-
-/// RMSNorm of each `g.len()`-wide piece of `x`.
-fn rms(x: &[f32], g: &[f32], eps: f32) -> Vec<f32> {
-    x.chunks(g.len())
-        .flat_map(|p| {
-            let ss: f64 = p.iter().map(|&v| v as f64 * v as f64).sum();
-            let s = 1.0 / ((ss / p.len() as f64) as f32 + eps).sqrt();
-            p.iter().zip(g).map(move |(&v, &g)| v * s * g)
-        })
-        .collect()
-}
-
-/// y = W x with x rounded as llama.cpp's vec_dot type for W.
-fn lin(w: &Weight, wf: &[f32], x: &[f32]) -> Vec<f32> {
-    let mut xq = x.to_vec();
-    ActQuant::for_weight(w.ty()).unwrap().apply(&mut xq);
-    wf.chunks(w.row_len())
-        .map(|row| {
-            row.iter()
-                .zip(&xq)
-                .map(|(&a, &b)| a as f64 * b as f64)
-                .sum::<f64>() as f32
-        })
-        .collect()
-}
-
 /// GELU(tanh) in f64, looked up the way ggml's f16 table does.
 fn gelu_gated(g: f32, u: f32) -> f32 {
     if g <= -10.0 {
@@ -390,11 +358,6 @@ fn reference(m: &Model, toks: &[u32]) -> Vec<Vec<f32>> {
         out.push(logits);
     }
     out
-}
-
-fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
-    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 fn mixed(ty: GgmlType, softcap: Option<f32>) -> Synth {

@@ -3,41 +3,13 @@
 //! reads. Same numerics contract as `model::backend`: activations rounded with
 //! `ActQuant::for_weight`, Q/K/V and the attention probabilities rounded to f16.
 
-use ggufq::model::cpu::{dequantize_rows, ActQuant, CpuBackend};
-use ggufq::model::{Backend, LogitsWanted, Model, RopeMode, Weight};
+use ggufq::model::cpu::CpuBackend;
+use ggufq::model::{Backend, LogitsWanted, Model, RopeMode};
 use ggufq::quant::GgmlType;
-use half::f16;
 
-fn deq(w: &Weight) -> Vec<f32> {
-    let mut v = vec![0f32; w.meta.n_elements() as usize];
-    dequantize_rows(w.ty(), w.data().unwrap(), &mut v).unwrap();
-    v
-}
-
-fn r16(v: f32) -> f32 {
-    f16::from_f32(v).to_f32()
-}
-
-fn rms(x: &[f32], g: &[f32], eps: f32) -> Vec<f32> {
-    let ss: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
-    let s = 1.0 / ((ss / x.len() as f64) as f32 + eps).sqrt();
-    x.iter().zip(g).map(|(&v, &g)| v * s * g).collect()
-}
-
-/// y = W x with x rounded as llama.cpp's vec_dot type for W.
-fn lin(w: &Weight, wf: &[f32], x: &[f32]) -> Vec<f32> {
-    let mut xq = x.to_vec();
-    ActQuant::for_weight(w.ty()).unwrap().apply(&mut xq);
-    let k = w.row_len();
-    wf.chunks(k)
-        .map(|row| {
-            row.iter()
-                .zip(&xq)
-                .map(|(&a, &b)| a as f64 * b as f64)
-                .sum::<f64>() as f32
-        })
-        .collect()
-}
+#[path = "common/reference_ops.rs"]
+mod reference_ops;
+use reference_ops::{deq, lin, max_rel_diff, r16, rms};
 
 /// Logits of every position of `toks`, computed position by position.
 fn reference(m: &Model, toks: &[u32]) -> Vec<Vec<f32>> {
@@ -136,11 +108,6 @@ fn reference(m: &Model, toks: &[u32]) -> Vec<Vec<f32>> {
         logits.push(lin(&w.output, &out_w, &h));
     }
     logits
-}
-
-fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
-    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 #[test]
