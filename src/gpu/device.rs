@@ -175,27 +175,17 @@ impl GpuContext {
         let mut enc = self.device.create_command_encoder(&Default::default());
         enc.copy_buffer_to_buffer(buf, offset * 4, &staging, 0, size);
         self.queue.submit(Some(enc.finish()));
-        let slice = staging.slice(..);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        self.wait()?;
-        rx.recv()
-            .map_err(|e| Error::msg(format!("GPU readback channel: {e}")))?
-            .map_err(|e| Error::msg(format!("GPU readback map failed: {e}")))?;
-        let out = {
-            let view = slice
-                .get_mapped_range()
-                .map_err(|e| Error::msg(format!("GPU readback view: {e:?}")))?;
-            bytemuck::cast_slice::<u8, f32>(&view[..size as usize]).to_vec()
-        };
-        staging.unmap();
-        Ok(out)
+        self.map_read(&staging, size as usize)
     }
 
     /// Map a MAP_READ buffer (after its copy was submitted), wait, and read it as u64s.
     pub fn read_mapped_u64(&self, buf: &wgpu::Buffer) -> Result<Vec<u64>> {
+        self.map_read(buf, buf.size() as usize)
+    }
+
+    /// Map a MAP_READ buffer, wait for the submitted work, copy its first `bytes` out as `T`s
+    /// and unmap it.
+    fn map_read<T: bytemuck::Pod>(&self, buf: &wgpu::Buffer, bytes: usize) -> Result<Vec<T>> {
         let slice = buf.slice(..);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
@@ -209,7 +199,13 @@ impl GpuContext {
             let view = slice
                 .get_mapped_range()
                 .map_err(|e| Error::msg(format!("GPU readback view: {e:?}")))?;
-            bytemuck::cast_slice::<u8, u64>(&view).to_vec()
+            let bytes = view.get(..bytes).ok_or_else(|| {
+                Error::msg(format!(
+                    "GPU readback: {bytes} bytes asked of {}",
+                    view.len()
+                ))
+            })?;
+            bytemuck::cast_slice::<u8, T>(bytes).to_vec()
         };
         buf.unmap();
         Ok(out)
