@@ -18,6 +18,10 @@ use ggufq::recipe::{build_plan, ModelInfo, Plan, PlanOptions, Recipe, TensorDesc
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+#[path = "common/preset_fixture.rs"]
+mod preset_fixture;
+use preset_fixture::type_mismatches;
+
 const FIXTURE: &str = "testdata/llama_quantize_types_gemma3.json";
 
 fn fixture() -> Value {
@@ -119,19 +123,7 @@ fn gemma3_presets_equal_llama_quantize() {
         let plan = plan_for(preset, &fx);
         let want = want["tensors"].as_object().expect("tensors");
         assert_eq!(want.len(), plan.entries.len(), "{preset}: tensor count");
-        for e in &plan.entries {
-            let got = e.to.map(|t| t.name().to_string()).unwrap_or_default();
-            let exp = want
-                .get(&e.name)
-                .and_then(|v| v.as_str())
-                .unwrap_or("<missing>");
-            if got != exp {
-                mismatches.push(format!(
-                    "{preset} {}: ggufq {got}, llama-quantize {exp}",
-                    e.name
-                ));
-            }
-        }
+        mismatches.extend(type_mismatches(preset, &plan, want));
     }
     assert!(
         mismatches.is_empty(),

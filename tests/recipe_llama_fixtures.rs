@@ -12,6 +12,10 @@ use ggufq::quant::GgmlType;
 use ggufq::recipe::{build_plan, ModelInfo, PlanOptions, Recipe, TensorDesc};
 use serde_json::Value;
 
+#[path = "common/preset_fixture.rs"]
+mod preset_fixture;
+use preset_fixture::type_mismatches;
+
 fn json(rel: &str) -> Value {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
     serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
@@ -55,19 +59,7 @@ fn check(model: &ModelInfo, tensors: &[TensorDesc], expected: &Value, label: &st
         let plan = build_plan(&recipe, model, tensors, PlanOptions::default()).unwrap();
         let want = want["tensors"].as_object().unwrap();
         assert_eq!(want.len(), tensors.len(), "{label} {preset}: tensor count");
-        for e in &plan.entries {
-            let got = e.to.map(|t| t.name().to_string()).unwrap_or_default();
-            let exp = want
-                .get(&e.name)
-                .and_then(|v| v.as_str())
-                .unwrap_or("<missing>");
-            if got != exp {
-                mismatches.push(format!(
-                    "{label} {preset} {}: ggufq {got}, llama-quantize {exp}",
-                    e.name
-                ));
-            }
-        }
+        mismatches.extend(type_mismatches(&format!("{label} {preset}"), &plan, want));
     }
     assert!(
         mismatches.is_empty(),
