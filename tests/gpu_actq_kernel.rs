@@ -9,15 +9,11 @@ use ggufq::gpu::{DeviceOptions, GpuContext};
 use ggufq::model::cpu::ActQuant;
 use ggufq::quant::GgmlType;
 
+#[path = "common/gpu_fixture.rs"]
+mod gpu_fixture;
+
 fn context() -> Option<GpuContext> {
-    match GpuContext::new(&DeviceOptions::default()) {
-        Ok(c) => Some(c),
-        Err(e) if std::env::var("GGUFQ_SKIP_GPU").as_deref() == Ok("1") => {
-            eprintln!("skipping GPU test: {e}");
-            None
-        }
-        Err(e) => panic!("no GPU adapter ({e}); set GGUFQ_SKIP_GPU=1 to skip GPU tests"),
-    }
+    gpu_fixture::device(&DeviceOptions::default())
 }
 
 /// Rows of `k` values: random magnitudes varying per 32-block over ~8 decades, one all-zero

@@ -15,15 +15,11 @@ const TYPES: [&str; 13] = [
     "Q6_K",
 ];
 
+#[path = "common/gpu_fixture.rs"]
+mod gpu_fixture;
+
 fn context(opts: DeviceOptions) -> Option<GpuContext> {
-    match GpuContext::new(&opts) {
-        Ok(c) => Some(c),
-        Err(e) if std::env::var("GGUFQ_SKIP_GPU").as_deref() == Ok("1") => {
-            eprintln!("skipping GPU test: {e}");
-            None
-        }
-        Err(e) => panic!("no GPU adapter ({e}); set GGUFQ_SKIP_GPU=1 to skip GPU tests"),
-    }
+    gpu_fixture::device(&opts)
 }
 
 fn xs(n: usize, seed: u32) -> Vec<f32> {

@@ -17,11 +17,16 @@ pub fn context() -> Option<Arc<GpuContext>> {
 
 /// [`context`] with the engine's tuning adjusted by `tune` before it is shared.
 pub fn context_tuned(tune: impl FnOnce(&mut GpuContext)) -> Option<Arc<GpuContext>> {
-    match GpuContext::new(&DeviceOptions::default()) {
-        Ok(mut c) => {
-            tune(&mut c);
-            Some(Arc::new(c))
-        }
+    let mut c = device(&DeviceOptions::default())?;
+    tune(&mut c);
+    Some(Arc::new(c))
+}
+
+/// An adapter chosen by `opts`, or `None` (test skipped) when there is none and
+/// GGUFQ_SKIP_GPU=1; without an adapter and without that variable the test fails.
+pub fn device(opts: &DeviceOptions) -> Option<GpuContext> {
+    match GpuContext::new(opts) {
+        Ok(c) => Some(c),
         Err(e) if std::env::var("GGUFQ_SKIP_GPU").as_deref() == Ok("1") => {
             eprintln!("skipping GPU test: {e}");
             None
