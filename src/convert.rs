@@ -601,7 +601,16 @@ fn convert_inner(input: &Path, opts: &ConvertOptions) -> Result<ConvertReport> {
     }
     let bar = progress_bar(opts.progress, plan.from_bytes());
     let want_hash = opts.manifest && cached_sha.is_none();
-    let run = run_pipeline(&f, &plan, imatrix.as_ref(), writer, want_hash, &bar)?;
+    // The output tensors' hashes serve only the manifest.
+    let run = run_pipeline(
+        &f,
+        &plan,
+        imatrix.as_ref(),
+        writer,
+        want_hash,
+        opts.manifest,
+        &bar,
+    )?;
     let buf = run.writer.finish()?;
     let atomic = buf
         .into_inner()
@@ -763,6 +772,7 @@ struct OutPiece {
 /// What [`run_pipeline`] hands back.
 struct PipelineRun<W: Write> {
     writer: GgufWriter<W>,
+    /// Every output tensor's sha256 in plan order (empty without `hash_outputs`).
     tensor_hashes: Vec<String>,
     source_sha: String,
     source_hash_s: f64,
@@ -1009,7 +1019,7 @@ fn dequantize_into(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
 }
 
 /// Read → convert → hash + write, three stages that overlap: the reader (positioned reads,
-/// source hash) and the writer (tensor hashes, output) run on their own threads while the
+/// source hash) and the writer (tensor hashes when `hash_outputs`, output) run on their own threads while the
 /// rayon pool encodes. At most [`QUEUE`] pieces wait between two stages, so memory stays a
 /// few pieces whatever the model's size.
 fn run_pipeline<W: Write + Send>(
@@ -1018,6 +1028,7 @@ fn run_pipeline<W: Write + Send>(
     imatrix: Option<&Imatrix>,
     mut writer: GgufWriter<W>,
     want_hash: bool,
+    hash_outputs: bool,
     bar: &indicatif::ProgressBar,
 ) -> Result<PipelineRun<W>> {
     use std::sync::mpsc::sync_channel;
@@ -1049,13 +1060,16 @@ fn run_pipeline<W: Write + Send>(
                 let _ = ptx.send(Err(e));
             }
         });
-        let writer_thread = s.spawn(move || -> Result<(GgufWriter<W>, Vec<String>)> {
+        let writer_thread = s.spawn(move || -> Result<(GgufWriter<W>, Vec<String>, usize)> {
             let mut hashes = Vec::with_capacity(plan.entries.len());
-            let mut h = Sha256::new();
+            let mut h = hash_outputs.then(Sha256::new);
             let mut produced = 0u64;
+            let mut written = 0usize;
             for p in orx {
                 let e = &plan.entries[p.entry];
-                h.update(&p.data);
+                if let Some(h) = h.as_mut() {
+                    h.update(&p.data);
+                }
                 produced += p.data.len() as u64;
                 if produced > e.to_bytes || (p.last && produced != e.to_bytes) {
                     return Err(tensor_err(
@@ -1066,11 +1080,14 @@ fn run_pipeline<W: Write + Send>(
                 writer.write_tensor_part(&p.data)?;
                 pools.out.give(p.data);
                 if p.last {
-                    hashes.push(hex(h.finalize_reset()));
+                    if let Some(h) = h.as_mut() {
+                        hashes.push(hex(h.finalize_reset()));
+                    }
                     produced = 0;
+                    written += 1;
                 }
             }
-            Ok((writer, hashes))
+            Ok((writer, hashes, written))
         });
         // The converter stage, on this (rayon) thread. The source hash (when inline) runs
         // beside each piece's encoding (rayon::join), in file order.
@@ -1128,7 +1145,7 @@ fn run_pipeline<W: Write + Send>(
         }
         // The first failure in pipeline order: reading/encoding, then writing.
         converted?;
-        let (writer, tensor_hashes) = written?;
+        let (writer, tensor_hashes, n_written) = written?;
         let (source_sha, source_hash_s) = match (separate_hash, src_hash) {
             (Some(t), _) => {
                 let (sha, secs) = t
@@ -1139,10 +1156,9 @@ fn run_pipeline<W: Write + Send>(
             (None, Some((h, secs))) => (hex(h.finalize()), secs),
             (None, None) => (String::new(), 0.0),
         };
-        if tensor_hashes.len() != plan.entries.len() {
+        if n_written != plan.entries.len() {
             return Err(Error::msg(format!(
-                "wrote {} of {} tensors",
-                tensor_hashes.len(),
+                "wrote {n_written} of {} tensors",
                 plan.entries.len()
             )));
         }
