@@ -208,7 +208,15 @@ pub struct Tune {
     /// One-token forwards use the fused decode graph (RMSNorm in the mat-vec prologue,
     /// RoPE and the KV store in the attention kernel); GGUFQ_FUSE=0 runs the batch graph.
     pub fuse: bool,
+    /// Decode mat-vecs of the [`Q8_TYPES`] read the rounded activation as int8 quants with
+    /// per-32 scales and multiply with `dot4I8Packed` (needs `act_round`); GGUFQ_Q8DOT=0
+    /// keeps the f32 activation kernels.
+    pub q8dot: bool,
 }
+
+/// Types with an integer decode kernel (`idot` in dequant.wgsl): their activations are Q8_0
+/// (Q4_0, Q8_0) or Q8_K (K-quants) blocks on the CPU, whose int8 quants the kernel reads.
+pub const Q8_TYPES: &[&str] = &["Q4_0", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"];
 
 /// Types whose decode kernel uses unit lanes by default. In the session-2 H100 run every
 /// whole-model tg128 with unit lanes (all types) was faster than or equal to session 1's
@@ -224,6 +232,13 @@ impl Tune {
         self.unit_lanes.unwrap_or_else(|| {
             GgmlType::from_id(ty).is_some_and(|t| UNIT_TYPES.contains(&t.name()))
         })
+    }
+
+    /// Whether the decode mat-vec of type id `ty` uses the integer (q8 activation) kernel.
+    pub fn q8_for(&self, ty: u32) -> bool {
+        self.q8dot
+            && self.act_round
+            && GgmlType::from_id(ty).is_some_and(|t| Q8_TYPES.contains(&t.name()))
     }
 
     /// Whether a decode mat-vec over rows of `units` 32-weight units of type id `ty` uses
@@ -243,6 +258,18 @@ impl Tune {
     /// The decode (one-token) mat-vec kernel for a matrix of type id `ty` with `units`
     /// 32-weight units per row, NR rows per warp; `nt` > 1 gives the small-batch kernel.
     pub fn matvec_key(&self, ty: u32, nt: u32, nr: u32, units: usize) -> KernelKey {
+        if nt == 1 && self.q8_for(ty) {
+            return KernelKey::MatVecQ8 {
+                ty,
+                nr,
+                splitk: self.splitk_for_q8(ty, units),
+            };
+        }
+        self.matvec_key_f32(ty, nt, nr, units)
+    }
+
+    /// [`Tune::matvec_key`] without the integer kernel: the kernel that reads f32 inputs.
+    pub fn matvec_key_f32(&self, ty: u32, nt: u32, nr: u32, units: usize) -> KernelKey {
         if nt == 1 && self.splitk_for(ty, units) {
             KernelKey::MatVecSplitK { ty, nr }
         } else {
@@ -250,11 +277,24 @@ impl Tune {
         }
     }
 
+    /// Split-K layout for the integer decode kernel (same rule as [`Tune::splitk_for`],
+    /// without the unit-lane condition: the integer kernel always has unit lanes).
+    pub fn splitk_for_q8(&self, ty: u32, units: usize) -> bool {
+        let kquant = GgmlType::from_id(ty)
+            .is_some_and(|t| ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"].contains(&t.name()));
+        units >= 256
+            && match self.splitk {
+                0 => false,
+                1 => kquant,
+                _ => true,
+            }
+    }
+
     /// Output rows per workgroup of the kernel `key` with `nr` rows per warp (mat-vec keys;
     /// 64 for the tiled mat-mat).
     pub fn rows_per_wg(&self, key: &KernelKey, nr: u32) -> u32 {
         match key {
-            KernelKey::MatVecSplitK { .. } => nr.max(2),
+            KernelKey::MatVecSplitK { .. } | KernelKey::MatVecQ8 { splitk: true, .. } => nr.max(2),
             KernelKey::MatMat { .. } => 64,
             _ => 8 * nr,
         }
@@ -313,6 +353,7 @@ impl Tune {
             unroll: get("GGUFQ_UNROLL", 1, &[1, 2, 4]),
             prerecord: std::env::var("GGUFQ_PRERECORD").as_deref() != Ok("0"),
             splitk: get("GGUFQ_SPLITK", 1, &[0, 1, 2]),
+            q8dot: std::env::var("GGUFQ_Q8DOT").as_deref() != Ok("0"),
         }
     }
 }
@@ -334,7 +375,17 @@ pub enum KernelKey {
     /// Decode mat-vec (one token) whose prologue applies RMSNorm to its `k4`·4-long input
     /// (held in workgroup memory), then the activation rounding `act` (a
     /// [`super::actq::kind_of`] code, 0 none), NR rows per warp.
-    MatVecNorm { ty: u32, nr: u32, k4: u32, act: u32 },
+    MatVecNorm {
+        ty: u32,
+        nr: u32,
+        k4: u32,
+        act: u32,
+        q8: bool,
+    },
+    /// Decode mat-vec (one token) of a [`Q8_TYPES`] matrix reading the activation as int8
+    /// quants and per-32 scales (the packed region of the rounding's output), optionally in
+    /// the split-K layout.
+    MatVecQ8 { ty: u32, nr: u32, splitk: bool },
     /// Decode mat-vec (one token) in the split-K layout: the workgroup's 256 lanes share
     /// the K range of NR (≥ 2) rows.
     MatVecSplitK { ty: u32, nr: u32 },
@@ -347,7 +398,10 @@ pub enum KernelKey {
 
 /// WGSL of the mat-vec kernel of type id `ty` (NT tokens per workgroup, NR rows per warp);
 /// with `k4 = Some(k4)` a one-token kernel whose prologue RMS-normalises its `4·k4`-long
-/// input with the weights at binding 4 (eps in `P.pad1`) into workgroup memory.
+/// input with the weights at binding 4 (eps in `P.pad1`) into workgroup memory. `q8`: the
+/// integer kernel (one token, unit lanes, the type's `idot`), whose activation is int8
+/// quants and per-32 scales: from the prologue's rounding (`k4` set) or from X's packed
+/// region at word `P.ld_x`.
 fn matvec_source(
     ctx: &GpuContext,
     ty: u32,
@@ -355,12 +409,14 @@ fn matvec_source(
     nr: u32,
     k4: Option<u32>,
     splitk: bool,
+    q8: bool,
 ) -> Result<String> {
     let gt =
         GgmlType::from_id(ty).ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;
     let xsrc = if k4.is_some() { "xs" } else { "X" };
     let xoff = if k4.is_some() { "" } else { "P.x_off + " };
-    let splitk = splitk && ctx.tune.unit_for(ty) && nt <= 2;
+    let q8 = q8 && nt == 1;
+    let splitk = splitk && (q8 || ctx.tune.unit_for(ty)) && nt <= 2;
     // Split-K workgroups hold NR rows: at least 2, so that SwiGLU's (gate, up) row pairs
     // stay together.
     let nr = if splitk { nr.max(2) } else { nr };
@@ -395,8 +451,40 @@ fn matvec_source(
             "    let xt_{t} = {xoff}min(t0 + {t}u, P.n_tok - 1u) * P.ld_x;\n"
         ));
     }
+    if q8 && !deq.contains("fn idot") {
+        return Err(Error::msg(format!(
+            "no integer decode kernel for {}",
+            gt.name()
+        )));
+    }
     // Unit lanes hold 8 x vectors per token: only for decode-sized NT.
-    if ctx.tune.unit_for(ty) && nt <= 2 {
+    if q8 {
+        // One 32-weight unit per lane per step: its int8 quants (two vec4<u32>) and scale
+        // are loaded once and reused for NR rows.
+        let outer = std::mem::take(&mut body);
+        if k4.is_some() {
+            body.push_str(
+                "        let xa = xqa[u];\n        let xb = xqb[u];\n        let dx = xd[u];\n",
+            );
+        } else {
+            body.push_str("        let xa = X[xq0 + 2u * u];\n        let xb = X[xq0 + 2u * u + 1u];\n        let dx = bitcast<f32>(X[(xs0 + u) >> 2u][(xs0 + u) & 3u]);\n");
+        }
+        body.push_str("        let one = 0x01010101u;\n        let sx0 = (dot4I8Packed(xa.x, one) + dot4I8Packed(xa.y, one)) + (dot4I8Packed(xa.z, one) + dot4I8Packed(xa.w, one));\n        let sx1 = (dot4I8Packed(xb.x, one) + dot4I8Packed(xb.y, one)) + (dot4I8Packed(xb.z, one) + dot4I8Packed(xb.w, one));\n");
+        for r in 0..nr {
+            body.push_str(&format!("        let gu_{r} = min(rbase + {r}u, P.rows - 1u) * P.units + u;\n        acc_{r}_0 += dx * idot(gu_{r} / UPB, gu_{r} % UPB, xa, xb, sx0, sx1);\n"));
+        }
+        let unit = std::mem::replace(&mut body, outer);
+        if k4.is_none() {
+            // Packed region: quants from word ld_x (vec4 index ld_x / 4), then the scales.
+            body.push_str("    let xq0 = P.ld_x / 4u + P.x_off / 4u;\n    let xs0 = P.ld_x + P.ld_x / 4u + P.x_off / 8u;\n");
+        }
+        let (first, stride) = if splitk { ("lid", 256) } else { ("lane", 32) };
+        body.push_str(&format!(
+            "    for (var u = {first}; u < P.units; u += {stride}u) {{\n"
+        ));
+        body.push_str(&unit);
+        body.push_str("    }\n");
+    } else if ctx.tune.unit_for(ty) && nt <= 2 {
         // Lane = one 32-weight unit per step: its 8 x vectors are loaded once
         // (8 loads in flight) and reused for NR rows; the unit's scale is looked
         // up by 8 inlined deq4 calls on the same block, which the compiler merges.
@@ -512,6 +600,14 @@ fn matvec_source(
         .replace("$NR", &nr.to_string())
         .replace("$UPB", &lay.units_per_block().to_string())
         .replace("$RED_DECL", &decl)
+        .replace(
+            "$XTY",
+            if q8 && k4.is_none() {
+                "vec4<u32>"
+            } else {
+                "vec4<f32>"
+            },
+        )
         .replace("$BODY", &body)
         .replace("$DEQ", &deq)
         .replace("$NORM_DECL", &norm_decl)
@@ -550,8 +646,10 @@ fn actq_functions() -> &'static str {
 /// to the normalised input in workgroup memory: `act` 1 f16, 2 bf16, 3 Q8_0/Q8_1 blocks of 32,
 /// 4 Q8_K blocks of 256, 0 none. Returns (declarations, prologue code). Block maxima: each
 /// vec4's largest |value| into `m4`, then a tree per block over `m4`; the block scales are
-/// computed once per block into `sc`, and every thread rounds its vec4s.
-fn act_prologue(act: u32, k4: u32) -> Result<(String, String)> {
+/// computed once per block into `sc`, and every thread rounds its vec4s. `q8` (the integer
+/// kernel): the quants go to `xqa` (values 0..15 of each 32-value unit) and `xqb` (16..31) as
+/// packed int8, the per-unit scales to `xd`, instead of rounded values to `xs`.
+fn act_prologue(act: u32, k4: u32, q8: bool) -> Result<(String, String)> {
     let bs4 = match act {
         0 => return Ok((String::new(), String::new())),
         1 | 2 => {
@@ -578,7 +676,7 @@ fn act_prologue(act: u32, k4: u32) -> Result<(String, String)> {
             4 * bs4
         )));
     }
-    let decl = format!(
+    let mut decl = format!(
         "{}\nconst BS4: u32 = {bs4}u;\nvar<workgroup> m4: array<f32, K4>;\nvar<workgroup> sc: array<vec2<f32>, K4 / BS4>;\n",
         actq_functions()
     );
@@ -600,6 +698,32 @@ fn act_prologue(act: u32, k4: u32) -> Result<(String, String)> {
     } else {
         "xs[i] = min(round(s.x * xs[i]), vec4<f32>(127.0)) * s.y;"
     };
+    let q8_apply = if q8 {
+        let q = if act == 3 {
+            "round(v * s)"
+        } else {
+            "min(round(s * v), vec4<f32>(127.0))"
+        };
+        decl.push_str(&format!(
+            "var<workgroup> xqa: array<vec4<u32>, K4 / 8u>;\n\
+             var<workgroup> xqb: array<vec4<u32>, K4 / 8u>;\n\
+             var<workgroup> xd: array<f32, K4 / 8u>;\n\
+             fn pkq(v: vec4<f32>, s: f32) -> u32 {{\n    return pack4xI8(vec4<i32>({q}));\n}}\n"
+        ));
+        Some(
+            "    for (var i = lid; i < K4 / 8u; i += 256u) {
+        let s = sc[(i * 8u) / BS4];
+        let o = i * 8u;
+        xqa[i] = vec4<u32>(pkq(xs[o], s.x), pkq(xs[o + 1u], s.x), pkq(xs[o + 2u], s.x), pkq(xs[o + 3u], s.x));
+        xqb[i] = vec4<u32>(pkq(xs[o + 4u], s.x), pkq(xs[o + 5u], s.x), pkq(xs[o + 6u], s.x), pkq(xs[o + 7u], s.x));
+        xd[i] = s.y;
+    }
+    workgroupBarrier();
+",
+        )
+    } else {
+        None
+    };
     let body = format!(
         "    for (var i = lid; i < K4; i += 256u) {{
         let v = abs(xs[i]);
@@ -617,13 +741,21 @@ fn act_prologue(act: u32, k4: u32) -> Result<(String, String)> {
         {scale}
     }}
     workgroupBarrier();
-    for (var i = lid; i < K4; i += 256u) {{
+"
+    );
+    let body = match q8_apply {
+        Some(q) => body + q,
+        None => {
+            body + &format!(
+                "    for (var i = lid; i < K4; i += 256u) {{
         let s = sc[i / BS4];
         {apply}
     }}
     workgroupBarrier();
 "
-    );
+            )
+        }
+    };
     Ok((decl, body))
 }
 
@@ -697,11 +829,29 @@ impl Kernels {
     /// WGSL text of a kernel (public for tests and `--dump-wgsl`).
     pub fn source(ctx: &GpuContext, key: &KernelKey) -> Result<String> {
         Ok(match key {
-            KernelKey::MatVec { ty, nt, nr } => matvec_source(ctx, *ty, *nt, *nr, None, false)?,
-            KernelKey::MatVecSplitK { ty, nr } => matvec_source(ctx, *ty, 1, *nr, None, true)?,
-            KernelKey::MatVecNorm { ty, nr, k4, act } => {
-                let src = matvec_source(ctx, *ty, 1, *nr, Some(*k4), false)?;
-                let (decl, body) = act_prologue(*act, *k4)?;
+            KernelKey::MatVec { ty, nt, nr } => {
+                matvec_source(ctx, *ty, *nt, *nr, None, false, false)?
+            }
+            KernelKey::MatVecSplitK { ty, nr } => {
+                matvec_source(ctx, *ty, 1, *nr, None, true, false)?
+            }
+            KernelKey::MatVecQ8 { ty, nr, splitk } => {
+                matvec_source(ctx, *ty, 1, *nr, None, *splitk, true)?
+            }
+            KernelKey::MatVecNorm {
+                ty,
+                nr,
+                k4,
+                act,
+                q8,
+            } => {
+                if *q8 && !matches!(act, 3 | 4) {
+                    return Err(Error::msg(format!(
+                        "integer decode kernel with activation rounding {act}"
+                    )));
+                }
+                let src = matvec_source(ctx, *ty, 1, *nr, Some(*k4), false, *q8)?;
+                let (decl, body) = act_prologue(*act, *k4, *q8)?;
                 src.replace("$ACT_PRO", &body).replace("$ACT_FNS", &decl)
             }
             KernelKey::AttnDecode { ctx: n, hd } => ATTN_DECODE_WGSL

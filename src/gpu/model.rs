@@ -163,6 +163,8 @@ enum StepKind {
         ld_y: u32,
         mode: u32,
         last_only: bool,
+        /// Packed-quant base of the input for the integer decode kernel (0: f32 input).
+        q8e: u32,
     },
     Rope,
     Attn,
@@ -173,6 +175,8 @@ enum StepKind {
         k: u32,
         ld: u32,
         last_only: bool,
+        /// Also write the packed int8 quants from this word (0: none).
+        q8e: u32,
     },
 }
 
@@ -628,6 +632,11 @@ impl GpuModel {
                 let input =
                     act.borrow_mut()
                         .input_for(&ctx, mats[m].ty, xb, yb, last_only, steps.len());
+                let q8e = if ctx.tune.q8dot && ctx.tune.act_round {
+                    act.borrow().q8_base()
+                } else {
+                    0
+                };
                 if let Some(r) = input.round {
                     let slot = steps.len();
                     steps.push(Step {
@@ -636,6 +645,7 @@ impl GpuModel {
                             k: mats[m].cols as u32,
                             ld: x_ld as u32,
                             last_only,
+                            q8e: if r.kind >= 3 { q8e } else { 0 },
                         },
                         bind: bg(&bgl_mat, &[xb, xb, &r.out], slot),
                         when: When::Always,
@@ -656,6 +666,11 @@ impl GpuModel {
                         ld_y: ld_y as u32,
                         mode,
                         last_only,
+                        q8e: if ctx.tune.q8_for(mats[m].ty.id()) {
+                            q8e
+                        } else {
+                            0
+                        },
                     },
                     bind,
                     when: When::Always,
@@ -697,6 +712,7 @@ impl GpuModel {
                         ld_y: ld_y as u32,
                         mode,
                         last_only: true,
+                        q8e: 0,
                     },
                     bind,
                     when: When::Decode,
@@ -711,6 +727,7 @@ impl GpuModel {
                         } else {
                             0
                         },
+                        q8: ctx.tune.q8_for(mats[m].ty.id()),
                     },
                     n: 0,
                 });
@@ -941,7 +958,10 @@ impl GpuModel {
                 _ => &pl_mat,
             };
             kernels.get_with_layout(&ctx, &s.key, pl)?;
-            if let KernelKey::MatVec { ty, .. } | KernelKey::MatVecSplitK { ty, .. } = s.key {
+            if let KernelKey::MatVec { ty, .. }
+            | KernelKey::MatVecSplitK { ty, .. }
+            | KernelKey::MatVecQ8 { ty, .. } = s.key
+            {
                 kernels.get_with_layout(
                     &ctx,
                     &KernelKey::MatVec {
@@ -1167,6 +1187,7 @@ impl GpuModel {
                     ld_y,
                     mode,
                     last_only,
+                    q8e,
                 } => {
                     let mat = &self.mats[m];
                     let ch = &mat.chunks[c];
@@ -1182,7 +1203,9 @@ impl GpuModel {
                         (mat.cols / 32) as u32,
                         ch.d_off,
                         x_off,
-                        x_ld,
+                        // The integer decode kernel finds its packed input from ld_x (it
+                        // reads one token).
+                        if ntok == 1 && q8e != 0 { q8e } else { x_ld },
                         y_off,
                         ld_y,
                         ntok,
@@ -1212,13 +1235,14 @@ impl GpuModel {
                     k,
                     ld,
                     last_only,
+                    q8e,
                 } => {
                     let (x_off, ntok) = if last_only && !all_logits {
                         ((n as u32 - 1) * ld, 1)
                     } else {
                         (0, n as u32)
                     };
-                    p = super::actq::params(k, ld, x_off, ntok, kind);
+                    p = super::actq::params_q8(k, ld, x_off, ntok, kind, q8e);
                     wg = super::actq::workgroups(k, ntok);
                 }
                 StepKind::Rope => {
@@ -1383,7 +1407,9 @@ impl GpuModel {
             }
             let key = match (&s.key, s.kind) {
                 (
-                    KernelKey::MatVec { ty, .. } | KernelKey::MatVecSplitK { ty, .. },
+                    KernelKey::MatVec { ty, .. }
+                    | KernelKey::MatVecSplitK { ty, .. }
+                    | KernelKey::MatVecQ8 { ty, .. },
                     StepKind::Mat { last_only, .. },
                 ) => {
                     let ntok = if n == 1 || (last_only && !all_logits) {

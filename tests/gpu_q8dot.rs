@@ -1,0 +1,131 @@
+//! The integer decode mat-vec (`KernelKey::MatVecQ8`: int8 activation quants from the
+//! activation-rounding kernel, `dot4I8Packed` against the weights) of every type that has
+//! one, against CPU dequantization times the CPU backend's rounded input (f64 dot products).
+//! Runs on lavapipe in CI; without an adapter these fail unless GGUFQ_SKIP_GPU=1.
+#![cfg(feature = "gpu")]
+
+use ggufq::gpu::buffers::upload_matrix;
+use ggufq::gpu::kernels::Q8_TYPES;
+use ggufq::gpu::ops::MatRunner;
+use ggufq::gpu::reference::dequantize;
+use ggufq::gpu::source::random_blocks;
+use ggufq::gpu::{DeviceOptions, GpuContext};
+use ggufq::model::cpu::ActQuant;
+use ggufq::quant::GgmlType;
+
+#[path = "common/gpu_fixture.rs"]
+mod gpu_fixture;
+
+fn context() -> Option<GpuContext> {
+    gpu_fixture::device(&DeviceOptions::default())
+}
+
+/// Inputs with a few large values, so that the blocks' scales differ.
+fn xs(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let v = (((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0;
+            if i % 97 == 5 {
+                v * 9.0
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+/// Runs the integer kernel of `name` on a `rows` × `cols` matrix; checks that the GPU's
+/// rounded input is the CPU backend's bit for bit and that the product matches the f64
+/// reference over that input to 1e-5 of its largest value.
+fn check(ctx: &GpuContext, runner: &mut MatRunner, name: &str, rows: usize, cols: usize, nr: u32) {
+    let ty = GgmlType::from_name(name).unwrap();
+    let data = random_blocks(ty, rows * cols, 3 + rows as u64, 0.3).unwrap();
+    let w = dequantize(ty, &data, rows * cols).unwrap();
+    let m = upload_matrix(ctx, name, ty, rows, cols, &data).unwrap();
+    let x = xs(cols, rows as u32 ^ cols as u32);
+    let (y, xr) = runner.run_q8(ctx, &m, &x, nr).unwrap();
+    let mut cpu = x.clone();
+    ActQuant::for_weight(ty).unwrap().apply(&mut cpu);
+    // Equal values (the sign of a zero may differ: ggml's Q8_K scale carries the sign of
+    // the block's extreme value, the GPU's does not).
+    if let Some(i) = (0..cols).find(|&i| xr[i] != cpu[i]) {
+        panic!(
+            "{name}: the GPU's rounded input differs from the CPU backend's at {i}: {} vs {}",
+            xr[i], cpu[i]
+        );
+    }
+    let (mut max_ref, mut max_err) = (0f64, 0f64);
+    for r in 0..rows {
+        let s: f64 = (0..cols)
+            .map(|c| w[r * cols + c] as f64 * cpu[c] as f64)
+            .sum();
+        let g = y[r] as f64;
+        assert!(g.is_finite(), "{name}: non-finite output at row {r}");
+        max_ref = max_ref.max(s.abs());
+        max_err = max_err.max((g - s).abs());
+    }
+    let rel = max_err / max_ref.max(1e-9);
+    assert!(
+        rel < 1e-5,
+        "{name} rows {rows} cols {cols} nr {nr}: rel err {rel:e}"
+    );
+}
+
+#[test]
+fn gpu_integer_matvec_every_q8_type_matches_cpu() {
+    let Some(ctx) = context() else { return };
+    assert!(ctx.tune.q8_for(GgmlType::from_name("Q4_K").unwrap().id()));
+    let mut runner = MatRunner::new(&ctx);
+    for name in Q8_TYPES {
+        let ty = GgmlType::from_name(name).unwrap();
+        // Rows that are not a multiple of the rows per workgroup; NR = 1, 2 and the default.
+        check(
+            &ctx,
+            &mut runner,
+            name,
+            37,
+            512,
+            ctx.tune.decode_nr(ty.id()),
+        );
+        check(&ctx, &mut runner, name, 19, 256, 1);
+        check(&ctx, &mut runner, name, 21, 768, 2);
+    }
+}
+
+#[test]
+fn gpu_integer_matvec_split_k_rows() {
+    // 8192-long rows: 256 units, the split-K layout for the K-quants by default.
+    let Some(ctx) = context() else { return };
+    let mut runner = MatRunner::new(&ctx);
+    for name in ["Q4_K", "Q6_K", "Q2_K", "Q4_0"] {
+        let ty = GgmlType::from_name(name).unwrap();
+        assert_eq!(
+            ctx.tune.splitk_for_q8(ty.id(), 256),
+            name != "Q4_0",
+            "{name}: split-K default"
+        );
+        check(
+            &ctx,
+            &mut runner,
+            name,
+            9,
+            8192,
+            ctx.tune.decode_nr(ty.id()),
+        );
+    }
+}
+
+#[test]
+fn gpu_integer_matvec_rejects_other_types_and_shapes() {
+    let Some(ctx) = context() else { return };
+    let mut runner = MatRunner::new(&ctx);
+    let ty = GgmlType::from_name("Q4_1").unwrap();
+    assert!(!ctx.tune.q8_for(ty.id()));
+    let data = random_blocks(ty, 8 * 64, 1, 0.3).unwrap();
+    let m = upload_matrix(&ctx, "q41", ty, 8, 64, &data).unwrap();
+    assert!(runner.run_q8(&ctx, &m, &[0.5; 64], 2).is_err());
+    let ty = GgmlType::from_name("Q8_0").unwrap();
+    let data = random_blocks(ty, 8 * 64, 1, 0.3).unwrap();
+    let m = upload_matrix(&ctx, "q80", ty, 8, 64, &data).unwrap();
+    assert!(runner.run_q8(&ctx, &m, &[0.5; 32], 2).is_err());
+}
