@@ -93,16 +93,16 @@ fn gpu_integer_matvec_every_q8_type_matches_cpu() {
 }
 
 #[test]
-fn gpu_integer_matvec_split_k_rows() {
-    // 8192-long rows: 256 units, the split-K layout for the K-quants by default.
+fn gpu_integer_matvec_long_rows() {
+    // 8192-long rows: 256 units, all 256 lanes of a workgroup on the same rows by default.
     let Some(ctx) = context() else { return };
     let mut runner = MatRunner::new(&ctx);
     for name in ["Q4_K", "Q6_K", "Q2_K", "Q4_0"] {
         let ty = GgmlType::from_name(name).unwrap();
         assert_eq!(
-            ctx.tune.splitk_for_q8(ty.id(), 256),
-            name != "Q4_0",
-            "{name}: split-K default"
+            ctx.tune.q8_lanes(ty.id(), 256),
+            256,
+            "{name}: lanes per row"
         );
         check(
             &ctx,
@@ -112,6 +112,25 @@ fn gpu_integer_matvec_split_k_rows() {
             8192,
             ctx.tune.decode_nr(ty.id()),
         );
+    }
+}
+
+#[test]
+fn gpu_integer_matvec_every_lane_layout() {
+    // 64 and 128 units per row (64 / 128 lanes per row group by default), then every
+    // layout forced, with 1, 2 and 4 rows per group.
+    let Some(mut ctx) = context() else { return };
+    let mut runner = MatRunner::new(&ctx);
+    for name in ["Q4_K", "Q8_0", "Q3_K"] {
+        check(&ctx, &mut runner, name, 13, 4096, 4);
+        check(&ctx, &mut runner, name, 11, 2048, 2);
+    }
+    for lanes in [32u32, 64, 128, 256] {
+        ctx.tune.q8_lanes = lanes;
+        let mut runner = MatRunner::new(&ctx);
+        for (name, nr) in [("Q6_K", 1u32), ("Q4_0", 2), ("Q5_K", 4)] {
+            check(&ctx, &mut runner, name, 10, 1024, nr);
+        }
     }
 }
 

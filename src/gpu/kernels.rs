@@ -212,6 +212,13 @@ pub struct Tune {
     /// per-32 scales and multiply with `dot4I8Packed` (needs `act_round`); GGUFQ_Q8DOT=0
     /// keeps the f32 activation kernels.
     pub q8dot: bool,
+    /// Lanes per row group of the integer decode kernel (GGUFQ_Q8_LANES: 32, 64, 128, 256;
+    /// 0 = by row length, [`Tune::q8_lanes`]).
+    pub q8_lanes: u32,
+    /// The fused decode graph normalises and rounds each matrix group's input once, in a
+    /// one-workgroup dispatch ([`KernelKey::NormQ8`]), for groups of [`Q8_TYPES`] matrices
+    /// instead of in every workgroup's prologue (GGUFQ_NORMQ=0: in the prologue).
+    pub normq: bool,
 }
 
 /// Types with an integer decode kernel (`idot` in dequant.wgsl): their activations are Q8_0
@@ -259,10 +266,11 @@ impl Tune {
     /// 32-weight units per row, NR rows per warp; `nt` > 1 gives the small-batch kernel.
     pub fn matvec_key(&self, ty: u32, nt: u32, nr: u32, units: usize) -> KernelKey {
         if nt == 1 && self.q8_for(ty) {
+            let spl = self.q8_lanes(ty, units);
             return KernelKey::MatVecQ8 {
                 ty,
-                nr,
-                splitk: self.splitk_for_q8(ty, units),
+                nr: if spl == 256 { nr.max(2) } else { nr },
+                spl,
             };
         }
         self.matvec_key_f32(ty, nt, nr, units)
@@ -277,24 +285,23 @@ impl Tune {
         }
     }
 
-    /// Split-K layout for the integer decode kernel (same rule as [`Tune::splitk_for`],
-    /// without the unit-lane condition: the integer kernel always has unit lanes).
-    pub fn splitk_for_q8(&self, ty: u32, units: usize) -> bool {
-        let kquant = GgmlType::from_id(ty)
-            .is_some_and(|t| ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"].contains(&t.name()));
-        units >= 256
-            && match self.splitk {
-                0 => false,
-                1 => kquant,
-                _ => true,
-            }
+    /// Lanes that share the units of one row group in the integer decode kernel (32, 64, 128
+    /// or 256; the workgroup's 256 lanes hold 256 / lanes row groups of NR rows): by
+    /// default the power of two ≥ the row's units (so that each lane takes about one
+    /// unit per row), at most 256; GGUFQ_Q8_LANES sets it for every matrix.
+    pub fn q8_lanes(&self, _ty: u32, units: usize) -> u32 {
+        if self.q8_lanes != 0 {
+            return self.q8_lanes;
+        }
+        (units.next_power_of_two() as u32).clamp(32, 256)
     }
 
     /// Output rows per workgroup of the kernel `key` with `nr` rows per warp (mat-vec keys;
     /// 64 for the tiled mat-mat).
     pub fn rows_per_wg(&self, key: &KernelKey, nr: u32) -> u32 {
         match key {
-            KernelKey::MatVecSplitK { .. } | KernelKey::MatVecQ8 { splitk: true, .. } => nr.max(2),
+            KernelKey::MatVecSplitK { .. } => nr.max(2),
+            KernelKey::MatVecQ8 { spl, nr, .. } => (256 / spl) * nr,
             KernelKey::MatMat { .. } => 64,
             _ => 8 * nr,
         }
@@ -354,6 +361,8 @@ impl Tune {
             prerecord: std::env::var("GGUFQ_PRERECORD").as_deref() != Ok("0"),
             splitk: get("GGUFQ_SPLITK", 1, &[0, 1, 2]),
             q8dot: std::env::var("GGUFQ_Q8DOT").as_deref() != Ok("0"),
+            q8_lanes: get("GGUFQ_Q8_LANES", 0, &[32, 64, 128, 256]),
+            normq: std::env::var("GGUFQ_NORMQ").as_deref() != Ok("0"),
         }
     }
 }
@@ -385,7 +394,11 @@ pub enum KernelKey {
     /// Decode mat-vec (one token) of a [`Q8_TYPES`] matrix reading the activation as int8
     /// quants and per-32 scales (the packed region of the rounding's output), optionally in
     /// the split-K layout.
-    MatVecQ8 { ty: u32, nr: u32, splitk: bool },
+    MatVecQ8 { ty: u32, nr: u32, spl: u32 },
+    /// Decode RMSNorm of the residual row (`k4`·4 values) followed by the activation
+    /// rounding `act` (3 Q8_0, 4 Q8_K), written as packed int8 quants and per-32 scales
+    /// for the [`KernelKey::MatVecQ8`] kernels after it (one workgroup).
+    NormQ8 { k4: u32, act: u32 },
     /// Decode mat-vec (one token) in the split-K layout: the workgroup's 256 lanes share
     /// the K range of NR (≥ 2) rows.
     MatVecSplitK { ty: u32, nr: u32 },
@@ -614,6 +627,119 @@ fn matvec_source(
         .replace("$NORM_PRO", &norm_pro))
 }
 
+/// WGSL of the integer decode mat-vec ([`KernelKey::MatVecQ8`]): `spl` lanes (a power of
+/// two from 32 to 256) share the units of each group of `nr` rows, each lane one unit per
+/// step; the activation is the packed region of X (int8 quants from word `P.ld_x`, then the
+/// per-32 scales), read from global memory (it stays in cache).
+fn matvec_q8_source(ctx: &GpuContext, ty: u32, nr: u32, spl: u32) -> Result<String> {
+    let gt =
+        GgmlType::from_id(ty).ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;
+    if !matches!(spl, 32 | 64 | 128 | 256) || !matches!(nr, 1 | 2 | 4) {
+        return Err(Error::msg(format!(
+            "integer mat-vec: {spl} lanes per row group, {nr} rows per group"
+        )));
+    }
+    let lay = layout(gt)?;
+    let deq = deq_source(gt, "W", "", "P.d_off")?;
+    if !deq.contains("fn idot") {
+        return Err(Error::msg(format!(
+            "no integer decode kernel for {}",
+            gt.name()
+        )));
+    }
+    let nr = nr as usize;
+    let groups = 256 / spl;
+    let wpg = spl / 32; // warps per row group (subgroup path)
+    let mut body = String::new();
+    for r in 0..nr {
+        body.push_str(&format!("    var acc_{r}_0 = 0.0;\n"));
+    }
+    body.push_str("    let gl = lid % SPL;\n");
+    // Packed region: quants from word ld_x (vec4 index ld_x / 4), then the scales.
+    body.push_str("    let xq0 = P.ld_x / 4u + P.x_off / 4u;\n    let xs0 = P.ld_x + P.ld_x / 4u + P.x_off / 8u;\n");
+    body.push_str("    for (var u = gl; u < P.units; u += SPL) {\n");
+    body.push_str("        let xa = X[xq0 + 2u * u];\n        let xb = X[xq0 + 2u * u + 1u];\n        let dx = bitcast<f32>(X[(xs0 + u) >> 2u][(xs0 + u) & 3u]);\n");
+    body.push_str("        let one = 0x01010101u;\n        let sx0 = (dot4I8Packed(xa.x, one) + dot4I8Packed(xa.y, one)) + (dot4I8Packed(xa.z, one) + dot4I8Packed(xa.w, one));\n        let sx1 = (dot4I8Packed(xb.x, one) + dot4I8Packed(xb.y, one)) + (dot4I8Packed(xb.z, one) + dot4I8Packed(xb.w, one));\n");
+    for r in 0..nr {
+        body.push_str(&format!("        let gu_{r} = min(rbase + {r}u, P.rows - 1u) * P.units + u;\n        acc_{r}_0 += dx * idot(gu_{r} / UPB, gu_{r} % UPB, xa, xb, sx0, sx1);\n"));
+    }
+    body.push_str("    }\n");
+    let decl;
+    if ctx.subgroup32 {
+        // One sum per warp, then the warps of each row group.
+        decl = "var<workgroup> part: array<f32, 8u * NR>;".to_string();
+        for r in 0..nr {
+            body.push_str(&format!("    let s_{r} = subgroupAdd(acc_{r}_0);\n    if (lane == 0u) {{ part[warp * NR + {r}u] = s_{r}; }}\n"));
+        }
+        body.push_str("    workgroupBarrier();\n    if (lid < RPW) {\n        let g = lid / NR;\n        let r = lid % NR;\n        var t = 0.0;\n");
+        body.push_str(&format!(
+            "        for (var w = 0u; w < {wpg}u; w++) {{ t += part[(g * {wpg}u + w) * NR + r]; }}\n        res[lid] = t;\n    }}\n"
+        ));
+    } else {
+        decl = "var<workgroup> red: array<f32, 256>;".to_string();
+        for r in 0..nr {
+            body.push_str(&format!("    red[lid] = acc_{r}_0;\n    workgroupBarrier();\n    for (var s = SPL / 2u; s > 0u; s >>= 1u) {{\n        if (gl < s) {{ red[lid] += red[lid + s]; }}\n        workgroupBarrier();\n    }}\n    if (gl == 0u) {{ res[(lid / SPL) * NR + {r}u] = red[lid]; }}\n    workgroupBarrier();\n"));
+        }
+    }
+    let rpw = groups as usize * nr;
+    Ok(MATVEC_WGSL
+        .replace("$RPW", &rpw.to_string())
+        .replace("$WARP_ROWS", "(lid / SPL) * NR")
+        .replace("$NT", "1")
+        .replace("$NR", &nr.to_string())
+        .replace("$UPB", &lay.units_per_block().to_string())
+        .replace("$RED_DECL", &format!("const SPL: u32 = {spl}u;\n{decl}"))
+        .replace("$XTY", "vec4<u32>")
+        .replace("$BODY", &body)
+        .replace("$DEQ", &deq)
+        .replace("$NORM_DECL", "")
+        .replace("$NORM_PRO", ""))
+}
+
+/// WGSL of [`KernelKey::NormQ8`]: the fused mat-vec prologue (RMSNorm, then the rounding
+/// `act` into int8 quants) in one workgroup, stored as the packed region that
+/// [`KernelKey::MatVecQ8`] reads (quants from word `P.ld_x`, then the scales).
+fn normq8_source(ctx: &GpuContext, k4: u32, act: u32) -> Result<String> {
+    if !matches!(act, 3 | 4) || k4 % 32 != 0 {
+        return Err(Error::msg(format!(
+            "decode norm + rounding: kind {act} over {} values",
+            4 * k4
+        )));
+    }
+    let norm = if ctx.subgroup32 {
+        NORM_PROLOGUE.replace(NORM_TREE, NORM_SUBGROUP)
+    } else {
+        NORM_PROLOGUE.to_string()
+    };
+    let (decl, pro) = act_prologue(act, k4, true)?;
+    Ok(format!(
+        "struct Params {{ rows: u32, units: u32, d_off: u32, x_off: u32, ld_x: u32, y_off: u32, ld_y: u32, n_tok: u32, mode: u32, row0: u32, pad0: u32, pad1: u32 }}
+@group(0) @binding(0) var<storage, read> X: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> NW: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> Q: array<vec4<u32>>;
+@group(0) @binding(3) var<uniform> P: Params;
+const K4: u32 = {k4}u;
+var<workgroup> xs: array<vec4<f32>, K4>;
+var<workgroup> nred: array<f32, 256>;
+{decl}
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32) {{
+{norm}
+    let q0 = P.ld_x / 4u;
+    for (var i = lid; i < K4 / 8u; i += 256u) {{
+        Q[q0 + 2u * i] = xqa[i];
+        Q[q0 + 2u * i + 1u] = xqb[i];
+    }}
+    let s0 = P.ld_x + P.ld_x / 4u;
+    for (var i = lid; i < K4 / 32u; i += 256u) {{
+        Q[s0 / 4u + i] = bitcast<vec4<u32>>(vec4<f32>(xd[4u * i], xd[4u * i + 1u], xd[4u * i + 2u], xd[4u * i + 3u]));
+    }}
+}}
+"
+    )
+    .replace("$ACT_PRO", &pro))
+}
+
 /// RMSNorm prologue of the fused decode mat-vec: the workgroup reduces Σx² of its input row,
 /// then stores x · inv · w into workgroup memory (as the RMSNorm kernel computes it).
 const NORM_PROLOGUE: &str = "    var ss = 0.0;
@@ -835,9 +961,8 @@ impl Kernels {
             KernelKey::MatVecSplitK { ty, nr } => {
                 matvec_source(ctx, *ty, 1, *nr, None, true, false)?
             }
-            KernelKey::MatVecQ8 { ty, nr, splitk } => {
-                matvec_source(ctx, *ty, 1, *nr, None, *splitk, true)?
-            }
+            KernelKey::MatVecQ8 { ty, nr, spl } => matvec_q8_source(ctx, *ty, *nr, *spl)?,
+            KernelKey::NormQ8 { k4, act } => normq8_source(ctx, *k4, *act)?,
             KernelKey::MatVecNorm {
                 ty,
                 nr,

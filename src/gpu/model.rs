@@ -178,6 +178,10 @@ enum StepKind {
         /// Also write the packed int8 quants from this word (0: none).
         q8e: u32,
     },
+    /// Decode RMSNorm + rounding into packed int8 quants from word `q8e` (one workgroup).
+    NormQ8 {
+        q8e: u32,
+    },
 }
 
 /// Which forward calls run a step: one-token calls use the fused decode graph (when enabled),
@@ -562,6 +566,7 @@ impl GpuModel {
         let (bgl_mat, pl_mat) = buffer_layouts(&ctx, "mat", b"rrwu");
         let (bgl_rope, pl_rope) = buffer_layouts(&ctx, "rope", b"wwwrur");
         let (bgl_matn, pl_matn) = buffer_layouts(&ctx, "mat+norm", b"rrwur");
+        let (bgl_nq, pl_nq) = buffer_layouts(&ctx, "norm q8", b"rrwu");
         let (bgl_attd, pl_attd) = buffer_layouts(&ctx, "attn decode", b"rwwwurr");
         let (bgl_attn, pl_attn) = buffer_layouts(&ctx, "attn", b"rrrwur");
 
@@ -691,6 +696,16 @@ impl GpuModel {
         // sees the same blocks as the rounding kernel.
         let fuse_norm = d % 256 == 0 && 4 * d + 4096 <= ctx.facts.shared_mem as usize;
         let actq_on = ctx.tune.act_round;
+        // Integer decode groups: the normalised, rounded input once per (norm, rounding kind)
+        // into `nq[kind - 3]`, read by every matrix of the group; `normq_live` holds the
+        // roundings still valid at a given step count.
+        let nq = [
+            scratch(&ctx, "normq8", super::actq::q8_words(d)),
+            scratch(&ctx, "normq8k", super::actq::q8_words(d)),
+        ];
+        mem.scratch += 8 * super::actq::q8_words(d) as u64;
+        let nq_base = super::actq::q8_base(d) as u32;
+        let normq_live: std::cell::RefCell<Vec<(wgpu::Buffer, u32, usize)>> = Default::default();
         let add_mat_norm = |steps: &mut Vec<Step>,
                             mats: &Vec<GpuMatrix>,
                             m: usize,
@@ -700,6 +715,63 @@ impl GpuModel {
                             ld_y: usize,
                             mode: u32,
                             role: &'static str| {
+            let ty = mats[m].ty;
+            let kind = if actq_on {
+                super::actq::kind_for_weight(ty)
+            } else {
+                0
+            };
+            if ctx.tune.normq && ctx.tune.q8_for(ty.id()) && matches!(kind, 3 | 4) {
+                let buf = &nq[kind as usize - 3];
+                let mut live = normq_live.borrow_mut();
+                live.retain(|(_, _, at)| *at == steps.len());
+                if !live.iter().any(|(b, k, _)| b == nw && *k == kind) {
+                    let slot = steps.len();
+                    steps.push(Step {
+                        kind: StepKind::NormQ8 { q8e: nq_base },
+                        bind: bg(&bgl_nq, &[&x, nw, buf], slot),
+                        when: When::Decode,
+                        role: "norm_q8",
+                        slot,
+                        key: KernelKey::NormQ8 {
+                            k4: (d / 4) as u32,
+                            act: kind,
+                        },
+                        n: 0,
+                    });
+                    live.push((nw.clone(), kind, 0));
+                }
+                for c in 0..mats[m].chunks.len() {
+                    let slot = steps.len();
+                    steps.push(Step {
+                        kind: StepKind::Mat {
+                            m,
+                            c,
+                            x_ld: (d / 4) as u32,
+                            y_off: y_off as u32,
+                            ld_y: ld_y as u32,
+                            mode,
+                            last_only: true,
+                            q8e: nq_base,
+                        },
+                        bind: bg(&bgl_mat, &[&mats[m].chunks[c].buf, buf, yb], slot),
+                        when: When::Decode,
+                        role,
+                        slot,
+                        key: ctx.tune.matvec_key(
+                            ty.id(),
+                            1,
+                            ctx.tune.decode_nr(ty.id()),
+                            mats[m].cols / 32,
+                        ),
+                        n: 0,
+                    });
+                }
+                for l in live.iter_mut() {
+                    l.2 = steps.len();
+                }
+                return;
+            }
             for c in 0..mats[m].chunks.len() {
                 let slot = steps.len();
                 let bind = bg(&bgl_matn, &[&mats[m].chunks[c].buf, &x, yb, nw], slot);
@@ -954,6 +1026,7 @@ impl GpuModel {
                 KernelKey::Rope => &pl_rope,
                 KernelKey::Attention { .. } => &pl_attn,
                 KernelKey::MatVecNorm { .. } => &pl_matn,
+                KernelKey::NormQ8 { .. } => &pl_nq,
                 KernelKey::AttnDecode { .. } => &pl_attd,
                 _ => &pl_mat,
             };
@@ -1178,6 +1251,11 @@ impl GpuModel {
                 StepKind::Norm => {
                     p = [s.n, n as u32, cfg.eps.to_bits(), 0, 0, 0, 0, 0, 0, 0, 0, 0];
                     wg = (n as u32, 1);
+                }
+                StepKind::NormQ8 { q8e } => {
+                    // Decode only: one token, residual row 0.
+                    p = [0, 0, 0, 0, q8e, 0, 0, 1, 0, 0, 0, cfg.eps.to_bits()];
+                    wg = (1, 1);
                 }
                 StepKind::Mat {
                     m,

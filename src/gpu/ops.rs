@@ -53,6 +53,7 @@ impl MatRunner {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn binds(
         &self,
         ctx: &GpuContext,
