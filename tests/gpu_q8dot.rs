@@ -148,3 +148,28 @@ fn gpu_integer_matvec_rejects_other_types_and_shapes() {
     let m = upload_matrix(&ctx, "q80", ty, 8, 64, &data).unwrap();
     assert!(runner.run_q8(&ctx, &m, &[0.5; 32], 2).is_err());
 }
+
+#[test]
+fn gpu_activation_rounding_long_and_ragged_rows_match_cpu() {
+    // Rows over several 4096-value workgroups (the last one partial) and several tokens for
+    // the Q8 kinds; f16 / bf16 rows that end inside a thread's 16 values.
+    let Some(ctx) = context() else { return };
+    for (name, k) in [
+        ("Q4_K", 8960usize),
+        ("Q4_0", 4160),
+        ("Q4_1", 4128),
+        ("F16", 100),
+        ("BF16", 4099),
+    ] {
+        let ty = GgmlType::from_name(name).unwrap();
+        let x = xs(3 * k, k as u32);
+        let gpu = ggufq::gpu::actq::round_rows(&ctx, ty, &x, k).unwrap();
+        let mut cpu = x.clone();
+        for row in cpu.chunks_mut(k) {
+            ActQuant::for_weight(ty).unwrap().apply(row);
+        }
+        if let Some(i) = (0..x.len()).find(|&i| gpu[i] != cpu[i]) {
+            panic!("{name} k {k}: value {i}: GPU {} vs CPU {}", gpu[i], cpu[i]);
+        }
+    }
+}

@@ -706,6 +706,9 @@ fn normq8_source(ctx: &GpuContext, k4: u32, act: u32) -> Result<String> {
             4 * k4
         )));
     }
+    if k4 <= 1024 {
+        return Ok(normq8_regs_source(ctx, k4, act));
+    }
     let norm = if ctx.subgroup32 {
         NORM_PROLOGUE.replace(NORM_TREE, NORM_SUBGROUP)
     } else {
@@ -738,6 +741,102 @@ fn main(@builtin(local_invocation_index) lid: u32) {{
 "
     )
     .replace("$ACT_PRO", &pro))
+}
+
+/// [`KernelKey::NormQ8`] for rows of at most 4096 values: each thread holds 16 consecutive
+/// values in registers (half a 32-value unit), so the kernel needs two workgroup barriers
+/// (the sum of squares, the block maxima) instead of the prologue's tree passes. Same
+/// operations per value as the prologue and `actq.wgsl`, so the same quants and scales
+/// (up to the order of the sum of squares).
+fn normq8_regs_source(ctx: &GpuContext, k4: u32, act: u32) -> String {
+    let reduce = if ctx.subgroup32 {
+        NORM_SUBGROUP
+    } else {
+        NORM_TREE
+    };
+    // Threads per activation block: Q8_0 / Q8_1 blocks of 32 values, Q8_K of 256.
+    let (tpb, scale, q) = if act == 3 {
+        (
+            2,
+            "let sx = select(0.0, div_rn(127.0, amax), amax != 0.0);
+    let sd = round_f16(div_rn(amax, 127.0));",
+            "round(v * sx)",
+        )
+    } else {
+        (
+            16,
+            "var sx = 0.0;
+    var sd = 0.0;
+    if (amax != 0.0) {
+        sx = div_rn(127.0, amax);
+        sd = div_rn(1.0, sx);
+    }",
+            "min(round(sx * v), vec4<f32>(127.0))",
+        )
+    };
+    format!(
+        "struct Params {{ rows: u32, units: u32, d_off: u32, x_off: u32, ld_x: u32, y_off: u32, ld_y: u32, n_tok: u32, mode: u32, row0: u32, pad0: u32, pad1: u32 }}
+@group(0) @binding(0) var<storage, read> X: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> NW: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> Q: array<u32>;
+@group(0) @binding(3) var<uniform> P: Params;
+const K4: u32 = {k4}u;
+const TPB: u32 = {tpb}u;
+var<workgroup> nred: array<f32, 256>;
+var<workgroup> mx: array<f32, 256>;
+{fns}
+fn amax4(v: vec4<f32>) -> f32 {{
+    let a = abs(v);
+    return max(max(a.x, a.y), max(a.z, a.w));
+}}
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32) {{
+    let live = lid * 4u < K4;
+    let i0 = min(lid, K4 / 4u - 1u) * 4u;
+    let a0 = X[P.x_off + i0];
+    let a1 = X[P.x_off + i0 + 1u];
+    let a2 = X[P.x_off + i0 + 2u];
+    let a3 = X[P.x_off + i0 + 3u];
+    let n0 = NW[i0];
+    let n1 = NW[i0 + 1u];
+    let n2 = NW[i0 + 2u];
+    let n3 = NW[i0 + 3u];
+    var ss = 0.0;
+    if (live) {{
+        ss = ((dot(a0, a0) + dot(a1, a1)) + dot(a2, a2)) + dot(a3, a3);
+    }}
+{reduce}    let inv = 1.0 / sqrt(tot / f32(K4 * 4u) + bitcast<f32>(P.pad1));
+    let v0 = a0 * inv * n0;
+    let v1 = a1 * inv * n1;
+    let v2 = a2 * inv * n2;
+    let v3 = a3 * inv * n3;
+    mx[lid] = select(0.0, max(max(amax4(v0), amax4(v1)), max(amax4(v2), amax4(v3))), live);
+    workgroupBarrier();
+    let g0 = lid - lid % TPB;
+    var amax = 0.0;
+    for (var j = 0u; j < TPB; j++) {{
+        amax = max(amax, mx[g0 + j]);
+    }}
+    {scale}
+    if (live) {{
+        let o = P.ld_x + 4u * lid;
+        var v = v0;
+        Q[o] = pack4xI8(vec4<i32>({q}));
+        v = v1;
+        Q[o + 1u] = pack4xI8(vec4<i32>({q}));
+        v = v2;
+        Q[o + 2u] = pack4xI8(vec4<i32>({q}));
+        v = v3;
+        Q[o + 3u] = pack4xI8(vec4<i32>({q}));
+        if (lid % 2u == 0u) {{
+            Q[P.ld_x + P.ld_x / 4u + lid / 2u] = bitcast<u32>(sd);
+        }}
+    }}
+}}
+",
+        fns = actq_functions()
+    )
 }
 
 /// RMSNorm prologue of the fused decode mat-vec: the workgroup reduces Σx² of its input row,
