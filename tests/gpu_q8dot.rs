@@ -173,3 +173,47 @@ fn gpu_activation_rounding_long_and_ragged_rows_match_cpu() {
         }
     }
 }
+
+#[test]
+fn gpu_decode_kernels_compile_with_and_without_subgroups() {
+    // The subgroup variants run only where subgroups are 32 wide (the H100, not lavapipe):
+    // compile them wherever the device has subgroups at all, so that a WGSL error shows here.
+    use ggufq::gpu::kernels::{buffer_layouts, KernelKey, Kernels};
+    let Some(mut ctx) = context() else { return };
+    let has_sub = ctx.device.features().contains(wgpu::Features::SUBGROUP);
+    for sub in [false, true] {
+        if sub && !has_sub {
+            eprintln!("no subgroups on this adapter: subgroup variants not compiled");
+            continue;
+        }
+        ctx.subgroup32 = sub;
+        let mut k = Kernels::default();
+        let (_, pl_mat) = buffer_layouts(&ctx, "mat", b"rrwu");
+        let (_, pl_attd) = buffer_layouts(&ctx, "attn decode", b"rwwwurr");
+        let q4k = GgmlType::from_name("Q4_K").unwrap().id();
+        for spl in [32, 64, 128, 256] {
+            for nr in [1, 2, 4] {
+                k.get_with_layout(&ctx, &KernelKey::MatVecQ8 { ty: q4k, nr, spl }, &pl_mat)
+                    .unwrap();
+            }
+        }
+        for (k4, act) in [(64, 3), (1024, 4), (1280, 4), (2048, 3)] {
+            k.get_with_layout(&ctx, &KernelKey::NormQ8 { k4, act }, &pl_mat)
+                .unwrap();
+        }
+        k.get_with_layout(&ctx, &KernelKey::AttnDecode { ctx: 64, hd: 128 }, &pl_attd)
+            .unwrap();
+        // Bad shapes are errors, not panics.
+        assert!(Kernels::source(
+            &ctx,
+            &KernelKey::MatVecQ8 {
+                ty: q4k,
+                nr: 3,
+                spl: 32
+            }
+        )
+        .is_err());
+        assert!(Kernels::source(&ctx, &KernelKey::NormQ8 { k4: 40, act: 4 }).is_err());
+        assert!(Kernels::source(&ctx, &KernelKey::NormQ8 { k4: 64, act: 1 }).is_err());
+    }
+}

@@ -984,6 +984,48 @@ fn act_prologue(act: u32, k4: u32, q8: bool) -> Result<(String, String)> {
     Ok((decl, body))
 }
 
+/// Decode attention's maximum of the scores (`mx` per thread → `m`): a tree in workgroup
+/// memory ...
+const ATTN_MAX_TREE: &str = "    red[lid] = mx;
+    workgroupBarrier();
+    for (var k = 128u; k > 0u; k >>= 1u) {
+        if (lid < k) {
+            red[lid] = max(red[lid], red[lid + k]);
+        }
+        workgroupBarrier();
+    }
+    let m = red[0];
+    workgroupBarrier();
+";
+
+/// ... or, with 32-wide subgroups, one maximum per warp, then 8 values.
+const ATTN_MAX_SUBGROUP: &str = "    let wmax = subgroupMax(mx);
+    if (lid % 32u == 0u) { red[lid / 32u] = wmax; }
+    workgroupBarrier();
+    let m = max(max(max(red[0], red[1]), max(red[2], red[3])), max(max(red[4], red[5]), max(red[6], red[7])));
+    workgroupBarrier();
+";
+
+/// Decode attention's sum of the exponentials (`sum` per thread → `inv` = 1 / total), as a
+/// tree ...
+const ATTN_SUM_TREE: &str = "    red[lid] = sum;
+    workgroupBarrier();
+    for (var k = 128u; k > 0u; k >>= 1u) {
+        if (lid < k) {
+            red[lid] += red[lid + k];
+        }
+        workgroupBarrier();
+    }
+    let inv = 1.0 / red[0];
+";
+
+/// ... or per warp with subgroups.
+const ATTN_SUM_SUBGROUP: &str = "    let wsum = subgroupAdd(sum);
+    if (lid % 32u == 0u) { red[lid / 32u] = wsum; }
+    workgroupBarrier();
+    let inv = 1.0 / (((red[0] + red[1]) + (red[2] + red[3])) + ((red[4] + red[5]) + (red[6] + red[7])));
+";
+
 /// The shared-memory reduction of [`NORM_PROLOGUE`] ...
 const NORM_TREE: &str = "    nred[lid] = ss;
     workgroupBarrier();
@@ -1078,9 +1120,18 @@ impl Kernels {
                 let (decl, body) = act_prologue(*act, *k4, *q8)?;
                 src.replace("$ACT_PRO", &body).replace("$ACT_FNS", &decl)
             }
-            KernelKey::AttnDecode { ctx: n, hd } => ATTN_DECODE_WGSL
-                .replace("$CTX", &n.to_string())
-                .replace("$HD4", &(hd / 4).to_string()),
+            KernelKey::AttnDecode { ctx: n, hd } => {
+                let (rmax, rsum) = if ctx.subgroup32 {
+                    (ATTN_MAX_SUBGROUP, ATTN_SUM_SUBGROUP)
+                } else {
+                    (ATTN_MAX_TREE, ATTN_SUM_TREE)
+                };
+                ATTN_DECODE_WGSL
+                    .replace("$CTX", &n.to_string())
+                    .replace("$HD4", &(hd / 4).to_string())
+                    .replace("$RED_MAX", rmax)
+                    .replace("$RED_SUM", rsum)
+            }
             KernelKey::MatMat { ty } => {
                 let gt = GgmlType::from_id(*ty)
                     .ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;
