@@ -412,9 +412,8 @@ pub enum KernelKey {
 /// WGSL of the mat-vec kernel of type id `ty` (NT tokens per workgroup, NR rows per warp);
 /// with `k4 = Some(k4)` a one-token kernel whose prologue RMS-normalises its `4·k4`-long
 /// input with the weights at binding 4 (eps in `P.pad1`) into workgroup memory. `q8`: the
-/// integer kernel (one token, unit lanes, the type's `idot`), whose activation is int8
-/// quants and per-32 scales: from the prologue's rounding (`k4` set) or from X's packed
-/// region at word `P.ld_x`.
+/// fused integer kernel (one token, unit lanes, the type's `idot`), whose prologue rounds
+/// the normalised input into int8 quants and per-32 scales (needs `k4`; ignored without).
 fn matvec_source(
     ctx: &GpuContext,
     ty: u32,
@@ -428,7 +427,9 @@ fn matvec_source(
         GgmlType::from_id(ty).ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;
     let xsrc = if k4.is_some() { "xs" } else { "X" };
     let xoff = if k4.is_some() { "" } else { "P.x_off + " };
-    let q8 = q8 && nt == 1;
+    // The integer path here is the fused one (prologue rounding, GGUFQ_NORMQ=0); the
+    // kernel that reads packed quants from X is `matvec_q8_source`.
+    let q8 = q8 && nt == 1 && k4.is_some();
     let splitk = splitk && (q8 || ctx.tune.unit_for(ty)) && nt <= 2;
     // Split-K workgroups hold NR rows: at least 2, so that SwiGLU's (gate, up) row pairs
     // stay together.
@@ -475,22 +476,14 @@ fn matvec_source(
         // One 32-weight unit per lane per step: its int8 quants (two vec4<u32>) and scale
         // are loaded once and reused for NR rows.
         let outer = std::mem::take(&mut body);
-        if k4.is_some() {
-            body.push_str(
-                "        let xa = xqa[u];\n        let xb = xqb[u];\n        let dx = xd[u];\n",
-            );
-        } else {
-            body.push_str("        let xa = X[xq0 + 2u * u];\n        let xb = X[xq0 + 2u * u + 1u];\n        let dx = bitcast<f32>(X[(xs0 + u) >> 2u][(xs0 + u) & 3u]);\n");
-        }
+        body.push_str(
+            "        let xa = xqa[u];\n        let xb = xqb[u];\n        let dx = xd[u];\n",
+        );
         body.push_str("        let one = 0x01010101u;\n        let sx0 = (dot4I8Packed(xa.x, one) + dot4I8Packed(xa.y, one)) + (dot4I8Packed(xa.z, one) + dot4I8Packed(xa.w, one));\n        let sx1 = (dot4I8Packed(xb.x, one) + dot4I8Packed(xb.y, one)) + (dot4I8Packed(xb.z, one) + dot4I8Packed(xb.w, one));\n");
         for r in 0..nr {
             body.push_str(&format!("        let gu_{r} = min(rbase + {r}u, P.rows - 1u) * P.units + u;\n        acc_{r}_0 += dx * idot(gu_{r} / UPB, gu_{r} % UPB, xa, xb, sx0, sx1);\n"));
         }
         let unit = std::mem::replace(&mut body, outer);
-        if k4.is_none() {
-            // Packed region: quants from word ld_x (vec4 index ld_x / 4), then the scales.
-            body.push_str("    let xq0 = P.ld_x / 4u + P.x_off / 4u;\n    let xs0 = P.ld_x + P.ld_x / 4u + P.x_off / 8u;\n");
-        }
         let (first, stride) = if splitk { ("lid", 256) } else { ("lane", 32) };
         body.push_str(&format!(
             "    for (var u = {first}; u < P.units; u += {stride}u) {{\n"
@@ -613,14 +606,7 @@ fn matvec_source(
         .replace("$NR", &nr.to_string())
         .replace("$UPB", &lay.units_per_block().to_string())
         .replace("$RED_DECL", &decl)
-        .replace(
-            "$XTY",
-            if q8 && k4.is_none() {
-                "vec4<u32>"
-            } else {
-                "vec4<f32>"
-            },
-        )
+        .replace("$XTY", "vec4<f32>")
         .replace("$BODY", &body)
         .replace("$DEQ", &deq)
         .replace("$NORM_DECL", &norm_decl)
