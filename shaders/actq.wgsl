@@ -3,7 +3,7 @@
 // and mat-mat kernels see the same inputs as ggml's CPU `vec_dot` (Q8_0 / Q8_1 blocks of 32
 // with an f16 scale, Q8_K blocks of 256 with an f32 scale, or plain f16 / bf16 rounding).
 //
-// One workgroup rounds 4096 consecutive values of one token's row (wg.x: 4096-value chunk,
+// One workgroup rounds 256 consecutive values of one token's row (wg.x: 256-value chunk,
 // wg.y: token); block maxima are reduced in workgroup memory. Divisions are exact long divisions
 // (`div_rn`), so the scales are the correctly rounded quotients the CPU computes.
 //
@@ -31,9 +31,9 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> Y: array<u32>;
 @group(0) @binding(3) var<uniform> P: Params;
 
-const CHUNK: u32 = 4096u;  // values per workgroup (16 per thread)
-
 var<workgroup> red: array<f32, 256>;
+var<workgroup> qv: array<i32, 256>;
+var<workgroup> dv: array<f32, 8>;
 
 // a / b correctly rounded (ties to even) for positive normal a, b with a normal quotient, by
 // long division of the 24-bit significands: GPU `/` may be approximate and `fma` unfused
@@ -103,102 +103,63 @@ fn round_bf16(x: f32) -> f32 {
     return bitcast<f32>((b + 0x7fffu + ((b >> 16u) & 1u)) & 0xffff0000u);
 }
 
-// Each thread rounds 16 consecutive values (half a Q8_0 block, 1/16 of a Q8_K block); a block's
-// maximum is the maximum of its threads' maxima (one barrier).
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
-    let i = wg.x * CHUNK + 16u * lid;
+    let i = wg.x * 256u + lid;
     let t = wg.y;
-    // Rows are whole 16-value groups for the Q8 kinds (whole blocks); f16 / bf16 rows may end
-    // inside a group: those values are checked one by one.
     let live = i < P.k && t < P.n_tok;
-    let full = i + 16u <= P.k && t < P.n_tok;
     let o = P.x_off + t * P.ld + i;
-    var v: array<vec4<f32>, 4>;
-    for (var j = 0u; j < 4u; j++) {
-        var w = vec4<f32>(0.0);
-        if (full) {
-            w = vec4<f32>(X[o + 4u * j], X[o + 4u * j + 1u], X[o + 4u * j + 2u], X[o + 4u * j + 3u]);
-        } else if (live) {
-            for (var e = 0u; e < 4u; e++) {
-                if (i + 4u * j + e < P.k) {
-                    w[e] = X[o + 4u * j + e];
-                }
-            }
-        }
-        v[j] = w;
+    var v = 0.0;
+    if (live) {
+        v = X[o];
     }
     if (P.kind <= 2u) {
-        for (var j = 0u; j < 4u; j++) {
-            let r = round4(v[j]);
-            for (var e = 0u; e < 4u; e++) {
-                if (live && i + 4u * j + e < P.k) {
-                    Y[o + 4u * j + e] = bitcast<u32>(r[e]);
-                }
-            }
+        if (live) {
+            Y[o] = bitcast<u32>(select(round_bf16(v), round_f16(v), P.kind == 1u));
         }
         return;
     }
-    // Threads per block: 2 (Q8_0 / Q8_1, 32 values) or 16 (Q8_K, 256 values).
-    let tpb = select(16u, 2u, P.kind == 3u);
-    red[lid] = max(max(amax4(v[0]), amax4(v[1])), max(amax4(v[2]), amax4(v[3])));
+    let bs = select(256u, 32u, P.kind == 3u);
+    red[lid] = abs(v);
     workgroupBarrier();
-    let g0 = lid - lid % tpb;
-    var amax = 0.0;
-    for (var j = 0u; j < tpb; j++) {
-        amax = max(amax, red[g0 + j]);
+    for (var s = 128u; s > 0u; s >>= 1u) {
+        if (s < bs && (lid % bs) < s) {
+            red[lid] = max(red[lid], red[lid + s]);
+        }
+        workgroupBarrier();
     }
-    var sx = 0.0;
+    let amax = red[lid - lid % bs];
+    var q = 0.0;
     var dq = 0.0;
     if (P.kind == 3u) {
         // Q8_0 / Q8_1: d = amax / 127 stored as f16, q = round(x · 127 / amax).
-        sx = select(0.0, div_rn(127.0, amax), amax != 0.0);
+        let id = select(0.0, div_rn(127.0, amax), amax != 0.0);
         dq = round_f16(div_rn(amax, 127.0));
+        q = round(v * id);
     } else if (amax != 0.0) {
         // Q8_K: iscale = ∓127 / max, d = 1 / iscale (the sign of max cancels in q · d).
-        sx = div_rn(127.0, amax);
-        dq = div_rn(1.0, sx);
+        let iscale = div_rn(127.0, amax);
+        dq = div_rn(1.0, iscale);
+        q = min(round(iscale * v), 127.0);
     }
-    if (!full) {
+    if (live) {
+        Y[o] = bitcast<u32>(q * dq);
+    }
+    if (P.q8_base == 0u) {
         return;
     }
-    var pk = vec4<u32>(0u);
-    for (var j = 0u; j < 4u; j++) {
-        var q: vec4<f32>;
-        if (P.kind == 3u) {
-            q = round(v[j] * sx);
-        } else {
-            q = min(round(sx * v[j]), vec4<f32>(127.0));
-        }
-        let r = q * dq;
-        Y[o + 4u * j] = bitcast<u32>(r.x);
-        Y[o + 4u * j + 1u] = bitcast<u32>(r.y);
-        Y[o + 4u * j + 2u] = bitcast<u32>(r.z);
-        Y[o + 4u * j + 3u] = bitcast<u32>(r.w);
-        pk[j] = pack4xI8(vec4<i32>(q));
+    qv[lid] = i32(q);
+    if (lid % 32u == 0u) {
+        dv[lid / 32u] = dq;
     }
-    if (P.q8_base != 0u) {
-        let w = P.q8_base + o / 4u;
-        Y[w] = pk.x;
-        Y[w + 1u] = pk.y;
-        Y[w + 2u] = pk.z;
-        Y[w + 3u] = pk.w;
-        if (lid % 2u == 0u) {
-            Y[P.q8_base + P.q8_base / 4u + o / 32u] = bitcast<u32>(dq);
-        }
+    workgroupBarrier();
+    // Row values are whole 32-value units here (the Q8 kinds need whole blocks).
+    let base = P.x_off + t * P.ld + wg.x * 256u;
+    if (lid < 64u && wg.x * 256u + 4u * lid < P.k && t < P.n_tok) {
+        let j = 4u * lid;
+        Y[P.q8_base + base / 4u + lid] = pack4xI8(vec4<i32>(qv[j], qv[j + 1u], qv[j + 2u], qv[j + 3u]));
     }
-}
-
-// Helpers of `main` (after it: the functions before `@compute` are shared with the fused
-// mat-vec kernels, src/gpu/kernels.rs).
-fn amax4(v: vec4<f32>) -> f32 {
-    let a = abs(v);
-    return max(max(a.x, a.y), max(a.z, a.w));
-}
-
-fn round4(v: vec4<f32>) -> vec4<f32> {
-    if (P.kind == 1u) {
-        return vec4<f32>(round_f16(v.x), round_f16(v.y), round_f16(v.z), round_f16(v.w));
+    if (lid < 8u && wg.x * 256u + 32u * lid < P.k && t < P.n_tok) {
+        Y[P.q8_base + P.q8_base / 4u + base / 32u + lid] = bitcast<u32>(dv[lid]);
     }
-    return vec4<f32>(round_bf16(v.x), round_bf16(v.y), round_bf16(v.z), round_bf16(v.w));
 }
