@@ -101,7 +101,8 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     pub kernel_types: Vec<String>,
     /// Before the tests, profile decode steps of each model: GPU time per kernel role
-    /// (timestamp queries), GPU time of the whole pass and the CPU phases of a forward call.
+    /// (timestamp queries), GPU time of the whole pass and the CPU phases of a forward call;
+    /// with -p, also a prompt of the largest -p size (per role µs and TFLOP/s).
     #[arg(long)]
     pub profile: bool,
     /// No progress output.
@@ -673,7 +674,14 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
         }
         if args.profile {
             let p = ggufq::gpu::profile::profile_decode(&mut model, 32)?;
-            let md = p.to_markdown(&src.label(), peak);
+            let mut md = p.to_markdown(&src.label(), peak);
+            // Prompt batches run the batch graph: profiled for the largest -p size.
+            let np = args.n_prompt.iter().copied().max().unwrap_or(0);
+            if np > 1 {
+                let pp = ggufq::gpu::prompt_profile::profile_prompt(&mut model, np, 3)?;
+                md.push('\n');
+                md.push_str(&pp.to_markdown(&src.label()));
+            }
             if args.output == "md" {
                 println!("{md}");
             } else {

@@ -10,6 +10,7 @@ pub mod kernels;
 pub mod model;
 pub mod ops;
 pub mod profile;
+pub mod prompt_profile;
 pub mod reference;
 pub mod source;
 
