@@ -2,7 +2,8 @@
 // QT consecutive batch tokens). Each token attends to its own sequence's cache up to its
 // position. The workgroup keeps its QT query rows in workgroup memory and streams the keys in
 // blocks of KB positions, so each K/V row is read once per tile instead of once per token:
-//   pass 1: scores of each block, running maximum and sum of exp (online softmax);
+//   pass 1: scores of each block; every thread keeps the running maximum and sum of exp of
+//           its own score slots (online softmax), combined per token at the end;
 //   pass 2: scores again, probabilities exp(s − max) / sum rounded to f16 (as llama.cpp's CPU
 //           backend and `model::cpu` do), weighted sum of the V block.
 // Key blocks past the tile's last position are never visited (causal skip). Tokens of one
@@ -36,11 +37,15 @@ const KB: u32 = $KBu;
 // Row stride of the K block (vec4s), padded against bank conflicts.
 const KLD: u32 = HD4 + 1u;
 const NONE: u32 = 0xffffffffu;
+// Score slots and output vec4s per thread.
+const NS: u32 = (QT * KB + 255u) / 256u;
+const NO: u32 = (QT * HD4 + 255u) / 256u;
 
 var<workgroup> Qs: array<vec4<f32>, QT * HD4>;
 var<workgroup> Ks: array<vec4<f32>, KB * KLD>;
 var<workgroup> Vs: array<vec4<f32>, KB * HD4>;
 var<workgroup> Ps: array<f32, QT * KB>;
+var<workgroup> Ls2: array<f32, QT * KB>;
 var<workgroup> Ms: array<f32, QT>;
 var<workgroup> Ls: array<f32, QT>;
 var<workgroup> Tseq: array<u32, QT>;
@@ -67,10 +72,10 @@ fn load_k(cb4: u32, kb4: u32, kb0: u32, lid: u32) {
     }
 }
 
-// Scaled score of tile token lid / KB with key kb0 + lid % KB (K block in Ks).
-fn score(lid: u32) -> f32 {
-    let qi = lid / KB;
-    let ki = lid % KB;
+// Scaled score of slot i: tile token i / KB with key kb0 + i % KB (K block in Ks).
+fn score(i: u32) -> f32 {
+    let qi = i / KB;
+    let ki = i % KB;
     var s = 0.0;
     for (var d = 0u; d < HD4; d++) {
         s += dot(Qs[qi * HD4 + d], Ks[ki * KLD + d]);
@@ -123,42 +128,56 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
         let seq = c.x;
         let nkeys = c.y + 1u;
         let cb4 = seq * P.ctx * (P.kv_ld / 4u);
-        // Pass 1: running maximum and sum per token (threads 0..QT).
-        var m = -3.0e38;
-        var l = 0.0;
+        // Pass 1: running maximum and sum of exp per score slot (token i / KB, keys i % KB,
+        // i % KB + KB, ...), then per token over its KB slots.
+        var pm: array<f32, NS>;
+        var pl: array<f32, NS>;
+        for (var j = 0u; j < NS; j++) {
+            pm[j] = -3.0e38;
+            pl[j] = 0.0;
+        }
         for (var kb0 = 0u; kb0 < nkeys; kb0 += KB) {
             load_k(cb4, kb4, kb0, lid);
             workgroupBarrier();
-            if (lid < QT * KB) {
-                Ps[lid] = score(lid);
+            for (var j = 0u; j < NS; j++) {
+                let i = lid + 256u * j;
+                if (i < QT * KB) {
+                    let qi = i / KB;
+                    if (mine(qi, seq) && kb0 + i % KB <= Tpos[qi]) {
+                        let s = score(i);
+                        let mn = max(pm[j], s);
+                        pl[j] = pl[j] * exp(pm[j] - mn) + exp(s - mn);
+                        pm[j] = mn;
+                    }
+                }
             }
             workgroupBarrier();
-            if (lid < QT && mine(lid, seq)) {
-                let last = Tpos[lid];
-                var bm = -3.0e38;
-                for (var k = 0u; k < KB; k++) {
-                    if (kb0 + k <= last) {
-                        bm = max(bm, Ps[lid * KB + k]);
-                    }
-                }
-                let mn = max(m, bm);
-                var bs = 0.0;
-                for (var k = 0u; k < KB; k++) {
-                    if (kb0 + k <= last) {
-                        bs += exp(Ps[lid * KB + k] - mn);
-                    }
-                }
-                l = l * exp(m - mn) + bs;
-                m = mn;
+        }
+        for (var j = 0u; j < NS; j++) {
+            let i = lid + 256u * j;
+            if (i < QT * KB) {
+                Ps[i] = pm[j];
+                Ls2[i] = pl[j];
             }
         }
+        workgroupBarrier();
         if (lid < QT) {
+            var m = -3.0e38;
+            for (var k = 0u; k < KB; k++) {
+                m = max(m, Ps[lid * KB + k]);
+            }
+            var l = 0.0;
+            for (var k = 0u; k < KB; k++) {
+                l += Ls2[lid * KB + k] * exp(Ps[lid * KB + k] - m);
+            }
             Ms[lid] = m;
             Ls[lid] = select(0.0, 1.0 / l, l > 0.0);
         }
-        // Pass 2: probabilities and the weighted sum of V (thread: one or two vec4 outputs).
-        var acc0 = vec4<f32>(0.0);
-        var acc1 = vec4<f32>(0.0);
+        // Pass 2: probabilities and the weighted sum of V (thread: NO vec4 outputs).
+        var acc: array<vec4<f32>, NO>;
+        for (var j = 0u; j < NO; j++) {
+            acc[j] = vec4<f32>(0.0);
+        }
         for (var kb0 = 0u; kb0 < nkeys; kb0 += KB) {
             workgroupBarrier();
             load_k(cb4, kb4, kb0, lid);
@@ -171,36 +190,34 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
                 Vs[i] = v;
             }
             workgroupBarrier();
-            if (lid < QT * KB) {
-                let qi = lid / KB;
-                let kp = kb0 + lid % KB;
+            for (var i = lid; i < QT * KB; i += 256u) {
+                let qi = i / KB;
+                let kp = kb0 + i % KB;
                 var p = 0.0;
                 if (mine(qi, seq) && kp <= Tpos[qi]) {
-                    p = r16(exp(score(lid) - Ms[qi]) * Ls[qi]);
+                    p = r16(exp(score(i) - Ms[qi]) * Ls[qi]);
                 }
-                Ps[lid] = p;
+                Ps[i] = p;
             }
             workgroupBarrier();
-            if (lid < QT * HD4) {
-                let qi = lid / HD4;
-                let d = lid % HD4;
-                for (var k = 0u; k < KB; k++) {
-                    acc0 += Ps[qi * KB + k] * Vs[k * HD4 + d];
-                }
-            }
-            if (lid + 256u < QT * HD4) {
-                let qi = (lid + 256u) / HD4;
-                let d = (lid + 256u) % HD4;
-                for (var k = 0u; k < KB; k++) {
-                    acc1 += Ps[qi * KB + k] * Vs[k * HD4 + d];
+            for (var j = 0u; j < NO; j++) {
+                let o = lid + 256u * j;
+                if (o < QT * HD4) {
+                    let qi = o / HD4;
+                    let d = o % HD4;
+                    var a = acc[j];
+                    for (var k = 0u; k < KB; k++) {
+                        a += Ps[qi * KB + k] * Vs[k * HD4 + d];
+                    }
+                    acc[j] = a;
                 }
             }
         }
-        if (lid < QT * HD4 && mine(lid / HD4, seq)) {
-            O[(t0 + lid / HD4) * (P.o_ld / 4u) + h * HD4 + lid % HD4] = acc0;
-        }
-        if (lid + 256u < QT * HD4 && mine((lid + 256u) / HD4, seq)) {
-            O[(t0 + (lid + 256u) / HD4) * (P.o_ld / 4u) + h * HD4 + (lid + 256u) % HD4] = acc1;
+        for (var j = 0u; j < NO; j++) {
+            let o = lid + 256u * j;
+            if (o < QT * HD4 && mine(o / HD4, seq)) {
+                O[(t0 + o / HD4) * (P.o_ld / 4u) + h * HD4 + o % HD4] = acc[j];
+            }
         }
         workgroupBarrier();
         if (lid < QT && mine(lid, seq)) {

@@ -63,19 +63,8 @@ fn coop_matmat_source_and_tiles_every_type() {
         for name in TYPES {
             let ty = GgmlType::from_name(name).unwrap().id();
             let tile = ctx.tune.coop_tile(ty);
-            let legacy = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"].contains(&name);
-            let want_bm = if bm != 0 {
-                bm
-            } else if legacy {
-                128
-            } else {
-                64
-            };
-            let want = (
-                want_bm,
-                if bn != 0 { bn } else { 128 },
-                if ku != 0 { ku } else { 2 },
-            );
+            let or = |v: u32, d: u32| if v != 0 { v } else { d };
+            let want = (or(bm, 64), or(bn, 128), or(ku, 1));
             assert_eq!((tile.bm, tile.bn, tile.ku), want, "{name} {bm} {bn} {ku}");
             assert_eq!(matmat_tile(&ctx, ty), (tile.bm, tile.bn), "{name}");
             // 48 KiB is the workgroup memory of the H100's Vulkan driver.

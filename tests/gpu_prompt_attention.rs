@@ -45,17 +45,20 @@ fn rel(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn attention_tile_sizes() {
-    // Head sizes up to 128 take 16 tokens × 16 keys in the H100's 48 KiB.
-    assert_eq!(attention_tile(64, 48 * 1024).unwrap(), (16, 16));
-    assert_eq!(attention_tile(128, 48 * 1024).unwrap(), (16, 16));
-    assert_eq!(attention_tile(256, 48 * 1024).unwrap(), (8, 16));
+    // Head sizes up to 128 take 16 (or 32) tokens × 16 keys in the H100's 48 KiB, 256 takes 8.
+    let k48 = 48 * 1024;
+    assert_eq!(attention_tile(64, k48, 16).unwrap(), (16, 16));
+    assert_eq!(attention_tile(128, k48, 16).unwrap(), (16, 16));
+    assert_eq!(attention_tile(128, k48, 32).unwrap(), (32, 16));
+    assert_eq!(attention_tile(256, k48, 16).unwrap(), (8, 16));
+    assert_eq!(attention_tile(256, k48, 32).unwrap(), (8, 16));
     // Less workgroup memory: smaller tiles, or an error that says why.
-    assert_eq!(attention_tile(64, 16 * 1024).unwrap(), (16, 16));
-    assert_eq!(attention_tile(128, 16 * 1024).unwrap(), (8, 8));
-    let e = attention_tile(256, 16 * 1024).unwrap_err().to_string();
+    assert_eq!(attention_tile(64, 16 * 1024, 32).unwrap(), (16, 16));
+    assert_eq!(attention_tile(128, 16 * 1024, 16).unwrap(), (8, 8));
+    let e = attention_tile(256, 16 * 1024, 16).unwrap_err().to_string();
     assert!(e.contains("workgroup memory"), "{e}");
-    assert!(attention_tile(66, 48 * 1024).is_err());
-    assert!(attention_tile(512, 48 * 1024).is_err());
+    assert!(attention_tile(66, k48, 16).is_err());
+    assert!(attention_tile(512, k48, 16).is_err());
 }
 
 /// Three sequences interleaved token by token in one batch (each 16-token tile holds all
@@ -182,4 +185,32 @@ fn gpu_prompt_profile_covers_every_dispatch() {
     // More tokens than the batch holds: an error, not a panic.
     assert!(ggufq::gpu::prompt_profile::profile_prompt(&mut gpu, 41, 1).is_err());
     assert!(ggufq::gpu::prompt_profile::profile_prompt(&mut gpu, 0, 1).is_err());
+}
+
+/// `ggufq bench --kernel-check` (the device runs' self-check) passes on this adapter and
+/// reports every type and both model checks.
+#[test]
+fn bench_kernel_check_passes_and_covers_every_type() {
+    if gpu_fixture::context().is_none() {
+        return;
+    }
+    let out = assert_cmd::Command::cargo_bin("ggufq")
+        .unwrap()
+        .args(["bench", "--kernel-check"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("kernel check ok"), "{text}");
+    for ty in [
+        "F32", "BF16", "Q4_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q6_K",
+    ] {
+        assert_eq!(
+            text.matches(&format!("mat-mat {ty} ")).count(),
+            2,
+            "{ty}: {text}"
+        );
+    }
+    assert_eq!(text.matches("prompt vs decode").count(), 2, "{text}");
+    assert!(!text.contains("FAILED"), "{text}");
 }

@@ -208,22 +208,24 @@ pub fn matmat_tolerance(ctx: &GpuContext) -> f64 {
 }
 
 /// Tokens per workgroup and keys per block of the tiled prompt attention for head size `hd`
-/// (a multiple of 4, at most 256) with `shared` bytes of workgroup memory: 16 tokens × 16 keys
-/// where its tiles fit (head sizes up to 128 take 25 KiB), else fewer. Errors when not even
-/// 4 × 8 fit.
-pub fn attention_tile(hd: u32, shared: u32) -> Result<(u32, u32)> {
+/// (a multiple of 4, at most 256) with `shared` bytes of workgroup memory: `qt` tokens
+/// (16 or 32, [`Tune::attn_qt`]) × 16 keys where its tiles fit (head size 128: 25 KiB for 16
+/// tokens, 37 KiB for 32), else fewer. Errors when not even 4 × 8 fit.
+pub fn attention_tile(hd: u32, shared: u32, qt: u32) -> Result<(u32, u32)> {
     if hd % 4 != 0 || hd == 0 || hd > 256 {
         return Err(Error::msg(format!(
             "attention: head size {hd} is not a multiple of 4 in 4..=256"
         )));
     }
     let hd4 = hd / 4;
-    // Q tile, padded K block and V block (vec4s), scores, per-token state.
-    let bytes =
-        |qt: u32, kb: u32| 16 * (qt * hd4 + kb * (hd4 + 1) + kb * hd4) + 4 * (kb * qt + 5 * qt) + 8;
-    [(16u32, 16u32), (8, 16), (8, 8), (4, 8)]
+    // Q tile, padded K block and V block (vec4s), two score arrays, per-token state.
+    let bytes = |qt: u32, kb: u32| {
+        16 * (qt * hd4 + kb * (hd4 + 1) + kb * hd4) + 4 * (2 * kb * qt + 5 * qt) + 8
+    };
+    [(qt, 16u32), (16, 16), (8, 16), (8, 8), (4, 8)]
         .into_iter()
-        .find(|&(qt, kb)| qt * hd4 <= 512 && bytes(qt, kb) <= shared)
+        .filter(|&(q, _)| q <= qt.max(4))
+        .find(|&(q, kb)| q * hd4 <= 1024 && bytes(q, kb) <= shared)
         .ok_or_else(|| {
             Error::msg(format!(
                 "attention: head size {hd} needs {} bytes of workgroup memory, the adapter has {shared}",
@@ -265,10 +267,13 @@ pub struct Tune {
     /// Rows per workgroup of the cooperative-matrix mat-mat kernel for every type
     /// (GGUFQ_COOP_BM: 64 or 128); 0 = per type ([`Tune::coop_tile`]).
     pub coop_bm: u32,
-    /// Tokens per workgroup of that kernel (GGUFQ_COOP_BN: 64 or 128); 0 = per type.
+    /// Tokens per workgroup of that kernel (GGUFQ_COOP_BN: 64 or 128); 0 = default (128).
     pub coop_bn: u32,
-    /// 32-weight units of K per stage of that kernel (GGUFQ_COOP_KU: 1 or 2); 0 = per type.
+    /// 32-weight units of K per stage of that kernel (GGUFQ_COOP_KU: 1 or 2); 0 = default (1).
     pub coop_ku: u32,
+    /// Tokens per workgroup of the tiled prompt attention (GGUFQ_ATTN_QT: 16 or 32), where
+    /// the adapter's workgroup memory holds them ([`attention_tile`]).
+    pub attn_qt: u32,
     /// Compile kernels without naga's bounds checks and loop bounding (the kernels clamp
     /// their own indices); GGUFQ_SHADER_CHECKS=1 keeps the checks.
     pub unchecked: bool,
@@ -338,21 +343,17 @@ impl Tune {
         }
     }
 
-    /// Workgroup tile of the cooperative-matrix mat-mat kernel for type id `ty`. Session 3
-    /// (64-token tiles, one unit per stage, H100, 11008×4096 × 512 tokens) found 128 rows
-    /// better for Q8_0 (48.7 vs 32.1 TFLOP/s) and 64 for Q4_K (37.8 vs 33.2) and Q6_K (35.3
-    /// vs 9.2); session 4 tiles are 128 tokens deep with two units per stage, which
-    /// dequantizes each weight half as often and halves the barriers per product.
-    pub fn coop_tile(&self, ty: u32) -> CoopTile {
-        let legacy = matches!(
-            GgmlType::from_id(ty).map(|t| t.name()),
-            Some("Q4_0" | "Q4_1" | "Q5_0" | "Q5_1" | "Q8_0")
-        );
+    /// Workgroup tile of the cooperative-matrix mat-mat kernel for type id `ty`: 64 rows ×
+    /// 128 tokens, one 32-weight unit of K per stage, for every type. On the H100 (session 4,
+    /// 7B pp512, 6 tile shapes) it beat 64 × 64 (session 3's K-quant tile) by 31–47 % and
+    /// 128 × 64 (session 3's Q4_0…Q8_0 tile) by 19–29 % on all five mixes; two units per
+    /// stage were 35–46 % slower, and 128 × 128 was slower in the kernel bench.
+    pub fn coop_tile(&self, _ty: u32) -> CoopTile {
         let or = |v: u32, d: u32| if v != 0 { v } else { d };
         CoopTile {
-            bm: or(self.coop_bm, if legacy { 128 } else { 64 }),
+            bm: or(self.coop_bm, 64),
             bn: or(self.coop_bn, 128),
-            ku: or(self.coop_ku, 2),
+            ku: or(self.coop_ku, 1),
         }
     }
 
@@ -392,6 +393,7 @@ impl Tune {
             coop_bm: get("GGUFQ_COOP_BM", 0, &[64, 128]),
             coop_bn: get("GGUFQ_COOP_BN", 0, &[64, 128]),
             coop_ku: get("GGUFQ_COOP_KU", 0, &[1, 2]),
+            attn_qt: get("GGUFQ_ATTN_QT", 16, &[16, 32]),
             unchecked: std::env::var("GGUFQ_SHADER_CHECKS").as_deref() != Ok("1"),
             fuse: std::env::var("GGUFQ_FUSE").as_deref() != Ok("0"),
             unroll: get("GGUFQ_UNROLL", 1, &[1, 2, 4]),

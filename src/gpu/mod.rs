@@ -12,6 +12,7 @@ pub mod ops;
 pub mod profile;
 pub mod prompt_profile;
 pub mod reference;
+pub mod selfcheck;
 pub mod source;
 
 pub use backend::GpuBackend;

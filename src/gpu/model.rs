@@ -560,7 +560,8 @@ impl GpuModel {
         let (bgl_matn, pl_matn) = buffer_layouts(&ctx, "mat+norm", b"rrwur");
         let (bgl_attd, pl_attd) = buffer_layouts(&ctx, "attn decode", b"rwwwurr");
         let (bgl_attn, pl_attn) = buffer_layouts(&ctx, "attn", b"rrrwur");
-        let (attn_qt, attn_kb) = super::kernels::attention_tile(hd as u32, ctx.facts.shared_mem)?;
+        let (attn_qt, attn_kb) =
+            super::kernels::attention_tile(hd as u32, ctx.facts.shared_mem, ctx.tune.attn_qt)?;
         let attn_key = KernelKey::Attention {
             hd: hd as u32,
             qt: attn_qt,
