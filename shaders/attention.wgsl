@@ -1,6 +1,14 @@
-// Causal attention over the KV cache, one workgroup per (head, token); each token attends to its own
-// sequence's cache up to its position: scores into shared
-// memory, softmax, weighted sum of V. Grouped-query heads share their KV head.
+// Causal attention of a batch of tokens over the KV cache, tiled: one workgroup per (head,
+// QT consecutive batch tokens). Each token attends to its own sequence's cache up to its
+// position. The workgroup keeps its QT query rows in workgroup memory and streams the keys in
+// blocks of KB positions, so each K/V row is read once per tile instead of once per token:
+//   pass 1: scores of each block; every thread keeps the running maximum and sum of exp of
+//           its own score slots (online softmax), combined per token at the end;
+//   pass 2: scores again, probabilities exp(s − max) / sum rounded to f16 (as llama.cpp's CPU
+//           backend and `model::cpu` do), weighted sum of the V block.
+// Key blocks past the tile's last position are never visited (causal skip). Tokens of one
+// tile that belong to different sequences are handled one sequence after the other.
+// Grouped-query heads share their KV head.
 struct Params {
     n_head: u32,
     n_kv: u32,
@@ -15,87 +23,205 @@ struct Params {
     pad1: u32,
     pad2: u32,
 }
-@group(0) @binding(0) var<storage, read> Q: array<f32>;
-@group(0) @binding(1) var<storage, read> KC: array<f32>;
-@group(0) @binding(2) var<storage, read> VC: array<f32>;
-@group(0) @binding(3) var<storage, read_write> O: array<f32>;
+@group(0) @binding(0) var<storage, read> Q: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> KC: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> VC: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read_write> O: array<vec4<f32>>;
 @group(0) @binding(4) var<uniform> P: Params;
 @group(0) @binding(5) var<storage, read> TI: array<vec2<u32>>;
 
-const CTX: u32 = $CTXu;
-var<workgroup> S: array<f32, CTX>;
-var<workgroup> red: array<f32, 256>;
+// Head size / 4, query tokens per workgroup, keys per block.
+const HD4: u32 = $HD4u;
+const QT: u32 = $QTu;
+const KB: u32 = $KBu;
+// Row stride of the K block (vec4s), padded against bank conflicts.
+const KLD: u32 = HD4 + 1u;
+const NONE: u32 = 0xffffffffu;
+// Score slots and output vec4s per thread.
+const NS: u32 = (QT * KB + 255u) / 256u;
+const NO: u32 = (QT * HD4 + 255u) / 256u;
 
-// Probabilities are rounded to f16 before the weighted sum of V, as llama.cpp's CPU backend does.
+var<workgroup> Qs: array<vec4<f32>, QT * HD4>;
+var<workgroup> Ks: array<vec4<f32>, KB * KLD>;
+var<workgroup> Vs: array<vec4<f32>, KB * HD4>;
+var<workgroup> Ps: array<f32, QT * KB>;
+var<workgroup> Ls2: array<f32, QT * KB>;
+var<workgroup> Ms: array<f32, QT>;
+var<workgroup> Ls: array<f32, QT>;
+var<workgroup> Tseq: array<u32, QT>;
+var<workgroup> Tpos: array<u32, QT>;
+var<workgroup> Tdone: array<u32, QT>;
+// (sequence, last position) of the pass over one sequence; NONE when every token is done.
+var<workgroup> cur: vec2<u32>;
+
 fn r16(x: f32) -> f32 {
     return unpack2x16float(pack2x16float(vec2<f32>(x, 0.0))).x;
+}
+
+// Token `qi` of the tile takes part in the pass over sequence `seq`.
+fn mine(qi: u32, seq: u32) -> bool {
+    return Tdone[qi] == 0u && Tseq[qi] == seq;
+}
+
+// K block at positions kb0.. of the sequence whose cache starts at `cb4` (vec4 units).
+fn load_k(cb4: u32, kb4: u32, kb0: u32, lid: u32) {
+    for (var i = lid; i < KB * HD4; i += 256u) {
+        let r = i / HD4;
+        let kp = min(kb0 + r, P.ctx - 1u);
+        Ks[r * KLD + i % HD4] = KC[cb4 + kp * (P.kv_ld / 4u) + kb4 + i % HD4];
+    }
+}
+
+// Scaled score of slot i: tile token i / KB with key kb0 + i % KB (K block in Ks).
+fn score(i: u32) -> f32 {
+    let qi = i / KB;
+    let ki = i % KB;
+    var s = 0.0;
+    for (var d = 0u; d < HD4; d++) {
+        s += dot(Qs[qi * HD4 + d], Ks[ki * KLD + d]);
+    }
+    return s * P.scale;
 }
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     let h = wg.x;
-    let tok = wg.y;
-    let n = TI[tok].y + 1u;
-    let cb = TI[tok].x * P.ctx * P.kv_ld;
-    let kvh = h / (P.n_head / P.n_kv);
-    let qb = tok * P.q_ld + h * P.hd;
-    let kb = kvh * P.hd;
-    var mx = -3.0e38;
-    for (var p = lid; p < n; p += 256u) {
-        let ko = cb + p * P.kv_ld + kb;
-        var s = 0.0;
-        for (var d = 0u; d < P.hd; d += 4u) {
-            let q4 = vec4<f32>(Q[qb + d], Q[qb + d + 1u], Q[qb + d + 2u], Q[qb + d + 3u]);
-            let k4 = vec4<f32>(KC[ko + d], KC[ko + d + 1u], KC[ko + d + 2u], KC[ko + d + 3u]);
-            s += dot(q4, k4);
+    let t0 = wg.y * QT;
+    let kb4 = (h / (P.n_head / P.n_kv)) * HD4;
+    if (lid < QT) {
+        let tok = t0 + lid;
+        if (tok < P.n_tok) {
+            Tseq[lid] = TI[tok].x;
+            Tpos[lid] = TI[tok].y;
+            Tdone[lid] = 0u;
+        } else {
+            Tseq[lid] = NONE;
+            Tpos[lid] = 0u;
+            Tdone[lid] = 1u;
         }
-        s *= P.scale;
-        S[p] = s;
-        mx = max(mx, s);
     }
-    red[lid] = mx;
-    workgroupBarrier();
-    for (var k = 128u; k > 0u; k >>= 1u) {
-        if (lid < k) {
-            red[lid] = max(red[lid], red[lid + k]);
+    for (var i = lid; i < QT * HD4; i += 256u) {
+        let tok = min(t0 + i / HD4, P.n_tok - 1u);
+        Qs[i] = Q[tok * (P.q_ld / 4u) + h * HD4 + i % HD4];
+    }
+    loop {
+        workgroupBarrier();
+        if (lid == 0u) {
+            var s = NONE;
+            var mp = 0u;
+            for (var i = 0u; i < QT; i++) {
+                if (Tdone[i] == 0u) {
+                    if (s == NONE) {
+                        s = Tseq[i];
+                    }
+                    if (Tseq[i] == s) {
+                        mp = max(mp, Tpos[i]);
+                    }
+                }
+            }
+            cur = vec2<u32>(s, mp);
+        }
+        let c = workgroupUniformLoad(&cur);
+        if (c.x == NONE) {
+            break;
+        }
+        let seq = c.x;
+        let nkeys = c.y + 1u;
+        let cb4 = seq * P.ctx * (P.kv_ld / 4u);
+        // Pass 1: running maximum and sum of exp per score slot (token i / KB, keys i % KB,
+        // i % KB + KB, ...), then per token over its KB slots.
+        var pm: array<f32, NS>;
+        var pl: array<f32, NS>;
+        for (var j = 0u; j < NS; j++) {
+            pm[j] = -3.0e38;
+            pl[j] = 0.0;
+        }
+        for (var kb0 = 0u; kb0 < nkeys; kb0 += KB) {
+            load_k(cb4, kb4, kb0, lid);
+            workgroupBarrier();
+            for (var j = 0u; j < NS; j++) {
+                let i = lid + 256u * j;
+                if (i < QT * KB) {
+                    let qi = i / KB;
+                    if (mine(qi, seq) && kb0 + i % KB <= Tpos[qi]) {
+                        let s = score(i);
+                        let mn = max(pm[j], s);
+                        pl[j] = pl[j] * exp(pm[j] - mn) + exp(s - mn);
+                        pm[j] = mn;
+                    }
+                }
+            }
+            workgroupBarrier();
+        }
+        for (var j = 0u; j < NS; j++) {
+            let i = lid + 256u * j;
+            if (i < QT * KB) {
+                Ps[i] = pm[j];
+                Ls2[i] = pl[j];
+            }
         }
         workgroupBarrier();
-    }
-    let m = red[0];
-    workgroupBarrier();
-    var sum = 0.0;
-    for (var p = lid; p < n; p += 256u) {
-        let e = exp(S[p] - m);
-        S[p] = e;
-        sum += e;
-    }
-    red[lid] = sum;
-    workgroupBarrier();
-    for (var k = 128u; k > 0u; k >>= 1u) {
-        if (lid < k) {
-            red[lid] += red[lid + k];
+        if (lid < QT) {
+            var m = -3.0e38;
+            for (var k = 0u; k < KB; k++) {
+                m = max(m, Ps[lid * KB + k]);
+            }
+            var l = 0.0;
+            for (var k = 0u; k < KB; k++) {
+                l += Ls2[lid * KB + k] * exp(Ps[lid * KB + k] - m);
+            }
+            Ms[lid] = m;
+            Ls[lid] = select(0.0, 1.0 / l, l > 0.0);
+        }
+        // Pass 2: probabilities and the weighted sum of V (thread: NO vec4 outputs).
+        var acc: array<vec4<f32>, NO>;
+        for (var j = 0u; j < NO; j++) {
+            acc[j] = vec4<f32>(0.0);
+        }
+        for (var kb0 = 0u; kb0 < nkeys; kb0 += KB) {
+            workgroupBarrier();
+            load_k(cb4, kb4, kb0, lid);
+            for (var i = lid; i < KB * HD4; i += 256u) {
+                let kp = kb0 + i / HD4;
+                var v = vec4<f32>(0.0);
+                if (kp < nkeys) {
+                    v = VC[cb4 + kp * (P.kv_ld / 4u) + kb4 + i % HD4];
+                }
+                Vs[i] = v;
+            }
+            workgroupBarrier();
+            for (var i = lid; i < QT * KB; i += 256u) {
+                let qi = i / KB;
+                let kp = kb0 + i % KB;
+                var p = 0.0;
+                if (mine(qi, seq) && kp <= Tpos[qi]) {
+                    p = r16(exp(score(i) - Ms[qi]) * Ls[qi]);
+                }
+                Ps[i] = p;
+            }
+            workgroupBarrier();
+            for (var j = 0u; j < NO; j++) {
+                let o = lid + 256u * j;
+                if (o < QT * HD4) {
+                    let qi = o / HD4;
+                    let d = o % HD4;
+                    var a = acc[j];
+                    for (var k = 0u; k < KB; k++) {
+                        a += Ps[qi * KB + k] * Vs[k * HD4 + d];
+                    }
+                    acc[j] = a;
+                }
+            }
+        }
+        for (var j = 0u; j < NO; j++) {
+            let o = lid + 256u * j;
+            if (o < QT * HD4 && mine(o / HD4, seq)) {
+                O[(t0 + o / HD4) * (P.o_ld / 4u) + h * HD4 + o % HD4] = acc[j];
+            }
         }
         workgroupBarrier();
-    }
-    let inv = 1.0 / red[0];
-    // 256 threads: hd columns × (256 / hd) position groups, combined through shared memory.
-    let groups = max(256u / P.hd, 1u);
-    let d = lid % P.hd;
-    let gi = lid / P.hd;
-    var acc = 0.0;
-    if (gi < groups) {
-        for (var p = gi; p < n; p += groups) {
-            acc += r16(S[p] * inv) * VC[cb + p * P.kv_ld + kb + d];
+        if (lid < QT && mine(lid, seq)) {
+            Tdone[lid] = 1u;
         }
-    }
-    workgroupBarrier();
-    red[lid] = acc;
-    workgroupBarrier();
-    if (lid < P.hd) {
-        var t = 0.0;
-        for (var g = 0u; g < groups; g++) {
-            t += red[g * P.hd + lid];
-        }
-        O[tok * P.o_ld + h * P.hd + lid] = t;
     }
 }

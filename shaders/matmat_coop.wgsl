@@ -1,12 +1,12 @@
 // Tiled dequantize-in-shader matrix × matrix on cooperative matrices (tensor cores):
 // Y[t][row] = W[row] · X[t] for prompt batches, f16 inputs, f32 accumulation.
 //
-// A workgroup (8 subgroups of 32) computes a BM-row × 64-token tile (BM = 64 or 128). Per
-// 32-wide step of K it dequantizes the BM × 32 weight tile and converts the 32 × 64 input
-// tile to f16 in workgroup memory; subgroup s multiplies rows (BM/4)·(s % 4) .. +BM/4 with
-// tokens 32·(s / 4) .. +32 as (BM/64)·2 products of 16 × 16 × 16 per 16 of K. The tile
-// result goes through workgroup memory so the output modes of matvec.wgsl (store, residual
-// add, SwiGLU) apply per element.
+// A workgroup (8 subgroups of 32) computes a BM-row × BN-token tile. Per stage of KU
+// 32-weight units (KS = 32·KU of K) it dequantizes the BM × KS weight tile once and converts
+// the BN × KS input tile to f16 in workgroup memory; subgroup s owns WR rows × WT tokens
+// ((WR/16)·(WT/16) accumulators of 16 × 16) and issues that many products per 16 of K.
+// Each accumulator then goes through the subgroup's 16 × 16 slice of workgroup memory so
+// the output modes of matvec.wgsl (store, residual add, SwiGLU) apply per element.
 enable f16;
 enable wgpu_cooperative_matrix;
 
@@ -31,73 +31,37 @@ struct Params {
 @group(0) @binding(3) var<uniform> P: Params;
 
 const UPB: u32 = $UPBu;
-// Row strides (elements) of the tiles: multiples of 8 f16 / 4 f32 (16 bytes), padded
-// against bank conflicts.
-const LDW: u32 = 40u;
 const BM: u32 = $BMu;
-const LDC: u32 = BM;
+const BN: u32 = $BNu;
+const KU: u32 = $KUu;
+const KS: u32 = KU * 32u;
+// Row stride (elements) of the tiles: KS + 8 f16 (16 bytes of padding against bank conflicts
+// of the cooperative loads).
+const LDW: u32 = KS + 8u;
+const WR: u32 = $WRu;
+const WT: u32 = $WTu;
+const SGR: u32 = BM / WR;
 
 var<workgroup> Ws: array<f16, BM * LDW>;  // [BM rows][LDW]: W[row][k]
-var<workgroup> Xs: array<f16, 2560>;      // [64 tokens][LDW]: X[t][k]
-var<workgroup> Cs: array<f32, 64u * LDC>;  // [64 tokens][LDC]: Y[t][row]
+var<workgroup> Xs: array<f16, BN * LDW>;  // [BN tokens][LDW]: X[t][k]
+var<workgroup> Cs: array<f32, 2048>;      // per subgroup one 16 × 16 tile, column-major
 
 $DEQ
 
-@compute @workgroup_size(256)
-fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
-    let row_base = wg.x * BM;
-    let tok_base = wg.y * 64u;
-    let sg = lid / 32u;
-    let rb = (sg % 4u) * (BM / 4u);
-    let tb = (sg / 4u) * 32u;
-$ACC_DECL
-    for (var u = 0u; u < P.units; u++) {
-        for (var h = 0u; h < BM / 32u; h++) {
-            let p = lid + h * 256u;
-            let wr = p / 8u;
-            let j = p % 8u;
-            let r = min(row_base + wr, P.rows - 1u);
-            let gu = r * P.units + u;
-            let w = vec4<f16>(deq4(gu / UPB, gu % UPB, j));
-            let wo = wr * LDW + 4u * j;
-            Ws[wo] = w.x;
-            Ws[wo + 1u] = w.y;
-            Ws[wo + 2u] = w.z;
-            Ws[wo + 3u] = w.w;
-        }
-        for (var h = 0u; h < 2u; h++) {
-            let p = lid + h * 256u;
-            let xt = p / 8u;
-            let j = p % 8u;
-            let t = min(tok_base + xt, P.n_tok - 1u);
-            let xv = vec4<f16>(X[P.x_off + t * P.ld_x + u * 8u + j]);
-            let xo = xt * LDW + 4u * j;
-            Xs[xo] = xv.x;
-            Xs[xo + 1u] = xv.y;
-            Xs[xo + 2u] = xv.z;
-            Xs[xo + 3u] = xv.w;
-        }
-        workgroupBarrier();
-        for (var kk = 0u; kk < 32u; kk += 16u) {
-            let b0 = coopLoad<coop_mat16x16<f16, B>>(&Xs[tb * LDW + kk], LDW);
-            let b1 = coopLoad<coop_mat16x16<f16, B>>(&Xs[(tb + 16u) * LDW + kk], LDW);
-$ACC_MMA
-        }
-        workgroupBarrier();
-    }
-    // C[row][t] column-major = Cs[t][row].
-$ACC_STORE
-    workgroupBarrier();
-    for (var i = 0u; i < BM / 4u; i++) {
-        let idx = lid + i * 256u;
-        let rr = idx % BM;
-        let tt = idx / BM;
-        let row = row_base + rr;
-        let tok = tok_base + tt;
+// The output modes for one 16 × 16 accumulator tile (rows r0.., tokens t0.. of the
+// workgroup's tile) that subgroup `sg` stored into Cs.
+fn epilogue(sg: u32, lane: u32, r0: u32, t0: u32) {
+    let cb = sg * 256u;
+    for (var e = 0u; e < 8u; e++) {
+        let idx = lane + 32u * e;
+        let rr = idx % 16u;
+        let tt = idx / 16u;
+        let row = r0 + rr;
+        let tok = t0 + tt;
         if (row >= P.rows || tok >= P.n_tok) {
             continue;
         }
-        let v = Cs[tt * LDC + rr];
+        let v = Cs[cb + tt * 16u + rr];
         let orow = P.row0 + row;
         let o = P.y_off + tok * P.ld_y + orow;
         if (P.mode == 0u) {
@@ -108,8 +72,61 @@ $ACC_STORE
             let gt = Y[o + P.pad0];
             Y[o] = gt / (1.0 + exp(-gt)) * v;
         } else if ((orow & 1u) == 0u) {
-            let up = Cs[tt * LDC + rr + 1u];
+            let up = Cs[cb + tt * 16u + rr + 1u];
             Y[P.y_off + tok * P.ld_y + orow / 2u] = v / (1.0 + exp(-v)) * up;
         }
     }
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
+    let row_base = wg.x * BM;
+    let tok_base = wg.y * BN;
+    let sg = lid / 32u;
+    let lane = lid % 32u;
+    let rb = (sg % SGR) * WR;
+    let tb = (sg / SGR) * WT;
+$ACC_DECL
+    for (var u0 = 0u; u0 < P.units; u0 += KU) {
+        // Weights: BM rows × KU units × 8 groups of 4, each dequantized once.
+        for (var h = 0u; h < BM * KU / 32u; h++) {
+            let p = lid + h * 256u;
+            let wr = p / (8u * KU);
+            let q = p % (8u * KU);
+            let u = u0 + q / 8u;
+            var w = vec4<f16>(0.0);
+            if (u < P.units) {
+                let gu = min(row_base + wr, P.rows - 1u) * P.units + u;
+                w = vec4<f16>(deq4(gu / UPB, gu % UPB, q % 8u));
+            }
+            let wo = wr * LDW + 4u * q;
+            Ws[wo] = w.x;
+            Ws[wo + 1u] = w.y;
+            Ws[wo + 2u] = w.z;
+            Ws[wo + 3u] = w.w;
+        }
+        // Inputs: BN tokens × KS values.
+        for (var h = 0u; h < BN * KU / 32u; h++) {
+            let p = lid + h * 256u;
+            let xt = p / (8u * KU);
+            let q = p % (8u * KU);
+            var xv = vec4<f16>(0.0);
+            if (u0 + q / 8u < P.units) {
+                let t = min(tok_base + xt, P.n_tok - 1u);
+                xv = vec4<f16>(X[P.x_off + t * P.ld_x + u0 * 8u + q]);
+            }
+            let xo = xt * LDW + 4u * q;
+            Xs[xo] = xv.x;
+            Xs[xo + 1u] = xv.y;
+            Xs[xo + 2u] = xv.z;
+            Xs[xo + 3u] = xv.w;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < KS; kk += 16u) {
+$ACC_MMA
+        }
+        workgroupBarrier();
+    }
+    // C[row][t] column-major: Cs[t][row] per 16 × 16 tile.
+$ACC_STORE
 }

@@ -1,8 +1,8 @@
-//! The cooperative-matrix (tensor core) prompt kernel's assembly: tile sizes per type and the
+//! The cooperative-matrix (tensor core) prompt kernel's assembly: tile shapes per type and the
 //! generated WGSL for every type. lavapipe has no cooperative matrices, so this checks the
-//! text the engine would compile (no placeholders left, one 16×16 accumulator pair per 64
-//! rows, the tile the dispatch uses) without compiling it; its numerics were checked on an
-//! H100 with `ggufq bench --kernels` (docs/BENCHMARKS.md, session 3).
+//! text the engine would compile (no placeholders left, the accumulators of the tile shape,
+//! the tile the dispatch uses) and validates it with naga, wgpu's WGSL front end; its
+//! numerics are checked on an H100 by `ggufq bench --kernels` (docs/BENCHMARKS.md).
 #![cfg(feature = "gpu")]
 
 use ggufq::gpu::kernels::{matmat_tile, matmat_tolerance, KernelKey, Kernels};
@@ -21,6 +21,20 @@ const TYPES: [&str; 13] = [
     "Q6_K",
 ];
 
+/// Parse and validate WGSL with naga (the front end wgpu compiles with), every capability on:
+/// the cooperative-matrix kernels cannot run on lavapipe, but their text must be valid.
+fn validate(src: &str, what: &str) {
+    use wgpu::naga;
+    let module = naga::front::wgsl::parse_str(src)
+        .unwrap_or_else(|e| panic!("{what}: WGSL parse error: {}\n{src}", e.emit_to_string(src)));
+    naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    )
+    .validate(&module)
+    .unwrap_or_else(|e| panic!("{what}: WGSL validation error: {e:?}"));
+}
+
 #[test]
 fn coop_matmat_source_and_tiles_every_type() {
     let Some(mut ctx) = context() else { return };
@@ -33,30 +47,52 @@ fn coop_matmat_source_and_tiles_every_type() {
         assert!(!src.contains("coop"), "{name}: f32 kernel uses coop");
     }
     assert!(matmat_tolerance(&ctx) <= 1e-4);
-    // With them (as on an H100): per-type tiles, and a forced size for every type.
+    // With them (as on an H100): per-type tiles, and every forced shape for every type.
     ctx.facts.coop_matrix = true;
-    for bm in [0u32, 64, 128] {
+    for (bm, bn, ku) in [
+        (0u32, 0u32, 0u32),
+        (64, 64, 1),
+        (128, 64, 1),
+        (64, 128, 2),
+        (128, 128, 2),
+        (128, 128, 1),
+    ] {
         ctx.tune.coop_bm = bm;
+        ctx.tune.coop_bn = bn;
+        ctx.tune.coop_ku = ku;
         for name in TYPES {
             let ty = GgmlType::from_name(name).unwrap().id();
-            let (rows, toks) = matmat_tile(&ctx, ty);
-            let legacy = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"].contains(&name);
-            let want = if bm != 0 {
-                bm
-            } else if legacy {
-                128
-            } else {
-                64
-            };
-            assert_eq!((rows, toks), (want, 64), "{name} bm {bm}");
+            let tile = ctx.tune.coop_tile(ty);
+            let or = |v: u32, d: u32| if v != 0 { v } else { d };
+            let want = (or(bm, 64), or(bn, 128), or(ku, 1));
+            assert_eq!((tile.bm, tile.bn, tile.ku), want, "{name} {bm} {bn} {ku}");
+            assert_eq!(matmat_tile(&ctx, ty), (tile.bm, tile.bn), "{name}");
+            // 48 KiB is the workgroup memory of the H100's Vulkan driver.
+            assert!(tile.shared_bytes() <= 48 * 1024, "{tile:?}");
+            // 8 subgroups cover the tile exactly.
+            let (wr, wt) = tile.subgroup_tile();
+            assert_eq!((tile.bm / wr) * (tile.bn / wt), 8, "{tile:?}");
             let src = Kernels::source(&ctx, &KernelKey::MatMat { ty }).unwrap();
             assert!(!src.contains('$'), "{name}: placeholder left in\n{src}");
             assert!(src.contains("enable wgpu_cooperative_matrix;"), "{name}");
-            assert!(src.contains(&format!("const BM: u32 = {rows}u;")), "{name}");
-            let acc = (rows / 64) as usize * 2;
+            assert!(
+                src.contains(&format!("const BM: u32 = {}u;", tile.bm)),
+                "{name}"
+            );
+            assert!(
+                src.contains(&format!("const BN: u32 = {}u;", tile.bn)),
+                "{name}"
+            );
+            assert!(
+                src.contains(&format!("const KU: u32 = {}u;", tile.ku)),
+                "{name}"
+            );
+            let acc = tile.accumulators() as usize;
+            assert_eq!(acc, (wr / 16 * (wt / 16)) as usize);
             assert_eq!(src.matches("coopMultiplyAdd(").count(), acc, "{name}");
             assert_eq!(src.matches("coopStore(").count(), acc, "{name}");
             assert!(src.contains("fn deq4("), "{name}");
+            validate(&src, &format!("{name} {tile:?}"));
         }
     }
     assert!(matmat_tolerance(&ctx) > 1e-4);

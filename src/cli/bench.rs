@@ -100,8 +100,14 @@ pub struct Args {
     /// With --kernels: only these types (comma-separated, e.g. Q4_K,Q4_0).
     #[arg(long, value_delimiter = ',')]
     pub kernel_types: Vec<String>,
+    /// Check the prompt-path kernels (tiled mat-mat, cooperative matrices where available,
+    /// and the tiled attention) against CPU dequantization and the decode path; exit 1 on a
+    /// mismatch. For device runs.
+    #[arg(long, hide = true)]
+    pub kernel_check: bool,
     /// Before the tests, profile decode steps of each model: GPU time per kernel role
-    /// (timestamp queries), GPU time of the whole pass and the CPU phases of a forward call.
+    /// (timestamp queries), GPU time of the whole pass and the CPU phases of a forward call;
+    /// with -p, also a prompt of the largest -p size (per role µs and TFLOP/s).
     #[arg(long)]
     pub profile: bool,
     /// No progress output.
@@ -179,7 +185,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         );
     }
     let duration = args.duration.as_deref().map(parse_duration).transpose()?;
-    if args.models.is_empty() && args.synth.is_empty() && !args.kernels {
+    if args.models.is_empty() && args.synth.is_empty() && !args.kernels && !args.kernel_check {
         bail!("no model given (MODEL... or --synth SHAPE:TYPE)");
     }
     if args.parallel == 0 {
@@ -585,6 +591,18 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
     if args.kernels {
         return kernel_bench(&ctx, &args, peak);
     }
+    if args.kernel_check {
+        let c = ggufq::gpu::selfcheck::self_check(&ctx)?;
+        for l in &c.lines {
+            println!("{l}");
+        }
+        if !c.ok {
+            eprintln!("kernel check FAILED: a prompt-path kernel disagrees with its reference");
+            return Ok(EXIT_CHECK_FAILED);
+        }
+        println!("kernel check ok");
+        return Ok(EXIT_OK);
+    }
     let n_ctx = ctx_needed(&args);
     let mut sources: Vec<(Box<dyn WeightSource>, Option<PathBuf>)> = Vec::new();
     for p in &args.models {
@@ -673,7 +691,14 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
         }
         if args.profile {
             let p = ggufq::gpu::profile::profile_decode(&mut model, 32)?;
-            let md = p.to_markdown(&src.label(), peak);
+            let mut md = p.to_markdown(&src.label(), peak);
+            // Prompt batches run the batch graph: profiled for the largest -p size.
+            let np = args.n_prompt.iter().copied().max().unwrap_or(0);
+            if np > 1 {
+                let pp = ggufq::gpu::prompt_profile::profile_prompt(&mut model, np, 3)?;
+                md.push('\n');
+                md.push_str(&pp.to_markdown(&src.label()));
+            }
             if args.output == "md" {
                 println!("{md}");
             } else {

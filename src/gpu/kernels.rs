@@ -108,30 +108,78 @@ pub fn deq_source(ty: GgmlType, buf: &str, suffix: &str, doff: &str) -> Result<S
         .replace("$DOFF", doff))
 }
 
-/// The cooperative-matrix mat-mat kernel for `bm` rows per workgroup (64 or 128): each of
-/// the 8 subgroups holds (bm / 64) × 2 accumulators of 16 × 16.
-fn coop_source(bm: u32, upb: usize, deq: &str) -> String {
-    let rb = (bm / 64) as usize;
+/// Shape of the cooperative-matrix mat-mat kernel's workgroup tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CoopTile {
+    /// Weight rows per workgroup (64 or 128).
+    pub bm: u32,
+    /// Tokens per workgroup (64 or 128).
+    pub bn: u32,
+    /// 32-weight units of K per stage (1 or 2): one pair of barriers per stage.
+    pub ku: u32,
+}
+
+impl CoopTile {
+    /// Rows × tokens of each of the 8 subgroups: 4 × 2 subgroups over rows × tokens when
+    /// the tile has at least as many rows as tokens, else 2 × 4.
+    pub fn subgroup_tile(&self) -> (u32, u32) {
+        if self.bm >= self.bn {
+            (self.bm / 4, self.bn / 2)
+        } else {
+            (self.bm / 2, self.bn / 4)
+        }
+    }
+
+    /// 16 × 16 accumulators per subgroup.
+    pub fn accumulators(&self) -> u32 {
+        let (wr, wt) = self.subgroup_tile();
+        (wr / 16) * (wt / 16)
+    }
+
+    /// Workgroup memory of the kernel in bytes (f16 tiles of rows and tokens with a 16-byte
+    /// pad per row, and 8 KiB for the accumulator epilogue).
+    pub fn shared_bytes(&self) -> u32 {
+        (self.bm + self.bn) * (32 * self.ku + 8) * 2 + 8192
+    }
+}
+
+/// The cooperative-matrix mat-mat kernel for `tile`: each of the 8 subgroups holds
+/// [`CoopTile::accumulators`] accumulators of 16 × 16.
+fn coop_source(tile: CoopTile, upb: usize, deq: &str) -> String {
+    let (wr, wt) = tile.subgroup_tile();
+    let (fr, fc) = ((wr / 16) as usize, (wt / 16) as usize);
     let (mut decl, mut mma, mut store) = (String::new(), String::new(), String::new());
-    for i in 0..rb {
+    for i in 0..fr {
         mma.push_str(&format!(
             "            let a_{i} = coopLoadT<coop_mat16x16<f16, A>>(&Ws[(rb + {}u) * LDW + kk], LDW);\n",
             16 * i
         ));
-        for j in 0..2 {
+    }
+    for j in 0..fc {
+        mma.push_str(&format!(
+            "            let b_{j} = coopLoad<coop_mat16x16<f16, B>>(&Xs[(tb + {}u) * LDW + kk], LDW);\n",
+            16 * j
+        ));
+    }
+    for i in 0..fr {
+        for j in 0..fc {
             decl.push_str(&format!("    var c_{i}_{j} = coop_mat16x16<f32, C>();\n"));
             mma.push_str(&format!(
-                "            c_{i}_{j} = coopMultiplyAdd(a_{i}, b{j}, c_{i}_{j});\n"
+                "            c_{i}_{j} = coopMultiplyAdd(a_{i}, b_{j}, c_{i}_{j});\n"
             ));
             store.push_str(&format!(
-                "    coopStore(c_{i}_{j}, &Cs[(tb + {}u) * LDC + rb + {}u], LDC);\n",
-                16 * j,
-                16 * i
+                "    coopStore(c_{i}_{j}, &Cs[sg * 256u], 16u);\n    workgroupBarrier();\n    epilogue(sg, lane, row_base + rb + {}u, tok_base + tb + {}u);\n    workgroupBarrier();\n",
+                16 * i,
+                16 * j
             ));
         }
     }
     MATMAT_COOP_WGSL
-        .replace("$BM", &bm.to_string())
+        .replace("$BM", &tile.bm.to_string())
+        .replace("$BN", &tile.bn.to_string())
+        .replace("$KU", &tile.ku.to_string())
+        .replace("$WR", &wr.to_string())
+        .replace("$WT", &wt.to_string())
         .replace("$UPB", &upb.to_string())
         .replace("$ACC_DECL", &decl)
         .replace("$ACC_MMA", &mma)
@@ -142,7 +190,8 @@ fn coop_source(bm: u32, upb: usize, deq: &str) -> String {
 /// Rows × tokens of one workgroup of the tiled mat-mat kernel for weight type id `ty` on `ctx`.
 pub fn matmat_tile(ctx: &GpuContext, ty: u32) -> (u32, u32) {
     if ctx.facts.coop_matrix {
-        (ctx.tune.coop_rows(ty), 64)
+        let t = ctx.tune.coop_tile(ty);
+        (t.bm, t.bn)
     } else {
         (64, 64)
     }
@@ -156,6 +205,33 @@ pub fn matmat_tolerance(ctx: &GpuContext) -> f64 {
     } else {
         1e-4
     }
+}
+
+/// Tokens per workgroup and keys per block of the tiled prompt attention for head size `hd`
+/// (a multiple of 4, at most 256) with `shared` bytes of workgroup memory: `qt` tokens
+/// (16 or 32, [`Tune::attn_qt`]) × 16 keys where its tiles fit (head size 128: 25 KiB for 16
+/// tokens, 37 KiB for 32), else fewer. Errors when not even 4 × 8 fit.
+pub fn attention_tile(hd: u32, shared: u32, qt: u32) -> Result<(u32, u32)> {
+    if hd % 4 != 0 || hd == 0 || hd > 256 {
+        return Err(Error::msg(format!(
+            "attention: head size {hd} is not a multiple of 4 in 4..=256"
+        )));
+    }
+    let hd4 = hd / 4;
+    // Q tile, padded K block and V block (vec4s), two score arrays, per-token state.
+    let bytes = |qt: u32, kb: u32| {
+        16 * (qt * hd4 + kb * (hd4 + 1) + kb * hd4) + 4 * (2 * kb * qt + 5 * qt) + 8
+    };
+    [(qt, 16u32), (16, 16), (8, 16), (8, 8), (4, 8)]
+        .into_iter()
+        .filter(|&(q, _)| q <= qt.max(4))
+        .find(|&(q, kb)| q * hd4 <= 1024 && bytes(q, kb) <= shared)
+        .ok_or_else(|| {
+            Error::msg(format!(
+                "attention: head size {hd} needs {} bytes of workgroup memory, the adapter has {shared}",
+                bytes(4, 8)
+            ))
+        })
 }
 
 /// Rows per warp of the decode kernel (x reuse across rows).
@@ -189,8 +265,15 @@ pub struct Tune {
     /// GGUFQ_ACTQ=0 keeps f32 activations (the engine before session 3, for comparisons).
     pub act_round: bool,
     /// Rows per workgroup of the cooperative-matrix mat-mat kernel for every type
-    /// (GGUFQ_COOP_BM: 64 or 128); 0 = per type ([`Tune::coop_rows`]).
+    /// (GGUFQ_COOP_BM: 64 or 128); 0 = per type ([`Tune::coop_tile`]).
     pub coop_bm: u32,
+    /// Tokens per workgroup of that kernel (GGUFQ_COOP_BN: 64 or 128); 0 = default (128).
+    pub coop_bn: u32,
+    /// 32-weight units of K per stage of that kernel (GGUFQ_COOP_KU: 1 or 2); 0 = default (1).
+    pub coop_ku: u32,
+    /// Tokens per workgroup of the tiled prompt attention (GGUFQ_ATTN_QT: 16 or 32), where
+    /// the adapter's workgroup memory holds them ([`attention_tile`]).
+    pub attn_qt: u32,
     /// Compile kernels without naga's bounds checks and loop bounding (the kernels clamp
     /// their own indices); GGUFQ_SHADER_CHECKS=1 keeps the checks.
     pub unchecked: bool,
@@ -307,17 +390,17 @@ impl Tune {
         }
     }
 
-    /// Rows per workgroup of the cooperative-matrix mat-mat kernel for type id `ty`: 128 for
-    /// the 32-weight block types, 64 for K-quants and float types. On the H100 (session 3,
-    /// 11008×4096, 512 tokens) 128 rows gave Q8_0 48.7 vs 32.1 TFLOP/s and the Q4_0 7B model
-    /// 2549 vs 2277 t/s pp512, but Q4_K 33.2 vs 37.8 and Q6_K 9.2 vs 35.3 TFLOP/s.
-    pub fn coop_rows(&self, ty: u32) -> u32 {
-        if self.coop_bm != 0 {
-            return self.coop_bm;
-        }
-        match GgmlType::from_id(ty).map(|t| t.name()) {
-            Some("Q4_0" | "Q4_1" | "Q5_0" | "Q5_1" | "Q8_0") => 128,
-            _ => 64,
+    /// Workgroup tile of the cooperative-matrix mat-mat kernel for type id `ty`: 64 rows ×
+    /// 128 tokens, one 32-weight unit of K per stage, for every type. On the H100 (session 4,
+    /// 7B pp512, 6 tile shapes) it beat 64 × 64 (session 3's K-quant tile) by 31–47 % and
+    /// 128 × 64 (session 3's Q4_0…Q8_0 tile) by 19–29 % on all five mixes; two units per
+    /// stage were 35–46 % slower, and 128 × 128 was slower in the kernel bench.
+    pub fn coop_tile(&self, _ty: u32) -> CoopTile {
+        let or = |v: u32, d: u32| if v != 0 { v } else { d };
+        CoopTile {
+            bm: or(self.coop_bm, 64),
+            bn: or(self.coop_bn, 128),
+            ku: or(self.coop_ku, 1),
         }
     }
 
@@ -355,6 +438,9 @@ impl Tune {
             udot: std::env::var("GGUFQ_UDOT").as_deref() != Ok("0"),
             act_round: std::env::var("GGUFQ_ACTQ").as_deref() != Ok("0"),
             coop_bm: get("GGUFQ_COOP_BM", 0, &[64, 128]),
+            coop_bn: get("GGUFQ_COOP_BN", 0, &[64, 128]),
+            coop_ku: get("GGUFQ_COOP_KU", 0, &[1, 2]),
+            attn_qt: get("GGUFQ_ATTN_QT", 16, &[16, 32]),
             unchecked: std::env::var("GGUFQ_SHADER_CHECKS").as_deref() != Ok("1"),
             fuse: std::env::var("GGUFQ_FUSE").as_deref() != Ok("0"),
             unroll: get("GGUFQ_UNROLL", 1, &[1, 2, 4]),
@@ -379,8 +465,9 @@ pub enum KernelKey {
     RmsNorm,
     /// RoPE + KV store.
     Rope,
-    /// Attention with a shared score array of `ctx` entries.
-    Attention { ctx: u32 },
+    /// Tiled prompt attention (`shaders/attention.wgsl`) for head size `hd`, `qt` tokens per
+    /// workgroup and blocks of `kb` keys ([`attention_tile`]).
+    Attention { hd: u32, qt: u32, kb: u32 },
     /// Decode mat-vec (one token) whose prologue applies RMSNorm to its `k4`·4-long input
     /// (held in workgroup memory), then the activation rounding `act` (a
     /// [`super::actq::kind_of`] code, 0 none), NR rows per warp.
@@ -1124,7 +1211,7 @@ impl Kernels {
                 let lay = layout(gt)?;
                 let deq = deq_source(gt, "W", "", "P.d_off")?;
                 if ctx.facts.coop_matrix {
-                    coop_source(ctx.tune.coop_rows(*ty), lay.units_per_block(), &deq)
+                    coop_source(ctx.tune.coop_tile(*ty), lay.units_per_block(), &deq)
                 } else {
                     MATMAT_WGSL
                         .replace("$UPB", &lay.units_per_block().to_string())
@@ -1133,7 +1220,10 @@ impl Kernels {
             }
             KernelKey::RmsNorm => RMSNORM_WGSL.to_string(),
             KernelKey::Rope => ROPE_WGSL.to_string(),
-            KernelKey::Attention { ctx: n } => ATTENTION_WGSL.replace("$CTX", &n.to_string()),
+            KernelKey::Attention { hd, qt, kb } => ATTENTION_WGSL
+                .replace("$HD4", &(hd / 4).to_string())
+                .replace("$QT", &qt.to_string())
+                .replace("$KB", &kb.to_string()),
             KernelKey::ActQ => ACTQ_WGSL.to_string(),
         })
     }

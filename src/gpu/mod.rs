@@ -10,7 +10,9 @@ pub mod kernels;
 pub mod model;
 pub mod ops;
 pub mod profile;
+pub mod prompt_profile;
 pub mod reference;
+pub mod selfcheck;
 pub mod source;
 
 pub use backend::GpuBackend;

@@ -569,6 +569,13 @@ impl GpuModel {
         let (bgl_nq, pl_nq) = buffer_layouts(&ctx, "norm q8", b"rrwu");
         let (bgl_attd, pl_attd) = buffer_layouts(&ctx, "attn decode", b"rwwwurr");
         let (bgl_attn, pl_attn) = buffer_layouts(&ctx, "attn", b"rrrwur");
+        let (attn_qt, attn_kb) =
+            super::kernels::attention_tile(hd as u32, ctx.facts.shared_mem, ctx.tune.attn_qt)?;
+        let attn_key = KernelKey::Attention {
+            hd: hd as u32,
+            qt: attn_qt,
+            kb: attn_kb,
+        };
 
         // Steps (bind groups reference a params slot each).
         // Batch graph (up to 11 dispatches per layer), activation roundings, decode graph.
@@ -878,9 +885,7 @@ impl GpuModel {
                 role: "attention",
                 bind: bg(&bgl_attn, &[&qkvb, &ly.kc, &ly.vc, &att, &tinfo], slot),
                 slot,
-                key: KernelKey::Attention {
-                    ctx: opts.n_ctx as u32,
-                },
+                key: attn_key.clone(),
                 n: 0,
             });
             let slot = steps.len();
@@ -1175,6 +1180,40 @@ impl GpuModel {
             .collect()
     }
 
+    /// Role of every dispatch of an `n`-token forward call (the batch graph when `n` > 1 or
+    /// the decode graph is off), in order.
+    pub fn step_roles_for(&self, n: usize) -> Vec<&'static str> {
+        let mode = self.mode(n);
+        self.steps
+            .iter()
+            .filter(|s| s.when == When::Always || s.when == mode)
+            .map(|s| s.role)
+            .collect()
+    }
+
+    /// Multiply-add FLOPs (2 per weight and token) of every dispatch of an `n`-token forward
+    /// call that returns the last token's logits only, in [`step_roles_for`] order (0 for
+    /// kernels without weights).
+    ///
+    /// [`step_roles_for`]: Self::step_roles_for
+    pub fn step_flops_for(&self, n: usize) -> Vec<f64> {
+        let mode = self.mode(n);
+        self.steps
+            .iter()
+            .filter(|s| s.when == When::Always || s.when == mode)
+            .map(|s| match s.kind {
+                StepKind::Mat {
+                    m, c, last_only, ..
+                } => {
+                    let mat = &self.mats[m];
+                    let ntok = if last_only { 1 } else { n };
+                    2.0 * mat.chunks[c].rows as f64 * mat.cols as f64 * ntok as f64
+                }
+                _ => 0.0,
+            })
+            .collect()
+    }
+
     /// CPU time spent in the forward calls so far (reset with [`reset_cpu_times`]).
     ///
     /// [`reset_cpu_times`]: Self::reset_cpu_times
@@ -1356,7 +1395,12 @@ impl GpuModel {
                         0,
                         0,
                     ];
-                    wg = (cfg.n_head as u32, n as u32);
+                    wg = match &s.key {
+                        KernelKey::Attention { qt, .. } => {
+                            (cfg.n_head as u32, (n as u32).div_ceil(*qt))
+                        }
+                        _ => (cfg.n_head as u32, n as u32),
+                    };
                 }
             }
             pbytes[s.slot * SLOT..s.slot * SLOT + 48].copy_from_slice(bytemuck::cast_slice(&p));
