@@ -5,6 +5,14 @@
 // f16 Q of llama.cpp do, stores K and V into the cache (the first head of each KV group does),
 // and attends over positions 0 ..= pos: older positions from the cache, the new one from
 // workgroup memory, so no other workgroup's store is read.
+//
+// Split (flash-decoding, NCH > 1): wg.x = head · NCH + chunk; the head's positions 0 ..= pos
+// are cut into NCH chunks of L = max(LMIN, ceil((pos + 1) / NCH)) positions (trailing chunks
+// may be empty), and each workgroup writes its chunk's accumulator (normalised by the chunk's
+// own sum) to O[((tok · n_head + h) · NCH + c) · hd ..] and (max, sum) to
+// O[P.pad1 + 2 · ((tok · n_head + h) · NCH + c) ..]; the rounding of the attention output
+// combines them (`attn_combine` in src/gpu/kernels.rs). The workgroup whose chunk holds `pos`
+// stores the new K and V; the others read only older positions from the cache.
 struct Params {
     n_head: u32,
     n_kv: u32,
@@ -16,7 +24,7 @@ struct Params {
     o_ld: u32,
     scale: f32,
     n_rot: u32,
-    pad1: u32,
+    pad1: u32, // split: word of the first (max, sum) pair in O
     pad2: u32,
 }
 @group(0) @binding(0) var<storage, read> QKV: array<f32>;
@@ -30,6 +38,8 @@ struct Params {
 const CTX: u32 = $CTXu;
 // Head size / 4, a constant so that the loops over a head unroll (all loads in flight).
 const HD4: u32 = $HD4u;
+const NCH: u32 = $NCHu;
+const LMIN: u32 = $LMINu;
 var<workgroup> S: array<f32, CTX>;
 var<workgroup> red: array<f32, 256>;
 var<workgroup> qs: array<vec4<f32>, 64>;
@@ -43,11 +53,15 @@ fn r16(x: f32) -> f32 {
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
-    let h = wg.x;
+    let h = wg.x / NCH;
+    let ch = wg.x % NCH;
     let tok = wg.y;
     let seq = TI[tok].x;
     let pos = TI[tok].y;
     let n = pos + 1u;
+    let clen = max(LMIN, (n + NCH - 1u) / NCH);
+    let p0 = min(n, ch * clen);
+    let p1 = min(n, p0 + clen);
     let grp = P.n_head / P.n_kv;
     let kvh = h / grp;
     let hd4 = HD4;
@@ -85,7 +99,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     let kvl4 = P.kv_ld / 4u;
     let cb4 = seq * P.ctx * kvl4;
     let kb4 = kvh * hd4;
-    if (h % grp == 0u) {
+    if (h % grp == 0u && p0 <= pos && pos < p1) {
         let so = cb4 + pos * kvl4 + kb4;
         for (var i = lid; i < hd4; i += 256u) {
             KC[so + i] = ks[i];
@@ -93,7 +107,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
         }
     }
     var mx = -3.0e38;
-    for (var p = lid; p < n; p += 256u) {
+    for (var p = p0 + lid; p < p1; p += 256u) {
         var s = 0.0;
         if (p == pos) {
             for (var d = 0u; d < HD4; d++) {
@@ -106,11 +120,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
             }
         }
         s *= P.scale;
-        S[p] = s;
+        S[p - p0] = s;
         mx = max(mx, s);
     }
 $RED_MAX    var sum = 0.0;
-    for (var p = lid; p < n; p += 256u) {
+    for (var p = lid; p < p1 - p0; p += 256u) {
         let e = exp(S[p] - m);
         S[p] = e;
         sum += e;
@@ -123,22 +137,23 @@ $RED_SUM    // hd/4 threads per position group (one vec4 of V each), 256 / (hd/4
     if (gi < groups) {
         // Older positions four at a time (four loads in flight), the new one from vs.
         let vb = cb4 + kb4 + d4;
-        var p = gi;
-        for (; p + 3u * groups < pos; p += 4u * groups) {
+        let pe = min(p1, pos);
+        var p = p0 + gi;
+        for (; p + 3u * groups < pe; p += 4u * groups) {
             let v0 = VC[vb + p * kvl4];
             let v1 = VC[vb + (p + groups) * kvl4];
             let v2 = VC[vb + (p + 2u * groups) * kvl4];
             let v3 = VC[vb + (p + 3u * groups) * kvl4];
-            acc += r16(S[p] * inv) * v0;
-            acc += r16(S[p + groups] * inv) * v1;
-            acc += r16(S[p + 2u * groups] * inv) * v2;
-            acc += r16(S[p + 3u * groups] * inv) * v3;
+            acc += r16(S[p - p0] * inv) * v0;
+            acc += r16(S[p + groups - p0] * inv) * v1;
+            acc += r16(S[p + 2u * groups - p0] * inv) * v2;
+            acc += r16(S[p + 3u * groups - p0] * inv) * v3;
         }
-        for (; p < pos; p += groups) {
-            acc += r16(S[p] * inv) * VC[vb + p * kvl4];
+        for (; p < pe; p += groups) {
+            acc += r16(S[p - p0] * inv) * VC[vb + p * kvl4];
         }
-        if (p == pos) {
-            acc += r16(S[p] * inv) * vs[d4];
+        if (p == pos && pos < p1) {
+            acc += r16(S[p - p0] * inv) * vs[d4];
         }
     }
     vred[lid] = acc;
@@ -148,7 +163,15 @@ $RED_SUM    // hd/4 threads per position group (one vec4 of V each), 256 / (hd/4
         for (var g = 0u; g < groups; g++) {
             t += vred[g * hd4 + lid];
         }
-        let o = tok * P.o_ld + h * P.hd + 4u * lid;
+        var o = tok * P.o_ld + h * P.hd + 4u * lid;
+        if (NCH > 1u) {
+            let part = (tok * P.n_head + h) * NCH + ch;
+            o = part * P.hd + 4u * lid;
+            if (lid == 0u) {
+                O[P.pad1 + 2u * part] = m;
+                O[P.pad1 + 2u * part + 1u] = tot;
+            }
+        }
         O[o] = t.x;
         O[o + 1u] = t.y;
         O[o + 2u] = t.z;

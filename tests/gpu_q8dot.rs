@@ -201,8 +201,32 @@ fn gpu_decode_kernels_compile_with_and_without_subgroups() {
             k.get_with_layout(&ctx, &KernelKey::NormQ8 { k4, act }, &pl_mat)
                 .unwrap();
         }
-        k.get_with_layout(&ctx, &KernelKey::AttnDecode { ctx: 64, hd: 128 }, &pl_attd)
-            .unwrap();
+        k.get_with_layout(
+            &ctx,
+            &KernelKey::AttnDecode {
+                ctx: 64,
+                hd: 128,
+                nch: 1,
+                lmin: 32,
+            },
+            &pl_attd,
+        )
+        .unwrap();
+        k.get_with_layout(
+            &ctx,
+            &KernelKey::AttnDecode {
+                ctx: 64,
+                hd: 128,
+                nch: 16,
+                lmin: 16,
+            },
+            &pl_attd,
+        )
+        .unwrap();
+        for nch in [2, 16] {
+            k.get_with_layout(&ctx, &KernelKey::AttnCombineQ { nch }, &pl_mat)
+                .unwrap();
+        }
         // Bad shapes are errors, not panics.
         assert!(Kernels::source(
             &ctx,

@@ -183,6 +183,12 @@ impl ActRounding {
         q8_base(self.elems) as u32
     }
 
+    /// The scratch buffer that roundings of kind `kind` write (created on first use); the
+    /// split decode attention's combine writes the wo input there.
+    pub fn scratch_buf(&mut self, ctx: &GpuContext, kind: u32) -> wgpu::Buffer {
+        self.scratch_for(ctx, kind)
+    }
+
     fn scratch_for(&mut self, ctx: &GpuContext, kind: u32) -> wgpu::Buffer {
         if let Some((_, b)) = self.scratch.iter().find(|(k, _)| *k == kind) {
             return b.clone();

@@ -302,7 +302,16 @@ pub struct Tune {
     /// one-workgroup dispatch ([`KernelKey::NormQ8`]), for groups of [`Q8_TYPES`] matrices
     /// instead of in every workgroup's prologue (GGUFQ_NORMQ=0: in the prologue).
     pub normq: bool,
+    /// Decode attention split over positions (flash-decoding): each head's positions in up
+    /// to [`ATTN_MAX_CHUNKS`] chunks of at least this many positions, one workgroup per
+    /// (head, chunk), partial results combined by the rounding of the attention output
+    /// before `wo` ([`KernelKey::AttnCombineQ`], same dispatch count). GGUFQ_ATTN_SPLIT = 0
+    /// keeps one workgroup per head and the separate rounding; 16, 32 (default), 64, 128.
+    pub attn_split: u32,
 }
+
+/// Most chunks per head of the split decode attention ([`Tune::attn_split`]).
+pub const ATTN_MAX_CHUNKS: u32 = 16;
 
 /// Types with an integer decode kernel (`idot` in dequant.wgsl): their activations are Q8_0
 /// (Q4_0, Q8_0) or Q8_K (K-quants) blocks on the CPU, whose int8 quants the kernel reads.
@@ -449,6 +458,7 @@ impl Tune {
             q8dot: std::env::var("GGUFQ_Q8DOT").as_deref() != Ok("0"),
             q8_lanes: get("GGUFQ_Q8_LANES", 0, &[32, 64, 128, 256]),
             normq: std::env::var("GGUFQ_NORMQ").as_deref() != Ok("0"),
+            attn_split: get("GGUFQ_ATTN_SPLIT", 32, &[0, 16, 32, 64, 128]),
         }
     }
 }
@@ -490,8 +500,17 @@ pub enum KernelKey {
     /// the K range of NR (≥ 2) rows.
     MatVecSplitK { ty: u32, nr: u32 },
     /// Decode attention with RoPE and the KV store fused in (`ctx` score entries, head size
-    /// `hd`).
-    AttnDecode { ctx: u32, hd: u32 },
+    /// `hd`); with `nch` > 1 each of `nch` workgroups per head takes a chunk of at least
+    /// `lmin` positions and writes its partial result (max, sum, accumulator) instead.
+    AttnDecode {
+        ctx: u32,
+        hd: u32,
+        nch: u32,
+        lmin: u32,
+    },
+    /// The rounding of `shaders/actq.wgsl` whose input is the combination of the `nch`
+    /// partial results of the split decode attention ([`Tune::attn_split`]).
+    AttnCombineQ { nch: u32 },
     /// Activation rounding before quantized matrices (`shaders/actq.wgsl`, [`super::actq`]).
     ActQ,
 }
@@ -1089,14 +1108,57 @@ const ATTN_SUM_TREE: &str = "    red[lid] = sum;
         }
         workgroupBarrier();
     }
-    let inv = 1.0 / red[0];
+    let tot = red[0];
+    let inv = 1.0 / tot;
+";
+
+/// The input load of `shaders/actq.wgsl`, replaced by [`ATTN_COMBINE`] in the
+/// [`KernelKey::AttnCombineQ`] kernel.
+const ACTQ_LOAD: &str = "v = X[o];";
+
+/// Combination of the split decode attention's partial results (X: per (token, head, chunk)
+/// `hd` accumulator values normalised by the chunk's own sum, then from word `P.pad3` the
+/// chunk's maximum and sum): value `i` of token `t`'s attention output. Each chunk weighs
+/// sum · exp(max − M) / Σ of those; a lone chunk weighs exactly 1, so contexts of one chunk
+/// give the unsplit kernel's values.
+const ATTN_COMBINE: &str = "
+const NCH: u32 = $NCHu;
+fn attn_combine(i: u32, t: u32) -> f32 {
+    let hd = P.pad1;
+    let h = i / hd;
+    let base = (t * P.pad2 + h) * NCH;
+    var mx = -3.0e38;
+    for (var c = 0u; c < NCH; c++) {
+        mx = max(mx, X[P.pad3 + 2u * (base + c)]);
+    }
+    var e: array<f32, NCH>;
+    var den = 0.0;
+    for (var c = 0u; c < NCH; c++) {
+        let s = X[P.pad3 + 2u * (base + c) + 1u];
+        var ec = 0.0;
+        if (s > 0.0) {
+            ec = s * exp(X[P.pad3 + 2u * (base + c)] - mx);
+        }
+        e[c] = ec;
+        den += ec;
+    }
+    var o = 0.0;
+    for (var c = 0u; c < NCH; c++) {
+        if (e[c] > 0.0) {
+            let w = select(e[c] / den, 1.0, e[c] == den);
+            o += w * X[(base + c) * hd + i % hd];
+        }
+    }
+    return o;
+}
 ";
 
 /// ... or per warp with subgroups.
 const ATTN_SUM_SUBGROUP: &str = "    let wsum = subgroupAdd(sum);
     if (lid % 32u == 0u) { red[lid / 32u] = wsum; }
     workgroupBarrier();
-    let inv = 1.0 / (((red[0] + red[1]) + (red[2] + red[3])) + ((red[4] + red[5]) + (red[6] + red[7])));
+    let tot = ((red[0] + red[1]) + (red[2] + red[3])) + ((red[4] + red[5]) + (red[6] + red[7]));
+    let inv = 1.0 / tot;
 ";
 
 /// The shared-memory reduction of [`NORM_PROLOGUE`] ...
@@ -1193,7 +1255,12 @@ impl Kernels {
                 let (decl, body) = act_prologue(*act, *k4, *q8)?;
                 src.replace("$ACT_PRO", &body).replace("$ACT_FNS", &decl)
             }
-            KernelKey::AttnDecode { ctx: n, hd } => {
+            KernelKey::AttnDecode {
+                ctx: n,
+                hd,
+                nch,
+                lmin,
+            } => {
                 let (rmax, rsum) = if ctx.subgroup32 {
                     (ATTN_MAX_SUBGROUP, ATTN_SUM_SUBGROUP)
                 } else {
@@ -1202,6 +1269,8 @@ impl Kernels {
                 ATTN_DECODE_WGSL
                     .replace("$CTX", &n.to_string())
                     .replace("$HD4", &(hd / 4).to_string())
+                    .replace("$NCH", &nch.to_string())
+                    .replace("$LMIN", &lmin.max(&1).to_string())
                     .replace("$RED_MAX", rmax)
                     .replace("$RED_SUM", rsum)
             }
@@ -1225,6 +1294,15 @@ impl Kernels {
                 .replace("$QT", &qt.to_string())
                 .replace("$KB", &kb.to_string()),
             KernelKey::ActQ => ACTQ_WGSL.to_string(),
+            KernelKey::AttnCombineQ { nch } => {
+                if !ACTQ_WGSL.contains(ACTQ_LOAD) {
+                    return Err(Error::msg(
+                        "internal: actq.wgsl has no input load to replace",
+                    ));
+                }
+                ACTQ_WGSL.replace(ACTQ_LOAD, "v = attn_combine(i, t);")
+                    + &ATTN_COMBINE.replace("$NCH", &nch.to_string())
+            }
         })
     }
 

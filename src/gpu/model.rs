@@ -168,7 +168,21 @@ enum StepKind {
     },
     Rope,
     Attn,
-    AttnDecode,
+    /// Decode attention; `nch` > 1: split over `nch` chunks per head, partial results to the
+    /// split scratch with the (max, sum) pairs from word `stats`.
+    AttnDecode {
+        nch: u32,
+        stats: u32,
+    },
+    /// Rounding of the attention output (`k` values, stride `ld`) combined from the split
+    /// decode attention's `nch` partial results (`KernelKey::AttnCombineQ`).
+    AttnCombineQ {
+        kind: u32,
+        k: u32,
+        ld: u32,
+        q8e: u32,
+        stats: u32,
+    },
     /// Activation rounding of a matrix input (`k` values per token, stride `ld`).
     ActQ {
         kind: u32,
@@ -527,6 +541,25 @@ impl GpuModel {
         let xn = scratch(&ctx, "xn", nb * d);
         let qkvb = scratch(&ctx, "qkv", nb * cfg.qkv_dim());
         let att = scratch(&ctx, "attn", nb * d);
+        // Split decode attention (flash-decoding, `Tune::attn_split`): chunks per head, the
+        // partial results of one token (accumulators, then (max, sum) pairs).
+        let attn_lmin = ctx.tune.attn_split;
+        let attn_nch = if attn_lmin == 0 {
+            1
+        } else {
+            (opts.n_ctx.div_ceil(attn_lmin as usize) as u32)
+                .clamp(1, super::kernels::ATTN_MAX_CHUNKS)
+        };
+        let attn_stats = cfg.n_head * attn_nch as usize * hd;
+        let attn_part = if attn_nch > 1 {
+            Some(scratch(
+                &ctx,
+                "attn split",
+                attn_stats + 2 * cfg.n_head * attn_nch as usize,
+            ))
+        } else {
+            None
+        };
         let hid = scratch(&ctx, "ffn", nb * 2 * cfg.n_ff);
         let logits = scratch(&ctx, "logits", nb * n_vocab);
         let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
@@ -580,7 +613,7 @@ impl GpuModel {
         // Steps (bind groups reference a params slot each).
         // Batch graph (up to 11 dispatches per layer), activation roundings, decode graph.
         let n_slots_est =
-            cfg.n_layer * 24 + 16 + 3 * mats.iter().map(|m| m.chunks.len()).sum::<usize>();
+            cfg.n_layer * 25 + 16 + 3 * mats.iter().map(|m| m.chunks.len()).sum::<usize>();
         let params = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params"),
             size: (n_slots_est * SLOT) as u64,
@@ -888,24 +921,86 @@ impl GpuModel {
                 key: attn_key.clone(),
                 n: 0,
             });
+            // Split only where the wo input is rounded (the rounding combines the chunks).
+            let split = match &attn_part {
+                Some(part)
+                    if fuse_norm
+                        && actq_on
+                        && super::actq::kind_for_weight(mats[ly.wo].ty) != 0 =>
+                {
+                    Some(part)
+                }
+                _ => None,
+            };
+            let nch = if split.is_some() { attn_nch } else { 1 };
             let slot = steps.len();
             steps.push(Step {
-                kind: StepKind::AttnDecode,
+                kind: StepKind::AttnDecode {
+                    nch,
+                    stats: attn_stats as u32,
+                },
                 when: When::Decode,
                 role: "attention",
                 bind: bg(
                     &bgl_attd,
-                    &[&qkvb, &ly.kc, &ly.vc, &att, &tinfo, &cs_buf],
+                    &[
+                        &qkvb,
+                        &ly.kc,
+                        &ly.vc,
+                        split.unwrap_or(&att),
+                        &tinfo,
+                        &cs_buf,
+                    ],
                     slot,
                 ),
                 slot,
                 key: KernelKey::AttnDecode {
-                    ctx: opts.n_ctx as u32,
+                    ctx: if nch > 1 {
+                        (attn_lmin as usize).max(opts.n_ctx.div_ceil(nch as usize)) as u32
+                    } else {
+                        opts.n_ctx as u32
+                    },
                     hd: hd as u32,
+                    nch,
+                    lmin: attn_lmin,
                 },
                 n: 0,
             });
+            let s0 = steps.len();
             add_mat(&mut steps, &mats, ly.wo, &att, &x, d, 0, d, 1, false, "wo");
+            if let Some(part) = split {
+                // The decode graph rounds the wo input in the combine of the split attention;
+                // the rounding recorded for both graphs stays for the batch graph only.
+                let Some(StepKind::ActQ {
+                    kind, k, ld, q8e, ..
+                }) = steps.get(s0).map(|s| s.kind)
+                else {
+                    return Err(Error::msg(
+                        "internal: no rounding before wo to combine into",
+                    ));
+                };
+                steps[s0].when = When::Batch;
+                let out = act.borrow_mut().scratch_buf(&ctx, kind);
+                let slot = steps.len();
+                steps.insert(
+                    s0,
+                    Step {
+                        kind: StepKind::AttnCombineQ {
+                            kind,
+                            k,
+                            ld,
+                            q8e,
+                            stats: attn_stats as u32,
+                        },
+                        bind: bg(&bgl_mat, &[part, part, &out], slot),
+                        when: When::Decode,
+                        role: "attn_out_q",
+                        slot,
+                        key: KernelKey::AttnCombineQ { nch },
+                        n: 0,
+                    },
+                );
+            }
             let slot = steps.len();
             steps.push(Step {
                 kind: StepKind::Norm,
@@ -1021,6 +1116,9 @@ impl GpuModel {
             );
         }
         mem.scratch += act.borrow().bytes;
+        if attn_part.is_some() {
+            mem.scratch += 4 * (attn_stats + 2 * cfg.n_head * attn_nch as usize) as u64;
+        }
         if steps.len() > n_slots_est {
             return Err(Error::msg("internal: params slots underestimated"));
         }
@@ -1380,7 +1478,21 @@ impl GpuModel {
                     let total = (cfg.n_head + 2 * cfg.n_kv) * cfg.head_dim / 2;
                     wg = ((total as u32).div_ceil(64), n as u32);
                 }
-                StepKind::Attn | StepKind::AttnDecode => {
+                StepKind::AttnCombineQ {
+                    kind,
+                    k,
+                    ld,
+                    q8e,
+                    stats,
+                } => {
+                    let mut q = super::actq::params_q8(k, ld, 0, n as u32, kind, q8e);
+                    q[6] = cfg.head_dim as u32;
+                    q[7] = cfg.n_head as u32;
+                    q[8] = stats;
+                    p = q;
+                    wg = super::actq::workgroups(k, n as u32);
+                }
+                StepKind::Attn | StepKind::AttnDecode { .. } => {
                     p = [
                         cfg.n_head as u32,
                         cfg.n_kv as u32,
@@ -1392,12 +1504,18 @@ impl GpuModel {
                         d as u32,
                         (1.0 / (cfg.head_dim as f32).sqrt()).to_bits(),
                         cfg.n_rot as u32,
-                        0,
+                        match s.kind {
+                            StepKind::AttnDecode { stats, .. } => stats,
+                            _ => 0,
+                        },
                         0,
                     ];
-                    wg = match &s.key {
-                        KernelKey::Attention { qt, .. } => {
+                    wg = match (&s.key, s.kind) {
+                        (KernelKey::Attention { qt, .. }, _) => {
                             (cfg.n_head as u32, (n as u32).div_ceil(*qt))
+                        }
+                        (_, StepKind::AttnDecode { nch, .. }) => {
+                            (cfg.n_head as u32 * nch, n as u32)
                         }
                         _ => (cfg.n_head as u32, n as u32),
                     };
