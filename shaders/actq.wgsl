@@ -6,6 +6,11 @@
 // One workgroup rounds 256 consecutive values of one token's row (wg.x: 256-value chunk,
 // wg.y: token); block maxima are reduced in workgroup memory. Divisions are exact long divisions
 // (`div_rn`), so the scales are the correctly rounded quotients the CPU computes.
+//
+// With `q8_base` (pad0) ≠ 0 the Q8 kinds also write the block's int8 quants and scales, which
+// the integer decode mat-vec reads: value o's quant is byte o of the words from q8_base
+// (4 per word), the scale of its 32-value unit is word q8_base + q8_base / 4 + o / 32 (for
+// Q8_K the block scale repeated per unit).
 
 struct Params {
     k: u32,      // row length (values rounded per token)
@@ -13,7 +18,7 @@ struct Params {
     x_off: u32,  // first value of token 0 (f32 values)
     n_tok: u32,
     kind: u32,   // 1 f16, 2 bf16, 3 Q8_0/Q8_1 (32-blocks), 4 Q8_K (256-blocks)
-    pad0: u32,
+    q8_base: u32, // 0, or the word where the packed quants begin (multiple of 64)
     pad1: u32,
     pad2: u32,
     pad3: u32,
@@ -23,10 +28,12 @@ struct Params {
 }
 
 @group(0) @binding(0) var<storage, read> X: array<f32>;
-@group(0) @binding(2) var<storage, read_write> Y: array<f32>;
+@group(0) @binding(2) var<storage, read_write> Y: array<u32>;
 @group(0) @binding(3) var<uniform> P: Params;
 
 var<workgroup> red: array<f32, 256>;
+var<workgroup> qv: array<i32, 256>;
+var<workgroup> dv: array<f32, 8>;
 
 // a / b correctly rounded (ties to even) for positive normal a, b with a normal quotient, by
 // long division of the 24-bit significands: GPU `/` may be approximate and `fma` unfused
@@ -108,7 +115,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     }
     if (P.kind <= 2u) {
         if (live) {
-            Y[o] = select(round_bf16(v), round_f16(v), P.kind == 1u);
+            Y[o] = bitcast<u32>(select(round_bf16(v), round_f16(v), P.kind == 1u));
         }
         return;
     }
@@ -122,19 +129,37 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
         workgroupBarrier();
     }
     let amax = red[lid - lid % bs];
-    var r = 0.0;
+    var q = 0.0;
+    var dq = 0.0;
     if (P.kind == 3u) {
         // Q8_0 / Q8_1: d = amax / 127 stored as f16, q = round(x · 127 / amax).
         let id = select(0.0, div_rn(127.0, amax), amax != 0.0);
-        let dh = round_f16(div_rn(amax, 127.0));
-        r = round(v * id) * dh;
+        dq = round_f16(div_rn(amax, 127.0));
+        q = round(v * id);
     } else if (amax != 0.0) {
         // Q8_K: iscale = ∓127 / max, d = 1 / iscale (the sign of max cancels in q · d).
         let iscale = div_rn(127.0, amax);
-        let d = div_rn(1.0, iscale);
-        r = min(round(iscale * v), 127.0) * d;
+        dq = div_rn(1.0, iscale);
+        q = min(round(iscale * v), 127.0);
     }
     if (live) {
-        Y[o] = r;
+        Y[o] = bitcast<u32>(q * dq);
+    }
+    if (P.q8_base == 0u) {
+        return;
+    }
+    qv[lid] = i32(q);
+    if (lid % 32u == 0u) {
+        dv[lid / 32u] = dq;
+    }
+    workgroupBarrier();
+    // Row values are whole 32-value units here (the Q8 kinds need whole blocks).
+    let base = P.x_off + t * P.ld + wg.x * 256u;
+    if (lid < 64u && wg.x * 256u + 4u * lid < P.k && t < P.n_tok) {
+        let j = 4u * lid;
+        Y[P.q8_base + base / 4u + lid] = pack4xI8(vec4<i32>(qv[j], qv[j + 1u], qv[j + 2u], qv[j + 3u]));
+    }
+    if (lid < 8u && wg.x * 256u + 32u * lid < P.k && t < P.n_tok) {
+        Y[P.q8_base + P.q8_base / 4u + base / 32u + lid] = bitcast<u32>(dv[lid]);
     }
 }

@@ -109,32 +109,13 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
         S[p] = s;
         mx = max(mx, s);
     }
-    red[lid] = mx;
-    workgroupBarrier();
-    for (var k = 128u; k > 0u; k >>= 1u) {
-        if (lid < k) {
-            red[lid] = max(red[lid], red[lid + k]);
-        }
-        workgroupBarrier();
-    }
-    let m = red[0];
-    workgroupBarrier();
-    var sum = 0.0;
+$RED_MAX    var sum = 0.0;
     for (var p = lid; p < n; p += 256u) {
         let e = exp(S[p] - m);
         S[p] = e;
         sum += e;
     }
-    red[lid] = sum;
-    workgroupBarrier();
-    for (var k = 128u; k > 0u; k >>= 1u) {
-        if (lid < k) {
-            red[lid] += red[lid + k];
-        }
-        workgroupBarrier();
-    }
-    let inv = 1.0 / red[0];
-    // hd/4 threads per position group (one vec4 of V each), 256 / (hd/4) groups.
+$RED_SUM    // hd/4 threads per position group (one vec4 of V each), 256 / (hd/4) groups.
     let groups = 256u / hd4;
     let d4 = lid % hd4;
     let gi = lid / hd4;

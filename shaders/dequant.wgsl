@@ -6,6 +6,12 @@
 // (Q4_0, Q5_0, Q8_0, Q3_K, Q6_K) are repacked on upload: their f16 scale `d` moves to a
 // separate array at word `$DOFF`, the rest of the block stays as 4-byte words.
 // `$W` is the weight buffer (array<u32>), `$S` the function-name suffix.
+//
+// `idot$S` (types with an integer decode path): the unit's dot product with the activation as
+// int8 quants (`xa`: values 0..15, `xb`: values 16..31, 4 per word, as the CPU's Q8_0 / Q8_K
+// blocks hold them) through `dot4I8Packed`; `sx0` / `sx1` are the sums of the quants of the
+// two halves. Returns the unit's sum in weight units (the caller multiplies by the
+// activation's scale), with integer sums per sub-block as ggml's CPU `vec_dot` forms them.
 
 // @type F32 words=32 upb=1
 fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
@@ -51,6 +57,19 @@ fn udot$S(b: u32, sub: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec
           + dot(vec4<f32>(unpack4xU8((w2 >> 4u) & m)), x6) + dot(vec4<f32>(unpack4xU8((w3 >> 4u) & m)), x7);
     let sx = dot(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7, vec4<f32>(1.0));
     return d * (s - 8.0 * sx);
+}
+
+// Integer unit dot: Σ (q − 8)·xq over one block.
+fn idot$S(b: u32, sub: u32, xa: vec4<u32>, xb: vec4<u32>, sx0: i32, sx1: i32) -> f32 {
+    let d = unpack2x16float($W[$DOFF + (b >> 1u)])[b & 1u];
+    let o = b * 4u;
+    let w = vec4<u32>($W[o], $W[o + 1u], $W[o + 2u], $W[o + 3u]);
+    let m = 0x0f0f0f0fu;
+    let lo = w & vec4<u32>(m);
+    let hi = (w >> vec4<u32>(4u)) & vec4<u32>(m);
+    let s = dot4I8Packed(lo.x, xa.x) + dot4I8Packed(lo.y, xa.y) + dot4I8Packed(lo.z, xa.z) + dot4I8Packed(lo.w, xa.w)
+          + dot4I8Packed(hi.x, xb.x) + dot4I8Packed(hi.y, xb.y) + dot4I8Packed(hi.z, xb.z) + dot4I8Packed(hi.w, xb.w);
+    return d * f32(s - 8 * (sx0 + sx1));
 }
 
 // @type Q4_1 words=5 upb=1
@@ -101,6 +120,15 @@ fn udot$S(b: u32, sub: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec
     return d * s;
 }
 
+// Integer unit dot: Σ q·xq over one block.
+fn idot$S(b: u32, sub: u32, xa: vec4<u32>, xb: vec4<u32>, sx0: i32, sx1: i32) -> f32 {
+    let d = unpack2x16float($W[$DOFF + (b >> 1u)])[b & 1u];
+    let o = b * 8u;
+    let s = dot4I8Packed($W[o], xa.x) + dot4I8Packed($W[o + 1u], xa.y) + dot4I8Packed($W[o + 2u], xa.z) + dot4I8Packed($W[o + 3u], xa.w)
+          + dot4I8Packed($W[o + 4u], xb.x) + dot4I8Packed($W[o + 5u], xb.y) + dot4I8Packed($W[o + 6u], xb.z) + dot4I8Packed($W[o + 7u], xb.w);
+    return d * f32(s);
+}
+
 // @type Q2_K words=21 upb=8
 fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
     let base = b * 21u;
@@ -138,6 +166,26 @@ fn udot$S(b: u32, sub: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec
     return dm.x * (f32(sc0 & 15u) * s0 + f32(sc1 & 15u) * s1) - dm.y * (f32(sc0 >> 4u) * sx0 + f32(sc1 >> 4u) * sx1);
 }
 
+// Integer unit dot: two 16-weight sub-blocks, d·Σ sc·Σq·xq − dmin·Σ m·Σxq.
+fn idot$S(b: u32, sub: u32, xa: vec4<u32>, xb: vec4<u32>, sx0: i32, sx1: i32) -> f32 {
+    let base = b * 21u;
+    let dm = unpack2x16float($W[base + 20u]);
+    let n = sub >> 2u;
+    let jj = sub & 3u;
+    let is = 8u * n + 2u * jj;
+    let scw = $W[base + (is >> 2u)] >> ((is & 3u) * 8u);
+    let qo = base + 4u + 8u * n;
+    let sh = vec4<u32>(2u * jj);
+    let m = vec4<u32>(0x03030303u);
+    let qa = (vec4<u32>($W[qo], $W[qo + 1u], $W[qo + 2u], $W[qo + 3u]) >> sh) & m;
+    let qb = (vec4<u32>($W[qo + 4u], $W[qo + 5u], $W[qo + 6u], $W[qo + 7u]) >> sh) & m;
+    let s0 = dot4I8Packed(qa.x, xa.x) + dot4I8Packed(qa.y, xa.y) + dot4I8Packed(qa.z, xa.z) + dot4I8Packed(qa.w, xa.w);
+    let s1 = dot4I8Packed(qb.x, xb.x) + dot4I8Packed(qb.y, xb.y) + dot4I8Packed(qb.z, xb.z) + dot4I8Packed(qb.w, xb.w);
+    let isc = i32(scw & 15u) * s0 + i32((scw >> 8u) & 15u) * s1;
+    let imn = i32((scw >> 4u) & 15u) * sx0 + i32((scw >> 12u) & 15u) * sx1;
+    return dm.x * f32(isc) - dm.y * f32(imn);
+}
+
 // @type Q3_K words=27 upb=8 dsep
 fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
     let base = b * 27u;
@@ -155,6 +203,35 @@ fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
     let v = vec4<f32>(f32(q & 3u), f32((q >> 8u) & 3u), f32((q >> 16u) & 3u), f32((q >> 24u) & 3u));
     let h = vec4<f32>(f32(hm & 1u), f32((hm >> 8u) & 1u), f32((hm >> 16u) & 1u), f32((hm >> 24u) & 1u));
     return (d * sc) * (v - 4.0 + 4.0 * h);
+}
+
+// Integer unit dot: two 16-weight sub-blocks, d·Σ sc·Σ(q − 4)·xq (q = 2 low bits | high bit
+// << 2, the ggml value + 4).
+fn idot$S(b: u32, sub: u32, xa: vec4<u32>, xb: vec4<u32>, sx0: i32, sx1: i32) -> f32 {
+    let base = b * 27u;
+    let d = unpack2x16float($W[$DOFF + (b >> 1u)])[b & 1u];
+    let n = sub >> 2u;
+    let jj = sub & 3u;
+    let is = 8u * n + 2u * jj;
+    let k = is >> 2u;
+    let a = $W[base + 24u + (k & 1u)];
+    let a2 = $W[base + 26u];
+    let sk = ((a >> ((k >> 1u) * 4u)) & 0x0f0f0f0fu) | (((a2 >> (2u * k)) & 0x03030303u) << 4u);
+    let scw = sk >> (8u * (is & 3u));
+    let sc0 = i32(scw & 0xffu) - 32;
+    let sc1 = i32((scw >> 8u) & 0xffu) - 32;
+    let qo = base + 8u + 8u * n;
+    let sh = vec4<u32>(2u * jj);
+    let hs = vec4<u32>(4u * n + jj);
+    let m = vec4<u32>(0x03030303u);
+    let hm = vec4<u32>(0x01010101u);
+    let qa = ((vec4<u32>($W[qo], $W[qo + 1u], $W[qo + 2u], $W[qo + 3u]) >> sh) & m)
+           | (((vec4<u32>($W[base], $W[base + 1u], $W[base + 2u], $W[base + 3u]) >> hs) & hm) << vec4<u32>(2u));
+    let qb = ((vec4<u32>($W[qo + 4u], $W[qo + 5u], $W[qo + 6u], $W[qo + 7u]) >> sh) & m)
+           | (((vec4<u32>($W[base + 4u], $W[base + 5u], $W[base + 6u], $W[base + 7u]) >> hs) & hm) << vec4<u32>(2u));
+    let s0 = dot4I8Packed(qa.x, xa.x) + dot4I8Packed(qa.y, xa.y) + dot4I8Packed(qa.z, xa.z) + dot4I8Packed(qa.w, xa.w);
+    let s1 = dot4I8Packed(qb.x, xb.x) + dot4I8Packed(qb.y, xb.y) + dot4I8Packed(qb.z, xb.z) + dot4I8Packed(qb.w, xb.w);
+    return d * f32(sc0 * (s0 - 4 * sx0) + sc1 * (s1 - 4 * sx1));
 }
 
 // @type Q4_K words=36 upb=8
@@ -208,6 +285,34 @@ fn udot$S(b: u32, sub: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec
           + dot(vec4<f32>(unpack4xU8(($W[qo + 6u] >> sh) & m)), x6) + dot(vec4<f32>(unpack4xU8(($W[qo + 7u] >> sh) & m)), x7);
     let sx = dot(x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7, vec4<f32>(1.0));
     return dm.x * f32(sc) * s - dm.y * f32(mn) * sx;
+}
+
+// Integer unit dot: one 32-weight sub-block, d·sc·Σq·xq − dmin·m·Σxq.
+fn idot$S(b: u32, sub: u32, xa: vec4<u32>, xb: vec4<u32>, sx0: i32, sx1: i32) -> f32 {
+    let base = b * 36u;
+    let dm = unpack2x16float($W[base]);
+    var sc: u32;
+    var mn: u32;
+    let s0 = $W[base + 1u];
+    let s1 = $W[base + 2u];
+    let s2 = $W[base + 3u];
+    if (sub < 4u) {
+        sc = (s0 >> (8u * sub)) & 63u;
+        mn = (s1 >> (8u * sub)) & 63u;
+    } else {
+        let t = sub - 4u;
+        let hi = (s2 >> (8u * t)) & 0xffu;
+        sc = (hi & 15u) | (((s0 >> (8u * t + 6u)) & 3u) << 4u);
+        mn = (hi >> 4u) | (((s1 >> (8u * t + 6u)) & 3u) << 4u);
+    }
+    let qo = base + 4u + 8u * (sub >> 1u);
+    let sh = vec4<u32>(4u * (sub & 1u));
+    let m = vec4<u32>(0x0f0f0f0fu);
+    let qa = (vec4<u32>($W[qo], $W[qo + 1u], $W[qo + 2u], $W[qo + 3u]) >> sh) & m;
+    let qb = (vec4<u32>($W[qo + 4u], $W[qo + 5u], $W[qo + 6u], $W[qo + 7u]) >> sh) & m;
+    let s = dot4I8Packed(qa.x, xa.x) + dot4I8Packed(qa.y, xa.y) + dot4I8Packed(qa.z, xa.z) + dot4I8Packed(qa.w, xa.w)
+          + dot4I8Packed(qb.x, xb.x) + dot4I8Packed(qb.y, xb.y) + dot4I8Packed(qb.z, xb.z) + dot4I8Packed(qb.w, xb.w);
+    return dm.x * f32(i32(sc) * s) - dm.y * f32(i32(mn) * (sx0 + sx1));
 }
 
 // @type Q5_K words=44 upb=8
@@ -271,6 +376,39 @@ fn udot$S(b: u32, sub: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec
     return dm.x * f32(sc) * s - dm.y * f32(mn) * sx;
 }
 
+// Integer unit dot: one 32-weight sub-block, d·sc·Σq·xq − dmin·m·Σxq (q = nibble | high bit << 4).
+fn idot$S(b: u32, sub: u32, xa: vec4<u32>, xb: vec4<u32>, sx0: i32, sx1: i32) -> f32 {
+    let base = b * 44u;
+    let dm = unpack2x16float($W[base]);
+    var sc: u32;
+    var mn: u32;
+    let s0 = $W[base + 1u];
+    let s1 = $W[base + 2u];
+    let s2 = $W[base + 3u];
+    if (sub < 4u) {
+        sc = (s0 >> (8u * sub)) & 63u;
+        mn = (s1 >> (8u * sub)) & 63u;
+    } else {
+        let t = sub - 4u;
+        let hi = (s2 >> (8u * t)) & 0xffu;
+        sc = (hi & 15u) | (((s0 >> (8u * t + 6u)) & 3u) << 4u);
+        mn = (hi >> 4u) | (((s1 >> (8u * t + 6u)) & 3u) << 4u);
+    }
+    let qo = base + 12u + 8u * (sub >> 1u);
+    let ho = base + 4u;
+    let sh = vec4<u32>(4u * (sub & 1u));
+    let hsh = vec4<u32>(sub);
+    let m = vec4<u32>(0x0f0f0f0fu);
+    let hm = vec4<u32>(0x01010101u);
+    let qa = ((vec4<u32>($W[qo], $W[qo + 1u], $W[qo + 2u], $W[qo + 3u]) >> sh) & m)
+           | (((vec4<u32>($W[ho], $W[ho + 1u], $W[ho + 2u], $W[ho + 3u]) >> hsh) & hm) << vec4<u32>(4u));
+    let qb = ((vec4<u32>($W[qo + 4u], $W[qo + 5u], $W[qo + 6u], $W[qo + 7u]) >> sh) & m)
+           | (((vec4<u32>($W[ho + 4u], $W[ho + 5u], $W[ho + 6u], $W[ho + 7u]) >> hsh) & hm) << vec4<u32>(4u));
+    let s = dot4I8Packed(qa.x, xa.x) + dot4I8Packed(qa.y, xa.y) + dot4I8Packed(qa.z, xa.z) + dot4I8Packed(qa.w, xa.w)
+          + dot4I8Packed(qb.x, xb.x) + dot4I8Packed(qb.y, xb.y) + dot4I8Packed(qb.z, xb.z) + dot4I8Packed(qb.w, xb.w);
+    return dm.x * f32(i32(sc) * s) - dm.y * f32(i32(mn) * (sx0 + sx1));
+}
+
 // @type Q6_K words=52 upb=8 dsep
 fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
     let base = b * 52u;
@@ -315,3 +453,27 @@ fn udot$S(b: u32, sub: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec
     return d * (sc0 * (s0 - 32.0 * dot(x0 + x1 + x2 + x3, one)) + sc1 * (s1 - 32.0 * dot(x4 + x5 + x6 + x7, one)));
 }
 
+// Integer unit dot: two 16-weight sub-blocks, d·Σ sc·Σ(q − 32)·xq (q = 4 low bits | 2 high bits << 4).
+fn idot$S(b: u32, sub: u32, xa: vec4<u32>, xb: vec4<u32>, sx0: i32, sx1: i32) -> f32 {
+    let base = b * 52u;
+    let d = unpack2x16float($W[$DOFF + (b >> 1u)])[b & 1u];
+    let n = sub >> 2u;
+    let jj = sub & 3u;
+    let lo = base + 16u * n + 8u * (jj & 1u);
+    let ls = vec4<u32>(4u * (jj >> 1u));
+    let ho = base + 32u + 8u * n;
+    let hs = vec4<u32>(2u * jj);
+    let m = vec4<u32>(0x0f0f0f0fu);
+    let m2 = vec4<u32>(0x03030303u);
+    let qa = ((vec4<u32>($W[lo], $W[lo + 1u], $W[lo + 2u], $W[lo + 3u]) >> ls) & m)
+           | (((vec4<u32>($W[ho], $W[ho + 1u], $W[ho + 2u], $W[ho + 3u]) >> hs) & m2) << vec4<u32>(4u));
+    let qb = ((vec4<u32>($W[lo + 4u], $W[lo + 5u], $W[lo + 6u], $W[lo + 7u]) >> ls) & m)
+           | (((vec4<u32>($W[ho + 4u], $W[ho + 5u], $W[ho + 6u], $W[ho + 7u]) >> hs) & m2) << vec4<u32>(4u));
+    let s0 = dot4I8Packed(qa.x, xa.x) + dot4I8Packed(qa.y, xa.y) + dot4I8Packed(qa.z, xa.z) + dot4I8Packed(qa.w, xa.w);
+    let s1 = dot4I8Packed(qb.x, xb.x) + dot4I8Packed(qb.y, xb.y) + dot4I8Packed(qb.z, xb.z) + dot4I8Packed(qb.w, xb.w);
+    let is = 8u * n + 2u * jj;
+    let scw = $W[base + 48u + (is >> 2u)] >> (8u * (is & 3u));
+    let sc0 = bitcast<i32>(scw << 24u) >> 24u;
+    let sc1 = bitcast<i32>((scw >> 8u) << 24u) >> 24u;
+    return d * f32(sc0 * (s0 - 32 * sx0) + sc1 * (s1 - 32 * sx1));
+}

@@ -5,6 +5,9 @@
 // dequantized weight is used NT times). Output modes: 0 store, 1 accumulate (residual add),
 // 2 SwiGLU over interleaved (gate, up) row pairs: Y[t][row/2] = silu(gate) * up,
 // 3 SwiGLU with the gate already stored pad0 elements further: Y = silu(Y[+pad0]) * up.
+// Integer decode kernels (q8) read X as the activation rounding's int8 quants and per-32
+// scales (X: array<vec4<u32>>, packed region at word ld_x, see src/gpu/actq.rs) or build them
+// in their RMSNorm prologue, and use the types' `idot` (dot4I8Packed).
 
 struct Params {
     rows: u32,
@@ -22,7 +25,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<storage, read> W: array<u32>;
-@group(0) @binding(1) var<storage, read> X: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> X: array<$XTY>;
 @group(0) @binding(2) var<storage, read_write> Y: array<f32>;
 @group(0) @binding(3) var<uniform> P: Params;
 

@@ -86,27 +86,9 @@ impl Rng {
     }
 }
 
-/// GPT-2's byte → character table (same as the tokenizer's).
-fn byte_chars() -> Vec<char> {
-    let mut out = Vec::with_capacity(256);
-    let mut n = 0u32;
-    for b in 0..256u32 {
-        let printable =
-            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
-        let c = if printable {
-            b
-        } else {
-            n += 1;
-            255 + n
-        };
-        out.push(char::from_u32(c).unwrap_or('?'));
-    }
-    out
-}
-
 /// A small byte-level BPE vocabulary: 2 control tokens, 256 bytes, 70 merges (328 tokens).
 fn synthetic_tokenizer() -> Vec<(String, Value)> {
-    let bc = byte_chars();
+    let bc = crate::model::tokenizer::bytes_to_unicode();
     let mut tokens: Vec<String> = vec!["<|endoftext|>".into(), "<|im_start|>".into()];
     let mut types = vec![3i32, 3];
     for c in &bc {

@@ -6,6 +6,10 @@ use std::process::Command;
 
 use serde_json::Value;
 
+#[path = "common/cli.rs"]
+mod cli;
+use cli::run_code;
+
 fn fake() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/batch_fake/fake-ggufq")
 }
@@ -198,12 +202,11 @@ fn batch_converts_validates_gates_and_reports() {
 fn one_failure_does_not_stop_the_others() {
     let env = Env::new();
     env.pipeline(PIPELINE);
-    let out = env
-        .cmd(&["batch", "pipeline.yaml", "-q"])
-        .env("FAKE_FAIL", "beta__Q8_0")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    let _out = run_code(
+        env.cmd(&["batch", "pipeline.yaml", "-q"])
+            .env("FAKE_FAIL", "beta__Q8_0"),
+        1,
+    );
     let bad = json(&env.p("out/results/beta__Q8_0.json"));
     assert_eq!(bad["status"], "failed");
     assert_eq!(bad["failed_step"], "convert");
@@ -224,8 +227,7 @@ fn one_failure_does_not_stop_the_others() {
     );
     // A rerun redoes only the failed job.
     env.clear_log();
-    let out = env.cmd(&["batch", "pipeline.yaml", "-q"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1)); // hybrid still fails its gate
+    let _out = run_code(&mut env.cmd(&["batch", "pipeline.yaml", "-q"]), 1); // hybrid still fails its gate
     let jobs: std::collections::BTreeSet<String> = env
         .calls()
         .iter()
@@ -283,15 +285,9 @@ fn killed_batch_resumes_only_unfinished_work() {
     assert!(st.success());
 
     env.clear_log();
-    let out = env
-        .cmd(&["batch", "pipeline.yaml", "-j", "1", "-q"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let _out = run_code(
+        &mut env.cmd(&["batch", "pipeline.yaml", "-j", "1", "-q"]),
+        1,
     );
     // The next run leaves no temp files behind, the planted stale one included.
     for d in ["out", "out/results", "out/report"] {
@@ -400,21 +396,14 @@ validation: { text: wiki.txt }
 ";
     env.pipeline(hostile);
     // A pipeline may not point its output folder outside its own folder.
-    let out = env.cmd(&["batch", "pipeline.yaml"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    let out = run_code(&mut env.cmd(&["batch", "pipeline.yaml"]), 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("leaves the pipeline's folder"));
 
     // With an explicit -o, every name is reduced to one safe component.
     let before = walk(env.dir.path());
-    let out = env
-        .cmd(&["batch", "pipeline.yaml", "-o", "safe", "-q"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let _out = run_code(
+        &mut env.cmd(&["batch", "pipeline.yaml", "-o", "safe", "-q"]),
+        0,
     );
     let after = walk(env.dir.path());
     let new: Vec<&PathBuf> = after
@@ -438,11 +427,10 @@ validation: { text: wiki.txt }
     std::fs::remove_file(env.p("safe/tmp_evil__etc_passwd.gguf")).unwrap();
     std::os::unix::fs::symlink(&outside, env.p("safe/tmp_evil__etc_passwd.gguf")).unwrap();
     std::fs::remove_file(env.p("safe/results/tmp_evil__etc_passwd.json")).unwrap();
-    let out = env
-        .cmd(&["batch", "pipeline.yaml", "-o", "safe", "-q"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    let _out = run_code(
+        &mut env.cmd(&["batch", "pipeline.yaml", "-o", "safe", "-q"]),
+        1,
+    );
     assert_eq!(std::fs::read(&outside).unwrap(), b"precious");
     let r = json(&env.p("safe/results/tmp_evil__etc_passwd.json"));
     assert_eq!(r["status"], "failed");
@@ -528,13 +516,7 @@ fn shards_split_the_jobs_and_report_merges_them() {
     }
     args.extend(["-o".into(), "merged".into()]);
     let args_ref: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = env.report_cmd(&args_ref).output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    ); // hybrid fails its gate
+    let _out = run_code(&mut env.report_cmd(&args_ref), 1); // hybrid fails its gate
     let rep = json(&env.p("merged/results.json"));
     assert_eq!(rep["rows"].as_array().unwrap().len(), 8);
     // The perplexity increase needs the source's baseline, wherever it ran.
@@ -547,8 +529,8 @@ fn shards_split_the_jobs_and_report_merges_them() {
         assert!(r["ppl_increase"].is_number(), "{r}");
     }
     // Gates can be overridden when merging; folders are accepted.
-    let out = env
-        .report_cmd(&[
+    let _out = run_code(
+        &mut env.report_cmd(&[
             "report",
             "share0/results",
             "share1/results",
@@ -558,21 +540,14 @@ fn shards_split_the_jobs_and_report_merges_them() {
             "-o",
             "m2",
             "-q",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ]),
+        0,
     );
     // A report's results.json merges again.
-    let out = env
-        .report_cmd(&["report", "merged/results.json", "-o", "m3", "-q"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    let _out = run_code(
+        &mut env.report_cmd(&["report", "merged/results.json", "-o", "m3", "-q"]),
+        1,
+    );
     assert_eq!(json(&env.p("m3/results.json"))["rows"], rep["rows"]);
 }
 
@@ -580,22 +555,19 @@ fn shards_split_the_jobs_and_report_merges_them() {
 fn pipeline_errors_name_file_line_and_column() {
     let env = Env::new();
     env.pipeline("models: [models/alpha.gguf]\nrecipes: [Q8_0]\ngates:\n  max_kdl: 0.1\n");
-    let out = env.cmd(&["batch", "pipeline.yaml"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    let out = run_code(&mut env.cmd(&["batch", "pipeline.yaml"]), 2);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("pipeline.yaml:4:3: ") && err.contains("max_kdl"),
         "{err}"
     );
     env.pipeline("models: [models/nope*.gguf]\nrecipes: [Q8_0]\n");
-    let out = env.cmd(&["batch", "pipeline.yaml"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    let out = run_code(&mut env.cmd(&["batch", "pipeline.yaml"]), 2);
     assert!(String::from_utf8_lossy(&out.stderr).contains("matched no files"));
-    let out = env
-        .cmd(&["batch", "pipeline.yaml", "--shard", "3/3"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    let _out = run_code(
+        &mut env.cmd(&["batch", "pipeline.yaml", "--shard", "3/3"]),
+        2,
+    );
     assert!(env.calls().is_empty());
 }
 
@@ -619,16 +591,10 @@ fn concurrency_is_bounded_by_jobs_and_memory() {
         let _ = std::fs::remove_file(env.p("concurrency.log"));
         let _ = std::fs::remove_dir_all(env.p("out"));
         env.pipeline(&format!("{base}output: out\nparallel: {parallel}\n"));
-        let out = env
-            .cmd(&["batch", "pipeline.yaml", "-j", jobs, "-q"])
-            .env("FAKE_RUNNING", &running)
-            .output()
-            .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let _out = run_code(
+            env.cmd(&["batch", "pipeline.yaml", "-j", jobs, "-q"])
+                .env("FAKE_RUNNING", &running),
+            0,
         );
         assert_eq!(max_running(&env), expect, "parallel {parallel}, -j {jobs}");
     }
@@ -640,16 +606,10 @@ fn bench_auto_skips_without_gpu_and_always_fails_without_one() {
     std::fs::remove_file(env.p("models/beta.gguf")).unwrap();
     let p = "models: [models/alpha.gguf]\nrecipes: [Q8_0]\noutput: out\nvalidation: {text: wiki.txt, bench: auto}\n";
     env.pipeline(p);
-    let out = env
-        .cmd(&["batch", "pipeline.yaml", "-q"])
-        .env("GGUFQ_BATCH_ASSUME_NO_GPU", "1")
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let _out = run_code(
+        env.cmd(&["batch", "pipeline.yaml", "-q"])
+            .env("GGUFQ_BATCH_ASSUME_NO_GPU", "1"),
+        0,
     );
     let r = json(&env.p("out/results/alpha__Q8_0.json"));
     assert_eq!(
@@ -670,12 +630,11 @@ fn bench_auto_skips_without_gpu_and_always_fails_without_one() {
 
     // `bench: always` runs it, and a bench that finds no adapter fails the job.
     env.pipeline(&p.replace("bench: auto", "bench: always"));
-    let out = env
-        .cmd(&["batch", "pipeline.yaml", "-q", "-o", "out2"])
-        .env_remove("FAKE_BENCH_JSON")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    let _out = run_code(
+        env.cmd(&["batch", "pipeline.yaml", "-q", "-o", "out2"])
+            .env_remove("FAKE_BENCH_JSON"),
+        1,
+    );
     let r = json(&env.p("out2/results/alpha__Q8_0.json"));
     assert_eq!(r["status"], "failed");
     assert_eq!(r["failed_step"], "bench");

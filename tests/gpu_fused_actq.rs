@@ -50,7 +50,19 @@ fn gpu_fused_decode_with_activation_rounding_matches_cpu_backend() {
                 },
             )
             .unwrap();
-            assert_eq!(m.dispatches_per_token(), 7 * 2 + 1);
+            // With the integer kernels, one norm + rounding dispatch before the QKV, gate/up
+            // and output groups.
+            let per_layer = if ctx.tune.normq && ctx.tune.q8dot {
+                9
+            } else {
+                7
+            };
+            let out = if ctx.tune.normq && ctx.tune.q8dot {
+                2
+            } else {
+                1
+            };
+            assert_eq!(m.dispatches_per_token(), per_layer * 2 + out);
         }
         let model = Model::open(&path).unwrap();
         let mut cpu = CpuBackend::new(&model, 64, 1).unwrap();

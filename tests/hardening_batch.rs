@@ -11,6 +11,10 @@ use std::process::Command;
 use ggufq::quant::GgmlType;
 use serde_json::Value;
 
+#[path = "common/cli.rs"]
+mod cli;
+use cli::run_code;
+
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_ggufq")
 }
@@ -134,16 +138,11 @@ fn full_disk_fails_only_that_job_and_leaves_nothing_behind() {
     assert_no_leftovers(&files);
 
     // With space again, a rerun redoes only the failed job and leaves nothing stale.
-    let out = Command::new(bin())
-        .args(["batch", "pipeline.yaml", "-j", "1", "-q"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let _out = run_code(
+        Command::new(bin())
+            .args(["batch", "pipeline.yaml", "-j", "1", "-q"])
+            .current_dir(dir.path()),
+        0,
     );
     assert_eq!(json(&results.join("tiny__Q8_0.json"))["status"], "ok");
     assert_eq!(json(&results.join("tiny__Q4_K_M.json"))["status"], "ok");

@@ -150,16 +150,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             pb.inc(1);
         }
         w.finish()?;
-        ppl::PplResult {
-            ppl: acc.ppl(),
-            ppl_err: acc.ppl_err(),
-            n_chunks: plan.n_chunks,
-            n_ctx: plan.n_ctx,
-            n_scored: acc.count,
-            running,
-            n_tokens_evaluated: plan.n_chunks * plan.n_ctx,
-            seconds: t0.elapsed().as_secs_f64(),
-        }
+        ppl::PplResult::from_accum(&acc, &plan, running, t0)
     } else {
         ppl::perplexity(&mut be, &tokens, &opts, &mut |_, _, p| {
             pb.set_message(format!("PPL {p:.4}"));

@@ -145,6 +145,28 @@ pub struct PplResult {
     pub seconds: f64,
 }
 
+impl PplResult {
+    /// The result of `plan`'s chunks from their accumulated NLLs, `running` PPL after each
+    /// chunk, and the time since `t0`.
+    pub fn from_accum(
+        acc: &NllAccum,
+        plan: &ChunkPlan,
+        running: Vec<f64>,
+        t0: std::time::Instant,
+    ) -> PplResult {
+        PplResult {
+            ppl: acc.ppl(),
+            ppl_err: acc.ppl_err(),
+            n_chunks: plan.n_chunks,
+            n_ctx: plan.n_ctx,
+            n_scored: acc.count,
+            running,
+            n_tokens_evaluated: plan.n_chunks * plan.n_ctx,
+            seconds: t0.elapsed().as_secs_f64(),
+        }
+    }
+}
+
 /// Perplexity of `tokens` on `backend`; `progress(done, total, running_ppl)` after each chunk.
 pub fn perplexity(
     backend: &mut dyn Backend,
@@ -175,16 +197,7 @@ pub fn perplexity(
         running.push(acc.ppl());
         progress(c + 1, plan.n_chunks, acc.ppl());
     }
-    Ok(PplResult {
-        ppl: acc.ppl(),
-        ppl_err: acc.ppl_err(),
-        n_chunks: plan.n_chunks,
-        n_ctx: plan.n_ctx,
-        n_scored: acc.count,
-        running,
-        n_tokens_evaluated: plan.n_chunks * plan.n_ctx,
-        seconds: t0.elapsed().as_secs_f64(),
-    })
+    Ok(PplResult::from_accum(&acc, &plan, running, t0))
 }
 
 #[cfg(test)]

@@ -17,7 +17,9 @@ use super::buffers::{f32_buffer, scratch};
 use super::device::GpuContext;
 use super::kernels::{KernelKey, Kernels};
 
-/// Values per workgroup of the rounding kernel (one row chunk of one token).
+/// Values per workgroup of the rounding kernel (one row chunk of one token). A version with
+/// 4096 values per workgroup (16 per thread, one barrier) was slower in decode on the H100
+/// (64 roundings per token: 815 vs 529 µs, session 4).
 pub const CHUNK: u32 = 256;
 
 /// Kernel code of an activation rounding: 0 none (F32 weights), 1 f16, 2 bf16, 3 Q8_0 / Q8_1
@@ -41,7 +43,26 @@ pub fn kind_for_weight(ty: GgmlType) -> u32 {
 /// Uniform parameters of one rounding dispatch: `n_tok` rows of `k` values, row stride `ld`,
 /// first value at `x_off` (all in f32 elements).
 pub fn params(k: u32, ld: u32, x_off: u32, n_tok: u32, kind: u32) -> [u32; 12] {
-    [k, ld, x_off, n_tok, kind, 0, 0, 0, 0, 0, 0, 0]
+    params_q8(k, ld, x_off, n_tok, kind, 0)
+}
+
+/// [`params`] with the packed int8 output of the Q8 kinds at word `q8_base` (0: none; see
+/// [`q8_base`]), which the integer decode mat-vec reads.
+pub fn params_q8(k: u32, ld: u32, x_off: u32, n_tok: u32, kind: u32, q8_base: u32) -> [u32; 12] {
+    [k, ld, x_off, n_tok, kind, q8_base, 0, 0, 0, 0, 0, 0]
+}
+
+/// Where the packed int8 quants begin in a rounding output of `elems` f32 values (a multiple
+/// of 64, so that quants and scales stay aligned): quants of value o at byte o of the words
+/// from there, the per-32 scales at word `base + base / 4 + o / 32`.
+pub fn q8_base(elems: usize) -> usize {
+    elems.max(1).next_multiple_of(64)
+}
+
+/// 32-bit words of a rounding output of `elems` values with its packed region.
+pub fn q8_words(elems: usize) -> usize {
+    let e = q8_base(elems);
+    e + e / 4 + e / 32
 }
 
 /// Workgroups of one rounding dispatch.
@@ -87,6 +108,7 @@ impl ActRounding {
     /// Bookkeeping for inputs of at most `elems` f32 values (the largest activation buffer);
     /// `enabled: false` records no rounding (`Tune::act_round`, GGUFQ_ACTQ=0).
     pub fn new(elems: usize, enabled: bool) -> ActRounding {
+        let elems = q8_base(elems);
         ActRounding {
             elems,
             scratch: Vec::new(),
@@ -156,12 +178,17 @@ impl ActRounding {
         }
     }
 
+    /// Word where the packed int8 quants begin in every rounding output ([`q8_base`]).
+    pub fn q8_base(&self) -> u32 {
+        q8_base(self.elems) as u32
+    }
+
     fn scratch_for(&mut self, ctx: &GpuContext, kind: u32) -> wgpu::Buffer {
         if let Some((_, b)) = self.scratch.iter().find(|(k, _)| *k == kind) {
             return b.clone();
         }
-        let b = scratch(ctx, "act_rounded", self.elems);
-        self.bytes += 4 * self.elems.max(1) as u64;
+        let b = scratch(ctx, "act_rounded", q8_words(self.elems));
+        self.bytes += 4 * q8_words(self.elems) as u64;
         self.scratch.push((kind, b.clone()));
         b
     }

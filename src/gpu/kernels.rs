@@ -292,7 +292,22 @@ pub struct Tune {
     /// One-token forwards use the fused decode graph (RMSNorm in the mat-vec prologue,
     /// RoPE and the KV store in the attention kernel); GGUFQ_FUSE=0 runs the batch graph.
     pub fuse: bool,
+    /// Decode mat-vecs of the [`Q8_TYPES`] read the rounded activation as int8 quants with
+    /// per-32 scales and multiply with `dot4I8Packed` (needs `act_round`); GGUFQ_Q8DOT=0
+    /// keeps the f32 activation kernels.
+    pub q8dot: bool,
+    /// Lanes per row group of the integer decode kernel (GGUFQ_Q8_LANES: 32, 64, 128, 256;
+    /// 0 = by row length, [`Tune::q8_lanes`]).
+    pub q8_lanes: u32,
+    /// The fused decode graph normalises and rounds each matrix group's input once, in a
+    /// one-workgroup dispatch ([`KernelKey::NormQ8`]), for groups of [`Q8_TYPES`] matrices
+    /// instead of in every workgroup's prologue (GGUFQ_NORMQ=0: in the prologue).
+    pub normq: bool,
 }
+
+/// Types with an integer decode kernel (`idot` in dequant.wgsl): their activations are Q8_0
+/// (Q4_0, Q8_0) or Q8_K (K-quants) blocks on the CPU, whose int8 quants the kernel reads.
+pub const Q8_TYPES: &[&str] = &["Q4_0", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"];
 
 /// Types whose decode kernel uses unit lanes by default. In the session-2 H100 run every
 /// whole-model tg128 with unit lanes (all types) was faster than or equal to session 1's
@@ -308,6 +323,13 @@ impl Tune {
         self.unit_lanes.unwrap_or_else(|| {
             GgmlType::from_id(ty).is_some_and(|t| UNIT_TYPES.contains(&t.name()))
         })
+    }
+
+    /// Whether the decode mat-vec of type id `ty` uses the integer (q8 activation) kernel.
+    pub fn q8_for(&self, ty: u32) -> bool {
+        self.q8dot
+            && self.act_round
+            && GgmlType::from_id(ty).is_some_and(|t| Q8_TYPES.contains(&t.name()))
     }
 
     /// Whether a decode mat-vec over rows of `units` 32-weight units of type id `ty` uses
@@ -327,6 +349,19 @@ impl Tune {
     /// The decode (one-token) mat-vec kernel for a matrix of type id `ty` with `units`
     /// 32-weight units per row, NR rows per warp; `nt` > 1 gives the small-batch kernel.
     pub fn matvec_key(&self, ty: u32, nt: u32, nr: u32, units: usize) -> KernelKey {
+        if nt == 1 && self.q8_for(ty) {
+            let spl = self.q8_lanes(ty, units);
+            return KernelKey::MatVecQ8 {
+                ty,
+                nr: if spl == 256 { nr.max(2) } else { nr },
+                spl,
+            };
+        }
+        self.matvec_key_f32(ty, nt, nr, units)
+    }
+
+    /// [`Tune::matvec_key`] without the integer kernel: the kernel that reads f32 inputs.
+    pub fn matvec_key_f32(&self, ty: u32, nt: u32, nr: u32, units: usize) -> KernelKey {
         if nt == 1 && self.splitk_for(ty, units) {
             KernelKey::MatVecSplitK { ty, nr }
         } else {
@@ -334,11 +369,23 @@ impl Tune {
         }
     }
 
+    /// Lanes that share the units of one row group in the integer decode kernel (32, 64, 128
+    /// or 256; the workgroup's 256 lanes hold 256 / lanes row groups of NR rows): by
+    /// default the power of two ≥ the row's units (so that each lane takes about one
+    /// unit per row), at most 256; GGUFQ_Q8_LANES sets it for every matrix.
+    pub fn q8_lanes(&self, _ty: u32, units: usize) -> u32 {
+        if self.q8_lanes != 0 {
+            return self.q8_lanes;
+        }
+        (units.next_power_of_two() as u32).clamp(32, 256)
+    }
+
     /// Output rows per workgroup of the kernel `key` with `nr` rows per warp (mat-vec keys;
     /// 64 for the tiled mat-mat).
     pub fn rows_per_wg(&self, key: &KernelKey, nr: u32) -> u32 {
         match key {
             KernelKey::MatVecSplitK { .. } => nr.max(2),
+            KernelKey::MatVecQ8 { spl, nr, .. } => (256 / spl) * nr,
             KernelKey::MatMat { .. } => 64,
             _ => 8 * nr,
         }
@@ -400,6 +447,9 @@ impl Tune {
             unroll: get("GGUFQ_UNROLL", 1, &[1, 2, 4]),
             prerecord: std::env::var("GGUFQ_PRERECORD").as_deref() != Ok("0"),
             splitk: get("GGUFQ_SPLITK", 1, &[0, 1, 2]),
+            q8dot: std::env::var("GGUFQ_Q8DOT").as_deref() != Ok("0"),
+            q8_lanes: get("GGUFQ_Q8_LANES", 0, &[32, 64, 128, 256]),
+            normq: std::env::var("GGUFQ_NORMQ").as_deref() != Ok("0"),
         }
     }
 }
@@ -422,7 +472,21 @@ pub enum KernelKey {
     /// Decode mat-vec (one token) whose prologue applies RMSNorm to its `k4`·4-long input
     /// (held in workgroup memory), then the activation rounding `act` (a
     /// [`super::actq::kind_of`] code, 0 none), NR rows per warp.
-    MatVecNorm { ty: u32, nr: u32, k4: u32, act: u32 },
+    MatVecNorm {
+        ty: u32,
+        nr: u32,
+        k4: u32,
+        act: u32,
+        q8: bool,
+    },
+    /// Decode mat-vec (one token) of a [`Q8_TYPES`] matrix reading the activation as int8
+    /// quants and per-32 scales (the packed region of the rounding's output), optionally in
+    /// the split-K layout.
+    MatVecQ8 { ty: u32, nr: u32, spl: u32 },
+    /// Decode RMSNorm of the residual row (`k4`·4 values) followed by the activation
+    /// rounding `act` (3 Q8_0, 4 Q8_K), written as packed int8 quants and per-32 scales
+    /// for the [`KernelKey::MatVecQ8`] kernels after it (one workgroup).
+    NormQ8 { k4: u32, act: u32 },
     /// Decode mat-vec (one token) in the split-K layout: the workgroup's 256 lanes share
     /// the K range of NR (≥ 2) rows.
     MatVecSplitK { ty: u32, nr: u32 },
@@ -435,7 +499,9 @@ pub enum KernelKey {
 
 /// WGSL of the mat-vec kernel of type id `ty` (NT tokens per workgroup, NR rows per warp);
 /// with `k4 = Some(k4)` a one-token kernel whose prologue RMS-normalises its `4·k4`-long
-/// input with the weights at binding 4 (eps in `P.pad1`) into workgroup memory.
+/// input with the weights at binding 4 (eps in `P.pad1`) into workgroup memory. `q8`: the
+/// fused integer kernel (one token, unit lanes, the type's `idot`), whose prologue rounds
+/// the normalised input into int8 quants and per-32 scales (needs `k4`; ignored without).
 fn matvec_source(
     ctx: &GpuContext,
     ty: u32,
@@ -443,12 +509,16 @@ fn matvec_source(
     nr: u32,
     k4: Option<u32>,
     splitk: bool,
+    q8: bool,
 ) -> Result<String> {
     let gt =
         GgmlType::from_id(ty).ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;
     let xsrc = if k4.is_some() { "xs" } else { "X" };
     let xoff = if k4.is_some() { "" } else { "P.x_off + " };
-    let splitk = splitk && ctx.tune.unit_for(ty) && nt <= 2;
+    // The integer path here is the fused one (prologue rounding, GGUFQ_NORMQ=0); the
+    // kernel that reads packed quants from X is `matvec_q8_source`.
+    let q8 = q8 && nt == 1 && k4.is_some();
+    let splitk = splitk && (q8 || ctx.tune.unit_for(ty)) && nt <= 2;
     // Split-K workgroups hold NR rows: at least 2, so that SwiGLU's (gate, up) row pairs
     // stay together.
     let nr = if splitk { nr.max(2) } else { nr };
@@ -483,8 +553,32 @@ fn matvec_source(
             "    let xt_{t} = {xoff}min(t0 + {t}u, P.n_tok - 1u) * P.ld_x;\n"
         ));
     }
+    if q8 && !deq.contains("fn idot") {
+        return Err(Error::msg(format!(
+            "no integer decode kernel for {}",
+            gt.name()
+        )));
+    }
     // Unit lanes hold 8 x vectors per token: only for decode-sized NT.
-    if ctx.tune.unit_for(ty) && nt <= 2 {
+    if q8 {
+        // One 32-weight unit per lane per step: its int8 quants (two vec4<u32>) and scale
+        // are loaded once and reused for NR rows.
+        let outer = std::mem::take(&mut body);
+        body.push_str(
+            "        let xa = xqa[u];\n        let xb = xqb[u];\n        let dx = xd[u];\n",
+        );
+        body.push_str("        let one = 0x01010101u;\n        let sx0 = (dot4I8Packed(xa.x, one) + dot4I8Packed(xa.y, one)) + (dot4I8Packed(xa.z, one) + dot4I8Packed(xa.w, one));\n        let sx1 = (dot4I8Packed(xb.x, one) + dot4I8Packed(xb.y, one)) + (dot4I8Packed(xb.z, one) + dot4I8Packed(xb.w, one));\n");
+        for r in 0..nr {
+            body.push_str(&format!("        let gu_{r} = min(rbase + {r}u, P.rows - 1u) * P.units + u;\n        acc_{r}_0 += dx * idot(gu_{r} / UPB, gu_{r} % UPB, xa, xb, sx0, sx1);\n"));
+        }
+        let unit = std::mem::replace(&mut body, outer);
+        let (first, stride) = if splitk { ("lid", 256) } else { ("lane", 32) };
+        body.push_str(&format!(
+            "    for (var u = {first}; u < P.units; u += {stride}u) {{\n"
+        ));
+        body.push_str(&unit);
+        body.push_str("    }\n");
+    } else if ctx.tune.unit_for(ty) && nt <= 2 {
         // Lane = one 32-weight unit per step: its 8 x vectors are loaded once
         // (8 loads in flight) and reused for NR rows; the unit's scale is looked
         // up by 8 inlined deq4 calls on the same block, which the compiler merges.
@@ -600,10 +694,223 @@ fn matvec_source(
         .replace("$NR", &nr.to_string())
         .replace("$UPB", &lay.units_per_block().to_string())
         .replace("$RED_DECL", &decl)
+        .replace("$XTY", "vec4<f32>")
         .replace("$BODY", &body)
         .replace("$DEQ", &deq)
         .replace("$NORM_DECL", &norm_decl)
         .replace("$NORM_PRO", &norm_pro))
+}
+
+/// WGSL of the integer decode mat-vec ([`KernelKey::MatVecQ8`]): `spl` lanes (a power of
+/// two from 32 to 256) share the units of each group of `nr` rows, each lane one unit per
+/// step; the activation is the packed region of X (int8 quants from word `P.ld_x`, then the
+/// per-32 scales), read from global memory (it stays in cache).
+fn matvec_q8_source(ctx: &GpuContext, ty: u32, nr: u32, spl: u32) -> Result<String> {
+    let gt =
+        GgmlType::from_id(ty).ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;
+    if !matches!(spl, 32 | 64 | 128 | 256) || !matches!(nr, 1 | 2 | 4) {
+        return Err(Error::msg(format!(
+            "integer mat-vec: {spl} lanes per row group, {nr} rows per group"
+        )));
+    }
+    let lay = layout(gt)?;
+    let deq = deq_source(gt, "W", "", "P.d_off")?;
+    if !deq.contains("fn idot") {
+        return Err(Error::msg(format!(
+            "no integer decode kernel for {}",
+            gt.name()
+        )));
+    }
+    let nr = nr as usize;
+    let groups = 256 / spl;
+    let wpg = spl / 32; // warps per row group (subgroup path)
+    let mut body = String::new();
+    for r in 0..nr {
+        body.push_str(&format!("    var acc_{r}_0 = 0.0;\n"));
+    }
+    body.push_str("    let gl = lid % SPL;\n");
+    // Packed region: quants from word ld_x (vec4 index ld_x / 4), then the scales.
+    body.push_str("    let xq0 = P.ld_x / 4u + P.x_off / 4u;\n    let xs0 = P.ld_x + P.ld_x / 4u + P.x_off / 8u;\n");
+    body.push_str("    for (var u = gl; u < P.units; u += SPL) {\n");
+    body.push_str("        let xa = X[xq0 + 2u * u];\n        let xb = X[xq0 + 2u * u + 1u];\n        let dx = bitcast<f32>(X[(xs0 + u) >> 2u][(xs0 + u) & 3u]);\n");
+    body.push_str("        let one = 0x01010101u;\n        let sx0 = (dot4I8Packed(xa.x, one) + dot4I8Packed(xa.y, one)) + (dot4I8Packed(xa.z, one) + dot4I8Packed(xa.w, one));\n        let sx1 = (dot4I8Packed(xb.x, one) + dot4I8Packed(xb.y, one)) + (dot4I8Packed(xb.z, one) + dot4I8Packed(xb.w, one));\n");
+    for r in 0..nr {
+        body.push_str(&format!("        let gu_{r} = min(rbase + {r}u, P.rows - 1u) * P.units + u;\n        acc_{r}_0 += dx * idot(gu_{r} / UPB, gu_{r} % UPB, xa, xb, sx0, sx1);\n"));
+    }
+    body.push_str("    }\n");
+    let decl;
+    if ctx.subgroup32 {
+        // One sum per warp, then the warps of each row group.
+        decl = "var<workgroup> part: array<f32, 8u * NR>;".to_string();
+        for r in 0..nr {
+            body.push_str(&format!("    let s_{r} = subgroupAdd(acc_{r}_0);\n    if (lane == 0u) {{ part[warp * NR + {r}u] = s_{r}; }}\n"));
+        }
+        body.push_str("    workgroupBarrier();\n    if (lid < RPW) {\n        let g = lid / NR;\n        let r = lid % NR;\n        var t = 0.0;\n");
+        body.push_str(&format!(
+            "        for (var w = 0u; w < {wpg}u; w++) {{ t += part[(g * {wpg}u + w) * NR + r]; }}\n        res[lid] = t;\n    }}\n"
+        ));
+    } else {
+        decl = "var<workgroup> red: array<f32, 256>;".to_string();
+        for r in 0..nr {
+            body.push_str(&format!("    red[lid] = acc_{r}_0;\n    workgroupBarrier();\n    for (var s = SPL / 2u; s > 0u; s >>= 1u) {{\n        if (gl < s) {{ red[lid] += red[lid + s]; }}\n        workgroupBarrier();\n    }}\n    if (gl == 0u) {{ res[(lid / SPL) * NR + {r}u] = red[lid]; }}\n    workgroupBarrier();\n"));
+        }
+    }
+    let rpw = groups as usize * nr;
+    Ok(MATVEC_WGSL
+        .replace("$RPW", &rpw.to_string())
+        .replace("$WARP_ROWS", "(lid / SPL) * NR")
+        .replace("$NT", "1")
+        .replace("$NR", &nr.to_string())
+        .replace("$UPB", &lay.units_per_block().to_string())
+        .replace("$RED_DECL", &format!("const SPL: u32 = {spl}u;\n{decl}"))
+        .replace("$XTY", "vec4<u32>")
+        .replace("$BODY", &body)
+        .replace("$DEQ", &deq)
+        .replace("$NORM_DECL", "")
+        .replace("$NORM_PRO", ""))
+}
+
+/// WGSL of [`KernelKey::NormQ8`]: the fused mat-vec prologue (RMSNorm, then the rounding
+/// `act` into int8 quants) in one workgroup, stored as the packed region that
+/// [`KernelKey::MatVecQ8`] reads (quants from word `P.ld_x`, then the scales).
+fn normq8_source(ctx: &GpuContext, k4: u32, act: u32) -> Result<String> {
+    if !matches!(act, 3 | 4) || k4 % 32 != 0 {
+        return Err(Error::msg(format!(
+            "decode norm + rounding: kind {act} over {} values",
+            4 * k4
+        )));
+    }
+    if k4 <= 1024 {
+        return Ok(normq8_regs_source(ctx, k4, act));
+    }
+    let norm = if ctx.subgroup32 {
+        NORM_PROLOGUE.replace(NORM_TREE, NORM_SUBGROUP)
+    } else {
+        NORM_PROLOGUE.to_string()
+    };
+    let (decl, pro) = act_prologue(act, k4, true)?;
+    Ok(format!(
+        "struct Params {{ rows: u32, units: u32, d_off: u32, x_off: u32, ld_x: u32, y_off: u32, ld_y: u32, n_tok: u32, mode: u32, row0: u32, pad0: u32, pad1: u32 }}
+@group(0) @binding(0) var<storage, read> X: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> NW: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> Q: array<vec4<u32>>;
+@group(0) @binding(3) var<uniform> P: Params;
+const K4: u32 = {k4}u;
+var<workgroup> xs: array<vec4<f32>, K4>;
+var<workgroup> nred: array<f32, 256>;
+{decl}
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32) {{
+{norm}
+    let q0 = P.ld_x / 4u;
+    for (var i = lid; i < K4 / 8u; i += 256u) {{
+        Q[q0 + 2u * i] = xqa[i];
+        Q[q0 + 2u * i + 1u] = xqb[i];
+    }}
+    let s0 = P.ld_x + P.ld_x / 4u;
+    for (var i = lid; i < K4 / 32u; i += 256u) {{
+        Q[s0 / 4u + i] = bitcast<vec4<u32>>(vec4<f32>(xd[4u * i], xd[4u * i + 1u], xd[4u * i + 2u], xd[4u * i + 3u]));
+    }}
+}}
+"
+    )
+    .replace("$ACT_PRO", &pro))
+}
+
+/// [`KernelKey::NormQ8`] for rows of at most 4096 values: each thread holds 16 consecutive
+/// values in registers (half a 32-value unit), so the kernel needs two workgroup barriers
+/// (the sum of squares, the block maxima) instead of the prologue's tree passes. Same
+/// operations per value as the prologue and `actq.wgsl`, so the same quants and scales
+/// (up to the order of the sum of squares).
+fn normq8_regs_source(ctx: &GpuContext, k4: u32, act: u32) -> String {
+    let reduce = if ctx.subgroup32 {
+        NORM_SUBGROUP
+    } else {
+        NORM_TREE
+    };
+    // Threads per activation block: Q8_0 / Q8_1 blocks of 32 values, Q8_K of 256.
+    let (tpb, scale, q) = if act == 3 {
+        (
+            2,
+            "let sx = select(0.0, div_rn(127.0, amax), amax != 0.0);
+    let sd = round_f16(div_rn(amax, 127.0));",
+            "round(v * sx)",
+        )
+    } else {
+        (
+            16,
+            "var sx = 0.0;
+    var sd = 0.0;
+    if (amax != 0.0) {
+        sx = div_rn(127.0, amax);
+        sd = div_rn(1.0, sx);
+    }",
+            "min(round(sx * v), vec4<f32>(127.0))",
+        )
+    };
+    format!(
+        "struct Params {{ rows: u32, units: u32, d_off: u32, x_off: u32, ld_x: u32, y_off: u32, ld_y: u32, n_tok: u32, mode: u32, row0: u32, pad0: u32, pad1: u32 }}
+@group(0) @binding(0) var<storage, read> X: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> NW: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> Q: array<u32>;
+@group(0) @binding(3) var<uniform> P: Params;
+const K4: u32 = {k4}u;
+const TPB: u32 = {tpb}u;
+var<workgroup> nred: array<f32, 256>;
+var<workgroup> mx: array<f32, 256>;
+{fns}
+fn amax4(v: vec4<f32>) -> f32 {{
+    let a = abs(v);
+    return max(max(a.x, a.y), max(a.z, a.w));
+}}
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32) {{
+    let live = lid * 4u < K4;
+    let i0 = min(lid, K4 / 4u - 1u) * 4u;
+    let a0 = X[P.x_off + i0];
+    let a1 = X[P.x_off + i0 + 1u];
+    let a2 = X[P.x_off + i0 + 2u];
+    let a3 = X[P.x_off + i0 + 3u];
+    let n0 = NW[i0];
+    let n1 = NW[i0 + 1u];
+    let n2 = NW[i0 + 2u];
+    let n3 = NW[i0 + 3u];
+    var ss = 0.0;
+    if (live) {{
+        ss = ((dot(a0, a0) + dot(a1, a1)) + dot(a2, a2)) + dot(a3, a3);
+    }}
+{reduce}    let inv = 1.0 / sqrt(tot / f32(K4 * 4u) + bitcast<f32>(P.pad1));
+    let v0 = a0 * inv * n0;
+    let v1 = a1 * inv * n1;
+    let v2 = a2 * inv * n2;
+    let v3 = a3 * inv * n3;
+    mx[lid] = select(0.0, max(max(amax4(v0), amax4(v1)), max(amax4(v2), amax4(v3))), live);
+    workgroupBarrier();
+    let g0 = lid - lid % TPB;
+    var amax = 0.0;
+    for (var j = 0u; j < TPB; j++) {{
+        amax = max(amax, mx[g0 + j]);
+    }}
+    {scale}
+    if (live) {{
+        let o = P.ld_x + 4u * lid;
+        var v = v0;
+        Q[o] = pack4xI8(vec4<i32>({q}));
+        v = v1;
+        Q[o + 1u] = pack4xI8(vec4<i32>({q}));
+        v = v2;
+        Q[o + 2u] = pack4xI8(vec4<i32>({q}));
+        v = v3;
+        Q[o + 3u] = pack4xI8(vec4<i32>({q}));
+        if (lid % 2u == 0u) {{
+            Q[P.ld_x + P.ld_x / 4u + lid / 2u] = bitcast<u32>(sd);
+        }}
+    }}
+}}
+",
+        fns = actq_functions()
+    )
 }
 
 /// RMSNorm prologue of the fused decode mat-vec: the workgroup reduces Σx² of its input row,
@@ -638,8 +945,10 @@ fn actq_functions() -> &'static str {
 /// to the normalised input in workgroup memory: `act` 1 f16, 2 bf16, 3 Q8_0/Q8_1 blocks of 32,
 /// 4 Q8_K blocks of 256, 0 none. Returns (declarations, prologue code). Block maxima: each
 /// vec4's largest |value| into `m4`, then a tree per block over `m4`; the block scales are
-/// computed once per block into `sc`, and every thread rounds its vec4s.
-fn act_prologue(act: u32, k4: u32) -> Result<(String, String)> {
+/// computed once per block into `sc`, and every thread rounds its vec4s. `q8` (the integer
+/// kernel): the quants go to `xqa` (values 0..15 of each 32-value unit) and `xqb` (16..31) as
+/// packed int8, the per-unit scales to `xd`, instead of rounded values to `xs`.
+fn act_prologue(act: u32, k4: u32, q8: bool) -> Result<(String, String)> {
     let bs4 = match act {
         0 => return Ok((String::new(), String::new())),
         1 | 2 => {
@@ -666,7 +975,7 @@ fn act_prologue(act: u32, k4: u32) -> Result<(String, String)> {
             4 * bs4
         )));
     }
-    let decl = format!(
+    let mut decl = format!(
         "{}\nconst BS4: u32 = {bs4}u;\nvar<workgroup> m4: array<f32, K4>;\nvar<workgroup> sc: array<vec2<f32>, K4 / BS4>;\n",
         actq_functions()
     );
@@ -688,6 +997,32 @@ fn act_prologue(act: u32, k4: u32) -> Result<(String, String)> {
     } else {
         "xs[i] = min(round(s.x * xs[i]), vec4<f32>(127.0)) * s.y;"
     };
+    let q8_apply = if q8 {
+        let q = if act == 3 {
+            "round(v * s)"
+        } else {
+            "min(round(s * v), vec4<f32>(127.0))"
+        };
+        decl.push_str(&format!(
+            "var<workgroup> xqa: array<vec4<u32>, K4 / 8u>;\n\
+             var<workgroup> xqb: array<vec4<u32>, K4 / 8u>;\n\
+             var<workgroup> xd: array<f32, K4 / 8u>;\n\
+             fn pkq(v: vec4<f32>, s: f32) -> u32 {{\n    return pack4xI8(vec4<i32>({q}));\n}}\n"
+        ));
+        Some(
+            "    for (var i = lid; i < K4 / 8u; i += 256u) {
+        let s = sc[(i * 8u) / BS4];
+        let o = i * 8u;
+        xqa[i] = vec4<u32>(pkq(xs[o], s.x), pkq(xs[o + 1u], s.x), pkq(xs[o + 2u], s.x), pkq(xs[o + 3u], s.x));
+        xqb[i] = vec4<u32>(pkq(xs[o + 4u], s.x), pkq(xs[o + 5u], s.x), pkq(xs[o + 6u], s.x), pkq(xs[o + 7u], s.x));
+        xd[i] = s.y;
+    }
+    workgroupBarrier();
+",
+        )
+    } else {
+        None
+    };
     let body = format!(
         "    for (var i = lid; i < K4; i += 256u) {{
         let v = abs(xs[i]);
@@ -705,15 +1040,65 @@ fn act_prologue(act: u32, k4: u32) -> Result<(String, String)> {
         {scale}
     }}
     workgroupBarrier();
-    for (var i = lid; i < K4; i += 256u) {{
+"
+    );
+    let body = match q8_apply {
+        Some(q) => body + q,
+        None => {
+            body + &format!(
+                "    for (var i = lid; i < K4; i += 256u) {{
         let s = sc[i / BS4];
         {apply}
     }}
     workgroupBarrier();
 "
-    );
+            )
+        }
+    };
     Ok((decl, body))
 }
+
+/// Decode attention's maximum of the scores (`mx` per thread → `m`): a tree in workgroup
+/// memory ...
+const ATTN_MAX_TREE: &str = "    red[lid] = mx;
+    workgroupBarrier();
+    for (var k = 128u; k > 0u; k >>= 1u) {
+        if (lid < k) {
+            red[lid] = max(red[lid], red[lid + k]);
+        }
+        workgroupBarrier();
+    }
+    let m = red[0];
+    workgroupBarrier();
+";
+
+/// ... or, with 32-wide subgroups, one maximum per warp, then 8 values.
+const ATTN_MAX_SUBGROUP: &str = "    let wmax = subgroupMax(mx);
+    if (lid % 32u == 0u) { red[lid / 32u] = wmax; }
+    workgroupBarrier();
+    let m = max(max(max(red[0], red[1]), max(red[2], red[3])), max(max(red[4], red[5]), max(red[6], red[7])));
+    workgroupBarrier();
+";
+
+/// Decode attention's sum of the exponentials (`sum` per thread → `inv` = 1 / total), as a
+/// tree ...
+const ATTN_SUM_TREE: &str = "    red[lid] = sum;
+    workgroupBarrier();
+    for (var k = 128u; k > 0u; k >>= 1u) {
+        if (lid < k) {
+            red[lid] += red[lid + k];
+        }
+        workgroupBarrier();
+    }
+    let inv = 1.0 / red[0];
+";
+
+/// ... or per warp with subgroups.
+const ATTN_SUM_SUBGROUP: &str = "    let wsum = subgroupAdd(sum);
+    if (lid % 32u == 0u) { red[lid / 32u] = wsum; }
+    workgroupBarrier();
+    let inv = 1.0 / (((red[0] + red[1]) + (red[2] + red[3])) + ((red[4] + red[5]) + (red[6] + red[7])));
+";
 
 /// The shared-memory reduction of [`NORM_PROLOGUE`] ...
 const NORM_TREE: &str = "    nred[lid] = ss;
@@ -785,16 +1170,42 @@ impl Kernels {
     /// WGSL text of a kernel (public for tests and `--dump-wgsl`).
     pub fn source(ctx: &GpuContext, key: &KernelKey) -> Result<String> {
         Ok(match key {
-            KernelKey::MatVec { ty, nt, nr } => matvec_source(ctx, *ty, *nt, *nr, None, false)?,
-            KernelKey::MatVecSplitK { ty, nr } => matvec_source(ctx, *ty, 1, *nr, None, true)?,
-            KernelKey::MatVecNorm { ty, nr, k4, act } => {
-                let src = matvec_source(ctx, *ty, 1, *nr, Some(*k4), false)?;
-                let (decl, body) = act_prologue(*act, *k4)?;
+            KernelKey::MatVec { ty, nt, nr } => {
+                matvec_source(ctx, *ty, *nt, *nr, None, false, false)?
+            }
+            KernelKey::MatVecSplitK { ty, nr } => {
+                matvec_source(ctx, *ty, 1, *nr, None, true, false)?
+            }
+            KernelKey::MatVecQ8 { ty, nr, spl } => matvec_q8_source(ctx, *ty, *nr, *spl)?,
+            KernelKey::NormQ8 { k4, act } => normq8_source(ctx, *k4, *act)?,
+            KernelKey::MatVecNorm {
+                ty,
+                nr,
+                k4,
+                act,
+                q8,
+            } => {
+                if *q8 && !matches!(act, 3 | 4) {
+                    return Err(Error::msg(format!(
+                        "integer decode kernel with activation rounding {act}"
+                    )));
+                }
+                let src = matvec_source(ctx, *ty, 1, *nr, Some(*k4), false, *q8)?;
+                let (decl, body) = act_prologue(*act, *k4, *q8)?;
                 src.replace("$ACT_PRO", &body).replace("$ACT_FNS", &decl)
             }
-            KernelKey::AttnDecode { ctx: n, hd } => ATTN_DECODE_WGSL
-                .replace("$CTX", &n.to_string())
-                .replace("$HD4", &(hd / 4).to_string()),
+            KernelKey::AttnDecode { ctx: n, hd } => {
+                let (rmax, rsum) = if ctx.subgroup32 {
+                    (ATTN_MAX_SUBGROUP, ATTN_SUM_SUBGROUP)
+                } else {
+                    (ATTN_MAX_TREE, ATTN_SUM_TREE)
+                };
+                ATTN_DECODE_WGSL
+                    .replace("$CTX", &n.to_string())
+                    .replace("$HD4", &(hd / 4).to_string())
+                    .replace("$RED_MAX", rmax)
+                    .replace("$RED_SUM", rsum)
+            }
             KernelKey::MatMat { ty } => {
                 let gt = GgmlType::from_id(*ty)
                     .ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;

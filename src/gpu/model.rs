@@ -163,6 +163,8 @@ enum StepKind {
         ld_y: u32,
         mode: u32,
         last_only: bool,
+        /// Packed-quant base of the input for the integer decode kernel (0: f32 input).
+        q8e: u32,
     },
     Rope,
     Attn,
@@ -173,6 +175,12 @@ enum StepKind {
         k: u32,
         ld: u32,
         last_only: bool,
+        /// Also write the packed int8 quants from this word (0: none).
+        q8e: u32,
+    },
+    /// Decode RMSNorm + rounding into packed int8 quants from word `q8e` (one workgroup).
+    NormQ8 {
+        q8e: u32,
     },
 }
 
@@ -558,6 +566,7 @@ impl GpuModel {
         let (bgl_mat, pl_mat) = buffer_layouts(&ctx, "mat", b"rrwu");
         let (bgl_rope, pl_rope) = buffer_layouts(&ctx, "rope", b"wwwrur");
         let (bgl_matn, pl_matn) = buffer_layouts(&ctx, "mat+norm", b"rrwur");
+        let (bgl_nq, pl_nq) = buffer_layouts(&ctx, "norm q8", b"rrwu");
         let (bgl_attd, pl_attd) = buffer_layouts(&ctx, "attn decode", b"rwwwurr");
         let (bgl_attn, pl_attn) = buffer_layouts(&ctx, "attn", b"rrrwur");
         let (attn_qt, attn_kb) =
@@ -635,6 +644,11 @@ impl GpuModel {
                 let input =
                     act.borrow_mut()
                         .input_for(&ctx, mats[m].ty, xb, yb, last_only, steps.len());
+                let q8e = if ctx.tune.q8dot && ctx.tune.act_round {
+                    act.borrow().q8_base()
+                } else {
+                    0
+                };
                 if let Some(r) = input.round {
                     let slot = steps.len();
                     steps.push(Step {
@@ -643,6 +657,7 @@ impl GpuModel {
                             k: mats[m].cols as u32,
                             ld: x_ld as u32,
                             last_only,
+                            q8e: if r.kind >= 3 { q8e } else { 0 },
                         },
                         bind: bg(&bgl_mat, &[xb, xb, &r.out], slot),
                         when: When::Always,
@@ -663,6 +678,11 @@ impl GpuModel {
                         ld_y: ld_y as u32,
                         mode,
                         last_only,
+                        q8e: if ctx.tune.q8_for(mats[m].ty.id()) {
+                            q8e
+                        } else {
+                            0
+                        },
                     },
                     bind,
                     when: When::Always,
@@ -683,6 +703,16 @@ impl GpuModel {
         // sees the same blocks as the rounding kernel.
         let fuse_norm = d % 256 == 0 && 4 * d + 4096 <= ctx.facts.shared_mem as usize;
         let actq_on = ctx.tune.act_round;
+        // Integer decode groups: the normalised, rounded input once per (norm, rounding kind)
+        // into `nq[kind - 3]`, read by every matrix of the group; `normq_live` holds the
+        // roundings still valid at a given step count.
+        let nq = [
+            scratch(&ctx, "normq8", super::actq::q8_words(d)),
+            scratch(&ctx, "normq8k", super::actq::q8_words(d)),
+        ];
+        mem.scratch += 8 * super::actq::q8_words(d) as u64;
+        let nq_base = super::actq::q8_base(d) as u32;
+        let normq_live: std::cell::RefCell<Vec<(wgpu::Buffer, u32, usize)>> = Default::default();
         let add_mat_norm = |steps: &mut Vec<Step>,
                             mats: &Vec<GpuMatrix>,
                             m: usize,
@@ -692,6 +722,63 @@ impl GpuModel {
                             ld_y: usize,
                             mode: u32,
                             role: &'static str| {
+            let ty = mats[m].ty;
+            let kind = if actq_on {
+                super::actq::kind_for_weight(ty)
+            } else {
+                0
+            };
+            if ctx.tune.normq && ctx.tune.q8_for(ty.id()) && matches!(kind, 3 | 4) {
+                let buf = &nq[kind as usize - 3];
+                let mut live = normq_live.borrow_mut();
+                live.retain(|(_, _, at)| *at == steps.len());
+                if !live.iter().any(|(b, k, _)| b == nw && *k == kind) {
+                    let slot = steps.len();
+                    steps.push(Step {
+                        kind: StepKind::NormQ8 { q8e: nq_base },
+                        bind: bg(&bgl_nq, &[&x, nw, buf], slot),
+                        when: When::Decode,
+                        role: "norm_q8",
+                        slot,
+                        key: KernelKey::NormQ8 {
+                            k4: (d / 4) as u32,
+                            act: kind,
+                        },
+                        n: 0,
+                    });
+                    live.push((nw.clone(), kind, 0));
+                }
+                for c in 0..mats[m].chunks.len() {
+                    let slot = steps.len();
+                    steps.push(Step {
+                        kind: StepKind::Mat {
+                            m,
+                            c,
+                            x_ld: (d / 4) as u32,
+                            y_off: y_off as u32,
+                            ld_y: ld_y as u32,
+                            mode,
+                            last_only: true,
+                            q8e: nq_base,
+                        },
+                        bind: bg(&bgl_mat, &[&mats[m].chunks[c].buf, buf, yb], slot),
+                        when: When::Decode,
+                        role,
+                        slot,
+                        key: ctx.tune.matvec_key(
+                            ty.id(),
+                            1,
+                            ctx.tune.decode_nr(ty.id()),
+                            mats[m].cols / 32,
+                        ),
+                        n: 0,
+                    });
+                }
+                for l in live.iter_mut() {
+                    l.2 = steps.len();
+                }
+                return;
+            }
             for c in 0..mats[m].chunks.len() {
                 let slot = steps.len();
                 let bind = bg(&bgl_matn, &[&mats[m].chunks[c].buf, &x, yb, nw], slot);
@@ -704,6 +791,7 @@ impl GpuModel {
                         ld_y: ld_y as u32,
                         mode,
                         last_only: true,
+                        q8e: 0,
                     },
                     bind,
                     when: When::Decode,
@@ -718,6 +806,7 @@ impl GpuModel {
                         } else {
                             0
                         },
+                        q8: ctx.tune.q8_for(mats[m].ty.id()),
                     },
                     n: 0,
                 });
@@ -942,11 +1031,15 @@ impl GpuModel {
                 KernelKey::Rope => &pl_rope,
                 KernelKey::Attention { .. } => &pl_attn,
                 KernelKey::MatVecNorm { .. } => &pl_matn,
+                KernelKey::NormQ8 { .. } => &pl_nq,
                 KernelKey::AttnDecode { .. } => &pl_attd,
                 _ => &pl_mat,
             };
             kernels.get_with_layout(&ctx, &s.key, pl)?;
-            if let KernelKey::MatVec { ty, .. } | KernelKey::MatVecSplitK { ty, .. } = s.key {
+            if let KernelKey::MatVec { ty, .. }
+            | KernelKey::MatVecSplitK { ty, .. }
+            | KernelKey::MatVecQ8 { ty, .. } = s.key
+            {
                 kernels.get_with_layout(
                     &ctx,
                     &KernelKey::MatVec {
@@ -1198,6 +1291,11 @@ impl GpuModel {
                     p = [s.n, n as u32, cfg.eps.to_bits(), 0, 0, 0, 0, 0, 0, 0, 0, 0];
                     wg = (n as u32, 1);
                 }
+                StepKind::NormQ8 { q8e } => {
+                    // Decode only: one token, residual row 0.
+                    p = [0, 0, 0, 0, q8e, 0, 0, 1, 0, 0, 0, cfg.eps.to_bits()];
+                    wg = (1, 1);
+                }
                 StepKind::Mat {
                     m,
                     c,
@@ -1206,6 +1304,7 @@ impl GpuModel {
                     ld_y,
                     mode,
                     last_only,
+                    q8e,
                 } => {
                     let mat = &self.mats[m];
                     let ch = &mat.chunks[c];
@@ -1221,7 +1320,9 @@ impl GpuModel {
                         (mat.cols / 32) as u32,
                         ch.d_off,
                         x_off,
-                        x_ld,
+                        // The integer decode kernel finds its packed input from ld_x (it
+                        // reads one token).
+                        if ntok == 1 && q8e != 0 { q8e } else { x_ld },
                         y_off,
                         ld_y,
                         ntok,
@@ -1251,13 +1352,14 @@ impl GpuModel {
                     k,
                     ld,
                     last_only,
+                    q8e,
                 } => {
                     let (x_off, ntok) = if last_only && !all_logits {
                         ((n as u32 - 1) * ld, 1)
                     } else {
                         (0, n as u32)
                     };
-                    p = super::actq::params(k, ld, x_off, ntok, kind);
+                    p = super::actq::params_q8(k, ld, x_off, ntok, kind, q8e);
                     wg = super::actq::workgroups(k, ntok);
                 }
                 StepKind::Rope => {
@@ -1427,7 +1529,9 @@ impl GpuModel {
             }
             let key = match (&s.key, s.kind) {
                 (
-                    KernelKey::MatVec { ty, .. } | KernelKey::MatVecSplitK { ty, .. },
+                    KernelKey::MatVec { ty, .. }
+                    | KernelKey::MatVecSplitK { ty, .. }
+                    | KernelKey::MatVecQ8 { ty, .. },
                     StepKind::Mat { last_only, .. },
                 ) => {
                     let ntok = if n == 1 || (last_only && !all_logits) {

@@ -53,6 +53,7 @@ impl MatRunner {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn binds(
         &self,
         ctx: &GpuContext,
@@ -61,6 +62,7 @@ impl MatRunner {
         yb: &wgpu::Buffer,
         n_tok: u32,
         mode: u32,
+        q8e: u32,
     ) -> Vec<(wgpu::BindGroup, u32)> {
         use wgpu::util::DeviceExt;
         m.chunks
@@ -71,7 +73,7 @@ impl MatRunner {
                     (m.cols / 32) as u32,
                     ch.d_off,
                     0,
-                    (m.cols / 4) as u32,
+                    if q8e != 0 { q8e } else { (m.cols / 4) as u32 },
                     0,
                     m.rows as u32,
                     n_tok,
@@ -135,11 +137,11 @@ impl MatRunner {
         }
         let xb = f32_buffer(ctx, "x", x);
         let yb = scratch(ctx, "y", n_tok * m.rows);
-        let binds = self.binds(ctx, m, &xb, &yb, n_tok as u32, 0);
+        let binds = self.binds(ctx, m, &xb, &yb, n_tok as u32, 0, 0);
         let key = if nt == 0 {
             KernelKey::MatMat { ty: m.ty.id() }
         } else {
-            ctx.tune.matvec_key(m.ty.id(), nt, nr, m.cols / 32)
+            ctx.tune.matvec_key_f32(m.ty.id(), nt, nr, m.cols / 32)
         };
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         {
@@ -148,6 +150,75 @@ impl MatRunner {
         }
         ctx.queue.submit(Some(enc.finish()));
         ctx.read_f32(&yb, 0, n_tok * m.rows)
+    }
+
+    /// The integer decode kernel ([`KernelKey::MatVecQ8`], `nr` rows per warp) on one
+    /// token `x`: the input is rounded on the GPU by the activation-rounding kernel (which
+    /// writes the packed int8 quants), then multiplied. Returns (y, the rounded input).
+    pub fn run_q8(
+        &mut self,
+        ctx: &GpuContext,
+        m: &GpuMatrix,
+        x: &[f32],
+        nr: u32,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let ty = m.ty.id();
+        if x.len() != m.cols || !ctx.tune.q8_for(ty) {
+            return Err(Error::msg(format!(
+                "integer mat-vec of {}: {} inputs for {} columns (or no integer kernel)",
+                m.ty.name(),
+                x.len(),
+                m.cols
+            )));
+        }
+        let e = super::actq::q8_base(m.cols);
+        let xb = f32_buffer(ctx, "x", x);
+        let xq = scratch(ctx, "xq", super::actq::q8_words(m.cols));
+        let yb = scratch(ctx, "y", m.rows);
+        let (abgl, alayout) = super::kernels::buffer_layouts(ctx, "actq", b"r-wu");
+        let kind = super::actq::kind_for_weight(m.ty);
+        let p = super::actq::params_q8(m.cols as u32, m.cols as u32, 0, 1, kind, e as u32);
+        use wgpu::util::DeviceExt;
+        let ub = ctx
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: bytemuck::cast_slice(&p),
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let abg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &abgl,
+            entries: &[
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: xb.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 2,
+                    resource: xq.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 3,
+                    resource: ub.as_entire_binding(),
+                },
+            ],
+        });
+        let binds = self.binds(ctx, m, &xq, &yb, 1, 0, e as u32);
+        let key = ctx.tune.matvec_key(ty, 1, nr, m.cols / 32);
+        let mut aq = Kernels::default();
+        let apipe = aq.get_with_layout(ctx, &KernelKey::ActQ, &alayout)?;
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_pipeline(apipe);
+            pass.set_bind_group(0, &abg, &[]);
+            let (gx, gy) = super::actq::workgroups(m.cols as u32, 1);
+            pass.dispatch_workgroups(gx, gy, 1);
+            self.record(ctx, &mut pass, &binds, &key, 1, 1, nr)?;
+        }
+        ctx.queue.submit(Some(enc.finish()));
+        Ok((ctx.read_f32(&yb, 0, m.rows)?, ctx.read_f32(&xq, 0, m.cols)?))
     }
 
     /// Time `reps` rounds of mat-vec over every matrix in `ms` (one submit per round, so
@@ -164,7 +235,18 @@ impl MatRunner {
         let first = ms
             .first()
             .ok_or_else(|| Error::msg("no matrices to time"))?;
-        let xb = f32_buffer(ctx, "x", &vec![0.5f32; n_tok * first.cols]);
+        // Room for the packed int8 input of the integer decode kernel after the f32 values
+        // (1 / 128 of the quants are scales of 1.0, the rest small values).
+        let e = super::actq::q8_base(n_tok * first.cols);
+        let mut xw = vec![0.5f32.to_bits(); super::actq::q8_words(n_tok * first.cols)];
+        for (i, w) in xw.iter_mut().enumerate().skip(e) {
+            *w = if i >= e + e / 4 {
+                1f32.to_bits()
+            } else {
+                0x03fd_02ff
+            };
+        }
+        let xb = f32_buffer(ctx, "x", bytemuck::cast_slice(&xw));
         let yb = scratch(ctx, "y", n_tok * first.rows);
         let mut all = Vec::new();
         for m in ms {
@@ -173,7 +255,12 @@ impl MatRunner {
             } else {
                 ctx.tune.matvec_key(m.ty.id(), nt, nr, m.cols / 32)
             };
-            all.push((self.binds(ctx, m, &xb, &yb, n_tok as u32, 0), key));
+            let q8e = if matches!(key, KernelKey::MatVecQ8 { .. }) {
+                e as u32
+            } else {
+                0
+            };
+            all.push((self.binds(ctx, m, &xb, &yb, n_tok as u32, 0, q8e), key));
         }
         let mut times = Vec::new();
         for r in 0..reps + 2 {

@@ -77,8 +77,9 @@ pub struct Tokenizer {
     cache: Mutex<HashMap<String, Vec<u32>>>,
 }
 
-/// GPT-2's reversible byte → printable character table.
-fn bytes_to_unicode() -> [char; 256] {
+/// GPT-2's reversible byte → printable character table (also used by `synth` to spell its
+/// byte tokens).
+pub fn bytes_to_unicode() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut n = 0u32;
     for b in 0..256u32 {

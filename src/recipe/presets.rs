@@ -151,31 +151,25 @@ pub enum Category {
     Other,
 }
 
-/// Category of a tensor name, in llama.cpp's order of tests.
+/// Category of a tensor name, in llama.cpp's order of tests: the recipe's tensor kind
+/// ([`super::rules::tensor_kind`], the same name tests) folded onto llama.cpp's categories
+/// (the MoE router `ffn_gate_inp` counts as `ffn_gate`, norms as "other").
 pub fn category(name: &str) -> Category {
-    use Category::*;
-    if name == "output.weight" {
-        return Output;
+    use super::schema::TensorKind as K;
+    match super::rules::tensor_kind(name) {
+        K::TokenEmbd => Category::TokenEmbd,
+        K::Output => Category::Output,
+        K::AttnQ => Category::AttnQ,
+        K::AttnK => Category::AttnK,
+        K::AttnV => Category::AttnV,
+        K::AttnQkv => Category::AttnQkv,
+        K::AttnKvB => Category::AttnKvB,
+        K::AttnOutput => Category::AttnOutput,
+        K::FfnGate | K::FfnGateInp => Category::FfnGate,
+        K::FfnUp => Category::FfnUp,
+        K::FfnDown => Category::FfnDown,
+        K::Norm | K::Other | K::Attn | K::Ffn => Category::Other,
     }
-    if name == "token_embd.weight" || name == "per_layer_token_embd.weight" {
-        return TokenEmbd;
-    }
-    let checks: &[(&str, Category)] = &[
-        ("attn_qkv.weight", AttnQkv),
-        ("attn_kv_b.weight", AttnKvB),
-        ("attn_v.weight", AttnV),
-        ("attn_k.weight", AttnK),
-        ("attn_q.weight", AttnQ),
-        ("attn_output.weight", AttnOutput),
-        ("ffn_up", FfnUp),
-        ("ffn_gate", FfnGate),
-        ("ffn_down", FfnDown),
-    ];
-    checks
-        .iter()
-        .find(|(p, _)| name.contains(p))
-        .map(|c| c.1)
-        .unwrap_or(Other)
 }
 
 fn is_attn_v_like(c: Category) -> bool {
@@ -516,6 +510,31 @@ mod tests {
             l,
             vec![0, 1, 2, 3, 6, 9, 12, 15, 18, 21, 24, 27, 28, 29, 30, 31]
         );
+    }
+
+    #[test]
+    fn categories_follow_llama_cpp_name_tests() {
+        use Category::*;
+        for (name, want) in [
+            ("output.weight", Output),
+            ("token_embd.weight", TokenEmbd),
+            ("per_layer_token_embd.weight", TokenEmbd),
+            ("blk.3.attn_q.weight", AttnQ),
+            ("blk.3.attn_k.weight", AttnK),
+            ("blk.3.attn_v.weight", AttnV),
+            ("blk.3.attn_qkv.weight", AttnQkv),
+            ("blk.3.attn_kv_b.weight", AttnKvB),
+            ("blk.3.attn_output.weight", AttnOutput),
+            ("blk.3.ffn_gate_inp.weight", FfnGate),
+            ("blk.3.ffn_gate_exps.weight", FfnGate),
+            ("blk.3.ffn_up.weight", FfnUp),
+            ("blk.3.ffn_down_exps.weight", FfnDown),
+            ("blk.3.attn_q_norm.weight", Other),
+            ("blk.3.attn_norm.weight", Other),
+            ("rope_freqs.weight", Other),
+        ] {
+            assert_eq!(category(name), want, "{name}");
+        }
     }
 
     #[test]

@@ -67,6 +67,29 @@ fn commit(tmp: &Path, p: &Path) -> Result<()> {
         Error::io(p, e)
     })
 }
+/// Draw one plot twice, as `STEM.svg` and `STEM.png` in `dir`, each into a temporary file that
+/// is renamed into place, and push both paths onto `out`. `|area| body` draws on the root area
+/// of either backend (a macro because the drawing functions are generic over the backend).
+macro_rules! draw_both {
+    ($dir:expr, $stem:expr, $size:expr, $out:expr, |$area:ident| $body:expr) => {
+        for svg in [true, false] {
+            let p = $dir.join(format!("{}.{}", $stem, if svg { "svg" } else { "png" }));
+            crate::batch::paths::refuse_symlink(&p)?;
+            let tmp = tmp_path(&p);
+            let drawn = if svg {
+                let $area = SVGBackend::new(&tmp, $size).into_drawing_area();
+                $body
+            } else {
+                let $area = BitMapBackend::new(&tmp, $size).into_drawing_area();
+                $body
+            };
+            drawn.map_err(|e| plot_failed(&p, &tmp, e))?;
+            commit(&tmp, &p)?;
+            $out.push(p);
+        }
+    };
+}
+
 /// Write the plots that have data into `dir`; returns the files written.
 pub fn write_plots(r: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
     register_font();
@@ -87,33 +110,9 @@ pub fn write_plots(r: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
         .filter(|x| x.kind == JobKind::Variant && x.kld.is_some() && x.size_bytes.is_some())
         .collect();
     if !kld_pts.is_empty() {
-        let draw = |svg: bool| -> Result<PathBuf> {
-            let p = dir.join(if svg {
-                "size_vs_kld.svg"
-            } else {
-                "size_vs_kld.png"
-            });
-            super::super::batch::paths::refuse_symlink(&p)?;
-            let tmp = tmp_path(&p);
-            if svg {
-                size_vs_kld(
-                    SVGBackend::new(&tmp, (W, H)).into_drawing_area(),
-                    &kld_pts,
-                    &models,
-                )
-            } else {
-                size_vs_kld(
-                    BitMapBackend::new(&tmp, (W, H)).into_drawing_area(),
-                    &kld_pts,
-                    &models,
-                )
-            }
-            .map_err(|e| plot_failed(&p, &tmp, e))?;
-            commit(&tmp, &p)?;
-            Ok(p)
-        };
-        out.push(draw(true)?);
-        out.push(draw(false)?);
+        draw_both!(dir, "size_vs_kld", (W, H), out, |area| size_vs_kld(
+            area, &kld_pts, &models
+        ));
     }
     let tps_pts: Vec<&Row> = ok
         .iter()
@@ -121,52 +120,13 @@ pub fn write_plots(r: &Report, dir: &Path) -> Result<Vec<PathBuf>> {
         .filter(|x| x.tps_gen.is_some() && x.size_bytes.is_some())
         .collect();
     if !tps_pts.is_empty() {
-        for svg in [true, false] {
-            let p = dir.join(if svg {
-                "size_vs_tps.svg"
-            } else {
-                "size_vs_tps.png"
-            });
-            super::super::batch::paths::refuse_symlink(&p)?;
-            let tmp = tmp_path(&p);
-            if svg {
-                size_vs_tps(
-                    SVGBackend::new(&tmp, (W, H)).into_drawing_area(),
-                    &tps_pts,
-                    &models,
-                )
-            } else {
-                size_vs_tps(
-                    BitMapBackend::new(&tmp, (W, H)).into_drawing_area(),
-                    &tps_pts,
-                    &models,
-                )
-            }
-            .map_err(|e| plot_failed(&p, &tmp, e))?;
-            commit(&tmp, &p)?;
-            out.push(p);
-        }
+        draw_both!(dir, "size_vs_tps", (W, H), out, |area| size_vs_tps(
+            area, &tps_pts, &models
+        ));
         let h = (120 + 28 * tps_pts.len() as u32).max(300);
-        for svg in [true, false] {
-            let p = dir.join(if svg {
-                "ms_per_token.svg"
-            } else {
-                "ms_per_token.png"
-            });
-            super::super::batch::paths::refuse_symlink(&p)?;
-            let tmp = tmp_path(&p);
-            if svg {
-                ms_per_token(SVGBackend::new(&tmp, (W, h)).into_drawing_area(), &tps_pts)
-            } else {
-                ms_per_token(
-                    BitMapBackend::new(&tmp, (W, h)).into_drawing_area(),
-                    &tps_pts,
-                )
-            }
-            .map_err(|e| plot_failed(&p, &tmp, e))?;
-            commit(&tmp, &p)?;
-            out.push(p);
-        }
+        draw_both!(dir, "ms_per_token", (W, h), out, |area| ms_per_token(
+            area, &tps_pts
+        ));
     }
     Ok(out)
 }

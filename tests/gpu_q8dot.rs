@@ -1,0 +1,219 @@
+//! The integer decode mat-vec (`KernelKey::MatVecQ8`: int8 activation quants from the
+//! activation-rounding kernel, `dot4I8Packed` against the weights) of every type that has
+//! one, against CPU dequantization times the CPU backend's rounded input (f64 dot products).
+//! Runs on lavapipe in CI; without an adapter these fail unless GGUFQ_SKIP_GPU=1.
+#![cfg(feature = "gpu")]
+
+use ggufq::gpu::buffers::upload_matrix;
+use ggufq::gpu::kernels::Q8_TYPES;
+use ggufq::gpu::ops::MatRunner;
+use ggufq::gpu::reference::dequantize;
+use ggufq::gpu::source::random_blocks;
+use ggufq::gpu::{DeviceOptions, GpuContext};
+use ggufq::model::cpu::ActQuant;
+use ggufq::quant::GgmlType;
+
+#[path = "common/gpu_fixture.rs"]
+mod gpu_fixture;
+
+fn context() -> Option<GpuContext> {
+    gpu_fixture::device(&DeviceOptions::default())
+}
+
+/// Inputs with a few large values, so that the blocks' scales differ.
+fn xs(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let v = (((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0;
+            if i % 97 == 5 {
+                v * 9.0
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+/// Runs the integer kernel of `name` on a `rows` × `cols` matrix; checks that the GPU's
+/// rounded input is the CPU backend's bit for bit and that the product matches the f64
+/// reference over that input to 1e-5 of its largest value.
+fn check(ctx: &GpuContext, runner: &mut MatRunner, name: &str, rows: usize, cols: usize, nr: u32) {
+    let ty = GgmlType::from_name(name).unwrap();
+    let data = random_blocks(ty, rows * cols, 3 + rows as u64, 0.3).unwrap();
+    let w = dequantize(ty, &data, rows * cols).unwrap();
+    let m = upload_matrix(ctx, name, ty, rows, cols, &data).unwrap();
+    let x = xs(cols, rows as u32 ^ cols as u32);
+    let (y, xr) = runner.run_q8(ctx, &m, &x, nr).unwrap();
+    let mut cpu = x.clone();
+    ActQuant::for_weight(ty).unwrap().apply(&mut cpu);
+    // Equal values (the sign of a zero may differ: ggml's Q8_K scale carries the sign of
+    // the block's extreme value, the GPU's does not).
+    if let Some(i) = (0..cols).find(|&i| xr[i] != cpu[i]) {
+        panic!(
+            "{name}: the GPU's rounded input differs from the CPU backend's at {i}: {} vs {}",
+            xr[i], cpu[i]
+        );
+    }
+    let (mut max_ref, mut max_err) = (0f64, 0f64);
+    for r in 0..rows {
+        let s: f64 = (0..cols)
+            .map(|c| w[r * cols + c] as f64 * cpu[c] as f64)
+            .sum();
+        let g = y[r] as f64;
+        assert!(g.is_finite(), "{name}: non-finite output at row {r}");
+        max_ref = max_ref.max(s.abs());
+        max_err = max_err.max((g - s).abs());
+    }
+    let rel = max_err / max_ref.max(1e-9);
+    assert!(
+        rel < 1e-5,
+        "{name} rows {rows} cols {cols} nr {nr}: rel err {rel:e}"
+    );
+}
+
+#[test]
+fn gpu_integer_matvec_every_q8_type_matches_cpu() {
+    let Some(ctx) = context() else { return };
+    assert!(ctx.tune.q8_for(GgmlType::from_name("Q4_K").unwrap().id()));
+    let mut runner = MatRunner::new(&ctx);
+    for name in Q8_TYPES {
+        let ty = GgmlType::from_name(name).unwrap();
+        // Rows that are not a multiple of the rows per workgroup; NR = 1, 2 and the default.
+        check(
+            &ctx,
+            &mut runner,
+            name,
+            37,
+            512,
+            ctx.tune.decode_nr(ty.id()),
+        );
+        check(&ctx, &mut runner, name, 19, 256, 1);
+        check(&ctx, &mut runner, name, 21, 768, 2);
+    }
+}
+
+#[test]
+fn gpu_integer_matvec_long_rows() {
+    // 8192-long rows: 256 units, all 256 lanes of a workgroup on the same rows by default.
+    let Some(ctx) = context() else { return };
+    let mut runner = MatRunner::new(&ctx);
+    for name in ["Q4_K", "Q6_K", "Q2_K", "Q4_0"] {
+        let ty = GgmlType::from_name(name).unwrap();
+        assert_eq!(
+            ctx.tune.q8_lanes(ty.id(), 256),
+            256,
+            "{name}: lanes per row"
+        );
+        check(
+            &ctx,
+            &mut runner,
+            name,
+            9,
+            8192,
+            ctx.tune.decode_nr(ty.id()),
+        );
+    }
+}
+
+#[test]
+fn gpu_integer_matvec_every_lane_layout() {
+    // 64 and 128 units per row (64 / 128 lanes per row group by default), then every
+    // layout forced, with 1, 2 and 4 rows per group.
+    let Some(mut ctx) = context() else { return };
+    let mut runner = MatRunner::new(&ctx);
+    for name in ["Q4_K", "Q8_0", "Q3_K"] {
+        check(&ctx, &mut runner, name, 13, 4096, 4);
+        check(&ctx, &mut runner, name, 11, 2048, 2);
+    }
+    for lanes in [32u32, 64, 128, 256] {
+        ctx.tune.q8_lanes = lanes;
+        let mut runner = MatRunner::new(&ctx);
+        for (name, nr) in [("Q6_K", 1u32), ("Q4_0", 2), ("Q5_K", 4)] {
+            check(&ctx, &mut runner, name, 10, 1024, nr);
+        }
+    }
+}
+
+#[test]
+fn gpu_integer_matvec_rejects_other_types_and_shapes() {
+    let Some(ctx) = context() else { return };
+    let mut runner = MatRunner::new(&ctx);
+    let ty = GgmlType::from_name("Q4_1").unwrap();
+    assert!(!ctx.tune.q8_for(ty.id()));
+    let data = random_blocks(ty, 8 * 64, 1, 0.3).unwrap();
+    let m = upload_matrix(&ctx, "q41", ty, 8, 64, &data).unwrap();
+    assert!(runner.run_q8(&ctx, &m, &[0.5; 64], 2).is_err());
+    let ty = GgmlType::from_name("Q8_0").unwrap();
+    let data = random_blocks(ty, 8 * 64, 1, 0.3).unwrap();
+    let m = upload_matrix(&ctx, "q80", ty, 8, 64, &data).unwrap();
+    assert!(runner.run_q8(&ctx, &m, &[0.5; 32], 2).is_err());
+}
+
+#[test]
+fn gpu_activation_rounding_long_and_ragged_rows_match_cpu() {
+    // Rows over several 4096-value workgroups (the last one partial) and several tokens for
+    // the Q8 kinds; f16 / bf16 rows that end inside a thread's 16 values.
+    let Some(ctx) = context() else { return };
+    for (name, k) in [
+        ("Q4_K", 8960usize),
+        ("Q4_0", 4160),
+        ("Q4_1", 4128),
+        ("F16", 100),
+        ("BF16", 4099),
+    ] {
+        let ty = GgmlType::from_name(name).unwrap();
+        let x = xs(3 * k, k as u32);
+        let gpu = ggufq::gpu::actq::round_rows(&ctx, ty, &x, k).unwrap();
+        let mut cpu = x.clone();
+        for row in cpu.chunks_mut(k) {
+            ActQuant::for_weight(ty).unwrap().apply(row);
+        }
+        if let Some(i) = (0..x.len()).find(|&i| gpu[i] != cpu[i]) {
+            panic!("{name} k {k}: value {i}: GPU {} vs CPU {}", gpu[i], cpu[i]);
+        }
+    }
+}
+
+#[test]
+fn gpu_decode_kernels_compile_with_and_without_subgroups() {
+    // The subgroup variants run only where subgroups are 32 wide (the H100, not lavapipe):
+    // compile them wherever the device has subgroups at all, so that a WGSL error shows here.
+    use ggufq::gpu::kernels::{buffer_layouts, KernelKey, Kernels};
+    let Some(mut ctx) = context() else { return };
+    let has_sub = ctx.device.features().contains(wgpu::Features::SUBGROUP);
+    for sub in [false, true] {
+        if sub && !has_sub {
+            eprintln!("no subgroups on this adapter: subgroup variants not compiled");
+            continue;
+        }
+        ctx.subgroup32 = sub;
+        let mut k = Kernels::default();
+        let (_, pl_mat) = buffer_layouts(&ctx, "mat", b"rrwu");
+        let (_, pl_attd) = buffer_layouts(&ctx, "attn decode", b"rwwwurr");
+        let q4k = GgmlType::from_name("Q4_K").unwrap().id();
+        for spl in [32, 64, 128, 256] {
+            for nr in [1, 2, 4] {
+                k.get_with_layout(&ctx, &KernelKey::MatVecQ8 { ty: q4k, nr, spl }, &pl_mat)
+                    .unwrap();
+            }
+        }
+        for (k4, act) in [(64, 3), (1024, 4), (1280, 4), (2048, 3)] {
+            k.get_with_layout(&ctx, &KernelKey::NormQ8 { k4, act }, &pl_mat)
+                .unwrap();
+        }
+        k.get_with_layout(&ctx, &KernelKey::AttnDecode { ctx: 64, hd: 128 }, &pl_attd)
+            .unwrap();
+        // Bad shapes are errors, not panics.
+        assert!(Kernels::source(
+            &ctx,
+            &KernelKey::MatVecQ8 {
+                ty: q4k,
+                nr: 3,
+                spl: 32
+            }
+        )
+        .is_err());
+        assert!(Kernels::source(&ctx, &KernelKey::NormQ8 { k4: 40, act: 4 }).is_err());
+        assert!(Kernels::source(&ctx, &KernelKey::NormQ8 { k4: 64, act: 1 }).is_err());
+    }
+}
