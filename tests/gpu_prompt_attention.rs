@@ -195,8 +195,18 @@ fn gpu_prompt_profile_covers_every_dispatch() {
             > 0.0
     );
     assert!(p.pass_us > 0.0 && p.steps_us > 0.0 && p.wall_us > 0.0);
+    // The CPU phases of a plain forward add up to no more than its wall time.
+    let cpu: f64 = p.cpu_us.iter().sum();
+    assert!(
+        cpu > 0.0 && cpu <= p.wall_us * 1.01,
+        "{:?} vs {}",
+        p.cpu_us,
+        p.wall_us
+    );
+    assert!(p.cpu_us[3] > 0.0, "no wait for the GPU: {:?}", p.cpu_us);
     let md = p.to_markdown("tiny");
     assert!(md.contains("| attention | 2 |"), "{md}");
+    assert!(md.contains("CPU: prepare"), "{md}");
     // More tokens than the batch holds: an error, not a panic.
     assert!(ggufq::gpu::prompt_profile::profile_prompt(&mut gpu, 41, 1).is_err());
     assert!(ggufq::gpu::prompt_profile::profile_prompt(&mut gpu, 0, 1).is_err());
