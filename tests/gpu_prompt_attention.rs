@@ -1,5 +1,5 @@
-//! The prompt path's tiled attention (`shaders/attention.wgsl`: 16 tokens per workgroup, keys
-//! in blocks of 16) and the prompt profile of `ggufq bench --profile`, on the default adapter
+//! The prompt path's tiled attention (`shaders/attention.wgsl`: 16 or 32 tokens per
+//! workgroup, keys in blocks of 16) and the prompt profile of `ggufq bench --profile`, on the default adapter
 //! (lavapipe in CI) with the tiny synthetic model (head size 64, grouped-query heads).
 #![cfg(feature = "gpu")]
 
@@ -61,14 +61,23 @@ fn attention_tile_sizes() {
     assert!(attention_tile(512, k48, 16).is_err());
 }
 
-/// Three sequences interleaved token by token in one batch (each 16-token tile holds all
-/// three, at different positions) give the logits of each sequence's prompt run alone, and
-/// those of token-by-token decoding (the decode graph's own attention kernel).
+/// Three sequences interleaved token by token in one batch (each 16- or 32-token tile holds
+/// all three, at different positions) give the logits of each sequence's prompt run alone,
+/// and those of token-by-token decoding (the decode graph's own attention kernel).
 #[test]
 fn gpu_prompt_attention_interleaved_sequences_match_separate_prompts() {
+    for qt in [16, 32] {
+        interleaved_vs_separate(qt);
+    }
+}
+
+fn interleaved_vs_separate(qt: u32) {
     // Without the activation rounding, so that decode and prompt kernels agree to f32
     // summation order (a rounding step can amplify that to ~1e-2).
-    let Some(ctx) = gpu_fixture::context_tuned(|c| c.tune.act_round = false) else {
+    let Some(ctx) = gpu_fixture::context_tuned(|c| {
+        c.tune.act_round = false;
+        c.tune.attn_qt = qt;
+    }) else {
         return;
     };
     let src = tiny("q8_0");
@@ -109,11 +118,17 @@ fn gpu_prompt_attention_interleaved_sequences_match_separate_prompts() {
             // Same kernels, same summation order per token: equal up to the mat-mat tiles
             // seeing the token in another row of the tile.
             let e = rel(m, a);
-            assert!(e < 1e-4, "seq {s} pos {i}: interleaved vs alone {e:.2e}");
+            assert!(
+                e < 1e-4,
+                "qt {qt} seq {s} pos {i}: interleaved vs alone {e:.2e}"
+            );
             let d = dec.forward(&[(t, 0, i as u32)], false).unwrap();
             let e = rel(a, &d);
             // Decode kernels (mat-vec, decode attention) sum in another order.
-            assert!(e < 3e-3, "seq {s} pos {i}: prompt vs decode {e:.2e}");
+            assert!(
+                e < 3e-3,
+                "qt {qt} seq {s} pos {i}: prompt vs decode {e:.2e}"
+            );
         }
     }
 }
@@ -180,8 +195,18 @@ fn gpu_prompt_profile_covers_every_dispatch() {
             > 0.0
     );
     assert!(p.pass_us > 0.0 && p.steps_us > 0.0 && p.wall_us > 0.0);
+    // The CPU phases of a plain forward add up to no more than its wall time.
+    let cpu: f64 = p.cpu_us.iter().sum();
+    assert!(
+        cpu > 0.0 && cpu <= p.wall_us * 1.01,
+        "{:?} vs {}",
+        p.cpu_us,
+        p.wall_us
+    );
+    assert!(p.cpu_us[3] > 0.0, "no wait for the GPU: {:?}", p.cpu_us);
     let md = p.to_markdown("tiny");
     assert!(md.contains("| attention | 2 |"), "{md}");
+    assert!(md.contains("CPU: prepare"), "{md}");
     // More tokens than the batch holds: an error, not a panic.
     assert!(ggufq::gpu::prompt_profile::profile_prompt(&mut gpu, 41, 1).is_err());
     assert!(ggufq::gpu::prompt_profile::profile_prompt(&mut gpu, 0, 1).is_err());

@@ -1,8 +1,8 @@
 //! `ggufq bench --profile` for prompt batches: where an `n`-token forward (the batch graph,
 //! as a pp test runs it) spends its time. GPU time per kernel role from timestamp queries
 //! (every dispatch in its own compute pass) with the matrix roles' TFLOP/s, GPU time of the
-//! whole forward pass (one pass, as the plain forward runs), and the wall time of plain
-//! forwards.
+//! whole forward pass (one pass, as the plain forward runs), and the wall time and CPU
+//! phases of plain forwards.
 
 use std::time::Instant;
 
@@ -39,6 +39,9 @@ pub struct PromptProfile {
     pub reps: usize,
     /// Wall time of a plain forward of the prompt (µs).
     pub wall_us: f64,
+    /// CPU phases of the plain forward per prompt (µs): prepare (embedding rows, token table,
+    /// uploads), record, submit, wait for the GPU, read back.
+    pub cpu_us: [f64; 5],
     /// GPU time of the whole forward pass (one pass, timestamps at its ends), µs.
     pub pass_us: f64,
     /// Sum of the per-dispatch GPU times (each dispatch in its own pass), µs.
@@ -70,11 +73,21 @@ pub fn profile_prompt(model: &mut GpuModel, tokens: usize, reps: usize) -> Resul
             .collect()
     };
     model.forward(&prompt(0), false)?;
+    model.reset_cpu_times();
     let t = Instant::now();
     for r in 0..reps {
         model.forward(&prompt(r + 1), false)?;
     }
     let wall_us = t.elapsed().as_secs_f64() * 1e6 / reps as f64;
+    let c = model.cpu_times();
+    let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / c.calls.max(1) as f64;
+    let cpu_us = [
+        per(c.prepare),
+        per(c.record),
+        per(c.submit),
+        per(c.wait),
+        per(c.readback),
+    ];
     let mut pass_ns = 0.0;
     for r in 0..reps {
         let (_, t) = model.forward_profiled(&prompt(r + 1), false, Timestamps::Pass)?;
@@ -117,6 +130,7 @@ pub fn profile_prompt(model: &mut GpuModel, tokens: usize, reps: usize) -> Resul
         tokens,
         reps,
         wall_us,
+        cpu_us,
         pass_us: pass_ns / 1e3 / reps as f64,
         steps_us: sum.iter().sum::<f64>() / 1e3 / reps as f64,
         roles,
@@ -129,7 +143,8 @@ impl PromptProfile {
         let flops: f64 = self.roles.iter().map(|r| r.flops).sum();
         let mut s = format!(
             "Prompt profile of {label} ({} tokens, {} prompts per mode)\n\n\
-             wall {:.0} µs/prompt ({:.0} t/s); GPU: whole pass {:.0} µs ({:.0} t/s, {:.1} TFLOP/s), \
+             wall {:.0} µs/prompt ({:.0} t/s); CPU: prepare {:.0}, record {:.0}, submit {:.0}, \
+             wait {:.0}, read {:.0} µs; GPU: whole pass {:.0} µs ({:.0} t/s, {:.1} TFLOP/s), \
              sum of dispatches {:.0} µs\n\n\
              | role | dispatches | GPU µs/prompt | % of dispatches | GFLOP | TFLOP/s |\n\
              | --- | ---: | ---: | ---: | ---: | ---: |\n",
@@ -137,6 +152,11 @@ impl PromptProfile {
             self.reps,
             self.wall_us,
             self.tokens as f64 * 1e6 / self.wall_us.max(1e-9),
+            self.cpu_us[0],
+            self.cpu_us[1],
+            self.cpu_us[2],
+            self.cpu_us[3],
+            self.cpu_us[4],
             self.pass_us,
             self.tokens as f64 * 1e6 / self.pass_us.max(1e-9),
             flops / (self.pass_us.max(1e-9) * 1e6),
