@@ -13,6 +13,9 @@
 // O[P.pad1 + 2 · ((tok · n_head + h) · NCH + c) ..]; the rounding of the attention output
 // combines them (`attn_combine` in src/gpu/kernels.rs). The workgroup whose chunk holds `pos`
 // stores the new K and V; the others read only older positions from the cache.
+// EXACT: every workgroup of a head scores all positions (the unsplit kernel's maximum and sum,
+// so the same f16-rounded probabilities) and weighs only its chunk's V rows; the partial
+// accumulators then just add up.
 struct Params {
     n_head: u32,
     n_kv: u32,
@@ -40,6 +43,7 @@ const CTX: u32 = $CTXu;
 const HD4: u32 = $HD4u;
 const NCH: u32 = $NCHu;
 const LMIN: u32 = $LMINu;
+const EXACT: bool = $EXACT;
 var<workgroup> S: array<f32, CTX>;
 var<workgroup> red: array<f32, 256>;
 var<workgroup> qs: array<vec4<f32>, 64>;
@@ -62,6 +66,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     let clen = max(LMIN, (n + NCH - 1u) / NCH);
     let p0 = min(n, ch * clen);
     let p1 = min(n, p0 + clen);
+    // Scored positions [s0, s1): the chunk, or all of them (EXACT).
+    let s0 = select(p0, 0u, EXACT);
+    let s1 = select(p1, n, EXACT);
     let grp = P.n_head / P.n_kv;
     let kvh = h / grp;
     let hd4 = HD4;
@@ -107,7 +114,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
         }
     }
     var mx = -3.0e38;
-    for (var p = p0 + lid; p < p1; p += 256u) {
+    for (var p = s0 + lid; p < s1; p += 256u) {
         var s = 0.0;
         if (p == pos) {
             for (var d = 0u; d < HD4; d++) {
@@ -120,11 +127,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
             }
         }
         s *= P.scale;
-        S[p - p0] = s;
+        S[p - s0] = s;
         mx = max(mx, s);
     }
 $RED_MAX    var sum = 0.0;
-    for (var p = lid; p < p1 - p0; p += 256u) {
+    for (var p = lid; p < s1 - s0; p += 256u) {
         let e = exp(S[p] - m);
         S[p] = e;
         sum += e;
@@ -144,16 +151,16 @@ $RED_SUM    // hd/4 threads per position group (one vec4 of V each), 256 / (hd/4
             let v1 = VC[vb + (p + groups) * kvl4];
             let v2 = VC[vb + (p + 2u * groups) * kvl4];
             let v3 = VC[vb + (p + 3u * groups) * kvl4];
-            acc += r16(S[p - p0] * inv) * v0;
-            acc += r16(S[p + groups - p0] * inv) * v1;
-            acc += r16(S[p + 2u * groups - p0] * inv) * v2;
-            acc += r16(S[p + 3u * groups - p0] * inv) * v3;
+            acc += r16(S[p - s0] * inv) * v0;
+            acc += r16(S[p + groups - s0] * inv) * v1;
+            acc += r16(S[p + 2u * groups - s0] * inv) * v2;
+            acc += r16(S[p + 3u * groups - s0] * inv) * v3;
         }
         for (; p < pe; p += groups) {
-            acc += r16(S[p - p0] * inv) * VC[vb + p * kvl4];
+            acc += r16(S[p - s0] * inv) * VC[vb + p * kvl4];
         }
         if (p == pos && pos < p1) {
-            acc += r16(S[p - p0] * inv) * vs[d4];
+            acc += r16(S[p - s0] * inv) * vs[d4];
         }
     }
     vred[lid] = acc;

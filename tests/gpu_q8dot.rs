@@ -201,30 +201,19 @@ fn gpu_decode_kernels_compile_with_and_without_subgroups() {
             k.get_with_layout(&ctx, &KernelKey::NormQ8 { k4, act }, &pl_mat)
                 .unwrap();
         }
-        k.get_with_layout(
-            &ctx,
-            &KernelKey::AttnDecode {
+        // Unsplit, and split over 16 chunks (exact and flash-decoding).
+        for (nch, exact) in [(1, false), (16, true), (16, false)] {
+            let key = KernelKey::AttnDecode {
                 ctx: 64,
                 hd: 128,
-                nch: 1,
-                lmin: 32,
-            },
-            &pl_attd,
-        )
-        .unwrap();
-        k.get_with_layout(
-            &ctx,
-            &KernelKey::AttnDecode {
-                ctx: 64,
-                hd: 128,
-                nch: 16,
+                nch,
                 lmin: 16,
-            },
-            &pl_attd,
-        )
-        .unwrap();
-        for nch in [2, 16] {
-            k.get_with_layout(&ctx, &KernelKey::AttnCombineQ { nch }, &pl_mat)
+                exact,
+            };
+            k.get_with_layout(&ctx, &key, &pl_attd).unwrap();
+        }
+        for (nch, exact) in [(2, true), (16, false)] {
+            k.get_with_layout(&ctx, &KernelKey::AttnCombineQ { nch, exact }, &pl_mat)
                 .unwrap();
         }
         // Bad shapes are errors, not panics.

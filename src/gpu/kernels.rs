@@ -309,6 +309,12 @@ pub struct Tune {
     /// before `wo` ([`KernelKey::AttnCombineQ`], same dispatch count). GGUFQ_ATTN_SPLIT = 0
     /// keeps one workgroup per head and the separate rounding; 16, 32 (default), 64, 128.
     pub attn_split: u32,
+    /// The split decode attention scores every position in every workgroup of a head, so
+    /// that its probabilities are the unsplit kernel's (the same f16 roundings as the CPU
+    /// backend) and only the V rows are split (default); GGUFQ_ATTN_EXACT=0: each chunk
+    /// normalises against its own maximum and sum (flash-decoding proper: less work per
+    /// workgroup in contexts over 256, a few wo-input roundings flip).
+    pub attn_exact: bool,
 }
 
 /// Most chunks per head of the split decode attention ([`Tune::attn_split`]).
@@ -460,6 +466,7 @@ impl Tune {
             q8_lanes: get("GGUFQ_Q8_LANES", 0, &[32, 64, 128, 256]),
             normq: std::env::var("GGUFQ_NORMQ").as_deref() != Ok("0"),
             attn_split: get("GGUFQ_ATTN_SPLIT", 32, &[0, 16, 32, 64, 128]),
+            attn_exact: std::env::var("GGUFQ_ATTN_EXACT").as_deref() != Ok("0"),
         }
     }
 }
@@ -503,15 +510,18 @@ pub enum KernelKey {
     /// Decode attention with RoPE and the KV store fused in (`ctx` score entries, head size
     /// `hd`); with `nch` > 1 each of `nch` workgroups per head takes a chunk of at least
     /// `lmin` positions and writes its partial result (max, sum, accumulator) instead.
+    /// `exact`: every workgroup scores all positions ([`Tune::attn_exact`]).
     AttnDecode {
         ctx: u32,
         hd: u32,
         nch: u32,
         lmin: u32,
+        exact: bool,
     },
     /// The rounding of `shaders/actq.wgsl` whose input is the combination of the `nch`
     /// partial results of the split decode attention ([`Tune::attn_split`]).
-    AttnCombineQ { nch: u32 },
+    /// `exact`: the partial results are already normalised and just add up.
+    AttnCombineQ { nch: u32, exact: bool },
     /// Activation rounding before quantized matrices (`shaders/actq.wgsl`, [`super::actq`]).
     ActQ,
 }
@@ -1117,17 +1127,26 @@ const ATTN_SUM_TREE: &str = "    red[lid] = sum;
 /// [`KernelKey::AttnCombineQ`] kernel.
 const ACTQ_LOAD: &str = "v = X[o];";
 
-/// Combination of the split decode attention's partial results (X: per (token, head, chunk)
+/// Combination of the split decode attention's partial results. EXACT: their sum (each is
+/// already normalised by the head's maximum and sum). Else (X: per (token, head, chunk)
 /// `hd` accumulator values normalised by the chunk's own sum, then from word `P.pad3` the
 /// chunk's maximum and sum): value `i` of token `t`'s attention output. Each chunk weighs
 /// sum · exp(max − M) / Σ of those; a lone chunk weighs exactly 1, so contexts of one chunk
 /// give the unsplit kernel's values.
 const ATTN_COMBINE: &str = "
 const NCH: u32 = $NCHu;
+const EXACT: bool = $EXACT;
 fn attn_combine(i: u32, t: u32) -> f32 {
     let hd = P.pad1;
     let h = i / hd;
     let base = (t * P.pad2 + h) * NCH;
+    if (EXACT) {
+        var o = 0.0;
+        for (var c = 0u; c < NCH; c++) {
+            o += X[(base + c) * hd + i % hd];
+        }
+        return o;
+    }
     var mx = -3.0e38;
     for (var c = 0u; c < NCH; c++) {
         mx = max(mx, X[P.pad3 + 2u * (base + c)]);
@@ -1261,6 +1280,7 @@ impl Kernels {
                 hd,
                 nch,
                 lmin,
+                exact,
             } => {
                 let (rmax, rsum) = if ctx.subgroup32 {
                     (ATTN_MAX_SUBGROUP, ATTN_SUM_SUBGROUP)
@@ -1272,6 +1292,7 @@ impl Kernels {
                     .replace("$HD4", &(hd / 4).to_string())
                     .replace("$NCH", &nch.to_string())
                     .replace("$LMIN", &lmin.max(&1).to_string())
+                    .replace("$EXACT", if *exact { "true" } else { "false" })
                     .replace("$RED_MAX", rmax)
                     .replace("$RED_SUM", rsum)
             }
@@ -1295,14 +1316,16 @@ impl Kernels {
                 .replace("$QT", &qt.to_string())
                 .replace("$KB", &kb.to_string()),
             KernelKey::ActQ => ACTQ_WGSL.to_string(),
-            KernelKey::AttnCombineQ { nch } => {
+            KernelKey::AttnCombineQ { nch, exact } => {
                 if !ACTQ_WGSL.contains(ACTQ_LOAD) {
                     return Err(Error::msg(
                         "internal: actq.wgsl has no input load to replace",
                     ));
                 }
                 ACTQ_WGSL.replace(ACTQ_LOAD, "v = attn_combine(i, t);")
-                    + &ATTN_COMBINE.replace("$NCH", &nch.to_string())
+                    + &ATTN_COMBINE
+                        .replace("$NCH", &nch.to_string())
+                        .replace("$EXACT", if *exact { "true" } else { "false" })
             }
         })
     }

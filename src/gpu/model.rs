@@ -955,7 +955,7 @@ impl GpuModel {
                 ),
                 slot,
                 key: KernelKey::AttnDecode {
-                    ctx: if nch > 1 {
+                    ctx: if nch > 1 && !ctx.tune.attn_exact {
                         (attn_lmin as usize).max(opts.n_ctx.div_ceil(nch as usize)) as u32
                     } else {
                         opts.n_ctx as u32
@@ -963,6 +963,7 @@ impl GpuModel {
                     hd: hd as u32,
                     nch,
                     lmin: attn_lmin,
+                    exact: ctx.tune.attn_exact,
                 },
                 n: 0,
             });
@@ -996,7 +997,10 @@ impl GpuModel {
                         when: When::Decode,
                         role: "attn_out_q",
                         slot,
-                        key: KernelKey::AttnCombineQ { nch },
+                        key: KernelKey::AttnCombineQ {
+                            nch,
+                            exact: ctx.tune.attn_exact,
+                        },
                         n: 0,
                     },
                 );
