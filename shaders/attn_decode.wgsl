@@ -50,6 +50,7 @@ var<workgroup> qs: array<vec4<f32>, 64>;
 var<workgroup> ks: array<vec4<f32>, 64>;
 var<workgroup> vs: array<vec4<f32>, 64>;
 var<workgroup> vred: array<vec4<f32>, 256>;
+var<workgroup> wempty: u32;
 
 fn r16(x: f32) -> f32 {
     return unpack2x16float(pack2x16float(vec2<f32>(x, 0.0))).x;
@@ -69,6 +70,23 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     // Scored positions [s0, s1): the chunk, or all of them (EXACT).
     let s0 = select(p0, 0u, EXACT);
     let s1 = select(p1, n, EXACT);
+    if (NCH > 1u) {
+        // A chunk past the last position: a zero accumulator and an empty (max, sum).
+        if (lid == 0u) {
+            wempty = select(0u, 1u, p0 >= n);
+        }
+        if (workgroupUniformLoad(&wempty) == 1u) {
+            let part = (tok * P.n_head + h) * NCH + ch;
+            if (lid < P.hd) {
+                O[part * P.hd + lid] = 0.0;
+            }
+            if (lid == 0u) {
+                O[P.pad1 + 2u * part] = -3.0e38;
+                O[P.pad1 + 2u * part + 1u] = 0.0;
+            }
+            return;
+        }
+    }
     let grp = P.n_head / P.n_kv;
     let kvh = h / grp;
     let hd4 = HD4;

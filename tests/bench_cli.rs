@@ -402,13 +402,18 @@ fn bench_profile_prints_kernel_roles_before_the_results() {
     let prof = text.find("Decode profile of").expect("no profile");
     let table = text.find("| tg4 |").expect("no tg4 row");
     assert!(prof < table, "{text}");
-    // One q4_k type everywhere (rounding on): fused QKV and gate/up, 2 layers.
-    for row in [
-        "| qkv | 2 |",
-        "| attention | 2 |",
-        "| actq | 4 |",
-        "| output | 1 |",
-    ] {
+    // One q4_k type everywhere (rounding on): fused QKV and gate/up, 2 layers; the split
+    // decode attention (GGUFQ_ATTN_SPLIT, on by default) rounds the wo input in its combine.
+    let split = std::env::var("GGUFQ_ATTN_SPLIT").as_deref() != Ok("0");
+    let rounding_rows: &[&str] = if split {
+        &["| actq | 2 |", "| attn_out_q | 2 |"]
+    } else {
+        &["| actq | 4 |"]
+    };
+    for row in ["| qkv | 2 |", "| attention | 2 |", "| output | 1 |"]
+        .iter()
+        .chain(rounding_rows)
+    {
         assert!(text.contains(row), "missing {row} in {text}");
     }
     // A context too short for the profile is an error, not a panic.
