@@ -1203,7 +1203,7 @@ fn run_pipeline<W: Write + Send>(
             Ok((writer, hashes, written))
         });
         // The converter stage, on this (rayon) thread.
-        let converted = (|| -> Result<()> {
+        let conv = move || -> Result<()> {
             let mut current = usize::MAX;
             for piece in prx {
                 let piece = piece?;
@@ -1228,9 +1228,10 @@ fn run_pipeline<W: Write + Send>(
                 }
                 bar.inc(src_bytes);
             }
+            drop(otx);
             Ok(())
-        })();
-        drop(otx);
+        };
+        let converted = conv();
         let written = writer_thread
             .join()
             .unwrap_or_else(|_| Err(Error::msg("writer thread panicked")));
