@@ -1096,7 +1096,7 @@ fn dequantize_into(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
 }
 
 /// Pieces the source hash thread may lag behind the reader.
-const HASH_QUEUE: usize = 4;
+const HASH_QUEUE: usize = QUEUE;
 
 /// The source hash stage: sha256 of everything the reader hands over, in order. Fails when a
 /// mapped piece lost bytes to a bus error (it may have been hashed after the converter looked).
