@@ -1133,10 +1133,26 @@ fn run_pipeline<W: Write + Send>(
     f: &GgufFile,
     plan: &Plan,
     imatrix: Option<&Imatrix>,
+    writer: GgufWriter<W>,
+    want_hash: bool,
+    hash_outputs: bool,
+    bar: &indicatif::ProgressBar,
+) -> Result<PipelineRun<W>> {
+    let mode = ReadMode::from_env();
+    run_pipeline_with(f, plan, imatrix, writer, want_hash, hash_outputs, bar, mode)
+}
+
+/// [`run_pipeline`] with the read mode given.
+#[allow(clippy::too_many_arguments)]
+fn run_pipeline_with<W: Write + Send>(
+    f: &GgufFile,
+    plan: &Plan,
+    imatrix: Option<&Imatrix>,
     mut writer: GgufWriter<W>,
     want_hash: bool,
     hash_outputs: bool,
     bar: &indicatif::ProgressBar,
+    mode: ReadMode,
 ) -> Result<PipelineRun<W>> {
     use std::sync::mpsc::sync_channel;
     let ranges = source_ranges(f, plan)?;
@@ -1152,7 +1168,6 @@ fn run_pipeline<W: Write + Send>(
     let pools = &pools;
     let file = std::fs::File::open(&f.path).map_err(|e| Error::io(&f.path, e))?;
     let file = &file;
-    let mode = ReadMode::from_env();
     let run = std::thread::scope(|s| {
         let (ptx, prx) = sync_channel::<Result<Piece>>(QUEUE);
         let (otx, orx) = sync_channel::<OutPiece>(QUEUE);
@@ -1352,4 +1367,81 @@ fn manifest(
             "total_s": t.total_s,
         },
     })
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// A source cut short after it was opened and planned: the pieces past the new end are
+    /// mapped, touching them is a bus error that the guard turns into this error (with the
+    /// source hash on or off), never a crash and never a finished output.
+    #[test]
+    fn source_truncated_during_conversion_is_an_error_not_sigbus() {
+        for want_hash in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let src = dir.path().join("src.gguf");
+            crate::synth::write_tiny_model(&src, GgmlType::F32, 7, None).unwrap();
+            let f = GgufFile::open(&src).unwrap();
+            let recipe = Recipe::load("Q8_0").unwrap();
+            let plan = plan_file(&f, &recipe, None).unwrap();
+            let meta = output_metadata(&f, &recipe, plan.file_type).unwrap();
+            let writer = GgufWriter::new(
+                Vec::new(),
+                f.version,
+                f.alignment,
+                &meta,
+                output_specs(&plan),
+            )
+            .unwrap();
+            // Keep the header and the first third of the tensor data.
+            let cut = f.data_offset + (f.file_size - f.data_offset) / 3;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&src)
+                .unwrap()
+                .set_len(cut)
+                .unwrap();
+            let bar = indicatif::ProgressBar::hidden();
+            let r = run_pipeline(&f, &plan, None, writer, want_hash, want_hash, &bar);
+            let err = r.err().expect("a truncated source must fail").to_string();
+            assert!(
+                err.contains("src.gguf") && err.contains("shrank"),
+                "hash {want_hash}: {err}"
+            );
+        }
+    }
+
+    /// The same conversion through maps and through positioned reads gives the same bytes
+    /// and the same source digest.
+    #[test]
+    fn mapped_and_read_pieces_give_the_same_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.gguf");
+        crate::synth::write_tiny_model(&src, GgmlType::F32, 11, None).unwrap();
+        let f = GgufFile::open(&src).unwrap();
+        let recipe = Recipe::load("Q4_K_M").unwrap();
+        let plan = plan_file(&f, &recipe, None).unwrap();
+        let meta = output_metadata(&f, &recipe, plan.file_type).unwrap();
+        let bar = indicatif::ProgressBar::hidden();
+        let mut outs = Vec::new();
+        for mode in [ReadMode::Map, ReadMode::Read] {
+            let writer = GgufWriter::new(
+                Vec::new(),
+                f.version,
+                f.alignment,
+                &meta,
+                output_specs(&plan),
+            )
+            .unwrap();
+            let run = run_pipeline_with(&f, &plan, None, writer, true, true, &bar, mode).unwrap();
+            outs.push((
+                run.writer.finish().unwrap(),
+                run.source_sha,
+                run.tensor_hashes,
+            ));
+        }
+        assert_eq!(outs[0], outs[1]);
+        assert_eq!(outs[0].1, file_sha256(&src).unwrap());
+    }
 }
