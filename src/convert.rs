@@ -7,6 +7,7 @@
 //! ([`AtomicOutput`]); an error, a panic or a kill leaves no partial OUT.
 
 pub mod hash_cache;
+mod mapped;
 
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -741,10 +742,52 @@ impl<T: Copy + Default> Pool<T> {
     }
 }
 
-/// Source data of one piece: f32 read straight into place, or raw bytes.
+/// Source data of one piece: f32 read straight into place, raw bytes, or a mapped window of
+/// the source (see [`mapped`]).
 enum Payload {
     F32(Vec<f32>),
     Raw(Vec<u8>),
+    Mapped(mapped::Window),
+}
+
+impl Payload {
+    /// The piece's source bytes, as they are in the file (for the hash and for copies).
+    fn bytes(&self) -> &[u8] {
+        match self {
+            // SAFETY: a read-only byte view of the initialised f32 buffer.
+            Payload::F32(v) => unsafe {
+                std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(&v[..]))
+            },
+            Payload::Raw(v) => v,
+            Payload::Mapped(w) => w.bytes(),
+        }
+    }
+
+    /// Whether the bytes are not the file's: a bus error was caught in a mapped window.
+    fn bus_error(&self) -> bool {
+        matches!(self, Payload::Mapped(w) if w.bus_error())
+    }
+}
+
+/// Hand a payload back to its pool when this was its last user (the converter and the source
+/// hash thread share it).
+fn release(p: std::sync::Arc<Payload>, pools: &Pools) {
+    match std::sync::Arc::into_inner(p) {
+        Some(Payload::F32(v)) => pools.f32.give(v),
+        Some(Payload::Raw(v)) => pools.raw.give(v),
+        Some(Payload::Mapped(_)) | None => {}
+    }
+}
+
+/// The error for a piece whose mapped bytes were lost to a bus error.
+fn changed_under_us(path: &Path) -> Error {
+    Error::io(
+        path,
+        std::io::Error::other(
+            "the file shrank (or could not be read) while it was converted: bus error in its \
+             memory map; nothing was written",
+        ),
+    )
 }
 
 /// A run of whole rows of one tensor (or, for a copied tensor, a run of bytes).
@@ -756,10 +799,17 @@ struct Piece {
     n_rows: u64,
     /// The tensor's last piece.
     last: bool,
-    data: Payload,
-    /// Source bytes between the previous piece and this one (header, padding), for the
-    /// source hash; empty when the source is not hashed inline.
-    gap: Vec<u8>,
+    /// The data are the tensor's f32 values (an F32 source being quantized); else raw bytes.
+    f32_in: bool,
+    data: std::sync::Arc<Payload>,
+}
+
+/// What the source hash thread hashes, in file order.
+enum HashItem {
+    /// Source bytes no tensor covers (header, padding, the tail).
+    Gap(Vec<u8>),
+    /// A piece's source data (shared with the converter).
+    Data(std::sync::Arc<Payload>),
 }
 
 /// Encoded bytes of a piece, on their way to the writer.
@@ -807,17 +857,6 @@ fn read_gap(file: &std::fs::File, path: &Path, from: u64, to: u64) -> Result<Vec
     Ok(buf)
 }
 
-/// The bytes of a piece's source data, for the source hash.
-fn payload_bytes(p: &Payload) -> &[u8] {
-    match p {
-        // SAFETY: a read-only byte view of the initialised f32 buffer.
-        Payload::F32(v) => unsafe {
-            std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(&v[..]))
-        },
-        Payload::Raw(v) => v,
-    }
-}
-
 #[cfg(unix)]
 fn read_at(file: &std::fs::File, path: &Path, buf: &mut [u8], at: u64) -> Result<()> {
     use std::os::unix::fs::FileExt;
@@ -840,27 +879,52 @@ fn f32_bytes_mut(v: &mut [f32]) -> &mut [u8] {
     unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }
 
+/// How the reader stage gets a piece's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadMode {
+    /// Map each piece ([`mapped::Window`]); pieces that cannot be mapped are read.
+    Map,
+    /// Positioned reads into recycled buffers.
+    Read,
+}
+
+impl ReadMode {
+    /// `GGUFQ_READ=pread` forces positioned reads (to compare, or where maps are unwelcome);
+    /// anything else maps.
+    fn from_env() -> ReadMode {
+        match std::env::var("GGUFQ_READ") {
+            Ok(v) if v == "pread" => ReadMode::Read,
+            _ => ReadMode::Map,
+        }
+    }
+}
+
 /// The reader stage: every tensor of the plan, in plan order, cut into pieces of whole rows,
-/// read with positioned reads (never through the map: resident memory stays a few pieces).
-/// With `hash`, every piece also carries the source bytes before it that no tensor covers,
-/// and a last piece (entry = number of tensors) the bytes after the last tensor, so the
-/// converter can hash the whole file in order without reading it twice.
+/// mapped one piece at a time or read with positioned reads (never the whole file: resident
+/// memory stays a few pieces). With `hash`, the source bytes that no tensor covers and every
+/// piece's data go to the source hash thread first, in file order, so the file is hashed
+/// without being read twice.
+#[allow(clippy::too_many_arguments)]
 fn read_pieces(
     f: &GgufFile,
+    file: &std::fs::File,
     plan: &Plan,
     ranges: &[(u64, u64)],
-    hash: bool,
+    mode: ReadMode,
+    hash: Option<&std::sync::mpsc::SyncSender<HashItem>>,
     tx: &std::sync::mpsc::SyncSender<Result<Piece>>,
     pools: &Pools,
 ) -> Result<()> {
-    let file = std::fs::File::open(&f.path).map_err(|e| Error::io(&f.path, e))?;
     let mut pos = 0u64;
     for (i, (e, &(start, end))) in plan.entries.iter().zip(ranges).enumerate() {
-        let mut gap = if hash {
-            read_gap(&file, &f.path, pos, start)?
-        } else {
-            Vec::new()
-        };
+        if let Some(h) = hash {
+            if start > pos
+                && h.send(HashItem::Gap(read_gap(file, &f.path, pos, start)?))
+                    .is_err()
+            {
+                return Ok(());
+            }
+        }
         pos = end;
         let n_bytes = end - start;
         let row_len = e.dims.first().copied().unwrap_or(1).max(1);
@@ -896,9 +960,16 @@ fn read_pieces(
         let last_idx = pieces.len() - 1;
         for (k, (first_row, rows, at, n)) in pieces.into_iter().enumerate() {
             let len = usize::try_from(n).map_err(|_| tensor_err(&e.name, "too large"))?;
-            let data = if f32_in {
+            let window = match mode {
+                ReadMode::Map => mapped::Window::map(file, start + at, len)
+                    .filter(|w| !f32_in || w.f32s().is_some()),
+                ReadMode::Read => None,
+            };
+            let data = if let Some(w) = window {
+                Payload::Mapped(w)
+            } else if f32_in {
                 let mut v = pools.f32.take(len / 4);
-                read_at(&file, &f.path, f32_bytes_mut(&mut v), start + at)?;
+                read_at(file, &f.path, f32_bytes_mut(&mut v), start + at)?;
                 if cfg!(target_endian = "big") {
                     for x in &mut v {
                         *x = f32::from_bits(u32::from_le(x.to_bits()));
@@ -907,16 +978,22 @@ fn read_pieces(
                 Payload::F32(v)
             } else {
                 let mut v = pools.raw.take(len);
-                read_at(&file, &f.path, &mut v, start + at)?;
+                read_at(file, &f.path, &mut v, start + at)?;
                 Payload::Raw(v)
             };
+            let data = std::sync::Arc::new(data);
+            if let Some(h) = hash {
+                if h.send(HashItem::Data(data.clone())).is_err() {
+                    return Ok(());
+                }
+            }
             let piece = Piece {
                 entry: i,
                 first_row,
                 n_rows: rows,
                 last: k == last_idx,
+                f32_in,
                 data,
-                gap: std::mem::take(&mut gap),
             };
             if tx.send(Ok(piece)).is_err() {
                 // The converter stopped (it reports why).
@@ -924,16 +1001,10 @@ fn read_pieces(
             }
         }
     }
-    if hash {
-        let tail = Piece {
-            entry: plan.entries.len(),
-            first_row: 0,
-            n_rows: 0,
-            last: true,
-            data: Payload::Raw(Vec::new()),
-            gap: read_gap(&file, &f.path, pos, f.file_size)?,
-        };
-        let _ = tx.send(Ok(tail));
+    if let Some(h) = hash {
+        if f.file_size > pos {
+            let _ = h.send(HashItem::Gap(read_gap(file, &f.path, pos, f.file_size)?));
+        }
     }
     Ok(())
 }
@@ -954,7 +1025,7 @@ fn encode_piece(
     pools: &Pools,
 ) -> Result<Vec<u8>> {
     if e.is_copy() {
-        let b = payload_bytes(&p.data);
+        let b = p.data.bytes();
         let mut out = pools.out.take(b.len());
         out.copy_from_slice(b);
         return Ok(out);
@@ -963,14 +1034,20 @@ fn encode_piece(
     let row_len = e.dims.first().copied().unwrap_or(1).max(1);
     let n = usize::try_from(p.n_rows * row_len).map_err(|_| tensor_err(&e.name, "too large"))?;
     let mut decoded: Option<Vec<f32>> = None;
-    let data: &[f32] = match &p.data {
-        Payload::F32(v) => v,
-        Payload::Raw(b) => {
+    let f32_view = match (&*p.data, p.f32_in) {
+        (Payload::F32(v), true) => Some(&v[..]),
+        (Payload::Mapped(w), true) => w.f32s(),
+        _ => None,
+    };
+    let data: &[f32] = match f32_view {
+        Some(v) => v,
+        None => {
             let from = e.from.ok_or_else(|| {
                 tensor_err(&e.name, format!("cannot decode type {}", e.from_name()))
             })?;
             let mut v = pools.f32.take(n);
-            dequantize_into(from, b, &mut v).map_err(|err| tensor_err(&e.name, err.to_string()))?;
+            dequantize_into(from, p.data.bytes(), &mut v)
+                .map_err(|err| tensor_err(&e.name, err.to_string()))?;
             decoded.insert(v)
         }
     };
@@ -1018,11 +1095,56 @@ fn dequantize_into(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
         .try_for_each(|(d, s)| quant::dequantize_row(ty, s, d))
 }
 
-/// Read → convert → hash + write, three stages that overlap: the reader (positioned reads,
-/// source hash) and the writer (tensor hashes when `hash_outputs`, output) run on their own threads while the
-/// rayon pool encodes. At most [`QUEUE`] pieces wait between two stages, so memory stays a
-/// few pieces whatever the model's size.
+/// Pieces the source hash thread may lag behind the reader.
+const HASH_QUEUE: usize = QUEUE;
+
+/// The source hash stage: sha256 of everything the reader hands over, in order. Fails when a
+/// mapped piece lost bytes to a bus error (it may have been hashed after the converter looked).
+fn hash_stage(
+    rx: std::sync::mpsc::Receiver<HashItem>,
+    pools: &Pools,
+    path: &Path,
+) -> Result<(String, f64)> {
+    let mut h = Sha256::new();
+    let mut secs = 0f64;
+    for item in rx {
+        let t = Instant::now();
+        match item {
+            HashItem::Gap(b) => h.update(&b),
+            HashItem::Data(d) => {
+                h.update(d.bytes());
+                if d.bus_error() {
+                    return Err(changed_under_us(path));
+                }
+                release(d, pools);
+            }
+        }
+        secs += t.elapsed().as_secs_f64();
+    }
+    Ok((hex(h.finalize()), secs))
+}
+
+/// Read → convert → write, with the source hash beside them: the reader (maps or positioned
+/// reads), the source hash (when `want_hash`) and the writer (tensor hashes when
+/// `hash_outputs`, output) run on their own threads while the rayon pool encodes. At most
+/// [`QUEUE`] pieces wait between two stages ([`HASH_QUEUE`] before the hash), so memory stays
+/// a few pieces whatever the model's size.
 fn run_pipeline<W: Write + Send>(
+    f: &GgufFile,
+    plan: &Plan,
+    imatrix: Option<&Imatrix>,
+    writer: GgufWriter<W>,
+    want_hash: bool,
+    hash_outputs: bool,
+    bar: &indicatif::ProgressBar,
+) -> Result<PipelineRun<W>> {
+    let mode = ReadMode::from_env();
+    run_pipeline_with(f, plan, imatrix, writer, want_hash, hash_outputs, bar, mode)
+}
+
+/// [`run_pipeline`] with the read mode given.
+#[allow(clippy::too_many_arguments)]
+fn run_pipeline_with<W: Write + Send>(
     f: &GgufFile,
     plan: &Plan,
     imatrix: Option<&Imatrix>,
@@ -1030,6 +1152,7 @@ fn run_pipeline<W: Write + Send>(
     want_hash: bool,
     hash_outputs: bool,
     bar: &indicatif::ProgressBar,
+    mode: ReadMode,
 ) -> Result<PipelineRun<W>> {
     use std::sync::mpsc::sync_channel;
     let ranges = source_ranges(f, plan)?;
@@ -1043,20 +1166,25 @@ fn run_pipeline<W: Write + Send>(
         out: Pool::new(),
     };
     let pools = &pools;
-    std::thread::scope(|s| {
+    let file = std::fs::File::open(&f.path).map_err(|e| Error::io(&f.path, e))?;
+    let file = &file;
+    let run = std::thread::scope(|s| {
         let (ptx, prx) = sync_channel::<Result<Piece>>(QUEUE);
         let (otx, orx) = sync_channel::<OutPiece>(QUEUE);
         let separate_hash = (want_hash && !in_order).then(|| {
             let path = f.path.clone();
             s.spawn(move || {
                 let t = Instant::now();
-                (file_sha256(&path), t.elapsed().as_secs_f64())
+                file_sha256(&path).map(|sha| (sha, t.elapsed().as_secs_f64()))
             })
         });
-        let ranges = &ranges;
         let inline_hash = want_hash && in_order;
+        let (htx, hrx) = sync_channel::<HashItem>(HASH_QUEUE);
+        let hash_thread = inline_hash.then(|| s.spawn(move || hash_stage(hrx, pools, &f.path)));
+        let ranges = &ranges;
         let reader = s.spawn(move || {
-            if let Err(e) = read_pieces(f, plan, ranges, inline_hash, &ptx, pools) {
+            let htx = inline_hash.then_some(htx);
+            if let Err(e) = read_pieces(f, file, plan, ranges, mode, htx.as_ref(), &ptx, pools) {
                 let _ = ptx.send(Err(e));
             }
         });
@@ -1089,71 +1217,54 @@ fn run_pipeline<W: Write + Send>(
             }
             Ok((writer, hashes, written))
         });
-        // The converter stage, on this (rayon) thread. The source hash (when inline) runs
-        // beside each piece's encoding (rayon::join), in file order.
-        let mut src_hash = inline_hash.then(|| (Sha256::new(), 0f64));
-        let converted = (|| -> Result<()> {
+        // The converter stage, on this (rayon) thread.
+        let conv = move || -> Result<()> {
             let mut current = usize::MAX;
             for piece in prx {
                 let piece = piece?;
-                let Some(e) = plan.entries.get(piece.entry) else {
-                    // The bytes after the last tensor.
-                    if let Some((h, secs)) = src_hash.as_mut() {
-                        let t = Instant::now();
-                        h.update(&piece.gap);
-                        *secs += t.elapsed().as_secs_f64();
-                    }
-                    continue;
-                };
+                let e = plan
+                    .entries
+                    .get(piece.entry)
+                    .ok_or_else(|| Error::msg("reader sent a piece of no tensor"))?;
                 if piece.entry != current {
                     current = piece.entry;
                     bar.set_message(e.name.clone());
                 }
-                let src = payload_bytes(&piece.data);
-                let src_bytes = src.len() as u64;
-                let (_, data) = rayon::join(
-                    || {
-                        if let Some((h, secs)) = src_hash.as_mut() {
-                            let t = Instant::now();
-                            h.update(&piece.gap);
-                            h.update(src);
-                            *secs += t.elapsed().as_secs_f64();
-                        }
-                    },
-                    || encode_piece(e, &piece, imatrix, pools),
-                );
-                let data = data?;
-                let (entry, last) = (piece.entry, piece.last);
-                match piece.data {
-                    Payload::F32(v) => pools.f32.give(v),
-                    Payload::Raw(v) => pools.raw.give(v),
+                let src_bytes = piece.data.bytes().len() as u64;
+                let data = encode_piece(e, &piece, imatrix, pools)?;
+                if piece.data.bus_error() {
+                    return Err(changed_under_us(&f.path));
                 }
+                let (entry, last) = (piece.entry, piece.last);
+                release(piece.data, pools);
                 if otx.send(OutPiece { entry, last, data }).is_err() {
                     // The writer failed; its error is reported below.
                     break;
                 }
                 bar.inc(src_bytes);
             }
+            drop(otx);
             Ok(())
-        })();
-        drop(otx);
+        };
+        let converted = conv();
         let written = writer_thread
             .join()
             .unwrap_or_else(|_| Err(Error::msg("writer thread panicked")));
         if reader.join().is_err() {
             return Err(Error::msg("reader thread panicked"));
         }
-        // The first failure in pipeline order: reading/encoding, then writing.
+        let hashed = hash_thread.map(|t| {
+            t.join()
+                .unwrap_or_else(|_| Err(Error::msg("source hashing thread panicked")))
+        });
+        // The first failure in pipeline order: reading/encoding, then writing, then hashing.
         converted?;
         let (writer, tensor_hashes, n_written) = written?;
-        let (source_sha, source_hash_s) = match (separate_hash, src_hash) {
-            (Some(t), _) => {
-                let (sha, secs) = t
-                    .join()
-                    .unwrap_or_else(|_| (Err(Error::msg("source hashing thread panicked")), 0.0));
-                (sha?, secs)
-            }
-            (None, Some((h, secs))) => (hex(h.finalize()), secs),
+        let (source_sha, source_hash_s) = match (separate_hash, hashed) {
+            (Some(t), _) => t
+                .join()
+                .unwrap_or_else(|_| Err(Error::msg("source hashing thread panicked")))?,
+            (None, Some(h)) => h?,
             (None, None) => (String::new(), 0.0),
         };
         if n_written != plan.entries.len() {
@@ -1168,7 +1279,14 @@ fn run_pipeline<W: Write + Send>(
             source_sha,
             source_hash_s,
         })
-    })
+    })?;
+    // A source that shrank under a map past a piece's last whole page reads as zeros without a
+    // bus error; its size tells.
+    let now = file.metadata().map_err(|e| Error::io(&f.path, e))?.len();
+    if now != f.file_size {
+        return Err(changed_under_us(&f.path));
+    }
+    Ok(run)
 }
 
 fn progress_bar(show: bool, total: u64) -> indicatif::ProgressBar {
@@ -1249,4 +1367,81 @@ fn manifest(
             "total_s": t.total_s,
         },
     })
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// A source cut short after it was opened and planned: the pieces past the new end are
+    /// mapped, touching them is a bus error that the guard turns into this error (with the
+    /// source hash on or off), never a crash and never a finished output.
+    #[test]
+    fn source_truncated_during_conversion_is_an_error_not_sigbus() {
+        for want_hash in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let src = dir.path().join("src.gguf");
+            crate::synth::write_tiny_model(&src, GgmlType::F32, 7, None).unwrap();
+            let f = GgufFile::open(&src).unwrap();
+            let recipe = Recipe::load("Q8_0").unwrap();
+            let plan = plan_file(&f, &recipe, None).unwrap();
+            let meta = output_metadata(&f, &recipe, plan.file_type).unwrap();
+            let writer = GgufWriter::new(
+                Vec::new(),
+                f.version,
+                f.alignment,
+                &meta,
+                output_specs(&plan),
+            )
+            .unwrap();
+            // Keep the header and the first third of the tensor data.
+            let cut = f.data_offset + (f.file_size - f.data_offset) / 3;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&src)
+                .unwrap()
+                .set_len(cut)
+                .unwrap();
+            let bar = indicatif::ProgressBar::hidden();
+            let r = run_pipeline(&f, &plan, None, writer, want_hash, want_hash, &bar);
+            let err = r.err().expect("a truncated source must fail").to_string();
+            assert!(
+                err.contains("src.gguf") && err.contains("shrank"),
+                "hash {want_hash}: {err}"
+            );
+        }
+    }
+
+    /// The same conversion through maps and through positioned reads gives the same bytes
+    /// and the same source digest.
+    #[test]
+    fn mapped_and_read_pieces_give_the_same_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src.gguf");
+        crate::synth::write_tiny_model(&src, GgmlType::F32, 11, None).unwrap();
+        let f = GgufFile::open(&src).unwrap();
+        let recipe = Recipe::load("Q4_K_M").unwrap();
+        let plan = plan_file(&f, &recipe, None).unwrap();
+        let meta = output_metadata(&f, &recipe, plan.file_type).unwrap();
+        let bar = indicatif::ProgressBar::hidden();
+        let mut outs = Vec::new();
+        for mode in [ReadMode::Map, ReadMode::Read] {
+            let writer = GgufWriter::new(
+                Vec::new(),
+                f.version,
+                f.alignment,
+                &meta,
+                output_specs(&plan),
+            )
+            .unwrap();
+            let run = run_pipeline_with(&f, &plan, None, writer, true, true, &bar, mode).unwrap();
+            outs.push((
+                run.writer.finish().unwrap(),
+                run.source_sha,
+                run.tensor_hashes,
+            ));
+        }
+        assert_eq!(outs[0], outs[1]);
+        assert_eq!(outs[0].1, file_sha256(&src).unwrap());
+    }
 }

@@ -106,6 +106,10 @@ pub fn quantize_row(
     Ok(())
 }
 
+/// Q3_K super-blocks searched together (16 sub-block lanes each): the coordinate descent is
+/// a dependent chain per lane, so more lanes hide more of its latency.
+const Q3K_GROUP: usize = 4;
+
 /// The super-block loop of [`quantize_row`] (sizes already checked; not Q8_K).
 #[inline(always)]
 fn encode_blocks(ty: GgmlType, src: &[f32], imatrix: Option<&[f32]>, dst: &mut [u8], bb: usize) {
@@ -143,15 +147,16 @@ fn encode_blocks(ty: GgmlType, src: &[f32], imatrix: Option<&[f32]>, dst: &mut [
         return;
     }
     if ty == GgmlType::Q3_K && imatrix.is_none() {
-        // Two super-blocks at a time (32 sub-block lanes), as for Q4_K/Q5_K above.
-        let pairs = src.len() / (2 * QK_K);
-        let (sp, sr) = src.split_at(pairs * 2 * QK_K);
-        let (dp, dr) = dst.split_at_mut(pairs * 2 * bb);
-        for (x, y) in sp.chunks_exact(2 * QK_K).zip(dp.chunks_exact_mut(2 * bb)) {
-            q3k::quantize_ref_group::<2, 32>(x, y);
+        // Q3K_GROUP super-blocks at a time (16 sub-block lanes each), as for Q4_K/Q5_K above.
+        const G: usize = Q3K_GROUP;
+        let groups = src.len() / (G * QK_K);
+        let (sp, sr) = src.split_at(groups * G * QK_K);
+        let (dp, dr) = dst.split_at_mut(groups * G * bb);
+        for (x, y) in sp.chunks_exact(G * QK_K).zip(dp.chunks_exact_mut(G * bb)) {
+            q3k::quantize_ref_group::<G, { 16 * G }>(x, y);
         }
-        if !sr.is_empty() {
-            q3k::quantize_ref_group::<1, 16>(sr, dr);
+        for (x, y) in sr.chunks_exact(QK_K).zip(dr.chunks_exact_mut(bb)) {
+            q3k::quantize_ref_group::<1, 16>(x, y);
         }
         return;
     }
@@ -674,10 +679,17 @@ fn make_qx_quants_lanes<const N: usize, const M: usize>(
 #[inline(always)]
 fn make_q3_quants_lanes<const N: usize, const M: usize>(
     nmax: i32,
-    xs: &[[f32; N]; M],
+    xs: &[f32],
     ls: &mut [[i8; N]; M],
 ) -> [f32; M] {
-    let xt = transpose(xs);
+    // Lane `m` is `xs[N * m..N * (m + 1)]`, transposed straight from the caller's slice (no
+    // intermediate copy of the sub-blocks).
+    let mut xt = [[0f32; M]; N];
+    for (m, c) in xs.chunks_exact(N).take(M).enumerate() {
+        for (i, &v) in c.iter().enumerate() {
+            xt[i][m] = v;
+        }
+    }
     let mut max = [0f32; M];
     let mut amax = [0f32; M];
     for row in &xt {
@@ -1159,22 +1171,21 @@ mod q3k {
     #[inline(always)]
     pub(super) fn quantize_ref_group<const B: usize, const M: usize>(x: &[f32], y: &mut [u8]) {
         debug_assert_eq!(M, 16 * B);
-        let mut xs = [[0f32; 16]; M];
-        for (o, c) in xs.iter_mut().zip(x.chunks_exact(16)) {
-            o.copy_from_slice(c);
-        }
         let mut l = [[0i8; 16]; M];
-        let scales = make_q3_quants_lanes(4, &xs, &mut l);
+        let scales = make_q3_quants_lanes(4, &x[..16 * M], &mut l);
         for (b, (xb, yb)) in x
             .chunks_exact(QK_K)
             .zip(y.chunks_exact_mut(Q3K_BYTES))
             .enumerate()
         {
+            let Ok(xb) = <&[f32; QK_K]>::try_from(xb) else {
+                continue;
+            };
             let mut sc = [0f32; 16];
             let mut lb = [[0i8; 16]; 16];
             sc.copy_from_slice(&scales[16 * b..16 * b + 16]);
             lb.copy_from_slice(&l[16 * b..16 * b + 16]);
-            tail_ref(&to_block(xb), yb, &sc, &lb);
+            tail_ref(xb, yb, &sc, &lb);
         }
     }
 
@@ -1808,7 +1819,7 @@ mod tests {
                 );
             }
             let mut l3 = [[0i8; 16]; 16];
-            let sc = make_q3_quants_lanes(4, &xs16, &mut l3);
+            let sc = make_q3_quants_lanes(4, xs16.as_flattened(), &mut l3);
             for m in 0..16 {
                 let mut l = [0i8; 16];
                 let a = make_q3_quants(4, &xs16[m], &mut l);

@@ -152,7 +152,16 @@ fn signed_absmax(x: &[f32; QK]) -> (f32, f32) {
     if amax == 0.0 {
         return (0.0, 0.0);
     }
-    let max = x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0);
+    // The first element of that magnitude, without an early-exit loop (its exit branch
+    // mispredicts once per block): a bit per element, then the lowest set bit.
+    let mut hits = 0u32;
+    for (j, v) in x.iter().enumerate() {
+        hits |= ((v.abs() == amax) as u32) << j;
+    }
+    let max = x
+        .get(hits.trailing_zeros() as usize)
+        .copied()
+        .unwrap_or(0.0);
     (max, amax)
 }
 
