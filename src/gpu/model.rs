@@ -1347,8 +1347,8 @@ impl GpuModel {
         }
         let d = self.cfg.n_embd;
         let nv = self.cfg.n_vocab;
-        // Embeddings on the CPU.
-        let mut xs = Vec::with_capacity(n * d);
+        // Embeddings on the CPU: the rows are checked here and dequantized below, in parallel
+        // for prompts (a 512-token 7B prompt has 8 MB of rows: ~2.7 ms on one core).
         let mut ti = Vec::with_capacity(n * 2);
         for &(tok, seq, pos) in tokens {
             if tok as usize >= nv {
@@ -1362,14 +1362,22 @@ impl GpuModel {
                     self.opts.n_seq, self.opts.n_ctx
                 )));
             }
-            let r = tok as usize * self.embd_row_bytes;
-            xs.extend(dequantize(
-                self.embd_ty,
-                &self.embd[r..r + self.embd_row_bytes],
-                d,
-            )?);
             ti.push(seq);
             ti.push(pos);
+        }
+        let mut xs = vec![0f32; n * d];
+        let (ety, rb, embd) = (self.embd_ty, self.embd_row_bytes, &self.embd);
+        let row = |(dst, &(tok, _, _)): (&mut [f32], &(u32, u32, u32))| {
+            let r = tok as usize * rb;
+            crate::quant::dequantize_row(ety, &embd[r..r + rb], dst)
+        };
+        if n >= 16 {
+            use rayon::prelude::*;
+            xs.par_chunks_mut(d)
+                .zip(tokens.par_iter())
+                .try_for_each(row)?;
+        } else {
+            xs.chunks_mut(d).zip(tokens.iter()).try_for_each(row)?;
         }
         self.ctx
             .queue
