@@ -87,45 +87,27 @@ pub fn profile_decode(model: &mut GpuModel, tokens: usize) -> Result<DecodeProfi
     }
     let roles_of = model.step_roles();
     let bytes_of = model.step_weight_bytes();
-    let mut sum = vec![0.0f64; roles_of.len()];
-    for i in 0..tokens {
-        let (_, t) =
-            model.forward_profiled(&[(tok(i + 13), 0, pos)], false, Timestamps::PerStep)?;
-        if t.len() != sum.len() {
-            return Err(Error::msg(format!(
-                "profile: {} timestamps for {} dispatches",
-                t.len(),
-                sum.len()
-            )));
-        }
-        for (s, v) in sum.iter_mut().zip(&t) {
-            *s += v;
-        }
+    let mut calls = 0;
+    let roles: Vec<RoleTime> = by_role(&roles_of, &bytes_of, tokens, "profile", || {
+        calls += 1;
+        let t = model.forward_profiled(&[(tok(calls + 12), 0, pos)], false, Timestamps::PerStep);
         pos += 1;
-    }
-    let mut roles: Vec<RoleTime> = Vec::new();
-    for ((role, ns), bytes) in roles_of.iter().zip(&sum).zip(&bytes_of) {
-        let us = ns / 1e3 / tokens as f64;
-        match roles.iter_mut().find(|r| r.role == *role) {
-            Some(r) => {
-                r.dispatches += 1;
-                r.gpu_us += us;
-                r.weight_bytes += bytes;
-            }
-            None => roles.push(RoleTime {
-                role: role.to_string(),
-                dispatches: 1,
-                gpu_us: us,
-                weight_bytes: *bytes,
-            }),
-        }
-    }
+        t.map(|(_, t)| t)
+    })?
+    .into_iter()
+    .map(|(role, dispatches, gpu_us, weight_bytes)| RoleTime {
+        role,
+        dispatches,
+        gpu_us,
+        weight_bytes,
+    })
+    .collect();
     Ok(DecodeProfile {
         tokens,
         wall_us,
         cpu_us,
         pass_us: pass_ns / 1e3 / tokens as f64,
-        steps_us: sum.iter().sum::<f64>() / 1e3 / tokens as f64,
+        steps_us: roles.iter().map(|r| r.gpu_us).sum(),
         roles,
     })
 }
@@ -167,4 +149,44 @@ impl DecodeProfile {
         }
         s
     }
+}
+
+/// Run `pass` (one forward with every dispatch timed: nanoseconds per dispatch) `runs` times and
+/// group the mean times by role, in first-seen order: (role, dispatches, GPU µs per run, sum of
+/// the dispatches' `extra`). `what` names the profile in the error for a pass whose timestamp
+/// count does not match `roles`.
+pub(crate) fn by_role<T: Copy + std::ops::AddAssign>(
+    roles: &[&'static str],
+    extra: &[T],
+    runs: usize,
+    what: &str,
+    mut pass: impl FnMut() -> Result<Vec<f64>>,
+) -> Result<Vec<(String, usize, f64, T)>> {
+    let mut sum = vec![0.0f64; roles.len()];
+    for _ in 0..runs {
+        let t = pass()?;
+        if t.len() != sum.len() {
+            return Err(Error::msg(format!(
+                "{what}: {} timestamps for {} dispatches",
+                t.len(),
+                sum.len()
+            )));
+        }
+        for (s, v) in sum.iter_mut().zip(&t) {
+            *s += v;
+        }
+    }
+    let mut out: Vec<(String, usize, f64, T)> = Vec::new();
+    for ((role, ns), x) in roles.iter().zip(&sum).zip(extra) {
+        let us = ns / 1e3 / runs.max(1) as f64;
+        match out.iter_mut().find(|r| r.0 == *role) {
+            Some(r) => {
+                r.1 += 1;
+                r.2 += us;
+                r.3 += *x;
+            }
+            None => out.push((role.to_string(), 1, us, *x)),
+        }
+    }
+    Ok(out)
 }

@@ -95,44 +95,29 @@ pub fn profile_prompt(model: &mut GpuModel, tokens: usize, reps: usize) -> Resul
     }
     let roles_of = model.step_roles_for(tokens);
     let flops_of = model.step_flops_for(tokens);
-    let mut sum = vec![0.0f64; roles_of.len()];
-    for r in 0..reps {
-        let (_, t) = model.forward_profiled(&prompt(r + 1), false, Timestamps::PerStep)?;
-        if t.len() != sum.len() {
-            return Err(Error::msg(format!(
-                "prompt profile: {} timestamps for {} dispatches",
-                t.len(),
-                sum.len()
-            )));
-        }
-        for (s, v) in sum.iter_mut().zip(&t) {
-            *s += v;
-        }
-    }
-    let mut roles: Vec<PromptRole> = Vec::new();
-    for ((role, ns), flops) in roles_of.iter().zip(&sum).zip(&flops_of) {
-        let us = ns / 1e3 / reps as f64;
-        match roles.iter_mut().find(|r| r.role == *role) {
-            Some(r) => {
-                r.dispatches += 1;
-                r.gpu_us += us;
-                r.flops += flops;
-            }
-            None => roles.push(PromptRole {
-                role: role.to_string(),
-                dispatches: 1,
-                gpu_us: us,
-                flops: *flops,
-            }),
-        }
-    }
+    let mut r = 0;
+    let roles: Vec<PromptRole> =
+        super::profile::by_role(&roles_of, &flops_of, reps, "prompt profile", || {
+            r += 1;
+            model
+                .forward_profiled(&prompt(r), false, Timestamps::PerStep)
+                .map(|(_, t)| t)
+        })?
+        .into_iter()
+        .map(|(role, dispatches, gpu_us, flops)| PromptRole {
+            role,
+            dispatches,
+            gpu_us,
+            flops,
+        })
+        .collect();
     Ok(PromptProfile {
         tokens,
         reps,
         wall_us,
         cpu_us,
         pass_us: pass_ns / 1e3 / reps as f64,
-        steps_us: sum.iter().sum::<f64>() / 1e3 / reps as f64,
+        steps_us: roles.iter().map(|r| r.gpu_us).sum(),
         roles,
     })
 }
