@@ -215,38 +215,14 @@ pub fn round_rows(ctx: &GpuContext, ty: GgmlType, x: &[f32], k: usize) -> Result
         return Ok(x.to_vec());
     }
     let n_tok = x.len() / k;
-    use wgpu::util::DeviceExt;
     let (bgl, layout) = super::kernels::buffer_layouts(ctx, "actq", b"r-wu");
     let mut kernels = Kernels::default();
     let pipe = kernels.get_with_layout(ctx, &KernelKey::ActQ, &layout)?;
     let xb = f32_buffer(ctx, "x", x);
     let yb = scratch(ctx, "y", x.len());
     let p = params(k as u32, k as u32, 0, n_tok as u32, kind);
-    let ub = ctx
-        .device
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("params"),
-            contents: bytemuck::cast_slice(&p),
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
-    let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: None,
-        layout: &bgl,
-        entries: &[
-            wgpu::BindGroupEntry {
-                binding: 0,
-                resource: xb.as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 2,
-                resource: yb.as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 3,
-                resource: ub.as_entire_binding(),
-            },
-        ],
-    });
+    let ub = super::buffers::uniform(ctx, &p);
+    let bg = super::buffers::bind_buffers(ctx, &bgl, &[(0, &xb), (2, &yb), (3, &ub)]);
     let mut enc = ctx.device.create_command_encoder(&Default::default());
     {
         let mut pass = enc.begin_compute_pass(&Default::default());

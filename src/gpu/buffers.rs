@@ -199,6 +199,37 @@ pub fn scratch(ctx: &GpuContext, label: &str, n: usize) -> wgpu::Buffer {
     })
 }
 
+/// A uniform buffer holding `words` (kernel parameters).
+pub fn uniform(ctx: &GpuContext, words: &[u32]) -> wgpu::Buffer {
+    use wgpu::util::DeviceExt;
+    ctx.device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("params"),
+            contents: bytemuck::cast_slice(words),
+            usage: wgpu::BufferUsages::UNIFORM,
+        })
+}
+
+/// A bind group of whole buffers, each at its binding number.
+pub fn bind_buffers(
+    ctx: &GpuContext,
+    layout: &wgpu::BindGroupLayout,
+    buffers: &[(u32, &wgpu::Buffer)],
+) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry> = buffers
+        .iter()
+        .map(|&(binding, b)| wgpu::BindGroupEntry {
+            binding,
+            resource: b.as_entire_binding(),
+        })
+        .collect();
+    ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout,
+        entries: &entries,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -64,7 +64,6 @@ impl MatRunner {
         mode: u32,
         q8e: u32,
     ) -> Vec<(wgpu::BindGroup, u32)> {
-        use wgpu::util::DeviceExt;
         m.chunks
             .iter()
             .map(|ch| {
@@ -82,35 +81,12 @@ impl MatRunner {
                     0,
                     0,
                 ];
-                let ub = ctx
-                    .device
-                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                        label: Some("params"),
-                        contents: bytemuck::cast_slice(&p),
-                        usage: wgpu::BufferUsages::UNIFORM,
-                    });
-                let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: None,
-                    layout: &self.bgl,
-                    entries: &[
-                        wgpu::BindGroupEntry {
-                            binding: 0,
-                            resource: ch.buf.as_entire_binding(),
-                        },
-                        wgpu::BindGroupEntry {
-                            binding: 1,
-                            resource: xb.as_entire_binding(),
-                        },
-                        wgpu::BindGroupEntry {
-                            binding: 2,
-                            resource: yb.as_entire_binding(),
-                        },
-                        wgpu::BindGroupEntry {
-                            binding: 3,
-                            resource: ub.as_entire_binding(),
-                        },
-                    ],
-                });
+                let ub = super::buffers::uniform(ctx, &p);
+                let bg = super::buffers::bind_buffers(
+                    ctx,
+                    &self.bgl,
+                    &[(0, &ch.buf), (1, xb), (2, yb), (3, &ub)],
+                );
                 (bg, ch.rows)
             })
             .collect()
@@ -178,32 +154,8 @@ impl MatRunner {
         let (abgl, alayout) = super::kernels::buffer_layouts(ctx, "actq", b"r-wu");
         let kind = super::actq::kind_for_weight(m.ty);
         let p = super::actq::params_q8(m.cols as u32, m.cols as u32, 0, 1, kind, e as u32);
-        use wgpu::util::DeviceExt;
-        let ub = ctx
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("params"),
-                contents: bytemuck::cast_slice(&p),
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
-        let abg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &abgl,
-            entries: &[
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: xb.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 2,
-                    resource: xq.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 3,
-                    resource: ub.as_entire_binding(),
-                },
-            ],
-        });
+        let ub = super::buffers::uniform(ctx, &p);
+        let abg = super::buffers::bind_buffers(ctx, &abgl, &[(0, &xb), (2, &xq), (3, &ub)]);
         let binds = self.binds(ctx, m, &xq, &yb, 1, 0, e as u32);
         let key = ctx.tune.matvec_key(ty, 1, nr, m.cols / 32);
         let mut aq = Kernels::default();
