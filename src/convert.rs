@@ -1373,6 +1373,15 @@ fn manifest(
 mod tests {
     use super::*;
 
+    /// A writer into memory for `plan`'s output of `f` with metadata `meta`.
+    fn mem_writer(
+        f: &GgufFile,
+        plan: &Plan,
+        meta: &[(String, crate::gguf::Value)],
+    ) -> GgufWriter<Vec<u8>> {
+        GgufWriter::new(Vec::new(), f.version, f.alignment, meta, output_specs(plan)).unwrap()
+    }
+
     /// A source cut short after it was opened and planned: the pieces past the new end are
     /// mapped, touching them is a bus error that the guard turns into this error (with the
     /// source hash on or off), never a crash and never a finished output.
@@ -1386,14 +1395,7 @@ mod tests {
             let recipe = Recipe::load("Q8_0").unwrap();
             let plan = plan_file(&f, &recipe, None).unwrap();
             let meta = output_metadata(&f, &recipe, plan.file_type).unwrap();
-            let writer = GgufWriter::new(
-                Vec::new(),
-                f.version,
-                f.alignment,
-                &meta,
-                output_specs(&plan),
-            )
-            .unwrap();
+            let writer = mem_writer(&f, &plan, &meta);
             // Keep the header and the first third of the tensor data.
             let cut = f.data_offset + (f.file_size - f.data_offset) / 3;
             std::fs::OpenOptions::new()
@@ -1426,14 +1428,7 @@ mod tests {
         let bar = indicatif::ProgressBar::hidden();
         let mut outs = Vec::new();
         for mode in [ReadMode::Map, ReadMode::Read] {
-            let writer = GgufWriter::new(
-                Vec::new(),
-                f.version,
-                f.alignment,
-                &meta,
-                output_specs(&plan),
-            )
-            .unwrap();
+            let writer = mem_writer(&f, &plan, &meta);
             let run = run_pipeline_with(&f, &plan, None, writer, true, true, &bar, mode).unwrap();
             outs.push((
                 run.writer.finish().unwrap(),
