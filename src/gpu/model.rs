@@ -249,6 +249,20 @@ pub struct CpuTimes {
     pub readback: Duration,
 }
 
+impl CpuTimes {
+    /// Mean µs per forward call of each phase: prepare, record, submit, wait, read back.
+    pub fn per_call_us(&self) -> [f64; 5] {
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / self.calls.max(1) as f64;
+        [
+            per(self.prepare),
+            per(self.record),
+            per(self.submit),
+            per(self.wait),
+            per(self.readback),
+        ]
+    }
+}
+
 /// A llama model resident on the GPU.
 pub struct GpuModel {
     cpu: CpuTimes,

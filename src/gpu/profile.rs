@@ -70,15 +70,7 @@ pub fn profile_decode(model: &mut GpuModel, tokens: usize) -> Result<DecodeProfi
         pos += 1;
     }
     let wall_us = t.elapsed().as_secs_f64() * 1e6 / tokens as f64;
-    let c = model.cpu_times();
-    let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / c.calls.max(1) as f64;
-    let cpu_us = [
-        per(c.prepare),
-        per(c.record),
-        per(c.submit),
-        per(c.wait),
-        per(c.readback),
-    ];
+    let cpu_us = model.cpu_times().per_call_us();
     let mut pass_ns = 0.0;
     for i in 0..tokens {
         let (_, t) = model.forward_profiled(&[(tok(i + 7), 0, pos)], false, Timestamps::Pass)?;

@@ -79,15 +79,7 @@ pub fn profile_prompt(model: &mut GpuModel, tokens: usize, reps: usize) -> Resul
         model.forward(&prompt(r + 1), false)?;
     }
     let wall_us = t.elapsed().as_secs_f64() * 1e6 / reps as f64;
-    let c = model.cpu_times();
-    let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / c.calls.max(1) as f64;
-    let cpu_us = [
-        per(c.prepare),
-        per(c.record),
-        per(c.submit),
-        per(c.wait),
-        per(c.readback),
-    ];
+    let cpu_us = model.cpu_times().per_call_us();
     let mut pass_ns = 0.0;
     for r in 0..reps {
         let (_, t) = model.forward_profiled(&prompt(r + 1), false, Timestamps::Pass)?;
