@@ -213,7 +213,7 @@ fn gpu_prompt_profile_covers_every_dispatch() {
 }
 
 /// `ggufq bench --kernel-check` (the device runs' self-check) passes on this adapter and
-/// reports every type and both model checks.
+/// reports every type, both model checks and the stand-alone attention checks.
 #[test]
 fn bench_kernel_check_passes_and_covers_every_type() {
     if gpu_fixture::context().is_none() {
@@ -237,5 +237,17 @@ fn bench_kernel_check_passes_and_covers_every_type() {
         );
     }
     assert_eq!(text.matches("prompt vs decode").count(), 2, "{text}");
+    // The prompt attention kernels on their own, both head sizes (on adapters with
+    // cooperative matrices also the flash-attention kernel against the f32 tiles).
+    for hd in [64, 128] {
+        assert!(
+            text.contains(&format!("attention f32 tiles hd {hd}, 250 tokens")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("attention cooperative matrices hd {hd}")),
+            "{text}"
+        );
+    }
     assert!(!text.contains("FAILED"), "{text}");
 }

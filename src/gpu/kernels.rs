@@ -18,6 +18,7 @@ const MATMAT_WGSL: &str = include_str!("../../shaders/matmat.wgsl");
 const ATTN_DECODE_WGSL: &str = include_str!("../../shaders/attn_decode.wgsl");
 const ACTQ_WGSL: &str = include_str!("../../shaders/actq.wgsl");
 const MATMAT_COOP_WGSL: &str = include_str!("../../shaders/matmat_coop.wgsl");
+const ATTENTION_COOP_WGSL: &str = include_str!("../../shaders/attention_coop.wgsl");
 
 /// Whether `adapter` can run the cooperative-matrix mat-mat kernel: the experimental wgpu
 /// feature, f16 shaders, a 16×16×16 f16 × f16 + f32 configuration, and subgroups of 32
@@ -234,6 +235,121 @@ pub fn attention_tile(hd: u32, shared: u32, qt: u32) -> Result<(u32, u32)> {
         })
 }
 
+/// Batch tokens per workgroup of the cooperative-matrix prompt attention
+/// (`shaders/attention_coop.wgsl`).
+pub const ATTN_COOP_QT: u32 = 64;
+/// Keys per block of that kernel.
+pub const ATTN_COOP_KB: u32 = 32;
+
+/// Workgroup memory of the cooperative-matrix prompt attention for head size `hd` (bytes):
+/// f16 K and V blocks (the Q tile shares them) with 16-byte row pads, f32 scores, f16
+/// probabilities, per-thread and per-row softmax state, the tile's token table.
+pub fn attention_coop_bytes(hd: u32) -> u32 {
+    let (qt, kb) = (ATTN_COOP_QT, ATTN_COOP_KB);
+    2 * attention_coop_kv(hd) + 4 * 2048 + 2 * qt * (kb + 8) + 4 * 512 + 4 * 5 * qt + 8
+}
+
+/// f16 values of that kernel's K/V array: the K block and the transposed V block, or the Q
+/// tile where it is larger.
+fn attention_coop_kv(hd: u32) -> u32 {
+    let (qt, kb) = (ATTN_COOP_QT, ATTN_COOP_KB);
+    (qt * (hd + 8)).max(kb * (hd + 8) + hd * (kb + 8))
+}
+
+/// Whether the cooperative-matrix prompt attention takes head size `hd` with `shared` bytes
+/// of workgroup memory: a multiple of 32 (8 subgroups share the 16-column blocks of O) from
+/// 32 to 256 whose tiles fit.
+pub fn attention_coop_fits(hd: u32, shared: u32) -> bool {
+    hd % 32 == 0 && (32..=256).contains(&hd) && attention_coop_bytes(hd) <= shared
+}
+
+/// The prompt attention kernel for head size `hd` on `ctx` and its batch tokens per
+/// workgroup: flash attention on cooperative matrices ([`KernelKey::AttentionCoop`]) where
+/// the adapter has them, [`Tune::attn_coop`] is on and the head size fits
+/// ([`attention_coop_fits`]); else the tiled f32 kernel ([`KernelKey::Attention`],
+/// [`attention_tile`]).
+pub fn attention_key(ctx: &GpuContext, hd: u32) -> Result<(KernelKey, u32)> {
+    if ctx.facts.coop_matrix && ctx.tune.attn_coop && attention_coop_fits(hd, ctx.facts.shared_mem)
+    {
+        return Ok((KernelKey::AttentionCoop { hd }, ATTN_COOP_QT));
+    }
+    let (qt, kb) = attention_tile(hd, ctx.facts.shared_mem, ctx.tune.attn_qt)?;
+    Ok((KernelKey::Attention { hd, qt, kb }, qt))
+}
+
+/// WGSL of the cooperative-matrix prompt attention for head size `hd`: each subgroup keeps
+/// its 16 query rows as `hd / 16` A fragments, computes one 16 × 16 score tile per key block
+/// and accumulates `hd / 32` output tiles of 16 × 16.
+fn attention_coop_source(hd: u32) -> Result<String> {
+    if hd % 32 != 0 || !(32..=256).contains(&hd) {
+        return Err(Error::msg(format!(
+            "cooperative-matrix attention: head size {hd} is not a multiple of 32 in 32..=256"
+        )));
+    }
+    let (nq, no) = (hd / 16, hd / 32);
+    let mut qload = String::new();
+    for i in 0..nq {
+        qload.push_str(&format!(
+            "    var q_{i} = coopLoadT<coop_mat16x16<f16, A>>(&KV[rb * LDK + {}u], LDK);\n",
+            16 * i
+        ));
+    }
+    // Accumulators start from `zc` (zero at function scope, like the mat-mat kernel's):
+    // no zero-valued coop matrix is stored inside a loop.
+    let mut smma = String::new();
+    for i in 0..nq {
+        let acc = if i == 0 { "zc" } else { "s" };
+        smma.push_str(&format!(
+            "            {}coopMultiplyAdd(q_{i}, coopLoad<coop_mat16x16<f16, B>>(&KV[kc * 16u * LDK + {}u], LDK), {acc});\n",
+            if i == 0 { "var s = " } else { "s = " },
+            16 * i
+        ));
+    }
+    smma.push_str("            coopStore(s, &Ss[sg * 256u], 16u);\n");
+    let (mut odecl, mut pv, mut ostore) = (String::new(), String::new(), String::new());
+    let mut ozero = String::new();
+    for j in 0..no {
+        odecl.push_str(&format!("    var o_{j} = coop_mat16x16<f32, C>();\n"));
+        ozero.push_str(&format!("        o_{j} = zc;\n"));
+    }
+    for kk in 0..ATTN_COOP_KB / 16 {
+        pv.push_str(&format!(
+            "            let p_{kk} = coopLoadT<coop_mat16x16<f16, A>>(&Ps[rb * LDP + {}u], LDP);\n",
+            16 * kk
+        ));
+        for j in 0..no {
+            pv.push_str(&format!(
+                "            o_{j} = coopMultiplyAdd(p_{kk}, coopLoad<coop_mat16x16<f16, B>>(&KV[VOFF + (kc * {no}u + {j}u) * 16u * LDV + {}u], LDV), o_{j});\n",
+                16 * kk
+            ));
+        }
+    }
+    for j in 0..no {
+        ostore.push_str(&format!(
+            "        coopStore(o_{j}, &Ss[sg * 256u], 16u);
+        workgroupBarrier();
+        for (var e = 0u; e < 8u; e++) {{
+            let idx = lane + 32u * e;
+            let qi = rb + idx % 16u;
+            if (mine(qi, seq)) {{
+                O[(t0 + qi) * P.o_ld + h * HD + (kc * {no}u + {j}u) * 16u + idx / 16u] = Ss[sg * 256u + idx];
+            }}
+        }}
+        workgroupBarrier();
+"
+        ));
+    }
+    Ok(ATTENTION_COOP_WGSL
+        .replace("$KVN", &attention_coop_kv(hd).to_string())
+        .replace("$HD", &hd.to_string())
+        .replace("$Q_LOAD", &qload)
+        .replace("$S_MMA", &smma)
+        .replace("$O_DECL", &odecl)
+        .replace("$O_ZERO", &ozero)
+        .replace("$PV_MMA", &pv)
+        .replace("$O_STORE", &ostore))
+}
+
 /// Rows per warp of the decode kernel (x reuse across rows).
 pub const NR_DECODE: u32 = 2;
 /// Rows per warp of the small-batch kernel.
@@ -315,6 +431,10 @@ pub struct Tune {
     /// normalises against its own maximum and sum (flash-decoding proper: less work per
     /// workgroup in contexts over 256, a few wo-input roundings flip).
     pub attn_exact: bool,
+    /// Prompt attention on cooperative matrices (flash attention, [`KernelKey::AttentionCoop`])
+    /// where the adapter has them; GGUFQ_ATTN_COOP=0 keeps the tiled f32 kernel
+    /// (`shaders/attention.wgsl`, the only one without cooperative matrices).
+    pub attn_coop: bool,
 }
 
 /// Most chunks per head of the split decode attention ([`Tune::attn_split`]).
@@ -467,6 +587,7 @@ impl Tune {
             normq: std::env::var("GGUFQ_NORMQ").as_deref() != Ok("0"),
             attn_split: get("GGUFQ_ATTN_SPLIT", 32, &[0, 16, 32, 64, 128]),
             attn_exact: std::env::var("GGUFQ_ATTN_EXACT").as_deref() != Ok("0"),
+            attn_coop: std::env::var("GGUFQ_ATTN_COOP").as_deref() != Ok("0"),
         }
     }
 }
@@ -486,6 +607,9 @@ pub enum KernelKey {
     /// Tiled prompt attention (`shaders/attention.wgsl`) for head size `hd`, `qt` tokens per
     /// workgroup and blocks of `kb` keys ([`attention_tile`]).
     Attention { hd: u32, qt: u32, kb: u32 },
+    /// Prompt flash attention on cooperative matrices (`shaders/attention_coop.wgsl`) for head
+    /// size `hd`: [`ATTN_COOP_QT`] tokens per workgroup, blocks of [`ATTN_COOP_KB`] keys.
+    AttentionCoop { hd: u32 },
     /// Decode mat-vec (one token) whose prologue applies RMSNorm to its `k4`·4-long input
     /// (held in workgroup memory), then the activation rounding `act` (a
     /// [`super::actq::kind_of`] code, 0 none), NR rows per warp.
@@ -1315,6 +1439,7 @@ impl Kernels {
                 .replace("$HD4", &(hd / 4).to_string())
                 .replace("$QT", &qt.to_string())
                 .replace("$KB", &kb.to_string()),
+            KernelKey::AttentionCoop { hd } => attention_coop_source(*hd)?,
             KernelKey::ActQ => ACTQ_WGSL.to_string(),
             KernelKey::AttnCombineQ { nch, exact } => {
                 if !ACTQ_WGSL.contains(ACTQ_LOAD) {

@@ -616,13 +616,7 @@ impl GpuModel {
         let (bgl_nq, pl_nq) = buffer_layouts(&ctx, "norm q8", b"rrwu");
         let (bgl_attd, pl_attd) = buffer_layouts(&ctx, "attn decode", b"rwwwurr");
         let (bgl_attn, pl_attn) = buffer_layouts(&ctx, "attn", b"rrrwur");
-        let (attn_qt, attn_kb) =
-            super::kernels::attention_tile(hd as u32, ctx.facts.shared_mem, ctx.tune.attn_qt)?;
-        let attn_key = KernelKey::Attention {
-            hd: hd as u32,
-            qt: attn_qt,
-            kb: attn_kb,
-        };
+        let (attn_key, _) = super::kernels::attention_key(&ctx, hd as u32)?;
 
         // Steps (bind groups reference a params slot each).
         // Batch graph (up to 11 dispatches per layer), activation roundings, decode graph.
@@ -1145,7 +1139,7 @@ impl GpuModel {
         for s in &steps {
             let pl = match s.key {
                 KernelKey::Rope => &pl_rope,
-                KernelKey::Attention { .. } => &pl_attn,
+                KernelKey::Attention { .. } | KernelKey::AttentionCoop { .. } => &pl_attn,
                 KernelKey::MatVecNorm { .. } => &pl_matn,
                 KernelKey::NormQ8 { .. } => &pl_nq,
                 KernelKey::AttnDecode { .. } => &pl_attd,
@@ -1540,6 +1534,10 @@ impl GpuModel {
                         (KernelKey::Attention { qt, .. }, _) => {
                             (cfg.n_head as u32, (n as u32).div_ceil(*qt))
                         }
+                        (KernelKey::AttentionCoop { .. }, _) => (
+                            cfg.n_head as u32,
+                            (n as u32).div_ceil(super::kernels::ATTN_COOP_QT),
+                        ),
                         (_, StepKind::AttnDecode { nch, .. }) => {
                             (cfg.n_head as u32 * nch, n as u32)
                         }

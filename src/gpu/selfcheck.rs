@@ -2,7 +2,9 @@
 //! --kernel-check`): the tiled mat-mat kernel (cooperative matrices where the adapter has
 //! them, which no CI adapter has) against CPU dequantization for every type, and a tiny
 //! synthetic model's prompt forward (mat-mat + tiled attention) against its token-by-token
-//! decode (mat-vec + decode attention), which share no kernel.
+//! decode (mat-vec + decode attention), which share no kernel; and the prompt attention
+//! kernels (tiled f32, and flash attention on cooperative matrices where the adapter has
+//! them) on their own against an f64 CPU reference and against each other.
 
 use std::sync::Arc;
 
@@ -10,7 +12,7 @@ use crate::error::Result;
 use crate::quant::GgmlType;
 
 use super::device::GpuContext;
-use super::kernels::matmat_tolerance;
+use super::kernels::{attention_key, attention_tile, matmat_tolerance, KernelKey, Kernels};
 use super::model::{GpuModel, ModelOptions};
 use super::ops::{check_against_cpu, MatRunner};
 use super::source::{Mix, Shape, SynthSource};
@@ -25,6 +27,13 @@ const TYPES: [&str; 13] = [
 /// matrices and the activation rounding (a rounding step that lands on the other side moves a
 /// logit by up to ~2 %); a wrong kernel is off by the logits' whole scale.
 const MODEL_TOL: f64 = 0.05;
+
+/// Tolerance of a prompt attention output against [`attention_reference`] and of the two
+/// attention kernels against each other (largest difference relative to the largest
+/// output): the inputs are f16 values, so only f32 summation order and the odd f16 rounding
+/// of a probability that the GPU's `exp` puts on the other side differ (~1e-4); a wrong
+/// mask, softmax or head mapping is off by the outputs' scale.
+pub const ATTN_TOL: f64 = 2e-3;
 
 /// Result of [`self_check`]: one line per check, and whether all passed.
 #[derive(Clone, Debug)]
@@ -64,7 +73,293 @@ pub fn self_check(ctx: &Arc<GpuContext>) -> Result<SelfCheck> {
             if pass { "ok" } else { "FAILED" }
         ));
     }
+    let scalar = |hd: u32| -> Result<(KernelKey, u32)> {
+        let (qt, kb) = attention_tile(hd, ctx.facts.shared_mem, ctx.tune.attn_qt)?;
+        Ok((KernelKey::Attention { hd, qt, kb }, qt))
+    };
+    for hd in [64u32, 128] {
+        let case = AttnCase::mixed(hd);
+        let data = case.data(11 + hd as u64);
+        let want = attention_reference(&case, &data);
+        let (skey, sqt) = scalar(hd)?;
+        let a = run_attention(ctx, &skey, sqt, &case, &data)?;
+        let e = rel_err(&a, &want);
+        let pass = e < ATTN_TOL;
+        ok &= pass;
+        lines.push(format!(
+            "attention f32 tiles hd {hd}, {} tokens of 3 sequences: rel err vs CPU {e:.2e} (limit {ATTN_TOL:.0e}) {}",
+            case.tokens.len(),
+            if pass { "ok" } else { "FAILED" }
+        ));
+        let (key, qt) = attention_key(ctx, hd)?;
+        if key == skey {
+            lines.push(format!(
+                "attention cooperative matrices hd {hd}: not used on this adapter (GGUFQ_ATTN_COOP, cooperative matrices, workgroup memory)"
+            ));
+            continue;
+        }
+        let b = run_attention(ctx, &key, qt, &case, &data)?;
+        let e = rel_err(&b, &want);
+        let e2 = rel_err(&b, &a);
+        let pass = e < ATTN_TOL && e2 < ATTN_TOL;
+        ok &= pass;
+        // Where it is worst (batch token, head): a wrong tile row or head shows there.
+        let worst = b
+            .iter()
+            .zip(&want)
+            .enumerate()
+            .max_by(|x, y| {
+                let d = |p: (&f32, &f32)| {
+                    if p.0.is_finite() {
+                        (p.0 - p.1).abs()
+                    } else {
+                        f32::INFINITY
+                    }
+                };
+                d(x.1).total_cmp(&d(y.1))
+            })
+            .map_or(0, |w| w.0);
+        let row = case.n_head * case.hd;
+        let mut detail = String::new();
+        if !pass {
+            // Which rows of the 64-token tiles and which tiles are off: a layout or
+            // synchronisation fault shows as a pattern there.
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+            let (mut by_row, mut by_tile) = ([0f32; 4], vec![0f32; case.tokens.len().div_ceil(64)]);
+            let mut bad = 0usize;
+            for (i, (x, y)) in b.iter().zip(&want).enumerate() {
+                let d = if x.is_finite() {
+                    (x - y).abs() / scale
+                } else {
+                    f32::INFINITY
+                };
+                bad += usize::from(!x.is_finite());
+                let t = i / row;
+                by_row[t % 64 / 16] = by_row[t % 64 / 16].max(d);
+                by_tile[t / 64] = by_tile[t / 64].max(d);
+            }
+            detail = format!(
+                ", non-finite {bad} of {}, by tile row block {by_row:.1e}, by tile {by_tile:.1e}",
+                b.len(),
+                by_row = Fmt(&by_row),
+                by_tile = Fmt(&by_tile),
+            );
+        }
+        lines.push(format!(
+            "attention cooperative matrices hd {hd}: rel err vs CPU {e:.2e}, vs f32 tiles {e2:.2e} (limit {ATTN_TOL:.0e}), worst at token {} head {}{detail} {}",
+            worst / row,
+            worst % row / case.hd,
+            if pass { "ok" } else { "FAILED" }
+        ));
+    }
     Ok(SelfCheck { lines, ok })
+}
+
+/// A list of errors as "[1.0e-4, ...]".
+struct Fmt<'a>(&'a [f32]);
+
+impl std::fmt::LowerExp for Fmt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v: Vec<String> = self.0.iter().map(|x| format!("{x:.1e}")).collect();
+        write!(f, "[{}]", v.join(", "))
+    }
+}
+
+/// Largest |a − b| relative to the largest |b| (infinite when a has a non-finite value or
+/// the lengths differ).
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    if a.len() != b.len() || a.iter().any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
+    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+    let d = a
+        .iter()
+        .zip(b)
+        .fold(0f64, |m, (x, y)| m.max((x - y).abs() as f64));
+    d / scale.max(1e-30)
+}
+
+/// A stand-alone prompt attention problem: heads, the KV cache's shape and the batch's
+/// (sequence, position) per token.
+#[derive(Clone, Debug)]
+pub struct AttnCase {
+    /// Query heads.
+    pub n_head: usize,
+    /// KV heads (divides `n_head`).
+    pub n_kv: usize,
+    /// Head size.
+    pub hd: usize,
+    /// Cache positions per sequence.
+    pub n_ctx: usize,
+    /// Sequences in the cache.
+    pub n_seq: usize,
+    /// (sequence, position) of every batch token.
+    pub tokens: Vec<(u32, u32)>,
+}
+
+/// Inputs of an [`AttnCase`], all f16 values (as RoPE and the KV store leave them).
+#[derive(Clone, Debug)]
+pub struct AttnData {
+    /// Queries, `tokens × n_head·hd`.
+    pub q: Vec<f32>,
+    /// Keys, `n_seq × n_ctx × n_kv·hd` (every position filled).
+    pub k: Vec<f32>,
+    /// Values, same layout as `k`.
+    pub v: Vec<f32>,
+}
+
+impl AttnCase {
+    /// 8 query heads over 2 KV heads, head size `hd`, 3 sequences in one batch: 150 tokens of
+    /// sequence 0 from position 0 (whole and diagonal key blocks), then 100 tokens
+    /// alternating between sequence 1 (from position 40: earlier cache entries) and sequence
+    /// 2 (from position 3), so that tiles of 16, 32 and 64 tokens hold two or three
+    /// sequences, and a partial last tile.
+    pub fn mixed(hd: u32) -> AttnCase {
+        let mut tokens: Vec<(u32, u32)> = (0..150).map(|p| (0, p)).collect();
+        for i in 0..50 {
+            tokens.push((1, 40 + i));
+            tokens.push((2, 3 + i));
+        }
+        AttnCase {
+            n_head: 8,
+            n_kv: 2,
+            hd: hd as usize,
+            n_ctx: 160,
+            n_seq: 3,
+            tokens,
+        }
+    }
+
+    /// Deterministic pseudo-random inputs rounded to f16: queries and keys in ±2 (scores
+    /// with a spread of a few units after the 1/√hd scale), values in ±1.
+    pub fn data(&self, seed: u64) -> AttnData {
+        let mut s = seed;
+        let mut next = |amp: f32| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let u = ((s >> 40) as f32) / (1u64 << 24) as f32;
+            half::f16::from_f32((2.0 * u - 1.0) * amp).to_f32()
+        };
+        let nq = self.tokens.len() * self.n_head * self.hd;
+        let nkv = self.n_seq * self.n_ctx * self.n_kv * self.hd;
+        let q = (0..nq).map(|_| next(2.0)).collect();
+        let k = (0..nkv).map(|_| next(2.0)).collect();
+        let v = (0..nkv).map(|_| next(1.0)).collect();
+        AttnData { q, k, v }
+    }
+}
+
+/// The CPU backend's attention for `case` in f64: scores of f16 inputs, softmax with the
+/// maximum subtracted, probabilities rounded to f16, their weighted sum of V.
+/// Returns `tokens × n_head·hd`.
+pub fn attention_reference(case: &AttnCase, d: &AttnData) -> Vec<f32> {
+    let (hd, nh, nkv) = (case.hd, case.n_head, case.n_kv);
+    let kv_ld = nkv * hd;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut out = vec![0f32; case.tokens.len() * nh * hd];
+    for (t, &(seq, pos)) in case.tokens.iter().enumerate() {
+        for h in 0..nh {
+            let kvh = h / (nh / nkv);
+            let q = &d.q[(t * nh + h) * hd..][..hd];
+            let at = |p: usize| (seq as usize * case.n_ctx + p) * kv_ld + kvh * hd;
+            let sc: Vec<f32> = (0..=pos as usize)
+                .map(|p| {
+                    let k = &d.k[at(p)..][..hd];
+                    let s: f64 = q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum();
+                    s as f32 * scale
+                })
+                .collect();
+            let mx = sc.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+            let e: Vec<f64> = sc.iter().map(|s| ((s - mx) as f64).exp()).collect();
+            let inv = 1.0 / e.iter().sum::<f64>();
+            let o = &mut out[(t * nh + h) * hd..][..hd];
+            for (p, ep) in e.iter().enumerate() {
+                let pr = half::f16::from_f32((ep * inv) as f32).to_f32() as f64;
+                let v = &d.v[at(p)..][..hd];
+                for (oi, vi) in o.iter_mut().zip(v) {
+                    *oi = (*oi as f64 + pr * *vi as f64) as f32;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Run the prompt attention kernel `key` (`qt` batch tokens per workgroup, from
+/// [`attention_key`] or [`attention_tile`]) on `case` with inputs `d`. Returns
+/// `tokens × n_head·hd`.
+pub fn run_attention(
+    ctx: &GpuContext,
+    key: &KernelKey,
+    qt: u32,
+    case: &AttnCase,
+    d: &AttnData,
+) -> Result<Vec<f32>> {
+    use super::buffers::{bind_buffers, f32_buffer, scratch, uniform};
+    use wgpu::util::DeviceExt;
+    let n = case.tokens.len();
+    let (nh, nkv, hd) = (case.n_head, case.n_kv, case.hd);
+    if n == 0
+        || d.q.len() != n * nh * hd
+        || d.k.len() != case.n_seq * case.n_ctx * nkv * hd
+        || d.v.len() != d.k.len()
+        || nkv == 0
+        || nh % nkv != 0
+        || case
+            .tokens
+            .iter()
+            .any(|&(s, p)| s as usize >= case.n_seq || p as usize >= case.n_ctx)
+    {
+        return Err(crate::error::Error::msg(format!(
+            "attention case does not match its inputs: {} tokens, {nh} heads, {nkv} KV heads, head size {hd}",
+            n
+        )));
+    }
+    let (bgl, pl) = super::kernels::buffer_layouts(ctx, "attn", b"rrrwur");
+    let mut kernels = Kernels::default();
+    let pipe = kernels.get_with_layout(ctx, key, &pl)?;
+    let qb = f32_buffer(ctx, "q", &d.q);
+    let kb = f32_buffer(ctx, "k", &d.k);
+    let vb = f32_buffer(ctx, "v", &d.v);
+    let ob = scratch(ctx, "o", n * nh * hd);
+    let ti: Vec<u32> = case.tokens.iter().flat_map(|&(s, p)| [s, p]).collect();
+    let tb = ctx
+        .device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("tokens"),
+            contents: bytemuck::cast_slice(&ti),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+    let p: [u32; 12] = [
+        nh as u32,
+        nkv as u32,
+        hd as u32,
+        case.n_ctx as u32,
+        n as u32,
+        (nh * hd) as u32,
+        (nkv * hd) as u32,
+        (nh * hd) as u32,
+        (1.0 / (hd as f32).sqrt()).to_bits(),
+        0,
+        0,
+        0,
+    ];
+    let ub = uniform(ctx, &p);
+    let bg = bind_buffers(
+        ctx,
+        &bgl,
+        &[(0, &qb), (1, &kb), (2, &vb), (3, &ob), (4, &ub), (5, &tb)],
+    );
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        pass.set_pipeline(pipe);
+        pass.set_bind_group(0, &bg, &[]);
+        pass.dispatch_workgroups(nh as u32, (n as u32).div_ceil(qt), 1);
+    }
+    ctx.queue.submit(Some(enc.finish()));
+    ctx.read_f32(&ob, 0, n * nh * hd)
 }
 
 /// The tiny model's logits for a 40-token prompt in one forward (batch graph) and token by
