@@ -242,11 +242,11 @@ pub const ATTN_COOP_QT: u32 = 64;
 pub const ATTN_COOP_KB: u32 = 32;
 
 /// Workgroup memory of the cooperative-matrix prompt attention for head size `hd` (bytes):
-/// f16 K and V blocks (the Q tile shares them) with 16-byte row pads, f32 scores, f16
-/// probabilities, per-thread and per-row softmax state, the tile's token table.
+/// f16 K and transposed V blocks (the Q tile shares them) with 16-byte row pads, f32 score
+/// tiles, f16 probabilities.
 pub fn attention_coop_bytes(hd: u32) -> u32 {
     let (qt, kb) = (ATTN_COOP_QT, ATTN_COOP_KB);
-    2 * attention_coop_kv(hd) + 4 * 2048 + 2 * qt * (kb + 8) + 4 * 512 + 4 * 5 * qt + 8
+    2 * attention_coop_kv(hd) + 4 * 2048 + 2 * qt * (kb + 8)
 }
 
 /// f16 values of that kernel's K/V array: the K block and the transposed V block, or the Q
@@ -257,10 +257,9 @@ fn attention_coop_kv(hd: u32) -> u32 {
 }
 
 /// Whether the cooperative-matrix prompt attention takes head size `hd` with `shared` bytes
-/// of workgroup memory: a multiple of 32 (8 subgroups share the 16-column blocks of O) from
-/// 32 to 256 whose tiles fit.
+/// of workgroup memory: a multiple of 16 up to 256 whose tiles fit.
 pub fn attention_coop_fits(hd: u32, shared: u32) -> bool {
-    hd % 32 == 0 && (32..=256).contains(&hd) && attention_coop_bytes(hd) <= shared
+    hd % 16 == 0 && (16..=256).contains(&hd) && attention_coop_bytes(hd) <= shared
 }
 
 /// The prompt attention kernel for head size `hd` on `ctx` and its batch tokens per
@@ -277,38 +276,47 @@ pub fn attention_key(ctx: &GpuContext, hd: u32) -> Result<(KernelKey, u32)> {
     Ok((KernelKey::Attention { hd, qt, kb }, qt))
 }
 
-/// WGSL of the cooperative-matrix prompt attention for head size `hd`: each subgroup keeps
-/// its 16 query rows as `hd / 16` A fragments, computes one 16 × 16 score tile per key block
-/// and accumulates `hd / 32` output tiles of 16 × 16.
+/// WGSL of the cooperative-matrix prompt attention for head size `hd`: each of the 4
+/// subgroups keeps its 16 query rows as `hd / 16` A fragments, computes two 16 × 16 score
+/// tiles per key block and accumulates `hd / 16` output tiles of 16 × 16.
 fn attention_coop_source(hd: u32) -> Result<String> {
-    if hd % 32 != 0 || !(32..=256).contains(&hd) {
+    if hd % 16 != 0 || !(16..=256).contains(&hd) {
         return Err(Error::msg(format!(
-            "cooperative-matrix attention: head size {hd} is not a multiple of 32 in 32..=256"
+            "cooperative-matrix attention: head size {hd} is not a multiple of 16 in 16..=256"
         )));
     }
-    let (nq, no) = (hd / 16, hd / 32);
+    let nf = hd / 16;
     let mut qload = String::new();
-    for i in 0..nq {
+    for i in 0..nf {
         qload.push_str(&format!(
             "    var q_{i} = coopLoadT<coop_mat16x16<f16, A>>(&KV[rb * LDK + {}u], LDK);\n",
             16 * i
         ));
     }
-    // Accumulators start from `zc` (zero at function scope, like the mat-mat kernel's):
-    // no zero-valued coop matrix is stored inside a loop.
+    // Score tiles start from `zc` (zero at function scope, like the mat-mat kernel's): no
+    // zero-valued coop matrix is stored inside a loop.
     let mut smma = String::new();
-    for i in 0..nq {
-        let acc = if i == 0 { "zc" } else { "s" };
+    for kc in 0..ATTN_COOP_KB / 16 {
+        for i in 0..nf {
+            let (lhs, acc) = if i == 0 {
+                (format!("var s_{kc} = "), "zc".to_string())
+            } else {
+                (format!("s_{kc} = "), format!("s_{kc}"))
+            };
+            smma.push_str(&format!(
+                "            {lhs}coopMultiplyAdd(q_{i}, coopLoad<coop_mat16x16<f16, B>>(&KV[{}u * LDK + {}u], LDK), {acc});\n",
+                16 * kc,
+                16 * i
+            ));
+        }
         smma.push_str(&format!(
-            "            {}coopMultiplyAdd(q_{i}, coopLoad<coop_mat16x16<f16, B>>(&KV[kc * 16u * LDK + {}u], LDK), {acc});\n",
-            if i == 0 { "var s = " } else { "s = " },
-            16 * i
+            "            coopStore(s_{kc}, &Ss[sb + {}u], 16u);\n",
+            256 * kc
         ));
     }
-    smma.push_str("            coopStore(s, &Ss[sg * 256u], 16u);\n");
-    let (mut odecl, mut pv, mut ostore) = (String::new(), String::new(), String::new());
-    let mut ozero = String::new();
-    for j in 0..no {
+    let (mut odecl, mut ozero, mut pv, mut ostore) =
+        (String::new(), String::new(), String::new(), String::new());
+    for j in 0..nf {
         odecl.push_str(&format!("    var o_{j} = coop_mat16x16<f32, C>();\n"));
         ozero.push_str(&format!("        o_{j} = zc;\n"));
     }
@@ -317,26 +325,28 @@ fn attention_coop_source(hd: u32) -> Result<String> {
             "            let p_{kk} = coopLoadT<coop_mat16x16<f16, A>>(&Ps[rb * LDP + {}u], LDP);\n",
             16 * kk
         ));
-        for j in 0..no {
+        for j in 0..nf {
             pv.push_str(&format!(
-                "            o_{j} = coopMultiplyAdd(p_{kk}, coopLoad<coop_mat16x16<f16, B>>(&KV[VOFF + (kc * {no}u + {j}u) * 16u * LDV + {}u], LDV), o_{j});\n",
+                "            o_{j} = coopMultiplyAdd(p_{kk}, coopLoad<coop_mat16x16<f16, B>>(&KV[VOFF + {}u * LDV + {}u], LDV), o_{j});\n",
+                16 * j,
                 16 * kk
             ));
         }
     }
-    for j in 0..no {
+    for j in 0..nf {
         ostore.push_str(&format!(
-            "        coopStore(o_{j}, &Ss[sg * 256u], 16u);
+            "        coopStore(o_{j}, &Ss[sb], 16u);
         workgroupBarrier();
         for (var e = 0u; e < 8u; e++) {{
             let idx = lane + 32u * e;
-            let qi = rb + idx % 16u;
-            if (mine(qi, seq)) {{
-                O[(t0 + qi) * P.o_ld + h * HD + (kc * {no}u + {j}u) * 16u + idx / 16u] = Ss[sg * 256u + idx];
+            let t = t0 + rb + idx % 16u;
+            if (of_seq(t, seq)) {{
+                O[t * P.o_ld + h * HD + {}u + idx / 16u] = Ss[sb + idx];
             }}
         }}
         workgroupBarrier();
-"
+",
+            16 * j
         ));
     }
     Ok(ATTENTION_COOP_WGSL
