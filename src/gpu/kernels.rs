@@ -145,8 +145,55 @@ impl CoopTile {
 
 /// The cooperative-matrix mat-mat kernel for `tile`: each of the 8 subgroups holds
 /// [`CoopTile::accumulators`] accumulators of 16 × 16.
-fn coop_source(tile: CoopTile, upb: usize, deq: &str) -> String {
+fn coop_source(tile: CoopTile, upb: usize, deq: &str, ty: GgmlType, prefetch: bool) -> String {
     let (wr, wt) = tile.subgroup_tile();
+    let (nw, nx) = (tile.bm * tile.ku / 32, tile.bn * tile.ku / 32);
+    let raw = if prefetch { coop_raw_loader(ty) } else { None };
+    let (mut init, mut stage, mut pre, mut post) =
+        (String::new(), String::new(), String::new(), String::new());
+    if prefetch {
+        // Stage u0 + KU is read into registers while the subgroups multiply stage u0: the
+        // input groups and the raw words of types with a raw loader before the products,
+        // other weight types dequantized after them (the dequantization waits on its loads).
+        for h in 0..nw {
+            if raw.is_some() {
+                init.push_str(&format!(
+                    "    var wr_{h} = wraw({h}u, lid, 0u, row_base);\n"
+                ));
+                stage.push_str(&format!(
+                    "        w_store({h}u, lid, wdec(wr_{h}, {h}u, lid, u0, row_base));\n"
+                ));
+                pre.push_str(&format!(
+                    "        wr_{h} = wraw({h}u, lid, u0 + KU, row_base);\n"
+                ));
+            } else {
+                init.push_str(&format!(
+                    "    var wv_{h} = wdeq({h}u, lid, 0u, row_base);\n"
+                ));
+                stage.push_str(&format!("        w_store({h}u, lid, wv_{h});\n"));
+                post.push_str(&format!(
+                    "        wv_{h} = wdeq({h}u, lid, u0 + KU, row_base);\n"
+                ));
+            }
+        }
+        for h in 0..nx {
+            init.push_str(&format!(
+                "    var xr_{h} = x_load({h}u, lid, 0u, tok_base);\n"
+            ));
+            stage.push_str(&format!("        x_store({h}u, lid, xr_{h});\n"));
+            pre.push_str(&format!(
+                "        xr_{h} = x_load({h}u, lid, u0 + KU, tok_base);\n"
+            ));
+        }
+    } else {
+        // Session 4: each stage loads, dequantizes and stores, then multiplies.
+        stage.push_str(&format!(
+            "        for (var h = 0u; h < {nw}u; h++) {{\n            w_store(h, lid, wdeq(h, lid, u0, row_base));\n        }}\n"
+        ));
+        stage.push_str(&format!(
+            "        for (var h = 0u; h < {nx}u; h++) {{\n            x_store(h, lid, x_load(h, lid, u0, tok_base));\n        }}\n"
+        ));
+    }
     let (fr, fc) = ((wr / 16) as usize, (wt / 16) as usize);
     let (mut decl, mut mma, mut store) = (String::new(), String::new(), String::new());
     for i in 0..fr {
@@ -175,6 +222,7 @@ fn coop_source(tile: CoopTile, upb: usize, deq: &str) -> String {
         }
     }
     MATMAT_COOP_WGSL
+        .replace("$RAWLOAD", raw.unwrap_or(""))
         .replace("$BM", &tile.bm.to_string())
         .replace("$BN", &tile.bn.to_string())
         .replace("$KU", &tile.ku.to_string())
@@ -184,7 +232,53 @@ fn coop_source(tile: CoopTile, upb: usize, deq: &str) -> String {
         .replace("$ACC_DECL", &decl)
         .replace("$ACC_MMA", &mma)
         .replace("$ACC_STORE", &store)
+        .replace("$PF_INIT", &init)
+        .replace("$STAGE_STORE", &stage)
+        .replace("$PF_PRE", &pre)
+        .replace("$PF_POST", &post)
         .replace("$DEQ", deq)
+}
+
+/// Raw weight loader of the prefetching cooperative-matrix kernel for `ty`, where it has one:
+/// `wraw` reads the words of weight item h at stage u0 (no arithmetic, so the loads stay in
+/// flight over the stage's products) and `wdec` dequantizes them as `deq4` does (the same
+/// operations, so the same values) when the item is stored.
+fn coop_raw_loader(ty: GgmlType) -> Option<&'static str> {
+    match ty.name() {
+        "Q8_0" => Some(
+            "
+fn wraw(h: u32, lid: u32, u0: u32, row_base: u32) -> vec2<u32> {
+    let g = w_gu(h, lid, u0, row_base);
+    return vec2<u32>(W[g.x * 8u + g.y % 8u], W[P.d_off + (g.x >> 1u)]);
+}
+
+fn wdec(r: vec2<u32>, h: u32, lid: u32, u0: u32, row_base: u32) -> vec4<f16> {
+    let g = w_gu(h, lid, u0, row_base);
+    let d = unpack2x16float(r.y)[g.x & 1u];
+    let q = bitcast<i32>(r.x);
+    let v = vec4<f32>(f32((q << 24u) >> 24u), f32((q << 16u) >> 24u), f32((q << 8u) >> 24u), f32(q >> 24u));
+    return select(vec4<f16>(0.0), vec4<f16>(d * v), w_live(h, lid, u0));
+}
+",
+        ),
+        "Q4_0" => Some(
+            "
+fn wraw(h: u32, lid: u32, u0: u32, row_base: u32) -> vec2<u32> {
+    let g = w_gu(h, lid, u0, row_base);
+    return vec2<u32>(W[g.x * 4u + (g.y & 3u)], W[P.d_off + (g.x >> 1u)]);
+}
+
+fn wdec(r: vec2<u32>, h: u32, lid: u32, u0: u32, row_base: u32) -> vec4<f16> {
+    let g = w_gu(h, lid, u0, row_base);
+    let d = unpack2x16float(r.y)[g.x & 1u];
+    let q = r.x >> (((g.y % 8u) >> 2u) * 4u);
+    let v = vec4<f32>(f32(q & 15u), f32((q >> 8u) & 15u), f32((q >> 16u) & 15u), f32((q >> 24u) & 15u));
+    return select(vec4<f16>(0.0), vec4<f16>(d * (v - 8.0)), w_live(h, lid, u0));
+}
+",
+        ),
+        _ => None,
+    }
 }
 
 /// Rows × tokens of one workgroup of the tiled mat-mat kernel for weight type id `ty` on `ctx`.
@@ -315,6 +409,14 @@ pub struct Tune {
     /// normalises against its own maximum and sum (flash-decoding proper: less work per
     /// workgroup in contexts over 256, a few wo-input roundings flip).
     pub attn_exact: bool,
+    /// The activation rounding (`shaders/actq.wgsl`) computes each block's scales once, in
+    /// lanes of the first warp (its long divisions are most of the kernel's work), instead
+    /// of in every thread; same values. GGUFQ_ACTQ_DIV=0: every thread (session 4).
+    pub actq_div: bool,
+    /// The cooperative-matrix mat-mat kernel reads the next stage's tiles into registers
+    /// while its subgroups multiply the current one (raw words for Q4_0 / Q8_0, dequantized
+    /// after the products for other types); GGUFQ_COOP_PF=0: load, store, then multiply.
+    pub coop_prefetch: bool,
 }
 
 /// Most chunks per head of the split decode attention ([`Tune::attn_split`]).
@@ -467,6 +569,8 @@ impl Tune {
             normq: std::env::var("GGUFQ_NORMQ").as_deref() != Ok("0"),
             attn_split: get("GGUFQ_ATTN_SPLIT", 32, &[0, 16, 32, 64, 128]),
             attn_exact: std::env::var("GGUFQ_ATTN_EXACT").as_deref() != Ok("0"),
+            actq_div: std::env::var("GGUFQ_ACTQ_DIV").as_deref() != Ok("0"),
+            coop_prefetch: std::env::var("GGUFQ_COOP_PF").as_deref() != Ok("0"),
         }
     }
 }
@@ -963,6 +1067,15 @@ const NORM_PROLOGUE: &str = "    var ss = 0.0;
     workgroupBarrier();
 $ACT_PRO";
 
+/// `shaders/actq.wgsl` with its block scales computed by one lane per block or by every
+/// thread ([`Tune::actq_div`]).
+fn actq_source(ctx: &GpuContext) -> String {
+    ACTQ_WGSL.replace(
+        "$LANE_DIV",
+        if ctx.tune.actq_div { "true" } else { "false" },
+    )
+}
+
 /// `div_rn`, `round_f16` and `round_bf16` of `shaders/actq.wgsl`, for the fused rounding.
 fn actq_functions() -> &'static str {
     let start = ACTQ_WGSL.find("fn div_rn").unwrap_or(0);
@@ -1302,7 +1415,13 @@ impl Kernels {
                 let lay = layout(gt)?;
                 let deq = deq_source(gt, "W", "", "P.d_off")?;
                 if ctx.facts.coop_matrix {
-                    coop_source(ctx.tune.coop_tile(*ty), lay.units_per_block(), &deq)
+                    coop_source(
+                        ctx.tune.coop_tile(*ty),
+                        lay.units_per_block(),
+                        &deq,
+                        gt,
+                        ctx.tune.coop_prefetch,
+                    )
                 } else {
                     MATMAT_WGSL
                         .replace("$UPB", &lay.units_per_block().to_string())
@@ -1315,14 +1434,14 @@ impl Kernels {
                 .replace("$HD4", &(hd / 4).to_string())
                 .replace("$QT", &qt.to_string())
                 .replace("$KB", &kb.to_string()),
-            KernelKey::ActQ => ACTQ_WGSL.to_string(),
+            KernelKey::ActQ => actq_source(ctx),
             KernelKey::AttnCombineQ { nch, exact } => {
                 if !ACTQ_WGSL.contains(ACTQ_LOAD) {
                     return Err(Error::msg(
                         "internal: actq.wgsl has no input load to replace",
                     ));
                 }
-                ACTQ_WGSL.replace(ACTQ_LOAD, "v = attn_combine(i, t);")
+                actq_source(ctx).replace(ACTQ_LOAD, "v = attn_combine(i, t);")
                     + &ATTN_COMBINE
                         .replace("$NCH", &nch.to_string())
                         .replace("$EXACT", if *exact { "true" } else { "false" })
