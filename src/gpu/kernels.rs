@@ -18,6 +18,7 @@ const MATMAT_WGSL: &str = include_str!("../../shaders/matmat.wgsl");
 const ATTN_DECODE_WGSL: &str = include_str!("../../shaders/attn_decode.wgsl");
 const ACTQ_WGSL: &str = include_str!("../../shaders/actq.wgsl");
 const MATMAT_COOP_WGSL: &str = include_str!("../../shaders/matmat_coop.wgsl");
+const EMBED_WGSL: &str = include_str!("../../shaders/embed.wgsl");
 
 /// Whether `adapter` can run the cooperative-matrix mat-mat kernel: the experimental wgpu
 /// feature, f16 shaders, a 16×16×16 f16 × f16 + f32 configuration, and subgroups of 32
@@ -417,6 +418,11 @@ pub struct Tune {
     /// while its subgroups multiply the current one (raw words for Q4_0 / Q8_0, dequantized
     /// after the products for other types); GGUFQ_COOP_PF=0: load, store, then multiply.
     pub coop_prefetch: bool,
+    /// Prompt forwards (2 or more tokens) look their embedding rows up on the GPU (token ids
+    /// uploaded, rows dequantized by [`KernelKey::Embed`]) instead of dequantizing them on
+    /// the CPU and uploading them; GGUFQ_GPU_EMBD=0: on the CPU. One-token forwards keep the
+    /// CPU look-up (one row).
+    pub gpu_embd: bool,
 }
 
 /// Most chunks per head of the split decode attention ([`Tune::attn_split`]).
@@ -571,6 +577,7 @@ impl Tune {
             attn_exact: std::env::var("GGUFQ_ATTN_EXACT").as_deref() != Ok("0"),
             actq_div: std::env::var("GGUFQ_ACTQ_DIV").as_deref() != Ok("0"),
             coop_prefetch: std::env::var("GGUFQ_COOP_PF").as_deref() != Ok("0"),
+            gpu_embd: std::env::var("GGUFQ_GPU_EMBD").as_deref() != Ok("0"),
         }
     }
 }
@@ -626,6 +633,9 @@ pub enum KernelKey {
     /// partial results of the split decode attention ([`Tune::attn_split`]).
     /// `exact`: the partial results are already normalised and just add up.
     AttnCombineQ { nch: u32, exact: bool },
+    /// Embedding look-up of prompt tokens (`shaders/embed.wgsl`): rows of the token-embedding
+    /// matrix of type id `ty`, dequantized on the GPU ([`Tune::gpu_embd`]).
+    Embed { ty: u32 },
     /// Activation rounding before quantized matrices (`shaders/actq.wgsl`, [`super::actq`]).
     ActQ,
 }
@@ -1427,6 +1437,13 @@ impl Kernels {
                         .replace("$UPB", &lay.units_per_block().to_string())
                         .replace("$DEQ", &deq)
                 }
+            }
+            KernelKey::Embed { ty } => {
+                let gt = GgmlType::from_id(*ty)
+                    .ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;
+                EMBED_WGSL
+                    .replace("$UPB", &layout(gt)?.units_per_block().to_string())
+                    .replace("$DEQ", &deq_source(gt, "W", "", "P.d_off")?)
             }
             KernelKey::RmsNorm => RMSNORM_WGSL.to_string(),
             KernelKey::Rope => ROPE_WGSL.to_string(),

@@ -196,6 +196,10 @@ enum StepKind {
     NormQ8 {
         q8e: u32,
     },
+    /// Embedding rows of the prompt's tokens from chunk `c` of the GPU token-embedding matrix.
+    Embed {
+        c: usize,
+    },
 }
 
 /// Which forward calls run a step: one-token calls use the fused decode graph (when enabled),
@@ -205,6 +209,15 @@ enum When {
     Always,
     Batch,
     Decode,
+    /// Calls of 2 or more tokens only (the GPU embedding look-up).
+    Prompt,
+}
+
+impl When {
+    /// Whether a step of this kind runs in an `n`-token call of graph `mode`.
+    fn runs(self, mode: When, n: usize) -> bool {
+        self == When::Always || self == mode || (self == When::Prompt && n > 1)
+    }
 }
 
 struct Step {
@@ -286,6 +299,10 @@ pub struct GpuModel {
     embd_ty: GgmlType,
     embd: Vec<u8>,
     embd_row_bytes: usize,
+    /// The token-embedding matrix on the GPU for prompt calls ([`When::Prompt`] steps).
+    embd_gpu: Option<GpuMatrix>,
+    /// Token ids of the current call (read by the GPU embedding look-up).
+    tids: wgpu::Buffer,
     params: wgpu::Buffer,
     tinfo: wgpu::Buffer,
     x: wgpu::Buffer,
@@ -549,6 +566,22 @@ impl GpuModel {
         };
         let out_idx = push(outm, &mut mats);
         mem.weights += mats.iter().map(|m| m.gpu_bytes).sum::<u64>();
+        // Prompt embeddings on the GPU (`Tune::gpu_embd`): the token-embedding matrix as the
+        // kernels read weights (not counted in the per-token weight bytes: a call reads only
+        // its tokens' rows).
+        let embd_gpu = if ctx.tune.gpu_embd {
+            let m = upload_matrix(&ctx, "token_embd.weight", embd_ty, n_vocab, d, &embd)?;
+            mem.weights += m.gpu_bytes;
+            Some(m)
+        } else {
+            None
+        };
+        let tids = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("token ids"),
+            size: (nb * 4) as u64,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
 
         // Scratch buffers.
         let x = scratch(&ctx, "x", nb * d);
@@ -635,7 +668,7 @@ impl GpuModel {
             mapped_at_creation: false,
         });
         mem.scratch = (nb * (d * 3 + cfg.qkv_dim() + 2 * cfg.n_ff + 2 * n_vocab) * 4
-            + nb * 8
+            + nb * 12
             + cs.len() * 4
             + n_slots_est * SLOT) as u64;
         let mut steps: Vec<Step> = Vec::new();
@@ -671,6 +704,21 @@ impl GpuModel {
                 entries: &entries,
             })
         };
+        // Prompt calls first look their tokens' embedding rows up, one dispatch per chunk.
+        if let Some(em) = &embd_gpu {
+            for (c, ch) in em.chunks.iter().enumerate() {
+                let slot = steps.len();
+                steps.push(Step {
+                    kind: StepKind::Embed { c },
+                    when: When::Prompt,
+                    role: "embed",
+                    bind: bg(&bgl_mat, &[&ch.buf, &tids, &x], slot),
+                    slot,
+                    key: KernelKey::Embed { ty: embd_ty.id() },
+                    n: 0,
+                });
+            }
+        }
         let act = std::cell::RefCell::new(ActRounding::new(
             nb * d.max(2 * cfg.n_ff),
             ctx.tune.act_round,
@@ -1172,7 +1220,8 @@ impl GpuModel {
         let dispatches = steps
             .iter()
             .filter(|s| {
-                s.when == When::Always || s.when == (if fused { When::Decode } else { When::Batch })
+                s.when
+                    .runs(if fused { When::Decode } else { When::Batch }, 1)
             })
             .count();
         let _ = (&xn, &qkvb, &att, &hid);
@@ -1193,6 +1242,8 @@ impl GpuModel {
             embd_ty,
             embd,
             embd_row_bytes,
+            embd_gpu,
+            tids,
             params,
             tinfo,
             x,
@@ -1272,9 +1323,7 @@ impl GpuModel {
     /// The steps a one-token forward runs.
     fn decode_steps(&self) -> impl Iterator<Item = &Step> {
         let mode = self.mode(1);
-        self.steps
-            .iter()
-            .filter(move |s| s.when == When::Always || s.when == mode)
+        self.steps.iter().filter(move |s| s.when.runs(mode, 1))
     }
 
     /// Role of every dispatch of a one-token forward call, in order.
@@ -1302,7 +1351,7 @@ impl GpuModel {
         let mode = self.mode(n);
         self.steps
             .iter()
-            .filter(|s| s.when == When::Always || s.when == mode)
+            .filter(|s| s.when.runs(mode, n))
             .map(|s| s.role)
             .collect()
     }
@@ -1316,7 +1365,7 @@ impl GpuModel {
         let mode = self.mode(n);
         self.steps
             .iter()
-            .filter(|s| s.when == When::Always || s.when == mode)
+            .filter(|s| s.when.runs(mode, n))
             .map(|s| match s.kind {
                 StepKind::Mat {
                     m, c, last_only, ..
@@ -1379,23 +1428,31 @@ impl GpuModel {
             ti.push(seq);
             ti.push(pos);
         }
-        let mut xs = vec![0f32; n * d];
-        let (ety, rb, embd) = (self.embd_ty, self.embd_row_bytes, &self.embd);
-        let row = |(dst, &(tok, _, _)): (&mut [f32], &(u32, u32, u32))| {
-            let r = tok as usize * rb;
-            crate::quant::dequantize_row(ety, &embd[r..r + rb], dst)
-        };
-        if n >= 16 {
-            use rayon::prelude::*;
-            xs.par_chunks_mut(d)
-                .zip(tokens.par_iter())
-                .try_for_each(row)?;
+        if self.embd_gpu.is_some() && n > 1 {
+            // The rows are looked up by the `Embed` steps at the start of the pass.
+            let ids: Vec<u32> = tokens.iter().map(|t| t.0).collect();
+            self.ctx
+                .queue
+                .write_buffer(&self.tids, 0, bytemuck::cast_slice(&ids));
         } else {
-            xs.chunks_mut(d).zip(tokens.iter()).try_for_each(row)?;
+            let mut xs = vec![0f32; n * d];
+            let (ety, rb, embd) = (self.embd_ty, self.embd_row_bytes, &self.embd);
+            let row = |(dst, &(tok, _, _)): (&mut [f32], &(u32, u32, u32))| {
+                let r = tok as usize * rb;
+                crate::quant::dequantize_row(ety, &embd[r..r + rb], dst)
+            };
+            if n >= 16 {
+                use rayon::prelude::*;
+                xs.par_chunks_mut(d)
+                    .zip(tokens.par_iter())
+                    .try_for_each(row)?;
+            } else {
+                xs.chunks_mut(d).zip(tokens.iter()).try_for_each(row)?;
+            }
+            self.ctx
+                .queue
+                .write_buffer(&self.x, 0, bytemuck::cast_slice(&xs));
         }
-        self.ctx
-            .queue
-            .write_buffer(&self.x, 0, bytemuck::cast_slice(&xs));
         self.ctx
             .queue
             .write_buffer(&self.tinfo, 0, bytemuck::cast_slice(&ti));
@@ -1403,17 +1460,22 @@ impl GpuModel {
         let mode = self.mode(n);
         let mut pbytes = vec![0u8; self.steps.len() * SLOT];
         let mut disp: Vec<(u32, u32)> = Vec::with_capacity(self.steps.len());
-        for s in self
-            .steps
-            .iter()
-            .filter(|s| s.when == When::Always || s.when == mode)
-        {
+        for s in self.steps.iter().filter(|s| s.when.runs(mode, n)) {
             let p: [u32; 12];
             let wg;
             match s.kind {
                 StepKind::Norm => {
                     p = [s.n, n as u32, cfg.eps.to_bits(), 0, 0, 0, 0, 0, 0, 0, 0, 0];
                     wg = (n as u32, 1);
+                }
+                StepKind::Embed { c } => {
+                    let ch = self
+                        .embd_gpu
+                        .as_ref()
+                        .and_then(|m| m.chunks.get(c))
+                        .ok_or_else(|| Error::msg("internal: embedding step without its chunk"))?;
+                    p = super::embed::params(ch, d, n as u32);
+                    wg = super::embed::workgroups(d, n as u32);
                 }
                 StepKind::NormQ8 { q8e } => {
                     // Decode only: one token, residual row 0.
@@ -1657,10 +1719,7 @@ impl GpuModel {
                 timestamp_writes: tw(0),
             })
             .forget_lifetime();
-        let active = self
-            .steps
-            .iter()
-            .filter(|s| s.when == When::Always || s.when == mode);
+        let active = self.steps.iter().filter(|s| s.when.runs(mode, n));
         for (i, (s, wg)) in active.zip(disp).enumerate() {
             if ts == Timestamps::PerStep && i > 0 {
                 drop(pass);
