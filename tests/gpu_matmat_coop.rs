@@ -61,6 +61,8 @@ fn coop_matmat_source_and_tiles_every_type() {
         .map(move |t| (pf, t))
     }) {
         ctx.tune.coop_prefetch = prefetch;
+        // Raw K-quant loaders with the first half of the shapes, dequantize-after without.
+        ctx.tune.coop_raw = bm <= 64 || bn == 64;
         ctx.tune.coop_bm = bm;
         ctx.tune.coop_bn = bn;
         ctx.tune.coop_ku = ku;
@@ -102,7 +104,8 @@ fn coop_matmat_source_and_tiles_every_type() {
                 (tile.bm * tile.ku / 32) as usize,
                 (tile.bn * tile.ku / 32) as usize,
             );
-            let raw = matches!(name, "Q4_0" | "Q8_0");
+            let raw = matches!(name, "Q4_0" | "Q8_0")
+                || (ctx.tune.coop_raw && matches!(name, "Q2_K" | "Q4_K" | "Q6_K"));
             if prefetch {
                 assert_eq!(src.matches("= x_load(").count(), 2 * nx, "{name}");
                 assert_eq!(src.matches("x_store(").count(), nx + 1, "{name}");

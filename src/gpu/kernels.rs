@@ -146,10 +146,21 @@ impl CoopTile {
 
 /// The cooperative-matrix mat-mat kernel for `tile`: each of the 8 subgroups holds
 /// [`CoopTile::accumulators`] accumulators of 16 × 16.
-fn coop_source(tile: CoopTile, upb: usize, deq: &str, ty: GgmlType, prefetch: bool) -> String {
+fn coop_source(
+    tile: CoopTile,
+    upb: usize,
+    deq: &str,
+    ty: GgmlType,
+    prefetch: bool,
+    raw_k: bool,
+) -> String {
     let (wr, wt) = tile.subgroup_tile();
     let (nw, nx) = (tile.bm * tile.ku / 32, tile.bn * tile.ku / 32);
-    let raw = if prefetch { coop_raw_loader(ty) } else { None };
+    let raw = if prefetch {
+        coop_raw_loader(ty, raw_k)
+    } else {
+        None
+    };
     let (mut init, mut stage, mut pre, mut post) =
         (String::new(), String::new(), String::new(), String::new());
     if prefetch {
@@ -240,12 +251,14 @@ fn coop_source(tile: CoopTile, upb: usize, deq: &str, ty: GgmlType, prefetch: bo
         .replace("$DEQ", deq)
 }
 
-/// Raw weight loader of the prefetching cooperative-matrix kernel for `ty`, where it has one:
+/// Raw weight loader of the prefetching cooperative-matrix kernel for `ty`, where it has one
+/// (Q4_0, Q8_0, Q2_K, Q4_K, Q6_K; [`Tune::coop_raw`]):
 /// `wraw` reads the words of weight item h at stage u0 (no arithmetic, so the loads stay in
 /// flight over the stage's products) and `wdec` dequantizes them as `deq4` does (the same
 /// operations, so the same values) when the item is stored.
-fn coop_raw_loader(ty: GgmlType) -> Option<&'static str> {
+fn coop_raw_loader(ty: GgmlType, k_quants: bool) -> Option<&'static str> {
     match ty.name() {
+        "Q2_K" | "Q4_K" | "Q6_K" if !k_quants => None,
         "Q8_0" => Some(
             "
 fn wraw(h: u32, lid: u32, u0: u32, row_base: u32) -> vec2<u32> {
@@ -275,6 +288,101 @@ fn wdec(r: vec2<u32>, h: u32, lid: u32, u0: u32, row_base: u32) -> vec4<f16> {
     let q = r.x >> (((g.y % 8u) >> 2u) * 4u);
     let v = vec4<f32>(f32(q & 15u), f32((q >> 8u) & 15u), f32((q >> 16u) & 15u), f32((q >> 24u) & 15u));
     return select(vec4<f16>(0.0), vec4<f16>(d * (v - 8.0)), w_live(h, lid, u0));
+}
+",
+        ),
+        "Q2_K" => Some(
+            "
+fn wraw(h: u32, lid: u32, u0: u32, row_base: u32) -> vec3<u32> {
+    let g = w_gu(h, lid, u0, row_base);
+    let b = g.x / UPB;
+    let sub = g.x % UPB;
+    let j = g.y % 8u;
+    let base = b * 21u;
+    let is = 8u * (sub >> 2u) + 2u * (sub & 3u) + (j >> 2u);
+    return vec3<u32>(W[base + 20u], W[base + (is >> 2u)], W[base + 4u + 8u * (sub >> 2u) + j]);
+}
+
+fn wdec(r: vec3<u32>, h: u32, lid: u32, u0: u32, row_base: u32) -> vec4<f16> {
+    let g = w_gu(h, lid, u0, row_base);
+    let sub = g.x % UPB;
+    let j = g.y % 8u;
+    let dm = unpack2x16float(r.x);
+    let jj = sub & 3u;
+    let is = 8u * (sub >> 2u) + 2u * jj + (j >> 2u);
+    let sc = (r.y >> ((is & 3u) * 8u)) & 0xffu;
+    let q = r.z >> (2u * jj);
+    let v = vec4<f32>(f32(q & 3u), f32((q >> 8u) & 3u), f32((q >> 16u) & 3u), f32((q >> 24u) & 3u));
+    return select(vec4<f16>(0.0), vec4<f16>((dm.x * f32(sc & 15u)) * v - dm.y * f32(sc >> 4u)), w_live(h, lid, u0));
+}
+",
+        ),
+        "Q4_K" => Some(
+            "
+struct RawQ4K {
+    s: vec4<u32>,
+    q: u32,
+}
+
+fn wraw(h: u32, lid: u32, u0: u32, row_base: u32) -> RawQ4K {
+    let g = w_gu(h, lid, u0, row_base);
+    let b = g.x / UPB;
+    let sub = g.x % UPB;
+    let base = b * 36u;
+    return RawQ4K(vec4<u32>(W[base], W[base + 1u], W[base + 2u], W[base + 3u]),
+                  W[base + 4u + 8u * (sub >> 1u) + g.y % 8u]);
+}
+
+fn wdec(r: RawQ4K, h: u32, lid: u32, u0: u32, row_base: u32) -> vec4<f16> {
+    let g = w_gu(h, lid, u0, row_base);
+    let sub = g.x % UPB;
+    let dm = unpack2x16float(r.s.x);
+    var sc: u32;
+    var mn: u32;
+    if (sub < 4u) {
+        sc = (r.s.y >> (8u * sub)) & 63u;
+        mn = (r.s.z >> (8u * sub)) & 63u;
+    } else {
+        let t = sub - 4u;
+        let hi = (r.s.w >> (8u * t)) & 0xffu;
+        sc = (hi & 15u) | (((r.s.y >> (8u * t + 6u)) & 3u) << 4u);
+        mn = (hi >> 4u) | (((r.s.z >> (8u * t + 6u)) & 3u) << 4u);
+    }
+    let q = r.q >> (4u * (sub & 1u));
+    let v = vec4<f32>(f32(q & 15u), f32((q >> 8u) & 15u), f32((q >> 16u) & 15u), f32((q >> 24u) & 15u));
+    return select(vec4<f16>(0.0), vec4<f16>((dm.x * f32(sc)) * v - dm.y * f32(mn)), w_live(h, lid, u0));
+}
+",
+        ),
+        "Q6_K" => Some(
+            "
+fn wraw(h: u32, lid: u32, u0: u32, row_base: u32) -> vec4<u32> {
+    let g = w_gu(h, lid, u0, row_base);
+    let b = g.x / UPB;
+    let sub = g.x % UPB;
+    let j = g.y % 8u;
+    let base = b * 52u;
+    let n = sub >> 2u;
+    let jj = sub & 3u;
+    let is = 8u * n + 2u * jj + (j >> 2u);
+    return vec4<u32>(W[P.d_off + (b >> 1u)], W[base + 16u * n + 8u * (jj & 1u) + j],
+                     W[base + 32u + 8u * n + j], W[base + 48u + (is >> 2u)]);
+}
+
+fn wdec(r: vec4<u32>, h: u32, lid: u32, u0: u32, row_base: u32) -> vec4<f16> {
+    let g = w_gu(h, lid, u0, row_base);
+    let b = g.x / UPB;
+    let sub = g.x % UPB;
+    let j = g.y % 8u;
+    let jj = sub & 3u;
+    let d = unpack2x16float(r.x)[b & 1u];
+    let ql = r.y >> (4u * (jj >> 1u));
+    let qh = r.z >> (2u * jj);
+    let is = 8u * (sub >> 2u) + 2u * jj + (j >> 2u);
+    let sc = f32(bitcast<i32>((r.w >> (8u * (is & 3u))) << 24u) >> 24u);
+    let v = vec4<f32>(f32((ql & 15u) | ((qh & 3u) << 4u)), f32(((ql >> 8u) & 15u) | (((qh >> 8u) & 3u) << 4u)),
+                      f32(((ql >> 16u) & 15u) | (((qh >> 16u) & 3u) << 4u)), f32(((ql >> 24u) & 15u) | (((qh >> 24u) & 3u) << 4u)));
+    return select(vec4<f16>(0.0), vec4<f16>((d * sc) * (v - 32.0)), w_live(h, lid, u0));
 }
 ",
         ),
@@ -423,6 +531,14 @@ pub struct Tune {
     /// the CPU and uploading them; GGUFQ_GPU_EMBD=0: on the CPU. One-token forwards keep the
     /// CPU look-up (one row).
     pub gpu_embd: bool,
+    /// With [`Tune::coop_prefetch`], the K-quants Q2_K, Q4_K and Q6_K also prefetch raw words
+    /// (dequantized when stored, as Q4_0 / Q8_0 always are); GGUFQ_COOP_RAWK=0: those
+    /// types dequantize after the products.
+    pub coop_raw: bool,
+    /// The batch graph's RMSNorm writes the rounded copy of its output for the matrices
+    /// after it ([`KernelKey::NormRound`]) instead of a separate rounding dispatch (64 of
+    /// the 129 per 7B prompt); GGUFQ_NORM_ROUND=0: separate.
+    pub norm_round: bool,
 }
 
 /// Most chunks per head of the split decode attention ([`Tune::attn_split`]).
@@ -578,6 +694,8 @@ impl Tune {
             actq_div: std::env::var("GGUFQ_ACTQ_DIV").as_deref() != Ok("0"),
             coop_prefetch: std::env::var("GGUFQ_COOP_PF").as_deref() != Ok("0"),
             gpu_embd: std::env::var("GGUFQ_GPU_EMBD").as_deref() != Ok("0"),
+            coop_raw: std::env::var("GGUFQ_COOP_RAWK").as_deref() != Ok("0"),
+            norm_round: std::env::var("GGUFQ_NORM_ROUND").as_deref() != Ok("0"),
         }
     }
 }
@@ -633,6 +751,10 @@ pub enum KernelKey {
     /// partial results of the split decode attention ([`Tune::attn_split`]).
     /// `exact`: the partial results are already normalised and just add up.
     AttnCombineQ { nch: u32, exact: bool },
+    /// Batch RMSNorm (`shaders/rmsnorm.wgsl`'s arithmetic, one workgroup per token, rows of
+    /// `k4`·4 values) that also writes the activation rounding `act` of its output, as
+    /// `actq.wgsl` would compute it in the next dispatch ([`Tune::norm_round`]).
+    NormRound { k4: u32, act: u32 },
     /// Embedding look-up of prompt tokens (`shaders/embed.wgsl`): rows of the token-embedding
     /// matrix of type id `ty`, dequantized on the GPU ([`Tune::gpu_embd`]).
     Embed { ty: u32 },
@@ -1086,6 +1208,89 @@ fn actq_source(ctx: &GpuContext) -> String {
     )
 }
 
+/// Workgroup memory of the [`KernelKey::NormRound`] kernel for rows of `k4`·4 values.
+pub fn norm_round_shared_bytes(k4: u32) -> u32 {
+    // The row (vec4s), the per-vec4 maxima, ≤ k4 / 8 block scales, the reduction.
+    16 * k4 + 4 * k4 + k4 + 1024
+}
+
+/// WGSL of [`KernelKey::NormRound`]: the RMSNorm kernel's loops (same operations and order,
+/// so the same normalised values, written to Y as before), the row kept in workgroup memory,
+/// then the fused rounding of the decode prologue ([`act_prologue`]: the operations of
+/// `actq.wgsl`), whose result goes to R (same layout as Y).
+fn norm_round_source(k4: u32, act: u32) -> Result<String> {
+    let (decl, body) = act_prologue(act, k4, false)?;
+    // Only the Q8 kinds have block scales (and a packed region).
+    let q8 = if matches!(act, 3 | 4) {
+        "        if (P.q8_base != 0u) {
+            // The int8 quants and per-32 scales of actq.wgsl's packed region (one-token calls
+            // whose mat-vecs read them): q = v / d exactly (|q| ≤ 127 times an f16 or f32
+            // scale, rounded back to the integer).
+            let d = sc[i / BS4].y;
+            let q = select(vec4<f32>(0.0), round(v / d), d != 0.0);
+            R[P.q8_base + o / 4u] = pack4xI8(vec4<i32>(q));
+            if (o % 32u == 0u) {
+                R[P.q8_base + P.q8_base / 4u + o / 32u] = bitcast<u32>(d);
+            }
+        }
+"
+    } else {
+        ""
+    };
+    Ok(format!(
+        "struct Params {{
+    n: u32,
+    n_tok: u32,
+    eps: f32,
+    q8_base: u32,
+}}
+@group(0) @binding(0) var<storage, read> X: array<f32>;
+@group(0) @binding(1) var<storage, read> NW: array<f32>;
+@group(0) @binding(2) var<storage, read_write> Y: array<f32>;
+@group(0) @binding(3) var<uniform> P: Params;
+@group(0) @binding(4) var<storage, read_write> R: array<u32>;
+
+const K4: u32 = {k4}u;
+var<workgroup> red: array<f32, 256>;
+var<workgroup> xs: array<vec4<f32>, K4>;
+{decl}
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {{
+    let base = wg.x * P.n;
+    var s = 0.0;
+    for (var i = lid; i < P.n; i += 256u) {{
+        let v = X[base + i];
+        s += v * v;
+    }}
+    red[lid] = s;
+    workgroupBarrier();
+    for (var k = 128u; k > 0u; k >>= 1u) {{
+        if (lid < k) {{
+            red[lid] += red[lid + k];
+        }}
+        workgroupBarrier();
+    }}
+    let inv = 1.0 / sqrt(red[0] / f32(P.n) + P.eps);
+    for (var i = lid; i < P.n; i += 256u) {{
+        let y = X[base + i] * inv * NW[i];
+        Y[base + i] = y;
+        xs[i / 4u][i % 4u] = y;
+    }}
+    workgroupBarrier();
+{body}
+    for (var i = lid; i < K4; i += 256u) {{
+        let v = xs[i];
+        let o = base + 4u * i;
+        R[o] = bitcast<u32>(v.x);
+        R[o + 1u] = bitcast<u32>(v.y);
+        R[o + 2u] = bitcast<u32>(v.z);
+        R[o + 3u] = bitcast<u32>(v.w);
+{q8}    }}
+}}
+"
+    ))
+}
+
 /// `div_rn`, `round_f16` and `round_bf16` of `shaders/actq.wgsl`, for the fused rounding.
 fn actq_functions() -> &'static str {
     let start = ACTQ_WGSL.find("fn div_rn").unwrap_or(0);
@@ -1431,6 +1636,7 @@ impl Kernels {
                         &deq,
                         gt,
                         ctx.tune.coop_prefetch,
+                        ctx.tune.coop_raw,
                     )
                 } else {
                     MATMAT_WGSL
@@ -1445,6 +1651,7 @@ impl Kernels {
                     .replace("$UPB", &layout(gt)?.units_per_block().to_string())
                     .replace("$DEQ", &deq_source(gt, "W", "", "P.d_off")?)
             }
+            KernelKey::NormRound { k4, act } => norm_round_source(*k4, *act)?,
             KernelKey::RmsNorm => RMSNORM_WGSL.to_string(),
             KernelKey::Rope => ROPE_WGSL.to_string(),
             KernelKey::Attention { hd, qt, kb } => ATTENTION_WGSL

@@ -192,6 +192,12 @@ enum StepKind {
         /// Also write the packed int8 quants from this word (0: none).
         q8e: u32,
     },
+    /// Batch RMSNorm that also writes the activation rounding of its output
+    /// (`KernelKey::NormRound`), in one-token calls with the packed int8 quants from word
+    /// `q8e` (0: none).
+    NormRound {
+        q8e: u32,
+    },
     /// Decode RMSNorm + rounding into packed int8 quants from word `q8e` (one workgroup).
     NormQ8 {
         q8e: u32,
@@ -649,6 +655,7 @@ impl GpuModel {
         let (bgl_nq, pl_nq) = buffer_layouts(&ctx, "norm q8", b"rrwu");
         let (bgl_attd, pl_attd) = buffer_layouts(&ctx, "attn decode", b"rwwwurr");
         let (bgl_attn, pl_attn) = buffer_layouts(&ctx, "attn", b"rrrwur");
+        let (bgl_nr, pl_nr) = buffer_layouts(&ctx, "norm round", b"rrwuw");
         let (attn_qt, attn_kb) =
             super::kernels::attention_tile(hd as u32, ctx.facts.shared_mem, ctx.tune.attn_qt)?;
         let attn_key = KernelKey::Attention {
@@ -719,6 +726,11 @@ impl GpuModel {
                 });
             }
         }
+        // The last batch RMSNorm step (index, input, weights, output), which the rounding of
+        // the matrices right after it can be folded into (`Tune::norm_round`).
+        let last_norm: std::cell::RefCell<
+            Option<(usize, wgpu::Buffer, wgpu::Buffer, wgpu::Buffer)>,
+        > = Default::default();
         let act = std::cell::RefCell::new(ActRounding::new(
             nb * d.max(2 * cfg.n_ff),
             ctx.tune.act_round,
@@ -744,7 +756,41 @@ impl GpuModel {
                 } else {
                     0
                 };
-                if let Some(r) = input.round {
+                let fold = input.round.as_ref().and_then(|r| {
+                    let k4 = (mats[m].cols / 4) as u32;
+                    let fits = match r.kind {
+                        1 | 2 => true,
+                        3 => k4 % 8 == 0,
+                        4 => k4 % 64 == 0,
+                        _ => false,
+                    } && super::kernels::norm_round_shared_bytes(k4)
+                        <= ctx.facts.shared_mem;
+                    let ln = last_norm.borrow();
+                    match &*ln {
+                        Some((at, xi, nw, out))
+                            if ctx.tune.norm_round
+                                && fits
+                                && !last_only
+                                && *at + 1 == steps.len()
+                                && out == xb
+                                && x_ld == mats[m].cols =>
+                        {
+                            Some((*at, xi.clone(), nw.clone(), out.clone(), k4, r.kind))
+                        }
+                        _ => None,
+                    }
+                });
+                if let Some((at, xi, nw, out, k4, kind)) = fold {
+                    // The norm right before writes the rounded copy too: same values, one
+                    // dispatch fewer.
+                    let rb = &input.buf;
+                    steps[at].kind = StepKind::NormRound {
+                        q8e: if kind >= 3 { q8e } else { 0 },
+                    };
+                    steps[at].bind = bg(&bgl_nr, &[&xi, &nw, &out, rb], at);
+                    steps[at].key = KernelKey::NormRound { k4, act: kind };
+                    act.borrow_mut().made_by_previous_step();
+                } else if let Some(r) = input.round {
                     let slot = steps.len();
                     steps.push(Step {
                         kind: StepKind::ActQ {
@@ -918,6 +964,7 @@ impl GpuModel {
         };
         for ly in &lidx {
             let slot = steps.len();
+            *last_norm.borrow_mut() = Some((slot, x.clone(), ly.an.clone(), xn.clone()));
             steps.push(Step {
                 kind: StepKind::Norm,
                 when: When::Batch,
@@ -1068,6 +1115,7 @@ impl GpuModel {
                 );
             }
             let slot = steps.len();
+            *last_norm.borrow_mut() = Some((slot, x.clone(), ly.fnm.clone(), xn.clone()));
             steps.push(Step {
                 kind: StepKind::Norm,
                 when: When::Batch,
@@ -1197,6 +1245,7 @@ impl GpuModel {
                 KernelKey::MatVecNorm { .. } => &pl_matn,
                 KernelKey::NormQ8 { .. } => &pl_nq,
                 KernelKey::AttnDecode { .. } => &pl_attd,
+                KernelKey::NormRound { .. } => &pl_nr,
                 _ => &pl_mat,
             };
             kernels.get_with_layout(&ctx, &s.key, pl)?;
@@ -1466,6 +1515,12 @@ impl GpuModel {
             match s.kind {
                 StepKind::Norm => {
                     p = [s.n, n as u32, cfg.eps.to_bits(), 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                    wg = (n as u32, 1);
+                }
+                StepKind::NormRound { q8e } => {
+                    // The packed quants only where a one-token mat-vec reads them.
+                    let q8 = if n == 1 { q8e } else { 0 };
+                    p = [s.n, n as u32, cfg.eps.to_bits(), q8, 0, 0, 0, 0, 0, 0, 0, 0];
                     wg = (n as u32, 1);
                 }
                 StepKind::Embed { c } => {
