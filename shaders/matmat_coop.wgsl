@@ -42,8 +42,11 @@ const WR: u32 = $WRu;
 const WT: u32 = $WTu;
 const SGR: u32 = BM / WR;
 
-var<workgroup> Ws: array<f16, BM * LDW>;  // [BM rows][LDW]: W[row][k]
-var<workgroup> Xs: array<f16, BN * LDW>;  // [BN tokens][LDW]: X[t][k]
+// NBUF stage buffers (2: a stage is stored while the previous one is multiplied, one barrier
+// per stage).
+const NBUF: u32 = $NBUFu;
+var<workgroup> Ws: array<f16, NBUF * BM * LDW>;  // [BM rows][LDW]: W[row][k]
+var<workgroup> Xs: array<f16, NBUF * BN * LDW>;  // [BN tokens][LDW]: X[t][k]
 var<workgroup> Cs: array<f32, 2048>;      // per subgroup one 16 × 16 tile, column-major
 
 $DEQ
@@ -92,9 +95,9 @@ fn w_live(h: u32, lid: u32, u0: u32) -> bool {
     return u0 + ((lid + h * 256u) % (8u * KU)) / 8u < P.units;
 }
 
-fn w_store(h: u32, lid: u32, w: vec4<f16>) {
+fn w_store(h: u32, lid: u32, wb: u32, w: vec4<f16>) {
     let p = lid + h * 256u;
-    let wo = (p / (8u * KU)) * LDW + 4u * (p % (8u * KU));
+    let wo = wb + (p / (8u * KU)) * LDW + 4u * (p % (8u * KU));
     Ws[wo] = w.x;
     Ws[wo + 1u] = w.y;
     Ws[wo + 2u] = w.z;
@@ -111,9 +114,9 @@ fn x_load(h: u32, lid: u32, u0: u32, tok_base: u32) -> vec4<f32> {
     return select(vec4<f32>(0.0), X[P.x_off + t * P.ld_x + g], u0 + q / 8u < P.units);
 }
 
-fn x_store(h: u32, lid: u32, x: vec4<f32>) {
+fn x_store(h: u32, lid: u32, xb: u32, x: vec4<f32>) {
     let p = lid + h * 256u;
-    let xo = (p / (8u * KU)) * LDW + 4u * (p % (8u * KU));
+    let xo = xb + (p / (8u * KU)) * LDW + 4u * (p % (8u * KU));
     let xv = vec4<f16>(x);
     Xs[xo] = xv.x;
     Xs[xo + 1u] = xv.y;
@@ -139,6 +142,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
 $ACC_DECL
 $PF_INIT
     for (var u0 = 0u; u0 < P.units; u0 += KU) {
+        let wb = ((u0 / KU) % NBUF) * (BM * LDW);
+        let xb = ((u0 / KU) % NBUF) * (BN * LDW);
 $STAGE_STORE
         workgroupBarrier();
 $PF_PRE
@@ -146,7 +151,9 @@ $PF_PRE
 $ACC_MMA
         }
 $PF_POST
-        workgroupBarrier();
+        if (NBUF == 1u) {
+            workgroupBarrier();
+        }
     }
     // C[row][t] column-major: Cs[t][row] per 16 × 16 tile.
 $ACC_STORE

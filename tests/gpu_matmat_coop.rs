@@ -61,6 +61,10 @@ fn coop_matmat_source_and_tiles_every_type() {
         .map(move |t| (pf, t))
     }) {
         ctx.tune.coop_prefetch = prefetch;
+        // Double buffers where they fit (the H100's 48 KiB: 64 × 128 and 128 × 64 with one
+        // unit per stage); lavapipe reports its own limit, so take the H100's.
+        ctx.facts.shared_mem = 48 * 1024;
+        ctx.tune.coop_db = true;
         // Raw K-quant loaders with the first half of the shapes, dequantize-after without.
         ctx.tune.coop_raw = bm <= 64 || bn == 64;
         ctx.tune.coop_bm = bm;
@@ -106,6 +110,17 @@ fn coop_matmat_source_and_tiles_every_type() {
             );
             let raw = matches!(name, "Q4_0" | "Q8_0")
                 || (ctx.tune.coop_raw && matches!(name, "Q2_K" | "Q4_K" | "Q6_K"));
+            let nbuf = tile.stage_buffers(&ctx.tune, ctx.facts.shared_mem);
+            assert!(tile.shared_bytes_with(nbuf) <= ctx.facts.shared_mem.max(48 * 1024));
+            assert!(
+                src.contains(&format!("const NBUF: u32 = {nbuf}u;")),
+                "{name}"
+            );
+            let fits2 = tile.shared_bytes_with(2) <= 48 * 1024;
+            assert_eq!(nbuf, if prefetch && fits2 { 2 } else { 1 }, "{tile:?}");
+            if (bm, bn, ku) == (0, 0, 0) {
+                assert_eq!(nbuf, if prefetch { 2 } else { 1 }, "default tile");
+            }
             if prefetch {
                 assert_eq!(src.matches("= x_load(").count(), 2 * nx, "{name}");
                 assert_eq!(src.matches("x_store(").count(), nx + 1, "{name}");

@@ -137,10 +137,26 @@ impl CoopTile {
         (wr / 16) * (wt / 16)
     }
 
-    /// Workgroup memory of the kernel in bytes (f16 tiles of rows and tokens with a 16-byte
-    /// pad per row, and 8 KiB for the accumulator epilogue).
+    /// Workgroup memory of the kernel in bytes with one set of stage buffers (f16 tiles of
+    /// rows and tokens with a 16-byte pad per row, and 8 KiB for the accumulator epilogue).
     pub fn shared_bytes(&self) -> u32 {
-        (self.bm + self.bn) * (32 * self.ku + 8) * 2 + 8192
+        self.shared_bytes_with(1)
+    }
+
+    /// [`CoopTile::shared_bytes`] with `nbuf` sets of stage buffers.
+    pub fn shared_bytes_with(&self, nbuf: u32) -> u32 {
+        nbuf * (self.bm + self.bn) * (32 * self.ku + 8) * 2 + 8192
+    }
+
+    /// Stage buffers of the kernel: 2 (one barrier per stage) where prefetching and double
+    /// buffering are on ([`Tune::coop_prefetch`], [`Tune::coop_db`]) and both fit in
+    /// `shared` bytes of workgroup memory, else 1.
+    pub fn stage_buffers(&self, tune: &Tune, shared: u32) -> u32 {
+        if tune.coop_prefetch && tune.coop_db && self.shared_bytes_with(2) <= shared {
+            2
+        } else {
+            1
+        }
     }
 }
 
@@ -153,6 +169,7 @@ fn coop_source(
     ty: GgmlType,
     prefetch: bool,
     raw_k: bool,
+    nbuf: u32,
 ) -> String {
     let (wr, wt) = tile.subgroup_tile();
     let (nw, nx) = (tile.bm * tile.ku / 32, tile.bn * tile.ku / 32);
@@ -173,7 +190,7 @@ fn coop_source(
                     "    var wr_{h} = wraw({h}u, lid, 0u, row_base);\n"
                 ));
                 stage.push_str(&format!(
-                    "        w_store({h}u, lid, wdec(wr_{h}, {h}u, lid, u0, row_base));\n"
+                    "        w_store({h}u, lid, wb, wdec(wr_{h}, {h}u, lid, u0, row_base));\n"
                 ));
                 pre.push_str(&format!(
                     "        wr_{h} = wraw({h}u, lid, u0 + KU, row_base);\n"
@@ -182,7 +199,7 @@ fn coop_source(
                 init.push_str(&format!(
                     "    var wv_{h} = wdeq({h}u, lid, 0u, row_base);\n"
                 ));
-                stage.push_str(&format!("        w_store({h}u, lid, wv_{h});\n"));
+                stage.push_str(&format!("        w_store({h}u, lid, wb, wv_{h});\n"));
                 post.push_str(&format!(
                     "        wv_{h} = wdeq({h}u, lid, u0 + KU, row_base);\n"
                 ));
@@ -192,7 +209,7 @@ fn coop_source(
             init.push_str(&format!(
                 "    var xr_{h} = x_load({h}u, lid, 0u, tok_base);\n"
             ));
-            stage.push_str(&format!("        x_store({h}u, lid, xr_{h});\n"));
+            stage.push_str(&format!("        x_store({h}u, lid, xb, xr_{h});\n"));
             pre.push_str(&format!(
                 "        xr_{h} = x_load({h}u, lid, u0 + KU, tok_base);\n"
             ));
@@ -200,23 +217,23 @@ fn coop_source(
     } else {
         // Session 4: each stage loads, dequantizes and stores, then multiplies.
         stage.push_str(&format!(
-            "        for (var h = 0u; h < {nw}u; h++) {{\n            w_store(h, lid, wdeq(h, lid, u0, row_base));\n        }}\n"
+            "        for (var h = 0u; h < {nw}u; h++) {{\n            w_store(h, lid, wb, wdeq(h, lid, u0, row_base));\n        }}\n"
         ));
         stage.push_str(&format!(
-            "        for (var h = 0u; h < {nx}u; h++) {{\n            x_store(h, lid, x_load(h, lid, u0, tok_base));\n        }}\n"
+            "        for (var h = 0u; h < {nx}u; h++) {{\n            x_store(h, lid, xb, x_load(h, lid, u0, tok_base));\n        }}\n"
         ));
     }
     let (fr, fc) = ((wr / 16) as usize, (wt / 16) as usize);
     let (mut decl, mut mma, mut store) = (String::new(), String::new(), String::new());
     for i in 0..fr {
         mma.push_str(&format!(
-            "            let a_{i} = coopLoadT<coop_mat16x16<f16, A>>(&Ws[(rb + {}u) * LDW + kk], LDW);\n",
+            "            let a_{i} = coopLoadT<coop_mat16x16<f16, A>>(&Ws[wb + (rb + {}u) * LDW + kk], LDW);\n",
             16 * i
         ));
     }
     for j in 0..fc {
         mma.push_str(&format!(
-            "            let b_{j} = coopLoad<coop_mat16x16<f16, B>>(&Xs[(tb + {}u) * LDW + kk], LDW);\n",
+            "            let b_{j} = coopLoad<coop_mat16x16<f16, B>>(&Xs[xb + (tb + {}u) * LDW + kk], LDW);\n",
             16 * j
         ));
     }
@@ -235,6 +252,7 @@ fn coop_source(
     }
     MATMAT_COOP_WGSL
         .replace("$RAWLOAD", raw.unwrap_or(""))
+        .replace("$NBUF", &nbuf.to_string())
         .replace("$BM", &tile.bm.to_string())
         .replace("$BN", &tile.bn.to_string())
         .replace("$KU", &tile.ku.to_string())
@@ -539,6 +557,10 @@ pub struct Tune {
     /// after it ([`KernelKey::NormRound`]) instead of a separate rounding dispatch (64 of
     /// the 129 per 7B prompt); GGUFQ_NORM_ROUND=0: separate.
     pub norm_round: bool,
+    /// With [`Tune::coop_prefetch`], the cooperative-matrix mat-mat keeps two sets of stage
+    /// buffers in workgroup memory (where they fit), so each stage needs one barrier instead
+    /// of two; GGUFQ_COOP_DB=0: one set.
+    pub coop_db: bool,
 }
 
 /// Most chunks per head of the split decode attention ([`Tune::attn_split`]).
@@ -696,6 +718,7 @@ impl Tune {
             gpu_embd: std::env::var("GGUFQ_GPU_EMBD").as_deref() != Ok("0"),
             coop_raw: std::env::var("GGUFQ_COOP_RAWK").as_deref() != Ok("0"),
             norm_round: std::env::var("GGUFQ_NORM_ROUND").as_deref() != Ok("0"),
+            coop_db: std::env::var("GGUFQ_COOP_DB").as_deref() != Ok("0"),
         }
     }
 }
@@ -1630,13 +1653,15 @@ impl Kernels {
                 let lay = layout(gt)?;
                 let deq = deq_source(gt, "W", "", "P.d_off")?;
                 if ctx.facts.coop_matrix {
+                    let tile = ctx.tune.coop_tile(*ty);
                     coop_source(
-                        ctx.tune.coop_tile(*ty),
+                        tile,
                         lay.units_per_block(),
                         &deq,
                         gt,
                         ctx.tune.coop_prefetch,
                         ctx.tune.coop_raw,
+                        tile.stage_buffers(&ctx.tune, ctx.facts.shared_mem),
                     )
                 } else {
                     MATMAT_WGSL
