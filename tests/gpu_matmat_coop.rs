@@ -61,8 +61,8 @@ fn coop_matmat_source_and_tiles_every_type() {
         .map(move |t| (pf, t))
     }) {
         ctx.tune.coop_prefetch = prefetch;
-        // Double buffers where they fit (the H100's 48 KiB: 64 × 128 and 128 × 64 with one
-        // unit per stage); lavapipe reports its own limit, so take the H100's.
+        // Double buffers (GGUFQ_COOP_DB=1) where they fit (the H100's 48 KiB: 64 × 128 and
+        // 128 × 64 with one unit per stage); lavapipe reports its own limit, so take the H100's.
         ctx.facts.shared_mem = 48 * 1024;
         ctx.tune.coop_db = true;
         // Raw K-quant loaders with the first half of the shapes, dequantize-after without.
@@ -120,6 +120,13 @@ fn coop_matmat_source_and_tiles_every_type() {
             assert_eq!(nbuf, if prefetch && fits2 { 2 } else { 1 }, "{tile:?}");
             if (bm, bn, ku) == (0, 0, 0) {
                 assert_eq!(nbuf, if prefetch { 2 } else { 1 }, "default tile");
+                let mut off = ctx.tune;
+                off.coop_db = false;
+                assert_eq!(
+                    tile.stage_buffers(&off, 48 * 1024),
+                    1,
+                    "GGUFQ_COOP_DB unset"
+                );
             }
             if prefetch {
                 assert_eq!(src.matches("= x_load(").count(), 2 * nx, "{name}");
