@@ -172,3 +172,26 @@ fn gpu_embedding_prompt_logits_match_the_cpu_lookup() {
         assert_eq!(da, db, "{mix}: decode after the prompt");
     }
 }
+
+/// `ggufq bench --kernel-check` (run on the H100 in every device call) also checks the GPU
+/// embedding rows of every type.
+#[test]
+fn kernel_check_covers_gpu_embedding_of_every_type() {
+    if gpu_fixture::context().is_none() {
+        return;
+    }
+    let out = assert_cmd::Command::cargo_bin("ggufq")
+        .unwrap()
+        .args(["bench", "--kernel-check"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for ty in TYPES {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("embedding rows {ty}:")))
+            .unwrap_or_else(|| panic!("no embedding line for {ty}: {text}"));
+        assert!(line.ends_with(" ok"), "{line}");
+    }
+}
