@@ -32,10 +32,15 @@ fn wide() -> Shape {
 }
 
 fn ctx_with(fold_actq: bool, fold_norm: bool, lanes: u32) -> Option<Arc<GpuContext>> {
+    ctx_nr(fold_actq, fold_norm, lanes, 0)
+}
+
+fn ctx_nr(fold_actq: bool, fold_norm: bool, lanes: u32, nr: u32) -> Option<Arc<GpuContext>> {
     context_tuned(|c| {
-        c.tune.fold_actq = fold_actq;
+        c.tune.fold_actq = Some(fold_actq);
         c.tune.fold_norm = fold_norm;
         c.tune.q8_lanes = lanes;
+        c.tune.fold_nr = nr;
     })
 }
 
@@ -78,9 +83,10 @@ fn gpu_fold_actq_down_gives_the_rounding_dispatch_bit_for_bit() {
     };
     drop(probe);
     // Q8_K (K-quants) and Q8_0 (Q4_0, Q8_0) roundings; lanes by row length, 32 (two units
-    // per lane in ffn_down) and 256 (most lanes past the row).
-    for lanes in [0u32, 32, 256] {
-        let on = ctx_with(true, false, lanes).unwrap();
+    // per lane in ffn_down) and 256 (most lanes past the row); 8 and 16 rows per group
+    // (each row's sum is formed in the same order whatever the rows per group).
+    for (lanes, nr) in [(0u32, 0u32), (32, 0), (256, 0), (0, 8), (64, 16)] {
+        let on = ctx_nr(true, false, lanes, nr).unwrap();
         let off = ctx_with(false, false, lanes).unwrap();
         for mix in ["q4_k", "q6_k", "q2_k", "q3_k", "q5_k", "q4_0", "q8_0"] {
             let src =
@@ -91,15 +97,15 @@ fn gpu_fold_actq_down_gives_the_rounding_dispatch_bit_for_bit() {
             assert_eq!(
                 a.dispatches_per_token() + 2,
                 b.dispatches_per_token(),
-                "{mix} lanes {lanes}"
+                "{mix} lanes {lanes} nr {nr}"
             );
-            assert_eq!(count_key(&a, "actq"), 0, "{mix} lanes {lanes}");
+            assert_eq!(count_key(&a, "actq"), 0, "{mix} lanes {lanes} nr {nr}");
             assert_eq!(count_key(&b, "actq"), 2, "{mix} lanes {lanes}");
             let (ra, rb) = (decode_run(&mut a), decode_run(&mut b));
             for (i, (x, y)) in ra.iter().zip(&rb).enumerate() {
                 if let Some(k) = (0..x.len()).find(|&k| x[k].to_bits() != y[k].to_bits()) {
                     panic!(
-                        "{mix} lanes {lanes}: row {i} logit {k}: folded {} vs dispatch {}",
+                        "{mix} lanes {lanes} nr {nr}: row {i} logit {k}: folded {} vs dispatch {}",
                         x[k], y[k]
                     );
                 }
@@ -172,9 +178,11 @@ fn gpu_fold_norm_matches_cpu_backend_and_normq8() {
         eprintln!(
             "{shape} {mix}: {close}/8 rows within 1e-5 of the CPU, {close_nq}/8 of NormQ8, worst {worst:.3e}"
         );
-        // As in tests/gpu_fused_actq.rs: most rows agree to f32 summation order; a flipped
-        // rounding (one Q8 step) may spread to later rows.
-        if close * 2 < errs.len() || close_nq * 2 < errs.len() || worst > 3e-2 {
+        // Most rows agree with the NormQ8 graph to f32 summation order (Σx²); a flipped
+        // rounding (one Q8 step) may spread to later rows. Against the CPU backend the
+        // NormQ8 graph itself is only within 1e-5 on some rows (on an H100 0/8 for the wide
+        // Q4_0 / Q6_K / Q2_K models): the bound there is the worst row.
+        if close_nq * 2 < errs.len() || worst > 3e-2 {
             failures.push(format!(
                 "{shape} {mix}: {close}/8 CPU, {close_nq}/8 NormQ8, worst {worst:.3e}"
             ));
@@ -211,8 +219,50 @@ fn gpu_fold_kernels_reject_bad_shapes() {
         ctx.tune.matvec_q8f_key(q4k, 344, 4, false),
         Some(KernelKey::MatVecQ8F {
             spl: 256,
-            nr: 4,
+            nr: 8,
             ..
         })
     ));
+    // By default only Q8_0 matrices fold the rounding (FOLD_ACTQ_TYPES).
+    let mut t = ctx.tune;
+    t.fold_actq = None;
+    let q80 = GgmlType::from_name("Q8_0").unwrap().id();
+    assert!(t.fold_actq_for(q80) && !t.fold_actq_for(q4k));
+    t.fold_actq = Some(false);
+    assert!(!t.fold_actq_for(q80));
+}
+
+#[test]
+fn gpu_decode_parameter_cache_follows_shape_changes() {
+    // Calls of changing shapes (prompt, decode, a prompt with all logits, decode again):
+    // the cached parameters and workgroup counts (`Tune::param_cache`) must give the
+    // recomputed ones' logits bit for bit.
+    let Some(on) = context_tuned(|c| c.tune.param_cache = true) else {
+        return;
+    };
+    let off = context_tuned(|c| c.tune.param_cache = false).unwrap();
+    let src = SynthSource::new(wide(), Mix::parse("q4_k_m").unwrap(), "w".to_string()).unwrap();
+    let mut a = GpuModel::load(on, &src, opts()).unwrap();
+    let mut b = GpuModel::load(off, &src, opts()).unwrap();
+    let calls: Vec<(Vec<(u32, u32, u32)>, bool)> = vec![
+        (vec![(5, 0, 0), (300, 0, 1), (17, 0, 2)], false),
+        (vec![(9, 0, 3)], false),
+        (vec![(260, 0, 4)], false),
+        (vec![(3, 0, 5), (400, 0, 6)], true),
+        (vec![(17, 0, 7)], false),
+        (vec![(88, 0, 8)], true),
+        (vec![(123, 0, 9)], false),
+        (vec![(5, 0, 10)], false),
+    ];
+    for (i, (toks, all)) in calls.iter().enumerate() {
+        let (x, y) = (
+            a.forward(toks, *all).unwrap(),
+            b.forward(toks, *all).unwrap(),
+        );
+        assert_eq!(x.len(), y.len(), "call {i}");
+        assert!(
+            x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()),
+            "call {i}: cached parameters give other logits"
+        );
+    }
 }

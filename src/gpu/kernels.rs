@@ -318,21 +318,36 @@ pub struct Tune {
     /// The decode graph rounds the SwiGLU output in the `ffn_down` mat-vec itself: each lane
     /// quantizes the 32-value unit it dots from the f32 input in registers (Q8_K block maxima
     /// over 8 lanes), instead of a separate rounding dispatch before it
-    /// ([`KernelKey::MatVecQ8F`] without norm). GGUFQ_FOLD_ACTQ=0: the rounding dispatch.
-    pub fold_actq: bool,
+    /// ([`KernelKey::MatVecQ8F`] without norm). None (default) = by type
+    /// ([`FOLD_ACTQ_TYPES`]); GGUFQ_FOLD_ACTQ=1 for every [`Q8_TYPES`] matrix, =0 never.
+    pub fold_actq: Option<bool>,
     /// The decode graph normalises and rounds the input of the QKV, gate/up and output
     /// groups in the mat-vecs themselves (one workgroup reduction of Σx², then each lane its
     /// own unit in registers, [`KernelKey::MatVecQ8F`] with norm) instead of a one-workgroup
-    /// [`KernelKey::NormQ8`] dispatch per group. GGUFQ_FOLD_NORM=0: NormQ8.
+    /// [`KernelKey::NormQ8`] dispatch per group. Off by default (GGUFQ_FOLD_NORM=1 turns
+    /// it on): on the H100 (session 5, 7B Q4_K_M) qkv took 2044 µs per token with it vs
+    /// 792 µs after NormQ8, gate_up 3119 vs 932 (every workgroup reads and normalises the
+    /// whole f32 row).
     pub fold_norm: bool,
     /// Decode calls of the same batch shape reuse the parameters and workgroup counts of
     /// the previous call instead of recomputing them (CPU time before each submit);
     /// GGUFQ_PARAM_CACHE=0 recomputes them every call.
     pub param_cache: bool,
+    /// Rows per row group of the kernels that round their own input (GGUFQ_FOLD_NR: 1, 2,
+    /// 4, 8, 16; 0 = default 8): every workgroup reads and rounds the whole f32 input, so
+    /// more rows per workgroup read it fewer times. H100, 7B ffn_down µs per token with
+    /// NR 4 / 8 / 16 (session 5): Q4_K_M 1154 / 978 / 1265, Q4_0 930 / 746 / 864, Q8_0
+    /// 1173 / 1006 / 1082 (rounding dispatch + mat-vec: 921, 841, 1255).
+    pub fold_nr: u32,
 }
 
 /// Most chunks per head of the split decode attention ([`Tune::attn_split`]).
 pub const ATTN_MAX_CHUNKS: u32 = 16;
+
+/// Weight types whose `ffn_down` decode mat-vec rounds its own input by default
+/// ([`Tune::fold_actq`]). H100, 7B tg128 (session 5, NR 8): Q8_0 212.2 → 221.5 t/s, while
+/// Q4_K_M (274.1 → 266.7) and Q4_0 (316.3 → 307.6) lost.
+pub const FOLD_ACTQ_TYPES: &[&str] = &["Q8_0"];
 
 /// Types with an integer decode kernel (`idot` in dequant.wgsl): their activations are Q8_0
 /// (Q4_0, Q8_0) or Q8_K (K-quants) blocks on the CPU, whose int8 quants the kernel reads.
@@ -389,6 +404,13 @@ impl Tune {
         self.matvec_key_f32(ty, nt, nr, units)
     }
 
+    /// Whether the decode `ffn_down` mat-vec of type id `ty` rounds its own input.
+    pub fn fold_actq_for(&self, ty: u32) -> bool {
+        self.fold_actq.unwrap_or_else(|| {
+            GgmlType::from_id(ty).is_some_and(|t| FOLD_ACTQ_TYPES.contains(&t.name()))
+        })
+    }
+
     /// The integer decode mat-vec of type id `ty` (rows of `units` 32-weight units) that
     /// rounds its f32 input itself with activation kind `act` (3 Q8_0, 4 Q8_K), after
     /// RMSNorm when `norm` ([`KernelKey::MatVecQ8F`]); None where the type has no integer
@@ -398,7 +420,10 @@ impl Tune {
             return None;
         }
         let spl = self.q8_lanes(ty, units);
-        let nr = self.decode_nr(ty);
+        let nr = match self.fold_nr {
+            0 => 8,
+            n => n,
+        };
         Some(KernelKey::MatVecQ8F {
             ty,
             nr: if spl == 256 { nr.max(2) } else { nr },
@@ -474,7 +499,7 @@ impl Tune {
                 .unwrap_or(d)
         };
         Tune {
-            nr_decode: get("GGUFQ_NR_DECODE", 0, &[1, 2, 4]),
+            nr_decode: get("GGUFQ_NR_DECODE", 0, &[1, 2, 4, 8]),
             nr_prompt: get("GGUFQ_NR_PROMPT", NR_PROMPT, &[1, 2, 4]),
             nt_prompt: get("GGUFQ_NT_PROMPT", NT_PROMPT, &[4, 8, 16]),
             mm_min: std::env::var("GGUFQ_MM_MIN")
@@ -502,9 +527,14 @@ impl Tune {
             normq: std::env::var("GGUFQ_NORMQ").as_deref() != Ok("0"),
             attn_split: get("GGUFQ_ATTN_SPLIT", 32, &[0, 16, 32, 64, 128]),
             attn_exact: std::env::var("GGUFQ_ATTN_EXACT").as_deref() != Ok("0"),
-            fold_actq: std::env::var("GGUFQ_FOLD_ACTQ").as_deref() != Ok("0"),
-            fold_norm: std::env::var("GGUFQ_FOLD_NORM").as_deref() != Ok("0"),
+            fold_actq: match std::env::var("GGUFQ_FOLD_ACTQ").as_deref() {
+                Ok("0") => Some(false),
+                Ok("1") => Some(true),
+                _ => None,
+            },
+            fold_norm: std::env::var("GGUFQ_FOLD_NORM").as_deref() == Ok("1"),
             param_cache: std::env::var("GGUFQ_PARAM_CACHE").as_deref() != Ok("0"),
+            fold_nr: get("GGUFQ_FOLD_NR", 0, &[1, 2, 4, 8, 16]),
         }
     }
 }
@@ -785,7 +815,7 @@ fn matvec_source(
 fn matvec_q8_source(ctx: &GpuContext, ty: u32, nr: u32, spl: u32) -> Result<String> {
     let gt =
         GgmlType::from_id(ty).ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;
-    if !matches!(spl, 32 | 64 | 128 | 256) || !matches!(nr, 1 | 2 | 4) {
+    if !matches!(spl, 32 | 64 | 128 | 256) || !matches!(nr, 1 | 2 | 4 | 8) {
         return Err(Error::msg(format!(
             "integer mat-vec: {spl} lanes per row group, {nr} rows per group"
         )));
@@ -871,7 +901,10 @@ fn matvec_q8f_source(
 ) -> Result<String> {
     let gt =
         GgmlType::from_id(ty).ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;
-    if !matches!(spl, 32 | 64 | 128 | 256) || !matches!(nr, 1 | 2 | 4) || !matches!(act, 3 | 4) {
+    if !matches!(spl, 32 | 64 | 128 | 256)
+        || !matches!(nr, 1 | 2 | 4 | 8 | 16)
+        || !matches!(act, 3 | 4)
+    {
         return Err(Error::msg(format!(
             "integer mat-vec with rounding: {spl} lanes per row group, {nr} rows per group, rounding kind {act}"
         )));

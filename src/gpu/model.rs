@@ -221,6 +221,9 @@ struct Step {
 
 const SLOT: usize = 256;
 
+/// A forward call's batch shape: (tokens, all logits, fused decode graph).
+type BatchShape = (usize, bool, bool);
+
 /// GPU timestamps taken by [`GpuModel::forward_profiled`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Timestamps {
@@ -273,7 +276,7 @@ pub struct GpuModel {
     /// Batch shape (tokens, all logits, fused) whose parameters are in `params`.
     params_for: Option<(usize, bool, bool)>,
     /// Workgroup counts of the active steps for that shape.
-    disp_for: Option<((usize, bool, bool), Vec<(u32, u32)>)>,
+    disp_for: Option<(BatchShape, Vec<(u32, u32)>)>,
     /// One-token forwards run the fused decode graph.
     fused: bool,
     ctx: Arc<GpuContext>,
@@ -912,7 +915,7 @@ impl GpuModel {
                     super::actq::kind_for_weight(ty),
                     false,
                 )
-                .filter(|_| fuse_norm && actq_on && ctx.tune.fold_actq);
+                .filter(|_| fuse_norm && actq_on && ctx.tune.fold_actq_for(ty.id()));
             let Some(key) = key else { return };
             for s in &mut steps[from..] {
                 s.when = When::Batch;
