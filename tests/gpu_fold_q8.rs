@@ -244,7 +244,8 @@ fn gpu_decode_parameter_cache_follows_shape_changes() {
     let src = SynthSource::new(wide(), Mix::parse("q4_k_m").unwrap(), "w".to_string()).unwrap();
     let mut a = GpuModel::load(on, &src, opts()).unwrap();
     let mut b = GpuModel::load(off, &src, opts()).unwrap();
-    let calls: Vec<(Vec<(u32, u32, u32)>, bool)> = vec![
+    type Call = (Vec<(u32, u32, u32)>, bool);
+    let calls: Vec<Call> = vec![
         (vec![(5, 0, 0), (300, 0, 1), (17, 0, 2)], false),
         (vec![(9, 0, 3)], false),
         (vec![(260, 0, 4)], false),
