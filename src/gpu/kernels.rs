@@ -563,10 +563,39 @@ pub struct Tune {
     /// 11–17 % slower (Q4_0 5964 vs 6707 t/s, Q4_K_M 4793 vs 5790; 38 KiB of workgroup
     /// memory per workgroup instead of 23 KiB).
     pub coop_db: bool,
+    /// The decode graph rounds the SwiGLU output in the `ffn_down` mat-vec itself: each lane
+    /// quantizes the 32-value unit it dots from the f32 input in registers (Q8_K block maxima
+    /// over 8 lanes), instead of a separate rounding dispatch before it
+    /// ([`KernelKey::MatVecQ8F`] without norm). None (default) = by type
+    /// ([`FOLD_ACTQ_TYPES`]); GGUFQ_FOLD_ACTQ=1 for every [`Q8_TYPES`] matrix, =0 never.
+    pub fold_actq: Option<bool>,
+    /// The decode graph normalises and rounds the input of the QKV, gate/up and output
+    /// groups in the mat-vecs themselves (one workgroup reduction of Σx², then each lane its
+    /// own unit in registers, [`KernelKey::MatVecQ8F`] with norm) instead of a one-workgroup
+    /// [`KernelKey::NormQ8`] dispatch per group. Off by default (GGUFQ_FOLD_NORM=1 turns
+    /// it on): on the H100 (session 5, 7B Q4_K_M) qkv took 2044 µs per token with it vs
+    /// 792 µs after NormQ8, gate_up 3119 vs 932 (every workgroup reads and normalises the
+    /// whole f32 row).
+    pub fold_norm: bool,
+    /// Decode calls of the same batch shape reuse the parameters and workgroup counts of
+    /// the previous call instead of recomputing them (CPU time before each submit);
+    /// GGUFQ_PARAM_CACHE=0 recomputes them every call.
+    pub param_cache: bool,
+    /// Rows per row group of the kernels that round their own input (GGUFQ_FOLD_NR: 1, 2,
+    /// 4, 8, 16; 0 = default 8): every workgroup reads and rounds the whole f32 input, so
+    /// more rows per workgroup read it fewer times. H100, 7B ffn_down µs per token with
+    /// NR 4 / 8 / 16 (session 5): Q4_K_M 1154 / 978 / 1265, Q4_0 930 / 746 / 864, Q8_0
+    /// 1173 / 1006 / 1082 (rounding dispatch + mat-vec: 921, 841, 1255).
+    pub fold_nr: u32,
 }
 
 /// Most chunks per head of the split decode attention ([`Tune::attn_split`]).
 pub const ATTN_MAX_CHUNKS: u32 = 16;
+
+/// Weight types whose `ffn_down` decode mat-vec rounds its own input by default
+/// ([`Tune::fold_actq`]). H100, 7B tg128 (session 5, NR 8): Q8_0 212.2 → 221.5 t/s, while
+/// Q4_K_M (274.1 → 266.7) and Q4_0 (316.3 → 307.6) lost.
+pub const FOLD_ACTQ_TYPES: &[&str] = &["Q8_0"];
 
 /// Types with an integer decode kernel (`idot` in dequant.wgsl): their activations are Q8_0
 /// (Q4_0, Q8_0) or Q8_K (K-quants) blocks on the CPU, whose int8 quants the kernel reads.
@@ -623,6 +652,35 @@ impl Tune {
         self.matvec_key_f32(ty, nt, nr, units)
     }
 
+    /// Whether the decode `ffn_down` mat-vec of type id `ty` rounds its own input.
+    pub fn fold_actq_for(&self, ty: u32) -> bool {
+        self.fold_actq.unwrap_or_else(|| {
+            GgmlType::from_id(ty).is_some_and(|t| FOLD_ACTQ_TYPES.contains(&t.name()))
+        })
+    }
+
+    /// The integer decode mat-vec of type id `ty` (rows of `units` 32-weight units) that
+    /// rounds its f32 input itself with activation kind `act` (3 Q8_0, 4 Q8_K), after
+    /// RMSNorm when `norm` ([`KernelKey::MatVecQ8F`]); None where the type has no integer
+    /// kernel (see [`Tune::q8_for`]).
+    pub fn matvec_q8f_key(&self, ty: u32, units: usize, act: u32, norm: bool) -> Option<KernelKey> {
+        if !self.q8_for(ty) || !matches!(act, 3 | 4) {
+            return None;
+        }
+        let spl = self.q8_lanes(ty, units);
+        let nr = match self.fold_nr {
+            0 => 8,
+            n => n,
+        };
+        Some(KernelKey::MatVecQ8F {
+            ty,
+            nr: if spl == 256 { nr.max(2) } else { nr },
+            spl,
+            act,
+            norm,
+        })
+    }
+
     /// [`Tune::matvec_key`] without the integer kernel: the kernel that reads f32 inputs.
     pub fn matvec_key_f32(&self, ty: u32, nt: u32, nr: u32, units: usize) -> KernelKey {
         if nt == 1 && self.splitk_for(ty, units) {
@@ -648,7 +706,9 @@ impl Tune {
     pub fn rows_per_wg(&self, key: &KernelKey, nr: u32) -> u32 {
         match key {
             KernelKey::MatVecSplitK { .. } => nr.max(2),
-            KernelKey::MatVecQ8 { spl, nr, .. } => (256 / spl) * nr,
+            KernelKey::MatVecQ8 { spl, nr, .. } | KernelKey::MatVecQ8F { spl, nr, .. } => {
+                (256 / spl) * nr
+            }
             KernelKey::MatMat { .. } => 64,
             _ => 8 * nr,
         }
@@ -687,7 +747,7 @@ impl Tune {
                 .unwrap_or(d)
         };
         Tune {
-            nr_decode: get("GGUFQ_NR_DECODE", 0, &[1, 2, 4]),
+            nr_decode: get("GGUFQ_NR_DECODE", 0, &[1, 2, 4, 8]),
             nr_prompt: get("GGUFQ_NR_PROMPT", NR_PROMPT, &[1, 2, 4]),
             nt_prompt: get("GGUFQ_NT_PROMPT", NT_PROMPT, &[4, 8, 16]),
             mm_min: std::env::var("GGUFQ_MM_MIN")
@@ -721,6 +781,14 @@ impl Tune {
             coop_raw: std::env::var("GGUFQ_COOP_RAWK").as_deref() != Ok("0"),
             norm_round: std::env::var("GGUFQ_NORM_ROUND").as_deref() != Ok("0"),
             coop_db: std::env::var("GGUFQ_COOP_DB").as_deref() == Ok("1"),
+            fold_actq: match std::env::var("GGUFQ_FOLD_ACTQ").as_deref() {
+                Ok("0") => Some(false),
+                Ok("1") => Some(true),
+                _ => None,
+            },
+            fold_norm: std::env::var("GGUFQ_FOLD_NORM").as_deref() == Ok("1"),
+            param_cache: std::env::var("GGUFQ_PARAM_CACHE").as_deref() != Ok("0"),
+            fold_nr: get("GGUFQ_FOLD_NR", 0, &[1, 2, 4, 8, 16]),
         }
     }
 }
@@ -754,6 +822,16 @@ pub enum KernelKey {
     /// quants and per-32 scales (the packed region of the rounding's output), optionally in
     /// the split-K layout.
     MatVecQ8 { ty: u32, nr: u32, spl: u32 },
+    /// [`KernelKey::MatVecQ8`] whose f32 input is rounded in the kernel: each lane quantizes
+    /// the unit it dots (activation kind `act`: 3 Q8_0, 4 Q8_K), after RMSNorm of the whole
+    /// row with the weights at binding 4 when `norm` (eps in `P.pad1`).
+    MatVecQ8F {
+        ty: u32,
+        nr: u32,
+        spl: u32,
+        act: u32,
+        norm: bool,
+    },
     /// Decode RMSNorm of the residual row (`k4`·4 values) followed by the activation
     /// rounding `act` (3 Q8_0, 4 Q8_K), written as packed int8 quants and per-32 scales
     /// for the [`KernelKey::MatVecQ8`] kernels after it (one workgroup).
@@ -998,7 +1076,7 @@ fn matvec_source(
 fn matvec_q8_source(ctx: &GpuContext, ty: u32, nr: u32, spl: u32) -> Result<String> {
     let gt =
         GgmlType::from_id(ty).ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;
-    if !matches!(spl, 32 | 64 | 128 | 256) || !matches!(nr, 1 | 2 | 4) {
+    if !matches!(spl, 32 | 64 | 128 | 256) || !matches!(nr, 1 | 2 | 4 | 8) {
         return Err(Error::msg(format!(
             "integer mat-vec: {spl} lanes per row group, {nr} rows per group"
         )));
@@ -1013,7 +1091,6 @@ fn matvec_q8_source(ctx: &GpuContext, ty: u32, nr: u32, spl: u32) -> Result<Stri
     }
     let nr = nr as usize;
     let groups = 256 / spl;
-    let wpg = spl / 32; // warps per row group (subgroup path)
     let mut body = String::new();
     for r in 0..nr {
         body.push_str(&format!("    var acc_{r}_0 = 0.0;\n"));
@@ -1028,23 +1105,7 @@ fn matvec_q8_source(ctx: &GpuContext, ty: u32, nr: u32, spl: u32) -> Result<Stri
         body.push_str(&format!("        let gu_{r} = min(rbase + {r}u, P.rows - 1u) * P.units + u;\n        acc_{r}_0 += dx * idot(gu_{r} / UPB, gu_{r} % UPB, xa, xb, sx0, sx1);\n"));
     }
     body.push_str("    }\n");
-    let decl;
-    if ctx.subgroup32 {
-        // One sum per warp, then the warps of each row group.
-        decl = "var<workgroup> part: array<f32, 8u * NR>;".to_string();
-        for r in 0..nr {
-            body.push_str(&format!("    let s_{r} = subgroupAdd(acc_{r}_0);\n    if (lane == 0u) {{ part[warp * NR + {r}u] = s_{r}; }}\n"));
-        }
-        body.push_str("    workgroupBarrier();\n    if (lid < RPW) {\n        let g = lid / NR;\n        let r = lid % NR;\n        var t = 0.0;\n");
-        body.push_str(&format!(
-            "        for (var w = 0u; w < {wpg}u; w++) {{ t += part[(g * {wpg}u + w) * NR + r]; }}\n        res[lid] = t;\n    }}\n"
-        ));
-    } else {
-        decl = "var<workgroup> red: array<f32, 256>;".to_string();
-        for r in 0..nr {
-            body.push_str(&format!("    red[lid] = acc_{r}_0;\n    workgroupBarrier();\n    for (var s = SPL / 2u; s > 0u; s >>= 1u) {{\n        if (gl < s) {{ red[lid] += red[lid + s]; }}\n        workgroupBarrier();\n    }}\n    if (gl == 0u) {{ res[(lid / SPL) * NR + {r}u] = red[lid]; }}\n    workgroupBarrier();\n"));
-        }
-    }
+    let decl = q8_reduce(ctx, nr, spl, &mut body);
     let rpw = groups as usize * nr;
     Ok(MATVEC_WGSL
         .replace("$RPW", &rpw.to_string())
@@ -1057,6 +1118,184 @@ fn matvec_q8_source(ctx: &GpuContext, ty: u32, nr: u32, spl: u32) -> Result<Stri
         .replace("$BODY", &body)
         .replace("$DEQ", &deq)
         .replace("$NORM_DECL", "")
+        .replace("$NORM_PRO", ""))
+}
+
+/// The end of the integer decode kernels: the NR accumulators of each lane summed over the
+/// `spl` lanes of its row group into `res` (appended to `body`); returns the declarations.
+fn q8_reduce(ctx: &GpuContext, nr: usize, spl: u32, body: &mut String) -> String {
+    let wpg = spl / 32; // warps per row group (subgroup path)
+    if ctx.subgroup32 {
+        // One sum per warp, then the warps of each row group.
+        for r in 0..nr {
+            body.push_str(&format!("    let s_{r} = subgroupAdd(acc_{r}_0);\n    if (lane == 0u) {{ part[warp * NR + {r}u] = s_{r}; }}\n"));
+        }
+        body.push_str("    workgroupBarrier();\n    if (lid < RPW) {\n        let g = lid / NR;\n        let r = lid % NR;\n        var t = 0.0;\n");
+        body.push_str(&format!(
+            "        for (var w = 0u; w < {wpg}u; w++) {{ t += part[(g * {wpg}u + w) * NR + r]; }}\n        res[lid] = t;\n    }}\n"
+        ));
+        "var<workgroup> part: array<f32, 8u * NR>;".to_string()
+    } else {
+        for r in 0..nr {
+            body.push_str(&format!("    red[lid] = acc_{r}_0;\n    workgroupBarrier();\n    for (var s = SPL / 2u; s > 0u; s >>= 1u) {{\n        if (gl < s) {{ red[lid] += red[lid + s]; }}\n        workgroupBarrier();\n    }}\n    if (gl == 0u) {{ res[(lid / SPL) * NR + {r}u] = red[lid]; }}\n    workgroupBarrier();\n"));
+        }
+        "var<workgroup> red: array<f32, 256>;".to_string()
+    }
+}
+
+/// WGSL of [`KernelKey::MatVecQ8F`]: the integer decode kernel of [`matvec_q8_source`] (same
+/// lanes, rows and reduction) whose input X is the f32 row itself. Every lane rounds the
+/// 32-value unit it dots as `actq.wgsl` / [`KernelKey::NormQ8`] do (same operations, so the
+/// same quants and scales): the unit's largest |value|, for Q8_K (`act` 4) the maximum over
+/// the 8 lanes of a 256-value block (subgroup shuffles, or workgroup memory without
+/// subgroups), then the scale by `div_rn` and the int8 quants in registers. The loop runs
+/// the same number of steps in every lane (units past the row take part in the block maxima
+/// with 0 and dot nothing). `norm`: RMSNorm of the whole row first, Σx² reduced over the
+/// row group (one barrier with subgroups), each value x · inv · w as the NormQ8 kernel.
+fn matvec_q8f_source(
+    ctx: &GpuContext,
+    ty: u32,
+    nr: u32,
+    spl: u32,
+    act: u32,
+    norm: bool,
+) -> Result<String> {
+    let gt =
+        GgmlType::from_id(ty).ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;
+    if !matches!(spl, 32 | 64 | 128 | 256)
+        || !matches!(nr, 1 | 2 | 4 | 8 | 16)
+        || !matches!(act, 3 | 4)
+    {
+        return Err(Error::msg(format!(
+            "integer mat-vec with rounding: {spl} lanes per row group, {nr} rows per group, rounding kind {act}"
+        )));
+    }
+    let lay = layout(gt)?;
+    let deq = deq_source(gt, "W", "", "P.d_off")?;
+    if !deq.contains("fn idot") {
+        return Err(Error::msg(format!(
+            "no integer decode kernel for {}",
+            gt.name()
+        )));
+    }
+    let nr = nr as usize;
+    let wpg = spl / 32;
+    let mut decl = format!(
+        "{}\nfn amax4(v: vec4<f32>) -> f32 {{\n    let a = abs(v);\n    return max(max(a.x, a.y), max(a.z, a.w));\n}}\n",
+        actq_functions()
+    );
+    let mut body = String::new();
+    for r in 0..nr {
+        body.push_str(&format!("    var acc_{r}_0 = 0.0;\n"));
+    }
+    body.push_str("    let gl = lid % SPL;\n    let nit = (P.units + SPL - 1u) / SPL;\n");
+    if norm {
+        decl.push_str("@group(0) @binding(4) var<storage, read> NW: array<vec4<f32>>;\nvar<workgroup> nred: array<f32, 256>;\n");
+        body.push_str(
+            "    var ss = 0.0;
+    for (var it = 0u; it < nit; it++) {
+        let u = gl + it * SPL;
+        if (u < P.units) {
+            let b = P.x_off + u * 8u;
+            let a0 = X[b];
+            let a1 = X[b + 1u];
+            let a2 = X[b + 2u];
+            let a3 = X[b + 3u];
+            let a4 = X[b + 4u];
+            let a5 = X[b + 5u];
+            let a6 = X[b + 6u];
+            let a7 = X[b + 7u];
+            ss += ((dot(a0, a0) + dot(a1, a1)) + (dot(a2, a2) + dot(a3, a3))) + ((dot(a4, a4) + dot(a5, a5)) + (dot(a6, a6) + dot(a7, a7)));
+        }
+    }
+",
+        );
+        if ctx.subgroup32 {
+            body.push_str(&format!(
+                "    let wss = subgroupAdd(ss);
+    if (lane == 0u) {{ nred[warp] = wss; }}
+    workgroupBarrier();
+    var tot = 0.0;
+    for (var w = 0u; w < {wpg}u; w++) {{ tot += nred[(lid / SPL) * {wpg}u + w]; }}
+"
+            ));
+        } else {
+            body.push_str(
+                "    nred[lid] = ss;
+    workgroupBarrier();
+    for (var s = SPL / 2u; s > 0u; s >>= 1u) {
+        if (gl < s) { nred[lid] += nred[lid + s]; }
+        workgroupBarrier();
+    }
+    let tot = nred[lid - gl];
+",
+            );
+        }
+        body.push_str(
+            "    let inv = 1.0 / sqrt(tot / f32(P.units * 32u) + bitcast<f32>(P.pad1));\n",
+        );
+    }
+    body.push_str(
+        "    for (var it = 0u; it < nit; it++) {
+        let u = gl + it * SPL;
+        let live = u < P.units;
+        let b = P.x_off + min(u, P.units - 1u) * 8u;
+",
+    );
+    for j in 0..8 {
+        if norm {
+            body.push_str(&format!(
+                "        let v{j} = X[b + {j}u] * inv * NW[min(u, P.units - 1u) * 8u + {j}u];\n"
+            ));
+        } else {
+            body.push_str(&format!("        let v{j} = X[b + {j}u];\n"));
+        }
+    }
+    body.push_str("        var am = select(0.0, max(max(max(amax4(v0), amax4(v1)), max(amax4(v2), amax4(v3))), max(max(amax4(v4), amax4(v5)), max(amax4(v6), amax4(v7)))), live);\n");
+    if act == 4 {
+        // Q8_K: the block's 256 values are the units of 8 consecutive lanes.
+        if ctx.subgroup32 {
+            body.push_str("        am = max(am, subgroupShuffleXor(am, 1u));\n        am = max(am, subgroupShuffleXor(am, 2u));\n        am = max(am, subgroupShuffleXor(am, 4u));\n");
+        } else {
+            decl.push_str("var<workgroup> um: array<f32, 256>;\n");
+            body.push_str("        um[lid] = am;\n        workgroupBarrier();\n        let g8 = lid & ~7u;\n        am = max(max(max(um[g8], um[g8 + 1u]), max(um[g8 + 2u], um[g8 + 3u])), max(max(um[g8 + 4u], um[g8 + 5u]), max(um[g8 + 6u], um[g8 + 7u])));\n        workgroupBarrier();\n");
+        }
+        body.push_str(
+            "        var sx = 0.0;
+        var dx = 0.0;
+        if (am != 0.0) {
+            sx = div_rn(127.0, am);
+            dx = div_rn(1.0, sx);
+        }
+",
+        );
+        decl.push_str("fn pkq(v: vec4<f32>, s: f32) -> u32 {\n    return pack4xI8(vec4<i32>(min(round(s * v), vec4<f32>(127.0))));\n}\n");
+    } else {
+        body.push_str("        let sx = select(0.0, div_rn(127.0, am), am != 0.0);\n        let dx = round_f16(div_rn(am, 127.0));\n");
+        decl.push_str(
+            "fn pkq(v: vec4<f32>, s: f32) -> u32 {\n    return pack4xI8(vec4<i32>(round(v * s)));\n}\n",
+        );
+    }
+    body.push_str("        let xa = vec4<u32>(pkq(v0, sx), pkq(v1, sx), pkq(v2, sx), pkq(v3, sx));\n        let xb = vec4<u32>(pkq(v4, sx), pkq(v5, sx), pkq(v6, sx), pkq(v7, sx));\n");
+    body.push_str("        let one = 0x01010101u;\n        let sx0 = (dot4I8Packed(xa.x, one) + dot4I8Packed(xa.y, one)) + (dot4I8Packed(xa.z, one) + dot4I8Packed(xa.w, one));\n        let sx1 = (dot4I8Packed(xb.x, one) + dot4I8Packed(xb.y, one)) + (dot4I8Packed(xb.z, one) + dot4I8Packed(xb.w, one));\n");
+    body.push_str("        if (live) {\n");
+    for r in 0..nr {
+        body.push_str(&format!("            let gu_{r} = min(rbase + {r}u, P.rows - 1u) * P.units + u;\n            acc_{r}_0 += dx * idot(gu_{r} / UPB, gu_{r} % UPB, xa, xb, sx0, sx1);\n"));
+    }
+    body.push_str("        }\n    }\n");
+    let red = q8_reduce(ctx, nr, spl, &mut body);
+    let rpw = (256 / spl) as usize * nr;
+    Ok(MATVEC_WGSL
+        .replace("$RPW", &rpw.to_string())
+        .replace("$WARP_ROWS", "(lid / SPL) * NR")
+        .replace("$NT", "1")
+        .replace("$NR", &nr.to_string())
+        .replace("$UPB", &lay.units_per_block().to_string())
+        .replace("$RED_DECL", &format!("const SPL: u32 = {spl}u;\n{red}"))
+        .replace("$XTY", "vec4<f32>")
+        .replace("$BODY", &body)
+        .replace("$DEQ", &deq)
+        .replace("$NORM_DECL", &decl)
         .replace("$NORM_PRO", ""))
 }
 
@@ -1611,6 +1850,13 @@ impl Kernels {
                 matvec_source(ctx, *ty, 1, *nr, None, true, false)?
             }
             KernelKey::MatVecQ8 { ty, nr, spl } => matvec_q8_source(ctx, *ty, *nr, *spl)?,
+            KernelKey::MatVecQ8F {
+                ty,
+                nr,
+                spl,
+                act,
+                norm,
+            } => matvec_q8f_source(ctx, *ty, *nr, *spl, *act, *norm)?,
             KernelKey::NormQ8 { k4, act } => normq8_source(ctx, *k4, *act)?,
             KernelKey::MatVecNorm {
                 ty,

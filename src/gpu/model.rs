@@ -240,6 +240,9 @@ struct Step {
 
 const SLOT: usize = 256;
 
+/// A forward call's batch shape: (tokens, all logits, fused decode graph).
+type BatchShape = (usize, bool, bool);
+
 /// GPU timestamps taken by [`GpuModel::forward_profiled`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Timestamps {
@@ -291,6 +294,8 @@ pub struct GpuModel {
     prerecorded: Option<((usize, bool, bool), wgpu::CommandBuffer)>,
     /// Batch shape (tokens, all logits, fused) whose parameters are in `params`.
     params_for: Option<(usize, bool, bool)>,
+    /// Workgroup counts of the active steps for that shape.
+    disp_for: Option<(BatchShape, Vec<(u32, u32)>)>,
     /// One-token forwards run the fused decode graph.
     fused: bool,
     ctx: Arc<GpuContext>,
@@ -869,6 +874,35 @@ impl GpuModel {
             } else {
                 0
             };
+            // Norm and rounding in the mat-vec itself (`Tune::fold_norm`).
+            let folded = ctx
+                .tune
+                .matvec_q8f_key(ty.id(), mats[m].cols / 32, kind, true)
+                .filter(|_| ctx.tune.fold_norm);
+            if let Some(key) = folded {
+                for c in 0..mats[m].chunks.len() {
+                    let slot = steps.len();
+                    steps.push(Step {
+                        kind: StepKind::Mat {
+                            m,
+                            c,
+                            x_ld: (d / 4) as u32,
+                            y_off: y_off as u32,
+                            ld_y: ld_y as u32,
+                            mode,
+                            last_only: true,
+                            q8e: 0,
+                        },
+                        bind: bg(&bgl_matn, &[&mats[m].chunks[c].buf, &x, yb, nw], slot),
+                        when: When::Decode,
+                        role,
+                        slot,
+                        key: key.clone(),
+                        n: 0,
+                    });
+                }
+                return;
+            }
             if ctx.tune.normq && ctx.tune.q8_for(ty.id()) && matches!(kind, 3 | 4) {
                 let buf = &nq[kind as usize - 3];
                 let mut live = normq_live.borrow_mut();
@@ -949,6 +983,55 @@ impl GpuModel {
                         },
                         q8: ctx.tune.q8_for(mats[m].ty.id()),
                     },
+                    n: 0,
+                });
+            }
+        };
+        // The decode graph's own `ffn_down` step that rounds its f32 input itself
+        // (`Tune::fold_actq`): the rounding and matrix steps from `from` (recorded by
+        // `add_mat` for both graphs) are left to the batch graph.
+        #[allow(clippy::too_many_arguments)]
+        let fold_actq = |steps: &mut Vec<Step>,
+                         mats: &Vec<GpuMatrix>,
+                         from: usize,
+                         m: usize,
+                         xb: &wgpu::Buffer,
+                         yb: &wgpu::Buffer,
+                         x_ld: usize,
+                         mode: u32,
+                         role: &'static str| {
+            let ty = mats[m].ty;
+            let key = ctx
+                .tune
+                .matvec_q8f_key(
+                    ty.id(),
+                    mats[m].cols / 32,
+                    super::actq::kind_for_weight(ty),
+                    false,
+                )
+                .filter(|_| fuse_norm && actq_on && ctx.tune.fold_actq_for(ty.id()));
+            let Some(key) = key else { return };
+            for s in &mut steps[from..] {
+                s.when = When::Batch;
+            }
+            for c in 0..mats[m].chunks.len() {
+                let slot = steps.len();
+                steps.push(Step {
+                    kind: StepKind::Mat {
+                        m,
+                        c,
+                        x_ld: (x_ld / 4) as u32,
+                        y_off: 0,
+                        ld_y: d as u32,
+                        mode,
+                        last_only: false,
+                        q8e: 0,
+                    },
+                    bind: bg(&bgl_mat, &[&mats[m].chunks[c].buf, xb, yb], slot),
+                    when: When::Decode,
+                    role,
+                    slot,
+                    key: key.clone(),
                     n: 0,
                 });
             }
@@ -1136,8 +1219,12 @@ impl GpuModel {
                         &mut steps, &mats, ly.gu[0], &ly.fnm, &hid, 0, cfg.n_ff, 2, "gate_up",
                     );
                 }
+                let b0 = steps.len();
                 add_mat(
                     &mut steps, &mats, ly.down, &hid, &x, cfg.n_ff, 0, d, 1, false, "down",
+                );
+                fold_actq(
+                    &mut steps, &mats, b0, ly.down, &hid, &x, cfg.n_ff, 1, "down",
                 );
             } else {
                 // Gate and up of different types: gate → hid[t][ff..2ff], then the up pass
@@ -1194,6 +1281,7 @@ impl GpuModel {
                         "up",
                     );
                 }
+                let b0 = steps.len();
                 add_mat(
                     &mut steps,
                     &mats,
@@ -1205,6 +1293,17 @@ impl GpuModel {
                     d,
                     1,
                     false,
+                    "down",
+                );
+                fold_actq(
+                    &mut steps,
+                    &mats,
+                    b0,
+                    ly.down,
+                    &hid,
+                    &x,
+                    2 * cfg.n_ff,
+                    1,
                     "down",
                 );
             }
@@ -1242,7 +1341,7 @@ impl GpuModel {
             let pl = match s.key {
                 KernelKey::Rope => &pl_rope,
                 KernelKey::Attention { .. } => &pl_attn,
-                KernelKey::MatVecNorm { .. } => &pl_matn,
+                KernelKey::MatVecNorm { .. } | KernelKey::MatVecQ8F { norm: true, .. } => &pl_matn,
                 KernelKey::NormQ8 { .. } => &pl_nq,
                 KernelKey::AttnDecode { .. } => &pl_attd,
                 KernelKey::NormRound { .. } => &pl_nr,
@@ -1279,6 +1378,7 @@ impl GpuModel {
             prerecord: ctx.tune.prerecord,
             prerecorded: None,
             params_for: None,
+            disp_for: None,
             fused,
             ctx,
             label: src.label(),
@@ -1360,11 +1460,7 @@ impl GpuModel {
     /// allows it and GGUFQ_FUSE is not 0) or through the batch graph (for comparisons).
     /// Returns whether the fused graph is in use.
     pub fn set_fused_decode(&mut self, on: bool) -> bool {
-        self.fused = on
-            && self
-                .steps
-                .iter()
-                .any(|s| matches!(s.key, KernelKey::MatVecNorm { .. }));
+        self.fused = on && self.steps.iter().any(|s| s.when == When::Decode);
         self.dispatches = self.dispatches_per_token();
         self.fused
     }
@@ -1507,173 +1603,191 @@ impl GpuModel {
             .write_buffer(&self.tinfo, 0, bytemuck::cast_slice(&ti));
         let cfg = &self.cfg;
         let mode = self.mode(n);
-        let mut pbytes = vec![0u8; self.steps.len() * SLOT];
-        let mut disp: Vec<(u32, u32)> = Vec::with_capacity(self.steps.len());
-        for s in self.steps.iter().filter(|s| s.when.runs(mode, n)) {
-            let p: [u32; 12];
-            let wg;
-            match s.kind {
-                StepKind::Norm => {
-                    p = [s.n, n as u32, cfg.eps.to_bits(), 0, 0, 0, 0, 0, 0, 0, 0, 0];
-                    wg = (n as u32, 1);
-                }
-                StepKind::NormRound { q8e } => {
-                    // The packed quants only where a one-token mat-vec reads them.
-                    let q8 = if n == 1 { q8e } else { 0 };
-                    p = [s.n, n as u32, cfg.eps.to_bits(), q8, 0, 0, 0, 0, 0, 0, 0, 0];
-                    wg = (n as u32, 1);
-                }
-                StepKind::Embed { c } => {
-                    let ch = self
-                        .embd_gpu
-                        .as_ref()
-                        .and_then(|m| m.chunks.get(c))
-                        .ok_or_else(|| Error::msg("internal: embedding step without its chunk"))?;
-                    p = super::embed::params(ch, d, n as u32);
-                    wg = super::embed::workgroups(d, n as u32);
-                }
-                StepKind::NormQ8 { q8e } => {
-                    // Decode only: one token, residual row 0.
-                    p = [0, 0, 0, 0, q8e, 0, 0, 1, 0, 0, 0, cfg.eps.to_bits()];
-                    wg = (1, 1);
-                }
-                StepKind::Mat {
-                    m,
-                    c,
-                    x_ld,
-                    y_off,
-                    ld_y,
-                    mode,
-                    last_only,
-                    q8e,
-                } => {
-                    let mat = &self.mats[m];
-                    let ch = &mat.chunks[c];
-                    let (x_off, ntok) = if last_only && !all_logits {
-                        ((n as u32 - 1) * x_ld, 1)
-                    } else {
-                        (0, n as u32)
-                    };
-                    let tune = self.ctx.tune;
-                    let aux = if mode == 3 { cfg.n_ff as u32 } else { 0 };
-                    p = [
-                        ch.rows,
-                        (mat.cols / 32) as u32,
-                        ch.d_off,
-                        x_off,
-                        // The integer decode kernel finds its packed input from ld_x (it
-                        // reads one token).
-                        if ntok == 1 && q8e != 0 { q8e } else { x_ld },
+        let shape = (n, all_logits, mode == When::Decode);
+        // Parameters and workgroup counts depend only on the batch shape: consecutive
+        // decode steps reuse them (`Tune::param_cache`).
+        let cached = match self.disp_for.take() {
+            Some((k, d))
+                if k == shape && self.params_for == Some(shape) && self.ctx.tune.param_cache =>
+            {
+                Some(d)
+            }
+            _ => None,
+        };
+        let disp = if let Some(d) = cached {
+            d
+        } else {
+            let mut pbytes = vec![0u8; self.steps.len() * SLOT];
+            let mut disp: Vec<(u32, u32)> = Vec::with_capacity(self.steps.len());
+            for s in self.steps.iter().filter(|s| s.when.runs(mode, n)) {
+                let p: [u32; 12];
+                let wg;
+                match s.kind {
+                    StepKind::Norm => {
+                        p = [s.n, n as u32, cfg.eps.to_bits(), 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                        wg = (n as u32, 1);
+                    }
+                    StepKind::NormRound { q8e } => {
+                        // The packed quants only where a one-token mat-vec reads them.
+                        let q8 = if n == 1 { q8e } else { 0 };
+                        p = [s.n, n as u32, cfg.eps.to_bits(), q8, 0, 0, 0, 0, 0, 0, 0, 0];
+                        wg = (n as u32, 1);
+                    }
+                    StepKind::Embed { c } => {
+                        let ch = self
+                            .embd_gpu
+                            .as_ref()
+                            .and_then(|m| m.chunks.get(c))
+                            .ok_or_else(|| {
+                                Error::msg("internal: embedding step without its chunk")
+                            })?;
+                        p = super::embed::params(ch, d, n as u32);
+                        wg = super::embed::workgroups(d, n as u32);
+                    }
+                    StepKind::NormQ8 { q8e } => {
+                        // Decode only: one token, residual row 0.
+                        p = [0, 0, 0, 0, q8e, 0, 0, 1, 0, 0, 0, cfg.eps.to_bits()];
+                        wg = (1, 1);
+                    }
+                    StepKind::Mat {
+                        m,
+                        c,
+                        x_ld,
                         y_off,
                         ld_y,
-                        ntok,
                         mode,
-                        ch.row0,
-                        aux,
-                        cfg.eps.to_bits(),
-                    ];
-                    wg = if ntok == 1 {
-                        (
-                            ch.rows
-                                .div_ceil(tune.rows_per_wg(&s.key, tune.decode_nr(mat.ty.id()))),
-                            1,
-                        )
-                    } else if ntok >= tune.mm_min {
-                        let (tr, tt) = super::kernels::matmat_tile(&self.ctx, mat.ty.id());
-                        (ch.rows.div_ceil(tr), ntok.div_ceil(tt))
-                    } else {
-                        (
-                            ch.rows.div_ceil(8 * tune.nr_prompt),
-                            ntok.div_ceil(tune.nt_prompt),
-                        )
-                    };
+                        last_only,
+                        q8e,
+                    } => {
+                        let mat = &self.mats[m];
+                        let ch = &mat.chunks[c];
+                        let (x_off, ntok) = if last_only && !all_logits {
+                            ((n as u32 - 1) * x_ld, 1)
+                        } else {
+                            (0, n as u32)
+                        };
+                        let tune = self.ctx.tune;
+                        let aux = if mode == 3 { cfg.n_ff as u32 } else { 0 };
+                        p = [
+                            ch.rows,
+                            (mat.cols / 32) as u32,
+                            ch.d_off,
+                            x_off,
+                            // The integer decode kernel finds its packed input from ld_x (it
+                            // reads one token).
+                            if ntok == 1 && q8e != 0 { q8e } else { x_ld },
+                            y_off,
+                            ld_y,
+                            ntok,
+                            mode,
+                            ch.row0,
+                            aux,
+                            cfg.eps.to_bits(),
+                        ];
+                        wg = if ntok == 1 {
+                            (
+                                ch.rows.div_ceil(
+                                    tune.rows_per_wg(&s.key, tune.decode_nr(mat.ty.id())),
+                                ),
+                                1,
+                            )
+                        } else if ntok >= tune.mm_min {
+                            let (tr, tt) = super::kernels::matmat_tile(&self.ctx, mat.ty.id());
+                            (ch.rows.div_ceil(tr), ntok.div_ceil(tt))
+                        } else {
+                            (
+                                ch.rows.div_ceil(8 * tune.nr_prompt),
+                                ntok.div_ceil(tune.nt_prompt),
+                            )
+                        };
+                    }
+                    StepKind::ActQ {
+                        kind,
+                        k,
+                        ld,
+                        last_only,
+                        q8e,
+                    } => {
+                        let (x_off, ntok) = if last_only && !all_logits {
+                            ((n as u32 - 1) * ld, 1)
+                        } else {
+                            (0, n as u32)
+                        };
+                        p = super::actq::params_q8(k, ld, x_off, ntok, kind, q8e);
+                        wg = super::actq::workgroups(k, ntok);
+                    }
+                    StepKind::Rope => {
+                        p = [
+                            cfg.n_head as u32,
+                            cfg.n_kv as u32,
+                            cfg.head_dim as u32,
+                            self.opts.n_ctx as u32,
+                            n as u32,
+                            cfg.qkv_dim() as u32,
+                            (cfg.n_kv * cfg.head_dim) as u32,
+                            cfg.n_rot as u32,
+                            0,
+                            0,
+                            0,
+                            0,
+                        ];
+                        let total = (cfg.n_head + 2 * cfg.n_kv) * cfg.head_dim / 2;
+                        wg = ((total as u32).div_ceil(64), n as u32);
+                    }
+                    StepKind::AttnCombineQ {
+                        kind,
+                        k,
+                        ld,
+                        q8e,
+                        stats,
+                    } => {
+                        let mut q = super::actq::params_q8(k, ld, 0, n as u32, kind, q8e);
+                        q[6] = cfg.head_dim as u32;
+                        q[7] = cfg.n_head as u32;
+                        q[8] = stats;
+                        p = q;
+                        wg = super::actq::workgroups(k, n as u32);
+                    }
+                    StepKind::Attn | StepKind::AttnDecode { .. } => {
+                        p = [
+                            cfg.n_head as u32,
+                            cfg.n_kv as u32,
+                            cfg.head_dim as u32,
+                            self.opts.n_ctx as u32,
+                            n as u32,
+                            cfg.qkv_dim() as u32,
+                            (cfg.n_kv * cfg.head_dim) as u32,
+                            d as u32,
+                            (1.0 / (cfg.head_dim as f32).sqrt()).to_bits(),
+                            cfg.n_rot as u32,
+                            match s.kind {
+                                StepKind::AttnDecode { stats, .. } => stats,
+                                _ => 0,
+                            },
+                            0,
+                        ];
+                        wg = match (&s.key, s.kind) {
+                            (KernelKey::Attention { qt, .. }, _) => {
+                                (cfg.n_head as u32, (n as u32).div_ceil(*qt))
+                            }
+                            (_, StepKind::AttnDecode { nch, .. }) => {
+                                (cfg.n_head as u32 * nch, n as u32)
+                            }
+                            _ => (cfg.n_head as u32, n as u32),
+                        };
+                    }
                 }
-                StepKind::ActQ {
-                    kind,
-                    k,
-                    ld,
-                    last_only,
-                    q8e,
-                } => {
-                    let (x_off, ntok) = if last_only && !all_logits {
-                        ((n as u32 - 1) * ld, 1)
-                    } else {
-                        (0, n as u32)
-                    };
-                    p = super::actq::params_q8(k, ld, x_off, ntok, kind, q8e);
-                    wg = super::actq::workgroups(k, ntok);
-                }
-                StepKind::Rope => {
-                    p = [
-                        cfg.n_head as u32,
-                        cfg.n_kv as u32,
-                        cfg.head_dim as u32,
-                        self.opts.n_ctx as u32,
-                        n as u32,
-                        cfg.qkv_dim() as u32,
-                        (cfg.n_kv * cfg.head_dim) as u32,
-                        cfg.n_rot as u32,
-                        0,
-                        0,
-                        0,
-                        0,
-                    ];
-                    let total = (cfg.n_head + 2 * cfg.n_kv) * cfg.head_dim / 2;
-                    wg = ((total as u32).div_ceil(64), n as u32);
-                }
-                StepKind::AttnCombineQ {
-                    kind,
-                    k,
-                    ld,
-                    q8e,
-                    stats,
-                } => {
-                    let mut q = super::actq::params_q8(k, ld, 0, n as u32, kind, q8e);
-                    q[6] = cfg.head_dim as u32;
-                    q[7] = cfg.n_head as u32;
-                    q[8] = stats;
-                    p = q;
-                    wg = super::actq::workgroups(k, n as u32);
-                }
-                StepKind::Attn | StepKind::AttnDecode { .. } => {
-                    p = [
-                        cfg.n_head as u32,
-                        cfg.n_kv as u32,
-                        cfg.head_dim as u32,
-                        self.opts.n_ctx as u32,
-                        n as u32,
-                        cfg.qkv_dim() as u32,
-                        (cfg.n_kv * cfg.head_dim) as u32,
-                        d as u32,
-                        (1.0 / (cfg.head_dim as f32).sqrt()).to_bits(),
-                        cfg.n_rot as u32,
-                        match s.kind {
-                            StepKind::AttnDecode { stats, .. } => stats,
-                            _ => 0,
-                        },
-                        0,
-                    ];
-                    wg = match (&s.key, s.kind) {
-                        (KernelKey::Attention { qt, .. }, _) => {
-                            (cfg.n_head as u32, (n as u32).div_ceil(*qt))
-                        }
-                        (_, StepKind::AttnDecode { nch, .. }) => {
-                            (cfg.n_head as u32 * nch, n as u32)
-                        }
-                        _ => (cfg.n_head as u32, n as u32),
-                    };
-                }
+                pbytes[s.slot * SLOT..s.slot * SLOT + 48].copy_from_slice(bytemuck::cast_slice(&p));
+                disp.push(wg);
             }
-            pbytes[s.slot * SLOT..s.slot * SLOT + 48].copy_from_slice(bytemuck::cast_slice(&p));
-            disp.push(wg);
-        }
-        // The parameters depend only on the batch shape (positions are in the token table):
-        // consecutive decode steps upload them once.
-        let shape = (n, all_logits, mode == When::Decode);
-        if self.params_for != Some(shape) {
-            self.ctx.queue.write_buffer(&self.params, 0, &pbytes);
-            self.params_for = Some(shape);
-        }
+            // The parameters depend only on the batch shape (positions are in the token table):
+            // consecutive decode steps upload them once.
+            if self.params_for != Some(shape) {
+                self.ctx.queue.write_buffer(&self.params, 0, &pbytes);
+                self.params_for = Some(shape);
+            }
+            disp
+        };
         let t_prepared = Instant::now();
         let n_q = match ts {
             Timestamps::Off => 0,
@@ -1737,6 +1851,7 @@ impl GpuModel {
                 .map(|p| p[1].saturating_sub(p[0]) as f64 * period)
                 .collect();
         }
+        self.disp_for = Some((shape, disp));
         Ok((out, times))
     }
 
