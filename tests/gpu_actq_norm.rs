@@ -8,20 +8,10 @@
 use std::sync::Arc;
 
 use ggufq::gpu::model::{GpuModel, ModelOptions};
-use ggufq::gpu::source::Mix;
-use ggufq::gpu::{GpuContext, Shape, SynthSource};
+use ggufq::gpu::GpuContext;
 
 #[path = "common/gpu_fixture.rs"]
 mod gpu_fixture;
-
-fn tiny(mix: &str) -> SynthSource {
-    SynthSource::new(
-        Shape::named("tiny").unwrap(),
-        Mix::parse(mix).unwrap(),
-        format!("tiny-{mix}"),
-    )
-    .unwrap()
-}
 
 fn count(roles: &[&str], role: &str) -> usize {
     roles.iter().filter(|r| **r == role).count()
@@ -41,7 +31,7 @@ fn norm_with_rounding_matches_separate_dispatches() {
         n_seq: 1,
     };
     for mix in ["q4_k_m", "q8_0", "q4_0", "f16"] {
-        let src = tiny(mix);
+        let src = gpu_fixture::tiny_source(mix);
         let load = |ctx: &Arc<GpuContext>| GpuModel::load(ctx.clone(), &src, opts.clone()).unwrap();
         let (mut a, mut b) = (load(&on), load(&off));
         let n = 19;

@@ -8,8 +8,7 @@ use std::sync::Arc;
 
 use ggufq::gpu::embed::lookup_rows;
 use ggufq::gpu::model::{GpuModel, ModelOptions};
-use ggufq::gpu::source::Mix;
-use ggufq::gpu::{DeviceOptions, Shape, SynthSource};
+use ggufq::gpu::DeviceOptions;
 use ggufq::quant::{dequantize_row, quantize_tensor, GgmlType};
 
 #[path = "common/gpu_fixture.rs"]
@@ -111,15 +110,6 @@ fn gpu_embedding_rejects_ids_outside_the_matrix() {
     assert!(e.contains("token id 4") && e.contains("4 rows"), "{e}");
 }
 
-fn tiny(mix: &str) -> SynthSource {
-    SynthSource::new(
-        Shape::named("tiny").unwrap(),
-        Mix::parse(mix).unwrap(),
-        format!("tiny-{mix}"),
-    )
-    .unwrap()
-}
-
 #[test]
 fn gpu_embedding_prompt_logits_match_the_cpu_lookup() {
     let Some(on) = gpu_fixture::context_tuned(|c| c.tune.gpu_embd = true) else {
@@ -134,7 +124,7 @@ fn gpu_embedding_prompt_logits_match_the_cpu_lookup() {
         n_seq: 1,
     };
     for mix in ["q8_0", "q4_0", "q4_k_m"] {
-        let src = tiny(mix);
+        let src = gpu_fixture::tiny_source(mix);
         let load = |ctx: &Arc<ggufq::gpu::GpuContext>| {
             GpuModel::load(ctx.clone(), &src, opts.clone()).unwrap()
         };
@@ -180,13 +170,7 @@ fn kernel_check_covers_gpu_embedding_of_every_type() {
     if gpu_fixture::context().is_none() {
         return;
     }
-    let out = assert_cmd::Command::cargo_bin("ggufq")
-        .unwrap()
-        .args(["bench", "--kernel-check"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let text = gpu_fixture::kernel_check_stdout();
     for ty in TYPES {
         let line = text
             .lines()

@@ -1069,6 +1069,20 @@ fn matvec_source(
         .replace("$NORM_PRO", &norm_pro))
 }
 
+/// Layout and dequantization functions of `gt` for the integer decode mat-vecs; an error if
+/// the type has no `idot` (integer dot product) function.
+fn int_deq(gt: GgmlType) -> Result<(GpuLayout, String)> {
+    let lay = layout(gt)?;
+    let deq = deq_source(gt, "W", "", "P.d_off")?;
+    if !deq.contains("fn idot") {
+        return Err(Error::msg(format!(
+            "no integer decode kernel for {}",
+            gt.name()
+        )));
+    }
+    Ok((lay, deq))
+}
+
 /// WGSL of the integer decode mat-vec ([`KernelKey::MatVecQ8`]): `spl` lanes (a power of
 /// two from 32 to 256) share the units of each group of `nr` rows, each lane one unit per
 /// step; the activation is the packed region of X (int8 quants from word `P.ld_x`, then the
@@ -1081,14 +1095,7 @@ fn matvec_q8_source(ctx: &GpuContext, ty: u32, nr: u32, spl: u32) -> Result<Stri
             "integer mat-vec: {spl} lanes per row group, {nr} rows per group"
         )));
     }
-    let lay = layout(gt)?;
-    let deq = deq_source(gt, "W", "", "P.d_off")?;
-    if !deq.contains("fn idot") {
-        return Err(Error::msg(format!(
-            "no integer decode kernel for {}",
-            gt.name()
-        )));
-    }
+    let (lay, deq) = int_deq(gt)?;
     let nr = nr as usize;
     let groups = 256 / spl;
     let mut body = String::new();
@@ -1170,14 +1177,7 @@ fn matvec_q8f_source(
             "integer mat-vec with rounding: {spl} lanes per row group, {nr} rows per group, rounding kind {act}"
         )));
     }
-    let lay = layout(gt)?;
-    let deq = deq_source(gt, "W", "", "P.d_off")?;
-    if !deq.contains("fn idot") {
-        return Err(Error::msg(format!(
-            "no integer decode kernel for {}",
-            gt.name()
-        )));
-    }
+    let (lay, deq) = int_deq(gt)?;
     let nr = nr as usize;
     let wpg = spl / 32;
     let mut decl = format!(
