@@ -34,6 +34,11 @@ struct Params {
 var<workgroup> red: array<f32, 256>;
 var<workgroup> qv: array<i32, 256>;
 var<workgroup> dv: array<f32, 8>;
+var<workgroup> sc: array<vec2<f32>, 8>;
+
+// Scales computed once per block by one lane (`Tune::actq_lane_div`, GGUFQ_ACTQ_DIV=0: by
+// every thread).
+const LANE_DIV: bool = $LANE_DIV;
 
 // a / b correctly rounded (ties to even) for positive normal a, b with a normal quotient, by
 // long division of the 24-bit significands: GPU `/` may be approximate and `fma` unfused
@@ -122,25 +127,51 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     let bs = select(256u, 32u, P.kind == 3u);
     red[lid] = abs(v);
     workgroupBarrier();
-    for (var s = 128u; s > 0u; s >>= 1u) {
-        if (s < bs && (lid % bs) < s) {
+    for (var s = bs / 2u; s > 0u; s >>= 1u) {
+        if ((lid % bs) < s) {
             red[lid] = max(red[lid], red[lid + s]);
         }
         workgroupBarrier();
     }
-    let amax = red[lid - lid % bs];
     var q = 0.0;
     var dq = 0.0;
-    if (P.kind == 3u) {
-        // Q8_0 / Q8_1: d = amax / 127 stored as f16, q = round(x · 127 / amax).
-        let id = select(0.0, div_rn(127.0, amax), amax != 0.0);
-        dq = round_f16(div_rn(amax, 127.0));
-        q = round(v * id);
-    } else if (amax != 0.0) {
-        // Q8_K: iscale = ∓127 / max, d = 1 / iscale (the sign of max cancels in q · d).
-        let iscale = div_rn(127.0, amax);
-        dq = div_rn(1.0, iscale);
-        q = min(round(iscale * v), 127.0);
+    if (LANE_DIV) {
+        // The long divisions once per block, by lanes 0.. of the first warp (8 blocks of
+        // Q8_0 in one warp's pass instead of one pass per warp), shared through `sc`.
+        if (lid < 256u / bs) {
+            let amax = red[lid * bs];
+            var mul = 0.0;
+            var d = 0.0;
+            if (P.kind == 3u) {
+                mul = select(0.0, div_rn(127.0, amax), amax != 0.0);
+                d = round_f16(div_rn(amax, 127.0));
+            } else if (amax != 0.0) {
+                mul = div_rn(127.0, amax);
+                d = div_rn(1.0, mul);
+            }
+            sc[lid] = vec2<f32>(mul, d);
+        }
+        workgroupBarrier();
+        let m = sc[lid / bs];
+        dq = m.y;
+        if (P.kind == 3u) {
+            q = round(v * m.x);
+        } else if (m.x != 0.0) {
+            q = min(round(m.x * v), 127.0);
+        }
+    } else {
+        let amax = red[lid - lid % bs];
+        if (P.kind == 3u) {
+            // Q8_0 / Q8_1: d = amax / 127 stored as f16, q = round(x · 127 / amax).
+            let id = select(0.0, div_rn(127.0, amax), amax != 0.0);
+            dq = round_f16(div_rn(amax, 127.0));
+            q = round(v * id);
+        } else if (amax != 0.0) {
+            // Q8_K: iscale = ∓127 / max, d = 1 / iscale (the sign of max cancels in q · d).
+            let iscale = div_rn(127.0, amax);
+            dq = div_rn(1.0, iscale);
+            q = min(round(iscale * v), 127.0);
+        }
     }
     if (live) {
         Y[o] = bitcast<u32>(q * dq);

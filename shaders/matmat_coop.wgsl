@@ -42,8 +42,11 @@ const WR: u32 = $WRu;
 const WT: u32 = $WTu;
 const SGR: u32 = BM / WR;
 
-var<workgroup> Ws: array<f16, BM * LDW>;  // [BM rows][LDW]: W[row][k]
-var<workgroup> Xs: array<f16, BN * LDW>;  // [BN tokens][LDW]: X[t][k]
+// NBUF stage buffers (2: a stage is stored while the previous one is multiplied, one barrier
+// per stage).
+const NBUF: u32 = $NBUFu;
+var<workgroup> Ws: array<f16, NBUF * BM * LDW>;  // [BM rows][LDW]: W[row][k]
+var<workgroup> Xs: array<f16, NBUF * BN * LDW>;  // [BN tokens][LDW]: X[t][k]
 var<workgroup> Cs: array<f32, 2048>;      // per subgroup one 16 × 16 tile, column-major
 
 $DEQ
@@ -78,6 +81,56 @@ fn epilogue(sg: u32, lane: u32, r0: u32, t0: u32) {
     }
 }
 
+// Tile loads. Weight item h of thread lid: row wr = p / (8·KU), group q = p % (8·KU) of the
+// stage's units (p = lid + 256·h); input item h: token xt, group q likewise.
+fn w_gu(h: u32, lid: u32, u0: u32, row_base: u32) -> vec2<u32> {
+    let p = lid + h * 256u;
+    let wr = p / (8u * KU);
+    let q = p % (8u * KU);
+    let u = min(u0 + q / 8u, P.units - 1u);
+    return vec2<u32>(min(row_base + wr, P.rows - 1u) * P.units + u, q);
+}
+
+fn w_live(h: u32, lid: u32, u0: u32) -> bool {
+    return u0 + ((lid + h * 256u) % (8u * KU)) / 8u < P.units;
+}
+
+fn w_store(h: u32, lid: u32, wb: u32, w: vec4<f16>) {
+    let p = lid + h * 256u;
+    let wo = wb + (p / (8u * KU)) * LDW + 4u * (p % (8u * KU));
+    Ws[wo] = w.x;
+    Ws[wo + 1u] = w.y;
+    Ws[wo + 2u] = w.z;
+    Ws[wo + 3u] = w.w;
+}
+
+// The input group (f32, as stored) of item h at stage u0; zero past the row.
+fn x_load(h: u32, lid: u32, u0: u32, tok_base: u32) -> vec4<f32> {
+    let p = lid + h * 256u;
+    let xt = p / (8u * KU);
+    let q = p % (8u * KU);
+    let t = min(tok_base + xt, P.n_tok - 1u);
+    let g = min(u0 * 8u + q, P.units * 8u - 1u);
+    return select(vec4<f32>(0.0), X[P.x_off + t * P.ld_x + g], u0 + q / 8u < P.units);
+}
+
+fn x_store(h: u32, lid: u32, xb: u32, x: vec4<f32>) {
+    let p = lid + h * 256u;
+    let xo = xb + (p / (8u * KU)) * LDW + 4u * (p % (8u * KU));
+    let xv = vec4<f16>(x);
+    Xs[xo] = xv.x;
+    Xs[xo + 1u] = xv.y;
+    Xs[xo + 2u] = xv.z;
+    Xs[xo + 3u] = xv.w;
+}
+
+// Weight item h at stage u0, dequantized (zero past the row).
+fn wdeq(h: u32, lid: u32, u0: u32, row_base: u32) -> vec4<f16> {
+    let g = w_gu(h, lid, u0, row_base);
+    return select(vec4<f16>(0.0), vec4<f16>(deq4(g.x / UPB, g.x % UPB, g.y % 8u)), w_live(h, lid, u0));
+}
+$RAWLOAD
+
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {
     let row_base = wg.x * BM;
@@ -87,45 +140,20 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     let rb = (sg % SGR) * WR;
     let tb = (sg / SGR) * WT;
 $ACC_DECL
+$PF_INIT
     for (var u0 = 0u; u0 < P.units; u0 += KU) {
-        // Weights: BM rows × KU units × 8 groups of 4, each dequantized once.
-        for (var h = 0u; h < BM * KU / 32u; h++) {
-            let p = lid + h * 256u;
-            let wr = p / (8u * KU);
-            let q = p % (8u * KU);
-            let u = u0 + q / 8u;
-            var w = vec4<f16>(0.0);
-            if (u < P.units) {
-                let gu = min(row_base + wr, P.rows - 1u) * P.units + u;
-                w = vec4<f16>(deq4(gu / UPB, gu % UPB, q % 8u));
-            }
-            let wo = wr * LDW + 4u * q;
-            Ws[wo] = w.x;
-            Ws[wo + 1u] = w.y;
-            Ws[wo + 2u] = w.z;
-            Ws[wo + 3u] = w.w;
-        }
-        // Inputs: BN tokens × KS values.
-        for (var h = 0u; h < BN * KU / 32u; h++) {
-            let p = lid + h * 256u;
-            let xt = p / (8u * KU);
-            let q = p % (8u * KU);
-            var xv = vec4<f16>(0.0);
-            if (u0 + q / 8u < P.units) {
-                let t = min(tok_base + xt, P.n_tok - 1u);
-                xv = vec4<f16>(X[P.x_off + t * P.ld_x + u0 * 8u + q]);
-            }
-            let xo = xt * LDW + 4u * q;
-            Xs[xo] = xv.x;
-            Xs[xo + 1u] = xv.y;
-            Xs[xo + 2u] = xv.z;
-            Xs[xo + 3u] = xv.w;
-        }
+        let wb = ((u0 / KU) % NBUF) * (BM * LDW);
+        let xb = ((u0 / KU) % NBUF) * (BN * LDW);
+$STAGE_STORE
         workgroupBarrier();
+$PF_PRE
         for (var kk = 0u; kk < KS; kk += 16u) {
 $ACC_MMA
         }
-        workgroupBarrier();
+$PF_POST
+        if (NBUF == 1u) {
+            workgroupBarrier();
+        }
     }
     // C[row][t] column-major: Cs[t][row] per 16 × 16 tile.
 $ACC_STORE

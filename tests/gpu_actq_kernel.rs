@@ -54,14 +54,19 @@ fn inputs(n_rows: usize, k: usize) -> Vec<f32> {
 
 #[test]
 fn gpu_activation_rounding_is_bit_identical_to_cpu_every_type() {
-    let Some(ctx) = context() else { return };
+    let Some(mut ctx) = context() else { return };
     let k = 512;
     let x = inputs(6, k);
     let mut bad = Vec::new();
-    for name in [
-        "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
-        "Q5_K", "Q6_K",
-    ] {
+    // Block scales by one lane per block (default) and by every thread (GGUFQ_ACTQ_DIV=0).
+    for (lane_div, name) in [true, false].into_iter().flat_map(|l| {
+        [
+            "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
+            "Q5_K", "Q6_K",
+        ]
+        .map(move |n| (l, n))
+    }) {
+        ctx.tune.actq_div = lane_div;
         let ty = GgmlType::from_name(name).unwrap();
         let act = ActQuant::for_weight(ty).unwrap();
         assert_eq!(kind_for_weight(ty) == 0, act == ActQuant::None, "{name}");
@@ -74,7 +79,7 @@ fn gpu_activation_rounding_is_bit_identical_to_cpu_every_type() {
             .collect();
         if let Some(&i) = diff.first() {
             bad.push(format!(
-                "{name}: {} of {} differ, first at {i}: x {} cpu {} gpu {}",
+                "{name} (lane division {lane_div}): {} of {} differ, first at {i}: x {} cpu {} gpu {}",
                 diff.len(),
                 x.len(),
                 x[i],

@@ -49,14 +49,24 @@ fn coop_matmat_source_and_tiles_every_type() {
     assert!(matmat_tolerance(&ctx) <= 1e-4);
     // With them (as on an H100): per-type tiles, and every forced shape for every type.
     ctx.facts.coop_matrix = true;
-    for (bm, bn, ku) in [
-        (0u32, 0u32, 0u32),
-        (64, 64, 1),
-        (128, 64, 1),
-        (64, 128, 2),
-        (128, 128, 2),
-        (128, 128, 1),
-    ] {
+    for (prefetch, (bm, bn, ku)) in [true, false].into_iter().flat_map(|pf| {
+        [
+            (0u32, 0u32, 0u32),
+            (64, 64, 1),
+            (128, 64, 1),
+            (64, 128, 2),
+            (128, 128, 2),
+            (128, 128, 1),
+        ]
+        .map(move |t| (pf, t))
+    }) {
+        ctx.tune.coop_prefetch = prefetch;
+        // Double buffers (GGUFQ_COOP_DB=1) where they fit (the H100's 48 KiB: 64 × 128 and
+        // 128 × 64 with one unit per stage); lavapipe reports its own limit, so take the H100's.
+        ctx.facts.shared_mem = 48 * 1024;
+        ctx.tune.coop_db = true;
+        // Raw K-quant loaders with the first half of the shapes, dequantize-after without.
+        ctx.tune.coop_raw = bm <= 64 || bn == 64;
         ctx.tune.coop_bm = bm;
         ctx.tune.coop_bn = bn;
         ctx.tune.coop_ku = ku;
@@ -92,7 +102,51 @@ fn coop_matmat_source_and_tiles_every_type() {
             assert_eq!(src.matches("coopMultiplyAdd(").count(), acc, "{name}");
             assert_eq!(src.matches("coopStore(").count(), acc, "{name}");
             assert!(src.contains("fn deq4("), "{name}");
-            validate(&src, &format!("{name} {tile:?}"));
+            // Prefetch: per weight item a register (raw words for Q4_0 / Q8_0), per input
+            // item one, each reloaded once per stage; without it the session-4 stage loops.
+            let (nw, nx) = (
+                (tile.bm * tile.ku / 32) as usize,
+                (tile.bn * tile.ku / 32) as usize,
+            );
+            let raw = matches!(name, "Q4_0" | "Q8_0")
+                || (ctx.tune.coop_raw && matches!(name, "Q2_K" | "Q4_K" | "Q6_K"));
+            let nbuf = tile.stage_buffers(&ctx.tune, ctx.facts.shared_mem);
+            assert!(tile.shared_bytes_with(nbuf) <= ctx.facts.shared_mem.max(48 * 1024));
+            assert!(
+                src.contains(&format!("const NBUF: u32 = {nbuf}u;")),
+                "{name}"
+            );
+            let fits2 = tile.shared_bytes_with(2) <= 48 * 1024;
+            assert_eq!(nbuf, if prefetch && fits2 { 2 } else { 1 }, "{tile:?}");
+            if (bm, bn, ku) == (0, 0, 0) {
+                assert_eq!(nbuf, if prefetch { 2 } else { 1 }, "default tile");
+                let mut off = ctx.tune;
+                off.coop_db = false;
+                assert_eq!(
+                    tile.stage_buffers(&off, 48 * 1024),
+                    1,
+                    "GGUFQ_COOP_DB unset"
+                );
+            }
+            if prefetch {
+                assert_eq!(src.matches("= x_load(").count(), 2 * nx, "{name}");
+                assert_eq!(src.matches("x_store(").count(), nx + 1, "{name}");
+                assert_eq!(
+                    src.matches("= wraw(").count(),
+                    if raw { 2 * nw } else { 0 },
+                    "{name}"
+                );
+                assert_eq!(
+                    src.matches("= wdeq(").count(),
+                    if raw { 0 } else { 2 * nw },
+                    "{name}"
+                );
+                assert!(!src.contains("for (var h = 0u;"), "{name}");
+            } else {
+                assert!(!src.contains("= wraw("), "{name}");
+                assert_eq!(src.matches("for (var h = 0u;").count(), 2, "{name}");
+            }
+            validate(&src, &format!("{name} {tile:?} prefetch {prefetch}"));
         }
     }
     assert!(matmat_tolerance(&ctx) > 1e-4);

@@ -197,6 +197,24 @@ fn gpu_decode_kernels_compile_with_and_without_subgroups() {
                     .unwrap();
             }
         }
+        // The kernels that round their own input (ffn_down) or normalise and round it.
+        let (_, pl_matn) = buffer_layouts(&ctx, "mat+norm", b"rrwur");
+        let q40 = GgmlType::from_name("Q4_0").unwrap().id();
+        for spl in [32, 64, 128, 256] {
+            for (ty, act) in [(q4k, 4), (q40, 3)] {
+                for norm in [false, true] {
+                    let key = KernelKey::MatVecQ8F {
+                        ty,
+                        nr: 4,
+                        spl,
+                        act,
+                        norm,
+                    };
+                    k.get_with_layout(&ctx, &key, if norm { &pl_matn } else { &pl_mat })
+                        .unwrap();
+                }
+            }
+        }
         for (k4, act) in [(64, 3), (1024, 4), (1280, 4), (2048, 3)] {
             k.get_with_layout(&ctx, &KernelKey::NormQ8 { k4, act }, &pl_mat)
                 .unwrap();

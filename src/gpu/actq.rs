@@ -178,6 +178,15 @@ impl ActRounding {
         }
     }
 
+    /// The rounding [`input_for`](Self::input_for) just asked for is written by the step
+    /// recorded before the matrix step (the batch RMSNorm, `KernelKey::NormRound`) instead
+    /// of a rounding step of its own: one step fewer to count until the next matrix.
+    pub fn made_by_previous_step(&mut self) {
+        for r in &mut self.live {
+            r.valid_at = r.valid_at.saturating_sub(1);
+        }
+    }
+
     /// Word where the packed int8 quants begin in every rounding output ([`q8_base`]).
     pub fn q8_base(&self) -> u32 {
         q8_base(self.elems) as u32

@@ -19,6 +19,7 @@ const ATTN_DECODE_WGSL: &str = include_str!("../../shaders/attn_decode.wgsl");
 const ACTQ_WGSL: &str = include_str!("../../shaders/actq.wgsl");
 const MATMAT_COOP_WGSL: &str = include_str!("../../shaders/matmat_coop.wgsl");
 const ATTENTION_COOP_WGSL: &str = include_str!("../../shaders/attention_coop.wgsl");
+const EMBED_WGSL: &str = include_str!("../../shaders/embed.wgsl");
 
 /// Whether `adapter` can run the cooperative-matrix mat-mat kernel: the experimental wgpu
 /// feature, f16 shaders, a 16×16×16 f16 × f16 + f32 configuration, and subgroups of 32
@@ -137,28 +138,103 @@ impl CoopTile {
         (wr / 16) * (wt / 16)
     }
 
-    /// Workgroup memory of the kernel in bytes (f16 tiles of rows and tokens with a 16-byte
-    /// pad per row, and 8 KiB for the accumulator epilogue).
+    /// Workgroup memory of the kernel in bytes with one set of stage buffers (f16 tiles of
+    /// rows and tokens with a 16-byte pad per row, and 8 KiB for the accumulator epilogue).
     pub fn shared_bytes(&self) -> u32 {
-        (self.bm + self.bn) * (32 * self.ku + 8) * 2 + 8192
+        self.shared_bytes_with(1)
+    }
+
+    /// [`CoopTile::shared_bytes`] with `nbuf` sets of stage buffers.
+    pub fn shared_bytes_with(&self, nbuf: u32) -> u32 {
+        nbuf * (self.bm + self.bn) * (32 * self.ku + 8) * 2 + 8192
+    }
+
+    /// Stage buffers of the kernel: 2 (one barrier per stage) where prefetching and double
+    /// buffering are on ([`Tune::coop_prefetch`], [`Tune::coop_db`]) and both fit in
+    /// `shared` bytes of workgroup memory, else 1.
+    pub fn stage_buffers(&self, tune: &Tune, shared: u32) -> u32 {
+        if tune.coop_prefetch && tune.coop_db && self.shared_bytes_with(2) <= shared {
+            2
+        } else {
+            1
+        }
     }
 }
 
 /// The cooperative-matrix mat-mat kernel for `tile`: each of the 8 subgroups holds
 /// [`CoopTile::accumulators`] accumulators of 16 × 16.
-fn coop_source(tile: CoopTile, upb: usize, deq: &str) -> String {
+fn coop_source(
+    tile: CoopTile,
+    upb: usize,
+    deq: &str,
+    ty: GgmlType,
+    prefetch: bool,
+    raw_k: bool,
+    nbuf: u32,
+) -> String {
     let (wr, wt) = tile.subgroup_tile();
+    let (nw, nx) = (tile.bm * tile.ku / 32, tile.bn * tile.ku / 32);
+    let raw = if prefetch {
+        coop_raw_loader(ty, raw_k)
+    } else {
+        None
+    };
+    let (mut init, mut stage, mut pre, mut post) =
+        (String::new(), String::new(), String::new(), String::new());
+    if prefetch {
+        // Stage u0 + KU is read into registers while the subgroups multiply stage u0: the
+        // input groups and the raw words of types with a raw loader before the products,
+        // other weight types dequantized after them (the dequantization waits on its loads).
+        for h in 0..nw {
+            if raw.is_some() {
+                init.push_str(&format!(
+                    "    var wr_{h} = wraw({h}u, lid, 0u, row_base);\n"
+                ));
+                stage.push_str(&format!(
+                    "        w_store({h}u, lid, wb, wdec(wr_{h}, {h}u, lid, u0, row_base));\n"
+                ));
+                pre.push_str(&format!(
+                    "        wr_{h} = wraw({h}u, lid, u0 + KU, row_base);\n"
+                ));
+            } else {
+                init.push_str(&format!(
+                    "    var wv_{h} = wdeq({h}u, lid, 0u, row_base);\n"
+                ));
+                stage.push_str(&format!("        w_store({h}u, lid, wb, wv_{h});\n"));
+                post.push_str(&format!(
+                    "        wv_{h} = wdeq({h}u, lid, u0 + KU, row_base);\n"
+                ));
+            }
+        }
+        for h in 0..nx {
+            init.push_str(&format!(
+                "    var xr_{h} = x_load({h}u, lid, 0u, tok_base);\n"
+            ));
+            stage.push_str(&format!("        x_store({h}u, lid, xb, xr_{h});\n"));
+            pre.push_str(&format!(
+                "        xr_{h} = x_load({h}u, lid, u0 + KU, tok_base);\n"
+            ));
+        }
+    } else {
+        // Session 4: each stage loads, dequantizes and stores, then multiplies.
+        stage.push_str(&format!(
+            "        for (var h = 0u; h < {nw}u; h++) {{\n            w_store(h, lid, wb, wdeq(h, lid, u0, row_base));\n        }}\n"
+        ));
+        stage.push_str(&format!(
+            "        for (var h = 0u; h < {nx}u; h++) {{\n            x_store(h, lid, xb, x_load(h, lid, u0, tok_base));\n        }}\n"
+        ));
+    }
     let (fr, fc) = ((wr / 16) as usize, (wt / 16) as usize);
     let (mut decl, mut mma, mut store) = (String::new(), String::new(), String::new());
     for i in 0..fr {
         mma.push_str(&format!(
-            "            let a_{i} = coopLoadT<coop_mat16x16<f16, A>>(&Ws[(rb + {}u) * LDW + kk], LDW);\n",
+            "            let a_{i} = coopLoadT<coop_mat16x16<f16, A>>(&Ws[wb + (rb + {}u) * LDW + kk], LDW);\n",
             16 * i
         ));
     }
     for j in 0..fc {
         mma.push_str(&format!(
-            "            let b_{j} = coopLoad<coop_mat16x16<f16, B>>(&Xs[(tb + {}u) * LDW + kk], LDW);\n",
+            "            let b_{j} = coopLoad<coop_mat16x16<f16, B>>(&Xs[xb + (tb + {}u) * LDW + kk], LDW);\n",
             16 * j
         ));
     }
@@ -176,6 +252,8 @@ fn coop_source(tile: CoopTile, upb: usize, deq: &str) -> String {
         }
     }
     MATMAT_COOP_WGSL
+        .replace("$RAWLOAD", raw.unwrap_or(""))
+        .replace("$NBUF", &nbuf.to_string())
         .replace("$BM", &tile.bm.to_string())
         .replace("$BN", &tile.bn.to_string())
         .replace("$KU", &tile.ku.to_string())
@@ -185,7 +263,150 @@ fn coop_source(tile: CoopTile, upb: usize, deq: &str) -> String {
         .replace("$ACC_DECL", &decl)
         .replace("$ACC_MMA", &mma)
         .replace("$ACC_STORE", &store)
+        .replace("$PF_INIT", &init)
+        .replace("$STAGE_STORE", &stage)
+        .replace("$PF_PRE", &pre)
+        .replace("$PF_POST", &post)
         .replace("$DEQ", deq)
+}
+
+/// Raw weight loader of the prefetching cooperative-matrix kernel for `ty`, where it has one
+/// (Q4_0, Q8_0, Q2_K, Q4_K, Q6_K; [`Tune::coop_raw`]):
+/// `wraw` reads the words of weight item h at stage u0 (no arithmetic, so the loads stay in
+/// flight over the stage's products) and `wdec` dequantizes them as `deq4` does (the same
+/// operations, so the same values) when the item is stored.
+fn coop_raw_loader(ty: GgmlType, k_quants: bool) -> Option<&'static str> {
+    match ty.name() {
+        "Q2_K" | "Q4_K" | "Q6_K" if !k_quants => None,
+        "Q8_0" => Some(
+            "
+fn wraw(h: u32, lid: u32, u0: u32, row_base: u32) -> vec2<u32> {
+    let g = w_gu(h, lid, u0, row_base);
+    return vec2<u32>(W[g.x * 8u + g.y % 8u], W[P.d_off + (g.x >> 1u)]);
+}
+
+fn wdec(r: vec2<u32>, h: u32, lid: u32, u0: u32, row_base: u32) -> vec4<f16> {
+    let g = w_gu(h, lid, u0, row_base);
+    let d = unpack2x16float(r.y)[g.x & 1u];
+    let q = bitcast<i32>(r.x);
+    let v = vec4<f32>(f32((q << 24u) >> 24u), f32((q << 16u) >> 24u), f32((q << 8u) >> 24u), f32(q >> 24u));
+    return select(vec4<f16>(0.0), vec4<f16>(d * v), w_live(h, lid, u0));
+}
+",
+        ),
+        "Q4_0" => Some(
+            "
+fn wraw(h: u32, lid: u32, u0: u32, row_base: u32) -> vec2<u32> {
+    let g = w_gu(h, lid, u0, row_base);
+    return vec2<u32>(W[g.x * 4u + (g.y & 3u)], W[P.d_off + (g.x >> 1u)]);
+}
+
+fn wdec(r: vec2<u32>, h: u32, lid: u32, u0: u32, row_base: u32) -> vec4<f16> {
+    let g = w_gu(h, lid, u0, row_base);
+    let d = unpack2x16float(r.y)[g.x & 1u];
+    let q = r.x >> (((g.y % 8u) >> 2u) * 4u);
+    let v = vec4<f32>(f32(q & 15u), f32((q >> 8u) & 15u), f32((q >> 16u) & 15u), f32((q >> 24u) & 15u));
+    return select(vec4<f16>(0.0), vec4<f16>(d * (v - 8.0)), w_live(h, lid, u0));
+}
+",
+        ),
+        "Q2_K" => Some(
+            "
+fn wraw(h: u32, lid: u32, u0: u32, row_base: u32) -> vec3<u32> {
+    let g = w_gu(h, lid, u0, row_base);
+    let b = g.x / UPB;
+    let sub = g.x % UPB;
+    let j = g.y % 8u;
+    let base = b * 21u;
+    let is = 8u * (sub >> 2u) + 2u * (sub & 3u) + (j >> 2u);
+    return vec3<u32>(W[base + 20u], W[base + (is >> 2u)], W[base + 4u + 8u * (sub >> 2u) + j]);
+}
+
+fn wdec(r: vec3<u32>, h: u32, lid: u32, u0: u32, row_base: u32) -> vec4<f16> {
+    let g = w_gu(h, lid, u0, row_base);
+    let sub = g.x % UPB;
+    let j = g.y % 8u;
+    let dm = unpack2x16float(r.x);
+    let jj = sub & 3u;
+    let is = 8u * (sub >> 2u) + 2u * jj + (j >> 2u);
+    let sc = (r.y >> ((is & 3u) * 8u)) & 0xffu;
+    let q = r.z >> (2u * jj);
+    let v = vec4<f32>(f32(q & 3u), f32((q >> 8u) & 3u), f32((q >> 16u) & 3u), f32((q >> 24u) & 3u));
+    return select(vec4<f16>(0.0), vec4<f16>((dm.x * f32(sc & 15u)) * v - dm.y * f32(sc >> 4u)), w_live(h, lid, u0));
+}
+",
+        ),
+        "Q4_K" => Some(
+            "
+struct RawQ4K {
+    s: vec4<u32>,
+    q: u32,
+}
+
+fn wraw(h: u32, lid: u32, u0: u32, row_base: u32) -> RawQ4K {
+    let g = w_gu(h, lid, u0, row_base);
+    let b = g.x / UPB;
+    let sub = g.x % UPB;
+    let base = b * 36u;
+    return RawQ4K(vec4<u32>(W[base], W[base + 1u], W[base + 2u], W[base + 3u]),
+                  W[base + 4u + 8u * (sub >> 1u) + g.y % 8u]);
+}
+
+fn wdec(r: RawQ4K, h: u32, lid: u32, u0: u32, row_base: u32) -> vec4<f16> {
+    let g = w_gu(h, lid, u0, row_base);
+    let sub = g.x % UPB;
+    let dm = unpack2x16float(r.s.x);
+    var sc: u32;
+    var mn: u32;
+    if (sub < 4u) {
+        sc = (r.s.y >> (8u * sub)) & 63u;
+        mn = (r.s.z >> (8u * sub)) & 63u;
+    } else {
+        let t = sub - 4u;
+        let hi = (r.s.w >> (8u * t)) & 0xffu;
+        sc = (hi & 15u) | (((r.s.y >> (8u * t + 6u)) & 3u) << 4u);
+        mn = (hi >> 4u) | (((r.s.z >> (8u * t + 6u)) & 3u) << 4u);
+    }
+    let q = r.q >> (4u * (sub & 1u));
+    let v = vec4<f32>(f32(q & 15u), f32((q >> 8u) & 15u), f32((q >> 16u) & 15u), f32((q >> 24u) & 15u));
+    return select(vec4<f16>(0.0), vec4<f16>((dm.x * f32(sc)) * v - dm.y * f32(mn)), w_live(h, lid, u0));
+}
+",
+        ),
+        "Q6_K" => Some(
+            "
+fn wraw(h: u32, lid: u32, u0: u32, row_base: u32) -> vec4<u32> {
+    let g = w_gu(h, lid, u0, row_base);
+    let b = g.x / UPB;
+    let sub = g.x % UPB;
+    let j = g.y % 8u;
+    let base = b * 52u;
+    let n = sub >> 2u;
+    let jj = sub & 3u;
+    let is = 8u * n + 2u * jj + (j >> 2u);
+    return vec4<u32>(W[P.d_off + (b >> 1u)], W[base + 16u * n + 8u * (jj & 1u) + j],
+                     W[base + 32u + 8u * n + j], W[base + 48u + (is >> 2u)]);
+}
+
+fn wdec(r: vec4<u32>, h: u32, lid: u32, u0: u32, row_base: u32) -> vec4<f16> {
+    let g = w_gu(h, lid, u0, row_base);
+    let b = g.x / UPB;
+    let sub = g.x % UPB;
+    let j = g.y % 8u;
+    let jj = sub & 3u;
+    let d = unpack2x16float(r.x)[b & 1u];
+    let ql = r.y >> (4u * (jj >> 1u));
+    let qh = r.z >> (2u * jj);
+    let is = 8u * (sub >> 2u) + 2u * jj + (j >> 2u);
+    let sc = f32(bitcast<i32>((r.w >> (8u * (is & 3u))) << 24u) >> 24u);
+    let v = vec4<f32>(f32((ql & 15u) | ((qh & 3u) << 4u)), f32(((ql >> 8u) & 15u) | (((qh >> 8u) & 3u) << 4u)),
+                      f32(((ql >> 16u) & 15u) | (((qh >> 16u) & 3u) << 4u)), f32(((ql >> 24u) & 15u) | (((qh >> 24u) & 3u) << 4u)));
+    return select(vec4<f16>(0.0), vec4<f16>((d * sc) * (v - 32.0)), w_live(h, lid, u0));
+}
+",
+        ),
+        _ => None,
+    }
 }
 
 /// Rows × tokens of one workgroup of the tiled mat-mat kernel for weight type id `ty` on `ctx`.
@@ -445,10 +666,66 @@ pub struct Tune {
     /// where the adapter has them; GGUFQ_ATTN_COOP=0 keeps the tiled f32 kernel
     /// (`shaders/attention.wgsl`, the only one without cooperative matrices).
     pub attn_coop: bool,
+    /// The activation rounding (`shaders/actq.wgsl`) computes each block's scales once, in
+    /// lanes of the first warp (its long divisions are most of the kernel's work), instead
+    /// of in every thread; same values. GGUFQ_ACTQ_DIV=0: every thread (session 4).
+    pub actq_div: bool,
+    /// The cooperative-matrix mat-mat kernel reads the next stage's tiles into registers
+    /// while its subgroups multiply the current one (raw words for Q4_0 / Q8_0, dequantized
+    /// after the products for other types); GGUFQ_COOP_PF=0: load, store, then multiply.
+    pub coop_prefetch: bool,
+    /// Prompt forwards (2 or more tokens) look their embedding rows up on the GPU (token ids
+    /// uploaded, rows dequantized by [`KernelKey::Embed`]) instead of dequantizing them on
+    /// the CPU and uploading them; GGUFQ_GPU_EMBD=0: on the CPU. One-token forwards keep the
+    /// CPU look-up (one row).
+    pub gpu_embd: bool,
+    /// With [`Tune::coop_prefetch`], the K-quants Q2_K, Q4_K and Q6_K also prefetch raw words
+    /// (dequantized when stored, as Q4_0 / Q8_0 always are); GGUFQ_COOP_RAWK=0: those
+    /// types dequantize after the products.
+    pub coop_raw: bool,
+    /// The batch graph's RMSNorm writes the rounded copy of its output for the matrices
+    /// after it ([`KernelKey::NormRound`]) instead of a separate rounding dispatch (64 of
+    /// the 129 per 7B prompt); GGUFQ_NORM_ROUND=0: separate.
+    pub norm_round: bool,
+    /// With [`Tune::coop_prefetch`], the cooperative-matrix mat-mat keeps two sets of stage
+    /// buffers in workgroup memory (where they fit), so each stage needs one barrier instead
+    /// of two (GGUFQ_COOP_DB=1). Off by default: on the H100 (session 5, 7B pp512) it was
+    /// 11–17 % slower (Q4_0 5964 vs 6707 t/s, Q4_K_M 4793 vs 5790; 38 KiB of workgroup
+    /// memory per workgroup instead of 23 KiB).
+    pub coop_db: bool,
+    /// The decode graph rounds the SwiGLU output in the `ffn_down` mat-vec itself: each lane
+    /// quantizes the 32-value unit it dots from the f32 input in registers (Q8_K block maxima
+    /// over 8 lanes), instead of a separate rounding dispatch before it
+    /// ([`KernelKey::MatVecQ8F`] without norm). None (default) = by type
+    /// ([`FOLD_ACTQ_TYPES`]); GGUFQ_FOLD_ACTQ=1 for every [`Q8_TYPES`] matrix, =0 never.
+    pub fold_actq: Option<bool>,
+    /// The decode graph normalises and rounds the input of the QKV, gate/up and output
+    /// groups in the mat-vecs themselves (one workgroup reduction of Σx², then each lane its
+    /// own unit in registers, [`KernelKey::MatVecQ8F`] with norm) instead of a one-workgroup
+    /// [`KernelKey::NormQ8`] dispatch per group. Off by default (GGUFQ_FOLD_NORM=1 turns
+    /// it on): on the H100 (session 5, 7B Q4_K_M) qkv took 2044 µs per token with it vs
+    /// 792 µs after NormQ8, gate_up 3119 vs 932 (every workgroup reads and normalises the
+    /// whole f32 row).
+    pub fold_norm: bool,
+    /// Decode calls of the same batch shape reuse the parameters and workgroup counts of
+    /// the previous call instead of recomputing them (CPU time before each submit);
+    /// GGUFQ_PARAM_CACHE=0 recomputes them every call.
+    pub param_cache: bool,
+    /// Rows per row group of the kernels that round their own input (GGUFQ_FOLD_NR: 1, 2,
+    /// 4, 8, 16; 0 = default 8): every workgroup reads and rounds the whole f32 input, so
+    /// more rows per workgroup read it fewer times. H100, 7B ffn_down µs per token with
+    /// NR 4 / 8 / 16 (session 5): Q4_K_M 1154 / 978 / 1265, Q4_0 930 / 746 / 864, Q8_0
+    /// 1173 / 1006 / 1082 (rounding dispatch + mat-vec: 921, 841, 1255).
+    pub fold_nr: u32,
 }
 
 /// Most chunks per head of the split decode attention ([`Tune::attn_split`]).
 pub const ATTN_MAX_CHUNKS: u32 = 16;
+
+/// Weight types whose `ffn_down` decode mat-vec rounds its own input by default
+/// ([`Tune::fold_actq`]). H100, 7B tg128 (session 5, NR 8): Q8_0 212.2 → 221.5 t/s, while
+/// Q4_K_M (274.1 → 266.7) and Q4_0 (316.3 → 307.6) lost.
+pub const FOLD_ACTQ_TYPES: &[&str] = &["Q8_0"];
 
 /// Types with an integer decode kernel (`idot` in dequant.wgsl): their activations are Q8_0
 /// (Q4_0, Q8_0) or Q8_K (K-quants) blocks on the CPU, whose int8 quants the kernel reads.
@@ -505,6 +782,35 @@ impl Tune {
         self.matvec_key_f32(ty, nt, nr, units)
     }
 
+    /// Whether the decode `ffn_down` mat-vec of type id `ty` rounds its own input.
+    pub fn fold_actq_for(&self, ty: u32) -> bool {
+        self.fold_actq.unwrap_or_else(|| {
+            GgmlType::from_id(ty).is_some_and(|t| FOLD_ACTQ_TYPES.contains(&t.name()))
+        })
+    }
+
+    /// The integer decode mat-vec of type id `ty` (rows of `units` 32-weight units) that
+    /// rounds its f32 input itself with activation kind `act` (3 Q8_0, 4 Q8_K), after
+    /// RMSNorm when `norm` ([`KernelKey::MatVecQ8F`]); None where the type has no integer
+    /// kernel (see [`Tune::q8_for`]).
+    pub fn matvec_q8f_key(&self, ty: u32, units: usize, act: u32, norm: bool) -> Option<KernelKey> {
+        if !self.q8_for(ty) || !matches!(act, 3 | 4) {
+            return None;
+        }
+        let spl = self.q8_lanes(ty, units);
+        let nr = match self.fold_nr {
+            0 => 8,
+            n => n,
+        };
+        Some(KernelKey::MatVecQ8F {
+            ty,
+            nr: if spl == 256 { nr.max(2) } else { nr },
+            spl,
+            act,
+            norm,
+        })
+    }
+
     /// [`Tune::matvec_key`] without the integer kernel: the kernel that reads f32 inputs.
     pub fn matvec_key_f32(&self, ty: u32, nt: u32, nr: u32, units: usize) -> KernelKey {
         if nt == 1 && self.splitk_for(ty, units) {
@@ -530,7 +836,9 @@ impl Tune {
     pub fn rows_per_wg(&self, key: &KernelKey, nr: u32) -> u32 {
         match key {
             KernelKey::MatVecSplitK { .. } => nr.max(2),
-            KernelKey::MatVecQ8 { spl, nr, .. } => (256 / spl) * nr,
+            KernelKey::MatVecQ8 { spl, nr, .. } | KernelKey::MatVecQ8F { spl, nr, .. } => {
+                (256 / spl) * nr
+            }
             KernelKey::MatMat { .. } => 64,
             _ => 8 * nr,
         }
@@ -569,7 +877,7 @@ impl Tune {
                 .unwrap_or(d)
         };
         Tune {
-            nr_decode: get("GGUFQ_NR_DECODE", 0, &[1, 2, 4]),
+            nr_decode: get("GGUFQ_NR_DECODE", 0, &[1, 2, 4, 8]),
             nr_prompt: get("GGUFQ_NR_PROMPT", NR_PROMPT, &[1, 2, 4]),
             nt_prompt: get("GGUFQ_NT_PROMPT", NT_PROMPT, &[4, 8, 16]),
             mm_min: std::env::var("GGUFQ_MM_MIN")
@@ -598,6 +906,20 @@ impl Tune {
             attn_split: get("GGUFQ_ATTN_SPLIT", 32, &[0, 16, 32, 64, 128]),
             attn_exact: std::env::var("GGUFQ_ATTN_EXACT").as_deref() != Ok("0"),
             attn_coop: std::env::var("GGUFQ_ATTN_COOP").as_deref() != Ok("0"),
+            actq_div: std::env::var("GGUFQ_ACTQ_DIV").as_deref() != Ok("0"),
+            coop_prefetch: std::env::var("GGUFQ_COOP_PF").as_deref() != Ok("0"),
+            gpu_embd: std::env::var("GGUFQ_GPU_EMBD").as_deref() != Ok("0"),
+            coop_raw: std::env::var("GGUFQ_COOP_RAWK").as_deref() != Ok("0"),
+            norm_round: std::env::var("GGUFQ_NORM_ROUND").as_deref() != Ok("0"),
+            coop_db: std::env::var("GGUFQ_COOP_DB").as_deref() == Ok("1"),
+            fold_actq: match std::env::var("GGUFQ_FOLD_ACTQ").as_deref() {
+                Ok("0") => Some(false),
+                Ok("1") => Some(true),
+                _ => None,
+            },
+            fold_norm: std::env::var("GGUFQ_FOLD_NORM").as_deref() == Ok("1"),
+            param_cache: std::env::var("GGUFQ_PARAM_CACHE").as_deref() != Ok("0"),
+            fold_nr: get("GGUFQ_FOLD_NR", 0, &[1, 2, 4, 8, 16]),
         }
     }
 }
@@ -634,6 +956,16 @@ pub enum KernelKey {
     /// quants and per-32 scales (the packed region of the rounding's output), optionally in
     /// the split-K layout.
     MatVecQ8 { ty: u32, nr: u32, spl: u32 },
+    /// [`KernelKey::MatVecQ8`] whose f32 input is rounded in the kernel: each lane quantizes
+    /// the unit it dots (activation kind `act`: 3 Q8_0, 4 Q8_K), after RMSNorm of the whole
+    /// row with the weights at binding 4 when `norm` (eps in `P.pad1`).
+    MatVecQ8F {
+        ty: u32,
+        nr: u32,
+        spl: u32,
+        act: u32,
+        norm: bool,
+    },
     /// Decode RMSNorm of the residual row (`k4`·4 values) followed by the activation
     /// rounding `act` (3 Q8_0, 4 Q8_K), written as packed int8 quants and per-32 scales
     /// for the [`KernelKey::MatVecQ8`] kernels after it (one workgroup).
@@ -656,6 +988,13 @@ pub enum KernelKey {
     /// partial results of the split decode attention ([`Tune::attn_split`]).
     /// `exact`: the partial results are already normalised and just add up.
     AttnCombineQ { nch: u32, exact: bool },
+    /// Batch RMSNorm (`shaders/rmsnorm.wgsl`'s arithmetic, one workgroup per token, rows of
+    /// `k4`·4 values) that also writes the activation rounding `act` of its output, as
+    /// `actq.wgsl` would compute it in the next dispatch ([`Tune::norm_round`]).
+    NormRound { k4: u32, act: u32 },
+    /// Embedding look-up of prompt tokens (`shaders/embed.wgsl`): rows of the token-embedding
+    /// matrix of type id `ty`, dequantized on the GPU ([`Tune::gpu_embd`]).
+    Embed { ty: u32 },
     /// Activation rounding before quantized matrices (`shaders/actq.wgsl`, [`super::actq`]).
     ActQ,
 }
@@ -864,18 +1203,9 @@ fn matvec_source(
         .replace("$NORM_PRO", &norm_pro))
 }
 
-/// WGSL of the integer decode mat-vec ([`KernelKey::MatVecQ8`]): `spl` lanes (a power of
-/// two from 32 to 256) share the units of each group of `nr` rows, each lane one unit per
-/// step; the activation is the packed region of X (int8 quants from word `P.ld_x`, then the
-/// per-32 scales), read from global memory (it stays in cache).
-fn matvec_q8_source(ctx: &GpuContext, ty: u32, nr: u32, spl: u32) -> Result<String> {
-    let gt =
-        GgmlType::from_id(ty).ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;
-    if !matches!(spl, 32 | 64 | 128 | 256) || !matches!(nr, 1 | 2 | 4) {
-        return Err(Error::msg(format!(
-            "integer mat-vec: {spl} lanes per row group, {nr} rows per group"
-        )));
-    }
+/// Layout and dequantization functions of `gt` for the integer decode mat-vecs; an error if
+/// the type has no `idot` (integer dot product) function.
+fn int_deq(gt: GgmlType) -> Result<(GpuLayout, String)> {
     let lay = layout(gt)?;
     let deq = deq_source(gt, "W", "", "P.d_off")?;
     if !deq.contains("fn idot") {
@@ -884,9 +1214,24 @@ fn matvec_q8_source(ctx: &GpuContext, ty: u32, nr: u32, spl: u32) -> Result<Stri
             gt.name()
         )));
     }
+    Ok((lay, deq))
+}
+
+/// WGSL of the integer decode mat-vec ([`KernelKey::MatVecQ8`]): `spl` lanes (a power of
+/// two from 32 to 256) share the units of each group of `nr` rows, each lane one unit per
+/// step; the activation is the packed region of X (int8 quants from word `P.ld_x`, then the
+/// per-32 scales), read from global memory (it stays in cache).
+fn matvec_q8_source(ctx: &GpuContext, ty: u32, nr: u32, spl: u32) -> Result<String> {
+    let gt =
+        GgmlType::from_id(ty).ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;
+    if !matches!(spl, 32 | 64 | 128 | 256) || !matches!(nr, 1 | 2 | 4 | 8) {
+        return Err(Error::msg(format!(
+            "integer mat-vec: {spl} lanes per row group, {nr} rows per group"
+        )));
+    }
+    let (lay, deq) = int_deq(gt)?;
     let nr = nr as usize;
     let groups = 256 / spl;
-    let wpg = spl / 32; // warps per row group (subgroup path)
     let mut body = String::new();
     for r in 0..nr {
         body.push_str(&format!("    var acc_{r}_0 = 0.0;\n"));
@@ -901,23 +1246,7 @@ fn matvec_q8_source(ctx: &GpuContext, ty: u32, nr: u32, spl: u32) -> Result<Stri
         body.push_str(&format!("        let gu_{r} = min(rbase + {r}u, P.rows - 1u) * P.units + u;\n        acc_{r}_0 += dx * idot(gu_{r} / UPB, gu_{r} % UPB, xa, xb, sx0, sx1);\n"));
     }
     body.push_str("    }\n");
-    let decl;
-    if ctx.subgroup32 {
-        // One sum per warp, then the warps of each row group.
-        decl = "var<workgroup> part: array<f32, 8u * NR>;".to_string();
-        for r in 0..nr {
-            body.push_str(&format!("    let s_{r} = subgroupAdd(acc_{r}_0);\n    if (lane == 0u) {{ part[warp * NR + {r}u] = s_{r}; }}\n"));
-        }
-        body.push_str("    workgroupBarrier();\n    if (lid < RPW) {\n        let g = lid / NR;\n        let r = lid % NR;\n        var t = 0.0;\n");
-        body.push_str(&format!(
-            "        for (var w = 0u; w < {wpg}u; w++) {{ t += part[(g * {wpg}u + w) * NR + r]; }}\n        res[lid] = t;\n    }}\n"
-        ));
-    } else {
-        decl = "var<workgroup> red: array<f32, 256>;".to_string();
-        for r in 0..nr {
-            body.push_str(&format!("    red[lid] = acc_{r}_0;\n    workgroupBarrier();\n    for (var s = SPL / 2u; s > 0u; s >>= 1u) {{\n        if (gl < s) {{ red[lid] += red[lid + s]; }}\n        workgroupBarrier();\n    }}\n    if (gl == 0u) {{ res[(lid / SPL) * NR + {r}u] = red[lid]; }}\n    workgroupBarrier();\n"));
-        }
-    }
+    let decl = q8_reduce(ctx, nr, spl, &mut body);
     let rpw = groups as usize * nr;
     Ok(MATVEC_WGSL
         .replace("$RPW", &rpw.to_string())
@@ -930,6 +1259,177 @@ fn matvec_q8_source(ctx: &GpuContext, ty: u32, nr: u32, spl: u32) -> Result<Stri
         .replace("$BODY", &body)
         .replace("$DEQ", &deq)
         .replace("$NORM_DECL", "")
+        .replace("$NORM_PRO", ""))
+}
+
+/// The end of the integer decode kernels: the NR accumulators of each lane summed over the
+/// `spl` lanes of its row group into `res` (appended to `body`); returns the declarations.
+fn q8_reduce(ctx: &GpuContext, nr: usize, spl: u32, body: &mut String) -> String {
+    let wpg = spl / 32; // warps per row group (subgroup path)
+    if ctx.subgroup32 {
+        // One sum per warp, then the warps of each row group.
+        for r in 0..nr {
+            body.push_str(&format!("    let s_{r} = subgroupAdd(acc_{r}_0);\n    if (lane == 0u) {{ part[warp * NR + {r}u] = s_{r}; }}\n"));
+        }
+        body.push_str("    workgroupBarrier();\n    if (lid < RPW) {\n        let g = lid / NR;\n        let r = lid % NR;\n        var t = 0.0;\n");
+        body.push_str(&format!(
+            "        for (var w = 0u; w < {wpg}u; w++) {{ t += part[(g * {wpg}u + w) * NR + r]; }}\n        res[lid] = t;\n    }}\n"
+        ));
+        "var<workgroup> part: array<f32, 8u * NR>;".to_string()
+    } else {
+        for r in 0..nr {
+            body.push_str(&format!("    red[lid] = acc_{r}_0;\n    workgroupBarrier();\n    for (var s = SPL / 2u; s > 0u; s >>= 1u) {{\n        if (gl < s) {{ red[lid] += red[lid + s]; }}\n        workgroupBarrier();\n    }}\n    if (gl == 0u) {{ res[(lid / SPL) * NR + {r}u] = red[lid]; }}\n    workgroupBarrier();\n"));
+        }
+        "var<workgroup> red: array<f32, 256>;".to_string()
+    }
+}
+
+/// WGSL of [`KernelKey::MatVecQ8F`]: the integer decode kernel of [`matvec_q8_source`] (same
+/// lanes, rows and reduction) whose input X is the f32 row itself. Every lane rounds the
+/// 32-value unit it dots as `actq.wgsl` / [`KernelKey::NormQ8`] do (same operations, so the
+/// same quants and scales): the unit's largest |value|, for Q8_K (`act` 4) the maximum over
+/// the 8 lanes of a 256-value block (subgroup shuffles, or workgroup memory without
+/// subgroups), then the scale by `div_rn` and the int8 quants in registers. The loop runs
+/// the same number of steps in every lane (units past the row take part in the block maxima
+/// with 0 and dot nothing). `norm`: RMSNorm of the whole row first, Σx² reduced over the
+/// row group (one barrier with subgroups), each value x · inv · w as the NormQ8 kernel.
+fn matvec_q8f_source(
+    ctx: &GpuContext,
+    ty: u32,
+    nr: u32,
+    spl: u32,
+    act: u32,
+    norm: bool,
+) -> Result<String> {
+    let gt =
+        GgmlType::from_id(ty).ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;
+    if !matches!(spl, 32 | 64 | 128 | 256)
+        || !matches!(nr, 1 | 2 | 4 | 8 | 16)
+        || !matches!(act, 3 | 4)
+    {
+        return Err(Error::msg(format!(
+            "integer mat-vec with rounding: {spl} lanes per row group, {nr} rows per group, rounding kind {act}"
+        )));
+    }
+    let (lay, deq) = int_deq(gt)?;
+    let nr = nr as usize;
+    let wpg = spl / 32;
+    let mut decl = format!(
+        "{}\nfn amax4(v: vec4<f32>) -> f32 {{\n    let a = abs(v);\n    return max(max(a.x, a.y), max(a.z, a.w));\n}}\n",
+        actq_functions()
+    );
+    let mut body = String::new();
+    for r in 0..nr {
+        body.push_str(&format!("    var acc_{r}_0 = 0.0;\n"));
+    }
+    body.push_str("    let gl = lid % SPL;\n    let nit = (P.units + SPL - 1u) / SPL;\n");
+    if norm {
+        decl.push_str("@group(0) @binding(4) var<storage, read> NW: array<vec4<f32>>;\nvar<workgroup> nred: array<f32, 256>;\n");
+        body.push_str(
+            "    var ss = 0.0;
+    for (var it = 0u; it < nit; it++) {
+        let u = gl + it * SPL;
+        if (u < P.units) {
+            let b = P.x_off + u * 8u;
+            let a0 = X[b];
+            let a1 = X[b + 1u];
+            let a2 = X[b + 2u];
+            let a3 = X[b + 3u];
+            let a4 = X[b + 4u];
+            let a5 = X[b + 5u];
+            let a6 = X[b + 6u];
+            let a7 = X[b + 7u];
+            ss += ((dot(a0, a0) + dot(a1, a1)) + (dot(a2, a2) + dot(a3, a3))) + ((dot(a4, a4) + dot(a5, a5)) + (dot(a6, a6) + dot(a7, a7)));
+        }
+    }
+",
+        );
+        if ctx.subgroup32 {
+            body.push_str(&format!(
+                "    let wss = subgroupAdd(ss);
+    if (lane == 0u) {{ nred[warp] = wss; }}
+    workgroupBarrier();
+    var tot = 0.0;
+    for (var w = 0u; w < {wpg}u; w++) {{ tot += nred[(lid / SPL) * {wpg}u + w]; }}
+"
+            ));
+        } else {
+            body.push_str(
+                "    nred[lid] = ss;
+    workgroupBarrier();
+    for (var s = SPL / 2u; s > 0u; s >>= 1u) {
+        if (gl < s) { nred[lid] += nred[lid + s]; }
+        workgroupBarrier();
+    }
+    let tot = nred[lid - gl];
+",
+            );
+        }
+        body.push_str(
+            "    let inv = 1.0 / sqrt(tot / f32(P.units * 32u) + bitcast<f32>(P.pad1));\n",
+        );
+    }
+    body.push_str(
+        "    for (var it = 0u; it < nit; it++) {
+        let u = gl + it * SPL;
+        let live = u < P.units;
+        let b = P.x_off + min(u, P.units - 1u) * 8u;
+",
+    );
+    for j in 0..8 {
+        if norm {
+            body.push_str(&format!(
+                "        let v{j} = X[b + {j}u] * inv * NW[min(u, P.units - 1u) * 8u + {j}u];\n"
+            ));
+        } else {
+            body.push_str(&format!("        let v{j} = X[b + {j}u];\n"));
+        }
+    }
+    body.push_str("        var am = select(0.0, max(max(max(amax4(v0), amax4(v1)), max(amax4(v2), amax4(v3))), max(max(amax4(v4), amax4(v5)), max(amax4(v6), amax4(v7)))), live);\n");
+    if act == 4 {
+        // Q8_K: the block's 256 values are the units of 8 consecutive lanes.
+        if ctx.subgroup32 {
+            body.push_str("        am = max(am, subgroupShuffleXor(am, 1u));\n        am = max(am, subgroupShuffleXor(am, 2u));\n        am = max(am, subgroupShuffleXor(am, 4u));\n");
+        } else {
+            decl.push_str("var<workgroup> um: array<f32, 256>;\n");
+            body.push_str("        um[lid] = am;\n        workgroupBarrier();\n        let g8 = lid & ~7u;\n        am = max(max(max(um[g8], um[g8 + 1u]), max(um[g8 + 2u], um[g8 + 3u])), max(max(um[g8 + 4u], um[g8 + 5u]), max(um[g8 + 6u], um[g8 + 7u])));\n        workgroupBarrier();\n");
+        }
+        body.push_str(
+            "        var sx = 0.0;
+        var dx = 0.0;
+        if (am != 0.0) {
+            sx = div_rn(127.0, am);
+            dx = div_rn(1.0, sx);
+        }
+",
+        );
+        decl.push_str("fn pkq(v: vec4<f32>, s: f32) -> u32 {\n    return pack4xI8(vec4<i32>(min(round(s * v), vec4<f32>(127.0))));\n}\n");
+    } else {
+        body.push_str("        let sx = select(0.0, div_rn(127.0, am), am != 0.0);\n        let dx = round_f16(div_rn(am, 127.0));\n");
+        decl.push_str(
+            "fn pkq(v: vec4<f32>, s: f32) -> u32 {\n    return pack4xI8(vec4<i32>(round(v * s)));\n}\n",
+        );
+    }
+    body.push_str("        let xa = vec4<u32>(pkq(v0, sx), pkq(v1, sx), pkq(v2, sx), pkq(v3, sx));\n        let xb = vec4<u32>(pkq(v4, sx), pkq(v5, sx), pkq(v6, sx), pkq(v7, sx));\n");
+    body.push_str("        let one = 0x01010101u;\n        let sx0 = (dot4I8Packed(xa.x, one) + dot4I8Packed(xa.y, one)) + (dot4I8Packed(xa.z, one) + dot4I8Packed(xa.w, one));\n        let sx1 = (dot4I8Packed(xb.x, one) + dot4I8Packed(xb.y, one)) + (dot4I8Packed(xb.z, one) + dot4I8Packed(xb.w, one));\n");
+    body.push_str("        if (live) {\n");
+    for r in 0..nr {
+        body.push_str(&format!("            let gu_{r} = min(rbase + {r}u, P.rows - 1u) * P.units + u;\n            acc_{r}_0 += dx * idot(gu_{r} / UPB, gu_{r} % UPB, xa, xb, sx0, sx1);\n"));
+    }
+    body.push_str("        }\n    }\n");
+    let red = q8_reduce(ctx, nr, spl, &mut body);
+    let rpw = (256 / spl) as usize * nr;
+    Ok(MATVEC_WGSL
+        .replace("$RPW", &rpw.to_string())
+        .replace("$WARP_ROWS", "(lid / SPL) * NR")
+        .replace("$NT", "1")
+        .replace("$NR", &nr.to_string())
+        .replace("$UPB", &lay.units_per_block().to_string())
+        .replace("$RED_DECL", &format!("const SPL: u32 = {spl}u;\n{red}"))
+        .replace("$XTY", "vec4<f32>")
+        .replace("$BODY", &body)
+        .replace("$DEQ", &deq)
+        .replace("$NORM_DECL", &decl)
         .replace("$NORM_PRO", ""))
 }
 
@@ -1096,6 +1596,98 @@ const NORM_PROLOGUE: &str = "    var ss = 0.0;
     }
     workgroupBarrier();
 $ACT_PRO";
+
+/// `shaders/actq.wgsl` with its block scales computed by one lane per block or by every
+/// thread ([`Tune::actq_div`]).
+fn actq_source(ctx: &GpuContext) -> String {
+    ACTQ_WGSL.replace(
+        "$LANE_DIV",
+        if ctx.tune.actq_div { "true" } else { "false" },
+    )
+}
+
+/// Workgroup memory of the [`KernelKey::NormRound`] kernel for rows of `k4`·4 values.
+pub fn norm_round_shared_bytes(k4: u32) -> u32 {
+    // The row (vec4s), the per-vec4 maxima, ≤ k4 / 8 block scales, the reduction.
+    16 * k4 + 4 * k4 + k4 + 1024
+}
+
+/// WGSL of [`KernelKey::NormRound`]: the RMSNorm kernel's loops (same operations and order,
+/// so the same normalised values, written to Y as before), the row kept in workgroup memory,
+/// then the fused rounding of the decode prologue ([`act_prologue`]: the operations of
+/// `actq.wgsl`), whose result goes to R (same layout as Y).
+fn norm_round_source(k4: u32, act: u32) -> Result<String> {
+    let (decl, body) = act_prologue(act, k4, false)?;
+    // Only the Q8 kinds have block scales (and a packed region).
+    let q8 = if matches!(act, 3 | 4) {
+        "        if (P.q8_base != 0u) {
+            // The int8 quants and per-32 scales of actq.wgsl's packed region (one-token calls
+            // whose mat-vecs read them): q = v / d exactly (|q| ≤ 127 times an f16 or f32
+            // scale, rounded back to the integer).
+            let d = sc[i / BS4].y;
+            let q = select(vec4<f32>(0.0), round(v / d), d != 0.0);
+            R[P.q8_base + o / 4u] = pack4xI8(vec4<i32>(q));
+            if (o % 32u == 0u) {
+                R[P.q8_base + P.q8_base / 4u + o / 32u] = bitcast<u32>(d);
+            }
+        }
+"
+    } else {
+        ""
+    };
+    Ok(format!(
+        "struct Params {{
+    n: u32,
+    n_tok: u32,
+    eps: f32,
+    q8_base: u32,
+}}
+@group(0) @binding(0) var<storage, read> X: array<f32>;
+@group(0) @binding(1) var<storage, read> NW: array<f32>;
+@group(0) @binding(2) var<storage, read_write> Y: array<f32>;
+@group(0) @binding(3) var<uniform> P: Params;
+@group(0) @binding(4) var<storage, read_write> R: array<u32>;
+
+const K4: u32 = {k4}u;
+var<workgroup> red: array<f32, 256>;
+var<workgroup> xs: array<vec4<f32>, K4>;
+{decl}
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {{
+    let base = wg.x * P.n;
+    var s = 0.0;
+    for (var i = lid; i < P.n; i += 256u) {{
+        let v = X[base + i];
+        s += v * v;
+    }}
+    red[lid] = s;
+    workgroupBarrier();
+    for (var k = 128u; k > 0u; k >>= 1u) {{
+        if (lid < k) {{
+            red[lid] += red[lid + k];
+        }}
+        workgroupBarrier();
+    }}
+    let inv = 1.0 / sqrt(red[0] / f32(P.n) + P.eps);
+    for (var i = lid; i < P.n; i += 256u) {{
+        let y = X[base + i] * inv * NW[i];
+        Y[base + i] = y;
+        xs[i / 4u][i % 4u] = y;
+    }}
+    workgroupBarrier();
+{body}
+    for (var i = lid; i < K4; i += 256u) {{
+        let v = xs[i];
+        let o = base + 4u * i;
+        R[o] = bitcast<u32>(v.x);
+        R[o + 1u] = bitcast<u32>(v.y);
+        R[o + 2u] = bitcast<u32>(v.z);
+        R[o + 3u] = bitcast<u32>(v.w);
+{q8}    }}
+}}
+"
+    ))
+}
 
 /// `div_rn`, `round_f16` and `round_bf16` of `shaders/actq.wgsl`, for the fused rounding.
 fn actq_functions() -> &'static str {
@@ -1392,6 +1984,13 @@ impl Kernels {
                 matvec_source(ctx, *ty, 1, *nr, None, true, false)?
             }
             KernelKey::MatVecQ8 { ty, nr, spl } => matvec_q8_source(ctx, *ty, *nr, *spl)?,
+            KernelKey::MatVecQ8F {
+                ty,
+                nr,
+                spl,
+                act,
+                norm,
+            } => matvec_q8f_source(ctx, *ty, *nr, *spl, *act, *norm)?,
             KernelKey::NormQ8 { k4, act } => normq8_source(ctx, *k4, *act)?,
             KernelKey::MatVecNorm {
                 ty,
@@ -1436,13 +2035,30 @@ impl Kernels {
                 let lay = layout(gt)?;
                 let deq = deq_source(gt, "W", "", "P.d_off")?;
                 if ctx.facts.coop_matrix {
-                    coop_source(ctx.tune.coop_tile(*ty), lay.units_per_block(), &deq)
+                    let tile = ctx.tune.coop_tile(*ty);
+                    coop_source(
+                        tile,
+                        lay.units_per_block(),
+                        &deq,
+                        gt,
+                        ctx.tune.coop_prefetch,
+                        ctx.tune.coop_raw,
+                        tile.stage_buffers(&ctx.tune, ctx.facts.shared_mem),
+                    )
                 } else {
                     MATMAT_WGSL
                         .replace("$UPB", &lay.units_per_block().to_string())
                         .replace("$DEQ", &deq)
                 }
             }
+            KernelKey::Embed { ty } => {
+                let gt = GgmlType::from_id(*ty)
+                    .ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;
+                EMBED_WGSL
+                    .replace("$UPB", &layout(gt)?.units_per_block().to_string())
+                    .replace("$DEQ", &deq_source(gt, "W", "", "P.d_off")?)
+            }
+            KernelKey::NormRound { k4, act } => norm_round_source(*k4, *act)?,
             KernelKey::RmsNorm => RMSNORM_WGSL.to_string(),
             KernelKey::Rope => ROPE_WGSL.to_string(),
             KernelKey::Attention { hd, qt, kb } => ATTENTION_WGSL
@@ -1450,14 +2066,14 @@ impl Kernels {
                 .replace("$QT", &qt.to_string())
                 .replace("$KB", &kb.to_string()),
             KernelKey::AttentionCoop { hd } => attention_coop_source(*hd)?,
-            KernelKey::ActQ => ACTQ_WGSL.to_string(),
+            KernelKey::ActQ => actq_source(ctx),
             KernelKey::AttnCombineQ { nch, exact } => {
                 if !ACTQ_WGSL.contains(ACTQ_LOAD) {
                     return Err(Error::msg(
                         "internal: actq.wgsl has no input load to replace",
                     ));
                 }
-                ACTQ_WGSL.replace(ACTQ_LOAD, "v = attn_combine(i, t);")
+                actq_source(ctx).replace(ACTQ_LOAD, "v = attn_combine(i, t);")
                     + &ATTN_COMBINE
                         .replace("$NCH", &nch.to_string())
                         .replace("$EXACT", if *exact { "true" } else { "false" })

@@ -6,6 +6,7 @@ pub mod actq;
 pub mod backend;
 pub mod buffers;
 pub mod device;
+pub mod embed;
 pub mod kernels;
 pub mod model;
 pub mod ops;

@@ -192,9 +192,19 @@ enum StepKind {
         /// Also write the packed int8 quants from this word (0: none).
         q8e: u32,
     },
+    /// Batch RMSNorm that also writes the activation rounding of its output
+    /// (`KernelKey::NormRound`), in one-token calls with the packed int8 quants from word
+    /// `q8e` (0: none).
+    NormRound {
+        q8e: u32,
+    },
     /// Decode RMSNorm + rounding into packed int8 quants from word `q8e` (one workgroup).
     NormQ8 {
         q8e: u32,
+    },
+    /// Embedding rows of the prompt's tokens from chunk `c` of the GPU token-embedding matrix.
+    Embed {
+        c: usize,
     },
 }
 
@@ -205,6 +215,15 @@ enum When {
     Always,
     Batch,
     Decode,
+    /// Calls of 2 or more tokens only (the GPU embedding look-up).
+    Prompt,
+}
+
+impl When {
+    /// Whether a step of this kind runs in an `n`-token call of graph `mode`.
+    fn runs(self, mode: When, n: usize) -> bool {
+        self == When::Always || self == mode || (self == When::Prompt && n > 1)
+    }
 }
 
 struct Step {
@@ -220,6 +239,9 @@ struct Step {
 }
 
 const SLOT: usize = 256;
+
+/// A forward call's batch shape: (tokens, all logits, fused decode graph).
+type BatchShape = (usize, bool, bool);
 
 /// GPU timestamps taken by [`GpuModel::forward_profiled`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -272,6 +294,8 @@ pub struct GpuModel {
     prerecorded: Option<((usize, bool, bool), wgpu::CommandBuffer)>,
     /// Batch shape (tokens, all logits, fused) whose parameters are in `params`.
     params_for: Option<(usize, bool, bool)>,
+    /// Workgroup counts of the active steps for that shape.
+    disp_for: Option<(BatchShape, Vec<(u32, u32)>)>,
     /// One-token forwards run the fused decode graph.
     fused: bool,
     ctx: Arc<GpuContext>,
@@ -286,6 +310,10 @@ pub struct GpuModel {
     embd_ty: GgmlType,
     embd: Vec<u8>,
     embd_row_bytes: usize,
+    /// The token-embedding matrix on the GPU for prompt calls ([`When::Prompt`] steps).
+    embd_gpu: Option<GpuMatrix>,
+    /// Token ids of the current call (read by the GPU embedding look-up).
+    tids: wgpu::Buffer,
     params: wgpu::Buffer,
     tinfo: wgpu::Buffer,
     x: wgpu::Buffer,
@@ -549,6 +577,22 @@ impl GpuModel {
         };
         let out_idx = push(outm, &mut mats);
         mem.weights += mats.iter().map(|m| m.gpu_bytes).sum::<u64>();
+        // Prompt embeddings on the GPU (`Tune::gpu_embd`): the token-embedding matrix as the
+        // kernels read weights (not counted in the per-token weight bytes: a call reads only
+        // its tokens' rows).
+        let embd_gpu = if ctx.tune.gpu_embd {
+            let m = upload_matrix(&ctx, "token_embd.weight", embd_ty, n_vocab, d, &embd)?;
+            mem.weights += m.gpu_bytes;
+            Some(m)
+        } else {
+            None
+        };
+        let tids = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("token ids"),
+            size: (nb * 4) as u64,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
 
         // Scratch buffers.
         let x = scratch(&ctx, "x", nb * d);
@@ -616,6 +660,7 @@ impl GpuModel {
         let (bgl_nq, pl_nq) = buffer_layouts(&ctx, "norm q8", b"rrwu");
         let (bgl_attd, pl_attd) = buffer_layouts(&ctx, "attn decode", b"rwwwurr");
         let (bgl_attn, pl_attn) = buffer_layouts(&ctx, "attn", b"rrrwur");
+        let (bgl_nr, pl_nr) = buffer_layouts(&ctx, "norm round", b"rrwuw");
         let (attn_key, _) = super::kernels::attention_key(&ctx, hd as u32)?;
 
         // Steps (bind groups reference a params slot each).
@@ -629,7 +674,7 @@ impl GpuModel {
             mapped_at_creation: false,
         });
         mem.scratch = (nb * (d * 3 + cfg.qkv_dim() + 2 * cfg.n_ff + 2 * n_vocab) * 4
-            + nb * 8
+            + nb * 12
             + cs.len() * 4
             + n_slots_est * SLOT) as u64;
         let mut steps: Vec<Step> = Vec::new();
@@ -665,6 +710,26 @@ impl GpuModel {
                 entries: &entries,
             })
         };
+        // Prompt calls first look their tokens' embedding rows up, one dispatch per chunk.
+        if let Some(em) = &embd_gpu {
+            for (c, ch) in em.chunks.iter().enumerate() {
+                let slot = steps.len();
+                steps.push(Step {
+                    kind: StepKind::Embed { c },
+                    when: When::Prompt,
+                    role: "embed",
+                    bind: bg(&bgl_mat, &[&ch.buf, &tids, &x], slot),
+                    slot,
+                    key: KernelKey::Embed { ty: embd_ty.id() },
+                    n: 0,
+                });
+            }
+        }
+        // The last batch RMSNorm step (index, input, weights, output), which the rounding of
+        // the matrices right after it can be folded into (`Tune::norm_round`).
+        let last_norm: std::cell::RefCell<
+            Option<(usize, wgpu::Buffer, wgpu::Buffer, wgpu::Buffer)>,
+        > = Default::default();
         let act = std::cell::RefCell::new(ActRounding::new(
             nb * d.max(2 * cfg.n_ff),
             ctx.tune.act_round,
@@ -690,7 +755,41 @@ impl GpuModel {
                 } else {
                     0
                 };
-                if let Some(r) = input.round {
+                let fold = input.round.as_ref().and_then(|r| {
+                    let k4 = (mats[m].cols / 4) as u32;
+                    let fits = match r.kind {
+                        1 | 2 => true,
+                        3 => k4 % 8 == 0,
+                        4 => k4 % 64 == 0,
+                        _ => false,
+                    } && super::kernels::norm_round_shared_bytes(k4)
+                        <= ctx.facts.shared_mem;
+                    let ln = last_norm.borrow();
+                    match &*ln {
+                        Some((at, xi, nw, out))
+                            if ctx.tune.norm_round
+                                && fits
+                                && !last_only
+                                && *at + 1 == steps.len()
+                                && out == xb
+                                && x_ld == mats[m].cols =>
+                        {
+                            Some((*at, xi.clone(), nw.clone(), out.clone(), k4, r.kind))
+                        }
+                        _ => None,
+                    }
+                });
+                if let Some((at, xi, nw, out, k4, kind)) = fold {
+                    // The norm right before writes the rounded copy too: same values, one
+                    // dispatch fewer.
+                    let rb = &input.buf;
+                    steps[at].kind = StepKind::NormRound {
+                        q8e: if kind >= 3 { q8e } else { 0 },
+                    };
+                    steps[at].bind = bg(&bgl_nr, &[&xi, &nw, &out, rb], at);
+                    steps[at].key = KernelKey::NormRound { k4, act: kind };
+                    act.borrow_mut().made_by_previous_step();
+                } else if let Some(r) = input.round {
                     let slot = steps.len();
                     steps.push(Step {
                         kind: StepKind::ActQ {
@@ -769,6 +868,35 @@ impl GpuModel {
             } else {
                 0
             };
+            // Norm and rounding in the mat-vec itself (`Tune::fold_norm`).
+            let folded = ctx
+                .tune
+                .matvec_q8f_key(ty.id(), mats[m].cols / 32, kind, true)
+                .filter(|_| ctx.tune.fold_norm);
+            if let Some(key) = folded {
+                for c in 0..mats[m].chunks.len() {
+                    let slot = steps.len();
+                    steps.push(Step {
+                        kind: StepKind::Mat {
+                            m,
+                            c,
+                            x_ld: (d / 4) as u32,
+                            y_off: y_off as u32,
+                            ld_y: ld_y as u32,
+                            mode,
+                            last_only: true,
+                            q8e: 0,
+                        },
+                        bind: bg(&bgl_matn, &[&mats[m].chunks[c].buf, &x, yb, nw], slot),
+                        when: When::Decode,
+                        role,
+                        slot,
+                        key: key.clone(),
+                        n: 0,
+                    });
+                }
+                return;
+            }
             if ctx.tune.normq && ctx.tune.q8_for(ty.id()) && matches!(kind, 3 | 4) {
                 let buf = &nq[kind as usize - 3];
                 let mut live = normq_live.borrow_mut();
@@ -853,6 +981,55 @@ impl GpuModel {
                 });
             }
         };
+        // The decode graph's own `ffn_down` step that rounds its f32 input itself
+        // (`Tune::fold_actq`): the rounding and matrix steps from `from` (recorded by
+        // `add_mat` for both graphs) are left to the batch graph.
+        #[allow(clippy::too_many_arguments)]
+        let fold_actq = |steps: &mut Vec<Step>,
+                         mats: &Vec<GpuMatrix>,
+                         from: usize,
+                         m: usize,
+                         xb: &wgpu::Buffer,
+                         yb: &wgpu::Buffer,
+                         x_ld: usize,
+                         mode: u32,
+                         role: &'static str| {
+            let ty = mats[m].ty;
+            let key = ctx
+                .tune
+                .matvec_q8f_key(
+                    ty.id(),
+                    mats[m].cols / 32,
+                    super::actq::kind_for_weight(ty),
+                    false,
+                )
+                .filter(|_| fuse_norm && actq_on && ctx.tune.fold_actq_for(ty.id()));
+            let Some(key) = key else { return };
+            for s in &mut steps[from..] {
+                s.when = When::Batch;
+            }
+            for c in 0..mats[m].chunks.len() {
+                let slot = steps.len();
+                steps.push(Step {
+                    kind: StepKind::Mat {
+                        m,
+                        c,
+                        x_ld: (x_ld / 4) as u32,
+                        y_off: 0,
+                        ld_y: d as u32,
+                        mode,
+                        last_only: false,
+                        q8e: 0,
+                    },
+                    bind: bg(&bgl_mat, &[&mats[m].chunks[c].buf, xb, yb], slot),
+                    when: When::Decode,
+                    role,
+                    slot,
+                    key: key.clone(),
+                    n: 0,
+                });
+            }
+        };
         // Mark the steps from `from` on (batch-graph matrices and their roundings) as
         // batch-only when the decode graph has its own.
         let batch_from = |steps: &mut Vec<Step>, from: usize| {
@@ -864,6 +1041,7 @@ impl GpuModel {
         };
         for ly in &lidx {
             let slot = steps.len();
+            *last_norm.borrow_mut() = Some((slot, x.clone(), ly.an.clone(), xn.clone()));
             steps.push(Step {
                 kind: StepKind::Norm,
                 when: When::Batch,
@@ -1014,6 +1192,7 @@ impl GpuModel {
                 );
             }
             let slot = steps.len();
+            *last_norm.borrow_mut() = Some((slot, x.clone(), ly.fnm.clone(), xn.clone()));
             steps.push(Step {
                 kind: StepKind::Norm,
                 when: When::Batch,
@@ -1034,8 +1213,12 @@ impl GpuModel {
                         &mut steps, &mats, ly.gu[0], &ly.fnm, &hid, 0, cfg.n_ff, 2, "gate_up",
                     );
                 }
+                let b0 = steps.len();
                 add_mat(
                     &mut steps, &mats, ly.down, &hid, &x, cfg.n_ff, 0, d, 1, false, "down",
+                );
+                fold_actq(
+                    &mut steps, &mats, b0, ly.down, &hid, &x, cfg.n_ff, 1, "down",
                 );
             } else {
                 // Gate and up of different types: gate → hid[t][ff..2ff], then the up pass
@@ -1092,6 +1275,7 @@ impl GpuModel {
                         "up",
                     );
                 }
+                let b0 = steps.len();
                 add_mat(
                     &mut steps,
                     &mats,
@@ -1103,6 +1287,17 @@ impl GpuModel {
                     d,
                     1,
                     false,
+                    "down",
+                );
+                fold_actq(
+                    &mut steps,
+                    &mats,
+                    b0,
+                    ly.down,
+                    &hid,
+                    &x,
+                    2 * cfg.n_ff,
+                    1,
                     "down",
                 );
             }
@@ -1140,9 +1335,10 @@ impl GpuModel {
             let pl = match s.key {
                 KernelKey::Rope => &pl_rope,
                 KernelKey::Attention { .. } | KernelKey::AttentionCoop { .. } => &pl_attn,
-                KernelKey::MatVecNorm { .. } => &pl_matn,
+                KernelKey::MatVecNorm { .. } | KernelKey::MatVecQ8F { norm: true, .. } => &pl_matn,
                 KernelKey::NormQ8 { .. } => &pl_nq,
                 KernelKey::AttnDecode { .. } => &pl_attd,
+                KernelKey::NormRound { .. } => &pl_nr,
                 _ => &pl_mat,
             };
             kernels.get_with_layout(&ctx, &s.key, pl)?;
@@ -1166,7 +1362,8 @@ impl GpuModel {
         let dispatches = steps
             .iter()
             .filter(|s| {
-                s.when == When::Always || s.when == (if fused { When::Decode } else { When::Batch })
+                s.when
+                    .runs(if fused { When::Decode } else { When::Batch }, 1)
             })
             .count();
         let _ = (&xn, &qkvb, &att, &hid);
@@ -1175,6 +1372,7 @@ impl GpuModel {
             prerecord: ctx.tune.prerecord,
             prerecorded: None,
             params_for: None,
+            disp_for: None,
             fused,
             ctx,
             label: src.label(),
@@ -1187,6 +1385,8 @@ impl GpuModel {
             embd_ty,
             embd,
             embd_row_bytes,
+            embd_gpu,
+            tids,
             params,
             tinfo,
             x,
@@ -1254,11 +1454,7 @@ impl GpuModel {
     /// allows it and GGUFQ_FUSE is not 0) or through the batch graph (for comparisons).
     /// Returns whether the fused graph is in use.
     pub fn set_fused_decode(&mut self, on: bool) -> bool {
-        self.fused = on
-            && self
-                .steps
-                .iter()
-                .any(|s| matches!(s.key, KernelKey::MatVecNorm { .. }));
+        self.fused = on && self.steps.iter().any(|s| s.when == When::Decode);
         self.dispatches = self.dispatches_per_token();
         self.fused
     }
@@ -1266,9 +1462,7 @@ impl GpuModel {
     /// The steps a one-token forward runs.
     fn decode_steps(&self) -> impl Iterator<Item = &Step> {
         let mode = self.mode(1);
-        self.steps
-            .iter()
-            .filter(move |s| s.when == When::Always || s.when == mode)
+        self.steps.iter().filter(move |s| s.when.runs(mode, 1))
     }
 
     /// Role of every dispatch of a one-token forward call, in order.
@@ -1296,7 +1490,7 @@ impl GpuModel {
         let mode = self.mode(n);
         self.steps
             .iter()
-            .filter(|s| s.when == When::Always || s.when == mode)
+            .filter(|s| s.when.runs(mode, n))
             .map(|s| s.role)
             .collect()
     }
@@ -1310,7 +1504,7 @@ impl GpuModel {
         let mode = self.mode(n);
         self.steps
             .iter()
-            .filter(|s| s.when == When::Always || s.when == mode)
+            .filter(|s| s.when.runs(mode, n))
             .map(|s| match s.kind {
                 StepKind::Mat {
                     m, c, last_only, ..
@@ -1373,188 +1567,225 @@ impl GpuModel {
             ti.push(seq);
             ti.push(pos);
         }
-        let mut xs = vec![0f32; n * d];
-        let (ety, rb, embd) = (self.embd_ty, self.embd_row_bytes, &self.embd);
-        let row = |(dst, &(tok, _, _)): (&mut [f32], &(u32, u32, u32))| {
-            let r = tok as usize * rb;
-            crate::quant::dequantize_row(ety, &embd[r..r + rb], dst)
-        };
-        if n >= 16 {
-            use rayon::prelude::*;
-            xs.par_chunks_mut(d)
-                .zip(tokens.par_iter())
-                .try_for_each(row)?;
+        if self.embd_gpu.is_some() && n > 1 {
+            // The rows are looked up by the `Embed` steps at the start of the pass.
+            let ids: Vec<u32> = tokens.iter().map(|t| t.0).collect();
+            self.ctx
+                .queue
+                .write_buffer(&self.tids, 0, bytemuck::cast_slice(&ids));
         } else {
-            xs.chunks_mut(d).zip(tokens.iter()).try_for_each(row)?;
+            let mut xs = vec![0f32; n * d];
+            let (ety, rb, embd) = (self.embd_ty, self.embd_row_bytes, &self.embd);
+            let row = |(dst, &(tok, _, _)): (&mut [f32], &(u32, u32, u32))| {
+                let r = tok as usize * rb;
+                crate::quant::dequantize_row(ety, &embd[r..r + rb], dst)
+            };
+            if n >= 16 {
+                use rayon::prelude::*;
+                xs.par_chunks_mut(d)
+                    .zip(tokens.par_iter())
+                    .try_for_each(row)?;
+            } else {
+                xs.chunks_mut(d).zip(tokens.iter()).try_for_each(row)?;
+            }
+            self.ctx
+                .queue
+                .write_buffer(&self.x, 0, bytemuck::cast_slice(&xs));
         }
-        self.ctx
-            .queue
-            .write_buffer(&self.x, 0, bytemuck::cast_slice(&xs));
         self.ctx
             .queue
             .write_buffer(&self.tinfo, 0, bytemuck::cast_slice(&ti));
         let cfg = &self.cfg;
         let mode = self.mode(n);
-        let mut pbytes = vec![0u8; self.steps.len() * SLOT];
-        let mut disp: Vec<(u32, u32)> = Vec::with_capacity(self.steps.len());
-        for s in self
-            .steps
-            .iter()
-            .filter(|s| s.when == When::Always || s.when == mode)
-        {
-            let p: [u32; 12];
-            let wg;
-            match s.kind {
-                StepKind::Norm => {
-                    p = [s.n, n as u32, cfg.eps.to_bits(), 0, 0, 0, 0, 0, 0, 0, 0, 0];
-                    wg = (n as u32, 1);
-                }
-                StepKind::NormQ8 { q8e } => {
-                    // Decode only: one token, residual row 0.
-                    p = [0, 0, 0, 0, q8e, 0, 0, 1, 0, 0, 0, cfg.eps.to_bits()];
-                    wg = (1, 1);
-                }
-                StepKind::Mat {
-                    m,
-                    c,
-                    x_ld,
-                    y_off,
-                    ld_y,
-                    mode,
-                    last_only,
-                    q8e,
-                } => {
-                    let mat = &self.mats[m];
-                    let ch = &mat.chunks[c];
-                    let (x_off, ntok) = if last_only && !all_logits {
-                        ((n as u32 - 1) * x_ld, 1)
-                    } else {
-                        (0, n as u32)
-                    };
-                    let tune = self.ctx.tune;
-                    let aux = if mode == 3 { cfg.n_ff as u32 } else { 0 };
-                    p = [
-                        ch.rows,
-                        (mat.cols / 32) as u32,
-                        ch.d_off,
-                        x_off,
-                        // The integer decode kernel finds its packed input from ld_x (it
-                        // reads one token).
-                        if ntok == 1 && q8e != 0 { q8e } else { x_ld },
+        let shape = (n, all_logits, mode == When::Decode);
+        // Parameters and workgroup counts depend only on the batch shape: consecutive
+        // decode steps reuse them (`Tune::param_cache`).
+        let cached = match self.disp_for.take() {
+            Some((k, d))
+                if k == shape && self.params_for == Some(shape) && self.ctx.tune.param_cache =>
+            {
+                Some(d)
+            }
+            _ => None,
+        };
+        let disp = if let Some(d) = cached {
+            d
+        } else {
+            let mut pbytes = vec![0u8; self.steps.len() * SLOT];
+            let mut disp: Vec<(u32, u32)> = Vec::with_capacity(self.steps.len());
+            for s in self.steps.iter().filter(|s| s.when.runs(mode, n)) {
+                let p: [u32; 12];
+                let wg;
+                match s.kind {
+                    StepKind::Norm => {
+                        p = [s.n, n as u32, cfg.eps.to_bits(), 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                        wg = (n as u32, 1);
+                    }
+                    StepKind::NormRound { q8e } => {
+                        // The packed quants only where a one-token mat-vec reads them.
+                        let q8 = if n == 1 { q8e } else { 0 };
+                        p = [s.n, n as u32, cfg.eps.to_bits(), q8, 0, 0, 0, 0, 0, 0, 0, 0];
+                        wg = (n as u32, 1);
+                    }
+                    StepKind::Embed { c } => {
+                        let ch = self
+                            .embd_gpu
+                            .as_ref()
+                            .and_then(|m| m.chunks.get(c))
+                            .ok_or_else(|| {
+                                Error::msg("internal: embedding step without its chunk")
+                            })?;
+                        p = super::embed::params(ch, d, n as u32);
+                        wg = super::embed::workgroups(d, n as u32);
+                    }
+                    StepKind::NormQ8 { q8e } => {
+                        // Decode only: one token, residual row 0.
+                        p = [0, 0, 0, 0, q8e, 0, 0, 1, 0, 0, 0, cfg.eps.to_bits()];
+                        wg = (1, 1);
+                    }
+                    StepKind::Mat {
+                        m,
+                        c,
+                        x_ld,
                         y_off,
                         ld_y,
-                        ntok,
                         mode,
-                        ch.row0,
-                        aux,
-                        cfg.eps.to_bits(),
-                    ];
-                    wg = if ntok == 1 {
-                        (
-                            ch.rows
-                                .div_ceil(tune.rows_per_wg(&s.key, tune.decode_nr(mat.ty.id()))),
-                            1,
-                        )
-                    } else if ntok >= tune.mm_min {
-                        let (tr, tt) = super::kernels::matmat_tile(&self.ctx, mat.ty.id());
-                        (ch.rows.div_ceil(tr), ntok.div_ceil(tt))
-                    } else {
-                        (
-                            ch.rows.div_ceil(8 * tune.nr_prompt),
-                            ntok.div_ceil(tune.nt_prompt),
-                        )
-                    };
-                }
-                StepKind::ActQ {
-                    kind,
-                    k,
-                    ld,
-                    last_only,
-                    q8e,
-                } => {
-                    let (x_off, ntok) = if last_only && !all_logits {
-                        ((n as u32 - 1) * ld, 1)
-                    } else {
-                        (0, n as u32)
-                    };
-                    p = super::actq::params_q8(k, ld, x_off, ntok, kind, q8e);
-                    wg = super::actq::workgroups(k, ntok);
-                }
-                StepKind::Rope => {
-                    p = [
-                        cfg.n_head as u32,
-                        cfg.n_kv as u32,
-                        cfg.head_dim as u32,
-                        self.opts.n_ctx as u32,
-                        n as u32,
-                        cfg.qkv_dim() as u32,
-                        (cfg.n_kv * cfg.head_dim) as u32,
-                        cfg.n_rot as u32,
-                        0,
-                        0,
-                        0,
-                        0,
-                    ];
-                    let total = (cfg.n_head + 2 * cfg.n_kv) * cfg.head_dim / 2;
-                    wg = ((total as u32).div_ceil(64), n as u32);
-                }
-                StepKind::AttnCombineQ {
-                    kind,
-                    k,
-                    ld,
-                    q8e,
-                    stats,
-                } => {
-                    let mut q = super::actq::params_q8(k, ld, 0, n as u32, kind, q8e);
-                    q[6] = cfg.head_dim as u32;
-                    q[7] = cfg.n_head as u32;
-                    q[8] = stats;
-                    p = q;
-                    wg = super::actq::workgroups(k, n as u32);
-                }
-                StepKind::Attn | StepKind::AttnDecode { .. } => {
-                    p = [
-                        cfg.n_head as u32,
-                        cfg.n_kv as u32,
-                        cfg.head_dim as u32,
-                        self.opts.n_ctx as u32,
-                        n as u32,
-                        cfg.qkv_dim() as u32,
-                        (cfg.n_kv * cfg.head_dim) as u32,
-                        d as u32,
-                        (1.0 / (cfg.head_dim as f32).sqrt()).to_bits(),
-                        cfg.n_rot as u32,
-                        match s.kind {
-                            StepKind::AttnDecode { stats, .. } => stats,
-                            _ => 0,
-                        },
-                        0,
-                    ];
-                    wg = match (&s.key, s.kind) {
-                        (KernelKey::Attention { qt, .. }, _) => {
-                            (cfg.n_head as u32, (n as u32).div_ceil(*qt))
-                        }
-                        (KernelKey::AttentionCoop { .. }, _) => (
+                        last_only,
+                        q8e,
+                    } => {
+                        let mat = &self.mats[m];
+                        let ch = &mat.chunks[c];
+                        let (x_off, ntok) = if last_only && !all_logits {
+                            ((n as u32 - 1) * x_ld, 1)
+                        } else {
+                            (0, n as u32)
+                        };
+                        let tune = self.ctx.tune;
+                        let aux = if mode == 3 { cfg.n_ff as u32 } else { 0 };
+                        p = [
+                            ch.rows,
+                            (mat.cols / 32) as u32,
+                            ch.d_off,
+                            x_off,
+                            // The integer decode kernel finds its packed input from ld_x (it
+                            // reads one token).
+                            if ntok == 1 && q8e != 0 { q8e } else { x_ld },
+                            y_off,
+                            ld_y,
+                            ntok,
+                            mode,
+                            ch.row0,
+                            aux,
+                            cfg.eps.to_bits(),
+                        ];
+                        wg = if ntok == 1 {
+                            (
+                                ch.rows.div_ceil(
+                                    tune.rows_per_wg(&s.key, tune.decode_nr(mat.ty.id())),
+                                ),
+                                1,
+                            )
+                        } else if ntok >= tune.mm_min {
+                            let (tr, tt) = super::kernels::matmat_tile(&self.ctx, mat.ty.id());
+                            (ch.rows.div_ceil(tr), ntok.div_ceil(tt))
+                        } else {
+                            (
+                                ch.rows.div_ceil(8 * tune.nr_prompt),
+                                ntok.div_ceil(tune.nt_prompt),
+                            )
+                        };
+                    }
+                    StepKind::ActQ {
+                        kind,
+                        k,
+                        ld,
+                        last_only,
+                        q8e,
+                    } => {
+                        let (x_off, ntok) = if last_only && !all_logits {
+                            ((n as u32 - 1) * ld, 1)
+                        } else {
+                            (0, n as u32)
+                        };
+                        p = super::actq::params_q8(k, ld, x_off, ntok, kind, q8e);
+                        wg = super::actq::workgroups(k, ntok);
+                    }
+                    StepKind::Rope => {
+                        p = [
                             cfg.n_head as u32,
-                            (n as u32).div_ceil(super::kernels::ATTN_COOP_QT),
-                        ),
-                        (_, StepKind::AttnDecode { nch, .. }) => {
-                            (cfg.n_head as u32 * nch, n as u32)
-                        }
-                        _ => (cfg.n_head as u32, n as u32),
-                    };
+                            cfg.n_kv as u32,
+                            cfg.head_dim as u32,
+                            self.opts.n_ctx as u32,
+                            n as u32,
+                            cfg.qkv_dim() as u32,
+                            (cfg.n_kv * cfg.head_dim) as u32,
+                            cfg.n_rot as u32,
+                            0,
+                            0,
+                            0,
+                            0,
+                        ];
+                        let total = (cfg.n_head + 2 * cfg.n_kv) * cfg.head_dim / 2;
+                        wg = ((total as u32).div_ceil(64), n as u32);
+                    }
+                    StepKind::AttnCombineQ {
+                        kind,
+                        k,
+                        ld,
+                        q8e,
+                        stats,
+                    } => {
+                        let mut q = super::actq::params_q8(k, ld, 0, n as u32, kind, q8e);
+                        q[6] = cfg.head_dim as u32;
+                        q[7] = cfg.n_head as u32;
+                        q[8] = stats;
+                        p = q;
+                        wg = super::actq::workgroups(k, n as u32);
+                    }
+                    StepKind::Attn | StepKind::AttnDecode { .. } => {
+                        p = [
+                            cfg.n_head as u32,
+                            cfg.n_kv as u32,
+                            cfg.head_dim as u32,
+                            self.opts.n_ctx as u32,
+                            n as u32,
+                            cfg.qkv_dim() as u32,
+                            (cfg.n_kv * cfg.head_dim) as u32,
+                            d as u32,
+                            (1.0 / (cfg.head_dim as f32).sqrt()).to_bits(),
+                            cfg.n_rot as u32,
+                            match s.kind {
+                                StepKind::AttnDecode { stats, .. } => stats,
+                                _ => 0,
+                            },
+                            0,
+                        ];
+                        wg = match (&s.key, s.kind) {
+                            (KernelKey::Attention { qt, .. }, _) => {
+                                (cfg.n_head as u32, (n as u32).div_ceil(*qt))
+                            }
+                            (KernelKey::AttentionCoop { .. }, _) => (
+                                cfg.n_head as u32,
+                                (n as u32).div_ceil(super::kernels::ATTN_COOP_QT),
+                            ),
+                            (_, StepKind::AttnDecode { nch, .. }) => {
+                                (cfg.n_head as u32 * nch, n as u32)
+                            }
+                            _ => (cfg.n_head as u32, n as u32),
+                        };
+                    }
                 }
+                pbytes[s.slot * SLOT..s.slot * SLOT + 48].copy_from_slice(bytemuck::cast_slice(&p));
+                disp.push(wg);
             }
-            pbytes[s.slot * SLOT..s.slot * SLOT + 48].copy_from_slice(bytemuck::cast_slice(&p));
-            disp.push(wg);
-        }
-        // The parameters depend only on the batch shape (positions are in the token table):
-        // consecutive decode steps upload them once.
-        let shape = (n, all_logits, mode == When::Decode);
-        if self.params_for != Some(shape) {
-            self.ctx.queue.write_buffer(&self.params, 0, &pbytes);
-            self.params_for = Some(shape);
-        }
+            // The parameters depend only on the batch shape (positions are in the token table):
+            // consecutive decode steps upload them once.
+            if self.params_for != Some(shape) {
+                self.ctx.queue.write_buffer(&self.params, 0, &pbytes);
+                self.params_for = Some(shape);
+            }
+            disp
+        };
         let t_prepared = Instant::now();
         let n_q = match ts {
             Timestamps::Off => 0,
@@ -1618,6 +1849,7 @@ impl GpuModel {
                 .map(|p| p[1].saturating_sub(p[0]) as f64 * period)
                 .collect();
         }
+        self.disp_for = Some((shape, disp));
         Ok((out, times))
     }
 
@@ -1655,10 +1887,7 @@ impl GpuModel {
                 timestamp_writes: tw(0),
             })
             .forget_lifetime();
-        let active = self
-            .steps
-            .iter()
-            .filter(|s| s.when == When::Always || s.when == mode);
+        let active = self.steps.iter().filter(|s| s.when.runs(mode, n));
         for (i, (s, wg)) in active.zip(disp).enumerate() {
             if ts == Timestamps::PerStep && i > 0 {
                 drop(pass);

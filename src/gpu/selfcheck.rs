@@ -2,7 +2,8 @@
 //! --kernel-check`): the tiled mat-mat kernel (cooperative matrices where the adapter has
 //! them, which no CI adapter has) against CPU dequantization for every type, and a tiny
 //! synthetic model's prompt forward (mat-mat + tiled attention) against its token-by-token
-//! decode (mat-vec + decode attention), which share no kernel; and the prompt attention
+//! decode (mat-vec + decode attention), which share no kernel; the prompt path's GPU
+//! embedding look-up against CPU dequantization for every type; and the prompt attention
 //! kernels (tiled f32, and flash attention on cooperative matrices where the adapter has
 //! them) on their own against an f64 CPU reference and against each other.
 
@@ -35,6 +36,10 @@ const MODEL_TOL: f64 = 0.05;
 /// mask, softmax or head mapping is off by the outputs' scale.
 pub const ATTN_TOL: f64 = 2e-3;
 
+/// Tolerance of the GPU embedding rows against CPU dequantization: the same operations
+/// (exact for one-product types; a fused multiply-add may move the last bit of the others).
+const EMBED_TOL: f64 = 1e-6;
+
 /// Result of [`self_check`]: one line per check, and whether all passed.
 #[derive(Clone, Debug)]
 pub struct SelfCheck {
@@ -63,6 +68,17 @@ pub fn self_check(ctx: &Arc<GpuContext>) -> Result<SelfCheck> {
                 if pass { "ok" } else { "FAILED" }
             ));
         }
+    }
+    for name in TYPES {
+        let ty = GgmlType::from_name(name)
+            .ok_or_else(|| crate::error::Error::msg(format!("unknown type {name}")))?;
+        let e = embed_vs_cpu(ctx, ty)?;
+        let pass = e <= EMBED_TOL;
+        ok &= pass;
+        lines.push(format!(
+            "embedding rows {name}: rel err {e:.2e} (limit {EMBED_TOL:.0e}) {}",
+            if pass { "ok" } else { "FAILED" }
+        ));
     }
     for mix in ["q4_k_m", "q8_0"] {
         let (err, agree, n) = prompt_vs_decode(ctx, mix)?;
@@ -360,6 +376,46 @@ pub fn run_attention(
     }
     ctx.queue.submit(Some(enc.finish()));
     ctx.read_f32(&ob, 0, n * nh * hd)
+}
+
+/// Rows of a 37 × 512 matrix of `ty` looked up on the GPU ([`super::embed::lookup_rows`],
+/// first, last and repeated ids) against `dequantize_row`: largest difference relative to
+/// the row's largest |value|.
+fn embed_vs_cpu(ctx: &GpuContext, ty: GgmlType) -> Result<f64> {
+    let (rows, cols) = (37usize, 512usize);
+    let mut s = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(ty.id());
+    let vals: Vec<f32> = (0..rows * cols)
+        .map(|i| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * (1 + i / 32 % 5) as f32
+        })
+        .collect();
+    let data = crate::quant::quantize_tensor(ty, &vals, cols, None)?;
+    let ids = [0u32, 36, 5, 5, 17, 1, 30];
+    let got = super::embed::lookup_rows(ctx, ty, &data, rows, cols, &ids)?;
+    let rb = data.len() / rows;
+    let mut worst = 0f64;
+    let mut want = vec![0f32; cols];
+    for (t, &id) in ids.iter().enumerate() {
+        let r = id as usize * rb;
+        crate::quant::dequantize_row(ty, data.get(r..r + rb).unwrap_or(&[]), &mut want)?;
+        let row = got.get(t * cols..(t + 1) * cols).unwrap_or(&[]);
+        if row.len() != cols {
+            return Ok(f64::INFINITY);
+        }
+        let scale = want
+            .iter()
+            .fold(0f64, |m, v| m.max(v.abs() as f64))
+            .max(1e-30);
+        let e = row
+            .iter()
+            .zip(&want)
+            .fold(0f64, |m, (a, b)| m.max((a - b).abs() as f64));
+        worst = worst.max(e / scale);
+    }
+    Ok(worst)
 }
 
 /// The tiny model's logits for a 40-token prompt in one forward (batch graph) and token by

@@ -35,17 +35,35 @@ pub fn device(opts: &DeviceOptions) -> Option<GpuContext> {
     }
 }
 
-/// Write the "tiny" synthetic llama shape with weight mix `mix` into `dir`.
-pub fn write_tiny(dir: &Path, mix: &str) -> PathBuf {
-    let src = SynthSource::new(
+/// The "tiny" synthetic llama shape with weight mix `mix` (named `tiny-MIX`).
+pub fn tiny_source(mix: &str) -> SynthSource {
+    SynthSource::new(
         Shape::named("tiny").unwrap(),
         Mix::parse(mix).unwrap(),
         format!("tiny-{mix}"),
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// Write the "tiny" synthetic llama shape with weight mix `mix` into `dir`.
+pub fn write_tiny(dir: &Path, mix: &str) -> PathBuf {
+    let src = tiny_source(mix);
     let p = dir.join(format!("{}.gguf", src.name));
     src.write_gguf(&p).unwrap();
     p
+}
+
+/// Run `ggufq bench --kernel-check` (the device calls' self-check), assert it succeeded and
+/// return its standard output.
+pub fn kernel_check_stdout() -> String {
+    let out = assert_cmd::Command::cargo_bin("ggufq")
+        .unwrap()
+        .args(["bench", "--kernel-check"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    text
 }
 
 /// Deterministic pseudo-random tokens below `n`.
