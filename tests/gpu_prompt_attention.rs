@@ -7,20 +7,10 @@ use std::sync::Arc;
 
 use ggufq::gpu::kernels::attention_tile;
 use ggufq::gpu::model::{GpuModel, ModelOptions};
-use ggufq::gpu::source::Mix;
-use ggufq::gpu::{GpuContext, Shape, SynthSource};
+use ggufq::gpu::{GpuContext, SynthSource};
 
 #[path = "common/gpu_fixture.rs"]
 mod gpu_fixture;
-
-fn tiny(mix: &str) -> SynthSource {
-    SynthSource::new(
-        Shape::named("tiny").unwrap(),
-        Mix::parse(mix).unwrap(),
-        format!("tiny-{mix}"),
-    )
-    .unwrap()
-}
 
 fn load(ctx: &Arc<GpuContext>, src: &SynthSource, n_batch: usize, n_seq: usize) -> GpuModel {
     GpuModel::load(
@@ -80,7 +70,7 @@ fn interleaved_vs_separate(qt: u32) {
     }) else {
         return;
     };
-    let src = tiny("q8_0");
+    let src = gpu_fixture::tiny_source("q8_0");
     let nv = src.shape.n_vocab as usize;
     let lens = [21usize, 13, 30];
     let prompts: Vec<Vec<u32>> = lens
@@ -138,7 +128,7 @@ fn gpu_prompt_profile_covers_every_dispatch() {
     let Some(ctx) = gpu_fixture::context() else {
         return;
     };
-    let src = tiny("q4_k_m");
+    let src = gpu_fixture::tiny_source("q4_k_m");
     let mut gpu = load(&ctx, &src, 40, 1);
     let n = 40;
     let res = ggufq::gpu::prompt_profile::profile_prompt(&mut gpu, n, 2);
@@ -219,13 +209,7 @@ fn bench_kernel_check_passes_and_covers_every_type() {
     if gpu_fixture::context().is_none() {
         return;
     }
-    let out = assert_cmd::Command::cargo_bin("ggufq")
-        .unwrap()
-        .args(["bench", "--kernel-check"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let text = gpu_fixture::kernel_check_stdout();
     assert!(text.contains("kernel check ok"), "{text}");
     for ty in [
         "F32", "BF16", "Q4_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q6_K",

@@ -868,14 +868,17 @@ impl GpuModel {
             } else {
                 0
             };
-            // Norm and rounding in the mat-vec itself (`Tune::fold_norm`).
-            let folded = ctx
-                .tune
-                .matvec_q8f_key(ty.id(), mats[m].cols / 32, kind, true)
-                .filter(|_| ctx.tune.fold_norm);
-            if let Some(key) = folded {
+            // One step per weight chunk: bind group (layout, buffers after the weights),
+            // activation word offset and kernel.
+            let push_chunks = |steps: &mut Vec<Step>,
+                               layout: &wgpu::BindGroupLayout,
+                               tail: &[&wgpu::Buffer],
+                               q8e: u32,
+                               key: KernelKey| {
                 for c in 0..mats[m].chunks.len() {
                     let slot = steps.len();
+                    let mut bufs = vec![&mats[m].chunks[c].buf];
+                    bufs.extend_from_slice(tail);
                     steps.push(Step {
                         kind: StepKind::Mat {
                             m,
@@ -885,9 +888,9 @@ impl GpuModel {
                             ld_y: ld_y as u32,
                             mode,
                             last_only: true,
-                            q8e: 0,
+                            q8e,
                         },
-                        bind: bg(&bgl_matn, &[&mats[m].chunks[c].buf, &x, yb, nw], slot),
+                        bind: bg(layout, &bufs, slot),
                         when: When::Decode,
                         role,
                         slot,
@@ -895,6 +898,14 @@ impl GpuModel {
                         n: 0,
                     });
                 }
+            };
+            // Norm and rounding in the mat-vec itself (`Tune::fold_norm`).
+            let folded = ctx
+                .tune
+                .matvec_q8f_key(ty.id(), mats[m].cols / 32, kind, true)
+                .filter(|_| ctx.tune.fold_norm);
+            if let Some(key) = folded {
+                push_chunks(steps, &bgl_matn, &[&x, yb, nw], 0, key);
                 return;
             }
             if ctx.tune.normq && ctx.tune.q8_for(ty.id()) && matches!(kind, 3 | 4) {
@@ -917,69 +928,23 @@ impl GpuModel {
                     });
                     live.push((nw.clone(), kind, 0));
                 }
-                for c in 0..mats[m].chunks.len() {
-                    let slot = steps.len();
-                    steps.push(Step {
-                        kind: StepKind::Mat {
-                            m,
-                            c,
-                            x_ld: (d / 4) as u32,
-                            y_off: y_off as u32,
-                            ld_y: ld_y as u32,
-                            mode,
-                            last_only: true,
-                            q8e: nq_base,
-                        },
-                        bind: bg(&bgl_mat, &[&mats[m].chunks[c].buf, buf, yb], slot),
-                        when: When::Decode,
-                        role,
-                        slot,
-                        key: ctx.tune.matvec_key(
-                            ty.id(),
-                            1,
-                            ctx.tune.decode_nr(ty.id()),
-                            mats[m].cols / 32,
-                        ),
-                        n: 0,
-                    });
-                }
+                let key =
+                    ctx.tune
+                        .matvec_key(ty.id(), 1, ctx.tune.decode_nr(ty.id()), mats[m].cols / 32);
+                push_chunks(steps, &bgl_mat, &[buf, yb], nq_base, key);
                 for l in live.iter_mut() {
                     l.2 = steps.len();
                 }
                 return;
             }
-            for c in 0..mats[m].chunks.len() {
-                let slot = steps.len();
-                let bind = bg(&bgl_matn, &[&mats[m].chunks[c].buf, &x, yb, nw], slot);
-                steps.push(Step {
-                    kind: StepKind::Mat {
-                        m,
-                        c,
-                        x_ld: (d / 4) as u32,
-                        y_off: y_off as u32,
-                        ld_y: ld_y as u32,
-                        mode,
-                        last_only: true,
-                        q8e: 0,
-                    },
-                    bind,
-                    when: When::Decode,
-                    role,
-                    slot,
-                    key: KernelKey::MatVecNorm {
-                        ty: mats[m].ty.id(),
-                        nr: ctx.tune.decode_nr(mats[m].ty.id()),
-                        k4: (d / 4) as u32,
-                        act: if actq_on {
-                            super::actq::kind_for_weight(mats[m].ty)
-                        } else {
-                            0
-                        },
-                        q8: ctx.tune.q8_for(mats[m].ty.id()),
-                    },
-                    n: 0,
-                });
-            }
+            let key = KernelKey::MatVecNorm {
+                ty: ty.id(),
+                nr: ctx.tune.decode_nr(ty.id()),
+                k4: (d / 4) as u32,
+                act: kind,
+                q8: ctx.tune.q8_for(ty.id()),
+            };
+            push_chunks(steps, &bgl_matn, &[&x, yb, nw], 0, key);
         };
         // The decode graph's own `ffn_down` step that rounds its f32 input itself
         // (`Tune::fold_actq`): the rounding and matrix steps from `from` (recorded by
