@@ -20,19 +20,6 @@ fn context() -> Option<GpuContext> {
     gpu_fixture::device(&DeviceOptions::default())
 }
 
-/// Parse and validate WGSL with naga, every capability on.
-fn validate(src: &str, what: &str) {
-    use wgpu::naga;
-    let module = naga::front::wgsl::parse_str(src)
-        .unwrap_or_else(|e| panic!("{what}: WGSL parse error: {}\n{src}", e.emit_to_string(src)));
-    naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::all(),
-    )
-    .validate(&module)
-    .unwrap_or_else(|e| panic!("{what}: WGSL validation error: {e:?}"));
-}
-
 /// Largest |a − b| relative to the largest |b|.
 fn rel(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
@@ -60,7 +47,7 @@ fn coop_attention_source_is_valid_for_every_head_size() {
             hd / 16 + 1,
             "hd {hd}: output accumulators + the zero tile"
         );
-        validate(&src, &format!("attention_coop hd {hd}"));
+        gpu_fixture::validate_wgsl(&src, &format!("attention_coop hd {hd}"));
     }
     // Head sizes that are not whole 16-column fragments: an error, not a broken kernel.
     for hd in [0u32, 8, 24, 100, 272] {

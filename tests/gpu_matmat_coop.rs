@@ -21,20 +21,6 @@ const TYPES: [&str; 13] = [
     "Q6_K",
 ];
 
-/// Parse and validate WGSL with naga (the front end wgpu compiles with), every capability on:
-/// the cooperative-matrix kernels cannot run on lavapipe, but their text must be valid.
-fn validate(src: &str, what: &str) {
-    use wgpu::naga;
-    let module = naga::front::wgsl::parse_str(src)
-        .unwrap_or_else(|e| panic!("{what}: WGSL parse error: {}\n{src}", e.emit_to_string(src)));
-    naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        naga::valid::Capabilities::all(),
-    )
-    .validate(&module)
-    .unwrap_or_else(|e| panic!("{what}: WGSL validation error: {e:?}"));
-}
-
 #[test]
 fn coop_matmat_source_and_tiles_every_type() {
     let Some(mut ctx) = context() else { return };
@@ -146,7 +132,7 @@ fn coop_matmat_source_and_tiles_every_type() {
                 assert!(!src.contains("= wraw("), "{name}");
                 assert_eq!(src.matches("for (var h = 0u;").count(), 2, "{name}");
             }
-            validate(&src, &format!("{name} {tile:?} prefetch {prefetch}"));
+            gpu_fixture::validate_wgsl(&src, &format!("{name} {tile:?} prefetch {prefetch}"));
         }
     }
     assert!(matmat_tolerance(&ctx) > 1e-4);

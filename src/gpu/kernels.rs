@@ -1189,18 +1189,50 @@ fn matvec_source(
         body.push_str("    workgroupBarrier();\n    if (lid < RPW * NT) {\n        res[lid] = ((part[lid] + part[RPW * NT + lid]) + (part[2u * RPW * NT + lid] + part[3u * RPW * NT + lid])) + ((part[4u * RPW * NT + lid] + part[5u * RPW * NT + lid]) + (part[6u * RPW * NT + lid] + part[7u * RPW * NT + lid]));\n    }\n");
     }
     let rpw = if splitk { nr } else { 8 * nr };
-    Ok(MATVEC_WGSL
-        .replace("$RPW", &rpw.to_string())
-        .replace("$WARP_ROWS", if splitk { "0u" } else { "warp * NR" })
-        .replace("$NT", &nt.to_string())
-        .replace("$NR", &nr.to_string())
-        .replace("$UPB", &lay.units_per_block().to_string())
-        .replace("$RED_DECL", &decl)
-        .replace("$XTY", "vec4<f32>")
-        .replace("$BODY", &body)
-        .replace("$DEQ", &deq)
-        .replace("$NORM_DECL", &norm_decl)
-        .replace("$NORM_PRO", &norm_pro))
+    Ok(matvec_wgsl(&MatVecParts {
+        rpw,
+        warp_rows: if splitk { "0u" } else { "warp * NR" },
+        nt,
+        nr,
+        upb: lay.units_per_block(),
+        red_decl: &decl,
+        xty: "vec4<f32>",
+        body: &body,
+        deq: &deq,
+        norm_decl: &norm_decl,
+        norm_pro: &norm_pro,
+    }))
+}
+
+/// The pieces that fill shaders/matvec.wgsl's placeholders (`$RPW`, `$WARP_ROWS`, ...).
+struct MatVecParts<'a> {
+    rpw: usize,
+    warp_rows: &'a str,
+    nt: usize,
+    nr: usize,
+    upb: usize,
+    red_decl: &'a str,
+    xty: &'a str,
+    body: &'a str,
+    deq: &'a str,
+    norm_decl: &'a str,
+    norm_pro: &'a str,
+}
+
+/// shaders/matvec.wgsl with its placeholders filled from `p`.
+fn matvec_wgsl(p: &MatVecParts) -> String {
+    MATVEC_WGSL
+        .replace("$RPW", &p.rpw.to_string())
+        .replace("$WARP_ROWS", p.warp_rows)
+        .replace("$NT", &p.nt.to_string())
+        .replace("$NR", &p.nr.to_string())
+        .replace("$UPB", &p.upb.to_string())
+        .replace("$RED_DECL", p.red_decl)
+        .replace("$XTY", p.xty)
+        .replace("$BODY", p.body)
+        .replace("$DEQ", p.deq)
+        .replace("$NORM_DECL", p.norm_decl)
+        .replace("$NORM_PRO", p.norm_pro)
 }
 
 /// Layout and dequantization functions of `gt` for the integer decode mat-vecs; an error if
@@ -1248,18 +1280,19 @@ fn matvec_q8_source(ctx: &GpuContext, ty: u32, nr: u32, spl: u32) -> Result<Stri
     body.push_str("    }\n");
     let decl = q8_reduce(ctx, nr, spl, &mut body);
     let rpw = groups as usize * nr;
-    Ok(MATVEC_WGSL
-        .replace("$RPW", &rpw.to_string())
-        .replace("$WARP_ROWS", "(lid / SPL) * NR")
-        .replace("$NT", "1")
-        .replace("$NR", &nr.to_string())
-        .replace("$UPB", &lay.units_per_block().to_string())
-        .replace("$RED_DECL", &format!("const SPL: u32 = {spl}u;\n{decl}"))
-        .replace("$XTY", "vec4<u32>")
-        .replace("$BODY", &body)
-        .replace("$DEQ", &deq)
-        .replace("$NORM_DECL", "")
-        .replace("$NORM_PRO", ""))
+    Ok(matvec_wgsl(&MatVecParts {
+        rpw,
+        warp_rows: "(lid / SPL) * NR",
+        nt: 1,
+        nr,
+        upb: lay.units_per_block(),
+        red_decl: &format!("const SPL: u32 = {spl}u;\n{decl}"),
+        xty: "vec4<u32>",
+        body: &body,
+        deq: &deq,
+        norm_decl: "",
+        norm_pro: "",
+    }))
 }
 
 /// The end of the integer decode kernels: the NR accumulators of each lane summed over the
@@ -1419,18 +1452,19 @@ fn matvec_q8f_source(
     body.push_str("        }\n    }\n");
     let red = q8_reduce(ctx, nr, spl, &mut body);
     let rpw = (256 / spl) as usize * nr;
-    Ok(MATVEC_WGSL
-        .replace("$RPW", &rpw.to_string())
-        .replace("$WARP_ROWS", "(lid / SPL) * NR")
-        .replace("$NT", "1")
-        .replace("$NR", &nr.to_string())
-        .replace("$UPB", &lay.units_per_block().to_string())
-        .replace("$RED_DECL", &format!("const SPL: u32 = {spl}u;\n{red}"))
-        .replace("$XTY", "vec4<f32>")
-        .replace("$BODY", &body)
-        .replace("$DEQ", &deq)
-        .replace("$NORM_DECL", &decl)
-        .replace("$NORM_PRO", ""))
+    Ok(matvec_wgsl(&MatVecParts {
+        rpw,
+        warp_rows: "(lid / SPL) * NR",
+        nt: 1,
+        nr,
+        upb: lay.units_per_block(),
+        red_decl: &format!("const SPL: u32 = {spl}u;\n{red}"),
+        xty: "vec4<f32>",
+        body: &body,
+        deq: &deq,
+        norm_decl: &decl,
+        norm_pro: "",
+    }))
 }
 
 /// WGSL of [`KernelKey::NormQ8`]: the fused mat-vec prologue (RMSNorm, then the rounding

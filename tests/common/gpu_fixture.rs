@@ -78,3 +78,18 @@ pub fn tokens(n: usize, count: usize, seed: u64) -> Vec<u32> {
         })
         .collect()
 }
+
+/// Parse and validate WGSL with naga (the front end wgpu compiles with), every capability on:
+/// kernels that cannot run on this adapter (cooperative matrices on lavapipe) must still be
+/// valid text. Panics naming `what` otherwise.
+pub fn validate_wgsl(src: &str, what: &str) {
+    use wgpu::naga;
+    let module = naga::front::wgsl::parse_str(src)
+        .unwrap_or_else(|e| panic!("{what}: WGSL parse error: {}\n{src}", e.emit_to_string(src)));
+    naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::all(),
+    )
+    .validate(&module)
+    .unwrap_or_else(|e| panic!("{what}: WGSL validation error: {e:?}"));
+}
