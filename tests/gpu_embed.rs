@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use ggufq::gpu::embed::lookup_rows;
 use ggufq::gpu::model::{GpuModel, ModelOptions};
+use ggufq::gpu::source::{SynthSource, TensorView, WeightSource};
 use ggufq::gpu::DeviceOptions;
 use ggufq::quant::{dequantize_row, quantize_tensor, GgmlType};
 
@@ -108,6 +109,75 @@ fn gpu_embedding_rejects_ids_outside_the_matrix() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("token id 4") && e.contains("4 rows"), "{e}");
+}
+
+/// `src` without its `output.weight`: the output matrix is the tied token embedding.
+struct Tied<'a>(&'a SynthSource);
+
+impl WeightSource for Tied<'_> {
+    fn meta_u64(&self, key: &str) -> Option<u64> {
+        self.0.meta_u64(key)
+    }
+    fn meta_f64(&self, key: &str) -> Option<f64> {
+        self.0.meta_f64(key)
+    }
+    fn meta_str(&self, key: &str) -> Option<String> {
+        self.0.meta_str(key)
+    }
+    fn tensor(&self, name: &str) -> ggufq::error::Result<Option<TensorView<'_>>> {
+        if name == "output.weight" {
+            return Ok(None);
+        }
+        self.0.tensor(name)
+    }
+    fn tensor_list(&self) -> Vec<(String, GgmlType, Vec<u64>)> {
+        let mut v = self.0.tensor_list();
+        v.retain(|(n, _, _)| n != "output.weight");
+        v
+    }
+    fn label(&self) -> String {
+        format!("{} (tied)", self.0.label())
+    }
+}
+
+/// With tied embeddings the GPU look-up reads the output matrix's own upload: no second copy
+/// of the embedding on the GPU, and the same prompt logits as the CPU look-up.
+#[test]
+fn gpu_embedding_of_tied_models_reuses_the_output_matrix() {
+    let Some(on) = gpu_fixture::context_tuned(|c| c.tune.gpu_embd = true) else {
+        return;
+    };
+    let Some(off) = gpu_fixture::context_tuned(|c| c.tune.gpu_embd = false) else {
+        return;
+    };
+    let opts = ModelOptions {
+        n_ctx: 64,
+        n_batch: 24,
+        n_seq: 1,
+    };
+    for mix in ["q8_0", "q4_0"] {
+        let synth = gpu_fixture::tiny_source(mix);
+        let src = Tied(&synth);
+        let mut a = GpuModel::load(on.clone(), &src, opts.clone()).unwrap();
+        let mut b = GpuModel::load(off.clone(), &src, opts.clone()).unwrap();
+        assert_eq!(
+            a.memory.weights, b.memory.weights,
+            "{mix}: one embedding upload"
+        );
+        // Untied, the look-up has its own copy of the embedding.
+        let untied_on = GpuModel::load(on.clone(), &synth, opts.clone()).unwrap();
+        let untied_off = GpuModel::load(off.clone(), &synth, opts.clone()).unwrap();
+        assert!(
+            untied_on.memory.weights > untied_off.memory.weights,
+            "{mix}"
+        );
+        assert_eq!(a.step_roles_for(9)[0], "embed", "{mix}");
+        let nv = a.cfg.n_vocab as u32;
+        let toks: Vec<(u32, u32, u32)> = (0..9u32).map(|i| ((i * 7919 + 3) % nv, 0, i)).collect();
+        let la = a.forward(&toks, true).unwrap();
+        let lb = b.forward(&toks, true).unwrap();
+        assert_eq!(la, lb, "{mix}: tied prompt logits, GPU vs CPU look-up");
+    }
 }
 
 #[test]

@@ -67,7 +67,8 @@ pub fn repack(ty: GgmlType, data: &[u8]) -> Result<Repacked> {
     })
 }
 
-/// One GPU buffer holding rows `row0 .. row0 + rows` of a matrix.
+/// One GPU buffer holding rows `row0 .. row0 + rows` of a matrix (clones share the buffer).
+#[derive(Clone)]
 pub struct Chunk {
     /// The storage buffer.
     pub buf: wgpu::Buffer,

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::quant::GgmlType;
 
 use super::actq::ActRounding;
-use super::buffers::{f32_buffer, scratch, upload_matrix, GpuMatrix};
+use super::buffers::{f32_buffer, scratch, upload_matrix, Chunk, GpuMatrix};
 use super::device::GpuContext;
 use super::kernels::{buffer_layouts, KernelKey, Kernels};
 use super::reference::dequantize;
@@ -310,8 +310,9 @@ pub struct GpuModel {
     embd_ty: GgmlType,
     embd: Vec<u8>,
     embd_row_bytes: usize,
-    /// The token-embedding matrix on the GPU for prompt calls ([`When::Prompt`] steps).
-    embd_gpu: Option<GpuMatrix>,
+    /// The token-embedding matrix's chunks on the GPU for prompt calls ([`When::Prompt`]
+    /// steps); with tied embeddings, the output matrix's own chunks.
+    embd_gpu: Option<Vec<Chunk>>,
     /// Token ids of the current call (read by the GPU embedding look-up).
     tids: wgpu::Buffer,
     params: wgpu::Buffer,
@@ -555,7 +556,7 @@ impl GpuModel {
             "output_norm",
             &f32_of(&get("output_norm.weight")?, "output_norm.weight", d)?,
         );
-        let outm = match src.tensor("output.weight")? {
+        let (outm, tied) = match src.tensor("output.weight")? {
             Some(t) => {
                 let (r, c) = mat_dims(&t, "output.weight")?;
                 if r != n_vocab || c != d {
@@ -564,28 +565,37 @@ impl GpuModel {
                         msg: format!("shape {r}×{c}, expected {n_vocab}×{d}"),
                     });
                 }
-                upload_matrix(&ctx, "output.weight", t.ty, n_vocab, d, &t.data)?
+                (
+                    upload_matrix(&ctx, "output.weight", t.ty, n_vocab, d, &t.data)?,
+                    false,
+                )
             }
-            None => upload_matrix(
-                &ctx,
-                "token_embd.weight (tied output)",
-                embd_ty,
-                n_vocab,
-                d,
-                &embd,
-            )?,
+            None => (
+                upload_matrix(
+                    &ctx,
+                    "token_embd.weight (tied output)",
+                    embd_ty,
+                    n_vocab,
+                    d,
+                    &embd,
+                )?,
+                true,
+            ),
         };
         let out_idx = push(outm, &mut mats);
         mem.weights += mats.iter().map(|m| m.gpu_bytes).sum::<u64>();
         // Prompt embeddings on the GPU (`Tune::gpu_embd`): the token-embedding matrix as the
         // kernels read weights (not counted in the per-token weight bytes: a call reads only
         // its tokens' rows).
-        let embd_gpu = if ctx.tune.gpu_embd {
-            let m = upload_matrix(&ctx, "token_embd.weight", embd_ty, n_vocab, d, &embd)?;
-            mem.weights += m.gpu_bytes;
-            Some(m)
-        } else {
-            None
+        let embd_gpu = match (ctx.tune.gpu_embd, tied) {
+            (false, _) => None,
+            // The tied output matrix is this very upload (same type, rows and chunks).
+            (true, true) => Some(mats[out_idx].chunks.clone()),
+            (true, false) => {
+                let m = upload_matrix(&ctx, "token_embd.weight", embd_ty, n_vocab, d, &embd)?;
+                mem.weights += m.gpu_bytes;
+                Some(m.chunks)
+            }
         };
         let tids = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("token ids"),
@@ -712,7 +722,7 @@ impl GpuModel {
         };
         // Prompt calls first look their tokens' embedding rows up, one dispatch per chunk.
         if let Some(em) = &embd_gpu {
-            for (c, ch) in em.chunks.iter().enumerate() {
+            for (c, ch) in em.iter().enumerate() {
                 let slot = steps.len();
                 steps.push(Step {
                     kind: StepKind::Embed { c },
@@ -1593,13 +1603,13 @@ impl GpuModel {
                         wg = (n as u32, 1);
                     }
                     StepKind::Embed { c } => {
-                        let ch = self
-                            .embd_gpu
-                            .as_ref()
-                            .and_then(|m| m.chunks.get(c))
-                            .ok_or_else(|| {
-                                Error::msg("internal: embedding step without its chunk")
-                            })?;
+                        let ch =
+                            self.embd_gpu
+                                .as_ref()
+                                .and_then(|m| m.get(c))
+                                .ok_or_else(|| {
+                                    Error::msg("internal: embedding step without its chunk")
+                                })?;
                         p = super::embed::params(ch, d, n as u32);
                         wg = super::embed::workgroups(d, n as u32);
                     }
