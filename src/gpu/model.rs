@@ -1588,6 +1588,22 @@ impl GpuModel {
         } else {
             let mut pbytes = vec![0u8; self.steps.len() * SLOT];
             let mut disp: Vec<(u32, u32)> = Vec::with_capacity(self.steps.len());
+            // The head layout that the RoPE and attention kernels' parameters start with
+            // (n_head, n_kv, head size, context, tokens, QKV row, KV row), then `tail`.
+            let heads = |tail: &[u32]| -> [u32; 12] {
+                let mut q = [0u32; 12];
+                q[..7].copy_from_slice(&[
+                    cfg.n_head as u32,
+                    cfg.n_kv as u32,
+                    cfg.head_dim as u32,
+                    self.opts.n_ctx as u32,
+                    n as u32,
+                    cfg.qkv_dim() as u32,
+                    (cfg.n_kv * cfg.head_dim) as u32,
+                ]);
+                q[7..7 + tail.len()].copy_from_slice(tail);
+                q
+            };
             for s in self.steps.iter().filter(|s| s.when.runs(mode, n)) {
                 let p: [u32; 12];
                 let wg;
@@ -1686,20 +1702,7 @@ impl GpuModel {
                         wg = super::actq::workgroups(k, ntok);
                     }
                     StepKind::Rope => {
-                        p = [
-                            cfg.n_head as u32,
-                            cfg.n_kv as u32,
-                            cfg.head_dim as u32,
-                            self.opts.n_ctx as u32,
-                            n as u32,
-                            cfg.qkv_dim() as u32,
-                            (cfg.n_kv * cfg.head_dim) as u32,
-                            cfg.n_rot as u32,
-                            0,
-                            0,
-                            0,
-                            0,
-                        ];
+                        p = heads(&[cfg.n_rot as u32]);
                         let total = (cfg.n_head + 2 * cfg.n_kv) * cfg.head_dim / 2;
                         wg = ((total as u32).div_ceil(64), n as u32);
                     }
@@ -1718,14 +1721,7 @@ impl GpuModel {
                         wg = super::actq::workgroups(k, n as u32);
                     }
                     StepKind::Attn | StepKind::AttnDecode { .. } => {
-                        p = [
-                            cfg.n_head as u32,
-                            cfg.n_kv as u32,
-                            cfg.head_dim as u32,
-                            self.opts.n_ctx as u32,
-                            n as u32,
-                            cfg.qkv_dim() as u32,
-                            (cfg.n_kv * cfg.head_dim) as u32,
+                        p = heads(&[
                             d as u32,
                             (1.0 / (cfg.head_dim as f32).sqrt()).to_bits(),
                             cfg.n_rot as u32,
@@ -1733,8 +1729,7 @@ impl GpuModel {
                                 StepKind::AttnDecode { stats, .. } => stats,
                                 _ => 0,
                             },
-                            0,
-                        ];
+                        ]);
                         wg = match (&s.key, s.kind) {
                             (KernelKey::Attention { qt, .. }, _) => {
                                 (cfg.n_head as u32, (n as u32).div_ceil(*qt))
