@@ -17,14 +17,6 @@ use ggufq::model::{Backend, LogitsWanted, Model};
 mod gpu_fixture;
 use gpu_fixture::{context, tokens, write_tiny};
 
-/// Root-mean-square difference relative to the RMS of the reference.
-fn rms_rel(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let d: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let r: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (d / r).sqrt()
-}
-
 /// Relative RMS difference of every logits row of one tiny model, GPU vs CPU, each row
 /// computed from a fresh context (positions 0..16): three 16-token prompts (tiled mat-mat),
 /// a 3-token batch (small-batch mat-vec) and 4 single-token decode steps (decode mat-vec).
@@ -38,7 +30,7 @@ fn row_errors(ctx: &Arc<GpuContext>, path: &Path) -> Vec<f64> {
     let mut rows = |lc: &[f32], lg: &[f32]| {
         assert_eq!(lc.len(), lg.len());
         for (c, g) in lc.chunks(nv).zip(lg.chunks(nv)) {
-            errs.push(rms_rel(g, c));
+            errs.push(gpu_fixture::rms_rel(g, c));
         }
     };
     for seed in [5, 6, 7] {

@@ -14,12 +14,6 @@ use ggufq::model::{Backend, LogitsWanted, Model};
 mod gpu_fixture;
 use gpu_fixture::{context_tuned, write_tiny};
 
-fn rms_rel(a: &[f32], b: &[f32]) -> f64 {
-    let d: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let r: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (d / r).sqrt()
-}
-
 fn argmax(x: &[f32]) -> usize {
     let mut best = 0;
     for (i, v) in x.iter().enumerate() {
@@ -91,8 +85,8 @@ fn compare(mix: &str, exact: bool) -> Option<Vec<(usize, f64, f64, bool)>> {
         }
         out.push((
             pos,
-            rms_rel(&rs[i], &rc[i]),
-            rms_rel(&rs[i], &rp[i]),
+            gpu_fixture::rms_rel(&rs[i], &rc[i]),
+            gpu_fixture::rms_rel(&rs[i], &rp[i]),
             argmax(&rs[i]) == argmax(&rc[i]),
         ));
     }

@@ -66,12 +66,6 @@ fn decode_run(m: &mut GpuModel) -> Vec<Vec<f32>> {
     out
 }
 
-fn rms_rel(a: &[f32], b: &[f32]) -> f64 {
-    let d: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let r: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (d / r).sqrt()
-}
-
 fn count_key(m: &GpuModel, role: &str) -> usize {
     m.step_roles().iter().filter(|r| **r == role).count()
 }
@@ -167,9 +161,9 @@ fn gpu_fold_norm_matches_cpu_backend_and_normq8() {
             gb.forward(&[t], LogitsWanted::Last, &mut lg).unwrap();
             assert_eq!(lg, rg[j + 1], "{shape} {mix}: backend vs model row {j}");
             errs.push((
-                rms_rel(&lg, &lc),
-                rms_rel(&rg[j + 1], &rn[j + 1]),
-                rms_rel(&r32[j + 1], &rn[j + 1]),
+                gpu_fixture::rms_rel(&lg, &lc),
+                gpu_fixture::rms_rel(&rg[j + 1], &rn[j + 1]),
+                gpu_fixture::rms_rel(&r32[j + 1], &rn[j + 1]),
             ));
         }
         let close = errs.iter().filter(|e| e.0 < 1e-5).count();

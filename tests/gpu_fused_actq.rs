@@ -5,21 +5,13 @@
 //! Runs on lavapipe in CI; without an adapter these fail unless GGUFQ_SKIP_GPU=1.
 #![cfg(feature = "gpu")]
 
-use ggufq::gpu::source::Mix;
-use ggufq::gpu::SynthSource;
-use ggufq::gpu::{GpuBackend, GpuModel, ModelOptions, Shape};
+use ggufq::gpu::{GpuBackend, GpuModel, ModelOptions};
 use ggufq::model::cpu::CpuBackend;
 use ggufq::model::{Backend, LogitsWanted, Model};
 
 #[path = "common/gpu_fixture.rs"]
 mod gpu_fixture;
 use gpu_fixture::context;
-
-fn rms_rel(a: &[f32], b: &[f32]) -> f64 {
-    let d: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let r: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (d / r).sqrt()
-}
 
 #[test]
 fn gpu_fused_decode_with_activation_rounding_matches_cpu_backend() {
@@ -29,12 +21,7 @@ fn gpu_fused_decode_with_activation_rounding_matches_cpu_backend() {
     // Q8_0 and F16 models are left out: their decode rows differ from the CPU backend by
     // 1e-2 / 5e-4 with the batch graph too (GGUFQ_FUSE=0), an open activation-rounding issue.
     for mix in ["q4_k", "q4_1", "q6_k", "q5_k", "q2_k"] {
-        let src = SynthSource::new(
-            Shape::named("tiny").unwrap(),
-            Mix::parse(mix).unwrap(),
-            format!("tiny-{mix}"),
-        )
-        .unwrap();
+        let src = gpu_fixture::tiny_source(mix);
         let path = dir.path().join(format!("{mix}.gguf"));
         src.write_gguf(&path).unwrap();
         if mix == "q4_k" {
@@ -76,7 +63,7 @@ fn gpu_fused_decode_with_activation_rounding_matches_cpu_backend() {
         for t in [9u32, 260, 3, 400, 17, 88, 123, 5] {
             cpu.forward(&[t], LogitsWanted::Last, &mut lc).unwrap();
             gpu.forward(&[t], LogitsWanted::Last, &mut lg).unwrap();
-            errs.push(rms_rel(&lg, &lc));
+            errs.push(gpu_fixture::rms_rel(&lg, &lc));
         }
         let close = errs.iter().filter(|&&e| e < 1e-5).count();
         let worst = errs.iter().fold(0f64, |m, &e| m.max(e));

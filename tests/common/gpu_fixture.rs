@@ -93,3 +93,11 @@ pub fn validate_wgsl(src: &str, what: &str) {
     .validate(&module)
     .unwrap_or_else(|e| panic!("{what}: WGSL validation error: {e:?}"));
 }
+
+/// Root-mean-square difference of `a` from the reference `b`, relative to the RMS of `b`.
+pub fn rms_rel(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let d: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let r: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (d / r).sqrt()
+}
