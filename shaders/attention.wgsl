@@ -21,7 +21,9 @@ struct Params {
     scale: f32,
     pad0: u32,
     pad1: u32,
-    pad2: u32,
+    // Sliding window (gemma3's local layers): a token at p sees keys kp with p - kp < window;
+    // 0: none.
+    window: u32,
 }
 @group(0) @binding(0) var<storage, read> Q: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> KC: array<vec4<f32>>;
@@ -53,9 +55,16 @@ var<workgroup> Tpos: array<u32, QT>;
 var<workgroup> Tdone: array<u32, QT>;
 // (sequence, last position) of the pass over one sequence; NONE when every token is done.
 var<workgroup> cur: vec2<u32>;
+// First key block that a token of that pass sees (its sliding window).
+var<workgroup> kfirst: u32;
 
 fn r16(x: f32) -> f32 {
     return unpack2x16float(pack2x16float(vec2<f32>(x, 0.0))).x;
+}
+
+// Key position kp is visible from position pos (causal, inside the sliding window).
+fn vis(kp: u32, pos: u32) -> bool {
+    return kp <= pos && (P.window == 0u || kp + P.window > pos);
 }
 
 // Token `qi` of the tile takes part in the pass over sequence `seq`.
@@ -109,6 +118,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
         if (lid == 0u) {
             var s = NONE;
             var mp = 0u;
+            var mn = NONE;
             for (var i = 0u; i < QT; i++) {
                 if (Tdone[i] == 0u) {
                     if (s == NONE) {
@@ -116,12 +126,19 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
                     }
                     if (Tseq[i] == s) {
                         mp = max(mp, Tpos[i]);
+                        mn = min(mn, Tpos[i]);
                     }
                 }
             }
             cur = vec2<u32>(s, mp);
+            var kf = 0u;
+            if (P.window > 0u && s != NONE && mn + 1u > P.window) {
+                kf = (mn + 1u - P.window) / KB * KB;
+            }
+            kfirst = kf;
         }
         let c = workgroupUniformLoad(&cur);
+        let kstart = workgroupUniformLoad(&kfirst);
         if (c.x == NONE) {
             break;
         }
@@ -136,14 +153,14 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
             pm[j] = -3.0e38;
             pl[j] = 0.0;
         }
-        for (var kb0 = 0u; kb0 < nkeys; kb0 += KB) {
+        for (var kb0 = kstart; kb0 < nkeys; kb0 += KB) {
             load_k(cb4, kb4, kb0, lid);
             workgroupBarrier();
             for (var j = 0u; j < NS; j++) {
                 let i = lid + 256u * j;
                 if (i < QT * KB) {
                     let qi = i / KB;
-                    if (mine(qi, seq) && kb0 + i % KB <= Tpos[qi]) {
+                    if (mine(qi, seq) && vis(kb0 + i % KB, Tpos[qi])) {
                         let s = score(i);
                         let mn = max(pm[j], s);
                         pl[j] = pl[j] * exp(pm[j] - mn) + exp(s - mn);
@@ -178,7 +195,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
         for (var j = 0u; j < NO; j++) {
             acc[j] = vec4<f32>(0.0);
         }
-        for (var kb0 = 0u; kb0 < nkeys; kb0 += KB) {
+        for (var kb0 = kstart; kb0 < nkeys; kb0 += KB) {
             workgroupBarrier();
             load_k(cb4, kb4, kb0, lid);
             for (var i = lid; i < KB * HD4; i += 256u) {
@@ -194,7 +211,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
                 let qi = i / KB;
                 let kp = kb0 + i % KB;
                 var p = 0.0;
-                if (mine(qi, seq) && kp <= Tpos[qi]) {
+                if (mine(qi, seq) && vis(kp, Tpos[qi])) {
                     p = r16(exp(score(i) - Ms[qi]) * Ls[qi]);
                 }
                 Ps[i] = p;

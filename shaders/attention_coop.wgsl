@@ -32,7 +32,9 @@ struct Params {
     scale: f32,
     pad0: u32,
     pad1: u32,
-    pad2: u32,
+    // Sliding window (gemma3's local layers): a token at p sees keys kp with p - kp < window;
+    // 0: none.
+    window: u32,
 }
 @group(0) @binding(0) var<storage, read> Q: array<vec4<f32>>;
 @group(0) @binding(1) var<storage, read> KC: array<vec4<f32>>;
@@ -65,6 +67,11 @@ var<workgroup> Ps: array<f16, QT * LDP>;
 
 fn r16(x: f32) -> f32 {
     return unpack2x16float(pack2x16float(vec2<f32>(x, 0.0))).x;
+}
+
+// Key position kp is visible from position pos (causal, inside the sliding window).
+fn vis(kp: u32, pos: u32) -> bool {
+    return kp <= pos && (P.window == 0u || kp + P.window > pos);
 }
 
 // Batch token `t` belongs to sequence `seq`.
@@ -139,16 +146,24 @@ $O_DECL
         // The tile's next sequence (smallest id ≥ lo) and its last position in the tile.
         var seq = NONE;
         var mp = 0u;
+        var mn = 0u;
         for (var i = 0u; i < QT; i++) {
             if (t0 + i < P.n_tok) {
                 let x = TI[t0 + i];
                 if (x.x >= lo && x.x < seq) {
                     seq = x.x;
                     mp = x.y;
+                    mn = x.y;
                 } else if (x.x == seq) {
                     mp = max(mp, x.y);
+                    mn = min(mn, x.y);
                 }
             }
+        }
+        // First key block a token of the tile sees (sliding window).
+        var kstart = 0u;
+        if (P.window > 0u && mn + 1u > P.window) {
+            kstart = (mn + 1u - P.window) / KB * KB;
         }
         if (seq == NONE) {
             break;
@@ -161,7 +176,7 @@ $O_DECL
         // Pass 1: running maximum and sum of exp of the lane's row and key half.
         var m = -3.0e38;
         var l = 0.0;
-        for (var kb0 = 0u; kb0 < nkeys; kb0 += KB) {
+        for (var kb0 = kstart; kb0 < nkeys; kb0 += KB) {
             workgroupBarrier();
             load_block(cb4, kb4, kb0, nkeys, lid, false);
             workgroupBarrier();
@@ -169,7 +184,7 @@ $S_MMA
             workgroupBarrier();
             var bm = -3.0e38;
             for (var j = 0u; j < 16u; j++) {
-                if (my && kb0 + 16u * kh + j <= rpos) {
+                if (my && vis(kb0 + 16u * kh + j, rpos)) {
                     bm = max(bm, Ss[sb + 256u * kh + 16u * j + sr] * P.scale);
                 }
             }
@@ -177,7 +192,7 @@ $S_MMA
                 let mn = max(m, bm);
                 var sum = 0.0;
                 for (var j = 0u; j < 16u; j++) {
-                    if (kb0 + 16u * kh + j <= rpos) {
+                    if (vis(kb0 + 16u * kh + j, rpos)) {
                         sum += exp(Ss[sb + 256u * kh + 16u * j + sr] * P.scale - mn);
                     }
                 }
@@ -193,7 +208,7 @@ $S_MMA
         let li = select(0.0, 1.0 / ls, ls > 0.0);
         // Pass 2: probabilities and O += P·V.
 $O_ZERO
-        for (var kb0 = 0u; kb0 < nkeys; kb0 += KB) {
+        for (var kb0 = kstart; kb0 < nkeys; kb0 += KB) {
             workgroupBarrier();
             load_block(cb4, kb4, kb0, nkeys, lid, true);
             workgroupBarrier();
@@ -201,7 +216,7 @@ $S_MMA
             workgroupBarrier();
             for (var j = 0u; j < 16u; j++) {
                 var p = 0.0;
-                if (my && kb0 + 16u * kh + j <= rpos) {
+                if (my && vis(kb0 + 16u * kh + j, rpos)) {
                     p = r16(exp(Ss[sb + 256u * kh + 16u * j + sr] * P.scale - mr) * li);
                 }
                 Ps[(rb + sr) * LDP + 16u * kh + j] = f16(p);

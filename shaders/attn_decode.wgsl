@@ -28,7 +28,8 @@ struct Params {
     scale: f32,
     n_rot: u32,
     pad1: u32, // split: word of the first (max, sum) pair in O
-    pad2: u32,
+    // Sliding window (gemma3's local layers): positions pos - window < p <= pos; 0: none.
+    window: u32,
 }
 @group(0) @binding(0) var<storage, read> QKV: array<f32>;
 @group(0) @binding(1) var<storage, read_write> KC: array<vec4<f32>>;
@@ -64,11 +65,13 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     let seq = TI[tok].x;
     let pos = TI[tok].y;
     let n = pos + 1u;
-    let clen = max(LMIN, (n + NCH - 1u) / NCH);
-    let p0 = min(n, ch * clen);
+    // First visible position (a sliding window hides the older ones); chunks cut [lo, n).
+    let lo = select(0u, n - min(n, P.window), P.window > 0u);
+    let clen = max(LMIN, (n - lo + NCH - 1u) / NCH);
+    let p0 = min(n, lo + ch * clen);
     let p1 = min(n, p0 + clen);
-    // Scored positions [s0, s1): the chunk, or all of them (EXACT).
-    let s0 = select(p0, 0u, EXACT);
+    // Scored positions [s0, s1): the chunk, or all visible ones (EXACT).
+    let s0 = select(p0, lo, EXACT);
     let s1 = select(p1, n, EXACT);
     if (NCH > 1u) {
         // A chunk past the last position: a zero accumulator and an empty (max, sum).

@@ -61,16 +61,15 @@ impl GpuBackend {
                 model.label, c.n_embd, c.n_layer, c.n_head, c.n_kv, c.n_ff, c.n_vocab
             )));
         }
-        if hp.rope_mode != RopeMode::Normal {
+        // The GPU graph follows its own reading of the file; it must be the runtime's.
+        if c.ops.neox != (hp.rope_mode == RopeMode::Neox)
+            || c.rope_scale != hp.rope_freq_scale
+            || c.ops.embd_scale != hp.embd_scale
+            || c.ops.logit_softcap != hp.logit_softcap
+        {
             return Err(Error::msg(format!(
-                "{}: the GPU engine implements llama's adjacent-pair RoPE only",
+                "{}: the GPU model's RoPE, embedding scale or logit soft-capping differs from the runtime's hyper-parameters",
                 model.label
-            )));
-        }
-        if (hp.rope_freq_scale - 1.0).abs() > 1e-6 {
-            return Err(Error::msg(format!(
-                "{}: RoPE frequency scaling ({}) is not implemented by the GPU engine",
-                model.label, hp.rope_freq_scale
             )));
         }
         Ok(GpuBackend {

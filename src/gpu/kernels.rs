@@ -997,6 +997,8 @@ pub enum KernelKey {
     Embed { ty: u32 },
     /// Activation rounding before quantized matrices (`shaders/actq.wgsl`, [`super::actq`]).
     ActQ,
+    /// A step only some architectures record (qwen2, qwen3, gemma3: [`super::arch::ArchOp`]).
+    Arch(super::arch::ArchOp),
 }
 
 /// WGSL of the mat-vec kernel of type id `ty` (NT tokens per workgroup, NR rows per warp);
@@ -2101,6 +2103,7 @@ impl Kernels {
                 .replace("$KB", &kb.to_string()),
             KernelKey::AttentionCoop { hd } => attention_coop_source(*hd)?,
             KernelKey::ActQ => actq_source(ctx),
+            KernelKey::Arch(op) => super::arch::source(*op)?,
             KernelKey::AttnCombineQ { nch, exact } => {
                 if !ACTQ_WGSL.contains(ACTQ_LOAD) {
                     return Err(Error::msg(

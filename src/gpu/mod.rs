@@ -3,6 +3,7 @@
 //! attention over a KV cache, SwiGLU, residuals) and the llama graph.
 
 pub mod actq;
+pub mod arch;
 pub mod backend;
 pub mod buffers;
 pub mod device;

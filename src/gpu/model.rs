@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::quant::GgmlType;
 
 use super::actq::ActRounding;
+use super::arch::ArchOp;
 use super::buffers::{f32_buffer, scratch, upload_matrix, Chunk, GpuMatrix};
 use super::device::GpuContext;
 use super::kernels::{buffer_layouts, KernelKey, Kernels};
@@ -40,19 +41,30 @@ pub struct LlamaConfig {
     pub eps: f32,
     /// RoPE base.
     pub rope_base: f64,
+    /// RoPE frequency scale (1 / linear scaling factor; 1 = none).
+    pub rope_scale: f32,
+    /// Attention score scale (1/√head_dim; 1 for gemma3, which scales Q instead).
+    pub kq_scale: f32,
     /// Training context.
     pub n_ctx_train: usize,
+    /// What the architecture adds to llama's graph (nothing for llama and mistral).
+    pub ops: super::arch::ArchOps,
 }
 
 impl LlamaConfig {
-    /// Read from metadata; `n_vocab` from the embedding tensor.
+    /// Read from metadata; `n_vocab` from the embedding tensor. Model files go through the
+    /// runtime's [`HParams`](crate::model::HParams) (every architecture the CPU backend runs:
+    /// llama, mistral, qwen2, qwen3, gemma3); synthetic sources are llama shapes.
     pub fn from_source(src: &dyn WeightSource) -> Result<LlamaConfig> {
+        if let Some(hp) = src.hparams() {
+            return LlamaConfig::from_hparams(&hp?, src);
+        }
         let arch = src
             .meta_str("general.architecture")
             .unwrap_or_else(|| "llama".into());
         if arch != "llama" {
             return Err(Error::msg(format!(
-                "{}: architecture '{arch}' is not supported by the GPU engine (llama only)",
+                "{}: architecture '{arch}' is not supported by the GPU engine for a source without a model file",
                 src.label()
             )));
         }
@@ -108,10 +120,13 @@ impl LlamaConfig {
             rope_base: src
                 .meta_f64(&format!("{arch}.rope.freq_base"))
                 .unwrap_or(10000.0),
+            rope_scale: 1.0,
+            kq_scale: 1.0 / (head_dim as f32).sqrt(),
             n_ctx_train: src
                 .meta_u64(&format!("{arch}.context_length"))
                 .unwrap_or(4096) as usize,
             arch,
+            ops: super::arch::ArchOps::llama(),
         })
     }
     /// Width of the fused QKV output.
@@ -206,6 +221,9 @@ enum StepKind {
     Embed {
         c: usize,
     },
+    /// Bias, per-head norms, RoPE and Q scale of the QKV rows (qwen2, qwen3, gemma3:
+    /// [`ArchOp::QkPrep`]).
+    QkPrep,
 }
 
 /// Which forward calls run a step: one-token calls use the fused decode graph (when enabled),
@@ -234,7 +252,8 @@ struct Step {
     bind: wgpu::BindGroup,
     slot: usize,
     key: KernelKey,
-    /// Norm width for Norm; rows for mat dispatch computed from the matrix.
+    /// Norm width for Norm; the sliding window (0: none) for attention steps; rows for mat
+    /// dispatch computed from the matrix.
     n: u32,
 }
 
@@ -385,6 +404,8 @@ impl GpuModel {
         let d = cfg.n_embd;
         let hd = cfg.head_dim;
         let kv_dim = cfg.n_kv * hd;
+        // Query and attention-output width (n_embd except where head_dim · n_head differs).
+        let qd = cfg.q_dim();
         let nb = opts.n_batch;
         let mut mem = MemoryUse::default();
         let get = |name: &str| -> Result<TensorView<'_>> {
@@ -424,6 +445,10 @@ impl GpuModel {
             down: usize,
             kc: wgpu::Buffer,
             vc: wgpu::Buffer,
+            /// `qk_prep` inputs ([`super::arch::layer_aux`]) where the arch needs the step.
+            aux: Option<wgpu::Buffer>,
+            /// Post-attention and post-FFN norm weights (gemma3).
+            post: Option<(wgpu::Buffer, wgpu::Buffer)>,
         }
         let mut lidx = Vec::new();
         let kv_elems = opts.n_seq * opts.n_ctx * kv_dim;
@@ -443,7 +468,7 @@ impl GpuModel {
             let q = get(&n("attn_q"))?;
             let k = get(&n("attn_k"))?;
             let v = get(&n("attn_v"))?;
-            for (t, rows) in [(&q, d), (&k, kv_dim), (&v, kv_dim)] {
+            for (t, rows) in [(&q, qd), (&k, kv_dim), (&v, kv_dim)] {
                 let (r, c) = mat_dims(t, "attn")?;
                 if r != rows || c != d {
                     return Err(Error::Tensor {
@@ -458,7 +483,7 @@ impl GpuModel {
                 all.extend_from_slice(&k.data);
                 all.extend_from_slice(&v.data);
                 qkv.push(push(
-                    upload_matrix(&ctx, &n("attn_qkv"), q.ty, d + 2 * kv_dim, d, &all)?,
+                    upload_matrix(&ctx, &n("attn_qkv"), q.ty, qd + 2 * kv_dim, d, &all)?,
                     &mut mats,
                 ));
             } else if q.ty == k.ty {
@@ -466,7 +491,7 @@ impl GpuModel {
                 let mut qk = q.data.to_vec();
                 qk.extend_from_slice(&k.data);
                 qkv.push(push(
-                    upload_matrix(&ctx, &n("attn_qk"), q.ty, d + kv_dim, d, &qk)?,
+                    upload_matrix(&ctx, &n("attn_qk"), q.ty, qd + kv_dim, d, &qk)?,
                     &mut mats,
                 ));
                 qkv.push(push(
@@ -475,7 +500,7 @@ impl GpuModel {
                 ));
             } else {
                 qkv.push(push(
-                    upload_matrix(&ctx, &n("attn_q"), q.ty, d, d, &q.data)?,
+                    upload_matrix(&ctx, &n("attn_q"), q.ty, qd, d, &q.data)?,
                     &mut mats,
                 ));
                 qkv.push(push(
@@ -489,14 +514,14 @@ impl GpuModel {
             }
             let o = get(&n("attn_output"))?;
             let (r, c) = mat_dims(&o, &n("attn_output"))?;
-            if r != d || c != d {
+            if r != d || c != qd {
                 return Err(Error::Tensor {
                     tensor: n("attn_output"),
-                    msg: format!("shape {r}×{c}, expected {d}×{d}"),
+                    msg: format!("shape {r}×{c}, expected {d}×{qd}"),
                 });
             }
             let wo = push(
-                upload_matrix(&ctx, &n("attn_output"), o.ty, d, d, &o.data)?,
+                upload_matrix(&ctx, &n("attn_output"), o.ty, d, qd, &o.data)?,
                 &mut mats,
             );
             let g = get(&n("ffn_gate"))?;
@@ -540,6 +565,25 @@ impl GpuModel {
             let kc = scratch(&ctx, "k_cache", kv_elems);
             let vc = scratch(&ctx, "v_cache", kv_elems);
             mem.kv_cache += 8 * kv_elems as u64;
+            // Architecture-specific per-layer weights (none for llama).
+            let aux = if cfg.ops.prep() {
+                let a = super::arch::layer_aux(src, &cfg, l)?;
+                mem.weights += 4 * a.len() as u64;
+                Some(f32_buffer(&ctx, "qk_prep", &a))
+            } else {
+                None
+            };
+            let post = if cfg.ops.post_norms {
+                let pa = n("post_attention_norm");
+                let pf = n("post_ffw_norm");
+                mem.weights += 8 * d as u64;
+                Some((
+                    f32_buffer(&ctx, "post_attention_norm", &f32_of(&get(&pa)?, &pa, d)?),
+                    f32_buffer(&ctx, "post_ffw_norm", &f32_of(&get(&pf)?, &pf, d)?),
+                ))
+            } else {
+                None
+            };
             lidx.push(LayerIdx {
                 an,
                 fnm,
@@ -549,6 +593,8 @@ impl GpuModel {
                 down,
                 kc,
                 vc,
+                aux,
+                post,
             });
         }
         let onorm = f32_buffer(
@@ -587,7 +633,9 @@ impl GpuModel {
         // Prompt embeddings on the GPU (`Tune::gpu_embd`): the token-embedding matrix as the
         // kernels read weights (not counted in the per-token weight bytes: a call reads only
         // its tokens' rows).
-        let embd_gpu = match (ctx.tune.gpu_embd, tied) {
+        // Scaled embeddings (gemma3) are looked up on the CPU, which scales them as the CPU
+        // backend does.
+        let embd_gpu = match (ctx.tune.gpu_embd && cfg.ops.embd_scale == 1.0, tied) {
             (false, _) => None,
             // The tied output matrix is this very upload (same type, rows and chunks).
             (true, true) => Some(mats[out_idx].chunks.clone()),
@@ -608,7 +656,14 @@ impl GpuModel {
         let x = scratch(&ctx, "x", nb * d);
         let xn = scratch(&ctx, "xn", nb * d);
         let qkvb = scratch(&ctx, "qkv", nb * cfg.qkv_dim());
-        let att = scratch(&ctx, "attn", nb * d);
+        let att = scratch(&ctx, "attn", nb * qd);
+        // gemma3: wo and down outputs before their post-norm residual add; the GELU-gated
+        // FFN activation.
+        let post_out = cfg
+            .ops
+            .post_norms
+            .then(|| scratch(&ctx, "post_norm_in", nb * d));
+        let geglu_out = cfg.ops.gelu.then(|| scratch(&ctx, "geglu", nb * cfg.n_ff));
         // Split decode attention (flash-decoding, `Tune::attn_split`): chunks per head, the
         // partial results of one token (accumulators, then (max, sum) pairs).
         let attn_lmin = ctx.tune.attn_split;
@@ -650,19 +705,28 @@ impl GpuModel {
         };
         // The same f32 angles as the CPU backend (and ggml_rope_ext): theta accumulated by
         // repeated multiplication, so both backends rotate by bit-identical cos/sin.
-        let mut cs = Vec::with_capacity(opts.n_ctx * half * 2);
-        let theta_scale = (cfg.rope_base as f32).powf(-2.0 / cfg.n_rot as f32);
-        for p in 0..opts.n_ctx {
-            let mut theta = p as f32;
-            for i in 0..half {
-                let ff = factors.as_ref().map_or(1.0, |fa| fa[i]);
-                let th = theta / ff;
-                cs.push(th.cos());
-                cs.push(th.sin());
-                theta *= theta_scale;
-            }
-        }
+        let cs = super::arch::rope_table(
+            opts.n_ctx,
+            cfg.n_rot,
+            cfg.rope_base as f32,
+            cfg.rope_scale,
+            factors.as_deref(),
+        );
         let cs_buf = f32_buffer(&ctx, "rope", &cs);
+        // gemma3's sliding-window layers rotate with their own base.
+        let cs_local = if cfg.ops.window > 0 {
+            let t = super::arch::rope_table(
+                opts.n_ctx,
+                cfg.n_rot,
+                cfg.ops.swa_rope_base,
+                1.0,
+                factors.as_deref(),
+            );
+            mem.scratch += 4 * t.len() as u64;
+            Some(f32_buffer(&ctx, "rope local", &t))
+        } else {
+            None
+        };
 
         let (bgl_mat, pl_mat) = buffer_layouts(&ctx, "mat", b"rrwu");
         let (bgl_rope, pl_rope) = buffer_layouts(&ctx, "rope", b"wwwrur");
@@ -671,19 +735,35 @@ impl GpuModel {
         let (bgl_attd, pl_attd) = buffer_layouts(&ctx, "attn decode", b"rwwwurr");
         let (bgl_attn, pl_attn) = buffer_layouts(&ctx, "attn", b"rrrwur");
         let (bgl_nr, pl_nr) = buffer_layouts(&ctx, "norm round", b"rrwuw");
+        let (bgl_prep, pl_prep) = buffer_layouts(&ctx, "qk prep", b"wrrur");
         let (attn_key, _) = super::kernels::attention_key(&ctx, hd as u32)?;
 
         // Steps (bind groups reference a params slot each).
         // Batch graph (up to 11 dispatches per layer), activation roundings, decode graph.
-        let n_slots_est =
-            cfg.n_layer * 25 + 16 + 3 * mats.iter().map(|m| m.chunks.len()).sum::<usize>();
+        // Architecture steps: qk_prep, two post-norms, geglu per layer.
+        let arch_steps = cfg.n_layer
+            * (usize::from(cfg.ops.prep())
+                + 2 * usize::from(cfg.ops.post_norms)
+                + usize::from(cfg.ops.gelu));
+        let n_slots_est = cfg.n_layer * 25
+            + arch_steps
+            + 16
+            + 3 * mats.iter().map(|m| m.chunks.len()).sum::<usize>();
         let params = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("params"),
             size: (n_slots_est * SLOT) as u64,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        mem.scratch = (nb * (d * 3 + cfg.qkv_dim() + 2 * cfg.n_ff + 2 * n_vocab) * 4
+        mem.scratch = (nb
+            * (d * 2
+                + qd
+                + cfg.qkv_dim()
+                + 2 * cfg.n_ff
+                + 2 * n_vocab
+                + post_out.as_ref().map_or(0, |_| d)
+                + geglu_out.as_ref().map_or(0, |_| cfg.n_ff))
+            * 4
             + nb * 12
             + cs.len() * 4
             + n_slots_est * SLOT) as u64;
@@ -741,7 +821,7 @@ impl GpuModel {
             Option<(usize, wgpu::Buffer, wgpu::Buffer, wgpu::Buffer)>,
         > = Default::default();
         let act = std::cell::RefCell::new(ActRounding::new(
-            nb * d.max(2 * cfg.n_ff),
+            nb * d.max(qd).max(2 * cfg.n_ff),
             ctx.tune.act_round,
         ));
         let add_mat = |steps: &mut Vec<Step>,
@@ -1014,7 +1094,22 @@ impl GpuModel {
                 }
             }
         };
-        for ly in &lidx {
+        // gemma3's FFN activation: hid (gate/up rows) → its own buffer, n_ff per token.
+        let push_geglu = |steps: &mut Vec<Step>, out: &wgpu::Buffer, split: bool| {
+            let slot = steps.len();
+            steps.push(Step {
+                kind: StepKind::Norm,
+                when: When::Always,
+                role: "geglu",
+                bind: bg(&bgl_mat, &[&hid, &hid, out], slot),
+                slot,
+                key: KernelKey::Arch(ArchOp::Geglu { split }),
+                n: cfg.n_ff as u32,
+            });
+        };
+        for (li, ly) in lidx.iter().enumerate() {
+            // Sliding window of this layer (0: none; gemma3's local layers).
+            let window = cfg.ops.window_of(li);
             let slot = steps.len();
             *last_norm.borrow_mut() = Some((slot, x.clone(), ly.an.clone(), xn.clone()));
             steps.push(Step {
@@ -1062,6 +1157,23 @@ impl GpuModel {
                 }
                 off += mats[m].rows;
             }
+            if let Some(aux) = &ly.aux {
+                // Bias, per-head norms, RoPE (the layer's table) and Q scale: both graphs.
+                let cs = match &cs_local {
+                    Some(t) if cfg.ops.local_rope(li) => t,
+                    _ => &cs_buf,
+                };
+                let slot = steps.len();
+                steps.push(Step {
+                    kind: StepKind::QkPrep,
+                    when: When::Always,
+                    role: "qk_prep",
+                    bind: bg(&bgl_prep, &[&qkvb, cs, aux, &tinfo], slot),
+                    slot,
+                    key: KernelKey::Arch(ArchOp::QkPrep),
+                    n: 0,
+                });
+            }
             let slot = steps.len();
             steps.push(Step {
                 kind: StepKind::Rope,
@@ -1080,7 +1192,7 @@ impl GpuModel {
                 bind: bg(&bgl_attn, &[&qkvb, &ly.kc, &ly.vc, &att, &tinfo], slot),
                 slot,
                 key: attn_key.clone(),
-                n: 0,
+                n: window,
             });
             // Split only where the wo input is rounded (the rounding combines the chunks).
             let split = match &attn_part {
@@ -1126,10 +1238,30 @@ impl GpuModel {
                     lmin: attn_lmin,
                     exact: ctx.tune.attn_exact,
                 },
-                n: 0,
+                n: window,
             });
+            // With post-norms (gemma3) wo and down write their own buffer, added to x by a
+            // `post_norm` step; otherwise they accumulate into x (mode 1).
+            let (res_buf, res_mode) = match (&post_out, &ly.post) {
+                (Some(b), Some(_)) => (b, 0),
+                _ => (&x, 1),
+            };
+            let post_add = |steps: &mut Vec<Step>, w: &wgpu::Buffer| {
+                let slot = steps.len();
+                steps.push(Step {
+                    kind: StepKind::Norm,
+                    when: When::Always,
+                    role: "post_norm",
+                    bind: bg(&bgl_mat, &[res_buf, w, &x], slot),
+                    slot,
+                    key: KernelKey::Arch(ArchOp::NormAdd),
+                    n: d as u32,
+                });
+            };
             let s0 = steps.len();
-            add_mat(&mut steps, &mats, ly.wo, &att, &x, d, 0, d, 1, false, "wo");
+            add_mat(
+                &mut steps, &mats, ly.wo, &att, res_buf, qd, 0, d, res_mode, false, "wo",
+            );
             if let Some(part) = split {
                 // The decode graph rounds the wo input in the combine of the split attention;
                 // the rounding recorded for both graphs stays for the batch graph only.
@@ -1166,6 +1298,9 @@ impl GpuModel {
                     },
                 );
             }
+            if let Some((pa, _)) = &ly.post {
+                post_add(&mut steps, pa);
+            }
             let slot = steps.len();
             *last_norm.borrow_mut() = Some((slot, x.clone(), ly.fnm.clone(), xn.clone()));
             steps.push(Step {
@@ -1177,27 +1312,44 @@ impl GpuModel {
                 key: KernelKey::RmsNorm,
                 n: d as u32,
             });
+            // SwiGLU in the gate/up epilogue (modes 2 and 3), or for gemma3 plain stores
+            // (mode 0) and a `geglu` step writing the FFN activation to its own buffer.
+            let gelu = geglu_out.as_ref();
             if ly.gu.len() == 1 {
+                let (gu_mode, gu_ld) = match gelu {
+                    Some(_) => (0, 2 * cfg.n_ff),
+                    None => (2, cfg.n_ff),
+                };
                 let b0 = steps.len();
                 add_mat(
-                    &mut steps, &mats, ly.gu[0], &xn, &hid, d, 0, cfg.n_ff, 2, false, "gate_up",
+                    &mut steps, &mats, ly.gu[0], &xn, &hid, d, 0, gu_ld, gu_mode, false, "gate_up",
                 );
                 batch_from(&mut steps, b0);
                 if fuse_norm {
                     add_mat_norm(
-                        &mut steps, &mats, ly.gu[0], &ly.fnm, &hid, 0, cfg.n_ff, 2, "gate_up",
+                        &mut steps, &mats, ly.gu[0], &ly.fnm, &hid, 0, gu_ld, gu_mode, "gate_up",
                     );
                 }
+                let din = match gelu {
+                    Some(g) => {
+                        push_geglu(&mut steps, g, false);
+                        g
+                    }
+                    None => &hid,
+                };
                 let b0 = steps.len();
                 add_mat(
-                    &mut steps, &mats, ly.down, &hid, &x, cfg.n_ff, 0, d, 1, false, "down",
+                    &mut steps, &mats, ly.down, din, res_buf, cfg.n_ff, 0, d, res_mode, false,
+                    "down",
                 );
                 fold_actq(
-                    &mut steps, &mats, b0, ly.down, &hid, &x, cfg.n_ff, 1, "down",
+                    &mut steps, &mats, b0, ly.down, din, res_buf, cfg.n_ff, res_mode, "down",
                 );
             } else {
                 // Gate and up of different types: gate → hid[t][ff..2ff], then the up pass
-                // (mode 3) writes silu(gate) * up into hid[t][0..ff].
+                // (mode 3) writes silu(gate) * up into hid[t][0..ff] (gemma3: up stored, mode
+                // 0, and the `geglu` step reads both halves).
+                let up_mode = if gelu.is_some() { 0 } else { 3 };
                 let b0 = steps.len();
                 add_mat(
                     &mut steps,
@@ -1221,7 +1373,7 @@ impl GpuModel {
                     d,
                     0,
                     2 * cfg.n_ff,
-                    3,
+                    up_mode,
                     false,
                     "up",
                 );
@@ -1246,35 +1398,27 @@ impl GpuModel {
                         &hid,
                         0,
                         2 * cfg.n_ff,
-                        3,
+                        up_mode,
                         "up",
                     );
                 }
+                let (din, dld) = match gelu {
+                    Some(g) => {
+                        push_geglu(&mut steps, g, true);
+                        (g, cfg.n_ff)
+                    }
+                    None => (&hid, 2 * cfg.n_ff),
+                };
                 let b0 = steps.len();
                 add_mat(
-                    &mut steps,
-                    &mats,
-                    ly.down,
-                    &hid,
-                    &x,
-                    2 * cfg.n_ff,
-                    0,
-                    d,
-                    1,
-                    false,
-                    "down",
+                    &mut steps, &mats, ly.down, din, res_buf, dld, 0, d, res_mode, false, "down",
                 );
                 fold_actq(
-                    &mut steps,
-                    &mats,
-                    b0,
-                    ly.down,
-                    &hid,
-                    &x,
-                    2 * cfg.n_ff,
-                    1,
-                    "down",
+                    &mut steps, &mats, b0, ly.down, din, res_buf, dld, res_mode, "down",
                 );
+            }
+            if let Some((_, pf)) = &ly.post {
+                post_add(&mut steps, pf);
             }
         }
         let slot = steps.len();
@@ -1314,6 +1458,7 @@ impl GpuModel {
                 KernelKey::NormQ8 { .. } => &pl_nq,
                 KernelKey::AttnDecode { .. } => &pl_attd,
                 KernelKey::NormRound { .. } => &pl_nr,
+                KernelKey::Arch(ArchOp::QkPrep) => &pl_prep,
                 _ => &pl_mat,
             };
             kernels.get_with_layout(&ctx, &s.key, pl)?;
@@ -1563,6 +1708,11 @@ impl GpuModel {
             } else {
                 xs.chunks_mut(d).zip(tokens.iter()).try_for_each(row)?;
             }
+            let es = self.cfg.ops.embd_scale;
+            if es != 1.0 {
+                // gemma3: × √n_embd after the look-up, as the CPU backend.
+                xs.iter_mut().for_each(|v| *v *= es);
+            }
             self.ctx
                 .queue
                 .write_buffer(&self.x, 0, bytemuck::cast_slice(&xs));
@@ -1702,7 +1852,7 @@ impl GpuModel {
                         wg = super::actq::workgroups(k, ntok);
                     }
                     StepKind::Rope => {
-                        p = heads(&[cfg.n_rot as u32]);
+                        p = heads(&[cfg.kernel_rot() as u32]);
                         let total = (cfg.n_head + 2 * cfg.n_kv) * cfg.head_dim / 2;
                         wg = ((total as u32).div_ceil(64), n as u32);
                     }
@@ -1720,16 +1870,28 @@ impl GpuModel {
                         p = q;
                         wg = super::actq::workgroups(k, n as u32);
                     }
-                    StepKind::Attn | StepKind::AttnDecode { .. } => {
+                    StepKind::QkPrep => {
                         p = heads(&[
-                            d as u32,
-                            (1.0 / (cfg.head_dim as f32).sqrt()).to_bits(),
                             cfg.n_rot as u32,
+                            super::arch::prep_flags(&cfg.ops),
+                            cfg.eps.to_bits(),
+                            cfg.ops.q_scale.to_bits(),
+                        ]);
+                        wg = (super::arch::prep_slots(cfg), n as u32);
+                    }
+                    StepKind::Attn | StepKind::AttnDecode { .. } => {
+                        let mut q = heads(&[
+                            cfg.q_dim() as u32,
+                            cfg.kq_scale.to_bits(),
+                            cfg.kernel_rot() as u32,
                             match s.kind {
                                 StepKind::AttnDecode { stats, .. } => stats,
                                 _ => 0,
                             },
                         ]);
+                        // The layer's sliding window (`Step::n`; 0 = none).
+                        q[11] = s.n;
+                        p = q;
                         wg = match (&s.key, s.kind) {
                             (KernelKey::Attention { qt, .. }, _) => {
                                 (cfg.n_head as u32, (n as u32).div_ceil(*qt))
@@ -1801,6 +1963,8 @@ impl GpuModel {
                 .map_err(|e| Error::msg(format!("GPU readback view: {e:?}")))?;
             bytemuck::cast_slice::<u8, f32>(&view).to_vec()
         };
+        let mut out = out;
+        self.cfg.ops.apply_softcap(&mut out);
         self.staging.unmap();
         let t_read = Instant::now();
         let c = &mut self.cpu;

@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::model::{HParams, ModelFile};
 use crate::quant::GgmlType;
 use crate::recipe::plan::{build_plan, PlanOptions, TensorDesc};
 use crate::recipe::presets::{ModelInfo, Preset};
@@ -35,6 +36,12 @@ pub trait WeightSource {
     /// A label for reports (file path or synthetic shape).
     fn label(&self) -> String;
 
+    /// The runtime's hyper-parameters of this model ([`HParams::from_file`]) where the source
+    /// is a model file; `None` for synthetic llama shapes (read from the metadata above).
+    fn hparams(&self) -> Option<Result<HParams>> {
+        None
+    }
+
     /// Parameter count and bytes over all tensors (llama-bench's `model_n_params` and
     /// `model_size`: a tied output matrix is the embedding, counted once).
     fn size_stats(&self) -> (u64, u64) {
@@ -49,7 +56,7 @@ pub trait WeightSource {
 
 /// A GGUF file read with memory mapping ([`crate::gguf::GgufFile`]).
 pub struct GgufSource {
-    file: crate::gguf::GgufFile,
+    model: std::sync::Arc<ModelFile>,
 }
 
 impl GgufSource {
@@ -68,27 +75,29 @@ impl GgufSource {
                 });
             }
         }
-        Ok(GgufSource { file })
+        Ok(GgufSource {
+            model: ModelFile::from_gguf(file),
+        })
     }
 
     /// The underlying file.
     pub fn file(&self) -> &crate::gguf::GgufFile {
-        &self.file
+        self.model.gguf()
     }
 }
 
 impl WeightSource for GgufSource {
     fn meta_u64(&self, key: &str) -> Option<u64> {
-        self.file.get(key)?.as_u64()
+        self.file().get(key)?.as_u64()
     }
     fn meta_f64(&self, key: &str) -> Option<f64> {
-        self.file.get(key)?.as_f64()
+        self.file().get(key)?.as_f64()
     }
     fn meta_str(&self, key: &str) -> Option<String> {
-        self.file.get_str(key).map(str::to_string)
+        self.file().get_str(key).map(str::to_string)
     }
     fn tensor(&self, name: &str) -> Result<Option<TensorView<'_>>> {
-        let Some(t) = self.file.tensor(name) else {
+        let Some(t) = self.file().tensor(name) else {
             return Ok(None);
         };
         let ty = t.ty.ok_or_else(|| Error::Tensor {
@@ -98,18 +107,21 @@ impl WeightSource for GgufSource {
         Ok(Some(TensorView {
             ty,
             dims: t.dims.clone(),
-            data: Cow::Borrowed(self.file.tensor_data(t)?),
+            data: Cow::Borrowed(self.file().tensor_data(t)?),
         }))
     }
     fn tensor_list(&self) -> Vec<(String, GgmlType, Vec<u64>)> {
-        self.file
+        self.file()
             .tensors
             .iter()
             .filter_map(|t| Some((t.name.clone(), t.ty?, t.dims.clone())))
             .collect()
     }
     fn label(&self) -> String {
-        self.file.path.display().to_string()
+        self.file().path.display().to_string()
+    }
+    fn hparams(&self) -> Option<Result<HParams>> {
+        Some(HParams::from_file(&self.model))
     }
 }
 
