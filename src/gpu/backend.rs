@@ -133,7 +133,12 @@ impl Backend for GpuBackend {
             LogitsWanted::None => n,
         };
         out.clear();
-        let nb = self.model.opts.n_batch.max(1);
+        // Batches whose logits are wanted hold at most what one logits binding does.
+        let nb = if first < n {
+            self.model.opts.n_batch.min(self.model.logit_rows()).max(1)
+        } else {
+            self.model.opts.n_batch.max(1)
+        };
         let mut done = 0;
         while done < n {
             let k = nb.min(n - done);

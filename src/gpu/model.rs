@@ -338,6 +338,9 @@ pub struct GpuModel {
     tinfo: wgpu::Buffer,
     x: wgpu::Buffer,
     logits: wgpu::Buffer,
+    /// Tokens whose logits one call can return (the batch size unless the vocabulary is
+    /// too large for one binding).
+    logit_rows: usize,
     staging: wgpu::Buffer,
     /// Bytes per token that a decode step reads from weights (file sizes of all matrices).
     pub weight_bytes_per_token: u64,
@@ -684,10 +687,13 @@ impl GpuModel {
             None
         };
         let hid = scratch(&ctx, "ffn", nb * 2 * cfg.n_ff);
-        let logits = scratch(&ctx, "logits", nb * n_vocab);
+        // Tokens whose logits one binding holds: all of a batch, except for very large
+        // vocabularies on small bindings (gemma3's 262 144 on a 128 MiB binding: 128).
+        let logit_rows = nb.min((ctx.max_binding as usize / (4 * n_vocab.max(1))).max(1));
+        let logits = scratch(&ctx, "logits", logit_rows * n_vocab);
         let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("staging"),
-            size: (nb * n_vocab * 4) as u64,
+            size: (logit_rows * n_vocab * 4) as u64,
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
@@ -760,10 +766,10 @@ impl GpuModel {
                 + qd
                 + cfg.qkv_dim()
                 + 2 * cfg.n_ff
-                + 2 * n_vocab
                 + post_out.as_ref().map_or(0, |_| d)
                 + geglu_out.as_ref().map_or(0, |_| cfg.n_ff))
             * 4
+            + 2 * logit_rows * n_vocab * 4
             + nb * 12
             + cs.len() * 4
             + n_slots_est * SLOT) as u64;
@@ -1511,6 +1517,7 @@ impl GpuModel {
             tinfo,
             x,
             logits,
+            logit_rows,
             staging,
             weight_bytes_per_token: weight_bytes,
             memory: mem,
@@ -1660,6 +1667,12 @@ impl GpuModel {
         let n = tokens.len();
         if n == 0 {
             return Ok((Vec::new(), Vec::new()));
+        }
+        if all_logits && n > self.logit_rows {
+            return Err(Error::msg(format!(
+                "{n} tokens' logits exceed the {} rows of {} logits that one GPU binding holds",
+                self.logit_rows, self.cfg.n_vocab
+            )));
         }
         if n > self.opts.n_batch {
             return Err(Error::msg(format!(
@@ -2103,6 +2116,12 @@ impl GpuModel {
             s.push_str(&format!(" (+{})", rest.join(",")));
         }
         s
+    }
+
+    /// Most tokens whose logits one forward call can return (`all_logits`): the batch size,
+    /// or fewer where a large vocabulary does not fit one binding that many times.
+    pub fn logit_rows(&self) -> usize {
+        self.logit_rows
     }
 
     /// Number of layers.
