@@ -133,8 +133,8 @@ impl Backend for GpuBackend {
             LogitsWanted::None => n,
         };
         out.clear();
-        // Batches whose logits are wanted hold at most what one logits binding does.
-        let nb = if first < n {
+        // Batches whose logits are all wanted hold at most what one logits binding does.
+        let nb = if first + 1 < n {
             self.model.opts.n_batch.min(self.model.logit_rows()).max(1)
         } else {
             self.model.opts.n_batch.max(1)
