@@ -798,3 +798,36 @@ fn gpu_logits_of_a_large_vocabulary_come_in_binding_sized_batches() {
     // The last token's logits alone need one row.
     assert_eq!(m.forward(&batch, false).unwrap().len(), NV);
 }
+
+#[test]
+fn gpu_gemma3_long_prompt_in_batches_matches_cpu_backend() {
+    // A window of 64 over 300 positions, in batches of 128 tokens: the prompt attention
+    // skips whole key blocks before the window (head sizes 256 and 64: the tensor-core
+    // attention where the adapter has it).
+    let Some(ctx) = context() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    for (nh, hd) in [(2, 256), (4, 64)] {
+        let mut s = spec("gemma3", GgmlType::F32, 256);
+        (s.window, s.nh, s.hd) = (64, nh, hd);
+        let path = write(dir.path(), &s);
+        let model = Model::open(&path).unwrap();
+        let mut gpu =
+            GpuBackend::load(ctx.clone(), &path, model.hparams.clone(), 320, 128).unwrap();
+        let mut cpu = CpuBackend::new(&model, 320, 2).unwrap();
+        let prompt = toks(300, 6);
+        let (mut lc, mut lg) = (Vec::new(), Vec::new());
+        cpu.forward(&prompt, LogitsWanted::All, &mut lc).unwrap();
+        gpu.forward(&prompt, LogitsWanted::All, &mut lg).unwrap();
+        let rows: Vec<(Vec<f32>, Vec<f32>)> = lc
+            .chunks(NV)
+            .zip(lg.chunks(NV))
+            .map(|(c, g)| (c.to_vec(), g.to_vec()))
+            .collect();
+        assert_eq!(rows.len(), 300);
+        assert_match(
+            &format!("gemma3 300 positions, head size {hd}"),
+            false,
+            &rows,
+        );
+    }
+}
