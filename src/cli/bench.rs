@@ -101,8 +101,9 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     pub kernel_types: Vec<String>,
     /// Check the prompt-path kernels (tiled mat-mat, cooperative matrices where available,
-    /// and the tiled attention) against CPU dequantization and the decode path; exit 1 on a
-    /// mismatch. For device runs.
+    /// and the tiled attention) against CPU dequantization and the decode path, and the
+    /// decode of each MODEL given with and without the attention's last-workgroup epilogue
+    /// (bit for bit); exit 1 on a mismatch. For device runs.
     #[arg(long, hide = true)]
     pub kernel_check: bool,
     /// Before the tests, profile decode steps of each model: GPU time per kernel role
@@ -592,9 +593,16 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
         return kernel_bench(&ctx, &args, peak);
     }
     if args.kernel_check {
-        let c = ggufq::gpu::selfcheck::self_check(&ctx)?;
+        let mut c = ggufq::gpu::selfcheck::self_check(&ctx)?;
         for l in &c.lines {
             println!("{l}");
+        }
+        // With models: their decode with the attention epilogue against the combine dispatch.
+        for p in &args.models {
+            let src = GgufSource::open(p)?;
+            let (line, ok) = ggufq::gpu::selfcheck::attn_lastwg_check(&ctx, &src)?;
+            println!("{}: {line}", p.display());
+            c.ok &= ok;
         }
         if !c.ok {
             eprintln!("kernel check FAILED: a prompt-path kernel disagrees with its reference");

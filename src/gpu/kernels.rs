@@ -662,6 +662,13 @@ pub struct Tune {
     /// normalises against its own maximum and sum (flash-decoding proper: less work per
     /// workgroup in contexts over 256, a few wo-input roundings flip).
     pub attn_exact: bool,
+    /// The split decode attention combines and rounds its own output for `wo`: the last
+    /// workgroup of each group of 256 / head-size heads (a device-scope counter,
+    /// [`KernelKey::AttnDecodeQ`]) runs the [`KernelKey::AttnCombineQ`] code for the group,
+    /// so the decode graph has one dispatch per layer less (GGUFQ_ATTN_LASTWG=0: the
+    /// separate combine dispatch). 1 (default) on, 0 off; 2 is a fault injected by the tests
+    /// (the counters are never reset, so every layer after the first keeps a stale output).
+    pub attn_lastwg: u32,
     /// Prompt attention on cooperative matrices (flash attention, [`KernelKey::AttentionCoop`])
     /// where the adapter has them; GGUFQ_ATTN_COOP=0 keeps the tiled f32 kernel
     /// (`shaders/attention.wgsl`, the only one without cooperative matrices).
@@ -721,6 +728,13 @@ pub struct Tune {
 
 /// Most chunks per head of the split decode attention ([`Tune::attn_split`]).
 pub const ATTN_MAX_CHUNKS: u32 = 16;
+
+/// Workgroup memory of the decode attention with `ctx` score entries: the scores, the
+/// reductions, Q/K/V of the new token, the V partial sums; with `epilogue`
+/// ([`KernelKey::AttnDecodeQ`]) also the rounding's quants, scales and flag.
+pub fn attn_decode_shared_bytes(ctx: u32, epilogue: bool) -> u32 {
+    4 * ctx + 1024 + 3 * 1024 + 4096 + 4 + if epilogue { 1024 + 32 + 64 + 4 } else { 0 }
+}
 
 /// Weight types whose `ffn_down` decode mat-vec rounds its own input by default
 /// ([`Tune::fold_actq`]). H100, 7B tg128 (session 5, NR 8): Q8_0 212.2 → 221.5 t/s, while
@@ -905,6 +919,7 @@ impl Tune {
             normq: std::env::var("GGUFQ_NORMQ").as_deref() != Ok("0"),
             attn_split: get("GGUFQ_ATTN_SPLIT", 32, &[0, 16, 32, 64, 128]),
             attn_exact: std::env::var("GGUFQ_ATTN_EXACT").as_deref() != Ok("0"),
+            attn_lastwg: get("GGUFQ_ATTN_LASTWG", 1, &[0, 1]),
             attn_coop: std::env::var("GGUFQ_ATTN_COOP").as_deref() != Ok("0"),
             actq_div: std::env::var("GGUFQ_ACTQ_DIV").as_deref() != Ok("0"),
             coop_prefetch: std::env::var("GGUFQ_COOP_PF").as_deref() != Ok("0"),
@@ -983,6 +998,19 @@ pub enum KernelKey {
         nch: u32,
         lmin: u32,
         exact: bool,
+    },
+    /// [`KernelKey::AttnDecode`] (split, `nch` > 1) whose last workgroup per group of 256 /
+    /// `hd` heads combines the group's partial results and rounds them for `wo` exactly as
+    /// [`KernelKey::AttnCombineQ`] does ([`Tune::attn_lastwg`]). Bindings 7 (the rounding's
+    /// output) and 8 (one u32 counter per token and head group, zero between dispatches);
+    /// `reset` false only in the tests' fault injection.
+    AttnDecodeQ {
+        ctx: u32,
+        hd: u32,
+        nch: u32,
+        lmin: u32,
+        exact: bool,
+        reset: bool,
     },
     /// The rounding of `shaders/actq.wgsl` whose input is the combination of the `nch`
     /// partial results of the split decode attention ([`Tune::attn_split`]).
@@ -1894,8 +1922,6 @@ const ACTQ_LOAD: &str = "v = X[o];";
 /// sum · exp(max − M) / Σ of those; a lone chunk weighs exactly 1, so contexts of one chunk
 /// give the unsplit kernel's values.
 const ATTN_COMBINE: &str = "
-const NCH: u32 = $NCHu;
-const EXACT: bool = $EXACT;
 fn attn_combine(i: u32, t: u32) -> f32 {
     let hd = P.pad1;
     let h = i / hd;
@@ -1932,6 +1958,145 @@ fn attn_combine(i: u32, t: u32) -> f32 {
     return o;
 }
 ";
+
+/// The constants [`ATTN_COMBINE`] reads (declared by the decode attention kernel itself in
+/// [`KernelKey::AttnDecodeQ`]).
+const ATTN_COMBINE_CONSTS: &str = "
+const NCH: u32 = $NCHu;
+const EXACT: bool = $EXACT;
+";
+
+/// WGSL of the decode attention (`shaders/attn_decode.wgsl`); `arrive` is the code after
+/// each workgroup's partial result ([`KernelKey::AttnDecodeQ`]; empty for the plain kernel).
+fn attn_decode_source(
+    ctx: &GpuContext,
+    n: u32,
+    hd: u32,
+    nch: u32,
+    lmin: u32,
+    exact: bool,
+    arrive: &str,
+) -> String {
+    let (rmax, rsum) = if ctx.subgroup32 {
+        (ATTN_MAX_SUBGROUP, ATTN_SUM_SUBGROUP)
+    } else {
+        (ATTN_MAX_TREE, ATTN_SUM_TREE)
+    };
+    ATTN_DECODE_WGSL
+        .replace("$CTX", &n.to_string())
+        .replace("$HD4", &(hd / 4).to_string())
+        .replace("$NCH", &nch.to_string())
+        .replace("$LMIN", &lmin.max(1).to_string())
+        .replace("$EXACT", if exact { "true" } else { "false" })
+        .replace("$RED_MAX", rmax)
+        .replace("$RED_SUM", rsum)
+        .replace("$ARRIVE", arrive)
+}
+
+/// The last-workgroup epilogue of [`KernelKey::AttnDecodeQ`], appended to the decode
+/// attention: `arrive` counts the workgroups of a group of 256 / hd heads on a device-scope
+/// counter; the last one runs `actq_main`, the text of `shaders/actq.wgsl`'s entry point
+/// (with [`ATTN_COMBINE`] as its input, as [`KernelKey::AttnCombineQ`]) made a function of
+/// the rounding workgroup (value block `g`, token), with its parameters read from the
+/// attention's own (`P.qk`, …) and its partial results from `O`. Same operations in the
+/// same order, so the same quants and scales bit for bit.
+///
+/// WGSL's `storageBarrier()` is a device-scope acquire/release fence on storage memory in
+/// naga's SPIR-V (OpControlBarrier, memory scope Device, AcquireRelease | UniformMemory):
+/// the fence before the `atomicAdd` publishes this workgroup's partial result, the one
+/// after the last arrival makes every other workgroup's visible (CUDA's threadfence
+/// reduction). No workgroup waits for another, so no forward-progress assumption.
+fn attn_epilogue(ctx: &GpuContext, reset: bool) -> Result<String> {
+    let internal = |what: &str| Error::msg(format!("internal: actq.wgsl has no {what}"));
+    let mut a = actq_source(ctx);
+    for (from, to) in [
+        (
+            "@group(0) @binding(0) var<storage, read> X: array<f32>;",
+            "",
+        ),
+        (
+            "@group(0) @binding(2) var<storage, read_write> Y: array<u32>;",
+            "@group(0) @binding(7) var<storage, read_write> Y: array<u32>;",
+        ),
+        ("@group(0) @binding(3) var<uniform> P: Params;", ""),
+        ("struct Params {", "struct ActqParams {"),
+        ("var<workgroup> red: array<f32, 256>;", ""),
+        (ACTQ_LOAD, "v = attn_combine(i, t);"),
+    ] {
+        if !a.contains(from) {
+            return Err(internal(from));
+        }
+        a = a.replacen(from, to, 1);
+    }
+    let entry = regex::Regex::new(
+        r"@compute\s*@workgroup_size\(256\)\s*fn main\(@builtin\(local_invocation_index\) lid: u32, @builtin\(workgroup_id\) wg: vec3<u32>\)\s*\{",
+    )
+    .map_err(|e| Error::msg(format!("internal: {e}")))?;
+    if !entry.is_match(&a) {
+        return Err(internal("entry point `main(lid, wg)`"));
+    }
+    let a = entry.replace(&a, "fn actq_main(lid: u32, wg: vec3<u32>) {");
+    let text = format!("{a}{ATTN_COMBINE}");
+    // actq.wgsl's parameters → the attention's (the rounding reads token rows from word 0).
+    let field =
+        regex::Regex::new(r"\bP\.(\w+)").map_err(|e| Error::msg(format!("internal: {e}")))?;
+    let mut bad = None;
+    let text = field.replace_all(&text, |c: &regex::Captures| {
+        let f = &c[1];
+        match f {
+            "k" => "P.qk",
+            "ld" => "P.qld",
+            "x_off" => "0u",
+            "n_tok" => "P.n_tok",
+            "kind" => "P.qkind",
+            "q8_base" => "P.q8b",
+            // ATTN_COMBINE's head size, heads and (max, sum) word.
+            "pad1" => "P.hd",
+            "pad2" => "P.n_head",
+            "pad3" => "P.pad1",
+            _ => {
+                bad = Some(f.to_string());
+                "P.unknown"
+            }
+        }
+        .to_string()
+    });
+    if let Some(f) = bad {
+        return Err(internal(&format!("mapping for parameter `P.{f}`")));
+    }
+    let text = regex::Regex::new(r"\bX\[")
+        .map_err(|e| Error::msg(format!("internal: {e}")))?
+        .replace_all(&text, "O[");
+    Ok(format!(
+        "
+@group(0) @binding(8) var<storage, read_write> CNT: array<atomic<u32>>;
+var<workgroup> wlast: u32;
+// Heads per 256-value workgroup of the rounding.
+const GH: u32 = 64u / HD4;
+const RESET: bool = {reset};
+fn arrive(lid: u32, h: u32, tok: u32) {{
+    let g = h / GH;
+    let h0 = g * GH;
+    let need = (min(P.n_head, h0 + GH) - h0) * NCH;
+    let c = tok * ((P.n_head + GH - 1u) / GH) + g;
+    // Release: this workgroup's partial result before its arrival.
+    storageBarrier();
+    if (lid == 0u) {{
+        let old = atomicAdd(&CNT[c], 1u);
+        wlast = select(0u, 1u, old + 1u == need);
+    }}
+    if (workgroupUniformLoad(&wlast) == 1u) {{
+        // Acquire: every other workgroup's partial result of the group.
+        storageBarrier();
+        actq_main(lid, vec3<u32>(g, tok, 0u));
+        if (RESET && lid == 0u) {{
+            atomicStore(&CNT[c], 0u);
+        }}
+    }}
+}}
+{text}"
+    ))
+}
 
 /// ... or per warp with subgroups.
 const ATTN_SUM_SUBGROUP: &str = "    let wsum = subgroupAdd(sum);
@@ -2048,20 +2213,29 @@ impl Kernels {
                 nch,
                 lmin,
                 exact,
+            } => attn_decode_source(ctx, *n, *hd, *nch, *lmin, *exact, ""),
+            KernelKey::AttnDecodeQ {
+                ctx: n,
+                hd,
+                nch,
+                lmin,
+                exact,
+                reset,
             } => {
-                let (rmax, rsum) = if ctx.subgroup32 {
-                    (ATTN_MAX_SUBGROUP, ATTN_SUM_SUBGROUP)
-                } else {
-                    (ATTN_MAX_TREE, ATTN_SUM_TREE)
-                };
-                ATTN_DECODE_WGSL
-                    .replace("$CTX", &n.to_string())
-                    .replace("$HD4", &(hd / 4).to_string())
-                    .replace("$NCH", &nch.to_string())
-                    .replace("$LMIN", &lmin.max(&1).to_string())
-                    .replace("$EXACT", if *exact { "true" } else { "false" })
-                    .replace("$RED_MAX", rmax)
-                    .replace("$RED_SUM", rsum)
+                if *nch < 2 || *hd == 0 || 256 % *hd != 0 || *hd % 4 != 0 {
+                    return Err(Error::msg(format!(
+                        "decode attention epilogue needs a split (nch {nch}) and a head size dividing 256 (hd {hd})"
+                    )));
+                }
+                attn_decode_source(
+                    ctx,
+                    *n,
+                    *hd,
+                    *nch,
+                    *lmin,
+                    *exact,
+                    "    arrive(lid, h, tok);\n",
+                ) + &attn_epilogue(ctx, *reset)?
             }
             KernelKey::MatMat { ty } => {
                 let gt = GgmlType::from_id(*ty)
@@ -2108,9 +2282,10 @@ impl Kernels {
                     ));
                 }
                 actq_source(ctx).replace(ACTQ_LOAD, "v = attn_combine(i, t);")
-                    + &ATTN_COMBINE
+                    + &ATTN_COMBINE_CONSTS
                         .replace("$NCH", &nch.to_string())
                         .replace("$EXACT", if *exact { "true" } else { "false" })
+                    + ATTN_COMBINE
             }
         })
     }

@@ -5,6 +5,7 @@
 pub mod actq;
 pub mod backend;
 pub mod buffers;
+pub mod counters;
 pub mod device;
 pub mod embed;
 pub mod kernels;

@@ -173,6 +173,10 @@ enum StepKind {
     AttnDecode {
         nch: u32,
         stats: u32,
+        /// With the last-workgroup epilogue (`KernelKey::AttnDecodeQ`): the rounding's row
+        /// length, row stride, kind and packed-quant base (parameter words 12..16); zeros
+        /// otherwise.
+        round: [u32; 4],
     },
     /// Rounding of the attention output (`k` values, stride `ld`) combined from the split
     /// decode attention's `nch` partial results (`KernelKey::AttnCombineQ`).
@@ -669,6 +673,11 @@ impl GpuModel {
         let (bgl_matn, pl_matn) = buffer_layouts(&ctx, "mat+norm", b"rrwur");
         let (bgl_nq, pl_nq) = buffer_layouts(&ctx, "norm q8", b"rrwu");
         let (bgl_attd, pl_attd) = buffer_layouts(&ctx, "attn decode", b"rwwwurr");
+        let (bgl_attq, pl_attq) = buffer_layouts(&ctx, "attn decode + rounding", b"rwwwurrww");
+        // Arrival counters of the decode attention's last-workgroup epilogue: one per token
+        // and group of 256 / head-size heads (`Tune::attn_lastwg`).
+        let attn_groups = (cfg.n_head * hd).div_ceil(256);
+        let attn_cnt = super::counters::counter_buffer(&ctx, "attn counters", nb * attn_groups);
         let (bgl_attn, pl_attn) = buffer_layouts(&ctx, "attn", b"rrrwur");
         let (bgl_nr, pl_nr) = buffer_layouts(&ctx, "norm round", b"rrwuw");
         let (attn_key, _) = super::kernels::attention_key(&ctx, hd as u32)?;
@@ -1094,11 +1103,26 @@ impl GpuModel {
                 _ => None,
             };
             let nch = if split.is_some() { attn_nch } else { 1 };
+            let attn_ctx = if nch > 1 && !ctx.tune.attn_exact {
+                (attn_lmin as usize).max(opts.n_ctx.div_ceil(nch as usize)) as u32
+            } else {
+                opts.n_ctx as u32
+            };
+            // The last workgroup of each group of 256 / hd heads combines and rounds the wo
+            // input itself (`Tune::attn_lastwg`) where a rounding block group is whole heads
+            // and the epilogue's workgroup memory fits; else the combine dispatch below.
+            let lastwg = split.is_some()
+                && ctx.tune.attn_lastwg != 0
+                && hd % 4 == 0
+                && 256 % hd == 0
+                && super::kernels::attn_decode_shared_bytes(attn_ctx, true) <= ctx.facts.shared_mem;
             let slot = steps.len();
+            let attd_at = steps.len();
             steps.push(Step {
                 kind: StepKind::AttnDecode {
                     nch,
                     stats: attn_stats as u32,
+                    round: [0; 4],
                 },
                 when: When::Decode,
                 role: "attention",
@@ -1116,11 +1140,7 @@ impl GpuModel {
                 ),
                 slot,
                 key: KernelKey::AttnDecode {
-                    ctx: if nch > 1 && !ctx.tune.attn_exact {
-                        (attn_lmin as usize).max(opts.n_ctx.div_ceil(nch as usize)) as u32
-                    } else {
-                        opts.n_ctx as u32
-                    },
+                    ctx: attn_ctx,
                     hd: hd as u32,
                     nch,
                     lmin: attn_lmin,
@@ -1143,28 +1163,53 @@ impl GpuModel {
                 };
                 steps[s0].when = When::Batch;
                 let out = act.borrow_mut().scratch_buf(&ctx, kind);
-                let slot = steps.len();
-                steps.insert(
-                    s0,
-                    Step {
-                        kind: StepKind::AttnCombineQ {
-                            kind,
-                            k,
-                            ld,
-                            q8e,
-                            stats: attn_stats as u32,
+                if lastwg {
+                    // The attention's last workgroups write the rounding: no combine step.
+                    let st = &mut steps[attd_at];
+                    st.kind = StepKind::AttnDecode {
+                        nch,
+                        stats: attn_stats as u32,
+                        round: [k, ld, kind, q8e],
+                    };
+                    st.bind = bg(
+                        &bgl_attq,
+                        &[
+                            &qkvb, &ly.kc, &ly.vc, part, &tinfo, &cs_buf, &out, &attn_cnt,
+                        ],
+                        st.slot,
+                    );
+                    st.key = KernelKey::AttnDecodeQ {
+                        ctx: attn_ctx,
+                        hd: hd as u32,
+                        nch,
+                        lmin: attn_lmin,
+                        exact: ctx.tune.attn_exact,
+                        reset: ctx.tune.attn_lastwg != 2,
+                    };
+                } else {
+                    let slot = steps.len();
+                    steps.insert(
+                        s0,
+                        Step {
+                            kind: StepKind::AttnCombineQ {
+                                kind,
+                                k,
+                                ld,
+                                q8e,
+                                stats: attn_stats as u32,
+                            },
+                            bind: bg(&bgl_mat, &[part, part, &out], slot),
+                            when: When::Decode,
+                            role: "attn_out_q",
+                            slot,
+                            key: KernelKey::AttnCombineQ {
+                                nch,
+                                exact: ctx.tune.attn_exact,
+                            },
+                            n: 0,
                         },
-                        bind: bg(&bgl_mat, &[part, part, &out], slot),
-                        when: When::Decode,
-                        role: "attn_out_q",
-                        slot,
-                        key: KernelKey::AttnCombineQ {
-                            nch,
-                            exact: ctx.tune.attn_exact,
-                        },
-                        n: 0,
-                    },
-                );
+                    );
+                }
             }
             let slot = steps.len();
             *last_norm.borrow_mut() = Some((slot, x.clone(), ly.fnm.clone(), xn.clone()));
@@ -1313,6 +1358,7 @@ impl GpuModel {
                 KernelKey::MatVecNorm { .. } | KernelKey::MatVecQ8F { norm: true, .. } => &pl_matn,
                 KernelKey::NormQ8 { .. } => &pl_nq,
                 KernelKey::AttnDecode { .. } => &pl_attd,
+                KernelKey::AttnDecodeQ { .. } => &pl_attq,
                 KernelKey::NormRound { .. } => &pl_nr,
                 _ => &pl_mat,
             };
@@ -1746,6 +1792,11 @@ impl GpuModel {
                     }
                 }
                 pbytes[s.slot * SLOT..s.slot * SLOT + 48].copy_from_slice(bytemuck::cast_slice(&p));
+                if let StepKind::AttnDecode { round, .. } = s.kind {
+                    // The epilogue's rounding parameters (zeros without it).
+                    pbytes[s.slot * SLOT + 48..s.slot * SLOT + 64]
+                        .copy_from_slice(bytemuck::cast_slice(&round));
+                }
                 disp.push(wg);
             }
             // The parameters depend only on the batch shape (positions are in the token table):

@@ -460,3 +460,77 @@ fn prompt_vs_decode(ctx: &Arc<GpuContext>, mix: &str) -> Result<(f64, usize, usi
     }
     Ok((err / scale.max(1e-30), agree, n))
 }
+
+/// Decode steps of [`attn_lastwg_check`]: positions 0 … 299 in a context of 512, i.e. 1 to
+/// 10 live chunks of 32 positions per head out of 16.
+pub const LASTWG_CHECK_TOKENS: usize = 300;
+
+/// The decode attention's last-workgroup epilogue (`Tune::attn_lastwg`) against the combine
+/// dispatch on the model `src`: [`LASTWG_CHECK_TOKENS`] one-token forwards (positions 0, 1, …,
+/// tokens from a fixed stream) with each, logits compared bit for bit (the epilogue runs the
+/// combine's operations in the same order). One model loaded at a time. Returns one line and
+/// whether the logits were equal.
+pub fn attn_lastwg_check(
+    ctx: &Arc<GpuContext>,
+    src: &dyn super::source::WeightSource,
+) -> Result<(String, bool)> {
+    let with = |lastwg: u32| -> Arc<GpuContext> {
+        let mut tune = ctx.tune;
+        tune.attn_lastwg = lastwg;
+        if tune.attn_split == 0 {
+            tune.attn_split = 32;
+        }
+        Arc::new(GpuContext {
+            device: ctx.device.clone(),
+            queue: ctx.queue.clone(),
+            facts: ctx.facts.clone(),
+            max_binding: ctx.max_binding,
+            subgroup32: ctx.subgroup32,
+            tune,
+        })
+    };
+    let opts = ModelOptions {
+        n_ctx: 512,
+        n_batch: 1,
+        n_seq: 1,
+    };
+    let n = LASTWG_CHECK_TOKENS;
+    let mut runs: Vec<(Vec<f32>, usize)> = Vec::new();
+    for lastwg in [0u32, 1] {
+        let mut m = GpuModel::load(with(lastwg), src, opts.clone())?;
+        let nv = m.cfg.n_vocab as u64;
+        let mut all = Vec::new();
+        for p in 0..n {
+            let tok = ((p as u64 * 2654435761 + 12345) % nv) as u32;
+            all.extend(m.forward(&[(tok, 0, p as u32)], false)?);
+        }
+        runs.push((all, m.dispatches_per_token()));
+    }
+    let (a, b) = (&runs[0], &runs[1]);
+    let nv = a.0.len() / n;
+    let differ: Vec<usize> = (0..n)
+        .filter(|&p| {
+            a.0.get(p * nv..(p + 1) * nv)
+                .zip(b.0.get(p * nv..(p + 1) * nv))
+                .is_none_or(|(x, y)| x.iter().zip(y).any(|(u, v)| u.to_bits() != v.to_bits()))
+        })
+        .collect();
+    let finite = a.0.iter().all(|v| v.is_finite());
+    // Where the epilogue does not apply (no fused decode graph, head size not dividing 256)
+    // both runs use the combine dispatch.
+    let used = b.1 < a.1;
+    let ok = differ.is_empty() && finite && a.0.len() == b.0.len();
+    let line = format!(
+        "decode attention last-workgroup epilogue{} vs combine dispatch, {n} tokens: {} of {n} positions differ{}, dispatches per token {} vs {}, logits finite {finite} {}",
+        if used { "" } else { " (not used on this model)" },
+        differ.len(),
+        differ
+            .first()
+            .map(|p| format!(" (first at position {p})"))
+            .unwrap_or_default(),
+        b.1,
+        a.1,
+        if ok { "ok" } else { "FAILED" }
+    );
+    Ok((line, ok))
+}
