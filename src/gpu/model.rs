@@ -1342,6 +1342,11 @@ impl GpuModel {
             })
             .count();
         let _ = (&xn, &qkvb, &att, &hid);
+        // Run the queued weight uploads now and wait, so that their staging memory is freed
+        // before the first forward: otherwise the first timed calls after a load pay for
+        // copying and releasing gigabytes of staging buffers (slow first pp512 repetitions).
+        ctx.queue.submit(std::iter::empty());
+        ctx.wait()?;
         Ok(GpuModel {
             cpu: CpuTimes::default(),
             prerecord: ctx.tune.prerecord,
