@@ -10,8 +10,9 @@
 // sees the count reach NEED - 1 is the last for c: `storageBarrier()` again (acquire), then
 // it reads the finished outputs, runs the epilogue and resets the counter for the
 // next token. Nothing waits on another workgroup, so no forward-progress guarantee is
-// needed. With atomic Y (`Tune::lw_atomic`) the outputs go through atomic stores and loads (device scope,
-// past any non-coherent cache).
+// needed. `Tune::lw_atomic` picks which accesses of Y are atomic (device scope, past any
+// non-coherent cache): yld (the stores' own reads), yst (the stores), eld (the last
+// workgroup's reads); with 2, Y is also bound at 8 as plain f32 (YF).
 
 struct Params {
     rows: u32,
@@ -52,6 +53,11 @@ fn yld(i: u32) -> f32 {
 
 fn yst(i: u32, v: f32) {
     $YST;
+}
+
+// The last workgroup's reads of the finished outputs.
+fn eld(i: u32) -> f32 {
+    return $ELD;
 }
 
 @compute @workgroup_size(256)

@@ -31,7 +31,7 @@ fn wide() -> Shape {
     }
 }
 
-fn ctx(actq: bool, norm: bool, atomic: bool, lanes: u32) -> Option<Arc<GpuContext>> {
+fn ctx(actq: bool, norm: bool, atomic: u32, lanes: u32) -> Option<Arc<GpuContext>> {
     context_tuned(|c| {
         c.tune.lw_actq = actq;
         c.tune.lw_norm = norm;
@@ -116,20 +116,21 @@ fn sources(dir: &std::path::Path) -> Vec<(String, SynthSource)> {
 
 #[test]
 fn gpu_lastwg_epilogues_give_the_dispatch_graph_bit_for_bit() {
-    let Some(off) = ctx(false, false, true, 0) else {
+    let Some(off) = ctx(false, false, 2, 0) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     // Both epilogues (atomic and plain hand-off), each alone; lanes by row length and 32
     // (several units per lane, 32 rows per workgroup: 16 SwiGLU outputs, 2 per Q8_0 block).
     let variants = [
-        ("both", ctx(true, true, true, 0).unwrap()),
-        ("both plain", ctx(true, true, false, 0).unwrap()),
-        ("actq", ctx(true, false, true, 0).unwrap()),
-        ("norm", ctx(false, true, true, 0).unwrap()),
-        ("both lanes 32", ctx(true, true, true, 32).unwrap()),
+        ("both", ctx(true, true, 2, 0).unwrap()),
+        ("both atomic", ctx(true, true, 1, 0).unwrap()),
+        ("both plain", ctx(true, true, 0, 0).unwrap()),
+        ("actq", ctx(true, false, 2, 0).unwrap()),
+        ("norm", ctx(false, true, 2, 0).unwrap()),
+        ("both lanes 32", ctx(true, true, 2, 32).unwrap()),
     ];
-    let off32 = ctx(false, false, true, 32).unwrap();
+    let off32 = ctx(false, false, 2, 32).unwrap();
     let mut seen_act = 0;
     for (name, src) in sources(dir.path()) {
         let mut b = GpuModel::load(off.clone(), &src, opts()).unwrap();
@@ -186,10 +187,10 @@ fn gpu_lastwg_counters_reset_between_tokens() {
     // first call would keep the second call's epilogues from running (its NormQ8 outputs
     // would be the previous dispatch's), so the two calls must give the same logits, equal
     // to the dispatch graph's.
-    let Some(on) = ctx(true, true, true, 0) else {
+    let Some(on) = ctx(true, true, 2, 0) else {
         return;
     };
-    let off = ctx(false, false, true, 0).unwrap();
+    let off = ctx(false, false, 2, 0).unwrap();
     let src = SynthSource::new(wide(), Mix::parse("q4_k_m").unwrap(), "w".to_string()).unwrap();
     let mut a = GpuModel::load(on, &src, opts()).unwrap();
     let mut b = GpuModel::load(off, &src, opts()).unwrap();
@@ -213,7 +214,7 @@ fn gpu_lastwg_counters_reset_between_tokens() {
 
 #[test]
 fn gpu_lastwg_matches_cpu_backend() {
-    let Some(on) = ctx(true, true, true, 0) else {
+    let Some(on) = ctx(true, true, 2, 0) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -261,7 +262,7 @@ fn gpu_lastwg_kernels_compile_and_reject_bad_shapes() {
             return;
         };
         let c = Arc::new(c);
-        let (_, pl) = ggufq::gpu::kernels::buffer_layouts(&c, "e", b"rrwwurww");
+        let (_, pl) = ggufq::gpu::kernels::buffer_layouts(&c, "e", b"rrwwurwww");
         let mut k = Kernels::default();
         let q4k = GgmlType::from_name("Q4_K").unwrap().id();
         let q40 = GgmlType::from_name("Q4_0").unwrap().id();
@@ -284,7 +285,7 @@ fn gpu_lastwg_kernels_compile_and_reject_bad_shapes() {
             nwg: 64,
             qbase: 1024,
         };
-        for atomic in [true, false] {
+        for atomic in [0u32, 1, 2] {
             for (ty, spl, epi) in [
                 (q4k, 128, act(4, 2, 64)),
                 (q40, 128, act(3, 2, 8)),
@@ -308,9 +309,10 @@ fn gpu_lastwg_kernels_compile_and_reject_bad_shapes() {
             (128, norm(96, 1)),
         ] {
             assert!(
-                Kernels::source(&c, &key(q4k, spl, epi, true)).is_err(),
+                Kernels::source(&c, &key(q4k, spl, epi, 2)).is_err(),
                 "{epi:?}"
             );
         }
+        assert!(Kernels::source(&c, &key(q4k, 128, act(4, 2, 64), 3)).is_err());
     }
 }

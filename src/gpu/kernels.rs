@@ -729,11 +729,13 @@ pub struct Tune {
     /// [`KernelKey::NormQ8`], for every activation kind that group needs) instead of the
     /// `NormQ8` dispatch after them. GGUFQ_LW_NORM=0: the dispatches.
     pub lw_norm: bool,
-    /// The last workgroup of [`Tune::lw_actq`] / [`Tune::lw_norm`] reads the other
-    /// workgroups' outputs (and every workgroup writes them) through atomic loads and
-    /// stores, which bypass non-coherent caches (default); GGUFQ_LW_ATOMIC=0: plain loads
-    /// after the device-scope `storageBarrier()`.
-    pub lw_atomic: bool,
+    /// How the epilogue kernels of [`Tune::lw_actq`] / [`Tune::lw_norm`] reach the outputs
+    /// that cross workgroups (GGUFQ_LW_ATOMIC): 2 (default) the stores' own reads of the
+    /// output buffer (the residual, the gate) are atomic loads, which do not bring its
+    /// lines into a workgroup's non-coherent cache, and stores and the last workgroup's
+    /// reads are plain; 1 every access atomic; 0 every access plain (on the H100 the last
+    /// workgroup then reads stale residual values: session 6, 256/256 decode steps differ).
+    pub lw_atomic: u32,
 }
 
 /// Most chunks per head of the split decode attention ([`Tune::attn_split`]).
@@ -939,7 +941,7 @@ impl Tune {
             fold_nr: get("GGUFQ_FOLD_NR", 0, &[1, 2, 4, 8, 16]),
             lw_actq: std::env::var("GGUFQ_LW_ACTQ").as_deref() != Ok("0"),
             lw_norm: std::env::var("GGUFQ_LW_NORM").as_deref() != Ok("0"),
-            lw_atomic: std::env::var("GGUFQ_LW_ATOMIC").as_deref() != Ok("0"),
+            lw_atomic: get("GGUFQ_LW_ATOMIC", 2, &[0, 1, 2]),
         }
     }
 }
@@ -1015,14 +1017,15 @@ pub enum KernelKey {
     /// [`KernelKey::MatVecQ8`] (one token, single weight chunk) with a last-workgroup
     /// epilogue `epi` ([`MatEpi`], `shaders/matvec_epi.wgsl`): every workgroup stores its
     /// rows, `storageBarrier()`, counts itself on an atomic counter (binding 3; parameters at 4); the one
-    /// that completes a counter runs the epilogue and resets the counter. `atomic`: the
-    /// outputs are stored and read back through atomics ([`Tune::lw_atomic`]).
+    /// that completes a counter runs the epilogue and resets the counter. `atomic`: which
+    /// accesses of the output go through atomics ([`Tune::lw_atomic`]: 0 none, 1 all, 2
+    /// the stores' own reads, with the output also bound at 8 as plain f32).
     MatVecQ8E {
         ty: u32,
         nr: u32,
         spl: u32,
         epi: MatEpi,
-        atomic: bool,
+        atomic: u32,
     },
     /// Decode RMSNorm of the residual row (`k4`·4 values) followed by the activation
     /// rounding `act` (3 Q8_0, 4 Q8_K), written as packed int8 quants and per-32 scales
@@ -1378,7 +1381,7 @@ fn matvec_q8e_source(
     nr: u32,
     spl: u32,
     epi: MatEpi,
-    atomic: bool,
+    atomic: u32,
 ) -> Result<String> {
     let (lay, deq, body, decl) = q8_parts(ctx, ty, nr, spl)?;
     let rpw = (256 / spl) * nr;
@@ -1433,7 +1436,7 @@ fn matvec_q8e_source(
     let live = lid < BS;
     var v = 0.0;
     if (live) {{
-        v = yld(P.y_off + i);
+        v = eld(P.y_off + i);
     }}
     ered[lid] = abs(v);
     workgroupBarrier();
@@ -1545,7 +1548,7 @@ fn matvec_q8e_source(
             (
                 bind,
                 format!(
-                    "const K4: u32 = {k4}u;\nconst QB: u32 = {qbase}u;\nvar<workgroup> nred: array<f32, 256>;\nvar<workgroup> mx: array<f32, 256>;\n{}\nfn amax4(v: vec4<f32>) -> f32 {{\n    let a = abs(v);\n    return max(max(a.x, a.y), max(a.z, a.w));\n}}\nfn ld4(j: u32) -> vec4<f32> {{\n    return vec4<f32>(yld(4u * j), yld(4u * j + 1u), yld(4u * j + 2u), yld(4u * j + 3u));\n}}\n",
+                    "const K4: u32 = {k4}u;\nconst QB: u32 = {qbase}u;\nvar<workgroup> nred: array<f32, 256>;\nvar<workgroup> mx: array<f32, 256>;\n{}\nfn amax4(v: vec4<f32>) -> f32 {{\n    let a = abs(v);\n    return max(max(a.x, a.y), max(a.z, a.w));\n}}\nfn ld4(j: u32) -> vec4<f32> {{\n    return vec4<f32>(eld(4u * j), eld(4u * j + 1u), eld(4u * j + 2u), eld(4u * j + 3u));\n}}\n",
                     actq_functions()
                 ),
                 code,
@@ -1554,19 +1557,28 @@ fn matvec_q8e_source(
             )
         }
     };
-    let (yty, yld, yst) = if atomic {
-        (
+    let ald = "bitcast<f32>(atomicLoad(&Y[i]))";
+    let (yty, yld, yst, eld) = match atomic {
+        0 => ("f32", "Y[i]", "Y[i] = v", "Y[i]"),
+        1 => (
             "atomic<u32>",
-            "bitcast<f32>(atomicLoad(&Y[i]))",
+            ald,
             "atomicStore(&Y[i], bitcast<u32>(v))",
-        )
+            ald,
+        ),
+        2 => ("atomic<u32>", ald, "YF[i] = v", "YF[i]"),
+        _ => return Err(Error::msg(format!("epilogue access mode {atomic}"))),
+    };
+    let bind = if atomic == 2 {
+        bind + "@group(0) @binding(8) var<storage, read_write> YF: array<f32>;\n"
     } else {
-        ("f32", "Y[i]", "Y[i] = v")
+        bind
     };
     Ok(MATVEC_EPI_WGSL
         .replace("$YTY", yty)
         .replace("$YLD", yld)
         .replace("$YST", yst)
+        .replace("$ELD", eld)
         .replace("$EPI_BIND", &bind)
         .replace("$EPI_DECL", &edecl)
         .replace("$RED_DECL", &decl)

@@ -1323,7 +1323,7 @@ impl GpuModel {
         // Last-workgroup epilogues (`Tune::lw_actq`, `Tune::lw_norm`): a decode mat-vec
         // takes over the rounding or NormQ8 dispatches right after it.
         let counters = scratch(&ctx, "last-workgroup counters", 2 + cfg.n_ff / 32);
-        let (bgl_e, pl_e) = buffer_layouts(&ctx, "mat epilogue", b"rrwwurww");
+        let (bgl_e, pl_e) = buffer_layouts(&ctx, "mat epilogue", b"rrwwurwww");
         if fuse_norm && (ctx.tune.lw_actq || ctx.tune.lw_norm) {
             let unused_r = scratch(&ctx, "unused (read)", 4);
             let unused_w = scratch(&ctx, "unused (write)", 4);
@@ -1345,7 +1345,7 @@ impl GpuModel {
                 let bind = bg(
                     &bgl_e,
                     &[
-                        &pb[0], &pb[1], &pb[2], &counters, &unused_r, &ab[2], &unused_w,
+                        &pb[0], &pb[1], &pb[2], &counters, &unused_r, &ab[2], &unused_w, &pb[2],
                     ],
                     p.slot,
                 );
@@ -1395,7 +1395,7 @@ impl GpuModel {
                 let bind = bg(
                     &bgl_e,
                     &[
-                        &pb[0], &pb[1], &pb[2], &counters, &nqb[0][1], &nq[0], &nq[1],
+                        &pb[0], &pb[1], &pb[2], &counters, &nqb[0][1], &nq[0], &nq[1], &pb[2],
                     ],
                     slot,
                 );
