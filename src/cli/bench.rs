@@ -604,7 +604,7 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
             c.ok &= pass;
         }
         if !c.ok {
-            eprintln!("kernel check FAILED: a prompt-path kernel disagrees with its reference");
+            eprintln!("kernel check FAILED: a kernel disagrees with its reference (lines above)");
             return Ok(EXIT_CHECK_FAILED);
         }
         println!("kernel check ok");

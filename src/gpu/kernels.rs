@@ -722,19 +722,26 @@ pub struct Tune {
     /// its output for `ffn_down` itself: one counter per activation block (32 values for
     /// Q8_0 / Q8_1, 256 for Q8_K); the workgroup that completes a block (last-workgroup
     /// hand-off, [`KernelKey::MatVecQ8E`]) rounds it with `actq.wgsl`'s operations, instead
-    /// of a separate `actq` dispatch. GGUFQ_LW_ACTQ=0: the dispatch.
+    /// of a separate `actq` dispatch. Off by default (GGUFQ_LW_ACTQ=1 turns it on): on the
+    /// H100 (session 6, 7B tg128 p50) it was no faster (Q4_K_M 3.63 vs 3.58 ms, Q4_0 3.17
+    /// vs 3.15): `gate_up` took 5–6 µs longer per dispatch, as much as the rounding
+    /// dispatch it removes.
     pub lw_actq: bool,
     /// The decode graph's residual mat-vecs (`wo`, `down`) normalise and round the new
     /// residual row for the next matrix group in their last workgroup (the body of
     /// [`KernelKey::NormQ8`], for every activation kind that group needs) instead of the
-    /// `NormQ8` dispatch after them. GGUFQ_LW_NORM=0: the dispatches.
+    /// `NormQ8` dispatch after them. Off by default (GGUFQ_LW_NORM=1 turns it on): on the
+    /// H100 (session 6, 7B) `wo` took ~8 µs and `down` ~13 µs longer per dispatch, more
+    /// than the NormQ8 dispatch they remove (tg128 p50 Q4_K_M 3.90 vs 3.58 ms).
     pub lw_norm: bool,
     /// How the epilogue kernels of [`Tune::lw_actq`] / [`Tune::lw_norm`] reach the outputs
-    /// that cross workgroups (GGUFQ_LW_ATOMIC): 2 (default) the stores' own reads of the
-    /// output buffer (the residual, the gate) are atomic loads, which do not bring its
-    /// lines into a workgroup's non-coherent cache, and stores and the last workgroup's
-    /// reads are plain; 1 every access atomic; 0 every access plain (on the H100 the last
-    /// workgroup then reads stale residual values: session 6, 256/256 decode steps differ).
+    /// that cross workgroups (GGUFQ_LW_ATOMIC): 1 (default) every access of the output
+    /// buffer atomic (device scope, past the non-coherent L1): exact on the H100 (256
+    /// decode steps of 7B Q4_K_M and Q4_0 bit for bit); 2 only the stores' own reads (the
+    /// residual, the gate) atomic, stores and the last workgroup's reads plain: not exact
+    /// there (Q4_0: 12 of 256 steps differ), no faster; 0 every access plain: the last
+    /// workgroup reads stale values (256 of 256 steps differ). Plain `storageBarrier()`
+    /// is thus not enough for plain loads on that stack.
     pub lw_atomic: u32,
 }
 
@@ -939,9 +946,9 @@ impl Tune {
             fold_norm: std::env::var("GGUFQ_FOLD_NORM").as_deref() == Ok("1"),
             param_cache: std::env::var("GGUFQ_PARAM_CACHE").as_deref() != Ok("0"),
             fold_nr: get("GGUFQ_FOLD_NR", 0, &[1, 2, 4, 8, 16]),
-            lw_actq: std::env::var("GGUFQ_LW_ACTQ").as_deref() != Ok("0"),
-            lw_norm: std::env::var("GGUFQ_LW_NORM").as_deref() != Ok("0"),
-            lw_atomic: get("GGUFQ_LW_ATOMIC", 2, &[0, 1, 2]),
+            lw_actq: std::env::var("GGUFQ_LW_ACTQ").as_deref() == Ok("1"),
+            lw_norm: std::env::var("GGUFQ_LW_NORM").as_deref() == Ok("1"),
+            lw_atomic: get("GGUFQ_LW_ATOMIC", 1, &[0, 1, 2]),
         }
     }
 }
