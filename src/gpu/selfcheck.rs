@@ -534,3 +534,83 @@ pub fn attn_lastwg_check(
     );
     Ok((line, ok))
 }
+
+/// Stress check of the last-workgroup epilogues of the decode mat-vecs (`Tune::lw_actq`,
+/// `Tune::lw_norm`) on a real model file: `n_tok` one-token decode steps of the model at
+/// `path` with both epilogues on (access mode as `ctx` is tuned, `Tune::lw_atomic`), and
+/// the same steps on another context of the same adapter with both off (the separate
+/// rounding and NormQ8 dispatches), each fed
+/// the first model's greedy tokens. Every logit of every step must be equal bit for bit (a
+/// stale read in a hand-off, or a counter not reset, changes them). Returns whether it
+/// passed and a report line.
+pub fn lastwg_decode_check(
+    ctx: &Arc<GpuContext>,
+    path: &std::path::Path,
+    n_tok: usize,
+) -> Result<(bool, String)> {
+    let with = |on: bool| -> Result<Arc<GpuContext>> {
+        let mut c = GpuContext::new(&super::device::DeviceOptions {
+            adapter_name: Some(ctx.facts.name.clone()),
+            no_subgroups: !ctx.subgroup32,
+            ..Default::default()
+        })?;
+        c.tune = ctx.tune;
+        c.tune.lw_actq = on;
+        c.tune.lw_norm = on;
+        Ok(Arc::new(c))
+    };
+    let on = if ctx.tune.lw_actq && ctx.tune.lw_norm {
+        ctx.clone()
+    } else {
+        with(true)?
+    };
+    let off = with(false)?;
+    let src = super::source::GgufSource::open(path)?;
+    let opts = ModelOptions {
+        n_ctx: n_tok + 1,
+        n_batch: 1,
+        n_seq: 1,
+    };
+    let mut a = GpuModel::load(on.clone(), &src, opts.clone())?;
+    let mut b = GpuModel::load(off, &src, opts)?;
+    let mut tok = 1u32;
+    let (mut bad_steps, mut first_bad, mut worst) = (0usize, None, 0f32);
+    for pos in 0..n_tok {
+        let x = a.forward(&[(tok, 0, pos as u32)], false)?;
+        let y = b.forward(&[(tok, 0, pos as u32)], false)?;
+        let diff = x
+            .iter()
+            .zip(&y)
+            .filter(|(p, q)| p.to_bits() != q.to_bits())
+            .count();
+        if diff > 0 || x.len() != y.len() {
+            bad_steps += 1;
+            first_bad.get_or_insert(pos);
+            worst = x
+                .iter()
+                .zip(&y)
+                .fold(worst, |m, (p, q)| m.max((p - q).abs()));
+        }
+        tok = (0..x.len())
+            .max_by(|&i, &j| x[i].total_cmp(&x[j]))
+            .unwrap_or(0) as u32;
+    }
+    let pass = bad_steps == 0;
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |f| f.to_string_lossy().into_owned(),
+    );
+    Ok((
+        pass,
+        format!(
+            "last-workgroup epilogues {name}: {n_tok} decode steps, {} vs {} dispatches per token (access mode {}): {bad_steps} steps differ in any bit{} {}",
+            a.dispatches_per_token(),
+            b.dispatches_per_token(),
+            on.tune.lw_atomic,
+            first_bad.map_or(String::new(), |p| format!(
+                " (first at position {p}, largest difference {worst:.3e})"
+            )),
+            if pass { "ok" } else { "FAILED" }
+        ),
+    ))
+}
