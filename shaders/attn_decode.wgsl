@@ -16,6 +16,13 @@
 // EXACT: every workgroup of a head scores all positions (the unsplit kernel's maximum and sum,
 // so the same f16-rounded probabilities) and weighs only its chunk's V rows; the partial
 // accumulators then just add up.
+//
+// Last-workgroup epilogue (`KernelKey::AttnDecodeQ`, split only): after writing its partial
+// result every workgroup arrives at the counter of its group of 256 / hd heads (the heads of
+// one 256-value workgroup of the rounding, `shaders/actq.wgsl`); the last of the group's
+// workgroups combines the group's partial results and rounds them for `wo` with actq.wgsl's
+// own code (`arrive` and `actq_main`, appended by the builder in src/gpu/kernels.rs), then
+// resets the counter (the builder inserts the call; nothing in the plain kernel).
 struct Params {
     n_head: u32,
     n_kv: u32,
@@ -30,6 +37,11 @@ struct Params {
     pad1: u32, // split: word of the first (max, sum) pair in O
     // Sliding window (gemma3's local layers): positions pos - window < p <= pos; 0: none.
     window: u32,
+    // Epilogue only: the rounding's row length, row stride, kind and packed-quant base.
+    qk: u32,
+    qld: u32,
+    qkind: u32,
+    q8b: u32,
 }
 @group(0) @binding(0) var<storage, read> QKV: array<f32>;
 @group(0) @binding(1) var<storage, read_write> KC: array<vec4<f32>>;
@@ -87,7 +99,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
                 O[P.pad1 + 2u * part] = -3.0e38;
                 O[P.pad1 + 2u * part + 1u] = 0.0;
             }
-            return;
+$ARRIVE            return;
         }
     }
     let grp = P.n_head / P.n_kv;
@@ -205,4 +217,4 @@ $RED_SUM    // hd/4 threads per position group (one vec4 of V each), 256 / (hd/4
         O[o + 2u] = t.z;
         O[o + 3u] = t.w;
     }
-}
+$ARRIVE}

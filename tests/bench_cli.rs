@@ -403,9 +403,13 @@ fn bench_profile_prints_kernel_roles_before_the_results() {
     let table = text.find("| tg4 |").expect("no tg4 row");
     assert!(prof < table, "{text}");
     // One q4_k type everywhere (rounding on): fused QKV and gate/up, 2 layers; the split
-    // decode attention (GGUFQ_ATTN_SPLIT, on by default) rounds the wo input in its combine.
+    // decode attention (GGUFQ_ATTN_SPLIT, on by default) rounds the wo input in its combine,
+    // which its own last workgroups run (GGUFQ_ATTN_LASTWG, on by default).
     let split = std::env::var("GGUFQ_ATTN_SPLIT").as_deref() != Ok("0");
-    let rounding_rows: &[&str] = if split {
+    let lastwg = std::env::var("GGUFQ_ATTN_LASTWG").as_deref() != Ok("0");
+    let rounding_rows: &[&str] = if split && lastwg {
+        &["| actq | 2 |"]
+    } else if split {
         &["| actq | 2 |", "| attn_out_q | 2 |"]
     } else {
         &["| actq | 4 |"]
@@ -416,6 +420,11 @@ fn bench_profile_prints_kernel_roles_before_the_results() {
     {
         assert!(text.contains(row), "missing {row} in {text}");
     }
+    assert_eq!(
+        text.contains("| attn_out_q |"),
+        split && !lastwg,
+        "attn_out_q row in {text}"
+    );
     // A context too short for the profile is an error, not a panic.
     bench(&[
         "--synth",

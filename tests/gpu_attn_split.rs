@@ -41,9 +41,11 @@ fn decode_rows(b: &mut dyn Backend, steps: usize) -> Vec<Vec<f32>> {
 /// Decode rows of the tiny `mix` model: split (chunks of ≥ 16, `exact`) vs unsplit vs CPU.
 /// Returns per row (position, split vs CPU, split vs unsplit), after checking the graph.
 fn compare(mix: &str, exact: bool) -> Option<Vec<(usize, f64, f64, bool)>> {
+    // The combine dispatch (tests/gpu_attn_lastwg.rs checks the epilogue against it).
     let split = context_tuned(|c| {
         c.tune.attn_split = 16;
         c.tune.attn_exact = exact;
+        c.tune.attn_lastwg = 0;
     })?;
     let plain = context_tuned(|c| c.tune.attn_split = 0)?;
     // The decode graph combines the chunks in the rounding before wo: same dispatch count.

@@ -218,6 +218,36 @@ fn run_tg(
     Ok(t.elapsed())
 }
 
+/// Time budget of the `tg` warm-up: llama-bench decodes one untimed token, which leaves a
+/// GPU that was idle (loading, or a `-p 0` run) at low clocks for the first timed
+/// repetition (H100, 7B: the first tg128 repetition 20–30 % slower than the others).
+const TG_WARMUP: Duration = Duration::from_secs(1);
+
+/// Untimed decode of up to `n` tokens, stopping after the first token at which `budget` has
+/// passed (at least one token, as llama-bench's warm-up). Returns the tokens decoded.
+fn warm_tg(
+    e: &mut dyn Engine,
+    n: usize,
+    par: usize,
+    rng: &mut Lcg,
+    budget: Duration,
+) -> Result<usize> {
+    let nv = e.n_vocab();
+    let t = Instant::now();
+    let mut done = 0;
+    for p in 0..n.max(1) {
+        let toks: Vec<(u32, u32, u32)> = (0..par)
+            .map(|s| (rng.next(nv), s as u32, p as u32))
+            .collect();
+        e.forward(&toks, false)?;
+        done += 1;
+        if t.elapsed() >= budget {
+            break;
+        }
+    }
+    Ok(done)
+}
+
 /// Run one test on an engine.
 pub fn run_test(e: &mut dyn Engine, kind: TestKind, cfg: &RunConfig) -> Result<BenchResult> {
     let par = if matches!(kind, TestKind::Tg(_)) {
@@ -248,8 +278,8 @@ pub fn run_test(e: &mut dyn Engine, kind: TestKind, cfg: &RunConfig) -> Result<B
         TestKind::Pp(n) => {
             run_pp(e, n, &mut rng, &mut scratch)?;
         }
-        TestKind::Tg(_) => {
-            run_tg(e, 1, par, &mut rng, &mut scratch)?;
+        TestKind::Tg(n) => {
+            warm_tg(e, n, par, &mut rng, TG_WARMUP)?;
         }
     }
     let mut lat = Vec::new();
@@ -317,4 +347,76 @@ pub fn run_test(e: &mut dyn Engine, kind: TestKind, cfg: &RunConfig) -> Result<B
         soak,
         drift: drift_v,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An engine that counts its one-token calls and checks positions run 0, 1, 2, ...
+    struct Count {
+        calls: usize,
+        next_pos: u32,
+    }
+    impl Engine for Count {
+        fn backend(&self) -> String {
+            "count".into()
+        }
+        fn n_vocab(&self) -> usize {
+            10
+        }
+        fn n_batch(&self) -> usize {
+            4
+        }
+        fn n_seq(&self) -> usize {
+            1
+        }
+        fn n_ctx(&self) -> usize {
+            64
+        }
+        fn forward(&mut self, t: &[(u32, u32, u32)], _all: bool) -> Result<Vec<f32>> {
+            if t[0].2 == 0 {
+                self.next_pos = 0;
+            }
+            assert_eq!(t[0].2, self.next_pos, "positions must follow each other");
+            self.next_pos += 1;
+            self.calls += 1;
+            Ok(vec![0.0; 10])
+        }
+        fn weight_bytes(&self) -> u64 {
+            0
+        }
+        fn memory(&self) -> (u64, u64, u64) {
+            (0, 0, 0)
+        }
+    }
+
+    #[test]
+    fn tg_warm_up_decodes_until_its_budget_is_spent() {
+        let mut e = Count {
+            calls: 0,
+            next_pos: 0,
+        };
+        let mut rng = Lcg(1);
+        // No budget: one token, like llama-bench.
+        assert_eq!(warm_tg(&mut e, 16, 1, &mut rng, Duration::ZERO).unwrap(), 1);
+        assert_eq!(e.calls, 1);
+        // A budget longer than the run: the whole test, untimed.
+        assert_eq!(
+            warm_tg(&mut e, 16, 1, &mut rng, Duration::from_secs(60)).unwrap(),
+            16
+        );
+        assert_eq!(e.calls, 17);
+        // run_test: warm-up (16 tokens, the default budget is far longer than these calls)
+        // plus 3 timed repetitions of 16.
+        let cfg = RunConfig {
+            reps: 3,
+            parallel: 1,
+            duration: None,
+            progress: false,
+        };
+        let r = run_test(&mut e, TestKind::Tg(16), &cfg).unwrap();
+        assert_eq!(e.calls, 17 + 16 + 3 * 16);
+        assert_eq!(r.samples_ns.len(), 3);
+    }
 }

@@ -102,7 +102,9 @@ pub struct Args {
     pub kernel_types: Vec<String>,
     /// Check the prompt-path kernels (tiled mat-mat, cooperative matrices where available,
     /// and the tiled attention) against CPU dequantization and the decode path; exit 1 on a
-    /// mismatch. For device runs.
+    /// mismatch. With model files: also their decode with the last-workgroup
+    /// epilogues against the dispatch graph (mat-vec epilogues: 256 tokens; the decode
+    /// attention's: 300 tokens; bit for bit). For device runs.
     #[arg(long, hide = true)]
     pub kernel_check: bool,
     /// Before the tests, profile decode steps of each model: GPU time per kernel role
@@ -592,12 +594,24 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
         return kernel_bench(&ctx, &args, peak);
     }
     if args.kernel_check {
-        let c = ggufq::gpu::selfcheck::self_check(&ctx)?;
+        let mut c = ggufq::gpu::selfcheck::self_check(&ctx)?;
         for l in &c.lines {
             println!("{l}");
         }
+        // Model files given: the decode epilogues against the dispatch graph, 256 tokens
+        // (mat-vec epilogues), and the decode attention's epilogue against its combine
+        // dispatch, 300 tokens.
+        for p in &args.models {
+            let (pass, line) = ggufq::gpu::selfcheck::lastwg_decode_check(&ctx, p, 256)?;
+            println!("{line}");
+            c.ok &= pass;
+            let src = GgufSource::open(p)?;
+            let (line, ok) = ggufq::gpu::selfcheck::attn_lastwg_check(&ctx, &src)?;
+            println!("{}: {line}", p.display());
+            c.ok &= ok;
+        }
         if !c.ok {
-            eprintln!("kernel check FAILED: a prompt-path kernel disagrees with its reference");
+            eprintln!("kernel check FAILED: a kernel disagrees with its reference (lines above)");
             return Ok(EXIT_CHECK_FAILED);
         }
         println!("kernel check ok");

@@ -11,6 +11,7 @@ use super::device::GpuContext;
 
 const DEQUANT_WGSL: &str = include_str!("../../shaders/dequant.wgsl");
 const MATVEC_WGSL: &str = include_str!("../../shaders/matvec.wgsl");
+const MATVEC_EPI_WGSL: &str = include_str!("../../shaders/matvec_epi.wgsl");
 const RMSNORM_WGSL: &str = include_str!("../../shaders/rmsnorm.wgsl");
 const ROPE_WGSL: &str = include_str!("../../shaders/rope.wgsl");
 const ATTENTION_WGSL: &str = include_str!("../../shaders/attention.wgsl");
@@ -662,6 +663,13 @@ pub struct Tune {
     /// normalises against its own maximum and sum (flash-decoding proper: less work per
     /// workgroup in contexts over 256, a few wo-input roundings flip).
     pub attn_exact: bool,
+    /// The split decode attention combines and rounds its own output for `wo`: the last
+    /// workgroup of each group of 256 / head-size heads (a device-scope counter,
+    /// [`KernelKey::AttnDecodeQ`]) runs the [`KernelKey::AttnCombineQ`] code for the group,
+    /// so the decode graph has one dispatch per layer less (GGUFQ_ATTN_LASTWG=0: the
+    /// separate combine dispatch). 1 (default) on, 0 off; 2 is a fault injected by the tests
+    /// (the counters are never reset, so every layer after the first keeps a stale output).
+    pub attn_lastwg: u32,
     /// Prompt attention on cooperative matrices (flash attention, [`KernelKey::AttentionCoop`])
     /// where the adapter has them; GGUFQ_ATTN_COOP=0 keeps the tiled f32 kernel
     /// (`shaders/attention.wgsl`, the only one without cooperative matrices).
@@ -717,10 +725,42 @@ pub struct Tune {
     /// NR 4 / 8 / 16 (session 5): Q4_K_M 1154 / 978 / 1265, Q4_0 930 / 746 / 864, Q8_0
     /// 1173 / 1006 / 1082 (rounding dispatch + mat-vec: 921, 841, 1255).
     pub fold_nr: u32,
+    /// The decode graph's SwiGLU mat-vec (`gate_up`, or `up` after a separate `gate`) rounds
+    /// its output for `ffn_down` itself: one counter per activation block (32 values for
+    /// Q8_0 / Q8_1, 256 for Q8_K); the workgroup that completes a block (last-workgroup
+    /// hand-off, [`KernelKey::MatVecQ8E`]) rounds it with `actq.wgsl`'s operations, instead
+    /// of a separate `actq` dispatch. Off by default (GGUFQ_LW_ACTQ=1 turns it on): on the
+    /// H100 (session 6, 7B tg128 p50) it was no faster (Q4_K_M 3.63 vs 3.58 ms, Q4_0 3.17
+    /// vs 3.15): `gate_up` took 5–6 µs longer per dispatch, as much as the rounding
+    /// dispatch it removes.
+    pub lw_actq: bool,
+    /// The decode graph's residual mat-vecs (`wo`, `down`) normalise and round the new
+    /// residual row for the next matrix group in their last workgroup (the body of
+    /// [`KernelKey::NormQ8`], for every activation kind that group needs) instead of the
+    /// `NormQ8` dispatch after them. Off by default (GGUFQ_LW_NORM=1 turns it on): on the
+    /// H100 (session 6, 7B) `wo` took ~8 µs and `down` ~13 µs longer per dispatch, more
+    /// than the NormQ8 dispatch they remove (tg128 p50 Q4_K_M 3.90 vs 3.58 ms).
+    pub lw_norm: bool,
+    /// How the epilogue kernels of [`Tune::lw_actq`] / [`Tune::lw_norm`] reach the outputs
+    /// that cross workgroups (GGUFQ_LW_ATOMIC): 1 (default) every access of the output
+    /// buffer atomic (device scope, past the non-coherent L1): exact on the H100 (256
+    /// decode steps of 7B Q4_K_M and Q4_0 bit for bit); 2 only the stores' own reads (the
+    /// residual, the gate) atomic, stores and the last workgroup's reads plain: not exact
+    /// there (Q4_0: 12 of 256 steps differ), no faster; 0 every access plain: the last
+    /// workgroup reads stale values (256 of 256 steps differ). Plain `storageBarrier()`
+    /// is thus not enough for plain loads on that stack.
+    pub lw_atomic: u32,
 }
 
 /// Most chunks per head of the split decode attention ([`Tune::attn_split`]).
 pub const ATTN_MAX_CHUNKS: u32 = 16;
+
+/// Workgroup memory of the decode attention with `ctx` score entries: the scores, the
+/// reductions, Q/K/V of the new token, the V partial sums; with `epilogue`
+/// ([`KernelKey::AttnDecodeQ`]) also the rounding's quants, scales and flag.
+pub fn attn_decode_shared_bytes(ctx: u32, epilogue: bool) -> u32 {
+    4 * ctx + 1024 + 3 * 1024 + 4096 + 4 + if epilogue { 1024 + 32 + 64 + 4 } else { 0 }
+}
 
 /// Weight types whose `ffn_down` decode mat-vec rounds its own input by default
 /// ([`Tune::fold_actq`]). H100, 7B tg128 (session 5, NR 8): Q8_0 212.2 → 221.5 t/s, while
@@ -836,9 +876,9 @@ impl Tune {
     pub fn rows_per_wg(&self, key: &KernelKey, nr: u32) -> u32 {
         match key {
             KernelKey::MatVecSplitK { .. } => nr.max(2),
-            KernelKey::MatVecQ8 { spl, nr, .. } | KernelKey::MatVecQ8F { spl, nr, .. } => {
-                (256 / spl) * nr
-            }
+            KernelKey::MatVecQ8 { spl, nr, .. }
+            | KernelKey::MatVecQ8F { spl, nr, .. }
+            | KernelKey::MatVecQ8E { spl, nr, .. } => (256 / spl) * nr,
             KernelKey::MatMat { .. } => 64,
             _ => 8 * nr,
         }
@@ -905,6 +945,7 @@ impl Tune {
             normq: std::env::var("GGUFQ_NORMQ").as_deref() != Ok("0"),
             attn_split: get("GGUFQ_ATTN_SPLIT", 32, &[0, 16, 32, 64, 128]),
             attn_exact: std::env::var("GGUFQ_ATTN_EXACT").as_deref() != Ok("0"),
+            attn_lastwg: get("GGUFQ_ATTN_LASTWG", 1, &[0, 1]),
             attn_coop: std::env::var("GGUFQ_ATTN_COOP").as_deref() != Ok("0"),
             actq_div: std::env::var("GGUFQ_ACTQ_DIV").as_deref() != Ok("0"),
             coop_prefetch: std::env::var("GGUFQ_COOP_PF").as_deref() != Ok("0"),
@@ -920,8 +961,37 @@ impl Tune {
             fold_norm: std::env::var("GGUFQ_FOLD_NORM").as_deref() == Ok("1"),
             param_cache: std::env::var("GGUFQ_PARAM_CACHE").as_deref() != Ok("0"),
             fold_nr: get("GGUFQ_FOLD_NR", 0, &[1, 2, 4, 8, 16]),
+            lw_actq: std::env::var("GGUFQ_LW_ACTQ").as_deref() == Ok("1"),
+            lw_norm: std::env::var("GGUFQ_LW_NORM").as_deref() == Ok("1"),
+            lw_atomic: get("GGUFQ_LW_ATOMIC", 1, &[0, 1, 2]),
         }
     }
+}
+
+/// The epilogue of [`KernelKey::MatVecQ8E`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatEpi {
+    /// SwiGLU output (mode 2: interleaved gate/up rows, mode 3: up rows with the gate
+    /// stored before) rounded as `actq.wgsl` rounds it (`kind` 3: Q8_0 blocks of 32, 4:
+    /// Q8_K blocks of 256) into binding 6: rounded f32 values at the value index, packed
+    /// int8 quants and per-32 scales from word `qbase`. `wpb` workgroups complete a block
+    /// (counter 1 + block).
+    Act {
+        kind: u32,
+        mode: u32,
+        wpb: u32,
+        qbase: u32,
+    },
+    /// RMSNorm of the residual row Y[0 .. 4·k4] (weights at binding 5, eps in `P.pad1`) and
+    /// its rounding into the packed region from word `qbase`, as [`KernelKey::NormQ8`]
+    /// computes it: Q8_0 blocks to binding 6 when `kinds & 1`, Q8_K blocks to binding 7
+    /// when `kinds & 2`. `nwg` workgroups in the dispatch (counter 0).
+    Norm {
+        k4: u32,
+        kinds: u32,
+        nwg: u32,
+        qbase: u32,
+    },
 }
 
 /// Kernel identity in the pipeline cache.
@@ -966,6 +1036,19 @@ pub enum KernelKey {
         act: u32,
         norm: bool,
     },
+    /// [`KernelKey::MatVecQ8`] (one token, single weight chunk) with a last-workgroup
+    /// epilogue `epi` ([`MatEpi`], `shaders/matvec_epi.wgsl`): every workgroup stores its
+    /// rows, `storageBarrier()`, counts itself on an atomic counter (binding 3; parameters at 4); the one
+    /// that completes a counter runs the epilogue and resets the counter. `atomic`: which
+    /// accesses of the output go through atomics ([`Tune::lw_atomic`]: 0 none, 1 all, 2
+    /// the stores' own reads, with the output also bound at 8 as plain f32).
+    MatVecQ8E {
+        ty: u32,
+        nr: u32,
+        spl: u32,
+        epi: MatEpi,
+        atomic: u32,
+    },
     /// Decode RMSNorm of the residual row (`k4`·4 values) followed by the activation
     /// rounding `act` (3 Q8_0, 4 Q8_K), written as packed int8 quants and per-32 scales
     /// for the [`KernelKey::MatVecQ8`] kernels after it (one workgroup).
@@ -983,6 +1066,19 @@ pub enum KernelKey {
         nch: u32,
         lmin: u32,
         exact: bool,
+    },
+    /// [`KernelKey::AttnDecode`] (split, `nch` > 1) whose last workgroup per group of 256 /
+    /// `hd` heads combines the group's partial results and rounds them for `wo` exactly as
+    /// [`KernelKey::AttnCombineQ`] does ([`Tune::attn_lastwg`]). Bindings 7 (the rounding's
+    /// output) and 8 (one u32 counter per token and head group, zero between dispatches);
+    /// `reset` false only in the tests' fault injection.
+    AttnDecodeQ {
+        ctx: u32,
+        hd: u32,
+        nch: u32,
+        lmin: u32,
+        exact: bool,
+        reset: bool,
     },
     /// The rounding of `shaders/actq.wgsl` whose input is the combination of the `nch`
     /// partial results of the split decode attention ([`Tune::attn_split`]).
@@ -1256,6 +1352,32 @@ fn int_deq(gt: GgmlType) -> Result<(GpuLayout, String)> {
 /// step; the activation is the packed region of X (int8 quants from word `P.ld_x`, then the
 /// per-32 scales), read from global memory (it stays in cache).
 fn matvec_q8_source(ctx: &GpuContext, ty: u32, nr: u32, spl: u32) -> Result<String> {
+    let (lay, deq, body, decl) = q8_parts(ctx, ty, nr, spl)?;
+    let rpw = (256 / spl) as usize * nr as usize;
+    Ok(matvec_wgsl(&MatVecParts {
+        rpw,
+        warp_rows: "(lid / SPL) * NR",
+        nt: 1,
+        nr: nr as usize,
+        upb: lay.units_per_block(),
+        red_decl: &decl,
+        xty: "vec4<u32>",
+        body: &body,
+        deq: &deq,
+        norm_decl: "",
+        norm_pro: "",
+    }))
+}
+
+/// The integer decode kernel's pieces (shared by [`matvec_q8_source`] and
+/// [`matvec_q8e_source`]): layout, dequantization functions, the loop and reduction into
+/// `res`, and the declarations it needs (`SPL` included).
+fn q8_parts(
+    ctx: &GpuContext,
+    ty: u32,
+    nr: u32,
+    spl: u32,
+) -> Result<(GpuLayout, String, String, String)> {
     let gt =
         GgmlType::from_id(ty).ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;
     if !matches!(spl, 32 | 64 | 128 | 256) || !matches!(nr, 1 | 2 | 4 | 8) {
@@ -1265,7 +1387,6 @@ fn matvec_q8_source(ctx: &GpuContext, ty: u32, nr: u32, spl: u32) -> Result<Stri
     }
     let (lay, deq) = int_deq(gt)?;
     let nr = nr as usize;
-    let groups = 256 / spl;
     let mut body = String::new();
     for r in 0..nr {
         body.push_str(&format!("    var acc_{r}_0 = 0.0;\n"));
@@ -1281,20 +1402,231 @@ fn matvec_q8_source(ctx: &GpuContext, ty: u32, nr: u32, spl: u32) -> Result<Stri
     }
     body.push_str("    }\n");
     let decl = q8_reduce(ctx, nr, spl, &mut body);
-    let rpw = groups as usize * nr;
-    Ok(matvec_wgsl(&MatVecParts {
-        rpw,
-        warp_rows: "(lid / SPL) * NR",
-        nt: 1,
-        nr,
-        upb: lay.units_per_block(),
-        red_decl: &format!("const SPL: u32 = {spl}u;\n{decl}"),
-        xty: "vec4<u32>",
-        body: &body,
-        deq: &deq,
-        norm_decl: "",
-        norm_pro: "",
-    }))
+    Ok((lay, deq, body, format!("const SPL: u32 = {spl}u;\n{decl}")))
+}
+
+/// WGSL of [`KernelKey::MatVecQ8E`]: the integer decode kernel of [`matvec_q8_source`] in
+/// `shaders/matvec_epi.wgsl`, with the epilogue `epi` run by the last workgroup of each
+/// counter. The operations are those of the dispatches it replaces, so the results are the
+/// same bit for bit: [`MatEpi::Act`] rounds a block as `actq.wgsl` does (block maximum,
+/// `div_rn` scales, the f16 scale of Q8_0, `min(…, 127)` for Q8_K, quants and scales
+/// packed at the same words), [`MatEpi::Norm`] runs [`normq8_regs_source`]'s body on the
+/// residual row (same Σx² reduction, same per-thread values).
+fn matvec_q8e_source(
+    ctx: &GpuContext,
+    ty: u32,
+    nr: u32,
+    spl: u32,
+    epi: MatEpi,
+    atomic: u32,
+) -> Result<String> {
+    let (lay, deq, body, decl) = q8_parts(ctx, ty, nr, spl)?;
+    let rpw = (256 / spl) * nr;
+    let (bind, edecl, code, cidx, need) = match epi {
+        MatEpi::Act {
+            kind,
+            mode,
+            wpb,
+            qbase,
+        } => {
+            let bs = match kind {
+                3 => 32u32,
+                4 => 256,
+                _ => return Err(Error::msg(format!("epilogue rounding of kind {kind}"))),
+            };
+            let opw = match mode {
+                2 => rpw / 2,
+                3 => rpw,
+                _ => return Err(Error::msg(format!("rounding epilogue after mode {mode}"))),
+            };
+            if opw == 0 || bs % opw != 0 || wpb != bs / opw || qbase % 64 != 0 {
+                return Err(Error::msg(format!(
+                    "rounding epilogue: {opw} outputs per workgroup, blocks of {bs}, {wpb} workgroups per block, packed base {qbase}"
+                )));
+            }
+            let scale = if kind == 3 {
+                // Q8_0 / Q8_1: d = amax / 127 stored as f16, q = round(x · 127 / amax).
+                "let mul = select(0.0, div_rn(127.0, amax), amax != 0.0);
+    let dq = round_f16(div_rn(amax, 127.0));
+    let q = round(v * mul);"
+            } else {
+                // Q8_K: iscale = 127 / amax, d = 1 / iscale; an all-zero block stays zero.
+                "var mul = 0.0;
+    var dq = 0.0;
+    var q = 0.0;
+    if (amax != 0.0) {
+        mul = div_rn(127.0, amax);
+        dq = div_rn(1.0, mul);
+        q = min(round(mul * v), 127.0);
+    }"
+            };
+            (
+                "@group(0) @binding(6) var<storage, read_write> R: array<u32>;".to_string(),
+                format!(
+                    "const BS: u32 = {bs}u;\nconst QB: u32 = {qbase}u;\nvar<workgroup> ered: array<f32, 256>;\nvar<workgroup> eq: array<i32, 256>;\n{}",
+                    actq_functions()
+                ),
+                format!(
+                    "    // Round block b of the SwiGLU output (values b·BS ..) as actq.wgsl does.
+    let b = c - 1u;
+    let i = b * BS + lid;
+    let live = lid < BS;
+    var v = 0.0;
+    if (live) {{
+        v = eld(P.y_off + i);
+    }}
+    ered[lid] = abs(v);
+    workgroupBarrier();
+    for (var s = BS / 2u; s > 0u; s >>= 1u) {{
+        if (lid < s) {{
+            ered[lid] = max(ered[lid], ered[lid + s]);
+        }}
+        workgroupBarrier();
+    }}
+    let amax = ered[0];
+    {scale}
+    if (live) {{
+        R[i] = bitcast<u32>(q * dq);
+    }}
+    eq[lid] = i32(q);
+    workgroupBarrier();
+    if (lid < BS / 4u) {{
+        let j = 4u * lid;
+        R[QB + (b * BS) / 4u + lid] = pack4xI8(vec4<i32>(eq[j], eq[j + 1u], eq[j + 2u], eq[j + 3u]));
+    }}
+    if (lid < BS / 32u) {{
+        R[QB + QB / 4u + (b * BS) / 32u + lid] = bitcast<u32>(dq);
+    }}
+"
+                ),
+                format!("1u + (wg.x * {opw}u) / BS"),
+                wpb,
+            )
+        }
+        MatEpi::Norm {
+            k4,
+            kinds,
+            nwg,
+            qbase,
+        } => {
+            if k4 % 64 != 0 || k4 > 1024 || !(1..=3).contains(&kinds) || nwg == 0 {
+                return Err(Error::msg(format!(
+                    "norm epilogue: {} values, kinds {kinds}, {nwg} workgroups",
+                    4 * k4
+                )));
+            }
+            let reduce = if ctx.subgroup32 {
+                NORM_SUBGROUP
+            } else {
+                NORM_TREE
+            };
+            let mut bind =
+                "@group(0) @binding(5) var<storage, read> NW: array<vec4<f32>>;\n".to_string();
+            let mut code = format!(
+                "    // NormQ8 of the residual row Y[0 .. 4·K4] (normq8_regs_source's body).
+    let live = lid * 4u < K4;
+    let i0 = min(lid, K4 / 4u - 1u) * 4u;
+    let a0 = ld4(i0);
+    let a1 = ld4(i0 + 1u);
+    let a2 = ld4(i0 + 2u);
+    let a3 = ld4(i0 + 3u);
+    let n0 = NW[i0];
+    let n1 = NW[i0 + 1u];
+    let n2 = NW[i0 + 2u];
+    let n3 = NW[i0 + 3u];
+    var ss = 0.0;
+    if (live) {{
+        ss = ((dot(a0, a0) + dot(a1, a1)) + dot(a2, a2)) + dot(a3, a3);
+    }}
+{reduce}    let inv = 1.0 / sqrt(tot / f32(K4 * 4u) + bitcast<f32>(P.pad1));
+    let v0 = a0 * inv * n0;
+    let v1 = a1 * inv * n1;
+    let v2 = a2 * inv * n2;
+    let v3 = a3 * inv * n3;
+    mx[lid] = select(0.0, max(max(amax4(v0), amax4(v1)), max(amax4(v2), amax4(v3))), live);
+    workgroupBarrier();
+"
+            );
+            for (bit, act, out) in [(1u32, 3u32, "Q0"), (2, 4, "Q1")] {
+                if kinds & bit == 0 {
+                    continue;
+                }
+                bind.push_str(&format!(
+                    "@group(0) @binding({}) var<storage, read_write> {out}: array<u32>;\n",
+                    if act == 3 { 6 } else { 7 }
+                ));
+                let (tpb, scale, q) = normq8_rounding(act);
+                code.push_str(&format!(
+                    "    {{
+        let g0 = lid - lid % {tpb}u;
+        var amax = 0.0;
+        for (var j = 0u; j < {tpb}u; j++) {{
+            amax = max(amax, mx[g0 + j]);
+        }}
+        {scale}
+        if (live) {{
+            let o = QB + 4u * lid;
+            var v = v0;
+            {out}[o] = pack4xI8(vec4<i32>({q}));
+            v = v1;
+            {out}[o + 1u] = pack4xI8(vec4<i32>({q}));
+            v = v2;
+            {out}[o + 2u] = pack4xI8(vec4<i32>({q}));
+            v = v3;
+            {out}[o + 3u] = pack4xI8(vec4<i32>({q}));
+            if (lid % 2u == 0u) {{
+                {out}[QB + QB / 4u + lid / 2u] = bitcast<u32>(sd);
+            }}
+        }}
+    }}
+"
+                ));
+            }
+            (
+                bind,
+                format!(
+                    "const K4: u32 = {k4}u;\nconst QB: u32 = {qbase}u;\nvar<workgroup> nred: array<f32, 256>;\nvar<workgroup> mx: array<f32, 256>;\n{}\nfn amax4(v: vec4<f32>) -> f32 {{\n    let a = abs(v);\n    return max(max(a.x, a.y), max(a.z, a.w));\n}}\nfn ld4(j: u32) -> vec4<f32> {{\n    return vec4<f32>(eld(4u * j), eld(4u * j + 1u), eld(4u * j + 2u), eld(4u * j + 3u));\n}}\n",
+                    actq_functions()
+                ),
+                code,
+                "0u".to_string(),
+                nwg,
+            )
+        }
+    };
+    let ald = "bitcast<f32>(atomicLoad(&Y[i]))";
+    let (yty, yld, yst, eld) = match atomic {
+        0 => ("f32", "Y[i]", "Y[i] = v", "Y[i]"),
+        1 => (
+            "atomic<u32>",
+            ald,
+            "atomicStore(&Y[i], bitcast<u32>(v))",
+            ald,
+        ),
+        2 => ("atomic<u32>", ald, "YF[i] = v", "YF[i]"),
+        _ => return Err(Error::msg(format!("epilogue access mode {atomic}"))),
+    };
+    let bind = if atomic == 2 {
+        bind + "@group(0) @binding(8) var<storage, read_write> YF: array<f32>;\n"
+    } else {
+        bind
+    };
+    Ok(MATVEC_EPI_WGSL
+        .replace("$YTY", yty)
+        .replace("$YLD", yld)
+        .replace("$YST", yst)
+        .replace("$ELD", eld)
+        .replace("$EPI_BIND", &bind)
+        .replace("$EPI_DECL", &edecl)
+        .replace("$RED_DECL", &decl)
+        .replace("$NR", &nr.to_string())
+        .replace("$RPW", &rpw.to_string())
+        .replace("$UPB", &lay.units_per_block().to_string())
+        .replace("$CIDX", &cidx)
+        .replace("$NEED", &format!("{need}u"))
+        .replace("$BODY", &body)
+        .replace("$EPI", &code)
+        .replace("$DEQ", &deq))
 }
 
 /// The end of the integer decode kernels: the NR accumulators of each lane summed over the
@@ -1516,19 +1848,10 @@ fn main(@builtin(local_invocation_index) lid: u32) {{
     .replace("$ACT_PRO", &pro))
 }
 
-/// [`KernelKey::NormQ8`] for rows of at most 4096 values: each thread holds 16 consecutive
-/// values in registers (half a 32-value unit), so the kernel needs two workgroup barriers
-/// (the sum of squares, the block maxima) instead of the prologue's tree passes. Same
-/// operations per value as the prologue and `actq.wgsl`, so the same quants and scales
-/// (up to the order of the sum of squares).
-fn normq8_regs_source(ctx: &GpuContext, k4: u32, act: u32) -> String {
-    let reduce = if ctx.subgroup32 {
-        NORM_SUBGROUP
-    } else {
-        NORM_TREE
-    };
-    // Threads per activation block: Q8_0 / Q8_1 blocks of 32 values, Q8_K of 256.
-    let (tpb, scale, q) = if act == 3 {
+/// Threads per activation block, scale code and quant expression of [`normq8_regs_source`]
+/// for activation kind `act` (3: Q8_0 / Q8_1 blocks of 32 values, otherwise Q8_K of 256).
+fn normq8_rounding(act: u32) -> (u32, &'static str, &'static str) {
+    if act == 3 {
         (
             2,
             "let sx = select(0.0, div_rn(127.0, amax), amax != 0.0);
@@ -1546,7 +1869,21 @@ fn normq8_regs_source(ctx: &GpuContext, k4: u32, act: u32) -> String {
     }",
             "min(round(sx * v), vec4<f32>(127.0))",
         )
+    }
+}
+
+/// [`KernelKey::NormQ8`] for rows of at most 4096 values: each thread holds 16 consecutive
+/// values in registers (half a 32-value unit), so the kernel needs two workgroup barriers
+/// (the sum of squares, the block maxima) instead of the prologue's tree passes. Same
+/// operations per value as the prologue and `actq.wgsl`, so the same quants and scales
+/// (up to the order of the sum of squares).
+fn normq8_regs_source(ctx: &GpuContext, k4: u32, act: u32) -> String {
+    let reduce = if ctx.subgroup32 {
+        NORM_SUBGROUP
+    } else {
+        NORM_TREE
     };
+    let (tpb, scale, q) = normq8_rounding(act);
     format!(
         "struct Params {{ rows: u32, units: u32, d_off: u32, x_off: u32, ld_x: u32, y_off: u32, ld_y: u32, n_tok: u32, mode: u32, row0: u32, pad0: u32, pad1: u32 }}
 @group(0) @binding(0) var<storage, read> X: array<vec4<f32>>;
@@ -1896,8 +2233,6 @@ const ACTQ_LOAD: &str = "v = X[o];";
 /// sum · exp(max − M) / Σ of those; a lone chunk weighs exactly 1, so contexts of one chunk
 /// give the unsplit kernel's values.
 const ATTN_COMBINE: &str = "
-const NCH: u32 = $NCHu;
-const EXACT: bool = $EXACT;
 fn attn_combine(i: u32, t: u32) -> f32 {
     let hd = P.pad1;
     let h = i / hd;
@@ -1934,6 +2269,145 @@ fn attn_combine(i: u32, t: u32) -> f32 {
     return o;
 }
 ";
+
+/// The constants [`ATTN_COMBINE`] reads (declared by the decode attention kernel itself in
+/// [`KernelKey::AttnDecodeQ`]).
+const ATTN_COMBINE_CONSTS: &str = "
+const NCH: u32 = $NCHu;
+const EXACT: bool = $EXACT;
+";
+
+/// WGSL of the decode attention (`shaders/attn_decode.wgsl`); `arrive` is the code after
+/// each workgroup's partial result ([`KernelKey::AttnDecodeQ`]; empty for the plain kernel).
+fn attn_decode_source(
+    ctx: &GpuContext,
+    n: u32,
+    hd: u32,
+    nch: u32,
+    lmin: u32,
+    exact: bool,
+    arrive: &str,
+) -> String {
+    let (rmax, rsum) = if ctx.subgroup32 {
+        (ATTN_MAX_SUBGROUP, ATTN_SUM_SUBGROUP)
+    } else {
+        (ATTN_MAX_TREE, ATTN_SUM_TREE)
+    };
+    ATTN_DECODE_WGSL
+        .replace("$CTX", &n.to_string())
+        .replace("$HD4", &(hd / 4).to_string())
+        .replace("$NCH", &nch.to_string())
+        .replace("$LMIN", &lmin.max(1).to_string())
+        .replace("$EXACT", if exact { "true" } else { "false" })
+        .replace("$RED_MAX", rmax)
+        .replace("$RED_SUM", rsum)
+        .replace("$ARRIVE", arrive)
+}
+
+/// The last-workgroup epilogue of [`KernelKey::AttnDecodeQ`], appended to the decode
+/// attention: `arrive` counts the workgroups of a group of 256 / hd heads on a device-scope
+/// counter; the last one runs `actq_main`, the text of `shaders/actq.wgsl`'s entry point
+/// (with [`ATTN_COMBINE`] as its input, as [`KernelKey::AttnCombineQ`]) made a function of
+/// the rounding workgroup (value block `g`, token), with its parameters read from the
+/// attention's own (`P.qk`, …) and its partial results from `O`. Same operations in the
+/// same order, so the same quants and scales bit for bit.
+///
+/// WGSL's `storageBarrier()` is a device-scope acquire/release fence on storage memory in
+/// naga's SPIR-V (OpControlBarrier, memory scope Device, AcquireRelease | UniformMemory):
+/// the fence before the `atomicAdd` publishes this workgroup's partial result, the one
+/// after the last arrival makes every other workgroup's visible (CUDA's threadfence
+/// reduction). No workgroup waits for another, so no forward-progress assumption.
+fn attn_epilogue(ctx: &GpuContext, reset: bool) -> Result<String> {
+    let internal = |what: &str| Error::msg(format!("internal: actq.wgsl has no {what}"));
+    let mut a = actq_source(ctx);
+    for (from, to) in [
+        (
+            "@group(0) @binding(0) var<storage, read> X: array<f32>;",
+            "",
+        ),
+        (
+            "@group(0) @binding(2) var<storage, read_write> Y: array<u32>;",
+            "@group(0) @binding(7) var<storage, read_write> Y: array<u32>;",
+        ),
+        ("@group(0) @binding(3) var<uniform> P: Params;", ""),
+        ("struct Params {", "struct ActqParams {"),
+        ("var<workgroup> red: array<f32, 256>;", ""),
+        (ACTQ_LOAD, "v = attn_combine(i, t);"),
+    ] {
+        if !a.contains(from) {
+            return Err(internal(from));
+        }
+        a = a.replacen(from, to, 1);
+    }
+    let entry = regex::Regex::new(
+        r"@compute\s*@workgroup_size\(256\)\s*fn main\(@builtin\(local_invocation_index\) lid: u32, @builtin\(workgroup_id\) wg: vec3<u32>\)\s*\{",
+    )
+    .map_err(|e| Error::msg(format!("internal: {e}")))?;
+    if !entry.is_match(&a) {
+        return Err(internal("entry point `main(lid, wg)`"));
+    }
+    let a = entry.replace(&a, "fn actq_main(lid: u32, wg: vec3<u32>) {");
+    let text = format!("{a}{ATTN_COMBINE}");
+    // actq.wgsl's parameters → the attention's (the rounding reads token rows from word 0).
+    let field =
+        regex::Regex::new(r"\bP\.(\w+)").map_err(|e| Error::msg(format!("internal: {e}")))?;
+    let mut bad = None;
+    let text = field.replace_all(&text, |c: &regex::Captures| {
+        let f = &c[1];
+        match f {
+            "k" => "P.qk",
+            "ld" => "P.qld",
+            "x_off" => "0u",
+            "n_tok" => "P.n_tok",
+            "kind" => "P.qkind",
+            "q8_base" => "P.q8b",
+            // ATTN_COMBINE's head size, heads and (max, sum) word.
+            "pad1" => "P.hd",
+            "pad2" => "P.n_head",
+            "pad3" => "P.pad1",
+            _ => {
+                bad = Some(f.to_string());
+                "P.unknown"
+            }
+        }
+        .to_string()
+    });
+    if let Some(f) = bad {
+        return Err(internal(&format!("mapping for parameter `P.{f}`")));
+    }
+    let text = regex::Regex::new(r"\bX\[")
+        .map_err(|e| Error::msg(format!("internal: {e}")))?
+        .replace_all(&text, "O[");
+    Ok(format!(
+        "
+@group(0) @binding(8) var<storage, read_write> CNT: array<atomic<u32>>;
+var<workgroup> wlast: u32;
+// Heads per 256-value workgroup of the rounding.
+const GH: u32 = 64u / HD4;
+const RESET: bool = {reset};
+fn arrive(lid: u32, h: u32, tok: u32) {{
+    let g = h / GH;
+    let h0 = g * GH;
+    let need = (min(P.n_head, h0 + GH) - h0) * NCH;
+    let c = tok * ((P.n_head + GH - 1u) / GH) + g;
+    // Release: this workgroup's partial result before its arrival.
+    storageBarrier();
+    if (lid == 0u) {{
+        let old = atomicAdd(&CNT[c], 1u);
+        wlast = select(0u, 1u, old + 1u == need);
+    }}
+    if (workgroupUniformLoad(&wlast) == 1u) {{
+        // Acquire: every other workgroup's partial result of the group.
+        storageBarrier();
+        actq_main(lid, vec3<u32>(g, tok, 0u));
+        if (RESET && lid == 0u) {{
+            atomicStore(&CNT[c], 0u);
+        }}
+    }}
+}}
+{text}"
+    ))
+}
 
 /// ... or per warp with subgroups.
 const ATTN_SUM_SUBGROUP: &str = "    let wsum = subgroupAdd(sum);
@@ -2020,6 +2494,13 @@ impl Kernels {
                 matvec_source(ctx, *ty, 1, *nr, None, true, false)?
             }
             KernelKey::MatVecQ8 { ty, nr, spl } => matvec_q8_source(ctx, *ty, *nr, *spl)?,
+            KernelKey::MatVecQ8E {
+                ty,
+                nr,
+                spl,
+                epi,
+                atomic,
+            } => matvec_q8e_source(ctx, *ty, *nr, *spl, *epi, *atomic)?,
             KernelKey::MatVecQ8F {
                 ty,
                 nr,
@@ -2050,20 +2531,29 @@ impl Kernels {
                 nch,
                 lmin,
                 exact,
+            } => attn_decode_source(ctx, *n, *hd, *nch, *lmin, *exact, ""),
+            KernelKey::AttnDecodeQ {
+                ctx: n,
+                hd,
+                nch,
+                lmin,
+                exact,
+                reset,
             } => {
-                let (rmax, rsum) = if ctx.subgroup32 {
-                    (ATTN_MAX_SUBGROUP, ATTN_SUM_SUBGROUP)
-                } else {
-                    (ATTN_MAX_TREE, ATTN_SUM_TREE)
-                };
-                ATTN_DECODE_WGSL
-                    .replace("$CTX", &n.to_string())
-                    .replace("$HD4", &(hd / 4).to_string())
-                    .replace("$NCH", &nch.to_string())
-                    .replace("$LMIN", &lmin.max(&1).to_string())
-                    .replace("$EXACT", if *exact { "true" } else { "false" })
-                    .replace("$RED_MAX", rmax)
-                    .replace("$RED_SUM", rsum)
+                if *nch < 2 || *hd == 0 || 256 % *hd != 0 || *hd % 4 != 0 {
+                    return Err(Error::msg(format!(
+                        "decode attention epilogue needs a split (nch {nch}) and a head size dividing 256 (hd {hd})"
+                    )));
+                }
+                attn_decode_source(
+                    ctx,
+                    *n,
+                    *hd,
+                    *nch,
+                    *lmin,
+                    *exact,
+                    "    arrive(lid, h, tok);\n",
+                ) + &attn_epilogue(ctx, *reset)?
             }
             KernelKey::MatMat { ty } => {
                 let gt = GgmlType::from_id(*ty)
@@ -2111,9 +2601,10 @@ impl Kernels {
                     ));
                 }
                 actq_source(ctx).replace(ACTQ_LOAD, "v = attn_combine(i, t);")
-                    + &ATTN_COMBINE
+                    + &ATTN_COMBINE_CONSTS
                         .replace("$NCH", &nch.to_string())
                         .replace("$EXACT", if *exact { "true" } else { "false" })
+                    + ATTN_COMBINE
             }
         })
     }

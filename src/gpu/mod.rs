@@ -6,6 +6,7 @@ pub mod actq;
 pub mod arch;
 pub mod backend;
 pub mod buffers;
+pub mod counters;
 pub mod device;
 pub mod embed;
 pub mod kernels;

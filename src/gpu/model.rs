@@ -12,7 +12,7 @@ use super::actq::ActRounding;
 use super::arch::ArchOp;
 use super::buffers::{f32_buffer, scratch, upload_matrix, Chunk, GpuMatrix};
 use super::device::GpuContext;
-use super::kernels::{buffer_layouts, KernelKey, Kernels};
+use super::kernels::{buffer_layouts, KernelKey, Kernels, MatEpi, Tune};
 use super::reference::dequantize;
 use super::source::{TensorView, WeightSource};
 
@@ -188,6 +188,10 @@ enum StepKind {
     AttnDecode {
         nch: u32,
         stats: u32,
+        /// With the last-workgroup epilogue (`KernelKey::AttnDecodeQ`): the rounding's row
+        /// length, row stride, kind and packed-quant base (parameter words 12..16); zeros
+        /// otherwise.
+        round: [u32; 4],
     },
     /// Rounding of the attention output (`k` values, stride `ld`) combined from the split
     /// decode attention's `nch` partial results (`KernelKey::AttnCombineQ`).
@@ -739,6 +743,11 @@ impl GpuModel {
         let (bgl_matn, pl_matn) = buffer_layouts(&ctx, "mat+norm", b"rrwur");
         let (bgl_nq, pl_nq) = buffer_layouts(&ctx, "norm q8", b"rrwu");
         let (bgl_attd, pl_attd) = buffer_layouts(&ctx, "attn decode", b"rwwwurr");
+        let (bgl_attq, pl_attq) = buffer_layouts(&ctx, "attn decode + rounding", b"rwwwurrww");
+        // Arrival counters of the decode attention's last-workgroup epilogue: one per token
+        // and group of 256 / head-size heads (`Tune::attn_lastwg`).
+        let attn_groups = (cfg.n_head * hd).div_ceil(256);
+        let attn_cnt = super::counters::counter_buffer(&ctx, "attn counters", nb * attn_groups);
         let (bgl_attn, pl_attn) = buffer_layouts(&ctx, "attn", b"rrrwur");
         let (bgl_nr, pl_nr) = buffer_layouts(&ctx, "norm round", b"rrwuw");
         let (bgl_prep, pl_prep) = buffer_layouts(&ctx, "qk prep", b"wrrur");
@@ -826,6 +835,15 @@ impl GpuModel {
         let last_norm: std::cell::RefCell<
             Option<(usize, wgpu::Buffer, wgpu::Buffer, wgpu::Buffer)>,
         > = Default::default();
+        // Buffers bound by the matrix, rounding and NormQ8 steps, by parameter slot (the
+        // last-workgroup epilogues rebind them).
+        let bufs_of: std::cell::RefCell<std::collections::HashMap<usize, Vec<wgpu::Buffer>>> =
+            Default::default();
+        let keep = |slot: usize, bufs: &[&wgpu::Buffer]| {
+            bufs_of
+                .borrow_mut()
+                .insert(slot, bufs.iter().map(|b| (*b).clone()).collect());
+        };
         let act = std::cell::RefCell::new(ActRounding::new(
             nb * d.max(qd).max(2 * cfg.n_ff),
             ctx.tune.act_round,
@@ -887,6 +905,7 @@ impl GpuModel {
                     act.borrow_mut().made_by_previous_step();
                 } else if let Some(r) = input.round {
                     let slot = steps.len();
+                    keep(slot, &[xb, xb, &r.out]);
                     steps.push(Step {
                         kind: StepKind::ActQ {
                             kind: r.kind,
@@ -904,6 +923,7 @@ impl GpuModel {
                     });
                 }
                 let slot = steps.len();
+                keep(slot, &[&mats[m].chunks[c].buf, &input.buf, yb]);
                 let bind = bg(&bgl_mat, &[&mats[m].chunks[c].buf, &input.buf, yb], slot);
                 steps.push(Step {
                     kind: StepKind::Mat {
@@ -975,6 +995,7 @@ impl GpuModel {
                     let slot = steps.len();
                     let mut bufs = vec![&mats[m].chunks[c].buf];
                     bufs.extend_from_slice(tail);
+                    keep(slot, &bufs);
                     steps.push(Step {
                         kind: StepKind::Mat {
                             m,
@@ -1010,6 +1031,7 @@ impl GpuModel {
                 live.retain(|(_, _, at)| *at == steps.len());
                 if !live.iter().any(|(b, k, _)| b == nw && *k == kind) {
                     let slot = steps.len();
+                    keep(slot, &[&x, nw, buf]);
                     steps.push(Step {
                         kind: StepKind::NormQ8 { q8e: nq_base },
                         bind: bg(&bgl_nq, &[&x, nw, buf], slot),
@@ -1066,6 +1088,16 @@ impl GpuModel {
                 )
                 .filter(|_| fuse_norm && actq_on && ctx.tune.fold_actq_for(ty.id()));
             let Some(key) = key else { return };
+            // The SwiGLU mat-vec before rounds its output in its last workgroups instead
+            // (`Tune::lw_actq`): keep the rounding step and the integer kernel.
+            if let (Some(p), Some(a)) = (
+                from.checked_sub(1).and_then(|i| steps.get(i)),
+                steps.get(from),
+            ) {
+                if act_epilogue(&ctx.tune, mats, p, a).is_some() {
+                    return;
+                }
+            }
             for s in &mut steps[from..] {
                 s.when = When::Batch;
             }
@@ -1212,11 +1244,26 @@ impl GpuModel {
                 _ => None,
             };
             let nch = if split.is_some() { attn_nch } else { 1 };
+            let attn_ctx = if nch > 1 && !ctx.tune.attn_exact {
+                (attn_lmin as usize).max(opts.n_ctx.div_ceil(nch as usize)) as u32
+            } else {
+                opts.n_ctx as u32
+            };
+            // The last workgroup of each group of 256 / hd heads combines and rounds the wo
+            // input itself (`Tune::attn_lastwg`) where a rounding block group is whole heads
+            // and the epilogue's workgroup memory fits; else the combine dispatch below.
+            let lastwg = split.is_some()
+                && ctx.tune.attn_lastwg != 0
+                && hd % 4 == 0
+                && 256 % hd == 0
+                && super::kernels::attn_decode_shared_bytes(attn_ctx, true) <= ctx.facts.shared_mem;
             let slot = steps.len();
+            let attd_at = steps.len();
             steps.push(Step {
                 kind: StepKind::AttnDecode {
                     nch,
                     stats: attn_stats as u32,
+                    round: [0; 4],
                 },
                 when: When::Decode,
                 role: "attention",
@@ -1234,11 +1281,7 @@ impl GpuModel {
                 ),
                 slot,
                 key: KernelKey::AttnDecode {
-                    ctx: if nch > 1 && !ctx.tune.attn_exact {
-                        (attn_lmin as usize).max(opts.n_ctx.div_ceil(nch as usize)) as u32
-                    } else {
-                        opts.n_ctx as u32
-                    },
+                    ctx: attn_ctx,
                     hd: hd as u32,
                     nch,
                     lmin: attn_lmin,
@@ -1281,28 +1324,53 @@ impl GpuModel {
                 };
                 steps[s0].when = When::Batch;
                 let out = act.borrow_mut().scratch_buf(&ctx, kind);
-                let slot = steps.len();
-                steps.insert(
-                    s0,
-                    Step {
-                        kind: StepKind::AttnCombineQ {
-                            kind,
-                            k,
-                            ld,
-                            q8e,
-                            stats: attn_stats as u32,
+                if lastwg {
+                    // The attention's last workgroups write the rounding: no combine step.
+                    let st = &mut steps[attd_at];
+                    st.kind = StepKind::AttnDecode {
+                        nch,
+                        stats: attn_stats as u32,
+                        round: [k, ld, kind, q8e],
+                    };
+                    st.bind = bg(
+                        &bgl_attq,
+                        &[
+                            &qkvb, &ly.kc, &ly.vc, part, &tinfo, &cs_buf, &out, &attn_cnt,
+                        ],
+                        st.slot,
+                    );
+                    st.key = KernelKey::AttnDecodeQ {
+                        ctx: attn_ctx,
+                        hd: hd as u32,
+                        nch,
+                        lmin: attn_lmin,
+                        exact: ctx.tune.attn_exact,
+                        reset: ctx.tune.attn_lastwg != 2,
+                    };
+                } else {
+                    let slot = steps.len();
+                    steps.insert(
+                        s0,
+                        Step {
+                            kind: StepKind::AttnCombineQ {
+                                kind,
+                                k,
+                                ld,
+                                q8e,
+                                stats: attn_stats as u32,
+                            },
+                            bind: bg(&bgl_mat, &[part, part, &out], slot),
+                            when: When::Decode,
+                            role: "attn_out_q",
+                            slot,
+                            key: KernelKey::AttnCombineQ {
+                                nch,
+                                exact: ctx.tune.attn_exact,
+                            },
+                            n: 0,
                         },
-                        bind: bg(&bgl_mat, &[part, part, &out], slot),
-                        when: When::Decode,
-                        role: "attn_out_q",
-                        slot,
-                        key: KernelKey::AttnCombineQ {
-                            nch,
-                            exact: ctx.tune.attn_exact,
-                        },
-                        n: 0,
-                    },
-                );
+                    );
+                }
             }
             if let Some((pa, _)) = &ly.post {
                 post_add(&mut steps, pa);
@@ -1447,6 +1515,117 @@ impl GpuModel {
                 &mut steps, &mats, out_idx, &onorm, &logits, 0, n_vocab, 0, "output",
             );
         }
+        // Last-workgroup epilogues (`Tune::lw_actq`, `Tune::lw_norm`): a decode mat-vec
+        // takes over the rounding or NormQ8 dispatches right after it.
+        let counters = scratch(&ctx, "last-workgroup counters", 2 + cfg.n_ff / 32);
+        let (bgl_e, pl_e) = buffer_layouts(&ctx, "mat epilogue", b"rrwwurwww");
+        if fuse_norm && (ctx.tune.lw_actq || ctx.tune.lw_norm) {
+            let unused_r = scratch(&ctx, "unused (read)", 4);
+            let unused_w = scratch(&ctx, "unused (write)", 4);
+            let bufs = bufs_of.borrow();
+            let get = |s: &Step| -> Result<&Vec<wgpu::Buffer>> {
+                bufs.get(&s.slot)
+                    .ok_or_else(|| Error::msg("internal: a step's buffers were not kept"))
+            };
+            let dec: Vec<usize> = (0..steps.len())
+                .filter(|&i| steps[i].when.runs(When::Decode, 1))
+                .collect();
+            // Rounding epilogues: the SwiGLU producer and the rounding after it.
+            for w in dec.windows(2) {
+                let (p, a) = (&steps[w[0]], &steps[w[1]]);
+                let Some(key) = act_epilogue(&ctx.tune, &mats, p, a) else {
+                    continue;
+                };
+                let (pb, ab) = (get(p)?, get(a)?);
+                let bind = bg(
+                    &bgl_e,
+                    &[
+                        &pb[0], &pb[1], &pb[2], &counters, &unused_r, &ab[2], &unused_w, &pb[2],
+                    ],
+                    p.slot,
+                );
+                let (i, j) = (w[0], w[1]);
+                steps[i].key = key;
+                steps[i].bind = bind;
+                steps[j].when = When::Batch;
+            }
+            // NormQ8 epilogues: a residual mat-vec and the one or two NormQ8 after it.
+            let dec: Vec<usize> = (0..steps.len())
+                .filter(|&i| steps[i].when.runs(When::Decode, 1))
+                .collect();
+            let mut drop = std::collections::HashSet::new();
+            let mut after: std::collections::HashMap<usize, Step> = Default::default();
+            for (k, &i) in dec.iter().enumerate() {
+                // The next group's NormQ8 steps (one per activation kind; a group of mixed
+                // kinds has a mat-vec between them, which does not write the residual).
+                let mut nqs: Vec<usize> = Vec::new();
+                for &j in &dec[k + 1..] {
+                    match steps[j].kind {
+                        StepKind::NormQ8 { .. } if nqs.len() < 2 => nqs.push(j),
+                        StepKind::Mat { mode, .. } if mode != 1 && !nqs.is_empty() => {}
+                        _ => break,
+                    }
+                }
+                let p = &steps[i];
+                let nq_steps: Vec<&Step> = nqs.iter().map(|&j| &steps[j]).collect();
+                let Some(key) = norm_epilogue(&ctx.tune, &mats, p, &nq_steps) else {
+                    continue;
+                };
+                let pb = get(p)?;
+                let mut nqb = Vec::new();
+                for s in &nq_steps {
+                    nqb.push(get(s)?);
+                }
+                // Same residual row, same norm weights.
+                if nqb.is_empty() || nqb.iter().any(|b| b[0] != pb[2] || b[1] != nqb[0][1]) {
+                    continue;
+                }
+                // A decode-only step keeps its slot; a shared one gets a decode copy, in the
+                // slot of the first NormQ8 step it replaces.
+                let slot = if p.when == When::Decode {
+                    p.slot
+                } else {
+                    nq_steps[0].slot
+                };
+                let bind = bg(
+                    &bgl_e,
+                    &[
+                        &pb[0], &pb[1], &pb[2], &counters, &nqb[0][1], &nq[0], &nq[1], &pb[2],
+                    ],
+                    slot,
+                );
+                let e = Step {
+                    kind: p.kind,
+                    when: When::Decode,
+                    role: p.role,
+                    bind,
+                    slot,
+                    key,
+                    n: p.n,
+                };
+                drop.extend(nqs.iter().copied());
+                if steps[i].when == When::Decode {
+                    steps[i] = e;
+                } else {
+                    steps[i].when = When::Batch;
+                    after.insert(i, e);
+                }
+            }
+            let old = std::mem::take(&mut steps);
+            for (i, s) in old.into_iter().enumerate() {
+                if drop.contains(&i) {
+                    continue;
+                }
+                steps.push(s);
+                if let Some(e) = after.remove(&i) {
+                    steps.push(e);
+                }
+            }
+            if steps.iter().map(|s| s.slot).max().unwrap_or(0) >= n_slots_est {
+                return Err(Error::msg("internal: params slots underestimated"));
+            }
+        }
+        mem.scratch += 4 * (2 + cfg.n_ff / 32) as u64;
         mem.scratch += act.borrow().bytes;
         if attn_part.is_some() {
             mem.scratch += 4 * (attn_stats + 2 * cfg.n_head * attn_nch as usize) as u64;
@@ -1462,7 +1641,9 @@ impl GpuModel {
                 KernelKey::Attention { .. } | KernelKey::AttentionCoop { .. } => &pl_attn,
                 KernelKey::MatVecNorm { .. } | KernelKey::MatVecQ8F { norm: true, .. } => &pl_matn,
                 KernelKey::NormQ8 { .. } => &pl_nq,
+                KernelKey::MatVecQ8E { .. } => &pl_e,
                 KernelKey::AttnDecode { .. } => &pl_attd,
+                KernelKey::AttnDecodeQ { .. } => &pl_attq,
                 KernelKey::NormRound { .. } => &pl_nr,
                 KernelKey::Arch(ArchOp::QkPrep) => &pl_prep,
                 _ => &pl_mat,
@@ -1493,6 +1674,11 @@ impl GpuModel {
             })
             .count();
         let _ = (&xn, &qkvb, &att, &hid);
+        // Run the queued weight uploads now and wait, so that their staging memory is freed
+        // before the first forward: otherwise the first timed calls after a load pay for
+        // copying and releasing gigabytes of staging buffers (slow first pp512 repetitions).
+        ctx.queue.submit(std::iter::empty());
+        ctx.wait()?;
         Ok(GpuModel {
             cpu: CpuTimes::default(),
             prerecord: ctx.tune.prerecord,
@@ -1749,7 +1935,9 @@ impl GpuModel {
         let disp = if let Some(d) = cached {
             d
         } else {
-            let mut pbytes = vec![0u8; self.steps.len() * SLOT];
+            // Slots are unique but not dense (the last-workgroup epilogues drop steps).
+            let n_slots = self.steps.iter().map(|s| s.slot + 1).max().unwrap_or(0);
+            let mut pbytes = vec![0u8; n_slots * SLOT];
             let mut disp: Vec<(u32, u32)> = Vec::with_capacity(self.steps.len());
             // The head layout that the RoPE and attention kernels' parameters start with
             // (n_head, n_kv, head size, context, tokens, QKV row, KV row), then `tail`.
@@ -1921,6 +2109,11 @@ impl GpuModel {
                     }
                 }
                 pbytes[s.slot * SLOT..s.slot * SLOT + 48].copy_from_slice(bytemuck::cast_slice(&p));
+                if let StepKind::AttnDecode { round, .. } = s.kind {
+                    // The epilogue's rounding parameters (zeros without it).
+                    pbytes[s.slot * SLOT + 48..s.slot * SLOT + 64]
+                        .copy_from_slice(bytemuck::cast_slice(&round));
+                }
                 disp.push(wg);
             }
             // The parameters depend only on the batch shape (positions are in the token table):
@@ -2128,4 +2321,125 @@ impl GpuModel {
     pub fn n_layers(&self) -> usize {
         self.layers_n
     }
+}
+
+/// The [`KernelKey::MatVecQ8E`] key with a rounding epilogue ([`MatEpi::Act`],
+/// [`Tune::lw_actq`]) for the decode SwiGLU mat-vec `p` whose output the rounding step `a`
+/// rounds next, where it applies: one weight chunk, the integer kernel, the output at the
+/// start of its buffer, whole activation blocks each completed by whole workgroups.
+fn act_epilogue(tune: &Tune, mats: &[GpuMatrix], p: &Step, a: &Step) -> Option<KernelKey> {
+    let (
+        StepKind::Mat {
+            m, mode, y_off: 0, ..
+        },
+        &KernelKey::MatVecQ8 { ty, nr, spl },
+        StepKind::ActQ {
+            kind,
+            k,
+            last_only: false,
+            q8e,
+            ..
+        },
+    ) = (p.kind, &p.key, a.kind)
+    else {
+        return None;
+    };
+    let bs = match kind {
+        3 => 32,
+        4 => 256,
+        _ => return None,
+    };
+    let mat = mats.get(m)?;
+    let rpw = (256 / spl) * nr;
+    let (opw, rows) = match mode {
+        2 => (rpw / 2, 2 * k as usize),
+        3 => (rpw, k as usize),
+        _ => return None,
+    };
+    let ok = tune.lw_actq
+        && p.when == When::Decode
+        && mat.chunks.len() == 1
+        && mat.rows == rows
+        && q8e != 0
+        && q8e % 64 == 0
+        && k % bs == 0
+        && opw > 0
+        && bs % opw == 0;
+    ok.then_some(KernelKey::MatVecQ8E {
+        ty,
+        nr,
+        spl,
+        epi: MatEpi::Act {
+            kind,
+            mode,
+            wpb: bs / opw,
+            qbase: q8e,
+        },
+        atomic: tune.lw_atomic,
+    })
+}
+
+/// The [`KernelKey::MatVecQ8E`] key with a NormQ8 epilogue ([`MatEpi::Norm`],
+/// [`Tune::lw_norm`]) for the residual mat-vec `p` (mode 1) followed by the NormQ8 steps
+/// `nqs` (one per activation kind, same norm), where it applies: one weight chunk writing
+/// the whole residual row, the integer kernel, rows the register NormQ8 handles.
+fn norm_epilogue(tune: &Tune, mats: &[GpuMatrix], p: &Step, nqs: &[&Step]) -> Option<KernelKey> {
+    let (
+        StepKind::Mat {
+            m,
+            mode: 1,
+            y_off: 0,
+            ..
+        },
+        &KernelKey::MatVecQ8 { ty, nr, spl },
+    ) = (p.kind, &p.key)
+    else {
+        return None;
+    };
+    let mat = mats.get(m)?;
+    let mut kinds = 0;
+    let mut k4s = Vec::new();
+    let mut bases = Vec::new();
+    for s in nqs {
+        match (s.kind, &s.key) {
+            (
+                StepKind::NormQ8 { q8e },
+                &KernelKey::NormQ8 {
+                    k4,
+                    act: a @ (3 | 4),
+                },
+            ) => {
+                let bit = if a == 3 { 1 } else { 2 };
+                if kinds & bit != 0 {
+                    return None;
+                }
+                kinds |= bit;
+                k4s.push(k4);
+                bases.push(q8e);
+            }
+            _ => return None,
+        }
+    }
+    let k4 = *k4s.first()?;
+    let qbase = *bases.first()?;
+    let rpw = ((256 / spl) * nr) as usize;
+    let ok = tune.lw_norm
+        && mat.chunks.len() == 1
+        && mat.rows == 4 * k4 as usize
+        && k4s.iter().all(|&k| k == k4)
+        && bases.iter().all(|&b| b == qbase)
+        && k4 % 64 == 0
+        && k4 <= 1024;
+    ok.then_some(KernelKey::MatVecQ8E {
+        ty,
+        nr,
+        spl,
+        epi: MatEpi::Norm {
+            k4,
+            kinds,
+            nwg: mat.rows.div_ceil(rpw) as u32,
+            qbase,
+        },
+        atomic: tune.lw_atomic,
+    })
 }

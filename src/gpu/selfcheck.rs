@@ -460,3 +460,157 @@ fn prompt_vs_decode(ctx: &Arc<GpuContext>, mix: &str) -> Result<(f64, usize, usi
     }
     Ok((err / scale.max(1e-30), agree, n))
 }
+
+/// Decode steps of [`attn_lastwg_check`]: positions 0 … 299 in a context of 512, i.e. 1 to
+/// 10 live chunks of 32 positions per head out of 16.
+pub const LASTWG_CHECK_TOKENS: usize = 300;
+
+/// The decode attention's last-workgroup epilogue (`Tune::attn_lastwg`) against the combine
+/// dispatch on the model `src`: [`LASTWG_CHECK_TOKENS`] one-token forwards (positions 0, 1, …,
+/// tokens from a fixed stream) with each, logits compared bit for bit (the epilogue runs the
+/// combine's operations in the same order). One model loaded at a time. Returns one line and
+/// whether the logits were equal.
+pub fn attn_lastwg_check(
+    ctx: &Arc<GpuContext>,
+    src: &dyn super::source::WeightSource,
+) -> Result<(String, bool)> {
+    let with = |lastwg: u32| -> Arc<GpuContext> {
+        let mut tune = ctx.tune;
+        tune.attn_lastwg = lastwg;
+        if tune.attn_split == 0 {
+            tune.attn_split = 32;
+        }
+        Arc::new(GpuContext {
+            device: ctx.device.clone(),
+            queue: ctx.queue.clone(),
+            facts: ctx.facts.clone(),
+            max_binding: ctx.max_binding,
+            subgroup32: ctx.subgroup32,
+            tune,
+        })
+    };
+    let opts = ModelOptions {
+        n_ctx: 512,
+        n_batch: 1,
+        n_seq: 1,
+    };
+    let n = LASTWG_CHECK_TOKENS;
+    let mut runs: Vec<(Vec<f32>, usize)> = Vec::new();
+    for lastwg in [0u32, 1] {
+        let mut m = GpuModel::load(with(lastwg), src, opts.clone())?;
+        let nv = m.cfg.n_vocab as u64;
+        let mut all = Vec::new();
+        for p in 0..n {
+            let tok = ((p as u64 * 2654435761 + 12345) % nv) as u32;
+            all.extend(m.forward(&[(tok, 0, p as u32)], false)?);
+        }
+        runs.push((all, m.dispatches_per_token()));
+    }
+    let (a, b) = (&runs[0], &runs[1]);
+    let nv = a.0.len() / n;
+    let differ: Vec<usize> = (0..n)
+        .filter(|&p| {
+            a.0.get(p * nv..(p + 1) * nv)
+                .zip(b.0.get(p * nv..(p + 1) * nv))
+                .is_none_or(|(x, y)| x.iter().zip(y).any(|(u, v)| u.to_bits() != v.to_bits()))
+        })
+        .collect();
+    let finite = a.0.iter().all(|v| v.is_finite());
+    // Where the epilogue does not apply (no fused decode graph, head size not dividing 256)
+    // both runs use the combine dispatch.
+    let used = b.1 < a.1;
+    let ok = differ.is_empty() && finite && a.0.len() == b.0.len();
+    let line = format!(
+        "decode attention last-workgroup epilogue{} vs combine dispatch, {n} tokens: {} of {n} positions differ{}, dispatches per token {} vs {}, logits finite {finite} {}",
+        if used { "" } else { " (not used on this model)" },
+        differ.len(),
+        differ
+            .first()
+            .map(|p| format!(" (first at position {p})"))
+            .unwrap_or_default(),
+        b.1,
+        a.1,
+        if ok { "ok" } else { "FAILED" }
+    );
+    Ok((line, ok))
+}
+
+/// Stress check of the last-workgroup epilogues of the decode mat-vecs (`Tune::lw_actq`,
+/// `Tune::lw_norm`) on a real model file: `n_tok` one-token decode steps of the model at
+/// `path` with both epilogues on (access mode as `ctx` is tuned, `Tune::lw_atomic`), and
+/// the same steps on another context of the same adapter with both off (the separate
+/// rounding and NormQ8 dispatches), each fed
+/// the first model's greedy tokens. Every logit of every step must be equal bit for bit (a
+/// stale read in a hand-off, or a counter not reset, changes them). Returns whether it
+/// passed and a report line.
+pub fn lastwg_decode_check(
+    ctx: &Arc<GpuContext>,
+    path: &std::path::Path,
+    n_tok: usize,
+) -> Result<(bool, String)> {
+    let with = |on: bool| -> Result<Arc<GpuContext>> {
+        let mut c = GpuContext::new(&super::device::DeviceOptions {
+            adapter_name: Some(ctx.facts.name.clone()),
+            no_subgroups: !ctx.subgroup32,
+            ..Default::default()
+        })?;
+        c.tune = ctx.tune;
+        c.tune.lw_actq = on;
+        c.tune.lw_norm = on;
+        Ok(Arc::new(c))
+    };
+    let on = if ctx.tune.lw_actq && ctx.tune.lw_norm {
+        ctx.clone()
+    } else {
+        with(true)?
+    };
+    let off = with(false)?;
+    let src = super::source::GgufSource::open(path)?;
+    let opts = ModelOptions {
+        n_ctx: n_tok + 1,
+        n_batch: 1,
+        n_seq: 1,
+    };
+    let mut a = GpuModel::load(on.clone(), &src, opts.clone())?;
+    let mut b = GpuModel::load(off, &src, opts)?;
+    let mut tok = 1u32;
+    let (mut bad_steps, mut first_bad, mut worst) = (0usize, None, 0f32);
+    for pos in 0..n_tok {
+        let x = a.forward(&[(tok, 0, pos as u32)], false)?;
+        let y = b.forward(&[(tok, 0, pos as u32)], false)?;
+        let diff = x
+            .iter()
+            .zip(&y)
+            .filter(|(p, q)| p.to_bits() != q.to_bits())
+            .count();
+        if diff > 0 || x.len() != y.len() {
+            bad_steps += 1;
+            first_bad.get_or_insert(pos);
+            worst = x
+                .iter()
+                .zip(&y)
+                .fold(worst, |m, (p, q)| m.max((p - q).abs()));
+        }
+        tok = (0..x.len())
+            .max_by(|&i, &j| x[i].total_cmp(&x[j]))
+            .unwrap_or(0) as u32;
+    }
+    let pass = bad_steps == 0;
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |f| f.to_string_lossy().into_owned(),
+    );
+    Ok((
+        pass,
+        format!(
+            "last-workgroup epilogues {name}: {n_tok} decode steps, {} vs {} dispatches per token (access mode {}): {bad_steps} steps differ in any bit{} {}",
+            a.dispatches_per_token(),
+            b.dispatches_per_token(),
+            on.tune.lw_atomic,
+            first_bad.map_or(String::new(), |p| format!(
+                " (first at position {p}, largest difference {worst:.3e})"
+            )),
+            if pass { "ok" } else { "FAILED" }
+        ),
+    ))
+}
