@@ -10,26 +10,16 @@ use std::sync::Arc;
 
 use ggufq::gpu::kernels::KernelKey;
 use ggufq::gpu::source::Mix;
-use ggufq::gpu::{GpuBackend, GpuContext, GpuModel, ModelOptions, Shape, SynthSource};
+use ggufq::gpu::{GpuBackend, GpuContext, GpuModel, Shape, SynthSource};
 use ggufq::model::cpu::CpuBackend;
 use ggufq::model::{Backend, LogitsWanted, Model};
 
 #[path = "common/gpu_fixture.rs"]
 mod gpu_fixture;
-use gpu_fixture::context_tuned;
+use gpu_fixture::{context_tuned, decode_opts, decode_run, role_count, wide_shape};
 
-/// A shape whose ffn_down rows are 48 units (6 Q8_K blocks): with 32 lanes per row group
-/// each lane takes two units, the second step partly past the row.
-fn wide() -> Shape {
-    Shape {
-        n_embd: 512,
-        n_layer: 2,
-        n_ff: 1536,
-        n_head: 4,
-        n_kv: 2,
-        n_vocab: 512,
-    }
-}
+const PROMPT: [u32; 4] = [5, 300, 17, 42];
+const DECODE: [u32; 8] = [9, 260, 3, 400, 17, 88, 123, 5];
 
 fn ctx_with(fold_actq: bool, fold_norm: bool, lanes: u32) -> Option<Arc<GpuContext>> {
     ctx_nr(fold_actq, fold_norm, lanes, 0)
@@ -42,32 +32,6 @@ fn ctx_nr(fold_actq: bool, fold_norm: bool, lanes: u32, nr: u32) -> Option<Arc<G
         c.tune.q8_lanes = lanes;
         c.tune.fold_nr = nr;
     })
-}
-
-fn opts() -> ModelOptions {
-    ModelOptions {
-        n_ctx: 64,
-        n_batch: 8,
-        n_seq: 1,
-    }
-}
-
-/// Logits of a 4-token prompt (batch graph) and of 8 one-token decode steps after it.
-fn decode_run(m: &mut GpuModel) -> Vec<Vec<f32>> {
-    let prompt: Vec<(u32, u32, u32)> = [5u32, 300, 17, 42]
-        .iter()
-        .enumerate()
-        .map(|(i, &t)| (t, 0, i as u32))
-        .collect();
-    let mut out = vec![m.forward(&prompt, false).unwrap()];
-    for (j, t) in [9u32, 260, 3, 400, 17, 88, 123, 5].into_iter().enumerate() {
-        out.push(m.forward(&[(t, 0, (4 + j) as u32)], false).unwrap());
-    }
-    out
-}
-
-fn count_key(m: &GpuModel, role: &str) -> usize {
-    m.step_roles().iter().filter(|r| **r == role).count()
 }
 
 #[test]
@@ -83,19 +47,22 @@ fn gpu_fold_actq_down_gives_the_rounding_dispatch_bit_for_bit() {
         let on = ctx_nr(true, false, lanes, nr).unwrap();
         let off = ctx_with(false, false, lanes).unwrap();
         for mix in ["q4_k", "q6_k", "q2_k", "q3_k", "q5_k", "q4_0", "q8_0"] {
-            let src =
-                SynthSource::new(wide(), Mix::parse(mix).unwrap(), format!("w-{mix}")).unwrap();
-            let mut a = GpuModel::load(on.clone(), &src, opts()).unwrap();
-            let mut b = GpuModel::load(off.clone(), &src, opts()).unwrap();
+            let src = SynthSource::new(wide_shape(), Mix::parse(mix).unwrap(), format!("w-{mix}"))
+                .unwrap();
+            let mut a = GpuModel::load(on.clone(), &src, decode_opts()).unwrap();
+            let mut b = GpuModel::load(off.clone(), &src, decode_opts()).unwrap();
             // One rounding dispatch fewer per layer, and none left in the decode graph.
             assert_eq!(
                 a.dispatches_per_token() + 2,
                 b.dispatches_per_token(),
                 "{mix} lanes {lanes} nr {nr}"
             );
-            assert_eq!(count_key(&a, "actq"), 0, "{mix} lanes {lanes} nr {nr}");
-            assert_eq!(count_key(&b, "actq"), 2, "{mix} lanes {lanes}");
-            let (ra, rb) = (decode_run(&mut a), decode_run(&mut b));
+            assert_eq!(role_count(&a, "actq"), 0, "{mix} lanes {lanes} nr {nr}");
+            assert_eq!(role_count(&b, "actq"), 2, "{mix} lanes {lanes}");
+            let (ra, rb) = (
+                decode_run(&mut a, &PROMPT, &DECODE),
+                decode_run(&mut b, &PROMPT, &DECODE),
+            );
             for (i, (x, y)) in ra.iter().zip(&rb).enumerate() {
                 if let Some(k) = (0..x.len()).find(|&k| x[k].to_bits() != y[k].to_bits()) {
                     panic!(
@@ -128,24 +95,27 @@ fn gpu_fold_norm_matches_cpu_backend_and_normq8() {
         let sh = if shape == "tiny" {
             Shape::named("tiny").unwrap()
         } else {
-            wide()
+            wide_shape()
         };
         let src = SynthSource::new(sh, Mix::parse(mix).unwrap(), format!("{shape}-{mix}")).unwrap();
         let path = dir.path().join(format!("{shape}-{mix}.gguf"));
         src.write_gguf(&path).unwrap();
-        let mut g = GpuModel::load(folded.clone(), &src, opts()).unwrap();
-        let mut n = GpuModel::load(normq.clone(), &src, opts()).unwrap();
-        assert_eq!(count_key(&g, "norm_q8"), 0, "{shape} {mix}");
-        assert!(count_key(&n, "norm_q8") >= 5, "{shape} {mix}");
+        let mut g = GpuModel::load(folded.clone(), &src, decode_opts()).unwrap();
+        let mut n = GpuModel::load(normq.clone(), &src, decode_opts()).unwrap();
+        assert_eq!(role_count(&g, "norm_q8"), 0, "{shape} {mix}");
+        assert!(role_count(&n, "norm_q8") >= 5, "{shape} {mix}");
         if (shape, mix) == ("tiny", "q4_k") {
             // qkv, attention, attention combine + rounding (in the attention's last
             // workgroups with `attn_lastwg`), wo, gate_up, down per layer; output.
             let per_layer = if folded.tune.attn_lastwg != 0 { 5 } else { 6 };
             assert_eq!(g.dispatches_per_token(), per_layer * 2 + 1);
         }
-        let (rg, rn) = (decode_run(&mut g), decode_run(&mut n));
-        let mut m32 = GpuModel::load(lanes32.clone(), &src, opts()).unwrap();
-        let r32 = decode_run(&mut m32);
+        let (rg, rn) = (
+            decode_run(&mut g, &PROMPT, &DECODE),
+            decode_run(&mut n, &PROMPT, &DECODE),
+        );
+        let mut m32 = GpuModel::load(lanes32.clone(), &src, decode_opts()).unwrap();
+        let r32 = decode_run(&mut m32, &PROMPT, &DECODE);
         // The prompt row (batch graph) is the same computation in both.
         assert_eq!(rg[0], rn[0], "{shape} {mix}: prompt row");
         // CPU backend on the same steps.
@@ -237,9 +207,10 @@ fn gpu_decode_parameter_cache_follows_shape_changes() {
         return;
     };
     let off = context_tuned(|c| c.tune.param_cache = false).unwrap();
-    let src = SynthSource::new(wide(), Mix::parse("q4_k_m").unwrap(), "w".to_string()).unwrap();
-    let mut a = GpuModel::load(on, &src, opts()).unwrap();
-    let mut b = GpuModel::load(off, &src, opts()).unwrap();
+    let src =
+        SynthSource::new(wide_shape(), Mix::parse("q4_k_m").unwrap(), "w".to_string()).unwrap();
+    let mut a = GpuModel::load(on, &src, decode_opts()).unwrap();
+    let mut b = GpuModel::load(off, &src, decode_opts()).unwrap();
     type Call = (Vec<(u32, u32, u32)>, bool);
     let calls: Vec<Call> = vec![
         (vec![(5, 0, 0), (300, 0, 1), (17, 0, 2)], false),

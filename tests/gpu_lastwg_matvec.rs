@@ -11,25 +11,13 @@ use std::sync::Arc;
 
 use ggufq::gpu::kernels::{KernelKey, Kernels, MatEpi};
 use ggufq::gpu::source::Mix;
-use ggufq::gpu::{GpuBackend, GpuContext, GpuModel, ModelOptions, Shape, SynthSource};
+use ggufq::gpu::{GpuBackend, GpuContext, GpuModel, Shape, SynthSource};
 use ggufq::model::cpu::CpuBackend;
 use ggufq::model::{Backend, LogitsWanted, Model};
 
 #[path = "common/gpu_fixture.rs"]
 mod gpu_fixture;
-use gpu_fixture::context_tuned;
-
-/// 512-wide rows, ffn rows of 1536 (6 Q8_K blocks, 48 Q8_0 blocks).
-fn wide() -> Shape {
-    Shape {
-        n_embd: 512,
-        n_layer: 2,
-        n_ff: 1536,
-        n_head: 4,
-        n_kv: 2,
-        n_vocab: 512,
-    }
-}
+use gpu_fixture::{context_tuned, decode_opts, decode_run, role_count, wide_shape};
 
 fn ctx(actq: bool, norm: bool, atomic: u32, lanes: u32) -> Option<Arc<GpuContext>> {
     context_tuned(|c| {
@@ -40,34 +28,8 @@ fn ctx(actq: bool, norm: bool, atomic: u32, lanes: u32) -> Option<Arc<GpuContext
     })
 }
 
-fn opts() -> ModelOptions {
-    ModelOptions {
-        n_ctx: 64,
-        n_batch: 8,
-        n_seq: 1,
-    }
-}
-
 const PROMPT: [u32; 4] = [5, 300, 17, 42];
 const DECODE: [u32; 10] = [9, 260, 3, 400, 17, 88, 123, 5, 5, 77];
-
-/// Logits of a 4-token prompt (batch graph) and of one-token decode steps after it.
-fn decode_run(m: &mut GpuModel) -> Vec<Vec<f32>> {
-    let prompt: Vec<(u32, u32, u32)> = PROMPT
-        .iter()
-        .enumerate()
-        .map(|(i, &t)| (t, 0, i as u32))
-        .collect();
-    let mut out = vec![m.forward(&prompt, false).unwrap()];
-    for (j, t) in DECODE.into_iter().enumerate() {
-        out.push(m.forward(&[(t, 0, (4 + j) as u32)], false).unwrap());
-    }
-    out
-}
-
-fn count(m: &GpuModel, role: &str) -> usize {
-    m.step_roles().iter().filter(|r| **r == role).count()
-}
 
 /// First (row, logit) where two runs differ in any bit.
 fn first_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> Option<(usize, usize, f32, f32)> {
@@ -101,7 +63,7 @@ fn sources(dir: &std::path::Path) -> Vec<(String, SynthSource)> {
         let sh = if shape == "tiny" {
             Shape::named("tiny").unwrap()
         } else {
-            wide()
+            wide_shape()
         };
         let m = if mix == "split" {
             Mix::load(yaml.to_str().unwrap()).unwrap()
@@ -133,17 +95,17 @@ fn gpu_lastwg_epilogues_give_the_dispatch_graph_bit_for_bit() {
     let off32 = ctx(false, false, 1, 32).unwrap();
     let mut seen_act = 0;
     for (name, src) in sources(dir.path()) {
-        let mut b = GpuModel::load(off.clone(), &src, opts()).unwrap();
-        let mut b32 = GpuModel::load(off32.clone(), &src, opts()).unwrap();
-        let rb = decode_run(&mut b);
-        let rb32 = decode_run(&mut b32);
-        let (nq_off, aq_off) = (count(&b, "norm_q8"), count(&b, "actq"));
+        let mut b = GpuModel::load(off.clone(), &src, decode_opts()).unwrap();
+        let mut b32 = GpuModel::load(off32.clone(), &src, decode_opts()).unwrap();
+        let rb = decode_run(&mut b, &PROMPT, &DECODE);
+        let rb32 = decode_run(&mut b32, &PROMPT, &DECODE);
+        let (nq_off, aq_off) = (role_count(&b, "norm_q8"), role_count(&b, "actq"));
         let layers = b.n_layers();
         // Every group's NormQ8 is there (QKV with two kinds where attn_v is Q8_0).
         assert!(nq_off > 2 * layers, "{name}: {nq_off} NormQ8");
         for (vn, c) in &variants {
-            let mut a = GpuModel::load(c.clone(), &src, opts()).unwrap();
-            let (nq_on, aq_on) = (count(&a, "norm_q8"), count(&a, "actq"));
+            let mut a = GpuModel::load(c.clone(), &src, decode_opts()).unwrap();
+            let (nq_on, aq_on) = (role_count(&a, "norm_q8"), role_count(&a, "actq"));
             if c.tune.lw_norm {
                 // Only the NormQ8(s) after the embedding are left, and (Q8_0 without the
                 // rounding epilogue) those after the ffn_down that rounds its own input
@@ -169,7 +131,7 @@ fn gpu_lastwg_epilogues_give_the_dispatch_graph_bit_for_bit() {
                 b.dispatches_per_token(),
                 "{name} {vn}: dispatches"
             );
-            let ra = decode_run(&mut a);
+            let ra = decode_run(&mut a, &PROMPT, &DECODE);
             let want = if c.tune.q8_lanes == 32 { &rb32 } else { &rb };
             if let Some((i, k, x, y)) = first_diff(&ra, want) {
                 panic!("{name} {vn}: row {i} logit {k}: epilogue {x} vs dispatches {y}");
@@ -191,9 +153,10 @@ fn gpu_lastwg_counters_reset_between_tokens() {
         return;
     };
     let off = ctx(false, false, 1, 0).unwrap();
-    let src = SynthSource::new(wide(), Mix::parse("q4_k_m").unwrap(), "w".to_string()).unwrap();
-    let mut a = GpuModel::load(on, &src, opts()).unwrap();
-    let mut b = GpuModel::load(off, &src, opts()).unwrap();
+    let src =
+        SynthSource::new(wide_shape(), Mix::parse("q4_k_m").unwrap(), "w".to_string()).unwrap();
+    let mut a = GpuModel::load(on, &src, decode_opts()).unwrap();
+    let mut b = GpuModel::load(off, &src, decode_opts()).unwrap();
     for m in [&mut a, &mut b] {
         m.forward(&[(5, 0, 0), (300, 0, 1)], false).unwrap();
     }

@@ -1524,28 +1524,8 @@ fn matvec_q8e_source(
                 "@group(0) @binding(5) var<storage, read> NW: array<vec4<f32>>;\n".to_string();
             let mut code = format!(
                 "    // NormQ8 of the residual row Y[0 .. 4·K4] (normq8_regs_source's body).
-    let live = lid * 4u < K4;
-    let i0 = min(lid, K4 / 4u - 1u) * 4u;
-    let a0 = ld4(i0);
-    let a1 = ld4(i0 + 1u);
-    let a2 = ld4(i0 + 2u);
-    let a3 = ld4(i0 + 3u);
-    let n0 = NW[i0];
-    let n1 = NW[i0 + 1u];
-    let n2 = NW[i0 + 2u];
-    let n3 = NW[i0 + 3u];
-    var ss = 0.0;
-    if (live) {{
-        ss = ((dot(a0, a0) + dot(a1, a1)) + dot(a2, a2)) + dot(a3, a3);
-    }}
-{reduce}    let inv = 1.0 / sqrt(tot / f32(K4 * 4u) + bitcast<f32>(P.pad1));
-    let v0 = a0 * inv * n0;
-    let v1 = a1 * inv * n1;
-    let v2 = a2 * inv * n2;
-    let v3 = a3 * inv * n3;
-    mx[lid] = select(0.0, max(max(amax4(v0), amax4(v1)), max(amax4(v2), amax4(v3))), live);
-    workgroupBarrier();
-"
+{norm}",
+                norm = normq8_norm(reduce, "ld4($I)")
             );
             for (bit, act, out) in [(1u32, 3u32, "Q0"), (2, 4, "Q1")] {
                 if kinds & bit == 0 {
@@ -1872,6 +1852,42 @@ fn normq8_rounding(act: u32) -> (u32, &'static str, &'static str) {
     }
 }
 
+/// The normalisation part of [`KernelKey::NormQ8`] in registers: each thread loads 16
+/// consecutive values (vec4 `i` through `load`, e.g. `X[P.x_off + $I]`, `$I` replaced by the
+/// index), Σx² is reduced (`reduce`), then x · inv · w and the per-thread maxima go to `mx`.
+/// Shared by the NormQ8 kernel and the mat-vec NormQ8 epilogue, so both give the same values.
+fn normq8_norm(reduce: &str, load: &str) -> String {
+    let ld = |i: &str| load.replace("$I", i);
+    format!(
+        "    let live = lid * 4u < K4;
+    let i0 = min(lid, K4 / 4u - 1u) * 4u;
+    let a0 = {l0};
+    let a1 = {l1};
+    let a2 = {l2};
+    let a3 = {l3};
+    let n0 = NW[i0];
+    let n1 = NW[i0 + 1u];
+    let n2 = NW[i0 + 2u];
+    let n3 = NW[i0 + 3u];
+    var ss = 0.0;
+    if (live) {{
+        ss = ((dot(a0, a0) + dot(a1, a1)) + dot(a2, a2)) + dot(a3, a3);
+    }}
+{reduce}    let inv = 1.0 / sqrt(tot / f32(K4 * 4u) + bitcast<f32>(P.pad1));
+    let v0 = a0 * inv * n0;
+    let v1 = a1 * inv * n1;
+    let v2 = a2 * inv * n2;
+    let v3 = a3 * inv * n3;
+    mx[lid] = select(0.0, max(max(amax4(v0), amax4(v1)), max(amax4(v2), amax4(v3))), live);
+    workgroupBarrier();
+",
+        l0 = ld("i0"),
+        l1 = ld("i0 + 1u"),
+        l2 = ld("i0 + 2u"),
+        l3 = ld("i0 + 3u"),
+    )
+}
+
 /// [`KernelKey::NormQ8`] for rows of at most 4096 values: each thread holds 16 consecutive
 /// values in registers (half a 32-value unit), so the kernel needs two workgroup barriers
 /// (the sum of squares, the block maxima) instead of the prologue's tree passes. Same
@@ -1902,28 +1918,7 @@ fn amax4(v: vec4<f32>) -> f32 {{
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32) {{
-    let live = lid * 4u < K4;
-    let i0 = min(lid, K4 / 4u - 1u) * 4u;
-    let a0 = X[P.x_off + i0];
-    let a1 = X[P.x_off + i0 + 1u];
-    let a2 = X[P.x_off + i0 + 2u];
-    let a3 = X[P.x_off + i0 + 3u];
-    let n0 = NW[i0];
-    let n1 = NW[i0 + 1u];
-    let n2 = NW[i0 + 2u];
-    let n3 = NW[i0 + 3u];
-    var ss = 0.0;
-    if (live) {{
-        ss = ((dot(a0, a0) + dot(a1, a1)) + dot(a2, a2)) + dot(a3, a3);
-    }}
-{reduce}    let inv = 1.0 / sqrt(tot / f32(K4 * 4u) + bitcast<f32>(P.pad1));
-    let v0 = a0 * inv * n0;
-    let v1 = a1 * inv * n1;
-    let v2 = a2 * inv * n2;
-    let v3 = a3 * inv * n3;
-    mx[lid] = select(0.0, max(max(amax4(v0), amax4(v1)), max(amax4(v2), amax4(v3))), live);
-    workgroupBarrier();
-    let g0 = lid - lid % TPB;
+{norm}    let g0 = lid - lid % TPB;
     var amax = 0.0;
     for (var j = 0u; j < TPB; j++) {{
         amax = max(amax, mx[g0 + j]);
@@ -1945,7 +1940,8 @@ fn main(@builtin(local_invocation_index) lid: u32) {{
     }}
 }}
 ",
-        fns = actq_functions()
+        fns = actq_functions(),
+        norm = normq8_norm(reduce, "X[P.x_off + $I]"),
     )
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ggufq::gpu::source::Mix;
-use ggufq::gpu::{DeviceOptions, GpuContext, Shape, SynthSource};
+use ggufq::gpu::{DeviceOptions, GpuContext, GpuModel, ModelOptions, Shape, SynthSource};
 
 /// The default adapter, or `None` (test skipped) when there is none and GGUFQ_SKIP_GPU=1.
 /// Without an adapter and without that variable the test fails: CI must run them.
@@ -100,4 +100,49 @@ pub fn rms_rel(a: &[f32], b: &[f32]) -> f64 {
     let d: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
     let r: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (d / r).sqrt()
+}
+
+/// A 2-layer shape with 512-wide rows and ffn rows of 1536 (6 Q8_K blocks, 48 Q8_0 blocks):
+/// with 32 lanes per row group each ffn_down lane takes two units, the second partly past
+/// the row.
+pub fn wide_shape() -> Shape {
+    Shape {
+        n_embd: 512,
+        n_layer: 2,
+        n_ff: 1536,
+        n_head: 4,
+        n_kv: 2,
+        n_vocab: 512,
+    }
+}
+
+/// Model options of the decode tests: 64 positions, batches of 8, one sequence.
+pub fn decode_opts() -> ModelOptions {
+    ModelOptions {
+        n_ctx: 64,
+        n_batch: 8,
+        n_seq: 1,
+    }
+}
+
+/// Logits of `prompt` (one batch, last token) and then of each `decode` token, one call each.
+pub fn decode_run(m: &mut GpuModel, prompt: &[u32], decode: &[u32]) -> Vec<Vec<f32>> {
+    let p: Vec<(u32, u32, u32)> = prompt
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| (t, 0, i as u32))
+        .collect();
+    let mut out = vec![m.forward(&p, false).unwrap()];
+    for (j, &t) in decode.iter().enumerate() {
+        out.push(
+            m.forward(&[(t, 0, (prompt.len() + j) as u32)], false)
+                .unwrap(),
+        );
+    }
+    out
+}
+
+/// Steps of the model's decode graph with role `role`.
+pub fn role_count(m: &GpuModel, role: &str) -> usize {
+    m.step_roles().iter().filter(|r| **r == role).count()
 }
