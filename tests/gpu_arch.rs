@@ -718,34 +718,11 @@ fn gpu_arch_missing_tensor_is_named() {
     // A qwen3 file without its Q norm of layer 1: the GPU load names the tensor.
     let dir = tempfile::tempdir().unwrap();
     let p = write(dir.path(), &spec("qwen3", GgmlType::F32, 128));
-    struct Drop1(GgufSource);
-    impl WeightSource for Drop1 {
-        fn meta_u64(&self, key: &str) -> Option<u64> {
-            self.0.meta_u64(key)
-        }
-        fn meta_f64(&self, key: &str) -> Option<f64> {
-            self.0.meta_f64(key)
-        }
-        fn meta_str(&self, key: &str) -> Option<String> {
-            self.0.meta_str(key)
-        }
-        fn tensor(&self, name: &str) -> ggufq::error::Result<Option<TensorView<'_>>> {
-            if name == "blk.1.attn_q_norm.weight" {
-                return Ok(None);
-            }
-            self.0.tensor(name)
-        }
-        fn tensor_list(&self) -> Vec<(String, GgmlType, Vec<u64>)> {
-            self.0.tensor_list()
-        }
-        fn label(&self) -> String {
-            self.0.label()
-        }
-        fn hparams(&self) -> Option<ggufq::error::Result<HParams>> {
-            self.0.hparams()
-        }
-    }
-    let src = Drop1(GgufSource::open(&p).unwrap());
+    let file = GgufSource::open(&p).unwrap();
+    let src = gpu_fixture::Without {
+        src: &file,
+        name: "blk.1.attn_q_norm.weight",
+    };
     let err = GpuModel::load(ctx, &src, ModelOptions::default())
         .err()
         .expect("missing tensor")

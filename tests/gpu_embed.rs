@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use ggufq::gpu::embed::lookup_rows;
 use ggufq::gpu::model::{GpuModel, ModelOptions};
-use ggufq::gpu::source::{SynthSource, TensorView, WeightSource};
 use ggufq::gpu::DeviceOptions;
 use ggufq::quant::{dequantize_row, quantize_tensor, GgmlType};
 
@@ -111,35 +110,6 @@ fn gpu_embedding_rejects_ids_outside_the_matrix() {
     assert!(e.contains("token id 4") && e.contains("4 rows"), "{e}");
 }
 
-/// `src` without its `output.weight`: the output matrix is the tied token embedding.
-struct Tied<'a>(&'a SynthSource);
-
-impl WeightSource for Tied<'_> {
-    fn meta_u64(&self, key: &str) -> Option<u64> {
-        self.0.meta_u64(key)
-    }
-    fn meta_f64(&self, key: &str) -> Option<f64> {
-        self.0.meta_f64(key)
-    }
-    fn meta_str(&self, key: &str) -> Option<String> {
-        self.0.meta_str(key)
-    }
-    fn tensor(&self, name: &str) -> ggufq::error::Result<Option<TensorView<'_>>> {
-        if name == "output.weight" {
-            return Ok(None);
-        }
-        self.0.tensor(name)
-    }
-    fn tensor_list(&self) -> Vec<(String, GgmlType, Vec<u64>)> {
-        let mut v = self.0.tensor_list();
-        v.retain(|(n, _, _)| n != "output.weight");
-        v
-    }
-    fn label(&self) -> String {
-        format!("{} (tied)", self.0.label())
-    }
-}
-
 /// With tied embeddings the GPU look-up reads the output matrix's own upload: no second copy
 /// of the embedding on the GPU, and the same prompt logits as the CPU look-up.
 #[test]
@@ -157,7 +127,11 @@ fn gpu_embedding_of_tied_models_reuses_the_output_matrix() {
     };
     for mix in ["q8_0", "q4_0"] {
         let synth = gpu_fixture::tiny_source(mix);
-        let src = Tied(&synth);
+        // Without `output.weight`, the output matrix is the tied token embedding.
+        let src = gpu_fixture::Without {
+            src: &synth,
+            name: "output.weight",
+        };
         let mut a = GpuModel::load(on.clone(), &src, opts.clone()).unwrap();
         let mut b = GpuModel::load(off.clone(), &src, opts.clone()).unwrap();
         assert_eq!(

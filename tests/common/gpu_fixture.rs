@@ -6,8 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ggufq::gpu::source::Mix;
+use ggufq::gpu::source::{Mix, TensorView, WeightSource};
 use ggufq::gpu::{DeviceOptions, GpuContext, GpuModel, ModelOptions, Shape, SynthSource};
+use ggufq::model::HParams;
+use ggufq::quant::GgmlType;
 
 /// The default adapter, or `None` (test skipped) when there is none and GGUFQ_SKIP_GPU=1.
 /// Without an adapter and without that variable the test fails: CI must run them.
@@ -145,4 +147,40 @@ pub fn decode_run(m: &mut GpuModel, prompt: &[u32], decode: &[u32]) -> Vec<Vec<f
 /// Steps of the model's decode graph with role `role`.
 pub fn role_count(m: &GpuModel, role: &str) -> usize {
     m.step_roles().iter().filter(|r| **r == role).count()
+}
+
+/// `src` without its tensor `name` (neither looked up nor listed), everything else as `src`
+/// has it: a file missing that tensor (e.g. `output.weight`: tied embeddings).
+pub struct Without<'a> {
+    pub src: &'a dyn WeightSource,
+    pub name: &'static str,
+}
+
+impl WeightSource for Without<'_> {
+    fn meta_u64(&self, key: &str) -> Option<u64> {
+        self.src.meta_u64(key)
+    }
+    fn meta_f64(&self, key: &str) -> Option<f64> {
+        self.src.meta_f64(key)
+    }
+    fn meta_str(&self, key: &str) -> Option<String> {
+        self.src.meta_str(key)
+    }
+    fn tensor(&self, name: &str) -> ggufq::error::Result<Option<TensorView<'_>>> {
+        if name == self.name {
+            return Ok(None);
+        }
+        self.src.tensor(name)
+    }
+    fn tensor_list(&self) -> Vec<(String, GgmlType, Vec<u64>)> {
+        let mut v = self.src.tensor_list();
+        v.retain(|(n, _, _)| n != self.name);
+        v
+    }
+    fn label(&self) -> String {
+        self.src.label()
+    }
+    fn hparams(&self) -> Option<ggufq::error::Result<HParams>> {
+        self.src.hparams()
+    }
 }
