@@ -1517,9 +1517,12 @@ impl GpuModel {
         }
         // Last-workgroup epilogues (`Tune::lw_actq`, `Tune::lw_norm`): a decode mat-vec
         // takes over the rounding or NormQ8 dispatches right after it.
-        let counters = scratch(&ctx, "last-workgroup counters", 2 + cfg.n_ff / 32);
         let (bgl_e, pl_e) = buffer_layouts(&ctx, "mat epilogue", b"rrwwurwww");
         if fuse_norm && (ctx.tune.lw_actq || ctx.tune.lw_norm) {
+            // Counter 0: the NormQ8 epilogue's dispatch; 1 + b: activation block b.
+            let n_cnt = 2 + cfg.n_ff / 32;
+            let counters = super::counters::counter_buffer(&ctx, "last-workgroup counters", n_cnt);
+            mem.scratch += 4 * n_cnt as u64;
             let unused_r = scratch(&ctx, "unused (read)", 4);
             let unused_w = scratch(&ctx, "unused (write)", 4);
             let bufs = bufs_of.borrow();
@@ -1625,7 +1628,6 @@ impl GpuModel {
                 return Err(Error::msg("internal: params slots underestimated"));
             }
         }
-        mem.scratch += 4 * (2 + cfg.n_ff / 32) as u64;
         mem.scratch += act.borrow().bytes;
         if attn_part.is_some() {
             mem.scratch += 4 * (attn_stats + 2 * cfg.n_head * attn_nch as usize) as u64;
@@ -2163,13 +2165,12 @@ impl GpuModel {
         rx.recv()
             .map_err(|e| Error::msg(format!("GPU readback: {e}")))?
             .map_err(|e| Error::msg(format!("GPU readback map failed: {e}")))?;
-        let out = {
+        let mut out = {
             let view = slice
                 .get_mapped_range()
                 .map_err(|e| Error::msg(format!("GPU readback view: {e:?}")))?;
             bytemuck::cast_slice::<u8, f32>(&view).to_vec()
         };
-        let mut out = out;
         self.cfg.ops.apply_softcap(&mut out);
         self.staging.unmap();
         let t_read = Instant::now();
