@@ -1,6 +1,8 @@
 //! Adapter and device setup: request the adapter's own limits and the optional features
 //! (subgroups, f16, timestamp queries) when present, with a path that works without them.
 
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
 
 /// Options for opening a GPU device.
@@ -151,6 +153,21 @@ impl GpuContext {
             max_binding,
             subgroup32,
             tune: super::kernels::Tune::from_env(),
+        })
+    }
+
+    /// The same device and queue with the kernel choices changed by `tune` (to compare
+    /// engine variants on one adapter without opening it again).
+    pub fn retuned(&self, tune: impl FnOnce(&mut super::kernels::Tune)) -> Arc<GpuContext> {
+        let mut t = self.tune;
+        tune(&mut t);
+        Arc::new(GpuContext {
+            device: self.device.clone(),
+            queue: self.queue.clone(),
+            facts: self.facts.clone(),
+            max_binding: self.max_binding,
+            subgroup32: self.subgroup32,
+            tune: t,
         })
     }
 

@@ -474,19 +474,12 @@ pub fn attn_lastwg_check(
     ctx: &Arc<GpuContext>,
     src: &dyn super::source::WeightSource,
 ) -> Result<(String, bool)> {
-    let with = |lastwg: u32| -> Arc<GpuContext> {
-        let mut tune = ctx.tune;
-        tune.attn_lastwg = lastwg;
-        if tune.attn_split == 0 {
-            tune.attn_split = 32;
-        }
-        Arc::new(GpuContext {
-            device: ctx.device.clone(),
-            queue: ctx.queue.clone(),
-            facts: ctx.facts.clone(),
-            max_binding: ctx.max_binding,
-            subgroup32: ctx.subgroup32,
-            tune,
+    let with = |lastwg: u32| {
+        ctx.retuned(|t| {
+            t.attn_lastwg = lastwg;
+            if t.attn_split == 0 {
+                t.attn_split = 32;
+            }
         })
     };
     let opts = ModelOptions {
@@ -538,9 +531,8 @@ pub fn attn_lastwg_check(
 /// Stress check of the last-workgroup epilogues of the decode mat-vecs (`Tune::lw_actq`,
 /// `Tune::lw_norm`) on a real model file: `n_tok` one-token decode steps of the model at
 /// `path` with both epilogues on (access mode as `ctx` is tuned, `Tune::lw_atomic`), and
-/// the same steps on another context of the same adapter with both off (the separate
-/// rounding and NormQ8 dispatches), each fed
-/// the first model's greedy tokens. Every logit of every step must be equal bit for bit (a
+/// the same steps with both off (the separate rounding and NormQ8 dispatches) on the same
+/// device, each fed the first model's greedy tokens. Every logit of every step must be equal bit for bit (a
 /// stale read in a hand-off, or a counter not reset, changes them). Returns whether it
 /// passed and a report line.
 pub fn lastwg_decode_check(
@@ -548,23 +540,14 @@ pub fn lastwg_decode_check(
     path: &std::path::Path,
     n_tok: usize,
 ) -> Result<(bool, String)> {
-    let with = |on: bool| -> Result<Arc<GpuContext>> {
-        let mut c = GpuContext::new(&super::device::DeviceOptions {
-            adapter_name: Some(ctx.facts.name.clone()),
-            no_subgroups: !ctx.subgroup32,
-            ..Default::default()
-        })?;
-        c.tune = ctx.tune;
-        c.tune.lw_actq = on;
-        c.tune.lw_norm = on;
-        Ok(Arc::new(c))
+    let with = |on: bool| {
+        ctx.retuned(|t| {
+            t.lw_actq = on;
+            t.lw_norm = on;
+        })
     };
-    let on = if ctx.tune.lw_actq && ctx.tune.lw_norm {
-        ctx.clone()
-    } else {
-        with(true)?
-    };
-    let off = with(false)?;
+    let on = with(true);
+    let off = with(false);
     let src = super::source::GgufSource::open(path)?;
     let opts = ModelOptions {
         n_ctx: n_tok + 1,
