@@ -198,55 +198,41 @@ fn run_pp(e: &mut dyn Engine, n: usize, rng: &mut Lcg, lat: &mut Vec<f64>) -> Re
     Ok(t.elapsed())
 }
 
+/// Decode `n` tokens one call at a time (random tokens, positions 0, 1, …, `par` sequences
+/// per call), each call's latency pushed to `lat`. With `stop_after`, stop after the first
+/// call at which that much time has passed (at least one call). Returns the elapsed time
+/// and the calls made.
 fn run_tg(
     e: &mut dyn Engine,
     n: usize,
     par: usize,
     rng: &mut Lcg,
     lat: &mut Vec<f64>,
-) -> Result<Duration> {
+    stop_after: Option<Duration>,
+) -> Result<(Duration, usize)> {
     let nv = e.n_vocab();
     let t = Instant::now();
-    for p in 0..n {
+    let mut done = 0;
+    for p in 0..n.max(usize::from(stop_after.is_some())) {
         let toks: Vec<(u32, u32, u32)> = (0..par)
             .map(|s| (rng.next(nv), s as u32, p as u32))
             .collect();
         let t1 = Instant::now();
         e.forward(&toks, false)?;
         lat.push(t1.elapsed().as_secs_f64() * 1e3);
-    }
-    Ok(t.elapsed())
-}
-
-/// Time budget of the `tg` warm-up: llama-bench decodes one untimed token, which leaves a
-/// GPU that was idle (loading, or a `-p 0` run) at low clocks for the first timed
-/// repetition (H100, 7B: the first tg128 repetition 20–30 % slower than the others).
-const TG_WARMUP: Duration = Duration::from_secs(1);
-
-/// Untimed decode of up to `n` tokens, stopping after the first token at which `budget` has
-/// passed (at least one token, as llama-bench's warm-up). Returns the tokens decoded.
-fn warm_tg(
-    e: &mut dyn Engine,
-    n: usize,
-    par: usize,
-    rng: &mut Lcg,
-    budget: Duration,
-) -> Result<usize> {
-    let nv = e.n_vocab();
-    let t = Instant::now();
-    let mut done = 0;
-    for p in 0..n.max(1) {
-        let toks: Vec<(u32, u32, u32)> = (0..par)
-            .map(|s| (rng.next(nv), s as u32, p as u32))
-            .collect();
-        e.forward(&toks, false)?;
         done += 1;
-        if t.elapsed() >= budget {
+        if stop_after.is_some_and(|b| t.elapsed() >= b) {
             break;
         }
     }
-    Ok(done)
+    Ok((t.elapsed(), done))
 }
+
+/// Time budget of the `tg` warm-up (`run_tg`'s `stop_after`): llama-bench decodes one
+/// untimed token, which leaves a GPU that was idle (loading, or a `-p 0` run) at low clocks
+/// for the first timed repetition (H100, 7B: the first tg128 repetition 20–30 % slower than
+/// the others).
+const TG_WARMUP: Duration = Duration::from_secs(1);
 
 /// Run one test on an engine.
 pub fn run_test(e: &mut dyn Engine, kind: TestKind, cfg: &RunConfig) -> Result<BenchResult> {
@@ -279,7 +265,7 @@ pub fn run_test(e: &mut dyn Engine, kind: TestKind, cfg: &RunConfig) -> Result<B
             run_pp(e, n, &mut rng, &mut scratch)?;
         }
         TestKind::Tg(n) => {
-            warm_tg(e, n, par, &mut rng, TG_WARMUP)?;
+            run_tg(e, n, par, &mut rng, &mut scratch, Some(TG_WARMUP))?;
         }
     }
     let mut lat = Vec::new();
@@ -290,7 +276,7 @@ pub fn run_test(e: &mut dyn Engine, kind: TestKind, cfg: &RunConfig) -> Result<B
     loop {
         let d = match kind {
             TestKind::Pp(n) => run_pp(e, n, &mut rng, &mut lat)?,
-            TestKind::Tg(n) => run_tg(e, n, par, &mut rng, &mut lat)?,
+            TestKind::Tg(n) => run_tg(e, n, par, &mut rng, &mut lat, None)?.0,
         };
         ns.push(d.as_nanos() as u64);
         r += 1;
@@ -398,12 +384,27 @@ mod tests {
             next_pos: 0,
         };
         let mut rng = Lcg(1);
+        let mut lat = Vec::new();
         // No budget: one token, like llama-bench.
-        assert_eq!(warm_tg(&mut e, 16, 1, &mut rng, Duration::ZERO).unwrap(), 1);
+        assert_eq!(
+            run_tg(&mut e, 16, 1, &mut rng, &mut lat, Some(Duration::ZERO))
+                .unwrap()
+                .1,
+            1
+        );
         assert_eq!(e.calls, 1);
         // A budget longer than the run: the whole test, untimed.
         assert_eq!(
-            warm_tg(&mut e, 16, 1, &mut rng, Duration::from_secs(60)).unwrap(),
+            run_tg(
+                &mut e,
+                16,
+                1,
+                &mut rng,
+                &mut lat,
+                Some(Duration::from_secs(60))
+            )
+            .unwrap()
+            .1,
             16
         );
         assert_eq!(e.calls, 17);
