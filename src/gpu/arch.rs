@@ -117,9 +117,7 @@ impl ArchOps {
     /// `c·tanh(v / c)` on every logit, as the CPU backend applies `final_logit_softcapping`.
     pub fn apply_softcap(&self, logits: &mut [f32]) {
         if let Some(c) = self.logit_softcap {
-            logits
-                .iter_mut()
-                .for_each(|v| *v = (*v * (1.0 / c)).tanh() * c);
+            crate::model::cpu::softcap(logits, c);
         }
     }
 }
@@ -212,9 +210,9 @@ impl LlamaConfig {
     }
 }
 
-/// The RoPE cos/sin table of positions `0..n_ctx` for `n_rot` rotated dimensions: the same
-/// f32 angles as the CPU backend (and ggml_rope_ext), theta accumulated by repeated
-/// multiplication, times `scale`, divided by the optional frequency factors.
+/// The RoPE cos/sin table of positions `0..n_ctx` for `n_rot` rotated dimensions, flat
+/// (cos, sin, cos, …): the CPU backend's [`rope_cos_sin`](crate::model::cpu::rope_cos_sin)
+/// angles (ggml_rope_ext's), times `scale`, divided by the optional frequency factors.
 pub fn rope_table(
     n_ctx: usize,
     n_rot: usize,
@@ -222,20 +220,10 @@ pub fn rope_table(
     scale: f32,
     factors: Option<&[f32]>,
 ) -> Vec<f32> {
-    let half = n_rot / 2;
-    let mut cs = Vec::with_capacity(n_ctx * half * 2);
-    let theta_scale = base.powf(-2.0 / n_rot as f32);
-    for p in 0..n_ctx {
-        let mut theta = p as f32;
-        for i in 0..half {
-            let ff = factors.and_then(|f| f.get(i).copied()).unwrap_or(1.0);
-            let th = scale * theta / ff;
-            cs.push(th.cos());
-            cs.push(th.sin());
-            theta *= theta_scale;
-        }
-    }
-    cs
+    crate::model::cpu::rope_cos_sin(0, n_ctx, n_rot, base, scale, factors)
+        .into_iter()
+        .flat_map(|(c, s)| [c, s])
+        .collect()
 }
 
 /// Flags word of the `qk_prep` kernel's parameters.

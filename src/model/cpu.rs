@@ -535,6 +535,40 @@ pub struct CpuBackend {
 /// A RoPE cos/sin table and the (base, scale) it was made for.
 type RopeTable = ((f32, f32), Vec<(f32, f32)>);
 
+/// cos/sin of every rotated pair for positions `pos0..pos0+n` (row t: `rope_dim / 2` pairs)
+/// as ggml_rope_ext computes them: theta accumulated by repeated multiplication with
+/// `base^(-2 / rope_dim)`, times `freq_scale`, divided by the optional frequency `factors`.
+/// The GPU engine's table is this one, so both backends rotate by bit-identical angles.
+pub fn rope_cos_sin(
+    pos0: usize,
+    n: usize,
+    rope_dim: usize,
+    base: f32,
+    freq_scale: f32,
+    factors: Option<&[f32]>,
+) -> Vec<(f32, f32)> {
+    let half = rope_dim / 2;
+    let theta_scale = base.powf(-2.0 / rope_dim as f32);
+    let mut cs = vec![(0f32, 0f32); n * half];
+    for (t, row) in cs.chunks_mut(half.max(1)).enumerate().take(n) {
+        let mut theta = (pos0 + t) as f32;
+        for (i, c) in row.iter_mut().enumerate() {
+            let ff = factors.and_then(|f| f.get(i).copied()).unwrap_or(1.0);
+            let th = freq_scale * theta / ff;
+            *c = (th.cos(), th.sin());
+            theta *= theta_scale;
+        }
+    }
+    cs
+}
+
+/// Logit soft-capping (`final_logit_softcapping`): `c·tanh(v / c)` on every value.
+pub fn softcap(logits: &mut [f32], c: f32) {
+    logits
+        .iter_mut()
+        .for_each(|v| *v = (*v * (1.0 / c)).tanh() * c);
+}
+
 /// GELU (tanh approximation) in f32 as ggml computes it (`0.5·x·(1 + tanh(√(2/π)·x·(1 +
 /// 0.044715·x²)))`, no fused multiply-adds).
 pub fn gelu_tanh(x: f32) -> f32 {
@@ -642,27 +676,17 @@ impl CpuBackend {
         })
     }
 
-    /// cos/sin of every rotated pair for positions `pos0..pos0+n` (row t: `rope_dim / 2`
-    /// pairs), computed like ggml_rope_ext (theta accumulated by repeated multiplication).
+    /// cos/sin of every rotated pair for positions `pos0..pos0+n` ([`rope_cos_sin`] with
+    /// this model's rotated dimensions and frequency factors).
     fn rope_table(&self, n: usize, pos0: usize, base: f32, freq_scale: f32) -> Vec<(f32, f32)> {
-        let hp = &self.hp;
-        let nd = hp.rope_dim;
-        let theta_scale = base.powf(-2.0 / nd as f32);
-        let mut cs = vec![(0f32, 0f32); n * (nd / 2)];
-        for (t, row) in cs.chunks_mut((nd / 2).max(1)).enumerate().take(n) {
-            let mut theta = (pos0 + t) as f32;
-            for (i, c) in row.iter_mut().enumerate() {
-                let ff = self
-                    .rope_freqs
-                    .as_ref()
-                    .and_then(|f| f.get(i).copied())
-                    .unwrap_or(1.0);
-                let th = freq_scale * theta / ff;
-                *c = (th.cos(), th.sin());
-                theta *= theta_scale;
-            }
-        }
-        cs
+        rope_cos_sin(
+            pos0,
+            n,
+            self.hp.rope_dim,
+            base,
+            freq_scale,
+            self.rope_freqs.as_deref(),
+        )
     }
 
     /// Rotate `x` ([n × n_heads × head_dim]) with a table from [`Self::rope_table`].
@@ -933,9 +957,7 @@ impl CpuBackend {
         rms_norm(&mut h, &self.output_norm, hp.rms_eps);
         *out = self.linear(&self.output, &h, nr, None)?;
         if let Some(c) = hp.logit_softcap {
-            out.par_chunks_mut(4096).for_each(|o| {
-                o.iter_mut().for_each(|v| *v = (*v * (1.0 / c)).tanh() * c);
-            });
+            out.par_chunks_mut(4096).for_each(|o| softcap(o, c));
         }
         Ok(())
     }
