@@ -49,24 +49,9 @@ const HD: usize = 64; // head_dim (key_length): q_dim = 128
 const FF: usize = 256;
 const NV: usize = 300;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn unif(&mut self) -> f64 {
-        ((self.next() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f32 {
-        let (a, b) = (self.unif(), self.unif());
-        ((-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()) as f32
-    }
-}
+#[path = "common/rng.rs"]
+mod rng;
+use rng::Rng;
 
 /// A SentencePiece vocabulary of exactly `NV` tokens laid out like Gemma's: `<pad>`, `<eos>`,
 /// `<bos>`, `<unk>`, the 256 byte tokens, then pieces with descending scores.
