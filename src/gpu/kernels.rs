@@ -750,6 +750,44 @@ pub struct Tune {
     /// workgroup reads stale values (256 of 256 steps differ). Plain `storageBarrier()`
     /// is thus not enough for plain loads on that stack.
     pub lw_atomic: u32,
+    /// L2 prefetch in the decode graph: after each latency-bound step (NormQ8, the decode
+    /// attention, a rounding) that a mat-vec group follows, a [`KernelKey::Prefetch`]
+    /// dispatch reads the first MiB of that group's weights (this many per group, 0 = off;
+    /// GGUFQ_PREFETCH_MB) so that the HBM streams them into the L2 cache while the small
+    /// step runs, with no barrier between the two; the mat-vec then finds them there.
+    pub prefetch_mb: u32,
+}
+
+/// Bytes one [`KernelKey::Prefetch`] workgroup reads: 256 threads × 4 loads of 16 bytes,
+/// all issued before any is used.
+pub const PREFETCH_WG_BYTES: u64 = 256 * 4 * 16;
+
+/// WGSL of [`KernelKey::Prefetch`]. The loads' XOR is compared with a value only known at
+/// run time (the binding's length), so the compiler cannot drop them; a match (about one
+/// in 2^32 workgroups, harmless) writes the XOR to the scratch word.
+const PREFETCH_WGSL: &str = "
+@group(0) @binding(0) var<storage, read> W: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read_write> S: array<u32>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let n = arrayLength(&W);
+    let i0 = wg.x * 1024u + lid;
+    let a = W[min(i0, n - 1u)];
+    let b = W[min(i0 + 256u, n - 1u)];
+    let c = W[min(i0 + 512u, n - 1u)];
+    let d = W[min(i0 + 768u, n - 1u)];
+    let v = (a ^ b) ^ (c ^ d);
+    let x = (v.x ^ v.y) ^ (v.z ^ v.w);
+    if (x == n) {
+        S[0] = x;
+    }
+}
+";
+
+/// Workgroups of a [`KernelKey::Prefetch`] dispatch over `bytes`.
+pub fn prefetch_workgroups(bytes: u64) -> u32 {
+    bytes.div_ceil(PREFETCH_WG_BYTES).clamp(1, 65535) as u32
 }
 
 /// Most chunks per head of the split decode attention ([`Tune::attn_split`]).
@@ -964,6 +1002,11 @@ impl Tune {
             lw_actq: std::env::var("GGUFQ_LW_ACTQ").as_deref() == Ok("1"),
             lw_norm: std::env::var("GGUFQ_LW_NORM").as_deref() == Ok("1"),
             lw_atomic: get("GGUFQ_LW_ATOMIC", 1, &[0, 1, 2]),
+            prefetch_mb: std::env::var("GGUFQ_PREFETCH_MB")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|v| *v <= 1024)
+                .unwrap_or(0),
         }
     }
 }
@@ -1053,6 +1096,10 @@ pub enum KernelKey {
     /// rounding `act` (3 Q8_0, 4 Q8_K), written as packed int8 quants and per-32 scales
     /// for the [`KernelKey::MatVecQ8`] kernels after it (one workgroup).
     NormQ8 { k4: u32, act: u32 },
+    /// L2 prefetch ([`Tune::prefetch_mb`]): reads every word of its binding 0 (a range of
+    /// a weight buffer), [`PREFETCH_WG_BYTES`] per workgroup, and writes nothing unless the
+    /// words' XOR equals the binding's length (to binding 1, a scratch word of its own).
+    Prefetch,
     /// Decode mat-vec (one token) in the split-K layout: the workgroup's 256 lanes share
     /// the K range of NR (≥ 2) rows.
     MatVecSplitK { ty: u32, nr: u32 },
@@ -2505,6 +2552,7 @@ impl Kernels {
                 norm,
             } => matvec_q8f_source(ctx, *ty, *nr, *spl, *act, *norm)?,
             KernelKey::NormQ8 { k4, act } => normq8_source(ctx, *k4, *act)?,
+            KernelKey::Prefetch => PREFETCH_WGSL.to_string(),
             KernelKey::MatVecNorm {
                 ty,
                 nr,

@@ -228,6 +228,11 @@ enum StepKind {
     /// Bias, per-head norms, RoPE and Q scale of the QKV rows (qwen2, qwen3, gemma3:
     /// [`ArchOp::QkPrep`]).
     QkPrep,
+    /// L2 prefetch of the first `bytes` of a weight chunk ([`KernelKey::Prefetch`],
+    /// [`super::kernels::Tune::prefetch_mb`]); no parameters.
+    Prefetch {
+        bytes: u64,
+    },
 }
 
 /// Which forward calls run a step: one-token calls use the fused decode graph (when enabled),
@@ -1635,7 +1640,77 @@ impl GpuModel {
         if steps.len() > n_slots_est {
             return Err(Error::msg("internal: params slots underestimated"));
         }
+        // L2 prefetch (`Tune::prefetch_mb`): after every decode step that is not a mat-vec and
+        // that a group of mat-vecs follows, one dispatch per weight chunk reads the first
+        // bytes of the group (up to the budget) with no dependency on the step before it, so
+        // the two run side by side; each has its own scratch word, so that no barrier orders
+        // it after an earlier prefetch.
+        let budget = u64::from(fused_decode_prefetch(&ctx, fuse_norm)) << 20;
+        if budget > 0 {
+            let (bgl_pf, _) = buffer_layouts(&ctx, "prefetch", b"rw");
+            let dec: Vec<usize> = (0..steps.len())
+                .filter(|&i| steps[i].when.runs(When::Decode, 1))
+                .collect();
+            let mut after: std::collections::HashMap<usize, Vec<Step>> = Default::default();
+            for (k, &i) in dec.iter().enumerate() {
+                if matches!(steps[i].kind, StepKind::Mat { .. }) {
+                    continue;
+                }
+                let group: Vec<(usize, usize)> = dec[k + 1..]
+                    .iter()
+                    .map_while(|&j| match steps[j].kind {
+                        StepKind::Mat { m, c, .. } => Some((m, c)),
+                        _ => None,
+                    })
+                    .collect();
+                let sizes: Vec<u64> = group
+                    .iter()
+                    .map(|&(m, c)| mats[m].chunks[c].buf.size())
+                    .collect();
+                for (g, bytes) in prefetch_plan(&sizes, budget) {
+                    let (m, c) = group[g];
+                    let buf = &mats[m].chunks[c].buf;
+                    let sink = scratch(&ctx, "prefetch sink", 1);
+                    mem.scratch += 4;
+                    let bind = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("prefetch"),
+                        layout: &bgl_pf,
+                        entries: &[
+                            wgpu::BindGroupEntry {
+                                binding: 0,
+                                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                    buffer: buf,
+                                    offset: 0,
+                                    size: std::num::NonZeroU64::new(bytes),
+                                }),
+                            },
+                            wgpu::BindGroupEntry {
+                                binding: 1,
+                                resource: sink.as_entire_binding(),
+                            },
+                        ],
+                    });
+                    after.entry(i).or_default().push(Step {
+                        kind: StepKind::Prefetch { bytes },
+                        when: When::Decode,
+                        role: "prefetch",
+                        bind,
+                        slot: 0,
+                        key: KernelKey::Prefetch,
+                        n: 0,
+                    });
+                }
+            }
+            let old = std::mem::take(&mut steps);
+            for (i, s) in old.into_iter().enumerate() {
+                steps.push(s);
+                if let Some(v) = after.remove(&i) {
+                    steps.extend(v);
+                }
+            }
+        }
 
+        let (_, pl_pf) = buffer_layouts(&ctx, "prefetch", b"rw");
         let mut kernels = Kernels::default();
         for s in &steps {
             let pl = match s.key {
@@ -1648,6 +1723,7 @@ impl GpuModel {
                 KernelKey::AttnDecodeQ { .. } => &pl_attq,
                 KernelKey::NormRound { .. } => &pl_nr,
                 KernelKey::Arch(ArchOp::QkPrep) => &pl_prep,
+                KernelKey::Prefetch => &pl_pf,
                 _ => &pl_mat,
             };
             kernels.get_with_layout(&ctx, &s.key, pl)?;
@@ -1981,6 +2057,11 @@ impl GpuModel {
                                 })?;
                         p = super::embed::params(ch, d, n as u32);
                         wg = super::embed::workgroups(d, n as u32);
+                    }
+                    StepKind::Prefetch { bytes } => {
+                        // No parameters.
+                        disp.push((super::kernels::prefetch_workgroups(bytes), 1));
+                        continue;
                     }
                     StepKind::NormQ8 { q8e } => {
                         // Decode only: one token, residual row 0.
@@ -2443,4 +2524,33 @@ fn norm_epilogue(tune: &Tune, mats: &[GpuMatrix], p: &Step, nqs: &[&Step]) -> Op
         },
         atomic: tune.lw_atomic,
     })
+}
+
+/// MiB of weights prefetched per mat-vec group in the decode graph: [`Tune::prefetch_mb`]
+/// where the fused decode graph runs, 0 otherwise.
+///
+/// [`Tune::prefetch_mb`]: super::kernels::Tune::prefetch_mb
+fn fused_decode_prefetch(ctx: &GpuContext, fuse_norm: bool) -> u32 {
+    if fuse_norm && ctx.tune.fuse {
+        ctx.tune.prefetch_mb
+    } else {
+        0
+    }
+}
+
+/// The prefetch ranges for a group of weight chunks of `sizes` bytes (in the order the
+/// mat-vecs read them) under `budget` bytes: (chunk index, bytes from its start), each a
+/// multiple of 16 bytes, at least 16, in chunk order, summing to at most `budget`.
+pub fn prefetch_plan(sizes: &[u64], budget: u64) -> Vec<(usize, u64)> {
+    let mut left = budget;
+    let mut out = Vec::new();
+    for (g, &size) in sizes.iter().enumerate() {
+        let take = size.min(left) & !15;
+        if take < 16 {
+            break;
+        }
+        out.push((g, take));
+        left -= take;
+    }
+    out
 }
