@@ -1030,6 +1030,12 @@ impl GpuModel {
                 push_chunks(steps, &bgl_matn, &[&x, yb, nw], 0, key);
                 return;
             }
+            // Persistent mat-vecs that normalise and round the row themselves
+            // (`Tune::persist`): no NormQ8 dispatch.
+            if let Some(key) = persist_key(&ctx.tune, ty, mats[m].cols, kind, true) {
+                push_chunks(steps, &bgl_matn, &[&x, yb, nw], 0, key);
+                return;
+            }
             if ctx.tune.normq && ctx.tune.q8_for(ty.id()) && matches!(kind, 3 | 4) {
                 let buf = &nq[kind as usize - 3];
                 let mut live = normq_live.borrow_mut();
@@ -1083,15 +1089,14 @@ impl GpuModel {
                          mode: u32,
                          role: &'static str| {
             let ty = mats[m].ty;
-            let key = ctx
-                .tune
-                .matvec_q8f_key(
-                    ty.id(),
-                    mats[m].cols / 32,
-                    super::actq::kind_for_weight(ty),
-                    false,
-                )
-                .filter(|_| fuse_norm && actq_on && ctx.tune.fold_actq_for(ty.id()));
+            let kind = super::actq::kind_for_weight(ty);
+            let persist = persist_key(&ctx.tune, ty, mats[m].cols, kind, false)
+                .filter(|_| fuse_norm && actq_on);
+            let key = persist.or_else(|| {
+                ctx.tune
+                    .matvec_q8f_key(ty.id(), mats[m].cols / 32, kind, false)
+                    .filter(|_| fuse_norm && actq_on && ctx.tune.fold_actq_for(ty.id()))
+            });
             let Some(key) = key else { return };
             // The SwiGLU mat-vec before rounds its output in its last workgroups instead
             // (`Tune::lw_actq`): keep the rounding step and the integer kernel.
@@ -1716,7 +1721,9 @@ impl GpuModel {
             let pl = match s.key {
                 KernelKey::Rope => &pl_rope,
                 KernelKey::Attention { .. } | KernelKey::AttentionCoop { .. } => &pl_attn,
-                KernelKey::MatVecNorm { .. } | KernelKey::MatVecQ8F { norm: true, .. } => &pl_matn,
+                KernelKey::MatVecNorm { .. }
+                | KernelKey::MatVecQ8F { norm: true, .. }
+                | KernelKey::MatVecQ8P { norm: true, .. } => &pl_matn,
                 KernelKey::NormQ8 { .. } => &pl_nq,
                 KernelKey::MatVecQ8E { .. } => &pl_e,
                 KernelKey::AttnDecode { .. } => &pl_attd,
@@ -2104,12 +2111,14 @@ impl GpuModel {
                             cfg.eps.to_bits(),
                         ];
                         wg = if ntok == 1 {
-                            (
-                                ch.rows.div_ceil(
-                                    tune.rows_per_wg(&s.key, tune.decode_nr(mat.ty.id())),
-                                ),
-                                1,
-                            )
+                            let groups = ch
+                                .rows
+                                .div_ceil(tune.rows_per_wg(&s.key, tune.decode_nr(mat.ty.id())));
+                            match s.key {
+                                // Persistent: a fixed number of workgroups walks the groups.
+                                KernelKey::MatVecQ8P { .. } => (groups.min(tune.persist.max(1)), 1),
+                                _ => (groups, 1),
+                            }
                         } else if ntok >= tune.mm_min {
                             let (tr, tt) = super::kernels::matmat_tile(&self.ctx, mat.ty.id());
                             (ch.rows.div_ceil(tr), ntok.div_ceil(tt))
@@ -2553,4 +2562,25 @@ pub fn prefetch_plan(sizes: &[u64], budget: u64) -> Vec<(usize, u64)> {
         left -= take;
     }
     out
+}
+
+/// The persistent decode mat-vec ([`KernelKey::MatVecQ8P`], [`Tune::persist`]) for a matrix
+/// of `ty` with rows of `cols` values whose input is rounded with activation kind `act`
+/// (after RMSNorm when `norm`), where it applies: the type has an integer decode kernel and
+/// the input fits ([`super::kernels::persist_fits`]).
+fn persist_key(tune: &Tune, ty: GgmlType, cols: usize, act: u32, norm: bool) -> Option<KernelKey> {
+    if tune.persist == 0 || !super::kernels::persist_fits((cols / 4) as u32, act, norm) {
+        return None;
+    }
+    match tune.matvec_key(ty.id(), 1, tune.decode_nr(ty.id()), cols / 32) {
+        KernelKey::MatVecQ8 { ty, nr, spl } => Some(KernelKey::MatVecQ8P {
+            ty,
+            nr,
+            spl,
+            k4: (cols / 4) as u32,
+            act,
+            norm,
+        }),
+        _ => None,
+    }
 }
