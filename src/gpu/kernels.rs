@@ -760,6 +760,10 @@ pub struct Tune {
     /// their own rounded input, replacing the NormQ8 dispatches and the rounding before
     /// `ffn_down` (GGUFQ_MV_PERSIST; 0 = off: separate dispatches).
     pub persist: u32,
+    /// The integer decode mat-vecs of [`WIDE_TYPES`] bind their weights as
+    /// `array<vec4<u32>>` and load each group of 4 words the dequantizer reads together
+    /// as one 128-bit load ([`wide_weights`]); GGUFQ_WIDE=0 keeps 32-bit loads.
+    pub wide: bool,
 }
 
 /// Bytes one [`KernelKey::Prefetch`] workgroup reads: 256 threads × 4 loads of 16 bytes,
@@ -1007,6 +1011,7 @@ impl Tune {
             lw_actq: std::env::var("GGUFQ_LW_ACTQ").as_deref() == Ok("1"),
             lw_norm: std::env::var("GGUFQ_LW_NORM").as_deref() == Ok("1"),
             lw_atomic: get("GGUFQ_LW_ATOMIC", 1, &[0, 1, 2]),
+            wide: std::env::var("GGUFQ_WIDE").as_deref() != Ok("0"),
             persist: std::env::var("GGUFQ_MV_PERSIST")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -1700,6 +1705,127 @@ fn q8_reduce(ctx: &GpuContext, nr: usize, spl: u32, body: &mut String) -> String
         }
         "var<workgroup> red: array<f32, 256>;".to_string()
     }
+}
+
+/// Types whose repacked blocks start on 16-byte boundaries and whose integer dot products
+/// read 4-word groups at 4-word-aligned offsets, so [`wide_weights`] applies.
+pub const WIDE_TYPES: &[&str] = &["Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K"];
+
+/// Whether the integer decode kernel of type id `ty` loads its weights 128 bits at a time.
+pub fn wide_for(tune: &Tune, ty: u32) -> bool {
+    tune.wide && GgmlType::from_id(ty).is_some_and(|t| WIDE_TYPES.contains(&t.name()))
+}
+
+/// The WGSL of an integer decode kernel with the weights bound as `array<vec4<u32>>`: every
+/// `vec4<u32>(W[e], W[e + 1u], W[e + 2u], W[e + 3u])` becomes the single load
+/// `W[(e) >> 2u]` (offsets are multiples of 4 for [`WIDE_TYPES`]), every other `W[i]` the
+/// word `wl(i)` of the vector holding it. Same words, so the same results.
+pub fn wide_weights(src: &str) -> Result<String> {
+    const DECL: &str = "var<storage, read> W: array<u32>;";
+    if !src.contains(DECL) {
+        return Err(Error::msg("internal: kernel without a u32 weight binding"));
+    }
+    let src = src.replace(DECL, "$WIDE_DECL");
+    // The expression inside the brackets that open just before `s`, and the rest after
+    // the closing one.
+    fn bracketed(s: &str, open: char, close: char) -> Option<(&str, &str)> {
+        let mut depth = 1usize;
+        for (i, c) in s.char_indices() {
+            if c == open {
+                depth += 1;
+            } else if c == close {
+                depth -= 1;
+                if depth == 0 {
+                    return Some((&s[..i], &s[i + 1..]));
+                }
+            }
+        }
+        None
+    }
+    // "base + Nu" → (base, N); anything else → (expr, 0).
+    fn split_off(e: &str) -> (&str, u32) {
+        if let Some((b, n)) = e.rsplit_once(" + ") {
+            if let Some(d) = n.strip_suffix('u') {
+                if let Ok(v) = d.parse::<u32>() {
+                    return (b, v);
+                }
+            }
+        }
+        (e, 0)
+    }
+    // Four consecutive words: the vector index expression.
+    let group = |inner: &str| -> Option<String> {
+        let items: Vec<&str> = inner.split(", ").collect();
+        if items.len() != 4 {
+            return None;
+        }
+        let mut parts = Vec::new();
+        for it in &items {
+            let e = it.strip_prefix("W[")?.strip_suffix(']')?;
+            if e.contains('[') {
+                return None;
+            }
+            parts.push(split_off(e));
+        }
+        let (b, n0) = parts[0];
+        // The base is a multiple of 4 for WIDE_TYPES; the constant part must be too.
+        let consecutive = n0 % 4 == 0
+            && parts
+                .iter()
+                .enumerate()
+                .all(|(k, (bk, nk))| *bk == b && *nk == n0 + k as u32);
+        consecutive.then(|| {
+            if n0 == 0 {
+                format!("WV[({b}) >> 2u]")
+            } else {
+                format!("WV[({b} + {n0}u) >> 2u]")
+            }
+        })
+    };
+    let mut out = String::with_capacity(src.len());
+    let mut rest = src.as_str();
+    const V4: &str = "vec4<u32>(W[";
+    while let Some(p) = rest.find(V4) {
+        let after = &rest[p + V4.len() - 2..];
+        let Some((inner, tail)) = bracketed(after, '(', ')') else {
+            return Err(Error::msg("internal: unbalanced weight load"));
+        };
+        match group(inner) {
+            Some(g) => {
+                out.push_str(&rest[..p]);
+                out.push_str(&g);
+                rest = tail;
+            }
+            None => {
+                out.push_str(&rest[..p + V4.len() - 2]);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    // Scalar reads: `W[i]` (not part of a longer name) → `wl(i)`.
+    let mut res = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(p) = rest.find("W[") {
+        let prev = rest[..p].chars().next_back();
+        let ident = prev.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        if ident {
+            res.push_str(&rest[..p + 2]);
+            rest = &rest[p + 2..];
+            continue;
+        }
+        let Some((inner, tail)) = bracketed(&rest[p + 2..], '[', ']') else {
+            return Err(Error::msg("internal: unbalanced weight index"));
+        };
+        res.push_str(&rest[..p]);
+        res.push_str(&format!("wl({inner})"));
+        rest = tail;
+    }
+    res.push_str(rest);
+    Ok(res.replace("WV[", "W[").replace(
+        "$WIDE_DECL",
+        "var<storage, read> W: array<vec4<u32>>;\nfn wl(i: u32) -> u32 {\n    return W[i >> 2u][i & 3u];\n}",
+    ))
 }
 
 /// Whether [`KernelKey::MatVecQ8P`] takes an input of `k4`·4 values with activation kind
@@ -2737,7 +2863,14 @@ impl Kernels {
             KernelKey::MatVecSplitK { ty, nr } => {
                 matvec_source(ctx, *ty, 1, *nr, None, true, false)?
             }
-            KernelKey::MatVecQ8 { ty, nr, spl } => matvec_q8_source(ctx, *ty, *nr, *spl)?,
+            KernelKey::MatVecQ8 { ty, nr, spl } => {
+                let src = matvec_q8_source(ctx, *ty, *nr, *spl)?;
+                if wide_for(&ctx.tune, *ty) {
+                    wide_weights(&src)?
+                } else {
+                    src
+                }
+            }
             KernelKey::MatVecQ8E {
                 ty,
                 nr,
@@ -2761,7 +2894,14 @@ impl Kernels {
                 k4,
                 act,
                 norm,
-            } => matvec_q8p_source(ctx, *ty, *nr, *spl, *k4, *act, *norm)?,
+            } => {
+                let src = matvec_q8p_source(ctx, *ty, *nr, *spl, *k4, *act, *norm)?;
+                if wide_for(&ctx.tune, *ty) {
+                    wide_weights(&src)?
+                } else {
+                    src
+                }
+            }
             KernelKey::MatVecNorm {
                 ty,
                 nr,
