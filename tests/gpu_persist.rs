@@ -9,41 +9,30 @@
 
 use ggufq::gpu::kernels::persist_fits;
 use ggufq::gpu::source::Mix;
-use ggufq::gpu::{GpuModel, ModelOptions, Shape, SynthSource};
+use ggufq::gpu::{GpuModel, Shape, SynthSource};
 
 #[path = "common/gpu_fixture.rs"]
 mod gpu_fixture;
-use gpu_fixture::context_tuned;
+use gpu_fixture::{context_tuned, decode_opts, decode_run, role_count, tokens, wide_shape};
 
+/// The tiny shape, or `wide_shape` (512-value rows: 32 NormQ8 register threads; 1536-value
+/// ffn_down rows, 6 Q8_K blocks: the rounding prologue's loop once).
 fn shape(name: &str) -> Shape {
-    let mut s = Shape::named("tiny").unwrap();
-    if name == "wide" {
-        // 512-value rows (two NormQ8 register passes' worth of threads) and 1536-value
-        // ffn_down rows (the rounding prologue's loop runs once; 6 Q8_K blocks).
-        s.n_embd = 512;
-        s.n_ff = 1536;
+    match name {
+        "wide" => wide_shape(),
+        _ => Shape::named("tiny").unwrap(),
     }
-    s
 }
 
 fn load(shape_name: &str, mix: &str, persist: u32) -> Option<GpuModel> {
     let ctx = context_tuned(|c| c.tune.persist = persist)?;
     let src = SynthSource::new(shape(shape_name), Mix::parse(mix).unwrap(), mix).unwrap();
-    let opts = ModelOptions {
-        n_ctx: 64,
-        n_batch: 8,
-        n_seq: 1,
-    };
-    Some(GpuModel::load(ctx, &src, opts).unwrap())
+    Some(GpuModel::load(ctx, &src, decode_opts()).unwrap())
 }
 
-fn decode(m: &mut GpuModel, steps: u32) -> Vec<Vec<f32>> {
-    let nv = m.cfg.n_vocab as u32;
-    let prompt: Vec<(u32, u32, u32)> = (0..3u32).map(|i| ((i * 37 + 11) % nv, 0, i)).collect();
-    m.forward(&prompt, false).unwrap();
-    (0..steps)
-        .map(|i| m.forward(&[((i * 53 + 7) % nv, 0, 3 + i)], false).unwrap())
-        .collect()
+fn decode(m: &mut GpuModel, steps: usize) -> Vec<Vec<f32>> {
+    let nv = m.cfg.n_vocab;
+    decode_run(m, &tokens(nv, 3, 1), &tokens(nv, steps, 2))
 }
 
 #[test]
@@ -78,9 +67,8 @@ fn gpu_persistent_matvecs_equal_the_dispatch_graph_bit_for_bit() {
         };
         let base = decode(&mut plain, 12);
         let layers = plain.cfg.n_layer;
-        let count = |m: &GpuModel, r: &str| m.step_roles().iter().filter(|x| **x == r).count();
         assert_eq!(
-            count(&plain, "norm_q8"),
+            role_count(&plain, "norm_q8"),
             2 * layers + 1,
             "{mix}: {:?}",
             plain.step_roles()
@@ -88,8 +76,8 @@ fn gpu_persistent_matvecs_equal_the_dispatch_graph_bit_for_bit() {
         // One workgroup for every row group, a few walking several, all of them.
         for persist in [1, 3, 65535] {
             let mut p = load(shape_name, mix, persist).unwrap();
-            assert_eq!(count(&p, "norm_q8"), 0, "{mix}: {:?}", p.step_roles());
-            assert_eq!(count(&p, "actq"), 0, "{mix}: {:?}", p.step_roles());
+            assert_eq!(role_count(&p, "norm_q8"), 0, "{mix}: {:?}", p.step_roles());
+            assert_eq!(role_count(&p, "actq"), 0, "{mix}: {:?}", p.step_roles());
             assert!(
                 p.dispatches_per_token() + 2 * layers < plain.dispatches_per_token(),
                 "{mix}: {} vs {}",

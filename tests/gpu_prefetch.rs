@@ -8,11 +8,11 @@
 
 use ggufq::gpu::model::prefetch_plan;
 use ggufq::gpu::source::Mix;
-use ggufq::gpu::{GpuModel, ModelOptions, Shape, SynthSource};
+use ggufq::gpu::{GpuModel, Shape, SynthSource};
 
 #[path = "common/gpu_fixture.rs"]
 mod gpu_fixture;
-use gpu_fixture::context_tuned;
+use gpu_fixture::{context_tuned, decode_opts, decode_run, tokens};
 
 #[test]
 fn prefetch_plan_takes_the_group_in_order_within_the_budget() {
@@ -47,21 +47,12 @@ fn load(mix: &str, mb: u32) -> Option<GpuModel> {
     let ctx = context_tuned(|c| c.tune.prefetch_mb = mb)?;
     let src =
         SynthSource::new(Shape::named("tiny").unwrap(), Mix::parse(mix).unwrap(), mix).unwrap();
-    let opts = ModelOptions {
-        n_ctx: 128,
-        n_batch: 8,
-        n_seq: 1,
-    };
-    Some(GpuModel::load(ctx, &src, opts).unwrap())
+    Some(GpuModel::load(ctx, &src, decode_opts()).unwrap())
 }
 
-fn decode(m: &mut GpuModel, steps: u32) -> Vec<Vec<f32>> {
-    let nv = m.cfg.n_vocab as u32;
-    let prompt: Vec<(u32, u32, u32)> = (0..4u32).map(|i| ((i * 37 + 11) % nv, 0, i)).collect();
-    m.forward(&prompt, false).unwrap();
-    (0..steps)
-        .map(|i| m.forward(&[((i * 53 + 7) % nv, 0, 4 + i)], false).unwrap())
-        .collect()
+fn decode(m: &mut GpuModel, steps: usize) -> Vec<Vec<f32>> {
+    let nv = m.cfg.n_vocab;
+    decode_run(m, &tokens(nv, 4, 1), &tokens(nv, steps, 2))
 }
 
 #[test]

@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use ggufq::gpu::kernels::{wide_weights, KernelKey, Kernels};
 use ggufq::gpu::source::Mix;
-use ggufq::gpu::{DeviceOptions, GpuContext, GpuModel, ModelOptions, Shape, SynthSource};
+use ggufq::gpu::{DeviceOptions, GpuContext, GpuModel, Shape, SynthSource};
 use ggufq::quant::GgmlType;
 
 #[path = "common/gpu_fixture.rs"]
 mod gpu_fixture;
-use gpu_fixture::device;
+use gpu_fixture::{decode_opts, decode_run, device, tokens};
 
 #[test]
 fn wide_weights_turns_aligned_groups_into_vector_loads() {
@@ -57,21 +57,12 @@ fn ctx(wide: u32, max_binding: Option<u64>) -> Option<Arc<GpuContext>> {
     Some(Arc::new(c))
 }
 
-fn decode(c: Arc<GpuContext>, mix: &str, steps: u32) -> (Vec<Vec<f32>>, usize) {
+fn decode(c: Arc<GpuContext>, mix: &str, steps: usize) -> (Vec<Vec<f32>>, usize) {
     let src =
         SynthSource::new(Shape::named("tiny").unwrap(), Mix::parse(mix).unwrap(), mix).unwrap();
-    let opts = ModelOptions {
-        n_ctx: 64,
-        n_batch: 8,
-        n_seq: 1,
-    };
-    let mut m = GpuModel::load(c, &src, opts).unwrap();
-    let nv = m.cfg.n_vocab as u32;
-    let prompt: Vec<(u32, u32, u32)> = (0..3u32).map(|i| ((i * 37 + 11) % nv, 0, i)).collect();
-    m.forward(&prompt, false).unwrap();
-    let rows = (0..steps)
-        .map(|i| m.forward(&[((i * 53 + 7) % nv, 0, 3 + i)], false).unwrap())
-        .collect();
+    let mut m = GpuModel::load(c, &src, decode_opts()).unwrap();
+    let nv = m.cfg.n_vocab;
+    let rows = decode_run(&mut m, &tokens(nv, 3, 1), &tokens(nv, steps, 2));
     (rows, m.dispatches_per_token())
 }
 
