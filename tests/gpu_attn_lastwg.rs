@@ -297,11 +297,14 @@ fn decode_tuned(
     Some((rows, m.dispatches_per_token()))
 }
 
-/// The session-6 kernels: tree block maxima, long divisions, every chunk read.
+/// The session-6 kernels: tree block maxima, long divisions, every chunk read and arriving,
+/// no prefetch.
 fn old_tail(t: &mut ggufq::gpu::kernels::Tune) {
     t.actq_sub = 0;
     t.actq_fastdiv = false;
     t.attn_live = 0;
+    t.attn_skip = false;
+    t.attn_pre = 0;
 }
 
 #[test]
@@ -313,7 +316,7 @@ fn gpu_attn_epilogue_new_tail_equals_the_session6_kernels_bit_for_bit() {
     // Q8_K (q4_k, Q4_K_M) and Q8_0 (q8_0, q4_0) roundings; hd 64 with GQA and hd 128 without;
     // positions 5 … 36, i.e. 1 to 3 live chunks of 16.
     type Variant = (&'static str, fn(&mut ggufq::gpu::kernels::Tune));
-    let variants: [Variant; 6] = [
+    let variants: [Variant; 8] = [
         ("all new, epilogue", |t| {
             t.actq_sub = 2;
         }),
@@ -328,6 +331,15 @@ fn gpu_attn_epilogue_new_tail_equals_the_session6_kernels_bit_for_bit() {
         ("live chunks only", |t| {
             old_tail(t);
             t.attn_live = 1;
+        }),
+        ("live chunks, empty ones skipped", |t| {
+            old_tail(t);
+            t.attn_live = 1;
+            t.attn_skip = true;
+        }),
+        ("K and V prefetch only", |t| {
+            old_tail(t);
+            t.attn_pre = 3;
         }),
         ("all new, combine dispatch", |t| {
             t.actq_sub = 2;
@@ -409,4 +421,37 @@ fn gpu_attn_epilogue_live_chunks_with_a_wrong_cut_is_caught() {
         (16..29).collect::<Vec<_>>(),
         "a dropped chunk went unnoticed"
     );
+}
+
+#[test]
+fn gpu_attn_prefetch_and_skip_with_long_chunks_equal_the_session6_kernels() {
+    // Chunks of ≥ 64 positions, so that the V prefetch (the first four accumulated positions
+    // of each thread: position groups of 16 for hd 64, 8 for hd 128) applies; positions
+    // 5 … 84 (1 or 2 live chunks). Everything new vs the session-6 combine dispatch, and each
+    // prefetch alone, bit for bit. (The tiny model's probabilities are nearly uniform, so
+    // only hd128 sees a V row weighed by the wrong probability.)
+    for (shape_name, mix) in [("tiny", "q4_k"), ("hd128", "q4_0")] {
+        let Some((want, _)) = decode_tuned(shape_name, mix, N_CTX, 5, 80, |t| {
+            t.attn_split = 64;
+            old_tail(t);
+            t.attn_lastwg = 0;
+        }) else {
+            return;
+        };
+        for pre in [1, 2, 3] {
+            let (got, _) = decode_tuned(shape_name, mix, N_CTX, 5, 80, |t| {
+                t.attn_split = 64;
+                t.actq_sub = 2;
+                t.attn_pre = pre;
+            })
+            .unwrap();
+            for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+                assert!(
+                    w.iter().zip(g).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{shape_name} {mix} prefetch {pre}: position {} differs",
+                    i + 5
+                );
+            }
+        }
+    }
 }

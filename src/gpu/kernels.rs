@@ -772,6 +772,16 @@ pub struct Tune {
     /// (default) on, 0 all [`ATTN_MAX_CHUNKS`] chunks in a loop, as the combine dispatch; 2
     /// is a fault injected by the tests (one live chunk too few).
     pub attn_live: u32,
+    /// With [`Tune::attn_live`], the decode attention's workgroups of chunks past the last
+    /// position return at once (no zero partial result, no arrival; the counter waits for
+    /// the live chunks), instead of writing an empty result and arriving. GGUFQ_ATTN_SKIP=0:
+    /// they arrive. (tg128 at the 7B shape: 4 of 16 chunks per head live at most.)
+    pub attn_skip: bool,
+    /// The decode attention loads the K row of each thread's first scored position (bit 2)
+    /// and the V rows of its first four accumulated positions (bit 1) into registers before
+    /// the new token's Q/K/V phase, so that their memory latency overlaps it; the same
+    /// arithmetic in the same order. GGUFQ_ATTN_PRE: 0 none, 1 V, 2 K, 3 both.
+    pub attn_pre: u32,
 }
 
 /// Most chunks per head of the split decode attention ([`Tune::attn_split`]).
@@ -990,6 +1000,8 @@ impl Tune {
             actq_fastdiv: std::env::var("GGUFQ_ACTQ_FASTDIV").as_deref() != Ok("0"),
             div_skew: 0,
             attn_live: get("GGUFQ_ATTN_LIVE", 1, &[0, 1]),
+            attn_skip: std::env::var("GGUFQ_ATTN_SKIP").as_deref() != Ok("0"),
+            attn_pre: get("GGUFQ_ATTN_PRE", 3, &[0, 1, 2, 3]),
         }
     }
 }
@@ -2416,7 +2428,9 @@ fn attn_decode_source(
     lmin: u32,
     exact: bool,
     arrive: &str,
+    skip: bool,
 ) -> String {
+    let b = |v: bool| if v { "true" } else { "false" };
     let (rmax, rsum) = if ctx.subgroup32 {
         (ATTN_MAX_SUBGROUP, ATTN_SUM_SUBGROUP)
     } else {
@@ -2431,6 +2445,9 @@ fn attn_decode_source(
         .replace("$RED_MAX", rmax)
         .replace("$RED_SUM", rsum)
         .replace("$ARRIVE", arrive)
+        .replace("$KPRE", b(ctx.tune.attn_pre & 2 != 0))
+        .replace("$VPRE", b(ctx.tune.attn_pre & 1 != 0))
+        .replace("$SKIP", b(skip))
 }
 
 /// The last-workgroup epilogue of [`KernelKey::AttnDecodeQ`], appended to the decode
@@ -2516,6 +2533,16 @@ fn attn_epilogue(ctx: &GpuContext, nch: u32, exact: bool, reset: bool) -> Result
     } else {
         String::new()
     };
+    // The attention's cut of token t's visible positions [lo, n) into chunks: how many hold
+    // a position.
+    let live_fn = "
+fn live_chunks(t: u32) -> u32 {
+    let n = TI[t].y + 1u;
+    let lo = select(0u, n - min(n, P.window), P.window > 0u);
+    let clen = max(LMIN, (n - lo + NCH - 1u) / NCH);
+    return (n - lo + clen - 1u) / clen;
+}
+";
     Ok(format!(
         "
 @group(0) @binding(8) var<storage, read_write> CNT: array<atomic<u32>>;
@@ -2526,7 +2553,7 @@ const RESET: bool = {reset};
 fn arrive(lid: u32, h: u32, tok: u32) {{
     let g = h / GH;
     let h0 = g * GH;
-    let need = (min(P.n_head, h0 + GH) - h0) * NCH;
+    let need = (min(P.n_head, h0 + GH) - h0) * select(NCH, live_chunks(tok), SKIP);
     let c = tok * ((P.n_head + GH - 1u) / GH) + g;
     // Release: this workgroup's partial result before its arrival.
     storageBarrier();
@@ -2543,8 +2570,14 @@ fn arrive(lid: u32, h: u32, tok: u32) {{
         }}
     }}
 }}
-{text}{combine}"
+{text}{combine}{live_fn}"
     ))
+}
+
+/// Whether the decode attention with the epilogue skips its empty chunks ([`Tune::attn_skip`]:
+/// only where the epilogue's combine reads the live chunks alone).
+fn attn_skips(ctx: &GpuContext, exact: bool) -> bool {
+    exact && ctx.tune.attn_live != 0 && ctx.tune.attn_skip
 }
 
 /// The exact split's combination for the epilogue ([`Tune::attn_live`]): value `i` of token
@@ -2564,9 +2597,9 @@ fn attn_combine_live(nch: u32, drop_one: bool) -> String {
         sum.push_str(&format!("    o += select(0.0, x{c}, {c}u <= last);\n"));
     }
     let last = if drop_one {
-        "max((n - lo - 1u) / clen, 1u) - 1u"
+        "max(live_chunks(t), 2u) - 2u"
     } else {
-        "(n - lo - 1u) / clen"
+        "live_chunks(t) - 1u"
     };
     format!(
         "
@@ -2574,10 +2607,7 @@ fn attn_combine(i: u32, t: u32) -> f32 {{
     let h = i / P.hd;
     let j = i % P.hd;
     let base = (t * P.n_head + h) * NCH;
-    // The attention's chunks of [lo, n): the last one that holds a position.
-    let n = TI[t].y + 1u;
-    let lo = select(0u, n - min(n, P.window), P.window > 0u);
-    let clen = max(LMIN, (n - lo + NCH - 1u) / NCH);
+    // The last chunk that holds a position.
     let last = {last};
 {loads}    var o = 0.0;
 {sum}    return o;
@@ -2708,7 +2738,7 @@ impl Kernels {
                 nch,
                 lmin,
                 exact,
-            } => attn_decode_source(ctx, *n, *hd, *nch, *lmin, *exact, ""),
+            } => attn_decode_source(ctx, *n, *hd, *nch, *lmin, *exact, "", false),
             KernelKey::AttnDecodeQ {
                 ctx: n,
                 hd,
@@ -2730,6 +2760,7 @@ impl Kernels {
                     *lmin,
                     *exact,
                     "    arrive(lid, h, tok);\n",
+                    attn_skips(ctx, *exact),
                 ) + &attn_epilogue(ctx, *nch, *exact, *reset)?
             }
             KernelKey::MatMat { ty } => {
