@@ -2418,8 +2418,9 @@ const NCH: u32 = $NCHu;
 const EXACT: bool = $EXACT;
 ";
 
-/// WGSL of the decode attention (`shaders/attn_decode.wgsl`); `arrive` is the code after
-/// each workgroup's partial result ([`KernelKey::AttnDecodeQ`]; empty for the plain kernel).
+/// WGSL of the decode attention (`shaders/attn_decode.wgsl`); `epilogue`: Some for
+/// [`KernelKey::AttnDecodeQ`] (each workgroup arrives after its partial result), with whether
+/// empty chunks skip that ([`Tune::attn_skip`]); None for the plain kernel.
 fn attn_decode_source(
     ctx: &GpuContext,
     n: u32,
@@ -2427,9 +2428,14 @@ fn attn_decode_source(
     nch: u32,
     lmin: u32,
     exact: bool,
-    arrive: &str,
-    skip: bool,
+    epilogue: Option<bool>,
 ) -> String {
+    let arrive = if epilogue.is_some() {
+        "    arrive(lid, h, tok);\n"
+    } else {
+        ""
+    };
+    let skip = epilogue.unwrap_or(false);
     let b = |v: bool| if v { "true" } else { "false" };
     let (rmax, rsum) = if ctx.subgroup32 {
         (ATTN_MAX_SUBGROUP, ATTN_SUM_SUBGROUP)
@@ -2738,7 +2744,7 @@ impl Kernels {
                 nch,
                 lmin,
                 exact,
-            } => attn_decode_source(ctx, *n, *hd, *nch, *lmin, *exact, "", false),
+            } => attn_decode_source(ctx, *n, *hd, *nch, *lmin, *exact, None),
             KernelKey::AttnDecodeQ {
                 ctx: n,
                 hd,
@@ -2759,8 +2765,7 @@ impl Kernels {
                     *nch,
                     *lmin,
                     *exact,
-                    "    arrive(lid, h, tok);\n",
-                    attn_skips(ctx, *exact),
+                    Some(attn_skips(ctx, *exact)),
                 ) + &attn_epilogue(ctx, *nch, *exact, *reset)?
             }
             KernelKey::MatMat { ty } => {
