@@ -468,10 +468,11 @@ pub const LASTWG_CHECK_TOKENS: usize = 300;
 /// The decode attention's last-workgroup epilogue (`Tune::attn_lastwg`) against the combine
 /// dispatch on the model `src`: [`LASTWG_CHECK_TOKENS`] one-token forwards (positions 0, 1, …,
 /// tokens from a fixed stream) with each, logits compared bit for bit (the epilogue runs the
-/// combine's operations in the same order). The combine run also uses the session-6 rounding
-/// code (`Tune::actq_sub`, `Tune::actq_fastdiv`, `Tune::attn_live` off), so the check covers
-/// the shortened rounding tail (subgroup maxima, fast division, live chunks) of the epilogue
-/// and of the `actq` dispatches as `ctx` is tuned. One model loaded at a time. Returns one
+/// combine's operations in the same order). The combine run also uses the session-6 code
+/// (`Tune::actq_sub`, `Tune::actq_fastdiv`, `Tune::attn_live`, `Tune::attn_skip`,
+/// `Tune::attn_pre` off), so the check covers the shortened tail (subgroup maxima, fast
+/// division, live chunks, skipped empty chunks, K/V prefetch) of the epilogue and of the
+/// `actq` dispatches as `ctx` is tuned. One model loaded at a time. Returns one
 /// line and whether the logits were equal.
 pub fn attn_lastwg_check(
     ctx: &Arc<GpuContext>,
@@ -487,6 +488,8 @@ pub fn attn_lastwg_check(
                 t.actq_sub = 0;
                 t.actq_fastdiv = false;
                 t.attn_live = 0;
+                t.attn_skip = false;
+                t.attn_pre = 0;
             }
         })
     };
