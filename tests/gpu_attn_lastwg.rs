@@ -253,6 +253,24 @@ fn gpu_attn_lastwg_kernel_compiles_with_and_without_subgroups_and_rejects_bad_sh
             k.get_with_layout(&c, &key(hd, nch, exact, reset), &pl)
                 .unwrap();
         }
+        // The epilogue's rounding takes the subgroup path exactly where subgroups run it, and
+        // the live-chunk combine with the exact split.
+        let src = Kernels::source(&c, &key(128, 16, true, true)).unwrap();
+        assert_eq!(src.contains("subgroupMax(abs(v))"), sub);
+        assert!(src.contains("fn live_chunks") && src.contains("select(0.0, x15, 15u <= last)"));
+    }
+    // Emulated subgroup path (tests) and the session-6 tail compile too.
+    c.subgroup32 = false;
+    for (sub, live) in [(2, 1), (0, 0)] {
+        c.tune.actq_sub = sub;
+        c.tune.attn_live = live;
+        let mut k = Kernels::default();
+        let (_, pl) = buffer_layouts(&c, "attn decode + rounding", b"rwwwurrww");
+        k.get_with_layout(&c, &key(128, 16, true, true), &pl)
+            .unwrap();
+        let src = Kernels::source(&c, &key(128, 16, true, true)).unwrap();
+        assert_eq!(src.contains("sg_max_emu(abs(v), lid)"), sub == 2);
+        assert_eq!(src.contains("x15"), live == 1);
     }
     // No split, or heads that do not tile the rounding's 256-value blocks: errors.
     for (hd, nch) in [(128, 1), (96, 16), (512, 16)] {
