@@ -39,6 +39,73 @@ var<workgroup> sc: array<vec2<f32>, 8>;
 // Scales computed once per block by one lane (`Tune::actq_lane_div`, GGUFQ_ACTQ_DIV=0: by
 // every thread).
 const LANE_DIV: bool = $LANE_DIV;
+// Block maxima and quant packing by subgroup operations (`Tune::actq_sub`; the builder keeps
+// the SUBGROUP region of `main` only then, with SG_MAX / SG_SHUF made the subgroup builtins or
+// their workgroup-memory emulation).
+const SUB: bool = $SUB;
+// The scale divisions by `div_fast` (`Tune::actq_fastdiv`) instead of `div_rn`; DIV_SKEW is
+// added to its estimate (tests only: the correction must undo it; 0 in the engine).
+const FAST_DIV: bool = $FAST_DIV;
+const DIV_SKEW: i32 = $DIV_SKEWi;
+
+// The division of the block scales: `div_rn`'s correctly rounded quotient, by either method.
+fn div_q(a: f32, b: f32) -> f32 {
+    if (FAST_DIV) {
+        return div_fast(a, b);
+    }
+    return div_rn(a, b);
+}
+
+// `div_rn(a, b)` without its 25-step serial loop: the 25-bit quotient is estimated from the
+// f32 quotient (Vulkan: within 2.5 ulp, i.e. a few units of the 25-bit integer) and then
+// corrected until the exact remainder r · 2^24 − q · mb (wrapping u32 arithmetic, exact since
+// it is small) lies in [0, mb): the same quotient, remainder and rounding as the long division,
+// so the same bits. An estimate the correction cannot fix falls back to `div_rn`.
+fn div_fast(a: f32, b: f32) -> f32 {
+    let ba = bitcast<u32>(a);
+    let bb = bitcast<u32>(b);
+    let ea = i32(ba >> 23u) - 127;
+    let eb = i32(bb >> 23u) - 127;
+    if (ea <= -127 || eb <= -127 || ea >= 128 || eb >= 128 || (ba >> 31u) != 0u || (bb >> 31u) != 0u) {
+        return a / b;
+    }
+    let ma = (ba & 0x7fffffu) | 0x800000u;
+    let mb = (bb & 0x7fffffu) | 0x800000u;
+    var e = ea - eb;
+    var r = ma;
+    if (ma < mb) {
+        r = ma << 1u;
+        e -= 1;
+    }
+    // q = floor(r · 2^24 / mb) in [2^24, 2^25): 24 significand bits and a guard bit.
+    let est = clamp(f32(r) / f32(mb) * 16777216.0, 16777216.0, 33554431.0);
+    var q = u32(i32(u32(est)) + DIV_SKEW);
+    let d = i32(mb);
+    var rem = bitcast<i32>((r << 24u) - q * mb);
+    for (var k = 0u; k < 16u && rem < 0; k++) {
+        q -= 1u;
+        rem += d;
+    }
+    for (var k = 0u; k < 16u && rem >= d; k++) {
+        q += 1u;
+        rem -= d;
+    }
+    if (rem < 0 || rem >= d) {
+        return div_rn(a, b);
+    }
+    var m = q >> 1u;
+    if ((q & 1u) == 1u && (rem != 0 || (m & 1u) == 1u)) {
+        m += 1u;
+    }
+    if (m == 0x1000000u) {
+        m = m >> 1u;
+        e += 1;
+    }
+    if (e <= -127 || e >= 128) {
+        return a / b;
+    }
+    return bitcast<f32>((u32(e + 127) << 23u) | (m & 0x7fffffu));
+}
 
 // a / b correctly rounded (ties to even) for positive normal a, b with a normal quotient, by
 // long division of the 24-bit significands: GPU `/` may be approximate and `fma` unfused
@@ -125,6 +192,57 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
         return;
     }
     let bs = select(256u, 32u, P.kind == 3u);
+    // SUBGROUP{
+    if (SUB) {
+        // A Q8_0 block is one subgroup of 32 lanes; a Q8_K block's 8 subgroup maxima meet in
+        // `red` (the only barrier). Every lane computes its block's scales (the same function
+        // as one lane in the path below, so the same values), and lanes 0..7 of each subgroup
+        // gather four quants each by shuffles: no barrier for the scales nor the packing.
+        var amax = SG_MAX(abs(v));
+        if (bs == 256u) {
+            if (lid % 32u == 0u) {
+                red[lid / 32u] = amax;
+            }
+            workgroupBarrier();
+            amax = max(max(max(red[0], red[1]), max(red[2], red[3])), max(max(red[4], red[5]), max(red[6], red[7])));
+        }
+        var mul = 0.0;
+        var d = 0.0;
+        var q = 0.0;
+        if (P.kind == 3u) {
+            mul = select(0.0, div_q(127.0, amax), amax != 0.0);
+            d = round_f16(div_q(amax, 127.0));
+            q = round(v * mul);
+        } else if (amax != 0.0) {
+            mul = div_q(127.0, amax);
+            d = div_q(1.0, mul);
+            q = min(round(mul * v), 127.0);
+        }
+        if (live) {
+            Y[o] = bitcast<u32>(q * d);
+        }
+        if (P.q8_base == 0u) {
+            return;
+        }
+        let l = lid % 32u;
+        let qi = i32(q);
+        let j = 4u * (l % 8u);
+        let q0 = SG_SHUF(qi, j);
+        let q1 = SG_SHUF(qi, j + 1u);
+        let q2 = SG_SHUF(qi, j + 2u);
+        let q3 = SG_SHUF(qi, j + 3u);
+        let base = P.x_off + t * P.ld + wg.x * 256u;
+        // Word w of the workgroup's 64 holds values 4w .. 4w + 3 (lanes 4l.. of subgroup w / 8).
+        let w = lid / 32u * 8u + l;
+        if (l < 8u && wg.x * 256u + 4u * w < P.k && t < P.n_tok) {
+            Y[P.q8_base + base / 4u + w] = pack4xI8(vec4<i32>(q0, q1, q2, q3));
+        }
+        if (l == 0u && wg.x * 256u + lid < P.k && t < P.n_tok) {
+            Y[P.q8_base + P.q8_base / 4u + base / 32u + lid / 32u] = bitcast<u32>(d);
+        }
+        return;
+    }
+    // }SUBGROUP
     red[lid] = abs(v);
     workgroupBarrier();
     for (var s = bs / 2u; s > 0u; s >>= 1u) {
@@ -143,11 +261,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
             var mul = 0.0;
             var d = 0.0;
             if (P.kind == 3u) {
-                mul = select(0.0, div_rn(127.0, amax), amax != 0.0);
-                d = round_f16(div_rn(amax, 127.0));
+                mul = select(0.0, div_q(127.0, amax), amax != 0.0);
+                d = round_f16(div_q(amax, 127.0));
             } else if (amax != 0.0) {
-                mul = div_rn(127.0, amax);
-                d = div_rn(1.0, mul);
+                mul = div_q(127.0, amax);
+                d = div_q(1.0, mul);
             }
             sc[lid] = vec2<f32>(mul, d);
         }
@@ -163,13 +281,13 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
         let amax = red[lid - lid % bs];
         if (P.kind == 3u) {
             // Q8_0 / Q8_1: d = amax / 127 stored as f16, q = round(x · 127 / amax).
-            let id = select(0.0, div_rn(127.0, amax), amax != 0.0);
-            dq = round_f16(div_rn(amax, 127.0));
+            let id = select(0.0, div_q(127.0, amax), amax != 0.0);
+            dq = round_f16(div_q(amax, 127.0));
             q = round(v * id);
         } else if (amax != 0.0) {
             // Q8_K: iscale = ∓127 / max, d = 1 / iscale (the sign of max cancels in q · d).
-            let iscale = div_rn(127.0, amax);
-            dq = div_rn(1.0, iscale);
+            let iscale = div_q(127.0, amax);
+            dq = div_q(1.0, iscale);
             q = min(round(iscale * v), 127.0);
         }
     }

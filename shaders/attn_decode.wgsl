@@ -23,6 +23,13 @@
 // workgroups combines the group's partial results and rounds them for `wo` with actq.wgsl's
 // own code (`arrive` and `actq_main`, appended by the builder in src/gpu/kernels.rs), then
 // resets the counter (the builder inserts the call; nothing in the plain kernel).
+//
+// Short contexts (`Tune::attn_pre`, `Tune::attn_skip`): the K row of each thread's first
+// scored position (KPRE) and the V rows of its first four accumulated positions (VPRE) are
+// loaded into registers before the new token's Q/K/V are read, so their memory latency
+// overlaps that phase; the arithmetic and its order are unchanged. SKIP (epilogue with the
+// live-chunk combine only): a chunk past the last position returns at once, without a partial
+// result or an arrival (the group's counter then waits for the live chunks only).
 struct Params {
     n_head: u32,
     n_kv: u32,
@@ -57,6 +64,9 @@ const HD4: u32 = $HD4u;
 const NCH: u32 = $NCHu;
 const LMIN: u32 = $LMINu;
 const EXACT: bool = $EXACT;
+const KPRE: bool = $KPRE;
+const VPRE: bool = $VPRE;
+const SKIP: bool = $SKIP;
 var<workgroup> S: array<f32, CTX>;
 var<workgroup> red: array<f32, 256>;
 var<workgroup> qs: array<vec4<f32>, 64>;
@@ -91,6 +101,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
             wempty = select(0u, 1u, p0 >= n);
         }
         if (workgroupUniformLoad(&wempty) == 1u) {
+            if (SKIP) {
+                return;
+            }
             let part = (tok * P.n_head + h) * NCH + ch;
             if (lid < P.hd) {
                 O[part * P.hd + lid] = 0.0;
@@ -107,6 +120,37 @@ $ARRIVE            return;
     let hd4 = HD4;
     let half = P.hd / 2u;
     let row = tok * P.q_ld;
+    let kvl4 = P.kv_ld / 4u;
+    let cb4 = seq * P.ctx * kvl4;
+    let kb4 = kvh * hd4;
+    // hd/4 threads per position group (one vec4 of V each), 256 / (hd/4) groups.
+    let groups = 256u / hd4;
+    let d4 = lid % hd4;
+    let gi = lid / hd4;
+    let vb = cb4 + kb4 + d4;
+    let pe = min(p1, pos);
+    // Prefetch (older positions only: the new one is stored by this dispatch).
+    let kp = s0 + lid;
+    let kpre = KPRE && kp < s1 && kp != pos;
+    var kr: array<vec4<f32>, HD4>;
+    if (kpre) {
+        let ko = cb4 + kp * kvl4 + kb4;
+        for (var d = 0u; d < HD4; d++) {
+            kr[d] = KC[ko + d];
+        }
+    }
+    let vpre = VPRE && gi < groups && p0 + gi + 3u * groups < pe;
+    var pv0 = vec4<f32>(0.0);
+    var pv1 = vec4<f32>(0.0);
+    var pv2 = vec4<f32>(0.0);
+    var pv3 = vec4<f32>(0.0);
+    if (vpre) {
+        let p = p0 + gi;
+        pv0 = VC[vb + p * kvl4];
+        pv1 = VC[vb + (p + groups) * kvl4];
+        pv2 = VC[vb + (p + 2u * groups) * kvl4];
+        pv3 = VC[vb + (p + 3u * groups) * kvl4];
+    }
     if (lid < half) {
         let k = lid;
         let qo = row + h * P.hd + 2u * k;
@@ -136,9 +180,6 @@ $ARRIVE            return;
         vs[k / 2u][c + 1u] = r16(QKV[vo + 1u]);
     }
     workgroupBarrier();
-    let kvl4 = P.kv_ld / 4u;
-    let cb4 = seq * P.ctx * kvl4;
-    let kb4 = kvh * hd4;
     if (h % grp == 0u && p0 <= pos && pos < p1) {
         let so = cb4 + pos * kvl4 + kb4;
         for (var i = lid; i < hd4; i += 256u) {
@@ -152,6 +193,10 @@ $ARRIVE            return;
         if (p == pos) {
             for (var d = 0u; d < HD4; d++) {
                 s += dot(qs[d], ks[d]);
+            }
+        } else if (kpre && p == kp) {
+            for (var d = 0u; d < HD4; d++) {
+                s += dot(qs[d], kr[d]);
             }
         } else {
             let ko = cb4 + p * kvl4 + kb4;
@@ -169,16 +214,17 @@ $RED_MAX    var sum = 0.0;
         S[p] = e;
         sum += e;
     }
-$RED_SUM    // hd/4 threads per position group (one vec4 of V each), 256 / (hd/4) groups.
-    let groups = 256u / hd4;
-    let d4 = lid % hd4;
-    let gi = lid / hd4;
-    var acc = vec4<f32>(0.0);
+$RED_SUM    var acc = vec4<f32>(0.0);
     if (gi < groups) {
         // Older positions four at a time (four loads in flight), the new one from vs.
-        let vb = cb4 + kb4 + d4;
-        let pe = min(p1, pos);
         var p = p0 + gi;
+        if (vpre) {
+            acc += r16(S[p - s0] * inv) * pv0;
+            acc += r16(S[p + groups - s0] * inv) * pv1;
+            acc += r16(S[p + 2u * groups - s0] * inv) * pv2;
+            acc += r16(S[p + 3u * groups - s0] * inv) * pv3;
+            p += 4u * groups;
+        }
         for (; p + 3u * groups < pe; p += 4u * groups) {
             let v0 = VC[vb + p * kvl4];
             let v1 = VC[vb + (p + groups) * kvl4];

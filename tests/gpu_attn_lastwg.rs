@@ -253,9 +253,223 @@ fn gpu_attn_lastwg_kernel_compiles_with_and_without_subgroups_and_rejects_bad_sh
             k.get_with_layout(&c, &key(hd, nch, exact, reset), &pl)
                 .unwrap();
         }
+        // The epilogue's rounding takes the subgroup path exactly where subgroups run it, and
+        // the live-chunk combine with the exact split.
+        let src = Kernels::source(&c, &key(128, 16, true, true)).unwrap();
+        assert_eq!(src.contains("subgroupMax(abs(v))"), sub);
+        assert!(src.contains("fn live_chunks") && src.contains("select(0.0, x15, 15u <= last)"));
+    }
+    // Emulated subgroup path (tests) and the session-6 tail compile too.
+    c.subgroup32 = false;
+    for (sub, live) in [(2, 1), (0, 0)] {
+        c.tune.actq_sub = sub;
+        c.tune.attn_live = live;
+        let mut k = Kernels::default();
+        let (_, pl) = buffer_layouts(&c, "attn decode + rounding", b"rwwwurrww");
+        k.get_with_layout(&c, &key(128, 16, true, true), &pl)
+            .unwrap();
+        let src = Kernels::source(&c, &key(128, 16, true, true)).unwrap();
+        assert_eq!(src.contains("sg_max_emu(abs(v), lid)"), sub == 2);
+        assert_eq!(src.contains("x15"), live == 1);
     }
     // No split, or heads that do not tile the rounding's 256-value blocks: errors.
     for (hd, nch) in [(128, 1), (96, 16), (512, 16)] {
         assert!(Kernels::source(&c, &key(hd, nch, true, true)).is_err());
+    }
+}
+
+/// Decode logits of `steps` one-token forwards after a prompt of `prompt` tokens (fed in
+/// batches of 8) on `shape_name` × `mix`, with the engine tuned by `tune` (split attention in
+/// chunks of ≥ 16, exact), and the dispatches per token.
+fn decode_tuned(
+    shape_name: &str,
+    mix: &str,
+    n_ctx: usize,
+    prompt: u32,
+    steps: u32,
+    tune: impl FnOnce(&mut ggufq::gpu::kernels::Tune),
+) -> Option<(Vec<Vec<f32>>, usize)> {
+    let c = context_tuned(|c| {
+        c.tune.attn_split = 16;
+        c.tune.attn_exact = true;
+        tune(&mut c.tune);
+    })?;
+    let src = SynthSource::new(shape(shape_name), Mix::parse(mix).unwrap(), mix).unwrap();
+    let opts = ModelOptions {
+        n_ctx,
+        n_batch: 8,
+        n_seq: 1,
+    };
+    let mut m = GpuModel::load(c, &src, opts).unwrap();
+    let nv = m.cfg.n_vocab as u32;
+    let toks: Vec<(u32, u32, u32)> = (0..prompt).map(|i| ((i * 37 + 11) % nv, 0, i)).collect();
+    for b in toks.chunks(8) {
+        m.forward(b, false).unwrap();
+    }
+    let rows = (0..steps)
+        .map(|i| {
+            m.forward(&[((i * 53 + 7) % nv, 0, prompt + i)], false)
+                .unwrap()
+        })
+        .collect();
+    Some((rows, m.dispatches_per_token()))
+}
+
+/// The session-6 kernels: tree block maxima, long divisions, every chunk read and arriving,
+/// no prefetch.
+fn old_tail(t: &mut ggufq::gpu::kernels::Tune) {
+    t.actq_sub = 0;
+    t.actq_fastdiv = false;
+    t.attn_live = 0;
+    t.attn_skip = false;
+    t.attn_pre = 0;
+}
+
+#[test]
+fn gpu_attn_epilogue_new_tail_equals_the_session6_kernels_bit_for_bit() {
+    // The shortened tail (subgroup maxima and packing — emulated in workgroup memory, which
+    // runs the same lane arithmetic on lavapipe —, the fast division, live chunks only), each
+    // part alone and all together, in the epilogue and with the combine dispatch, against
+    // the combine dispatch and the epilogue of session 6: decode logits equal bit for bit.
+    // Q8_K (q4_k, Q4_K_M) and Q8_0 (q8_0, q4_0) roundings; hd 64 with GQA and hd 128 without;
+    // positions 5 … 36, i.e. 1 to 3 live chunks of 16.
+    type Variant = (&'static str, fn(&mut ggufq::gpu::kernels::Tune));
+    let variants: [Variant; 8] = [
+        ("all new, epilogue", |t| {
+            t.actq_sub = 2;
+        }),
+        ("subgroup only", |t| {
+            old_tail(t);
+            t.actq_sub = 2;
+        }),
+        ("fast division only", |t| {
+            old_tail(t);
+            t.actq_fastdiv = true;
+        }),
+        ("live chunks only", |t| {
+            old_tail(t);
+            t.attn_live = 1;
+        }),
+        ("live chunks, empty ones skipped", |t| {
+            old_tail(t);
+            t.attn_live = 1;
+            t.attn_skip = true;
+        }),
+        ("K and V prefetch only", |t| {
+            old_tail(t);
+            t.attn_pre = 3;
+        }),
+        ("all new, combine dispatch", |t| {
+            t.actq_sub = 2;
+            t.attn_lastwg = 0;
+        }),
+        ("session-6 epilogue", old_tail),
+    ];
+    for (shape_name, mix) in [
+        ("tiny", "q4_k"),
+        ("tiny", "q8_0"),
+        ("hd128", "q4_0"),
+        ("hd128", "Q4_K_M"),
+    ] {
+        let Some((want, disp)) = decode_tuned(shape_name, mix, N_CTX, 5, 32, |t| {
+            old_tail(t);
+            t.attn_lastwg = 0;
+        }) else {
+            return;
+        };
+        assert!(want.iter().flatten().all(|v| v.is_finite()));
+        for (name, tune) in variants {
+            let (got, d) = decode_tuned(shape_name, mix, N_CTX, 5, 32, tune).unwrap();
+            // The epilogue saves the combine dispatch of every layer.
+            let epilogue = !name.contains("combine dispatch");
+            assert_eq!(
+                d < disp,
+                epilogue,
+                "{shape_name} {mix} {name}: {d} vs {disp}"
+            );
+            for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+                assert!(
+                    w.iter().zip(g).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{shape_name} {mix} {name}: position {} differs",
+                    i + 5
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gpu_attn_epilogue_live_chunks_past_the_minimum_chunk_length() {
+    // Positions 262 … 269 in a context of 320: chunks of ceil(n / 16) = 17 positions, more
+    // than the minimum of 16, so the epilogue's count of live chunks takes the other branch
+    // of the attention's cut (16 live chunks, the last one partly filled).
+    let Some((want, _)) = decode_tuned("tiny", "q4_k", 320, 262, 8, |t| {
+        old_tail(t);
+        t.attn_lastwg = 0;
+    }) else {
+        return;
+    };
+    let (got, _) = decode_tuned("tiny", "q4_k", 320, 262, 8, |t| t.actq_sub = 2).unwrap();
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        assert!(
+            w.iter().zip(g).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "position {} differs",
+            i + 262
+        );
+    }
+}
+
+#[test]
+fn gpu_attn_epilogue_live_chunks_with_a_wrong_cut_is_caught() {
+    // Fault injection (attn_live = 2): the epilogue reads one live chunk too few. From
+    // position 16 on (two live chunks of 16) the comparison above must see it; before, not.
+    let Some((want, _)) = decode_tuned("tiny", "q4_k", N_CTX, 5, 24, |t| {
+        old_tail(t);
+        t.attn_lastwg = 0;
+    }) else {
+        return;
+    };
+    let (got, _) = decode_tuned("tiny", "q4_k", N_CTX, 5, 24, |t| t.attn_live = 2).unwrap();
+    let differ: Vec<usize> = (0..want.len())
+        .filter(|&i| want[i] != got[i])
+        .map(|i| i + 5)
+        .collect();
+    assert_eq!(
+        differ,
+        (16..29).collect::<Vec<_>>(),
+        "a dropped chunk went unnoticed"
+    );
+}
+
+#[test]
+fn gpu_attn_prefetch_and_skip_with_long_chunks_equal_the_session6_kernels() {
+    // Chunks of ≥ 64 positions, so that the V prefetch (the first four accumulated positions
+    // of each thread: position groups of 16 for hd 64, 8 for hd 128) applies; positions
+    // 5 … 84 (1 or 2 live chunks). Everything new vs the session-6 combine dispatch, and each
+    // prefetch alone, bit for bit. (The tiny model's probabilities are nearly uniform, so
+    // only hd128 sees a V row weighed by the wrong probability.)
+    for (shape_name, mix) in [("tiny", "q4_k"), ("hd128", "q4_0")] {
+        let Some((want, _)) = decode_tuned(shape_name, mix, N_CTX, 5, 80, |t| {
+            t.attn_split = 64;
+            old_tail(t);
+            t.attn_lastwg = 0;
+        }) else {
+            return;
+        };
+        for pre in [1, 2, 3] {
+            let (got, _) = decode_tuned(shape_name, mix, N_CTX, 5, 80, |t| {
+                t.attn_split = 64;
+                t.actq_sub = 2;
+                t.attn_pre = pre;
+            })
+            .unwrap();
+            for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+                assert!(
+                    w.iter().zip(g).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{shape_name} {mix} prefetch {pre}: position {} differs",
+                    i + 5
+                );
+            }
+        }
     }
 }

@@ -213,23 +213,58 @@ impl ActRounding {
 /// matrix of weight type `ty` (tests and diagnostics; the model records the same kernel in its
 /// graph).
 pub fn round_rows(ctx: &GpuContext, ty: GgmlType, x: &[f32], k: usize) -> Result<Vec<f32>> {
+    check_rows(x, k)?;
+    if kind_for_weight(ty) == 0 {
+        return Ok(x.to_vec());
+    }
+    let words = round_rows_words(ctx, ty, x, k, false)?;
+    Ok(words[..x.len()]
+        .iter()
+        .map(|w| f32::from_bits(*w))
+        .collect())
+}
+
+/// [`round_rows`] with the packed int8 output the integer decode mat-vecs read: the whole
+/// output as words (rounded values, then from [`q8_base`] of the input length the packed
+/// quants and per-32 scales, [`q8_words`] in all). Errors for types without a Q8 rounding.
+pub fn round_rows_packed(ctx: &GpuContext, ty: GgmlType, x: &[f32], k: usize) -> Result<Vec<u32>> {
+    if !matches!(kind_for_weight(ty), 3 | 4) || k % 256 != 0 {
+        return Err(Error::msg(format!(
+            "packed activation rounding: {} has no Q8 rounding or rows of {k} are not whole 256-value blocks",
+            ty.name()
+        )));
+    }
+    round_rows_words(ctx, ty, x, k, true)
+}
+
+fn check_rows(x: &[f32], k: usize) -> Result<()> {
     if k == 0 || x.len() % k != 0 {
         return Err(Error::msg(format!(
             "activation rounding: {} values are not whole rows of {k}",
             x.len()
         )));
     }
+    Ok(())
+}
+
+fn round_rows_words(
+    ctx: &GpuContext,
+    ty: GgmlType,
+    x: &[f32],
+    k: usize,
+    packed: bool,
+) -> Result<Vec<u32>> {
+    check_rows(x, k)?;
     let kind = kind_for_weight(ty);
-    if kind == 0 {
-        return Ok(x.to_vec());
-    }
     let n_tok = x.len() / k;
     let (bgl, layout) = super::kernels::buffer_layouts(ctx, "actq", b"r-wu");
     let mut kernels = Kernels::default();
     let pipe = kernels.get_with_layout(ctx, &KernelKey::ActQ, &layout)?;
     let xb = f32_buffer(ctx, "x", x);
-    let yb = scratch(ctx, "y", x.len());
-    let p = params(k as u32, k as u32, 0, n_tok as u32, kind);
+    let words = if packed { q8_words(x.len()) } else { x.len() };
+    let yb = scratch(ctx, "y", words);
+    let base = if packed { q8_base(x.len()) as u32 } else { 0 };
+    let p = params_q8(k as u32, k as u32, 0, n_tok as u32, kind, base);
     let ub = super::buffers::uniform(ctx, &p);
     let bg = super::buffers::bind_buffers(ctx, &bgl, &[(0, &xb), (2, &yb), (3, &ub)]);
     let mut enc = ctx.device.create_command_encoder(&Default::default());
@@ -241,5 +276,60 @@ pub fn round_rows(ctx: &GpuContext, ty: GgmlType, x: &[f32], k: usize) -> Result
         pass.dispatch_workgroups(gx, gy, 1);
     }
     ctx.queue.submit(Some(enc.finish()));
-    ctx.read_f32(&yb, 0, x.len())
+    Ok(ctx
+        .read_f32(&yb, 0, words)?
+        .into_iter()
+        .map(f32::to_bits)
+        .collect())
+}
+
+/// `div_q(a, b)` of the activation rounding (`shaders/actq.wgsl`, the scale division as the
+/// rounding kernels compile it for `ctx`: `div_fast` or `div_rn`, `Tune::actq_fastdiv`) for
+/// each pair, on the GPU (tests of the division against the CPU's IEEE quotient).
+pub fn divide(ctx: &GpuContext, pairs: &[(f32, f32)]) -> Result<Vec<f32>> {
+    if pairs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = u32::try_from(pairs.len())
+        .ok()
+        .filter(|&n| n <= 1 << 30)
+        .ok_or_else(|| Error::msg(format!("{} divisions are too many", pairs.len())))?;
+    let src = super::kernels::div_test_source(ctx)?;
+    let (bgl, layout) = super::kernels::buffer_layouts(ctx, "div", b"r-wu");
+    let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let module = ctx
+        .device
+        .create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("div test"),
+            source: wgpu::ShaderSource::Wgsl(src.into()),
+        });
+    let pipe = ctx
+        .device
+        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("div test"),
+            layout: Some(&layout),
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+    if let Some(e) = pollster::block_on(scope.pop()) {
+        return Err(Error::msg(format!("division test kernel: {e}")));
+    }
+    let x: Vec<f32> = pairs.iter().flat_map(|&(a, b)| [a, b]).collect();
+    let xb = f32_buffer(ctx, "x", &x);
+    let yb = scratch(ctx, "y", pairs.len());
+    let ub = super::buffers::uniform(ctx, &params(n, 0, 0, 0, 0));
+    let bg = super::buffers::bind_buffers(ctx, &bgl, &[(0, &xb), (2, &yb), (3, &ub)]);
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        pass.set_pipeline(&pipe);
+        pass.set_bind_group(0, &bg, &[]);
+        let wg = n.div_ceil(64);
+        // 32768 workgroups of 64 per row of the grid (gid.y · 2^21 + gid.x).
+        pass.dispatch_workgroups(wg.min(32768), wg.div_ceil(32768), 1);
+    }
+    ctx.queue.submit(Some(enc.finish()));
+    ctx.read_f32(&yb, 0, pairs.len())
 }

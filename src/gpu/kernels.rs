@@ -750,6 +750,38 @@ pub struct Tune {
     /// workgroup reads stale values (256 of 256 steps differ). Plain `storageBarrier()`
     /// is thus not enough for plain loads on that stack.
     pub lw_atomic: u32,
+    /// The activation rounding (`shaders/actq.wgsl`: the `actq` dispatch, the combine
+    /// dispatch and the decode attention's epilogue) takes its block maxima with
+    /// `subgroupMax` and packs the int8 quants with subgroup shuffles where the adapter has
+    /// 32-wide subgroups: no barrier for Q8_0 blocks, one for Q8_K (the tree: 5 and 8, plus
+    /// one for the scales and one for the packing); same values bit for bit.
+    /// GGUFQ_ACTQ_SUB: 1 (default) on, 0 the workgroup-memory tree; 2 (tests) the subgroup
+    /// code with the builtins emulated in workgroup memory, on any adapter.
+    pub actq_sub: u32,
+    /// The block scales of those roundings are divided by `div_fast` (the f32 quotient as an
+    /// estimate of the 25-bit quotient, corrected with the exact integer remainder) instead
+    /// of `div_rn`'s 25-step long division: the same correctly rounded quotient.
+    /// GGUFQ_ACTQ_FASTDIV=0: the long division.
+    pub actq_fastdiv: bool,
+    /// Tests only (0 in the engine): added to `div_fast`'s estimate, which its correction
+    /// must undo.
+    pub div_skew: i32,
+    /// The decode attention's epilogue ([`KernelKey::AttnDecodeQ`], exact split) reads only
+    /// the live chunks of each head (the others hold +0.0, which the combine would add),
+    /// with all loads issued before the sum; same sum bit for bit. GGUFQ_ATTN_LIVE: 1
+    /// (default) on, 0 all [`ATTN_MAX_CHUNKS`] chunks in a loop, as the combine dispatch; 2
+    /// is a fault injected by the tests (one live chunk too few).
+    pub attn_live: u32,
+    /// With [`Tune::attn_live`], the decode attention's workgroups of chunks past the last
+    /// position return at once (no zero partial result, no arrival; the counter waits for
+    /// the live chunks), instead of writing an empty result and arriving. GGUFQ_ATTN_SKIP=0:
+    /// they arrive. (tg128 at the 7B shape: 4 of 16 chunks per head live at most.)
+    pub attn_skip: bool,
+    /// The decode attention loads the K row of each thread's first scored position (bit 2)
+    /// and the V rows of its first four accumulated positions (bit 1) into registers before
+    /// the new token's Q/K/V phase, so that their memory latency overlaps it; the same
+    /// arithmetic in the same order. GGUFQ_ATTN_PRE: 0 none, 1 V, 2 K, 3 both.
+    pub attn_pre: u32,
     /// L2 prefetch in the decode graph: after each latency-bound step (NormQ8, the decode
     /// attention, a rounding) that a mat-vec group follows, a [`KernelKey::Prefetch`]
     /// dispatch reads the first MiB of that group's weights (this many per group, 0 = off;
@@ -1014,6 +1046,12 @@ impl Tune {
             lw_actq: std::env::var("GGUFQ_LW_ACTQ").as_deref() == Ok("1"),
             lw_norm: std::env::var("GGUFQ_LW_NORM").as_deref() == Ok("1"),
             lw_atomic: get("GGUFQ_LW_ATOMIC", 1, &[0, 1, 2]),
+            actq_sub: get("GGUFQ_ACTQ_SUB", 1, &[0, 1, 2]),
+            actq_fastdiv: std::env::var("GGUFQ_ACTQ_FASTDIV").as_deref() != Ok("0"),
+            div_skew: 0,
+            attn_live: get("GGUFQ_ATTN_LIVE", 1, &[0, 1]),
+            attn_skip: std::env::var("GGUFQ_ATTN_SKIP").as_deref() != Ok("0"),
+            attn_pre: get("GGUFQ_ATTN_PRE", 3, &[0, 1, 2, 3]),
             wide: get("GGUFQ_WIDE", 1, &[0, 1, 2]),
             persist: std::env::var("GGUFQ_MV_PERSIST")
                 .ok()
@@ -2353,13 +2391,120 @@ const NORM_PROLOGUE: &str = "    var ss = 0.0;
 $ACT_PRO";
 
 /// `shaders/actq.wgsl` with its block scales computed by one lane per block or by every
-/// thread ([`Tune::actq_div`]).
-fn actq_source(ctx: &GpuContext) -> String {
-    ACTQ_WGSL.replace(
-        "$LANE_DIV",
-        if ctx.tune.actq_div { "true" } else { "false" },
-    )
+/// thread ([`Tune::actq_div`]), divided by `div_fast` or `div_rn` ([`Tune::actq_fastdiv`]),
+/// and its subgroup path ([`Tune::actq_sub`]) kept where 32-wide subgroups run it (or
+/// emulated), else cut out.
+fn actq_source(ctx: &GpuContext) -> Result<String> {
+    let t = &ctx.tune;
+    let sub = match t.actq_sub {
+        1 if ctx.subgroup32 => 1,
+        2 => 2,
+        _ => 0,
+    };
+    let b = |v: bool| if v { "true" } else { "false" };
+    let mut s = ACTQ_WGSL
+        .replace("$LANE_DIV", b(t.actq_div))
+        .replace("$SUB", b(sub != 0))
+        .replace("$FAST_DIV", b(t.actq_fastdiv))
+        .replace("$DIV_SKEW", &t.div_skew.to_string());
+    let internal = |what: &str| Error::msg(format!("internal: actq.wgsl has no {what}"));
+    let (open, close) = ("    // SUBGROUP{\n", "    // }SUBGROUP\n");
+    let a = s.find(open).ok_or_else(|| internal("SUBGROUP region"))?;
+    let z = s
+        .find(close)
+        .ok_or_else(|| internal("SUBGROUP region end"))?
+        + close.len();
+    if sub == 0 {
+        s.replace_range(a..z, "");
+        return Ok(s);
+    }
+    for (from, on, emu) in [
+        (
+            "SG_MAX(abs(v))",
+            "subgroupMax(abs(v))",
+            "sg_max_emu(abs(v), lid)",
+        ),
+        (
+            "SG_SHUF(qi, j)",
+            "subgroupShuffle(qi, j)",
+            "sg_shuf_emu(qi, j, lid)",
+        ),
+        (
+            "SG_SHUF(qi, j + 1u)",
+            "subgroupShuffle(qi, j + 1u)",
+            "sg_shuf_emu(qi, j + 1u, lid)",
+        ),
+        (
+            "SG_SHUF(qi, j + 2u)",
+            "subgroupShuffle(qi, j + 2u)",
+            "sg_shuf_emu(qi, j + 2u, lid)",
+        ),
+        (
+            "SG_SHUF(qi, j + 3u)",
+            "subgroupShuffle(qi, j + 3u)",
+            "sg_shuf_emu(qi, j + 3u, lid)",
+        ),
+    ] {
+        if !s.contains(from) {
+            return Err(internal(from));
+        }
+        s = s.replace(from, if sub == 1 { on } else { emu });
+    }
+    if sub == 2 {
+        s.push_str(ACTQ_SUB_EMU);
+    }
+    Ok(s)
 }
+
+/// A test kernel of the rounding's scale division (tests, [`super::actq::divide`]): the
+/// declarations and functions of [`actq_source`] (so `div_q` as the rounding compiles it,
+/// [`Tune::actq_fastdiv`], [`Tune::div_skew`]) and an entry point that writes
+/// `div_q(X[2i], X[2i + 1])` to `Y[i]` for i < `P.k`, 64 per workgroup.
+pub fn div_test_source(ctx: &GpuContext) -> Result<String> {
+    let s = actq_source(ctx)?;
+    let end = s
+        .find("@compute")
+        .ok_or_else(|| Error::msg("internal: actq.wgsl has no entry point"))?;
+    Ok(format!(
+        "{}
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {{
+    let i = gid.y * 2097152u + gid.x;
+    if (i < P.k) {{
+        Y[i] = bitcast<u32>(div_q(X[2u * i], X[2u * i + 1u]));
+    }}
+}}
+",
+        &s[..end]
+    ))
+}
+
+/// The subgroup builtins of actq.wgsl's subgroup path emulated in workgroup memory (32-lane
+/// groups of consecutive invocations, as the H100's subgroups), so that the path's lane
+/// arithmetic runs on adapters without 32-wide subgroups ([`Tune::actq_sub`] = 2, tests).
+/// Called in uniform control flow only; `red` and `qv` are free there.
+const ACTQ_SUB_EMU: &str = "
+fn sg_max_emu(x: f32, lid: u32) -> f32 {
+    workgroupBarrier();
+    red[lid] = x;
+    workgroupBarrier();
+    let b = lid - lid % 32u;
+    var m = red[b + 31u];
+    for (var j = 0u; j < 31u; j++) {
+        m = max(m, red[b + j]);
+    }
+    workgroupBarrier();
+    return m;
+}
+fn sg_shuf_emu(x: i32, src: u32, lid: u32) -> i32 {
+    workgroupBarrier();
+    qv[lid] = x;
+    workgroupBarrier();
+    let r = qv[lid - lid % 32u + src % 32u];
+    workgroupBarrier();
+    return r;
+}
+";
 
 /// Workgroup memory of the [`KernelKey::NormRound`] kernel for rows of `k4`·4 values.
 pub fn norm_round_shared_bytes(k4: u32) -> u32 {
@@ -2659,8 +2804,9 @@ const NCH: u32 = $NCHu;
 const EXACT: bool = $EXACT;
 ";
 
-/// WGSL of the decode attention (`shaders/attn_decode.wgsl`); `arrive` is the code after
-/// each workgroup's partial result ([`KernelKey::AttnDecodeQ`]; empty for the plain kernel).
+/// WGSL of the decode attention (`shaders/attn_decode.wgsl`); `epilogue`: Some for
+/// [`KernelKey::AttnDecodeQ`] (each workgroup arrives after its partial result), with whether
+/// empty chunks skip that ([`Tune::attn_skip`]); None for the plain kernel.
 fn attn_decode_source(
     ctx: &GpuContext,
     n: u32,
@@ -2668,8 +2814,15 @@ fn attn_decode_source(
     nch: u32,
     lmin: u32,
     exact: bool,
-    arrive: &str,
+    epilogue: Option<bool>,
 ) -> String {
+    let arrive = if epilogue.is_some() {
+        "    arrive(lid, h, tok);\n"
+    } else {
+        ""
+    };
+    let skip = epilogue.unwrap_or(false);
+    let b = |v: bool| if v { "true" } else { "false" };
     let (rmax, rsum) = if ctx.subgroup32 {
         (ATTN_MAX_SUBGROUP, ATTN_SUM_SUBGROUP)
     } else {
@@ -2684,6 +2837,9 @@ fn attn_decode_source(
         .replace("$RED_MAX", rmax)
         .replace("$RED_SUM", rsum)
         .replace("$ARRIVE", arrive)
+        .replace("$KPRE", b(ctx.tune.attn_pre & 2 != 0))
+        .replace("$VPRE", b(ctx.tune.attn_pre & 1 != 0))
+        .replace("$SKIP", b(skip))
 }
 
 /// The last-workgroup epilogue of [`KernelKey::AttnDecodeQ`], appended to the decode
@@ -2699,9 +2855,13 @@ fn attn_decode_source(
 /// the fence before the `atomicAdd` publishes this workgroup's partial result, the one
 /// after the last arrival makes every other workgroup's visible (CUDA's threadfence
 /// reduction). No workgroup waits for another, so no forward-progress assumption.
-fn attn_epilogue(ctx: &GpuContext, reset: bool) -> Result<String> {
+///
+/// With [`Tune::attn_live`] (exact split only) the combine is [`attn_combine_live`]: only the
+/// live chunks, all loads first, the same additions.
+fn attn_epilogue(ctx: &GpuContext, nch: u32, exact: bool, reset: bool) -> Result<String> {
+    let live = exact && ctx.tune.attn_live != 0;
     let internal = |what: &str| Error::msg(format!("internal: actq.wgsl has no {what}"));
-    let mut a = actq_source(ctx);
+    let mut a = actq_source(ctx)?;
     for (from, to) in [
         (
             "@group(0) @binding(0) var<storage, read> X: array<f32>;",
@@ -2729,7 +2889,7 @@ fn attn_epilogue(ctx: &GpuContext, reset: bool) -> Result<String> {
         return Err(internal("entry point `main(lid, wg)`"));
     }
     let a = entry.replace(&a, "fn actq_main(lid: u32, wg: vec3<u32>) {");
-    let text = format!("{a}{ATTN_COMBINE}");
+    let text = format!("{a}{}", if live { "" } else { ATTN_COMBINE });
     // actq.wgsl's parameters → the attention's (the rounding reads token rows from word 0).
     let field =
         regex::Regex::new(r"\bP\.(\w+)").map_err(|e| Error::msg(format!("internal: {e}")))?;
@@ -2760,6 +2920,21 @@ fn attn_epilogue(ctx: &GpuContext, reset: bool) -> Result<String> {
     let text = regex::Regex::new(r"\bX\[")
         .map_err(|e| Error::msg(format!("internal: {e}")))?
         .replace_all(&text, "O[");
+    let combine = if live {
+        attn_combine_live(nch, ctx.tune.attn_live == 2)
+    } else {
+        String::new()
+    };
+    // The attention's cut of token t's visible positions [lo, n) into chunks: how many hold
+    // a position.
+    let live_fn = "
+fn live_chunks(t: u32) -> u32 {
+    let n = TI[t].y + 1u;
+    let lo = select(0u, n - min(n, P.window), P.window > 0u);
+    let clen = max(LMIN, (n - lo + NCH - 1u) / NCH);
+    return (n - lo + clen - 1u) / clen;
+}
+";
     Ok(format!(
         "
 @group(0) @binding(8) var<storage, read_write> CNT: array<atomic<u32>>;
@@ -2770,7 +2945,7 @@ const RESET: bool = {reset};
 fn arrive(lid: u32, h: u32, tok: u32) {{
     let g = h / GH;
     let h0 = g * GH;
-    let need = (min(P.n_head, h0 + GH) - h0) * NCH;
+    let need = (min(P.n_head, h0 + GH) - h0) * select(NCH, live_chunks(tok), SKIP);
     let c = tok * ((P.n_head + GH - 1u) / GH) + g;
     // Release: this workgroup's partial result before its arrival.
     storageBarrier();
@@ -2787,8 +2962,50 @@ fn arrive(lid: u32, h: u32, tok: u32) {{
         }}
     }}
 }}
-{text}"
+{text}{combine}{live_fn}"
     ))
+}
+
+/// Whether the decode attention with the epilogue skips its empty chunks ([`Tune::attn_skip`]:
+/// only where the epilogue's combine reads the live chunks alone).
+fn attn_skips(ctx: &GpuContext, exact: bool) -> bool {
+    exact && ctx.tune.attn_live != 0 && ctx.tune.attn_skip
+}
+
+/// The exact split's combination for the epilogue ([`Tune::attn_live`]): value `i` of token
+/// `t` is the sum of its head's `nch` partial results in chunk order, as [`ATTN_COMBINE`]
+/// computes it, but the chunks past the last live one (the attention's cut of the token's
+/// visible positions: they hold +0.0) are not read; a literal +0.0 is added in their place, so
+/// the additions are the same bit for bit. The loads (of chunk min(c, last)) are written out
+/// before the sum so that they are all in flight at once.
+/// `drop_one`: the tests' fault injection, one live chunk too few.
+fn attn_combine_live(nch: u32, drop_one: bool) -> String {
+    let mut loads = String::new();
+    let mut sum = String::new();
+    for c in 0..nch {
+        loads.push_str(&format!(
+            "    let x{c} = O[(base + min({c}u, last)) * P.hd + j];\n"
+        ));
+        sum.push_str(&format!("    o += select(0.0, x{c}, {c}u <= last);\n"));
+    }
+    let last = if drop_one {
+        "max(live_chunks(t), 2u) - 2u"
+    } else {
+        "live_chunks(t) - 1u"
+    };
+    format!(
+        "
+fn attn_combine(i: u32, t: u32) -> f32 {{
+    let h = i / P.hd;
+    let j = i % P.hd;
+    let base = (t * P.n_head + h) * NCH;
+    // The last chunk that holds a position.
+    let last = {last};
+{loads}    var o = 0.0;
+{sum}    return o;
+}}
+"
+    )
 }
 
 /// ... or per warp with subgroups.
@@ -2936,7 +3153,7 @@ impl Kernels {
                 nch,
                 lmin,
                 exact,
-            } => attn_decode_source(ctx, *n, *hd, *nch, *lmin, *exact, ""),
+            } => attn_decode_source(ctx, *n, *hd, *nch, *lmin, *exact, None),
             KernelKey::AttnDecodeQ {
                 ctx: n,
                 hd,
@@ -2957,8 +3174,8 @@ impl Kernels {
                     *nch,
                     *lmin,
                     *exact,
-                    "    arrive(lid, h, tok);\n",
-                ) + &attn_epilogue(ctx, *reset)?
+                    Some(attn_skips(ctx, *exact)),
+                ) + &attn_epilogue(ctx, *nch, *exact, *reset)?
             }
             KernelKey::MatMat { ty } => {
                 let gt = GgmlType::from_id(*ty)
@@ -2997,7 +3214,7 @@ impl Kernels {
                 .replace("$QT", &qt.to_string())
                 .replace("$KB", &kb.to_string()),
             KernelKey::AttentionCoop { hd } => attention_coop_source(*hd)?,
-            KernelKey::ActQ => actq_source(ctx),
+            KernelKey::ActQ => actq_source(ctx)?,
             KernelKey::Arch(op) => super::arch::source(*op)?,
             KernelKey::AttnCombineQ { nch, exact } => {
                 if !ACTQ_WGSL.contains(ACTQ_LOAD) {
@@ -3005,7 +3222,7 @@ impl Kernels {
                         "internal: actq.wgsl has no input load to replace",
                     ));
                 }
-                actq_source(ctx).replace(ACTQ_LOAD, "v = attn_combine(i, t);")
+                actq_source(ctx)?.replace(ACTQ_LOAD, "v = attn_combine(i, t);")
                     + &ATTN_COMBINE_CONSTS
                         .replace("$NCH", &nch.to_string())
                         .replace("$EXACT", if *exact { "true" } else { "false" })

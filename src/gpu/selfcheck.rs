@@ -468,8 +468,12 @@ pub const LASTWG_CHECK_TOKENS: usize = 300;
 /// The decode attention's last-workgroup epilogue (`Tune::attn_lastwg`) against the combine
 /// dispatch on the model `src`: [`LASTWG_CHECK_TOKENS`] one-token forwards (positions 0, 1, …,
 /// tokens from a fixed stream) with each, logits compared bit for bit (the epilogue runs the
-/// combine's operations in the same order). One model loaded at a time. Returns one line and
-/// whether the logits were equal.
+/// combine's operations in the same order). The combine run also uses the session-6 code
+/// (`Tune::actq_sub`, `Tune::actq_fastdiv`, `Tune::attn_live`, `Tune::attn_skip`,
+/// `Tune::attn_pre` off), so the check covers the shortened tail (subgroup maxima, fast
+/// division, live chunks, skipped empty chunks, K/V prefetch) of the epilogue and of the
+/// `actq` dispatches as `ctx` is tuned. One model loaded at a time. Returns one
+/// line and whether the logits were equal.
 pub fn attn_lastwg_check(
     ctx: &Arc<GpuContext>,
     src: &dyn super::source::WeightSource,
@@ -479,6 +483,13 @@ pub fn attn_lastwg_check(
             t.attn_lastwg = lastwg;
             if t.attn_split == 0 {
                 t.attn_split = 32;
+            }
+            if lastwg == 0 {
+                t.actq_sub = 0;
+                t.actq_fastdiv = false;
+                t.attn_live = 0;
+                t.attn_skip = false;
+                t.attn_pre = 0;
             }
         })
     };
@@ -514,7 +525,7 @@ pub fn attn_lastwg_check(
     let used = b.1 < a.1;
     let ok = differ.is_empty() && finite && a.0.len() == b.0.len();
     let line = format!(
-        "decode attention last-workgroup epilogue{} vs combine dispatch, {n} tokens: {} of {n} positions differ{}, dispatches per token {} vs {}, logits finite {finite} {}",
+        "decode attention last-workgroup epilogue{} vs combine dispatch (session-6 rounding), {n} tokens: {} of {n} positions differ{}, dispatches per token {} vs {}, logits finite {finite} {}",
         if used { "" } else { " (not used on this model)" },
         differ.len(),
         differ
