@@ -179,6 +179,28 @@ impl GpuContext {
         Ok(())
     }
 
+    /// Block until `done` is set by a callback that a poll of the device runs (a buffer
+    /// map): with `Tune::spin_wait`, by polling without blocking in a loop; otherwise by
+    /// one blocking poll (all submitted work done).
+    pub fn wait_for(&self, done: &std::sync::atomic::AtomicBool) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if !self.tune.spin_wait {
+            return self.wait();
+        }
+        while !done.load(Ordering::Acquire) {
+            let st = self
+                .device
+                .poll(wgpu::PollType::Poll)
+                .map_err(|e| Error::msg(format!("GPU poll failed: {e}")))?;
+            if st.is_queue_empty() && !done.load(Ordering::Acquire) {
+                // Nothing left to run, so the callback can only come from a blocking poll.
+                return self.wait();
+            }
+            std::hint::spin_loop();
+        }
+        Ok(())
+    }
+
     /// Read back `n` f32 values starting at element `offset` of a storage buffer
     /// (the buffer needs COPY_SRC usage).
     pub fn read_f32(&self, buf: &wgpu::Buffer, offset: u64, n: usize) -> Result<Vec<f32>> {

@@ -750,7 +750,26 @@ pub struct Tune {
     /// workgroup reads stale values (256 of 256 steps differ). Plain `storageBarrier()`
     /// is thus not enough for plain loads on that stack.
     pub lw_atomic: u32,
+    /// One-token forwards wait for their logits by polling the device in a loop
+    /// (`PollType::Poll`) until the read-back's map callback has fired, instead of one
+    /// blocking `poll(wait)` (GGUFQ_SPIN_WAIT=1 turns it on; costs a CPU core while the
+    /// GPU runs).
+    pub spin_wait: bool,
+    /// Weight chunks are sub-allocated in pooled buffers of at most this many bytes (each
+    /// chunk at an offset aligned to `min_storage_buffer_offset_alignment`, bound with
+    /// offset and size), so a submit tracks a few large buffers instead of one per chunk
+    /// (GGUFQ_WEIGHT_POOL=MiB; 0 = one buffer per chunk).
+    pub weight_pool: u64,
+    /// One-token forwards upload their embedding row and token table through two
+    /// persistently owned MAP_WRITE buffers (mapped while the GPU runs the previous token,
+    /// copied at the start of the command buffer) instead of `queue.write_buffer`, whose
+    /// staging buffer and extra command buffer cost CPU in every submit
+    /// (GGUFQ_UPLOAD_RING=0: `write_buffer`).
+    pub upload_ring: bool,
 }
+
+/// Default size of a pooled weight buffer in bytes ([`Tune::weight_pool`]).
+pub const WEIGHT_POOL_BYTES: u64 = 256 << 20;
 
 /// Most chunks per head of the split decode attention ([`Tune::attn_split`]).
 pub const ATTN_MAX_CHUNKS: u32 = 16;
@@ -964,6 +983,12 @@ impl Tune {
             lw_actq: std::env::var("GGUFQ_LW_ACTQ").as_deref() == Ok("1"),
             lw_norm: std::env::var("GGUFQ_LW_NORM").as_deref() == Ok("1"),
             lw_atomic: get("GGUFQ_LW_ATOMIC", 1, &[0, 1, 2]),
+            spin_wait: std::env::var("GGUFQ_SPIN_WAIT").as_deref() == Ok("1"),
+            weight_pool: std::env::var("GGUFQ_WEIGHT_POOL")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .map_or(WEIGHT_POOL_BYTES, |mib| mib << 20),
+            upload_ring: std::env::var("GGUFQ_UPLOAD_RING").as_deref() != Ok("0"),
         }
     }
 }
