@@ -181,7 +181,8 @@ impl WeightPool {
     /// binding limit, each chunk within it does not) on `ctx`'s device.
     pub fn new(ctx: &GpuContext, bytes: u64) -> WeightPool {
         let cap = bytes.min(ctx.facts.max_buffer).max(256);
-        let align = ctx.device.limits().min_storage_buffer_offset_alignment as u64;
+        // At least 256 bytes: whole cache lines and sectors for the kernels' loads.
+        let align = (ctx.device.limits().min_storage_buffer_offset_alignment as u64).max(256);
         WeightPool {
             layout: PoolLayout::new(cap, align),
             cur: None,
@@ -558,7 +559,12 @@ mod tests {
             let mut ranges: Vec<(usize, u64, u64)> = Vec::new();
             let mut own = 0;
             for _ in 0..500 {
-                let len = 4 * (1 + next() % 3000);
+                // Mostly chunks of up to 4000 bytes, one in 50 larger than a block.
+                let len = if next() % 50 == 0 {
+                    cap + 4 * (1 + next() % 100)
+                } else {
+                    4 * (1 + next() % 1000)
+                };
                 match lay.place(len) {
                     Placement::Own => {
                         assert!(len > cap, "{len} bytes fit a block");
@@ -582,7 +588,7 @@ mod tests {
                 }
             }
             // Blocks are filled: a new block only when the chunk did not fit the last one.
-            assert!(lay.blocks < ranges.len() / 2 + own);
+            assert!(lay.blocks - own < ranges.len() / 2, "{} blocks", lay.blocks);
         }
         assert_eq!(PoolLayout::new(100, 48).align, 64);
     }

@@ -356,3 +356,51 @@ impl HostTimeline {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_timeline_summary_takes_intervals_gaps_and_aligned_clocks() {
+        // Three calls 1000 µs apart; phases of 1, 2, ..., 7 µs; GPU passes of 900 µs that
+        // begin 50 µs after the submit (GPU clock 10 000 µs behind) and end 5, 3, 9 µs
+        // before each callback.
+        let mut marks = Vec::new();
+        let mut gpu = Vec::new();
+        for (i, wake) in [5.0, 3.0, 9.0].into_iter().enumerate() {
+            let t0 = 1000.0 * i as f64;
+            let mut m = [t0; 8];
+            for k in 1..8 {
+                m[k] = m[k - 1] + k as f64;
+            }
+            // The callback waits for the pass: submitted (t0 + 6) + 50 + 900 + wake.
+            m[5] = t0 + 6.0 + 950.0 + wake;
+            m[6] = m[5] + 6.0;
+            m[7] = m[6] + 7.0;
+            marks.push(m);
+            gpu.push((t0 + 56.0 - 10_000.0, t0 + 956.0 - 10_000.0));
+        }
+        let tl = HostTimeline { marks, gpu };
+        let s = tl.summary();
+        let get = |name: &str| s.iter().find(|p| p.name == name).unwrap().clone();
+        assert_eq!(get("start → prepared").mean_us, 1.0);
+        assert_eq!(get("recorded → submitted").p50_us, 3.0);
+        assert_eq!(get("wall period (start → next start)").mean_us, 1000.0);
+        assert_eq!(get("GPU pass").p50_us, 900.0);
+        assert_eq!(get("GPU idle between passes").mean_us, 100.0);
+        // Aligned on the fastest wake-up (3 µs): 2, 0, 6 µs after it; launch 50 + 3.
+        assert_eq!(get("GPU pass end → map callback (aligned)").p50_us, 2.0);
+        let launch = get("submitted → GPU pass begin (aligned)");
+        assert!((launch.mean_us - 53.0).abs() < 1e-9, "{launch:?}");
+        // Without GPU timestamps only the CPU rows.
+        let cpu = HostTimeline {
+            marks: tl.marks.clone(),
+            gpu: Vec::new(),
+        };
+        assert_eq!(cpu.summary().len(), MARKS.len() + 1);
+        assert!(cpu
+            .to_markdown("m")
+            .contains("| start → prepared | 1.0 | 1.0 |"));
+    }
+}
