@@ -146,13 +146,21 @@ impl GpuContext {
             timestamps: ts,
             coop_matrix: coop,
         };
+        let mut tune = super::kernels::Tune::from_env();
+        if info.device_type == wgpu::DeviceType::Cpu
+            && std::env::var("GGUFQ_SPIN_WAIT").as_deref() != Ok("1")
+        {
+            // A CPU adapter (lavapipe) runs the kernels on the cores a spinning wait would
+            // take from it.
+            tune.spin_wait = false;
+        }
         Ok(GpuContext {
             device,
             queue,
             facts,
             max_binding,
             subgroup32,
-            tune: super::kernels::Tune::from_env(),
+            tune,
         })
     }
 

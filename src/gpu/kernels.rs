@@ -753,7 +753,8 @@ pub struct Tune {
     /// One-token forwards wait for their logits by polling the device in a loop
     /// (`PollType::Poll`) until the read-back's map callback has fired, instead of one
     /// blocking `poll(wait)`, as CUDA's default stream synchronisation spins; it keeps a
-    /// CPU core busy while the GPU runs (GGUFQ_SPIN_WAIT=0: the blocking wait). H100, 7B
+    /// CPU core busy while the GPU runs (GGUFQ_SPIN_WAIT=0: the blocking wait; off by
+    /// default on CPU adapters such as lavapipe, whose kernels run on those cores). H100, 7B
     /// tg128 (session 7): the GPU idles 112 µs (p50) between two passes instead of 255
     /// (Q4_K_M), the wake-up after the pass and the host phases after it both shorter;
     /// Q4_K_M 289.2 → 301.6 t/s, Q4_0 332.6 → 345.9, Q8_0 229.2 → 236.7.
