@@ -124,8 +124,10 @@ fn udot$S(b: u32, sub: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec
 fn idot$S(b: u32, sub: u32, xa: vec4<u32>, xb: vec4<u32>, sx0: i32, sx1: i32) -> f32 {
     let d = unpack2x16float($W[$DOFF + (b >> 1u)])[b & 1u];
     let o = b * 8u;
-    let s = dot4I8Packed($W[o], xa.x) + dot4I8Packed($W[o + 1u], xa.y) + dot4I8Packed($W[o + 2u], xa.z) + dot4I8Packed($W[o + 3u], xa.w)
-          + dot4I8Packed($W[o + 4u], xb.x) + dot4I8Packed($W[o + 5u], xb.y) + dot4I8Packed($W[o + 6u], xb.z) + dot4I8Packed($W[o + 7u], xb.w);
+    let wa = vec4<u32>($W[o], $W[o + 1u], $W[o + 2u], $W[o + 3u]);
+    let wb = vec4<u32>($W[o + 4u], $W[o + 5u], $W[o + 6u], $W[o + 7u]);
+    let s = dot4I8Packed(wa.x, xa.x) + dot4I8Packed(wa.y, xa.y) + dot4I8Packed(wa.z, xa.z) + dot4I8Packed(wa.w, xa.w)
+          + dot4I8Packed(wb.x, xb.x) + dot4I8Packed(wb.y, xb.y) + dot4I8Packed(wb.z, xb.z) + dot4I8Packed(wb.w, xb.w);
     return d * f32(s);
 }
 
@@ -290,12 +292,13 @@ fn udot$S(b: u32, sub: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec
 // Integer unit dot: one 32-weight sub-block, d·sc·Σq·xq − dmin·m·Σxq.
 fn idot$S(b: u32, sub: u32, xa: vec4<u32>, xb: vec4<u32>, sx0: i32, sx1: i32) -> f32 {
     let base = b * 36u;
-    let dm = unpack2x16float($W[base]);
+    let hdr = vec4<u32>($W[base], $W[base + 1u], $W[base + 2u], $W[base + 3u]);
+    let dm = unpack2x16float(hdr.x);
     var sc: u32;
     var mn: u32;
-    let s0 = $W[base + 1u];
-    let s1 = $W[base + 2u];
-    let s2 = $W[base + 3u];
+    let s0 = hdr.y;
+    let s1 = hdr.z;
+    let s2 = hdr.w;
     if (sub < 4u) {
         sc = (s0 >> (8u * sub)) & 63u;
         mn = (s1 >> (8u * sub)) & 63u;
@@ -379,12 +382,13 @@ fn udot$S(b: u32, sub: u32, x0: vec4<f32>, x1: vec4<f32>, x2: vec4<f32>, x3: vec
 // Integer unit dot: one 32-weight sub-block, d·sc·Σq·xq − dmin·m·Σxq (q = nibble | high bit << 4).
 fn idot$S(b: u32, sub: u32, xa: vec4<u32>, xb: vec4<u32>, sx0: i32, sx1: i32) -> f32 {
     let base = b * 44u;
-    let dm = unpack2x16float($W[base]);
+    let hdr = vec4<u32>($W[base], $W[base + 1u], $W[base + 2u], $W[base + 3u]);
+    let dm = unpack2x16float(hdr.x);
     var sc: u32;
     var mn: u32;
-    let s0 = $W[base + 1u];
-    let s1 = $W[base + 2u];
-    let s2 = $W[base + 3u];
+    let s0 = hdr.y;
+    let s1 = hdr.z;
+    let s2 = hdr.w;
     if (sub < 4u) {
         sc = (s0 >> (8u * sub)) & 63u;
         mn = (s1 >> (8u * sub)) & 63u;

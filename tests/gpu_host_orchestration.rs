@@ -122,7 +122,20 @@ fn gpu_host_pooled_weights_give_unpooled_logits_bit_for_bit() {
                     );
                 }
             }
-            assert_same(&run(&mut a), &run(&mut b), &what);
+            let want = run(&mut a);
+            assert_same(&want, &run(&mut b), &what);
+            // The L2 prefetch binds the first bytes of pooled chunks too (`Chunk::binding`).
+            let pf = ctx(cap, |c| {
+                c.tune.weight_pool = block;
+                c.tune.prefetch_mb = 1;
+            })
+            .unwrap();
+            let mut p = GpuModel::load(pf, &src, decode_opts()).unwrap();
+            assert!(
+                p.step_roles().contains(&"prefetch"),
+                "{what}: no prefetch step"
+            );
+            assert_same(&want, &run(&mut p), &format!("{what} + prefetch"));
         }
     }
 }

@@ -280,7 +280,7 @@ pub struct GpuMatrix {
 pub fn rows_per_chunk(lay: &GpuLayout, cols: usize, max_binding: u64) -> usize {
     let blocks = cols / lay.block_elems;
     let per_row = (blocks * (lay.body_words * 4 + if lay.d_at.is_some() { 2 } else { 0 })) as u64;
-    let r = ((max_binding.saturating_sub(8)) / per_row.max(1)) as usize;
+    let r = ((max_binding.saturating_sub(32)) / per_row.max(1)) as usize;
     (r & !1).max(2)
 }
 
@@ -336,9 +336,9 @@ pub fn upload_matrix_in(
         let n = per.min(rows - row0);
         let rp = repack(ty, &data[row0 * row_bytes..(row0 + n) * row_bytes])?;
         let mut words = rp.words;
-        if words.is_empty() {
-            words.push(0);
-        }
+        // Whole 16-byte vectors, for kernels that bind the weights as `array<vec4<u32>>`
+        // (`kernels::wide_weights`).
+        words.resize(words.len().max(1).next_multiple_of(4), 0);
         let (buf, offset) = match pool.as_deref_mut() {
             Some(p) => p.put(ctx, name, &words)?,
             None => (

@@ -773,6 +773,52 @@ pub struct Tune {
     /// 7B (session 7): prepare 22 → 7–11 µs per token; tg128 with the spinning wait within
     /// ±1.5 % of without it (Q4_K_M 297.4 vs 301.6, Q4_0 343.5 vs 345.9, Q8_0 239.5 vs 236.7).
     pub upload_ring: bool,
+    /// L2 prefetch in the decode graph: after each latency-bound step (NormQ8, the decode
+    /// attention, a rounding) that a mat-vec group follows, a [`KernelKey::Prefetch`]
+    /// dispatch reads the first MiB of that group's weights (this many per group, 0 = off;
+    /// GGUFQ_PREFETCH_MB) so that the HBM streams them into the L2 cache while the small
+    /// step runs, with no barrier between the two; the mat-vec then finds them there.
+    pub prefetch_mb: u32,
+    /// Workgroups of the persistent decode mat-vecs ([`KernelKey::MatVecQ8P`]) that build
+    /// their own rounded input, replacing the NormQ8 dispatches and the rounding before
+    /// `ffn_down` (GGUFQ_MV_PERSIST; 0 = off: separate dispatches).
+    pub persist: u32,
+    /// The integer decode mat-vecs of [`WIDE_TYPES`] bind their weights as
+    /// `array<vec4<u32>>` and load each group of 4 words the dequantizer reads together
+    /// as one 128-bit load ([`wide_weights`]); GGUFQ_WIDE=0 keeps 32-bit loads.
+    pub wide: bool,
+}
+
+/// Bytes one [`KernelKey::Prefetch`] workgroup reads: 256 threads × 4 loads of 16 bytes,
+/// all issued before any is used.
+pub const PREFETCH_WG_BYTES: u64 = 256 * 4 * 16;
+
+/// WGSL of [`KernelKey::Prefetch`]. The loads' XOR is compared with a value only known at
+/// run time (the binding's length), so the compiler cannot drop them; a match (about one
+/// in 2^32 workgroups, harmless) writes the XOR to the scratch word.
+const PREFETCH_WGSL: &str = "
+@group(0) @binding(0) var<storage, read> W: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read_write> S: array<u32>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let n = arrayLength(&W);
+    let i0 = wg.x * 1024u + lid;
+    let a = W[min(i0, n - 1u)];
+    let b = W[min(i0 + 256u, n - 1u)];
+    let c = W[min(i0 + 512u, n - 1u)];
+    let d = W[min(i0 + 768u, n - 1u)];
+    let v = (a ^ b) ^ (c ^ d);
+    let x = (v.x ^ v.y) ^ (v.z ^ v.w);
+    if (x == n) {
+        S[0] = x;
+    }
+}
+";
+
+/// Workgroups of a [`KernelKey::Prefetch`] dispatch over `bytes`.
+pub fn prefetch_workgroups(bytes: u64) -> u32 {
+    bytes.div_ceil(PREFETCH_WG_BYTES).clamp(1, 65535) as u32
 }
 
 /// Most chunks per head of the split decode attention ([`Tune::attn_split`]).
@@ -900,6 +946,7 @@ impl Tune {
         match key {
             KernelKey::MatVecSplitK { .. } => nr.max(2),
             KernelKey::MatVecQ8 { spl, nr, .. }
+            | KernelKey::MatVecQ8P { spl, nr, .. }
             | KernelKey::MatVecQ8F { spl, nr, .. }
             | KernelKey::MatVecQ8E { spl, nr, .. } => (256 / spl) * nr,
             KernelKey::MatMat { .. } => 64,
@@ -993,6 +1040,17 @@ impl Tune {
                 .and_then(|v| v.parse::<u64>().ok())
                 .map_or(0, |mib| mib << 20),
             upload_ring: std::env::var("GGUFQ_UPLOAD_RING").as_deref() != Ok("0"),
+            wide: std::env::var("GGUFQ_WIDE").as_deref() != Ok("0"),
+            persist: std::env::var("GGUFQ_MV_PERSIST")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|v| *v <= 65535)
+                .unwrap_or(0),
+            prefetch_mb: std::env::var("GGUFQ_PREFETCH_MB")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|v| *v <= 1024)
+                .unwrap_or(0),
         }
     }
 }
@@ -1082,6 +1140,24 @@ pub enum KernelKey {
     /// rounding `act` (3 Q8_0, 4 Q8_K), written as packed int8 quants and per-32 scales
     /// for the [`KernelKey::MatVecQ8`] kernels after it (one workgroup).
     NormQ8 { k4: u32, act: u32 },
+    /// [`KernelKey::MatVecQ8`] (one token) with its input built in the kernel: every
+    /// workgroup first computes the whole rounded activation of its `k4`·4-long f32 input
+    /// into workgroup memory (`norm`: RMSNorm with the weights at binding 4 first, as
+    /// [`KernelKey::NormQ8`] computes it; otherwise the rounding of the SwiGLU output as
+    /// `actq.wgsl`), then walks row groups with a stride of the dispatch's workgroup count
+    /// (a few per SM, [`Tune::persist`]), so the NormQ8 / rounding dispatch before it goes.
+    MatVecQ8P {
+        ty: u32,
+        nr: u32,
+        spl: u32,
+        k4: u32,
+        act: u32,
+        norm: bool,
+    },
+    /// L2 prefetch ([`Tune::prefetch_mb`]): reads every word of its binding 0 (a range of
+    /// a weight buffer), [`PREFETCH_WG_BYTES`] per workgroup, and writes nothing unless the
+    /// words' XOR equals the binding's length (to binding 1, a scratch word of its own).
+    Prefetch,
     /// Decode mat-vec (one token) in the split-K layout: the workgroup's 256 lanes share
     /// the K range of NR (≥ 2) rows.
     MatVecSplitK { ty: u32, nr: u32 },
@@ -1658,6 +1734,304 @@ fn q8_reduce(ctx: &GpuContext, nr: usize, spl: u32, body: &mut String) -> String
         }
         "var<workgroup> red: array<f32, 256>;".to_string()
     }
+}
+
+/// Types whose repacked blocks start on 16-byte boundaries and whose integer dot products
+/// read 4-word groups at 4-word-aligned offsets, so [`wide_weights`] applies.
+pub const WIDE_TYPES: &[&str] = &["Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K"];
+
+/// Whether the integer decode kernel of type id `ty` loads its weights 128 bits at a time.
+pub fn wide_for(tune: &Tune, ty: u32) -> bool {
+    tune.wide && GgmlType::from_id(ty).is_some_and(|t| WIDE_TYPES.contains(&t.name()))
+}
+
+/// The WGSL of an integer decode kernel with the weights bound as `array<vec4<u32>>`: every
+/// `vec4<u32>(W[e], W[e + 1u], W[e + 2u], W[e + 3u])` becomes the single load
+/// `W[(e) >> 2u]` (offsets are multiples of 4 for [`WIDE_TYPES`]), every other `W[i]` the
+/// word `wl(i)` of the vector holding it. Same words, so the same results.
+pub fn wide_weights(src: &str) -> Result<String> {
+    const DECL: &str = "var<storage, read> W: array<u32>;";
+    if !src.contains(DECL) {
+        return Err(Error::msg("internal: kernel without a u32 weight binding"));
+    }
+    let src = src.replace(DECL, "$WIDE_DECL");
+    // The expression inside the brackets that open just before `s`, and the rest after
+    // the closing one.
+    fn bracketed(s: &str, open: char, close: char) -> Option<(&str, &str)> {
+        let mut depth = 1usize;
+        for (i, c) in s.char_indices() {
+            if c == open {
+                depth += 1;
+            } else if c == close {
+                depth -= 1;
+                if depth == 0 {
+                    return Some((&s[..i], &s[i + 1..]));
+                }
+            }
+        }
+        None
+    }
+    // "base + Nu" → (base, N); anything else → (expr, 0).
+    fn split_off(e: &str) -> (&str, u32) {
+        if let Some((b, n)) = e.rsplit_once(" + ") {
+            if let Some(d) = n.strip_suffix('u') {
+                if let Ok(v) = d.parse::<u32>() {
+                    return (b, v);
+                }
+            }
+        }
+        (e, 0)
+    }
+    // Four consecutive words: the vector index expression.
+    let group = |inner: &str| -> Option<String> {
+        let items: Vec<&str> = inner.split(", ").collect();
+        if items.len() != 4 {
+            return None;
+        }
+        let mut parts = Vec::new();
+        for it in &items {
+            let e = it.strip_prefix("W[")?.strip_suffix(']')?;
+            if e.contains('[') {
+                return None;
+            }
+            parts.push(split_off(e));
+        }
+        let (b, n0) = parts[0];
+        // The base is a multiple of 4 for WIDE_TYPES; the constant part must be too.
+        let consecutive = n0 % 4 == 0
+            && parts
+                .iter()
+                .enumerate()
+                .all(|(k, (bk, nk))| *bk == b && *nk == n0 + k as u32);
+        consecutive.then(|| {
+            if n0 == 0 {
+                format!("WV[({b}) >> 2u]")
+            } else {
+                format!("WV[({b} + {n0}u) >> 2u]")
+            }
+        })
+    };
+    let mut out = String::with_capacity(src.len());
+    let mut rest = src.as_str();
+    const V4: &str = "vec4<u32>(W[";
+    while let Some(p) = rest.find(V4) {
+        let after = &rest[p + V4.len() - 2..];
+        let Some((inner, tail)) = bracketed(after, '(', ')') else {
+            return Err(Error::msg("internal: unbalanced weight load"));
+        };
+        match group(inner) {
+            Some(g) => {
+                out.push_str(&rest[..p]);
+                out.push_str(&g);
+                rest = tail;
+            }
+            None => {
+                out.push_str(&rest[..p + V4.len() - 2]);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    // Scalar reads: `W[i]` (not part of a longer name) → `wl(i)`.
+    let mut res = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(p) = rest.find("W[") {
+        let prev = rest[..p].chars().next_back();
+        let ident = prev.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        if ident {
+            res.push_str(&rest[..p + 2]);
+            rest = &rest[p + 2..];
+            continue;
+        }
+        let Some((inner, tail)) = bracketed(&rest[p + 2..], '[', ']') else {
+            return Err(Error::msg("internal: unbalanced weight index"));
+        };
+        res.push_str(&rest[..p]);
+        res.push_str(&format!("wl({inner})"));
+        rest = tail;
+    }
+    res.push_str(rest);
+    Ok(res.replace("WV[", "W[").replace(
+        "$WIDE_DECL",
+        "var<storage, read> W: array<vec4<u32>>;\nfn wl(i: u32) -> u32 {\n    return W[i >> 2u][i & 3u];\n}",
+    ))
+}
+
+/// Whether [`KernelKey::MatVecQ8P`] takes an input of `k4`·4 values with activation kind
+/// `act` (3 Q8_0, 4 Q8_K): `norm` inputs as the register NormQ8 ([`normq8_regs_source`]:
+/// at most 4096 values, a multiple of 128), others whole blocks of at most 16384 values.
+pub fn persist_fits(k4: u32, act: u32, norm: bool) -> bool {
+    let blocks = if act == 4 { k4 % 64 == 0 } else { k4 % 8 == 0 };
+    matches!(act, 3 | 4)
+        && k4 > 0
+        && if norm {
+            k4 <= 1024 && k4 % 32 == 0
+        } else {
+            blocks && k4 <= 4096
+        }
+}
+
+/// WGSL of [`KernelKey::MatVecQ8P`]: the prologue builds the packed int8 quants and per-32
+/// scales of the whole input in workgroup memory with the operations of
+/// [`normq8_regs_source`] (16 values per thread, block maxima over `TPB` threads, the same
+/// `div_rn` scales), then the loop of [`matvec_q8_source`] (same lanes, rows, reduction and
+/// store modes) runs over row groups `wg.x, wg.x + nwg, …`, reading the activation from
+/// workgroup memory. Same quants, same sums, so the same outputs bit for bit as the NormQ8 /
+/// rounding dispatch followed by [`KernelKey::MatVecQ8`].
+fn matvec_q8p_source(
+    ctx: &GpuContext,
+    ty: u32,
+    nr: u32,
+    spl: u32,
+    k4: u32,
+    act: u32,
+    norm: bool,
+) -> Result<String> {
+    if !persist_fits(k4, act, norm) {
+        return Err(Error::msg(format!(
+            "persistent integer mat-vec: {} input values with rounding kind {act} (norm {norm})",
+            4 * k4
+        )));
+    }
+    let (lay, deq, body, decl) = q8_parts(ctx, ty, nr, spl)?;
+    let reads = [
+        ("X[xq0 + 2u * u + 1u]", "XQ[2u * u + 1u]"),
+        ("X[xq0 + 2u * u]", "XQ[2u * u]"),
+        ("bitcast<f32>(X[(xs0 + u) >> 2u][(xs0 + u) & 3u])", "XS[u]"),
+    ];
+    let mut body = body;
+    for (from, to) in reads {
+        if !body.contains(from) {
+            return Err(Error::msg(
+                "internal: integer mat-vec body without its input reads",
+            ));
+        }
+        body = body.replace(from, to);
+    }
+    let body = body
+        .replace("    let xq0 = P.ld_x / 4u + P.x_off / 4u;\n", "")
+        .replace("    let xs0 = P.ld_x + P.ld_x / 4u + P.x_off / 8u;\n", "");
+    let (tpb, scale, q) = normq8_rounding(act);
+    let store = format!(
+        "    let g0 = lid - lid % TPB;
+    var amax = 0.0;
+    for (var j = 0u; j < TPB; j++) {{
+        amax = max(amax, mx[g0 + j]);
+    }}
+    {scale}
+    if (live) {{
+        var v = v0;
+        let p0 = pack4xI8(vec4<i32>({q}));
+        v = v1;
+        let p1 = pack4xI8(vec4<i32>({q}));
+        v = v2;
+        let p2 = pack4xI8(vec4<i32>({q}));
+        v = v3;
+        let p3 = pack4xI8(vec4<i32>({q}));
+        XQ[qb + lid] = vec4<u32>(p0, p1, p2, p3);
+        if (lid % 2u == 0u) {{
+            XS[qb / 2u + lid / 2u] = sd;
+        }}
+    }}
+"
+    );
+    let pro = if norm {
+        let reduce = if ctx.subgroup32 {
+            NORM_SUBGROUP
+        } else {
+            NORM_TREE
+        };
+        format!(
+            "    let qb = 0u;\n{}{store}",
+            normq8_norm(reduce, "X[P.x_off + $I]")
+        )
+    } else {
+        format!(
+            "    for (var qb = 0u; qb < K4 / 4u; qb += 256u) {{
+    let live = (qb + lid) * 4u < K4;
+    let i0 = min(qb + lid, K4 / 4u - 1u) * 4u;
+    let v0 = X[P.x_off + i0];
+    let v1 = X[P.x_off + i0 + 1u];
+    let v2 = X[P.x_off + i0 + 2u];
+    let v3 = X[P.x_off + i0 + 3u];
+    mx[lid] = select(0.0, max(max(amax4(v0), amax4(v1)), max(amax4(v2), amax4(v3))), live);
+    workgroupBarrier();
+{store}    workgroupBarrier();
+    }}
+"
+        )
+    };
+    let nw_decl = if norm {
+        "@group(0) @binding(4) var<storage, read> NW: array<vec4<f32>>;"
+    } else {
+        ""
+    };
+    Ok(format!(
+        "struct Params {{ rows: u32, units: u32, d_off: u32, x_off: u32, ld_x: u32, y_off: u32, ld_y: u32, n_tok: u32, mode: u32, row0: u32, pad0: u32, pad1: u32 }}
+@group(0) @binding(0) var<storage, read> W: array<u32>;
+@group(0) @binding(1) var<storage, read> X: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> Y: array<f32>;
+@group(0) @binding(3) var<uniform> P: Params;
+{nw_decl}
+const NR: u32 = {nr}u;
+const RPW: u32 = {rpw}u;
+const UPB: u32 = {upb}u;
+const K4: u32 = {k4}u;
+const TPB: u32 = {tpb}u;
+var<workgroup> res: array<f32, RPW>;
+var<workgroup> XQ: array<vec4<u32>, {nq}u>;
+var<workgroup> XS: array<f32, {ns}u>;
+var<workgroup> nred: array<f32, 256>;
+var<workgroup> mx: array<f32, 256>;
+{decl}
+{fns}
+fn amax4(v: vec4<f32>) -> f32 {{
+    let a = abs(v);
+    return max(max(a.x, a.y), max(a.z, a.w));
+}}
+
+{deq}
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>) {{
+    let warp = lid / 32u;
+    let lane = lid % 32u;
+{pro}    workgroupBarrier();
+    let ngroups = (P.rows + RPW - 1u) / RPW;
+    for (var grp = wg.x; grp < ngroups; grp += nwg.x) {{
+    let rbase = grp * RPW + (lid / SPL) * NR;
+{body}
+    workgroupBarrier();
+    if (lid < RPW) {{
+        let rr = grp * RPW + lid;
+        if (rr < P.rows) {{
+            let v = res[lid];
+            let orow = P.row0 + rr;
+            let o = P.y_off + orow;
+            if (P.mode == 0u) {{
+                Y[o] = v;
+            }} else if (P.mode == 1u) {{
+                Y[o] = Y[o] + v;
+            }} else if (P.mode == 3u) {{
+                let g = Y[o + P.pad0];
+                Y[o] = g / (1.0 + exp(-g)) * v;
+            }} else if ((orow & 1u) == 0u) {{
+                let up = res[lid + 1u];
+                Y[P.y_off + orow / 2u] = v / (1.0 + exp(-v)) * up;
+            }}
+        }}
+    }}
+    workgroupBarrier();
+    }}
+}}
+",
+        rpw = (256 / spl) * nr,
+        upb = lay.units_per_block(),
+        nq = k4 / 4,
+        ns = k4 / 8,
+        fns = actq_functions(),
+    ))
 }
 
 /// WGSL of [`KernelKey::MatVecQ8F`]: the integer decode kernel of [`matvec_q8_source`] (same
@@ -2518,7 +2892,14 @@ impl Kernels {
             KernelKey::MatVecSplitK { ty, nr } => {
                 matvec_source(ctx, *ty, 1, *nr, None, true, false)?
             }
-            KernelKey::MatVecQ8 { ty, nr, spl } => matvec_q8_source(ctx, *ty, *nr, *spl)?,
+            KernelKey::MatVecQ8 { ty, nr, spl } => {
+                let src = matvec_q8_source(ctx, *ty, *nr, *spl)?;
+                if wide_for(&ctx.tune, *ty) {
+                    wide_weights(&src)?
+                } else {
+                    src
+                }
+            }
             KernelKey::MatVecQ8E {
                 ty,
                 nr,
@@ -2534,6 +2915,22 @@ impl Kernels {
                 norm,
             } => matvec_q8f_source(ctx, *ty, *nr, *spl, *act, *norm)?,
             KernelKey::NormQ8 { k4, act } => normq8_source(ctx, *k4, *act)?,
+            KernelKey::Prefetch => PREFETCH_WGSL.to_string(),
+            KernelKey::MatVecQ8P {
+                ty,
+                nr,
+                spl,
+                k4,
+                act,
+                norm,
+            } => {
+                let src = matvec_q8p_source(ctx, *ty, *nr, *spl, *k4, *act, *norm)?;
+                if wide_for(&ctx.tune, *ty) {
+                    wide_weights(&src)?
+                } else {
+                    src
+                }
+            }
             KernelKey::MatVecNorm {
                 ty,
                 nr,

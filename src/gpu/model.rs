@@ -231,6 +231,11 @@ enum StepKind {
     /// Bias, per-head norms, RoPE and Q scale of the QKV rows (qwen2, qwen3, gemma3:
     /// [`ArchOp::QkPrep`]).
     QkPrep,
+    /// L2 prefetch of the first `bytes` of a weight chunk ([`KernelKey::Prefetch`],
+    /// [`super::kernels::Tune::prefetch_mb`]); no parameters.
+    Prefetch {
+        bytes: u64,
+    },
 }
 
 /// Which forward calls run a step: one-token calls use the fused decode graph (when enabled),
@@ -1105,6 +1110,12 @@ impl GpuModel {
                 push_chunks(steps, &bgl_matn, &[&x, yb, nw], 0, key);
                 return;
             }
+            // Persistent mat-vecs that normalise and round the row themselves
+            // (`Tune::persist`): no NormQ8 dispatch.
+            if let Some(key) = persist_key(&ctx.tune, ty, mats[m].cols, kind, true) {
+                push_chunks(steps, &bgl_matn, &[&x, yb, nw], 0, key);
+                return;
+            }
             if ctx.tune.normq && ctx.tune.q8_for(ty.id()) && matches!(kind, 3 | 4) {
                 let buf = &nq[kind as usize - 3];
                 let mut live = normq_live.borrow_mut();
@@ -1158,15 +1169,14 @@ impl GpuModel {
                          mode: u32,
                          role: &'static str| {
             let ty = mats[m].ty;
-            let key = ctx
-                .tune
-                .matvec_q8f_key(
-                    ty.id(),
-                    mats[m].cols / 32,
-                    super::actq::kind_for_weight(ty),
-                    false,
-                )
-                .filter(|_| fuse_norm && actq_on && ctx.tune.fold_actq_for(ty.id()));
+            let kind = super::actq::kind_for_weight(ty);
+            let persist = persist_key(&ctx.tune, ty, mats[m].cols, kind, false)
+                .filter(|_| fuse_norm && actq_on);
+            let key = persist.or_else(|| {
+                ctx.tune
+                    .matvec_q8f_key(ty.id(), mats[m].cols / 32, kind, false)
+                    .filter(|_| fuse_norm && actq_on && ctx.tune.fold_actq_for(ty.id()))
+            });
             let Some(key) = key else { return };
             // The SwiGLU mat-vec before rounds its output in its last workgroups instead
             // (`Tune::lw_actq`): keep the rounding step and the integer kernel.
@@ -1729,19 +1739,90 @@ impl GpuModel {
         if steps.len() > n_slots_est {
             return Err(Error::msg("internal: params slots underestimated"));
         }
+        // L2 prefetch (`Tune::prefetch_mb`): after every decode step that is not a mat-vec and
+        // that a group of mat-vecs follows, one dispatch per weight chunk reads the first
+        // bytes of the group (up to the budget) with no dependency on the step before it, so
+        // the two run side by side; each has its own scratch word, so that no barrier orders
+        // it after an earlier prefetch.
+        let budget = u64::from(fused_decode_prefetch(&ctx, fuse_norm)) << 20;
+        if budget > 0 {
+            let (bgl_pf, _) = buffer_layouts(&ctx, "prefetch", b"rw");
+            let dec: Vec<usize> = (0..steps.len())
+                .filter(|&i| steps[i].when.runs(When::Decode, 1))
+                .collect();
+            let mut after: std::collections::HashMap<usize, Vec<Step>> = Default::default();
+            for (k, &i) in dec.iter().enumerate() {
+                if matches!(steps[i].kind, StepKind::Mat { .. }) {
+                    continue;
+                }
+                let group: Vec<(usize, usize)> = dec[k + 1..]
+                    .iter()
+                    .map_while(|&j| match steps[j].kind {
+                        StepKind::Mat { m, c, .. } => Some((m, c)),
+                        _ => None,
+                    })
+                    .collect();
+                let sizes: Vec<u64> = group.iter().map(|&(m, c)| mats[m].chunks[c].size).collect();
+                for (g, bytes) in prefetch_plan(&sizes, budget) {
+                    let (m, c) = group[g];
+                    let ch = &mats[m].chunks[c];
+                    let sink = scratch(&ctx, "prefetch sink", 1);
+                    mem.scratch += 4;
+                    let bind = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("prefetch"),
+                        layout: &bgl_pf,
+                        entries: &[
+                            wgpu::BindGroupEntry {
+                                binding: 0,
+                                // The chunk's range (of a pooled buffer: `Chunk::binding`).
+                                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                    buffer: &ch.buf,
+                                    offset: ch.offset,
+                                    size: std::num::NonZeroU64::new(bytes),
+                                }),
+                            },
+                            wgpu::BindGroupEntry {
+                                binding: 1,
+                                resource: sink.as_entire_binding(),
+                            },
+                        ],
+                    });
+                    after.entry(i).or_default().push(Step {
+                        kind: StepKind::Prefetch { bytes },
+                        when: When::Decode,
+                        role: "prefetch",
+                        bind,
+                        slot: 0,
+                        key: KernelKey::Prefetch,
+                        n: 0,
+                    });
+                }
+            }
+            let old = std::mem::take(&mut steps);
+            for (i, s) in old.into_iter().enumerate() {
+                steps.push(s);
+                if let Some(v) = after.remove(&i) {
+                    steps.extend(v);
+                }
+            }
+        }
 
+        let (_, pl_pf) = buffer_layouts(&ctx, "prefetch", b"rw");
         let mut kernels = Kernels::default();
         for s in &steps {
             let pl = match s.key {
                 KernelKey::Rope => &pl_rope,
                 KernelKey::Attention { .. } | KernelKey::AttentionCoop { .. } => &pl_attn,
-                KernelKey::MatVecNorm { .. } | KernelKey::MatVecQ8F { norm: true, .. } => &pl_matn,
+                KernelKey::MatVecNorm { .. }
+                | KernelKey::MatVecQ8F { norm: true, .. }
+                | KernelKey::MatVecQ8P { norm: true, .. } => &pl_matn,
                 KernelKey::NormQ8 { .. } => &pl_nq,
                 KernelKey::MatVecQ8E { .. } => &pl_e,
                 KernelKey::AttnDecode { .. } => &pl_attd,
                 KernelKey::AttnDecodeQ { .. } => &pl_attq,
                 KernelKey::NormRound { .. } => &pl_nr,
                 KernelKey::Arch(ArchOp::QkPrep) => &pl_prep,
+                KernelKey::Prefetch => &pl_pf,
                 _ => &pl_mat,
             };
             kernels.get_with_layout(&ctx, &s.key, pl)?;
@@ -2170,6 +2251,11 @@ impl GpuModel {
                         p = super::embed::params(ch, d, n as u32);
                         wg = super::embed::workgroups(d, n as u32);
                     }
+                    StepKind::Prefetch { bytes } => {
+                        // No parameters.
+                        disp.push((super::kernels::prefetch_workgroups(bytes), 1));
+                        continue;
+                    }
                     StepKind::NormQ8 { q8e } => {
                         // Decode only: one token, residual row 0.
                         p = [0, 0, 0, 0, q8e, 0, 0, 1, 0, 0, 0, cfg.eps.to_bits()];
@@ -2211,12 +2297,14 @@ impl GpuModel {
                             cfg.eps.to_bits(),
                         ];
                         wg = if ntok == 1 {
-                            (
-                                ch.rows.div_ceil(
-                                    tune.rows_per_wg(&s.key, tune.decode_nr(mat.ty.id())),
-                                ),
-                                1,
-                            )
+                            let groups = ch
+                                .rows
+                                .div_ceil(tune.rows_per_wg(&s.key, tune.decode_nr(mat.ty.id())));
+                            match s.key {
+                                // Persistent: a fixed number of workgroups walks the groups.
+                                KernelKey::MatVecQ8P { .. } => (groups.min(tune.persist.max(1)), 1),
+                                _ => (groups, 1),
+                            }
                         } else if ntok >= tune.mm_min {
                             let (tr, tt) = super::kernels::matmat_tile(&self.ctx, mat.ty.id());
                             (ch.rows.div_ceil(tr), ntok.div_ceil(tt))
@@ -2731,4 +2819,54 @@ fn norm_epilogue(tune: &Tune, mats: &[GpuMatrix], p: &Step, nqs: &[&Step]) -> Op
         },
         atomic: tune.lw_atomic,
     })
+}
+
+/// MiB of weights prefetched per mat-vec group in the decode graph: [`Tune::prefetch_mb`]
+/// where the fused decode graph runs, 0 otherwise.
+///
+/// [`Tune::prefetch_mb`]: super::kernels::Tune::prefetch_mb
+fn fused_decode_prefetch(ctx: &GpuContext, fuse_norm: bool) -> u32 {
+    if fuse_norm && ctx.tune.fuse {
+        ctx.tune.prefetch_mb
+    } else {
+        0
+    }
+}
+
+/// The prefetch ranges for a group of weight chunks of `sizes` bytes (in the order the
+/// mat-vecs read them) under `budget` bytes: (chunk index, bytes from its start), each a
+/// multiple of 16 bytes, at least 16, in chunk order, summing to at most `budget`.
+pub fn prefetch_plan(sizes: &[u64], budget: u64) -> Vec<(usize, u64)> {
+    let mut left = budget;
+    let mut out = Vec::new();
+    for (g, &size) in sizes.iter().enumerate() {
+        let take = size.min(left) & !15;
+        if take < 16 {
+            break;
+        }
+        out.push((g, take));
+        left -= take;
+    }
+    out
+}
+
+/// The persistent decode mat-vec ([`KernelKey::MatVecQ8P`], [`Tune::persist`]) for a matrix
+/// of `ty` with rows of `cols` values whose input is rounded with activation kind `act`
+/// (after RMSNorm when `norm`), where it applies: the type has an integer decode kernel and
+/// the input fits ([`super::kernels::persist_fits`]).
+fn persist_key(tune: &Tune, ty: GgmlType, cols: usize, act: u32, norm: bool) -> Option<KernelKey> {
+    if tune.persist == 0 || !super::kernels::persist_fits((cols / 4) as u32, act, norm) {
+        return None;
+    }
+    match tune.matvec_key(ty.id(), 1, tune.decode_nr(ty.id()), cols / 32) {
+        KernelKey::MatVecQ8 { ty, nr, spl } => Some(KernelKey::MatVecQ8P {
+            ty,
+            nr,
+            spl,
+            k4: (cols / 4) as u32,
+            act,
+            norm,
+        }),
+        _ => None,
+    }
 }

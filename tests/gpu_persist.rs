@@ -1,0 +1,109 @@
+//! Persistent decode mat-vecs that build their own rounded input (`Tune::persist`,
+//! `KernelKey::MatVecQ8P`): every workgroup normalises and rounds the whole input row in
+//! workgroup memory with the NormQ8 / `actq.wgsl` operations, then walks row groups. The
+//! NormQ8 dispatches and the rounding before `ffn_down` go, and the decode logits must equal
+//! the graph with those dispatches bit for bit, whatever the number of workgroups (one
+//! workgroup walking every row group, a few, or one per group). Runs on lavapipe in CI;
+//! without an adapter these fail unless GGUFQ_SKIP_GPU=1.
+#![cfg(feature = "gpu")]
+
+use ggufq::gpu::kernels::persist_fits;
+use ggufq::gpu::source::Mix;
+use ggufq::gpu::{GpuModel, ModelOptions, Shape, SynthSource};
+
+#[path = "common/gpu_fixture.rs"]
+mod gpu_fixture;
+use gpu_fixture::context_tuned;
+
+fn shape(name: &str) -> Shape {
+    let mut s = Shape::named("tiny").unwrap();
+    if name == "wide" {
+        // 512-value rows (two NormQ8 register passes' worth of threads) and 1536-value
+        // ffn_down rows (the rounding prologue's loop runs once; 6 Q8_K blocks).
+        s.n_embd = 512;
+        s.n_ff = 1536;
+    }
+    s
+}
+
+fn load(shape_name: &str, mix: &str, persist: u32) -> Option<GpuModel> {
+    let ctx = context_tuned(|c| c.tune.persist = persist)?;
+    let src = SynthSource::new(shape(shape_name), Mix::parse(mix).unwrap(), mix).unwrap();
+    let opts = ModelOptions {
+        n_ctx: 64,
+        n_batch: 8,
+        n_seq: 1,
+    };
+    Some(GpuModel::load(ctx, &src, opts).unwrap())
+}
+
+fn decode(m: &mut GpuModel, steps: u32) -> Vec<Vec<f32>> {
+    let nv = m.cfg.n_vocab as u32;
+    let prompt: Vec<(u32, u32, u32)> = (0..3u32).map(|i| ((i * 37 + 11) % nv, 0, i)).collect();
+    m.forward(&prompt, false).unwrap();
+    (0..steps)
+        .map(|i| m.forward(&[((i * 53 + 7) % nv, 0, 3 + i)], false).unwrap())
+        .collect()
+}
+
+#[test]
+fn persist_fits_only_inputs_the_prologue_covers() {
+    // RMSNorm inputs: the register NormQ8 (multiples of 128 values, at most 4096).
+    assert!(persist_fits(1024, 4, true));
+    assert!(persist_fits(64, 3, true));
+    assert!(!persist_fits(1280, 4, true));
+    assert!(!persist_fits(48, 4, true));
+    // Rounded-only inputs: whole blocks (256 values for Q8_K, 32 for Q8_0), at most 16384.
+    assert!(persist_fits(2752, 4, false)); // 7B ffn_down: 11008 values
+    assert!(!persist_fits(2752 + 8, 4, false));
+    assert!(persist_fits(2760, 3, false));
+    assert!(!persist_fits(4100, 3, false));
+    assert!(!persist_fits(1024, 2, true));
+    assert!(!persist_fits(0, 3, false));
+}
+
+#[test]
+fn gpu_persistent_matvecs_equal_the_dispatch_graph_bit_for_bit() {
+    for (shape_name, mix) in [
+        ("tiny", "q4_k"),
+        ("tiny", "q8_0"),
+        ("tiny", "q4_0"),
+        ("tiny", "q4_k_m"),
+        ("tiny", "q2_k"),
+        ("wide", "q6_k"),
+        ("wide", "q4_k_m"),
+    ] {
+        let Some(mut plain) = load(shape_name, mix, 0) else {
+            return;
+        };
+        let base = decode(&mut plain, 12);
+        let layers = plain.cfg.n_layer;
+        let count = |m: &GpuModel, r: &str| m.step_roles().iter().filter(|x| **x == r).count();
+        assert_eq!(
+            count(&plain, "norm_q8"),
+            2 * layers + 1,
+            "{mix}: {:?}",
+            plain.step_roles()
+        );
+        // One workgroup for every row group, a few walking several, all of them.
+        for persist in [1, 3, 65535] {
+            let mut p = load(shape_name, mix, persist).unwrap();
+            assert_eq!(count(&p, "norm_q8"), 0, "{mix}: {:?}", p.step_roles());
+            assert_eq!(count(&p, "actq"), 0, "{mix}: {:?}", p.step_roles());
+            assert!(
+                p.dispatches_per_token() + 2 * layers < plain.dispatches_per_token(),
+                "{mix}: {} vs {}",
+                p.dispatches_per_token(),
+                plain.dispatches_per_token()
+            );
+            let rows = decode(&mut p, 12);
+            for (i, (a, b)) in base.iter().zip(&rows).enumerate() {
+                assert!(a.iter().all(|v| v.is_finite()), "{mix}: non-finite");
+                assert_eq!(
+                    a, b,
+                    "{shape_name} {mix}, {persist} workgroups: decode step {i} differs"
+                );
+            }
+        }
+    }
+}
