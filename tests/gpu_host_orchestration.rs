@@ -244,3 +244,41 @@ fn gpu_host_timeline_marks_every_call_in_order() {
         assert!(timed.host_timeline().unwrap().marks.is_empty());
     }
 }
+
+#[test]
+fn gpu_host_profile_flag_prints_the_timeline_of_the_timed_calls() {
+    if ctx(None, |_| {}).is_none() {
+        return;
+    }
+    let out = assert_cmd::Command::cargo_bin("ggufq")
+        .unwrap()
+        .args([
+            "bench",
+            "--synth",
+            "tiny:q4_k_m",
+            "-p",
+            "0",
+            "-n",
+            "8",
+            "-r",
+            "2",
+            "--host-profile",
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    // reps × n = 16 calls kept (the warm-up's calls are overwritten), then the results.
+    let tl = text
+        .find("Host timeline of synth-tiny-Q4_K_M (16 one-token calls)")
+        .expect(&text);
+    for row in [
+        "| start → prepared |",
+        "| recorded → submitted |",
+        "| wall period",
+    ] {
+        assert!(text[tl..].contains(row), "{row} missing:\n{text}");
+    }
+    assert!(text.find("| tg8 |").is_some_and(|r| r > tl), "{text}");
+}
