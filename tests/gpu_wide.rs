@@ -48,7 +48,7 @@ fn f(b: u32) -> u32 {
     assert!(wide_weights("var<storage, read> W: array<f32>;").is_err());
 }
 
-fn ctx(wide: bool, max_binding: Option<u64>) -> Option<Arc<GpuContext>> {
+fn ctx(wide: u32, max_binding: Option<u64>) -> Option<Arc<GpuContext>> {
     let mut c = device(&DeviceOptions {
         max_binding_override: max_binding,
         ..Default::default()
@@ -78,9 +78,9 @@ fn decode(c: Arc<GpuContext>, mix: &str, steps: u32) -> (Vec<Vec<f32>>, usize) {
 #[test]
 fn gpu_wide_loads_equal_scalar_loads_bit_for_bit() {
     for mix in ["q4_0", "q8_0", "q4_k", "q5_k", "q6_k", "q4_k_m"] {
-        // One chunk per matrix, then 16 KiB bindings (many chunks, each its own vectors).
+        // Every wide type (GGUFQ_WIDE=2) vs none. One chunk per matrix, then 16 KiB bindings (many chunks, each its own vectors).
         for max_binding in [None, Some(16 << 10)] {
-            let (Some(a), Some(b)) = (ctx(false, max_binding), ctx(true, max_binding)) else {
+            let (Some(a), Some(b)) = (ctx(0, max_binding), ctx(2, max_binding)) else {
                 return;
             };
             let (plain, n_plain) = decode(a, mix, 10);
@@ -99,7 +99,7 @@ fn gpu_wide_loads_equal_scalar_loads_bit_for_bit() {
 
 #[test]
 fn gpu_wide_kernels_load_every_quant_group_as_one_vector() {
-    let Some(c) = ctx(true, None) else {
+    let (Some(c), Some(d)) = (ctx(2, None), ctx(1, None)) else {
         return;
     };
     for ty in ["Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K"] {
@@ -110,7 +110,7 @@ fn gpu_wide_kernels_load_every_quant_group_as_one_vector() {
             spl: 128,
         };
         let src = Kernels::source(&c, &key).unwrap();
-        assert!(src.contains("array<vec4<u32>>"), "{ty}");
+        assert!(src.contains("W: array<vec4<u32>>"), "{ty}");
         // No 4-word group is left as four scalar loads.
         assert!(!src.contains("vec4<u32>(wl("), "{ty}: {src}");
         assert!(src.contains(">> 2u]"), "{ty}");
@@ -127,4 +127,19 @@ fn gpu_wide_kernels_load_every_quant_group_as_one_vector() {
     )
     .unwrap();
     assert!(src.contains("var<storage, read> W: array<u32>;"));
+    // By default only the types that were faster on the H100.
+    for (ty, wide) in [
+        ("Q4_0", true),
+        ("Q8_0", true),
+        ("Q4_K", false),
+        ("Q6_K", false),
+    ] {
+        let key = KernelKey::MatVecQ8 {
+            ty: GgmlType::from_name(ty).unwrap().id(),
+            nr: 4,
+            spl: 128,
+        };
+        let src = Kernels::source(&d, &key).unwrap();
+        assert_eq!(src.contains("W: array<vec4<u32>>"), wide, "{ty}");
+    }
 }

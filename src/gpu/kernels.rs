@@ -783,10 +783,13 @@ pub struct Tune {
     /// their own rounded input, replacing the NormQ8 dispatches and the rounding before
     /// `ffn_down` (GGUFQ_MV_PERSIST; 0 = off: separate dispatches).
     pub persist: u32,
-    /// The integer decode mat-vecs of [`WIDE_TYPES`] bind their weights as
-    /// `array<vec4<u32>>` and load each group of 4 words the dequantizer reads together
-    /// as one 128-bit load ([`wide_weights`]); GGUFQ_WIDE=0 keeps 32-bit loads.
-    pub wide: bool,
+    /// The integer decode mat-vecs bind their weights as `array<vec4<u32>>` and load each
+    /// group of 4 words the dequantizer reads together as one 128-bit load
+    /// ([`wide_weights`]): 1 (default) for [`WIDE_DEFAULT_TYPES`], 2 for every type of
+    /// [`WIDE_TYPES`], 0 never (GGUFQ_WIDE). H100, 7B tg128 (session 7, two runs each):
+    /// Q8_0 219.0 / 222.2 → 235.3 / 239.2 t/s, Q4_0 324.9 / 314.3 → 339.0 / 325.5, while
+    /// Q4_K_M (mostly Q4_K, Q6_K) went 290.0 / 282.1 → 281.3 / 282.7 (ffn_down slower).
+    pub wide: u32,
 }
 
 /// Bytes one [`KernelKey::Prefetch`] workgroup reads: 256 threads × 4 loads of 16 bytes,
@@ -1040,7 +1043,7 @@ impl Tune {
                 .and_then(|v| v.parse::<u64>().ok())
                 .map_or(0, |mib| mib << 20),
             upload_ring: std::env::var("GGUFQ_UPLOAD_RING").as_deref() != Ok("0"),
-            wide: std::env::var("GGUFQ_WIDE").as_deref() != Ok("0"),
+            wide: get("GGUFQ_WIDE", 1, &[0, 1, 2]),
             persist: std::env::var("GGUFQ_MV_PERSIST")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -1740,9 +1743,18 @@ fn q8_reduce(ctx: &GpuContext, nr: usize, spl: u32, body: &mut String) -> String
 /// read 4-word groups at 4-word-aligned offsets, so [`wide_weights`] applies.
 pub const WIDE_TYPES: &[&str] = &["Q4_0", "Q8_0", "Q4_K", "Q5_K", "Q6_K"];
 
+/// The [`WIDE_TYPES`] whose integer decode kernels use 128-bit loads by default
+/// ([`Tune::wide`] = 1): the ones that were faster on the H100.
+pub const WIDE_DEFAULT_TYPES: &[&str] = &["Q4_0", "Q8_0"];
+
 /// Whether the integer decode kernel of type id `ty` loads its weights 128 bits at a time.
 pub fn wide_for(tune: &Tune, ty: u32) -> bool {
-    tune.wide && GgmlType::from_id(ty).is_some_and(|t| WIDE_TYPES.contains(&t.name()))
+    let types = match tune.wide {
+        0 => return false,
+        1 => WIDE_DEFAULT_TYPES,
+        _ => WIDE_TYPES,
+    };
+    GgmlType::from_id(ty).is_some_and(|t| types.contains(&t.name()))
 }
 
 /// The WGSL of an integer decode kernel with the weights bound as `array<vec4<u32>>`: every
