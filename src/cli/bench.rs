@@ -112,6 +112,13 @@ pub struct Args {
     /// with -p, also a prompt of the largest -p size (per role µs and TFLOP/s).
     #[arg(long)]
     pub profile: bool,
+    /// Record a host timeline of the generation tests' one-token calls (the last reps × n of
+    /// them) and print it after the tests: CPU phases of each call (prepare, record,
+    /// submit, pre-record of the next, map callback, wake-up, read-back), the time between
+    /// calls and, with GPU timestamps, each pass and the GPU's idle gap between passes
+    /// (mean and p50 µs).
+    #[arg(long)]
+    pub host_profile: bool,
     /// No progress output.
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -719,7 +726,20 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
                 eprintln!("{md}");
             }
         }
+        let tl_cap = args.reps.max(1) * args.n_gen.iter().copied().max().unwrap_or(0);
+        if args.host_profile && tl_cap > 0 {
+            model.set_host_timeline(Some(tl_cap.min(2048) as u32));
+        }
         failed |= run_tests(&mut model, &row, &args, &cfgr, &mut rows)?;
+        if args.host_profile && tl_cap > 0 {
+            let md = model.host_timeline()?.to_markdown(&src.label());
+            model.set_host_timeline(None);
+            if args.output == "md" {
+                println!("{md}");
+            } else {
+                eprintln!("{md}");
+            }
+        }
     }
     print_rows(&args, &rows, failed)
 }

@@ -146,13 +146,21 @@ impl GpuContext {
             timestamps: ts,
             coop_matrix: coop,
         };
+        let mut tune = super::kernels::Tune::from_env();
+        if info.device_type == wgpu::DeviceType::Cpu
+            && std::env::var("GGUFQ_SPIN_WAIT").as_deref() != Ok("1")
+        {
+            // A CPU adapter (lavapipe) runs the kernels on the cores a spinning wait would
+            // take from it.
+            tune.spin_wait = false;
+        }
         Ok(GpuContext {
             device,
             queue,
             facts,
             max_binding,
             subgroup32,
-            tune: super::kernels::Tune::from_env(),
+            tune,
         })
     }
 
@@ -176,6 +184,28 @@ impl GpuContext {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::msg(format!("GPU poll failed: {e}")))?;
+        Ok(())
+    }
+
+    /// Block until `done` is set by a callback that a poll of the device runs (a buffer
+    /// map): with `Tune::spin_wait`, by polling without blocking in a loop; otherwise by
+    /// one blocking poll (all submitted work done).
+    pub fn wait_for(&self, done: &std::sync::atomic::AtomicBool) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        if !self.tune.spin_wait {
+            return self.wait();
+        }
+        while !done.load(Ordering::Acquire) {
+            let st = self
+                .device
+                .poll(wgpu::PollType::Poll)
+                .map_err(|e| Error::msg(format!("GPU poll failed: {e}")))?;
+            if st.is_queue_empty() && !done.load(Ordering::Acquire) {
+                // Nothing left to run, so the callback can only come from a blocking poll.
+                return self.wait();
+            }
+            std::hint::spin_loop();
+        }
         Ok(())
     }
 

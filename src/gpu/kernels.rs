@@ -782,6 +782,29 @@ pub struct Tune {
     /// the new token's Q/K/V phase, so that their memory latency overlaps it; the same
     /// arithmetic in the same order. GGUFQ_ATTN_PRE: 0 none, 1 V, 2 K, 3 both.
     pub attn_pre: u32,
+    /// One-token forwards wait for their logits by polling the device in a loop
+    /// (`PollType::Poll`) until the read-back's map callback has fired, instead of one
+    /// blocking `poll(wait)`, as CUDA's default stream synchronisation spins; it keeps a
+    /// CPU core busy while the GPU runs (GGUFQ_SPIN_WAIT=0: the blocking wait; off by
+    /// default on CPU adapters such as lavapipe, whose kernels run on those cores). H100, 7B
+    /// tg128 (session 7): the GPU idles 112 µs (p50) between two passes instead of 255
+    /// (Q4_K_M), the wake-up after the pass and the host phases after it both shorter;
+    /// Q4_K_M 289.2 → 301.6 t/s, Q4_0 332.6 → 345.9, Q8_0 229.2 → 236.7.
+    pub spin_wait: bool,
+    /// Weight chunks are sub-allocated in pooled buffers of at most this many bytes (each
+    /// chunk at an offset aligned to `min_storage_buffer_offset_alignment` and at least 256
+    /// bytes, bound with offset and size), so a submit tracks a few large buffers instead
+    /// of one per chunk (GGUFQ_WEIGHT_POOL=MiB, default 0 = one buffer per chunk). Off by
+    /// default: on the H100 (session 7, 7B Q4_0) the GPU pass was 71 µs slower with pooled
+    /// weights (2823 vs 2752 µs), more than the submit saved (23 vs 32–68 µs).
+    pub weight_pool: u64,
+    /// One-token forwards upload their embedding row and token table through two
+    /// persistently owned MAP_WRITE buffers (mapped while the GPU runs the previous token,
+    /// copied at the start of the command buffer) instead of two `queue.write_buffer`s,
+    /// each of which creates a staging buffer (GGUFQ_UPLOAD_RING=0: `write_buffer`). H100,
+    /// 7B (session 7): prepare 22 → 7–11 µs per token; tg128 with the spinning wait within
+    /// ±1.5 % of without it (Q4_K_M 297.4 vs 301.6, Q4_0 343.5 vs 345.9, Q8_0 239.5 vs 236.7).
+    pub upload_ring: bool,
     /// L2 prefetch in the decode graph: after each latency-bound step (NormQ8, the decode
     /// attention, a rounding) that a mat-vec group follows, a [`KernelKey::Prefetch`]
     /// dispatch reads the first MiB of that group's weights (this many per group, 0 = off;
@@ -1052,6 +1075,12 @@ impl Tune {
             attn_live: get("GGUFQ_ATTN_LIVE", 1, &[0, 1]),
             attn_skip: std::env::var("GGUFQ_ATTN_SKIP").as_deref() != Ok("0"),
             attn_pre: get("GGUFQ_ATTN_PRE", 3, &[0, 1, 2, 3]),
+            spin_wait: std::env::var("GGUFQ_SPIN_WAIT").as_deref() != Ok("0"),
+            weight_pool: std::env::var("GGUFQ_WEIGHT_POOL")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .map_or(0, |mib| mib << 20),
+            upload_ring: std::env::var("GGUFQ_UPLOAD_RING").as_deref() != Ok("0"),
             wide: get("GGUFQ_WIDE", 1, &[0, 1, 2]),
             persist: std::env::var("GGUFQ_MV_PERSIST")
                 .ok()

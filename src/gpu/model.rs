@@ -10,9 +10,12 @@ use crate::quant::GgmlType;
 
 use super::actq::ActRounding;
 use super::arch::ArchOp;
-use super::buffers::{f32_buffer, scratch, upload_matrix, Chunk, GpuMatrix};
+use super::buffers::{
+    f32_buffer, scratch, upload_matrix_in, Chunk, GpuMatrix, UploadRing, WeightPool,
+};
 use super::device::GpuContext;
 use super::kernels::{buffer_layouts, KernelKey, Kernels, MatEpi, Tune};
+use super::profile::{HostTimeline, TimelineRec, TL_STRIDE};
 use super::reference::dequantize;
 use super::source::{TensorView, WeightSource};
 
@@ -271,6 +274,9 @@ const SLOT: usize = 256;
 /// A forward call's batch shape: (tokens, all logits, fused decode graph).
 type BatchShape = (usize, bool, bool);
 
+/// The upload-ring slot and host-timeline slot a recorded command buffer uses.
+type Slots = (Option<usize>, Option<u32>);
+
 /// GPU timestamps taken by [`GpuModel::forward_profiled`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Timestamps {
@@ -318,8 +324,13 @@ pub struct GpuModel {
     cpu: CpuTimes,
     /// Record the next forward of the same shape while the GPU runs the current one.
     prerecord: bool,
-    /// That command buffer, with its shape (tokens, all logits, fused).
-    prerecorded: Option<((usize, bool, bool), wgpu::CommandBuffer)>,
+    /// That command buffer, with its shape (tokens, all logits, fused) and the upload-ring
+    /// and timeline slots it uses.
+    prerecorded: Option<(BatchShape, Slots, wgpu::CommandBuffer)>,
+    /// Upload buffers of one-token calls (`Tune::upload_ring`).
+    ring: Option<UploadRing>,
+    /// Host timeline of one-token calls ([`GpuModel::set_host_timeline`]).
+    timeline: Option<TimelineRec>,
     /// Batch shape (tokens, all logits, fused) whose parameters are in `params`.
     params_for: Option<(usize, bool, bool)>,
     /// Workgroup counts of the active steps for that shape.
@@ -425,6 +436,9 @@ impl GpuModel {
                 .ok_or_else(|| Error::msg(format!("{}: tensor {name} missing", src.label())))
         };
         let mut mats: Vec<GpuMatrix> = Vec::new();
+        // Weight chunks in a few pooled buffers (`Tune::weight_pool`).
+        let mut pool =
+            (ctx.tune.weight_pool > 0).then(|| WeightPool::new(&ctx, ctx.tune.weight_pool));
         let mut weight_bytes = 0u64;
         let mut push = |m: GpuMatrix, mats: &mut Vec<GpuMatrix>| -> usize {
             weight_bytes += m.file_bytes;
@@ -495,7 +509,15 @@ impl GpuModel {
                 all.extend_from_slice(&k.data);
                 all.extend_from_slice(&v.data);
                 qkv.push(push(
-                    upload_matrix(&ctx, &n("attn_qkv"), q.ty, qd + 2 * kv_dim, d, &all)?,
+                    upload_matrix_in(
+                        &ctx,
+                        pool.as_mut(),
+                        &n("attn_qkv"),
+                        q.ty,
+                        qd + 2 * kv_dim,
+                        d,
+                        &all,
+                    )?,
                     &mut mats,
                 ));
             } else if q.ty == k.ty {
@@ -503,24 +525,32 @@ impl GpuModel {
                 let mut qk = q.data.to_vec();
                 qk.extend_from_slice(&k.data);
                 qkv.push(push(
-                    upload_matrix(&ctx, &n("attn_qk"), q.ty, qd + kv_dim, d, &qk)?,
+                    upload_matrix_in(
+                        &ctx,
+                        pool.as_mut(),
+                        &n("attn_qk"),
+                        q.ty,
+                        qd + kv_dim,
+                        d,
+                        &qk,
+                    )?,
                     &mut mats,
                 ));
                 qkv.push(push(
-                    upload_matrix(&ctx, &n("attn_v"), v.ty, kv_dim, d, &v.data)?,
+                    upload_matrix_in(&ctx, pool.as_mut(), &n("attn_v"), v.ty, kv_dim, d, &v.data)?,
                     &mut mats,
                 ));
             } else {
                 qkv.push(push(
-                    upload_matrix(&ctx, &n("attn_q"), q.ty, qd, d, &q.data)?,
+                    upload_matrix_in(&ctx, pool.as_mut(), &n("attn_q"), q.ty, qd, d, &q.data)?,
                     &mut mats,
                 ));
                 qkv.push(push(
-                    upload_matrix(&ctx, &n("attn_k"), k.ty, kv_dim, d, &k.data)?,
+                    upload_matrix_in(&ctx, pool.as_mut(), &n("attn_k"), k.ty, kv_dim, d, &k.data)?,
                     &mut mats,
                 ));
                 qkv.push(push(
-                    upload_matrix(&ctx, &n("attn_v"), v.ty, kv_dim, d, &v.data)?,
+                    upload_matrix_in(&ctx, pool.as_mut(), &n("attn_v"), v.ty, kv_dim, d, &v.data)?,
                     &mut mats,
                 ));
             }
@@ -533,7 +563,7 @@ impl GpuModel {
                 });
             }
             let wo = push(
-                upload_matrix(&ctx, &n("attn_output"), o.ty, d, qd, &o.data)?,
+                upload_matrix_in(&ctx, pool.as_mut(), &n("attn_output"), o.ty, d, qd, &o.data)?,
                 &mut mats,
             );
             let g = get(&n("ffn_gate"))?;
@@ -557,21 +587,53 @@ impl GpuModel {
                 let rb = g.data.len() / cfg.n_ff;
                 let il = interleave_rows(&g.data, &u.data, rb);
                 gu.push(push(
-                    upload_matrix(&ctx, &n("ffn_gate_up"), g.ty, 2 * cfg.n_ff, d, &il)?,
+                    upload_matrix_in(
+                        &ctx,
+                        pool.as_mut(),
+                        &n("ffn_gate_up"),
+                        g.ty,
+                        2 * cfg.n_ff,
+                        d,
+                        &il,
+                    )?,
                     &mut mats,
                 ));
             } else {
                 gu.push(push(
-                    upload_matrix(&ctx, &n("ffn_gate"), g.ty, cfg.n_ff, d, &g.data)?,
+                    upload_matrix_in(
+                        &ctx,
+                        pool.as_mut(),
+                        &n("ffn_gate"),
+                        g.ty,
+                        cfg.n_ff,
+                        d,
+                        &g.data,
+                    )?,
                     &mut mats,
                 ));
                 gu.push(push(
-                    upload_matrix(&ctx, &n("ffn_up"), u.ty, cfg.n_ff, d, &u.data)?,
+                    upload_matrix_in(
+                        &ctx,
+                        pool.as_mut(),
+                        &n("ffn_up"),
+                        u.ty,
+                        cfg.n_ff,
+                        d,
+                        &u.data,
+                    )?,
                     &mut mats,
                 ));
             }
             let down = push(
-                upload_matrix(&ctx, &n("ffn_down"), dn.ty, d, cfg.n_ff, &dn.data)?,
+                upload_matrix_in(
+                    &ctx,
+                    pool.as_mut(),
+                    &n("ffn_down"),
+                    dn.ty,
+                    d,
+                    cfg.n_ff,
+                    &dn.data,
+                )?,
                 &mut mats,
             );
             let kc = scratch(&ctx, "k_cache", kv_elems);
@@ -624,13 +686,22 @@ impl GpuModel {
                     });
                 }
                 (
-                    upload_matrix(&ctx, "output.weight", t.ty, n_vocab, d, &t.data)?,
+                    upload_matrix_in(
+                        &ctx,
+                        pool.as_mut(),
+                        "output.weight",
+                        t.ty,
+                        n_vocab,
+                        d,
+                        &t.data,
+                    )?,
                     false,
                 )
             }
             None => (
-                upload_matrix(
+                upload_matrix_in(
                     &ctx,
+                    pool.as_mut(),
                     "token_embd.weight (tied output)",
                     embd_ty,
                     n_vocab,
@@ -652,11 +723,29 @@ impl GpuModel {
             // The tied output matrix is this very upload (same type, rows and chunks).
             (true, true) => Some(mats[out_idx].chunks.clone()),
             (true, false) => {
-                let m = upload_matrix(&ctx, "token_embd.weight", embd_ty, n_vocab, d, &embd)?;
+                let m = upload_matrix_in(
+                    &ctx,
+                    pool.as_mut(),
+                    "token_embd.weight",
+                    embd_ty,
+                    n_vocab,
+                    d,
+                    &embd,
+                )?;
                 mem.weights += m.gpu_bytes;
                 Some(m.chunks)
             }
         };
+        let mut embd_gpu = embd_gpu;
+        if let Some(p) = pool.take() {
+            let extra = embd_gpu.iter_mut().flatten();
+            p.finish(
+                &ctx,
+                mats.iter_mut()
+                    .flat_map(|m| m.chunks.iter_mut())
+                    .chain(extra),
+            );
+        }
         let tids = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("token ids"),
             size: (nb * 4) as u64,
@@ -792,33 +881,23 @@ impl GpuModel {
                   bufs: &[&wgpu::Buffer],
                   slot: usize|
          -> wgpu::BindGroup {
-            let mut entries: Vec<wgpu::BindGroupEntry> = bufs
-                .iter()
-                .enumerate()
-                .map(|(i, b)| wgpu::BindGroupEntry {
-                    binding: i as u32,
-                    resource: b.as_entire_binding(),
-                })
-                .collect();
-            entries.insert(
-                entries.len().min(if bufs.len() >= 5 { 4 } else { 3 }),
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &params,
-                        offset: (slot * SLOT) as u64,
-                        size: wgpu::BufferSize::new(64),
-                    }),
-                },
-            );
-            for (i, e) in entries.iter_mut().enumerate() {
-                e.binding = i as u32;
-            }
-            ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: None,
+            bind_with_params(
+                &ctx,
+                &params,
                 layout,
-                entries: &entries,
-            })
+                bufs.iter().map(|b| b.as_entire_binding()).collect(),
+                slot,
+            )
+        };
+        // The same with a weight chunk first (its range of a pooled buffer).
+        let bgw = |layout: &wgpu::BindGroupLayout,
+                   w: &Chunk,
+                   rest: &[&wgpu::Buffer],
+                   slot: usize|
+         -> wgpu::BindGroup {
+            let mut res = vec![w.binding()];
+            res.extend(rest.iter().map(|b| b.as_entire_binding()));
+            bind_with_params(&ctx, &params, layout, res, slot)
         };
         // Prompt calls first look their tokens' embedding rows up, one dispatch per chunk.
         if let Some(em) = &embd_gpu {
@@ -828,7 +907,7 @@ impl GpuModel {
                     kind: StepKind::Embed { c },
                     when: When::Prompt,
                     role: "embed",
-                    bind: bg(&bgl_mat, &[&ch.buf, &tids, &x], slot),
+                    bind: bgw(&bgl_mat, ch, &[&tids, &x], slot),
                     slot,
                     key: KernelKey::Embed { ty: embd_ty.id() },
                     n: 0,
@@ -929,7 +1008,7 @@ impl GpuModel {
                 }
                 let slot = steps.len();
                 keep(slot, &[&mats[m].chunks[c].buf, &input.buf, yb]);
-                let bind = bg(&bgl_mat, &[&mats[m].chunks[c].buf, &input.buf, yb], slot);
+                let bind = bgw(&bgl_mat, &mats[m].chunks[c], &[&input.buf, yb], slot);
                 steps.push(Step {
                     kind: StepKind::Mat {
                         m,
@@ -1001,6 +1080,7 @@ impl GpuModel {
                     let mut bufs = vec![&mats[m].chunks[c].buf];
                     bufs.extend_from_slice(tail);
                     keep(slot, &bufs);
+                    let bind = bgw(layout, &mats[m].chunks[c], tail, slot);
                     steps.push(Step {
                         kind: StepKind::Mat {
                             m,
@@ -1012,7 +1092,7 @@ impl GpuModel {
                             last_only: true,
                             q8e,
                         },
-                        bind: bg(layout, &bufs, slot),
+                        bind,
                         when: When::Decode,
                         role,
                         slot,
@@ -1124,7 +1204,7 @@ impl GpuModel {
                         last_only: false,
                         q8e: 0,
                     },
-                    bind: bg(&bgl_mat, &[&mats[m].chunks[c].buf, xb, yb], slot),
+                    bind: bgw(&bgl_mat, &mats[m].chunks[c], &[xb, yb], slot),
                     when: When::Decode,
                     role,
                     slot,
@@ -1540,6 +1620,18 @@ impl GpuModel {
                 bufs.get(&s.slot)
                     .ok_or_else(|| Error::msg("internal: a step's buffers were not kept"))
             };
+            // The weight chunk a matrix step binds first.
+            let weight_of = |s: &Step| -> Result<&Chunk> {
+                match s.kind {
+                    StepKind::Mat { m, c, .. } => mats
+                        .get(m)
+                        .and_then(|mat| mat.chunks.get(c))
+                        .ok_or_else(|| Error::msg("internal: a matrix step without its chunk")),
+                    _ => Err(Error::msg(
+                        "internal: an epilogue on a step without weights",
+                    )),
+                }
+            };
             let dec: Vec<usize> = (0..steps.len())
                 .filter(|&i| steps[i].when.runs(When::Decode, 1))
                 .collect();
@@ -1550,10 +1642,11 @@ impl GpuModel {
                     continue;
                 };
                 let (pb, ab) = (get(p)?, get(a)?);
-                let bind = bg(
+                let bind = bgw(
                     &bgl_e,
+                    weight_of(p)?,
                     &[
-                        &pb[0], &pb[1], &pb[2], &counters, &unused_r, &ab[2], &unused_w, &pb[2],
+                        &pb[1], &pb[2], &counters, &unused_r, &ab[2], &unused_w, &pb[2],
                     ],
                     p.slot,
                 );
@@ -1600,10 +1693,11 @@ impl GpuModel {
                 } else {
                     nq_steps[0].slot
                 };
-                let bind = bg(
+                let bind = bgw(
                     &bgl_e,
+                    weight_of(p)?,
                     &[
-                        &pb[0], &pb[1], &pb[2], &counters, &nqb[0][1], &nq[0], &nq[1], &pb[2],
+                        &pb[1], &pb[2], &counters, &nqb[0][1], &nq[0], &nq[1], &pb[2],
                     ],
                     slot,
                 );
@@ -1668,13 +1762,10 @@ impl GpuModel {
                         _ => None,
                     })
                     .collect();
-                let sizes: Vec<u64> = group
-                    .iter()
-                    .map(|&(m, c)| mats[m].chunks[c].buf.size())
-                    .collect();
+                let sizes: Vec<u64> = group.iter().map(|&(m, c)| mats[m].chunks[c].size).collect();
                 for (g, bytes) in prefetch_plan(&sizes, budget) {
                     let (m, c) = group[g];
-                    let buf = &mats[m].chunks[c].buf;
+                    let ch = &mats[m].chunks[c];
                     let sink = scratch(&ctx, "prefetch sink", 1);
                     mem.scratch += 4;
                     let bind = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -1683,9 +1774,10 @@ impl GpuModel {
                         entries: &[
                             wgpu::BindGroupEntry {
                                 binding: 0,
+                                // The chunk's range (of a pooled buffer: `Chunk::binding`).
                                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                    buffer: buf,
-                                    offset: 0,
+                                    buffer: &ch.buf,
+                                    offset: ch.offset,
                                     size: std::num::NonZeroU64::new(bytes),
                                 }),
                             },
@@ -1768,6 +1860,11 @@ impl GpuModel {
             cpu: CpuTimes::default(),
             prerecord: ctx.tune.prerecord,
             prerecorded: None,
+            ring: ctx
+                .tune
+                .upload_ring
+                .then(|| UploadRing::new(&ctx, (cfg.n_embd * 4 + 8) as u64)),
+            timeline: None,
             params_for: None,
             disp_for: None,
             fused,
@@ -1832,6 +1929,83 @@ impl GpuModel {
     pub fn set_prerecord(&mut self, on: bool) {
         self.prerecord = on;
         self.prerecorded = None;
+    }
+
+    /// Record a host timeline of the next one-token forward calls (the last `cap` of them,
+    /// at most 2048): CPU marks of each phase and, where the adapter has timestamp queries,
+    /// the GPU begin and end of each call's pass. `None` stops recording. Results are the
+    /// same either way.
+    pub fn set_host_timeline(&mut self, cap: Option<u32>) {
+        self.timeline = cap.map(|c| TimelineRec::new(&self.ctx, c));
+        self.prerecorded = None;
+    }
+
+    /// The timeline recorded since [`set_host_timeline`](Self::set_host_timeline) (calls
+    /// in order, the last `cap` of them); recording goes on.
+    pub fn host_timeline(&self) -> Result<HostTimeline> {
+        let Some(tl) = &self.timeline else {
+            return Ok(HostTimeline::default());
+        };
+        let cap = tl.cap as u64;
+        let first = tl.calls.saturating_sub(cap);
+        let slots: Vec<usize> = (first..tl.calls).map(|i| (i % cap) as usize).collect();
+        let Some(t0) = slots.first().map(|&k| tl.marks[k][0]) else {
+            return Ok(HostTimeline::default());
+        };
+        let us = |t: Instant| {
+            if t >= t0 {
+                (t - t0).as_secs_f64() * 1e6
+            } else {
+                -((t0 - t).as_secs_f64() * 1e6)
+            }
+        };
+        let marks = slots
+            .iter()
+            .map(|&k| tl.marks[k].map(us))
+            .collect::<Vec<[f64; 8]>>();
+        let mut gpu = Vec::new();
+        if let Some((_, resolve)) = &tl.gpu {
+            let read = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("host timeline read"),
+                size: resolve.size(),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+            enc.copy_buffer_to_buffer(resolve, 0, &read, 0, resolve.size());
+            self.ctx.queue.submit(Some(enc.finish()));
+            let raw = self.ctx.read_mapped_u64(&read)?;
+            let period = self.ctx.queue.get_timestamp_period() as f64 / 1e3;
+            let w = (TL_STRIDE / 8) as usize;
+            let base = raw.get(slots[0] * w).copied().unwrap_or(0);
+            let at = |v: u64| (v as i128 - base as i128) as f64 * period;
+            for &k in &slots {
+                match (raw.get(k * w), raw.get(k * w + 1)) {
+                    (Some(&b), Some(&e)) => gpu.push((at(b), at(e))),
+                    _ => return Err(Error::msg("internal: host timeline slot out of range")),
+                }
+            }
+        }
+        Ok(HostTimeline { marks, gpu })
+    }
+
+    /// Where the weight chunks live: per chunk (in matrix order), the index of its buffer
+    /// among the distinct weight buffers, its byte offset and size; and the number of
+    /// distinct buffers (one per chunk unless the weights are pooled, `Tune::weight_pool`).
+    pub fn weight_layout(&self) -> (Vec<(usize, u64, u64)>, usize) {
+        let mut bufs: Vec<&wgpu::Buffer> = Vec::new();
+        let mut out = Vec::new();
+        for ch in self.mats.iter().flat_map(|m| &m.chunks) {
+            let i = match bufs.iter().position(|b| **b == ch.buf) {
+                Some(i) => i,
+                None => {
+                    bufs.push(&ch.buf);
+                    bufs.len() - 1
+                }
+            };
+            out.push((i, ch.offset, ch.size));
+        }
+        (out, bufs.len())
     }
 
     /// Dispatches of a one-token forward call (the fused decode graph when in use).
@@ -1971,6 +2145,7 @@ impl GpuModel {
             ti.push(seq);
             ti.push(pos);
         }
+        let mut ring_slot = None;
         if self.embd_gpu.is_some() && n > 1 {
             // The rows are looked up by the `Embed` steps at the start of the pass.
             let ids: Vec<u32> = tokens.iter().map(|t| t.0).collect();
@@ -1997,13 +2172,24 @@ impl GpuModel {
                 // gemma3: × √n_embd after the look-up, as the CPU backend.
                 xs.iter_mut().for_each(|v| *v *= es);
             }
+            if let (1, Some(ring)) = (n, self.ring.as_mut()) {
+                // Row and token table through the upload ring; the command buffer copies
+                // them (`record`).
+                let mut bytes: Vec<u8> = bytemuck::cast_slice(&xs).to_vec();
+                bytes.extend_from_slice(bytemuck::cast_slice(&ti));
+                ring.write(&self.ctx, ring.next, &bytes)?;
+                ring_slot = Some(ring.next);
+            } else {
+                self.ctx
+                    .queue
+                    .write_buffer(&self.x, 0, bytemuck::cast_slice(&xs));
+            }
+        }
+        if ring_slot.is_none() {
             self.ctx
                 .queue
-                .write_buffer(&self.x, 0, bytemuck::cast_slice(&xs));
+                .write_buffer(&self.tinfo, 0, bytemuck::cast_slice(&ti));
         }
-        self.ctx
-            .queue
-            .write_buffer(&self.tinfo, 0, bytemuck::cast_slice(&ti));
         let cfg = &self.cfg;
         let mode = self.mode(n);
         let shape = (n, all_logits, mode == When::Decode);
@@ -2231,30 +2417,58 @@ impl GpuModel {
         let shape_key = (n, all_logits, mode == When::Decode);
         let n_out = if all_logits { n } else { 1 };
         let bytes = (n_out * nv * 4) as u64;
+        // Host timeline slot of this call (one-token plain calls only).
+        let tl_on = n == 1 && ts == Timestamps::Off && self.timeline.is_some();
+        let tl_slot = |tl: &Option<TimelineRec>, ahead: u64| {
+            tl.as_ref()
+                .filter(|_| tl_on)
+                .map(|t| ((t.calls + ahead) % t.cap as u64) as u32)
+        };
+        let slots: Slots = (ring_slot, tl_slot(&self.timeline, 0));
         let (cmd, ts_bufs) = match self.prerecorded.take() {
-            Some((k, cmd)) if k == shape_key && ts == Timestamps::Off => (cmd, None),
-            _ => self.record(n, all_logits, mode, &disp, ts, n_q, bytes)?,
+            Some((k, sl, cmd)) if k == shape_key && sl == slots && ts == Timestamps::Off => {
+                (cmd, None)
+            }
+            _ => self.record(n, all_logits, mode, &disp, ts, n_q, bytes, slots)?,
         };
         let t_recorded = Instant::now();
         self.ctx.queue.submit(Some(cmd));
         let t_submitted = Instant::now();
+        if let Some(ring) = self.ring.as_mut().filter(|_| ring_slot.is_some()) {
+            // The other slot, idle since the previous call, is mapped during this wait.
+            ring.next = 1 - ring.next;
+            ring.request(ring.next);
+        }
         if ts == Timestamps::Off && self.prerecord {
             // Record the next forward of the same shape while the GPU runs this one: the
-            // embeddings and positions of the next call reach the GPU through queue writes,
-            // which run before the next submit's commands.
-            let (next, _) = self.record(n, all_logits, mode, &disp, ts, 0, bytes)?;
-            self.prerecorded = Some((shape_key, next));
+            // embeddings and positions of the next call reach the GPU through queue writes
+            // (or the upload ring's other slot), which run before the next submit's commands.
+            let next_slots: Slots = (
+                ring_slot.and(self.ring.as_ref().map(|r| r.next)),
+                tl_slot(&self.timeline, 1),
+            );
+            let (next, _) = self.record(n, all_logits, mode, &disp, ts, 0, bytes, next_slots)?;
+            self.prerecorded = Some((shape_key, next_slots, next));
         }
+        let t_next = Instant::now();
         let slice = self.staging.slice(0..bytes);
         let (tx, rx) = std::sync::mpsc::channel();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = done.clone();
         slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
+            let _ = tx.send((r, Instant::now()));
+            flag.store(true, std::sync::atomic::Ordering::Release);
         });
-        self.ctx.wait()?;
+        if n == 1 {
+            self.ctx.wait_for(&done)?;
+        } else {
+            self.ctx.wait()?;
+        }
         let t_done = Instant::now();
-        rx.recv()
-            .map_err(|e| Error::msg(format!("GPU readback: {e}")))?
-            .map_err(|e| Error::msg(format!("GPU readback map failed: {e}")))?;
+        let (mapped, t_cb) = rx
+            .recv()
+            .map_err(|e| Error::msg(format!("GPU readback: {e}")))?;
+        mapped.map_err(|e| Error::msg(format!("GPU readback map failed: {e}")))?;
         let mut out = {
             let view = slice
                 .get_mapped_range()
@@ -2264,6 +2478,19 @@ impl GpuModel {
         self.cfg.ops.apply_softcap(&mut out);
         self.staging.unmap();
         let t_read = Instant::now();
+        if let (Some(tl), Some(k)) = (self.timeline.as_mut(), slots.1) {
+            tl.marks[k as usize] = [
+                t_start,
+                t_prepared,
+                t_recorded,
+                t_submitted,
+                t_next,
+                t_cb,
+                t_done,
+                t_read,
+            ];
+            tl.calls += 1;
+        }
         let c = &mut self.cpu;
         c.calls += 1;
         c.prepare += t_prepared - t_start;
@@ -2286,6 +2513,8 @@ impl GpuModel {
 
     /// Record a forward of `n` tokens (graph `mode`, workgroup counts `disp` of its active
     /// steps) and the logits copy of `bytes`; with timestamps, also their read-back buffer.
+    /// `slots`: the upload-ring slot whose row and token table the call copies first, and
+    /// the host-timeline slot whose pass timestamps it writes.
     #[allow(clippy::too_many_arguments)]
     fn record(
         &self,
@@ -2296,6 +2525,7 @@ impl GpuModel {
         ts: Timestamps,
         n_q: u32,
         bytes: u64,
+        slots: Slots,
     ) -> Result<(wgpu::CommandBuffer, Option<wgpu::Buffer>)> {
         let qs = (n_q > 0).then(|| {
             self.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
@@ -2312,10 +2542,30 @@ impl GpuModel {
             })
         };
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        if let (Some(s), Some(ring)) = (slots.0, &self.ring) {
+            let xb = (self.cfg.n_embd * 4) as u64;
+            enc.copy_buffer_to_buffer(&ring.bufs[s], 0, &self.x, 0, xb);
+            enc.copy_buffer_to_buffer(&ring.bufs[s], xb, &self.tinfo, 0, 8);
+        }
+        // The host timeline's pass timestamps (plain calls only).
+        let tl = match (slots.1, &self.timeline) {
+            (
+                Some(k),
+                Some(TimelineRec {
+                    gpu: Some((q, r)), ..
+                }),
+            ) => Some((k, q, r)),
+            _ => None,
+        };
+        let first_tw = tw(0).or(tl.map(|(k, q, _)| wgpu::ComputePassTimestampWrites {
+            query_set: q,
+            beginning_of_pass_write_index: Some(2 * k),
+            end_of_pass_write_index: Some(2 * k + 1),
+        }));
         let mut pass = enc
             .begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("forward"),
-                timestamp_writes: tw(0),
+                timestamp_writes: first_tw,
             })
             .forget_lifetime();
         let active = self.steps.iter().filter(|s| s.when.runs(mode, n));
@@ -2362,6 +2612,9 @@ impl GpuModel {
             pass.dispatch_workgroups(wg.0, wg.1, 1);
         }
         drop(pass);
+        if let Some((k, q, r)) = tl {
+            enc.resolve_query_set(q, 2 * k..2 * k + 2, r, TL_STRIDE * k as u64);
+        }
         enc.copy_buffer_to_buffer(&self.logits, 0, &self.staging, 0, bytes);
         let ts_bufs = qs.as_ref().map(|q| {
             let size = 8 * n_q as u64;
@@ -2412,6 +2665,39 @@ impl GpuModel {
     pub fn n_layers(&self) -> usize {
         self.layers_n
     }
+}
+
+/// A bind group of `res` with the step's parameter slot (64 bytes of `params` at
+/// `slot · SLOT`) inserted before the last binding of four, or at 4.
+fn bind_with_params<'a>(
+    ctx: &GpuContext,
+    params: &'a wgpu::Buffer,
+    layout: &wgpu::BindGroupLayout,
+    mut res: Vec<wgpu::BindingResource<'a>>,
+    slot: usize,
+) -> wgpu::BindGroup {
+    let n = res.len();
+    res.insert(
+        n.min(if n >= 5 { 4 } else { 3 }),
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: params,
+            offset: (slot * SLOT) as u64,
+            size: wgpu::BufferSize::new(64),
+        }),
+    );
+    let entries: Vec<wgpu::BindGroupEntry> = res
+        .into_iter()
+        .enumerate()
+        .map(|(i, resource)| wgpu::BindGroupEntry {
+            binding: i as u32,
+            resource,
+        })
+        .collect();
+    ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout,
+        entries: &entries,
+    })
 }
 
 /// The [`KernelKey::MatVecQ8E`] key with a rounding epilogue ([`MatEpi::Act`],

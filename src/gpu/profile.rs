@@ -182,3 +182,225 @@ pub(crate) fn by_role<T: Copy + std::ops::AddAssign>(
     }
     Ok(out)
 }
+
+/// Marks of a one-token forward call in [`HostTimeline`] order: call start, prepared
+/// (embedding row, token table, uploads), recorded (or the pre-recorded buffer taken),
+/// submitted, next forward pre-recorded, read-back map callback fired, wait returned,
+/// logits read.
+pub const MARKS: [&str; 8] = [
+    "start",
+    "prepared",
+    "recorded",
+    "submitted",
+    "next recorded",
+    "map callback",
+    "wait returned",
+    "read",
+];
+
+/// What [`GpuModel::set_host_timeline`](super::GpuModel::set_host_timeline) records per
+/// one-token forward call (the calls of a plain `forward`, not the profiled ones).
+pub(crate) struct TimelineRec {
+    /// Calls kept (ring; the GPU timestamps have as many slots).
+    pub cap: u32,
+    /// One-token calls recorded so far.
+    pub calls: u64,
+    /// CPU marks of the call in each slot.
+    pub marks: Vec<[std::time::Instant; 8]>,
+    /// Pass begin/end timestamps, two per slot (None without timestamp queries).
+    pub gpu: Option<(wgpu::QuerySet, wgpu::Buffer)>,
+}
+
+/// Byte stride of one call's resolved pass timestamps (the resolve offset alignment).
+pub(crate) const TL_STRIDE: u64 = 256;
+
+impl TimelineRec {
+    /// A recorder of the last `cap` calls (≤ 2048, the query set's limit), with GPU pass
+    /// timestamps when the adapter has them.
+    pub(crate) fn new(ctx: &super::GpuContext, cap: u32) -> TimelineRec {
+        let cap = cap.clamp(2, wgpu::QUERY_SET_MAX_QUERIES / 2);
+        let gpu = ctx.facts.timestamps.then(|| {
+            (
+                ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("host timeline"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: 2 * cap,
+                }),
+                ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("host timeline resolve"),
+                    size: TL_STRIDE * cap as u64,
+                    usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                    mapped_at_creation: false,
+                }),
+            )
+        });
+        let now = std::time::Instant::now();
+        TimelineRec {
+            cap,
+            calls: 0,
+            marks: vec![[now; 8]; cap as usize],
+            gpu,
+        }
+    }
+}
+
+/// The host timeline of the last one-token forward calls: CPU marks ([`MARKS`]) in µs
+/// from the first kept call's start, and each call's GPU pass (begin, end) in µs of the GPU
+/// clock when the adapter has timestamps.
+#[derive(Clone, Debug, Default)]
+pub struct HostTimeline {
+    /// Per call, in call order.
+    pub marks: Vec<[f64; 8]>,
+    /// Per call, the pass's GPU begin and end (µs, GPU clock; its own origin).
+    pub gpu: Vec<(f64, f64)>,
+}
+
+/// One row of [`HostTimeline::summary`]: mean and median µs per token.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Phase {
+    /// What the interval is.
+    pub name: String,
+    /// Mean µs.
+    pub mean_us: f64,
+    /// Median µs.
+    pub p50_us: f64,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        0.5 * (s[n / 2 - 1] + s[n / 2])
+    }
+}
+
+impl HostTimeline {
+    /// Per-token intervals, mean and median: the CPU phases of a call, the time between
+    /// calls (the caller's own work), the wall period; with GPU timestamps the pass, the
+    /// GPU's idle gap between two passes, and, with the clocks aligned on the fastest
+    /// wake-up (GPU pass end → map callback taken as 0 for the call where it is smallest),
+    /// how long after its pass each callback fired and how long after its submit each
+    /// pass began.
+    pub fn summary(&self) -> Vec<Phase> {
+        let m = &self.marks;
+        let mut rows: Vec<(String, Vec<f64>)> = Vec::new();
+        for i in 1..MARKS.len() {
+            rows.push((
+                format!("{} → {}", MARKS[i - 1], MARKS[i]),
+                m.iter().map(|k| k[i] - k[i - 1]).collect(),
+            ));
+        }
+        let next = |f: &dyn Fn(&[f64; 8], &[f64; 8]) -> f64| -> Vec<f64> {
+            m.windows(2).map(|w| f(&w[0], &w[1])).collect()
+        };
+        rows.push((
+            "read → next start (caller)".into(),
+            next(&|a, b| b[0] - a[7]),
+        ));
+        rows.push((
+            "wall period (start → next start)".into(),
+            next(&|a, b| b[0] - a[0]),
+        ));
+        if self.gpu.len() == m.len() && !m.is_empty() {
+            let g = &self.gpu;
+            rows.push(("GPU pass".into(), g.iter().map(|p| p.1 - p.0).collect()));
+            rows.push((
+                "GPU idle between passes".into(),
+                g.windows(2).map(|w| w[1].0 - w[0].1).collect(),
+            ));
+            // CPU = GPU + off; the smallest (callback − pass end) is taken as off.
+            let off = m
+                .iter()
+                .zip(g)
+                .map(|(k, p)| k[5] - p.1)
+                .fold(f64::INFINITY, f64::min);
+            rows.push((
+                "GPU pass end → map callback (aligned)".into(),
+                m.iter().zip(g).map(|(k, p)| k[5] - (p.1 + off)).collect(),
+            ));
+            rows.push((
+                "submitted → GPU pass begin (aligned)".into(),
+                m.iter().zip(g).map(|(k, p)| p.0 + off - k[3]).collect(),
+            ));
+        }
+        rows.into_iter()
+            .map(|(name, v)| {
+                let f: Vec<f64> = v.into_iter().filter(|x| x.is_finite()).collect();
+                Phase {
+                    name,
+                    mean_us: f.iter().sum::<f64>() / f.len().max(1) as f64,
+                    p50_us: median(&f),
+                }
+            })
+            .collect()
+    }
+
+    /// Markdown table of [`summary`](Self::summary).
+    pub fn to_markdown(&self, label: &str) -> String {
+        let mut s = format!(
+            "Host timeline of {label} ({} one-token calls)\n\n| interval | mean µs | p50 µs |\n| --- | ---: | ---: |\n",
+            self.marks.len()
+        );
+        for p in self.summary() {
+            s.push_str(&format!(
+                "| {} | {:.1} | {:.1} |\n",
+                p.name, p.mean_us, p.p50_us
+            ));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_timeline_summary_takes_intervals_gaps_and_aligned_clocks() {
+        // Three calls 1000 µs apart; phases of 1, 2, ..., 7 µs; GPU passes of 900 µs that
+        // begin 50 µs after the submit (GPU clock 10 000 µs behind) and end 5, 3, 9 µs
+        // before each callback.
+        let mut marks = Vec::new();
+        let mut gpu = Vec::new();
+        for (i, wake) in [5.0, 3.0, 9.0].into_iter().enumerate() {
+            let t0 = 1000.0 * i as f64;
+            let mut m = [t0; 8];
+            for k in 1..8 {
+                m[k] = m[k - 1] + k as f64;
+            }
+            // The callback waits for the pass: submitted (t0 + 6) + 50 + 900 + wake.
+            m[5] = t0 + 6.0 + 950.0 + wake;
+            m[6] = m[5] + 6.0;
+            m[7] = m[6] + 7.0;
+            marks.push(m);
+            gpu.push((t0 + 56.0 - 10_000.0, t0 + 956.0 - 10_000.0));
+        }
+        let tl = HostTimeline { marks, gpu };
+        let s = tl.summary();
+        let get = |name: &str| s.iter().find(|p| p.name == name).unwrap().clone();
+        assert_eq!(get("start → prepared").mean_us, 1.0);
+        assert_eq!(get("recorded → submitted").p50_us, 3.0);
+        assert_eq!(get("wall period (start → next start)").mean_us, 1000.0);
+        assert_eq!(get("GPU pass").p50_us, 900.0);
+        assert_eq!(get("GPU idle between passes").mean_us, 100.0);
+        // Aligned on the fastest wake-up (3 µs): 2, 0, 6 µs after it; launch 50 + 3.
+        assert_eq!(get("GPU pass end → map callback (aligned)").p50_us, 2.0);
+        let launch = get("submitted → GPU pass begin (aligned)");
+        assert!((launch.mean_us - 53.0).abs() < 1e-9, "{launch:?}");
+        // Without GPU timestamps only the CPU rows.
+        let cpu = HostTimeline {
+            marks: tl.marks.clone(),
+            gpu: Vec::new(),
+        };
+        assert_eq!(cpu.summary().len(), MARKS.len() + 1);
+        assert!(cpu
+            .to_markdown("m")
+            .contains("| start → prepared | 1.0 | 1.0 |"));
+    }
+}
