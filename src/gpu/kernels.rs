@@ -801,9 +801,11 @@ pub struct Tune {
     /// One-token forwards upload their embedding row and token table through two
     /// persistently owned MAP_WRITE buffers (mapped while the GPU runs the previous token,
     /// copied at the start of the command buffer) instead of two `queue.write_buffer`s,
-    /// each of which creates a staging buffer (GGUFQ_UPLOAD_RING=0: `write_buffer`). H100,
-    /// 7B (session 7): prepare 22 → 7–11 µs per token; tg128 with the spinning wait within
-    /// ±1.5 % of without it (Q4_K_M 297.4 vs 301.6, Q4_0 343.5 vs 345.9, Q8_0 239.5 vs 236.7).
+    /// each of which creates a staging buffer (GGUFQ_UPLOAD_RING=1; default off). H100, 7B
+    /// (session 7): prepare 22 → 7–11 µs per token, but tg128 with the spinning wait was
+    /// lower with it in 5 of 6 comparisons (helper cpu: Q4_K_M 297.4 vs 301.6, Q4_0 343.5 vs
+    /// 345.9, Q8_0 239.5 vs 236.7; lead, after the final table: 302.4 vs 306.4, 361.9 vs
+    /// 363.6, 255.1 vs 257.3), so it is off.
     pub upload_ring: bool,
     /// L2 prefetch in the decode graph: after each latency-bound step (NormQ8, the decode
     /// attention, a rounding) that a mat-vec group follows, a [`KernelKey::Prefetch`]
@@ -1080,7 +1082,7 @@ impl Tune {
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok())
                 .map_or(0, |mib| mib << 20),
-            upload_ring: std::env::var("GGUFQ_UPLOAD_RING").as_deref() != Ok("0"),
+            upload_ring: std::env::var("GGUFQ_UPLOAD_RING").as_deref() == Ok("1"),
             wide: get("GGUFQ_WIDE", 1, &[0, 1, 2]),
             persist: std::env::var("GGUFQ_MV_PERSIST")
                 .ok()
