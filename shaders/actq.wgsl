@@ -62,21 +62,12 @@ fn div_q(a: f32, b: f32) -> f32 {
 // it is small) lies in [0, mb): the same quotient, remainder and rounding as the long division,
 // so the same bits. An estimate the correction cannot fix falls back to `div_rn`.
 fn div_fast(a: f32, b: f32) -> f32 {
-    let ba = bitcast<u32>(a);
-    let bb = bitcast<u32>(b);
-    let ea = i32(ba >> 23u) - 127;
-    let eb = i32(bb >> 23u) - 127;
-    if (ea <= -127 || eb <= -127 || ea >= 128 || eb >= 128 || (ba >> 31u) != 0u || (bb >> 31u) != 0u) {
+    let n = div_in(a, b);
+    if (!n.ok) {
         return a / b;
     }
-    let ma = (ba & 0x7fffffu) | 0x800000u;
-    let mb = (bb & 0x7fffffu) | 0x800000u;
-    var e = ea - eb;
-    var r = ma;
-    if (ma < mb) {
-        r = ma << 1u;
-        e -= 1;
-    }
+    let r = n.r;
+    let mb = n.mb;
     // q = floor(r · 2^24 / mb) in [2^24, 2^25): 24 significand bits and a guard bit.
     let est = clamp(f32(r) / f32(mb) * 16777216.0, 16777216.0, 33554431.0);
     var q = u32(i32(u32(est)) + DIV_SKEW);
@@ -93,39 +84,19 @@ fn div_fast(a: f32, b: f32) -> f32 {
     if (rem < 0 || rem >= d) {
         return div_rn(a, b);
     }
-    var m = q >> 1u;
-    if ((q & 1u) == 1u && (rem != 0 || (m & 1u) == 1u)) {
-        m += 1u;
-    }
-    if (m == 0x1000000u) {
-        m = m >> 1u;
-        e += 1;
-    }
-    if (e <= -127 || e >= 128) {
-        return a / b;
-    }
-    return bitcast<f32>((u32(e + 127) << 23u) | (m & 0x7fffffu));
+    return div_out(q, rem != 0, n.e, a, b);
 }
 
 // a / b correctly rounded (ties to even) for positive normal a, b with a normal quotient, by
 // long division of the 24-bit significands: GPU `/` may be approximate and `fma` unfused
 // (lavapipe), so neither gives the CPU's IEEE quotient. Other inputs fall back to `/`.
 fn div_rn(a: f32, b: f32) -> f32 {
-    let ba = bitcast<u32>(a);
-    let bb = bitcast<u32>(b);
-    let ea = i32(ba >> 23u) - 127;
-    let eb = i32(bb >> 23u) - 127;
-    if (ea <= -127 || eb <= -127 || ea >= 128 || eb >= 128 || (ba >> 31u) != 0u || (bb >> 31u) != 0u) {
+    let n = div_in(a, b);
+    if (!n.ok) {
         return a / b;
     }
-    let ma = (ba & 0x7fffffu) | 0x800000u;
-    let mb = (bb & 0x7fffffu) | 0x800000u;
-    var e = ea - eb;
-    var r = ma;
-    if (ma < mb) {
-        r = ma << 1u;
-        e -= 1;
-    }
+    var r = n.r;
+    let mb = n.mb;
     // r in [mb, 2 mb): 25 quotient bits (24 significand bits and a guard bit).
     var q = 0u;
     for (var i = 0u; i < 25u; i++) {
@@ -136,8 +107,42 @@ fn div_rn(a: f32, b: f32) -> f32 {
         }
         r = r << 1u;
     }
+    return div_out(q, r != 0u, n.e, a, b);
+}
+
+// The significands of a division a / b: r = a's in [mb, 2 mb) (doubled when smaller than b's
+// mb) and the quotient's exponent e; `ok` false for the inputs the exact divisions leave to
+// `/` (zero, subnormal, infinite, NaN or negative operands).
+struct DivIn {
+    ok: bool,
+    r: u32,
+    mb: u32,
+    e: i32,
+}
+
+fn div_in(a: f32, b: f32) -> DivIn {
+    let ba = bitcast<u32>(a);
+    let bb = bitcast<u32>(b);
+    let ea = i32(ba >> 23u) - 127;
+    let eb = i32(bb >> 23u) - 127;
+    if (ea <= -127 || eb <= -127 || ea >= 128 || eb >= 128 || (ba >> 31u) != 0u || (bb >> 31u) != 0u) {
+        return DivIn(false, 0u, 0u, 0);
+    }
+    let ma = (ba & 0x7fffffu) | 0x800000u;
+    let mb = (bb & 0x7fffffu) | 0x800000u;
+    if (ma < mb) {
+        return DivIn(true, ma << 1u, mb, ea - eb - 1);
+    }
+    return DivIn(true, ma, mb, ea - eb);
+}
+
+// The f32 of a 25-bit quotient q (24 significand bits and a guard bit) with exponent e0,
+// rounded to nearest even (`inexact`: a remainder is left); a / b when the result is not a
+// normal f32.
+fn div_out(q: u32, inexact: bool, e0: i32, a: f32, b: f32) -> f32 {
+    var e = e0;
     var m = q >> 1u;
-    if ((q & 1u) == 1u && (r != 0u || (m & 1u) == 1u)) {
+    if ((q & 1u) == 1u && (inexact || (m & 1u) == 1u)) {
         m += 1u;
     }
     if (m == 0x1000000u) {
