@@ -1683,31 +1683,16 @@ fn matvec_q8e_source(
                     "@group(0) @binding({}) var<storage, read_write> {out}: array<u32>;\n",
                     if act == 3 { 6 } else { 7 }
                 ));
-                let (tpb, scale, q) = normq8_rounding(act);
-                code.push_str(&format!(
-                    "    {{
-        let g0 = lid - lid % {tpb}u;
-        var amax = 0.0;
-        for (var j = 0u; j < {tpb}u; j++) {{
-            amax = max(amax, mx[g0 + j]);
-        }}
-        {scale}
-        if (live) {{
-            let o = QB + 4u * lid;
-            var v = v0;
-            {out}[o] = pack4xI8(vec4<i32>({q}));
-            v = v1;
-            {out}[o + 1u] = pack4xI8(vec4<i32>({q}));
-            v = v2;
-            {out}[o + 2u] = pack4xI8(vec4<i32>({q}));
-            v = v3;
-            {out}[o + 3u] = pack4xI8(vec4<i32>({q}));
-            if (lid % 2u == 0u) {{
-                {out}[QB + QB / 4u + lid / 2u] = bitcast<u32>(sd);
-            }}
-        }}
-    }}
-"
+                code.push_str(&normq8_quantize(
+                    act,
+                    &format!(
+                        "let o = QB + 4u * lid;
+            {out}[o] = p0;
+            {out}[o + 1u] = p1;
+            {out}[o + 2u] = p2;
+            {out}[o + 3u] = p3;"
+                    ),
+                    &format!("{out}[QB + QB / 4u + lid / 2u] = bitcast<u32>(sd);"),
                 ));
             }
             (
@@ -1795,6 +1780,16 @@ pub fn wide_for(tune: &Tune, ty: u32) -> bool {
         _ => WIDE_TYPES,
     };
     GgmlType::from_id(ty).is_some_and(|t| types.contains(&t.name()))
+}
+
+/// `src`, an integer decode kernel over type id `ty`, with 128-bit weight loads where
+/// [`Tune::wide`] asks for them ([`wide_weights`]).
+fn wide_if(ctx: &GpuContext, ty: u32, src: String) -> Result<String> {
+    if wide_for(&ctx.tune, ty) {
+        wide_weights(&src)
+    } else {
+        Ok(src)
+    }
 }
 
 /// The WGSL of an integer decode kernel with the weights bound as `array<vec4<u32>>`: every
@@ -1925,7 +1920,7 @@ pub fn persist_fits(k4: u32, act: u32, norm: bool) -> bool {
 
 /// WGSL of [`KernelKey::MatVecQ8P`]: the prologue builds the packed int8 quants and per-32
 /// scales of the whole input in workgroup memory with the operations of
-/// [`normq8_regs_source`] (16 values per thread, block maxima over `TPB` threads, the same
+/// [`normq8_regs_source`] (16 values per thread, block maxima by [`normq8_quantize`], the same
 /// `div_rn` scales), then the loop of [`matvec_q8_source`] (same lanes, rows, reduction and
 /// store modes) runs over row groups `wg.x, wg.x + nwg, …`, reading the activation from
 /// workgroup memory. Same quants, same sums, so the same outputs bit for bit as the NormQ8 /
@@ -1963,29 +1958,10 @@ fn matvec_q8p_source(
     let body = body
         .replace("    let xq0 = P.ld_x / 4u + P.x_off / 4u;\n", "")
         .replace("    let xs0 = P.ld_x + P.ld_x / 4u + P.x_off / 8u;\n", "");
-    let (tpb, scale, q) = normq8_rounding(act);
-    let store = format!(
-        "    let g0 = lid - lid % TPB;
-    var amax = 0.0;
-    for (var j = 0u; j < TPB; j++) {{
-        amax = max(amax, mx[g0 + j]);
-    }}
-    {scale}
-    if (live) {{
-        var v = v0;
-        let p0 = pack4xI8(vec4<i32>({q}));
-        v = v1;
-        let p1 = pack4xI8(vec4<i32>({q}));
-        v = v2;
-        let p2 = pack4xI8(vec4<i32>({q}));
-        v = v3;
-        let p3 = pack4xI8(vec4<i32>({q}));
-        XQ[qb + lid] = vec4<u32>(p0, p1, p2, p3);
-        if (lid % 2u == 0u) {{
-            XS[qb / 2u + lid / 2u] = sd;
-        }}
-    }}
-"
+    let store = normq8_quantize(
+        act,
+        "XQ[qb + lid] = vec4<u32>(p0, p1, p2, p3);",
+        "XS[qb / 2u + lid / 2u] = sd;",
     );
     let pro = if norm {
         let reduce = if ctx.subgroup32 {
@@ -2029,7 +2005,6 @@ const NR: u32 = {nr}u;
 const RPW: u32 = {rpw}u;
 const UPB: u32 = {upb}u;
 const K4: u32 = {k4}u;
-const TPB: u32 = {tpb}u;
 var<workgroup> res: array<f32, RPW>;
 var<workgroup> XQ: array<vec4<u32>, {nq}u>;
 var<workgroup> XS: array<f32, {ns}u>;
@@ -2354,7 +2329,6 @@ fn normq8_regs_source(ctx: &GpuContext, k4: u32, act: u32) -> String {
     } else {
         NORM_TREE
     };
-    let (tpb, scale, q) = normq8_rounding(act);
     format!(
         "struct Params {{ rows: u32, units: u32, d_off: u32, x_off: u32, ld_x: u32, y_off: u32, ld_y: u32, n_tok: u32, mode: u32, row0: u32, pad0: u32, pad1: u32 }}
 @group(0) @binding(0) var<storage, read> X: array<vec4<f32>>;
@@ -2362,7 +2336,6 @@ fn normq8_regs_source(ctx: &GpuContext, k4: u32, act: u32) -> String {
 @group(0) @binding(2) var<storage, read_write> Q: array<u32>;
 @group(0) @binding(3) var<uniform> P: Params;
 const K4: u32 = {k4}u;
-const TPB: u32 = {tpb}u;
 var<workgroup> nred: array<f32, 256>;
 var<workgroup> mx: array<f32, 256>;
 {fns}
@@ -2373,30 +2346,54 @@ fn amax4(v: vec4<f32>) -> f32 {{
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32) {{
-{norm}    let g0 = lid - lid % TPB;
-    var amax = 0.0;
-    for (var j = 0u; j < TPB; j++) {{
-        amax = max(amax, mx[g0 + j]);
-    }}
-    {scale}
-    if (live) {{
-        let o = P.ld_x + 4u * lid;
-        var v = v0;
-        Q[o] = pack4xI8(vec4<i32>({q}));
-        v = v1;
-        Q[o + 1u] = pack4xI8(vec4<i32>({q}));
-        v = v2;
-        Q[o + 2u] = pack4xI8(vec4<i32>({q}));
-        v = v3;
-        Q[o + 3u] = pack4xI8(vec4<i32>({q}));
-        if (lid % 2u == 0u) {{
-            Q[P.ld_x + P.ld_x / 4u + lid / 2u] = bitcast<u32>(sd);
-        }}
-    }}
-}}
+{norm}{quantize}}}
 ",
         fns = actq_functions(),
         norm = normq8_norm(reduce, "X[P.x_off + $I]"),
+        quantize = normq8_quantize(
+            act,
+            "let o = P.ld_x + 4u * lid;
+            Q[o] = p0;
+            Q[o + 1u] = p1;
+            Q[o + 2u] = p2;
+            Q[o + 3u] = p3;",
+            "Q[P.ld_x + P.ld_x / 4u + lid / 2u] = bitcast<u32>(sd);",
+        ),
+    )
+}
+
+/// The rounding part of [`KernelKey::NormQ8`] after [`normq8_norm`], in a block of its own:
+/// each activation block's maximum over the `mx` entries of its threads, the
+/// [`normq8_rounding`] scales, the thread's 16 quants packed as `p0` … `p3` and written by
+/// `store_q`, the block scale `sd` written by `store_s` (even threads). One text for the
+/// NormQ8 kernel, the mat-vec NormQ8 epilogue and the persistent mat-vec's prologue, so all
+/// three give the same bits.
+fn normq8_quantize(act: u32, store_q: &str, store_s: &str) -> String {
+    let (tpb, scale, q) = normq8_rounding(act);
+    format!(
+        "    {{
+        let g0 = lid - lid % {tpb}u;
+        var amax = 0.0;
+        for (var j = 0u; j < {tpb}u; j++) {{
+            amax = max(amax, mx[g0 + j]);
+        }}
+        {scale}
+        if (live) {{
+            var v = v0;
+            let p0 = pack4xI8(vec4<i32>({q}));
+            v = v1;
+            let p1 = pack4xI8(vec4<i32>({q}));
+            v = v2;
+            let p2 = pack4xI8(vec4<i32>({q}));
+            v = v3;
+            let p3 = pack4xI8(vec4<i32>({q}));
+            {store_q}
+            if (lid % 2u == 0u) {{
+                {store_s}
+            }}
+        }}
+    }}
+"
     )
 }
 
@@ -3124,12 +3121,7 @@ impl Kernels {
                 matvec_source(ctx, *ty, 1, *nr, None, true, false)?
             }
             KernelKey::MatVecQ8 { ty, nr, spl } => {
-                let src = matvec_q8_source(ctx, *ty, *nr, *spl)?;
-                if wide_for(&ctx.tune, *ty) {
-                    wide_weights(&src)?
-                } else {
-                    src
-                }
+                wide_if(ctx, *ty, matvec_q8_source(ctx, *ty, *nr, *spl)?)?
             }
             KernelKey::MatVecQ8E {
                 ty,
@@ -3154,14 +3146,11 @@ impl Kernels {
                 k4,
                 act,
                 norm,
-            } => {
-                let src = matvec_q8p_source(ctx, *ty, *nr, *spl, *k4, *act, *norm)?;
-                if wide_for(&ctx.tune, *ty) {
-                    wide_weights(&src)?
-                } else {
-                    src
-                }
-            }
+            } => wide_if(
+                ctx,
+                *ty,
+                matvec_q8p_source(ctx, *ty, *nr, *spl, *k4, *act, *norm)?,
+            )?,
             KernelKey::MatVecNorm {
                 ty,
                 nr,

@@ -1744,9 +1744,14 @@ impl GpuModel {
         // bytes of the group (up to the budget) with no dependency on the step before it, so
         // the two run side by side; each has its own scratch word, so that no barrier orders
         // it after an earlier prefetch.
-        let budget = u64::from(fused_decode_prefetch(&ctx, fuse_norm)) << 20;
+        let fused = fuse_norm && ctx.tune.fuse;
+        let budget = if fused {
+            u64::from(ctx.tune.prefetch_mb) << 20
+        } else {
+            0
+        };
+        let (bgl_pf, pl_pf) = buffer_layouts(&ctx, "prefetch", b"rw");
         if budget > 0 {
-            let (bgl_pf, _) = buffer_layouts(&ctx, "prefetch", b"rw");
             let dec: Vec<usize> = (0..steps.len())
                 .filter(|&i| steps[i].when.runs(When::Decode, 1))
                 .collect();
@@ -1807,7 +1812,6 @@ impl GpuModel {
             }
         }
 
-        let (_, pl_pf) = buffer_layouts(&ctx, "prefetch", b"rw");
         let mut kernels = Kernels::default();
         for s in &steps {
             let pl = match s.key {
@@ -1842,7 +1846,6 @@ impl GpuModel {
                 kernels.get_with_layout(&ctx, &KernelKey::MatMat { ty }, pl)?;
             }
         }
-        let fused = fuse_norm && ctx.tune.fuse;
         let dispatches = steps
             .iter()
             .filter(|s| {
@@ -2819,18 +2822,6 @@ fn norm_epilogue(tune: &Tune, mats: &[GpuMatrix], p: &Step, nqs: &[&Step]) -> Op
         },
         atomic: tune.lw_atomic,
     })
-}
-
-/// MiB of weights prefetched per mat-vec group in the decode graph: [`Tune::prefetch_mb`]
-/// where the fused decode graph runs, 0 otherwise.
-///
-/// [`Tune::prefetch_mb`]: super::kernels::Tune::prefetch_mb
-fn fused_decode_prefetch(ctx: &GpuContext, fuse_norm: bool) -> u32 {
-    if fuse_norm && ctx.tune.fuse {
-        ctx.tune.prefetch_mb
-    } else {
-        0
-    }
 }
 
 /// The prefetch ranges for a group of weight chunks of `sizes` bytes (in the order the
