@@ -18,7 +18,6 @@ use super::reference::dequantize;
 use super::source::WeightSource;
 
 const QK_PREP_WGSL: &str = include_str!("../../shaders/qk_prep.wgsl");
-const NORM_ADD_WGSL: &str = include_str!("../../shaders/norm_add.wgsl");
 const GEGLU_WGSL: &str = include_str!("../../shaders/geglu.wgsl");
 
 /// An architecture-specific kernel ([`super::kernels::KernelKey::Arch`]).
@@ -26,8 +25,8 @@ const GEGLU_WGSL: &str = include_str!("../../shaders/geglu.wgsl");
 pub enum ArchOp {
     /// Bias, per-head RMSNorm, RoPE and Q scale of the QKV rows (`shaders/qk_prep.wgsl`).
     QkPrep,
-    /// `x += RMSNorm(y) · w` (`shaders/norm_add.wgsl`): gemma3's post-attention and post-FFN
-    /// norms.
+    /// `x += RMSNorm(y) · w` (`shaders/rmsnorm.wgsl` adding to its output,
+    /// [`super::kernels::rmsnorm_add_source`]): gemma3's post-attention and post-FFN norms.
     NormAdd,
     /// GELU(tanh)-gated activation of the gate/up rows (`shaders/geglu.wgsl`); `split`: gate
     /// and up are two matrices (gate in the upper half of each row) instead of interleaved.
@@ -41,7 +40,7 @@ pub enum ArchOp {
 pub fn source(op: ArchOp) -> Result<String> {
     Ok(match op {
         ArchOp::QkPrep => QK_PREP_WGSL.to_string(),
-        ArchOp::NormAdd => NORM_ADD_WGSL.to_string(),
+        ArchOp::NormAdd => super::kernels::rmsnorm_add_source()?,
         ArchOp::Geglu { split } => {
             GEGLU_WGSL.replace("$SPLIT", if split { "true" } else { "false" })
         }

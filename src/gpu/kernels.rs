@@ -13,6 +13,20 @@ const DEQUANT_WGSL: &str = include_str!("../../shaders/dequant.wgsl");
 const MATVEC_WGSL: &str = include_str!("../../shaders/matvec.wgsl");
 const MATVEC_EPI_WGSL: &str = include_str!("../../shaders/matvec_epi.wgsl");
 const RMSNORM_WGSL: &str = include_str!("../../shaders/rmsnorm.wgsl");
+
+/// `shaders/rmsnorm.wgsl` adding its result to the output row instead of storing it
+/// (`Y[t] += RMSNorm(X[t]) · w`, gemma3's post-norms, [`super::arch::ArchOp::NormAdd`]): the
+/// same sums, the same per-value operations.
+pub fn rmsnorm_add_source() -> Result<String> {
+    const STORE: &str = "Y[base + i] = X[base + i] * inv * NW[i];";
+    if !RMSNORM_WGSL.contains(STORE) {
+        return Err(Error::msg("internal: rmsnorm.wgsl without its store"));
+    }
+    Ok(RMSNORM_WGSL.replace(
+        STORE,
+        "Y[base + i] = Y[base + i] + X[base + i] * inv * NW[i];",
+    ))
+}
 const ROPE_WGSL: &str = include_str!("../../shaders/rope.wgsl");
 const ATTENTION_WGSL: &str = include_str!("../../shaders/attention.wgsl");
 const MATMAT_WGSL: &str = include_str!("../../shaders/matmat.wgsl");
