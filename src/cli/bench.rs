@@ -100,6 +100,20 @@ pub struct Args {
     /// With --kernels: only these types (comma-separated, e.g. Q4_K,Q4_0).
     #[arg(long, value_delimiter = ',')]
     pub kernel_types: Vec<String>,
+    /// With --kernels: time the integer decode mat-vecs as the decode graph runs them, a
+    /// chain of dependent dispatches in one compute pass on 7B layer shapes (µs per dispatch,
+    /// TB/s), under the lane / row / load-width variants of the kernel.
+    #[arg(long)]
+    pub decode_chain: bool,
+    /// With --decode-chain: matrix shapes ROWSxCOLS (default the 7B layer shapes).
+    #[arg(long, value_delimiter = ',')]
+    pub chain_shapes: Vec<String>,
+    /// With --decode-chain: dispatches per pass.
+    #[arg(long, default_value_t = 64)]
+    pub chain_n: usize,
+    /// With --decode-chain: only the default kernel and the named variants' rows, no grid.
+    #[arg(long)]
+    pub chain_quick: bool,
     /// Check the prompt-path kernels (tiled mat-mat, cooperative matrices where available,
     /// and the tiled attention) against CPU dequantization and the decode path; exit 1 on a
     /// mismatch. With model files: also their decode with the last-workgroup
@@ -597,6 +611,9 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
             peak.map(|p| format!("{p} GB/s")).unwrap_or_else(|| "unknown (use --peak-gbps)".into())
         );
     }
+    if args.kernels && args.decode_chain {
+        return chain_bench(&ctx, &args);
+    }
     if args.kernels {
         return kernel_bench(&ctx, &args, peak);
     }
@@ -756,6 +773,189 @@ fn synth_source(s: &str) -> anyhow::Result<ggufq::gpu::SynthSource> {
     let m = Mix::load(mix)?;
     let name = format!("synth-{shape}-{}", m.name());
     Ok(ggufq::gpu::SynthSource::new(sh, m, name)?)
+}
+
+/// `--kernels --decode-chain`: the integer decode mat-vecs as chains of dependent
+/// dispatches (see [`ggufq::gpu::ops::decode_chain`]), every lanes × rows-per-group layout,
+/// the other load width and the kernel variants of this engine, per type and shape.
+#[cfg(feature = "gpu")]
+fn chain_bench(ctx: &ggufq::gpu::GpuContext, args: &Args) -> anyhow::Result<i32> {
+    use ggufq::gpu::kernels::{KernelKey, WIDE_TYPES};
+    let shapes: Vec<(usize, usize)> = if args.chain_shapes.is_empty() {
+        vec![
+            (4096, 4096),
+            (6144, 4096),
+            (5120, 4096),
+            (1024, 4096),
+            (22016, 4096),
+            (4096, 11008),
+        ]
+    } else {
+        args.chain_shapes
+            .iter()
+            .map(|s| {
+                let (r, c) = s
+                    .split_once(['x', 'X'])
+                    .with_context(|| format!("--chain-shapes wants ROWSxCOLS, got '{s}'"))?;
+                let (r, c): (usize, usize) = (r.parse()?, c.parse()?);
+                if r == 0 || c == 0 || c % 256 != 0 {
+                    bail!("--chain-shapes: '{s}' needs rows > 0 and columns a multiple of 256");
+                }
+                Ok((r, c))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    let names: Vec<String> = if args.kernel_types.is_empty() {
+        ["Q4_K", "Q6_K", "Q4_0", "Q8_0", "Q2_K", "Q3_K", "Q5_K"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else {
+        args.kernel_types
+            .iter()
+            .map(|s| s.to_ascii_uppercase())
+            .collect()
+    };
+    let n = args.chain_n.max(1);
+    let reps = args.reps.max(3);
+    println!("Decode mat-vec chains: {n} dependent dispatches per pass (one output buffer, wgpu barriers between them), matrix copies ≥ 192 MiB, GPU timestamps of the pass, median of {reps}. µs per dispatch, TB/s of weight bytes.\n");
+    println!("| type | shape | variant | µs / dispatch | TB/s | outputs |");
+    println!("| --- | --- | --- | ---: | ---: | --- |");
+    let base = ctx.tune;
+    let mut bad = false;
+    for name in &names {
+        let ty = ggufq::quant::GgmlType::from_name(name)
+            .filter(|t| base.q8_for(t.id()))
+            .with_context(|| format!("--kernel-types: no integer decode kernel for '{name}'"))?;
+        for &(rows, cols) in &shapes {
+            let units = cols / 32;
+            let mut vars: Vec<(String, ggufq::gpu::kernels::Tune, Option<KernelKey>)> = vec![(
+                format!(
+                    "default {:?}",
+                    base.matvec_key(ty.id(), 1, base.decode_nr(ty.id()), units)
+                ),
+                base,
+                None,
+            )];
+            if WIDE_TYPES.contains(&ty.name()) {
+                let mut t = base;
+                let on = ggufq::gpu::kernels::wide_for(&base, ty.id());
+                t.wide = if on { 0 } else { 2 };
+                vars.push((
+                    format!("default, wide {}", if on { "off" } else { "on" }),
+                    t,
+                    None,
+                ));
+            }
+            if !args.chain_quick {
+                for spl in [32u32, 64, 128, 256] {
+                    for nr in [1u32, 2, 4, 8] {
+                        vars.push((
+                            format!("lanes {spl} NR {nr}"),
+                            base,
+                            Some(KernelKey::MatVecQ8 {
+                                ty: ty.id(),
+                                nr,
+                                spl,
+                            }),
+                        ));
+                        vars.push((
+                            format!("lanes {spl} NR {nr} const"),
+                            base,
+                            Some(KernelKey::MatVecQ8U {
+                                ty: ty.id(),
+                                nr,
+                                spl,
+                                units: units as u32,
+                                wg: 256,
+                            }),
+                        ));
+                    }
+                }
+            }
+            if !args.chain_quick {
+                // Workgroup sizes: the default lanes and rows in 64- to 512-thread groups.
+                if let KernelKey::MatVecQ8 { nr, spl, .. } =
+                    base.matvec_key(ty.id(), 1, base.decode_nr(ty.id()), units)
+                {
+                    for wg in [64u32, 128, 512] {
+                        for (spl, nr) in [
+                            (spl, nr),
+                            (spl.min(wg), nr),
+                            (spl.min(wg / 2).max(32), nr),
+                            (spl.min(wg), 1),
+                        ] {
+                            if spl > wg {
+                                continue;
+                            }
+                            let l = format!("lanes {spl} NR {nr} const {wg} threads");
+                            if vars.iter().any(|v| v.0 == l) {
+                                continue;
+                            }
+                            vars.push((
+                                l,
+                                base,
+                                Some(KernelKey::MatVecQ8U {
+                                    ty: ty.id(),
+                                    nr,
+                                    spl,
+                                    units: units as u32,
+                                    wg,
+                                }),
+                            ));
+                        }
+                    }
+                }
+            }
+            let rows_out = ggufq::gpu::ops::decode_chain(
+                ctx,
+                ty,
+                rows,
+                cols,
+                n,
+                192 << 20,
+                reps,
+                &vars,
+                true,
+            )?;
+            // A "const" variant must give its runtime-loop twin's output bit for bit; every
+            // other variant is compared with the default (another sum order: a difference).
+            let find = |l: &str| rows_out.iter().find(|r| r.label == l);
+            for r in &rows_out {
+                let stem = r.label.split(" const").next().unwrap_or("");
+                let twin = (r.label.contains(" const"))
+                    .then(|| find(stem))
+                    .flatten()
+                    .or(rows_out.first());
+                let note = match twin {
+                    Some(t) if !r.y.is_empty() && !std::ptr::eq(t, r) && t.y.len() == r.y.len() => {
+                        let d =
+                            t.y.iter()
+                                .zip(&r.y)
+                                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                                .count();
+                        if r.label.contains(" const") && t.label == stem {
+                            bad |= d != 0;
+                        }
+                        format!("{d} outputs differ from '{}'", t.label)
+                    }
+                    _ => String::new(),
+                };
+                println!(
+                    "| {} | {rows}×{cols} | {} | {:.2} | {:.3} | {note} |",
+                    ty.name(),
+                    r.label,
+                    r.us,
+                    r.tbps
+                );
+            }
+        }
+    }
+    if bad {
+        eprintln!("decode chain: a kernel variant that must match its twin bit for bit differs");
+        return Ok(EXIT_CHECK_FAILED);
+    }
+    Ok(EXIT_OK)
 }
 
 #[cfg(feature = "gpu")]

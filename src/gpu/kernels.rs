@@ -838,6 +838,10 @@ pub struct Tune {
     /// Q8_0 219.0 / 222.2 → 235.3 / 239.2 t/s, Q4_0 324.9 / 314.3 → 339.0 / 325.5, while
     /// Q4_K_M (mostly Q4_K, Q6_K) went 290.0 / 282.1 → 281.3 / 282.7 (ffn_down slower).
     pub wide: u32,
+    /// The integer decode mat-vecs compile the row length in ([`KernelKey::MatVecQ8U`]):
+    /// each lane's steps unrolled, all loads issued before the sums; same sums bit for bit
+    /// (GGUFQ_MV_CONST=1 on, 0 off).
+    pub mv_const: bool,
 }
 
 /// Bytes one [`KernelKey::Prefetch`] workgroup reads: 256 threads × 4 loads of 16 bytes,
@@ -933,11 +937,17 @@ impl Tune {
     pub fn matvec_key(&self, ty: u32, nt: u32, nr: u32, units: usize) -> KernelKey {
         if nt == 1 && self.q8_for(ty) {
             let spl = self.q8_lanes(ty, units);
-            return KernelKey::MatVecQ8 {
-                ty,
-                nr: if spl == 256 { nr.max(2) } else { nr },
-                spl,
-            };
+            let nr = if spl == 256 { nr.max(2) } else { nr };
+            if self.mv_const && units > 0 {
+                return KernelKey::MatVecQ8U {
+                    ty,
+                    nr,
+                    spl,
+                    units: units as u32,
+                    wg: 256,
+                };
+            }
+            return KernelKey::MatVecQ8 { ty, nr, spl };
         }
         self.matvec_key_f32(ty, nt, nr, units)
     }
@@ -996,6 +1006,7 @@ impl Tune {
     pub fn rows_per_wg(&self, key: &KernelKey, nr: u32) -> u32 {
         match key {
             KernelKey::MatVecSplitK { .. } => nr.max(2),
+            KernelKey::MatVecQ8U { spl, nr, wg, .. } => (wg / spl) * nr,
             KernelKey::MatVecQ8 { spl, nr, .. }
             | KernelKey::MatVecQ8P { spl, nr, .. }
             | KernelKey::MatVecQ8F { spl, nr, .. }
@@ -1098,6 +1109,7 @@ impl Tune {
                 .map_or(0, |mib| mib << 20),
             upload_ring: std::env::var("GGUFQ_UPLOAD_RING").as_deref() == Ok("1"),
             wide: get("GGUFQ_WIDE", 1, &[0, 1, 2]),
+            mv_const: std::env::var("GGUFQ_MV_CONST").as_deref() == Ok("1"),
             persist: std::env::var("GGUFQ_MV_PERSIST")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -1170,6 +1182,19 @@ pub enum KernelKey {
     /// quants and per-32 scales (the packed region of the rounding's output), optionally in
     /// the split-K layout.
     MatVecQ8 { ty: u32, nr: u32, spl: u32 },
+    /// [`KernelKey::MatVecQ8`] for rows of exactly `units` 32-weight units, the count
+    /// compiled in ([`Tune::mv_const`]): each lane's ⌈units / spl⌉ steps are unrolled, all
+    /// their loads (input and weights of every row) issued before the first product is
+    /// added, then added in the runtime loop's order (same sums bit for bit).
+    MatVecQ8U {
+        ty: u32,
+        nr: u32,
+        spl: u32,
+        units: u32,
+        /// Threads per workgroup (64, 128, 256, 512; at least `spl`): `wg / spl` row
+        /// groups of `nr` rows.
+        wg: u32,
+    },
     /// [`KernelKey::MatVecQ8`] whose f32 input is rounded in the kernel: each lane quantizes
     /// the unit it dots (activation kind `act`: 3 Q8_0, 4 Q8_K), after RMSNorm of the whole
     /// row with the weights at binding 4 when `norm` (eps in `P.pad1`).
@@ -1529,6 +1554,119 @@ fn matvec_q8_source(ctx: &GpuContext, ty: u32, nr: u32, spl: u32) -> Result<Stri
         norm_decl: "",
         norm_pro: "",
     }))
+}
+
+/// WGSL of [`KernelKey::MatVecQ8U`]: [`matvec_q8_source`]'s kernel for rows of exactly
+/// `units` units. Each lane's steps (units `gl`, `gl + spl`, …) are written out: first
+/// every step's input quants and scale and every row's `idot` (a step past the row's end
+/// reads the last unit instead), then the products added in the loop's order, the steps
+/// past the end skipped, so every sum is the runtime loop's.
+fn matvec_q8u_source(
+    ctx: &GpuContext,
+    ty: u32,
+    nr: u32,
+    spl: u32,
+    units: u32,
+    wg: u32,
+) -> Result<String> {
+    let gt =
+        GgmlType::from_id(ty).ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;
+    if !matches!(spl, 32 | 64 | 128 | 256)
+        || !matches!(nr, 1 | 2 | 4 | 8)
+        || units == 0
+        || !matches!(wg, 64 | 128 | 256 | 512)
+        || spl > wg
+    {
+        return Err(Error::msg(format!(
+            "integer mat-vec: {spl} lanes per row group, {nr} rows per group, {units} units, {wg} threads"
+        )));
+    }
+    let (lay, deq) = int_deq(gt)?;
+    let steps = units.div_ceil(spl);
+    let mut body = String::new();
+    for r in 0..nr {
+        body.push_str(&format!("    var acc_{r}_0 = 0.0;\n"));
+    }
+    body.push_str("    let gl = lid % SPL;\n");
+    body.push_str("    let xq0 = P.ld_x / 4u + P.x_off / 4u;\n    let xs0 = P.ld_x + P.ld_x / 4u + P.x_off / 8u;\n    let one = 0x01010101u;\n");
+    for k in 0..steps {
+        // Only the last step can run past the row (units < steps · spl).
+        let ragged = (k + 1) * spl > units;
+        if ragged {
+            body.push_str(&format!(
+                "    let u_{k} = min(gl + {}u, {}u);\n",
+                k * spl,
+                units - 1
+            ));
+        } else {
+            body.push_str(&format!("    let u_{k} = gl + {}u;\n", k * spl));
+        }
+        body.push_str(&format!("    let xa_{k} = X[xq0 + 2u * u_{k}];\n    let xb_{k} = X[xq0 + 2u * u_{k} + 1u];\n    let dx_{k} = bitcast<f32>(X[(xs0 + u_{k}) >> 2u][(xs0 + u_{k}) & 3u]);\n"));
+        body.push_str(&format!("    let sx0_{k} = (dot4I8Packed(xa_{k}.x, one) + dot4I8Packed(xa_{k}.y, one)) + (dot4I8Packed(xa_{k}.z, one) + dot4I8Packed(xa_{k}.w, one));\n    let sx1_{k} = (dot4I8Packed(xb_{k}.x, one) + dot4I8Packed(xb_{k}.y, one)) + (dot4I8Packed(xb_{k}.z, one) + dot4I8Packed(xb_{k}.w, one));\n"));
+        for r in 0..nr {
+            body.push_str(&format!("    let gu_{k}_{r} = min(rbase + {r}u, P.rows - 1u) * UNITS + u_{k};\n    let d_{k}_{r} = idot(gu_{k}_{r} / UPB, gu_{k}_{r} % UPB, xa_{k}, xb_{k}, sx0_{k}, sx1_{k});\n"));
+        }
+    }
+    for k in 0..steps {
+        let ragged = (k + 1) * spl > units;
+        let ind = if ragged { "        " } else { "    " };
+        if ragged {
+            body.push_str(&format!("    if (gl + {}u < UNITS) {{\n", k * spl));
+        }
+        for r in 0..nr {
+            body.push_str(&format!("{ind}acc_{r}_0 += dx_{k} * d_{k}_{r};\n"));
+        }
+        if ragged {
+            body.push_str("    }\n");
+        }
+    }
+    let decl = q8u_reduce(ctx, nr as usize, spl, wg, &mut body);
+    let rpw = (wg / spl) as usize * nr as usize;
+    let src = matvec_wgsl(&MatVecParts {
+        rpw,
+        warp_rows: "(lid / SPL) * NR",
+        nt: 1,
+        nr: nr as usize,
+        upb: lay.units_per_block(),
+        red_decl: &format!("const SPL: u32 = {spl}u;\nconst UNITS: u32 = {units}u;\n{decl}"),
+        xty: "vec4<u32>",
+        body: &body,
+        deq: &deq,
+        norm_decl: "",
+        norm_pro: "",
+    });
+    // shaders/matvec.wgsl is written for 256 threads: its size and the store loop's stride.
+    let (a, b) = ("@workgroup_size(256)", "idx += 256u");
+    if !src.contains(a) || !src.contains(b) {
+        return Err(Error::msg(
+            "internal: matvec.wgsl without its workgroup size",
+        ));
+    }
+    Ok(src
+        .replace(a, &format!("@workgroup_size({wg})"))
+        .replace(b, &format!("idx += {wg}u")))
+}
+
+/// [`q8_reduce`] for workgroups of `wg` threads: the same sums in the same order (one
+/// `subgroupAdd` per warp, then the warps of a row group in order; or the workgroup-memory
+/// tree over the row group's lanes).
+fn q8u_reduce(ctx: &GpuContext, nr: usize, spl: u32, wg: u32, body: &mut String) -> String {
+    let wpg = spl / 32;
+    if ctx.subgroup32 {
+        for r in 0..nr {
+            body.push_str(&format!("    let s_{r} = subgroupAdd(acc_{r}_0);\n    if (lane == 0u) {{ part[warp * NR + {r}u] = s_{r}; }}\n"));
+        }
+        body.push_str("    workgroupBarrier();\n    if (lid < RPW) {\n        let g = lid / NR;\n        let r = lid % NR;\n        var t = 0.0;\n");
+        body.push_str(&format!(
+            "        for (var w = 0u; w < {wpg}u; w++) {{ t += part[(g * {wpg}u + w) * NR + r]; }}\n        res[lid] = t;\n    }}\n"
+        ));
+        format!("var<workgroup> part: array<f32, {}u * NR>;", wg / 32)
+    } else {
+        for r in 0..nr {
+            body.push_str(&format!("    red[lid] = acc_{r}_0;\n    workgroupBarrier();\n    for (var s = SPL / 2u; s > 0u; s >>= 1u) {{\n        if (gl < s) {{ red[lid] += red[lid + s]; }}\n        workgroupBarrier();\n    }}\n    if (gl == 0u) {{ res[(lid / SPL) * NR + {r}u] = red[lid]; }}\n    workgroupBarrier();\n"));
+        }
+        format!("var<workgroup> red: array<f32, {wg}>;")
+    }
 }
 
 /// The integer decode kernel's pieces (shared by [`matvec_q8_source`] and
@@ -3137,6 +3275,17 @@ impl Kernels {
             KernelKey::MatVecQ8 { ty, nr, spl } => {
                 wide_if(ctx, *ty, matvec_q8_source(ctx, *ty, *nr, *spl)?)?
             }
+            KernelKey::MatVecQ8U {
+                ty,
+                nr,
+                spl,
+                units,
+                wg,
+            } => wide_if(
+                ctx,
+                *ty,
+                matvec_q8u_source(ctx, *ty, *nr, *spl, *units, *wg)?,
+            )?,
             KernelKey::MatVecQ8E {
                 ty,
                 nr,

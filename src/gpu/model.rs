@@ -1832,7 +1832,8 @@ impl GpuModel {
             kernels.get_with_layout(&ctx, &s.key, pl)?;
             if let KernelKey::MatVec { ty, .. }
             | KernelKey::MatVecSplitK { ty, .. }
-            | KernelKey::MatVecQ8 { ty, .. } = s.key
+            | KernelKey::MatVecQ8 { ty, .. }
+            | KernelKey::MatVecQ8U { ty, .. } = s.key
             {
                 kernels.get_with_layout(
                     &ctx,
@@ -2586,7 +2587,8 @@ impl GpuModel {
                 (
                     KernelKey::MatVec { ty, .. }
                     | KernelKey::MatVecSplitK { ty, .. }
-                    | KernelKey::MatVecQ8 { ty, .. },
+                    | KernelKey::MatVecQ8 { ty, .. }
+                    | KernelKey::MatVecQ8U { ty, .. },
                     StepKind::Mat { last_only, .. },
                 ) => {
                     let ntok = if n == 1 || (last_only && !all_logits) {
