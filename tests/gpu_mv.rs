@@ -117,14 +117,16 @@ fn gpu_mv_const_equals_runtime_loop_every_type_and_layout() {
     // 37 rows (not a multiple of any row group), 1280 columns = 40 units: a ragged last
     // step for 32 lanes (2 steps) and one partial step for 64+; 2816 columns = 88 units.
     // 32-bit loads, then 128-bit loads for every wide type.
-    for wide in [0u32, 2] {
-        let Some(c) = ctx(None, wide) else { return };
-        for name in Q8_TYPES {
-            assert_eq!(check(&c, name, 37, 1280, 1), 4 * 13);
-        }
-        for name in ["Q4_K", "Q6_K", "Q8_0"] {
-            check(&c, name, 13, 2816, 1);
-        }
+    let Some(c) = ctx(None, 0) else { return };
+    for name in Q8_TYPES {
+        assert_eq!(check(&c, name, 37, 1280, 1), 4 * 13);
+    }
+    for name in ["Q4_K", "Q6_K", "Q8_0"] {
+        check(&c, name, 13, 2816, 1);
+    }
+    let Some(c) = ctx(None, 2) else { return };
+    for name in ["Q4_0", "Q8_0", "Q4_K", "Q6_K"] {
+        check(&c, name, 37, 1280, 1);
     }
 }
 
@@ -200,4 +202,64 @@ fn gpu_mv_const_decode_logits_bit_for_bit() {
             }
         }
     }
+}
+
+#[test]
+fn gpu_mv_decode_chain_bench_checks_its_variants() {
+    if device(&DeviceOptions::default()).is_none() {
+        return;
+    }
+    let out = assert_cmd::Command::cargo_bin("ggufq")
+        .unwrap()
+        .args([
+            "bench",
+            "--kernels",
+            "--decode-chain",
+            "--chain-shapes",
+            "37x512",
+            "--kernel-types",
+            "Q4_K",
+            "--chain-n",
+            "2",
+            "-r",
+            "1",
+        ])
+        .env("GGUFQ_SPIN_WAIT", "0")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    // Every compiled-length variant was compared with its runtime-loop twin and matched.
+    let consts: Vec<&str> = text.lines().filter(|l| l.contains(" const")).collect();
+    assert!(consts.len() >= 16, "{text}");
+    for l in consts {
+        let stem = l
+            .split(" const")
+            .next()
+            .unwrap()
+            .rsplit("| ")
+            .next()
+            .unwrap();
+        assert!(
+            l.contains(&format!("| 0 outputs differ from '{stem}' |")),
+            "{l}"
+        );
+    }
+    for r in ["(no barriers)", "with 0 units", "read-only stream"] {
+        assert!(text.contains(r), "{r}: {text}");
+    }
+    // A bad shape is an error, not a panic.
+    let bad = assert_cmd::Command::cargo_bin("ggufq")
+        .unwrap()
+        .args([
+            "bench",
+            "--kernels",
+            "--decode-chain",
+            "--chain-shapes",
+            "37x500",
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("multiple of 256"));
 }

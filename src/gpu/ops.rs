@@ -460,7 +460,7 @@ pub fn decode_chain(
 }
 
 /// GPU seconds of one pass dispatching `pipe` once per (bind group, workgroups) of
-/// `groups`, in order (median of `reps` after two warm-up passes).
+/// `groups`, in order (median of `reps` after at least 0.2 s of warm-up passes).
 fn time_groups(
     ctx: &GpuContext,
     pipe: &wgpu::ComputePipeline,
@@ -479,8 +479,8 @@ fn time_groups(
     })
 }
 
-/// GPU seconds of one compute pass recorded by `rec` (median of `reps` after two warm-up
-/// passes): the pass's timestamps where the adapter has them, else the wall time of
+/// GPU seconds of one compute pass recorded by `rec` (median of `reps` after warm-up passes
+/// of at least 0.2 s): the pass's timestamps where the adapter has them, else the wall time of
 /// submit + wait.
 fn time_pass_with(
     ctx: &GpuContext,
@@ -502,7 +502,16 @@ fn time_pass_with(
     });
     let period = ctx.queue.get_timestamp_period() as f64 * 1e-9;
     let mut times = Vec::new();
-    for r in 0..reps.max(1) + 2 {
+    // Warm-up: passes for at least 0.2 s (and 2 passes) before the timed ones, so that an
+    // idle GPU's clocks have come up (the first H100 run of this bench, without it, timed
+    // the same kernel 2-4x slower right after the matrices' upload than later).
+    let start = Instant::now();
+    let mut warm = 0usize;
+    while times.len() < reps.max(1) {
+        let timed = warm >= 2 && start.elapsed().as_secs_f64() >= 0.2;
+        if !timed {
+            warm += 1;
+        }
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -538,7 +547,7 @@ fn time_pass_with(
                 t.elapsed().as_secs_f64()
             }
         };
-        if r >= 2 {
+        if timed {
             times.push(secs);
         }
     }
@@ -548,7 +557,7 @@ fn time_pass_with(
 
 impl MatRunner {
     /// GPU seconds of one compute pass running every bind group of `binds` in order with
-    /// kernel `key` (median of `reps` after two warm-up passes): the pass's timestamps where
+    /// kernel `key` (median of `reps` after at least 0.2 s of warm-up passes): the pass's timestamps where
     /// the adapter has them, else the wall time of submit + wait.
     fn time_pass(
         &mut self,
