@@ -341,7 +341,7 @@ pub struct ChainRow {
 /// choices (a tune change and an optional key; None = [`super::kernels::Tune::matvec_key`]);
 /// `independent` adds a row of the first variant with one output buffer per dispatch (no
 /// barriers: the dispatches may overlap).
-#[allow(clippy::type_complexity)]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 pub fn decode_chain(
     ctx: &GpuContext,
     ty: crate::quant::GgmlType,
