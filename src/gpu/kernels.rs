@@ -838,6 +838,26 @@ pub struct Tune {
     /// Q8_0 219.0 / 222.2 → 235.3 / 239.2 t/s, Q4_0 324.9 / 314.3 → 339.0 / 325.5, while
     /// Q4_K_M (mostly Q4_K, Q6_K) went 290.0 / 282.1 → 281.3 / 282.7 (ffn_down slower).
     pub wide: u32,
+    /// The decode graph's SwiGLU mat-vec (`gate_up`, or `up` after a separate `gate`) owns
+    /// whole activation blocks (Q8_0: 32 outputs = 64 interleaved gate/up rows per
+    /// workgroup) and rounds them itself ([`KernelKey::MatVecQ8R`]: the quants and scales of
+    /// the `actq` dispatch, bit for bit), so the rounding dispatch before `ffn_down` goes
+    /// (GGUFQ_SWIGLU_Q): 0 off, 1 (default) where `ffn_down` reads Q8_0 blocks (and then
+    /// instead of the consumer's fold, [`Tune::fold_actq`]). Q8_K blocks (256 outputs, 512
+    /// rows per workgroup) only with GGUFQ_SWIGLU_Q=2.
+    pub swiglu_q: u32,
+    /// Lanes per row group and rows per lane of that kernel (GGUFQ_SWIGLU_Q_LANES: 32, 64,
+    /// 128, 256; GGUFQ_SWIGLU_Q_NR: 1, 2, 4, 8; 0 = those of the plain decode mat-vec); a
+    /// workgroup runs its row groups in as many passes as one block's rows need.
+    pub swiglu_q_lanes: u32,
+    /// See [`Tune::swiglu_q_lanes`].
+    pub swiglu_q_nr: u32,
+    /// The decode graph's K-quant `ffn_down` (Q2_K … Q6_K) reads its input rounded in
+    /// 32-value blocks with an f16 scale (the Q8_0 rounding, as llama.cpp's CUDA mmvq reads
+    /// q8_1 blocks for every K-quant) instead of Q8_K blocks of 256, so that the SwiGLU
+    /// mat-vec can round it ([`Tune::swiglu_q`]). Not the CPU backend's numerics (close to
+    /// them: a finer scale). GGUFQ_SWIGLU_Q32K=1 turns it on (default off).
+    pub swiglu_q32k: bool,
 }
 
 /// Bytes one [`KernelKey::Prefetch`] workgroup reads: 256 threads × 4 loads of 16 bytes,
@@ -1000,6 +1020,9 @@ impl Tune {
             | KernelKey::MatVecQ8P { spl, nr, .. }
             | KernelKey::MatVecQ8F { spl, nr, .. }
             | KernelKey::MatVecQ8E { spl, nr, .. } => (256 / spl) * nr,
+            KernelKey::MatVecQ8R {
+                spl, nr, passes, ..
+            } => (256 / spl) * nr * passes,
             KernelKey::MatMat { .. } => 64,
             _ => 8 * nr,
         }
@@ -1098,6 +1121,10 @@ impl Tune {
                 .map_or(0, |mib| mib << 20),
             upload_ring: std::env::var("GGUFQ_UPLOAD_RING").as_deref() == Ok("1"),
             wide: get("GGUFQ_WIDE", 1, &[0, 1, 2]),
+            swiglu_q: get("GGUFQ_SWIGLU_Q", 1, &[0, 1, 2]),
+            swiglu_q_lanes: get("GGUFQ_SWIGLU_Q_LANES", 0, &[32, 64, 128, 256]),
+            swiglu_q_nr: get("GGUFQ_SWIGLU_Q_NR", 0, &[1, 2, 4, 8]),
+            swiglu_q32k: std::env::var("GGUFQ_SWIGLU_Q32K").as_deref() == Ok("1"),
             persist: std::env::var("GGUFQ_MV_PERSIST")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -1192,6 +1219,23 @@ pub enum KernelKey {
         spl: u32,
         epi: MatEpi,
         atomic: u32,
+    },
+    /// [`KernelKey::MatVecQ8`] (one token, single weight chunk) of the SwiGLU mat-vec (mode
+    /// 2: interleaved gate/up rows, 3: up rows with the gate stored `P.pad0` values further)
+    /// whose workgroups own whole activation blocks ([`Tune::swiglu_q`]): `passes` row
+    /// groups of (256 / `spl`) · `nr` rows each, their SwiGLU outputs stored as the plain
+    /// kernel stores them and kept in workgroup memory, then rounded with the operations of
+    /// [`KernelKey::NormQ8`]'s rounding (`kind` 3: Q8_0 blocks of 32, 4: Q8_K blocks of 256)
+    /// into the packed region (quants from word `qbase`, then the per-32 scales) of binding
+    /// 4, where `ffn_down` reads them.
+    MatVecQ8R {
+        ty: u32,
+        nr: u32,
+        spl: u32,
+        passes: u32,
+        mode: u32,
+        kind: u32,
+        qbase: u32,
     },
     /// Decode RMSNorm of the residual row (`k4`·4 values) followed by the activation
     /// rounding `act` (3 Q8_0, 4 Q8_K), written as packed int8 quants and per-32 scales
@@ -1754,6 +1798,123 @@ fn matvec_q8e_source(
         .replace("$BODY", &body)
         .replace("$EPI", &code)
         .replace("$DEQ", &deq))
+}
+
+/// WGSL of [`KernelKey::MatVecQ8R`]: the integer decode kernel's loop and reduction
+/// ([`q8_parts`]) run for `passes` consecutive row groups of the workgroup; after each, the
+/// SwiGLU outputs of the group are computed as shaders/matvec.wgsl's stores compute them
+/// (same expressions), stored to Y and kept in workgroup memory. Then the workgroup's
+/// outputs (whole blocks) are rounded by [`normq8_quantize`] (16 values per thread, the
+/// block maximum over its threads' maxima, the `div_rn` scales of `actq.wgsl`) into binding
+/// 4's packed region at the words the rounding dispatch writes: the same quants and scales.
+#[allow(clippy::too_many_arguments)]
+fn matvec_q8r_source(
+    ctx: &GpuContext,
+    ty: u32,
+    nr: u32,
+    spl: u32,
+    passes: u32,
+    mode: u32,
+    kind: u32,
+    qbase: u32,
+) -> Result<String> {
+    let (lay, deq, body, decl) = q8_parts(ctx, ty, nr, spl)?;
+    let rpw = (256 / spl) * nr;
+    let opi = match mode {
+        2 => rpw / 2,
+        3 => rpw,
+        _ => return Err(Error::msg(format!("SwiGLU rounding after mode {mode}"))),
+    };
+    let bs = match kind {
+        3 => 32u32,
+        4 => 256,
+        _ => return Err(Error::msg(format!("SwiGLU rounding of kind {kind}"))),
+    };
+    let nv = opi * passes;
+    if opi == 0 || passes == 0 || nv % bs != 0 || nv > 4096 || qbase % 64 != 0 {
+        return Err(Error::msg(format!(
+            "SwiGLU rounding: {opi} outputs per pass, {passes} passes, blocks of {bs}, packed base {qbase}"
+        )));
+    }
+    let silu = if mode == 2 {
+        "let v = res[2u * lid];
+            let up = res[2u * lid + 1u];
+            h = v / (1.0 + exp(-v)) * up;"
+    } else {
+        "let v = res[lid];
+            let g = Y[o + P.pad0];
+            h = g / (1.0 + exp(-g)) * v;"
+    };
+    let quantize = normq8_quantize(
+        kind,
+        "let o = QB + (wg.x * NV) / 4u + 4u * lid;
+            R[o] = p0;
+            R[o + 1u] = p1;
+            R[o + 2u] = p2;
+            R[o + 3u] = p3;",
+        "R[QB + QB / 4u + (wg.x * NV) / 32u + lid / 2u] = bitcast<u32>(sd);",
+    );
+    Ok(format!(
+        "struct Params {{ rows: u32, units: u32, d_off: u32, x_off: u32, ld_x: u32, y_off: u32, ld_y: u32, n_tok: u32, mode: u32, row0: u32, pad0: u32, pad1: u32 }}
+@group(0) @binding(0) var<storage, read> W: array<u32>;
+@group(0) @binding(1) var<storage, read> X: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read_write> Y: array<f32>;
+@group(0) @binding(3) var<uniform> P: Params;
+@group(0) @binding(4) var<storage, read_write> R: array<u32>;
+
+const NR: u32 = {nr}u;
+const RPW: u32 = {rpw}u;
+const UPB: u32 = {upb}u;
+const PASSES: u32 = {passes}u;
+const OPI: u32 = {opi}u;
+const NV: u32 = {nv}u;
+const QB: u32 = {qbase}u;
+var<workgroup> res: array<f32, RPW>;
+var<workgroup> hv: array<vec4<f32>, NV / 4u>;
+var<workgroup> mx: array<f32, 256>;
+{decl}
+{fns}
+fn amax4(v: vec4<f32>) -> f32 {{
+    let a = abs(v);
+    return max(max(a.x, a.y), max(a.z, a.w));
+}}
+
+{deq}
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {{
+    let warp = lid / 32u;
+    let lane = lid % 32u;
+    for (var pass_i = 0u; pass_i < PASSES; pass_i++) {{
+        let grp = wg.x * PASSES + pass_i;
+        let rbase = grp * RPW + (lid / SPL) * NR;
+{body}
+        workgroupBarrier();
+        if (lid < OPI) {{
+            // Output grp · OPI + lid (one chunk: row0 = 0), as matvec.wgsl stores it.
+            let o = P.y_off + grp * OPI + lid;
+            var h = 0.0;
+            {silu}
+            Y[o] = h;
+            let k = pass_i * OPI + lid;
+            hv[k / 4u][k % 4u] = h;
+        }}
+    }}
+    workgroupBarrier();
+    // The workgroup's NV outputs, 16 per thread, rounded as NormQ8 rounds its row.
+    let live = lid * 16u < NV;
+    let i0 = min(lid, NV / 16u - 1u) * 4u;
+    let v0 = hv[i0];
+    let v1 = hv[i0 + 1u];
+    let v2 = hv[i0 + 2u];
+    let v3 = hv[i0 + 3u];
+    mx[lid] = select(0.0, max(max(amax4(v0), amax4(v1)), max(amax4(v2), amax4(v3))), live);
+    workgroupBarrier();
+{quantize}}}
+",
+        upb = lay.units_per_block(),
+        fns = actq_functions(),
+    ))
 }
 
 /// The end of the integer decode kernels: the NR accumulators of each lane summed over the
@@ -3152,6 +3313,19 @@ impl Kernels {
                 norm,
             } => matvec_q8f_source(ctx, *ty, *nr, *spl, *act, *norm)?,
             KernelKey::NormQ8 { k4, act } => normq8_source(ctx, *k4, *act)?,
+            KernelKey::MatVecQ8R {
+                ty,
+                nr,
+                spl,
+                passes,
+                mode,
+                kind,
+                qbase,
+            } => wide_if(
+                ctx,
+                *ty,
+                matvec_q8r_source(ctx, *ty, *nr, *spl, *passes, *mode, *kind, *qbase)?,
+            )?,
             KernelKey::Prefetch => PREFETCH_WGSL.to_string(),
             KernelKey::MatVecQ8P {
                 ty,

@@ -1184,7 +1184,9 @@ impl GpuModel {
                 from.checked_sub(1).and_then(|i| steps.get(i)),
                 steps.get(from),
             ) {
-                if act_epilogue(&ctx.tune, mats, p, a).is_some() {
+                if act_epilogue(&ctx.tune, mats, p, a).is_some()
+                    || swiglu_q_key(&ctx.tune, mats, p, a).is_some()
+                {
                     return;
                 }
             }
@@ -1605,6 +1607,37 @@ impl GpuModel {
                 &mut steps, &mats, out_idx, &onorm, &logits, 0, n_vocab, 0, "output",
             );
         }
+        // The SwiGLU mat-vec rounds its own output for `ffn_down` (`Tune::swiglu_q`): its
+        // workgroups own whole activation blocks, so the rounding step after it leaves the
+        // decode graph.
+        let (bgl_sq, pl_sq) = buffer_layouts(&ctx, "swiglu rounding", b"rrwuw");
+        if fuse_norm && ctx.tune.swiglu_q != 0 {
+            let dec: Vec<usize> = (0..steps.len())
+                .filter(|&i| steps[i].when.runs(When::Decode, 1))
+                .collect();
+            for w in dec.windows(2) {
+                let (i, j) = (w[0], w[1]);
+                let Some(key) = swiglu_q_key(&ctx.tune, &mats, &steps[i], &steps[j]) else {
+                    continue;
+                };
+                let (bufs, StepKind::Mat { m, c, .. }) = (bufs_of.borrow(), steps[i].kind) else {
+                    continue;
+                };
+                let (Some(pb), Some(ab), Some(ch)) = (
+                    bufs.get(&steps[i].slot),
+                    bufs.get(&steps[j].slot),
+                    mats.get(m).and_then(|mat| mat.chunks.get(c)),
+                ) else {
+                    return Err(Error::msg(
+                        "internal: a SwiGLU step's buffers were not kept",
+                    ));
+                };
+                let bind = bgw(&bgl_sq, ch, &[&pb[1], &pb[2], &ab[2]], steps[i].slot);
+                steps[i].key = key;
+                steps[i].bind = bind;
+                steps[j].when = When::Batch;
+            }
+        }
         // Last-workgroup epilogues (`Tune::lw_actq`, `Tune::lw_norm`): a decode mat-vec
         // takes over the rounding or NormQ8 dispatches right after it.
         let (bgl_e, pl_e) = buffer_layouts(&ctx, "mat epilogue", b"rrwwurwww");
@@ -1822,6 +1855,7 @@ impl GpuModel {
                 | KernelKey::MatVecQ8P { norm: true, .. } => &pl_matn,
                 KernelKey::NormQ8 { .. } => &pl_nq,
                 KernelKey::MatVecQ8E { .. } => &pl_e,
+                KernelKey::MatVecQ8R { .. } => &pl_sq,
                 KernelKey::AttnDecode { .. } => &pl_attd,
                 KernelKey::AttnDecodeQ { .. } => &pl_attq,
                 KernelKey::NormRound { .. } => &pl_nr,
@@ -2756,6 +2790,75 @@ fn act_epilogue(tune: &Tune, mats: &[GpuMatrix], p: &Step, a: &Step) -> Option<K
             qbase: q8e,
         },
         atomic: tune.lw_atomic,
+    })
+}
+
+/// The [`KernelKey::MatVecQ8R`] key ([`Tune::swiglu_q`]) for the decode SwiGLU mat-vec `p`
+/// whose output the rounding step `a` rounds next, where it applies: one weight chunk, the
+/// integer kernel, the output at the start of its buffer, rows that split into whole
+/// workgroups of whole activation blocks. Q8_K roundings become 32-value Q8_0 blocks with
+/// [`Tune::swiglu_q32k`] (the K-quant `ffn_down` reads per-32 scales either way), or stay
+/// blocks of 256 with `swiglu_q` = 2.
+fn swiglu_q_key(tune: &Tune, mats: &[GpuMatrix], p: &Step, a: &Step) -> Option<KernelKey> {
+    let (
+        StepKind::Mat {
+            m, mode, y_off: 0, ..
+        },
+        &KernelKey::MatVecQ8 { ty, nr, spl },
+        StepKind::ActQ {
+            kind,
+            k,
+            last_only: false,
+            q8e,
+            ..
+        },
+    ) = (p.kind, &p.key, a.kind)
+    else {
+        return None;
+    };
+    let kind = match kind {
+        3 => 3,
+        4 if tune.swiglu_q32k => 3,
+        4 if tune.swiglu_q == 2 => 4,
+        _ => return None,
+    };
+    let bs: u32 = if kind == 3 { 32 } else { 256 };
+    let spl = match tune.swiglu_q_lanes {
+        0 => spl,
+        l => l,
+    };
+    let nr = match tune.swiglu_q_nr {
+        0 => nr,
+        n => n,
+    };
+    let rpw = (256 / spl) * nr;
+    let (opi, rows) = match mode {
+        2 => (rpw / 2, 2 * k as usize),
+        3 => (rpw, k as usize),
+        _ => return None,
+    };
+    if opi == 0 || (opi % bs != 0 && bs % opi != 0) {
+        return None;
+    }
+    let passes = if opi >= bs { 1 } else { bs / opi };
+    let mat = mats.get(m)?;
+    let ok = tune.swiglu_q != 0
+        && p.when == When::Decode
+        && mat.chunks.len() == 1
+        && mat.rows == rows
+        && rows % (rpw * passes) as usize == 0
+        && q8e != 0
+        && q8e % 64 == 0
+        && k % bs == 0
+        && opi * passes <= 4096;
+    ok.then_some(KernelKey::MatVecQ8R {
+        ty,
+        nr,
+        spl,
+        passes,
+        mode,
+        kind,
+        qbase: q8e,
     })
 }
 
