@@ -317,3 +317,56 @@ fn gpu_swiglu_rounding_32_value_blocks_for_kquants_match_cpu() {
         assert_eq!(same, !kquant_down, "{mix}: logits equal: {same}");
     }
 }
+
+/// On a real model file (GGUFQ_SWIGLU_CHECK_MODELS: paths separated by ':', e.g. the 7B
+/// files on the H100; nothing to check without it): `n` greedy decode steps with the
+/// producer rounding and with the `actq` dispatch (no consumer fold) give the same logits
+/// bit for bit, with one dispatch per layer fewer.
+#[test]
+fn gpu_swiglu_rounding_model_files_bit_for_bit() {
+    let Ok(paths) = std::env::var("GGUFQ_SWIGLU_CHECK_MODELS") else {
+        eprintln!("GGUFQ_SWIGLU_CHECK_MODELS not set: no model file to check");
+        return;
+    };
+    let Some(on) = ctx(1, 0, 0, false) else {
+        return;
+    };
+    let off = context_tuned(|c| {
+        c.tune.swiglu_q = 0;
+        c.tune.fold_actq = Some(false);
+    })
+    .unwrap();
+    let n: usize = std::env::var("GGUFQ_SWIGLU_CHECK_STEPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    for p in paths.split(':') {
+        let src = ggufq::gpu::source::GgufSource::open(p).unwrap();
+        let opts = ggufq::gpu::ModelOptions {
+            n_ctx: n + 1,
+            n_batch: 1,
+            n_seq: 1,
+        };
+        let mut a = GpuModel::load(on.clone(), &src, opts.clone()).unwrap();
+        let mut b = GpuModel::load(off.clone(), &src, opts).unwrap();
+        assert_eq!(
+            a.dispatches_per_token() + a.n_layers(),
+            b.dispatches_per_token(),
+            "{p}: dispatches per token"
+        );
+        let mut tok = 1u32;
+        for pos in 0..n {
+            let x = a.forward(&[(tok, 0, pos as u32)], false).unwrap();
+            let y = b.forward(&[(tok, 0, pos as u32)], false).unwrap();
+            if let Some(k) = (0..x.len()).find(|&k| x[k].to_bits() != y[k].to_bits()) {
+                panic!("{p}: position {pos} logit {k}: {} vs {}", x[k], y[k]);
+            }
+            tok = top(&x) as u32;
+        }
+        eprintln!(
+            "{p}: {n} decode steps bit for bit, {} vs {} dispatches per token",
+            a.dispatches_per_token(),
+            b.dispatches_per_token()
+        );
+    }
+}

@@ -842,9 +842,12 @@ pub struct Tune {
     /// whole activation blocks (Q8_0: 32 outputs = 64 interleaved gate/up rows per
     /// workgroup) and rounds them itself ([`KernelKey::MatVecQ8R`]: the quants and scales of
     /// the `actq` dispatch, bit for bit), so the rounding dispatch before `ffn_down` goes
-    /// (GGUFQ_SWIGLU_Q): 0 off, 1 (default) where `ffn_down` reads Q8_0 blocks (and then
-    /// instead of the consumer's fold, [`Tune::fold_actq`]). Q8_K blocks (256 outputs, 512
-    /// rows per workgroup) only with GGUFQ_SWIGLU_Q=2.
+    /// (GGUFQ_SWIGLU_Q): 0 (default) off, 1 where `ffn_down` reads Q8_0 blocks (and then
+    /// instead of the consumer's fold, [`Tune::fold_actq`]), 2 also Q8_K blocks (256
+    /// outputs, 512 rows per workgroup). Off because it was slower on the H100 (session 8,
+    /// 7B tg128): 344 workgroups for `gate_up` instead of 2752 cost more than the 32
+    /// dispatches it removes (Q4_0 333–343 t/s over five lane/row shapes vs 347–350 off,
+    /// Q8_0 249.7 vs 253.6 with the fold).
     pub swiglu_q: u32,
     /// Lanes per row group and rows per lane of that kernel (GGUFQ_SWIGLU_Q_LANES: 32, 64,
     /// 128, 256; GGUFQ_SWIGLU_Q_NR: 1, 2, 4, 8; 0 = those of the plain decode mat-vec); a
@@ -856,7 +859,9 @@ pub struct Tune {
     /// 32-value blocks with an f16 scale (the Q8_0 rounding, as llama.cpp's CUDA mmvq reads
     /// q8_1 blocks for every K-quant) instead of Q8_K blocks of 256, so that the SwiGLU
     /// mat-vec can round it ([`Tune::swiglu_q`]). Not the CPU backend's numerics (close to
-    /// them: a finer scale). GGUFQ_SWIGLU_Q32K=1 turns it on (default off).
+    /// them: a finer scale, as close to unrounded activations). GGUFQ_SWIGLU_Q32K=1 turns
+    /// it on with [`Tune::swiglu_q`] ≠ 0 (default off: 7B Q4_K_M tg128 285.8 vs 303.0 t/s
+    /// on the H100, session 8).
     pub swiglu_q32k: bool,
 }
 
@@ -1121,7 +1126,7 @@ impl Tune {
                 .map_or(0, |mib| mib << 20),
             upload_ring: std::env::var("GGUFQ_UPLOAD_RING").as_deref() == Ok("1"),
             wide: get("GGUFQ_WIDE", 1, &[0, 1, 2]),
-            swiglu_q: get("GGUFQ_SWIGLU_Q", 1, &[0, 1, 2]),
+            swiglu_q: get("GGUFQ_SWIGLU_Q", 0, &[0, 1, 2]),
             swiglu_q_lanes: get("GGUFQ_SWIGLU_Q_LANES", 0, &[32, 64, 128, 256]),
             swiglu_q_nr: get("GGUFQ_SWIGLU_Q_NR", 0, &[1, 2, 4, 8]),
             swiglu_q32k: std::env::var("GGUFQ_SWIGLU_Q32K").as_deref() == Ok("1"),
