@@ -24,8 +24,13 @@ mod gpu_fixture;
 use gpu_fixture::{context_tuned, decode_opts, decode_run, role_count, wide_shape};
 
 fn ctx(on: u32, lanes: u32, nr: u32, q32k: bool) -> Option<Arc<GpuContext>> {
+    ctx_wg(on, lanes, nr, q32k, 256)
+}
+
+fn ctx_wg(on: u32, lanes: u32, nr: u32, q32k: bool, wg: u32) -> Option<Arc<GpuContext>> {
     context_tuned(|c| {
         c.tune.swiglu_q = on;
+        c.tune.swiglu_q_wg = wg;
         c.tune.swiglu_q_lanes = lanes;
         c.tune.swiglu_q_nr = nr;
         c.tune.swiglu_q32k = q32k;
@@ -83,16 +88,20 @@ fn gpu_swiglu_rounding_equals_the_actq_dispatch_bit_for_bit() {
             let data = random_blocks(ty, rows * cols, 11 + cols as u64, 0.3).unwrap();
             let m = upload_matrix(&c, name, ty, rows, cols, &data).unwrap();
             let x = xs(cols, rows as u32 ^ cols as u32);
-            // (lanes, rows per lane, passes, kind): the default shape looped over a block,
-            // one pass of 64 rows, two and four passes, every lane its own pass, Q8_K blocks.
-            for (spl, nr, passes, kind) in [
-                (128u32, 4u32, 8u32, 3u32),
-                (32, 8, 1, 3),
-                (64, 4, 4, 3),
-                (64, 8, 2, 3),
-                (256, 2, 32, 3),
-                (128, 4, 64, 4),
-                (32, 8, 8, 4),
+            // (lanes, rows per lane, passes, kind, invocations): the default shape looped
+            // over a block, one pass of 64 rows, two and four passes, every lane its own
+            // pass, Q8_K blocks; workgroups of 512.
+            for (spl, nr, passes, kind, wg) in [
+                (128u32, 4u32, 8u32, 3u32, 256u32),
+                (32, 8, 1, 3, 256),
+                (64, 4, 4, 3, 256),
+                (64, 8, 2, 3, 256),
+                (256, 2, 32, 3, 256),
+                (128, 4, 64, 4, 256),
+                (32, 8, 8, 4, 256),
+                (64, 8, 1, 3, 512),
+                (128, 4, 4, 3, 512),
+                (128, 4, 32, 4, 512),
             ] {
                 let key = KernelKey::MatVecQ8R {
                     ty: ty.id(),
@@ -102,8 +111,9 @@ fn gpu_swiglu_rounding_equals_the_actq_dispatch_bit_for_bit() {
                     mode: 2,
                     kind,
                     qbase,
+                    wg,
                 };
-                let what = format!("{name} × {cols}, {spl} lanes, NR {nr}, {passes} passes, kind {kind}, no_subgroups {no_subgroups}");
+                let what = format!("{name} × {cols}, {spl} lanes, NR {nr}, {passes} passes, kind {kind}, {wg} invocations, no_subgroups {no_subgroups}");
                 let [a, b] = swiglu_rounding_pair(&c, &m, &x, &key).unwrap();
                 assert_eq!(a.len(), b.len());
                 if let Some(i) = (0..a.len()).find(|&i| a[i] != b[i]) {
@@ -142,7 +152,7 @@ fn gpu_swiglu_rounding_kernels_reject_bad_shapes() {
         return;
     };
     let q40 = GgmlType::from_name("Q4_0").unwrap().id();
-    let key = |spl, nr, passes, mode, kind, qbase| KernelKey::MatVecQ8R {
+    let key_wg = |spl, nr, passes, mode, kind, qbase, wg| KernelKey::MatVecQ8R {
         ty: q40,
         nr,
         spl,
@@ -150,7 +160,9 @@ fn gpu_swiglu_rounding_kernels_reject_bad_shapes() {
         mode,
         kind,
         qbase,
+        wg,
     };
+    let key = |spl, nr, passes, mode, kind, qbase| key_wg(spl, nr, passes, mode, kind, qbase, 256);
     // Not whole blocks per workgroup, a mode without SwiGLU, an unknown kind, a misaligned base.
     for k in [
         key(128, 4, 4, 2, 3, 64),
@@ -158,6 +170,8 @@ fn gpu_swiglu_rounding_kernels_reject_bad_shapes() {
         key(128, 4, 8, 2, 2, 64),
         key(128, 4, 8, 2, 3, 65),
         key(128, 4, 32, 2, 4, 64),
+        key_wg(128, 4, 8, 2, 3, 64, 384),
+        key_wg(128, 4, 2, 2, 3, 64, 512),
     ] {
         assert!(Kernels::source(&c, &k).is_err(), "{k:?} accepted");
     }
@@ -211,6 +225,11 @@ fn gpu_swiglu_rounding_gives_the_actq_graph_bit_for_bit() {
         ("lanes 32 NR 8", ctx(1, 32, 8, false).unwrap(), false),
         ("lanes 64 NR 4", ctx(1, 64, 4, false).unwrap(), false),
         ("Q8_K blocks too", ctx(2, 0, 0, false).unwrap(), true),
+        (
+            "512 invocations, lanes 64 NR 8",
+            ctx_wg(1, 64, 8, false, 512).unwrap(),
+            false,
+        ),
     ];
     for mix in ["q4_0", "q8_0", "split", "q4_k_m", "q2_k"] {
         let src = source(dir.path(), mix);

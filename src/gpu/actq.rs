@@ -354,6 +354,7 @@ pub fn swiglu_rounding_pair(
         mode: 2,
         kind,
         qbase,
+        wg,
         ..
     } = key
     else {
@@ -391,6 +392,11 @@ pub fn swiglu_rounding_pair(
     let (rbgl, rlay) = super::kernels::buffer_layouts(ctx, "swiglu rounding", b"rrwuw");
     let mut kernels = Kernels::default();
     let plain = KernelKey::MatVecQ8 { ty, nr, spl };
+    if !matches!(wg, 256 | 512) {
+        return Err(Error::msg(format!(
+            "SwiGLU rounding check: {wg} invocations"
+        )));
+    }
     kernels.get_with_layout(ctx, &KernelKey::ActQ, &alay)?;
     kernels.get_with_layout(ctx, &plain, &mlay)?;
     kernels.get_with_layout(ctx, key, &rlay)?;

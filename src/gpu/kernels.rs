@@ -855,6 +855,10 @@ pub struct Tune {
     pub swiglu_q_lanes: u32,
     /// See [`Tune::swiglu_q_lanes`].
     pub swiglu_q_nr: u32,
+    /// Invocations per workgroup of that kernel (GGUFQ_SWIGLU_Q_WG: 256 default, or 512
+    /// where the adapter allows it: twice the row groups per pass, e.g. 64 lanes × NR 8 =
+    /// one Q8_0 block's 64 rows in one pass). Not measured on the H100 yet.
+    pub swiglu_q_wg: u32,
     /// The decode graph's K-quant `ffn_down` (Q2_K … Q6_K) reads its input rounded in
     /// 32-value blocks with an f16 scale (the Q8_0 rounding, as llama.cpp's CUDA mmvq reads
     /// q8_1 blocks for every K-quant) instead of Q8_K blocks of 256, so that the SwiGLU
@@ -1026,8 +1030,12 @@ impl Tune {
             | KernelKey::MatVecQ8F { spl, nr, .. }
             | KernelKey::MatVecQ8E { spl, nr, .. } => (256 / spl) * nr,
             KernelKey::MatVecQ8R {
-                spl, nr, passes, ..
-            } => (256 / spl) * nr * passes,
+                spl,
+                nr,
+                passes,
+                wg,
+                ..
+            } => (wg / spl) * nr * passes,
             KernelKey::MatMat { .. } => 64,
             _ => 8 * nr,
         }
@@ -1129,6 +1137,7 @@ impl Tune {
             swiglu_q: get("GGUFQ_SWIGLU_Q", 0, &[0, 1, 2]),
             swiglu_q_lanes: get("GGUFQ_SWIGLU_Q_LANES", 0, &[32, 64, 128, 256]),
             swiglu_q_nr: get("GGUFQ_SWIGLU_Q_NR", 0, &[1, 2, 4, 8]),
+            swiglu_q_wg: get("GGUFQ_SWIGLU_Q_WG", 256, &[256, 512]),
             swiglu_q32k: std::env::var("GGUFQ_SWIGLU_Q32K").as_deref() == Ok("1"),
             persist: std::env::var("GGUFQ_MV_PERSIST")
                 .ok()
@@ -1227,8 +1236,8 @@ pub enum KernelKey {
     },
     /// [`KernelKey::MatVecQ8`] (one token, single weight chunk) of the SwiGLU mat-vec (mode
     /// 2: interleaved gate/up rows, 3: up rows with the gate stored `P.pad0` values further)
-    /// whose workgroups own whole activation blocks ([`Tune::swiglu_q`]): `passes` row
-    /// groups of (256 / `spl`) · `nr` rows each, their SwiGLU outputs stored as the plain
+    /// whose workgroups of `wg` invocations (256 or 512) own whole activation blocks
+    /// ([`Tune::swiglu_q`]): `passes` row groups of (`wg` / `spl`) · `nr` rows each, their SwiGLU outputs stored as the plain
     /// kernel stores them and kept in workgroup memory, then rounded with the operations of
     /// [`KernelKey::NormQ8`]'s rounding (`kind` 3: Q8_0 blocks of 32, 4: Q8_K blocks of 256)
     /// into the packed region (quants from word `qbase`, then the per-32 scales) of binding
@@ -1241,6 +1250,7 @@ pub enum KernelKey {
         mode: u32,
         kind: u32,
         qbase: u32,
+        wg: u32,
     },
     /// Decode RMSNorm of the residual row (`k4`·4 values) followed by the activation
     /// rounding `act` (3 Q8_0, 4 Q8_K), written as packed int8 quants and per-32 scales
@@ -1822,9 +1832,26 @@ fn matvec_q8r_source(
     mode: u32,
     kind: u32,
     qbase: u32,
+    wg: u32,
 ) -> Result<String> {
-    let (lay, deq, body, decl) = q8_parts(ctx, ty, nr, spl)?;
-    let rpw = (256 / spl) * nr;
+    let (lay, deq, body, mut decl) = q8_parts(ctx, ty, nr, spl)?;
+    if wg == 512 {
+        // The reduction's workgroup arrays for 16 warps instead of 8.
+        let wide = decl
+            .replace("array<f32, 8u * NR>;", "array<f32, 16u * NR>;")
+            .replace("array<f32, 256>;", "array<f32, 512>;");
+        if wide == decl {
+            return Err(Error::msg(
+                "internal: the integer kernel's reduction arrays were not found",
+            ));
+        }
+        decl = wide;
+    } else if wg != 256 {
+        return Err(Error::msg(format!(
+            "SwiGLU rounding: {wg} invocations per workgroup"
+        )));
+    }
+    let rpw = (wg / spl) * nr;
     let opi = match mode {
         2 => rpw / 2,
         3 => rpw,
@@ -1876,7 +1903,7 @@ const NV: u32 = {nv}u;
 const QB: u32 = {qbase}u;
 var<workgroup> res: array<f32, RPW>;
 var<workgroup> hv: array<vec4<f32>, NV / 4u>;
-var<workgroup> mx: array<f32, 256>;
+var<workgroup> mx: array<f32, {wg}>;
 {decl}
 {fns}
 fn amax4(v: vec4<f32>) -> f32 {{
@@ -1886,7 +1913,7 @@ fn amax4(v: vec4<f32>) -> f32 {{
 
 {deq}
 
-@compute @workgroup_size(256)
+@compute @workgroup_size({wg})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {{
     let warp = lid / 32u;
     let lane = lid % 32u;
@@ -3326,10 +3353,11 @@ impl Kernels {
                 mode,
                 kind,
                 qbase,
+                wg,
             } => wide_if(
                 ctx,
                 *ty,
-                matvec_q8r_source(ctx, *ty, *nr, *spl, *passes, *mode, *kind, *qbase)?,
+                matvec_q8r_source(ctx, *ty, *nr, *spl, *passes, *mode, *kind, *qbase, *wg)?,
             )?,
             KernelKey::Prefetch => PREFETCH_WGSL.to_string(),
             KernelKey::MatVecQ8P {

@@ -2831,7 +2831,8 @@ fn swiglu_q_key(tune: &Tune, mats: &[GpuMatrix], p: &Step, a: &Step) -> Option<K
         0 => nr,
         n => n,
     };
-    let rpw = (256 / spl) * nr;
+    let wg = tune.swiglu_q_wg;
+    let rpw = (wg / spl) * nr;
     let (opi, rows) = match mode {
         2 => (rpw / 2, 2 * k as usize),
         3 => (rpw, k as usize),
@@ -2859,6 +2860,7 @@ fn swiglu_q_key(tune: &Tune, mats: &[GpuMatrix], p: &Step, a: &Step) -> Option<K
         mode,
         kind,
         qbase: q8e,
+        wg,
     })
 }
 
