@@ -867,6 +867,11 @@ pub struct Tune {
     /// it on with [`Tune::swiglu_q`] ≠ 0 (default off: 7B Q4_K_M tg128 285.8 vs 303.0 t/s
     /// on the H100, session 8).
     pub swiglu_q32k: bool,
+    /// Decode mat-vecs of one group whose matrices have different types (Q+K and V of the
+    /// Q4_K_M and Q2_K mixes) or several weight chunks, over the same rounded input, run as
+    /// one dispatch ([`KernelKey::MatVecQ8Multi`]): 0 separate dispatches, 1 the matrices'
+    /// workgroups one range after the other, 2 interleaved in proportion (GGUFQ_QKV_MULTI).
+    pub qkv_multi: u32,
 }
 
 /// Bytes one [`KernelKey::Prefetch`] workgroup reads: 256 threads × 4 loads of 16 bytes,
@@ -1139,6 +1144,7 @@ impl Tune {
             swiglu_q_nr: get("GGUFQ_SWIGLU_Q_NR", 0, &[1, 2, 4, 8]),
             swiglu_q_wg: get("GGUFQ_SWIGLU_Q_WG", 256, &[256, 512]),
             swiglu_q32k: std::env::var("GGUFQ_SWIGLU_Q32K").as_deref() == Ok("1"),
+            qkv_multi: get("GGUFQ_QKV_MULTI", 1, &[0, 1, 2]),
             persist: std::env::var("GGUFQ_MV_PERSIST")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -1316,6 +1322,16 @@ pub enum KernelKey {
     ActQ,
     /// A step only some architectures record (qwen2, qwen3, gemma3: [`super::arch::ArchOp`]).
     Arch(super::arch::ArchOp),
+    /// Up to [`MULTI_MAX`] integer decode mat-vecs ([`KernelKey::MatVecQ8`] of any types
+    /// whose inputs are the same rounding) in one dispatch: `parts[..n]` are the matrices (or
+    /// weight chunks), each with its own weight binding and parameter block, its range of
+    /// workgroups running its own kernel ([`matvec_q8_multi_source`]); `order` 0: ranges one
+    /// after the other, 1: interleaved ([`multi_workgroups`]).
+    MatVecQ8Multi {
+        parts: [MultiPart; MULTI_MAX],
+        n: u32,
+        order: u32,
+    },
 }
 
 /// WGSL of the mat-vec kernel of type id `ty` (NT tokens per workgroup, NR rows per warp);
@@ -3469,6 +3485,12 @@ impl Kernels {
                         .replace("$EXACT", if *exact { "true" } else { "false" })
                     + ATTN_COMBINE
             }
+            KernelKey::MatVecQ8Multi { parts, n, order } => {
+                let parts = parts.get(..*n as usize).ok_or_else(|| {
+                    Error::msg(format!("multi mat-vec of {n} parts (at most {MULTI_MAX})"))
+                })?;
+                matvec_q8_multi_source(ctx, parts, *order)?
+            }
         })
     }
 
@@ -3527,4 +3549,377 @@ impl Kernels {
             .get(key)
             .ok_or_else(|| Error::msg(format!("pipeline {key:?} was not compiled at load")))
     }
+}
+
+/// Most matrices (or weight chunks) one [`KernelKey::MatVecQ8Multi`] dispatch covers: their
+/// weight bindings, the input and the output stay within 8 storage bindings, and their
+/// parameter blocks (48 bytes each) within one 256-byte parameter slot.
+pub const MULTI_MAX: usize = 5;
+
+/// One matrix (or weight chunk) of a [`KernelKey::MatVecQ8Multi`] dispatch: the
+/// [`KernelKey::MatVecQ8`] kernel it runs (`ty`, `nr`, `spl`) and its workgroups (row
+/// groups).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MultiPart {
+    /// Weight type id.
+    pub ty: u32,
+    /// Rows per row group.
+    pub nr: u32,
+    /// Lanes per row group.
+    pub spl: u32,
+    /// Workgroups of this part (its rows / the kernel's rows per workgroup, rounded up).
+    pub wgs: u32,
+}
+
+impl MultiPart {
+    /// The single-matrix kernel this part runs.
+    pub fn key(&self) -> KernelKey {
+        KernelKey::MatVecQ8 {
+            ty: self.ty,
+            nr: self.nr,
+            spl: self.spl,
+        }
+    }
+}
+
+/// The workgroup layout of a [`KernelKey::MatVecQ8Multi`] dispatch over `parts`: per part
+/// its first workgroup and stride pattern as (period, workgroups of the part per period,
+/// offset of the part inside the period). `order` 0: one period holding every part's
+/// workgroups one range after the other; 1: periods of `min(wgs)` so that each period
+/// holds ⌈wgs / periods⌉ workgroups of every part (the parts' rows spread over the whole
+/// grid; workgroups past a part's own count do nothing). Returns the layout and the
+/// dispatch's workgroup count.
+pub fn multi_layout(parts: &[MultiPart], order: u32) -> (Vec<(u32, u32, u32)>, u32) {
+    let periods = if order == 1 {
+        parts.iter().map(|p| p.wgs).min().unwrap_or(1).max(1)
+    } else {
+        1
+    };
+    let per: Vec<u32> = parts.iter().map(|p| p.wgs.div_ceil(periods)).collect();
+    let len: u32 = per.iter().sum();
+    let mut off = 0;
+    let lay = per
+        .iter()
+        .map(|&c| {
+            let e = (len, c, off);
+            off += c;
+            e
+        })
+        .collect();
+    (lay, periods * len)
+}
+
+/// Workgroups of a [`KernelKey::MatVecQ8Multi`] dispatch ([`multi_layout`]).
+pub fn multi_workgroups(parts: &[MultiPart], order: u32) -> u32 {
+    multi_layout(parts, order).1
+}
+
+/// Bind-group layout kinds of a [`KernelKey::MatVecQ8Multi`] kernel of `n` parts (for
+/// [`buffer_layouts`]): part 0's weights, the input, the output, the parameter blocks, then
+/// the weights of parts 1 .. n.
+pub fn multi_binding_kinds(n: usize) -> Vec<u8> {
+    let mut k = b"rrwu".to_vec();
+    k.extend(std::iter::repeat_n(b'r', n.saturating_sub(1)));
+    k
+}
+
+/// A top-level item of a WGSL module: its text (leading comments and attributes included),
+/// keyword (`fn`, `struct`, `var`, `const`, `override`, `alias`, `enable`, ...; empty for
+/// a stray `;`) and declared name.
+struct WgslItem<'a> {
+    text: &'a str,
+    kw: &'a str,
+    name: &'a str,
+}
+
+fn is_ident(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
+}
+
+/// The identifier starting at byte `i` of `s` (empty if none).
+fn ident_at(s: &str, i: usize) -> &str {
+    let b = s.as_bytes();
+    let mut j = i;
+    while j < b.len() && is_ident(b[j]) {
+        j += 1;
+    }
+    &s[i..j]
+}
+
+/// Index of the first byte of `s` from `i` that is neither white space nor inside a comment.
+fn skip_blank(s: &str, mut i: usize) -> usize {
+    let b = s.as_bytes();
+    while i < b.len() {
+        if b[i].is_ascii_whitespace() {
+            i += 1;
+        } else if b[i..].starts_with(b"//") {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if b[i..].starts_with(b"/*") {
+            i = s[i + 2..].find("*/").map_or(b.len(), |e| i + 2 + e + 2);
+        } else {
+            break;
+        }
+    }
+    i
+}
+
+/// The index just past the bracket that closes the one opening at byte `open` of `s`
+/// (`(`, `[`, `{` or `<`, comments skipped).
+fn close_of(s: &str, open: usize) -> Option<usize> {
+    let b = s.as_bytes();
+    let (o, c) = match b.get(open)? {
+        b'(' => (b'(', b')'),
+        b'[' => (b'[', b']'),
+        b'{' => (b'{', b'}'),
+        b'<' => (b'<', b'>'),
+        _ => return None,
+    };
+    let mut depth = 0usize;
+    let mut i = open;
+    while i < b.len() {
+        let j = skip_blank(s, i);
+        if j != i {
+            i = j;
+            continue;
+        }
+        if b[i] == o {
+            depth += 1;
+        } else if b[i] == c {
+            depth -= 1;
+            if depth == 0 {
+                return Some(i + 1);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The top-level items of `src`: each ends with a `;` or with the `}` that closes a
+/// declaration's body at depth 0.
+fn wgsl_items(src: &str) -> Result<Vec<WgslItem<'_>>> {
+    let b = src.as_bytes();
+    let bad = || Error::msg("internal: unbalanced WGSL kernel text");
+    let mut items = Vec::new();
+    let mut start = 0;
+    loop {
+        // Keyword: past comments and attributes (`@name` or `@name(...)`).
+        let mut i = skip_blank(src, start);
+        if i >= b.len() {
+            break;
+        }
+        while b.get(i) == Some(&b'@') {
+            i += 1 + ident_at(src, i + 1).len();
+            let j = skip_blank(src, i);
+            if b.get(j) == Some(&b'(') {
+                i = close_of(src, j).ok_or_else(bad)?;
+            }
+            i = skip_blank(src, i);
+        }
+        let kw = ident_at(src, i);
+        i += kw.len();
+        i = skip_blank(src, i);
+        if kw == "var" && b.get(i) == Some(&b'<') {
+            i = skip_blank(src, close_of(src, i).ok_or_else(bad)?);
+        }
+        let name = if matches!(kw, "fn" | "struct" | "var" | "const" | "override" | "alias") {
+            ident_at(src, i)
+        } else {
+            ""
+        };
+        // The end: a `;` at depth 0, or the body's `}` of a fn / struct.
+        let mut end = None;
+        while i < b.len() {
+            let j = skip_blank(src, i);
+            if j != i {
+                i = j;
+                continue;
+            }
+            match b[i] {
+                b';' => {
+                    end = Some(i + 1);
+                    break;
+                }
+                b'(' | b'[' => i = close_of(src, i).ok_or_else(bad)?,
+                b'{' => {
+                    end = Some(close_of(src, i).ok_or_else(bad)?);
+                    break;
+                }
+                _ => i += 1,
+            }
+        }
+        let end = end.ok_or_else(bad)?;
+        items.push(WgslItem {
+            text: &src[start..end],
+            kw,
+            name,
+        });
+        start = end;
+    }
+    Ok(items)
+}
+
+/// `src` with every identifier in `map` replaced (member names after a `.` kept).
+fn rename_idents(src: &str, map: &HashMap<&str, String>) -> String {
+    let b = src.as_bytes();
+    let mut out = String::with_capacity(src.len() + src.len() / 8);
+    let mut i = 0;
+    let mut last = 0;
+    while i < b.len() {
+        if (b[i].is_ascii_alphabetic() || b[i] == b'_') && (i == 0 || !is_ident(b[i - 1])) {
+            let id = ident_at(src, i);
+            let member = src[..i].trim_end().ends_with('.');
+            if let Some(new) = map.get(id).filter(|_| !member) {
+                out.push_str(&src[last..i]);
+                out.push_str(new);
+                last = i + id.len();
+            }
+            i += id.len();
+        } else {
+            i += 1;
+        }
+    }
+    out.push_str(&src[last..]);
+    out
+}
+
+/// WGSL of [`KernelKey::MatVecQ8Multi`]: the [`KernelKey::MatVecQ8`] kernel of every part,
+/// as [`Kernels::source`] builds it (128-bit loads included), made one module. Each part's
+/// declarations get the suffix `_mN` (its weights `W_mN` at binding 0 for part 0, 3 + N
+/// after), its parameters are block N of the uniform array at binding 3, the input `X`
+/// and output `Y` are shared, and its entry point's body runs in the workgroups of its
+/// range ([`multi_layout`]) with `workgroup_id.x` made its own row-group index. The per-row
+/// code is the part's kernel unchanged, so each row's value is the separate dispatch's bit
+/// for bit.
+fn matvec_q8_multi_source(ctx: &GpuContext, parts: &[MultiPart], order: u32) -> Result<String> {
+    if parts.is_empty() || parts.len() > MULTI_MAX || order > 1 {
+        return Err(Error::msg(format!(
+            "multi mat-vec of {} parts (1 to {MULTI_MAX}), order {order}",
+            parts.len()
+        )));
+    }
+    let (lay, total) = multi_layout(parts, order);
+    let bad = |what: &str| Error::msg(format!("multi mat-vec: {what} of the integer kernel"));
+    let mut head = String::new(); // enable directives, Params, X, Y
+    let mut decls = String::new();
+    let mut entry: Option<(String, String, String)> = None; // attributes, parameters, wg name
+    let mut branches = String::new();
+    let mut shared: HashMap<String, String> = HashMap::new();
+    for (k, (p, &(_, per, off))) in parts.iter().zip(&lay).enumerate() {
+        let src = Kernels::source(ctx, &p.key())?;
+        let items = wgsl_items(&src)?;
+        let mut map: HashMap<&str, String> = HashMap::new();
+        for it in &items {
+            if !it.name.is_empty() && !matches!(it.name, "main" | "X" | "Y" | "Params" | "P") {
+                map.insert(it.name, format!("{}_m{k}", it.name));
+            }
+        }
+        map.insert("P", format!("PM.p[{k}u]"));
+        for it in &items {
+            match (it.kw, it.name) {
+                ("enable" | "requires" | "diagnostic", _) | (_, "X" | "Y" | "Params") => {
+                    // Shared: the same text in every part.
+                    // Compared without the comments before it (128-bit loads rewrite them).
+                    let code = it.text[skip_blank(it.text, 0)..].trim_end();
+                    let key = if it.name.is_empty() { code } else { it.name };
+                    match shared.get(key) {
+                        Some(t) if t != code => return Err(bad(&format!("differing `{key}`"))),
+                        Some(_) => {}
+                        None => {
+                            shared.insert(key.to_string(), code.to_string());
+                            head.push_str(code);
+                            head.push('\n');
+                        }
+                    }
+                }
+                ("var", "P") => {}
+                ("var", "W") => {
+                    let t = rename_idents(it.text, &map);
+                    let bind = if k == 0 { 0 } else { 3 + k };
+                    if !t.contains("@binding(0)") {
+                        return Err(bad("weights not at binding 0"));
+                    }
+                    decls.push_str(&t.replacen("@binding(0)", &format!("@binding({bind})"), 1));
+                }
+                ("var", _) if it.text.contains("@binding") => {
+                    return Err(bad(&format!("binding `{}`", it.name)));
+                }
+                ("fn", "main") => {
+                    let t = it.text;
+                    let open = t.find("fn main").ok_or_else(|| bad("entry point"))? + 7;
+                    let open = skip_blank(t, open);
+                    let pend = close_of(t, open).ok_or_else(|| bad("entry parameters"))?;
+                    let params = t[open + 1..pend - 1].trim().to_string();
+                    let bopen = t[pend..].find('{').ok_or_else(|| bad("entry body"))? + pend;
+                    let body = rename_idents(&t[bopen..], &map);
+                    let attrs = t[..t.find("fn main").unwrap_or(0)].trim().to_string();
+                    if !attrs.contains("@compute") {
+                        return Err(bad("entry point without @compute"));
+                    }
+                    let attrs = attrs[attrs.find("@compute").unwrap_or(0)..].to_string();
+                    // The workgroup index parameter; other built-ins that depend on it
+                    // (global ids, workgroup counts) are not remapped.
+                    let mut wg = None;
+                    for a in params.split(',') {
+                        let a = a.trim();
+                        if a.contains("global_invocation_id") || a.contains("num_workgroups") {
+                            return Err(bad("a grid-wide built-in"));
+                        }
+                        if a.contains("@builtin(workgroup_id)") {
+                            let n = a["@builtin(workgroup_id)".len()..].trim();
+                            wg = Some(ident_at(n, 0).to_string());
+                        }
+                    }
+                    let wg = wg.ok_or_else(|| bad("no workgroup_id"))?;
+                    match &entry {
+                        Some(e) if e.0 != attrs || e.1 != params => {
+                            return Err(bad("differing entry points"))
+                        }
+                        Some(_) => {}
+                        None => entry = Some((attrs, params, wg.clone())),
+                    }
+                    let cond = if order == 1 {
+                        format!("pos_m < {}u", off + per)
+                    } else {
+                        format!("wx_m < {}u", off + per)
+                    };
+                    let idx = if order == 1 {
+                        format!("per_m * {per}u + (pos_m - {off}u)")
+                    } else {
+                        format!("wx_m - {off}u")
+                    };
+                    branches.push_str(&format!(
+                        "    {}if ({cond}) {{\n        let l_m = {idx};\n        if (l_m < {}u) {{\n            let {wg} = vec3<u32>(l_m, wg_m.y, wg_m.z);\n            {body}\n        }}\n    }}",
+                        if k == 0 { "" } else { " else " },
+                        p.wgs
+                    ));
+                }
+                _ => decls.push_str(&rename_idents(it.text, &map)),
+            }
+        }
+    }
+    let (attrs, params, wg) = entry.ok_or_else(|| bad("no entry point"))?;
+    let len = lay.first().map_or(1, |l| l.0);
+    Ok(format!(
+        "{head}
+struct ParamsMulti {{
+    p: array<Params, {n}>,
+}}
+@group(0) @binding(3) var<uniform> PM: ParamsMulti;
+{decls}
+
+// {n} mat-vecs in one dispatch of {total} workgroups (order {order}).
+{attrs}
+fn main({params}) {{
+    let wg_m = {wg};
+    let wx_m = wg_m.x;
+    let per_m = wx_m / {len}u;
+    let pos_m = wx_m % {len}u;
+{branches}
+}}
+",
+        n = parts.len()
+    ))
 }
