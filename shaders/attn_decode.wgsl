@@ -189,20 +189,25 @@ $ARRIVE            return;
     }
     var mx = -3.0e38;
     for (var p = s0 + lid; p < s1; p += 256u) {
-        var s = 0.0;
+        // The K row into registers first (the new one from ks, a prefetched one from kr, the
+        // others from the cache), then one dot loop: a single arithmetic path, so that the
+        // GPU compiler's choices (FMA contraction) are the same whichever source it read.
+        var kv: array<vec4<f32>, HD4>;
         if (p == pos) {
             for (var d = 0u; d < HD4; d++) {
-                s += dot(qs[d], ks[d]);
+                kv[d] = ks[d];
             }
         } else if (kpre && p == kp) {
-            for (var d = 0u; d < HD4; d++) {
-                s += dot(qs[d], kr[d]);
-            }
+            kv = kr;
         } else {
             let ko = cb4 + p * kvl4 + kb4;
             for (var d = 0u; d < HD4; d++) {
-                s += dot(qs[d], KC[ko + d]);
+                kv[d] = KC[ko + d];
             }
+        }
+        var s = 0.0;
+        for (var d = 0u; d < HD4; d++) {
+            s += dot(qs[d], kv[d]);
         }
         s *= P.scale;
         S[p - s0] = s;
@@ -217,19 +222,22 @@ $RED_MAX    var sum = 0.0;
 $RED_SUM    var acc = vec4<f32>(0.0);
     if (gi < groups) {
         // Older positions four at a time (four loads in flight), the new one from vs.
+        // The first four rows from the prefetch registers where there are any, the others
+        // loaded here; one accumulation path for both (see the K rows above).
         var p = p0 + gi;
-        if (vpre) {
-            acc += r16(S[p - s0] * inv) * pv0;
-            acc += r16(S[p + groups - s0] * inv) * pv1;
-            acc += r16(S[p + 2u * groups - s0] * inv) * pv2;
-            acc += r16(S[p + 3u * groups - s0] * inv) * pv3;
-            p += 4u * groups;
-        }
+        var first = vpre;
         for (; p + 3u * groups < pe; p += 4u * groups) {
-            let v0 = VC[vb + p * kvl4];
-            let v1 = VC[vb + (p + groups) * kvl4];
-            let v2 = VC[vb + (p + 2u * groups) * kvl4];
-            let v3 = VC[vb + (p + 3u * groups) * kvl4];
+            var v0 = pv0;
+            var v1 = pv1;
+            var v2 = pv2;
+            var v3 = pv3;
+            if (!first) {
+                v0 = VC[vb + p * kvl4];
+                v1 = VC[vb + (p + groups) * kvl4];
+                v2 = VC[vb + (p + 2u * groups) * kvl4];
+                v3 = VC[vb + (p + 3u * groups) * kvl4];
+            }
+            first = false;
             acc += r16(S[p - s0] * inv) * v0;
             acc += r16(S[p + groups - s0] * inv) * v1;
             acc += r16(S[p + 2u * groups - s0] * inv) * v2;

@@ -245,8 +245,15 @@ fn gpu_fast_division_is_the_correctly_rounded_quotient() {
             return;
         };
         let got = ggufq::gpu::actq::divide(&c, &pairs).unwrap();
+        // WGSL lets an adapter flush subnormals (the H100 does): where a subnormal dividend
+        // or quotient reaches the fallback `/`, its flushed +0.0 is accepted too.
+        let flushed = |i: usize| {
+            let (a, _) = pairs[i];
+            let q = f32::from_bits(want[i]);
+            (a.is_subnormal() || q.is_subnormal()) && got[i].to_bits() == 0
+        };
         let bad: Vec<usize> = (0..pairs.len())
-            .filter(|&i| got[i].to_bits() != want[i])
+            .filter(|&i| got[i].to_bits() != want[i] && !flushed(i))
             .collect();
         assert!(
             bad.is_empty(),

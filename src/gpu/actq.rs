@@ -333,3 +333,138 @@ pub fn divide(ctx: &GpuContext, pairs: &[(f32, f32)]) -> Result<Vec<f32>> {
     ctx.queue.submit(Some(enc.finish()));
     ctx.read_f32(&yb, 0, pairs.len())
 }
+
+/// The SwiGLU output of one token and its rounding for `ffn_down`, computed twice on the
+/// GPU (tests of [`KernelKey::MatVecQ8R`], [`super::kernels::Tune::swiglu_q`]): `x` is
+/// rounded for `m` (interleaved gate/up rows of an integer-kernel type) by the rounding
+/// dispatch, then (a) the plain integer mat-vec (`KernelKey::MatVecQ8` with `key`'s lanes
+/// and rows, SwiGLU store) and the rounding dispatch of `key`'s kind over its output, as the
+/// decode graph with the `actq` step runs them, and (b) `key` alone. Returns for each the
+/// SwiGLU output's f32 words followed by the packed region (int8 quants, then per-32 scales).
+pub fn swiglu_rounding_pair(
+    ctx: &GpuContext,
+    m: &super::buffers::GpuMatrix,
+    x: &[f32],
+    key: &KernelKey,
+) -> Result<[Vec<u32>; 2]> {
+    let &KernelKey::MatVecQ8R {
+        ty,
+        nr,
+        spl,
+        mode: 2,
+        kind,
+        qbase,
+        wg,
+        ..
+    } = key
+    else {
+        return Err(Error::msg(format!(
+            "SwiGLU rounding check: {key:?} is not a mode-2 MatVecQ8R key"
+        )));
+    };
+    let n_out = m.rows / 2;
+    let ch = match m.chunks.as_slice() {
+        [ch] => ch,
+        _ => {
+            return Err(Error::msg(
+                "SwiGLU rounding check: one weight chunk expected",
+            ))
+        }
+    };
+    let in_kind = kind_for_weight(m.ty);
+    if ty != m.ty.id()
+        || x.len() != m.cols
+        || !matches!(in_kind, 3 | 4)
+        || qbase as usize != q8_base(n_out)
+    {
+        return Err(Error::msg(format!(
+            "SwiGLU rounding check: {} inputs for {} × {} {}, packed base {qbase}",
+            x.len(),
+            m.rows,
+            m.cols,
+            m.ty.name()
+        )));
+    }
+    let uni = super::buffers::uniform;
+    let bind = super::buffers::bind_buffers;
+    let (abgl, alay) = super::kernels::buffer_layouts(ctx, "actq", b"r-wu");
+    let (mbgl, mlay) = super::kernels::buffer_layouts(ctx, "matvec", b"rrwu");
+    let (rbgl, rlay) = super::kernels::buffer_layouts(ctx, "swiglu rounding", b"rrwuw");
+    let mut kernels = Kernels::default();
+    let plain = KernelKey::MatVecQ8 { ty, nr, spl };
+    if !matches!(wg, 256 | 512) {
+        return Err(Error::msg(format!(
+            "SwiGLU rounding check: {wg} invocations"
+        )));
+    }
+    kernels.get_with_layout(ctx, &KernelKey::ActQ, &alay)?;
+    kernels.get_with_layout(ctx, &plain, &mlay)?;
+    kernels.get_with_layout(ctx, key, &rlay)?;
+    // The input's packed quants, as the NormQ8 step before gate_up leaves them.
+    let xe = q8_base(m.cols) as u32;
+    let xb = f32_buffer(ctx, "x", x);
+    let xq = scratch(ctx, "xq", q8_words(m.cols));
+    let k = m.cols as u32;
+    let ub_x = uni(ctx, &params_q8(k, k, 0, 1, in_kind, xe));
+    let bg_x = bind(ctx, &abgl, &[(0, &xb), (2, &xq), (3, &ub_x)]);
+    let mp: [u32; 12] = [
+        ch.rows,
+        k / 32,
+        ch.d_off,
+        0,
+        xe,
+        0,
+        n_out as u32,
+        1,
+        2,
+        ch.row0,
+        0,
+        0,
+    ];
+    let ub_m = uni(ctx, &mp);
+    let (ha, hb) = (scratch(ctx, "h a", n_out), scratch(ctx, "h b", n_out));
+    let words = q8_words(n_out);
+    let (ra, rb) = (scratch(ctx, "r a", words), scratch(ctx, "r b", words));
+    let bg_a = bind(ctx, &mbgl, &[(0, &ch.buf), (1, &xq), (2, &ha), (3, &ub_m)]);
+    let ub_h = uni(
+        ctx,
+        &params_q8(n_out as u32, n_out as u32, 0, 1, kind, qbase),
+    );
+    let bg_h = bind(ctx, &abgl, &[(0, &ha), (2, &ra), (3, &ub_h)]);
+    let bg_b = bind(
+        ctx,
+        &rbgl,
+        &[(0, &ch.buf), (1, &xq), (2, &hb), (3, &ub_m), (4, &rb)],
+    );
+    let rpw = ctx.tune.rows_per_wg(&plain, nr);
+    let rpw_r = ctx.tune.rows_per_wg(key, nr);
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        let mut run = |key: &KernelKey, bg: &wgpu::BindGroup, wg: (u32, u32)| -> Result<()> {
+            pass.set_pipeline(kernels.cached(key)?);
+            pass.set_bind_group(0, bg, &[]);
+            pass.dispatch_workgroups(wg.0, wg.1, 1);
+            Ok(())
+        };
+        run(&KernelKey::ActQ, &bg_x, workgroups(k, 1))?;
+        run(&plain, &bg_a, (ch.rows.div_ceil(rpw), 1))?;
+        run(&KernelKey::ActQ, &bg_h, workgroups(n_out as u32, 1))?;
+        run(key, &bg_b, (ch.rows.div_ceil(rpw_r), 1))?;
+    }
+    ctx.queue.submit(Some(enc.finish()));
+    let read = |h: &wgpu::Buffer, r: &wgpu::Buffer| -> Result<Vec<u32>> {
+        let mut v: Vec<u32> = ctx
+            .read_f32(h, 0, n_out)?
+            .into_iter()
+            .map(f32::to_bits)
+            .collect();
+        v.extend(
+            ctx.read_f32(r, 0, words)?[qbase as usize..]
+                .iter()
+                .map(|w| w.to_bits()),
+        );
+        Ok(v)
+    };
+    Ok([read(&ha, &ra)?, read(&hb, &rb)?])
+}

@@ -842,6 +842,40 @@ pub struct Tune {
     /// each lane's steps unrolled, all loads issued before the sums; same sums bit for bit
     /// (GGUFQ_MV_CONST=1 on, 0 off).
     pub mv_const: bool,
+    /// The decode graph's SwiGLU mat-vec (`gate_up`, or `up` after a separate `gate`) owns
+    /// whole activation blocks (Q8_0: 32 outputs = 64 interleaved gate/up rows per
+    /// workgroup) and rounds them itself ([`KernelKey::MatVecQ8R`]: the quants and scales of
+    /// the `actq` dispatch, bit for bit), so the rounding dispatch before `ffn_down` goes
+    /// (GGUFQ_SWIGLU_Q): 0 (default) off, 1 where `ffn_down` reads Q8_0 blocks (and then
+    /// instead of the consumer's fold, [`Tune::fold_actq`]), 2 also Q8_K blocks (256
+    /// outputs, 512 rows per workgroup). Off because it was slower on the H100 (session 8,
+    /// 7B tg128): 344 workgroups for `gate_up` instead of 2752 cost more than the 32
+    /// dispatches it removes (Q4_0 333–343 t/s over five lane/row shapes vs 347–350 off,
+    /// Q8_0 249.7 vs 253.6 with the fold).
+    pub swiglu_q: u32,
+    /// Lanes per row group and rows per lane of that kernel (GGUFQ_SWIGLU_Q_LANES: 32, 64,
+    /// 128, 256; GGUFQ_SWIGLU_Q_NR: 1, 2, 4, 8; 0 = those of the plain decode mat-vec); a
+    /// workgroup runs its row groups in as many passes as one block's rows need.
+    pub swiglu_q_lanes: u32,
+    /// See [`Tune::swiglu_q_lanes`].
+    pub swiglu_q_nr: u32,
+    /// Invocations per workgroup of that kernel (GGUFQ_SWIGLU_Q_WG: 256 default, or 512
+    /// where the adapter allows it: twice the row groups per pass, e.g. 64 lanes × NR 8 =
+    /// one Q8_0 block's 64 rows in one pass). Not measured on the H100 yet.
+    pub swiglu_q_wg: u32,
+    /// The decode graph's K-quant `ffn_down` (Q2_K … Q6_K) reads its input rounded in
+    /// 32-value blocks with an f16 scale (the Q8_0 rounding, as llama.cpp's CUDA mmvq reads
+    /// q8_1 blocks for every K-quant) instead of Q8_K blocks of 256, so that the SwiGLU
+    /// mat-vec can round it ([`Tune::swiglu_q`]). Not the CPU backend's numerics (close to
+    /// them: a finer scale, as close to unrounded activations). GGUFQ_SWIGLU_Q32K=1 turns
+    /// it on with [`Tune::swiglu_q`] ≠ 0 (default off: 7B Q4_K_M tg128 285.8 vs 303.0 t/s
+    /// on the H100, session 8).
+    pub swiglu_q32k: bool,
+    /// Decode mat-vecs of one group whose matrices have different types (Q+K and V of the
+    /// Q4_K_M and Q2_K mixes) or several weight chunks, over the same rounded input, run as
+    /// one dispatch ([`KernelKey::MatVecQ8Multi`]): 0 separate dispatches, 1 the matrices'
+    /// workgroups one range after the other, 2 interleaved in proportion (GGUFQ_QKV_MULTI).
+    pub qkv_multi: u32,
 }
 
 /// Bytes one [`KernelKey::Prefetch`] workgroup reads: 256 threads × 4 loads of 16 bytes,
@@ -1011,6 +1045,13 @@ impl Tune {
             | KernelKey::MatVecQ8P { spl, nr, .. }
             | KernelKey::MatVecQ8F { spl, nr, .. }
             | KernelKey::MatVecQ8E { spl, nr, .. } => (256 / spl) * nr,
+            KernelKey::MatVecQ8R {
+                spl,
+                nr,
+                passes,
+                wg,
+                ..
+            } => (wg / spl) * nr * passes,
             KernelKey::MatMat { .. } => 64,
             _ => 8 * nr,
         }
@@ -1110,6 +1151,12 @@ impl Tune {
             upload_ring: std::env::var("GGUFQ_UPLOAD_RING").as_deref() == Ok("1"),
             wide: get("GGUFQ_WIDE", 1, &[0, 1, 2]),
             mv_const: std::env::var("GGUFQ_MV_CONST").as_deref() == Ok("1"),
+            swiglu_q: get("GGUFQ_SWIGLU_Q", 0, &[0, 1, 2]),
+            swiglu_q_lanes: get("GGUFQ_SWIGLU_Q_LANES", 0, &[32, 64, 128, 256]),
+            swiglu_q_nr: get("GGUFQ_SWIGLU_Q_NR", 0, &[1, 2, 4, 8]),
+            swiglu_q_wg: get("GGUFQ_SWIGLU_Q_WG", 256, &[256, 512]),
+            swiglu_q32k: std::env::var("GGUFQ_SWIGLU_Q32K").as_deref() == Ok("1"),
+            qkv_multi: get("GGUFQ_QKV_MULTI", 1, &[0, 1, 2]),
             persist: std::env::var("GGUFQ_MV_PERSIST")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -1218,6 +1265,24 @@ pub enum KernelKey {
         epi: MatEpi,
         atomic: u32,
     },
+    /// [`KernelKey::MatVecQ8`] (one token, single weight chunk) of the SwiGLU mat-vec (mode
+    /// 2: interleaved gate/up rows, 3: up rows with the gate stored `P.pad0` values further)
+    /// whose workgroups of `wg` invocations (256 or 512) own whole activation blocks
+    /// ([`Tune::swiglu_q`]): `passes` row groups of (`wg` / `spl`) · `nr` rows each, their SwiGLU outputs stored as the plain
+    /// kernel stores them and kept in workgroup memory, then rounded with the operations of
+    /// [`KernelKey::NormQ8`]'s rounding (`kind` 3: Q8_0 blocks of 32, 4: Q8_K blocks of 256)
+    /// into the packed region (quants from word `qbase`, then the per-32 scales) of binding
+    /// 4, where `ffn_down` reads them.
+    MatVecQ8R {
+        ty: u32,
+        nr: u32,
+        spl: u32,
+        passes: u32,
+        mode: u32,
+        kind: u32,
+        qbase: u32,
+        wg: u32,
+    },
     /// Decode RMSNorm of the residual row (`k4`·4 values) followed by the activation
     /// rounding `act` (3 Q8_0, 4 Q8_K), written as packed int8 quants and per-32 scales
     /// for the [`KernelKey::MatVecQ8`] kernels after it (one workgroup).
@@ -1282,6 +1347,16 @@ pub enum KernelKey {
     ActQ,
     /// A step only some architectures record (qwen2, qwen3, gemma3: [`super::arch::ArchOp`]).
     Arch(super::arch::ArchOp),
+    /// Up to [`MULTI_MAX`] integer decode mat-vecs ([`KernelKey::MatVecQ8`] of any types
+    /// whose inputs are the same rounding) in one dispatch: `parts[..n]` are the matrices (or
+    /// weight chunks), each with its own weight binding and parameter block, its range of
+    /// workgroups running its own kernel ([`matvec_q8_multi_source`]); `order` 0: ranges one
+    /// after the other, 1: interleaved ([`multi_workgroups`]).
+    MatVecQ8Multi {
+        parts: [MultiPart; MULTI_MAX],
+        n: u32,
+        order: u32,
+    },
 }
 
 /// WGSL of the mat-vec kernel of type id `ty` (NT tokens per workgroup, NR rows per warp);
@@ -1892,6 +1967,140 @@ fn matvec_q8e_source(
         .replace("$BODY", &body)
         .replace("$EPI", &code)
         .replace("$DEQ", &deq))
+}
+
+/// WGSL of [`KernelKey::MatVecQ8R`]: the integer decode kernel's loop and reduction
+/// ([`q8_parts`]) run for `passes` consecutive row groups of the workgroup; after each, the
+/// SwiGLU outputs of the group are computed as shaders/matvec.wgsl's stores compute them
+/// (same expressions), stored to Y and kept in workgroup memory. Then the workgroup's
+/// outputs (whole blocks) are rounded by [`normq8_quantize`] (16 values per thread, the
+/// block maximum over its threads' maxima, the `div_rn` scales of `actq.wgsl`) into binding
+/// 4's packed region at the words the rounding dispatch writes: the same quants and scales.
+#[allow(clippy::too_many_arguments)]
+fn matvec_q8r_source(
+    ctx: &GpuContext,
+    ty: u32,
+    nr: u32,
+    spl: u32,
+    passes: u32,
+    mode: u32,
+    kind: u32,
+    qbase: u32,
+    wg: u32,
+) -> Result<String> {
+    let (lay, deq, body, mut decl) = q8_parts(ctx, ty, nr, spl)?;
+    if wg == 512 {
+        // The reduction's workgroup arrays for 16 warps instead of 8.
+        let wide = decl
+            .replace("array<f32, 8u * NR>;", "array<f32, 16u * NR>;")
+            .replace("array<f32, 256>;", "array<f32, 512>;");
+        if wide == decl {
+            return Err(Error::msg(
+                "internal: the integer kernel's reduction arrays were not found",
+            ));
+        }
+        decl = wide;
+    } else if wg != 256 {
+        return Err(Error::msg(format!(
+            "SwiGLU rounding: {wg} invocations per workgroup"
+        )));
+    }
+    let rpw = (wg / spl) * nr;
+    let opi = match mode {
+        2 => rpw / 2,
+        3 => rpw,
+        _ => return Err(Error::msg(format!("SwiGLU rounding after mode {mode}"))),
+    };
+    let bs = match kind {
+        3 => 32u32,
+        4 => 256,
+        _ => return Err(Error::msg(format!("SwiGLU rounding of kind {kind}"))),
+    };
+    let nv = opi * passes;
+    if opi == 0 || passes == 0 || nv % bs != 0 || nv > 4096 || qbase % 64 != 0 {
+        return Err(Error::msg(format!(
+            "SwiGLU rounding: {opi} outputs per pass, {passes} passes, blocks of {bs}, packed base {qbase}"
+        )));
+    }
+    let silu = if mode == 2 {
+        "let v = res[2u * lid];
+            let up = res[2u * lid + 1u];
+            h = v / (1.0 + exp(-v)) * up;"
+    } else {
+        "let v = res[lid];
+            let g = Y[o + P.pad0];
+            h = g / (1.0 + exp(-g)) * v;"
+    };
+    let quantize = normq8_quantize(
+        kind,
+        "let o = QB + (wg.x * NV) / 4u + 4u * lid;
+            R[o] = p0;
+            R[o + 1u] = p1;
+            R[o + 2u] = p2;
+            R[o + 3u] = p3;",
+        "R[QB + QB / 4u + (wg.x * NV) / 32u + lid / 2u] = bitcast<u32>(sd);",
+    );
+    Ok(format!(
+        "struct Params {{ rows: u32, units: u32, d_off: u32, x_off: u32, ld_x: u32, y_off: u32, ld_y: u32, n_tok: u32, mode: u32, row0: u32, pad0: u32, pad1: u32 }}
+@group(0) @binding(0) var<storage, read> W: array<u32>;
+@group(0) @binding(1) var<storage, read> X: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read_write> Y: array<f32>;
+@group(0) @binding(3) var<uniform> P: Params;
+@group(0) @binding(4) var<storage, read_write> R: array<u32>;
+
+const NR: u32 = {nr}u;
+const RPW: u32 = {rpw}u;
+const UPB: u32 = {upb}u;
+const PASSES: u32 = {passes}u;
+const OPI: u32 = {opi}u;
+const NV: u32 = {nv}u;
+const QB: u32 = {qbase}u;
+var<workgroup> res: array<f32, RPW>;
+var<workgroup> hv: array<vec4<f32>, NV / 4u>;
+var<workgroup> mx: array<f32, {wg}>;
+{decl}
+{fns}
+fn amax4(v: vec4<f32>) -> f32 {{
+    let a = abs(v);
+    return max(max(a.x, a.y), max(a.z, a.w));
+}}
+
+{deq}
+
+@compute @workgroup_size({wg})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {{
+    let warp = lid / 32u;
+    let lane = lid % 32u;
+    for (var pass_i = 0u; pass_i < PASSES; pass_i++) {{
+        let grp = wg.x * PASSES + pass_i;
+        let rbase = grp * RPW + (lid / SPL) * NR;
+{body}
+        workgroupBarrier();
+        if (lid < OPI) {{
+            // Output grp · OPI + lid (one chunk: row0 = 0), as matvec.wgsl stores it.
+            let o = P.y_off + grp * OPI + lid;
+            var h = 0.0;
+            {silu}
+            Y[o] = h;
+            let k = pass_i * OPI + lid;
+            hv[k / 4u][k % 4u] = h;
+        }}
+    }}
+    workgroupBarrier();
+    // The workgroup's NV outputs, 16 per thread, rounded as NormQ8 rounds its row.
+    let live = lid * 16u < NV;
+    let i0 = min(lid, NV / 16u - 1u) * 4u;
+    let v0 = hv[i0];
+    let v1 = hv[i0 + 1u];
+    let v2 = hv[i0 + 2u];
+    let v3 = hv[i0 + 3u];
+    mx[lid] = select(0.0, max(max(amax4(v0), amax4(v1)), max(amax4(v2), amax4(v3))), live);
+    workgroupBarrier();
+{quantize}}}
+",
+        upb = lay.units_per_block(),
+        fns = actq_functions(),
+    ))
 }
 
 /// The end of the integer decode kernels: the NR accumulators of each lane summed over the
@@ -3301,6 +3510,20 @@ impl Kernels {
                 norm,
             } => matvec_q8f_source(ctx, *ty, *nr, *spl, *act, *norm)?,
             KernelKey::NormQ8 { k4, act } => normq8_source(ctx, *k4, *act)?,
+            KernelKey::MatVecQ8R {
+                ty,
+                nr,
+                spl,
+                passes,
+                mode,
+                kind,
+                qbase,
+                wg,
+            } => wide_if(
+                ctx,
+                *ty,
+                matvec_q8r_source(ctx, *ty, *nr, *spl, *passes, *mode, *kind, *qbase, *wg)?,
+            )?,
             KernelKey::Prefetch => PREFETCH_WGSL.to_string(),
             KernelKey::MatVecQ8P {
                 ty,
@@ -3411,6 +3634,12 @@ impl Kernels {
                         .replace("$EXACT", if *exact { "true" } else { "false" })
                     + ATTN_COMBINE
             }
+            KernelKey::MatVecQ8Multi { parts, n, order } => {
+                let parts = parts.get(..*n as usize).ok_or_else(|| {
+                    Error::msg(format!("multi mat-vec of {n} parts (at most {MULTI_MAX})"))
+                })?;
+                matvec_q8_multi_source(ctx, parts, *order)?
+            }
         })
     }
 
@@ -3469,4 +3698,377 @@ impl Kernels {
             .get(key)
             .ok_or_else(|| Error::msg(format!("pipeline {key:?} was not compiled at load")))
     }
+}
+
+/// Most matrices (or weight chunks) one [`KernelKey::MatVecQ8Multi`] dispatch covers: their
+/// weight bindings, the input and the output stay within 8 storage bindings, and their
+/// parameter blocks (48 bytes each) within one 256-byte parameter slot.
+pub const MULTI_MAX: usize = 5;
+
+/// One matrix (or weight chunk) of a [`KernelKey::MatVecQ8Multi`] dispatch: the
+/// [`KernelKey::MatVecQ8`] kernel it runs (`ty`, `nr`, `spl`) and its workgroups (row
+/// groups).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MultiPart {
+    /// Weight type id.
+    pub ty: u32,
+    /// Rows per row group.
+    pub nr: u32,
+    /// Lanes per row group.
+    pub spl: u32,
+    /// Workgroups of this part (its rows / the kernel's rows per workgroup, rounded up).
+    pub wgs: u32,
+}
+
+impl MultiPart {
+    /// The single-matrix kernel this part runs.
+    pub fn key(&self) -> KernelKey {
+        KernelKey::MatVecQ8 {
+            ty: self.ty,
+            nr: self.nr,
+            spl: self.spl,
+        }
+    }
+}
+
+/// The workgroup layout of a [`KernelKey::MatVecQ8Multi`] dispatch over `parts`: per part
+/// its first workgroup and stride pattern as (period, workgroups of the part per period,
+/// offset of the part inside the period). `order` 0: one period holding every part's
+/// workgroups one range after the other; 1: periods of `min(wgs)` so that each period
+/// holds ⌈wgs / periods⌉ workgroups of every part (the parts' rows spread over the whole
+/// grid; workgroups past a part's own count do nothing). Returns the layout and the
+/// dispatch's workgroup count.
+pub fn multi_layout(parts: &[MultiPart], order: u32) -> (Vec<(u32, u32, u32)>, u32) {
+    let periods = if order == 1 {
+        parts.iter().map(|p| p.wgs).min().unwrap_or(1).max(1)
+    } else {
+        1
+    };
+    let per: Vec<u32> = parts.iter().map(|p| p.wgs.div_ceil(periods)).collect();
+    let len: u32 = per.iter().sum();
+    let mut off = 0;
+    let lay = per
+        .iter()
+        .map(|&c| {
+            let e = (len, c, off);
+            off += c;
+            e
+        })
+        .collect();
+    (lay, periods * len)
+}
+
+/// Workgroups of a [`KernelKey::MatVecQ8Multi`] dispatch ([`multi_layout`]).
+pub fn multi_workgroups(parts: &[MultiPart], order: u32) -> u32 {
+    multi_layout(parts, order).1
+}
+
+/// Bind-group layout kinds of a [`KernelKey::MatVecQ8Multi`] kernel of `n` parts (for
+/// [`buffer_layouts`]): part 0's weights, the input, the output, the parameter blocks, then
+/// the weights of parts 1 .. n.
+pub fn multi_binding_kinds(n: usize) -> Vec<u8> {
+    let mut k = b"rrwu".to_vec();
+    k.extend(std::iter::repeat_n(b'r', n.saturating_sub(1)));
+    k
+}
+
+/// A top-level item of a WGSL module: its text (leading comments and attributes included),
+/// keyword (`fn`, `struct`, `var`, `const`, `override`, `alias`, `enable`, ...; empty for
+/// a stray `;`) and declared name.
+struct WgslItem<'a> {
+    text: &'a str,
+    kw: &'a str,
+    name: &'a str,
+}
+
+fn is_ident(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
+}
+
+/// The identifier starting at byte `i` of `s` (empty if none).
+fn ident_at(s: &str, i: usize) -> &str {
+    let b = s.as_bytes();
+    let mut j = i;
+    while j < b.len() && is_ident(b[j]) {
+        j += 1;
+    }
+    &s[i..j]
+}
+
+/// Index of the first byte of `s` from `i` that is neither white space nor inside a comment.
+fn skip_blank(s: &str, mut i: usize) -> usize {
+    let b = s.as_bytes();
+    while i < b.len() {
+        if b[i].is_ascii_whitespace() {
+            i += 1;
+        } else if b[i..].starts_with(b"//") {
+            while i < b.len() && b[i] != b'\n' {
+                i += 1;
+            }
+        } else if b[i..].starts_with(b"/*") {
+            i = s[i + 2..].find("*/").map_or(b.len(), |e| i + 2 + e + 2);
+        } else {
+            break;
+        }
+    }
+    i
+}
+
+/// The index just past the bracket that closes the one opening at byte `open` of `s`
+/// (`(`, `[`, `{` or `<`, comments skipped).
+fn close_of(s: &str, open: usize) -> Option<usize> {
+    let b = s.as_bytes();
+    let (o, c) = match b.get(open)? {
+        b'(' => (b'(', b')'),
+        b'[' => (b'[', b']'),
+        b'{' => (b'{', b'}'),
+        b'<' => (b'<', b'>'),
+        _ => return None,
+    };
+    let mut depth = 0usize;
+    let mut i = open;
+    while i < b.len() {
+        let j = skip_blank(s, i);
+        if j != i {
+            i = j;
+            continue;
+        }
+        if b[i] == o {
+            depth += 1;
+        } else if b[i] == c {
+            depth -= 1;
+            if depth == 0 {
+                return Some(i + 1);
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The top-level items of `src`: each ends with a `;` or with the `}` that closes a
+/// declaration's body at depth 0.
+fn wgsl_items(src: &str) -> Result<Vec<WgslItem<'_>>> {
+    let b = src.as_bytes();
+    let bad = || Error::msg("internal: unbalanced WGSL kernel text");
+    let mut items = Vec::new();
+    let mut start = 0;
+    loop {
+        // Keyword: past comments and attributes (`@name` or `@name(...)`).
+        let mut i = skip_blank(src, start);
+        if i >= b.len() {
+            break;
+        }
+        while b.get(i) == Some(&b'@') {
+            i += 1 + ident_at(src, i + 1).len();
+            let j = skip_blank(src, i);
+            if b.get(j) == Some(&b'(') {
+                i = close_of(src, j).ok_or_else(bad)?;
+            }
+            i = skip_blank(src, i);
+        }
+        let kw = ident_at(src, i);
+        i += kw.len();
+        i = skip_blank(src, i);
+        if kw == "var" && b.get(i) == Some(&b'<') {
+            i = skip_blank(src, close_of(src, i).ok_or_else(bad)?);
+        }
+        let name = if matches!(kw, "fn" | "struct" | "var" | "const" | "override" | "alias") {
+            ident_at(src, i)
+        } else {
+            ""
+        };
+        // The end: a `;` at depth 0, or the body's `}` of a fn / struct.
+        let mut end = None;
+        while i < b.len() {
+            let j = skip_blank(src, i);
+            if j != i {
+                i = j;
+                continue;
+            }
+            match b[i] {
+                b';' => {
+                    end = Some(i + 1);
+                    break;
+                }
+                b'(' | b'[' => i = close_of(src, i).ok_or_else(bad)?,
+                b'{' => {
+                    end = Some(close_of(src, i).ok_or_else(bad)?);
+                    break;
+                }
+                _ => i += 1,
+            }
+        }
+        let end = end.ok_or_else(bad)?;
+        items.push(WgslItem {
+            text: &src[start..end],
+            kw,
+            name,
+        });
+        start = end;
+    }
+    Ok(items)
+}
+
+/// `src` with every identifier in `map` replaced (member names after a `.` kept).
+fn rename_idents(src: &str, map: &HashMap<&str, String>) -> String {
+    let b = src.as_bytes();
+    let mut out = String::with_capacity(src.len() + src.len() / 8);
+    let mut i = 0;
+    let mut last = 0;
+    while i < b.len() {
+        if (b[i].is_ascii_alphabetic() || b[i] == b'_') && (i == 0 || !is_ident(b[i - 1])) {
+            let id = ident_at(src, i);
+            let member = src[..i].trim_end().ends_with('.');
+            if let Some(new) = map.get(id).filter(|_| !member) {
+                out.push_str(&src[last..i]);
+                out.push_str(new);
+                last = i + id.len();
+            }
+            i += id.len();
+        } else {
+            i += 1;
+        }
+    }
+    out.push_str(&src[last..]);
+    out
+}
+
+/// WGSL of [`KernelKey::MatVecQ8Multi`]: the [`KernelKey::MatVecQ8`] kernel of every part,
+/// as [`Kernels::source`] builds it (128-bit loads included), made one module. Each part's
+/// declarations get the suffix `_mN` (its weights `W_mN` at binding 0 for part 0, 3 + N
+/// after), its parameters are block N of the uniform array at binding 3, the input `X`
+/// and output `Y` are shared, and its entry point's body runs in the workgroups of its
+/// range ([`multi_layout`]) with `workgroup_id.x` made its own row-group index. The per-row
+/// code is the part's kernel unchanged, so each row's value is the separate dispatch's bit
+/// for bit.
+fn matvec_q8_multi_source(ctx: &GpuContext, parts: &[MultiPart], order: u32) -> Result<String> {
+    if parts.is_empty() || parts.len() > MULTI_MAX || order > 1 {
+        return Err(Error::msg(format!(
+            "multi mat-vec of {} parts (1 to {MULTI_MAX}), order {order}",
+            parts.len()
+        )));
+    }
+    let (lay, total) = multi_layout(parts, order);
+    let bad = |what: &str| Error::msg(format!("multi mat-vec: {what} of the integer kernel"));
+    let mut head = String::new(); // enable directives, Params, X, Y
+    let mut decls = String::new();
+    let mut entry: Option<(String, String, String)> = None; // attributes, parameters, wg name
+    let mut branches = String::new();
+    let mut shared: HashMap<String, String> = HashMap::new();
+    for (k, (p, &(_, per, off))) in parts.iter().zip(&lay).enumerate() {
+        let src = Kernels::source(ctx, &p.key())?;
+        let items = wgsl_items(&src)?;
+        let mut map: HashMap<&str, String> = HashMap::new();
+        for it in &items {
+            if !it.name.is_empty() && !matches!(it.name, "main" | "X" | "Y" | "Params" | "P") {
+                map.insert(it.name, format!("{}_m{k}", it.name));
+            }
+        }
+        map.insert("P", format!("PM.p[{k}u]"));
+        for it in &items {
+            match (it.kw, it.name) {
+                ("enable" | "requires" | "diagnostic", _) | (_, "X" | "Y" | "Params") => {
+                    // Shared: the same text in every part.
+                    // Compared without the comments before it (128-bit loads rewrite them).
+                    let code = it.text[skip_blank(it.text, 0)..].trim_end();
+                    let key = if it.name.is_empty() { code } else { it.name };
+                    match shared.get(key) {
+                        Some(t) if t != code => return Err(bad(&format!("differing `{key}`"))),
+                        Some(_) => {}
+                        None => {
+                            shared.insert(key.to_string(), code.to_string());
+                            head.push_str(code);
+                            head.push('\n');
+                        }
+                    }
+                }
+                ("var", "P") => {}
+                ("var", "W") => {
+                    let t = rename_idents(it.text, &map);
+                    let bind = if k == 0 { 0 } else { 3 + k };
+                    if !t.contains("@binding(0)") {
+                        return Err(bad("weights not at binding 0"));
+                    }
+                    decls.push_str(&t.replacen("@binding(0)", &format!("@binding({bind})"), 1));
+                }
+                ("var", _) if it.text.contains("@binding") => {
+                    return Err(bad(&format!("binding `{}`", it.name)));
+                }
+                ("fn", "main") => {
+                    let t = it.text;
+                    let open = t.find("fn main").ok_or_else(|| bad("entry point"))? + 7;
+                    let open = skip_blank(t, open);
+                    let pend = close_of(t, open).ok_or_else(|| bad("entry parameters"))?;
+                    let params = t[open + 1..pend - 1].trim().to_string();
+                    let bopen = t[pend..].find('{').ok_or_else(|| bad("entry body"))? + pend;
+                    let body = rename_idents(&t[bopen..], &map);
+                    let attrs = t[..t.find("fn main").unwrap_or(0)].trim().to_string();
+                    if !attrs.contains("@compute") {
+                        return Err(bad("entry point without @compute"));
+                    }
+                    let attrs = attrs[attrs.find("@compute").unwrap_or(0)..].to_string();
+                    // The workgroup index parameter; other built-ins that depend on it
+                    // (global ids, workgroup counts) are not remapped.
+                    let mut wg = None;
+                    for a in params.split(',') {
+                        let a = a.trim();
+                        if a.contains("global_invocation_id") || a.contains("num_workgroups") {
+                            return Err(bad("a grid-wide built-in"));
+                        }
+                        if a.contains("@builtin(workgroup_id)") {
+                            let n = a["@builtin(workgroup_id)".len()..].trim();
+                            wg = Some(ident_at(n, 0).to_string());
+                        }
+                    }
+                    let wg = wg.ok_or_else(|| bad("no workgroup_id"))?;
+                    match &entry {
+                        Some(e) if e.0 != attrs || e.1 != params => {
+                            return Err(bad("differing entry points"))
+                        }
+                        Some(_) => {}
+                        None => entry = Some((attrs, params, wg.clone())),
+                    }
+                    let cond = if order == 1 {
+                        format!("pos_m < {}u", off + per)
+                    } else {
+                        format!("wx_m < {}u", off + per)
+                    };
+                    let idx = if order == 1 {
+                        format!("per_m * {per}u + (pos_m - {off}u)")
+                    } else {
+                        format!("wx_m - {off}u")
+                    };
+                    branches.push_str(&format!(
+                        "    {}if ({cond}) {{\n        let l_m = {idx};\n        if (l_m < {}u) {{\n            let {wg} = vec3<u32>(l_m, wg_m.y, wg_m.z);\n            {body}\n        }}\n    }}",
+                        if k == 0 { "" } else { " else " },
+                        p.wgs
+                    ));
+                }
+                _ => decls.push_str(&rename_idents(it.text, &map)),
+            }
+        }
+    }
+    let (attrs, params, wg) = entry.ok_or_else(|| bad("no entry point"))?;
+    let len = lay.first().map_or(1, |l| l.0);
+    Ok(format!(
+        "{head}
+struct ParamsMulti {{
+    p: array<Params, {n}>,
+}}
+@group(0) @binding(3) var<uniform> PM: ParamsMulti;
+{decls}
+
+// {n} mat-vecs in one dispatch of {total} workgroups (order {order}).
+{attrs}
+fn main({params}) {{
+    let wg_m = {wg};
+    let wx_m = wg_m.x;
+    let per_m = wx_m / {len}u;
+    let pos_m = wx_m % {len}u;
+{branches}
+}}
+",
+        n = parts.len()
+    ))
 }

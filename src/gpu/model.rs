@@ -14,7 +14,7 @@ use super::buffers::{
     f32_buffer, scratch, upload_matrix_in, Chunk, GpuMatrix, UploadRing, WeightPool,
 };
 use super::device::GpuContext;
-use super::kernels::{buffer_layouts, KernelKey, Kernels, MatEpi, Tune};
+use super::kernels::{buffer_layouts, KernelKey, Kernels, MatEpi, MultiPart, Tune, MULTI_MAX};
 use super::profile::{HostTimeline, TimelineRec, TL_STRIDE};
 use super::reference::dequantize;
 use super::source::{TensorView, WeightSource};
@@ -235,6 +235,17 @@ enum StepKind {
     /// [`super::kernels::Tune::prefetch_mb`]); no parameters.
     Prefetch {
         bytes: u64,
+    },
+    /// Decode mat-vecs of one group (Q+K and V of different types, weight chunks) in one
+    /// dispatch ([`KernelKey::MatVecQ8Multi`], [`Tune::qkv_multi`]): (matrix, chunk, output
+    /// offset) of each of the `n` parts, with the packed-quant base of their shared input,
+    /// the output stride and mode; one parameter block per part in the step's slot.
+    MatMulti {
+        parts: [(usize, usize, u32); MULTI_MAX],
+        n: usize,
+        q8e: u32,
+        ld_y: u32,
+        mode: u32,
     },
 }
 
@@ -1184,7 +1195,9 @@ impl GpuModel {
                 from.checked_sub(1).and_then(|i| steps.get(i)),
                 steps.get(from),
             ) {
-                if act_epilogue(&ctx.tune, mats, p, a).is_some() {
+                if act_epilogue(&ctx.tune, mats, p, a).is_some()
+                    || swiglu_q_key(&ctx.tune, mats, p, a).is_some()
+                {
                     return;
                 }
             }
@@ -1605,6 +1618,37 @@ impl GpuModel {
                 &mut steps, &mats, out_idx, &onorm, &logits, 0, n_vocab, 0, "output",
             );
         }
+        // The SwiGLU mat-vec rounds its own output for `ffn_down` (`Tune::swiglu_q`): its
+        // workgroups own whole activation blocks, so the rounding step after it leaves the
+        // decode graph.
+        let (bgl_sq, pl_sq) = buffer_layouts(&ctx, "swiglu rounding", b"rrwuw");
+        if fuse_norm && ctx.tune.swiglu_q != 0 {
+            let dec: Vec<usize> = (0..steps.len())
+                .filter(|&i| steps[i].when.runs(When::Decode, 1))
+                .collect();
+            for w in dec.windows(2) {
+                let (i, j) = (w[0], w[1]);
+                let Some(key) = swiglu_q_key(&ctx.tune, &mats, &steps[i], &steps[j]) else {
+                    continue;
+                };
+                let (bufs, StepKind::Mat { m, c, .. }) = (bufs_of.borrow(), steps[i].kind) else {
+                    continue;
+                };
+                let (Some(pb), Some(ab), Some(ch)) = (
+                    bufs.get(&steps[i].slot),
+                    bufs.get(&steps[j].slot),
+                    mats.get(m).and_then(|mat| mat.chunks.get(c)),
+                ) else {
+                    return Err(Error::msg(
+                        "internal: a SwiGLU step's buffers were not kept",
+                    ));
+                };
+                let bind = bgw(&bgl_sq, ch, &[&pb[1], &pb[2], &ab[2]], steps[i].slot);
+                steps[i].key = key;
+                steps[i].bind = bind;
+                steps[j].when = When::Batch;
+            }
+        }
         // Last-workgroup epilogues (`Tune::lw_actq`, `Tune::lw_norm`): a decode mat-vec
         // takes over the rounding or NormQ8 dispatches right after it.
         let (bgl_e, pl_e) = buffer_layouts(&ctx, "mat epilogue", b"rrwwurwww");
@@ -1732,6 +1776,13 @@ impl GpuModel {
                 return Err(Error::msg("internal: params slots underestimated"));
             }
         }
+        // Decode mat-vecs of one QKV group with different types or several weight chunks in
+        // one dispatch (`Tune::qkv_multi`).
+        let multi_layouts = if fuse_norm && ctx.tune.qkv_multi != 0 {
+            merge_qkv(&ctx, &params, &mats, &mut steps, &bufs_of.borrow())?
+        } else {
+            Default::default()
+        };
         mem.scratch += act.borrow().bytes;
         if attn_part.is_some() {
             mem.scratch += 4 * (attn_stats + 2 * cfg.n_head * attn_nch as usize) as u64;
@@ -1822,11 +1873,16 @@ impl GpuModel {
                 | KernelKey::MatVecQ8P { norm: true, .. } => &pl_matn,
                 KernelKey::NormQ8 { .. } => &pl_nq,
                 KernelKey::MatVecQ8E { .. } => &pl_e,
+                KernelKey::MatVecQ8R { .. } => &pl_sq,
                 KernelKey::AttnDecode { .. } => &pl_attd,
                 KernelKey::AttnDecodeQ { .. } => &pl_attq,
                 KernelKey::NormRound { .. } => &pl_nr,
                 KernelKey::Arch(ArchOp::QkPrep) => &pl_prep,
                 KernelKey::Prefetch => &pl_pf,
+                KernelKey::MatVecQ8Multi { n, .. } => match multi_layouts.get(&(n as usize)) {
+                    Some(l) => &l.1,
+                    None => return Err(Error::msg("internal: multi mat-vec without its layout")),
+                },
                 _ => &pl_mat,
             };
             kernels.get_with_layout(&ctx, &s.key, pl)?;
@@ -2055,6 +2111,13 @@ impl GpuModel {
                     let mat = &self.mats[m];
                     mat.file_bytes * mat.chunks[c].rows as u64 / mat.rows.max(1) as u64
                 }
+                StepKind::MatMulti { parts, n, .. } => parts[..n]
+                    .iter()
+                    .map(|&(m, c, _)| {
+                        let mat = &self.mats[m];
+                        mat.file_bytes * mat.chunks[c].rows as u64 / mat.rows.max(1) as u64
+                    })
+                    .sum(),
                 _ => 0,
             })
             .collect()
@@ -2089,6 +2152,13 @@ impl GpuModel {
                     let ntok = if last_only { 1 } else { n };
                     2.0 * mat.chunks[c].rows as f64 * mat.cols as f64 * ntok as f64
                 }
+                StepKind::MatMulti { parts, n, .. } => parts[..n]
+                    .iter()
+                    .map(|&(m, c, _)| {
+                        let mat = &self.mats[m];
+                        2.0 * mat.chunks[c].rows as f64 * mat.cols as f64
+                    })
+                    .sum(),
                 _ => 0.0,
             })
             .collect()
@@ -2317,6 +2387,47 @@ impl GpuModel {
                                 ch.rows.div_ceil(8 * tune.nr_prompt),
                                 ntok.div_ceil(tune.nt_prompt),
                             )
+                        };
+                    }
+                    StepKind::MatMulti {
+                        parts,
+                        n: np,
+                        q8e,
+                        ld_y,
+                        mode,
+                    } => {
+                        // Decode only (one token): one parameter block per part, as the
+                        // part's own `Mat` step would have it.
+                        let mut blocks = Vec::with_capacity(np);
+                        for &(m, c, y_off) in &parts[..np] {
+                            let mat = &self.mats[m];
+                            let ch = &mat.chunks[c];
+                            blocks.push([
+                                ch.rows,
+                                (mat.cols / 32) as u32,
+                                ch.d_off,
+                                0,
+                                q8e,
+                                y_off,
+                                ld_y,
+                                1,
+                                mode,
+                                ch.row0,
+                                0,
+                                cfg.eps.to_bits(),
+                            ]);
+                        }
+                        for (k, b) in blocks.iter().enumerate().skip(1) {
+                            let o = s.slot * SLOT + 48 * k;
+                            pbytes[o..o + 48].copy_from_slice(bytemuck::cast_slice(b));
+                        }
+                        p = blocks[0];
+                        wg = match &s.key {
+                            KernelKey::MatVecQ8Multi { parts, n, order } => (
+                                super::kernels::multi_workgroups(&parts[..*n as usize], *order),
+                                1,
+                            ),
+                            _ => return Err(Error::msg("internal: multi step without its kernel")),
                         };
                     }
                     StepKind::ActQ {
@@ -2761,6 +2872,77 @@ fn act_epilogue(tune: &Tune, mats: &[GpuMatrix], p: &Step, a: &Step) -> Option<K
     })
 }
 
+/// The [`KernelKey::MatVecQ8R`] key ([`Tune::swiglu_q`]) for the decode SwiGLU mat-vec `p`
+/// whose output the rounding step `a` rounds next, where it applies: one weight chunk, the
+/// integer kernel, the output at the start of its buffer, rows that split into whole
+/// workgroups of whole activation blocks. Q8_K roundings become 32-value Q8_0 blocks with
+/// [`Tune::swiglu_q32k`] (the K-quant `ffn_down` reads per-32 scales either way), or stay
+/// blocks of 256 with `swiglu_q` = 2.
+fn swiglu_q_key(tune: &Tune, mats: &[GpuMatrix], p: &Step, a: &Step) -> Option<KernelKey> {
+    let (
+        StepKind::Mat {
+            m, mode, y_off: 0, ..
+        },
+        &KernelKey::MatVecQ8 { ty, nr, spl },
+        StepKind::ActQ {
+            kind,
+            k,
+            last_only: false,
+            q8e,
+            ..
+        },
+    ) = (p.kind, &p.key, a.kind)
+    else {
+        return None;
+    };
+    let kind = match kind {
+        3 => 3,
+        4 if tune.swiglu_q32k => 3,
+        4 if tune.swiglu_q == 2 => 4,
+        _ => return None,
+    };
+    let bs: u32 = if kind == 3 { 32 } else { 256 };
+    let spl = match tune.swiglu_q_lanes {
+        0 => spl,
+        l => l,
+    };
+    let nr = match tune.swiglu_q_nr {
+        0 => nr,
+        n => n,
+    };
+    let wg = tune.swiglu_q_wg;
+    let rpw = (wg / spl) * nr;
+    let (opi, rows) = match mode {
+        2 => (rpw / 2, 2 * k as usize),
+        3 => (rpw, k as usize),
+        _ => return None,
+    };
+    if opi == 0 || (opi % bs != 0 && bs % opi != 0) {
+        return None;
+    }
+    let passes = if opi >= bs { 1 } else { bs / opi };
+    let mat = mats.get(m)?;
+    let ok = tune.swiglu_q != 0
+        && p.when == When::Decode
+        && mat.chunks.len() == 1
+        && mat.rows == rows
+        && rows % (rpw * passes) as usize == 0
+        && q8e != 0
+        && q8e % 64 == 0
+        && k % bs == 0
+        && opi * passes <= 4096;
+    ok.then_some(KernelKey::MatVecQ8R {
+        ty,
+        nr,
+        spl,
+        passes,
+        mode,
+        kind,
+        qbase: q8e,
+        wg,
+    })
+}
+
 /// The [`KernelKey::MatVecQ8E`] key with a NormQ8 epilogue ([`MatEpi::Norm`],
 /// [`Tune::lw_norm`]) for the residual mat-vec `p` (mode 1) followed by the NormQ8 steps
 /// `nqs` (one per activation kind, same norm), where it applies: one weight chunk writing
@@ -2862,4 +3044,166 @@ fn persist_key(tune: &Tune, ty: GgmlType, cols: usize, act: u32, norm: bool) -> 
         }),
         _ => None,
     }
+}
+
+/// Bind-group and pipeline layouts of the [`KernelKey::MatVecQ8Multi`] kernels, by part count.
+type MultiLayouts = std::collections::HashMap<usize, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>;
+
+/// The [`KernelKey::MatVecQ8Multi`] part of a decode step, where it can be one: a decode-only
+/// `qkv` integer mat-vec (one token, store mode 0) reading packed quants. Returns the part
+/// (its workgroups counted as the step's own dispatch counts them) and (matrix, chunk, output
+/// offset, input base, output stride).
+fn multi_part(tune: &Tune, mats: &[GpuMatrix], s: &Step) -> Option<(MultiPart, [u32; 5])> {
+    let (
+        StepKind::Mat {
+            m,
+            c,
+            y_off,
+            ld_y,
+            mode: 0,
+            q8e,
+            ..
+        },
+        &KernelKey::MatVecQ8 { ty, nr, spl },
+    ) = (s.kind, &s.key)
+    else {
+        return None;
+    };
+    if s.when != When::Decode || s.role != "qkv" || q8e == 0 {
+        return None;
+    }
+    let ch = mats.get(m)?.chunks.get(c)?;
+    let wgs = ch
+        .rows
+        .div_ceil(tune.rows_per_wg(&s.key, tune.decode_nr(ty)));
+    Some((
+        MultiPart { ty, nr, spl, wgs },
+        [m as u32, c as u32, y_off, q8e, ld_y],
+    ))
+}
+
+/// Replaces every run of consecutive decode `qkv` mat-vecs that read the same rounded input
+/// ([`multi_part`]: Q+K and V of different types, weight chunks) by
+/// [`KernelKey::MatVecQ8Multi`] steps of up to [`MULTI_MAX`] parts, each in the slot of the
+/// run's first step. `bufs` holds each step's buffers by slot (weights, input, output).
+/// Returns the layouts the new steps use.
+fn merge_qkv(
+    ctx: &GpuContext,
+    params: &wgpu::Buffer,
+    mats: &[GpuMatrix],
+    steps: &mut Vec<Step>,
+    bufs: &std::collections::HashMap<usize, Vec<wgpu::Buffer>>,
+) -> Result<MultiLayouts> {
+    let tune = &ctx.tune;
+    let mut layouts = MultiLayouts::new();
+    let dec: Vec<usize> = (0..steps.len())
+        .filter(|&i| steps[i].when.runs(When::Decode, 1))
+        .collect();
+    // Runs: (step index, part, ids), consecutive in the decode graph, same input and output.
+    let mut runs: Vec<Vec<(usize, MultiPart, [u32; 5])>> = Vec::new();
+    let mut open = false;
+    for &i in &dec {
+        let Some((part, ids)) = multi_part(tune, mats, &steps[i]) else {
+            open = false;
+            continue;
+        };
+        let io = |i: usize| bufs.get(&steps[i].slot).and_then(|b| b.get(1..3));
+        let joins = match runs.last().and_then(|r| r.last()) {
+            Some(&(j, _, jids)) if open => {
+                io(i).is_some() && io(i) == io(j) && ids[3..] == jids[3..]
+            }
+            _ => false,
+        };
+        if joins {
+            if let Some(r) = runs.last_mut() {
+                r.push((i, part, ids));
+            }
+        } else {
+            runs.push(vec![(i, part, ids)]);
+        }
+        open = true;
+    }
+    let mut drop = std::collections::HashSet::new();
+    for run in &runs {
+        for piece in run.chunks(MULTI_MAX) {
+            if piece.len() < 2 {
+                continue;
+            }
+            let n = piece.len();
+            let first = &steps[piece[0].0];
+            let b = bufs
+                .get(&first.slot)
+                .filter(|b| b.len() >= 3)
+                .ok_or_else(|| Error::msg("internal: a qkv step's buffers were not kept"))?;
+            let (bgl, _) = layouts.entry(n).or_insert_with(|| {
+                buffer_layouts(ctx, "mat multi", &super::kernels::multi_binding_kinds(n))
+            });
+            let mut kparts = [MultiPart::default(); MULTI_MAX];
+            let mut sparts = [(0usize, 0usize, 0u32); MULTI_MAX];
+            let mut entries = Vec::new();
+            for (k, &(_, part, ids)) in piece.iter().enumerate() {
+                kparts[k] = part;
+                sparts[k] = (ids[0] as usize, ids[1] as usize, ids[2]);
+                let ch = mats
+                    .get(ids[0] as usize)
+                    .and_then(|m| m.chunks.get(ids[1] as usize))
+                    .ok_or_else(|| Error::msg("internal: a qkv step without its chunk"))?;
+                entries.push(wgpu::BindGroupEntry {
+                    binding: if k == 0 { 0 } else { 3 + k as u32 },
+                    resource: ch.binding(),
+                });
+            }
+            entries.push(wgpu::BindGroupEntry {
+                binding: 1,
+                resource: b[1].as_entire_binding(),
+            });
+            entries.push(wgpu::BindGroupEntry {
+                binding: 2,
+                resource: b[2].as_entire_binding(),
+            });
+            entries.push(wgpu::BindGroupEntry {
+                binding: 3,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: params,
+                    offset: (first.slot * SLOT) as u64,
+                    size: wgpu::BufferSize::new(48 * n as u64),
+                }),
+            });
+            let bind = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("mat multi"),
+                layout: bgl,
+                entries: &entries,
+            });
+            let ids = piece[0].2;
+            let step = Step {
+                kind: StepKind::MatMulti {
+                    parts: sparts,
+                    n,
+                    q8e: ids[3],
+                    ld_y: ids[4],
+                    mode: 0,
+                },
+                when: When::Decode,
+                role: first.role,
+                bind,
+                slot: first.slot,
+                key: KernelKey::MatVecQ8Multi {
+                    parts: kparts,
+                    n: n as u32,
+                    order: tune.qkv_multi.saturating_sub(1).min(1),
+                },
+                n: 0,
+            };
+            steps[piece[0].0] = step;
+            drop.extend(piece[1..].iter().map(|p| p.0));
+        }
+    }
+    let old = std::mem::take(steps);
+    steps.extend(
+        old.into_iter()
+            .enumerate()
+            .filter(|(i, _)| !drop.contains(i))
+            .map(|(_, s)| s),
+    );
+    Ok(layouts)
 }
