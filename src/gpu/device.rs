@@ -17,6 +17,12 @@ pub struct DeviceOptions {
     pub adapter_name: Option<String>,
 }
 
+/// Longest spin of [`GpuContext::wait_for`] before it falls back to the blocking poll. On
+/// the H100 several threads spinning on one device (the GPU test binaries) could spin for
+/// minutes without the callback (session 8: `gpu_actq_kernel` hung with `GGUFQ_SPIN_WAIT=1`
+/// and passed in 9 s with 0); one decode step of a 7B model takes 3-4 ms.
+pub const SPIN_LIMIT: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Facts about the opened adapter, for reports.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct AdapterFacts {
@@ -188,20 +194,24 @@ impl GpuContext {
     }
 
     /// Block until `done` is set by a callback that a poll of the device runs (a buffer
-    /// map): with `Tune::spin_wait`, by polling without blocking in a loop; otherwise by
-    /// one blocking poll (all submitted work done).
+    /// map): with `Tune::spin_wait`, by polling without blocking in a loop (for at most
+    /// [`SPIN_LIMIT`]); otherwise by one blocking poll (all submitted work done).
     pub fn wait_for(&self, done: &std::sync::atomic::AtomicBool) -> Result<()> {
         use std::sync::atomic::Ordering;
         if !self.tune.spin_wait {
             return self.wait();
         }
+        let start = std::time::Instant::now();
         while !done.load(Ordering::Acquire) {
             let st = self
                 .device
                 .poll(wgpu::PollType::Poll)
                 .map_err(|e| Error::msg(format!("GPU poll failed: {e}")))?;
-            if st.is_queue_empty() && !done.load(Ordering::Acquire) {
-                // Nothing left to run, so the callback can only come from a blocking poll.
+            if (st.is_queue_empty() && !done.load(Ordering::Acquire))
+                || start.elapsed() > SPIN_LIMIT
+            {
+                // Nothing left to run, so the callback can only come from a blocking poll;
+                // or spinning longer than a forward takes: finish as the blocking wait does.
                 return self.wait();
             }
             std::hint::spin_loop();

@@ -794,7 +794,10 @@ pub struct Tune {
     /// The decode attention loads the K row of each thread's first scored position (bit 2)
     /// and the V rows of its first four accumulated positions (bit 1) into registers before
     /// the new token's Q/K/V phase, so that their memory latency overlaps it; the same
-    /// arithmetic in the same order. GGUFQ_ATTN_PRE: 0 none, 1 V, 2 K, 3 both.
+    /// arithmetic in the same order, through the same code path (session 8: with separate
+    /// paths the H100's compiler contracted them differently). GGUFQ_ATTN_PRE: 0 none
+    /// (default since session 8: after its final table, 7B tg128 with 0 was equal or
+    /// faster in 4 of 6 pairs, Q2_K +2 to +4 %), 1 V, 2 K, 3 both.
     pub attn_pre: u32,
     /// One-token forwards wait for their logits by polling the device in a loop
     /// (`PollType::Poll`) until the read-back's map callback has fired, instead of one
@@ -1142,7 +1145,7 @@ impl Tune {
             div_skew: 0,
             attn_live: get("GGUFQ_ATTN_LIVE", 1, &[0, 1]),
             attn_skip: std::env::var("GGUFQ_ATTN_SKIP").as_deref() != Ok("0"),
-            attn_pre: get("GGUFQ_ATTN_PRE", 3, &[0, 1, 2, 3]),
+            attn_pre: get("GGUFQ_ATTN_PRE", 0, &[0, 1, 2, 3]),
             spin_wait: std::env::var("GGUFQ_SPIN_WAIT").as_deref() != Ok("0"),
             weight_pool: std::env::var("GGUFQ_WEIGHT_POOL")
                 .ok()
