@@ -2816,11 +2816,22 @@ fn bind_with_params<'a>(
     })
 }
 
-/// The [`KernelKey::MatVecQ8E`] key with a rounding epilogue ([`MatEpi::Act`],
-/// [`Tune::lw_actq`]) for the decode SwiGLU mat-vec `p` whose output the rounding step `a`
-/// rounds next, where it applies: one weight chunk, the integer kernel, the output at the
-/// start of its buffer, whole activation blocks each completed by whole workgroups.
-fn act_epilogue(tune: &Tune, mats: &[GpuMatrix], p: &Step, a: &Step) -> Option<KernelKey> {
+/// A decode SwiGLU mat-vec step (integer kernel, output at the start of its buffer) and the
+/// rounding step of its output right after it: what [`act_epilogue`] and [`swiglu_q_key`]
+/// fold together.
+struct SwigluRound {
+    m: usize,
+    mode: u32,
+    ty: u32,
+    nr: u32,
+    spl: u32,
+    kind: u32,
+    k: u32,
+    q8e: u32,
+}
+
+/// The [`SwigluRound`] of steps `p` and `a`, if they are one.
+fn swiglu_round(p: &Step, a: &Step) -> Option<SwigluRound> {
     let (
         StepKind::Mat {
             m, mode, y_off: 0, ..
@@ -2837,6 +2848,43 @@ fn act_epilogue(tune: &Tune, mats: &[GpuMatrix], p: &Step, a: &Step) -> Option<K
     else {
         return None;
     };
+    Some(SwigluRound {
+        m,
+        mode,
+        ty,
+        nr,
+        spl,
+        kind,
+        k,
+        q8e,
+    })
+}
+
+/// Outputs per `rpw` matrix rows and the matrix rows of a SwiGLU mat-vec of `k` outputs:
+/// mode 2 (interleaved gate/up rows) or 3 (the up rows, gate stored before).
+fn swiglu_outputs(mode: u32, rpw: u32, k: u32) -> Option<(u32, usize)> {
+    match mode {
+        2 => Some((rpw / 2, 2 * k as usize)),
+        3 => Some((rpw, k as usize)),
+        _ => None,
+    }
+}
+
+/// The [`KernelKey::MatVecQ8E`] key with a rounding epilogue ([`MatEpi::Act`],
+/// [`Tune::lw_actq`]) for the decode SwiGLU mat-vec `p` whose output the rounding step `a`
+/// rounds next, where it applies: one weight chunk, the integer kernel, the output at the
+/// start of its buffer, whole activation blocks each completed by whole workgroups.
+fn act_epilogue(tune: &Tune, mats: &[GpuMatrix], p: &Step, a: &Step) -> Option<KernelKey> {
+    let SwigluRound {
+        m,
+        mode,
+        ty,
+        nr,
+        spl,
+        kind,
+        k,
+        q8e,
+    } = swiglu_round(p, a)?;
     let bs = match kind {
         3 => 32,
         4 => 256,
@@ -2844,11 +2892,7 @@ fn act_epilogue(tune: &Tune, mats: &[GpuMatrix], p: &Step, a: &Step) -> Option<K
     };
     let mat = mats.get(m)?;
     let rpw = (256 / spl) * nr;
-    let (opw, rows) = match mode {
-        2 => (rpw / 2, 2 * k as usize),
-        3 => (rpw, k as usize),
-        _ => return None,
-    };
+    let (opw, rows) = swiglu_outputs(mode, rpw, k)?;
     let ok = tune.lw_actq
         && p.when == When::Decode
         && mat.chunks.len() == 1
@@ -2879,22 +2923,16 @@ fn act_epilogue(tune: &Tune, mats: &[GpuMatrix], p: &Step, a: &Step) -> Option<K
 /// [`Tune::swiglu_q32k`] (the K-quant `ffn_down` reads per-32 scales either way), or stay
 /// blocks of 256 with `swiglu_q` = 2.
 fn swiglu_q_key(tune: &Tune, mats: &[GpuMatrix], p: &Step, a: &Step) -> Option<KernelKey> {
-    let (
-        StepKind::Mat {
-            m, mode, y_off: 0, ..
-        },
-        &KernelKey::MatVecQ8 { ty, nr, spl },
-        StepKind::ActQ {
-            kind,
-            k,
-            last_only: false,
-            q8e,
-            ..
-        },
-    ) = (p.kind, &p.key, a.kind)
-    else {
-        return None;
-    };
+    let SwigluRound {
+        m,
+        mode,
+        ty,
+        nr,
+        spl,
+        kind,
+        k,
+        q8e,
+    } = swiglu_round(p, a)?;
     let kind = match kind {
         3 => 3,
         4 if tune.swiglu_q32k => 3,
@@ -2912,11 +2950,7 @@ fn swiglu_q_key(tune: &Tune, mats: &[GpuMatrix], p: &Step, a: &Step) -> Option<K
     };
     let wg = tune.swiglu_q_wg;
     let rpw = (wg / spl) * nr;
-    let (opi, rows) = match mode {
-        2 => (rpw / 2, 2 * k as usize),
-        3 => (rpw, k as usize),
-        _ => return None,
-    };
+    let (opi, rows) = swiglu_outputs(mode, rpw, k)?;
     if opi == 0 || (opi % bs != 0 && bs % opi != 0) {
         return None;
     }
