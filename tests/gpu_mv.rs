@@ -33,17 +33,9 @@ fn ctx(max_binding: Option<u64>, wide: u32) -> Option<GpuContext> {
     Some(c)
 }
 
+/// Inputs with every 89th value (from the 4th) × 7.
 fn xs(n: usize, seed: u32) -> Vec<f32> {
-    (0..n)
-        .map(|i| {
-            let v = (((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0;
-            if i % 89 == 3 {
-                v * 7.0
-            } else {
-                v
-            }
-        })
-        .collect()
+    gpu_fixture::hashed_inputs(n, seed, 89, 3, 7.0)
 }
 
 /// Every variant of `name` on a `rows` × `cols` matrix: bit for bit the runtime-loop kernel

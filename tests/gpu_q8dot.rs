@@ -20,20 +20,6 @@ fn context() -> Option<GpuContext> {
     gpu_fixture::device(&DeviceOptions::default())
 }
 
-/// Inputs with a few large values, so that the blocks' scales differ.
-fn xs(n: usize, seed: u32) -> Vec<f32> {
-    (0..n)
-        .map(|i| {
-            let v = (((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0;
-            if i % 97 == 5 {
-                v * 9.0
-            } else {
-                v
-            }
-        })
-        .collect()
-}
-
 /// Runs the integer kernel of `name` on a `rows` × `cols` matrix; checks that the GPU's
 /// rounded input is the CPU backend's bit for bit and that the product matches the f64
 /// reference over that input to 1e-5 of its largest value.
@@ -42,7 +28,7 @@ fn check(ctx: &GpuContext, runner: &mut MatRunner, name: &str, rows: usize, cols
     let data = random_blocks(ty, rows * cols, 3 + rows as u64, 0.3).unwrap();
     let w = dequantize(ty, &data, rows * cols).unwrap();
     let m = upload_matrix(ctx, name, ty, rows, cols, &data).unwrap();
-    let x = xs(cols, rows as u32 ^ cols as u32);
+    let x = gpu_fixture::spiky_inputs(cols, rows as u32 ^ cols as u32);
     let (y, xr) = runner.run_q8(ctx, &m, &x, nr).unwrap();
     let mut cpu = x.clone();
     ActQuant::for_weight(ty).unwrap().apply(&mut cpu);
@@ -162,7 +148,7 @@ fn gpu_activation_rounding_long_and_ragged_rows_match_cpu() {
         ("BF16", 4099),
     ] {
         let ty = GgmlType::from_name(name).unwrap();
-        let x = xs(3 * k, k as u32);
+        let x = gpu_fixture::spiky_inputs(3 * k, k as u32);
         let gpu = ggufq::gpu::actq::round_rows(&ctx, ty, &x, k).unwrap();
         let mut cpu = x.clone();
         for row in cpu.chunks_mut(k) {

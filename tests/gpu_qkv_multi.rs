@@ -161,20 +161,6 @@ fn gpu_multi_kernels_are_valid_wgsl_with_and_without_subgroups() {
     }
 }
 
-/// Inputs with a few large values, so that the blocks' scales differ.
-fn xs(n: usize, seed: u32) -> Vec<f32> {
-    (0..n)
-        .map(|i| {
-            let v = (((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0;
-            if i % 97 == 5 {
-                v * 9.0
-            } else {
-                v
-            }
-        })
-        .collect()
-}
-
 /// The matrices `mats` (same columns, activations of one rounding kind) on the rounded `x`:
 /// `multi` = None: one `MatVecQ8` dispatch per weight chunk; Some(order): the chunks'
 /// kernels in `MatVecQ8Multi` dispatches of up to MULTI_MAX parts. Outputs one after the
@@ -317,7 +303,7 @@ fn gpu_multi_matvec_equals_separate_dispatches_bit_for_bit() {
                     "{names:?}: not split ({chunks} chunks)"
                 );
             }
-            let x = xs(cols, 77);
+            let x = gpu_fixture::spiky_inputs(cols, 77);
             let (sep, n_sep) = run(&c, &mats, &x, None);
             assert_eq!(n_sep, chunks);
             assert!(sep.iter().all(|v| v.is_finite()) && sep.iter().any(|v| *v != 0.0));

@@ -37,20 +37,6 @@ fn ctx_wg(on: u32, lanes: u32, nr: u32, q32k: bool, wg: u32) -> Option<Arc<GpuCo
     })
 }
 
-/// Inputs with a few large values, so that the blocks' scales differ.
-fn xs(n: usize, seed: u32) -> Vec<f32> {
-    (0..n)
-        .map(|i| {
-            let v = (((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0;
-            if i % 97 == 5 {
-                v * 9.0
-            } else {
-                v
-            }
-        })
-        .collect()
-}
-
 /// The values that the packed region `packed` (from the packed base: int8 quants, then the
 /// per-32 scales) of `n` values stands for.
 fn unpack(packed: &[u32], n: usize) -> Vec<f32> {
@@ -87,7 +73,7 @@ fn gpu_swiglu_rounding_equals_the_actq_dispatch_bit_for_bit() {
             let rows = 2 * n_out;
             let data = random_blocks(ty, rows * cols, 11 + cols as u64, 0.3).unwrap();
             let m = upload_matrix(&c, name, ty, rows, cols, &data).unwrap();
-            let x = xs(cols, rows as u32 ^ cols as u32);
+            let x = gpu_fixture::spiky_inputs(cols, rows as u32 ^ cols as u32);
             // (lanes, rows per lane, passes, kind, invocations): the default shape looped
             // over a block, one pass of 64 rows, two and four passes, every lane its own
             // pass, Q8_K blocks; workgroups of 512.

@@ -184,3 +184,24 @@ impl WeightSource for Without<'_> {
         self.src.hparams()
     }
 }
+
+/// Deterministic inputs in [-1, 1) from a multiplicative hash of the index and `seed`; every
+/// value at an index ≡ `phase` (mod `period`) multiplied by `scale`, so that the rounding
+/// blocks' scales differ.
+pub fn hashed_inputs(n: usize, seed: u32, period: usize, phase: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let v = (((i as u32).wrapping_mul(2654435761) ^ seed) % 2001) as f32 / 1000.0 - 1.0;
+            if i % period == phase {
+                v * scale
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+/// The rounding tests' inputs: [`hashed_inputs`] with every 97th value (from the 6th) × 9.
+pub fn spiky_inputs(n: usize, seed: u32) -> Vec<f32> {
+    hashed_inputs(n, seed, 97, 5, 9.0)
+}
