@@ -2816,11 +2816,11 @@ fn bind_with_params<'a>(
     })
 }
 
-/// A decode SwiGLU mat-vec step (integer kernel, output at the start of its buffer) and the
-/// rounding step of its output right after it: what [`act_epilogue`] and [`swiglu_q_key`]
-/// fold together.
+/// A decode SwiGLU mat-vec step and the rounding step of its output right after it, where
+/// either can fold the rounding into the mat-vec ([`act_epilogue`], [`swiglu_q_key`]): the
+/// integer kernel, one weight chunk whose rows are the `k` outputs' gate/up rows, the output
+/// at the start of its buffer, the rounded copy at a 64-word aligned base.
 struct SwigluRound {
-    m: usize,
     mode: u32,
     ty: u32,
     nr: u32,
@@ -2828,10 +2828,13 @@ struct SwigluRound {
     kind: u32,
     k: u32,
     q8e: u32,
+    /// Matrix rows per output: 2 (mode 2, interleaved gate/up rows) or 1 (mode 3, the up
+    /// rows; gate stored before).
+    rows_per_out: u32,
 }
 
 /// The [`SwigluRound`] of steps `p` and `a`, if they are one.
-fn swiglu_round(p: &Step, a: &Step) -> Option<SwigluRound> {
+fn swiglu_round(mats: &[GpuMatrix], p: &Step, a: &Step) -> Option<SwigluRound> {
     let (
         StepKind::Mat {
             m, mode, y_off: 0, ..
@@ -2848,8 +2851,18 @@ fn swiglu_round(p: &Step, a: &Step) -> Option<SwigluRound> {
     else {
         return None;
     };
-    Some(SwigluRound {
-        m,
+    let rows_per_out = match mode {
+        2 => 2,
+        3 => 1,
+        _ => return None,
+    };
+    let mat = mats.get(m)?;
+    let ok = p.when == When::Decode
+        && mat.chunks.len() == 1
+        && mat.rows == (rows_per_out * k) as usize
+        && q8e != 0
+        && q8e % 64 == 0;
+    ok.then_some(SwigluRound {
         mode,
         ty,
         nr,
@@ -2857,17 +2870,8 @@ fn swiglu_round(p: &Step, a: &Step) -> Option<SwigluRound> {
         kind,
         k,
         q8e,
+        rows_per_out,
     })
-}
-
-/// Outputs per `rpw` matrix rows and the matrix rows of a SwiGLU mat-vec of `k` outputs:
-/// mode 2 (interleaved gate/up rows) or 3 (the up rows, gate stored before).
-fn swiglu_outputs(mode: u32, rpw: u32, k: u32) -> Option<(u32, usize)> {
-    match mode {
-        2 => Some((rpw / 2, 2 * k as usize)),
-        3 => Some((rpw, k as usize)),
-        _ => None,
-    }
 }
 
 /// The [`KernelKey::MatVecQ8E`] key with a rounding epilogue ([`MatEpi::Act`],
@@ -2876,7 +2880,6 @@ fn swiglu_outputs(mode: u32, rpw: u32, k: u32) -> Option<(u32, usize)> {
 /// start of its buffer, whole activation blocks each completed by whole workgroups.
 fn act_epilogue(tune: &Tune, mats: &[GpuMatrix], p: &Step, a: &Step) -> Option<KernelKey> {
     let SwigluRound {
-        m,
         mode,
         ty,
         nr,
@@ -2884,24 +2887,15 @@ fn act_epilogue(tune: &Tune, mats: &[GpuMatrix], p: &Step, a: &Step) -> Option<K
         kind,
         k,
         q8e,
-    } = swiglu_round(p, a)?;
+        rows_per_out,
+    } = swiglu_round(mats, p, a)?;
     let bs = match kind {
         3 => 32,
         4 => 256,
         _ => return None,
     };
-    let mat = mats.get(m)?;
-    let rpw = (256 / spl) * nr;
-    let (opw, rows) = swiglu_outputs(mode, rpw, k)?;
-    let ok = tune.lw_actq
-        && p.when == When::Decode
-        && mat.chunks.len() == 1
-        && mat.rows == rows
-        && q8e != 0
-        && q8e % 64 == 0
-        && k % bs == 0
-        && opw > 0
-        && bs % opw == 0;
+    let opw = (256 / spl) * nr / rows_per_out;
+    let ok = tune.lw_actq && k % bs == 0 && opw > 0 && bs % opw == 0;
     ok.then_some(KernelKey::MatVecQ8E {
         ty,
         nr,
@@ -2924,7 +2918,6 @@ fn act_epilogue(tune: &Tune, mats: &[GpuMatrix], p: &Step, a: &Step) -> Option<K
 /// blocks of 256 with `swiglu_q` = 2.
 fn swiglu_q_key(tune: &Tune, mats: &[GpuMatrix], p: &Step, a: &Step) -> Option<KernelKey> {
     let SwigluRound {
-        m,
         mode,
         ty,
         nr,
@@ -2932,7 +2925,8 @@ fn swiglu_q_key(tune: &Tune, mats: &[GpuMatrix], p: &Step, a: &Step) -> Option<K
         kind,
         k,
         q8e,
-    } = swiglu_round(p, a)?;
+        rows_per_out,
+    } = swiglu_round(mats, p, a)?;
     let kind = match kind {
         3 => 3,
         4 if tune.swiglu_q32k => 3,
@@ -2950,19 +2944,13 @@ fn swiglu_q_key(tune: &Tune, mats: &[GpuMatrix], p: &Step, a: &Step) -> Option<K
     };
     let wg = tune.swiglu_q_wg;
     let rpw = (wg / spl) * nr;
-    let (opi, rows) = swiglu_outputs(mode, rpw, k)?;
+    let opi = rpw / rows_per_out;
     if opi == 0 || (opi % bs != 0 && bs % opi != 0) {
         return None;
     }
     let passes = if opi >= bs { 1 } else { bs / opi };
-    let mat = mats.get(m)?;
     let ok = tune.swiglu_q != 0
-        && p.when == When::Decode
-        && mat.chunks.len() == 1
-        && mat.rows == rows
-        && rows % (rpw * passes) as usize == 0
-        && q8e != 0
-        && q8e % 64 == 0
+        && (rows_per_out * k) % (rpw * passes) == 0
         && k % bs == 0
         && opi * passes <= 4096;
     ok.then_some(KernelKey::MatVecQ8R {
