@@ -114,6 +114,14 @@ pub struct Args {
     /// With --decode-chain: only the default kernel and the named variants' rows, no grid.
     #[arg(long)]
     pub chain_quick: bool,
+    /// With --kernels: time a step boundary crossed by a grid barrier inside one dispatch
+    /// against a dependent dispatch (µs per step), for each of --sync-workgroups.
+    #[arg(long)]
+    pub grid_sync: bool,
+    /// With --grid-sync: workgroup counts (of 256 threads) to measure; at most what the
+    /// adapter keeps resident at once.
+    #[arg(long, value_delimiter = ',', default_values_t = [1u32, 2])]
+    pub sync_workgroups: Vec<u32>,
     /// Check the prompt-path kernels (tiled mat-mat, cooperative matrices where available,
     /// and the tiled attention) against CPU dequantization and the decode path; exit 1 on a
     /// mismatch. With model files: also their decode with the last-workgroup
@@ -611,6 +619,26 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
             peak.map(|p| format!("{p} GB/s")).unwrap_or_else(|| "unknown (use --peak-gbps)".into())
         );
     }
+    if args.kernels && args.grid_sync {
+        println!("| sync | workgroups | steps | µs per step | stale reads |");
+        println!("| --- | ---: | ---: | ---: | ---: |");
+        let mut stale = 0;
+        for &w in &args.sync_workgroups {
+            for r in ggufq::gpu::gridsync::grid_sync_bench(
+                &ctx,
+                w,
+                args.chain_n.max(1) as u32,
+                args.reps.max(1),
+            )? {
+                println!(
+                    "| {} | {} | {} | {:.2} | {} |",
+                    r.kind, r.workgroups, r.steps, r.us_per_step, r.stale
+                );
+                stale += r.stale;
+            }
+        }
+        return Ok(if stale == 0 { 0 } else { EXIT_CHECK_FAILED });
+    }
     if args.kernels && args.decode_chain {
         return chain_bench(&ctx, &args);
     }
@@ -627,6 +655,9 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
         // dispatch, 300 tokens.
         for p in &args.models {
             let (pass, line) = ggufq::gpu::selfcheck::lastwg_decode_check(&ctx, p, 256)?;
+            println!("{line}");
+            c.ok &= pass;
+            let (pass, line) = ggufq::gpu::selfcheck::mv_wait_decode_check(&ctx, p, 256)?;
             println!("{line}");
             c.ok &= pass;
             let src = GgufSource::open(p)?;

@@ -834,6 +834,11 @@ pub struct Tune {
     /// their own rounded input, replacing the NormQ8 dispatches and the rounding before
     /// `ffn_down` (GGUFQ_MV_PERSIST; 0 = off: separate dispatches).
     pub persist: u32,
+    /// Decode mat-vecs that build their own rounded input in their first workgroups
+    /// ([`KernelKey::MatVecQ8W`], GGUFQ_MV_WAIT, bits): 1 the NormQ8 step before a mat-vec,
+    /// 2 the rounding before `ffn_down`, 4 every workgroup also loads its first weights
+    /// before it waits for the input. 0 (default) = separate dispatches.
+    pub mv_wait: u32,
     /// The integer decode mat-vecs bind their weights as `array<vec4<u32>>` and load each
     /// group of 4 words the dequantizer reads together as one 128-bit load
     /// ([`wide_weights`]): 1 (default) for [`WIDE_DEFAULT_TYPES`], 2 for every type of
@@ -1046,6 +1051,7 @@ impl Tune {
             KernelKey::MatVecQ8U { spl, nr, wg, .. } => (wg / spl) * nr,
             KernelKey::MatVecQ8 { spl, nr, .. }
             | KernelKey::MatVecQ8P { spl, nr, .. }
+            | KernelKey::MatVecQ8W { spl, nr, .. }
             | KernelKey::MatVecQ8F { spl, nr, .. }
             | KernelKey::MatVecQ8E { spl, nr, .. } => (256 / spl) * nr,
             KernelKey::MatVecQ8R {
@@ -1160,6 +1166,7 @@ impl Tune {
             swiglu_q_wg: get("GGUFQ_SWIGLU_Q_WG", 256, &[256, 512]),
             swiglu_q32k: std::env::var("GGUFQ_SWIGLU_Q32K").as_deref() == Ok("1"),
             qkv_multi: get("GGUFQ_QKV_MULTI", 1, &[0, 1, 2]),
+            mv_wait: get("GGUFQ_MV_WAIT", 0, &[0, 1, 2, 3, 5, 6, 7]),
             persist: std::env::var("GGUFQ_MV_PERSIST")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -1303,6 +1310,26 @@ pub enum KernelKey {
         k4: u32,
         act: u32,
         norm: bool,
+    },
+    /// [`KernelKey::MatVecQ8`] (one token, one weight chunk) whose first workgroups build its
+    /// rounded input in the packed region (binding 1, written here) before the others read
+    /// it ([`Tune::mv_wait`]): with `norm` workgroup 0 runs [`KernelKey::NormQ8`]'s
+    /// operations on the residual row (binding 3, norm weights at 5), otherwise workgroups
+    /// `0 .. ⌈k4 / 1024⌉` round 4096 values each of the f32 input (binding 3) as
+    /// [`KernelKey::MatVecQ8P`]'s prologue does. Each producer counts itself on its step's
+    /// counter (binding 6); every workgroup waits until the count is complete (one lane
+    /// spinning on an atomic load, then a device-scope barrier); workgroup 0 also zeroes the
+    /// previous such step's counter (binding 7). `touch`: the weights of each lane's first
+    /// unit are loaded before the wait. Same quants and sums as the NormQ8 / rounding dispatch
+    /// followed by [`KernelKey::MatVecQ8`], so the same outputs bit for bit.
+    MatVecQ8W {
+        ty: u32,
+        nr: u32,
+        spl: u32,
+        k4: u32,
+        act: u32,
+        norm: bool,
+        touch: bool,
     },
     /// L2 prefetch ([`Tune::prefetch_mb`]): reads every word of its binding 0 (a range of
     /// a weight buffer), [`PREFETCH_WG_BYTES`] per workgroup, and writes nothing unless the
@@ -2425,6 +2452,162 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     ))
 }
 
+/// Producer workgroups of [`KernelKey::MatVecQ8W`] for an input of `k4`·4 values: 1 with
+/// the norm, else one per 4096 values.
+pub fn wait_producers(k4: u32, norm: bool) -> u32 {
+    if norm {
+        1
+    } else {
+        k4.div_ceil(1024)
+    }
+}
+
+/// WGSL of [`KernelKey::MatVecQ8W`]: the producers run [`matvec_q8p_source`]'s prologue
+/// text (the NormQ8 operations, or the rounding of 4096 values per workgroup) with the
+/// packed region in global memory instead of workgroup memory, count themselves, and every
+/// workgroup then runs [`matvec_q8_source`]'s body and store on its own rows.
+#[allow(clippy::too_many_arguments)]
+fn matvec_q8w_source(
+    ctx: &GpuContext,
+    ty: u32,
+    nr: u32,
+    spl: u32,
+    k4: u32,
+    act: u32,
+    norm: bool,
+    touch: bool,
+) -> Result<String> {
+    if !persist_fits(k4, act, norm) {
+        return Err(Error::msg(format!(
+            "waiting integer mat-vec: {} input values with rounding kind {act} (norm {norm})",
+            4 * k4
+        )));
+    }
+    let (lay, deq, body, decl) = q8_parts(ctx, ty, nr, spl)?;
+    let np = wait_producers(k4, norm);
+    let store = normq8_quantize(
+        act,
+        "X[P.ld_x / 4u + qb + lid] = vec4<u32>(p0, p1, p2, p3);",
+        "let so = P.ld_x + P.ld_x / 4u + (qb + lid) / 2u;
+                X[so >> 2u][so & 3u] = bitcast<u32>(sd);",
+    );
+    let pro = if norm {
+        let reduce = if ctx.subgroup32 {
+            NORM_SUBGROUP
+        } else {
+            NORM_TREE
+        };
+        format!("    let qb = 0u;\n{}{store}", normq8_norm(reduce, "XR[$I]"))
+    } else {
+        format!(
+            "    let qb = wg.x * 256u;
+    let live = (qb + lid) * 4u < K4;
+    let i0 = min(qb + lid, K4 / 4u - 1u) * 4u;
+    let v0 = XR[i0];
+    let v1 = XR[i0 + 1u];
+    let v2 = XR[i0 + 2u];
+    let v3 = XR[i0 + 3u];
+    mx[lid] = select(0.0, max(max(amax4(v0), amax4(v1)), max(amax4(v2), amax4(v3))), live);
+    workgroupBarrier();
+{store}"
+        )
+    };
+    let nw_decl = if norm {
+        "@group(0) @binding(5) var<storage, read> NW: array<vec4<f32>>;"
+    } else {
+        ""
+    };
+    let mut touch_code = String::new();
+    if touch {
+        // The weights of this lane's first unit of each row (the body's first loop step)
+        // with an input the compiler cannot know; the sum goes to workgroup memory before
+        // the wait, so the loads are issued (and land in the caches) while it lasts.
+        touch_code.push_str("    {\n        let tu = lid % SPL;\n        let zx = vec4<u32>(P.n_tok);\n        let zs = i32(P.n_tok);\n        var tch = 0.0;\n        if (tu < P.units) {\n");
+        for r in 0..nr {
+            touch_code.push_str(&format!("            let tg_{r} = min(rbase + {r}u, P.rows - 1u) * P.units + tu;\n            tch += idot(tg_{r} / UPB, tg_{r} % UPB, zx, zx, zs, zs);\n"));
+        }
+        touch_code.push_str("        }\n        mx[lid] = tch;\n    }\n");
+    }
+    Ok(format!(
+        "struct Params {{ rows: u32, units: u32, d_off: u32, x_off: u32, ld_x: u32, y_off: u32, ld_y: u32, n_tok: u32, mode: u32, row0: u32, pad0: u32, pad1: u32 }}
+@group(0) @binding(0) var<storage, read> W: array<u32>;
+@group(0) @binding(1) var<storage, read_write> X: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read_write> Y: array<f32>;
+@group(0) @binding(3) var<storage, read> XR: array<vec4<f32>>;
+@group(0) @binding(4) var<uniform> P: Params;
+{nw_decl}
+@group(0) @binding(6) var<storage, read_write> F: array<atomic<u32>>;
+@group(0) @binding(7) var<storage, read_write> FR: array<atomic<u32>>;
+const NR: u32 = {nr}u;
+const RPW: u32 = {rpw}u;
+const UPB: u32 = {upb}u;
+const K4: u32 = {k4}u;
+const NP: u32 = {np}u;
+var<workgroup> res: array<f32, RPW>;
+var<workgroup> nred: array<f32, 256>;
+var<workgroup> mx: array<f32, 256>;
+{decl}
+{fns}
+fn amax4(v: vec4<f32>) -> f32 {{
+    let a = abs(v);
+    return max(max(a.x, a.y), max(a.z, a.w));
+}}
+
+{deq}
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {{
+    let warp = lid / 32u;
+    let lane = lid % 32u;
+    let rbase = wg.x * RPW + (lid / SPL) * NR;
+    if (wg.x < NP) {{
+    {{
+{pro}    }}
+        storageBarrier();
+        if (lid == 0u) {{
+            atomicAdd(&F[0], 1u);
+            if (wg.x == 0u) {{
+                atomicStore(&FR[0], 0u);
+            }}
+        }}
+    }}
+{touch_code}    if (lid == 0u) {{
+        loop {{
+            if (atomicLoad(&F[0]) >= NP) {{
+                break;
+            }}
+        }}
+    }}
+    storageBarrier();
+{body}
+    workgroupBarrier();
+    if (lid < RPW) {{
+        let rr = wg.x * RPW + lid;
+        if (rr < P.rows) {{
+            let v = res[lid];
+            let orow = P.row0 + rr;
+            let o = P.y_off + orow;
+            if (P.mode == 0u) {{
+                Y[o] = v;
+            }} else if (P.mode == 1u) {{
+                Y[o] = Y[o] + v;
+            }} else if (P.mode == 3u) {{
+                let g = Y[o + P.pad0];
+                Y[o] = g / (1.0 + exp(-g)) * v;
+            }} else if ((orow & 1u) == 0u) {{
+                let up = res[lid + 1u];
+                Y[P.y_off + orow / 2u] = v / (1.0 + exp(-v)) * up;
+            }}
+        }}
+    }}
+}}
+",
+        rpw = (256 / spl) * nr,
+        upb = lay.units_per_block(),
+        fns = actq_functions(),
+    ))
+}
+
 /// WGSL of [`KernelKey::MatVecQ8F`]: the integer decode kernel of [`matvec_q8_source`] (same
 /// lanes, rows and reduction) whose input X is the f32 row itself. Every lane rounds the
 /// 32-value unit it dots as `actq.wgsl` / [`KernelKey::NormQ8`] do (same operations, so the
@@ -3528,6 +3711,15 @@ impl Kernels {
                 matvec_q8r_source(ctx, *ty, *nr, *spl, *passes, *mode, *kind, *qbase, *wg)?,
             )?,
             KernelKey::Prefetch => PREFETCH_WGSL.to_string(),
+            KernelKey::MatVecQ8W {
+                ty,
+                nr,
+                spl,
+                k4,
+                act,
+                norm,
+                touch,
+            } => matvec_q8w_source(ctx, *ty, *nr, *spl, *k4, *act, *norm, *touch)?,
             KernelKey::MatVecQ8P {
                 ty,
                 nr,

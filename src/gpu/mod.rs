@@ -9,6 +9,7 @@ pub mod buffers;
 pub mod counters;
 pub mod device;
 pub mod embed;
+pub mod gridsync;
 pub mod kernels;
 pub mod model;
 pub mod ops;

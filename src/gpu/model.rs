@@ -1783,6 +1783,23 @@ impl GpuModel {
         } else {
             Default::default()
         };
+        // Decode mat-vecs that build their own rounded input (`Tune::mv_wait`): a NormQ8 or
+        // rounding step and the integer mat-vec right after it that reads its output become
+        // one dispatch whose first workgroups do the step's work while the others wait.
+        let (bgl_w, pl_w) = buffer_layouts(&ctx, "mat wait", b"rwwrurww");
+        let wait_bits = ctx.tune.mv_wait;
+        if fuse_norm && wait_bits & 3 != 0 && ctx.tune.prefetch_mb == 0 && ctx.tune.persist == 0 {
+            mv_wait_pass(
+                &ctx,
+                &mats,
+                &mut steps,
+                &bufs_of.borrow(),
+                &bgl_w,
+                n_slots_est,
+                &mut mem,
+                |layout, ch, rest, slot| bgw(layout, ch, rest, slot),
+            )?;
+        }
         mem.scratch += act.borrow().bytes;
         if attn_part.is_some() {
             mem.scratch += 4 * (attn_stats + 2 * cfg.n_head * attn_nch as usize) as u64;
@@ -1873,6 +1890,7 @@ impl GpuModel {
                 | KernelKey::MatVecQ8P { norm: true, .. } => &pl_matn,
                 KernelKey::NormQ8 { .. } => &pl_nq,
                 KernelKey::MatVecQ8E { .. } => &pl_e,
+                KernelKey::MatVecQ8W { .. } => &pl_w,
                 KernelKey::MatVecQ8R { .. } => &pl_sq,
                 KernelKey::AttnDecode { .. } => &pl_attd,
                 KernelKey::AttnDecodeQ { .. } => &pl_attq,
@@ -3066,6 +3084,153 @@ fn persist_key(tune: &Tune, ty: GgmlType, cols: usize, act: u32, norm: bool) -> 
         }),
         _ => None,
     }
+}
+
+/// [`Tune::mv_wait`]'s graph change: every decode NormQ8 step (bit 1) or activation
+/// rounding (bit 2) followed by the integer mat-vec of one weight chunk that reads its
+/// output becomes one [`KernelKey::MatVecQ8W`] step (in the first one's place; a step the
+/// batch graph shares stays there as a batch step). Each such step gets a counter of its
+/// own and zeroes the one of the step before it (in decode order, cyclically), so at least
+/// two are needed; with fewer the graph stays as it is.
+#[allow(clippy::too_many_arguments)]
+fn mv_wait_pass(
+    ctx: &GpuContext,
+    mats: &[GpuMatrix],
+    steps: &mut Vec<Step>,
+    bufs: &std::collections::HashMap<usize, Vec<wgpu::Buffer>>,
+    layout: &wgpu::BindGroupLayout,
+    n_slots: usize,
+    mem: &mut MemoryUse,
+    bgw: impl Fn(&wgpu::BindGroupLayout, &Chunk, &[&wgpu::Buffer], usize) -> wgpu::BindGroup,
+) -> Result<()> {
+    let bits = ctx.tune.mv_wait;
+    let dec: Vec<usize> = (0..steps.len())
+        .filter(|&i| steps[i].when.runs(When::Decode, 1))
+        .collect();
+    // (producer, mat-vec, key, f32 input, norm weights)
+    let mut pairs = Vec::new();
+    for w in dec.windows(2) {
+        let (a, b) = (&steps[w[0]], &steps[w[1]]);
+        let (KernelKey::MatVecQ8 { ty, nr, spl }, StepKind::Mat { m, q8e, .. }) = (&b.key, b.kind)
+        else {
+            continue;
+        };
+        let (Some(ab), Some(bb), Some(mat)) = (bufs.get(&a.slot), bufs.get(&b.slot), mats.get(m))
+        else {
+            continue;
+        };
+        if mat.chunks.len() != 1 || q8e == 0 || ab.len() < 3 || bb.len() < 3 {
+            continue;
+        }
+        let (norm, k4, act) = match (a.kind, &a.key) {
+            (StepKind::NormQ8 { q8e: e }, KernelKey::NormQ8 { k4, act })
+                if bits & 1 != 0 && e == q8e =>
+            {
+                (true, *k4, *act)
+            }
+            (
+                StepKind::ActQ {
+                    kind,
+                    k,
+                    last_only: false,
+                    q8e: e,
+                    ..
+                },
+                KernelKey::ActQ,
+            ) if bits & 2 != 0 && e == q8e && k as usize == mat.cols => (false, k / 4, kind),
+            _ => continue,
+        };
+        // The mat-vec reads what the step writes; the f32 input is neither of its buffers.
+        let (xr, nw) = if norm {
+            (&ab[0], &ab[1])
+        } else {
+            (&ab[0], &ab[0])
+        };
+        if bb[1] != ab[2] || xr == &bb[1] || xr == &bb[2] || nw == &bb[1] || nw == &bb[2] {
+            continue;
+        }
+        if !super::kernels::persist_fits(k4, act, norm) || k4 as usize * 4 != mat.cols {
+            continue;
+        }
+        let key = KernelKey::MatVecQ8W {
+            ty: *ty,
+            nr: *nr,
+            spl: *spl,
+            k4,
+            act,
+            norm,
+            touch: bits & 4 != 0,
+        };
+        pairs.push((w[0], w[1], key, xr.clone(), nw.clone()));
+    }
+    if pairs.len() < 2 {
+        return Ok(());
+    }
+    let counters: Vec<wgpu::Buffer> = (0..pairs.len())
+        .map(|_| super::counters::counter_buffer(ctx, "mat-vec wait counter", 4))
+        .collect();
+    mem.scratch += 16 * pairs.len() as u64;
+    let mut next_slot = steps.iter().map(|s| s.slot).max().unwrap_or(0) + 1;
+    let mut drop = std::collections::HashSet::new();
+    let mut put: std::collections::HashMap<usize, Step> = Default::default();
+    for (k, (i, j, key, xr, nw)) in pairs.into_iter().enumerate() {
+        let (a, b) = (&steps[i], &steps[j]);
+        let StepKind::Mat { m, c, .. } = b.kind else {
+            continue;
+        };
+        let Some(ch) = mats.get(m).and_then(|mat| mat.chunks.get(c)) else {
+            return Err(Error::msg("internal: a mat-vec step without its chunk"));
+        };
+        let bb = bufs
+            .get(&b.slot)
+            .ok_or_else(|| Error::msg("internal: a step's buffers were not kept"))?;
+        // A decode-only step's parameter slot is free once it goes; else a new one.
+        let slot = if a.when == When::Decode {
+            a.slot
+        } else if b.when == When::Decode {
+            b.slot
+        } else {
+            next_slot += 1;
+            next_slot - 1
+        };
+        if slot >= n_slots {
+            return Err(Error::msg("internal: params slots underestimated"));
+        }
+        let prev = &counters[(k + counters.len() - 1) % counters.len()];
+        let bind = bgw(
+            layout,
+            ch,
+            &[&bb[1], &bb[2], &xr, &nw, &counters[k], prev],
+            slot,
+        );
+        let e = Step {
+            kind: b.kind,
+            when: When::Decode,
+            role: b.role,
+            bind,
+            slot,
+            key,
+            n: b.n,
+        };
+        for at in [i, j] {
+            if steps[at].when == When::Decode {
+                drop.insert(at);
+            } else {
+                steps[at].when = When::Batch;
+            }
+        }
+        put.insert(j, e);
+    }
+    let old = std::mem::take(steps);
+    for (i, s) in old.into_iter().enumerate() {
+        if !drop.contains(&i) {
+            steps.push(s);
+        }
+        if let Some(e) = put.remove(&i) {
+            steps.push(e);
+        }
+    }
+    Ok(())
 }
 
 /// Bind-group and pipeline layouts of the [`KernelKey::MatVecQ8Multi`] kernels, by part count.

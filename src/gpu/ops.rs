@@ -482,7 +482,7 @@ fn time_groups(
 /// GPU seconds of one compute pass recorded by `rec` (median of `reps` after warm-up passes
 /// of at least 0.2 s): the pass's timestamps where the adapter has them, else the wall time of
 /// submit + wait.
-fn time_pass_with(
+pub(super) fn time_pass_with(
     ctx: &GpuContext,
     reps: usize,
     mut rec: impl FnMut(&mut wgpu::ComputePass<'_>) -> Result<()>,

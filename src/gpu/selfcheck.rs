@@ -558,15 +558,82 @@ pub fn lastwg_decode_check(
         })
     };
     let on = with(true);
-    let off = with(false);
+    let g = graphs_agree(&on, &with(false), path, n_tok)?;
+    Ok((
+        g.pass(),
+        format!(
+            "last-workgroup epilogues {}: {n_tok} decode steps, {} vs {} dispatches per token (access mode {}): {}",
+            g.name, g.dispatches.0, g.dispatches.1, on.tune.lw_atomic, g.verdict()
+        ),
+    ))
+}
+
+/// The decode graph with the mat-vecs that build their own input (`Tune::mv_wait` = 7:
+/// NormQ8 and the `ffn_down` rounding, early weight loads) against the dispatch graph,
+/// greedy decoding of `n_tok` steps from token 1: every logit must be equal bit for bit.
+pub fn mv_wait_decode_check(
+    ctx: &Arc<GpuContext>,
+    path: &std::path::Path,
+    n_tok: usize,
+) -> Result<(bool, String)> {
+    let on = ctx.retuned(|t| t.mv_wait = 7);
+    let g = graphs_agree(&on, &ctx.retuned(|t| t.mv_wait = 0), path, n_tok)?;
+    Ok((
+        g.pass(),
+        format!(
+            "waiting mat-vecs {}: {n_tok} decode steps, {} vs {} dispatches per token: {}",
+            g.name,
+            g.dispatches.0,
+            g.dispatches.1,
+            g.verdict()
+        ),
+    ))
+}
+
+/// Two decode graphs of one model compared step by step ([`graphs_agree`]).
+struct Agreement {
+    name: String,
+    dispatches: (usize, usize),
+    bad_steps: usize,
+    first_bad: Option<usize>,
+    worst: f32,
+}
+
+impl Agreement {
+    fn pass(&self) -> bool {
+        self.bad_steps == 0
+    }
+
+    fn verdict(&self) -> String {
+        format!(
+            "{} steps differ in any bit{} {}",
+            self.bad_steps,
+            self.first_bad.map_or(String::new(), |p| format!(
+                " (first at position {p}, largest difference {:.3e})",
+                self.worst
+            )),
+            if self.pass() { "ok" } else { "FAILED" }
+        )
+    }
+}
+
+/// Greedy decoding of `n_tok` steps from token 1 with the model at `path` loaded under two
+/// tunings (the first one's choice of the next token), counting the steps whose logits
+/// differ in any bit.
+fn graphs_agree(
+    a_ctx: &Arc<GpuContext>,
+    b_ctx: &Arc<GpuContext>,
+    path: &std::path::Path,
+    n_tok: usize,
+) -> Result<Agreement> {
     let src = super::source::GgufSource::open(path)?;
     let opts = ModelOptions {
         n_ctx: n_tok + 1,
         n_batch: 1,
         n_seq: 1,
     };
-    let mut a = GpuModel::load(on.clone(), &src, opts.clone())?;
-    let mut b = GpuModel::load(off, &src, opts)?;
+    let mut a = GpuModel::load(a_ctx.clone(), &src, opts.clone())?;
+    let mut b = GpuModel::load(b_ctx.clone(), &src, opts)?;
     let mut tok = 1u32;
     let (mut bad_steps, mut first_bad, mut worst) = (0usize, None, 0f32);
     for pos in 0..n_tok {
@@ -589,22 +656,15 @@ pub fn lastwg_decode_check(
             .max_by(|&i, &j| x[i].total_cmp(&x[j]))
             .unwrap_or(0) as u32;
     }
-    let pass = bad_steps == 0;
     let name = path.file_name().map_or_else(
         || path.display().to_string(),
         |f| f.to_string_lossy().into_owned(),
     );
-    Ok((
-        pass,
-        format!(
-            "last-workgroup epilogues {name}: {n_tok} decode steps, {} vs {} dispatches per token (access mode {}): {bad_steps} steps differ in any bit{} {}",
-            a.dispatches_per_token(),
-            b.dispatches_per_token(),
-            on.tune.lw_atomic,
-            first_bad.map_or(String::new(), |p| format!(
-                " (first at position {p}, largest difference {worst:.3e})"
-            )),
-            if pass { "ok" } else { "FAILED" }
-        ),
-    ))
+    Ok(Agreement {
+        name,
+        dispatches: (a.dispatches_per_token(), b.dispatches_per_token()),
+        bad_steps,
+        first_bad,
+        worst,
+    })
 }
