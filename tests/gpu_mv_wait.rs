@@ -8,29 +8,14 @@
 #![cfg(feature = "gpu")]
 
 use ggufq::gpu::kernels::wait_producers;
-use ggufq::gpu::source::Mix;
-use ggufq::gpu::{GpuModel, Shape, SynthSource};
+use ggufq::gpu::GpuModel;
 
 #[path = "common/gpu_fixture.rs"]
 mod gpu_fixture;
-use gpu_fixture::{context_tuned, decode_opts, decode_run, role_count, tokens, wide_shape};
-
-fn shape(name: &str) -> Shape {
-    match name {
-        "wide" => wide_shape(),
-        _ => Shape::named("tiny").unwrap(),
-    }
-}
+use gpu_fixture::{decode_steps, load_tuned, role_count};
 
 fn load(shape_name: &str, mix: &str, bits: u32) -> Option<GpuModel> {
-    let ctx = context_tuned(|c| c.tune.mv_wait = bits)?;
-    let src = SynthSource::new(shape(shape_name), Mix::parse(mix).unwrap(), mix).unwrap();
-    Some(GpuModel::load(ctx, &src, decode_opts()).unwrap())
-}
-
-fn decode(m: &mut GpuModel, steps: usize) -> Vec<Vec<f32>> {
-    let nv = m.cfg.n_vocab;
-    decode_run(m, &tokens(nv, 3, 1), &tokens(nv, steps, 2))
+    load_tuned(shape_name, mix, |c| c.tune.mv_wait = bits)
 }
 
 #[test]
@@ -56,7 +41,7 @@ fn gpu_waiting_matvecs_equal_the_dispatch_graph_bit_for_bit() {
         let Some(mut plain) = load(shape_name, mix, 0) else {
             return;
         };
-        let base = decode(&mut plain, 20);
+        let base = decode_steps(&mut plain, 20);
         let layers = plain.cfg.n_layer;
         let norms = role_count(&plain, "norm_q8");
         let actq = role_count(&plain, "actq");
@@ -87,7 +72,7 @@ fn gpu_waiting_matvecs_equal_the_dispatch_graph_bit_for_bit() {
                 plain.dispatches_per_token(),
                 "{mix} {bits}: {roles:?}"
             );
-            let rows = decode(&mut w, 20);
+            let rows = decode_steps(&mut w, 20);
             for (i, (a, b)) in base.iter().zip(&rows).enumerate() {
                 assert!(a.iter().all(|v| v.is_finite()), "{mix}: non-finite");
                 assert_eq!(

@@ -8,31 +8,16 @@
 #![cfg(feature = "gpu")]
 
 use ggufq::gpu::kernels::persist_fits;
-use ggufq::gpu::source::Mix;
-use ggufq::gpu::{GpuModel, Shape, SynthSource};
+use ggufq::gpu::GpuModel;
 
 #[path = "common/gpu_fixture.rs"]
 mod gpu_fixture;
-use gpu_fixture::{context_tuned, decode_opts, decode_run, role_count, tokens, wide_shape};
+use gpu_fixture::{decode_steps, load_tuned, role_count};
 
-/// The tiny shape, or `wide_shape` (512-value rows: 32 NormQ8 register threads; 1536-value
-/// ffn_down rows, 6 Q8_K blocks: the rounding prologue's loop once).
-fn shape(name: &str) -> Shape {
-    match name {
-        "wide" => wide_shape(),
-        _ => Shape::named("tiny").unwrap(),
-    }
-}
-
+/// Shape "tiny", or "wide" (`wide_shape`: 512-value rows, 32 NormQ8 register threads;
+/// 1536-value ffn_down rows, 6 Q8_K blocks: the rounding prologue's loop once).
 fn load(shape_name: &str, mix: &str, persist: u32) -> Option<GpuModel> {
-    let ctx = context_tuned(|c| c.tune.persist = persist)?;
-    let src = SynthSource::new(shape(shape_name), Mix::parse(mix).unwrap(), mix).unwrap();
-    Some(GpuModel::load(ctx, &src, decode_opts()).unwrap())
-}
-
-fn decode(m: &mut GpuModel, steps: usize) -> Vec<Vec<f32>> {
-    let nv = m.cfg.n_vocab;
-    decode_run(m, &tokens(nv, 3, 1), &tokens(nv, steps, 2))
+    load_tuned(shape_name, mix, |c| c.tune.persist = persist)
 }
 
 #[test]
@@ -65,7 +50,7 @@ fn gpu_persistent_matvecs_equal_the_dispatch_graph_bit_for_bit() {
         let Some(mut plain) = load(shape_name, mix, 0) else {
             return;
         };
-        let base = decode(&mut plain, 12);
+        let base = decode_steps(&mut plain, 12);
         let layers = plain.cfg.n_layer;
         assert_eq!(
             role_count(&plain, "norm_q8"),
@@ -84,7 +69,7 @@ fn gpu_persistent_matvecs_equal_the_dispatch_graph_bit_for_bit() {
                 p.dispatches_per_token(),
                 plain.dispatches_per_token()
             );
-            let rows = decode(&mut p, 12);
+            let rows = decode_steps(&mut p, 12);
             for (i, (a, b)) in base.iter().zip(&rows).enumerate() {
                 assert!(a.iter().all(|v| v.is_finite()), "{mix}: non-finite");
                 assert_eq!(

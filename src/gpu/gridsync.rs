@@ -8,17 +8,20 @@ use crate::error::{Error, Result};
 use super::buffers::{bind_buffers, uniform};
 use super::device::GpuContext;
 
+/// Parameters and buffers of both kernels.
+const HEADER: &str = r#"
+struct P { n: u32, k: u32, s: u32, skew: u32 }
+@group(0) @binding(0) var<storage, read_write> ctr: array<atomic<u32>, 4>;
+@group(0) @binding(1) var<storage, read_write> buf: array<u32>;
+@group(0) @binding(2) var<uniform> p: P;
+"#;
+
 /// The grid-barrier kernel: `P.k` steps; in each, thread 0 of every workgroup writes one
 /// word of the step's half of `buf`, the workgroups meet on `ctr[0]`, and every thread reads
 /// another workgroup's word of that step (a mismatch counts on `ctr[2]`). The halves
 /// alternate, so a read after the barrier hits a word read two steps before (a stale cache
 /// line would show). The last workgroup out resets the counters.
 const BARRIER_WGSL: &str = r#"
-struct P { n: u32, k: u32, s: u32, skew: u32 }
-@group(0) @binding(0) var<storage, read_write> ctr: array<atomic<u32>, 4>;
-@group(0) @binding(1) var<storage, read_write> buf: array<u32>;
-@group(0) @binding(2) var<uniform> p: P;
-
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
     let n = p.n;
@@ -56,11 +59,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
 /// The same steps as dependent dispatches: dispatch `P.s` checks the words of step s − 1
 /// and writes those of step s.
 const DISPATCH_WGSL: &str = r#"
-struct P { n: u32, k: u32, s: u32, skew: u32 }
-@group(0) @binding(0) var<storage, read_write> ctr: array<atomic<u32>, 4>;
-@group(0) @binding(1) var<storage, read_write> buf: array<u32>;
-@group(0) @binding(2) var<uniform> p: P;
-
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
     let n = p.n;
@@ -175,34 +173,11 @@ pub fn grid_sync_run(
 fn pipeline(
     ctx: &GpuContext,
     layout: &wgpu::PipelineLayout,
-    src: &str,
+    body: &str,
 ) -> Result<wgpu::ComputePipeline> {
-    let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let desc = wgpu::ShaderModuleDescriptor {
-        label: Some("gridsync"),
-        source: wgpu::ShaderSource::Wgsl(src.into()),
-    };
-    // SAFETY: the kernels index `buf` below 2·n (its length) and `ctr` below 4; the spin
+    // Trusted: the kernels index `buf` below 2·n (its length) and `ctr` below 4; the spin
     // loop ends once every workgroup of the dispatch has arrived, which the caller
     // guarantees by dispatching no more workgroups than stay resident.
-    let module = unsafe {
-        ctx.device
-            .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
-    };
-    let pipe = ctx
-        .device
-        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some("gridsync"),
-            layout: Some(layout),
-            module: &module,
-            entry_point: Some("main"),
-            compilation_options: Default::default(),
-            cache: None,
-        });
-    if let Some(e) = pollster::block_on(scope.pop()) {
-        return Err(Error::msg(format!(
-            "grid sync kernel failed to compile: {e}"
-        )));
-    }
-    Ok(pipe)
+    super::kernels::compile_pipeline(ctx, layout, format!("{HEADER}{body}"), true)
+        .map_err(|e| Error::msg(format!("grid sync kernel failed to compile: {e}")))
 }

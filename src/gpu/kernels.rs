@@ -2349,35 +2349,23 @@ fn matvec_q8p_source(
     let body = body
         .replace("    let xq0 = P.ld_x / 4u + P.x_off / 4u;\n", "")
         .replace("    let xs0 = P.ld_x + P.ld_x / 4u + P.x_off / 8u;\n", "");
-    let store = normq8_quantize(
-        act,
-        "XQ[qb + lid] = vec4<u32>(p0, p1, p2, p3);",
-        "XS[qb / 2u + lid / 2u] = sd;",
-    );
-    let pro = if norm {
-        let reduce = if ctx.subgroup32 {
-            NORM_SUBGROUP
-        } else {
-            NORM_TREE
-        };
-        format!(
-            "    let qb = 0u;\n{}{store}",
-            normq8_norm(reduce, "X[P.x_off + $I]")
+    let round = |qb: &str| {
+        input_rounding(
+            ctx,
+            act,
+            norm,
+            "X[P.x_off + $I]",
+            qb,
+            "XQ[qb + lid] = vec4<u32>(p0, p1, p2, p3);",
+            "XS[qb / 2u + lid / 2u] = sd;",
         )
+    };
+    let pro = if norm {
+        round("0u")
     } else {
         format!(
-            "    for (var qb = 0u; qb < K4 / 4u; qb += 256u) {{
-    let live = (qb + lid) * 4u < K4;
-    let i0 = min(qb + lid, K4 / 4u - 1u) * 4u;
-    let v0 = X[P.x_off + i0];
-    let v1 = X[P.x_off + i0 + 1u];
-    let v2 = X[P.x_off + i0 + 2u];
-    let v3 = X[P.x_off + i0 + 3u];
-    mx[lid] = select(0.0, max(max(amax4(v0), amax4(v1)), max(amax4(v2), amax4(v3))), live);
-    workgroupBarrier();
-{store}    workgroupBarrier();
-    }}
-"
+            "    for (var qb0 = 0u; qb0 < K4 / 4u; qb0 += 256u) {{\n{}    workgroupBarrier();\n    }}\n",
+            round("qb0")
         )
     };
     let nw_decl = if norm {
@@ -2386,29 +2374,15 @@ fn matvec_q8p_source(
         ""
     };
     Ok(format!(
-        "struct Params {{ rows: u32, units: u32, d_off: u32, x_off: u32, ld_x: u32, y_off: u32, ld_y: u32, n_tok: u32, mode: u32, row0: u32, pad0: u32, pad1: u32 }}
+        "{PARAMS_STRUCT}
 @group(0) @binding(0) var<storage, read> W: array<u32>;
 @group(0) @binding(1) var<storage, read> X: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> Y: array<f32>;
 @group(0) @binding(3) var<uniform> P: Params;
 {nw_decl}
-const NR: u32 = {nr}u;
-const RPW: u32 = {rpw}u;
-const UPB: u32 = {upb}u;
-const K4: u32 = {k4}u;
-var<workgroup> res: array<f32, RPW>;
+{common}
 var<workgroup> XQ: array<vec4<u32>, {nq}u>;
 var<workgroup> XS: array<f32, {ns}u>;
-var<workgroup> nred: array<f32, 256>;
-var<workgroup> mx: array<f32, 256>;
-{decl}
-{fns}
-fn amax4(v: vec4<f32>) -> f32 {{
-    let a = abs(v);
-    return max(max(a.x, a.y), max(a.z, a.w));
-}}
-
-{deq}
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>,
@@ -2421,8 +2395,92 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     let rbase = grp * RPW + (lid / SPL) * NR;
 {body}
     workgroupBarrier();
-    if (lid < RPW) {{
-        let rr = grp * RPW + lid;
+{store}    workgroupBarrier();
+    }}
+}}
+",
+        common = q8_input_common(nr, spl, lay.units_per_block(), k4, &decl, &deq),
+        store = decode_store("grp"),
+        nq = k4 / 4,
+        ns = k4 / 8,
+    ))
+}
+
+/// The parameter block of the decode mat-vec kernels (`shaders/matvec.wgsl`'s `Params`).
+const PARAMS_STRUCT: &str = "struct Params { rows: u32, units: u32, d_off: u32, x_off: u32, ld_x: u32, y_off: u32, ld_y: u32, n_tok: u32, mode: u32, row0: u32, pad0: u32, pad1: u32 }";
+
+/// Constants, workgroup memory and functions shared by the integer mat-vecs that round their
+/// own input ([`KernelKey::MatVecQ8P`], [`KernelKey::MatVecQ8W`]).
+fn q8_input_common(nr: u32, spl: u32, upb: usize, k4: u32, decl: &str, deq: &str) -> String {
+    format!(
+        "const NR: u32 = {nr}u;
+const RPW: u32 = {rpw}u;
+const UPB: u32 = {upb}u;
+const K4: u32 = {k4}u;
+var<workgroup> res: array<f32, RPW>;
+var<workgroup> nred: array<f32, 256>;
+var<workgroup> mx: array<f32, 256>;
+{decl}
+{fns}
+fn amax4(v: vec4<f32>) -> f32 {{
+    let a = abs(v);
+    return max(max(a.x, a.y), max(a.z, a.w));
+}}
+
+{deq}
+",
+        rpw = (256 / spl) * nr,
+        fns = actq_functions(),
+    )
+}
+
+/// The rounding of a mat-vec's own input, as [`KernelKey::NormQ8`] (`norm`: the whole
+/// residual row, RMSNorm first) or `actq.wgsl` compute it: the 4096 values from 16-value
+/// group `qb` (a WGSL expression), f32 vec4 `$I` read by `load`, quants and scales written by
+/// `store_q` / `store_s` ([`normq8_quantize`]).
+fn input_rounding(
+    ctx: &GpuContext,
+    act: u32,
+    norm: bool,
+    load: &str,
+    qb: &str,
+    store_q: &str,
+    store_s: &str,
+) -> String {
+    let store = normq8_quantize(act, store_q, store_s);
+    if norm {
+        let reduce = if ctx.subgroup32 {
+            NORM_SUBGROUP
+        } else {
+            NORM_TREE
+        };
+        return format!("    let qb = {qb};\n{}{store}", normq8_norm(reduce, load));
+    }
+    let ld = |i: &str| load.replace("$I", i);
+    format!(
+        "    let qb = {qb};
+    let live = (qb + lid) * 4u < K4;
+    let i0 = min(qb + lid, K4 / 4u - 1u) * 4u;
+    let v0 = {l0};
+    let v1 = {l1};
+    let v2 = {l2};
+    let v3 = {l3};
+    mx[lid] = select(0.0, max(max(amax4(v0), amax4(v1)), max(amax4(v2), amax4(v3))), live);
+    workgroupBarrier();
+{store}",
+        l0 = ld("i0"),
+        l1 = ld("i0 + 1u"),
+        l2 = ld("i0 + 2u"),
+        l3 = ld("i0 + 3u"),
+    )
+}
+
+/// The one-token store of a decode mat-vec's `RPW` sums of row group `group` (a WGSL
+/// expression) in every output mode (`shaders/matvec.wgsl`'s, for one token).
+fn decode_store(group: &str) -> String {
+    format!(
+        "    if (lid < RPW) {{
+        let rr = {group} * RPW + lid;
         if (rr < P.rows) {{
             let v = res[lid];
             let orow = P.row0 + rr;
@@ -2440,16 +2498,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
             }}
         }}
     }}
-    workgroupBarrier();
-    }}
-}}
-",
-        rpw = (256 / spl) * nr,
-        upb = lay.units_per_block(),
-        nq = k4 / 4,
-        ns = k4 / 8,
-        fns = actq_functions(),
-    ))
+"
+    )
 }
 
 /// Producer workgroups of [`KernelKey::MatVecQ8W`] for an input of `k4`·4 values: 1 with
@@ -2484,34 +2534,16 @@ fn matvec_q8w_source(
         )));
     }
     let (lay, deq, body, decl) = q8_parts(ctx, ty, nr, spl)?;
-    let np = wait_producers(k4, norm);
-    let store = normq8_quantize(
+    let pro = input_rounding(
+        ctx,
         act,
+        norm,
+        "XR[$I]",
+        if norm { "0u" } else { "wg.x * 256u" },
         "X[P.ld_x / 4u + qb + lid] = vec4<u32>(p0, p1, p2, p3);",
         "let so = P.ld_x + P.ld_x / 4u + (qb + lid) / 2u;
                 X[so >> 2u][so & 3u] = bitcast<u32>(sd);",
     );
-    let pro = if norm {
-        let reduce = if ctx.subgroup32 {
-            NORM_SUBGROUP
-        } else {
-            NORM_TREE
-        };
-        format!("    let qb = 0u;\n{}{store}", normq8_norm(reduce, "XR[$I]"))
-    } else {
-        format!(
-            "    let qb = wg.x * 256u;
-    let live = (qb + lid) * 4u < K4;
-    let i0 = min(qb + lid, K4 / 4u - 1u) * 4u;
-    let v0 = XR[i0];
-    let v1 = XR[i0 + 1u];
-    let v2 = XR[i0 + 2u];
-    let v3 = XR[i0 + 3u];
-    mx[lid] = select(0.0, max(max(amax4(v0), amax4(v1)), max(amax4(v2), amax4(v3))), live);
-    workgroupBarrier();
-{store}"
-        )
-    };
     let nw_decl = if norm {
         "@group(0) @binding(5) var<storage, read> NW: array<vec4<f32>>;"
     } else {
@@ -2529,7 +2561,7 @@ fn matvec_q8w_source(
         touch_code.push_str("        }\n        mx[lid] = tch;\n    }\n");
     }
     Ok(format!(
-        "struct Params {{ rows: u32, units: u32, d_off: u32, x_off: u32, ld_x: u32, y_off: u32, ld_y: u32, n_tok: u32, mode: u32, row0: u32, pad0: u32, pad1: u32 }}
+        "{PARAMS_STRUCT}
 @group(0) @binding(0) var<storage, read> W: array<u32>;
 @group(0) @binding(1) var<storage, read_write> X: array<vec4<u32>>;
 @group(0) @binding(2) var<storage, read_write> Y: array<f32>;
@@ -2538,23 +2570,8 @@ fn matvec_q8w_source(
 {nw_decl}
 @group(0) @binding(6) var<storage, read_write> F: array<atomic<u32>>;
 @group(0) @binding(7) var<storage, read_write> FR: array<atomic<u32>>;
-const NR: u32 = {nr}u;
-const RPW: u32 = {rpw}u;
-const UPB: u32 = {upb}u;
-const K4: u32 = {k4}u;
 const NP: u32 = {np}u;
-var<workgroup> res: array<f32, RPW>;
-var<workgroup> nred: array<f32, 256>;
-var<workgroup> mx: array<f32, 256>;
-{decl}
-{fns}
-fn amax4(v: vec4<f32>) -> f32 {{
-    let a = abs(v);
-    return max(max(a.x, a.y), max(a.z, a.w));
-}}
-
-{deq}
-
+{common}
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {{
     let warp = lid / 32u;
@@ -2581,30 +2598,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     storageBarrier();
 {body}
     workgroupBarrier();
-    if (lid < RPW) {{
-        let rr = wg.x * RPW + lid;
-        if (rr < P.rows) {{
-            let v = res[lid];
-            let orow = P.row0 + rr;
-            let o = P.y_off + orow;
-            if (P.mode == 0u) {{
-                Y[o] = v;
-            }} else if (P.mode == 1u) {{
-                Y[o] = Y[o] + v;
-            }} else if (P.mode == 3u) {{
-                let g = Y[o + P.pad0];
-                Y[o] = g / (1.0 + exp(-g)) * v;
-            }} else if ((orow & 1u) == 0u) {{
-                let up = res[lid + 1u];
-                Y[P.y_off + orow / 2u] = v / (1.0 + exp(-v)) * up;
-            }}
-        }}
-    }}
-}}
+{store}}}
 ",
-        rpw = (256 / spl) * nr,
-        upb = lay.units_per_block(),
-        fns = actq_functions(),
+        np = wait_producers(k4, norm),
+        common = q8_input_common(nr, spl, lay.units_per_block(), k4, &decl, &deq),
+        store = decode_store("wg.x"),
     ))
 }
 
@@ -3847,39 +3845,8 @@ impl Kernels {
     ) -> Result<&wgpu::ComputePipeline> {
         if !self.cache.contains_key(key) {
             let src = Self::source(ctx, key)?;
-            let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-            let desc = wgpu::ShaderModuleDescriptor {
-                label: Some("ggufq kernel"),
-                source: wgpu::ShaderSource::Wgsl(src.into()),
-            };
-            let module = if ctx.tune.unchecked {
-                // SAFETY: every kernel clamps its own buffer indices (rows and tokens with
-                // `min`, positions and sequences checked by `GpuModel::forward` before the
-                // dispatch, chunk sizes from the upload), divides only by validated non-zero
-                // head counts, and has loops bounded by uniform sizes; the tests run the
-                // same kernels with the checks on (GGUFQ_SHADER_CHECKS=1) and off.
-                unsafe {
-                    ctx.device
-                        .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
-                }
-            } else {
-                ctx.device.create_shader_module(desc)
-            };
-            let pipe = ctx
-                .device
-                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                    label: Some("ggufq kernel"),
-                    layout: Some(layout),
-                    module: &module,
-                    entry_point: Some("main"),
-                    compilation_options: Default::default(),
-                    cache: None,
-                });
-            if let Some(e) = pollster::block_on(scope.pop()) {
-                return Err(Error::msg(format!(
-                    "GPU kernel {key:?} failed to compile: {e}"
-                )));
-            }
+            let pipe = compile_pipeline(ctx, layout, src, ctx.tune.unchecked)
+                .map_err(|e| Error::msg(format!("GPU kernel {key:?} failed to compile: {e}")))?;
             self.cache.insert(key.clone(), pipe);
         }
         self.cache
@@ -3892,6 +3859,49 @@ impl Kernels {
         self.cache
             .get(key)
             .ok_or_else(|| Error::msg(format!("pipeline {key:?} was not compiled at load")))
+    }
+}
+
+/// Compile WGSL `src` (entry point `main`) into a compute pipeline with `layout`; `trusted`
+/// leaves out naga's bounds checks and loop bounding. The error is the validation message.
+pub(crate) fn compile_pipeline(
+    ctx: &GpuContext,
+    layout: &wgpu::PipelineLayout,
+    src: String,
+    trusted: bool,
+) -> std::result::Result<wgpu::ComputePipeline, String> {
+    let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let desc = wgpu::ShaderModuleDescriptor {
+        label: Some("ggufq kernel"),
+        source: wgpu::ShaderSource::Wgsl(src.into()),
+    };
+    let module = if trusted {
+        // SAFETY: every kernel clamps its own buffer indices (rows and tokens with `min`,
+        // positions and sequences checked by `GpuModel::forward` before the dispatch, chunk
+        // sizes from the upload), divides only by validated non-zero head counts, and has
+        // loops bounded by uniform sizes or, for the counters' waits, by the arrival of
+        // workgroups that are scheduled first; the tests run the same kernels with the checks
+        // on (GGUFQ_SHADER_CHECKS=1) and off.
+        unsafe {
+            ctx.device
+                .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+        }
+    } else {
+        ctx.device.create_shader_module(desc)
+    };
+    let pipe = ctx
+        .device
+        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("ggufq kernel"),
+            layout: Some(layout),
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+    match pollster::block_on(scope.pop()) {
+        Some(e) => Err(e.to_string()),
+        None => Ok(pipe),
     }
 }
 

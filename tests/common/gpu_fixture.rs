@@ -118,6 +118,32 @@ pub fn wide_shape() -> Shape {
     }
 }
 
+/// A test model shape by name: "wide" ([`wide_shape`]) or the "tiny" synthetic shape.
+pub fn tiny_or_wide(name: &str) -> Shape {
+    match name {
+        "wide" => wide_shape(),
+        _ => Shape::named("tiny").unwrap(),
+    }
+}
+
+/// A synthetic model of shape `shape_name` ([`tiny_or_wide`]) and type mix `mix`, loaded
+/// with [`decode_opts`] on the default adapter with its tuning changed by `tune`.
+pub fn load_tuned(
+    shape_name: &str,
+    mix: &str,
+    tune: impl FnOnce(&mut GpuContext),
+) -> Option<GpuModel> {
+    let ctx = context_tuned(tune)?;
+    let src = SynthSource::new(tiny_or_wide(shape_name), Mix::parse(mix).unwrap(), mix).unwrap();
+    Some(GpuModel::load(ctx, &src, decode_opts()).unwrap())
+}
+
+/// [`decode_run`] of a 3-token prompt and `steps` decode tokens (seeds 1 and 2).
+pub fn decode_steps(m: &mut GpuModel, steps: usize) -> Vec<Vec<f32>> {
+    let nv = m.cfg.n_vocab;
+    decode_run(m, &tokens(nv, 3, 1), &tokens(nv, steps, 2))
+}
+
 /// Model options of the decode tests: 64 positions, batches of 8, one sequence.
 pub fn decode_opts() -> ModelOptions {
     ModelOptions {
