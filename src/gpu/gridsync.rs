@@ -81,7 +81,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t
 /// One measured way of crossing `steps` step boundaries with `workgroups` workgroups.
 #[derive(Debug, Clone)]
 pub struct SyncRow {
-    /// "grid barrier" or "dependent dispatches".
+    /// "grid barrier", "grid barrier, atomic reads" or "dependent dispatches".
     pub kind: &'static str,
     /// Workgroups of 256 threads.
     pub workgroups: u32,
@@ -128,12 +128,28 @@ pub fn grid_sync_run(
     });
     let buf = super::buffers::scratch(ctx, "gridsync buf", 2 * workgroups as usize);
     let mut rows = Vec::new();
-    for (kind, src) in [
-        ("grid barrier", BARRIER_WGSL),
-        ("dependent dispatches", DISPATCH_WGSL),
+    // The grid barrier once more with every access to `buf` atomic (a load at device scope
+    // goes to L2, past a stale L1 line).
+    let atomic = (
+        HEADER.replace("buf: array<u32>", "buf: array<atomic<u32>>"),
+        BARRIER_WGSL
+            .replace(
+                "buf[base + w] = s * n + w + 1u;",
+                "atomicStore(&buf[base + w], s * n + w + 1u);",
+            )
+            .replace("buf[base + o] !=", "atomicLoad(&buf[base + o]) !="),
+    );
+    for (kind, header, body) in [
+        ("grid barrier", HEADER.to_string(), BARRIER_WGSL.to_string()),
+        ("grid barrier, atomic reads", atomic.0, atomic.1),
+        (
+            "dependent dispatches",
+            HEADER.to_string(),
+            DISPATCH_WGSL.to_string(),
+        ),
     ] {
-        let pipe = pipeline(ctx, &layout, src)?;
-        let dispatches: Vec<wgpu::BindGroup> = if kind == "grid barrier" {
+        let pipe = pipeline(ctx, &layout, &format!("{header}{body}"))?;
+        let dispatches: Vec<wgpu::BindGroup> = if kind != "dependent dispatches" {
             let ub = uniform(ctx, &[workgroups, steps, 0, skew]);
             vec![bind_buffers(ctx, &bgl, &[(0, &ctr), (1, &buf), (2, &ub)])]
         } else {
@@ -173,11 +189,11 @@ pub fn grid_sync_run(
 fn pipeline(
     ctx: &GpuContext,
     layout: &wgpu::PipelineLayout,
-    body: &str,
+    src: &str,
 ) -> Result<wgpu::ComputePipeline> {
     // Trusted: the kernels index `buf` below 2·n (its length) and `ctr` below 4; the spin
     // loop ends once every workgroup of the dispatch has arrived, which the caller
     // guarantees by dispatching no more workgroups than stay resident.
-    super::kernels::compile_pipeline(ctx, layout, format!("{HEADER}{body}"), true)
+    super::kernels::compile_pipeline(ctx, layout, src.to_string(), true)
         .map_err(|e| Error::msg(format!("grid sync kernel failed to compile: {e}")))
 }

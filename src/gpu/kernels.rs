@@ -2325,13 +2325,7 @@ fn matvec_q8p_source(
     act: u32,
     norm: bool,
 ) -> Result<String> {
-    if !persist_fits(k4, act, norm) {
-        return Err(Error::msg(format!(
-            "persistent integer mat-vec: {} input values with rounding kind {act} (norm {norm})",
-            4 * k4
-        )));
-    }
-    let (lay, deq, body, decl) = q8_parts(ctx, ty, nr, spl)?;
+    let (lay, deq, body, decl) = own_input_parts(ctx, "persistent", ty, nr, spl, k4, act, norm)?;
     let reads = [
         ("X[xq0 + 2u * u + 1u]", "XQ[2u * u + 1u]"),
         ("X[xq0 + 2u * u]", "XQ[2u * u]"),
@@ -2404,6 +2398,28 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
         nq = k4 / 4,
         ns = k4 / 8,
     ))
+}
+
+/// [`q8_parts`] of an integer mat-vec that rounds its own input of `k4`·4 values
+/// ([`persist_fits`]; `what` names the kernel in the error).
+#[allow(clippy::too_many_arguments)]
+fn own_input_parts(
+    ctx: &GpuContext,
+    what: &str,
+    ty: u32,
+    nr: u32,
+    spl: u32,
+    k4: u32,
+    act: u32,
+    norm: bool,
+) -> Result<(GpuLayout, String, String, String)> {
+    if !persist_fits(k4, act, norm) {
+        return Err(Error::msg(format!(
+            "{what} integer mat-vec: {} input values with rounding kind {act} (norm {norm})",
+            4 * k4
+        )));
+    }
+    q8_parts(ctx, ty, nr, spl)
 }
 
 /// The parameter block of the decode mat-vec kernels (`shaders/matvec.wgsl`'s `Params`).
@@ -2527,13 +2543,7 @@ fn matvec_q8w_source(
     norm: bool,
     touch: bool,
 ) -> Result<String> {
-    if !persist_fits(k4, act, norm) {
-        return Err(Error::msg(format!(
-            "waiting integer mat-vec: {} input values with rounding kind {act} (norm {norm})",
-            4 * k4
-        )));
-    }
-    let (lay, deq, body, decl) = q8_parts(ctx, ty, nr, spl)?;
+    let (lay, deq, body, decl) = own_input_parts(ctx, "waiting", ty, nr, spl, k4, act, norm)?;
     let pro = input_rounding(
         ctx,
         act,
