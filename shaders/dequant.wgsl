@@ -318,6 +318,48 @@ fn idot$S(b: u32, sub: u32, xa: vec4<u32>, xb: vec4<u32>, sx0: i32, sx1: i32) ->
     return dm.x * f32(i32(sc) * s) - dm.y * f32(i32(mn) * (sx0 + sx1));
 }
 
+// Integer dot of a unit pair (sub even, sub + 1): the pair's 32 quant bytes are loaded once,
+// low nibbles for `sub` (input xa, xb), high nibbles for `sub + 1` (xc, xd); each unit's
+// value as idot computes it.
+fn idot2$S(b: u32, sub: u32, xa: vec4<u32>, xb: vec4<u32>, sx0: i32, sx1: i32,
+           xc: vec4<u32>, xd: vec4<u32>, sy0: i32, sy1: i32) -> vec2<f32> {
+    let base = b * 36u;
+    let hdr = vec4<u32>($W[base], $W[base + 1u], $W[base + 2u], $W[base + 3u]);
+    let dm = unpack2x16float(hdr.x);
+    var sc0: u32;
+    var mn0: u32;
+    var sc1: u32;
+    var mn1: u32;
+    if (sub < 4u) {
+        sc0 = (hdr.y >> (8u * sub)) & 63u;
+        mn0 = (hdr.z >> (8u * sub)) & 63u;
+        sc1 = (hdr.y >> (8u * sub + 8u)) & 63u;
+        mn1 = (hdr.z >> (8u * sub + 8u)) & 63u;
+    } else {
+        let t = sub - 4u;
+        let h0 = (hdr.w >> (8u * t)) & 0xffu;
+        let h1 = (hdr.w >> (8u * t + 8u)) & 0xffu;
+        sc0 = (h0 & 15u) | (((hdr.y >> (8u * t + 6u)) & 3u) << 4u);
+        mn0 = (h0 >> 4u) | (((hdr.z >> (8u * t + 6u)) & 3u) << 4u);
+        sc1 = (h1 & 15u) | (((hdr.y >> (8u * t + 14u)) & 3u) << 4u);
+        mn1 = (h1 >> 4u) | (((hdr.z >> (8u * t + 14u)) & 3u) << 4u);
+    }
+    let qo = base + 4u + 8u * (sub >> 1u);
+    let m = vec4<u32>(0x0f0f0f0fu);
+    let wa = vec4<u32>($W[qo], $W[qo + 1u], $W[qo + 2u], $W[qo + 3u]);
+    let wb = vec4<u32>($W[qo + 4u], $W[qo + 5u], $W[qo + 6u], $W[qo + 7u]);
+    let qa = wa & m;
+    let qb = wb & m;
+    let ha = (wa >> vec4<u32>(4u)) & m;
+    let hb = (wb >> vec4<u32>(4u)) & m;
+    let s0 = dot4I8Packed(qa.x, xa.x) + dot4I8Packed(qa.y, xa.y) + dot4I8Packed(qa.z, xa.z) + dot4I8Packed(qa.w, xa.w)
+           + dot4I8Packed(qb.x, xb.x) + dot4I8Packed(qb.y, xb.y) + dot4I8Packed(qb.z, xb.z) + dot4I8Packed(qb.w, xb.w);
+    let s1 = dot4I8Packed(ha.x, xc.x) + dot4I8Packed(ha.y, xc.y) + dot4I8Packed(ha.z, xc.z) + dot4I8Packed(ha.w, xc.w)
+           + dot4I8Packed(hb.x, xd.x) + dot4I8Packed(hb.y, xd.y) + dot4I8Packed(hb.z, xd.z) + dot4I8Packed(hb.w, xd.w);
+    return vec2<f32>(dm.x * f32(i32(sc0) * s0) - dm.y * f32(i32(mn0) * (sx0 + sx1)),
+                     dm.x * f32(i32(sc1) * s1) - dm.y * f32(i32(mn1) * (sy0 + sy1)));
+}
+
 // @type Q5_K words=44 upb=8
 fn deq4$S(b: u32, sub: u32, j: u32) -> vec4<f32> {
     let base = b * 44u;

@@ -80,3 +80,27 @@ fn gpu_persistent_matvecs_equal_the_dispatch_graph_bit_for_bit() {
         }
     }
 }
+
+#[test]
+fn gpu_persistent_matvecs_with_q4k_unit_pairs_equal_their_dispatch_graph() {
+    // `Tune::q8_pair`: the persistent kernel reads both units of a pair from its workgroup
+    // copy of the input, the dispatch graph from the rounding's output.
+    for (shape_name, mix) in [("tiny", "q4_k"), ("wide", "q4_k_m")] {
+        let with = |persist: u32| {
+            load_tuned(shape_name, mix, |c| {
+                c.tune.persist = persist;
+                c.tune.q8_pair = true;
+            })
+        };
+        let Some(mut plain) = with(0) else {
+            return;
+        };
+        let base = decode_steps(&mut plain, 8);
+        let mut p = with(3).unwrap();
+        let rows = decode_steps(&mut p, 8);
+        for (i, (a, b)) in base.iter().zip(&rows).enumerate() {
+            assert!(a.iter().all(|v| v.is_finite()), "{mix}: non-finite");
+            assert_eq!(a, b, "{shape_name} {mix}: decode step {i} differs");
+        }
+    }
+}

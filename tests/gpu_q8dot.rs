@@ -234,3 +234,23 @@ fn gpu_decode_kernels_compile_with_and_without_subgroups() {
         assert!(Kernels::source(&ctx, &KernelKey::NormQ8 { k4: 64, act: 1 }).is_err());
     }
 }
+
+#[test]
+fn gpu_integer_matvec_q4k_unit_pairs_match_cpu() {
+    // `Tune::q8_pair`: each lane dots the two sub-blocks that share their quant bytes per
+    // step (`idot2`), with lanes for half the units.
+    let Some(mut ctx) = context() else { return };
+    ctx.tune.q8_pair = true;
+    let q4k = GgmlType::from_name("Q4_K").unwrap().id();
+    assert!(ctx.tune.pairs(q4k, 128));
+    assert_eq!(ctx.tune.q8_lanes(q4k, 128), 64);
+    assert_eq!(ctx.tune.q8_lanes(q4k, 256), 128);
+    let q6k = GgmlType::from_name("Q6_K").unwrap().id();
+    assert!(!ctx.tune.pairs(q6k, 128));
+    let mut runner = MatRunner::new(&ctx);
+    let nr = ctx.tune.decode_nr(q4k);
+    check(&ctx, &mut runner, "Q4_K", 37, 512, nr);
+    check(&ctx, &mut runner, "Q4_K", 19, 256, 1);
+    check(&ctx, &mut runner, "Q4_K", 21, 768, 2);
+    check(&ctx, &mut runner, "Q4_K", 9, 8192, nr);
+}

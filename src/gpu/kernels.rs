@@ -839,6 +839,10 @@ pub struct Tune {
     /// 2 the rounding before `ffn_down`, 4 every workgroup also loads its first weights
     /// before it waits for the input. 0 (default) = separate dispatches.
     pub mv_wait: u32,
+    /// The integer decode mat-vecs of Q4_K take a pair of units (the two sub-blocks that
+    /// share their quant bytes) per lane and loop step (`idot2`, GGUFQ_Q8_PAIR=1; lanes as for
+    /// half the units); 0 (default) one unit.
+    pub q8_pair: bool,
     /// The integer decode mat-vecs bind their weights as `array<vec4<u32>>` and load each
     /// group of 4 words the dequantizer reads together as one 128-bit load
     /// ([`wide_weights`]): 1 (default) for [`WIDE_DEFAULT_TYPES`], 2 for every type of
@@ -1036,11 +1040,22 @@ impl Tune {
     /// or 256; the workgroup's 256 lanes hold 256 / lanes row groups of NR rows): by
     /// default the power of two ≥ the row's units (so that each lane takes about one
     /// unit per row), at most 256; GGUFQ_Q8_LANES sets it for every matrix.
-    pub fn q8_lanes(&self, _ty: u32, units: usize) -> u32 {
+    pub fn q8_lanes(&self, ty: u32, units: usize) -> u32 {
         if self.q8_lanes != 0 {
             return self.q8_lanes;
         }
-        (units.next_power_of_two() as u32).clamp(32, 256)
+        let steps = if self.pairs(ty, units) {
+            units / 2
+        } else {
+            units
+        };
+        (steps.next_power_of_two() as u32).clamp(32, 256)
+    }
+
+    /// Whether the integer decode kernels of type id `ty` on rows of `units` units take
+    /// unit pairs ([`Tune::q8_pair`]: Q4_K, an even unit count).
+    pub fn pairs(&self, ty: u32, units: usize) -> bool {
+        self.q8_pair && ty == GgmlType::Q4_K.id() && units % 2 == 0
     }
 
     /// Output rows per workgroup of the kernel `key` with `nr` rows per warp (mat-vec keys;
@@ -1166,6 +1181,7 @@ impl Tune {
             swiglu_q_wg: get("GGUFQ_SWIGLU_Q_WG", 256, &[256, 512]),
             swiglu_q32k: std::env::var("GGUFQ_SWIGLU_Q32K").as_deref() == Ok("1"),
             qkv_multi: get("GGUFQ_QKV_MULTI", 1, &[0, 1, 2]),
+            q8_pair: std::env::var("GGUFQ_Q8_PAIR").as_deref() == Ok("1"),
             mv_wait: get("GGUFQ_MV_WAIT", 0, &[0, 1, 2, 3, 5, 6, 7]),
             persist: std::env::var("GGUFQ_MV_PERSIST")
                 .ok()
@@ -1799,6 +1815,25 @@ fn q8_parts(
     body.push_str("    let gl = lid % SPL;\n");
     // Packed region: quants from word ld_x (vec4 index ld_x / 4), then the scales.
     body.push_str("    let xq0 = P.ld_x / 4u + P.x_off / 4u;\n    let xs0 = P.ld_x + P.ld_x / 4u + P.x_off / 8u;\n");
+    if ctx.tune.q8_pair && gt == GgmlType::Q4_K && deq.contains("fn idot2") {
+        // Unit pairs (sub-blocks 2k, 2k + 1 of a block share their quant bytes); rows of
+        // Q4_K have a multiple of 8 units.
+        body.push_str(
+            "    for (var u2 = gl; u2 < P.units / 2u; u2 += SPL) {\n        let u = 2u * u2;\n",
+        );
+        body.push_str("        let xa = X[xq0 + 2u * u];\n        let xb = X[xq0 + 2u * u + 1u];\n        let xc = X[xq0 + 2u * u + 2u];\n        let xd = X[xq0 + 2u * u + 3u];\n");
+        body.push_str("        let dx = bitcast<f32>(X[(xs0 + u) >> 2u][(xs0 + u) & 3u]);\n        let dy = bitcast<f32>(X[(xs0 + u + 1u) >> 2u][(xs0 + u + 1u) & 3u]);\n");
+        body.push_str("        let one = 0x01010101u;\n");
+        for (n, v) in [("sx0", "xa"), ("sx1", "xb"), ("sy0", "xc"), ("sy1", "xd")] {
+            body.push_str(&format!("        let {n} = (dot4I8Packed({v}.x, one) + dot4I8Packed({v}.y, one)) + (dot4I8Packed({v}.z, one) + dot4I8Packed({v}.w, one));\n"));
+        }
+        for r in 0..nr {
+            body.push_str(&format!("        let gu_{r} = min(rbase + {r}u, P.rows - 1u) * P.units + u;\n        let pr_{r} = idot2(gu_{r} / UPB, gu_{r} % UPB, xa, xb, sx0, sx1, xc, xd, sy0, sy1);\n        acc_{r}_0 += dx * pr_{r}.x;\n        acc_{r}_0 += dy * pr_{r}.y;\n"));
+        }
+        body.push_str("    }\n");
+        let decl = q8_reduce(ctx, nr, spl, &mut body);
+        return Ok((lay, deq, body, format!("const SPL: u32 = {spl}u;\n{decl}")));
+    }
     body.push_str("    for (var u = gl; u < P.units; u += SPL) {\n");
     body.push_str("        let xa = X[xq0 + 2u * u];\n        let xb = X[xq0 + 2u * u + 1u];\n        let dx = bitcast<f32>(X[(xs0 + u) >> 2u][(xs0 + u) & 3u]);\n");
     body.push_str("        let one = 0x01010101u;\n        let sx0 = (dot4I8Packed(xa.x, one) + dot4I8Packed(xa.y, one)) + (dot4I8Packed(xa.z, one) + dot4I8Packed(xa.w, one));\n        let sx1 = (dot4I8Packed(xb.x, one) + dot4I8Packed(xb.y, one)) + (dot4I8Packed(xb.z, one) + dot4I8Packed(xb.w, one));\n");
@@ -2331,6 +2366,15 @@ fn matvec_q8p_source(
         ("X[xq0 + 2u * u]", "XQ[2u * u]"),
         ("bitcast<f32>(X[(xs0 + u) >> 2u][(xs0 + u) & 3u])", "XS[u]"),
     ];
+    // The unit-pair body's second unit (Tune::q8_pair).
+    let pair_reads = [
+        ("X[xq0 + 2u * u + 2u]", "XQ[2u * u + 2u]"),
+        ("X[xq0 + 2u * u + 3u]", "XQ[2u * u + 3u]"),
+        (
+            "bitcast<f32>(X[(xs0 + u + 1u) >> 2u][(xs0 + u + 1u) & 3u])",
+            "XS[u + 1u]",
+        ),
+    ];
     let mut body = body;
     for (from, to) in reads {
         if !body.contains(from) {
@@ -2338,6 +2382,9 @@ fn matvec_q8p_source(
                 "internal: integer mat-vec body without its input reads",
             ));
         }
+        body = body.replace(from, to);
+    }
+    for (from, to) in pair_reads {
         body = body.replace(from, to);
     }
     let body = body
