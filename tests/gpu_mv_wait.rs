@@ -15,6 +15,9 @@ mod gpu_fixture;
 use gpu_fixture::{decode_steps, load_tuned, role_count};
 
 fn load(shape_name: &str, mix: &str, bits: u32) -> Option<GpuModel> {
+    // Lavapipe orders the waiting workgroups' reads only on one thread
+    // (`model::wait_is_ordered`); set before this process opens its first device.
+    std::env::set_var("LP_NUM_THREADS", "1");
     load_tuned(shape_name, mix, |c| c.tune.mv_wait = bits)
 }
 
@@ -41,6 +44,8 @@ fn gpu_waiting_matvecs_equal_the_dispatch_graph_bit_for_bit() {
         let Some(mut plain) = load(shape_name, mix, 0) else {
             return;
         };
+        let ctx = gpu_fixture::context().unwrap();
+        assert!(ggufq::gpu::model::wait_is_ordered(&ctx));
         let base = decode_steps(&mut plain, 20);
         let layers = plain.cfg.n_layer;
         let norms = role_count(&plain, "norm_q8");

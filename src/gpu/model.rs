@@ -3086,6 +3086,16 @@ fn persist_key(tune: &Tune, ty: GgmlType, cols: usize, act: u32, norm: bool) -> 
     }
 }
 
+/// Whether the adapter orders a waiting workgroup's plain loads after the producers'
+/// count ([`mv_wait_pass`]): not lavapipe on several threads (its workgroups run on OS
+/// threads and, in the tests on 2 cores, read the input before the producer had written it
+/// in about half the runs), unless it runs one thread (`LP_NUM_THREADS=1`: workgroup 0
+/// first, the others after it). GPUs: yes (the H100, `--kernel-check`).
+pub fn wait_is_ordered(ctx: &GpuContext) -> bool {
+    ctx.facts.device_type != format!("{:?}", wgpu::DeviceType::Cpu)
+        || std::env::var("LP_NUM_THREADS").as_deref() == Ok("1")
+}
+
 /// [`Tune::mv_wait`]'s graph change: every decode NormQ8 step (bit 1) or activation
 /// rounding (bit 2) followed by the integer mat-vec of one weight chunk that reads its
 /// output becomes one [`KernelKey::MatVecQ8W`] step (in the first one's place; a step the
@@ -3104,6 +3114,9 @@ fn mv_wait_pass(
     bgw: impl Fn(&wgpu::BindGroupLayout, &Chunk, &[&wgpu::Buffer], usize) -> wgpu::BindGroup,
 ) -> Result<()> {
     let bits = ctx.tune.mv_wait;
+    if !wait_is_ordered(ctx) {
+        return Ok(());
+    }
     let dec: Vec<usize> = (0..steps.len())
         .filter(|&i| steps[i].when.runs(When::Decode, 1))
         .collect();
