@@ -15,9 +15,12 @@ fn gpu_dependent_dispatches_see_every_word_and_one_workgroup_barriers_too() {
     let Some(ctx) = gpu_fixture::context() else {
         return;
     };
+    // Several workgroups meet in a grid barrier only on a GPU (a CPU adapter's threads run
+    // workgroups to their end); one workgroup everywhere.
+    let cpu = ctx.facts.device_type == "Cpu";
     for wgs in [1u32, 2, 4] {
         let rows = grid_sync_bench(&ctx, wgs, 8, 1).unwrap();
-        assert_eq!(rows.len(), 3);
+        assert_eq!(rows.len(), if cpu && wgs > 1 { 1 } else { 3 }, "{rows:?}");
         let dispatch = rows
             .iter()
             .find(|r| r.kind == "dependent dispatches")
@@ -25,10 +28,11 @@ fn gpu_dependent_dispatches_see_every_word_and_one_workgroup_barriers_too() {
         assert_eq!(dispatch.stale, 0, "{wgs} workgroups: {rows:?}");
         assert!(dispatch.us_per_step > 0.0 && dispatch.us_per_step.is_finite());
         assert_eq!(dispatch.steps, 8);
+        let atomic = rows.iter().find(|r| r.kind == "grid barrier, atomic reads");
+        assert!(atomic.is_none_or(|r| r.stale == 0), "{rows:?}");
         if wgs == 1 {
-            for r in rows.iter().filter(|r| r.kind.starts_with("grid barrier")) {
-                assert_eq!(r.stale, 0, "{rows:?}");
-            }
+            let grid = rows.iter().find(|r| r.kind == "grid barrier").unwrap();
+            assert_eq!(grid.stale, 0, "{rows:?}");
         }
     }
     // Fault injection: checks that expect other values count every read of a pass (at
@@ -39,11 +43,12 @@ fn gpu_dependent_dispatches_see_every_word_and_one_workgroup_barriers_too() {
         .find(|r| r.kind == "dependent dispatches")
         .unwrap();
     assert!(dispatch.stale >= 7 * 2 * 256, "{rows:?}");
+    let rows = grid_sync_run(&ctx, 1, 8, 1, 5).unwrap();
     let atomic = rows
         .iter()
         .find(|r| r.kind == "grid barrier, atomic reads")
         .unwrap();
-    assert!(atomic.stale >= 8 * 2 * 256, "{rows:?}");
+    assert!(atomic.stale >= 8 * 256, "{rows:?}");
     assert!(grid_sync_bench(&ctx, 0, 8, 1).is_err());
     assert!(grid_sync_bench(&ctx, 1, 0, 1).is_err());
 }
