@@ -17,7 +17,7 @@ fn gpu_dependent_dispatches_see_every_word_and_one_workgroup_barriers_too() {
     };
     // Several workgroups meet in a grid barrier only on a GPU (a CPU adapter's threads run
     // workgroups to their end); one workgroup everywhere.
-    let cpu = ctx.facts.device_type == "Cpu";
+    let cpu = ctx.facts.is_cpu();
     for wgs in [1u32, 2, 4] {
         let rows = grid_sync_bench(&ctx, wgs, 8, 1).unwrap();
         assert_eq!(rows.len(), if cpu && wgs > 1 { 1 } else { 3 }, "{rows:?}");

@@ -51,6 +51,14 @@ pub struct AdapterFacts {
     pub coop_matrix: bool,
 }
 
+impl AdapterFacts {
+    /// Whether the adapter runs on the CPU (lavapipe): its workgroups run on a few OS
+    /// threads, so waits between workgroups and spinning host waits are not what a GPU's are.
+    pub fn is_cpu(&self) -> bool {
+        self.device_type == format!("{:?}", wgpu::DeviceType::Cpu)
+    }
+}
+
 /// An open device with its queue and the facts the kernels need.
 pub struct GpuContext {
     /// The wgpu device.

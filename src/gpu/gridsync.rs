@@ -142,7 +142,7 @@ pub fn grid_sync_run(
     );
     // A CPU adapter (lavapipe) runs workgroups on a few threads, each to its end: a grid
     // barrier over more workgroups than threads would wait for ones queued behind it.
-    let grid = workgroups == 1 || ctx.facts.device_type != format!("{:?}", wgpu::DeviceType::Cpu);
+    let grid = workgroups == 1 || !ctx.facts.is_cpu();
     let variants = [
         ("grid barrier", HEADER.to_string(), BARRIER_WGSL.to_string()),
         ("grid barrier, atomic reads", atomic.0, atomic.1),

@@ -3092,8 +3092,7 @@ fn persist_key(tune: &Tune, ty: GgmlType, cols: usize, act: u32, norm: bool) -> 
 /// in about half the runs), unless it runs one thread (`LP_NUM_THREADS=1`: workgroup 0
 /// first, the others after it). GPUs: yes (the H100, `--kernel-check`).
 pub fn wait_is_ordered(ctx: &GpuContext) -> bool {
-    ctx.facts.device_type != format!("{:?}", wgpu::DeviceType::Cpu)
-        || std::env::var("LP_NUM_THREADS").as_deref() == Ok("1")
+    !ctx.facts.is_cpu() || std::env::var("LP_NUM_THREADS").as_deref() == Ok("1")
 }
 
 /// [`Tune::mv_wait`]'s graph change: every decode NormQ8 step (bit 1) or activation
@@ -3120,7 +3119,8 @@ fn mv_wait_pass(
     let dec: Vec<usize> = (0..steps.len())
         .filter(|&i| steps[i].when.runs(When::Decode, 1))
         .collect();
-    // (producer, mat-vec, key, f32 input, norm weights)
+    // (producer, mat-vec, key, the weight chunk, the buffers after it: packed input,
+    // output, f32 input, norm weights)
     let mut pairs = Vec::new();
     for w in dec.windows(2) {
         let (a, b) = (&steps[w[0]], &steps[w[1]]);
@@ -3174,7 +3174,8 @@ fn mv_wait_pass(
             norm,
             touch: bits & 4 != 0,
         };
-        pairs.push((w[0], w[1], key, xr.clone(), nw.clone()));
+        let ins = [bb[1].clone(), bb[2].clone(), xr.clone(), nw.clone()];
+        pairs.push((w[0], w[1], key, &mat.chunks[0], ins));
     }
     if pairs.len() < 2 {
         return Ok(());
@@ -3186,17 +3187,8 @@ fn mv_wait_pass(
     let mut next_slot = steps.iter().map(|s| s.slot).max().unwrap_or(0) + 1;
     let mut drop = std::collections::HashSet::new();
     let mut put: std::collections::HashMap<usize, Step> = Default::default();
-    for (k, (i, j, key, xr, nw)) in pairs.into_iter().enumerate() {
+    for (k, (i, j, key, ch, [x, y, xr, nw])) in pairs.into_iter().enumerate() {
         let (a, b) = (&steps[i], &steps[j]);
-        let StepKind::Mat { m, c, .. } = b.kind else {
-            continue;
-        };
-        let Some(ch) = mats.get(m).and_then(|mat| mat.chunks.get(c)) else {
-            return Err(Error::msg("internal: a mat-vec step without its chunk"));
-        };
-        let bb = bufs
-            .get(&b.slot)
-            .ok_or_else(|| Error::msg("internal: a step's buffers were not kept"))?;
         // A decode-only step's parameter slot is free once it goes; else a new one.
         let slot = if a.when == When::Decode {
             a.slot
@@ -3210,12 +3202,7 @@ fn mv_wait_pass(
             return Err(Error::msg("internal: params slots underestimated"));
         }
         let prev = &counters[(k + counters.len() - 1) % counters.len()];
-        let bind = bgw(
-            layout,
-            ch,
-            &[&bb[1], &bb[2], &xr, &nw, &counters[k], prev],
-            slot,
-        );
+        let bind = bgw(layout, ch, &[&x, &y, &xr, &nw, &counters[k], prev], slot);
         let e = Step {
             kind: b.kind,
             when: When::Decode,
