@@ -307,3 +307,34 @@ fn gpu_rounding_kernels_compile_with_subgroups_and_emulated() {
     let src = Kernels::source(&c, &KernelKey::ActQ).unwrap();
     assert!(!src.contains("SG_MAX(") && !src.contains("SG_SHUF("));
 }
+
+#[test]
+fn gpu_normq8_fast_division_gives_the_same_decode_logits() {
+    // `Tune::actq_fastdiv` also makes the NormQ8 kernel (rows of ≤ 4096 values) take its
+    // scales by `div_fast`: the same correctly rounded quotients as `div_rn`, so the decode
+    // logits (Q8_K and Q8_0 activations) must be equal bit for bit with it on and off.
+    use ggufq::gpu::kernels::{KernelKey, Kernels};
+    use ggufq::gpu::GpuModel;
+    for mix in ["q4_k", "q4_0"] {
+        let mut rows = Vec::new();
+        for fast in [false, true] {
+            let Some(c) = gpu_fixture::context_tuned(|c| c.tune.actq_fastdiv = fast) else {
+                return;
+            };
+            for act in [3, 4] {
+                let src = Kernels::source(&c, &KernelKey::NormQ8 { k4: 256, act }).unwrap();
+                assert_eq!(src.contains("div_fast(127.0"), fast, "act {act}");
+                gpu_fixture::validate_wgsl(&src, "NormQ8");
+            }
+            let mut m = GpuModel::load(
+                c,
+                &gpu_fixture::tiny_source(mix),
+                gpu_fixture::decode_opts(),
+            )
+            .unwrap();
+            assert!(m.step_roles().contains(&"norm_q8"), "{mix}");
+            rows.push(gpu_fixture::decode_steps(&mut m, 24));
+        }
+        assert_eq!(rows[0], rows[1], "{mix}: NormQ8 with div_fast differs");
+    }
+}

@@ -182,7 +182,8 @@ impl WeightPool {
     pub fn new(ctx: &GpuContext, bytes: u64) -> WeightPool {
         let cap = bytes.min(ctx.facts.max_buffer).max(256);
         // At least 256 bytes: whole cache lines and sectors for the kernels' loads.
-        let align = (ctx.device.limits().min_storage_buffer_offset_alignment as u64).max(256);
+        let align = (ctx.device.limits().min_storage_buffer_offset_alignment as u64)
+            .max(ctx.tune.pool_align);
         WeightPool {
             layout: PoolLayout::new(cap, align),
             cur: None,

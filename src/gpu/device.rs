@@ -168,6 +168,11 @@ impl GpuContext {
             // take from it.
             tune.spin_wait = false;
         }
+        if tune.skip_roles != 0 {
+            eprintln!(
+                "warning: GGUFQ_SKIP_ROLES leaves dispatches out of every forward pass: timings only, every output of this run is wrong"
+            );
+        }
         Ok(GpuContext {
             device,
             queue,

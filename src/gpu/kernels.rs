@@ -31,6 +31,7 @@ const ROPE_WGSL: &str = include_str!("../../shaders/rope.wgsl");
 const ATTENTION_WGSL: &str = include_str!("../../shaders/attention.wgsl");
 const MATMAT_WGSL: &str = include_str!("../../shaders/matmat.wgsl");
 const ATTN_DECODE_WGSL: &str = include_str!("../../shaders/attn_decode.wgsl");
+const ATTN_DECODE_SEG_WGSL: &str = include_str!("../../shaders/attn_decode_seg.wgsl");
 const ACTQ_WGSL: &str = include_str!("../../shaders/actq.wgsl");
 const MATMAT_COOP_WGSL: &str = include_str!("../../shaders/matmat_coop.wgsl");
 const ATTENTION_COOP_WGSL: &str = include_str!("../../shaders/attention_coop.wgsl");
@@ -815,6 +816,9 @@ pub struct Tune {
     /// default: on the H100 (session 7, 7B Q4_0) the GPU pass was 71 µs slower with pooled
     /// weights (2823 vs 2752 µs), more than the submit saved (23 vs 32–68 µs).
     pub weight_pool: u64,
+    /// Offset alignment of the pooled weight chunks in bytes (GGUFQ_POOL_ALIGN, a power of
+    /// two; default 256, never below the adapter's `min_storage_buffer_offset_alignment`).
+    pub pool_align: u64,
     /// One-token forwards upload their embedding row and token table through two
     /// persistently owned MAP_WRITE buffers (mapped while the GPU runs the previous token,
     /// copied at the start of the command buffer) instead of two `queue.write_buffer`s,
@@ -830,6 +834,16 @@ pub struct Tune {
     /// GGUFQ_PREFETCH_MB) so that the HBM streams them into the L2 cache while the small
     /// step runs, with no barrier between the two; the mat-vec then finds them there.
     pub prefetch_mb: u32,
+    /// The decode graph's attention by output segment ([`KernelKey::AttnDecodeS`]: one
+    /// workgroup per 256 output values scores, weighs and rounds them for `wo`, no split)
+    /// where the split attention's last-workgroup epilogue would run and the scores fit in
+    /// workgroup memory (GGUFQ_ATTN_SEG=1 on, 0 off).
+    pub attn_seg: bool,
+    /// Timing experiments only: the decode and batch graphs leave out every dispatch whose
+    /// role is in this set (bits of [`SKIPPABLE_ROLES`], GGUFQ_SKIP_ROLES=attention,norm_q8,…),
+    /// so a tg run shows what those dispatches cost inside the pipelined pass. The outputs
+    /// are then wrong: `ggufq bench` says so on stderr. 0 (default) = none.
+    pub skip_roles: u32,
     /// Workgroups of the persistent decode mat-vecs ([`KernelKey::MatVecQ8P`]) that build
     /// their own rounded input, replacing the NormQ8 dispatches and the rounding before
     /// `ffn_down` (GGUFQ_MV_PERSIST; 0 = off: separate dispatches).
@@ -930,6 +944,23 @@ pub const ATTN_MAX_CHUNKS: u32 = 16;
 /// ([`KernelKey::AttnDecodeQ`]) also the rounding's quants, scales and flag.
 pub fn attn_decode_shared_bytes(ctx: u32, epilogue: bool) -> u32 {
     4 * ctx + 1024 + 3 * 1024 + 4096 + 4 + if epilogue { 1024 + 32 + 64 + 4 } else { 0 }
+}
+
+/// Workgroup memory of [`KernelKey::AttnDecodeS`] for a context of `ctx` positions and head
+/// size `hd`: scores of 256 / hd heads, the reductions, Q/K/V rows, V partial sums, the 256
+/// outputs and the rounding's own arrays.
+pub fn attn_seg_shared_bytes(ctx: u32, hd: u32) -> u32 {
+    4 * ctx * (256 / hd.max(1)) + 1024 + 3 * 1024 + 4096 + 1024 + 1024 + 32 + 64
+}
+
+/// Whether [`KernelKey::AttnDecodeS`] can run a model of head size `hd` and `q_dim` attention
+/// output values per token in a context of `ctx` positions on `c`'s adapter.
+pub fn attn_seg_fits(c: &GpuContext, ctx: u32, hd: u32, q_dim: u32) -> bool {
+    hd >= 16
+        && hd % 4 == 0
+        && 256 % hd == 0
+        && q_dim % 256 == 0
+        && attn_seg_shared_bytes(ctx, hd) <= c.facts.shared_mem
 }
 
 /// Weight types whose `ffn_down` decode mat-vec rounds its own input by default
@@ -1172,6 +1203,11 @@ impl Tune {
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok())
                 .map_or(0, |mib| mib << 20),
+            pool_align: std::env::var("GGUFQ_POOL_ALIGN")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|v| v.is_power_of_two() && *v <= 1 << 30)
+                .unwrap_or(256),
             upload_ring: std::env::var("GGUFQ_UPLOAD_RING").as_deref() == Ok("1"),
             wide: get("GGUFQ_WIDE", 1, &[0, 1, 2]),
             mv_const: std::env::var("GGUFQ_MV_CONST").as_deref() == Ok("1"),
@@ -1193,8 +1229,52 @@ impl Tune {
                 .and_then(|v| v.parse().ok())
                 .filter(|v| *v <= 1024)
                 .unwrap_or(0),
+            attn_seg: std::env::var("GGUFQ_ATTN_SEG").as_deref() == Ok("1"),
+            skip_roles: std::env::var("GGUFQ_SKIP_ROLES").map_or(0, |v| skip_role_bits(&v)),
         }
     }
+
+    /// Whether [`Tune::skip_roles`] leaves out the dispatches of `role`.
+    pub fn skips(&self, role: &str) -> bool {
+        self.skip_roles != 0
+            && SKIPPABLE_ROLES
+                .iter()
+                .position(|r| *r == role)
+                .is_some_and(|i| self.skip_roles & (1 << i) != 0)
+    }
+}
+
+/// Roles [`Tune::skip_roles`] can leave out (decode-graph step roles, mat-vec groups by
+/// their first matrix's role).
+pub const SKIPPABLE_ROLES: &[&str] = &[
+    "norm_q8",
+    "attention",
+    "actq",
+    "attn_out_q",
+    "qkv",
+    "wo",
+    "gate_up",
+    "down",
+    "output",
+    "rope_kv",
+    "qk_prep",
+    "prefetch",
+];
+
+/// [`Tune::skip_roles`] bits of a comma-separated role list; an unknown name is reported on
+/// stderr and ignored.
+pub fn skip_role_bits(list: &str) -> u32 {
+    let mut bits = 0;
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match SKIPPABLE_ROLES.iter().position(|r| *r == name) {
+            Some(i) => bits |= 1 << i,
+            None => eprintln!(
+                "GGUFQ_SKIP_ROLES: unknown role '{name}' ignored (known: {})",
+                SKIPPABLE_ROLES.join(", ")
+            ),
+        }
+    }
+    bits
 }
 
 /// The epilogue of [`KernelKey::MatVecQ8E`].
@@ -1378,6 +1458,12 @@ pub enum KernelKey {
         exact: bool,
         reset: bool,
     },
+    /// Decode attention by output segment (`shaders/attn_decode_seg.wgsl`,
+    /// [`Tune::attn_seg`]): one workgroup per 256 attention output values (256 / `hd`
+    /// heads) and token scores, weighs and rounds them for `wo` itself, with
+    /// [`KernelKey::AttnDecodeQ`]'s bindings (3 and 8 unused). Scores of up to `ctx`
+    /// positions per head in workgroup memory.
+    AttnDecodeS { ctx: u32, hd: u32 },
     /// The rounding of `shaders/actq.wgsl` whose input is the combination of the `nch`
     /// partial results of the split decode attention ([`Tune::attn_split`]).
     /// `exact`: the partial results are already normalised and just add up.
@@ -2931,6 +3017,18 @@ fn normq8_regs_source(ctx: &GpuContext, k4: u32, act: u32) -> String {
     } else {
         NORM_TREE
     };
+    // The scale divisions by `div_fast` (same quotients) where the rounding uses it
+    // (`Tune::actq_fastdiv`).
+    let fast = ctx.tune.actq_fastdiv;
+    let quantize = normq8_quantize(
+        act,
+        "let o = P.ld_x + 4u * lid;
+            Q[o] = p0;
+            Q[o + 1u] = p1;
+            Q[o + 2u] = p2;
+            Q[o + 3u] = p3;",
+        "Q[P.ld_x + P.ld_x / 4u + lid / 2u] = bitcast<u32>(sd);",
+    );
     format!(
         "struct Params {{ rows: u32, units: u32, d_off: u32, x_off: u32, ld_x: u32, y_off: u32, ld_y: u32, n_tok: u32, mode: u32, row0: u32, pad0: u32, pad1: u32 }}
 @group(0) @binding(0) var<storage, read> X: array<vec4<f32>>;
@@ -2950,18 +3048,27 @@ fn amax4(v: vec4<f32>) -> f32 {{
 fn main(@builtin(local_invocation_index) lid: u32) {{
 {norm}{quantize}}}
 ",
-        fns = actq_functions(),
+        fns = if fast {
+            actq_functions_fast()
+        } else {
+            actq_functions().to_string()
+        },
         norm = normq8_norm(reduce, "X[P.x_off + $I]"),
-        quantize = normq8_quantize(
-            act,
-            "let o = P.ld_x + 4u * lid;
-            Q[o] = p0;
-            Q[o + 1u] = p1;
-            Q[o + 2u] = p2;
-            Q[o + 3u] = p3;",
-            "Q[P.ld_x + P.ld_x / 4u + lid / 2u] = bitcast<u32>(sd);",
-        ),
+        quantize = if fast {
+            quantize.replace("div_rn(", "div_fast(")
+        } else {
+            quantize
+        },
     )
+}
+
+/// [`actq_functions`] with `div_fast` ahead of them (its test-only estimate skew 0): the
+/// correctly rounded quotient of `div_rn` without the 25-step serial loop.
+fn actq_functions_fast() -> String {
+    let start = ACTQ_WGSL.find("fn div_fast").unwrap_or(0);
+    let end = ACTQ_WGSL.find("fn div_rn").unwrap_or(0);
+    let f = ACTQ_WGSL.get(start..end).unwrap_or("");
+    format!("{}{}", f.replace("DIV_SKEW", "0"), actq_functions())
 }
 
 /// The rounding part of [`KernelKey::NormQ8`] after [`normq8_norm`], in a block of its own:
@@ -3472,24 +3579,12 @@ fn attn_decode_source(
         .replace("$SKIP", b(skip))
 }
 
-/// The last-workgroup epilogue of [`KernelKey::AttnDecodeQ`], appended to the decode
-/// attention: `arrive` counts the workgroups of a group of 256 / hd heads on a device-scope
-/// counter; the last one runs `actq_main`, the text of `shaders/actq.wgsl`'s entry point
-/// (with [`ATTN_COMBINE`] as its input, as [`KernelKey::AttnCombineQ`]) made a function of
-/// the rounding workgroup (value block `g`, token), with its parameters read from the
-/// attention's own (`P.qk`, …) and its partial results from `O`. Same operations in the
-/// same order, so the same quants and scales bit for bit.
-///
-/// WGSL's `storageBarrier()` is a device-scope acquire/release fence on storage memory in
-/// naga's SPIR-V (OpControlBarrier, memory scope Device, AcquireRelease | UniformMemory):
-/// the fence before the `atomicAdd` publishes this workgroup's partial result, the one
-/// after the last arrival makes every other workgroup's visible (CUDA's threadfence
-/// reduction). No workgroup waits for another, so no forward-progress assumption.
-///
-/// With [`Tune::attn_live`] (exact split only) the combine is [`attn_combine_live`]: only the
-/// live chunks, all loads first, the same additions.
-fn attn_epilogue(ctx: &GpuContext, nch: u32, exact: bool, reset: bool) -> Result<String> {
-    let live = exact && ctx.tune.attn_live != 0;
+/// `shaders/actq.wgsl`'s entry point made a function `actq_main(lid, wg)` of the rounding
+/// workgroup (value block `wg.x`, token `wg.y`) for the decode attention kernels: its input
+/// load replaced by `load`, `extra` appended, its parameters read from the attention's own
+/// (`P.qk`, …), its output at binding 7 and `red` the attention's. Same operations in the same
+/// order as the rounding dispatch, so the same quants and scales for the same inputs.
+fn actq_attention_fn(ctx: &GpuContext, load: &str, extra: &str) -> Result<String> {
     let internal = |what: &str| Error::msg(format!("internal: actq.wgsl has no {what}"));
     let mut a = actq_source(ctx)?;
     for (from, to) in [
@@ -3504,7 +3599,7 @@ fn attn_epilogue(ctx: &GpuContext, nch: u32, exact: bool, reset: bool) -> Result
         ("@group(0) @binding(3) var<uniform> P: Params;", ""),
         ("struct Params {", "struct ActqParams {"),
         ("var<workgroup> red: array<f32, 256>;", ""),
-        (ACTQ_LOAD, "v = attn_combine(i, t);"),
+        (ACTQ_LOAD, load),
     ] {
         if !a.contains(from) {
             return Err(internal(from));
@@ -3519,7 +3614,7 @@ fn attn_epilogue(ctx: &GpuContext, nch: u32, exact: bool, reset: bool) -> Result
         return Err(internal("entry point `main(lid, wg)`"));
     }
     let a = entry.replace(&a, "fn actq_main(lid: u32, wg: vec3<u32>) {");
-    let text = format!("{a}{}", if live { "" } else { ATTN_COMBINE });
+    let text = format!("{a}{extra}");
     // actq.wgsl's parameters → the attention's (the rounding reads token rows from word 0).
     let field =
         regex::Regex::new(r"\bP\.(\w+)").map_err(|e| Error::msg(format!("internal: {e}")))?;
@@ -3547,6 +3642,78 @@ fn attn_epilogue(ctx: &GpuContext, nch: u32, exact: bool, reset: bool) -> Result
     if let Some(f) = bad {
         return Err(internal(&format!("mapping for parameter `P.{f}`")));
     }
+    Ok(text.into_owned())
+}
+
+/// WGSL of [`KernelKey::AttnDecodeS`]: `shaders/attn_decode_seg.wgsl` with its per-head
+/// reduction (32-wide subgroups where the adapter has them and a head has ≥ 32 threads, else
+/// a tree in workgroup memory) and `actq_main` reading the workgroup's 256 outputs.
+fn attn_seg_source(ctx: &GpuContext, n: u32, hd: u32) -> Result<String> {
+    if hd < 16 || hd % 4 != 0 || 256 % hd != 0 {
+        return Err(Error::msg(format!(
+            "decode attention by segment needs a head size that divides 256 (hd {hd})"
+        )));
+    }
+    let reduce = if ctx.subgroup32 && hd >= 32 {
+        "    let wm = subgroupMax(x);
+    let ws = subgroupAdd(x);
+    if (lid % 32u == 0u) {
+        red[lid / 32u] = select(ws, wm, is_max);
+    }
+    workgroupBarrier();
+    let b = (lid - lid % TH) / 32u;
+    var r = red[b];
+    for (var i = 1u; i < TH / 32u; i++) {
+        r = select(r + red[b + i], max(r, red[b + i]), is_max);
+    }
+    workgroupBarrier();
+    return r;
+"
+    } else {
+        "    red[lid] = x;
+    workgroupBarrier();
+    for (var s = TH / 2u; s > 0u; s >>= 1u) {
+        if (lid % TH < s) {
+            red[lid] = select(red[lid] + red[lid + s], max(red[lid], red[lid + s]), is_max);
+        }
+        workgroupBarrier();
+    }
+    let r = red[lid - lid % TH];
+    workgroupBarrier();
+    return r;
+"
+    };
+    let body = ATTN_DECODE_SEG_WGSL
+        .replace("$CTX", &n.to_string())
+        .replace("$SCTX", &(n * (256 / hd)).to_string())
+        .replace("$HD4", &(hd / 4).to_string())
+        .replace("$HEAD_REDUCE", reduce);
+    Ok(body + &actq_attention_fn(ctx, "v = aout[lid];", "")?)
+}
+
+/// The last-workgroup epilogue of [`KernelKey::AttnDecodeQ`], appended to the decode
+/// attention: `arrive` counts the workgroups of a group of 256 / hd heads on a device-scope
+/// counter; the last one runs `actq_main`, the text of `shaders/actq.wgsl`'s entry point
+/// (with [`ATTN_COMBINE`] as its input, as [`KernelKey::AttnCombineQ`]) made a function of
+/// the rounding workgroup (value block `g`, token), with its parameters read from the
+/// attention's own (`P.qk`, …) and its partial results from `O`. Same operations in the
+/// same order, so the same quants and scales bit for bit.
+///
+/// WGSL's `storageBarrier()` is a device-scope acquire/release fence on storage memory in
+/// naga's SPIR-V (OpControlBarrier, memory scope Device, AcquireRelease | UniformMemory):
+/// the fence before the `atomicAdd` publishes this workgroup's partial result, the one
+/// after the last arrival makes every other workgroup's visible (CUDA's threadfence
+/// reduction). No workgroup waits for another, so no forward-progress assumption.
+///
+/// With [`Tune::attn_live`] (exact split only) the combine is [`attn_combine_live`]: only the
+/// live chunks, all loads first, the same additions.
+fn attn_epilogue(ctx: &GpuContext, nch: u32, exact: bool, reset: bool) -> Result<String> {
+    let live = exact && ctx.tune.attn_live != 0;
+    let text = actq_attention_fn(
+        ctx,
+        "v = attn_combine(i, t);",
+        if live { "" } else { ATTN_COMBINE },
+    )?;
     let text = regex::Regex::new(r"\bX\[")
         .map_err(|e| Error::msg(format!("internal: {e}")))?
         .replace_all(&text, "O[");
@@ -3810,6 +3977,7 @@ impl Kernels {
                 lmin,
                 exact,
             } => attn_decode_source(ctx, *n, *hd, *nch, *lmin, *exact, None),
+            KernelKey::AttnDecodeS { ctx: n, hd } => attn_seg_source(ctx, *n, *hd)?,
             KernelKey::AttnDecodeQ {
                 ctx: n,
                 hd,

@@ -1360,6 +1360,16 @@ impl GpuModel {
                 && hd % 4 == 0
                 && 256 % hd == 0
                 && super::kernels::attn_decode_shared_bytes(attn_ctx, true) <= ctx.facts.shared_mem;
+            // ... or, instead, the attention by output segment (`Tune::attn_seg`).
+            let seg = split.is_some()
+                && ctx.tune.attn_seg
+                && super::kernels::attn_seg_fits(
+                    &ctx,
+                    opts.n_ctx as u32,
+                    hd as u32,
+                    cfg.q_dim() as u32,
+                );
+            let lastwg = lastwg || seg;
             let slot = steps.len();
             let attd_at = steps.len();
             steps.push(Step {
@@ -1442,13 +1452,20 @@ impl GpuModel {
                         ],
                         st.slot,
                     );
-                    st.key = KernelKey::AttnDecodeQ {
-                        ctx: attn_ctx,
-                        hd: hd as u32,
-                        nch,
-                        lmin: attn_lmin,
-                        exact: ctx.tune.attn_exact,
-                        reset: ctx.tune.attn_lastwg != 2,
+                    st.key = if seg {
+                        KernelKey::AttnDecodeS {
+                            ctx: opts.n_ctx as u32,
+                            hd: hd as u32,
+                        }
+                    } else {
+                        KernelKey::AttnDecodeQ {
+                            ctx: attn_ctx,
+                            hd: hd as u32,
+                            nch,
+                            lmin: attn_lmin,
+                            exact: ctx.tune.attn_exact,
+                            reset: ctx.tune.attn_lastwg != 2,
+                        }
                     };
                 } else {
                     let slot = steps.len();
@@ -1893,7 +1910,7 @@ impl GpuModel {
                 KernelKey::MatVecQ8W { .. } => &pl_w,
                 KernelKey::MatVecQ8R { .. } => &pl_sq,
                 KernelKey::AttnDecode { .. } => &pl_attd,
-                KernelKey::AttnDecodeQ { .. } => &pl_attq,
+                KernelKey::AttnDecodeQ { .. } | KernelKey::AttnDecodeS { .. } => &pl_attq,
                 KernelKey::NormRound { .. } => &pl_nr,
                 KernelKey::Arch(ArchOp::QkPrep) => &pl_prep,
                 KernelKey::Prefetch => &pl_pf,
@@ -2113,6 +2130,11 @@ impl GpuModel {
     fn decode_steps(&self) -> impl Iterator<Item = &Step> {
         let mode = self.mode(1);
         self.steps.iter().filter(move |s| s.when.runs(mode, 1))
+    }
+
+    /// Kernel of every dispatch of a one-token forward call, in order.
+    pub fn step_keys(&self) -> Vec<KernelKey> {
+        self.decode_steps().map(|s| s.key.clone()).collect()
     }
 
     /// Role of every dispatch of a one-token forward call, in order.
@@ -2512,6 +2534,9 @@ impl GpuModel {
                                 cfg.n_head as u32,
                                 (n as u32).div_ceil(super::kernels::ATTN_COOP_QT),
                             ),
+                            (KernelKey::AttnDecodeS { .. }, _) => {
+                                (cfg.q_dim() as u32 / 256, n as u32)
+                            }
                             (_, StepKind::AttnDecode { nch, .. }) => {
                                 (cfg.n_head as u32 * nch, n as u32)
                             }
@@ -2702,7 +2727,11 @@ impl GpuModel {
             })
             .forget_lifetime();
         let active = self.steps.iter().filter(|s| s.when.runs(mode, n));
+        let tune = self.ctx.tune;
         for (i, (s, wg)) in active.zip(disp).enumerate() {
+            if ts != Timestamps::PerStep && tune.skips(s.role) {
+                continue;
+            }
             if ts == Timestamps::PerStep && i > 0 {
                 drop(pass);
                 pass = enc

@@ -1,0 +1,68 @@
+//! `GGUFQ_SKIP_ROLES` (`Tune::skip_roles`), a timing switch: the forward pass leaves out the
+//! dispatches of the named roles. Leaving out a role the graph has must change the logits
+//! (the dispatches really go), one it lacks must not; the list parser knows every role.
+//! Runs on lavapipe in CI; without an adapter the GPU test fails unless GGUFQ_SKIP_GPU=1.
+#![cfg(feature = "gpu")]
+
+use ggufq::gpu::kernels::{skip_role_bits, SKIPPABLE_ROLES};
+use ggufq::gpu::source::Mix;
+use ggufq::gpu::{GpuModel, Shape, SynthSource};
+
+#[path = "common/gpu_fixture.rs"]
+mod gpu_fixture;
+use gpu_fixture::{context_tuned, decode_opts, decode_run, tokens};
+
+#[test]
+fn skip_role_list_parses_to_bits() {
+    assert_eq!(skip_role_bits(""), 0);
+    assert_eq!(skip_role_bits("norm_q8"), 1);
+    assert_eq!(skip_role_bits(" attention , norm_q8 "), 3);
+    // Unknown names are ignored (and reported on stderr).
+    assert_eq!(skip_role_bits("attention,nonsense"), 2);
+    let all = SKIPPABLE_ROLES.join(",");
+    assert_eq!(skip_role_bits(&all), (1u32 << SKIPPABLE_ROLES.len()) - 1);
+}
+
+fn load(skip: &str) -> Option<GpuModel> {
+    let ctx = context_tuned(|c| c.tune.skip_roles = skip_role_bits(skip))?;
+    let src = SynthSource::new(
+        Shape::named("tiny").unwrap(),
+        Mix::parse("q4_0").unwrap(),
+        "q4_0",
+    )
+    .unwrap();
+    Some(GpuModel::load(ctx, &src, decode_opts()).unwrap())
+}
+
+fn decode(m: &mut GpuModel) -> Vec<Vec<f32>> {
+    let nv = m.cfg.n_vocab;
+    decode_run(m, &tokens(nv, 3, 1), &tokens(nv, 6, 2))
+}
+
+#[test]
+fn gpu_skipped_roles_leave_their_dispatches_out() {
+    let Some(mut plain) = load("") else {
+        return;
+    };
+    let roles = plain.step_roles();
+    assert!(roles.contains(&"attention") && roles.contains(&"norm_q8"));
+    assert!(!roles.contains(&"prefetch"));
+    let base = decode(&mut plain);
+    // A role the graph lacks: the same pass, bit for bit.
+    let mut none = load("prefetch").unwrap();
+    assert_eq!(decode(&mut none), base);
+    // The attention or the NormQ8 steps left out: different logits at every decode step
+    // (entry 0 is the prompt's batch pass, which has attention steps but no NormQ8 step).
+    for skip in ["attention", "norm_q8"] {
+        let mut m = load(skip).unwrap();
+        let got = decode(&mut m);
+        assert_eq!(got.len(), base.len());
+        assert_eq!(got[0] == base[0], skip == "norm_q8", "{skip}: prompt pass");
+        for (i, (a, b)) in got.iter().zip(&base).enumerate().skip(1) {
+            assert!(
+                a != b,
+                "{skip} left out, yet decode step {i} has the same logits"
+            );
+        }
+    }
+}
