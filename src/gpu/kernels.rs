@@ -2063,6 +2063,7 @@ fn matvec_q8e_source(
                 ));
                 code.push_str(&normq8_quantize(
                     act,
+                    ctx.tune.actq_fastdiv,
                     &format!(
                         "let o = QB + 4u * lid;
             {out}[o] = p0;
@@ -2184,6 +2185,7 @@ fn matvec_q8r_source(
     };
     let quantize = normq8_quantize(
         kind,
+        ctx.tune.actq_fastdiv,
         "let o = QB + (wg.x * NV) / 4u + 4u * lid;
             R[o] = p0;
             R[o + 1u] = p1;
@@ -2596,7 +2598,7 @@ fn input_rounding(
     store_q: &str,
     store_s: &str,
 ) -> String {
-    let store = normq8_quantize(act, store_q, store_s);
+    let store = normq8_quantize(act, ctx.tune.actq_fastdiv, store_q, store_s);
     if norm {
         let reduce = if ctx.subgroup32 {
             NORM_SUBGROUP
@@ -3017,11 +3019,9 @@ fn normq8_regs_source(ctx: &GpuContext, k4: u32, act: u32) -> String {
     } else {
         NORM_TREE
     };
-    // The scale divisions by `div_fast` (same quotients) where the rounding uses it
-    // (`Tune::actq_fastdiv`).
-    let fast = ctx.tune.actq_fastdiv;
     let quantize = normq8_quantize(
         act,
+        ctx.tune.actq_fastdiv,
         "let o = P.ld_x + 4u * lid;
             Q[o] = p0;
             Q[o + 1u] = p1;
@@ -3048,27 +3048,10 @@ fn amax4(v: vec4<f32>) -> f32 {{
 fn main(@builtin(local_invocation_index) lid: u32) {{
 {norm}{quantize}}}
 ",
-        fns = if fast {
-            actq_functions_fast()
-        } else {
-            actq_functions().to_string()
-        },
+        fns = actq_functions(),
         norm = normq8_norm(reduce, "X[P.x_off + $I]"),
-        quantize = if fast {
-            quantize.replace("div_rn(", "div_fast(")
-        } else {
-            quantize
-        },
+        quantize = quantize,
     )
-}
-
-/// [`actq_functions`] with `div_fast` ahead of them (its test-only estimate skew 0): the
-/// correctly rounded quotient of `div_rn` without the 25-step serial loop.
-fn actq_functions_fast() -> String {
-    let start = ACTQ_WGSL.find("fn div_fast").unwrap_or(0);
-    let end = ACTQ_WGSL.find("fn div_rn").unwrap_or(0);
-    let f = ACTQ_WGSL.get(start..end).unwrap_or("");
-    format!("{}{}", f.replace("DIV_SKEW", "0"), actq_functions())
 }
 
 /// The rounding part of [`KernelKey::NormQ8`] after [`normq8_norm`], in a block of its own:
@@ -3077,8 +3060,15 @@ fn actq_functions_fast() -> String {
 /// `store_q`, the block scale `sd` written by `store_s` (even threads). One text for the
 /// NormQ8 kernel, the mat-vec NormQ8 epilogue and the persistent mat-vec's prologue, so all
 /// three give the same bits.
-fn normq8_quantize(act: u32, store_q: &str, store_s: &str) -> String {
+fn normq8_quantize(act: u32, fast: bool, store_q: &str, store_s: &str) -> String {
     let (tpb, scale, q) = normq8_rounding(act);
+    // The scale divisions by `div_fast` (the same quotients) where the rounding uses it
+    // ([`Tune::actq_fastdiv`]).
+    let scale = if fast {
+        scale.replace("div_rn(", "div_fast(")
+    } else {
+        scale.to_string()
+    };
     format!(
         "    {{
         let g0 = lid - lid % {tpb}u;
@@ -3327,10 +3317,13 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
 }
 
 /// `div_rn`, `round_f16` and `round_bf16` of `shaders/actq.wgsl`, for the fused rounding.
-fn actq_functions() -> &'static str {
-    let start = ACTQ_WGSL.find("fn div_rn").unwrap_or(0);
+fn actq_functions() -> String {
+    let start = ACTQ_WGSL.find("fn div_fast").unwrap_or(0);
     let end = ACTQ_WGSL.find("@compute").unwrap_or(ACTQ_WGSL.len());
-    ACTQ_WGSL.get(start..end).unwrap_or("")
+    ACTQ_WGSL
+        .get(start..end)
+        .unwrap_or("")
+        .replace("DIV_SKEW", "0")
 }
 
 /// The activation rounding of `shaders/actq.wgsl` (same operations, so the same values) applied
