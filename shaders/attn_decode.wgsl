@@ -151,6 +151,7 @@ $ARRIVE            return;
         pv2 = VC[vb + (p + 2u * groups) * kvl4];
         pv3 = VC[vb + (p + 3u * groups) * kvl4];
     }
+    // NEW_TOKEN{ (also the body of shaders/attn_decode_seg.wgsl's $NEW_TOKEN)
     if (lid < half) {
         let k = lid;
         let qo = row + h * P.hd + 2u * k;
@@ -179,6 +180,7 @@ $ARRIVE            return;
         vs[k / 2u][c] = r16(QKV[vo]);
         vs[k / 2u][c + 1u] = r16(QKV[vo + 1u]);
     }
+    // }NEW_TOKEN
     workgroupBarrier();
     if (h % grp == 0u && p0 <= pos && pos < p1) {
         let so = cb4 + pos * kvl4 + kb4;

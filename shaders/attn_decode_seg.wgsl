@@ -17,27 +17,8 @@
 // Thread j of a head's hd threads scores positions lo + j, lo + j + hd, …; for V the head's
 // threads are SL = 4 slots of hd / 4 threads (one vec4 of the row each), slot s weighing
 // positions lo + s, lo + s + 4, … with 16 rows loaded at a time.
-struct Params {
-    n_head: u32,
-    n_kv: u32,
-    hd: u32,
-    ctx: u32,
-    n_tok: u32,
-    q_ld: u32,
-    kv_ld: u32,
-    o_ld: u32,
-    scale: f32,
-    n_rot: u32,
-    pad1: u32,
-    // Sliding window (gemma3's local layers): positions pos - window < p <= pos; 0: none.
-    window: u32,
-    // The rounding's row length, row stride, kind and packed-quant base.
-    qk: u32,
-    qld: u32,
-    qkind: u32,
-    q8b: u32,
-}
-@group(0) @binding(0) var<storage, read> QKV: array<f32>;
+// attn_decode.wgsl's `Params` (the same uniform block; the builder inserts it).
+$PARAMS@group(0) @binding(0) var<storage, read> QKV: array<f32>;
 @group(0) @binding(1) var<storage, read_write> KC: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> VC: array<vec4<f32>>;
 @group(0) @binding(4) var<uniform> P: Params;
@@ -87,35 +68,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     let kb4 = kvh * HD4;
     let hq = hl * HD4;
     let half = 2u * HD4;
-    if (j < half) {
-        let k = j;
-        let qo = row + h * P.hd + 2u * k;
-        let ko = row + P.n_head * P.hd + kvh * P.hd + 2u * k;
-        let vo = row + (P.n_head + P.n_kv) * P.hd + kvh * P.hd + 2u * k;
-        var q0 = QKV[qo];
-        var q1 = QKV[qo + 1u];
-        var k0 = QKV[ko];
-        var k1 = QKV[ko + 1u];
-        if (2u * k < P.n_rot) {
-            let cs = CS[pos * (P.n_rot / 2u) + k];
-            let a0 = q0 * cs.x - q1 * cs.y;
-            let a1 = q0 * cs.y + q1 * cs.x;
-            let b0 = k0 * cs.x - k1 * cs.y;
-            let b1 = k0 * cs.y + k1 * cs.x;
-            q0 = a0;
-            q1 = a1;
-            k0 = b0;
-            k1 = b1;
-        }
-        let c = 2u * (k % 2u);
-        qs[hq + k / 2u][c] = r16(q0);
-        qs[hq + k / 2u][c + 1u] = r16(q1);
-        ks[hq + k / 2u][c] = r16(k0);
-        ks[hq + k / 2u][c + 1u] = r16(k1);
-        vs[hq + k / 2u][c] = r16(QKV[vo]);
-        vs[hq + k / 2u][c + 1u] = r16(QKV[vo + 1u]);
-    }
-    workgroupBarrier();
+    // The new token's Q, K (RoPE) and V, f16-rounded into qs / ks / vs at the head's rows:
+    // attn_decode.wgsl's NEW_TOKEN block with `j` for `lid` and row offset `hq` (the builder).
+$NEW_TOKEN    workgroupBarrier();
     if (h % grp == 0u && j < HD4) {
         let so = cb4 + pos * kvl4 + kb4 + j;
         KC[so] = ks[hq + j];

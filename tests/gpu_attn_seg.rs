@@ -11,9 +11,7 @@ use std::sync::Arc;
 
 use ggufq::gpu::kernels::{KernelKey, Kernels};
 use ggufq::gpu::source::Mix;
-use ggufq::gpu::{GpuBackend, GpuContext, GpuModel, ModelOptions, Shape, SynthSource};
-use ggufq::model::cpu::CpuBackend;
-use ggufq::model::{Backend, LogitsWanted, Model};
+use ggufq::gpu::{GpuContext, GpuModel, ModelOptions, Shape, SynthSource};
 
 #[path = "common/gpu_fixture.rs"]
 mod gpu_fixture;
@@ -129,29 +127,7 @@ fn gpu_attn_seg_matches_the_cpu_backend() {
         let Some(c) = ctx(true) else {
             return;
         };
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(format!("{shape_name}-{mix}.gguf"));
-        SynthSource::new(shape(shape_name), Mix::parse(mix).unwrap(), mix)
-            .unwrap()
-            .write_gguf(&path)
-            .unwrap();
-        let model = Model::open(&path).unwrap();
-        let mut cpu = CpuBackend::new(&model, N_CTX, 1).unwrap();
-        let mut gpu = GpuBackend::load(c, &path, model.hparams.clone(), N_CTX, 64).unwrap();
-        let rows = |b: &mut dyn Backend| -> Vec<Vec<f32>> {
-            let prompt: Vec<u32> = (0..5u32).map(|i| (i * 37 + 11) % 500).collect();
-            let mut l = Vec::new();
-            b.forward(&prompt, LogitsWanted::Last, &mut l).unwrap();
-            (0..40u32)
-                .map(|i| {
-                    b.forward(&[(i * 53 + 7) % 500], LogitsWanted::Last, &mut l)
-                        .unwrap();
-                    l.clone()
-                })
-                .collect()
-        };
-        let rc = rows(&mut cpu);
-        let rg = rows(&mut gpu);
+        let (rc, rg) = gpu_fixture::cpu_and_gpu_rows(c, shape(shape_name), mix, N_CTX);
         for (i, (c, g)) in rc.iter().zip(&rg).enumerate() {
             let e = rms_rel(g, c);
             assert!(

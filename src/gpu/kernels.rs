@@ -3676,7 +3676,37 @@ fn attn_seg_source(ctx: &GpuContext, n: u32, hd: u32) -> Result<String> {
     return r;
 "
     };
+    // attn_decode.wgsl's new-token block, per head: thread `j` of the head, rows from `hq`.
+    let internal = |what: &str| Error::msg(format!("internal: attn_decode.wgsl has no {what}"));
+    let a = ATTN_DECODE_WGSL
+        .find("    // NEW_TOKEN{")
+        .ok_or_else(|| internal("NEW_TOKEN block"))?;
+    let a = a + ATTN_DECODE_WGSL[a..].find('\n').unwrap_or(0) + 1;
+    let z = ATTN_DECODE_WGSL
+        .find("    // }NEW_TOKEN")
+        .ok_or_else(|| internal("NEW_TOKEN block end"))?;
+    let mut new_token = ATTN_DECODE_WGSL[a..z].to_string();
+    for (from, to) in [
+        ("if (lid < half) {", "if (j < half) {"),
+        ("let k = lid;", "let k = j;"),
+        ("s[k / 2u]", "s[hq + k / 2u]"),
+    ] {
+        if !new_token.contains(from) {
+            return Err(internal(from));
+        }
+        new_token = new_token.replace(from, to);
+    }
+    let pa = ATTN_DECODE_WGSL
+        .find("struct Params {")
+        .ok_or_else(|| internal("Params"))?;
+    let pz = pa
+        + ATTN_DECODE_WGSL[pa..]
+            .find("}\n")
+            .ok_or_else(|| internal("Params end"))?
+        + 2;
     let body = ATTN_DECODE_SEG_WGSL
+        .replace("$PARAMS", &ATTN_DECODE_WGSL[pa..pz])
+        .replace("$NEW_TOKEN", &new_token)
         .replace("$CTX", &n.to_string())
         .replace("$SCTX", &(n * (256 / hd)).to_string())
         .replace("$HD4", &(hd / 4).to_string())

@@ -231,3 +231,39 @@ pub fn hashed_inputs(n: usize, seed: u32, period: usize, phase: usize, scale: f3
 pub fn spiky_inputs(n: usize, seed: u32) -> Vec<f32> {
     hashed_inputs(n, seed, 97, 5, 9.0)
 }
+
+/// Decode rows of the CPU backend and the GPU backend on `ctx` for `shape` × `mix` written as a
+/// GGUF file: the last logits of a 5-token prompt's pass are dropped, then 40 one-token
+/// forwards (positions 5 … 44), context `n_ctx`.
+pub fn cpu_and_gpu_rows(
+    ctx: Arc<GpuContext>,
+    shape: Shape,
+    mix: &str,
+    n_ctx: usize,
+) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    use ggufq::gpu::GpuBackend;
+    use ggufq::model::cpu::CpuBackend;
+    use ggufq::model::{Backend, LogitsWanted, Model};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("{mix}.gguf"));
+    SynthSource::new(shape, Mix::parse(mix).unwrap(), mix)
+        .unwrap()
+        .write_gguf(&path)
+        .unwrap();
+    let model = Model::open(&path).unwrap();
+    let mut cpu = CpuBackend::new(&model, n_ctx, 1).unwrap();
+    let mut gpu = GpuBackend::load(ctx, &path, model.hparams.clone(), n_ctx, 64).unwrap();
+    let rows = |b: &mut dyn Backend| -> Vec<Vec<f32>> {
+        let prompt: Vec<u32> = (0..5u32).map(|i| (i * 37 + 11) % 500).collect();
+        let mut l = Vec::new();
+        b.forward(&prompt, LogitsWanted::Last, &mut l).unwrap();
+        (0..40u32)
+            .map(|i| {
+                b.forward(&[(i * 53 + 7) % 500], LogitsWanted::Last, &mut l)
+                    .unwrap();
+                l.clone()
+            })
+            .collect()
+    };
+    (rows(&mut cpu), rows(&mut gpu))
+}
