@@ -842,7 +842,8 @@ pub struct Tune {
     /// Timing experiments only: the decode and batch graphs leave out every dispatch whose
     /// role is in this set (bits of [`SKIPPABLE_ROLES`], GGUFQ_SKIP_ROLES=attention,norm_q8,…),
     /// so a tg run shows what those dispatches cost inside the pipelined pass. The outputs
-    /// are then wrong: `ggufq bench` says so on stderr. 0 (default) = none.
+    /// are then wrong: `ggufq bench` says so on stderr. `--profile`'s pass per dispatch keeps
+    /// every dispatch. 0 (default) = none.
     pub skip_roles: u32,
     /// Workgroups of the persistent decode mat-vecs ([`KernelKey::MatVecQ8P`]) that build
     /// their own rounded input, replacing the NormQ8 dispatches and the rounding before
