@@ -66,3 +66,71 @@ fn gpu_skipped_roles_leave_their_dispatches_out() {
         }
     }
 }
+
+#[test]
+fn gpu_step_costs_cover_the_graph_roles_and_restore_the_graph() {
+    use ggufq::gpu::profile::step_costs;
+    let Some(mut m) = load("") else {
+        return;
+    };
+    let base = decode(&mut m);
+    let roles = m.step_roles();
+    let c = step_costs(&mut m, 8).unwrap();
+    assert_eq!(c.tokens, 8);
+    assert!(c.p50_us.is_finite() && c.p50_us > 0.0);
+    // One row per skippable role of the graph, with its dispatch count, then the
+    // latency-bound roles together.
+    for r in SKIPPABLE_ROLES {
+        let n = roles.iter().filter(|x| *x == r).count();
+        let row = c.rows.iter().find(|x| x.role == *r);
+        assert_eq!(row.map_or(0, |x| x.dispatches), n, "{r}: {roles:?}");
+    }
+    let last = c.rows.last().unwrap();
+    assert_eq!(last.role, "norm_q8+attention+actq");
+    let lat = roles
+        .iter()
+        .filter(|x| ["norm_q8", "attention", "actq"].contains(x))
+        .count();
+    assert_eq!(last.dispatches, lat);
+    assert!(c
+        .rows
+        .iter()
+        .all(|r| r.p50_without_us.is_finite() && r.p50_without_us > 0.0));
+    let md = c.to_markdown("tiny");
+    assert_eq!(
+        md.lines().filter(|l| l.starts_with("| ")).count(),
+        c.rows.len() + 2
+    );
+    // The whole graph afterwards: the same logits as before.
+    assert_eq!(m.skip_roles(), 0);
+    assert_eq!(decode(&mut m), base);
+}
+
+#[test]
+fn gpu_bench_step_costs_flag_prints_the_table() {
+    if gpu_fixture::context().is_none() {
+        return;
+    }
+    let out = assert_cmd::Command::cargo_bin("ggufq")
+        .unwrap()
+        .args([
+            "bench",
+            "--synth",
+            "tiny:q4_0",
+            "-p",
+            "0",
+            "-n",
+            "2",
+            "-r",
+            "1",
+            "--step-costs",
+            "-q",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("Step costs of synth-tiny-Q4_0"), "{text}");
+    assert!(text.contains("| norm_q8 | 5 |"), "{text}");
+    assert!(text.contains("| attention | 2 |"), "{text}");
+}

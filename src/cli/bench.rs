@@ -134,6 +134,11 @@ pub struct Args {
     /// with -p, also a prompt of the largest -p size (per role µs and TFLOP/s).
     #[arg(long)]
     pub profile: bool,
+    /// Before the tests, time 64 one-token forwards (fewer with a smaller context) with each
+    /// decode-graph role's dispatches left out in turn, and the latency-bound ones together:
+    /// what each costs inside the pipelined pass (µs per token and per dispatch).
+    #[arg(long)]
+    pub step_costs: bool,
     /// Record a host timeline of the generation tests' one-token calls (the last reps × n of
     /// them) and print it after the tests: CPU phases of each call (prepare, record,
     /// submit, pre-record of the next, map callback, wake-up, read-back), the time between
@@ -772,6 +777,15 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
                 md.push('\n');
                 md.push_str(&pp.to_markdown(&src.label()));
             }
+            if args.output == "md" {
+                println!("{md}");
+            } else {
+                eprintln!("{md}");
+            }
+        }
+        if args.step_costs {
+            let c = ggufq::gpu::profile::step_costs(&mut model, 64.min(n_ctx))?;
+            let md = c.to_markdown(&src.label());
             if args.output == "md" {
                 println!("{md}");
             } else {

@@ -1234,15 +1234,16 @@ impl Tune {
             skip_roles: std::env::var("GGUFQ_SKIP_ROLES").map_or(0, |v| skip_role_bits(&v)),
         }
     }
+}
 
-    /// Whether [`Tune::skip_roles`] leaves out the dispatches of `role`.
-    pub fn skips(&self, role: &str) -> bool {
-        self.skip_roles != 0
-            && SKIPPABLE_ROLES
-                .iter()
-                .position(|r| *r == role)
-                .is_some_and(|i| self.skip_roles & (1 << i) != 0)
-    }
+/// Whether the role bits `bits` ([`SKIPPABLE_ROLES`], [`Tune::skip_roles`]) leave out the
+/// dispatches of `role`.
+pub fn role_skipped(bits: u32, role: &str) -> bool {
+    bits != 0
+        && SKIPPABLE_ROLES
+            .iter()
+            .position(|r| *r == role)
+            .is_some_and(|i| bits & (1 << i) != 0)
 }
 
 /// Roles [`Tune::skip_roles`] can leave out (decode-graph step roles, mat-vec groups by

@@ -338,6 +338,9 @@ pub struct GpuModel {
     /// That command buffer, with its shape (tokens, all logits, fused) and the upload-ring
     /// and timeline slots it uses.
     prerecorded: Option<(BatchShape, Slots, wgpu::CommandBuffer)>,
+    /// Roles whose dispatches every forward leaves out (timing only: [`Tune::skip_roles`],
+    /// [`GpuModel::set_skip_roles`]).
+    skip_roles: u32,
     /// Upload buffers of one-token calls (`Tune::upload_ring`).
     ring: Option<UploadRing>,
     /// Host timeline of one-token calls ([`GpuModel::set_host_timeline`]).
@@ -1955,6 +1958,7 @@ impl GpuModel {
             cpu: CpuTimes::default(),
             prerecord: ctx.tune.prerecord,
             prerecorded: None,
+            skip_roles: ctx.tune.skip_roles,
             ring: ctx
                 .tune
                 .upload_ring
@@ -2024,6 +2028,20 @@ impl GpuModel {
     pub fn set_prerecord(&mut self, on: bool) {
         self.prerecord = on;
         self.prerecorded = None;
+    }
+
+    /// Leave the dispatches of the roles `bits` ([`super::kernels::SKIPPABLE_ROLES`]) out of
+    /// every following forward (timing only: the outputs are then wrong); 0 restores the
+    /// whole graph.
+    pub fn set_skip_roles(&mut self, bits: u32) {
+        self.skip_roles = bits;
+        self.prerecorded = None;
+    }
+
+    /// The role bits [`set_skip_roles`](Self::set_skip_roles) set (from GGUFQ_SKIP_ROLES at
+    /// load).
+    pub fn skip_roles(&self) -> u32 {
+        self.skip_roles
     }
 
     /// Record a host timeline of the next one-token forward calls (the last `cap` of them,
@@ -2727,9 +2745,8 @@ impl GpuModel {
             })
             .forget_lifetime();
         let active = self.steps.iter().filter(|s| s.when.runs(mode, n));
-        let tune = self.ctx.tune;
         for (i, (s, wg)) in active.zip(disp).enumerate() {
-            if ts != Timestamps::PerStep && tune.skips(s.role) {
+            if ts != Timestamps::PerStep && super::kernels::role_skipped(self.skip_roles, s.role) {
                 continue;
             }
             if ts == Timestamps::PerStep && i > 0 {

@@ -404,3 +404,127 @@ mod tests {
             .contains("| start → prepared | 1.0 | 1.0 |"));
     }
 }
+
+/// What one role's dispatches cost inside the pipelined decode pass (`ggufq bench
+/// --step-costs`): the p50 one-token time without them against the whole graph's.
+#[derive(Clone, Debug)]
+pub struct StepCost {
+    /// The role, or several joined by `+`.
+    pub role: String,
+    /// Its dispatches per token.
+    pub dispatches: usize,
+    /// p50 wall µs per one-token forward with those dispatches left out.
+    pub p50_without_us: f64,
+}
+
+/// [`step_costs`]' result.
+#[derive(Clone, Debug)]
+pub struct StepCosts {
+    /// Timed one-token forwards per setting.
+    pub tokens: usize,
+    /// p50 wall µs per one-token forward of the whole graph (both of its runs).
+    pub p50_us: f64,
+    pub rows: Vec<StepCost>,
+}
+
+/// The roles [`step_costs`] groups as latency-bound (no weights): the normalisations, the
+/// decode attention and the roundings.
+const LATENCY_ROLES: &[&str] = &["norm_q8", "attention", "actq", "attn_out_q"];
+
+/// Time `tokens` one-token forwards of sequence 0 (positions 0 ..) with the whole decode graph,
+/// then with each role of it that [`super::kernels::SKIPPABLE_ROLES`] names left out, then the
+/// latency-bound roles together, then the whole graph again: p50 wall time per token of each.
+/// The outputs of the runs with roles left out are wrong (timing only); the model's role mask
+/// is restored afterwards.
+pub fn step_costs(model: &mut GpuModel, tokens: usize) -> Result<StepCosts> {
+    use super::kernels::{skip_role_bits, SKIPPABLE_ROLES};
+    let tokens = tokens.max(1);
+    if tokens > model.opts.n_ctx {
+        return Err(Error::msg(format!(
+            "step costs over {tokens} tokens need a context of {tokens} (have {})",
+            model.opts.n_ctx
+        )));
+    }
+    let saved = model.skip_roles();
+    let nv = model.cfg.n_vocab as u64;
+    let roles = model.step_roles();
+    let count = |names: &[&str]| roles.iter().filter(|r| names.contains(r)).count();
+    let mut settings: Vec<(String, usize)> = Vec::new();
+    for r in SKIPPABLE_ROLES {
+        let n = count(&[r]);
+        if n > 0 {
+            settings.push((r.to_string(), n));
+        }
+    }
+    let lat: Vec<&str> = LATENCY_ROLES
+        .iter()
+        .copied()
+        .filter(|r| count(&[r]) > 0)
+        .collect();
+    if lat.len() > 1 {
+        settings.push((lat.join("+"), count(&lat)));
+    }
+    let run = |model: &mut GpuModel, bits: u32| -> Result<Vec<f64>> {
+        model.set_skip_roles(bits);
+        let mut us = Vec::with_capacity(tokens);
+        for i in 0..tokens + 4 {
+            let tok = ((i as u64 * 2654435761) % nv) as u32;
+            let t = Instant::now();
+            model.forward(&[(tok, 0, (i % tokens) as u32)], false)?;
+            if i >= 4 {
+                us.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+        Ok(us)
+    };
+    let p50 = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let out = (|| -> Result<StepCosts> {
+        let mut base = run(model, 0)?;
+        let mut rows = Vec::new();
+        for (name, dispatches) in &settings {
+            let bits = skip_role_bits(&name.replace('+', ","));
+            rows.push(StepCost {
+                role: name.clone(),
+                dispatches: *dispatches,
+                p50_without_us: p50(run(model, bits)?),
+            });
+        }
+        base.extend(run(model, 0)?);
+        Ok(StepCosts {
+            tokens,
+            p50_us: p50(base),
+            rows,
+        })
+    })();
+    model.set_skip_roles(saved);
+    out
+}
+
+impl StepCosts {
+    /// Markdown report: per role, its dispatches, the p50 token without them, and the
+    /// difference per token and per dispatch.
+    pub fn to_markdown(&self, label: &str) -> String {
+        let mut s = format!(
+            "Step costs of {label} inside the decode pass ({} one-token forwards per setting, p50 {:.1} µs/token with every dispatch; each row leaves that role's dispatches out, timing only)\n\n\
+             | role | dispatches | p50 µs/token without | µs/token | µs/dispatch | % of token |\n\
+             | --- | ---: | ---: | ---: | ---: | ---: |\n",
+            self.tokens, self.p50_us
+        );
+        for r in &self.rows {
+            let d = self.p50_us - r.p50_without_us;
+            s.push_str(&format!(
+                "| {} | {} | {:.1} | {:.1} | {:.2} | {:.1} |\n",
+                r.role,
+                r.dispatches,
+                r.p50_without_us,
+                d,
+                d / r.dispatches.max(1) as f64,
+                100.0 * d / self.p50_us.max(1e-9)
+            ));
+        }
+        s
+    }
+}
