@@ -149,6 +149,14 @@ fn bench_rejects_bad_arguments() {
         .failure()
         .stderr(predicates::str::contains("no model given"));
     bench(&["/nonexistent/model.gguf", "-q"]).failure();
+    // The GPU timing reports are refused on the CPU backend, not silently skipped.
+    for flag in ["--profile", "--host-profile", "--step-costs"] {
+        bench(&["--synth", "tiny:q4_0", "--backend", "cpu", flag])
+            .failure()
+            .stderr(predicates::str::contains(format!(
+                "{flag} times the GPU engine"
+            )));
+    }
 }
 
 /// A tiny synthetic model file and a text made of its vocabulary's word pieces.

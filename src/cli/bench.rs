@@ -436,6 +436,15 @@ fn run_cpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
     if args.kernels {
         bail!("--kernels times GPU kernels; it needs --backend gpu");
     }
+    for (on, flag) in [
+        (args.profile, "--profile"),
+        (args.host_profile, "--host-profile"),
+        (args.step_costs, "--step-costs"),
+    ] {
+        if on {
+            bail!("{flag} times the GPU engine's dispatches; it needs --backend gpu");
+        }
+    }
     let n_ctx = ctx_needed(&args);
     let tmp = tempfile::tempdir().context("temporary directory for --synth models")?;
     #[cfg_attr(not(feature = "gpu"), allow(unused_mut))]
