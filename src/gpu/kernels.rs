@@ -954,14 +954,16 @@ pub fn attn_seg_shared_bytes(ctx: u32, hd: u32) -> u32 {
     4 * ctx * (256 / hd.max(1)) + 1024 + 3 * 1024 + 4096 + 1024 + 1024 + 32 + 64
 }
 
+/// Head sizes [`KernelKey::AttnDecodeS`] takes: whole heads per 256-value segment, whole
+/// vec4 rows, at least 16.
+fn attn_seg_head_ok(hd: u32) -> bool {
+    hd >= 16 && hd % 4 == 0 && 256 % hd == 0
+}
+
 /// Whether [`KernelKey::AttnDecodeS`] can run a model of head size `hd` and `q_dim` attention
 /// output values per token in a context of `ctx` positions on `c`'s adapter.
 pub fn attn_seg_fits(c: &GpuContext, ctx: u32, hd: u32, q_dim: u32) -> bool {
-    hd >= 16
-        && hd % 4 == 0
-        && 256 % hd == 0
-        && q_dim % 256 == 0
-        && attn_seg_shared_bytes(ctx, hd) <= c.facts.shared_mem
+    attn_seg_head_ok(hd) && q_dim % 256 == 0 && attn_seg_shared_bytes(ctx, hd) <= c.facts.shared_mem
 }
 
 /// Weight types whose `ffn_down` decode mat-vec rounds its own input by default
@@ -2951,24 +2953,31 @@ fn main(@builtin(local_invocation_index) lid: u32) {{
 }
 
 /// Threads per activation block, scale code and quant expression of [`normq8_regs_source`]
-/// for activation kind `act` (3: Q8_0 / Q8_1 blocks of 32 values, otherwise Q8_K of 256).
-fn normq8_rounding(act: u32) -> (u32, &'static str, &'static str) {
+/// for activation kind `act` (3: Q8_0 / Q8_1 blocks of 32 values, otherwise Q8_K of 256); the
+/// scales divided by `div_fast` (`fast`, [`Tune::actq_fastdiv`]) or `div_rn`: the same
+/// correctly rounded quotients.
+fn normq8_rounding(act: u32, fast: bool) -> (u32, String, &'static str) {
+    let div = if fast { "div_fast" } else { "div_rn" };
     if act == 3 {
         (
             2,
-            "let sx = select(0.0, div_rn(127.0, amax), amax != 0.0);
-    let sd = round_f16(div_rn(amax, 127.0));",
+            format!(
+                "let sx = select(0.0, {div}(127.0, amax), amax != 0.0);
+    let sd = round_f16({div}(amax, 127.0));"
+            ),
             "round(v * sx)",
         )
     } else {
         (
             16,
-            "var sx = 0.0;
+            format!(
+                "var sx = 0.0;
     var sd = 0.0;
-    if (amax != 0.0) {
-        sx = div_rn(127.0, amax);
-        sd = div_rn(1.0, sx);
-    }",
+    if (amax != 0.0) {{
+        sx = {div}(127.0, amax);
+        sd = {div}(1.0, sx);
+    }}"
+            ),
             "min(round(sx * v), vec4<f32>(127.0))",
         )
     }
@@ -3052,7 +3061,6 @@ fn main(@builtin(local_invocation_index) lid: u32) {{
 ",
         fns = actq_functions(),
         norm = normq8_norm(reduce, "X[P.x_off + $I]"),
-        quantize = quantize,
     )
 }
 
@@ -3063,14 +3071,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {{
 /// NormQ8 kernel, the mat-vec NormQ8 epilogue and the persistent mat-vec's prologue, so all
 /// three give the same bits.
 fn normq8_quantize(act: u32, fast: bool, store_q: &str, store_s: &str) -> String {
-    let (tpb, scale, q) = normq8_rounding(act);
-    // The scale divisions by `div_fast` (the same quotients) where the rounding uses it
-    // ([`Tune::actq_fastdiv`]).
-    let scale = if fast {
-        scale.replace("div_rn(", "div_fast(")
-    } else {
-        scale.to_string()
-    };
+    let (tpb, scale, q) = normq8_rounding(act, fast);
     format!(
         "    {{
         let g0 = lid - lid % {tpb}u;
@@ -3318,7 +3319,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     ))
 }
 
-/// `div_rn`, `round_f16` and `round_bf16` of `shaders/actq.wgsl`, for the fused rounding.
+/// `div_fast` (its test-only estimate skew 0), `div_rn`, `round_f16` and `round_bf16` of
+/// `shaders/actq.wgsl`, for the fused rounding.
 fn actq_functions() -> String {
     let start = ACTQ_WGSL.find("fn div_fast").unwrap_or(0);
     let end = ACTQ_WGSL.find("@compute").unwrap_or(ACTQ_WGSL.len());
@@ -3644,7 +3646,7 @@ fn actq_attention_fn(ctx: &GpuContext, load: &str, extra: &str) -> Result<String
 /// reduction (32-wide subgroups where the adapter has them and a head has ≥ 32 threads, else
 /// a tree in workgroup memory) and `actq_main` reading the workgroup's 256 outputs.
 fn attn_seg_source(ctx: &GpuContext, n: u32, hd: u32) -> Result<String> {
-    if hd < 16 || hd % 4 != 0 || 256 % hd != 0 {
+    if !attn_seg_head_ok(hd) {
         return Err(Error::msg(format!(
             "decode attention by segment needs a head size that divides 256 (hd {hd})"
         )));
