@@ -26,6 +26,28 @@ pub trait Engine {
     fn weight_bytes(&self) -> u64;
     /// Device memory (weights, kv cache, scratch) in bytes.
     fn memory(&self) -> (u64, u64, u64);
+    /// Greedy decoding of `n` tokens of sequence 0 from position 0, the first fed `first`,
+    /// each later one the greedy choice ([`crate::model::greedy_token`]) of its predecessor's
+    /// logits; `on_token(k)` once token `k`'s logits reached the host, in order (false
+    /// stops). Returns the tokens reported. This one runs one [`forward`](Self::forward) at a
+    /// time; the GPU engine chooses on the GPU and queues each pass before the previous one's
+    /// logits are read.
+    fn decode_greedy(
+        &mut self,
+        first: u32,
+        n: usize,
+        on_token: &mut dyn FnMut(usize) -> Result<bool>,
+    ) -> Result<usize> {
+        let mut tok = first;
+        for k in 0..n {
+            let logits = self.forward(&[(tok, 0, k as u32)], false)?;
+            tok = crate::model::greedy_token(&logits);
+            if !on_token(k)? {
+                return Ok(k + 1);
+            }
+        }
+        Ok(n)
+    }
 }
 
 #[cfg(feature = "gpu")]
@@ -57,6 +79,14 @@ impl Engine for crate::gpu::GpuModel {
             self.memory.kv_cache,
             self.memory.scratch,
         )
+    }
+    fn decode_greedy(
+        &mut self,
+        first: u32,
+        n: usize,
+        on_token: &mut dyn FnMut(usize) -> Result<bool>,
+    ) -> Result<usize> {
+        crate::gpu::GpuModel::decode_greedy(self, first, 0, 0, n, &mut |k, _, _| on_token(k))
     }
 }
 
@@ -90,6 +120,10 @@ pub struct RunConfig {
     pub duration: Option<Duration>,
     /// Print progress to stderr.
     pub progress: bool,
+    /// tg of one sequence as llama-bench runs it: random tokens, one call at a time, each
+    /// token's logits read before the next call. Otherwise (and with `parallel` > 1 always the
+    /// former) tg decodes greedily through [`Engine::decode_greedy`].
+    pub tg_sync: bool,
 }
 
 /// One sample of a soak run.
@@ -198,22 +232,38 @@ fn run_pp(e: &mut dyn Engine, n: usize, rng: &mut Lcg, lat: &mut Vec<f64>) -> Re
     Ok(t.elapsed())
 }
 
-/// Decode `n` tokens one call at a time (random tokens, positions 0, 1, …, `par` sequences
-/// per call), each call's latency pushed to `lat`. With `stop_after`, stop after the first
-/// call at which that much time has passed (at least one call). Returns the elapsed time
-/// and the calls made.
+/// Decode `n` tokens (positions 0, 1, …, `par` sequences per call), each token's latency
+/// pushed to `lat`. One sequence without `sync`: greedy decoding ([`Engine::decode_greedy`],
+/// the latency being the time since the previous token's logits arrived); otherwise random
+/// tokens, one call at a time (llama-bench's loop). With `stop_after`, stop after the first
+/// token at which that much time has passed (at least one). Returns the elapsed time and the
+/// tokens decoded per sequence.
 fn run_tg(
     e: &mut dyn Engine,
     n: usize,
     par: usize,
+    sync: bool,
     rng: &mut Lcg,
     lat: &mut Vec<f64>,
     stop_after: Option<Duration>,
 ) -> Result<(Duration, usize)> {
     let nv = e.n_vocab();
+    let n = n.max(usize::from(stop_after.is_some()));
+    if par == 1 && !sync {
+        let first = rng.next(nv);
+        let t = Instant::now();
+        let mut last = t;
+        let done = e.decode_greedy(first, n, &mut |_| {
+            let now = Instant::now();
+            lat.push((now - last).as_secs_f64() * 1e3);
+            last = now;
+            Ok(stop_after.is_none_or(|b| t.elapsed() < b))
+        })?;
+        return Ok((t.elapsed(), done));
+    }
     let t = Instant::now();
     let mut done = 0;
-    for p in 0..n.max(usize::from(stop_after.is_some())) {
+    for p in 0..n {
         let toks: Vec<(u32, u32, u32)> = (0..par)
             .map(|s| (rng.next(nv), s as u32, p as u32))
             .collect();
@@ -265,7 +315,15 @@ pub fn run_test(e: &mut dyn Engine, kind: TestKind, cfg: &RunConfig) -> Result<B
             run_pp(e, n, &mut rng, &mut scratch)?;
         }
         TestKind::Tg(n) => {
-            run_tg(e, n, par, &mut rng, &mut scratch, Some(TG_WARMUP))?;
+            run_tg(
+                e,
+                n,
+                par,
+                cfg.tg_sync,
+                &mut rng,
+                &mut scratch,
+                Some(TG_WARMUP),
+            )?;
         }
     }
     let mut lat = Vec::new();
@@ -276,7 +334,7 @@ pub fn run_test(e: &mut dyn Engine, kind: TestKind, cfg: &RunConfig) -> Result<B
     loop {
         let d = match kind {
             TestKind::Pp(n) => run_pp(e, n, &mut rng, &mut lat)?,
-            TestKind::Tg(n) => run_tg(e, n, par, &mut rng, &mut lat, None)?.0,
+            TestKind::Tg(n) => run_tg(e, n, par, cfg.tg_sync, &mut rng, &mut lat, None)?.0,
         };
         ns.push(d.as_nanos() as u64);
         r += 1;
@@ -340,9 +398,11 @@ mod tests {
     use super::*;
 
     /// An engine that counts its one-token calls and checks positions run 0, 1, 2, ...
+    /// Its logits' greedy choice at position p is (3p + 1) mod 10; it records the tokens fed.
     struct Count {
         calls: usize,
         next_pos: u32,
+        fed: Vec<u32>,
     }
     impl Engine for Count {
         fn backend(&self) -> String {
@@ -367,7 +427,10 @@ mod tests {
             assert_eq!(t[0].2, self.next_pos, "positions must follow each other");
             self.next_pos += 1;
             self.calls += 1;
-            Ok(vec![0.0; 10])
+            self.fed.push(t[0].0);
+            let mut l = vec![0.0; 10];
+            l[(3 * t[0].2 as usize + 1) % 10] = 1.0;
+            Ok(l)
         }
         fn weight_bytes(&self) -> u64 {
             0
@@ -382,14 +445,23 @@ mod tests {
         let mut e = Count {
             calls: 0,
             next_pos: 0,
+            fed: Vec::new(),
         };
         let mut rng = Lcg(1);
         let mut lat = Vec::new();
         // No budget: one token, like llama-bench.
         assert_eq!(
-            run_tg(&mut e, 16, 1, &mut rng, &mut lat, Some(Duration::ZERO))
-                .unwrap()
-                .1,
+            run_tg(
+                &mut e,
+                16,
+                1,
+                false,
+                &mut rng,
+                &mut lat,
+                Some(Duration::ZERO)
+            )
+            .unwrap()
+            .1,
             1
         );
         assert_eq!(e.calls, 1);
@@ -399,6 +471,7 @@ mod tests {
                 &mut e,
                 16,
                 1,
+                false,
                 &mut rng,
                 &mut lat,
                 Some(Duration::from_secs(60))
@@ -415,9 +488,37 @@ mod tests {
             parallel: 1,
             duration: None,
             progress: false,
+            tg_sync: false,
         };
         let r = run_test(&mut e, TestKind::Tg(16), &cfg).unwrap();
         assert_eq!(e.calls, 17 + 16 + 3 * 16);
         assert_eq!(r.samples_ns.len(), 3);
+        assert_eq!(lat.len(), 17);
+    }
+
+    #[test]
+    fn tg_feeds_each_tokens_greedy_choice_unless_synchronous() {
+        let run = |sync: bool| {
+            let mut e = Count {
+                calls: 0,
+                next_pos: 0,
+                fed: Vec::new(),
+            };
+            let mut lat = Vec::new();
+            let (_, done) = run_tg(&mut e, 12, 1, sync, &mut Lcg(3), &mut lat, None).unwrap();
+            assert_eq!((done, lat.len(), e.fed.len()), (12, 12, 12));
+            e.fed
+        };
+        let greedy = run(false);
+        // After the first (random) token, each token is the previous position's choice.
+        for (p, &t) in greedy.iter().enumerate().skip(1) {
+            assert_eq!(t as usize, (3 * (p - 1) + 1) % 10, "position {p}");
+        }
+        let random = run(true);
+        assert_eq!(random[0], greedy[0], "the same first token");
+        assert!(
+            (1..12).any(|p| random[p] as usize != (3 * (p - 1) + 1) % 10),
+            "llama-bench's loop feeds random tokens"
+        );
     }
 }

@@ -52,6 +52,11 @@ pub struct Args {
     /// Decode N sequences at once (aggregate tokens/s, per-stream latency).
     #[arg(long, default_value_t = 1)]
     pub parallel: usize,
+    /// tg as llama-bench's loop runs it: random tokens, each call waiting for its logits
+    /// before the next is submitted. Default (one sequence): greedy decoding, the next token
+    /// chosen on the GPU and its pass queued before the host reads the previous logits.
+    #[arg(long)]
+    pub tg_sync: bool,
     /// Soak: repeat tg runs for this long (e.g. 90s, 10m, 1h) and report drift.
     #[arg(long)]
     pub duration: Option<String>,
@@ -143,7 +148,7 @@ pub struct Args {
     /// them) and print it after the tests: CPU phases of each call (prepare, record,
     /// submit, pre-record of the next, map callback, wake-up, read-back), the time between
     /// calls and, with GPU timestamps, each pass and the GPU's idle gap between passes
-    /// (mean and p50 µs).
+    /// (mean and p50 µs). Implies --tg-sync.
     #[arg(long)]
     pub host_profile: bool,
     /// No progress output.
@@ -414,6 +419,18 @@ fn record_ppl(
 fn print_rows(args: &Args, rows: &[(ModelRow, BenchResult)], failed: bool) -> anyhow::Result<i32> {
     let out = render(&args.output, rows, &time_now()).map_err(anyhow::Error::msg)?;
     print!("{out}");
+    let greedy_tg = rows.iter().any(|(_, r)| r.n_gen > 0 && r.parallel == 1);
+    if greedy_tg && !args.quiet {
+        eprintln!(
+            "{}",
+            if args.tg_sync || args.host_profile {
+                "tg: random tokens, one call at a time, each waiting for its logits (llama-bench's loop)"
+            } else {
+                "tg: greedy decoding, every token's logits read back (the GPU engine queues each \
+                 pass before the previous one's logits are read; --tg-sync: llama-bench's loop)"
+            }
+        );
+    }
     Ok(if failed { EXIT_CHECK_FAILED } else { EXIT_OK })
 }
 
@@ -470,6 +487,7 @@ fn run_cpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
         parallel: args.parallel,
         duration,
         progress: !args.quiet,
+        tg_sync: args.tg_sync,
     };
     let mut rows = Vec::new();
     let mut failed = false;
@@ -669,13 +687,16 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
             println!("{l}");
         }
         // Model files given: the decode epilogues against the dispatch graph, 256 tokens
-        // (mat-vec epilogues), and the decode attention's epilogue against its combine
+        // (mat-vec epilogues), greedy decoding on the GPU against the host loop (256), and the decode attention's epilogue against its combine
         // dispatch, 300 tokens.
         for p in &args.models {
             let (pass, line) = ggufq::gpu::selfcheck::lastwg_decode_check(&ctx, p, 256)?;
             println!("{line}");
             c.ok &= pass;
             let (pass, line) = ggufq::gpu::selfcheck::mv_wait_decode_check(&ctx, p, 256)?;
+            println!("{line}");
+            c.ok &= pass;
+            let (pass, line) = ggufq::gpu::selfcheck::greedy_decode_check(&ctx, p, 256)?;
             println!("{line}");
             c.ok &= pass;
             let src = GgufSource::open(p)?;
@@ -703,6 +724,8 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
         parallel: args.parallel,
         duration,
         progress: !args.quiet,
+        // The host timeline records one-token `forward` calls: llama-bench's loop.
+        tg_sync: args.tg_sync || args.host_profile,
     };
     let mut rows: Vec<(ModelRow, BenchResult)> = Vec::new();
     let mut failed = false;

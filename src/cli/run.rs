@@ -47,7 +47,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let t1 = std::time::Instant::now();
     let mut generated = 0;
     for _ in 0..args.n_predict {
-        let next = argmax(&logits) as u32;
+        let next = ggufq::model::greedy_token(&logits);
         if Some(next) == tok.eos {
             break;
         }
@@ -70,15 +70,4 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         generated as f64 / tg.max(1e-9)
     );
     Ok(crate::cli::EXIT_OK)
-}
-
-/// Index of the largest value (first one on ties).
-pub fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best
 }

@@ -232,6 +232,34 @@ impl GpuContext {
         Ok(())
     }
 
+    /// Block until `done` is set by the callback of a buffer map that submission `idx`
+    /// serves, leaving later submissions running: with `Tune::spin_wait` by polling without
+    /// blocking (for at most [`SPIN_LIMIT`]), otherwise (or after that) by a blocking poll for
+    /// that submission alone.
+    pub fn wait_for_submission(
+        &self,
+        done: &std::sync::atomic::AtomicBool,
+        idx: wgpu::SubmissionIndex,
+    ) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let start = std::time::Instant::now();
+        while self.tune.spin_wait && !done.load(Ordering::Acquire) && start.elapsed() < SPIN_LIMIT {
+            self.device
+                .poll(wgpu::PollType::Poll)
+                .map_err(|e| Error::msg(format!("GPU poll failed: {e}")))?;
+            std::hint::spin_loop();
+        }
+        if !done.load(Ordering::Acquire) {
+            self.device
+                .poll(wgpu::PollType::Wait {
+                    submission_index: Some(idx),
+                    timeout: None,
+                })
+                .map_err(|e| Error::msg(format!("GPU poll failed: {e}")))?;
+        }
+        Ok(())
+    }
+
     /// Read back `n` f32 values starting at element `offset` of a storage buffer
     /// (the buffer needs COPY_SRC usage).
     pub fn read_f32(&self, buf: &wgpu::Buffer, offset: u64, n: usize) -> Result<Vec<f32>> {

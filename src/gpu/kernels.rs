@@ -36,6 +36,7 @@ const ACTQ_WGSL: &str = include_str!("../../shaders/actq.wgsl");
 const MATMAT_COOP_WGSL: &str = include_str!("../../shaders/matmat_coop.wgsl");
 const ATTENTION_COOP_WGSL: &str = include_str!("../../shaders/attention_coop.wgsl");
 const EMBED_WGSL: &str = include_str!("../../shaders/embed.wgsl");
+const ARGMAX_WGSL: &str = include_str!("../../shaders/argmax.wgsl");
 
 /// Whether `adapter` can run the cooperative-matrix mat-mat kernel: the experimental wgpu
 /// feature, f16 shaders, a 16×16×16 f16 × f16 + f32 configuration, and subgroups of 32
@@ -1479,6 +1480,9 @@ pub enum KernelKey {
     /// Embedding look-up of prompt tokens (`shaders/embed.wgsl`): rows of the token-embedding
     /// matrix of type id `ty`, dequantized on the GPU ([`Tune::gpu_embd`]).
     Embed { ty: u32 },
+    /// The greedy next token of a one-token pass (`shaders/argmax.wgsl`), for
+    /// [`GpuModel::decode_greedy`](super::GpuModel::decode_greedy).
+    Argmax,
     /// Activation rounding before quantized matrices (`shaders/actq.wgsl`, [`super::actq`]).
     ActQ,
     /// A step only some architectures record (qwen2, qwen3, gemma3: [`super::arch::ArchOp`]).
@@ -4057,6 +4061,7 @@ impl Kernels {
                     .replace("$UPB", &layout(gt)?.units_per_block().to_string())
                     .replace("$DEQ", &deq_source(gt, "W", "", "P.d_off")?)
             }
+            KernelKey::Argmax => ARGMAX_WGSL.to_string(),
             KernelKey::NormRound { k4, act } => norm_round_source(*k4, *act)?,
             KernelKey::RmsNorm => RMSNORM_WGSL.to_string(),
             KernelKey::Rope => ROPE_WGSL.to_string(),

@@ -9,6 +9,7 @@ pub mod buffers;
 pub mod counters;
 pub mod device;
 pub mod embed;
+pub mod greedy;
 pub mod gridsync;
 pub mod kernels;
 pub mod model;

@@ -330,6 +330,17 @@ impl CpuTimes {
     }
 }
 
+/// What [`GpuModel::decode_greedy`] calls with each pass's index, logits and chosen token
+/// (false: stop).
+pub type OnToken<'a> = dyn FnMut(usize, &[f32], u32) -> Result<bool> + 'a;
+
+/// The argmax dispatch of [`GpuModel::decode_greedy`] and its two read-back buffers (logits,
+/// then the chosen id), used by alternate tokens so that one is read while the next runs.
+struct Chain {
+    bind: wgpu::BindGroup,
+    staging: [wgpu::Buffer; 2],
+}
+
 /// A llama model resident on the GPU.
 pub struct GpuModel {
     cpu: CpuTimes,
@@ -376,6 +387,8 @@ pub struct GpuModel {
     /// too large for one binding).
     logit_rows: usize,
     staging: wgpu::Buffer,
+    /// Greedy decoding on the GPU ([`GpuModel::decode_greedy`]), set up on first use.
+    chain: Option<Chain>,
     /// Bytes per token that a decode step reads from weights (file sizes of all matrices).
     pub weight_bytes_per_token: u64,
     /// GPU memory use.
@@ -763,7 +776,9 @@ impl GpuModel {
         let tids = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("token ids"),
             size: (nb * 4) as u64,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         });
 
@@ -1986,6 +2001,7 @@ impl GpuModel {
             logits,
             logit_rows,
             staging,
+            chain: None,
             weight_bytes_per_token: weight_bytes,
             memory: mem,
             dispatches,
@@ -2234,96 +2250,16 @@ impl GpuModel {
         self.cpu = CpuTimes::default();
     }
 
-    fn forward_timed(
+    /// Parameters (uploaded to `params` when the batch shape changed) and workgroup counts of
+    /// the active steps of an `n`-token call of graph `mode`.
+    fn params_and_workgroups(
         &mut self,
-        tokens: &[(u32, u32, u32)],
+        n: usize,
         all_logits: bool,
-        ts: Timestamps,
-    ) -> Result<(Vec<f32>, Vec<f64>)> {
-        let t_start = Instant::now();
-        let n = tokens.len();
-        if n == 0 {
-            return Ok((Vec::new(), Vec::new()));
-        }
-        if all_logits && n > self.logit_rows {
-            return Err(Error::msg(format!(
-                "{n} tokens' logits exceed the {} rows of {} logits that one GPU binding holds",
-                self.logit_rows, self.cfg.n_vocab
-            )));
-        }
-        if n > self.opts.n_batch {
-            return Err(Error::msg(format!(
-                "{n} tokens exceed the batch size {}",
-                self.opts.n_batch
-            )));
-        }
-        let d = self.cfg.n_embd;
-        let nv = self.cfg.n_vocab;
-        // Embeddings on the CPU: the rows are checked here and dequantized below, in parallel
-        // for prompts (a 512-token 7B prompt has 8 MB of rows: ~2.7 ms on one core).
-        let mut ti = Vec::with_capacity(n * 2);
-        for &(tok, seq, pos) in tokens {
-            if tok as usize >= nv {
-                return Err(Error::msg(format!(
-                    "token id {tok} is outside the vocabulary ({nv})"
-                )));
-            }
-            if seq as usize >= self.opts.n_seq || pos as usize >= self.opts.n_ctx {
-                return Err(Error::msg(format!(
-                    "sequence {seq} position {pos} outside the KV cache ({} × {})",
-                    self.opts.n_seq, self.opts.n_ctx
-                )));
-            }
-            ti.push(seq);
-            ti.push(pos);
-        }
-        let mut ring_slot = None;
-        if self.embd_gpu.is_some() && n > 1 {
-            // The rows are looked up by the `Embed` steps at the start of the pass.
-            let ids: Vec<u32> = tokens.iter().map(|t| t.0).collect();
-            self.ctx
-                .queue
-                .write_buffer(&self.tids, 0, bytemuck::cast_slice(&ids));
-        } else {
-            let mut xs = vec![0f32; n * d];
-            let (ety, rb, embd) = (self.embd_ty, self.embd_row_bytes, &self.embd);
-            let row = |(dst, &(tok, _, _)): (&mut [f32], &(u32, u32, u32))| {
-                let r = tok as usize * rb;
-                crate::quant::dequantize_row(ety, &embd[r..r + rb], dst)
-            };
-            if n >= 16 {
-                use rayon::prelude::*;
-                xs.par_chunks_mut(d)
-                    .zip(tokens.par_iter())
-                    .try_for_each(row)?;
-            } else {
-                xs.chunks_mut(d).zip(tokens.iter()).try_for_each(row)?;
-            }
-            let es = self.cfg.ops.embd_scale;
-            if es != 1.0 {
-                // gemma3: × √n_embd after the look-up, as the CPU backend.
-                xs.iter_mut().for_each(|v| *v *= es);
-            }
-            if let (1, Some(ring)) = (n, self.ring.as_mut()) {
-                // Row and token table through the upload ring; the command buffer copies
-                // them (`record`).
-                let mut bytes: Vec<u8> = bytemuck::cast_slice(&xs).to_vec();
-                bytes.extend_from_slice(bytemuck::cast_slice(&ti));
-                ring.write(&self.ctx, ring.next, &bytes)?;
-                ring_slot = Some(ring.next);
-            } else {
-                self.ctx
-                    .queue
-                    .write_buffer(&self.x, 0, bytemuck::cast_slice(&xs));
-            }
-        }
-        if ring_slot.is_none() {
-            self.ctx
-                .queue
-                .write_buffer(&self.tinfo, 0, bytemuck::cast_slice(&ti));
-        }
+        mode: When,
+    ) -> Result<Vec<(u32, u32)>> {
         let cfg = &self.cfg;
-        let mode = self.mode(n);
+        let d = cfg.n_embd;
         let shape = (n, all_logits, mode == When::Decode);
         // Parameters and workgroup counts depend only on the batch shape: consecutive
         // decode steps reuse them (`Tune::param_cache`).
@@ -2335,9 +2271,10 @@ impl GpuModel {
             }
             _ => None,
         };
-        let disp = if let Some(d) = cached {
-            d
-        } else {
+        if let Some(d) = cached {
+            return Ok(d);
+        }
+        {
             // Slots are unique but not dense (the last-workgroup epilogues drop steps).
             let n_slots = self.steps.iter().map(|s| s.slot + 1).max().unwrap_or(0);
             let mut pbytes = vec![0u8; n_slots * SLOT];
@@ -2576,8 +2513,101 @@ impl GpuModel {
                 self.ctx.queue.write_buffer(&self.params, 0, &pbytes);
                 self.params_for = Some(shape);
             }
-            disp
-        };
+            Ok(disp)
+        }
+    }
+
+    fn forward_timed(
+        &mut self,
+        tokens: &[(u32, u32, u32)],
+        all_logits: bool,
+        ts: Timestamps,
+    ) -> Result<(Vec<f32>, Vec<f64>)> {
+        let t_start = Instant::now();
+        let n = tokens.len();
+        if n == 0 {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        if all_logits && n > self.logit_rows {
+            return Err(Error::msg(format!(
+                "{n} tokens' logits exceed the {} rows of {} logits that one GPU binding holds",
+                self.logit_rows, self.cfg.n_vocab
+            )));
+        }
+        if n > self.opts.n_batch {
+            return Err(Error::msg(format!(
+                "{n} tokens exceed the batch size {}",
+                self.opts.n_batch
+            )));
+        }
+        let d = self.cfg.n_embd;
+        let nv = self.cfg.n_vocab;
+        // Embeddings on the CPU: the rows are checked here and dequantized below, in parallel
+        // for prompts (a 512-token 7B prompt has 8 MB of rows: ~2.7 ms on one core).
+        let mut ti = Vec::with_capacity(n * 2);
+        for &(tok, seq, pos) in tokens {
+            if tok as usize >= nv {
+                return Err(Error::msg(format!(
+                    "token id {tok} is outside the vocabulary ({nv})"
+                )));
+            }
+            if seq as usize >= self.opts.n_seq || pos as usize >= self.opts.n_ctx {
+                return Err(Error::msg(format!(
+                    "sequence {seq} position {pos} outside the KV cache ({} × {})",
+                    self.opts.n_seq, self.opts.n_ctx
+                )));
+            }
+            ti.push(seq);
+            ti.push(pos);
+        }
+        let mut ring_slot = None;
+        if self.embd_gpu.is_some() && n > 1 {
+            // The rows are looked up by the `Embed` steps at the start of the pass.
+            let ids: Vec<u32> = tokens.iter().map(|t| t.0).collect();
+            self.ctx
+                .queue
+                .write_buffer(&self.tids, 0, bytemuck::cast_slice(&ids));
+        } else {
+            let mut xs = vec![0f32; n * d];
+            let (ety, rb, embd) = (self.embd_ty, self.embd_row_bytes, &self.embd);
+            let row = |(dst, &(tok, _, _)): (&mut [f32], &(u32, u32, u32))| {
+                let r = tok as usize * rb;
+                crate::quant::dequantize_row(ety, &embd[r..r + rb], dst)
+            };
+            if n >= 16 {
+                use rayon::prelude::*;
+                xs.par_chunks_mut(d)
+                    .zip(tokens.par_iter())
+                    .try_for_each(row)?;
+            } else {
+                xs.chunks_mut(d).zip(tokens.iter()).try_for_each(row)?;
+            }
+            let es = self.cfg.ops.embd_scale;
+            if es != 1.0 {
+                // gemma3: × √n_embd after the look-up, as the CPU backend.
+                xs.iter_mut().for_each(|v| *v *= es);
+            }
+            if let (1, Some(ring)) = (n, self.ring.as_mut()) {
+                // Row and token table through the upload ring; the command buffer copies
+                // them (`record`).
+                let mut bytes: Vec<u8> = bytemuck::cast_slice(&xs).to_vec();
+                bytes.extend_from_slice(bytemuck::cast_slice(&ti));
+                ring.write(&self.ctx, ring.next, &bytes)?;
+                ring_slot = Some(ring.next);
+            } else {
+                self.ctx
+                    .queue
+                    .write_buffer(&self.x, 0, bytemuck::cast_slice(&xs));
+            }
+        }
+        if ring_slot.is_none() {
+            self.ctx
+                .queue
+                .write_buffer(&self.tinfo, 0, bytemuck::cast_slice(&ti));
+        }
+        let mode = self.mode(n);
+        let shape = (n, all_logits, mode == When::Decode);
+        let disp = self.params_and_workgroups(n, all_logits, mode)?;
         let t_prepared = Instant::now();
         let n_q = match ts {
             Timestamps::Off => 0,
@@ -2605,7 +2635,7 @@ impl GpuModel {
             Some((k, sl, cmd)) if k == shape_key && sl == slots && ts == Timestamps::Off => {
                 (cmd, None)
             }
-            _ => self.record(n, all_logits, mode, &disp, ts, n_q, bytes, slots)?,
+            _ => self.record(n, all_logits, mode, &disp, ts, n_q, bytes, slots, None)?,
         };
         let t_recorded = Instant::now();
         self.ctx.queue.submit(Some(cmd));
@@ -2623,7 +2653,8 @@ impl GpuModel {
                 ring_slot.and(self.ring.as_ref().map(|r| r.next)),
                 tl_slot(&self.timeline, 1),
             );
-            let (next, _) = self.record(n, all_logits, mode, &disp, ts, 0, bytes, next_slots)?;
+            let (next, _) =
+                self.record(n, all_logits, mode, &disp, ts, 0, bytes, next_slots, None)?;
             self.prerecorded = Some((shape_key, next_slots, next));
         }
         let t_next = Instant::now();
@@ -2687,10 +2718,187 @@ impl GpuModel {
         Ok((out, times))
     }
 
+    /// Greedy decoding on the GPU: `n` one-token passes of sequence `seq` from position `pos`,
+    /// the first fed token `first`, each later one the token its predecessor chose, by the
+    /// argmax of its logits taken on the GPU ([`greedy_token`](super::greedy::greedy_token)'s rule). The next token's pass
+    /// is submitted before this one's logits are read back, so between two tokens the GPU
+    /// does not wait for the host. `on_token(k, logits, next)` gets the logits of pass `k` (as
+    /// [`forward`](Self::forward) returns them) and the token they chose, in order; returning
+    /// false stops (a pass already submitted still runs, unreported). Returns the number of
+    /// passes reported.
+    ///
+    /// Where the embedding rows are looked up on the host (scaled embeddings, or
+    /// `GGUFQ_GPU_EMBD=0`), the same tokens come from one [`forward`](Self::forward) at a
+    /// time and [`greedy_token`](super::greedy::greedy_token) on the host.
+    pub fn decode_greedy(
+        &mut self,
+        first: u32,
+        seq: u32,
+        pos: u32,
+        n: usize,
+        on_token: &mut OnToken<'_>,
+    ) -> Result<usize> {
+        let nv = self.cfg.n_vocab;
+        if first as usize >= nv {
+            return Err(Error::msg(format!(
+                "token id {first} is outside the vocabulary ({nv})"
+            )));
+        }
+        if seq as usize >= self.opts.n_seq || pos as usize + n > self.opts.n_ctx {
+            return Err(Error::msg(format!(
+                "sequence {seq} positions {pos}..{} outside the KV cache ({} × {})",
+                pos as usize + n,
+                self.opts.n_seq,
+                self.opts.n_ctx
+            )));
+        }
+        if n == 0 {
+            return Ok(0);
+        }
+        let Some(embd) = self.embd_gpu.clone() else {
+            let mut tok = first;
+            for k in 0..n {
+                let logits = self.forward(&[(tok, seq, pos + k as u32)], false)?;
+                tok = super::greedy::greedy_token(&logits);
+                if !on_token(k, &logits, tok)? {
+                    return Ok(k + 1);
+                }
+            }
+            return Ok(n);
+        };
+        let bytes = (nv * 4) as u64;
+        if self.chain.is_none() {
+            let ctx = self.ctx.clone();
+            let bind = super::greedy::bind(
+                &ctx,
+                &mut self.kernels,
+                &self.logits,
+                &self.tids,
+                &self.tinfo,
+                nv,
+            )?;
+            let staging = [0, 1].map(|_| {
+                ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("greedy read-back"),
+                    size: bytes + 4,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            });
+            self.chain = Some(Chain { bind, staging });
+        }
+        let mode = self.mode(1);
+        let shape = (1, false, mode == When::Decode);
+        let disp = self.params_and_workgroups(1, false, mode)?;
+        // The look-up steps' parameters for one token (their slots are not part of a
+        // one-token call's parameters).
+        for s in &self.steps {
+            if let StepKind::Embed { c } = s.kind {
+                let p = super::embed::params(&embd[c], self.cfg.n_embd, 1);
+                self.ctx.queue.write_buffer(
+                    &self.params,
+                    (s.slot * SLOT) as u64,
+                    bytemuck::cast_slice(&p),
+                );
+            }
+        }
+        self.prerecorded = None;
+        self.ctx
+            .queue
+            .write_buffer(&self.tids, 0, bytemuck::cast_slice(&[first]));
+        self.ctx
+            .queue
+            .write_buffer(&self.tinfo, 0, bytemuck::cast_slice(&[seq, pos]));
+        let result = self.greedy_passes(n, mode, &disp, bytes, on_token);
+        if result.is_err() {
+            // Leave no pass of this call running behind an error.
+            let _ = self.ctx.wait();
+        }
+        self.disp_for = Some((shape, disp));
+        result
+    }
+
+    /// The passes of [`decode_greedy`](Self::decode_greedy), two in flight.
+    fn greedy_passes(
+        &mut self,
+        n: usize,
+        mode: When,
+        disp: &[(u32, u32)],
+        bytes: u64,
+        on_token: &mut OnToken<'_>,
+    ) -> Result<usize> {
+        let none: Slots = (None, None);
+        let rec = |m: &Self, k: usize| {
+            m.record(
+                1,
+                false,
+                mode,
+                disp,
+                Timestamps::Off,
+                0,
+                bytes,
+                none,
+                Some(k % 2),
+            )
+            .map(|r| r.0)
+        };
+        let mut sub = std::collections::VecDeque::with_capacity(2);
+        sub.push_back(self.ctx.queue.submit(Some(rec(self, 0)?)));
+        for k in 0..n {
+            if k + 1 < n {
+                let cmd = rec(self, k + 1)?;
+                sub.push_back(self.ctx.queue.submit(Some(cmd)));
+            }
+            let idx = sub
+                .pop_front()
+                .ok_or_else(|| Error::msg("internal: greedy pass not submitted"))?;
+            let buf = &self
+                .chain
+                .as_ref()
+                .ok_or_else(|| Error::msg("internal: greedy decoding not set up"))?
+                .staging[k % 2];
+            let slice = buf.slice(0..bytes + 4);
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let (flag, res) = (done.clone(), Arc::new(std::sync::Mutex::new(None)));
+            let res2 = res.clone();
+            slice.map_async(wgpu::MapMode::Read, move |r| {
+                if let Ok(mut g) = res2.lock() {
+                    *g = Some(r);
+                }
+                flag.store(true, std::sync::atomic::Ordering::Release);
+            });
+            self.ctx.wait_for_submission(&done, idx)?;
+            match res.lock().ok().and_then(|mut g| g.take()) {
+                Some(Ok(())) => {}
+                Some(Err(e)) => return Err(Error::msg(format!("GPU readback map failed: {e}"))),
+                None => return Err(Error::msg("GPU readback: the map did not complete")),
+            }
+            let (mut logits, next) = {
+                let view = slice
+                    .get_mapped_range()
+                    .map_err(|e| Error::msg(format!("GPU readback view: {e:?}")))?;
+                let words: &[f32] = bytemuck::cast_slice(&view);
+                let nv = words.len() - 1;
+                (words[..nv].to_vec(), words[nv].to_bits())
+            };
+            buf.unmap();
+            self.cfg.ops.apply_softcap(&mut logits);
+            if !on_token(k, &logits, next)? {
+                if !sub.is_empty() {
+                    self.ctx.wait()?;
+                }
+                return Ok(k + 1);
+            }
+        }
+        Ok(n)
+    }
+
     /// Record a forward of `n` tokens (graph `mode`, workgroup counts `disp` of its active
     /// steps) and the logits copy of `bytes`; with timestamps, also their read-back buffer.
     /// `slots`: the upload-ring slot whose row and token table the call copies first, and
-    /// the host-timeline slot whose pass timestamps it writes.
+    /// the host-timeline slot whose pass timestamps it writes. `chain`: a pass of
+    /// [`decode_greedy`](Self::decode_greedy), which looks its token up on the GPU first, ends
+    /// with the argmax and copies the logits and the chosen id to that read-back buffer.
     #[allow(clippy::too_many_arguments)]
     fn record(
         &self,
@@ -2702,6 +2910,7 @@ impl GpuModel {
         n_q: u32,
         bytes: u64,
         slots: Slots,
+        chain: Option<usize>,
     ) -> Result<(wgpu::CommandBuffer, Option<wgpu::Buffer>)> {
         let qs = (n_q > 0).then(|| {
             self.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
@@ -2744,6 +2953,20 @@ impl GpuModel {
                 timestamp_writes: first_tw,
             })
             .forget_lifetime();
+        let greedy = chain.and_then(|k| self.chain.as_ref().map(|c| (c, k)));
+        if greedy.is_some() {
+            // The one token's embedding row, from the id the previous pass chose.
+            let (gx, gy) = super::embed::workgroups(self.cfg.n_embd, 1);
+            for s in self
+                .steps
+                .iter()
+                .filter(|s| matches!(s.kind, StepKind::Embed { .. }))
+            {
+                pass.set_pipeline(self.kernels.cached(&s.key)?);
+                pass.set_bind_group(0, &s.bind, &[]);
+                pass.dispatch_workgroups(gx, gy, 1);
+            }
+        }
         let active = self.steps.iter().filter(|s| s.when.runs(mode, n));
         for (i, (s, wg)) in active.zip(disp).enumerate() {
             if ts != Timestamps::PerStep && super::kernels::role_skipped(self.skip_roles, s.role) {
@@ -2791,11 +3014,21 @@ impl GpuModel {
             pass.set_bind_group(0, &s.bind, &[]);
             pass.dispatch_workgroups(wg.0, wg.1, 1);
         }
+        if let Some((c, _)) = greedy {
+            pass.set_pipeline(self.kernels.cached(&KernelKey::Argmax)?);
+            pass.set_bind_group(0, &c.bind, &[]);
+            pass.dispatch_workgroups(1, 1, 1);
+        }
         drop(pass);
         if let Some((k, q, r)) = tl {
             enc.resolve_query_set(q, 2 * k..2 * k + 2, r, TL_STRIDE * k as u64);
         }
-        enc.copy_buffer_to_buffer(&self.logits, 0, &self.staging, 0, bytes);
+        if let Some((c, k)) = greedy {
+            enc.copy_buffer_to_buffer(&self.logits, 0, &c.staging[k], 0, bytes);
+            enc.copy_buffer_to_buffer(&self.tids, 0, &c.staging[k], bytes, 4);
+        } else {
+            enc.copy_buffer_to_buffer(&self.logits, 0, &self.staging, 0, bytes);
+        }
         let ts_bufs = qs.as_ref().map(|q| {
             let size = 8 * n_q as u64;
             let resolve = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {

@@ -590,6 +590,52 @@ pub fn mv_wait_decode_check(
     ))
 }
 
+/// Greedy decoding on the GPU ([`GpuModel::decode_greedy`]: argmax on the GPU, passes queued
+/// ahead of the read-back) against one `forward` call at a time with the argmax on the host,
+/// `n_tok` steps from token 1 of the model at `path`: every chosen token and every logit must
+/// be equal bit for bit. Returns whether it passed and a report line.
+pub fn greedy_decode_check(
+    ctx: &Arc<GpuContext>,
+    path: &std::path::Path,
+    n_tok: usize,
+) -> Result<(bool, String)> {
+    let src = super::source::GgufSource::open(path)?;
+    let opts = ModelOptions {
+        n_ctx: n_tok,
+        n_batch: 1,
+        n_seq: 1,
+    };
+    let mut m = GpuModel::load(ctx.clone(), &src, opts)?;
+    let mut chain: Vec<(Vec<f32>, u32)> = Vec::with_capacity(n_tok);
+    m.decode_greedy(1, 0, 0, n_tok, &mut |_, l, next| {
+        chain.push((l.to_vec(), next));
+        Ok(true)
+    })?;
+    let (mut bad_steps, mut bad_tokens, mut first_bad) = (0usize, 0usize, None);
+    let mut tok = 1u32;
+    for (pos, (cl, ct)) in chain.iter().enumerate() {
+        let l = m.forward(&[(tok, 0, pos as u32)], false)?;
+        tok = crate::model::greedy_token(&l);
+        let same = l.len() == cl.len() && l.iter().zip(cl).all(|(a, b)| a.to_bits() == b.to_bits());
+        if !same || tok != *ct {
+            bad_steps += 1;
+            bad_tokens += usize::from(tok != *ct);
+            first_bad.get_or_insert(pos);
+            // Feed the host's choice on: the chain's steps after it are compared as they are.
+        }
+    }
+    let pass = bad_steps == 0 && chain.len() == n_tok;
+    Ok((
+        pass,
+        format!(
+            "greedy decoding on the GPU {}: {n_tok} steps against one call at a time: {bad_steps} steps differ ({bad_tokens} tokens){} {}",
+            path.display(),
+            first_bad.map_or(String::new(), |p| format!(", first at position {p}")),
+            if pass { "ok" } else { "FAILED" }
+        ),
+    ))
+}
+
 /// Two decode graphs of one model compared step by step ([`graphs_agree`]).
 struct Agreement {
     name: String,

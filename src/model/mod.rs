@@ -53,3 +53,32 @@ impl Model {
         tokenizer::Tokenizer::from_file(&self.file)
     }
 }
+
+/// The greedy choice among `logits`, by the rule `shaders/argmax.wgsl` follows on the GPU
+/// (`ggufq run`'s choice, and the GPU engine's greedy decoding): the
+/// index of the largest value above `f32::MIN`, the lowest index among equal values, 0 when
+/// there is none (NaN never wins).
+pub fn greedy_token(logits: &[f32]) -> u32 {
+    let mut best = (f32::MIN, None);
+    for (i, &v) in logits.iter().enumerate() {
+        if v > best.0 {
+            best = (v, Some(i as u32));
+        }
+    }
+    best.1.unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::greedy_token;
+
+    #[test]
+    fn greedy_token_takes_the_first_largest_and_skips_nan() {
+        assert_eq!(greedy_token(&[1.0, 3.0, 2.0, 3.0]), 1);
+        assert_eq!(greedy_token(&[f32::NAN, 0.5, f32::NAN, 0.7]), 3);
+        assert_eq!(greedy_token(&[f32::NEG_INFINITY, f32::MIN]), 0);
+        assert_eq!(greedy_token(&[f32::NAN; 3]), 0);
+        assert_eq!(greedy_token(&[-5.0, f32::INFINITY, f32::INFINITY]), 1);
+        assert_eq!(greedy_token(&[]), 0);
+    }
+}

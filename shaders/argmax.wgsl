@@ -1,0 +1,53 @@
+// Greedy next token on the GPU (`GpuModel::decode_greedy`): the index of the largest of the
+// `P.x` logits of L that is above f32::MIN, the lowest index among equal values, 0 when there
+// is none (NaN never wins: its comparisons are false). It becomes the token id T[0] that the
+// next pass's embedding look-up reads, and that pass's position I[1] is this one's plus one,
+// so the next pass needs nothing from the host. The host's rule is the same
+// (`gpu::greedy_token`). One workgroup of 256 threads: a strided scan (ascending indices, so
+// each thread keeps its lowest index of a tie), then a tree over workgroup memory.
+
+@group(0) @binding(0) var<storage, read> L: array<f32>;
+@group(0) @binding(1) var<storage, read_write> T: array<u32>;
+@group(0) @binding(2) var<storage, read_write> I: array<u32>;
+@group(0) @binding(3) var<uniform> P: vec4<u32>;
+
+var<workgroup> sv: array<f32, 256>;
+var<workgroup> si: array<u32, 256>;
+
+const NONE: u32 = 0xffffffffu;
+
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32) {
+    let nv = P.x;
+    var bv = -3.40282347e38;
+    var bi = NONE;
+    for (var i = lid; i < nv; i += 256u) {
+        let v = L[i];
+        if (v > bv) {
+            bv = v;
+            bi = i;
+        }
+    }
+    sv[lid] = bv;
+    si[lid] = bi;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s = s >> 1u) {
+        if (lid < s) {
+            let v = sv[lid + s];
+            let i = si[lid + s];
+            if (v > sv[lid] || (v == sv[lid] && i < si[lid])) {
+                sv[lid] = v;
+                si[lid] = i;
+            }
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        var id = si[0];
+        if (id == NONE) {
+            id = 0u;
+        }
+        T[0] = id;
+        I[1] = I[1] + 1u;
+    }
+}
