@@ -228,3 +228,71 @@ fn kernel_check_line_compares_greedy_decoding_with_the_host_loop() {
         "{line}"
     );
 }
+
+/// `ggufq run --backend gpu` on the real SmolLM2 (tied embeddings, 576-wide rows: the batch
+/// graph): the text is what one `forward` call at a time with the host's argmax gives.
+#[test]
+fn run_backend_gpu_prints_the_text_of_the_host_loop() {
+    let Some(path) = ggufq::testutil::smollm2_path() else {
+        eprintln!("notice: SmolLM2 not found (GGUFQ_SMOLLM2 or ~/.cache/ggufq); test skipped");
+        return;
+    };
+    let Some(ctx) = context() else {
+        return;
+    };
+    let prompt = "The capital of France is";
+    let n = 12usize;
+    let model = ggufq::model::Model::open(&path).unwrap();
+    let tok = model.tokenizer().unwrap();
+    let ids = tok.encode(prompt, true, true).unwrap();
+    let src = ggufq::gpu::GgufSource::open(&path).unwrap();
+    let opts = ggufq::gpu::ModelOptions {
+        n_ctx: ids.len() + n,
+        n_batch: ids.len(),
+        n_seq: 1,
+    };
+    let mut m = GpuModel::load(ctx, &src, opts).unwrap();
+    let p: Vec<(u32, u32, u32)> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| (t, 0, i as u32))
+        .collect();
+    let mut next = greedy_token(&m.forward(&p, false).unwrap());
+    let mut want = prompt.to_string();
+    for k in 0..n {
+        if Some(next) == tok.eos {
+            break;
+        }
+        want.push_str(&String::from_utf8_lossy(&tok.token_bytes(next)));
+        if k + 1 < n {
+            let pos = (ids.len() + k) as u32;
+            next = greedy_token(&m.forward(&[(next, 0, pos)], false).unwrap());
+        }
+    }
+    want.push('\n');
+    let out = assert_cmd::Command::cargo_bin("ggufq")
+        .unwrap()
+        .args([
+            "run",
+            path.to_str().unwrap(),
+            "-p",
+            prompt,
+            "-n",
+            "12",
+            "--backend",
+            "gpu",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want, "{stderr}");
+    assert!(stderr.contains("generated"), "{stderr}");
+    let bad = assert_cmd::Command::cargo_bin("ggufq")
+        .unwrap()
+        .args(["run", path.to_str().unwrap(), "-p", "x", "--backend", "tpu"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown backend 'tpu'"));
+}
