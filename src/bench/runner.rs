@@ -449,37 +449,16 @@ mod tests {
         };
         let mut rng = Lcg(1);
         let mut lat = Vec::new();
+        let mut warm_up = |e: &mut Count, budget| {
+            run_tg(e, 16, 1, false, &mut rng, &mut lat, Some(budget))
+                .unwrap()
+                .1
+        };
         // No budget: one token, like llama-bench.
-        assert_eq!(
-            run_tg(
-                &mut e,
-                16,
-                1,
-                false,
-                &mut rng,
-                &mut lat,
-                Some(Duration::ZERO)
-            )
-            .unwrap()
-            .1,
-            1
-        );
+        assert_eq!(warm_up(&mut e, Duration::ZERO), 1);
         assert_eq!(e.calls, 1);
         // A budget longer than the run: the whole test, untimed.
-        assert_eq!(
-            run_tg(
-                &mut e,
-                16,
-                1,
-                false,
-                &mut rng,
-                &mut lat,
-                Some(Duration::from_secs(60))
-            )
-            .unwrap()
-            .1,
-            16
-        );
+        assert_eq!(warm_up(&mut e, Duration::from_secs(60)), 16);
         assert_eq!(e.calls, 17);
         // run_test: warm-up (16 tokens, the default budget is far longer than these calls)
         // plus 3 timed repetitions of 16.

@@ -70,16 +70,23 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         be.forward(&[next], LogitsWanted::Last, &mut logits)?;
     }
     writeln!(out)?;
-    let tg = t1.elapsed().as_secs_f64();
-    eprintln!(
-        "[{}] prompt {} tokens in {:.2} s; generated {} tokens at {:.1} tokens/s",
-        be.name(),
-        ids.len(),
-        t_prompt.as_secs_f64(),
-        generated,
-        generated as f64 / tg.max(1e-9)
-    );
+    report(&be.name(), ids.len(), t_prompt, generated, t1.elapsed());
     Ok(crate::cli::EXIT_OK)
+}
+
+/// The closing line on stderr: prompt time and generation speed.
+fn report(
+    backend: &str,
+    n_prompt: usize,
+    t_prompt: std::time::Duration,
+    generated: usize,
+    t_gen: std::time::Duration,
+) {
+    eprintln!(
+        "[{backend}] prompt {n_prompt} tokens in {:.2} s; generated {generated} tokens at {:.1} tokens/s",
+        t_prompt.as_secs_f64(),
+        generated as f64 / t_gen.as_secs_f64().max(1e-9)
+    );
 }
 
 /// `--backend gpu`: the prompt in batches, then [`GpuModel::decode_greedy`]: the same tokens as
@@ -140,15 +147,8 @@ fn run_gpu(
         })?;
     }
     writeln!(out)?;
-    let tg = t1.elapsed().as_secs_f64();
-    eprintln!(
-        "[gpu: {}] prompt {} tokens in {:.2} s; generated {} tokens at {:.1} tokens/s",
-        ctx.facts.name,
-        ids.len(),
-        t_prompt.as_secs_f64(),
-        generated,
-        generated as f64 / tg.max(1e-9)
-    );
+    let label = format!("gpu: {}", ctx.facts.name);
+    report(&label, ids.len(), t_prompt, generated, t1.elapsed());
     Ok(crate::cli::EXIT_OK)
 }
 
