@@ -296,3 +296,23 @@ fn run_backend_gpu_prints_the_text_of_the_host_loop() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown backend 'tpu'"));
 }
+
+#[test]
+fn gpu_greedy_decoding_with_more_passes_in_flight_is_the_same() {
+    for depth in [3u32, 4] {
+        let Some(mut m) = load("tiny", "q4_k_m", |c| c.tune.greedy_depth = depth) else {
+            return;
+        };
+        let first = prompt(&mut m);
+        let chain = gpu_chain(&mut m, first, 3, 17);
+        let host = host_loop(&mut m, first, 3, 17);
+        assert_same(&chain, &host, &format!("depth {depth}"));
+        // A stop with several passes queued behind it.
+        let got = m
+            .decode_greedy(first, 0, 3, 17, &mut |k, _, _| Ok(k < 1))
+            .unwrap();
+        assert_eq!(got, 2, "depth {depth}");
+        let after = gpu_chain(&mut m, first, 3, 17);
+        assert_same(&after, &host, &format!("depth {depth}, after a stop"));
+    }
+}

@@ -810,6 +810,11 @@ pub struct Tune {
     /// (Q4_K_M), the wake-up after the pass and the host phases after it both shorter;
     /// Q4_K_M 289.2 → 301.6 t/s, Q4_0 332.6 → 345.9, Q8_0 229.2 → 236.7.
     pub spin_wait: bool,
+    /// Passes of [`GpuModel::decode_greedy`](super::GpuModel::decode_greedy) submitted
+    /// ahead of the one whose logits the host reads (GGUFQ_GREEDY_DEPTH: 2, 3 or 4; default
+    /// 2: one pass queued behind the running one). A deeper queue rides out longer host
+    /// stalls at one read-back buffer per pass.
+    pub greedy_depth: u32,
     /// Weight chunks are sub-allocated in pooled buffers of at most this many bytes (each
     /// chunk at an offset aligned to `min_storage_buffer_offset_alignment` and at least 256
     /// bytes, bound with offset and size), so a submit tracks a few large buffers instead
@@ -1203,6 +1208,7 @@ impl Tune {
             attn_skip: std::env::var("GGUFQ_ATTN_SKIP").as_deref() != Ok("0"),
             attn_pre: get("GGUFQ_ATTN_PRE", 0, &[0, 1, 2, 3]),
             spin_wait: std::env::var("GGUFQ_SPIN_WAIT").as_deref() != Ok("0"),
+            greedy_depth: get("GGUFQ_GREEDY_DEPTH", 2, &[2, 3, 4]),
             weight_pool: std::env::var("GGUFQ_WEIGHT_POOL")
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok())

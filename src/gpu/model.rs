@@ -334,11 +334,12 @@ impl CpuTimes {
 /// (false: stop).
 pub type OnToken<'a> = dyn FnMut(usize, &[f32], u32) -> Result<bool> + 'a;
 
-/// The argmax dispatch of [`GpuModel::decode_greedy`] and its two read-back buffers (logits,
-/// then the chosen id), used by alternate tokens so that one is read while the next runs.
+/// The argmax dispatch of [`GpuModel::decode_greedy`] and its read-back buffers (logits, then
+/// the chosen id), one per pass in flight ([`Tune::greedy_depth`]), used in turn so that one
+/// is read while the next passes run.
 struct Chain {
     bind: wgpu::BindGroup,
-    staging: [wgpu::Buffer; 2],
+    staging: Vec<wgpu::Buffer>,
 }
 
 /// A llama model resident on the GPU.
@@ -2777,14 +2778,16 @@ impl GpuModel {
                 &self.tinfo,
                 nv,
             )?;
-            let staging = [0, 1].map(|_| {
-                ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("greedy read-back"),
-                    size: bytes + 4,
-                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
+            let staging = (0..ctx.tune.greedy_depth.max(2))
+                .map(|_| {
+                    ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("greedy read-back"),
+                        size: bytes + 4,
+                        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    })
                 })
-            });
+                .collect();
             self.chain = Some(Chain { bind, staging });
         }
         let mode = self.mode(1);
@@ -2818,7 +2821,8 @@ impl GpuModel {
         result
     }
 
-    /// The passes of [`decode_greedy`](Self::decode_greedy), two in flight.
+    /// The passes of [`decode_greedy`](Self::decode_greedy), up to one per read-back buffer
+    /// in flight.
     fn greedy_passes(
         &mut self,
         n: usize,
@@ -2828,6 +2832,7 @@ impl GpuModel {
         on_token: &mut OnToken<'_>,
     ) -> Result<usize> {
         let none: Slots = (None, None);
+        let depth = self.chain.as_ref().map_or(2, |c| c.staging.len());
         let rec = |m: &Self, k: usize| {
             m.record(
                 1,
@@ -2838,16 +2843,17 @@ impl GpuModel {
                 0,
                 bytes,
                 none,
-                Some(k % 2),
+                Some(k % depth),
             )
             .map(|r| r.0)
         };
-        let mut sub = std::collections::VecDeque::with_capacity(2);
-        sub.push_back(self.ctx.queue.submit(Some(rec(self, 0)?)));
+        let mut sub = std::collections::VecDeque::with_capacity(depth);
+        let mut next = 0;
         for k in 0..n {
-            if k + 1 < n {
-                let cmd = rec(self, k + 1)?;
+            while next < n && sub.len() < depth {
+                let cmd = rec(self, next)?;
                 sub.push_back(self.ctx.queue.submit(Some(cmd)));
+                next += 1;
             }
             let idx = sub
                 .pop_front()
@@ -2856,7 +2862,7 @@ impl GpuModel {
                 .chain
                 .as_ref()
                 .ok_or_else(|| Error::msg("internal: greedy decoding not set up"))?
-                .staging[k % 2];
+                .staging[k % depth];
             let slice = buf.slice(0..bytes + 4);
             let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let (flag, res) = (done.clone(), Arc::new(std::sync::Mutex::new(None)));
@@ -2873,7 +2879,7 @@ impl GpuModel {
                 Some(Err(e)) => return Err(Error::msg(format!("GPU readback map failed: {e}"))),
                 None => return Err(Error::msg("GPU readback: the map did not complete")),
             }
-            let (mut logits, next) = {
+            let (mut logits, chosen) = {
                 let view = slice
                     .get_mapped_range()
                     .map_err(|e| Error::msg(format!("GPU readback view: {e:?}")))?;
@@ -2883,7 +2889,7 @@ impl GpuModel {
             };
             buf.unmap();
             self.cfg.ops.apply_softcap(&mut logits);
-            if !on_token(k, &logits, next)? {
+            if !on_token(k, &logits, chosen)? {
                 if !sub.is_empty() {
                     self.ctx.wait()?;
                 }
