@@ -316,3 +316,32 @@ fn gpu_greedy_decoding_with_more_passes_in_flight_is_the_same() {
         assert_same(&after, &host, &format!("depth {depth}, after a stop"));
     }
 }
+
+/// `GpuBackend::decode_greedy` (what `ggufq run --backend gpu` calls): the GPU loop from the
+/// backend's position, which grows by the tokens reported.
+#[test]
+fn gpu_backend_greedy_decoding_continues_from_its_position() {
+    use ggufq::model::{Backend, LogitsWanted};
+    let Some(ctx) = context() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = gpu_fixture::write_tiny(dir.path(), "q4_0");
+    let hp = ggufq::model::Model::open(&path).unwrap().hparams;
+    let mut b = ggufq::gpu::GpuBackend::load(ctx, &path, hp, 64, 8).unwrap();
+    let prompt = tokens(b.hparams().n_vocab, 3, 1);
+    let mut l = Vec::new();
+    b.forward(&prompt, LogitsWanted::Last, &mut l).unwrap();
+    let first = greedy_token(&l);
+    let mut chain = Vec::new();
+    let got = b
+        .decode_greedy(first, 9, &mut |_, l, next| {
+            chain.push((l.to_vec(), next));
+            Ok(true)
+        })
+        .unwrap();
+    assert_eq!((got, b.n_past()), (9, 12));
+    let mut m = b.into_model();
+    let host = host_loop(&mut m, first, 3, 9);
+    assert_same(&chain, &host, "GpuBackend");
+}

@@ -167,6 +167,35 @@ mod tests {
     }
 
     #[test]
+    fn backend_greedy_decoding_feeds_each_choice_and_advances_the_cache() {
+        let mut b = Echo { hp: hp(), past: 0 };
+        let mut out = Vec::new();
+        b.forward(&[9, 9, 9], LogitsWanted::Last, &mut out).unwrap();
+        // Echo's logits are [token, position]: the choice is 0 while the token is larger.
+        let mut seen = Vec::new();
+        let got = b
+            .decode_greedy(5, 4, &mut |k, l, next| {
+                seen.push((k, l.to_vec(), next));
+                Ok(true)
+            })
+            .unwrap();
+        assert_eq!(got, 4);
+        assert_eq!(b.n_past(), 7);
+        assert_eq!(
+            seen,
+            vec![
+                (0, vec![5.0, 3.0], 0),
+                (1, vec![0.0, 4.0], 1),
+                (2, vec![1.0, 5.0], 1),
+                (3, vec![1.0, 6.0], 1),
+            ]
+        );
+        // Stopping after the second token: two forwards, two positions.
+        let got = b.decode_greedy(5, 4, &mut |k, _, _| Ok(k < 1)).unwrap();
+        assert_eq!((got, b.n_past()), (2, 9));
+    }
+
+    #[test]
     fn routes_sequences_and_checks_positions() {
         let seqs: Vec<Box<dyn Backend>> = (0..2)
             .map(|_| Box::new(Echo { hp: hp(), past: 0 }) as Box<dyn Backend>)

@@ -38,15 +38,12 @@ pub trait Engine {
         n: usize,
         on_token: &mut dyn FnMut(usize) -> Result<bool>,
     ) -> Result<usize> {
-        let mut tok = first;
-        for k in 0..n {
-            let logits = self.forward(&[(tok, 0, k as u32)], false)?;
-            tok = crate::model::greedy_token(&logits);
-            if !on_token(k)? {
-                return Ok(k + 1);
-            }
-        }
-        Ok(n)
+        crate::model::greedy_loop(
+            first,
+            n,
+            |tok, k| self.forward(&[(tok, 0, k as u32)], false),
+            &mut |k, _, _| on_token(k),
+        )
     }
 }
 

@@ -42,12 +42,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         eprintln!("prompt tokens: {ids:?}");
     }
     let n_ctx = ids.len() + args.n_predict;
-    match args.backend.as_str() {
-        "cpu" => {}
-        "gpu" => return run_gpu(&args, &tok, &ids, n_ctx),
+    let mut be: Box<dyn Backend> = match args.backend.as_str() {
+        "cpu" => Box::new(CpuBackend::new(&model, n_ctx, args.threads)?),
+        "gpu" => gpu_backend(&args, &model, n_ctx, ids.len().clamp(1, 512))?,
         other => anyhow::bail!("unknown backend '{other}' (cpu, gpu)"),
-    }
-    let mut be = CpuBackend::new(&model, n_ctx, args.threads)?;
+    };
     let mut logits = Vec::new();
     let t0 = std::time::Instant::now();
     be.forward(&ids, LogitsWanted::Last, &mut logits)?;
@@ -56,22 +55,33 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     write!(out, "{}", args.prompt)?;
     let t1 = std::time::Instant::now();
     let mut generated = 0;
-    for _ in 0..args.n_predict {
-        let next = ggufq::model::greedy_token(&logits);
-        if Some(next) == tok.eos {
-            break;
-        }
-        write!(out, "{}", String::from_utf8_lossy(&tok.token_bytes(next)))?;
-        out.flush()?;
-        generated += 1;
-        if be.n_past() >= be.n_ctx() {
-            break;
-        }
-        be.forward(&[next], LogitsWanted::Last, &mut logits)?;
+    let first = ggufq::model::greedy_token(&logits);
+    if args.n_predict > 0 && Some(first) != tok.eos {
+        write_token(&mut out, &tok, first)?;
+        generated = 1;
+        be.decode_greedy(first, args.n_predict - 1, &mut |_, _, next| {
+            if Some(next) == tok.eos {
+                return Ok(false);
+            }
+            write_token(&mut out, &tok, next)
+                .map_err(|e| ggufq::error::Error::msg(format!("writing the output: {e}")))?;
+            generated += 1;
+            Ok(true)
+        })?;
     }
     writeln!(out)?;
     report(&be.name(), ids.len(), t_prompt, generated, t1.elapsed());
     Ok(crate::cli::EXIT_OK)
+}
+
+/// Print one generated token's text at once.
+fn write_token(
+    out: &mut impl Write,
+    tok: &ggufq::model::tokenizer::Tokenizer,
+    id: u32,
+) -> std::io::Result<()> {
+    write!(out, "{}", String::from_utf8_lossy(&tok.token_bytes(id)))?;
+    out.flush()
 }
 
 /// The closing line on stderr: prompt time and generation speed.
@@ -89,75 +99,27 @@ fn report(
     );
 }
 
-/// `--backend gpu`: the prompt in batches, then [`GpuModel::decode_greedy`]: the same tokens as
-/// the CPU backend's loop would choose from the GPU's logits.
-///
-/// [`GpuModel::decode_greedy`]: ggufq::gpu::GpuModel::decode_greedy
+/// `--backend gpu`: the wgpu engine behind the same [`Backend`] (prompts in batches of
+/// `n_batch`; its `decode_greedy` chooses each token on the GPU and queues the next pass).
 #[cfg(feature = "gpu")]
-fn run_gpu(
+fn gpu_backend(
     args: &Args,
-    tok: &ggufq::model::tokenizer::Tokenizer,
-    ids: &[u32],
+    model: &Model,
     n_ctx: usize,
-) -> anyhow::Result<i32> {
-    use ggufq::gpu::{DeviceOptions, GgufSource, GpuContext, GpuModel, ModelOptions};
-    let src = GgufSource::open(&args.model)?;
+    n_batch: usize,
+) -> anyhow::Result<Box<dyn Backend>> {
+    use ggufq::gpu::{DeviceOptions, GpuBackend, GpuContext};
     let ctx = std::sync::Arc::new(GpuContext::new(&DeviceOptions::default())?);
-    let n_batch = ids.len().clamp(1, 512);
-    let mut m = GpuModel::load(
-        ctx.clone(),
-        &src,
-        ModelOptions {
-            n_ctx,
-            n_batch,
-            n_seq: 1,
-        },
-    )?;
-    let t0 = std::time::Instant::now();
-    let mut logits = Vec::new();
-    for (c, chunk) in ids.chunks(n_batch).enumerate() {
-        let t: Vec<(u32, u32, u32)> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, &id)| (id, 0, (c * n_batch + i) as u32))
-            .collect();
-        logits = m.forward(&t, false)?;
-    }
-    let t_prompt = t0.elapsed();
-    let mut out = std::io::stdout().lock();
-    write!(out, "{}", args.prompt)?;
-    let t1 = std::time::Instant::now();
-    let mut generated = 0;
-    let first = ggufq::model::greedy_token(&logits);
-    if args.n_predict > 0 && Some(first) != tok.eos {
-        write!(out, "{}", String::from_utf8_lossy(&tok.token_bytes(first)))?;
-        out.flush()?;
-        generated = 1;
-        let rest = args.n_predict - 1;
-        m.decode_greedy(first, 0, ids.len() as u32, rest, &mut |_, _, next| {
-            if Some(next) == tok.eos {
-                return Ok(false);
-            }
-            let text = String::from_utf8_lossy(&tok.token_bytes(next)).into_owned();
-            write!(out, "{text}")
-                .and_then(|_| out.flush())
-                .map_err(|e| ggufq::error::Error::msg(format!("writing the output: {e}")))?;
-            generated += 1;
-            Ok(generated < args.n_predict)
-        })?;
-    }
-    writeln!(out)?;
-    let label = format!("gpu: {}", ctx.facts.name);
-    report(&label, ids.len(), t_prompt, generated, t1.elapsed());
-    Ok(crate::cli::EXIT_OK)
+    Ok(Box::new(GpuBackend::load(
+        ctx,
+        &args.model,
+        model.hparams.clone(),
+        n_ctx,
+        n_batch,
+    )?))
 }
 
 #[cfg(not(feature = "gpu"))]
-fn run_gpu(
-    _: &Args,
-    _: &ggufq::model::tokenizer::Tokenizer,
-    _: &[u32],
-    _: usize,
-) -> anyhow::Result<i32> {
+fn gpu_backend(_: &Args, _: &Model, _: usize, _: usize) -> anyhow::Result<Box<dyn Backend>> {
     anyhow::bail!("--backend gpu needs the `gpu` feature in this build")
 }

@@ -169,4 +169,16 @@ impl Backend for GpuBackend {
         self.n_past += n;
         Ok(())
     }
+    fn decode_greedy(
+        &mut self,
+        first: u32,
+        n: usize,
+        on_token: &mut crate::model::OnToken<'_>,
+    ) -> Result<usize> {
+        let done = self
+            .model
+            .decode_greedy(first, 0, self.n_past as u32, n, on_token)?;
+        self.n_past += done;
+        Ok(done)
+    }
 }

@@ -330,9 +330,7 @@ impl CpuTimes {
     }
 }
 
-/// What [`GpuModel::decode_greedy`] calls with each pass's index, logits and chosen token
-/// (false: stop).
-pub type OnToken<'a> = dyn FnMut(usize, &[f32], u32) -> Result<bool> + 'a;
+pub use crate::model::OnToken;
 
 /// The argmax dispatch of [`GpuModel::decode_greedy`] and its read-back buffers (logits, then
 /// the chosen id), one per pass in flight ([`Tune::greedy_depth`]), used in turn so that one
@@ -2730,7 +2728,7 @@ impl GpuModel {
     ///
     /// Where the embedding rows are looked up on the host (scaled embeddings, or
     /// `GGUFQ_GPU_EMBD=0`), the same tokens come from one [`forward`](Self::forward) at a
-    /// time and [`greedy_token`](super::greedy::greedy_token) on the host.
+    /// time and [`greedy_loop`](crate::model::greedy_loop) on the host.
     pub fn decode_greedy(
         &mut self,
         first: u32,
@@ -2757,15 +2755,13 @@ impl GpuModel {
             return Ok(0);
         }
         let Some(embd) = self.embd_gpu.clone() else {
-            let mut tok = first;
-            for k in 0..n {
-                let logits = self.forward(&[(tok, seq, pos + k as u32)], false)?;
-                tok = super::greedy::greedy_token(&logits);
-                if !on_token(k, &logits, tok)? {
-                    return Ok(k + 1);
-                }
-            }
-            return Ok(n);
+            let at = |k: usize| pos + k as u32;
+            return crate::model::greedy_loop(
+                first,
+                n,
+                |tok, k| self.forward(&[(tok, seq, at(k))], false),
+                on_token,
+            );
         };
         let bytes = (nv * 4) as u64;
         if self.chain.is_none() {

@@ -54,4 +54,25 @@ pub trait Backend {
     fn reset(&mut self);
     /// Evaluate `tokens` after the cached ones; see the module docs for the contract.
     fn forward(&mut self, tokens: &[u32], want: LogitsWanted, out: &mut Vec<f32>) -> Result<()>;
+    /// Greedy generation of `n` tokens from position `n_past()`, the first fed `first`, each
+    /// later one the [`greedy_token`](crate::model::greedy_token) of its predecessor's logits;
+    /// `on_token(k, logits, next)` for each in order (false stops). `n_past()` grows by the
+    /// tokens reported. The GPU backend chooses on the GPU and queues each pass ahead.
+    fn decode_greedy(
+        &mut self,
+        first: u32,
+        n: usize,
+        on_token: &mut crate::model::OnToken<'_>,
+    ) -> Result<usize> {
+        let mut logits = Vec::new();
+        crate::model::greedy_loop(
+            first,
+            n,
+            |tok, _| {
+                self.forward(&[tok], LogitsWanted::Last, &mut logits)?;
+                Ok(std::mem::take(&mut logits))
+            },
+            on_token,
+        )
+    }
 }

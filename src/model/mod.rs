@@ -68,6 +68,30 @@ pub fn greedy_token(logits: &[f32]) -> u32 {
     best.1.unwrap_or(0)
 }
 
+/// What a `decode_greedy` calls with each step's index, logits and chosen token (false: stop).
+pub type OnToken<'a> = dyn FnMut(usize, &[f32], u32) -> crate::error::Result<bool> + 'a;
+
+/// Greedy decoding one forward at a time: `forward(token, k)` returns the logits of feeding
+/// `token` as the `k`-th token, the next token is their [`greedy_token`], and
+/// `on_token(k, logits, next)` sees each step in order (false stops). Returns the steps taken.
+/// The host-side loop of every `decode_greedy` (the GPU engine runs its own on the GPU).
+pub fn greedy_loop(
+    first: u32,
+    n: usize,
+    mut forward: impl FnMut(u32, usize) -> crate::error::Result<Vec<f32>>,
+    on_token: &mut OnToken<'_>,
+) -> crate::error::Result<usize> {
+    let mut tok = first;
+    for k in 0..n {
+        let logits = forward(tok, k)?;
+        tok = greedy_token(&logits);
+        if !on_token(k, &logits, tok)? {
+            return Ok(k + 1);
+        }
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::greedy_token;
