@@ -156,6 +156,14 @@ pub struct Args {
     pub quiet: bool,
 }
 
+impl Args {
+    /// tg runs llama-bench's loop: asked for, or implied by `--host-profile` (its timeline
+    /// records one-token `forward` calls).
+    fn tg_sync(&self) -> bool {
+        self.tg_sync || self.host_profile
+    }
+}
+
 /// Parse "90s", "10m", "1h", "500ms" or plain seconds.
 pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     let s = s.trim();
@@ -423,7 +431,7 @@ fn print_rows(args: &Args, rows: &[(ModelRow, BenchResult)], failed: bool) -> an
     if greedy_tg && !args.quiet {
         eprintln!(
             "{}",
-            if args.tg_sync || args.host_profile {
+            if args.tg_sync() {
                 "tg: random tokens, one call at a time, each waiting for its logits (llama-bench's loop)"
             } else {
                 "tg: greedy decoding, every token's logits read back (the GPU engine queues each \
@@ -487,7 +495,7 @@ fn run_cpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
         parallel: args.parallel,
         duration,
         progress: !args.quiet,
-        tg_sync: args.tg_sync,
+        tg_sync: args.tg_sync(),
     };
     let mut rows = Vec::new();
     let mut failed = false;
@@ -724,8 +732,7 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
         parallel: args.parallel,
         duration,
         progress: !args.quiet,
-        // The host timeline records one-token `forward` calls: llama-bench's loop.
-        tg_sync: args.tg_sync || args.host_profile,
+        tg_sync: args.tg_sync(),
     };
     let mut rows: Vec<(ModelRow, BenchResult)> = Vec::new();
     let mut failed = false;
