@@ -26,8 +26,8 @@ struct Params {
     window: u32,
 }
 @group(0) @binding(0) var<storage, read> Q: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> KC: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> VC: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> KC: array<$KV4>;
+@group(0) @binding(2) var<storage, read> VC: array<$KV4>;
 @group(0) @binding(3) var<storage, read_write> O: array<vec4<f32>>;
 @group(0) @binding(4) var<uniform> P: Params;
 @group(0) @binding(5) var<storage, read> TI: array<vec2<u32>>;
@@ -77,7 +77,7 @@ fn load_k(cb4: u32, kb4: u32, kb0: u32, lid: u32) {
     for (var i = lid; i < KB * HD4; i += 256u) {
         let r = i / HD4;
         let kp = min(kb0 + r, P.ctx - 1u);
-        Ks[r * KLD + i % HD4] = KC[cb4 + kp * (P.kv_ld / 4u) + kb4 + i % HD4];
+        Ks[r * KLD + i % HD4] = kc_ld(cb4 + kp * (P.kv_ld / 4u) + kb4 + i % HD4);
     }
 }
 
@@ -202,7 +202,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
                 let kp = kb0 + i / HD4;
                 var v = vec4<f32>(0.0);
                 if (kp < nkeys) {
-                    v = VC[cb4 + kp * (P.kv_ld / 4u) + kb4 + i % HD4];
+                    v = vc_ld(cb4 + kp * (P.kv_ld / 4u) + kb4 + i % HD4);
                 }
                 Vs[i] = v;
             }

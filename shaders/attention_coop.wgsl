@@ -37,8 +37,8 @@ struct Params {
     window: u32,
 }
 @group(0) @binding(0) var<storage, read> Q: array<vec4<f32>>;
-@group(0) @binding(1) var<storage, read> KC: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> VC: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> KC: array<$KV4>;
+@group(0) @binding(2) var<storage, read> VC: array<$KV4>;
 @group(0) @binding(3) var<storage, read_write> O: array<f32>;
 @group(0) @binding(4) var<uniform> P: Params;
 @group(0) @binding(5) var<storage, read> TI: array<vec2<u32>>;
@@ -90,9 +90,9 @@ fn load_block(cb4: u32, kb4: u32, kb0: u32, nkeys: u32, lid: u32, with_v: bool) 
         var v = vec4<f16>(0.0);
         if (kp < nkeys) {
             let g = cb4 + kp * (P.kv_ld / 4u) + kb4 + c;
-            k = vec4<f16>(KC[g]);
+            k = vec4<f16>(kc_ld(g));
             if (with_v) {
-                v = vec4<f16>(VC[g]);
+                v = vec4<f16>(vc_ld(g));
             }
         }
         let o = r * LDK + 4u * c;

@@ -51,8 +51,8 @@ struct Params {
     q8b: u32,
 }
 @group(0) @binding(0) var<storage, read> QKV: array<f32>;
-@group(0) @binding(1) var<storage, read_write> KC: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> VC: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> KC: array<$KV4>;
+@group(0) @binding(2) var<storage, read_write> VC: array<$KV4>;
 @group(0) @binding(3) var<storage, read_write> O: array<f32>;
 @group(0) @binding(4) var<uniform> P: Params;
 @group(0) @binding(5) var<storage, read> TI: array<vec2<u32>>;
@@ -136,7 +136,7 @@ $ARRIVE            return;
     if (kpre) {
         let ko = cb4 + kp * kvl4 + kb4;
         for (var d = 0u; d < HD4; d++) {
-            kr[d] = KC[ko + d];
+            kr[d] = kc_ld(ko + d);
         }
     }
     let vpre = VPRE && gi < groups && p0 + gi + 3u * groups < pe;
@@ -146,10 +146,10 @@ $ARRIVE            return;
     var pv3 = vec4<f32>(0.0);
     if (vpre) {
         let p = p0 + gi;
-        pv0 = VC[vb + p * kvl4];
-        pv1 = VC[vb + (p + groups) * kvl4];
-        pv2 = VC[vb + (p + 2u * groups) * kvl4];
-        pv3 = VC[vb + (p + 3u * groups) * kvl4];
+        pv0 = vc_ld(vb + p * kvl4);
+        pv1 = vc_ld(vb + (p + groups) * kvl4);
+        pv2 = vc_ld(vb + (p + 2u * groups) * kvl4);
+        pv3 = vc_ld(vb + (p + 3u * groups) * kvl4);
     }
     // NEW_TOKEN{ (also the body of shaders/attn_decode_seg.wgsl's $NEW_TOKEN)
     if (lid < half) {
@@ -185,8 +185,8 @@ $ARRIVE            return;
     if (h % grp == 0u && p0 <= pos && pos < p1) {
         let so = cb4 + pos * kvl4 + kb4;
         for (var i = lid; i < hd4; i += 256u) {
-            KC[so + i] = ks[i];
-            VC[so + i] = vs[i];
+            kc_st(so + i, ks[i]);
+            vc_st(so + i, vs[i]);
         }
     }
     var mx = -3.0e38;
@@ -204,7 +204,7 @@ $ARRIVE            return;
         } else {
             let ko = cb4 + p * kvl4 + kb4;
             for (var d = 0u; d < HD4; d++) {
-                kv[d] = KC[ko + d];
+                kv[d] = kc_ld(ko + d);
             }
         }
         var s = 0.0;
@@ -234,10 +234,10 @@ $RED_SUM    var acc = vec4<f32>(0.0);
             var v2 = pv2;
             var v3 = pv3;
             if (!first) {
-                v0 = VC[vb + p * kvl4];
-                v1 = VC[vb + (p + groups) * kvl4];
-                v2 = VC[vb + (p + 2u * groups) * kvl4];
-                v3 = VC[vb + (p + 3u * groups) * kvl4];
+                v0 = vc_ld(vb + p * kvl4);
+                v1 = vc_ld(vb + (p + groups) * kvl4);
+                v2 = vc_ld(vb + (p + 2u * groups) * kvl4);
+                v3 = vc_ld(vb + (p + 3u * groups) * kvl4);
             }
             first = false;
             acc += r16(S[p - s0] * inv) * v0;
@@ -246,7 +246,7 @@ $RED_SUM    var acc = vec4<f32>(0.0);
             acc += r16(S[p + 3u * groups - s0] * inv) * v3;
         }
         for (; p < pe; p += groups) {
-            acc += r16(S[p - s0] * inv) * VC[vb + p * kvl4];
+            acc += r16(S[p - s0] * inv) * vc_ld(vb + p * kvl4);
         }
         if (p == pos && pos < p1) {
             acc += r16(S[p - s0] * inv) * vs[d4];

@@ -19,8 +19,8 @@
 // positions lo + s, lo + s + 4, … with 16 rows loaded at a time.
 // attn_decode.wgsl's `Params` (the same uniform block; the builder inserts it).
 $PARAMS@group(0) @binding(0) var<storage, read> QKV: array<f32>;
-@group(0) @binding(1) var<storage, read_write> KC: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> VC: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read_write> KC: array<$KV4>;
+@group(0) @binding(2) var<storage, read_write> VC: array<$KV4>;
 @group(0) @binding(4) var<uniform> P: Params;
 @group(0) @binding(5) var<storage, read> TI: array<vec2<u32>>;
 @group(0) @binding(6) var<storage, read> CS: array<vec2<f32>>;
@@ -73,8 +73,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
 $NEW_TOKEN    workgroupBarrier();
     if (h % grp == 0u && j < HD4) {
         let so = cb4 + pos * kvl4 + kb4 + j;
-        KC[so] = ks[hq + j];
-        VC[so] = vs[hq + j];
+        kc_st(so, ks[hq + j]);
+        vc_st(so, vs[hq + j]);
     }
     // Scores: the K row into registers (the new one from ks), then one dot loop.
     let sb = hl * CTX;
@@ -88,7 +88,7 @@ $NEW_TOKEN    workgroupBarrier();
         } else {
             let ko = cb4 + p * kvl4 + kb4;
             for (var d = 0u; d < HD4; d++) {
-                kv[d] = KC[ko + d];
+                kv[d] = kc_ld(ko + d);
             }
         }
         var s = 0.0;
@@ -121,7 +121,7 @@ $NEW_TOKEN    workgroupBarrier();
             if (q == pos) {
                 v[i] = vs[hq + d4];
             } else {
-                v[i] = VC[vb + q * kvl4];
+                v[i] = vc_ld(vb + q * kvl4);
             }
         }
         for (var i = 0u; i < VB; i++) {
@@ -133,7 +133,7 @@ $NEW_TOKEN    workgroupBarrier();
         if (p == pos) {
             v = vs[hq + d4];
         } else {
-            v = VC[vb + p * kvl4];
+            v = vc_ld(vb + p * kvl4);
         }
         acc += r16(S[sb + p - lo] * inv) * v;
     }

@@ -1,5 +1,7 @@
 // RoPE (adjacent pairs, llama's NORM mode) on Q in place, and K/V of each token stored into
-// the layer's KV cache at its (sequence, position) slot. cos/sin come from a table computed on the CPU in f64.
+// the layer's KV cache at its (sequence, position) slot, a pair of values per store (f16 halves
+// of one word, or two f32 with GGUFQ_KV_F32=1: `kv_storage` in src/gpu/kernels.rs). cos/sin
+// come from a table computed on the CPU in f64.
 struct Params {
     n_head: u32,
     n_kv: u32,
@@ -11,8 +13,8 @@ struct Params {
     n_rot: u32,
 }
 @group(0) @binding(0) var<storage, read_write> QKV: array<f32>;
-@group(0) @binding(1) var<storage, read_write> KC: array<f32>;
-@group(0) @binding(2) var<storage, read_write> VC: array<f32>;
+@group(0) @binding(1) var<storage, read_write> KC: array<$KV2>;
+@group(0) @binding(2) var<storage, read_write> VC: array<$KV2>;
 @group(0) @binding(3) var<storage, read> CS: array<vec2<f32>>;
 @group(0) @binding(4) var<uniform> P: Params;
 // Per token: (sequence, position).
@@ -64,14 +66,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
             QKV[src + 1u] = r16(x1);
         } else {
             let dst = slot * P.kv_ld + h * P.hd + 2u * k;
-            KC[dst] = r16(x0);
-            KC[dst + 1u] = r16(x1);
+            kc_st2(dst / 2u, r16(x0), r16(x1));
         }
     } else {
         let m = i - nq - nk;
         let src = row + (P.n_head + P.n_kv) * P.hd + 2u * m;
         let dst = slot * P.kv_ld + 2u * m;
-        VC[dst] = r16(QKV[src]);
-        VC[dst + 1u] = r16(QKV[src + 1u]);
+        vc_st2(dst / 2u, r16(QKV[src]), r16(QKV[src + 1u]));
     }
 }

@@ -795,3 +795,45 @@ fn gpu_gemma3_long_prompt_in_batches_matches_cpu_backend() {
         );
     }
 }
+
+/// The f16 KV cache (the default) against f32 values (`Tune::kv_f32`) on the architectures
+/// whose K goes through `qk_prep` (NeoX RoPE, per-head norms, biases; gemma3's sliding window
+/// and Q scale): every value is rounded to f16 before it is stored, so every GPU logit of
+/// [`run_both`]'s calls must be the same bits.
+#[test]
+fn gpu_f16_kv_cache_matches_f32_values_bit_for_bit_on_every_architecture() {
+    let (Some(c16), Some(c32)) = (
+        context(),
+        gpu_fixture::context_tuned(|c| {
+            exact_prompts(c);
+            c.tune.kv_f32 = true;
+        }),
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for s in [
+        spec("qwen2", GgmlType::Q8_0, 256),
+        spec("qwen3", GgmlType::Q4_K, 256),
+        spec("gemma3", GgmlType::F32, 256),
+        Spec {
+            nh: 4,
+            hd: 64,
+            ..spec("gemma3", GgmlType::Q8_0, 256)
+        },
+    ] {
+        let path = write(dir.path(), &s);
+        let model = Model::open(&path).unwrap();
+        let load = |c: &Arc<GpuContext>| {
+            GpuBackend::load(c.clone(), &path, model.hparams.clone(), 64, 32).unwrap()
+        };
+        let (mut g16, mut g32) = (load(&c16), load(&c32));
+        assert_eq!(2 * g16.model().memory.kv_cache, g32.model().memory.kv_cache);
+        let a = run_both(&model, &mut g16);
+        let b = run_both(&model, &mut g32);
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            let same = x.1.iter().zip(&y.1).all(|(u, v)| u.to_bits() == v.to_bits());
+            assert!(same, "{} {}: row {i} differs", s.arch, s.ty.name());
+        }
+    }
+}

@@ -801,6 +801,11 @@ pub struct Tune {
     /// (default since session 8: after its final table, 7B tg128 with 0 was equal or
     /// faster in 4 of 6 pairs, Q2_K +2 to +4 %), 1 V, 2 K, 3 both.
     pub attn_pre: u32,
+    /// The KV cache holds f32 values instead of f16 halves (GGUFQ_KV_F32=1; off by default).
+    /// Every value stored is rounded to f16 first, as llama.cpp's f16 cache and the CPU
+    /// backend round it, so both give the same logits bit for bit; f16 takes half the memory
+    /// and half the attention's K/V loads ([`kv_storage`]).
+    pub kv_f32: bool,
     /// One-token forwards wait for their logits by polling the device in a loop
     /// (`PollType::Poll`) until the read-back's map callback has fired, instead of one
     /// blocking `poll(wait)`, as CUDA's default stream synchronisation spins; it keeps a
@@ -1207,6 +1212,7 @@ impl Tune {
             attn_live: get("GGUFQ_ATTN_LIVE", 1, &[0, 1]),
             attn_skip: std::env::var("GGUFQ_ATTN_SKIP").as_deref() != Ok("0"),
             attn_pre: get("GGUFQ_ATTN_PRE", 0, &[0, 1, 2, 3]),
+            kv_f32: std::env::var("GGUFQ_KV_F32").as_deref() == Ok("1"),
             spin_wait: std::env::var("GGUFQ_SPIN_WAIT").as_deref() != Ok("0"),
             greedy_depth: get("GGUFQ_GREEDY_DEPTH", 2, &[2, 3, 4]),
             weight_pool: std::env::var("GGUFQ_WEIGHT_POOL")
@@ -3548,6 +3554,63 @@ const NCH: u32 = $NCHu;
 const EXACT: bool = $EXACT;
 ";
 
+/// The KV cache's element type and accessors in a kernel that binds `KC` / `VC` as
+/// `array<$KV4>` (four values per element: `kc_ld(i)`, and `kc_st(i, v)` where the binding is
+/// read_write) or `array<$KV2>` (`kc_st2(j, a, b)`: the pair `j`, as `shaders/rope.wgsl` stores
+/// K and V): f16 halves packed two per word (the default, llama.cpp's f16 cache: half the
+/// memory and the attention's loads), or f32 ([`Tune::kv_f32`]). Every value stored is already
+/// rounded to f16 (`r16`), so both hold the same values and give the same bits. Other kernels
+/// are returned unchanged.
+fn kv_storage(ctx: &GpuContext, text: String) -> String {
+    let (four, two) = (text.contains("$KV4"), text.contains("$KV2"));
+    if !four && !two {
+        return text;
+    }
+    let f32 = ctx.tune.kv_f32;
+    let mut fns = String::new();
+    for b in ["KC", "VC"] {
+        let f = b.to_lowercase();
+        let write = text.contains(&format!("var<storage, read_write> {b}:"));
+        if four && f32 {
+            fns += &format!("fn {f}_ld(i: u32) -> vec4<f32> {{ return {b}[i]; }}\n");
+            if write {
+                fns += &format!("fn {f}_st(i: u32, v: vec4<f32>) {{ {b}[i] = v; }}\n");
+            }
+        } else if four {
+            fns += &format!(
+                "fn {f}_ld(i: u32) -> vec4<f32> {{ let w = {b}[i]; return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)); }}\n"
+            );
+            if write {
+                fns += &format!(
+                    "fn {f}_st(i: u32, v: vec4<f32>) {{ {b}[i] = vec2<u32>(pack2x16float(v.xy), pack2x16float(v.zw)); }}\n"
+                );
+            }
+        }
+        if two && f32 {
+            fns += &format!("fn {f}_st2(j: u32, a: f32, b: f32) {{ {b}[j] = vec2<f32>(a, b); }}\n");
+        } else if two {
+            fns += &format!(
+                "fn {f}_st2(j: u32, a: f32, b: f32) {{ {b}[j] = pack2x16float(vec2<f32>(a, b)); }}\n"
+            );
+        }
+    }
+    let (t4, t2) = if f32 {
+        ("vec4<f32>", "vec2<f32>")
+    } else {
+        ("vec2<u32>", "u32")
+    };
+    text.replace("$KV4", t4).replace("$KV2", t2) + &fns
+}
+
+/// Bytes per value of the KV cache ([`kv_storage`]): 2 (f16) or 4 ([`Tune::kv_f32`]).
+pub fn kv_value_bytes(tune: &Tune) -> usize {
+    if tune.kv_f32 {
+        4
+    } else {
+        2
+    }
+}
+
 /// WGSL of the decode attention (`shaders/attn_decode.wgsl`); `epilogue`: Some for
 /// [`KernelKey::AttnDecodeQ`] (each workgroup arrives after its partial result), with whether
 /// empty chunks skip that ([`Tune::attn_skip`]); None for the plain kernel.
@@ -3919,6 +3982,10 @@ pub struct Kernels {
 impl Kernels {
     /// WGSL text of a kernel (public for tests and `--dump-wgsl`).
     pub fn source(ctx: &GpuContext, key: &KernelKey) -> Result<String> {
+        Self::source_of(ctx, key).map(|text| kv_storage(ctx, text))
+    }
+
+    fn source_of(ctx: &GpuContext, key: &KernelKey) -> Result<String> {
         Ok(match key {
             KernelKey::MatVec { ty, nt, nr } => {
                 matvec_source(ctx, *ty, *nt, *nr, None, false, false)?

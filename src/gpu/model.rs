@@ -662,9 +662,11 @@ impl GpuModel {
                 )?,
                 &mut mats,
             );
-            let kc = scratch(&ctx, "k_cache", kv_elems);
-            let vc = scratch(&ctx, "v_cache", kv_elems);
-            mem.kv_cache += 8 * kv_elems as u64;
+            // f16 halves two per word, or f32 (Tune::kv_f32): kv_words 32-bit words each.
+            let kv_words = kv_elems * super::kernels::kv_value_bytes(&ctx.tune) / 4;
+            let kc = scratch(&ctx, "k_cache", kv_words);
+            let vc = scratch(&ctx, "v_cache", kv_words);
+            mem.kv_cache += 8 * kv_words as u64;
             // Architecture-specific per-layer weights (none for llama).
             let aux = if cfg.ops.prep() {
                 let a = super::arch::layer_aux(src, &cfg, l)?;
