@@ -832,7 +832,10 @@ fn gpu_f16_kv_cache_matches_f32_values_bit_for_bit_on_every_architecture() {
         let a = run_both(&model, &mut g16);
         let b = run_both(&model, &mut g32);
         for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-            let same = x.1.iter().zip(&y.1).all(|(u, v)| u.to_bits() == v.to_bits());
+            let same =
+                x.1.iter()
+                    .zip(&y.1)
+                    .all(|(u, v)| u.to_bits() == v.to_bits());
             assert!(same, "{} {}: row {i} differs", s.arch, s.ty.name());
         }
     }

@@ -107,12 +107,22 @@ fn check(what: &str, shape_name: &str, mix: &str, n_seq: usize, tune: fn(&mut Gp
 fn gpu_f16_kv_cache_gives_the_f32_caches_logits_bit_for_bit() {
     // Default decode graph: split attention, last-workgroup rounding epilogue.
     check("tiny q4_k split", "tiny", "q4_k", 1, |_| {});
-    check("hd128 q4_0 split, two sequences", "hd128", "q4_0", 2, |_| {});
-    check("tiny q8_0 unsplit", "tiny", "q8_0", 1, |c| c.tune.attn_split = 0);
+    check(
+        "hd128 q4_0 split, two sequences",
+        "hd128",
+        "q4_0",
+        2,
+        |_| {},
+    );
+    check("tiny q8_0 unsplit", "tiny", "q8_0", 1, |c| {
+        c.tune.attn_split = 0
+    });
     check("hd128 q6_k by segment", "hd128", "q6_k", 1, |c| {
         c.tune.attn_seg = true
     });
-    check("tiny f32 K/V prefetch", "tiny", "f32", 1, |c| c.tune.attn_pre = 3);
+    check("tiny f32 K/V prefetch", "tiny", "f32", 1, |c| {
+        c.tune.attn_pre = 3
+    });
 }
 
 #[test]
