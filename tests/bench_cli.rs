@@ -262,6 +262,213 @@ fn bench_cpu_backend_runs_tests_parallel_and_soak() {
         .stderr(predicates::str::contains("--backend gpu"));
 }
 
+/// `bench ARGS -o json -q` on the CPU backend (one thread): its rows.
+fn cpu_json(args: &[&str]) -> Vec<serde_json::Value> {
+    let mut a = vec!["--backend", "cpu", "-t", "1", "-o", "json", "-q"];
+    a.extend_from_slice(args);
+    json_rows(&bench(&a).success())
+}
+
+#[test]
+fn bench_depth_crosses_every_test_on_cpu() {
+    // llama-bench's order: every depth, each with the pp then the tg tests.
+    let rows = cpu_json(&[
+        "--synth",
+        "tiny:q4_0",
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "-d",
+        "0,16",
+        "-r",
+        "2",
+    ]);
+    let got: Vec<(u64, u64, u64)> = rows
+        .iter()
+        .map(|r| {
+            let f = |k: &str| r[k].as_u64().unwrap();
+            (f("n_prompt"), f("n_gen"), f("n_depth"))
+        })
+        .collect();
+    assert_eq!(got, [(8, 0, 0), (0, 4, 0), (8, 0, 16), (0, 4, 16)]);
+    for r in &rows {
+        assert_eq!(r["samples_ts"].as_array().unwrap().len(), 2);
+        assert!(r["avg_ts"].as_f64().unwrap() > 0.0);
+        assert!(r["p50_ms"].as_f64().unwrap() <= r["p99_ms"].as_f64().unwrap());
+    }
+    assert!(rows[3]["bandwidth_gbps"].as_f64().unwrap() > 0.0);
+    // The default context covers depth + test: 300 + 8 positions need 512 (the runs
+    // above fit 256), so the KV cache doubles.
+    let deep = cpu_json(&[
+        "--synth",
+        "tiny:q4_0",
+        "-p",
+        "8",
+        "-n",
+        "0",
+        "-d",
+        "300",
+        "-r",
+        "1",
+    ]);
+    assert_eq!(deep.len(), 1);
+    assert_eq!(deep[0]["n_depth"], 300);
+    assert_eq!(
+        deep[0]["mem_kv"].as_u64().unwrap(),
+        2 * rows[0]["mem_kv"].as_u64().unwrap()
+    );
+    // Parallel decode and llama-bench's tg loop at a depth: every sequence filled.
+    let par = cpu_json(&[
+        "--synth",
+        "tiny:q8_0",
+        "-p",
+        "0",
+        "-n",
+        "3",
+        "-d",
+        "8",
+        "--parallel",
+        "2",
+        "-r",
+        "1",
+    ]);
+    assert_eq!(
+        (par[0]["n_parallel"].as_u64(), par[0]["n_depth"].as_u64()),
+        (Some(2), Some(8))
+    );
+    let sync = cpu_json(&[
+        "--synth",
+        "tiny:q8_0",
+        "-p",
+        "0",
+        "-n",
+        "3",
+        "-d",
+        "8",
+        "--tg-sync",
+        "-r",
+        "1",
+    ]);
+    assert_eq!(sync[0]["n_depth"], 8);
+    // Markdown names the test as llama-bench does.
+    let out = bench(&[
+        "--backend",
+        "cpu",
+        "-t",
+        "1",
+        "--synth",
+        "tiny:q4_0",
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "-d",
+        "16",
+        "-r",
+        "1",
+        "-q",
+    ])
+    .success();
+    let md = String::from_utf8_lossy(&out.get_output().stdout).to_string();
+    assert!(
+        md.contains("| pp8 @ d16 |") && md.contains("| tg4 @ d16 |"),
+        "{md}"
+    );
+}
+
+#[test]
+fn bench_depth_refuses_what_cannot_work() {
+    let base = ["--synth", "tiny:q4_0", "--backend", "cpu", "-t", "1", "-q"];
+    let run = |extra: &[&str]| bench(&[&base[..], extra].concat()).failure();
+    run(&["-p", "8", "-n", "4", "-d", "16", "--ctx", "20"]).stderr(predicates::str::contains(
+        "--ctx 20 is too small for pp8 @ d16: it needs depth 16 + 8 = 24 positions",
+    ));
+    run(&["-p", "0", "-n", "0", "-d", "16"]).stderr(predicates::str::contains(
+        "--n-depth 16 needs a pp or tg test",
+    ));
+    // Refused before any adapter is asked for, so these need no GPU.
+    bench(&["--synth", "tiny:q4_0", "-n", "4", "-d", "16", "--profile"])
+        .failure()
+        .stderr(predicates::str::contains(
+            "--profile times decode steps from position 0",
+        ));
+    bench(&["--kernels", "-d", "64"])
+        .failure()
+        .stderr(predicates::str::contains("which --kernels does not run"));
+    // An explicit --ctx that holds depth + test exactly is enough.
+    let rows = cpu_json(&[
+        "--synth",
+        "tiny:q4_0",
+        "-p",
+        "8",
+        "-n",
+        "0",
+        "-d",
+        "16",
+        "--ctx",
+        "24",
+        "-r",
+        "1",
+    ]);
+    assert_eq!(rows[0]["n_depth"], 16);
+}
+
+#[test]
+fn bench_depth_on_gpu_greedy_and_parallel() {
+    if !gpu_available() {
+        return;
+    }
+    let out = bench(&[
+        "--synth",
+        "tiny:q4_0",
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "-d",
+        "0,16",
+        "-r",
+        "1",
+        "-o",
+        "json",
+        "-q",
+    ])
+    .success();
+    let rows = json_rows(&out);
+    let depths: Vec<u64> = rows
+        .iter()
+        .map(|r| r["n_depth"].as_u64().unwrap())
+        .collect();
+    assert_eq!(depths, [0, 0, 16, 16]);
+    assert_eq!(rows[3]["n_gen"], 4);
+    assert!(rows.iter().all(|r| r["avg_ts"].as_f64().unwrap() > 0.0));
+    // Batched decode at a depth (llama-bench's loop for every sequence).
+    let out = bench(&[
+        "--synth",
+        "tiny:q4_0",
+        "-p",
+        "0",
+        "-n",
+        "3",
+        "-d",
+        "16",
+        "--parallel",
+        "2",
+        "-r",
+        "1",
+        "-o",
+        "json",
+        "-q",
+    ])
+    .success();
+    let rows = json_rows(&out);
+    assert_eq!(
+        (rows[0]["n_parallel"].as_u64(), rows[0]["n_depth"].as_u64()),
+        (Some(2), Some(16))
+    );
+}
+
 #[test]
 fn bench_ppl_on_cpu_and_max_ppl_gate() {
     let dir = tempfile::tempdir().unwrap();

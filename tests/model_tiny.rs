@@ -110,6 +110,40 @@ fn bad_tokens_and_overflow_are_errors() {
     assert_eq!(b.n_past(), 5);
 }
 
+#[test]
+fn truncate_keeps_the_prefix_and_drops_the_rest() {
+    // What `bench -d` does before each repetition: go back to the prefilled depth.
+    let d = tempfile::tempdir().unwrap();
+    let m = Model::open(tiny(&d, GgmlType::Q8_0, 5)).unwrap();
+    let mut b = CpuBackend::new(&m, 32, 1).unwrap();
+    let prefix = [3u32, 14, 15, 92, 65, 35];
+    let (mut fresh, mut again, mut after) = (Vec::new(), Vec::new(), Vec::new());
+    // Reference: the prefix, then the test tokens.
+    b.forward(&prefix, LogitsWanted::None, &mut fresh).unwrap();
+    b.forward(&[8, 9, 7], LogitsWanted::All, &mut fresh)
+        .unwrap();
+    // Other tokens after the prefix, then back to it and the test tokens again: the same
+    // logits bit for bit (the prefix's keys/values are the ones computed first).
+    b.truncate(prefix.len()).unwrap();
+    b.forward(&[100, 200], LogitsWanted::None, &mut after)
+        .unwrap();
+    assert_eq!(b.n_past(), prefix.len() + 2);
+    b.truncate(prefix.len()).unwrap();
+    assert_eq!(b.n_past(), prefix.len());
+    b.forward(&[8, 9, 7], LogitsWanted::All, &mut again)
+        .unwrap();
+    assert_eq!(fresh, again);
+    // Without going back, the same tokens see the two others: other logits.
+    b.forward(&[8, 9, 7], LogitsWanted::All, &mut after)
+        .unwrap();
+    assert!(max_rel_diff(&fresh, &after) > 1e-3);
+    // More than is cached is an error and changes nothing; 0 is a reset.
+    assert!(b.truncate(b.n_past() + 1).is_err());
+    assert_eq!(b.n_past(), prefix.len() + 6);
+    b.truncate(0).unwrap();
+    assert_eq!(b.n_past(), 0);
+}
+
 /// Rewrite `src` with one metadata key changed (None = removed).
 fn rewrite(src: &std::path::Path, dst: &std::path::Path, key: &str, val: Option<Value>) {
     let f = GgufFile::open(src).unwrap();

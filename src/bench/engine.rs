@@ -61,8 +61,11 @@ impl Engine for BackendEngine {
     fn n_ctx(&self) -> usize {
         self.seqs[0].n_ctx()
     }
-    /// Tokens are grouped by sequence (in order of appearance); each group must continue its
-    /// sequence (position = cached tokens) or start it again at position 0.
+    /// Tokens are grouped by sequence (in order of appearance); each group continues its
+    /// sequence (position = cached tokens) or goes back to an earlier position `p`, keeping
+    /// the `p` tokens before it ([`Backend::truncate`]; 0 starts the sequence again), as the
+    /// GPU engine, which attends to the positions before each token, does. A position past
+    /// the cached tokens (a gap) is an error.
     fn forward(&mut self, tokens: &[(u32, u32, u32)], all_logits: bool) -> Result<Vec<f32>> {
         let mut out = Vec::new();
         let mut i = 0;
@@ -76,13 +79,15 @@ impl Engine for BackendEngine {
             let b = self.seqs.get_mut(seq as usize).ok_or_else(|| {
                 Error::msg(format!("sequence {seq} outside the {n_seq} allocated"))
             })?;
-            if pos == 0 {
-                b.reset();
-            } else if pos as usize != b.n_past() {
+            let pos = pos as usize;
+            if pos > b.n_past() {
                 return Err(Error::msg(format!(
                     "sequence {seq}: position {pos} does not follow the {} cached tokens",
                     b.n_past()
                 )));
+            }
+            if pos < b.n_past() {
+                b.truncate(pos)?;
             }
             let ids: Vec<u32> = tokens[i..j].iter().map(|t| t.0).collect();
             let last = j == tokens.len();
@@ -133,6 +138,14 @@ mod tests {
         }
         fn reset(&mut self) {
             self.past = 0;
+        }
+        fn truncate(&mut self, n: usize) -> Result<()> {
+            assert!(
+                n <= self.past,
+                "BackendEngine truncates only within the cache"
+            );
+            self.past = n;
+            Ok(())
         }
         fn forward(&mut self, t: &[u32], want: LogitsWanted, out: &mut Vec<f32>) -> Result<()> {
             let rows: Vec<f32> = t
@@ -216,5 +229,57 @@ mod tests {
         assert!(e.forward(&[(1, 1, 5)], false).is_err());
         assert!(e.forward(&[(1, 2, 0)], false).is_err());
         assert_eq!(e.forward(&[(4, 0, 0)], false).unwrap(), vec![4.0, 0.0]);
+        // Going back (bench -d: each repetition restarts at the prefilled depth): sequence 0
+        // holds 4 tokens, a batch at position 2 keeps 2 and continues from there; sequence
+        // 1 (one token) is not touched.
+        e.forward(&[(5, 0, 1), (6, 0, 2), (7, 0, 3)], false)
+            .unwrap();
+        assert_eq!(
+            e.forward(&[(8, 0, 2), (9, 0, 3), (3, 1, 1)], true).unwrap(),
+            vec![8.0, 2.0, 9.0, 3.0, 3.0, 1.0]
+        );
+        assert_eq!(e.seqs[0].n_past(), 4);
+        assert_eq!(e.seqs[1].n_past(), 2);
+        // Still a gap after going back is an error.
+        e.forward(&[(1, 0, 1)], false).unwrap();
+        assert!(e.forward(&[(1, 0, 3)], false).is_err());
+    }
+
+    #[test]
+    fn backend_without_truncation_refuses_to_go_back() {
+        /// Echo with the trait's default `truncate`.
+        struct NoTruncate(Echo);
+        impl Backend for NoTruncate {
+            fn name(&self) -> String {
+                "no-truncate".into()
+            }
+            fn hparams(&self) -> &HParams {
+                self.0.hparams()
+            }
+            fn n_ctx(&self) -> usize {
+                self.0.n_ctx()
+            }
+            fn n_past(&self) -> usize {
+                self.0.n_past()
+            }
+            fn reset(&mut self) {
+                self.0.reset()
+            }
+            fn forward(&mut self, t: &[u32], w: LogitsWanted, out: &mut Vec<f32>) -> Result<()> {
+                self.0.forward(t, w, out)
+            }
+        }
+        let b = NoTruncate(Echo { hp: hp(), past: 0 });
+        let mut e = BackendEngine::new(vec![Box::new(b)], "x".into(), 8, 1, (0, 0, 0)).unwrap();
+        e.forward(&[(1, 0, 0), (2, 0, 1), (3, 0, 2)], false)
+            .unwrap();
+        let err = e.forward(&[(4, 0, 1)], false).unwrap_err().to_string();
+        assert!(
+            err.contains("cannot go back from 3 cached tokens to 1"),
+            "{err}"
+        );
+        // Position 0 (reset) and the next position still work.
+        e.forward(&[(4, 0, 0), (5, 0, 1)], false).unwrap();
+        assert_eq!(e.forward(&[(6, 0, 2)], false).unwrap(), vec![6.0, 2.0]);
     }
 }

@@ -183,7 +183,7 @@ fn values(m: &ModelRow, r: &BenchResult, time: &str) -> Vec<String> {
         "0".into(),
         r.n_prompt.to_string(),
         r.n_gen.to_string(),
-        "0".into(),
+        r.n_depth.to_string(),
         time.into(),
         r.avg_ns.to_string(),
         r.stddev_ns.to_string(),
@@ -392,6 +392,7 @@ mod tests {
             test: "tg128".into(),
             n_prompt: 0,
             n_gen: 128,
+            n_depth: 0,
             parallel: 1,
             samples_ns: vec![1_000_000_000, 1_000_000_000],
             samples_ts: vec![128.0, 128.0],
@@ -442,5 +443,76 @@ mod tests {
         let md = render("md", &[sample()], "t").unwrap();
         assert!(md.contains("| tg128 | 128.00 ± 0.00 |"), "{md}");
         assert!(md.contains("| 1675 | 50.0 |"), "{md}");
+    }
+
+    /// The sample at depth 4096 (its name as the runner writes it) and its depth-0 twin.
+    fn at_depth() -> Vec<(ModelRow, BenchResult)> {
+        let (m, r0) = sample();
+        let mut r = r0.clone();
+        r.test = "tg128 @ d4096".into();
+        r.n_depth = 4096;
+        r.avg_ts = 100.0;
+        r.bandwidth_gbps = Some(1340.0);
+        r.latency_ms = [9.5, 10.0, 10.5];
+        vec![(m.clone(), r0), (m, r)]
+    }
+
+    #[test]
+    fn depth_rows_in_every_format() {
+        let rows = at_depth();
+        let md = render("md", &rows, "t").unwrap();
+        assert!(
+            md.contains("| tg128 | 128.00 ± 0.00 | 7.80/8.00/8.10 | 1675 | 50.0 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| tg128 @ d4096 | 100.00 ± 0.00 | 9.50/10.00/10.50 | 1340 | 40.0 |"),
+            "{md}"
+        );
+        let j: serde_json::Value =
+            serde_json::from_str(&render("json", &rows, "t").unwrap()).unwrap();
+        assert_eq!(j[0]["n_depth"], 0);
+        assert_eq!(j[1]["n_depth"], 4096);
+        assert_eq!(j[1]["n_gen"], 128);
+        assert_eq!(j[1]["p95_ms"], 10.0);
+        let c = render("csv", &rows, "t").unwrap();
+        let head: Vec<&str> = c.lines().next().unwrap().split(',').collect();
+        let col = head.iter().position(|h| *h == "n_depth").unwrap();
+        assert_eq!(head[col - 1], "n_gen", "llama-bench's order");
+        let cell = |line: usize| {
+            c.lines()
+                .nth(line)
+                .unwrap()
+                .split("\",\"")
+                .nth(col)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!((cell(1), cell(2)), ("0".to_string(), "4096".to_string()));
+        let sql = render("sql", &rows, "t").unwrap();
+        assert!(sql.contains("  n_depth INTEGER,\n"));
+        let ins: Vec<&str> = sql.lines().filter(|l| l.starts_with("INSERT")).collect();
+        let sql_col = LB_FIELDS.iter().position(|f| *f == "n_depth").unwrap();
+        let vals = |l: &str| {
+            l.split(" VALUES (")
+                .nth(1)
+                .unwrap()
+                .split(", ")
+                .nth(sql_col)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            (vals(ins[0]), vals(ins[1])),
+            ("'0'".into(), "'4096'".into())
+        );
+    }
+
+    #[test]
+    fn parallel_depth_row_names_both() {
+        let mut rows = at_depth();
+        rows[1].1.parallel = 4;
+        let md = render("md", &rows, "t").unwrap();
+        assert!(md.contains("| tg128 @ d4096 ×4 |"), "{md}");
     }
 }

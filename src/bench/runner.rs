@@ -1,6 +1,8 @@
 //! Timed runs with llama-bench semantics: `pp N` processes N prompt tokens in batches (only the
 //! last token's logits are read back), `tg N` decodes N tokens one at a time; each test runs
 //! once untimed (warm-up), then `reps` timed times; tokens/s is the mean ± sample std over reps.
+//! At a depth D (`-d`), D random prompt tokens fill positions `0..D` first (untimed, in the
+//! batches pp uses) and the warm-up and every repetition run from position D.
 
 use std::time::{Duration, Instant};
 
@@ -26,7 +28,7 @@ pub trait Engine {
     fn weight_bytes(&self) -> u64;
     /// Device memory (weights, kv cache, scratch) in bytes.
     fn memory(&self) -> (u64, u64, u64);
-    /// Greedy decoding of `n` tokens of sequence 0 from position 0, the first fed `first`,
+    /// Greedy decoding of `n` tokens of sequence 0 from position `pos`, the first fed `first`,
     /// each later one the greedy choice ([`crate::model::greedy_token`]) of its predecessor's
     /// logits; `on_token(k)` once token `k`'s logits reached the host, in order (false
     /// stops). Returns the tokens reported. This one runs one [`forward`](Self::forward) at a
@@ -35,13 +37,14 @@ pub trait Engine {
     fn decode_greedy(
         &mut self,
         first: u32,
+        pos: u32,
         n: usize,
         on_token: &mut dyn FnMut(usize) -> Result<bool>,
     ) -> Result<usize> {
         crate::model::greedy_loop(
             first,
             n,
-            |tok, k| self.forward(&[(tok, 0, k as u32)], false),
+            |tok, k| self.forward(&[(tok, 0, pos + k as u32)], false),
             &mut |k, _, _| on_token(k),
         )
     }
@@ -80,10 +83,11 @@ impl Engine for crate::gpu::GpuModel {
     fn decode_greedy(
         &mut self,
         first: u32,
+        pos: u32,
         n: usize,
         on_token: &mut dyn FnMut(usize) -> Result<bool>,
     ) -> Result<usize> {
-        crate::gpu::GpuModel::decode_greedy(self, first, 0, 0, n, &mut |k, _, _| on_token(k))
+        crate::gpu::GpuModel::decode_greedy(self, first, 0, pos, n, &mut |k, _, _| on_token(k))
     }
 }
 
@@ -102,6 +106,22 @@ impl TestKind {
         match self {
             TestKind::Pp(n) => format!("pp{n}"),
             TestKind::Tg(n) => format!("tg{n}"),
+        }
+    }
+
+    /// The name at a KV depth, as llama-bench writes it: "pp512", "tg128 @ d4096".
+    pub fn name_at(&self, depth: usize) -> String {
+        if depth > 0 {
+            format!("{} @ d{depth}", self.name())
+        } else {
+            self.name()
+        }
+    }
+
+    /// Tokens the test processes (per sequence).
+    pub fn tokens(&self) -> usize {
+        match self {
+            TestKind::Pp(n) | TestKind::Tg(n) => *n,
         }
     }
 }
@@ -137,12 +157,14 @@ pub struct SoakSample {
 /// Result of one test.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct BenchResult {
-    /// Test name ("pp512", "tg128").
+    /// Test name ("pp512", "tg128", "tg128 @ d4096").
     pub test: String,
     /// Prompt tokens (llama-bench n_prompt).
     pub n_prompt: usize,
     /// Generated tokens (llama-bench n_gen).
     pub n_gen: usize,
+    /// Tokens in the KV cache before the test (llama-bench n_depth).
+    pub n_depth: usize,
     /// Parallel sequences.
     pub parallel: usize,
     /// Wall time of each timed repetition (ns).
@@ -177,6 +199,7 @@ impl BenchResult {
             test: format!("ppl{}", r.n_ctx),
             n_prompt: 0,
             n_gen: 0,
+            n_depth: 0,
             parallel: 1,
             samples_ns: vec![ns],
             samples_ts: vec![ts],
@@ -211,7 +234,16 @@ impl Lcg {
     }
 }
 
-fn run_pp(e: &mut dyn Engine, n: usize, rng: &mut Lcg, lat: &mut Vec<f64>) -> Result<Duration> {
+/// Process `n` random prompt tokens of sequence `seq` at positions `pos..pos + n` in batches
+/// of the engine's batch size, each batch's latency pushed to `lat`.
+fn run_pp(
+    e: &mut dyn Engine,
+    n: usize,
+    seq: u32,
+    pos: usize,
+    rng: &mut Lcg,
+    lat: &mut Vec<f64>,
+) -> Result<Duration> {
     let nb = e.n_batch();
     let nv = e.n_vocab();
     let t = Instant::now();
@@ -219,7 +251,7 @@ fn run_pp(e: &mut dyn Engine, n: usize, rng: &mut Lcg, lat: &mut Vec<f64>) -> Re
     while done < n {
         let k = nb.min(n - done);
         let toks: Vec<(u32, u32, u32)> = (0..k)
-            .map(|i| (rng.next(nv), 0, (done + i) as u32))
+            .map(|i| (rng.next(nv), seq, (pos + done + i) as u32))
             .collect();
         let t1 = Instant::now();
         e.forward(&toks, false)?;
@@ -229,15 +261,17 @@ fn run_pp(e: &mut dyn Engine, n: usize, rng: &mut Lcg, lat: &mut Vec<f64>) -> Re
     Ok(t.elapsed())
 }
 
-/// Decode `n` tokens (positions 0, 1, …, `par` sequences per call), each token's latency
-/// pushed to `lat`. One sequence without `sync`: greedy decoding ([`Engine::decode_greedy`],
+/// Decode `n` tokens (positions `pos`, `pos + 1`, …, `par` sequences per call), each token's
+/// latency pushed to `lat`. One sequence without `sync`: greedy decoding ([`Engine::decode_greedy`],
 /// the latency being the time since the previous token's logits arrived); otherwise random
 /// tokens, one call at a time (llama-bench's loop). With `stop_after`, stop after the first
 /// token at which that much time has passed (at least one). Returns the elapsed time and the
 /// tokens decoded per sequence.
+#[allow(clippy::too_many_arguments)]
 fn run_tg(
     e: &mut dyn Engine,
     n: usize,
+    pos: usize,
     par: usize,
     sync: bool,
     rng: &mut Lcg,
@@ -250,7 +284,7 @@ fn run_tg(
         let first = rng.next(nv);
         let t = Instant::now();
         let mut last = t;
-        let done = e.decode_greedy(first, n, &mut |_| {
+        let done = e.decode_greedy(first, pos as u32, n, &mut |_| {
             let now = Instant::now();
             lat.push((now - last).as_secs_f64() * 1e3);
             last = now;
@@ -262,7 +296,7 @@ fn run_tg(
     let mut done = 0;
     for p in 0..n {
         let toks: Vec<(u32, u32, u32)> = (0..par)
-            .map(|s| (rng.next(nv), s as u32, p as u32))
+            .map(|s| (rng.next(nv), s as u32, (pos + p) as u32))
             .collect();
         let t1 = Instant::now();
         e.forward(&toks, false)?;
@@ -281,20 +315,33 @@ fn run_tg(
 /// the others).
 const TG_WARMUP: Duration = Duration::from_secs(1);
 
-/// Run one test on an engine.
-pub fn run_test(e: &mut dyn Engine, kind: TestKind, cfg: &RunConfig) -> Result<BenchResult> {
+/// Run one test on an engine at KV depth `depth` (llama-bench's `-d`): positions
+/// `0..depth` of each sequence the test uses (tg: `parallel`, pp: one) are filled with
+/// random prompt tokens in batches of the engine's batch size, untimed, before the warm-up;
+/// the warm-up and every timed repetition then run from position `depth`. A repetition
+/// writes only positions from `depth` on, so the prefilled cache is the same before each
+/// (llama-bench restores a saved state of the depth run before each repetition).
+pub fn run_test(
+    e: &mut dyn Engine,
+    kind: TestKind,
+    depth: usize,
+    cfg: &RunConfig,
+) -> Result<BenchResult> {
     let par = if matches!(kind, TestKind::Tg(_)) {
         cfg.parallel.max(1)
     } else {
         1
     };
-    let ntok = match kind {
-        TestKind::Pp(n) | TestKind::Tg(n) => n,
-    };
-    if ntok > e.n_ctx() {
+    let ntok = kind.tokens();
+    let name = kind.name_at(depth);
+    if depth + ntok > e.n_ctx() {
+        let what = if depth > 0 {
+            format!("{depth} + {ntok} = {}", depth + ntok)
+        } else {
+            ntok.to_string()
+        };
         return Err(crate::error::Error::msg(format!(
-            "{} needs {ntok} positions but the context holds {} (raise --ctx)",
-            kind.name(),
+            "{name} needs {what} positions but the context holds {} (raise --ctx)",
             e.n_ctx()
         )));
     }
@@ -306,15 +353,34 @@ pub fn run_test(e: &mut dyn Engine, kind: TestKind, cfg: &RunConfig) -> Result<B
     }
     let mut rng = Lcg(0x5eed);
     let mut scratch = Vec::new();
+    if depth > 0 {
+        let t = Instant::now();
+        for s in 0..par {
+            run_pp(e, depth, s as u32, 0, &mut rng, &mut scratch)?;
+        }
+        if cfg.progress {
+            let seqs = if par > 1 {
+                format!(" × {par} sequences")
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "  {name}: depth filled ({depth} tokens{seqs}) in {:.2} s, untimed",
+                t.elapsed().as_secs_f64()
+            );
+        }
+        scratch.clear();
+    }
     // Warm-up (llama-bench: one untimed run).
     match kind {
         TestKind::Pp(n) => {
-            run_pp(e, n, &mut rng, &mut scratch)?;
+            run_pp(e, n, 0, depth, &mut rng, &mut scratch)?;
         }
         TestKind::Tg(n) => {
             run_tg(
                 e,
                 n,
+                depth,
                 par,
                 cfg.tg_sync,
                 &mut rng,
@@ -330,8 +396,8 @@ pub fn run_test(e: &mut dyn Engine, kind: TestKind, cfg: &RunConfig) -> Result<B
     let mut r = 0;
     loop {
         let d = match kind {
-            TestKind::Pp(n) => run_pp(e, n, &mut rng, &mut lat)?,
-            TestKind::Tg(n) => run_tg(e, n, par, cfg.tg_sync, &mut rng, &mut lat, None)?.0,
+            TestKind::Pp(n) => run_pp(e, n, 0, depth, &mut rng, &mut lat)?,
+            TestKind::Tg(n) => run_tg(e, n, depth, par, cfg.tg_sync, &mut rng, &mut lat, None)?.0,
         };
         ns.push(d.as_nanos() as u64);
         r += 1;
@@ -344,7 +410,7 @@ pub fn run_test(e: &mut dyn Engine, kind: TestKind, cfg: &RunConfig) -> Result<B
             });
         }
         if cfg.progress {
-            eprint!("\r  {} rep {r}: {tps:.1} t/s   ", kind.name());
+            eprint!("\r  {name} rep {r}: {tps:.1} t/s   ");
         }
         match cfg.duration {
             Some(dur) if start.elapsed() < dur => continue,
@@ -369,9 +435,10 @@ pub fn run_test(e: &mut dyn Engine, kind: TestKind, cfg: &RunConfig) -> Result<B
         .duration
         .map(|_| drift(&soak.iter().map(|s| s.tps).collect::<Vec<_>>()));
     Ok(BenchResult {
-        test: kind.name(),
+        test: name,
         n_prompt: if let TestKind::Pp(n) = kind { n } else { 0 },
         n_gen: if let TestKind::Tg(n) = kind { n } else { 0 },
+        n_depth: depth,
         parallel: par,
         avg_ts: mean(&ts),
         stddev_ts: stdev(&ts),
@@ -447,7 +514,7 @@ mod tests {
         let mut rng = Lcg(1);
         let mut lat = Vec::new();
         let mut warm_up = |e: &mut Count, budget| {
-            run_tg(e, 16, 1, false, &mut rng, &mut lat, Some(budget))
+            run_tg(e, 16, 0, 1, false, &mut rng, &mut lat, Some(budget))
                 .unwrap()
                 .1
         };
@@ -466,7 +533,7 @@ mod tests {
             progress: false,
             tg_sync: false,
         };
-        let r = run_test(&mut e, TestKind::Tg(16), &cfg).unwrap();
+        let r = run_test(&mut e, TestKind::Tg(16), 0, &cfg).unwrap();
         assert_eq!(e.calls, 17 + 16 + 3 * 16);
         assert_eq!(r.samples_ns.len(), 3);
         assert_eq!(lat.len(), 17);
@@ -481,7 +548,7 @@ mod tests {
                 fed: Vec::new(),
             };
             let mut lat = Vec::new();
-            let (_, done) = run_tg(&mut e, 12, 1, sync, &mut Lcg(3), &mut lat, None).unwrap();
+            let (_, done) = run_tg(&mut e, 12, 0, 1, sync, &mut Lcg(3), &mut lat, None).unwrap();
             assert_eq!((done, lat.len(), e.fed.len()), (12, 12, 12));
             e.fed
         };
@@ -496,5 +563,203 @@ mod tests {
             (1..12).any(|p| random[p] as usize != (3 * (p - 1) + 1) % 10),
             "llama-bench's loop feeds random tokens"
         );
+    }
+
+    /// An engine that models a KV cache: per sequence and position, how often a token was
+    /// written there. A token at position p must find positions 0..p of its sequence written
+    /// (by an earlier call or an earlier token of its own call). Calls that write a position
+    /// below `slow_below` (the depth prefill) sleep `slow`. Each token's logits choose
+    /// (token + 1) mod 10.
+    struct Kv {
+        n_seq: usize,
+        writes: Vec<Vec<u32>>,
+        calls: Vec<Vec<(u32, u32, u32)>>,
+        slow_below: u32,
+        slow: Duration,
+    }
+    impl Kv {
+        fn new(n_seq: usize, slow_below: u32, slow: Duration) -> Kv {
+            Kv {
+                n_seq,
+                writes: vec![vec![0; 64]; n_seq],
+                calls: Vec::new(),
+                slow_below,
+                slow,
+            }
+        }
+        /// The calls after the first `k`, as (sequence, position) of each token.
+        fn after(&self, k: usize) -> Vec<Vec<(u32, u32)>> {
+            self.calls[k..]
+                .iter()
+                .map(|c| c.iter().map(|t| (t.1, t.2)).collect())
+                .collect()
+        }
+    }
+    impl Engine for Kv {
+        fn backend(&self) -> String {
+            "kv".into()
+        }
+        fn n_vocab(&self) -> usize {
+            10
+        }
+        fn n_batch(&self) -> usize {
+            4
+        }
+        fn n_seq(&self) -> usize {
+            self.n_seq
+        }
+        fn n_ctx(&self) -> usize {
+            64
+        }
+        fn forward(&mut self, t: &[(u32, u32, u32)], all: bool) -> Result<Vec<f32>> {
+            assert!(!t.is_empty() && t.len() <= self.n_batch());
+            for &(tok, seq, pos) in t {
+                assert!(tok < 10);
+                let w = &mut self.writes[seq as usize];
+                assert!(
+                    w[..pos as usize].iter().all(|&c| c > 0),
+                    "sequence {seq} position {pos}: earlier positions not in the cache"
+                );
+                w[pos as usize] += 1;
+            }
+            if t.iter().any(|x| x.2 < self.slow_below) {
+                std::thread::sleep(self.slow);
+            }
+            self.calls.push(t.to_vec());
+            let rows = if all { t.len() } else { 1 };
+            let mut l = vec![0.0; 10 * rows];
+            for (r, x) in t[t.len() - rows..].iter().enumerate() {
+                l[10 * r + (x.0 as usize + 1) % 10] = 1.0;
+            }
+            Ok(l)
+        }
+        fn weight_bytes(&self) -> u64 {
+            1
+        }
+        fn memory(&self) -> (u64, u64, u64) {
+            (0, 0, 0)
+        }
+    }
+
+    fn cfg(reps: usize, parallel: usize, tg_sync: bool) -> RunConfig {
+        RunConfig {
+            reps,
+            parallel,
+            duration: None,
+            progress: false,
+            tg_sync,
+        }
+    }
+
+    /// Time a prefill call sleeps: each timed repetition below takes microseconds.
+    const SLOW: Duration = Duration::from_millis(150);
+
+    #[test]
+    fn test_names_carry_the_depth_like_llama_bench() {
+        assert_eq!(TestKind::Pp(512).name_at(0), "pp512");
+        assert_eq!(TestKind::Tg(128).name_at(4096), "tg128 @ d4096");
+        assert_eq!(TestKind::Tg(128).tokens(), 128);
+    }
+
+    #[test]
+    fn pp_at_depth_prefills_once_untimed_and_every_repetition_starts_at_the_depth() {
+        let mut e = Kv::new(1, 10, SLOW);
+        let r = run_test(&mut e, TestKind::Pp(6), 10, &cfg(3, 1, false)).unwrap();
+        assert_eq!(
+            (r.test.as_str(), r.n_prompt, r.n_depth),
+            ("pp6 @ d10", 6, 10)
+        );
+        // The prefill: positions 0..10 in batches of 4, first, and never written again.
+        assert_eq!(
+            e.after(0)[..3],
+            [
+                (0..4).map(|p| (0, p)).collect::<Vec<_>>(),
+                (4..8).map(|p| (0, p)).collect(),
+                (8..10).map(|p| (0, p)).collect(),
+            ]
+        );
+        assert!(e.writes[0][..10].iter().all(|&c| c == 1), "{:?}", e.writes);
+        // Warm-up and 3 repetitions, each the positions 10..16 in batches of 4 and 2.
+        let rest = e.after(3);
+        assert_eq!(rest.len(), 4 * 2);
+        for run in rest.chunks(2) {
+            assert_eq!(run[0], (10..14).map(|p| (0, p)).collect::<Vec<_>>());
+            assert_eq!(run[1], vec![(0, 14), (0, 15)]);
+        }
+        assert!(e.writes[0][10..16].iter().all(|&c| c == 4));
+        assert!(e.writes[0][16..].iter().all(|&c| c == 0));
+        // The three slow prefill calls are outside every timed repetition.
+        assert_eq!(r.samples_ns.len(), 3);
+        assert!(
+            r.samples_ns.iter().all(|&ns| ns < SLOW.as_nanos() as u64),
+            "{:?}",
+            r.samples_ns
+        );
+        assert!(r.avg_ts > 0.0 && r.bandwidth_gbps.is_none());
+    }
+
+    #[test]
+    fn tg_at_depth_decodes_from_the_depth_greedy_or_synchronous() {
+        for sync in [false, true] {
+            let mut e = Kv::new(1, 5, SLOW);
+            let r = run_test(&mut e, TestKind::Tg(3), 5, &cfg(2, 1, sync)).unwrap();
+            assert_eq!((r.test.as_str(), r.n_gen, r.n_depth), ("tg3 @ d5", 3, 5));
+            assert_eq!(r.samples_ns.len(), 2);
+            assert!(r.samples_ns.iter().all(|&ns| ns < SLOW.as_nanos() as u64));
+            assert!(r.bandwidth_gbps.unwrap() > 0.0);
+            // Prefill 0..4, 4..5; then warm-up (the whole test within its budget) and two
+            // repetitions, one token per call at positions 5, 6, 7.
+            assert_eq!(e.after(0)[1], vec![(0, 4)]);
+            let rest = e.after(2);
+            assert_eq!(rest.len(), 3 * 3);
+            for (i, c) in rest.iter().enumerate() {
+                assert_eq!(*c, vec![(0, 5 + (i % 3) as u32)], "call {i}, sync {sync}");
+            }
+            assert!(e.writes[0][..5].iter().all(|&c| c == 1));
+            // Greedy: each token after a run's first is its predecessor's choice.
+            let toks: Vec<u32> = e.calls[2..].iter().map(|c| c[0].0).collect();
+            let chained = toks
+                .chunks(3)
+                .all(|run| run.windows(2).all(|w| w[1] == (w[0] + 1) % 10));
+            if !sync {
+                assert!(chained, "greedy tokens {toks:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn parallel_tg_at_depth_prefills_every_sequence() {
+        let mut e = Kv::new(3, 6, SLOW);
+        let r = run_test(&mut e, TestKind::Tg(2), 6, &cfg(2, 3, false)).unwrap();
+        assert_eq!((r.test.as_str(), r.parallel, r.n_depth), ("tg2 @ d6", 3, 6));
+        for s in 0..3 {
+            assert!(e.writes[s][..6].iter().all(|&c| c == 1), "sequence {s}");
+            // Warm-up and two repetitions at positions 6 and 7.
+            assert_eq!(e.writes[s][6..9], [3, 3, 0], "sequence {s}");
+        }
+        // Six prefill calls (two per sequence), then steps of the three sequences together.
+        let steps = e.after(6);
+        assert_eq!(steps.len(), 3 * 2);
+        for (i, c) in steps.iter().enumerate() {
+            let p = 6 + (i % 2) as u32;
+            assert_eq!(*c, vec![(0, p), (1, p), (2, p)]);
+        }
+        assert!(r.samples_ns.iter().all(|&ns| ns < SLOW.as_nanos() as u64));
+    }
+
+    #[test]
+    fn depth_and_test_must_fit_the_context() {
+        let mut e = Kv::new(1, 0, Duration::ZERO);
+        let err = run_test(&mut e, TestKind::Tg(8), 60, &cfg(1, 1, false))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tg8 @ d60 needs 60 + 8 = 68 positions but the context holds 64"),
+            "{err}"
+        );
+        assert!(e.calls.is_empty(), "nothing runs before the check");
+        // Exactly full is fine.
+        run_test(&mut e, TestKind::Pp(8), 56, &cfg(1, 1, false)).unwrap();
+        assert_eq!(e.writes[0][63], 2);
     }
 }

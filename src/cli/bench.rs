@@ -40,13 +40,24 @@ pub struct Args {
         value_delimiter = ','
     )]
     pub n_gen: Vec<usize>,
+    /// KV depth: before each pp/tg test, this many random prompt tokens fill the KV cache
+    /// (untimed) and the test runs from that position (llama-bench's -d, shown as
+    /// "pp512 @ d4096"); with --parallel, every sequence is filled. Comma-separated list
+    /// allowed: every depth is crossed with every test.
+    #[arg(
+        short = 'd',
+        long = "n-depth",
+        default_value = "0",
+        value_delimiter = ','
+    )]
+    pub n_depth: Vec<usize>,
     /// Timed repetitions per test.
     #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
     pub reps: usize,
     /// Batch size for prompt processing.
     #[arg(short = 'b', long = "batch-size", default_value_t = 512)]
     pub batch: usize,
-    /// KV-cache positions per sequence (default: enough for the largest test).
+    /// KV-cache positions per sequence (default: enough for the largest depth + test).
     #[arg(long)]
     pub ctx: Option<usize>,
     /// Decode N sequences at once (aggregate tokens/s, per-stream latency).
@@ -249,6 +260,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     if args.ppl.is_some() && !args.synth.is_empty() {
         bail!("--ppl needs model files with a tokenizer, not --synth models");
     }
+    check_depth(&args)?;
     match args.backend.as_str() {
         "gpu" => run_gpu(args, duration),
         "cpu" => run_cpu(args, duration),
@@ -274,16 +286,83 @@ fn tests_of(args: &Args) -> Vec<TestKind> {
     tests
 }
 
-/// KV positions per sequence the tests (and the perplexity run) need.
+/// The largest -d value.
+fn max_depth(args: &Args) -> usize {
+    args.n_depth.iter().copied().max().unwrap_or(0)
+}
+
+/// Refuse -d values that no test would use, with the runs that ignore them, or that do not
+/// fit an explicit --ctx (before any model is loaded).
+fn check_depth(args: &Args) -> anyhow::Result<()> {
+    let max_d = max_depth(args);
+    if max_d > 0 {
+        for (on, flag) in [
+            (args.kernels, "--kernels"),
+            (args.kernel_check, "--kernel-check"),
+            (args.write_synth.is_some(), "--write-synth"),
+        ] {
+            if on {
+                bail!("--n-depth applies to the pp/tg tests, which {flag} does not run");
+            }
+        }
+        for (on, flag) in [
+            (args.profile, "--profile"),
+            (args.step_costs, "--step-costs"),
+        ] {
+            if on {
+                bail!(
+                    "{flag} times decode steps from position 0, not at a --n-depth; run it \
+                     without -d (the tg rows at a depth are the tests themselves)"
+                );
+            }
+        }
+        if tests_of(args).is_empty() {
+            bail!("--n-depth {max_d} needs a pp or tg test (-p or -n above 0)");
+        }
+    }
+    if let Some(ctx) = args.ctx {
+        for &d in &args.n_depth {
+            for k in tests_of(args) {
+                let need = d + k.tokens();
+                if need > ctx {
+                    let what = if d > 0 {
+                        format!("depth {d} + {} = {need}", k.tokens())
+                    } else {
+                        need.to_string()
+                    };
+                    bail!(
+                        "--ctx {ctx} is too small for {}: it needs {what} positions (raise \
+                         --ctx or leave it out)",
+                        k.name_at(d)
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// KV positions per sequence the tests (and the perplexity run) need: without -d the
+/// largest test rounded up to a power of two (at least 256); with it, depth + test rounded
+/// up to a multiple of 256 (a power of two would nearly double a long cache: 4096 + 512).
 fn ctx_needed(args: &Args) -> usize {
     let max_p = args.n_prompt.iter().copied().max().unwrap_or(0);
     let max_g = args.n_gen.iter().copied().max().unwrap_or(0);
     let ppl = if args.ppl.is_some() { args.ppl_ctx } else { 0 };
-    args.ctx
-        .unwrap_or_else(|| (max_p.max(max_g + 1)).next_power_of_two().max(256).max(ppl))
+    let test = max_p.max(max_g + 1);
+    let max_d = max_depth(args);
+    args.ctx.unwrap_or_else(|| {
+        let tests = if max_d == 0 {
+            test.next_power_of_two().max(256)
+        } else {
+            (max_d + test).next_multiple_of(256)
+        };
+        tests.max(ppl)
+    })
 }
 
-/// Run every test on `e`, checking the --min-tps gate; rows are appended.
+/// Run every test at every depth on `e` (llama-bench's order: the depths outermost, each
+/// with the pp then the tg tests), checking the --min-tps gate; rows are appended.
 fn run_tests(
     e: &mut dyn Engine,
     row: &ModelRow,
@@ -292,8 +371,13 @@ fn run_tests(
     rows: &mut Vec<(ModelRow, BenchResult)>,
 ) -> anyhow::Result<bool> {
     let mut failed = false;
-    for k in tests_of(args) {
-        let r = run_test(e, k, cfgr)?;
+    let tests: Vec<(usize, TestKind)> = args
+        .n_depth
+        .iter()
+        .flat_map(|&d| tests_of(args).into_iter().map(move |k| (d, k)))
+        .collect();
+    for (d, k) in tests {
+        let r = run_test(e, k, d, cfgr)?;
         if let Some(min) = args.min_tps {
             if r.avg_ts < min {
                 eprintln!(

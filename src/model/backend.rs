@@ -20,6 +20,8 @@
 //! - Numerics follow llama.cpp's CPU backend: RMSNorm, RoPE (mode from [`HParams::rope_mode`]),
 //!   K/V and Q rounded to f16 as llama.cpp's f16 KV cache does, softmax in f32, SwiGLU FFN (GeGLU with
 //!   ggml's f16 GELU table for gemma3).
+//! - `truncate(n)` drops the cached tokens from position `n` on (`n_past()` becomes `n`); the
+//!   keys/values of positions `0..n` stay as they are.
 //! - Errors: a token id ≥ n_vocab, or a batch that would overflow `n_ctx()`, returns an error
 //!   and leaves the cache unchanged.
 
@@ -52,6 +54,25 @@ pub trait Backend {
     fn n_past(&self) -> usize;
     /// Clear the KV cache (start a new sequence at position 0).
     fn reset(&mut self);
+    /// Keep the first `n` cached tokens and drop the rest (`n` ≤ `n_past()`): the next
+    /// `forward` evaluates its tokens from position `n`, attending to the `n` kept
+    /// (`ggufq bench -d` goes back to the prefilled depth before each repetition).
+    /// `truncate(0)` is [`reset`](Self::reset). This default keeps nothing but the whole
+    /// cache: a backend that cannot drop a suffix returns an error for `0 < n < n_past()`.
+    fn truncate(&mut self, n: usize) -> Result<()> {
+        if n == 0 {
+            self.reset();
+            Ok(())
+        } else if n == self.n_past() {
+            Ok(())
+        } else {
+            Err(crate::error::Error::msg(format!(
+                "{}: cannot go back from {} cached tokens to {n}",
+                self.name(),
+                self.n_past()
+            )))
+        }
+    }
     /// Evaluate `tokens` after the cached ones; see the module docs for the contract.
     fn forward(&mut self, tokens: &[u32], want: LogitsWanted, out: &mut Vec<f32>) -> Result<()>;
     /// Greedy generation of `n` tokens from position `n_past()`, the first fed `first`, each

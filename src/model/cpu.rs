@@ -979,6 +979,18 @@ impl Backend for CpuBackend {
     fn reset(&mut self) {
         self.n_past = 0;
     }
+    /// The caches hold each position's keys/values at its own offset and attention reads
+    /// positions `0..n_past` only, so dropping a suffix is moving `n_past` back.
+    fn truncate(&mut self, n: usize) -> Result<()> {
+        if n > self.n_past {
+            return Err(Error::msg(format!(
+                "truncate: {n} tokens asked to be kept, {} cached",
+                self.n_past
+            )));
+        }
+        self.n_past = n;
+        Ok(())
+    }
     fn forward(&mut self, tokens: &[u32], want: LogitsWanted, out: &mut Vec<f32>) -> Result<()> {
         if tokens.is_empty() {
             return Err(Error::msg("forward: empty batch"));
