@@ -61,6 +61,9 @@ fn bench_json_has_llama_bench_fields_and_stats() {
         assert!(r["p50_ms"].as_f64().unwrap() <= r["p99_ms"].as_f64().unwrap());
         assert!(r["mem_weights"].as_u64().unwrap() > 0);
         assert_eq!(r["model_type"], "llama 1M Q4_0 (+Q6_K)");
+        // The GPU engine's f16 KV cache (llama-bench's default -ctk/-ctv).
+        assert_eq!(r["type_k"], "f16");
+        assert_eq!(r["type_v"], "f16");
     }
     assert!(rows[1]["bandwidth_gbps"].as_f64().unwrap() > 0.0);
 }
@@ -218,6 +221,7 @@ fn bench_cpu_backend_runs_tests_parallel_and_soak() {
     for r in &rows {
         assert_eq!(r["backends"], "CPU");
         assert_eq!(r["n_threads"], 1);
+        assert_eq!(r["type_k"], "f32");
         assert_eq!(r["samples_ts"].as_array().unwrap().len(), 2);
         assert!(r["avg_ts"].as_f64().unwrap() > 0.0);
         assert!(r["p50_ms"].as_f64().unwrap() <= r["p99_ms"].as_f64().unwrap());

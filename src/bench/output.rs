@@ -17,6 +17,9 @@ pub struct ModelRow {
     pub model_n_params: u64,
     /// Backend ("wgpu/Vulkan").
     pub backends: String,
+    /// KV cache storage type, llama-bench's `type_k` / `type_v` ("f16" on the GPU engine;
+    /// "f32" on the CPU backend, whose f32 cache holds f16-rounded values).
+    pub kv_type: String,
     /// Adapter name.
     pub gpu_info: String,
     /// CPU model name.
@@ -162,8 +165,8 @@ fn values(m: &ModelRow, r: &BenchResult, time: &str) -> Vec<String> {
         "0x0".into(),
         "0".into(),
         "50".into(),
-        "f32".into(),
-        "f32".into(),
+        m.kv_type.clone(),
+        m.kv_type.clone(),
         "99".into(),
         "0".into(),
         "layer".into(),
@@ -376,6 +379,7 @@ mod tests {
             model_size: 3 << 30,
             model_n_params: 6_738_000_000,
             backends: "wgpu/Vulkan".into(),
+            kv_type: "f16".into(),
             gpu_info: "NVIDIA H100 80GB HBM3".into(),
             cpu_info: "x".into(),
             n_batch: 512,
@@ -434,6 +438,8 @@ mod tests {
         assert_eq!(j[0]["n_gen"], 128);
         assert_eq!(j[0]["avg_ts"], 128.0);
         assert_eq!(j[0]["embeddings"], false);
+        assert_eq!(j[0]["type_k"], "f16");
+        assert_eq!(j[0]["type_v"], "f16");
         assert!((j[0]["peak_pct"].as_f64().unwrap() - 50.0).abs() < 1e-6);
         assert!(render("xml", &rows, "t").is_err());
     }
