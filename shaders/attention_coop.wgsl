@@ -65,9 +65,8 @@ var<workgroup> KV: array<f16, $KVNu>;
 var<workgroup> Ss: array<f32, 2048>;
 var<workgroup> Ps: array<f16, QT * LDP>;
 
-fn r16(x: f32) -> f32 {
-    return unpack2x16float(pack2x16float(vec2<f32>(x, 0.0))).x;
-}
+// r16(x): x rounded to the nearest f16 value (ties to even), as f32 (`R16_WGSL` in src/gpu/kernels.rs).
+$R16
 
 // Key position kp is visible from position pos (causal, inside the sliding window).
 fn vis(kp: u32, pos: u32) -> bool {

@@ -75,9 +75,8 @@ var<workgroup> vs: array<vec4<f32>, 64>;
 var<workgroup> vred: array<vec4<f32>, 256>;
 var<workgroup> wempty: u32;
 
-fn r16(x: f32) -> f32 {
-    return unpack2x16float(pack2x16float(vec2<f32>(x, 0.0))).x;
-}
+// r16(x): x rounded to the nearest f16 value (ties to even), as f32 (`R16_WGSL` in src/gpu/kernels.rs).
+$R16
 
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {

@@ -42,9 +42,8 @@ var<workgroup> vs: array<vec4<f32>, 64>;
 var<workgroup> vred: array<vec4<f32>, 256>;
 var<workgroup> aout: array<f32, 256>;
 
-fn r16(x: f32) -> f32 {
-    return unpack2x16float(pack2x16float(vec2<f32>(x, 0.0))).x;
-}
+// r16(x): x rounded to the nearest f16 value (ties to even), as f32 (`R16_WGSL` in src/gpu/kernels.rs).
+$R16
 
 // Maximum (`is_max`) or sum of `x` over the TH threads of thread `lid`'s head.
 fn head_reduce(x: f32, lid: u32, is_max: bool) -> f32 {

@@ -20,10 +20,9 @@ struct Params {
 // Per token: (sequence, position).
 @group(0) @binding(5) var<storage, read> TI: array<vec2<u32>>;
 
-// Round to f16 and back, as llama.cpp's f16 KV cache and f16 Q in attention do.
-fn r16(x: f32) -> f32 {
-    return unpack2x16float(pack2x16float(vec2<f32>(x, 0.0))).x;
-}
+// r16(x): x rounded to the nearest f16 value (ties to even), as f32 (`R16_WGSL` in
+// src/gpu/kernels.rs), as llama.cpp's f16 KV cache and f16 Q in attention round them.
+$R16
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {

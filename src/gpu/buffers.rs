@@ -374,6 +374,29 @@ pub fn upload_matrix_in(
     })
 }
 
+/// A KV-cache buffer holding `data` as the attention kernels read it
+/// ([`super::kernels::kv_value_bytes`]): f16 halves two per word, or f32 values with
+/// [`Tune::kv_f32`](super::kernels::Tune::kv_f32). `data` should hold f16 values (the cache
+/// stores them rounded); tests and the self-check upload their K and V through it.
+pub fn kv_buffer(ctx: &GpuContext, label: &str, data: &[f32]) -> wgpu::Buffer {
+    if ctx.tune.kv_f32 {
+        return f32_buffer(ctx, label, data);
+    }
+    let mut halves: Vec<u16> = data
+        .iter()
+        .map(|&x| half::f16::from_f32(x).to_bits())
+        .collect();
+    halves.resize(halves.len().div_ceil(2).max(1) * 2, 0);
+    ctx.device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::cast_slice(&halves),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+        })
+}
+
 /// Create an f32 storage buffer from host data (COPY_SRC|COPY_DST too).
 pub fn f32_buffer(ctx: &GpuContext, label: &str, data: &[f32]) -> wgpu::Buffer {
     let one = [0f32];

@@ -679,6 +679,12 @@ pub struct Tune {
     /// normalises against its own maximum and sum (flash-decoding proper: less work per
     /// workgroup in contexts over 256, a few wo-input roundings flip).
     pub attn_exact: bool,
+    /// Positions (the last position + 1 of a one-token pass) up to which the exact split
+    /// runs; past them the pass takes flash-decoding proper ([`long_context_key`]): every
+    /// exact workgroup scores all positions of its head, which at 4096 positions read each K
+    /// row 32 times (H100, 7B Q4_0 tg128 @ d4096: 76 t/s exact, 211 t/s). GGUFQ_ATTN_EXACT_MAX,
+    /// default 256 (one position per thread in the exact kernel).
+    pub attn_exact_max: u32,
     /// The split decode attention combines and rounds its own output for `wo`: the last
     /// workgroup of each group of 256 / head-size heads (a device-scope counter,
     /// [`KernelKey::AttnDecodeQ`]) runs the [`KernelKey::AttnCombineQ`] code for the group,
@@ -1187,6 +1193,10 @@ impl Tune {
             normq: std::env::var("GGUFQ_NORMQ").as_deref() != Ok("0"),
             attn_split: get("GGUFQ_ATTN_SPLIT", 32, &[0, 16, 32, 64, 128]),
             attn_exact: std::env::var("GGUFQ_ATTN_EXACT").as_deref() != Ok("0"),
+            attn_exact_max: std::env::var("GGUFQ_ATTN_EXACT_MAX")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(256),
             attn_lastwg: get("GGUFQ_ATTN_LASTWG", 1, &[0, 1]),
             attn_coop: std::env::var("GGUFQ_ATTN_COOP").as_deref() != Ok("0"),
             actq_div: std::env::var("GGUFQ_ACTQ_DIV").as_deref() != Ok("0"),
@@ -3554,6 +3564,70 @@ const NCH: u32 = $NCHu;
 const EXACT: bool = $EXACT;
 ";
 
+/// `r16(x)`: `x` rounded to the nearest f16 value (ties to even, f16 subnormals, ±inf past
+/// 65504, the sign of zero kept), as f32, in plain f32 arithmetic (`round_f16` of `shaders/actq.wgsl`); the kernels
+/// that round Q, K, V or attention probabilities to f16 take it at their `$R16`. Not
+/// `unpack2x16float(pack2x16float(x))`: on the H100 (NVIDIA 580 Vulkan driver) that round
+/// trip left values unrounded, so an f32 cache held other values than the f16 cache
+/// (tests/gpu_kv_f16.rs checks this function against the `half` crate on the adapter).
+pub const R16_WGSL: &str = "fn r16(x: f32) -> f32 {
+    let a = abs(x);
+    if (!(a == a)) {
+        return x;
+    }
+    let sign = bitcast<u32>(x) & 0x80000000u;
+    if (a >= 65520.0) {
+        return bitcast<f32>(sign | 0x7f800000u);
+    }
+    let e = max(i32((bitcast<u32>(a) >> 23u) & 0xffu) - 127, -14);
+    let up = bitcast<f32>(u32(10 - e + 127) << 23u);
+    let ulp = bitcast<f32>(u32(e - 10 + 127) << 23u);
+    return bitcast<f32>(sign | bitcast<u32>(round(a * up) * ulp));
+}";
+
+/// The decode-attention kernel a pass past [`Tune::attn_exact_max`] positions runs instead of
+/// `key`: the exact split ([`KernelKey::AttnDecode`] / [`KernelKey::AttnDecodeQ`] /
+/// [`KernelKey::AttnCombineQ`] with `exact`) becomes flash-decoding proper (each chunk scores
+/// only its own positions, against its own maximum and sum; the combine weighs the chunks),
+/// with workgroup memory for one chunk. None for every other key.
+pub fn long_context_key(key: &KernelKey) -> Option<KernelKey> {
+    let chunk = |ctx: u32, nch: u32, lmin: u32| lmin.max(1).max(ctx.div_ceil(nch.max(1)));
+    match *key {
+        KernelKey::AttnDecode {
+            ctx,
+            hd,
+            nch,
+            lmin,
+            exact: true,
+        } if nch > 1 => Some(KernelKey::AttnDecode {
+            ctx: chunk(ctx, nch, lmin),
+            hd,
+            nch,
+            lmin,
+            exact: false,
+        }),
+        KernelKey::AttnDecodeQ {
+            ctx,
+            hd,
+            nch,
+            lmin,
+            exact: true,
+            reset,
+        } => Some(KernelKey::AttnDecodeQ {
+            ctx: chunk(ctx, nch, lmin),
+            hd,
+            nch,
+            lmin,
+            exact: false,
+            reset,
+        }),
+        KernelKey::AttnCombineQ { nch, exact: true } => {
+            Some(KernelKey::AttnCombineQ { nch, exact: false })
+        }
+        _ => None,
+    }
+}
+
 /// The KV cache's element type and accessors in a kernel that binds `KC` / `VC` as
 /// `array<$KV4>` (four values per element: `kc_ld(i)`, and `kc_st(i, v)` where the binding is
 /// read_write) or `array<$KV2>` (`kc_st2(j, a, b)`: the pair `j`, as `shaders/rope.wgsl` stores
@@ -3982,7 +4056,7 @@ pub struct Kernels {
 impl Kernels {
     /// WGSL text of a kernel (public for tests and `--dump-wgsl`).
     pub fn source(ctx: &GpuContext, key: &KernelKey) -> Result<String> {
-        Self::source_of(ctx, key).map(|text| kv_storage(ctx, text))
+        Self::source_of(ctx, key).map(|text| kv_storage(ctx, text).replace("$R16", R16_WGSL))
     }
 
     fn source_of(ctx: &GpuContext, key: &KernelKey) -> Result<String> {

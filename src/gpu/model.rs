@@ -347,7 +347,9 @@ pub struct GpuModel {
     prerecord: bool,
     /// That command buffer, with its shape (tokens, all logits, fused) and the upload-ring
     /// and timeline slots it uses.
-    prerecorded: Option<(BatchShape, Slots, wgpu::CommandBuffer)>,
+    /// The next call's command buffer, recorded ahead: its shape, slots, whether it runs the
+    /// long-context attention ([`Tune::attn_exact_max`]) and the buffer.
+    prerecorded: Option<(BatchShape, Slots, bool, wgpu::CommandBuffer)>,
     /// Roles whose dispatches every forward leaves out (timing only: [`Tune::skip_roles`],
     /// [`GpuModel::set_skip_roles`]).
     skip_roles: u32,
@@ -1940,6 +1942,9 @@ impl GpuModel {
                 _ => &pl_mat,
             };
             kernels.get_with_layout(&ctx, &s.key, pl)?;
+            if let Some(k) = super::kernels::long_context_key(&s.key) {
+                kernels.get_with_layout(&ctx, &k, pl)?;
+            }
             if let KernelKey::MatVec { ty, .. }
             | KernelKey::MatVecSplitK { ty, .. }
             | KernelKey::MatVecQ8 { ty, .. }
@@ -2144,6 +2149,24 @@ impl GpuModel {
     }
 
     /// Which graph a forward call of `n` tokens runs.
+    /// The kernels a one-token pass of the fused decode graph whose position is `last_pos`
+    /// dispatches, in order (the decode attention's depends on the position:
+    /// [`Tune::attn_exact_max`]).
+    pub fn decode_keys_at(&self, last_pos: u32) -> Vec<KernelKey> {
+        let long = self.long_context(last_pos);
+        self.steps
+            .iter()
+            .filter(|s| s.when.runs(When::Decode, 1))
+            .map(|s| pass_key(&s.key, long))
+            .collect()
+    }
+
+    /// Whether a pass whose last position is `last_pos` runs the long-context decode
+    /// attention ([`Tune::attn_exact_max`], [`super::kernels::long_context_key`]).
+    fn long_context(&self, last_pos: u32) -> bool {
+        last_pos as u64 + 1 > self.ctx.tune.attn_exact_max as u64
+    }
+
     fn mode(&self, n: usize) -> When {
         if n == 1 && self.fused {
             When::Decode
@@ -2632,11 +2655,16 @@ impl GpuModel {
                 .map(|t| ((t.calls + ahead) % t.cap as u64) as u32)
         };
         let slots: Slots = (ring_slot, tl_slot(&self.timeline, 0));
+        let long = self.long_context(tokens.iter().map(|t| t.2).max().unwrap_or(0));
         let (cmd, ts_bufs) = match self.prerecorded.take() {
-            Some((k, sl, cmd)) if k == shape_key && sl == slots && ts == Timestamps::Off => {
+            Some((k, sl, lg, cmd))
+                if k == shape_key && sl == slots && lg == long && ts == Timestamps::Off =>
+            {
                 (cmd, None)
             }
-            _ => self.record(n, all_logits, mode, &disp, ts, n_q, bytes, slots, None)?,
+            _ => self.record(
+                n, all_logits, mode, &disp, ts, n_q, bytes, slots, None, long,
+            )?,
         };
         let t_recorded = Instant::now();
         self.ctx.queue.submit(Some(cmd));
@@ -2654,9 +2682,10 @@ impl GpuModel {
                 ring_slot.and(self.ring.as_ref().map(|r| r.next)),
                 tl_slot(&self.timeline, 1),
             );
-            let (next, _) =
-                self.record(n, all_logits, mode, &disp, ts, 0, bytes, next_slots, None)?;
-            self.prerecorded = Some((shape_key, next_slots, next));
+            let (next, _) = self.record(
+                n, all_logits, mode, &disp, ts, 0, bytes, next_slots, None, long,
+            )?;
+            self.prerecorded = Some((shape_key, next_slots, long, next));
         }
         let t_next = Instant::now();
         let slice = self.staging.slice(0..bytes);
@@ -2810,7 +2839,7 @@ impl GpuModel {
         self.ctx
             .queue
             .write_buffer(&self.tinfo, 0, bytemuck::cast_slice(&[seq, pos]));
-        let result = self.greedy_passes(n, mode, &disp, bytes, on_token);
+        let result = self.greedy_passes(n, pos, mode, &disp, bytes, on_token);
         if result.is_err() {
             // Leave no pass of this call running behind an error.
             let _ = self.ctx.wait();
@@ -2824,6 +2853,7 @@ impl GpuModel {
     fn greedy_passes(
         &mut self,
         n: usize,
+        pos: u32,
         mode: When,
         disp: &[(u32, u32)],
         bytes: u64,
@@ -2842,6 +2872,7 @@ impl GpuModel {
                 bytes,
                 none,
                 Some(k % depth),
+                m.long_context(pos + k as u32),
             )
             .map(|r| r.0)
         };
@@ -2915,6 +2946,7 @@ impl GpuModel {
         bytes: u64,
         slots: Slots,
         chain: Option<usize>,
+        long: bool,
     ) -> Result<(wgpu::CommandBuffer, Option<wgpu::Buffer>)> {
         let qs = (n_q > 0).then(|| {
             self.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
@@ -3011,7 +3043,7 @@ impl GpuModel {
                         }
                     }
                 }
-                (k, _) => k.clone(),
+                (k, _) => pass_key(k, long),
             };
             let pipe = self.kernels.cached(&key)?;
             pass.set_pipeline(pipe);
@@ -3352,6 +3384,15 @@ pub fn prefetch_plan(sizes: &[u64], budget: u64) -> Vec<(usize, u64)> {
 /// of `ty` with rows of `cols` values whose input is rounded with activation kind `act`
 /// (after RMSNorm when `norm`), where it applies: the type has an integer decode kernel and
 /// the input fits ([`super::kernels::persist_fits`]).
+/// The kernel a step with `key` dispatches in a pass: past [`Tune::attn_exact_max`]
+/// positions (`long`) the decode attention is flash-decoding proper
+/// ([`super::kernels::long_context_key`]).
+fn pass_key(key: &KernelKey, long: bool) -> KernelKey {
+    long.then(|| super::kernels::long_context_key(key))
+        .flatten()
+        .unwrap_or_else(|| key.clone())
+}
+
 fn persist_key(tune: &Tune, ty: GgmlType, cols: usize, act: u32, norm: bool) -> Option<KernelKey> {
     if tune.persist == 0 || !super::kernels::persist_fits((cols / 4) as u32, act, norm) {
         return None;

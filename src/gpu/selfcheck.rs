@@ -312,7 +312,7 @@ pub fn run_attention(
     case: &AttnCase,
     d: &AttnData,
 ) -> Result<Vec<f32>> {
-    use super::buffers::{bind_buffers, f32_buffer, scratch, uniform};
+    use super::buffers::{bind_buffers, f32_buffer, kv_buffer, scratch, uniform};
     use wgpu::util::DeviceExt;
     let n = case.tokens.len();
     let (nh, nkv, hd) = (case.n_head, case.n_kv, case.hd);
@@ -336,8 +336,8 @@ pub fn run_attention(
     let mut kernels = Kernels::default();
     let pipe = kernels.get_with_layout(ctx, key, &pl)?;
     let qb = f32_buffer(ctx, "q", &d.q);
-    let kb = f32_buffer(ctx, "k", &d.k);
-    let vb = f32_buffer(ctx, "v", &d.v);
+    let kb = kv_buffer(ctx, "k", &d.k);
+    let vb = kv_buffer(ctx, "v", &d.v);
     let ob = scratch(ctx, "o", n * nh * hd);
     let ti: Vec<u32> = case.tokens.iter().flat_map(|&(s, p)| [s, p]).collect();
     let tb = ctx
