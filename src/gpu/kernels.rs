@@ -673,6 +673,10 @@ pub struct Tune {
     /// before `wo` ([`KernelKey::AttnCombineQ`], same dispatch count). GGUFQ_ATTN_SPLIT = 0
     /// keeps one workgroup per head and the separate rounding; 16, 32 (default), 64, 128.
     pub attn_split: u32,
+    /// Most chunks per head of the split decode attention (GGUFQ_ATTN_CHUNKS: 16, the
+    /// default [`ATTN_MAX_CHUNKS`], 32 or 64): at long contexts each chunk is a workgroup's
+    /// share of the K/V rows.
+    pub attn_chunks: u32,
     /// The split decode attention scores every position in every workgroup of a head, so
     /// that its probabilities are the unsplit kernel's (the same f16 roundings as the CPU
     /// backend) and only the V rows are split (default); GGUFQ_ATTN_EXACT=0: each chunk
@@ -954,7 +958,7 @@ pub fn prefetch_workgroups(bytes: u64) -> u32 {
     bytes.div_ceil(PREFETCH_WG_BYTES).clamp(1, 65535) as u32
 }
 
-/// Most chunks per head of the split decode attention ([`Tune::attn_split`]).
+/// Most chunks per head of the split decode attention by default ([`Tune::attn_chunks`]).
 pub const ATTN_MAX_CHUNKS: u32 = 16;
 
 /// Workgroup memory of the decode attention with `ctx` score entries: the scores, the
@@ -1193,6 +1197,7 @@ impl Tune {
             normq: std::env::var("GGUFQ_NORMQ").as_deref() != Ok("0"),
             attn_split: get("GGUFQ_ATTN_SPLIT", 32, &[0, 16, 32, 64, 128]),
             attn_exact: std::env::var("GGUFQ_ATTN_EXACT").as_deref() != Ok("0"),
+            attn_chunks: get("GGUFQ_ATTN_CHUNKS", ATTN_MAX_CHUNKS, &[16, 32, 64]),
             attn_exact_max: std::env::var("GGUFQ_ATTN_EXACT_MAX")
                 .ok()
                 .and_then(|v| v.parse().ok())

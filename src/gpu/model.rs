@@ -803,8 +803,7 @@ impl GpuModel {
         let attn_nch = if attn_lmin == 0 {
             1
         } else {
-            (opts.n_ctx.div_ceil(attn_lmin as usize) as u32)
-                .clamp(1, super::kernels::ATTN_MAX_CHUNKS)
+            (opts.n_ctx.div_ceil(attn_lmin as usize) as u32).clamp(1, ctx.tune.attn_chunks.max(1))
         };
         let attn_stats = cfg.n_head * attn_nch as usize * hd;
         let attn_part = if attn_nch > 1 {
