@@ -22,15 +22,9 @@ fn ctx(seg: bool) -> Option<Arc<GpuContext>> {
 }
 
 /// hd 64 with GQA (the tiny shape: 4 heads, 2 KV heads, one segment of 4 heads) and hd 128
-/// without GQA (2 segments of 2 heads).
+/// without GQA (2 segments of 2 heads): [`gpu_fixture::tiny_or_hd128`].
 fn shape(name: &str) -> Shape {
-    let mut s = Shape::named("tiny").unwrap();
-    if name == "hd128" {
-        s.n_embd = 512;
-        s.n_head = 4;
-        s.n_kv = 4;
-    }
-    s
+    gpu_fixture::tiny_or_hd128(name)
 }
 
 const N_CTX: usize = 256;

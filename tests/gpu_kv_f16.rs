@@ -24,15 +24,9 @@ fn ctx(f32: bool, tune: fn(&mut GpuContext)) -> Option<Arc<GpuContext>> {
     })
 }
 
-/// The tiny shape (hd 64, GQA 4 / 2) or a 512-wide one with hd 128 and no GQA.
+/// [`gpu_fixture::tiny_or_hd128`].
 fn shape(name: &str) -> Shape {
-    let mut s = Shape::named("tiny").unwrap();
-    if name == "hd128" {
-        s.n_embd = 512;
-        s.n_head = 4;
-        s.n_kv = 4;
-    }
-    s
+    gpu_fixture::tiny_or_hd128(name)
 }
 
 fn opts(n_seq: usize) -> ModelOptions {

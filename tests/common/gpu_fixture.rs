@@ -126,6 +126,18 @@ pub fn tiny_or_wide(name: &str) -> Shape {
     }
 }
 
+/// The tiny shape (hd 64, 4 heads over 2 KV heads) or, for "hd128", a 512-wide one with
+/// head size 128 and no grouped-query heads (4 heads, 4 KV heads).
+pub fn tiny_or_hd128(name: &str) -> Shape {
+    let mut s = Shape::named("tiny").unwrap();
+    if name == "hd128" {
+        s.n_embd = 512;
+        s.n_head = 4;
+        s.n_kv = 4;
+    }
+    s
+}
+
 /// A synthetic model of shape `shape_name` ([`tiny_or_wide`]) and type mix `mix`, loaded
 /// with [`decode_opts`] on the default adapter with its tuning changed by `tune`.
 pub fn load_tuned(
