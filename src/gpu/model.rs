@@ -345,10 +345,9 @@ pub struct GpuModel {
     cpu: CpuTimes,
     /// Record the next forward of the same shape while the GPU runs the current one.
     prerecord: bool,
-    /// That command buffer, with its shape (tokens, all logits, fused) and the upload-ring
-    /// and timeline slots it uses.
-    /// The next call's command buffer, recorded ahead: its shape, slots, whether it runs the
-    /// long-context attention ([`Tune::attn_exact_max`]) and the buffer.
+    /// That command buffer, with its shape (tokens, all logits, fused), the upload-ring and
+    /// timeline slots it uses and whether it runs the long-context decode attention
+    /// ([`Tune::attn_exact_max`]).
     prerecorded: Option<(BatchShape, Slots, bool, wgpu::CommandBuffer)>,
     /// Roles whose dispatches every forward leaves out (timing only: [`Tune::skip_roles`],
     /// [`GpuModel::set_skip_roles`]).
@@ -2147,7 +2146,6 @@ impl GpuModel {
         self.decode_steps().count()
     }
 
-    /// Which graph a forward call of `n` tokens runs.
     /// The kernels a one-token pass of the fused decode graph whose position is `last_pos`
     /// dispatches, in order (the decode attention's depends on the position:
     /// [`Tune::attn_exact_max`]).
@@ -2166,6 +2164,7 @@ impl GpuModel {
         last_pos as u64 + 1 > self.ctx.tune.attn_exact_max as u64
     }
 
+    /// Which graph a forward call of `n` tokens runs.
     fn mode(&self, n: usize) -> When {
         if n == 1 && self.fused {
             When::Decode
