@@ -780,8 +780,8 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
             println!("{l}");
         }
         // Model files given: the decode epilogues against the dispatch graph, 256 tokens
-        // (mat-vec epilogues), greedy decoding on the GPU against the host loop (256), and the decode attention's epilogue against its combine
-        // dispatch, 300 tokens.
+        // (mat-vec epilogues), greedy decoding on the GPU against the host loop (256), and
+        // the decode attention's epilogue against its combine dispatch, 300 tokens.
         for p in &args.models {
             let (pass, line) = ggufq::gpu::selfcheck::lastwg_decode_check(&ctx, p, 256)?;
             println!("{line}");
