@@ -30,6 +30,15 @@
 // overlaps that phase; the arithmetic and its order are unchanged. SKIP (epilogue with the
 // live-chunk combine only): a chunk past the last position returns at once, without a partial
 // result or an arrival (the group's counter then waits for the live chunks only).
+//
+// Coalesced scoring (COAL, `Tune::attn_coal`: flash-decoding proper, i.e. long contexts, and
+// with `Tune::attn_coal_exact` the exact split and unsplit kernel too): a K row is scored by
+// KG lanes, lane g loading the row's vec4 elements g, g + KG, … (one load instruction reads
+// KG · 8 contiguous bytes of the f16 row, instead of 8 bytes of each of 32 rows 8 KiB apart),
+// KU rows per lane group in flight, and the KG partial dots meet in the builder's reduction
+// (subgroup shuffles, or workgroup memory); V rows VU at a time per thread, in the same
+// order as below. Same operations as the one-row-per-thread path, each dot summed in another
+// order; no register prefetch.
 struct Params {
     n_head: u32,
     n_kv: u32,
@@ -67,6 +76,14 @@ const EXACT: bool = $EXACT;
 const KPRE: bool = $KPRE;
 const VPRE: bool = $VPRE;
 const SKIP: bool = $SKIP;
+const COAL: bool = $COAL;
+// Lanes per K row, K rows per lane group in flight, vec4 elements per lane, lane groups,
+// V rows per thread in flight (COAL only).
+const KG: u32 = $KGu;
+const KU: u32 = $KUu;
+const KE: u32 = HD4 / KG;
+const NG: u32 = 256u / KG;
+const VU: u32 = $VUu;
 var<workgroup> S: array<f32, CTX>;
 var<workgroup> red: array<f32, 256>;
 var<workgroup> qs: array<vec4<f32>, 64>;
@@ -74,6 +91,8 @@ var<workgroup> ks: array<vec4<f32>, 64>;
 var<workgroup> vs: array<vec4<f32>, 64>;
 var<workgroup> vred: array<vec4<f32>, 256>;
 var<workgroup> wempty: u32;
+// COAL with the workgroup-memory reduction: each lane's partial dot of its group's KU rows.
+var<workgroup> kpart: array<f32, $KPARTu>;
 
 // r16(x): x rounded to the nearest f16 value (ties to even), as f32 (`R16_WGSL` in src/gpu/kernels.rs).
 $R16
@@ -130,7 +149,7 @@ $ARRIVE            return;
     let pe = min(p1, pos);
     // Prefetch (older positions only: the new one is stored by this dispatch).
     let kp = s0 + lid;
-    let kpre = KPRE && kp < s1 && kp != pos;
+    let kpre = KPRE && !COAL && kp < s1 && kp != pos;
     var kr: array<vec4<f32>, HD4>;
     if (kpre) {
         let ko = cb4 + kp * kvl4 + kb4;
@@ -138,7 +157,7 @@ $ARRIVE            return;
             kr[d] = kc_ld(ko + d);
         }
     }
-    let vpre = VPRE && gi < groups && p0 + gi + 3u * groups < pe;
+    let vpre = VPRE && !COAL && gi < groups && p0 + gi + 3u * groups < pe;
     var pv0 = vec4<f32>(0.0);
     var pv1 = vec4<f32>(0.0);
     var pv2 = vec4<f32>(0.0);
@@ -189,30 +208,60 @@ $ARRIVE            return;
         }
     }
     var mx = -3.0e38;
-    for (var p = s0 + lid; p < s1; p += 256u) {
-        // The K row into registers first (the new one from ks, a prefetched one from kr, the
-        // others from the cache), then one dot loop: a single arithmetic path, so that the
-        // GPU compiler's choices (FMA contraction) are the same whichever source it read.
-        var kv: array<vec4<f32>, HD4>;
-        if (p == pos) {
-            for (var d = 0u; d < HD4; d++) {
-                kv[d] = ks[d];
-            }
-        } else if (kpre && p == kp) {
-            kv = kr;
-        } else {
-            let ko = cb4 + p * kvl4 + kb4;
-            for (var d = 0u; d < HD4; d++) {
-                kv[d] = kc_ld(ko + d);
-            }
+    if (COAL) {
+        let gl = lid % KG;
+        let gr = lid / KG;
+        var qr: array<vec4<f32>, KE>;
+        for (var j = 0u; j < KE; j++) {
+            qr[j] = qs[gl + j * KG];
         }
-        var s = 0.0;
-        for (var d = 0u; d < HD4; d++) {
-            s += dot(qs[d], kv[d]);
+        let kb = cb4 + kb4 + gl;
+        // Uniform bounds (the reduction's shuffles and barriers); rows past s1 score zeros.
+        for (var b = s0; b < s1; b += NG * KU) {
+            var kk: array<vec4<f32>, KE * KU>;
+            for (var u = 0u; u < KU; u++) {
+                let p = b + gr + u * NG;
+                if (p < s1) {
+                    if (p == pos) {
+                        for (var j = 0u; j < KE; j++) {
+                            kk[u * KE + j] = ks[gl + j * KG];
+                        }
+                    } else {
+                        let ko = kb + p * kvl4;
+                        for (var j = 0u; j < KE; j++) {
+                            kk[u * KE + j] = kc_ld(ko + j * KG);
+                        }
+                    }
+                }
+            }
+$KRED        }
+    } else {
+        for (var p = s0 + lid; p < s1; p += 256u) {
+            // The K row into registers first (the new one from ks, a prefetched one from kr,
+            // the others from the cache), then one dot loop: a single arithmetic path, so
+            // that the GPU compiler's choices (FMA contraction) are the same whichever source
+            // it read.
+            var kv: array<vec4<f32>, HD4>;
+            if (p == pos) {
+                for (var d = 0u; d < HD4; d++) {
+                    kv[d] = ks[d];
+                }
+            } else if (kpre && p == kp) {
+                kv = kr;
+            } else {
+                let ko = cb4 + p * kvl4 + kb4;
+                for (var d = 0u; d < HD4; d++) {
+                    kv[d] = kc_ld(ko + d);
+                }
+            }
+            var s = 0.0;
+            for (var d = 0u; d < HD4; d++) {
+                s += dot(qs[d], kv[d]);
+            }
+            s *= P.scale;
+            S[p - s0] = s;
+            mx = max(mx, s);
         }
-        s *= P.scale;
-        S[p - s0] = s;
-        mx = max(mx, s);
     }
 $RED_MAX    var sum = 0.0;
     for (var p = lid; p < s1 - s0; p += 256u) {
@@ -221,7 +270,25 @@ $RED_MAX    var sum = 0.0;
         sum += e;
     }
 $RED_SUM    var acc = vec4<f32>(0.0);
-    if (gi < groups) {
+    if (COAL && gi < groups) {
+        // Older positions VU at a time, the new one from vs.
+        var p = p0 + gi;
+        for (; p + (VU - 1u) * groups < pe; p += VU * groups) {
+            var vv: array<vec4<f32>, VU>;
+            for (var u = 0u; u < VU; u++) {
+                vv[u] = vc_ld(vb + (p + u * groups) * kvl4);
+            }
+            for (var u = 0u; u < VU; u++) {
+                acc += r16(S[p + u * groups - s0] * inv) * vv[u];
+            }
+        }
+        for (; p < pe; p += groups) {
+            acc += r16(S[p - s0] * inv) * vc_ld(vb + p * kvl4);
+        }
+        if (p == pos && pos < p1) {
+            acc += r16(S[p - s0] * inv) * vs[d4];
+        }
+    } else if (gi < groups) {
         // Older positions four at a time (four loads in flight), the new one from vs.
         // The first four rows from the prefetch registers where there are any, the others
         // loaded here; one accumulation path for both (see the K rows above).
