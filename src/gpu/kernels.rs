@@ -3772,7 +3772,7 @@ pub fn attn_coal_lanes(hd4: u32, want: u32) -> u32 {
     [32u32, 16, 8, 4, 2, 1]
         .into_iter()
         .filter(|g| *g <= want)
-        .find(|g| hd4.is_multiple_of(*g))
+        .find(|g| hd4 % g == 0)
         .unwrap_or(1)
 }
 
