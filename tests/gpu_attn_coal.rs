@@ -18,6 +18,12 @@ use ggufq::gpu::{GpuContext, GpuModel, ModelOptions, SynthSource};
 mod gpu_fixture;
 use gpu_fixture::{context_tuned, rms_rel, tiny_or_hd128, validate_wgsl};
 
+/// Lanes per K row and whether the chunks run in one pass: settings with the same give the
+/// same bits.
+type Lanes = (u32, bool);
+/// Logits of the one-token passes.
+type Logits = Vec<Vec<f32>>;
+
 /// Prompt length: the one-token passes then run at positions PROMPT .. PROMPT + STEPS.
 const PROMPT: u32 = 200;
 const STEPS: u32 = 10;
@@ -45,7 +51,7 @@ fn ctx_online(
 
 /// Logits of one-token passes at positions PROMPT .. PROMPT + STEPS after a PROMPT-token
 /// prompt (batches of 64), for the model of shape `shape` and mix `mix` on `c`.
-fn run(c: Arc<GpuContext>, shape: &str, mix: &str) -> Vec<Vec<f32>> {
+fn run(c: Arc<GpuContext>, shape: &str, mix: &str) -> Logits {
     let src = SynthSource::new(tiny_or_hd128(shape), Mix::parse(mix).unwrap(), mix).unwrap();
     let opts = ModelOptions {
         n_ctx: 512,
@@ -72,7 +78,7 @@ fn gpu_coalesced_chunks_agree_with_one_row_per_thread() {
             return;
         };
         let base = run(base_ctx, shape, "q8_0");
-        let mut first: Vec<((u32, bool), Vec<Vec<f32>>)> = Vec::new();
+        let mut first: Vec<(Lanes, Logits)> = Vec::new();
         let settings = [
             (1, 4, 8, false),
             (2, 16, 8, false),
