@@ -39,14 +39,6 @@
 // (subgroup shuffles, or workgroup memory); V rows VU at a time per thread, in the same
 // order as below. Same operations as the one-row-per-thread path, each dot summed in another
 // order; no register prefetch.
-//
-// Online chunks (ONLINE, `Tune::attn_online`, flash-decoding proper only): each lane group
-// walks its own rows of the chunk (gr, gr + NG, …) with the K and V row of each loaded
-// together (KU rows in flight), and keeps a running maximum, sum of exponentials and
-// accumulator over its lanes' KE vec4 of the head (probabilities rounded to f16 against the
-// running maximum, the accumulator rescaled as the maximum grows, as flash attention does);
-// the NG groups then meet in workgroup memory into the chunk's (max, sum) and accumulator.
-// One pass over the rows instead of a K pass and a V pass.
 struct Params {
     n_head: u32,
     n_kv: u32,
@@ -92,7 +84,6 @@ const KU: u32 = $KUu;
 const KE: u32 = HD4 / KG;
 const NG: u32 = 256u / KG;
 const VU: u32 = $VUu;
-const ONLINE: bool = $ONLINE;
 var<workgroup> S: array<f32, CTX>;
 var<workgroup> red: array<f32, 256>;
 var<workgroup> qs: array<vec4<f32>, 64>;
@@ -102,9 +93,6 @@ var<workgroup> vred: array<vec4<f32>, 256>;
 var<workgroup> wempty: u32;
 // COAL with the workgroup-memory reduction: each lane's partial dot of its group's KU rows.
 var<workgroup> kpart: array<f32, $KPARTu>;
-// ONLINE: each lane group's accumulator, and its (max, sum).
-var<workgroup> oacc: array<vec4<f32>, $OACCu>;
-var<workgroup> gml: array<vec2<f32>, NG>;
 
 // r16(x): x rounded to the nearest f16 value (ties to even), as f32 (`R16_WGSL` in src/gpu/kernels.rs).
 $R16
@@ -218,73 +206,6 @@ $ARRIVE            return;
             kc_st(so + i, ks[i]);
             vc_st(so + i, vs[i]);
         }
-    }
-    if (ONLINE) {
-        let gl = lid % KG;
-        let gr = lid / KG;
-        var qr: array<vec4<f32>, KE>;
-        for (var j = 0u; j < KE; j++) {
-            qr[j] = qs[gl + j * KG];
-        }
-        let kb = cb4 + kb4 + gl;
-        var om = -3.0e38;
-        var ol = 0.0;
-        var oa: array<vec4<f32>, KE>;
-        // Uniform bounds (the reduction's shuffles and barriers); rows past s1 are skipped.
-        for (var b = s0; b < s1; b += NG * KU) {
-            var kk: array<vec4<f32>, KE * KU>;
-            var vv: array<vec4<f32>, KE * KU>;
-            for (var u = 0u; u < KU; u++) {
-                let p = b + gr + u * NG;
-                if (p < s1) {
-                    if (p == pos) {
-                        for (var j = 0u; j < KE; j++) {
-                            kk[u * KE + j] = ks[gl + j * KG];
-                            vv[u * KE + j] = vs[gl + j * KG];
-                        }
-                    } else {
-                        let ko = kb + p * kvl4;
-                        for (var j = 0u; j < KE; j++) {
-                            kk[u * KE + j] = kc_ld(ko + j * KG);
-                            vv[u * KE + j] = vc_ld(ko + j * KG);
-                        }
-                    }
-                }
-            }
-$ORED        }
-        if (gl == 0u) {
-            gml[gr] = vec2<f32>(om, ol);
-        }
-        for (var j = 0u; j < KE; j++) {
-            oacc[gr * HD4 + gl + j * KG] = oa[j];
-        }
-        workgroupBarrier();
-        var gm = -3.0e38;
-        for (var g = 0u; g < NG; g++) {
-            gm = max(gm, gml[g].x);
-        }
-        var gs = 0.0;
-        for (var g = 0u; g < NG; g++) {
-            gs += gml[g].y * exp(gml[g].x - gm);
-        }
-        if (lid < hd4) {
-            var t = vec4<f32>(0.0);
-            for (var g = 0u; g < NG; g++) {
-                t += oacc[g * HD4 + lid] * exp(gml[g].x - gm);
-            }
-            t /= gs;
-            let part = (tok * P.n_head + h) * NCH + ch;
-            let o = part * P.hd + 4u * lid;
-            if (lid == 0u) {
-                O[P.pad1 + 2u * part] = gm;
-                O[P.pad1 + 2u * part + 1u] = gs;
-            }
-            O[o] = t.x;
-            O[o + 1u] = t.y;
-            O[o + 2u] = t.z;
-            O[o + 3u] = t.w;
-        }
-$ARRIVE        return;
     }
     var mx = -3.0e38;
     if (COAL) {

@@ -18,29 +18,12 @@ use ggufq::gpu::{GpuContext, GpuModel, ModelOptions, SynthSource};
 mod gpu_fixture;
 use gpu_fixture::{context_tuned, rms_rel, tiny_or_hd128, validate_wgsl};
 
-/// Lanes per K row and whether the chunks run in one pass: settings with the same give the
-/// same bits.
-type Lanes = (u32, bool);
-/// Logits of the one-token passes.
-type Logits = Vec<Vec<f32>>;
-
 /// Prompt length: the one-token passes then run at positions PROMPT .. PROMPT + STEPS.
 const PROMPT: u32 = 200;
 const STEPS: u32 = 10;
 
 fn ctx(coal: u32, vrows: u32, klanes: u32, lmin: u32) -> Option<Arc<GpuContext>> {
-    ctx_online(coal, vrows, klanes, lmin, false)
-}
-
-fn ctx_online(
-    coal: u32,
-    vrows: u32,
-    klanes: u32,
-    lmin: u32,
-    online: bool,
-) -> Option<Arc<GpuContext>> {
     context_tuned(|c| {
-        c.tune.attn_online = online;
         c.tune.attn_exact = false;
         c.tune.attn_split = lmin;
         c.tune.attn_coal = coal;
@@ -51,7 +34,7 @@ fn ctx_online(
 
 /// Logits of one-token passes at positions PROMPT .. PROMPT + STEPS after a PROMPT-token
 /// prompt (batches of 64), for the model of shape `shape` and mix `mix` on `c`.
-fn run(c: Arc<GpuContext>, shape: &str, mix: &str) -> Logits {
+fn run(c: Arc<GpuContext>, shape: &str, mix: &str) -> Vec<Vec<f32>> {
     let src = SynthSource::new(tiny_or_hd128(shape), Mix::parse(mix).unwrap(), mix).unwrap();
     let opts = ModelOptions {
         n_ctx: 512,
@@ -78,38 +61,33 @@ fn gpu_coalesced_chunks_agree_with_one_row_per_thread() {
             return;
         };
         let base = run(base_ctx, shape, "q8_0");
-        let mut first: Vec<(Lanes, Logits)> = Vec::new();
+        let mut first: Vec<(u32, Vec<Vec<f32>>)> = Vec::new();
         let settings = [
-            (1, 4, 8, false),
-            (2, 16, 8, false),
-            (4, 8, 8, false),
-            (8, 8, 8, false),
-            (1, 8, 4, false),
-            (2, 4, 4, false),
-            (1, 8, 16, false),
-            (2, 4, 16, false),
-            (1, 8, 32, false),
-            (2, 4, 32, false),
-            (1, 8, 8, true),
-            (2, 8, 8, true),
-            (4, 4, 8, true),
-            (1, 8, 32, true),
-            (2, 8, 32, true),
+            (1, 4, 8),
+            (2, 16, 8),
+            (4, 8, 8),
+            (8, 8, 8),
+            (1, 8, 4),
+            (2, 4, 4),
+            (1, 8, 16),
+            (2, 4, 16),
+            (1, 8, 32),
+            (2, 4, 32),
         ];
-        for (coal, vrows, klanes, online) in settings {
-            let c = ctx_online(coal, vrows, klanes, lmin, online).unwrap();
+        for (coal, vrows, klanes) in settings {
+            let c = ctx(coal, vrows, klanes, lmin).unwrap();
             let got = run(c, shape, "q8_0");
-            // Rows in flight change no sum's order: with the same lanes per row (and the
-            // same pass) every setting gives the same bits.
-            match first.iter().find(|(k, _)| *k == (klanes, online)) {
-                None => first.push(((klanes, online), got.clone())),
+            // Rows in flight change no sum's order: with the same lanes per row every
+            // setting gives the same bits.
+            match first.iter().find(|(k, _)| *k == klanes) {
+                None => first.push((klanes, got.clone())),
                 Some((_, f)) => assert!(
                     f.iter()
                         .flatten()
                         .zip(got.iter().flatten())
                         .all(|(x, y)| x.to_bits() == y.to_bits()),
-                    "{shape} lmin {lmin}: coal {coal} vrows {vrows} klanes {klanes} online \
-                     {online} differs from the first setting with {klanes} lanes"
+                    "{shape} lmin {lmin}: coal {coal} vrows {vrows} klanes {klanes} differs \
+                     from the first setting with {klanes} lanes"
                 ),
             }
             // The dots' order differs: a few roundings (f16 probabilities, the Q8_0 `wo`
@@ -119,15 +97,14 @@ fn gpu_coalesced_chunks_agree_with_one_row_per_thread() {
                 let rel = rms_rel(g, b);
                 assert!(
                     rel < 2e-2,
-                    "{shape} lmin {lmin} coal {coal} vrows {vrows} klanes {klanes} online {online}: \
-                     position {}: rms {rel:.2e}",
+                    "{shape} lmin {lmin} coal {coal} vrows {vrows} klanes {klanes}: position {}: rms {rel:.2e}",
                     PROMPT + i as u32
                 );
                 top1 += usize::from(ggufq::model::greedy_token(g) == ggufq::model::greedy_token(b));
             }
             assert!(
                 10 * top1 >= 9 * STEPS as usize,
-                "{shape} lmin {lmin} coal {coal} online {online}: top-1 agrees {top1} of {STEPS}"
+                "{shape} lmin {lmin} coal {coal}: top-1 agrees {top1} of {STEPS}"
             );
         }
     }
@@ -153,32 +130,18 @@ fn gpu_coalesced_kernel_text_only_in_flash_decoding_chunks() {
     assert!(flash.contains("const VU: u32 = 8u;"));
     let exact = Kernels::source(&c, &key(true)).unwrap();
     assert!(exact.contains("const COAL: bool = false;"));
-    assert!(flash.contains("const ONLINE: bool = false;"));
-    let on = ctx_online(1, 8, 8, 32, true).unwrap();
-    assert!(Kernels::source(&on, &key(false))
-        .unwrap()
-        .contains("const ONLINE: bool = true;"));
-    assert!(Kernels::source(&on, &key(true))
-        .unwrap()
-        .contains("const ONLINE: bool = false;"));
     let off = ctx(0, 8, 8, 32).unwrap();
     let plain = Kernels::source(&off, &key(false)).unwrap();
     assert!(plain.contains("const COAL: bool = false;"));
     // Both reductions are valid WGSL whatever this adapter has (shuffles need 32-wide
     // subgroups: text only on lavapipe), for head sizes 64, 80 (4 lanes) and 128.
-    let mut cs = gpu_fixture::device(&ggufq::gpu::DeviceOptions::default()).unwrap();
-    cs.tune.attn_coal = 2;
     for sub in [false, true] {
-        cs.subgroup32 = sub;
-        for (hd, online) in [
-            (64, false),
-            (80, false),
-            (128, false),
-            (64, true),
-            (80, true),
-            (128, true),
-        ] {
-            cs.tune.attn_online = online;
+        let cs = context_tuned(|g| {
+            g.tune.attn_coal = 2;
+            g.subgroup32 = sub;
+        })
+        .unwrap();
+        for hd in [64, 80, 128] {
             let k = KernelKey::AttnDecode {
                 ctx: 64,
                 hd,
@@ -188,10 +151,7 @@ fn gpu_coalesced_kernel_text_only_in_flash_decoding_chunks() {
             };
             let src = Kernels::source(&cs, &k).unwrap();
             assert_eq!(src.contains("subgroupShuffleXor"), sub, "hd {hd}");
-            validate_wgsl(
-                &src,
-                &format!("attn decode coal hd {hd} sub {sub} online {online}"),
-            );
+            validate_wgsl(&src, &format!("attn decode coal hd {hd} sub {sub}"));
         }
     }
 }

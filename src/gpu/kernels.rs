@@ -705,11 +705,6 @@ pub struct Tune {
     /// contexts: every decode attention kernel scores K rows the same way, so the exact
     /// split keeps the unsplit kernel's bits); GGUFQ_ATTN_COAL_EXACT=1, off by default.
     pub attn_coal_exact: bool,
-    /// The flash-decoding chunks walk K and V rows in one pass, each lane group with its own
-    /// running maximum, sum and accumulator (flash attention's online softmax), instead of
-    /// scoring all rows, then weighing all V rows (GGUFQ_ATTN_ONLINE=1; needs
-    /// [`Tune::attn_coal`] > 0).
-    pub attn_online: bool,
     /// The split decode attention combines and rounds its own output for `wo`: the last
     /// workgroup of each group of 256 / head-size heads (a device-scope counter,
     /// [`KernelKey::AttnDecodeQ`]) runs the [`KernelKey::AttnCombineQ`] code for the group,
@@ -1227,7 +1222,6 @@ impl Tune {
             attn_vrows: get("GGUFQ_ATTN_VROWS", 8, &[4, 8, 16]),
             attn_klanes: get("GGUFQ_ATTN_KLANES", 8, &[4, 8, 16, 32]),
             attn_coal_exact: std::env::var("GGUFQ_ATTN_COAL_EXACT").as_deref() == Ok("1"),
-            attn_online: std::env::var("GGUFQ_ATTN_ONLINE").as_deref() == Ok("1"),
             attn_lastwg: get("GGUFQ_ATTN_LASTWG", 1, &[0, 1]),
             attn_coop: std::env::var("GGUFQ_ATTN_COOP").as_deref() != Ok("0"),
             actq_div: std::env::var("GGUFQ_ACTQ_DIV").as_deref() != Ok("0"),
@@ -3746,14 +3740,6 @@ fn attn_decode_source(
     } else {
         String::new()
     };
-    // One pass over K and V rows (flash-decoding chunks only, split kernels).
-    let online = coal && !exact && nch > 1 && ctx.tune.attn_online;
-    let oacc = if online { 256 / kg * (hd / 4) } else { 1 };
-    let ored = if online {
-        attn_online_step(kg, shuffles)
-    } else {
-        String::new()
-    };
     let (rmax, rsum) = if ctx.subgroup32 {
         (ATTN_MAX_SUBGROUP, ATTN_SUM_SUBGROUP)
     } else {
@@ -3777,9 +3763,6 @@ fn attn_decode_source(
         .replace("$VU", &ctx.tune.attn_vrows.max(1).to_string())
         .replace("$KPART", &kpart.to_string())
         .replace("$KRED", &kred)
-        .replace("$ONLINE", b(online))
-        .replace("$OACC", &oacc.to_string())
-        .replace("$ORED", &ored)
 }
 
 /// Lanes per K row of the coalesced decode attention (`COAL` in `shaders/attn_decode.wgsl`):
@@ -3791,63 +3774,6 @@ pub fn attn_coal_lanes(hd4: u32, want: u32) -> u32 {
         .filter(|g| *g <= want)
         .find(|g| hd4 % g == 0)
         .unwrap_or(1)
-}
-
-/// The online decode attention's step over one block of rows (`$ORED` in
-/// `shaders/attn_decode.wgsl`): each lane's partial dots of its group's `KU` rows summed over
-/// the group's `kg` lanes (subgroup shuffles, or workgroup memory: every lane of the group
-/// sums the same partials in the same order), then each row folded into the group's running
-/// maximum `om`, sum `ol` and accumulator `oa`.
-fn attn_online_step(kg: u32, shuffles: bool) -> String {
-    let dot = |ind: &str| {
-        format!(
-            "{ind}var s = 0.0;
-{ind}for (var j = 0u; j < KE; j++) {{
-{ind}    s += dot(qr[j], kk[u * KE + j]);
-{ind}}}
-"
-        )
-    };
-    let fold = "                let p = b + gr + u * NG;
-                if (p < s1) {
-                    let sc = s * P.scale;
-                    let mn = max(om, sc);
-                    let c = exp(om - mn);
-                    let e = exp(sc - mn);
-                    let w = r16(e);
-                    ol = ol * c + e;
-                    for (var j = 0u; j < KE; j++) {
-                        oa[j] = oa[j] * c + w * vv[u * KE + j];
-                    }
-                    om = mn;
-                }
-";
-    let ind = "                ";
-    if shuffles {
-        let mut t = format!("            for (var u = 0u; u < KU; u++) {{\n{}", dot(ind));
-        let mut k = kg / 2;
-        while k > 0 {
-            t += &format!("{ind}s += subgroupShuffleXor(s, {k}u);\n");
-            k /= 2;
-        }
-        t + fold + "            }\n"
-    } else {
-        format!(
-            "            for (var u = 0u; u < KU; u++) {{
-{}{ind}kpart[u * 256u + lid] = s;
-            }}
-            workgroupBarrier();
-            for (var u = 0u; u < KU; u++) {{
-                var s = 0.0;
-                for (var i = 0u; i < KG; i++) {{
-                    s += kpart[u * 256u + gr * KG + i];
-                }}
-{fold}            }}
-            workgroupBarrier();
-",
-            dot(ind)
-        )
-    }
 }
 
 /// The coalesced decode attention's scoring of one block of rows (`$KRED` in
