@@ -3787,12 +3787,13 @@ fn attn_coal_reduce(kg: u32, shuffles: bool) -> String {
                     s += dot(qr[j], kk[u * KE + j]);
                 }
 ";
-    let keep = |ind: &str, leader: &str| {
+    // The row's scaled score into S (`store`) and into the thread's running maximum.
+    let keep = |ind: &str, store: &str| {
         format!(
             "{ind}let p = b + gr + u * NG;
 {ind}if (p < s1) {{
 {ind}    let sc = s * P.scale;
-{ind}    {leader}S[p - s0] = sc;
+{ind}    {store}
 {ind}    mx = max(mx, sc);
 {ind}}}
 "
@@ -3802,22 +3803,10 @@ fn attn_coal_reduce(kg: u32, shuffles: bool) -> String {
         let mut t = dot.to_string();
         let mut k = kg / 2;
         while k > 0 {
-            t += &format!(
-                "                s += subgroupShuffleXor(s, {k}u);
-"
-            );
+            t += &format!("                s += subgroupShuffleXor(s, {k}u);\n");
             k /= 2;
         }
-        t += &keep("                ", "if (gl == 0u) { ");
-        // Close the leader's `if` on the store line.
-        t = t.replace(
-            "S[p - s0] = sc;
-",
-            "S[p - s0] = sc; }
-",
-        );
-        t + "            }
-"
+        t + &keep("                ", "if (gl == 0u) { S[p - s0] = sc; }") + "            }\n"
     } else {
         format!(
             "{dot}                kpart[u * 256u + lid] = s;
@@ -3833,7 +3822,7 @@ fn attn_coal_reduce(kg: u32, shuffles: bool) -> String {
             }}
             workgroupBarrier();
 ",
-            keep("                    ", "")
+            keep("                    ", "S[p - s0] = sc;")
         )
     }
 }
