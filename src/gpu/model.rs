@@ -3378,10 +3378,6 @@ pub fn prefetch_plan(sizes: &[u64], budget: u64) -> Vec<(usize, u64)> {
     out
 }
 
-/// The persistent decode mat-vec ([`KernelKey::MatVecQ8P`], [`Tune::persist`]) for a matrix
-/// of `ty` with rows of `cols` values whose input is rounded with activation kind `act`
-/// (after RMSNorm when `norm`), where it applies: the type has an integer decode kernel and
-/// the input fits ([`super::kernels::persist_fits`]).
 /// The kernel a step with `key` dispatches in a pass: past [`Tune::attn_exact_max`]
 /// positions (`long`) the decode attention is flash-decoding proper
 /// ([`super::kernels::long_context_key`]).
@@ -3391,6 +3387,10 @@ fn pass_key(key: &KernelKey, long: bool) -> KernelKey {
         .unwrap_or_else(|| key.clone())
 }
 
+/// The persistent decode mat-vec ([`KernelKey::MatVecQ8P`], [`Tune::persist`]) for a matrix
+/// of `ty` with rows of `cols` values whose input is rounded with activation kind `act`
+/// (after RMSNorm when `norm`), where it applies: the type has an integer decode kernel and
+/// the input fits ([`super::kernels::persist_fits`]).
 fn persist_key(tune: &Tune, ty: GgmlType, cols: usize, act: u32, norm: bool) -> Option<KernelKey> {
     if tune.persist == 0 || !super::kernels::persist_fits((cols / 4) as u32, act, norm) {
         return None;
