@@ -45,6 +45,7 @@ fn multi_layout_covers_every_part_once() {
                 nr: 4,
                 spl: 128,
                 wgs,
+                scaled: false,
             })
             .collect()
     };
@@ -116,6 +117,7 @@ fn gpu_multi_kernels_are_valid_wgsl_with_and_without_subgroups() {
                             nr,
                             spl,
                             wgs: 3 + k as u32,
+                            scaled: false,
                         };
                     }
                     let key = KernelKey::MatVecQ8Multi {
@@ -141,6 +143,7 @@ fn gpu_multi_kernels_are_valid_wgsl_with_and_without_subgroups() {
         nr: 4,
         spl: 32,
         wgs: 1,
+        scaled: false,
     };
     let bad = KernelKey::MatVecQ8Multi {
         parts: [MultiPart {
@@ -204,7 +207,17 @@ fn run(ctx: &GpuContext, mats: &[GpuMatrix], x: &[f32], multi: Option<u32>) -> (
                 0,
             ];
             let wgs = ch.rows.div_ceil(ctx.tune.rows_per_wg(&key, nr));
-            parts.push((ch.buf.clone(), words, MultiPart { ty, nr, spl, wgs }));
+            parts.push((
+                ch.buf.clone(),
+                words,
+                MultiPart {
+                    ty,
+                    nr,
+                    spl,
+                    wgs,
+                    scaled: false,
+                },
+            ));
         }
         off += m.rows as u32;
     }

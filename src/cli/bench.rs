@@ -1047,6 +1047,32 @@ fn chain_bench(ctx: &ggufq::gpu::GpuContext, args: &Args) -> anyhow::Result<i32>
                     }
                 }
             }
+            // Layouts with 32 (and 64) consecutive rows per workgroup: the shape a mat-vec
+            // needs to round its own output in Q8_0 blocks without another dispatch.
+            if std::env::var("GGUFQ_CHAIN_BLOCKS").is_ok_and(|v| v == "1") {
+                for (spl, nr, wg) in [
+                    (128u32, 4u32, 1024u32),
+                    (128, 8, 512),
+                    (256, 8, 1024),
+                    (64, 4, 512),
+                    (128, 8, 1024),
+                ] {
+                    vars.push((
+                        format!(
+                            "lanes {spl} NR {nr} const {wg} threads ({} rows)",
+                            wg / spl * nr
+                        ),
+                        base,
+                        Some(KernelKey::MatVecQ8U {
+                            ty: ty.id(),
+                            nr,
+                            spl,
+                            units: units as u32,
+                            wg,
+                        }),
+                    ));
+                }
+            }
             if !args.chain_quick {
                 // Workgroup sizes: the default lanes and rows in 64- to 512-thread groups.
                 if let KernelKey::MatVecQ8 { nr, spl, .. } =

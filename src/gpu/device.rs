@@ -49,6 +49,9 @@ pub struct AdapterFacts {
     /// Cooperative matrices (tensor cores) used by the prompt mat-mat kernel: 16×16×16 with
     /// f16 inputs and f32 accumulation, subgroups of 32 (GGUFQ_COOP=0 turns them off).
     pub coop_matrix: bool,
+    /// Most invocations one compute workgroup may have (the smaller of the adapter's total
+    /// and x-dimension limits).
+    pub max_wg_threads: u32,
 }
 
 impl AdapterFacts {
@@ -159,6 +162,9 @@ impl GpuContext {
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             timestamps: ts,
             coop_matrix: coop,
+            max_wg_threads: alimits
+                .max_compute_invocations_per_workgroup
+                .min(alimits.max_compute_workgroup_size_x),
         };
         let mut tune = super::kernels::Tune::from_env();
         if info.device_type == wgpu::DeviceType::Cpu

@@ -940,6 +940,28 @@ pub struct Tune {
     /// one dispatch ([`KernelKey::MatVecQ8Multi`]): 0 separate dispatches, 1 the matrices'
     /// workgroups one range after the other, 2 interleaved in proportion (GGUFQ_QKV_MULTI).
     pub qkv_multi: u32,
+    /// Block-rounding residual mat-vecs (GGUFQ_BLOCK_NORM=1; off by default until measured):
+    /// the decode `wo` / `ffn_down` mat-vec whose workgroups own 32 consecutive residual rows
+    /// ([`KernelKey::MatVecQ8N`]) adds them to the residual and rounds the next RMSNorm's
+    /// input itself, in 32-value blocks and without the 1/rms factor (the rounding is scale
+    /// invariant), with each block's Σx² beside it; the mat-vecs that read it
+    /// ([`KernelKey::MatVecQ8S`]) multiply their sums by 1/rms from those partial sums. The
+    /// NormQ8 dispatch between the two leaves the decode graph. Not the CPU backend's
+    /// numerics bit for bit (32-value blocks for K-quants too, the factor applied after the
+    /// dot product), within its tolerances.
+    pub block_norm: bool,
+    /// Invocations per workgroup of [`KernelKey::MatVecQ8N`] (GGUFQ_BLOCK_NORM_WG: 256, 512,
+    /// 1024 default where the adapter allows it): 4 rows per lane group, `wg` / 8 lanes per
+    /// row, so always 32 rows per workgroup.
+    pub block_norm_wg: u32,
+    /// [`KernelKey::MatVecQ8N`]'s rounding with 32-wide subgroups (GGUFQ_BLOCK_NORM_EPI):
+    /// 1 (default) one warp, subgroup maximum / sum / shuffles; 0 through workgroup memory
+    /// (the text adapters without subgroups run).
+    pub block_norm_epi: u32,
+    /// How [`KernelKey::MatVecQ8S`] sums the partial Σx² with 32-wide subgroups
+    /// (GGUFQ_BLOCK_NORM_RS): 1 (default) one load per thread before the loop, warp sums
+    /// added after it; 0 warp 0 loops over all of them.
+    pub block_norm_rs: u32,
 }
 
 /// Bytes one [`KernelKey::Prefetch`] workgroup reads: 256 threads × 4 loads of 16 bytes,
@@ -1071,8 +1093,11 @@ impl Tune {
 
     /// Whether the decode `ffn_down` mat-vec of type id `ty` rounds its own input.
     pub fn fold_actq_for(&self, ty: u32) -> bool {
+        // With [`Tune::block_norm`] the default leaves `ffn_down` to the plain integer
+        // kernel, which can round the next norm's input.
         self.fold_actq.unwrap_or_else(|| {
-            GgmlType::from_id(ty).is_some_and(|t| FOLD_ACTQ_TYPES.contains(&t.name()))
+            !self.block_norm
+                && GgmlType::from_id(ty).is_some_and(|t| FOLD_ACTQ_TYPES.contains(&t.name()))
         })
     }
 
@@ -1134,8 +1159,11 @@ impl Tune {
     pub fn rows_per_wg(&self, key: &KernelKey, nr: u32) -> u32 {
         match key {
             KernelKey::MatVecSplitK { .. } => nr.max(2),
-            KernelKey::MatVecQ8U { spl, nr, wg, .. } => (wg / spl) * nr,
+            KernelKey::MatVecQ8U { spl, nr, wg, .. } | KernelKey::MatVecQ8N { spl, nr, wg, .. } => {
+                (wg / spl) * nr
+            }
             KernelKey::MatVecQ8 { spl, nr, .. }
+            | KernelKey::MatVecQ8S { spl, nr, .. }
             | KernelKey::MatVecQ8P { spl, nr, .. }
             | KernelKey::MatVecQ8W { spl, nr, .. }
             | KernelKey::MatVecQ8F { spl, nr, .. }
@@ -1268,6 +1296,10 @@ impl Tune {
             swiglu_q_wg: get("GGUFQ_SWIGLU_Q_WG", 256, &[256, 512]),
             swiglu_q32k: std::env::var("GGUFQ_SWIGLU_Q32K").as_deref() == Ok("1"),
             qkv_multi: get("GGUFQ_QKV_MULTI", 1, &[0, 1, 2]),
+            block_norm: std::env::var("GGUFQ_BLOCK_NORM").as_deref() == Ok("1"),
+            block_norm_wg: get("GGUFQ_BLOCK_NORM_WG", 1024, &[256, 512, 1024]),
+            block_norm_epi: get("GGUFQ_BLOCK_NORM_EPI", 1, &[0, 1]),
+            block_norm_rs: get("GGUFQ_BLOCK_NORM_RS", 1, &[0, 1]),
             q8_pair: std::env::var("GGUFQ_Q8_PAIR").as_deref() == Ok("1"),
             mv_wait: get("GGUFQ_MV_WAIT", 0, &[0, 1, 2, 3, 5, 6, 7]),
             persist: std::env::var("GGUFQ_MV_PERSIST")
@@ -1431,6 +1463,27 @@ pub enum KernelKey {
     /// [`KernelKey::NormQ8`]'s rounding (`kind` 3: Q8_0 blocks of 32, 4: Q8_K blocks of 256)
     /// into the packed region (quants from word `qbase`, then the per-32 scales) of binding
     /// 4, where `ffn_down` reads them.
+    /// Residual decode mat-vec (one token, one weight chunk, mode 1) whose workgroups of
+    /// `wg` invocations own 32 consecutive rows (`spl` lanes × `nr` rows per lane group,
+    /// `wg` / `spl` · `nr` = 32) and round the next RMSNorm's input ([`Tune::block_norm`]):
+    /// after Y += W·x each workgroup scales its new residual values by the norm weights
+    /// (binding 3), rounds them in 32-value blocks (activation `kind` 3 Q8_0 or 4 Q8_K
+    /// arithmetic, an f32 scale per block) into the packed region of binding 5 (quants
+    /// from word `qbase`, then the per-32 scales, then each block's Σx² of the residual).
+    MatVecQ8N {
+        ty: u32,
+        nr: u32,
+        spl: u32,
+        wg: u32,
+        kind: u32,
+        qbase: u32,
+    },
+    /// [`KernelKey::MatVecQ8`] whose input was rounded by [`KernelKey::MatVecQ8N`] without
+    /// the RMSNorm factor ([`Tune::block_norm`]): the kernel also sums the per-block Σx²
+    /// after the packed region (from word `ld_x + ld_x / 4 + ld_x / 32`, `P.units` of them)
+    /// and multiplies every output by 1 / sqrt(Σx² / (32 · units) + eps) (eps in `P.pad1`)
+    /// before the store, SwiGLU modes included.
+    MatVecQ8S { ty: u32, nr: u32, spl: u32 },
     MatVecQ8R {
         ty: u32,
         nr: u32,
@@ -1836,7 +1889,7 @@ fn matvec_q8u_source(
     if !matches!(spl, 32 | 64 | 128 | 256)
         || !matches!(nr, 1 | 2 | 4 | 8)
         || units == 0
-        || !matches!(wg, 64 | 128 | 256 | 512)
+        || !matches!(wg, 64 | 128 | 256 | 512 | 1024)
         || spl > wg
     {
         return Err(Error::msg(format!(
@@ -1940,6 +1993,18 @@ fn q8_parts(
     nr: u32,
     spl: u32,
 ) -> Result<(GpuLayout, String, String, String)> {
+    q8_parts_wg(ctx, ty, nr, spl, 256)
+}
+
+/// [`q8_parts`] for workgroups of `wg` invocations ([`q8u_reduce`]; the same text as
+/// [`q8_reduce`] for 256).
+fn q8_parts_wg(
+    ctx: &GpuContext,
+    ty: u32,
+    nr: u32,
+    spl: u32,
+    wg: u32,
+) -> Result<(GpuLayout, String, String, String)> {
     let gt =
         GgmlType::from_id(ty).ok_or_else(|| Error::msg(format!("unknown ggml type id {ty}")))?;
     if !matches!(spl, 32 | 64 | 128 | 256) || !matches!(nr, 1 | 2 | 4 | 8) {
@@ -1972,7 +2037,7 @@ fn q8_parts(
             body.push_str(&format!("        let gu_{r} = min(rbase + {r}u, P.rows - 1u) * P.units + u;\n        let pr_{r} = idot2(gu_{r} / UPB, gu_{r} % UPB, xa, xb, sx0, sx1, xc, xd, sy0, sy1);\n        acc_{r}_0 += dx * pr_{r}.x;\n        acc_{r}_0 += dy * pr_{r}.y;\n"));
         }
         body.push_str("    }\n");
-        let decl = q8_reduce(ctx, nr, spl, &mut body);
+        let decl = q8u_reduce(ctx, nr, spl, wg, &mut body);
         return Ok((lay, deq, body, format!("const SPL: u32 = {spl}u;\n{decl}")));
     }
     body.push_str("    for (var u = gl; u < P.units; u += SPL) {\n");
@@ -1982,7 +2047,7 @@ fn q8_parts(
         body.push_str(&format!("        let gu_{r} = min(rbase + {r}u, P.rows - 1u) * P.units + u;\n        acc_{r}_0 += dx * idot(gu_{r} / UPB, gu_{r} % UPB, xa, xb, sx0, sx1);\n"));
     }
     body.push_str("    }\n");
-    let decl = q8_reduce(ctx, nr, spl, &mut body);
+    let decl = q8u_reduce(ctx, nr, spl, wg, &mut body);
     Ok((lay, deq, body, format!("const SPL: u32 = {spl}u;\n{decl}")))
 }
 
@@ -2309,6 +2374,216 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
         upb = lay.units_per_block(),
         fns = actq_functions(),
     ))
+}
+
+/// The scale of a 32-value block rounded by [`KernelKey::MatVecQ8N`] (`kind` 3: Q8_0's
+/// arithmetic, 4: Q8_K's) from its maximum `amax`: WGSL defining `sx` (the multiplier) and
+/// `sd` (the stored f32 scale), and the quant expression over `v`. Unlike NormQ8's Q8_0 scale
+/// the stored scale is not rounded to f16: the values are not normalised, so a small
+/// residual would fall into f16's subnormal range.
+fn block_rounding(kind: u32, fast: bool) -> Result<(String, &'static str)> {
+    let div = if fast { "div_fast" } else { "div_rn" };
+    match kind {
+        3 => Ok((
+            format!(
+                "let sx = select(0.0, {div}(127.0, amax), amax != 0.0);
+        let sd = {div}(amax, 127.0);"
+            ),
+            "round(v * sx)",
+        )),
+        4 => Ok((
+            format!(
+                "var sx = 0.0;
+        var sd = 0.0;
+        if (amax != 0.0) {{
+            sx = {div}(127.0, amax);
+            sd = {div}(1.0, sx);
+        }}"
+            ),
+            "min(round(sx * v), vec4<f32>(127.0))",
+        )),
+        _ => Err(Error::msg(format!("block rounding of kind {kind}"))),
+    }
+}
+
+/// WGSL of [`KernelKey::MatVecQ8N`]: the integer decode loop and reduction
+/// ([`q8_parts_wg`]) for 32 rows per workgroup, the residual add of mode 1, then the
+/// workgroup's 32 new residual values times the norm weights rounded as one block, its
+/// Σx² stored after the scales.
+fn matvec_q8n_source(
+    ctx: &GpuContext,
+    ty: u32,
+    nr: u32,
+    spl: u32,
+    wg: u32,
+    kind: u32,
+    qbase: u32,
+) -> Result<String> {
+    if !matches!(wg, 256 | 512 | 1024) || spl > wg || (wg / spl.max(1)) * nr != 32 {
+        return Err(Error::msg(format!(
+            "block-rounding mat-vec: {spl} lanes × {nr} rows in {wg} invocations (needs 32 rows)"
+        )));
+    }
+    if qbase % 64 != 0 || qbase == 0 {
+        return Err(Error::msg(format!(
+            "block-rounding mat-vec: packed base {qbase} (a non-zero multiple of 64)"
+        )));
+    }
+    let (scale, q) = block_rounding(kind, ctx.tune.actq_fastdiv)?;
+    let (lay, deq, body, decl) = q8_parts_wg(ctx, ty, nr, spl, wg)?;
+    // Mode 1 (one chunk, row0 = 0): the new residual value, then x · w for the next norm.
+    let store = "        let row = wg.x * RPW + lid;
+        let o = P.y_off + row;
+        let xv = Y[o] + res[lid];
+        Y[o] = xv;
+        let z = xv * NW[row];";
+    let epi = if ctx.subgroup32 && ctx.tune.block_norm_epi == 1 {
+        // Warp 0 holds the block, one value per lane: maximum and Σx² by subgroup
+        // operations, each lane's quant, four lanes' quants packed by the first of them.
+        let q1 = q.replace("vec4<f32>(127.0)", "127.0");
+        format!(
+            "    if (lid < RPW) {{
+{store}
+        let amax = subgroupMax(abs(z));
+        let ss = subgroupAdd(xv * xv);
+        {scale}
+        let v = z;
+        let qi = i32({q1});
+        let q1 = subgroupShuffle(qi, min(lane + 1u, 31u));
+        let q2 = subgroupShuffle(qi, min(lane + 2u, 31u));
+        let q3 = subgroupShuffle(qi, min(lane + 3u, 31u));
+        if (lane % 4u == 0u) {{
+            R[QB + wg.x * 8u + lane / 4u] = pack4xI8(vec4<i32>(qi, q1, q2, q3));
+        }}
+        if (lane == 0u) {{
+            R[QB + QB / 4u + wg.x] = bitcast<u32>(sd);
+            R[QB + QB / 4u + QB / 32u + wg.x] = bitcast<u32>(ss);
+        }}
+    }}
+"
+        )
+    } else {
+        format!(
+            "    if (lid < RPW) {{
+{store}
+        zb[lid] = z;
+        sq[lid] = xv * xv;
+    }}
+    workgroupBarrier();
+    // One 32-value block: 8 threads of 4 values, each finding the block's maximum.
+    if (lid < 8u) {{
+        var amax = 0.0;
+        var ss = 0.0;
+        for (var j = 0u; j < 32u; j++) {{
+            amax = max(amax, abs(zb[j]));
+            ss += sq[j];
+        }}
+        {scale}
+        let v = vec4<f32>(zb[4u * lid], zb[4u * lid + 1u], zb[4u * lid + 2u], zb[4u * lid + 3u]);
+        R[QB + wg.x * 8u + lid] = pack4xI8(vec4<i32>({q}));
+        if (lid == 0u) {{
+            R[QB + QB / 4u + wg.x] = bitcast<u32>(sd);
+            R[QB + QB / 4u + QB / 32u + wg.x] = bitcast<u32>(ss);
+        }}
+    }}
+"
+        )
+    };
+    Ok(format!(
+        "struct Params {{ rows: u32, units: u32, d_off: u32, x_off: u32, ld_x: u32, y_off: u32, ld_y: u32, n_tok: u32, mode: u32, row0: u32, pad0: u32, pad1: u32 }}
+@group(0) @binding(0) var<storage, read> W: array<u32>;
+@group(0) @binding(1) var<storage, read> X: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read_write> Y: array<f32>;
+@group(0) @binding(3) var<storage, read> NW: array<f32>;
+@group(0) @binding(4) var<uniform> P: Params;
+@group(0) @binding(5) var<storage, read_write> R: array<u32>;
+
+const NR: u32 = {nr}u;
+const RPW: u32 = 32u;
+const UPB: u32 = {upb}u;
+const QB: u32 = {qbase}u;
+var<workgroup> res: array<f32, RPW>;
+var<workgroup> zb: array<f32, RPW>;
+var<workgroup> sq: array<f32, RPW>;
+{decl}
+{fns}
+{deq}
+
+@compute @workgroup_size({wg})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {{
+    let warp = lid / 32u;
+    let lane = lid % 32u;
+    let rbase = wg.x * RPW + (lid / SPL) * NR;
+{body}
+    workgroupBarrier();
+{epi}}}
+",
+        upb = lay.units_per_block(),
+        fns = actq_functions(),
+    ))
+}
+
+/// WGSL of [`KernelKey::MatVecQ8S`]: [`matvec_q8_source`]'s kernel whose outputs are
+/// multiplied by the 1/rms of the row its input was rounded from (the per-block Σx² that
+/// [`KernelKey::MatVecQ8N`] stored after the packed region, loaded before the loop).
+fn matvec_q8s_source(ctx: &GpuContext, ty: u32, nr: u32, spl: u32) -> Result<String> {
+    let src = matvec_q8_source(ctx, ty, nr, spl)?;
+    let loads =
+        "    // Σx² of the residual row: one partial sum per 32-value block after the scales.
+    let pb = P.ld_x + P.ld_x / 4u + P.ld_x / 32u;
+    var rs_acc = 0.0;
+";
+    let (pro, fin, head) = if ctx.subgroup32 && ctx.tune.block_norm_rs == 0 {
+        // Warp 0 loads and sums every partial sum (a loop of its own before the weights').
+        (
+            format!("{loads}    if (warp == 0u) {{\n        for (var i = lane; i < P.units; i += 32u) {{\n            rs_acc += bitcast<f32>(X[(pb + i) >> 2u][(pb + i) & 3u]);\n        }}\n    }}\n"),
+            "    if (warp == 0u) {\n        let t = subgroupAdd(rs_acc);\n        if (lane == 0u) {\n            rsw[0] = 1.0 / sqrt(t / f32(P.units * 32u) + bitcast<f32>(P.pad1));\n        }\n    }\n",
+            "    let rsv = rsw[0];\n",
+        )
+    } else if ctx.subgroup32 {
+        // Every thread loads (at most) one partial sum before the loop, so the loads wait
+        // beside the weights'; each warp's sum goes to `rsw` before the store loop's
+        // barrier, and every thread adds the 8 warp sums in order after it.
+        (
+            format!("{loads}    for (var i = lid; i < P.units; i += 256u) {{\n        rs_acc += bitcast<f32>(X[(pb + i) >> 2u][(pb + i) & 3u]);\n    }}\n"),
+            "    let rs_w = subgroupAdd(rs_acc);\n    if (lane == 0u) {\n        rsw[warp] = rs_w;\n    }\n",
+            "    let rsv = 1.0 / sqrt((((rsw[0] + rsw[1]) + (rsw[2] + rsw[3])) + ((rsw[4] + rsw[5]) + (rsw[6] + rsw[7]))) / f32(P.units * 32u) + bitcast<f32>(P.pad1));\n",
+        )
+    } else {
+        (
+            format!("{loads}    if (lid == 0u) {{\n        for (var i = 0u; i < P.units; i++) {{\n            rs_acc += bitcast<f32>(X[(pb + i) >> 2u][(pb + i) & 3u]);\n        }}\n    }}\n"),
+            "    if (lid == 0u) {\n        rsv = 1.0 / sqrt(rs_acc / f32(P.units * 32u) + bitcast<f32>(P.pad1));\n    }\n",
+            "",
+        )
+    };
+    let shared = if ctx.subgroup32 {
+        "var<workgroup> rsw: array<f32, 8>;"
+    } else {
+        "var<workgroup> rsv: f32;"
+    };
+    // matvec.wgsl's anchors: the start of the body, the barrier before the store loop, the
+    // stored values.
+    let anchors = [
+        "    let t0 = wg.y * NT;\n",
+        "\n    workgroupBarrier();\n    for (var idx = lid;",
+        "let v = res[idx];",
+        "let up = res[idx + NT];",
+        "var<workgroup> res: array<f32, RPW * NT>;",
+    ];
+    if anchors.iter().any(|a| src.matches(a).count() != 1) {
+        return Err(Error::msg(
+            "internal: matvec.wgsl without the anchors of the scaled integer kernel",
+        ));
+    }
+    Ok(src
+        .replace(anchors[0], &format!("{}{pro}", anchors[0]))
+        .replace(
+            anchors[1],
+            &format!("\n{fin}    workgroupBarrier();\n{head}    for (var idx = lid;"),
+        )
+        .replace(anchors[2], "let v = res[idx] * rsv;")
+        .replace(anchors[3], "let up = res[idx + NT] * rsv;")
+        .replace(anchors[4], &format!("{}\n{shared}", anchors[4])))
 }
 
 /// The end of the integer decode kernels: the NR accumulators of each lane summed over the
@@ -4174,6 +4449,21 @@ impl Kernels {
             KernelKey::MatVecQ8 { ty, nr, spl } => {
                 wide_if(ctx, *ty, matvec_q8_source(ctx, *ty, *nr, *spl)?)?
             }
+            KernelKey::MatVecQ8S { ty, nr, spl } => {
+                wide_if(ctx, *ty, matvec_q8s_source(ctx, *ty, *nr, *spl)?)?
+            }
+            KernelKey::MatVecQ8N {
+                ty,
+                nr,
+                spl,
+                wg,
+                kind,
+                qbase,
+            } => wide_if(
+                ctx,
+                *ty,
+                matvec_q8n_source(ctx, *ty, *nr, *spl, *wg, *kind, *qbase)?,
+            )?,
             KernelKey::MatVecQ8U {
                 ty,
                 nr,
@@ -4431,15 +4721,19 @@ pub struct MultiPart {
     pub spl: u32,
     /// Workgroups of this part (its rows / the kernel's rows per workgroup, rounded up).
     pub wgs: u32,
+    /// Whether the part scales its outputs by the input row's 1/rms
+    /// ([`KernelKey::MatVecQ8S`], [`Tune::block_norm`]).
+    pub scaled: bool,
 }
 
 impl MultiPart {
     /// The single-matrix kernel this part runs.
     pub fn key(&self) -> KernelKey {
-        KernelKey::MatVecQ8 {
-            ty: self.ty,
-            nr: self.nr,
-            spl: self.spl,
+        let (ty, nr, spl) = (self.ty, self.nr, self.spl);
+        if self.scaled {
+            KernelKey::MatVecQ8S { ty, nr, spl }
+        } else {
+            KernelKey::MatVecQ8 { ty, nr, spl }
         }
     }
 }

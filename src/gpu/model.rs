@@ -1076,11 +1076,13 @@ impl GpuModel {
         // Integer decode groups: the normalised, rounded input once per (norm, rounding kind)
         // into `nq[kind - 3]`, read by every matrix of the group; `normq_live` holds the
         // roundings still valid at a given step count.
+        // Past the packed region: one Σx² per 32-value block (`Tune::block_norm`).
+        let nq_words = super::actq::q8_words(d) + super::actq::q8_base(d) / 32;
         let nq = [
-            scratch(&ctx, "normq8", super::actq::q8_words(d)),
-            scratch(&ctx, "normq8k", super::actq::q8_words(d)),
+            scratch(&ctx, "normq8", nq_words),
+            scratch(&ctx, "normq8k", nq_words),
         ];
-        mem.scratch += 8 * super::actq::q8_words(d) as u64;
+        mem.scratch += 8 * nq_words as u64;
         let nq_base = super::actq::q8_base(d) as u32;
         let normq_live: std::cell::RefCell<Vec<(wgpu::Buffer, u32, usize)>> = Default::default();
         let add_mat_norm = |steps: &mut Vec<Step>,
@@ -1819,6 +1821,25 @@ impl GpuModel {
         } else {
             Default::default()
         };
+        // Residual mat-vecs that round the next norm's input themselves (`Tune::block_norm`).
+        let (bgl_bn, pl_bn) = buffer_layouts(&ctx, "mat block norm", b"rrwruw");
+        if fuse_norm
+            && ctx.tune.block_norm
+            && !ctx.tune.lw_norm
+            && ctx.tune.mv_wait == 0
+            && ctx.tune.persist == 0
+            && ctx.tune.prefetch_mb == 0
+        {
+            block_norm_pass(
+                &ctx,
+                &mats,
+                &mut steps,
+                &bufs_of.borrow(),
+                &bgl_bn,
+                d,
+                |layout, ch, rest, slot| bgw(layout, ch, rest, slot),
+            )?;
+        }
         // Decode mat-vecs that build their own rounded input (`Tune::mv_wait`): a NormQ8 or
         // rounding step and the integer mat-vec right after it that reads its output become
         // one dispatch whose first workgroups do the step's work while the others wait.
@@ -1928,6 +1949,7 @@ impl GpuModel {
                 KernelKey::MatVecQ8E { .. } => &pl_e,
                 KernelKey::MatVecQ8W { .. } => &pl_w,
                 KernelKey::MatVecQ8R { .. } => &pl_sq,
+                KernelKey::MatVecQ8N { .. } => &pl_bn,
                 KernelKey::AttnDecode { .. } => &pl_attd,
                 KernelKey::AttnDecodeQ { .. } | KernelKey::AttnDecodeS { .. } => &pl_attq,
                 KernelKey::NormRound { .. } => &pl_nr,
@@ -3417,6 +3439,153 @@ pub fn wait_is_ordered(ctx: &GpuContext) -> bool {
     !ctx.facts.is_cpu() || std::env::var("LP_NUM_THREADS").as_deref() == Ok("1")
 }
 
+/// Invocations per workgroup of [`KernelKey::MatVecQ8N`] on this adapter:
+/// [`Tune::block_norm_wg`], halved until the adapter allows it (None below 256).
+pub fn block_norm_wg(ctx: &GpuContext) -> Option<u32> {
+    let mut wg = ctx.tune.block_norm_wg.clamp(256, 1024);
+    while wg > ctx.facts.max_wg_threads {
+        wg /= 2;
+    }
+    (wg >= 256).then_some(wg)
+}
+
+/// [`Tune::block_norm`]'s graph change: every decode NormQ8 step whose decode predecessor is
+/// the integer residual mat-vec (mode 1, one weight chunk of the `d` residual rows) writing
+/// the row it normalises, and whose successors up to the next step that is not a mat-vec
+/// all read its output through the plain integer kernel ([`KernelKey::MatVecQ8`] or
+/// [`KernelKey::MatVecQ8Multi`]), leaves the decode graph: the residual mat-vec becomes
+/// [`KernelKey::MatVecQ8N`] (bound to the NormQ8 step's norm weights and packed output),
+/// its readers [`KernelKey::MatVecQ8S`]. `bufs` holds each step's buffers by slot (mat-vec:
+/// weights, input, output; NormQ8: residual, norm weights, packed output). Returns the
+/// NormQ8 steps removed.
+#[allow(clippy::too_many_arguments)]
+fn block_norm_pass(
+    ctx: &GpuContext,
+    mats: &[GpuMatrix],
+    steps: &mut Vec<Step>,
+    bufs: &std::collections::HashMap<usize, Vec<wgpu::Buffer>>,
+    layout: &wgpu::BindGroupLayout,
+    d: usize,
+    bgw: impl Fn(&wgpu::BindGroupLayout, &Chunk, &[&wgpu::Buffer], usize) -> wgpu::BindGroup,
+) -> Result<usize> {
+    let Some(wg) = block_norm_wg(ctx) else {
+        return Ok(0);
+    };
+    if d % 32 != 0 {
+        return Ok(0);
+    }
+    let (spl, nr) = (wg / 8, 4);
+    let dec: Vec<usize> = (0..steps.len())
+        .filter(|&i| steps[i].when.runs(When::Decode, 1))
+        .collect();
+    let mut drop = std::collections::HashSet::new();
+    let mut add: std::collections::HashMap<usize, Step> = Default::default();
+    for k in 1..dec.len() {
+        let (i, j) = (dec[k - 1], dec[k]);
+        let (StepKind::NormQ8 { q8e }, KernelKey::NormQ8 { act, .. }) =
+            (steps[j].kind, &steps[j].key)
+        else {
+            continue;
+        };
+        let act = *act;
+        let (StepKind::Mat { m, c, mode: 1, .. }, KernelKey::MatVecQ8 { ty, .. }) =
+            (steps[i].kind, &steps[i].key)
+        else {
+            continue;
+        };
+        let ty = *ty;
+        let Some(ch) = mats
+            .get(m)
+            .filter(|mat| mat.chunks.len() == 1 && mat.rows == d)
+            .and_then(|mat| mat.chunks.get(c))
+        else {
+            continue;
+        };
+        let (Some(pb), Some(nb)) = (bufs.get(&steps[i].slot), bufs.get(&steps[j].slot)) else {
+            return Err(Error::msg(
+                "internal: a block-norm step's buffers were not kept",
+            ));
+        };
+        // The NormQ8 step normalises the row this mat-vec adds to.
+        if pb.len() < 3 || nb.len() < 3 || pb[2] != nb[0] || ch.row0 != 0 {
+            continue;
+        }
+        let readers: Vec<usize> = dec[k + 1..]
+            .iter()
+            .copied()
+            .take_while(|&x| {
+                matches!(
+                    steps[x].kind,
+                    StepKind::Mat { .. } | StepKind::MatMulti { .. }
+                )
+            })
+            .collect();
+        let reads = |x: usize| {
+            bufs.get(&steps[x].slot).and_then(|b| b.get(1)) == Some(&nb[2])
+                && matches!(
+                    steps[x].key,
+                    KernelKey::MatVecQ8 { .. } | KernelKey::MatVecQ8Multi { .. }
+                )
+        };
+        if readers.is_empty() || !readers.iter().all(|&x| reads(x)) {
+            continue;
+        }
+        // The residual mat-vec of the batch graph stays as it is; the decode graph gets its
+        // own step (same slot: the two never run in one call).
+        let own = Step {
+            kind: steps[i].kind,
+            when: When::Decode,
+            role: steps[i].role,
+            bind: bgw(layout, ch, &[&pb[1], &pb[2], &nb[1], &nb[2]], steps[i].slot),
+            slot: steps[i].slot,
+            key: KernelKey::MatVecQ8N {
+                ty,
+                nr,
+                spl,
+                wg,
+                kind: act,
+                qbase: q8e,
+            },
+            n: steps[i].n,
+        };
+        if steps[i].when == When::Decode {
+            steps[i] = own;
+        } else {
+            steps[i].when = When::Batch;
+            add.insert(i, own);
+        }
+        for &x in &readers {
+            match &mut steps[x].key {
+                KernelKey::MatVecQ8 { ty, nr, spl } => {
+                    steps[x].key = KernelKey::MatVecQ8S {
+                        ty: *ty,
+                        nr: *nr,
+                        spl: *spl,
+                    };
+                }
+                KernelKey::MatVecQ8Multi { parts, n, .. } => {
+                    for p in parts.iter_mut().take(*n as usize) {
+                        p.scaled = true;
+                    }
+                }
+                _ => {}
+            }
+        }
+        drop.insert(j);
+    }
+    let removed = drop.len();
+    let old = std::mem::take(steps);
+    for (i, s) in old.into_iter().enumerate() {
+        if !drop.contains(&i) {
+            steps.push(s);
+        }
+        if let Some(s) = add.remove(&i) {
+            steps.push(s);
+        }
+    }
+    Ok(removed)
+}
+
 /// [`Tune::mv_wait`]'s graph change: every decode NormQ8 step (bit 1) or activation
 /// rounding (bit 2) followed by the integer mat-vec of one weight chunk that reads its
 /// output becomes one [`KernelKey::MatVecQ8W`] step (in the first one's place; a step the
@@ -3586,7 +3755,13 @@ fn multi_part(tune: &Tune, mats: &[GpuMatrix], s: &Step) -> Option<(MultiPart, [
         .rows
         .div_ceil(tune.rows_per_wg(&s.key, tune.decode_nr(ty)));
     Some((
-        MultiPart { ty, nr, spl, wgs },
+        MultiPart {
+            ty,
+            nr,
+            spl,
+            wgs,
+            scaled: false,
+        },
         [m as u32, c as u32, y_off, q8e, ld_y],
     ))
 }

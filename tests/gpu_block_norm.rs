@@ -1,0 +1,210 @@
+//! Residual mat-vecs that round the next RMSNorm's input themselves (`Tune::block_norm`,
+//! `KernelKey::MatVecQ8N` and its readers `KernelKey::MatVecQ8S`): the NormQ8 dispatches
+//! after `wo` and `ffn_down` leave the decode graph, and the logits stay within the CPU
+//! backend's tolerances (the rounding is in 32-value blocks of the unnormalised row, the
+//! 1/rms factor applied after the dot products, so not bit for bit).
+//! Runs on lavapipe in CI; without an adapter these fail unless GGUFQ_SKIP_GPU=1.
+#![cfg(feature = "gpu")]
+
+use std::sync::Arc;
+
+use ggufq::gpu::kernels::{KernelKey, Kernels};
+use ggufq::gpu::source::Mix;
+use ggufq::gpu::{GpuBackend, GpuContext, GpuModel, SynthSource};
+use ggufq::model::cpu::CpuBackend;
+use ggufq::model::{Backend, LogitsWanted, Model};
+use ggufq::quant::GgmlType;
+
+#[path = "common/gpu_fixture.rs"]
+mod gpu_fixture;
+use gpu_fixture::{context_tuned, decode_opts, decode_run, role_count, validate_wgsl, wide_shape};
+
+const PROMPT: [u32; 4] = [5, 300, 17, 42];
+const DECODE: [u32; 8] = [9, 260, 3, 400, 17, 88, 123, 5];
+
+fn ctx_with(on: bool, wg: u32) -> Option<Arc<GpuContext>> {
+    context_tuned(|c| {
+        c.tune.block_norm = on;
+        c.tune.block_norm_wg = wg;
+    })
+}
+
+/// Unrounded activations (f32 matrix inputs): the reference both roundings approximate.
+fn ctx_unrounded() -> Option<Arc<GpuContext>> {
+    context_tuned(|c| c.tune.act_round = false)
+}
+
+fn argmax(v: &[f32]) -> usize {
+    (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b })
+}
+
+#[test]
+fn gpu_block_norm_removes_the_normq8_steps_and_matches_the_cpu_backend() {
+    let Some(on) = ctx_with(true, 1024) else {
+        return;
+    };
+    let off = ctx_with(false, 1024).unwrap();
+    let wg256 = ctx_with(true, 256).unwrap();
+    let exact = ctx_unrounded().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    // Q8_0 rows (Q4_0, Q8_0), Q8_K rows rounded in 32-value blocks (K-quants), a QKV group
+    // of two types in one dispatch (Q4_K_M's V), and the hybrid recipe's mix.
+    for mix in ["q4_0", "q8_0", "q4_k_m", "q6_k", "q2_k", "hybrid"] {
+        let src =
+            SynthSource::new(wide_shape(), Mix::parse(mix).unwrap(), format!("bn-{mix}")).unwrap();
+        let path = dir.path().join(format!("bn-{mix}.gguf"));
+        src.write_gguf(&path).unwrap();
+        let mut a = GpuModel::load(on.clone(), &src, decode_opts()).unwrap();
+        let mut b = GpuModel::load(off.clone(), &src, decode_opts()).unwrap();
+        let mut c = GpuModel::load(wg256.clone(), &src, decode_opts()).unwrap();
+        let mut e = GpuModel::load(exact.clone(), &src, decode_opts()).unwrap();
+        // Two layers: the NormQ8 after each `wo` and each `ffn_down` goes (4), the one
+        // after the embedding stays. (Q8_0's `ffn_down` then takes the rounding dispatch
+        // instead of rounding its input itself.)
+        assert_eq!(role_count(&b, "norm_q8"), 5, "{mix}");
+        assert_eq!(role_count(&a, "norm_q8"), 1, "{mix}");
+        assert_eq!(
+            a.dispatches_per_token() + 4,
+            b.dispatches_per_token() + role_count(&a, "actq") - role_count(&b, "actq"),
+            "{mix}"
+        );
+        let keys = a.step_keys();
+        let producers = keys
+            .iter()
+            .filter(|k| matches!(k, KernelKey::MatVecQ8N { wg: 1024, .. }))
+            .count();
+        assert_eq!(producers, 4, "{mix}: {keys:?}");
+        let scaled = keys
+            .iter()
+            .filter(|k| match k {
+                KernelKey::MatVecQ8S { .. } => true,
+                KernelKey::MatVecQ8Multi { parts, n, .. } => {
+                    parts[..*n as usize].iter().all(|p| p.scaled)
+                }
+                _ => false,
+            })
+            .count();
+        // qkv of layer 1, gate_up of both layers (or gate and up), output: at least 4.
+        assert!(scaled >= 4, "{mix}: {keys:?}");
+        assert!(
+            c.step_keys().iter().any(|k| matches!(
+                k,
+                KernelKey::MatVecQ8N {
+                    wg: 256,
+                    spl: 32,
+                    ..
+                }
+            )),
+            "{mix}: 256-invocation producers"
+        );
+        let (ra, rb, rc, re) = (
+            decode_run(&mut a, &PROMPT, &DECODE),
+            decode_run(&mut b, &PROMPT, &DECODE),
+            decode_run(&mut c, &PROMPT, &DECODE),
+            decode_run(&mut e, &PROMPT, &DECODE),
+        );
+        // The prompt row runs the batch graph, which the switch does not touch.
+        assert_eq!(ra[0], rb[0], "{mix}: prompt row");
+        let model = Model::open(&path).unwrap();
+        let mut cpu = CpuBackend::new(&model, 64, 1).unwrap();
+        let mut gb = GpuBackend::load(on.clone(), &path, model.hparams.clone(), 64, 8).unwrap();
+        let (mut lc, mut lg) = (Vec::new(), Vec::new());
+        cpu.forward(&PROMPT, LogitsWanted::Last, &mut lc).unwrap();
+        gb.forward(&PROMPT, LogitsWanted::Last, &mut lg).unwrap();
+        let (mut worst, mut top1) = (0f64, 0);
+        // Distance from the unrounded activations: block rounding vs NormQ8 graph.
+        let (mut far_on, mut far_off) = (0f64, 0f64);
+        for (j, &t) in DECODE.iter().enumerate() {
+            cpu.forward(&[t], LogitsWanted::Last, &mut lc).unwrap();
+            gb.forward(&[t], LogitsWanted::Last, &mut lg).unwrap();
+            assert_eq!(lg, ra[j + 1], "{mix}: backend vs model row {j}");
+            worst = worst
+                .max(gpu_fixture::rms_rel(&lg, &lc))
+                .max(gpu_fixture::rms_rel(&rc[j + 1], &lc));
+            far_on += gpu_fixture::rms_rel(&ra[j + 1], &re[j + 1]);
+            far_off += gpu_fixture::rms_rel(&rb[j + 1], &re[j + 1]);
+            top1 += usize::from(argmax(&lg) == argmax(&lc));
+        }
+        eprintln!(
+            "{mix}: block norm worst {worst:.3e} vs the CPU, top-1 {top1}/8; mean distance from unrounded activations {:.3e} (NormQ8 graph {:.3e})",
+            far_on / 8.0,
+            far_off / 8.0
+        );
+        // Another rounding of the same values (32-value blocks, the factor after the dot
+        // products): as close to the unrounded activations as the CPU backend's rounding
+        // (within a quarter), and close to the CPU backend itself.
+        if worst > 3e-2 || far_on > 1.25 * far_off || top1 < 7 {
+            failures.push(format!(
+                "{mix}: worst {worst:.3e}, top-1 {top1}/8, from unrounded {:.3e} vs {:.3e}",
+                far_on / 8.0,
+                far_off / 8.0
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}
+
+#[test]
+fn gpu_block_norm_kernels_validate_and_reject_bad_shapes() {
+    let Some(ctx) = ctx_with(true, 1024) else {
+        return;
+    };
+    // Both texts: subgroup operations (32-wide subgroups) and workgroup memory.
+    let sub = context_tuned(|c| c.subgroup32 = true).unwrap();
+    let plain = context_tuned(|c| c.subgroup32 = false).unwrap();
+    // The other subgroup forms (warp 0 sums the partial Σx²; the rounding through
+    // workgroup memory).
+    let sub0 = context_tuned(|c| {
+        c.subgroup32 = true;
+        c.tune.block_norm_epi = 0;
+        c.tune.block_norm_rs = 0;
+    })
+    .unwrap();
+    let ty = |n: &str| GgmlType::from_name(n).unwrap().id();
+    let n_key = |t, spl, wg, kind, qbase| KernelKey::MatVecQ8N {
+        ty: t,
+        nr: 4,
+        spl,
+        wg,
+        kind,
+        qbase,
+    };
+    for (c, what) in [
+        (&sub, "subgroups"),
+        (&plain, "workgroup memory"),
+        (&sub0, "subgroups, forms 0"),
+    ] {
+        for name in ["Q4_0", "Q8_0", "Q4_K", "Q6_K", "Q2_K"] {
+            for (spl, wg) in [(128, 1024), (64, 512), (32, 256)] {
+                for kind in [3, 4] {
+                    let src = Kernels::source(c, &n_key(ty(name), spl, wg, kind, 512)).unwrap();
+                    let epi = c.subgroup32 && c.tune.block_norm_epi == 1;
+                    assert_eq!(src.contains("subgroupMax"), epi, "{what}");
+                    validate_wgsl(
+                        &src,
+                        &format!("{name} producer {spl}/{wg} kind {kind}, {what}"),
+                    );
+                }
+            }
+            let src = Kernels::source(
+                c,
+                &KernelKey::MatVecQ8S {
+                    ty: ty(name),
+                    nr: 4,
+                    spl: 128,
+                },
+            )
+            .unwrap();
+            assert!(src.contains("res[idx] * rsv"), "{name}");
+            assert!(src.contains("res[idx + NT] * rsv"), "{name}");
+            validate_wgsl(&src, &format!("{name} scaled reader, {what}"));
+        }
+    }
+    let q4 = ty("Q4_0");
+    // 16 rows per workgroup, an unknown rounding, a packed base that is not 64-aligned.
+    assert!(Kernels::source(&ctx, &n_key(q4, 128, 512, 3, 512)).is_err());
+    assert!(Kernels::source(&ctx, &n_key(q4, 128, 1024, 5, 512)).is_err());
+    assert!(Kernels::source(&ctx, &n_key(q4, 128, 1024, 3, 520)).is_err());
+    assert!(Kernels::source(&ctx, &n_key(ty("Q4_1"), 128, 1024, 3, 512)).is_err());
+}
