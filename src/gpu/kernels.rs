@@ -940,7 +940,7 @@ pub struct Tune {
     /// one dispatch ([`KernelKey::MatVecQ8Multi`]): 0 separate dispatches, 1 the matrices'
     /// workgroups one range after the other, 2 interleaved in proportion (GGUFQ_QKV_MULTI).
     pub qkv_multi: u32,
-    /// Block-rounding residual mat-vecs (GGUFQ_BLOCK_NORM=1; off by default until measured):
+    /// Block-rounding residual mat-vecs (on by default; GGUFQ_BLOCK_NORM=0 turns them off):
     /// the decode `wo` / `ffn_down` mat-vec whose workgroups own 32 consecutive residual rows
     /// ([`KernelKey::MatVecQ8N`]) adds them to the residual and rounds the next RMSNorm's
     /// input itself, in 32-value blocks and without the 1/rms factor (the rounding is scale
@@ -948,19 +948,21 @@ pub struct Tune {
     /// ([`KernelKey::MatVecQ8S`]) multiply their sums by 1/rms from those partial sums. The
     /// NormQ8 dispatch between the two leaves the decode graph. Not the CPU backend's
     /// numerics bit for bit (32-value blocks for K-quants too, the factor applied after the
-    /// dot product), within its tolerances.
+    /// dot product), within its tolerances. H100, 7B tg128 (session 14): Q4_0 370 → 392
+    /// t/s, Q4_K_M 329 → 341, Q8_0 263 → 281, Q2_K 359 → 388, hybrid 345 → 344.
     pub block_norm: bool,
     /// Invocations per workgroup of [`KernelKey::MatVecQ8N`] (GGUFQ_BLOCK_NORM_WG: 256, 512,
     /// 1024 default where the adapter allows it): 4 rows per lane group, `wg` / 8 lanes per
     /// row, so always 32 rows per workgroup.
     pub block_norm_wg: u32,
     /// [`KernelKey::MatVecQ8N`]'s rounding with 32-wide subgroups (GGUFQ_BLOCK_NORM_EPI):
-    /// 1 (default) one warp, subgroup maximum / sum / shuffles; 0 through workgroup memory
-    /// (the text adapters without subgroups run).
+    /// 0 (default) through workgroup memory (the text adapters without subgroups run), 1 one
+    /// warp with subgroup maximum / sum / shuffles (H100, session 14, with `block_norm_rs`
+    /// 1: tg128 p50 1–2 % slower than both at 0).
     pub block_norm_epi: u32,
     /// How [`KernelKey::MatVecQ8S`] sums the partial Σx² with 32-wide subgroups
-    /// (GGUFQ_BLOCK_NORM_RS): 1 (default) one load per thread before the loop, warp sums
-    /// added after it; 0 warp 0 loops over all of them.
+    /// (GGUFQ_BLOCK_NORM_RS): 0 (default) warp 0 loops over all of them before its weight
+    /// loads; 1 one load per thread, warp sums added after the loop.
     pub block_norm_rs: u32,
 }
 
@@ -1296,10 +1298,10 @@ impl Tune {
             swiglu_q_wg: get("GGUFQ_SWIGLU_Q_WG", 256, &[256, 512]),
             swiglu_q32k: std::env::var("GGUFQ_SWIGLU_Q32K").as_deref() == Ok("1"),
             qkv_multi: get("GGUFQ_QKV_MULTI", 1, &[0, 1, 2]),
-            block_norm: std::env::var("GGUFQ_BLOCK_NORM").as_deref() == Ok("1"),
+            block_norm: std::env::var("GGUFQ_BLOCK_NORM").as_deref() != Ok("0"),
             block_norm_wg: get("GGUFQ_BLOCK_NORM_WG", 1024, &[256, 512, 1024]),
-            block_norm_epi: get("GGUFQ_BLOCK_NORM_EPI", 1, &[0, 1]),
-            block_norm_rs: get("GGUFQ_BLOCK_NORM_RS", 1, &[0, 1]),
+            block_norm_epi: get("GGUFQ_BLOCK_NORM_EPI", 0, &[0, 1]),
+            block_norm_rs: get("GGUFQ_BLOCK_NORM_RS", 0, &[0, 1]),
             q8_pair: std::env::var("GGUFQ_Q8_PAIR").as_deref() == Ok("1"),
             mv_wait: get("GGUFQ_MV_WAIT", 0, &[0, 1, 2, 3, 5, 6, 7]),
             persist: std::env::var("GGUFQ_MV_PERSIST")
