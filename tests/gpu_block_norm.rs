@@ -208,3 +208,92 @@ fn gpu_block_norm_kernels_validate_and_reject_bad_shapes() {
     assert!(Kernels::source(&ctx, &n_key(q4, 128, 1024, 3, 520)).is_err());
     assert!(Kernels::source(&ctx, &n_key(ty("Q4_1"), 128, 1024, 3, 512)).is_err());
 }
+
+#[test]
+fn gpu_block_norm_with_the_swiglu_rounding_matches_the_cpu_backend() {
+    // The SwiGLU mat-vec that rounds its own output (`Tune::swiglu_q`) reads the block
+    // rounding too: its gate and up sums take the 1/rms factor (`MatVecQ8R { scaled }`).
+    let with = |on: bool, nr: u32| {
+        context_tuned(|c| {
+            c.tune.block_norm = on;
+            c.tune.swiglu_q = u32::from(on);
+            c.tune.swiglu_q32k = on;
+            c.tune.swiglu_q_wg = 1024;
+            c.tune.swiglu_q_lanes = 128;
+            c.tune.swiglu_q_nr = nr;
+        })
+    };
+    let Some(off) = with(false, 4) else {
+        return;
+    };
+    let exact = ctx_unrounded().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    // NR 4: two passes of 32 rows per block of 32 outputs; NR 8: one pass of 64 rows.
+    for (nr, mix) in [(4, "q4_0"), (8, "q4_0"), (4, "q8_0"), (4, "q4_k_m")] {
+        let on = with(true, nr).unwrap();
+        let src =
+            SynthSource::new(wide_shape(), Mix::parse(mix).unwrap(), format!("bs-{mix}")).unwrap();
+        let path = dir.path().join(format!("bs-{mix}.gguf"));
+        src.write_gguf(&path).unwrap();
+        let mut a = GpuModel::load(on.clone(), &src, decode_opts()).unwrap();
+        let mut b = GpuModel::load(off.clone(), &src, decode_opts()).unwrap();
+        let mut e = GpuModel::load(exact.clone(), &src, decode_opts()).unwrap();
+        assert_eq!(role_count(&a, "norm_q8"), 1, "{mix}");
+        assert_eq!(role_count(&a, "actq"), 0, "{mix}");
+        let keys = a.step_keys();
+        assert_eq!(
+            keys.iter()
+                .filter(|k| matches!(
+                    k,
+                    KernelKey::MatVecQ8R {
+                        scaled: true,
+                        wg: 1024,
+                        ..
+                    }
+                ))
+                .count(),
+            2,
+            "{mix} NR {nr}: {keys:?}"
+        );
+        let (ra, rb, re) = (
+            decode_run(&mut a, &PROMPT, &DECODE),
+            decode_run(&mut b, &PROMPT, &DECODE),
+            decode_run(&mut e, &PROMPT, &DECODE),
+        );
+        if mix != "q4_k_m" {
+            // Q8_0 blocks: the SwiGLU mat-vec's rounding is the rounding dispatch's, bit for
+            // bit, so the logits are those of the block-norm graph with the `actq` step.
+            let mut c = GpuModel::load(ctx_with(true, 1024).unwrap(), &src, decode_opts()).unwrap();
+            assert_eq!(role_count(&c, "actq"), 2, "{mix}");
+            let rc = decode_run(&mut c, &PROMPT, &DECODE);
+            for (i, (x, y)) in ra.iter().zip(&rc).enumerate() {
+                assert!(
+                    x.iter().zip(y).all(|(u, v)| u.to_bits() == v.to_bits()),
+                    "{mix} NR {nr}: row {i} differs from the graph with the rounding dispatch"
+                );
+            }
+        }
+        let model = Model::open(&path).unwrap();
+        let mut cpu = CpuBackend::new(&model, 64, 1).unwrap();
+        let mut lc = Vec::new();
+        cpu.forward(&PROMPT, LogitsWanted::Last, &mut lc).unwrap();
+        let (mut worst, mut top1, mut far_on, mut far_off) = (0f64, 0, 0f64, 0f64);
+        for (j, &t) in DECODE.iter().enumerate() {
+            cpu.forward(&[t], LogitsWanted::Last, &mut lc).unwrap();
+            worst = worst.max(gpu_fixture::rms_rel(&ra[j + 1], &lc));
+            top1 += usize::from(argmax(&ra[j + 1]) == argmax(&lc));
+            far_on += gpu_fixture::rms_rel(&ra[j + 1], &re[j + 1]);
+            far_off += gpu_fixture::rms_rel(&rb[j + 1], &re[j + 1]);
+        }
+        eprintln!(
+            "{mix} NR {nr}: worst {worst:.3e} vs the CPU, top-1 {top1}/8; from unrounded {:.3e} (NormQ8 graph {:.3e})",
+            far_on / 8.0,
+            far_off / 8.0
+        );
+        if worst > 3e-2 || far_on > 1.25 * far_off || top1 < 7 {
+            failures.push(format!("{mix} NR {nr}: worst {worst:.3e}, top-1 {top1}/8"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+}

@@ -98,6 +98,7 @@ fn gpu_swiglu_rounding_equals_the_actq_dispatch_bit_for_bit() {
                     kind,
                     qbase,
                     wg,
+                    scaled: false,
                 };
                 let what = format!("{name} × {cols}, {spl} lanes, NR {nr}, {passes} passes, kind {kind}, {wg} invocations, no_subgroups {no_subgroups}");
                 let [a, b] = swiglu_rounding_pair(&c, &m, &x, &key).unwrap();
@@ -147,6 +148,7 @@ fn gpu_swiglu_rounding_kernels_reject_bad_shapes() {
         kind,
         qbase,
         wg,
+        scaled: false,
     };
     let key = |spl, nr, passes, mode, kind, qbase| key_wg(spl, nr, passes, mode, kind, qbase, 256);
     // Not whole blocks per workgroup, a mode without SwiGLU, an unknown kind, a misaligned base.

@@ -910,7 +910,9 @@ pub struct Tune {
     /// whole activation blocks (Q8_0: 32 outputs = 64 interleaved gate/up rows per
     /// workgroup) and rounds them itself ([`KernelKey::MatVecQ8R`]: the quants and scales of
     /// the `actq` dispatch, bit for bit), so the rounding dispatch before `ffn_down` goes
-    /// (GGUFQ_SWIGLU_Q): 0 (default) off, 1 where `ffn_down` reads Q8_0 blocks (and then
+    /// (GGUFQ_SWIGLU_Q): 0 off (the default with GGUFQ_BLOCK_NORM=0), 1 (the default with
+    /// [`Tune::block_norm`], in workgroups of 1024: H100 7B tg128 p50 Q4_0 2.54 → 2.50 ms,
+    /// Q8_0 3.55 → 3.51 in two rounds, session 14) where `ffn_down` reads Q8_0 blocks (and then
     /// instead of the consumer's fold, [`Tune::fold_actq`]), 2 also Q8_K blocks (256
     /// outputs, 512 rows per workgroup). Off because it was slower on the H100 (session 8,
     /// 7B tg128): 344 workgroups for `gate_up` instead of 2752 cost more than the 32
@@ -923,9 +925,10 @@ pub struct Tune {
     pub swiglu_q_lanes: u32,
     /// See [`Tune::swiglu_q_lanes`].
     pub swiglu_q_nr: u32,
-    /// Invocations per workgroup of that kernel (GGUFQ_SWIGLU_Q_WG: 256 default, or 512
-    /// where the adapter allows it: twice the row groups per pass, e.g. 64 lanes × NR 8 =
-    /// one Q8_0 block's 64 rows in one pass). Not measured on the H100 yet.
+    /// Invocations per workgroup of that kernel (GGUFQ_SWIGLU_Q_WG: 256, 512 or 1024; 1024
+    /// by default with [`Tune::block_norm`], else 256; larger than the adapter allows: the
+    /// rounding dispatch stays). Session 14 (H100, with block norm): 128 lanes × NR 4 in
+    /// 1024 (two passes of 32 rows) beat NR 8 (one pass of 64 rows) by 2–3 % on Q4_0.
     pub swiglu_q_wg: u32,
     /// The decode graph's K-quant `ffn_down` (Q2_K … Q6_K) reads its input rounded in
     /// 32-value blocks with an f16 scale (the Q8_0 rounding, as llama.cpp's CUDA mmvq reads
@@ -1214,6 +1217,9 @@ impl Tune {
                 .filter(|v| ok.contains(v))
                 .unwrap_or(d)
         };
+        // The block-rounding residual mat-vecs, and with them the SwiGLU mat-vec that rounds
+        // its own Q8_0 blocks in workgroups of 1024 (session 14).
+        let block_norm = std::env::var("GGUFQ_BLOCK_NORM").as_deref() != Ok("0");
         Tune {
             nr_decode: get("GGUFQ_NR_DECODE", 0, &[1, 2, 4, 8]),
             nr_prompt: get("GGUFQ_NR_PROMPT", NR_PROMPT, &[1, 2, 4]),
@@ -1292,13 +1298,17 @@ impl Tune {
             upload_ring: std::env::var("GGUFQ_UPLOAD_RING").as_deref() == Ok("1"),
             wide: get("GGUFQ_WIDE", 1, &[0, 1, 2]),
             mv_const: std::env::var("GGUFQ_MV_CONST").as_deref() == Ok("1"),
-            swiglu_q: get("GGUFQ_SWIGLU_Q", 0, &[0, 1, 2]),
+            swiglu_q: get("GGUFQ_SWIGLU_Q", u32::from(block_norm), &[0, 1, 2]),
             swiglu_q_lanes: get("GGUFQ_SWIGLU_Q_LANES", 0, &[32, 64, 128, 256]),
             swiglu_q_nr: get("GGUFQ_SWIGLU_Q_NR", 0, &[1, 2, 4, 8]),
-            swiglu_q_wg: get("GGUFQ_SWIGLU_Q_WG", 256, &[256, 512]),
+            swiglu_q_wg: get(
+                "GGUFQ_SWIGLU_Q_WG",
+                if block_norm { 1024 } else { 256 },
+                &[256, 512, 1024],
+            ),
             swiglu_q32k: std::env::var("GGUFQ_SWIGLU_Q32K").as_deref() == Ok("1"),
             qkv_multi: get("GGUFQ_QKV_MULTI", 1, &[0, 1, 2]),
-            block_norm: std::env::var("GGUFQ_BLOCK_NORM").as_deref() != Ok("0"),
+            block_norm,
             block_norm_wg: get("GGUFQ_BLOCK_NORM_WG", 1024, &[256, 512, 1024]),
             block_norm_epi: get("GGUFQ_BLOCK_NORM_EPI", 0, &[0, 1]),
             block_norm_rs: get("GGUFQ_BLOCK_NORM_RS", 0, &[0, 1]),
@@ -1495,6 +1505,9 @@ pub enum KernelKey {
         kind: u32,
         qbase: u32,
         wg: u32,
+        /// Its input was rounded by [`KernelKey::MatVecQ8N`]: the gate and up sums are
+        /// multiplied by 1/rms first, as [`KernelKey::MatVecQ8S`] does.
+        scaled: bool,
     },
     /// Decode RMSNorm of the residual row (`k4`·4 values) followed by the activation
     /// rounding `act` (3 Q8_0, 4 Q8_K), written as packed int8 quants and per-32 scales
@@ -2261,24 +2274,49 @@ fn matvec_q8r_source(
     kind: u32,
     qbase: u32,
     wg: u32,
+    scaled: bool,
 ) -> Result<String> {
-    let (lay, deq, body, mut decl) = q8_parts(ctx, ty, nr, spl)?;
-    if wg == 512 {
-        // The reduction's workgroup arrays for 16 warps instead of 8.
-        let wide = decl
-            .replace("array<f32, 8u * NR>;", "array<f32, 16u * NR>;")
-            .replace("array<f32, 256>;", "array<f32, 512>;");
-        if wide == decl {
-            return Err(Error::msg(
-                "internal: the integer kernel's reduction arrays were not found",
-            ));
-        }
-        decl = wide;
-    } else if wg != 256 {
+    if !matches!(wg, 256 | 512 | 1024) || spl > wg {
         return Err(Error::msg(format!(
-            "SwiGLU rounding: {wg} invocations per workgroup"
+            "SwiGLU rounding: {wg} invocations per workgroup, {spl} lanes"
         )));
     }
+    let (lay, deq, body, decl) = q8_parts_wg(ctx, ty, nr, spl, wg)?;
+    // With `scaled`, 1/rms of the residual row from the per-block Σx² after the packed
+    // input (warp 0 before its weight loads, as MatVecQ8S's default form), visible after the
+    // first pass's barrier.
+    let (rs_pro, rs) = match (scaled, ctx.subgroup32) {
+        (false, _) => (String::new(), ""),
+        (true, true) => (
+            "    let pb = P.ld_x + P.ld_x / 4u + P.ld_x / 32u;
+    if (warp == 0u) {
+        var rs_acc = 0.0;
+        for (var i = lane; i < P.units; i += 32u) {
+            rs_acc += bitcast<f32>(X[(pb + i) >> 2u][(pb + i) & 3u]);
+        }
+        let t = subgroupAdd(rs_acc);
+        if (lane == 0u) {
+            rsv = 1.0 / sqrt(t / f32(P.units * 32u) + bitcast<f32>(P.pad1));
+        }
+    }
+"
+            .to_string(),
+            " * rsv",
+        ),
+        (true, false) => (
+            "    let pb = P.ld_x + P.ld_x / 4u + P.ld_x / 32u;
+    if (lid == 0u) {
+        var rs_acc = 0.0;
+        for (var i = 0u; i < P.units; i++) {
+            rs_acc += bitcast<f32>(X[(pb + i) >> 2u][(pb + i) & 3u]);
+        }
+        rsv = 1.0 / sqrt(rs_acc / f32(P.units * 32u) + bitcast<f32>(P.pad1));
+    }
+"
+            .to_string(),
+            " * rsv",
+        ),
+    };
     let rpw = (wg / spl) * nr;
     let opi = match mode {
         2 => rpw / 2,
@@ -2297,13 +2335,17 @@ fn matvec_q8r_source(
         )));
     }
     let silu = if mode == 2 {
-        "let v = res[2u * lid];
-            let up = res[2u * lid + 1u];
+        format!(
+            "let v = res[2u * lid]{rs};
+            let up = res[2u * lid + 1u]{rs};
             h = v / (1.0 + exp(-v)) * up;"
+        )
     } else {
-        "let v = res[lid];
+        format!(
+            "let v = res[lid]{rs};
             let g = Y[o + P.pad0];
             h = g / (1.0 + exp(-g)) * v;"
+        )
     };
     let quantize = normq8_quantize(
         kind,
@@ -2333,6 +2375,7 @@ const QB: u32 = {qbase}u;
 var<workgroup> res: array<f32, RPW>;
 var<workgroup> hv: array<vec4<f32>, NV / 4u>;
 var<workgroup> mx: array<f32, {wg}>;
+var<workgroup> rsv: f32;
 {decl}
 {fns}
 fn amax4(v: vec4<f32>) -> f32 {{
@@ -2346,7 +2389,7 @@ fn amax4(v: vec4<f32>) -> f32 {{
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {{
     let warp = lid / 32u;
     let lane = lid % 32u;
-    for (var pass_i = 0u; pass_i < PASSES; pass_i++) {{
+{rs_pro}    for (var pass_i = 0u; pass_i < PASSES; pass_i++) {{
         let grp = wg.x * PASSES + pass_i;
         let rbase = grp * RPW + (lid / SPL) * NR;
 {body}
@@ -4501,10 +4544,13 @@ impl Kernels {
                 kind,
                 qbase,
                 wg,
+                scaled,
             } => wide_if(
                 ctx,
                 *ty,
-                matvec_q8r_source(ctx, *ty, *nr, *spl, *passes, *mode, *kind, *qbase, *wg)?,
+                matvec_q8r_source(
+                    ctx, *ty, *nr, *spl, *passes, *mode, *kind, *qbase, *wg, *scaled,
+                )?,
             )?,
             KernelKey::Prefetch => PREFETCH_WGSL.to_string(),
             KernelKey::MatVecQ8W {

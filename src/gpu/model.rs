@@ -1660,7 +1660,7 @@ impl GpuModel {
         // workgroups own whole activation blocks, so the rounding step after it leaves the
         // decode graph.
         let (bgl_sq, pl_sq) = buffer_layouts(&ctx, "swiglu rounding", b"rrwuw");
-        if fuse_norm && ctx.tune.swiglu_q != 0 {
+        if fuse_norm && ctx.tune.swiglu_q != 0 && ctx.tune.swiglu_q_wg <= ctx.facts.max_wg_threads {
             let dec: Vec<usize> = (0..steps.len())
                 .filter(|&i| steps[i].when.runs(When::Decode, 1))
                 .collect();
@@ -3315,6 +3315,7 @@ fn swiglu_q_key(tune: &Tune, mats: &[GpuMatrix], p: &Step, a: &Step) -> Option<K
         kind,
         qbase: q8e,
         wg,
+        scaled: false,
     })
 }
 
@@ -3510,24 +3511,28 @@ fn block_norm_pass(
         if pb.len() < 3 || nb.len() < 3 || pb[2] != nb[0] || ch.row0 != 0 {
             continue;
         }
+        // The mat-vecs right after it that read its output (a SwiGLU mat-vec that rounds
+        // its own output is followed by `ffn_down`, which does not).
+        let reads = |x: usize| {
+            matches!(
+                steps[x].kind,
+                StepKind::Mat { .. } | StepKind::MatMulti { .. }
+            ) && bufs.get(&steps[x].slot).and_then(|b| b.get(1)) == Some(&nb[2])
+        };
         let readers: Vec<usize> = dec[k + 1..]
             .iter()
             .copied()
-            .take_while(|&x| {
-                matches!(
-                    steps[x].kind,
-                    StepKind::Mat { .. } | StepKind::MatMulti { .. }
-                )
-            })
+            .take_while(|&x| reads(x))
             .collect();
-        let reads = |x: usize| {
-            bufs.get(&steps[x].slot).and_then(|b| b.get(1)) == Some(&nb[2])
-                && matches!(
-                    steps[x].key,
-                    KernelKey::MatVecQ8 { .. } | KernelKey::MatVecQ8Multi { .. }
-                )
+        let scalable = |x: usize| {
+            matches!(
+                steps[x].key,
+                KernelKey::MatVecQ8 { .. }
+                    | KernelKey::MatVecQ8Multi { .. }
+                    | KernelKey::MatVecQ8R { scaled: false, .. }
+            )
         };
-        if readers.is_empty() || !readers.iter().all(|&x| reads(x)) {
+        if readers.is_empty() || !readers.iter().all(|&x| scalable(x)) {
             continue;
         }
         // The residual mat-vec of the batch graph stays as it is; the decode graph gets its
@@ -3568,6 +3573,7 @@ fn block_norm_pass(
                         p.scaled = true;
                     }
                 }
+                KernelKey::MatVecQ8R { scaled, .. } => *scaled = true,
                 _ => {}
             }
         }

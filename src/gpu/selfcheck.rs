@@ -555,8 +555,9 @@ pub fn lastwg_decode_check(
         ctx.retuned(|t| {
             t.lw_actq = on;
             t.lw_norm = on;
-            // Both graphs with the NormQ8 dispatches the epilogues replace.
+            // Both graphs with the NormQ8 and rounding dispatches the epilogues replace.
             t.block_norm = false;
+            t.swiglu_q = 0;
         })
     };
     let on = with(true);
@@ -578,14 +579,16 @@ pub fn mv_wait_decode_check(
     path: &std::path::Path,
     n_tok: usize,
 ) -> Result<(bool, String)> {
-    // Both graphs with the NormQ8 dispatches the waiting mat-vecs replace.
+    // Both graphs with the NormQ8 and rounding dispatches the waiting mat-vecs replace.
     let on = ctx.retuned(|t| {
         t.mv_wait = 7;
         t.block_norm = false;
+        t.swiglu_q = 0;
     });
     let off = ctx.retuned(|t| {
         t.mv_wait = 0;
         t.block_norm = false;
+        t.swiglu_q = 0;
     });
     let g = graphs_agree(&on, &off, path, n_tok)?;
     Ok((

@@ -27,13 +27,16 @@ pub fn context_tuned(tune: impl FnOnce(&mut GpuContext)) -> Option<Arc<GpuContex
 /// An adapter chosen by `opts`, or `None` (test skipped) when there is none and
 /// GGUFQ_SKIP_GPU=1; without an adapter and without that variable the test fails.
 ///
-/// The block-rounding residual mat-vecs (`Tune::block_norm`, on by default) are turned off
-/// here: these tests compare other decode-graph variants with the NormQ8 graph bit for bit.
-/// tests/gpu_block_norm.rs turns them on, and the CLI tests run the engine's defaults.
+/// The block-rounding residual mat-vecs (`Tune::block_norm`, on by default) and the SwiGLU
+/// rounding that comes with them (`Tune::swiglu_q`) are turned off here: these tests compare
+/// other decode-graph variants with the NormQ8 graph bit for bit. tests/gpu_block_norm.rs
+/// turns them on, and the CLI tests run the engine's defaults.
 pub fn device(opts: &DeviceOptions) -> Option<GpuContext> {
     match GpuContext::new(opts) {
         Ok(mut c) => {
             c.tune.block_norm = false;
+            c.tune.swiglu_q = 0;
+            c.tune.swiglu_q_wg = 256;
             Some(c)
         }
         Err(e) if std::env::var("GGUFQ_SKIP_GPU").as_deref() == Ok("1") => {
