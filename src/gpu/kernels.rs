@@ -2427,28 +2427,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
 /// the stored scale is not rounded to f16: the values are not normalised, so a small
 /// residual would fall into f16's subnormal range.
 fn block_rounding(kind: u32, fast: bool) -> Result<(String, &'static str)> {
-    let div = if fast { "div_fast" } else { "div_rn" };
-    match kind {
-        3 => Ok((
-            format!(
-                "let sx = select(0.0, {div}(127.0, amax), amax != 0.0);
-        let sd = {div}(amax, 127.0);"
-            ),
-            "round(v * sx)",
-        )),
-        4 => Ok((
-            format!(
-                "var sx = 0.0;
-        var sd = 0.0;
-        if (amax != 0.0) {{
-            sx = {div}(127.0, amax);
-            sd = {div}(1.0, sx);
-        }}"
-            ),
-            "min(round(sx * v), vec4<f32>(127.0))",
-        )),
-        _ => Err(Error::msg(format!("block rounding of kind {kind}"))),
+    if !matches!(kind, 3 | 4) {
+        return Err(Error::msg(format!("block rounding of kind {kind}")));
     }
+    let (_, scale, q) = normq8_rounding(kind, fast);
+    Ok((scale.replace("round_f16(", "("), q))
 }
 
 /// WGSL of [`KernelKey::MatVecQ8N`]: the integer decode loop and reduction
