@@ -3452,13 +3452,14 @@ pub fn block_norm_wg(ctx: &GpuContext) -> Option<u32> {
 
 /// [`Tune::block_norm`]'s graph change: every decode NormQ8 step whose decode predecessor is
 /// the integer residual mat-vec (mode 1, one weight chunk of the `d` residual rows) writing
-/// the row it normalises, and whose successors up to the next step that is not a mat-vec
-/// all read its output through the plain integer kernel ([`KernelKey::MatVecQ8`] or
-/// [`KernelKey::MatVecQ8Multi`]), leaves the decode graph: the residual mat-vec becomes
-/// [`KernelKey::MatVecQ8N`] (bound to the NormQ8 step's norm weights and packed output),
-/// its readers [`KernelKey::MatVecQ8S`]. `bufs` holds each step's buffers by slot (mat-vec:
-/// weights, input, output; NormQ8: residual, norm weights, packed output). Returns the
-/// NormQ8 steps removed.
+/// the row it normalises, and whose readers (the consecutive mat-vec steps right after it
+/// that read its output) all run a kernel that can apply 1/rms ([`KernelKey::MatVecQ8`],
+/// [`KernelKey::MatVecQ8Multi`], [`KernelKey::MatVecQ8R`]), leaves the decode graph: the
+/// residual mat-vec becomes [`KernelKey::MatVecQ8N`] (bound to the NormQ8 step's norm
+/// weights and packed output; a decode-only copy where the batch graph shares the step), its
+/// readers [`KernelKey::MatVecQ8S`], scaled multi parts or a scaled `MatVecQ8R`. `bufs`
+/// holds each step's buffers by slot (mat-vec: weights, input, output; NormQ8: residual,
+/// norm weights, packed output). Returns the NormQ8 steps removed.
 #[allow(clippy::too_many_arguments)]
 fn block_norm_pass(
     ctx: &GpuContext,
