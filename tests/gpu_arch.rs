@@ -2,7 +2,8 @@
 //! engine, against the CPU backend, on tiny synthetic GGUFs written here (random weights, no
 //! download): prompt batches (tiled mat-mat and small-batch paths, all logits) and one-token
 //! decode steps past gemma3's sliding window, through the fused decode graph (n_embd 256) and
-//! the batch graph (n_embd 128). Negative checks: the same GPU graph with a wrong RoPE mode,
+//! the batch graph (n_embd 128), with the engine's default decode graph (block-rounding
+//! residual mat-vecs unless GGUFQ_BLOCK_NORM=0). Negative checks: the same GPU graph with a wrong RoPE mode,
 //! no per-head norms or no sliding window no longer matches, so the comparison can fail; and
 //! what the GPU engine cannot run is an error naming the file and the key or tensor.
 //! Runs on lavapipe in CI; without an adapter these fail unless GGUFQ_SKIP_GPU=1.
@@ -34,6 +35,12 @@ fn exact_prompts(c: &mut GpuContext) {
     if c.facts.coop_matrix {
         c.tune.mm_min = u32::MAX;
     }
+    // The engine's own decode graph (the shared fixture turns the block-rounding residual
+    // mat-vecs and the SwiGLU rounding off): every architecture through it.
+    let d = ggufq::gpu::kernels::Tune::from_env();
+    c.tune.block_norm = d.block_norm;
+    c.tune.swiglu_q = d.swiglu_q;
+    c.tune.swiglu_q_wg = d.swiglu_q_wg;
 }
 
 const NV: usize = 300;

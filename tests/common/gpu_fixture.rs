@@ -30,7 +30,7 @@ pub fn context_tuned(tune: impl FnOnce(&mut GpuContext)) -> Option<Arc<GpuContex
 /// The block-rounding residual mat-vecs (`Tune::block_norm`, on by default) and the SwiGLU
 /// rounding that comes with them (`Tune::swiglu_q`) are turned off here: these tests compare
 /// other decode-graph variants with the NormQ8 graph bit for bit. tests/gpu_block_norm.rs
-/// turns them on, and the CLI tests run the engine's defaults.
+/// and tests/gpu_arch.rs turn them on, and the CLI tests run the engine's defaults.
 pub fn device(opts: &DeviceOptions) -> Option<GpuContext> {
     match GpuContext::new(opts) {
         Ok(mut c) => {
