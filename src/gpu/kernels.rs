@@ -1096,6 +1096,16 @@ impl Tune {
         self.matvec_key_f32(ty, nt, nr, units)
     }
 
+    /// The decode graph with its NormQ8 and rounding dispatches: no block-rounding residual
+    /// mat-vecs ([`Tune::block_norm`]) and the SwiGLU rounding at its defaults without them
+    /// (off, workgroups of 256), as GGUFQ_BLOCK_NORM=0 gives. For comparisons with variants
+    /// that replace those dispatches (the kernel check, the tests' shared fixture).
+    pub fn normq8_graph(&mut self) {
+        self.block_norm = false;
+        self.swiglu_q = 0;
+        self.swiglu_q_wg = 256;
+    }
+
     /// Whether the decode `ffn_down` mat-vec of type id `ty` rounds its own input.
     pub fn fold_actq_for(&self, ty: u32) -> bool {
         // With [`Tune::block_norm`] the default leaves `ffn_down` to the plain integer
@@ -1977,9 +1987,10 @@ fn matvec_q8u_source(
         .replace(b, &format!("idx += {wg}u")))
 }
 
-/// [`q8_reduce`] for workgroups of `wg` threads: the same sums in the same order (one
-/// `subgroupAdd` per warp, then the warps of a row group in order; or the workgroup-memory
-/// tree over the row group's lanes).
+/// The end of the integer decode kernels, for workgroups of `wg` threads: the NR
+/// accumulators of each lane summed over the `spl` lanes of its row group into `res`
+/// (appended to `body`; one `subgroupAdd` per warp, then the warps of a row group in order;
+/// or the workgroup-memory tree over the row group's lanes); returns the declarations.
 fn q8u_reduce(ctx: &GpuContext, nr: usize, spl: u32, wg: u32, body: &mut String) -> String {
     let wpg = spl / 32;
     if ctx.subgroup32 {
@@ -2011,8 +2022,7 @@ fn q8_parts(
     q8_parts_wg(ctx, ty, nr, spl, 256)
 }
 
-/// [`q8_parts`] for workgroups of `wg` invocations ([`q8u_reduce`]; the same text as
-/// [`q8_reduce`] for 256).
+/// [`q8_parts`] for workgroups of `wg` invocations ([`q8u_reduce`]).
 fn q8_parts_wg(
     ctx: &GpuContext,
     ty: u32,
@@ -2285,37 +2295,11 @@ fn matvec_q8r_source(
     // With `scaled`, 1/rms of the residual row from the per-block Σx² after the packed
     // input (warp 0 before its weight loads, as MatVecQ8S's default form), visible after the
     // first pass's barrier.
-    let (rs_pro, rs) = match (scaled, ctx.subgroup32) {
-        (false, _) => (String::new(), ""),
-        (true, true) => (
-            "    let pb = P.ld_x + P.ld_x / 4u + P.ld_x / 32u;
-    if (warp == 0u) {
-        var rs_acc = 0.0;
-        for (var i = lane; i < P.units; i += 32u) {
-            rs_acc += bitcast<f32>(X[(pb + i) >> 2u][(pb + i) & 3u]);
-        }
-        let t = subgroupAdd(rs_acc);
-        if (lane == 0u) {
-            rsv = 1.0 / sqrt(t / f32(P.units * 32u) + bitcast<f32>(P.pad1));
-        }
-    }
-"
-            .to_string(),
-            " * rsv",
-        ),
-        (true, false) => (
-            "    let pb = P.ld_x + P.ld_x / 4u + P.ld_x / 32u;
-    if (lid == 0u) {
-        var rs_acc = 0.0;
-        for (var i = 0u; i < P.units; i++) {
-            rs_acc += bitcast<f32>(X[(pb + i) >> 2u][(pb + i) & 3u]);
-        }
-        rsv = 1.0 / sqrt(rs_acc / f32(P.units * 32u) + bitcast<f32>(P.pad1));
-    }
-"
-            .to_string(),
-            " * rsv",
-        ),
+    let (rs_pro, rs) = if scaled {
+        let (loads, fin) = rms_from_partials(ctx, "rsv");
+        (format!("{loads}{fin}"), " * rsv")
+    } else {
+        (String::new(), "")
     };
     let rpw = (wg / spl) * nr;
     let opi = match mode {
@@ -2551,38 +2535,64 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: ve
     ))
 }
 
+/// The start of [`rms_from_partials`]'s loads: the first partial sum's word `pb` and the
+/// accumulator `rs_acc`.
+const RMS_PARTIALS_HEAD: &str =
+    "    // Σx² of the residual row: one partial sum per 32-value block after the scales.
+    let pb = P.ld_x + P.ld_x / 4u + P.ld_x / 32u;
+    var rs_acc = 0.0;
+";
+
+/// 1/rms of the residual row whose per-block Σx² [`KernelKey::MatVecQ8N`] stored after the
+/// packed input (from word `ld_x + ld_x / 4 + ld_x / 32`, `P.units` of them; eps in
+/// `P.pad1`), as two WGSL pieces: `loads` (declares `pb` and `rs_acc`; warp 0 sums the
+/// partial sums lane by lane, or thread 0 all of them without 32-wide subgroups) and
+/// `finish` (after `loads`, anywhere later: stores the factor into `target`).
+fn rms_from_partials(ctx: &GpuContext, target: &str) -> (String, String) {
+    let add = "rs_acc += bitcast<f32>(X[(pb + i) >> 2u][(pb + i) & 3u]);";
+    if ctx.subgroup32 {
+        (
+            format!("{RMS_PARTIALS_HEAD}    if (warp == 0u) {{\n        for (var i = lane; i < P.units; i += 32u) {{\n            {add}\n        }}\n    }}\n"),
+            format!("    if (warp == 0u) {{\n        let t = subgroupAdd(rs_acc);\n        if (lane == 0u) {{\n            {target} = {};\n        }}\n    }}\n", inv_rms("t")),
+        )
+    } else {
+        (
+            format!("{RMS_PARTIALS_HEAD}    if (lid == 0u) {{\n        for (var i = 0u; i < P.units; i++) {{\n            {add}\n        }}\n    }}\n"),
+            format!("    if (lid == 0u) {{\n        {target} = {};\n    }}\n", inv_rms("rs_acc")),
+        )
+    }
+}
+
+/// WGSL of 1 / sqrt(`sum` / n + eps) for a row of `P.units` 32-value blocks (eps in `P.pad1`),
+/// the factor [`KernelKey::NormQ8`] computes as `inv`.
+fn inv_rms(sum: &str) -> String {
+    format!("1.0 / sqrt({sum} / f32(P.units * 32u) + bitcast<f32>(P.pad1))")
+}
+
 /// WGSL of [`KernelKey::MatVecQ8S`]: [`matvec_q8_source`]'s kernel whose outputs are
 /// multiplied by the 1/rms of the row its input was rounded from (the per-block Σx² that
 /// [`KernelKey::MatVecQ8N`] stored after the packed region, loaded before the loop).
 fn matvec_q8s_source(ctx: &GpuContext, ty: u32, nr: u32, spl: u32) -> Result<String> {
     let src = matvec_q8_source(ctx, ty, nr, spl)?;
-    let loads =
-        "    // Σx² of the residual row: one partial sum per 32-value block after the scales.
-    let pb = P.ld_x + P.ld_x / 4u + P.ld_x / 32u;
-    var rs_acc = 0.0;
-";
-    let (pro, fin, head) = if ctx.subgroup32 && ctx.tune.block_norm_rs == 0 {
-        // Warp 0 loads and sums every partial sum (a loop of its own before the weights').
-        (
-            format!("{loads}    if (warp == 0u) {{\n        for (var i = lane; i < P.units; i += 32u) {{\n            rs_acc += bitcast<f32>(X[(pb + i) >> 2u][(pb + i) & 3u]);\n        }}\n    }}\n"),
-            "    if (warp == 0u) {\n        let t = subgroupAdd(rs_acc);\n        if (lane == 0u) {\n            rsw[0] = 1.0 / sqrt(t / f32(P.units * 32u) + bitcast<f32>(P.pad1));\n        }\n    }\n",
-            "    let rsv = rsw[0];\n",
-        )
-    } else if ctx.subgroup32 {
+    let (pro, fin, head) = if ctx.subgroup32 && ctx.tune.block_norm_rs == 1 {
         // Every thread loads (at most) one partial sum before the loop, so the loads wait
         // beside the weights'; each warp's sum goes to `rsw` before the store loop's
         // barrier, and every thread adds the 8 warp sums in order after it.
         (
-            format!("{loads}    for (var i = lid; i < P.units; i += 256u) {{\n        rs_acc += bitcast<f32>(X[(pb + i) >> 2u][(pb + i) & 3u]);\n    }}\n"),
-            "    let rs_w = subgroupAdd(rs_acc);\n    if (lane == 0u) {\n        rsw[warp] = rs_w;\n    }\n",
-            "    let rsv = 1.0 / sqrt((((rsw[0] + rsw[1]) + (rsw[2] + rsw[3])) + ((rsw[4] + rsw[5]) + (rsw[6] + rsw[7]))) / f32(P.units * 32u) + bitcast<f32>(P.pad1));\n",
+            format!("{RMS_PARTIALS_HEAD}    for (var i = lid; i < P.units; i += 256u) {{\n        rs_acc += bitcast<f32>(X[(pb + i) >> 2u][(pb + i) & 3u]);\n    }}\n"),
+            "    let rs_w = subgroupAdd(rs_acc);\n    if (lane == 0u) {\n        rsw[warp] = rs_w;\n    }\n".to_string(),
+            format!(
+                "    let rsv = {};\n",
+                inv_rms("(((rsw[0] + rsw[1]) + (rsw[2] + rsw[3])) + ((rsw[4] + rsw[5]) + (rsw[6] + rsw[7])))")
+            ),
         )
+    } else if ctx.subgroup32 {
+        // Warp 0 loads and sums every partial sum (a loop of its own before the weights').
+        let (loads, fin) = rms_from_partials(ctx, "rsw[0]");
+        (loads, fin, "    let rsv = rsw[0];\n".to_string())
     } else {
-        (
-            format!("{loads}    if (lid == 0u) {{\n        for (var i = 0u; i < P.units; i++) {{\n            rs_acc += bitcast<f32>(X[(pb + i) >> 2u][(pb + i) & 3u]);\n        }}\n    }}\n"),
-            "    if (lid == 0u) {\n        rsv = 1.0 / sqrt(rs_acc / f32(P.units * 32u) + bitcast<f32>(P.pad1));\n    }\n",
-            "",
-        )
+        let (loads, fin) = rms_from_partials(ctx, "rsv");
+        (loads, fin, String::new())
     };
     let shared = if ctx.subgroup32 {
         "var<workgroup> rsw: array<f32, 8>;"
@@ -2612,28 +2622,6 @@ fn matvec_q8s_source(ctx: &GpuContext, ty: u32, nr: u32, spl: u32) -> Result<Str
         .replace(anchors[2], "let v = res[idx] * rsv;")
         .replace(anchors[3], "let up = res[idx + NT] * rsv;")
         .replace(anchors[4], &format!("{}\n{shared}", anchors[4])))
-}
-
-/// The end of the integer decode kernels: the NR accumulators of each lane summed over the
-/// `spl` lanes of its row group into `res` (appended to `body`); returns the declarations.
-fn q8_reduce(ctx: &GpuContext, nr: usize, spl: u32, body: &mut String) -> String {
-    let wpg = spl / 32; // warps per row group (subgroup path)
-    if ctx.subgroup32 {
-        // One sum per warp, then the warps of each row group.
-        for r in 0..nr {
-            body.push_str(&format!("    let s_{r} = subgroupAdd(acc_{r}_0);\n    if (lane == 0u) {{ part[warp * NR + {r}u] = s_{r}; }}\n"));
-        }
-        body.push_str("    workgroupBarrier();\n    if (lid < RPW) {\n        let g = lid / NR;\n        let r = lid % NR;\n        var t = 0.0;\n");
-        body.push_str(&format!(
-            "        for (var w = 0u; w < {wpg}u; w++) {{ t += part[(g * {wpg}u + w) * NR + r]; }}\n        res[lid] = t;\n    }}\n"
-        ));
-        "var<workgroup> part: array<f32, 8u * NR>;".to_string()
-    } else {
-        for r in 0..nr {
-            body.push_str(&format!("    red[lid] = acc_{r}_0;\n    workgroupBarrier();\n    for (var s = SPL / 2u; s > 0u; s >>= 1u) {{\n        if (gl < s) {{ red[lid] += red[lid + s]; }}\n        workgroupBarrier();\n    }}\n    if (gl == 0u) {{ res[(lid / SPL) * NR + {r}u] = red[lid]; }}\n    workgroupBarrier();\n"));
-        }
-        "var<workgroup> red: array<f32, 256>;".to_string()
-    }
 }
 
 /// Types whose repacked blocks start on 16-byte boundaries and whose integer dot products
@@ -3242,7 +3230,7 @@ fn matvec_q8f_source(
         body.push_str(&format!("            let gu_{r} = min(rbase + {r}u, P.rows - 1u) * P.units + u;\n            acc_{r}_0 += dx * idot(gu_{r} / UPB, gu_{r} % UPB, xa, xb, sx0, sx1);\n"));
     }
     body.push_str("        }\n    }\n");
-    let red = q8_reduce(ctx, nr, spl, &mut body);
+    let red = q8u_reduce(ctx, nr, spl, 256, &mut body);
     let rpw = (256 / spl) as usize * nr;
     Ok(matvec_wgsl(&MatVecParts {
         rpw,

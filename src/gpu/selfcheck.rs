@@ -556,8 +556,7 @@ pub fn lastwg_decode_check(
             t.lw_actq = on;
             t.lw_norm = on;
             // Both graphs with the NormQ8 and rounding dispatches the epilogues replace.
-            t.block_norm = false;
-            t.swiglu_q = 0;
+            t.normq8_graph();
         })
     };
     let on = with(true);
@@ -582,13 +581,11 @@ pub fn mv_wait_decode_check(
     // Both graphs with the NormQ8 and rounding dispatches the waiting mat-vecs replace.
     let on = ctx.retuned(|t| {
         t.mv_wait = 7;
-        t.block_norm = false;
-        t.swiglu_q = 0;
+        t.normq8_graph();
     });
     let off = ctx.retuned(|t| {
         t.mv_wait = 0;
-        t.block_norm = false;
-        t.swiglu_q = 0;
+        t.normq8_graph();
     });
     let g = graphs_agree(&on, &off, path, n_tok)?;
     Ok((

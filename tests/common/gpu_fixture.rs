@@ -34,9 +34,7 @@ pub fn context_tuned(tune: impl FnOnce(&mut GpuContext)) -> Option<Arc<GpuContex
 pub fn device(opts: &DeviceOptions) -> Option<GpuContext> {
     match GpuContext::new(opts) {
         Ok(mut c) => {
-            c.tune.block_norm = false;
-            c.tune.swiglu_q = 0;
-            c.tune.swiglu_q_wg = 256;
+            c.tune.normq8_graph();
             Some(c)
         }
         Err(e) if std::env::var("GGUFQ_SKIP_GPU").as_deref() == Ok("1") => {
