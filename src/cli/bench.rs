@@ -789,6 +789,9 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
             let (pass, line) = ggufq::gpu::selfcheck::mv_wait_decode_check(&ctx, p, 256)?;
             println!("{line}");
             c.ok &= pass;
+            let (pass, line) = ggufq::gpu::selfcheck::attn_wait_decode_check(&ctx, p, 300)?;
+            println!("{line}");
+            c.ok &= pass;
             let (pass, line) = ggufq::gpu::selfcheck::greedy_decode_check(&ctx, p, 256)?;
             println!("{line}");
             c.ok &= pass;

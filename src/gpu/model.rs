@@ -195,6 +195,11 @@ enum StepKind {
         /// length, row stride, kind and packed-quant base (parameter words 12..16); zeros
         /// otherwise.
         round: [u32; 4],
+        /// Inside the QKV mat-vec's dispatch (`KernelKey::MatVecAttn`, `Tune::attn_wait`):
+        /// 1 + (the layer's block of wait counters, and in bits 16.. the block that dispatch
+        /// zeroes: parameter words 16 and 17). The step itself is then not dispatched. 0
+        /// otherwise.
+        wait: u32,
     },
     /// Rounding of the attention output (`k` values, stride `ld`) combined from the split
     /// decode attention's `nch` partial results (`KernelKey::AttnCombineQ`).
@@ -1398,6 +1403,7 @@ impl GpuModel {
                     nch,
                     stats: attn_stats as u32,
                     round: [0; 4],
+                    wait: 0,
                 },
                 when: When::Decode,
                 role: "attention",
@@ -1465,7 +1471,14 @@ impl GpuModel {
                         nch,
                         stats: attn_stats as u32,
                         round: [k, ld, kind, q8e],
+                        wait: 0,
                     };
+                    keep(
+                        st.slot,
+                        &[
+                            &qkvb, &ly.kc, &ly.vc, part, &tinfo, &cs_buf, &out, &attn_cnt,
+                        ],
+                    );
                     st.bind = bg(
                         &bgl_attq,
                         &[
@@ -1857,6 +1870,20 @@ impl GpuModel {
                 |layout, ch, rest, slot| bgw(layout, ch, rest, slot),
             )?;
         }
+        // The decode attention inside the QKV mat-vec's dispatch (`Tune::attn_wait`).
+        let wait_layouts = if fuse_norm && ctx.tune.persist == 0 && ctx.tune.prefetch_mb == 0 {
+            attn_wait_pass(
+                &ctx,
+                &params,
+                &mats,
+                &mut steps,
+                &bufs_of.borrow(),
+                &cfg,
+                &mut mem,
+            )?
+        } else {
+            Default::default()
+        };
         mem.scratch += act.borrow().bytes;
         if attn_part.is_some() {
             mem.scratch += 4 * (attn_stats + 2 * cfg.n_head * attn_nch as usize) as u64;
@@ -1959,6 +1986,20 @@ impl GpuModel {
                     Some(l) => &l.1,
                     None => return Err(Error::msg("internal: multi mat-vec without its layout")),
                 },
+                KernelKey::MatVecAttn { ref mv, .. } => {
+                    let kinds = match **mv {
+                        KernelKey::MatVecQ8Multi { n, .. } => {
+                            super::kernels::multi_binding_kinds(n as usize)
+                        }
+                        _ => b"rrwu".to_vec(),
+                    };
+                    match wait_layouts.get(&kinds) {
+                        Some(l) => &l.1,
+                        None => {
+                            return Err(Error::msg("internal: mat-vec + attention without its layout"))
+                        }
+                    }
+                }
                 _ => &pl_mat,
             };
             kernels.get_with_layout(&ctx, &s.key, pl)?;
@@ -1987,6 +2028,7 @@ impl GpuModel {
             .filter(|s| {
                 s.when
                     .runs(if fused { When::Decode } else { When::Batch }, 1)
+                    && !absorbed(s)
             })
             .count();
         let _ = (&xn, &qkvb, &att, &hid);
@@ -2165,7 +2207,7 @@ impl GpuModel {
 
     /// Dispatches of a one-token forward call (the fused decode graph when in use).
     pub fn dispatches_per_token(&self) -> usize {
-        self.decode_steps().count()
+        self.decode_steps().filter(|s| !absorbed(s)).count()
     }
 
     /// The kernels a one-token pass of the fused decode graph whose position is `last_pos`
@@ -2175,7 +2217,7 @@ impl GpuModel {
         let long = self.long_context(last_pos);
         self.steps
             .iter()
-            .filter(|s| s.when.runs(When::Decode, 1))
+            .filter(|s| s.when.runs(When::Decode, 1) && !absorbed(s))
             .map(|s| pass_key(&s.key, long))
             .collect()
     }
@@ -2461,7 +2503,7 @@ impl GpuModel {
                             pbytes[o..o + 48].copy_from_slice(bytemuck::cast_slice(b));
                         }
                         p = blocks[0];
-                        wg = match &s.key {
+                        wg = match mv_key(&s.key) {
                             KernelKey::MatVecQ8Multi { parts, n, order } => (
                                 super::kernels::multi_workgroups(&parts[..*n as usize], *order),
                                 1,
@@ -2544,11 +2586,21 @@ impl GpuModel {
                     }
                 }
                 pbytes[s.slot * SLOT..s.slot * SLOT + 48].copy_from_slice(bytemuck::cast_slice(&p));
-                if let StepKind::AttnDecode { round, .. } = s.kind {
-                    // The epilogue's rounding parameters (zeros without it).
+                if let StepKind::AttnDecode { round, wait, .. } = s.kind {
+                    // The epilogue's rounding parameters (zeros without it), and the wait
+                    // counters inside the QKV mat-vec's dispatch.
                     pbytes[s.slot * SLOT + 48..s.slot * SLOT + 64]
                         .copy_from_slice(bytemuck::cast_slice(&round));
+                    let w = wait.saturating_sub(1);
+                    let words = if wait == 0 { [0, 0] } else { [w & 0xffff, w >> 16] };
+                    pbytes[s.slot * SLOT + 64..s.slot * SLOT + 72]
+                        .copy_from_slice(bytemuck::cast_slice(&words));
                 }
+                // The mat-vec's workgroups, then the attention's.
+                let wg = match &s.key {
+                    KernelKey::MatVecAttn { ag, .. } => (wg.0 + ag, wg.1),
+                    _ => wg,
+                };
                 disp.push(wg);
             }
             // The parameters depend only on the batch shape (positions are in the token table):
@@ -3065,6 +3117,10 @@ impl GpuModel {
                 }
                 (k, _) => pass_key(k, long),
             };
+            if absorbed(s) {
+                // Runs inside the QKV mat-vec's dispatch.
+                continue;
+            }
             let pipe = self.kernels.cached(&key)?;
             pass.set_pipeline(pipe);
             pass.set_bind_group(0, &s.bind, &[]);
@@ -3591,6 +3647,165 @@ fn block_norm_pass(
         }
     }
     Ok(removed)
+}
+
+/// Whether step `s` runs inside another step's dispatch (the decode attention of
+/// [`KernelKey::MatVecAttn`]): its parameters are written, but it is not dispatched.
+fn absorbed(s: &Step) -> bool {
+    matches!(s.kind, StepKind::AttnDecode { wait, .. } if wait != 0)
+}
+
+/// The mat-vec of `key`: the key itself, or the mat-vec part of [`KernelKey::MatVecAttn`].
+fn mv_key(key: &KernelKey) -> &KernelKey {
+    match key {
+        KernelKey::MatVecAttn { mv, .. } => mv,
+        k => k,
+    }
+}
+
+/// Pipeline layouts of [`KernelKey::MatVecAttn`], by the mat-vec's binding kinds.
+type WaitLayouts =
+    std::collections::HashMap<Vec<u8>, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>;
+
+/// [`Tune::attn_wait`]'s graph change: every decode attention with the last-workgroup
+/// epilogue ([`KernelKey::AttnDecodeQ`]) right after the QKV mat-vec that writes its input
+/// (one integer mat-vec of one weight chunk holding Q, K and V, whose row groups split at
+/// head boundaries) runs in that mat-vec's dispatch ([`KernelKey::MatVecAttn`]): the
+/// mat-vec step gets the joint kernel and bind group, the attention step stays for its
+/// parameters (and the wait words) but is no longer dispatched. Each layer has a block of
+/// wait counters (one per KV head), zeroed by the next layer's dispatch (cyclically), so at
+/// least two such pairs are needed; with fewer the graph stays as it is.
+#[allow(clippy::too_many_arguments)]
+fn attn_wait_pass(
+    ctx: &GpuContext,
+    params: &wgpu::Buffer,
+    mats: &[GpuMatrix],
+    steps: &mut [Step],
+    bufs: &std::collections::HashMap<usize, Vec<wgpu::Buffer>>,
+    cfg: &LlamaConfig,
+    mem: &mut MemoryUse,
+) -> Result<WaitLayouts> {
+    let mut layouts = WaitLayouts::new();
+    if !ctx.tune.attn_wait || !wait_is_ordered(ctx) {
+        return Ok(layouts);
+    }
+    let tune = &ctx.tune;
+    let (n_head, n_kv, hd) = (cfg.n_head as u32, cfg.n_kv as u32, cfg.head_dim as u32);
+    if n_kv == 0 || n_head % n_kv != 0 {
+        return Ok(layouts);
+    }
+    let dec: Vec<usize> = (0..steps.len())
+        .filter(|&i| steps[i].when.runs(When::Decode, 1))
+        .collect();
+    // (mat-vec step, attention step, weight chunk, row groups, query / K row groups per KV
+    // head, attention workgroups)
+    let mut pairs = Vec::new();
+    for w in dec.windows(2) {
+        let (i, j) = (w[0], w[1]);
+        let (StepKind::AttnDecode { nch, .. }, KernelKey::AttnDecodeQ { .. }) =
+            (steps[j].kind, &steps[j].key)
+        else {
+            continue;
+        };
+        if steps[i].when != When::Decode || steps[j].when != When::Decode {
+            continue;
+        }
+        let (Some(ab), Some(mb)) = (bufs.get(&steps[j].slot), bufs.get(&steps[i].slot)) else {
+            continue;
+        };
+        // The attention reads this mat-vec's output and writes nothing it reads.
+        if ab.len() != 8 || mb.len() < 3 || ab[0] != mb[2] || ab[3] == mb[1] || ab[6] == mb[1] {
+            continue;
+        }
+        let (
+            KernelKey::MatVecQ8 { ty, .. } | KernelKey::MatVecQ8S { ty, .. },
+            StepKind::Mat { m, c, mode: 0, .. },
+        ) = (&steps[i].key, steps[i].kind)
+        else {
+            continue;
+        };
+        let Some(ch) = mats
+            .get(m)
+            .filter(|x| x.chunks.len() == 1)
+            .and_then(|x| x.chunks.get(c))
+        else {
+            continue;
+        };
+        // Row groups that split at head boundaries, over all of Q, K and V.
+        let r = tune.rows_per_wg(&steps[i].key, tune.decode_nr(*ty));
+        if r == 0 || hd % r != 0 || ch.row0 != 0 || ch.rows != (n_head + 2 * n_kv) * hd {
+            continue;
+        }
+        let (rq, rk) = ((n_head / n_kv) * hd / r, hd / r);
+        pairs.push((i, j, m, c, ch.rows / r, rq, rk, n_head * nch));
+    }
+    if pairs.len() < 2 {
+        return Ok(layouts);
+    }
+    let np = pairs.len() as u32;
+    let counters =
+        super::counters::counter_buffer(ctx, "attn wait counters", (np * n_kv) as usize);
+    mem.scratch += 4 * (np * n_kv) as u64;
+    for (l, (i, j, m, c, mvg, rq, rk, ag)) in pairs.into_iter().enumerate() {
+        let l = l as u32;
+        let (mb, ab) = (&bufs[&steps[i].slot], &bufs[&steps[j].slot]);
+        let kinds = b"rrwu".to_vec();
+        let top = kinds.len() as u32 - 1;
+        let uniform = |slot: usize, size: u64| {
+            wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: params,
+                offset: (slot * SLOT) as u64,
+                size: wgpu::BufferSize::new(size),
+            })
+        };
+        let mut entries: Vec<wgpu::BindGroupEntry> = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: mats[m].chunks[c].binding(),
+        }];
+        for (b, res) in [
+            (1, mb[1].as_entire_binding()),
+            (2, mb[2].as_entire_binding()),
+            (3, uniform(steps[i].slot, 64)),
+            (top + 1, ab[1].as_entire_binding()),
+            (top + 2, ab[2].as_entire_binding()),
+            (top + 3, ab[3].as_entire_binding()),
+            (
+                top + 4,
+                uniform(steps[j].slot, super::kernels::MATVEC_ATTN_PARAMS),
+            ),
+            (top + 5, ab[4].as_entire_binding()),
+            (top + 6, ab[5].as_entire_binding()),
+            (top + 7, ab[6].as_entire_binding()),
+            (top + 8, ab[7].as_entire_binding()),
+            (top + 9, counters.as_entire_binding()),
+        ] {
+            entries.push(wgpu::BindGroupEntry {
+                binding: b,
+                resource: res,
+            });
+        }
+        let all = super::kernels::matvec_attn_kinds(&kinds);
+        let (bgl, _) = layouts
+            .entry(kinds)
+            .or_insert_with(|| buffer_layouts(ctx, "mat attn", &all));
+        steps[i].bind = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("mat attn"),
+            layout: bgl,
+            entries: &entries,
+        });
+        steps[i].key = KernelKey::MatVecAttn {
+            mv: Box::new(steps[i].key.clone()),
+            at: Box::new(steps[j].key.clone()),
+            mvg,
+            ag,
+            rq,
+            rk,
+        };
+        if let StepKind::AttnDecode { wait, .. } = &mut steps[j].kind {
+            *wait = 1 + (l | ((l + np - 1) % np) << 16);
+        }
+    }
+    Ok(layouts)
 }
 
 /// [`Tune::mv_wait`]'s graph change: every decode NormQ8 step (bit 1) or activation

@@ -600,6 +600,29 @@ pub fn mv_wait_decode_check(
     ))
 }
 
+/// The decode graph with the attention inside the QKV mat-vec's dispatch (`Tune::attn_wait`)
+/// against the two dispatches, both at the engine's defaults otherwise, greedy decoding of
+/// `n_tok` steps from token 1: every logit must be equal bit for bit.
+pub fn attn_wait_decode_check(
+    ctx: &Arc<GpuContext>,
+    path: &std::path::Path,
+    n_tok: usize,
+) -> Result<(bool, String)> {
+    let on = ctx.retuned(|t| t.attn_wait = true);
+    let off = ctx.retuned(|t| t.attn_wait = false);
+    let g = graphs_agree(&on, &off, path, n_tok)?;
+    Ok((
+        g.pass(),
+        format!(
+            "attention in the QKV dispatch {}: {n_tok} decode steps, {} vs {} dispatches per token: {}",
+            g.name,
+            g.dispatches.0,
+            g.dispatches.1,
+            g.verdict()
+        ),
+    ))
+}
+
 /// Greedy decoding on the GPU ([`GpuModel::decode_greedy`]: argmax on the GPU, passes queued
 /// ahead of the read-back) against one `forward` call at a time with the argmax on the host,
 /// `n_tok` steps from token 1 of the model at `path`: every chosen token and every logit must

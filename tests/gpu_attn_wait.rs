@@ -1,0 +1,144 @@
+//! The decode attention inside the QKV mat-vec's dispatch (`Tune::attn_wait`,
+//! `KernelKey::MatVecAttn`): the attention's workgroups come after the mat-vec's and wait
+//! on a counter instead of a barrier, with the same operations, so the decode logits must
+//! equal the two-dispatch graph's bit for bit — with the block-rounding graph and with the
+//! NormQ8 graph, with a single QKV matrix and a multi-matrix QKV dispatch (Q4_K_M's V),
+//! and past the exact split's length (flash-decoding chunks). The counters are zeroed by
+//! the next layer's dispatch, so many tokens in a row must keep working. Runs on lavapipe
+//! in CI (on one thread: `model::wait_is_ordered`); without an adapter these fail unless
+//! GGUFQ_SKIP_GPU=1.
+#![cfg(feature = "gpu")]
+
+use ggufq::gpu::kernels::{matvec_attn_kinds, matvec_attn_source, KernelKey, Kernels};
+use ggufq::gpu::GpuModel;
+
+#[path = "common/gpu_fixture.rs"]
+mod gpu_fixture;
+use gpu_fixture::{decode_steps, load_tuned, role_count, validate_wgsl};
+
+fn load(mix: &str, wait: bool, block_norm: bool, exact_max: Option<u32>) -> Option<GpuModel> {
+    // Lavapipe orders the waiting workgroups' reads only on one thread
+    // (`model::wait_is_ordered`); set before this process opens its first device.
+    std::env::set_var("LP_NUM_THREADS", "1");
+    load_tuned("wide", mix, |c| {
+        c.tune.attn_wait = wait;
+        if block_norm {
+            let d = ggufq::gpu::kernels::Tune::from_env();
+            c.tune.block_norm = d.block_norm;
+            c.tune.swiglu_q = d.swiglu_q;
+            c.tune.swiglu_q_wg = d.swiglu_q_wg;
+        }
+        if let Some(m) = exact_max {
+            c.tune.attn_exact_max = m;
+        }
+    })
+}
+
+fn joint_keys(m: &GpuModel) -> Vec<KernelKey> {
+    m.decode_keys_at(10)
+        .into_iter()
+        .filter(|k| matches!(k, KernelKey::MatVecAttn { .. }))
+        .collect()
+}
+
+/// Decode QKV mat-vecs of one matrix (not a multi-matrix dispatch) right before an attention.
+fn joint_keys_plain_single(m: &GpuModel) -> usize {
+    let keys = m.decode_keys_at(10);
+    keys.windows(2)
+        .filter(|w| {
+            matches!(w[0], KernelKey::MatVecQ8 { .. } | KernelKey::MatVecQ8S { .. })
+                && matches!(w[1], KernelKey::AttnDecodeQ { .. })
+        })
+        .count()
+}
+
+#[test]
+fn gpu_attention_in_the_qkv_dispatch_equals_the_two_dispatches_bit_for_bit() {
+    let mut failures = Vec::new();
+    for (mix, block_norm, exact_max) in [
+        ("q4_0", true, None),
+        ("q8_0", true, None),
+        ("q4_k_m", true, None),
+        ("q2_k", true, None),
+        ("q6_k", true, None),
+        ("hybrid", true, None),
+        ("q4_0", false, None),
+        ("q4_k_m", false, None),
+        // Past 8 positions the flash-decoding kernel (its long-context key) runs.
+        ("q4_0", true, Some(8)),
+    ] {
+        let Some(mut plain) = load(mix, false, block_norm, exact_max) else {
+            return;
+        };
+        let ctx = gpu_fixture::context().unwrap();
+        assert!(ggufq::gpu::model::wait_is_ordered(&ctx));
+        let mut w = load(mix, true, block_norm, exact_max).unwrap();
+        let layers = plain.cfg.n_layer;
+        let what = format!("{mix} block_norm={block_norm} exact_max={exact_max:?}");
+        // One joint dispatch per layer, one dispatch fewer per layer.
+        assert!(joint_keys(&plain).is_empty(), "{what}");
+        let joint = joint_keys(&w);
+        // Every layer whose QKV is one matrix (Q4_K_M's V has a type of its own: a
+        // multi-matrix dispatch, left as it is), if there are two or more (each layer's
+        // counters are zeroed by the next one's dispatch).
+        let single = joint_keys_plain_single(&plain);
+        let single = if single >= 2 { single } else { 0 };
+        assert_eq!(joint.len(), single, "{what}: {:?}", w.step_roles());
+        assert!(
+            !matches!(mix, "q4_0" | "q8_0" | "q6_k") || single == layers,
+            "{what}"
+        );
+        assert_eq!(
+            w.dispatches_per_token() + single,
+            plain.dispatches_per_token(),
+            "{what}"
+        );
+        assert_eq!(role_count(&w, "attention"), role_count(&plain, "attention"));
+        // 40 tokens: past the 32-position chunks, and the counters reused 40 times.
+        let base = decode_steps(&mut plain, 40);
+        let rows = decode_steps(&mut w, 40);
+        for (t, (a, b)) in base.iter().zip(&rows).enumerate() {
+            let diff = a
+                .iter()
+                .zip(b)
+                .filter(|(x, y)| x.to_bits() != y.to_bits())
+                .count();
+            if diff != 0 {
+                failures.push(format!("{what}: token {t}: {diff} logits differ"));
+                break;
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn joint_kernel_texts_validate_and_bad_texts_are_refused() {
+    let Some(ctx) = gpu_fixture::context_tuned(|c| c.tune.attn_wait = true) else {
+        return;
+    };
+    let mut m = load("q4_0", true, true, None).unwrap();
+    let keys = m.decode_keys_at(10);
+    let mut seen = 0;
+    for k in keys.iter().filter(|k| matches!(k, KernelKey::MatVecAttn { .. })) {
+        let src = Kernels::source(&ctx, k).unwrap();
+        validate_wgsl(&src, &format!("{k:?}"));
+        // The attention's bindings follow the mat-vec's; the wait counters come last.
+        let all = matvec_attn_kinds(b"rrwu");
+        assert!(src.contains(&format!(
+            "@binding({}) var<storage, read_write> AWF",
+            all.len() - 1
+        )));
+        assert!(src.contains("fn mv_main(lid: u32, wg: vec3<u32>)"), "{k:?}");
+        seen += 1;
+    }
+    assert_eq!(seen, m.cfg.n_layer);
+    // Texts without the pieces the joint kernel needs are refused with an error.
+    let mv = "@compute @workgroup_size(256)\nfn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {\n}\n";
+    let err = matvec_attn_source(mv, "fn main() {}", 12, 2, 1).unwrap_err();
+    assert!(err.to_string().contains("mat-vec + attention"), "{err}");
+    // Row groups that are not whole KV heads (12 is not a multiple of 2 + 2 · 3).
+    let err = matvec_attn_source(mv, "fn main() {}", 12, 2, 3).unwrap_err();
+    assert!(err.to_string().contains("KV heads"), "{err}");
+    let _ = decode_steps(&mut m, 2);
+}
