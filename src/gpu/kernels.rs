@@ -4491,6 +4491,7 @@ pub fn matvec_attn_source(mv: &str, at: &str, mvg: u32, rq: u32, rk: u32) -> Res
             for (var i = lid; i < NGRP; i += 256u) {
                 atomicStore(&AWF[P.wzero * NGRP + i], 0u);
             }
+            workgroupBarrier();
         }
         mv_main(lid, vec3<u32>(mv_group(wg_all.x), wg_all.y, wg_all.z));
         // Release: this workgroup's rows before its arrival.
@@ -4506,13 +4507,17 @@ pub fn matvec_attn_source(mv: &str, at: &str, mvg: u32, rq: u32, rk: u32) -> Res
         .replace(
             new_token,
             "    // Every row group of this head's KV head (its Q/K/V of the new token) before they
-    // are read.
-    if (lid == 0u) {
-        let wc = P.wslot * NGRP + (wg.x / NCH) / (P.n_head / P.n_kv);
-        loop {
-            if (atomicLoad(&AWF[wc]) >= PG) {
-                break;
-            }
+    // are read. The whole workgroup loops (thread 0 polls, a barrier shares the count), so
+    // every warp leaves the wait converged: the subgroup shuffles after it (coalesced
+    // scoring) see all 32 lanes. A wait by thread 0 alone left warp 0 diverged on the H100
+    // (small differences from run to run).
+    let wc = P.wslot * NGRP + (wg.x / NCH) / (P.n_head / P.n_kv);
+    loop {
+        if (lid == 0u) {
+            wcount = atomicLoad(&AWF[wc]);
+        }
+        if (workgroupUniformLoad(&wcount) >= PG) {
+            break;
         }
     }
     storageBarrier();
@@ -4528,6 +4533,7 @@ const RQ: u32 = {rq}u;
 const RK: u32 = {rk}u;
 const PG: u32 = {pg}u;
 const NGRP: u32 = {ngrp}u;
+var<workgroup> wcount: u32;
 // The mat-vec's row group of joint workgroup g: KV head g / PG's query rows, K rows, V rows.
 fn mv_group(g: u32) -> u32 {{
     let k = g / PG;
