@@ -22,6 +22,8 @@ fn load(mix: &str, wait: bool, block_norm: bool, exact_max: Option<u32>) -> Opti
     std::env::set_var("LP_NUM_THREADS", "1");
     load_tuned("wide", mix, |c| {
         c.tune.attn_wait = wait;
+        // The scoring form the joint kernel is measured with (fewer registers), both sides.
+        c.tune.attn_coal_exact = true;
         if block_norm {
             let d = ggufq::gpu::kernels::Tune::from_env();
             c.tune.block_norm = d.block_norm;
@@ -46,8 +48,10 @@ fn joint_keys_plain_single(m: &GpuModel) -> usize {
     let keys = m.decode_keys_at(10);
     keys.windows(2)
         .filter(|w| {
-            matches!(w[0], KernelKey::MatVecQ8 { .. } | KernelKey::MatVecQ8S { .. })
-                && matches!(w[1], KernelKey::AttnDecodeQ { .. })
+            matches!(
+                w[0],
+                KernelKey::MatVecQ8 { .. } | KernelKey::MatVecQ8S { .. }
+            ) && matches!(w[1], KernelKey::AttnDecodeQ { .. })
         })
         .count()
 }
@@ -114,13 +118,19 @@ fn gpu_attention_in_the_qkv_dispatch_equals_the_two_dispatches_bit_for_bit() {
 
 #[test]
 fn joint_kernel_texts_validate_and_bad_texts_are_refused() {
-    let Some(ctx) = gpu_fixture::context_tuned(|c| c.tune.attn_wait = true) else {
+    let Some(ctx) = gpu_fixture::context_tuned(|c| {
+        c.tune.attn_wait = true;
+        c.tune.attn_coal_exact = true;
+    }) else {
         return;
     };
     let mut m = load("q4_0", true, true, None).unwrap();
     let keys = m.decode_keys_at(10);
     let mut seen = 0;
-    for k in keys.iter().filter(|k| matches!(k, KernelKey::MatVecAttn { .. })) {
+    for k in keys
+        .iter()
+        .filter(|k| matches!(k, KernelKey::MatVecAttn { .. }))
+    {
         let src = Kernels::source(&ctx, k).unwrap();
         validate_wgsl(&src, &format!("{k:?}"));
         // The attention's bindings follow the mat-vec's; the wait counters come last.

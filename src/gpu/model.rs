@@ -1996,7 +1996,9 @@ impl GpuModel {
                     match wait_layouts.get(&kinds) {
                         Some(l) => &l.1,
                         None => {
-                            return Err(Error::msg("internal: mat-vec + attention without its layout"))
+                            return Err(Error::msg(
+                                "internal: mat-vec + attention without its layout",
+                            ))
                         }
                     }
                 }
@@ -2592,7 +2594,11 @@ impl GpuModel {
                     pbytes[s.slot * SLOT + 48..s.slot * SLOT + 64]
                         .copy_from_slice(bytemuck::cast_slice(&round));
                     let w = wait.saturating_sub(1);
-                    let words = if wait == 0 { [0, 0] } else { [w & 0xffff, w >> 16] };
+                    let words = if wait == 0 {
+                        [0, 0]
+                    } else {
+                        [w & 0xffff, w >> 16]
+                    };
                     pbytes[s.slot * SLOT + 64..s.slot * SLOT + 72]
                         .copy_from_slice(bytemuck::cast_slice(&words));
                 }
@@ -3743,8 +3749,7 @@ fn attn_wait_pass(
         return Ok(layouts);
     }
     let np = pairs.len() as u32;
-    let counters =
-        super::counters::counter_buffer(ctx, "attn wait counters", (np * n_kv) as usize);
+    let counters = super::counters::counter_buffer(ctx, "attn wait counters", (np * n_kv) as usize);
     mem.scratch += 4 * (np * n_kv) as u64;
     for (l, (i, j, m, c, mvg, rq, rk, ag)) in pairs.into_iter().enumerate() {
         let l = l as u32;

@@ -601,15 +601,23 @@ pub fn mv_wait_decode_check(
 }
 
 /// The decode graph with the attention inside the QKV mat-vec's dispatch (`Tune::attn_wait`)
-/// against the two dispatches, both at the engine's defaults otherwise, greedy decoding of
+/// against the two dispatches, both with the coalesced exact-split scoring and the engine's
+/// defaults otherwise, greedy decoding of
 /// `n_tok` steps from token 1: every logit must be equal bit for bit.
 pub fn attn_wait_decode_check(
     ctx: &Arc<GpuContext>,
     path: &std::path::Path,
     n_tok: usize,
 ) -> Result<(bool, String)> {
-    let on = ctx.retuned(|t| t.attn_wait = true);
-    let off = ctx.retuned(|t| t.attn_wait = false);
+    // Both with the coalesced exact-split scoring (the joint kernel's measured form).
+    let on = ctx.retuned(|t| {
+        t.attn_wait = true;
+        t.attn_coal_exact = true;
+    });
+    let off = ctx.retuned(|t| {
+        t.attn_wait = false;
+        t.attn_coal_exact = true;
+    });
     let g = graphs_agree(&on, &off, path, n_tok)?;
     Ok((
         g.pass(),
