@@ -143,6 +143,22 @@ fn joint_kernel_texts_validate_and_bad_texts_are_refused() {
         seen += 1;
     }
     assert_eq!(seen, m.cfg.n_layer);
+    // A joint key of another mat-vec kind is refused, not compiled.
+    if let Some(KernelKey::MatVecAttn { at, .. }) = keys
+        .iter()
+        .find(|k| matches!(k, KernelKey::MatVecAttn { .. }))
+    {
+        let bad = KernelKey::MatVecAttn {
+            mv: Box::new(KernelKey::Argmax),
+            at: at.clone(),
+            mvg: 8,
+            ag: 4,
+            rq: 2,
+            rk: 1,
+        };
+        let err = Kernels::source(&ctx, &bad).unwrap_err();
+        assert!(err.to_string().contains("mat-vec and attention"), "{err}");
+    }
     // Texts without the pieces the joint kernel needs are refused with an error.
     let mv = "@compute @workgroup_size(256)\nfn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {\n}\n";
     let err = matvec_attn_source(mv, "fn main() {}", 12, 2, 1).unwrap_err();

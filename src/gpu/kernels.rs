@@ -1639,8 +1639,8 @@ pub enum KernelKey {
         n: u32,
         order: u32,
     },
-    /// The decode QKV mat-vec `mv` ([`KernelKey::MatVecQ8`], [`KernelKey::MatVecQ8S`] or
-    /// [`KernelKey::MatVecQ8Multi`]) and the decode attention `at`
+    /// The decode QKV mat-vec `mv` of one matrix ([`KernelKey::MatVecQ8`] or
+    /// [`KernelKey::MatVecQ8S`]) and the decode attention `at`
     /// ([`KernelKey::AttnDecodeQ`]) in one dispatch ([`Tune::attn_wait`],
     /// [`matvec_attn_source`]): workgroups `0 .. mvg` run the mat-vec's row groups in KV-head
     /// order (per KV head: `rq` groups of its query heads' rows, `rk` of its K rows, `rk` of
@@ -4895,9 +4895,7 @@ impl Kernels {
             } => {
                 if !matches!(
                     **mv,
-                    KernelKey::MatVecQ8 { .. }
-                        | KernelKey::MatVecQ8S { .. }
-                        | KernelKey::MatVecQ8Multi { .. }
+                    KernelKey::MatVecQ8 { .. } | KernelKey::MatVecQ8S { .. }
                 ) || !matches!(**at, KernelKey::AttnDecodeQ { .. })
                 {
                     return Err(Error::msg(format!(
