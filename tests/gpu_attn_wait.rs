@@ -17,11 +17,22 @@ mod gpu_fixture;
 use gpu_fixture::{decode_steps, load_tuned, role_count, validate_wgsl};
 
 fn load(mix: &str, wait: bool, block_norm: bool, exact_max: Option<u32>) -> Option<GpuModel> {
+    load_all(mix, wait, block_norm, exact_max, false)
+}
+
+fn load_all(
+    mix: &str,
+    wait: bool,
+    block_norm: bool,
+    exact_max: Option<u32>,
+    all: bool,
+) -> Option<GpuModel> {
     // Lavapipe orders the waiting workgroups' reads only on one thread
     // (`model::wait_is_ordered`); set before this process opens its first device.
     std::env::set_var("LP_NUM_THREADS", "1");
     load_tuned("wide", mix, |c| {
         c.tune.attn_wait = wait;
+        c.tune.attn_wait_all = all;
         // The scoring form the joint kernel is measured with (fewer registers), both sides.
         c.tune.attn_coal_exact = true;
         if block_norm {
@@ -112,6 +123,14 @@ fn gpu_attention_in_the_qkv_dispatch_equals_the_two_dispatches_bit_for_bit() {
                 break;
             }
         }
+    }
+    // Every attention workgroup waiting for all KV heads (the diagnostic form).
+    if let (Some(mut plain), Some(mut all)) = (
+        load("q8_0", false, true, None),
+        load_all("q8_0", true, true, None, true),
+    ) {
+        assert_eq!(joint_keys(&all).len(), all.cfg.n_layer);
+        assert_eq!(decode_steps(&mut plain, 12), decode_steps(&mut all, 12));
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }

@@ -981,6 +981,10 @@ pub struct Tune {
     /// the epilogue graphs) then differ by up to ~1e-3 in some steps, a nondeterminism not
     /// found yet; its own comparison with the two dispatches agrees bit for bit.
     pub attn_wait: bool,
+    /// With [`Tune::attn_wait`]: every attention workgroup waits for all KV heads' row
+    /// groups (GGUFQ_ATTN_WAIT_ALL=1; a diagnostic form: the attention then starts after the
+    /// whole mat-vec, as with the barrier). Off by default.
+    pub attn_wait_all: bool,
 }
 
 /// Bytes one [`KernelKey::Prefetch`] workgroup reads: 256 threads × 4 loads of 16 bytes,
@@ -1339,6 +1343,7 @@ impl Tune {
             block_norm_epi: get("GGUFQ_BLOCK_NORM_EPI", 0, &[0, 1]),
             block_norm_rs: get("GGUFQ_BLOCK_NORM_RS", 0, &[0, 1]),
             attn_wait,
+            attn_wait_all: std::env::var("GGUFQ_ATTN_WAIT_ALL").as_deref() == Ok("1"),
             q8_pair: std::env::var("GGUFQ_Q8_PAIR").as_deref() == Ok("1"),
             mv_wait: get("GGUFQ_MV_WAIT", 0, &[0, 1, 2, 3, 5, 6, 7]),
             persist: std::env::var("GGUFQ_MV_PERSIST")
@@ -4390,7 +4395,8 @@ pub fn matvec_attn_kinds(mv: &[u8]) -> Vec<u8> {
 
 /// Size of the attention's parameter block in [`KernelKey::MatVecAttn`]: the 64 bytes of
 /// [`KernelKey::AttnDecodeQ`], then `wslot` (the layer's block of wait counters, one per KV
-/// head) and `wzero` (the block this dispatch zeroes), padded to 16 bytes.
+/// head), `wzero` (the block this dispatch zeroes) and `wall` (1: wait for every KV head,
+/// [`Tune::attn_wait_all`]), padded to 16 bytes.
 pub const MATVEC_ATTN_PARAMS: u64 = 80;
 
 /// WGSL of [`KernelKey::MatVecAttn`] from the texts of its mat-vec (`mv`) and attention
@@ -4495,7 +4501,10 @@ pub fn matvec_attn_source(mv: &str, at: &str, mvg: u32, rq: u32, rk: u32) -> Res
         })
         .into_owned();
     let at_text = at_text
-        .replace(params_end, "    q8b: u32,\n    wslot: u32,\n    wzero: u32,\n}")
+        .replace(
+            params_end,
+            "    q8b: u32,\n    wslot: u32,\n    wzero: u32,\n    wall: u32,\n}",
+        )
         .replace(
             at_entry,
             "fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg_all: vec3<u32>) {
@@ -4524,12 +4533,21 @@ pub fn matvec_attn_source(mv: &str, at: &str, mvg: u32, rq: u32, rk: u32) -> Res
     // every warp leaves the wait converged: the subgroup shuffles after it (coalesced
     // scoring) see all 32 lanes. A wait by thread 0 alone left warp 0 diverged on the H100
     // (small differences from run to run).
-    let wc = P.wslot * NGRP + (wg.x / NCH) / (P.n_head / P.n_kv);
+    // (Every KV head's with `wall`.)
+    let wkv = (wg.x / NCH) / (P.n_head / P.n_kv);
+    let wk0 = select(wkv, 0u, P.wall != 0u);
+    let wk1 = select(wkv + 1u, NGRP, P.wall != 0u);
     loop {
         if (lid == 0u) {
-            wcount = atomicLoad(&AWF[wc]);
+            var done = 1u;
+            for (var k = wk0; k < wk1; k++) {
+                if (atomicLoad(&AWF[P.wslot * NGRP + k]) < PG) {
+                    done = 0u;
+                }
+            }
+            wcount = done;
         }
-        if (workgroupUniformLoad(&wcount) >= PG) {
+        if (workgroupUniformLoad(&wcount) != 0u) {
             break;
         }
     }

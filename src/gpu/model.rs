@@ -197,8 +197,8 @@ enum StepKind {
         round: [u32; 4],
         /// Inside the QKV mat-vec's dispatch (`KernelKey::MatVecAttn`, `Tune::attn_wait`):
         /// 1 + (the layer's block of wait counters, and in bits 16.. the block that dispatch
-        /// zeroes: parameter words 16 and 17). The step itself is then not dispatched. 0
-        /// otherwise.
+        /// zeroes: parameter words 16 and 17; word 18 is `Tune::attn_wait_all`). The step
+        /// itself is then not dispatched. 0 otherwise.
         wait: u32,
     },
     /// Rounding of the attention output (`k` values, stride `ld`) combined from the split
@@ -2595,11 +2595,11 @@ impl GpuModel {
                         .copy_from_slice(bytemuck::cast_slice(&round));
                     let w = wait.saturating_sub(1);
                     let words = if wait == 0 {
-                        [0, 0]
+                        [0, 0, 0]
                     } else {
-                        [w & 0xffff, w >> 16]
+                        [w & 0xffff, w >> 16, u32::from(self.ctx.tune.attn_wait_all)]
                     };
-                    pbytes[s.slot * SLOT + 64..s.slot * SLOT + 72]
+                    pbytes[s.slot * SLOT + 64..s.slot * SLOT + 76]
                         .copy_from_slice(bytemuck::cast_slice(&words));
                 }
                 // The mat-vec's workgroups, then the attention's.
