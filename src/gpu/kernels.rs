@@ -4529,11 +4529,10 @@ pub fn matvec_attn_source(mv: &str, at: &str, mvg: u32, rq: u32, rk: u32) -> Res
         .replace(
             new_token,
             "    // Every row group of this head's KV head (its Q/K/V of the new token) before they
-    // are read. The whole workgroup loops (thread 0 polls, a barrier shares the count), so
-    // every warp leaves the wait converged: the subgroup shuffles after it (coalesced
-    // scoring) see all 32 lanes. A wait by thread 0 alone left warp 0 diverged on the H100
-    // (small differences from run to run).
-    // (Every KV head's with `wall`.)
+    // are read (every KV head's with `wall`). The whole workgroup loops (thread 0 polls, a
+    // barrier shares the count), so every warp leaves the wait converged before the
+    // coalesced scoring's subgroup shuffles. (This replaced a wait by thread 0 alone; the
+    // kernel check's differences with GGUFQ_ATTN_WAIT=1 on the H100 remained with either.)
     let wkv = (wg.x / NCH) / (P.n_head / P.n_kv);
     let wk0 = select(wkv, 0u, P.wall != 0u);
     let wk1 = select(wkv + 1u, NGRP, P.wall != 0u);

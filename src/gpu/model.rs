@@ -196,10 +196,10 @@ enum StepKind {
         /// otherwise.
         round: [u32; 4],
         /// Inside the QKV mat-vec's dispatch (`KernelKey::MatVecAttn`, `Tune::attn_wait`):
-        /// 1 + (the layer's block of wait counters, and in bits 16.. the block that dispatch
-        /// zeroes: parameter words 16 and 17; word 18 is `Tune::attn_wait_all`). The step
-        /// itself is then not dispatched. 0 otherwise.
-        wait: u32,
+        /// the layer's block of wait counters and the block that dispatch zeroes (parameter
+        /// words 16 and 17; word 18 is `Tune::attn_wait_all`). The step itself is then not
+        /// dispatched. None otherwise.
+        wait: Option<(u32, u32)>,
     },
     /// Rounding of the attention output (`k` values, stride `ld`) combined from the split
     /// decode attention's `nch` partial results (`KernelKey::AttnCombineQ`).
@@ -1403,7 +1403,7 @@ impl GpuModel {
                     nch,
                     stats: attn_stats as u32,
                     round: [0; 4],
-                    wait: 0,
+                    wait: None,
                 },
                 when: When::Decode,
                 role: "attention",
@@ -1471,7 +1471,7 @@ impl GpuModel {
                         nch,
                         stats: attn_stats as u32,
                         round: [k, ld, kind, q8e],
-                        wait: 0,
+                        wait: None,
                     };
                     keep(
                         st.slot,
@@ -1871,7 +1871,7 @@ impl GpuModel {
             )?;
         }
         // The decode attention inside the QKV mat-vec's dispatch (`Tune::attn_wait`).
-        let wait_layouts = if fuse_norm && ctx.tune.persist == 0 && ctx.tune.prefetch_mb == 0 {
+        let pl_wait = if fuse_norm && ctx.tune.persist == 0 && ctx.tune.prefetch_mb == 0 {
             attn_wait_pass(
                 &ctx,
                 &params,
@@ -1882,7 +1882,7 @@ impl GpuModel {
                 &mut mem,
             )?
         } else {
-            Default::default()
+            None
         };
         mem.scratch += act.borrow().bytes;
         if attn_part.is_some() {
@@ -1986,22 +1986,14 @@ impl GpuModel {
                     Some(l) => &l.1,
                     None => return Err(Error::msg("internal: multi mat-vec without its layout")),
                 },
-                KernelKey::MatVecAttn { ref mv, .. } => {
-                    let kinds = match **mv {
-                        KernelKey::MatVecQ8Multi { n, .. } => {
-                            super::kernels::multi_binding_kinds(n as usize)
-                        }
-                        _ => b"rrwu".to_vec(),
-                    };
-                    match wait_layouts.get(&kinds) {
-                        Some(l) => &l.1,
-                        None => {
-                            return Err(Error::msg(
-                                "internal: mat-vec + attention without its layout",
-                            ))
-                        }
+                KernelKey::MatVecAttn { .. } => match &pl_wait {
+                    Some(l) => l,
+                    None => {
+                        return Err(Error::msg(
+                            "internal: mat-vec + attention without its layout",
+                        ))
                     }
-                }
+                },
                 _ => &pl_mat,
             };
             kernels.get_with_layout(&ctx, &s.key, pl)?;
@@ -2593,12 +2585,9 @@ impl GpuModel {
                     // counters inside the QKV mat-vec's dispatch.
                     pbytes[s.slot * SLOT + 48..s.slot * SLOT + 64]
                         .copy_from_slice(bytemuck::cast_slice(&round));
-                    let w = wait.saturating_sub(1);
-                    let words = if wait == 0 {
-                        [0, 0, 0]
-                    } else {
-                        [w & 0xffff, w >> 16, u32::from(self.ctx.tune.attn_wait_all)]
-                    };
+                    let words = wait.map_or([0; 3], |(slot, zero)| {
+                        [slot, zero, u32::from(self.ctx.tune.attn_wait_all)]
+                    });
                     pbytes[s.slot * SLOT + 64..s.slot * SLOT + 76]
                         .copy_from_slice(bytemuck::cast_slice(&words));
                 }
@@ -3095,6 +3084,10 @@ impl GpuModel {
                     })
                     .forget_lifetime();
             }
+            if absorbed(s) {
+                // Runs inside the QKV mat-vec's dispatch.
+                continue;
+            }
             let key = match (&s.key, s.kind) {
                 (
                     KernelKey::MatVec { ty, .. }
@@ -3123,10 +3116,6 @@ impl GpuModel {
                 }
                 (k, _) => pass_key(k, long),
             };
-            if absorbed(s) {
-                // Runs inside the QKV mat-vec's dispatch.
-                continue;
-            }
             let pipe = self.kernels.cached(&key)?;
             pass.set_pipeline(pipe);
             pass.set_bind_group(0, &s.bind, &[]);
@@ -3658,7 +3647,7 @@ fn block_norm_pass(
 /// Whether step `s` runs inside another step's dispatch (the decode attention of
 /// [`KernelKey::MatVecAttn`]): its parameters are written, but it is not dispatched.
 fn absorbed(s: &Step) -> bool {
-    matches!(s.kind, StepKind::AttnDecode { wait, .. } if wait != 0)
+    matches!(s.kind, StepKind::AttnDecode { wait: Some(_), .. })
 }
 
 /// The mat-vec of `key`: the key itself, or the mat-vec part of [`KernelKey::MatVecAttn`].
@@ -3668,10 +3657,6 @@ fn mv_key(key: &KernelKey) -> &KernelKey {
         k => k,
     }
 }
-
-/// Pipeline layouts of [`KernelKey::MatVecAttn`], by the mat-vec's binding kinds.
-type WaitLayouts =
-    std::collections::HashMap<Vec<u8>, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>;
 
 /// [`Tune::attn_wait`]'s graph change: every decode attention with the last-workgroup
 /// epilogue ([`KernelKey::AttnDecodeQ`]) right after the QKV mat-vec that writes its input
@@ -3690,15 +3675,14 @@ fn attn_wait_pass(
     bufs: &std::collections::HashMap<usize, Vec<wgpu::Buffer>>,
     cfg: &LlamaConfig,
     mem: &mut MemoryUse,
-) -> Result<WaitLayouts> {
-    let mut layouts = WaitLayouts::new();
+) -> Result<Option<wgpu::PipelineLayout>> {
     if !ctx.tune.attn_wait || !wait_is_ordered(ctx) {
-        return Ok(layouts);
+        return Ok(None);
     }
     let tune = &ctx.tune;
     let (n_head, n_kv, hd) = (cfg.n_head as u32, cfg.n_kv as u32, cfg.head_dim as u32);
     if n_kv == 0 || n_head % n_kv != 0 {
-        return Ok(layouts);
+        return Ok(None);
     }
     let dec: Vec<usize> = (0..steps.len())
         .filter(|&i| steps[i].when.runs(When::Decode, 1))
@@ -3746,16 +3730,19 @@ fn attn_wait_pass(
         pairs.push((i, j, m, c, ch.rows / r, rq, rk, n_head * nch));
     }
     if pairs.len() < 2 {
-        return Ok(layouts);
+        return Ok(None);
     }
     let np = pairs.len() as u32;
     let counters = super::counters::counter_buffer(ctx, "attn wait counters", (np * n_kv) as usize);
     mem.scratch += 4 * (np * n_kv) as u64;
+    // The plain mat-vec's bindings (weights, input, output, parameters), then the
+    // attention's.
+    let kinds = b"rrwu";
+    let top = kinds.len() as u32 - 1;
+    let (bgl, pl) = buffer_layouts(ctx, "mat attn", &super::kernels::matvec_attn_kinds(kinds));
     for (l, (i, j, m, c, mvg, rq, rk, ag)) in pairs.into_iter().enumerate() {
         let l = l as u32;
         let (mb, ab) = (&bufs[&steps[i].slot], &bufs[&steps[j].slot]);
-        let kinds = b"rrwu".to_vec();
-        let top = kinds.len() as u32 - 1;
         let uniform = |slot: usize, size: u64| {
             wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                 buffer: params,
@@ -3789,13 +3776,9 @@ fn attn_wait_pass(
                 resource: res,
             });
         }
-        let all = super::kernels::matvec_attn_kinds(&kinds);
-        let (bgl, _) = layouts
-            .entry(kinds)
-            .or_insert_with(|| buffer_layouts(ctx, "mat attn", &all));
         steps[i].bind = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("mat attn"),
-            layout: bgl,
+            layout: &bgl,
             entries: &entries,
         });
         steps[i].key = KernelKey::MatVecAttn {
@@ -3807,10 +3790,10 @@ fn attn_wait_pass(
             rk,
         };
         if let StepKind::AttnDecode { wait, .. } = &mut steps[j].kind {
-            *wait = 1 + (l | ((l + np - 1) % np) << 16);
+            *wait = Some((l, (l + np - 1) % np));
         }
     }
-    Ok(layouts)
+    Ok(Some(pl))
 }
 
 /// [`Tune::mv_wait`]'s graph change: every decode NormQ8 step (bit 1) or activation

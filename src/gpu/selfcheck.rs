@@ -579,50 +579,50 @@ pub fn mv_wait_decode_check(
     n_tok: usize,
 ) -> Result<(bool, String)> {
     // Both graphs with the NormQ8 and rounding dispatches the waiting mat-vecs replace.
-    let on = ctx.retuned(|t| {
-        t.mv_wait = 7;
+    switch_check(ctx, path, n_tok, "waiting mat-vecs", |t, on| {
+        t.mv_wait = if on { 7 } else { 0 };
         t.normq8_graph();
-    });
-    let off = ctx.retuned(|t| {
-        t.mv_wait = 0;
-        t.normq8_graph();
-    });
-    let g = graphs_agree(&on, &off, path, n_tok)?;
-    Ok((
-        g.pass(),
-        format!(
-            "waiting mat-vecs {}: {n_tok} decode steps, {} vs {} dispatches per token: {}",
-            g.name,
-            g.dispatches.0,
-            g.dispatches.1,
-            g.verdict()
-        ),
-    ))
+    })
 }
 
 /// The decode graph with the attention inside the QKV mat-vec's dispatch (`Tune::attn_wait`)
 /// against the two dispatches, both with the coalesced exact-split scoring and the engine's
-/// defaults otherwise, greedy decoding of
-/// `n_tok` steps from token 1: every logit must be equal bit for bit.
+/// defaults otherwise, greedy decoding of `n_tok` steps from token 1: every logit must be
+/// equal bit for bit.
 pub fn attn_wait_decode_check(
     ctx: &Arc<GpuContext>,
     path: &std::path::Path,
     n_tok: usize,
 ) -> Result<(bool, String)> {
     // Both with the coalesced exact-split scoring (the joint kernel's measured form).
-    let on = ctx.retuned(|t| {
-        t.attn_wait = true;
-        t.attn_coal_exact = true;
-    });
-    let off = ctx.retuned(|t| {
-        t.attn_wait = false;
-        t.attn_coal_exact = true;
-    });
+    switch_check(
+        ctx,
+        path,
+        n_tok,
+        "attention in the QKV dispatch",
+        |t, on| {
+            t.attn_wait = on;
+            t.attn_coal_exact = true;
+        },
+    )
+}
+
+/// [`graphs_agree`] of the tunings `set(tune, true)` and `set(tune, false)` of `ctx`, with
+/// the report line "`what` FILE: N decode steps, A vs B dispatches per token: verdict".
+fn switch_check(
+    ctx: &Arc<GpuContext>,
+    path: &std::path::Path,
+    n_tok: usize,
+    what: &str,
+    set: impl Fn(&mut super::kernels::Tune, bool),
+) -> Result<(bool, String)> {
+    let on = ctx.retuned(|t| set(t, true));
+    let off = ctx.retuned(|t| set(t, false));
     let g = graphs_agree(&on, &off, path, n_tok)?;
     Ok((
         g.pass(),
         format!(
-            "attention in the QKV dispatch {}: {n_tok} decode steps, {} vs {} dispatches per token: {}",
+            "{what} {}: {n_tok} decode steps, {} vs {} dispatches per token: {}",
             g.name,
             g.dispatches.0,
             g.dispatches.1,
