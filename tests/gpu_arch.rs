@@ -37,10 +37,7 @@ fn exact_prompts(c: &mut GpuContext) {
     }
     // The engine's own decode graph (the shared fixture turns the block-rounding residual
     // mat-vecs and the SwiGLU rounding off): every architecture through it.
-    let d = ggufq::gpu::kernels::Tune::from_env();
-    c.tune.block_norm = d.block_norm;
-    c.tune.swiglu_q = d.swiglu_q;
-    c.tune.swiglu_q_wg = d.swiglu_q_wg;
+    gpu_fixture::engine_decode_graph(c);
 }
 
 const NV: usize = 300;

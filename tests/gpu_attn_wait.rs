@@ -2,8 +2,9 @@
 //! `KernelKey::MatVecAttn`): the attention's workgroups come after the mat-vec's and wait
 //! on a counter instead of a barrier, with the same operations, so the decode logits must
 //! equal the two-dispatch graph's bit for bit — with the block-rounding graph and with the
-//! NormQ8 graph, with a single QKV matrix and a multi-matrix QKV dispatch (Q4_K_M's V),
-//! and past the exact split's length (flash-decoding chunks). The counters are zeroed by
+//! NormQ8 graph, and past the exact split's length (flash-decoding chunks). Only QKV
+//! mat-vecs of one matrix are joined (a multi-matrix QKV dispatch, e.g. Q4_K_M's layers
+//! whose V has its own type, keeps its two dispatches). The counters are zeroed by
 //! the next layer's dispatch, so many tokens in a row must keep working. Runs on lavapipe
 //! in CI (on one thread: `model::wait_is_ordered`); without an adapter these fail unless
 //! GGUFQ_SKIP_GPU=1.
@@ -36,10 +37,7 @@ fn load_all(
         // The scoring form the joint kernel is measured with (fewer registers), both sides.
         c.tune.attn_coal_exact = true;
         if block_norm {
-            let d = ggufq::gpu::kernels::Tune::from_env();
-            c.tune.block_norm = d.block_norm;
-            c.tune.swiglu_q = d.swiglu_q;
-            c.tune.swiglu_q_wg = d.swiglu_q_wg;
+            gpu_fixture::engine_decode_graph(c);
         }
         if let Some(m) = exact_max {
             c.tune.attn_exact_max = m;

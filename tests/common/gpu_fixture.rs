@@ -45,6 +45,16 @@ pub fn device(opts: &DeviceOptions) -> Option<GpuContext> {
     }
 }
 
+/// Undoes [`device`]'s `normq8_graph`: the block-rounding residual mat-vecs and the SwiGLU
+/// rounding as the engine's defaults (`Tune::from_env`) have them, for the tests that run
+/// the engine's own decode graph.
+pub fn engine_decode_graph(c: &mut GpuContext) {
+    let d = ggufq::gpu::kernels::Tune::from_env();
+    c.tune.block_norm = d.block_norm;
+    c.tune.swiglu_q = d.swiglu_q;
+    c.tune.swiglu_q_wg = d.swiglu_q_wg;
+}
+
 /// The "tiny" synthetic llama shape with weight mix `mix` (named `tiny-MIX`).
 pub fn tiny_source(mix: &str) -> SynthSource {
     SynthSource::new(
