@@ -10,7 +10,9 @@
 //! GGUFQ_SKIP_GPU=1.
 #![cfg(feature = "gpu")]
 
-use ggufq::gpu::kernels::{matvec_attn_kinds, matvec_attn_source, KernelKey, Kernels};
+use ggufq::gpu::kernels::{
+    atomic_f32_access, matvec_attn_kinds, matvec_attn_source, KernelKey, Kernels,
+};
 use ggufq::gpu::GpuModel;
 
 #[path = "common/gpu_fixture.rs"]
@@ -150,6 +152,18 @@ fn joint_kernel_texts_validate_and_bad_texts_are_refused() {
     {
         let src = Kernels::source(&ctx, k).unwrap();
         validate_wgsl(&src, &format!("{k:?}"));
+        // The rows handed from the mat-vec to the attention: only atomic accesses.
+        assert!(src.contains("var<storage, read_write> mv_Y: array<atomic<u32>>;"));
+        for line in src.lines().map(|l| l.split("//").next().unwrap_or("")) {
+            let plain = line.matches("mv_Y[").count();
+            let atomic = line.matches("atomicLoad(&mv_Y[").count()
+                + line.matches("atomicStore(&mv_Y[").count();
+            assert_eq!(
+                plain, atomic,
+                "{k:?}: a plain access of the hand-off: {line}"
+            );
+        }
+        assert!(src.contains("var q0 = bitcast<f32>(atomicLoad(&mv_Y[qo]));"));
         // The attention's bindings follow the mat-vec's; the wait counters come last.
         let all = matvec_attn_kinds(b"rrwu");
         assert!(src.contains(&format!(
@@ -184,4 +198,23 @@ fn joint_kernel_texts_validate_and_bad_texts_are_refused() {
     let err = matvec_attn_source(mv, "fn main() {}", 12, 2, 3).unwrap_err();
     assert!(err.to_string().contains("KV heads"), "{err}");
     let _ = decode_steps(&mut m, 2);
+}
+
+/// The rewrite that puts the hand-off through atomics: stores (their values rewritten
+/// too), loads (also inside indices), comments and other names untouched; forms it cannot
+/// rewrite are refused.
+#[test]
+fn hand_off_accesses_become_atomics() {
+    let src =
+        "// Y[i] = x\nlet a = Y[i + Y2[j]];\n    Y[o] = Y[o] + XY[o]; // Y[o]\nY[Y[k] ] == b;\n";
+    let out = atomic_f32_access(src, "Y").unwrap();
+    assert_eq!(
+        out,
+        "// Y[i] = x\nlet a = bitcast<f32>(atomicLoad(&Y[i + Y2[j]]));\n    atomicStore(&Y[o], bitcast<u32>(bitcast<f32>(atomicLoad(&Y[o])) + XY[o])); // Y[o]\nbitcast<f32>(atomicLoad(&Y[bitcast<f32>(atomicLoad(&Y[k])) ])) == b;\n"
+    );
+    for bad in ["Y[i] += 1.0;", "Y[i] = 1.0", "Y[i = 2;"] {
+        let err = atomic_f32_access(bad, "Y").unwrap_err().to_string();
+        assert!(err.contains("atomic accesses of Y"), "{bad}: {err}");
+    }
+    assert_eq!(atomic_f32_access("Yb[i] = Y;", "Y").unwrap(), "Yb[i] = Y;");
 }

@@ -4553,6 +4553,15 @@ pub fn matvec_attn_source(mv: &str, at: &str, mvg: u32, rq: u32, rk: u32) -> Res
     storageBarrier();
     // NEW_TOKEN{",
         );
+    // The hand-off crosses workgroups: the rows' stores and the attention's reads of them
+    // go through atomics (a plain `storageBarrier()` does not order plain loads past the
+    // H100's L1; see `Tune::lw_atomic`).
+    let decl = "var<storage, read_write> mv_Y: array<f32>;";
+    let body = atomic_f32_access(
+        &body.replace(decl, "var<storage, read_write> mv_Y: array<atomic<u32>>;"),
+        "mv_Y",
+    )?;
+    let at_text = atomic_f32_access(&at_text, "mv_Y")?;
     Ok(format!(
         "{}
 // The QKV mat-vec (names prefixed mv_), then the decode attention (KernelKey::MatVecAttn).
@@ -5374,4 +5383,82 @@ fn main({params}) {{
 ",
         n = parts.len()
     ))
+}
+
+/// `src` with every access of the f32 storage array `name` through atomics of its bits
+/// (`name` must then be declared `array<atomic<u32>>`): a store `name[i] = v;` becomes
+/// `atomicStore(&name[i], bitcast<u32>(v));` and every other use `name[i]` becomes
+/// `bitcast<f32>(atomicLoad(&name[i]))` (device scope, past the H100's non-coherent L1, as
+/// [`Tune::lw_atomic`] found for the epilogues' hand-offs). Comments are kept as they are;
+/// a compound assignment (`name[i] += v`) or a store without its `;` is refused.
+pub fn atomic_f32_access(src: &str, name: &str) -> Result<String> {
+    let b = src.as_bytes();
+    let bad = |what: &str| {
+        Err(Error::msg(format!(
+            "internal: atomic accesses of {name}: {what}"
+        )))
+    };
+    let mut out = String::with_capacity(src.len() + src.len() / 4);
+    let mut i = 0;
+    let mut last = 0;
+    while i < b.len() {
+        if b[i] == b'/' && b.get(i + 1) == Some(&b'/') {
+            i = src[i..].find('\n').map_or(b.len(), |n| i + n);
+            continue;
+        }
+        if !(b[i].is_ascii_alphabetic() || b[i] == b'_') || (i > 0 && is_ident(b[i - 1])) {
+            i += 1;
+            continue;
+        }
+        let id = ident_at(src, i);
+        let open = i + id.len();
+        if id != name || b.get(open) != Some(&b'[') {
+            i = open;
+            continue;
+        }
+        let Some(close) = close_of(src, open) else {
+            return bad("an unbalanced index");
+        };
+        let index = atomic_f32_access(&src[open + 1..close - 1], name)?;
+        let mut j = close;
+        while b.get(j) == Some(&b' ') {
+            j += 1;
+        }
+        out.push_str(&src[last..i]);
+        let op = |k: usize| b.get(j + k).copied();
+        if matches!(
+            op(0),
+            Some(b'+' | b'-' | b'*' | b'/' | b'%' | b'&' | b'|' | b'^')
+        ) && op(1) == Some(b'=')
+        {
+            return bad("a compound assignment");
+        }
+        if op(0) == Some(b'=') && op(1) != Some(b'=') {
+            // A store: its value runs to the `;` at depth 0.
+            let mut depth = 0i32;
+            let mut k = j + 1;
+            while k < b.len() && !(depth == 0 && b[k] == b';') {
+                match b[k] {
+                    b'(' | b'[' => depth += 1,
+                    b')' | b']' => depth -= 1,
+                    _ => {}
+                }
+                k += 1;
+            }
+            if k >= b.len() {
+                return bad("a store without its ';'");
+            }
+            let value = atomic_f32_access(src[j + 1..k].trim(), name)?;
+            out.push_str(&format!(
+                "atomicStore(&{name}[{index}], bitcast<u32>({value}));"
+            ));
+            i = k + 1;
+        } else {
+            out.push_str(&format!("bitcast<f32>(atomicLoad(&{name}[{index}]))"));
+            i = close;
+        }
+        last = i;
+    }
+    out.push_str(&src[last..]);
+    Ok(out)
 }
