@@ -2,16 +2,17 @@
 //! `KernelKey::MatVecAttn`): the attention's workgroups come after the mat-vec's and wait
 //! on a counter instead of a barrier, with the same operations, so the decode logits must
 //! equal the two-dispatch graph's bit for bit — with the block-rounding graph and with the
-//! NormQ8 graph, and past the exact split's length (flash-decoding chunks). Only QKV
-//! mat-vecs of one matrix are joined (a multi-matrix QKV dispatch, e.g. Q4_K_M's layers
-//! whose V has its own type, keeps its two dispatches). The counters are zeroed by
+//! NormQ8 graph, and past the exact split's length (flash-decoding chunks). QKV mat-vecs
+//! of one matrix and two-part dispatches (Q+K, then V of a type of its own, e.g. Q4_K_M's
+//! and Q2_K's layers) are joined; the rows cross workgroups through atomics. The counters are zeroed by
 //! the next layer's dispatch, so many tokens in a row must keep working. Runs on lavapipe
 //! in CI (on one thread: `model::wait_is_ordered`); without an adapter these fail unless
 //! GGUFQ_SKIP_GPU=1.
 #![cfg(feature = "gpu")]
 
 use ggufq::gpu::kernels::{
-    atomic_f32_access, matvec_attn_kinds, matvec_attn_source, KernelKey, Kernels,
+    atomic_f32_access, matvec_attn_kinds, matvec_attn_source, multi_binding_kinds, KernelKey,
+    Kernels,
 };
 use ggufq::gpu::GpuModel;
 
@@ -54,14 +55,17 @@ fn joint_keys(m: &GpuModel) -> Vec<KernelKey> {
         .collect()
 }
 
-/// Decode QKV mat-vecs of one matrix (not a multi-matrix dispatch) right before an attention.
-fn joint_keys_plain_single(m: &GpuModel) -> usize {
+/// Decode QKV mat-vecs right before an attention: of one matrix, or of two (Q+K, then V of
+/// a type of its own: a multi-matrix dispatch of two parts in ranges).
+fn joint_candidates(m: &GpuModel) -> usize {
     let keys = m.decode_keys_at(10);
     keys.windows(2)
         .filter(|w| {
             matches!(
                 w[0],
-                KernelKey::MatVecQ8 { .. } | KernelKey::MatVecQ8S { .. }
+                KernelKey::MatVecQ8 { .. }
+                    | KernelKey::MatVecQ8S { .. }
+                    | KernelKey::MatVecQ8Multi { n: 2, order: 0, .. }
             ) && matches!(w[1], KernelKey::AttnDecodeQ { .. })
         })
         .count()
@@ -93,18 +97,23 @@ fn gpu_attention_in_the_qkv_dispatch_equals_the_two_dispatches_bit_for_bit() {
         // One joint dispatch per layer, one dispatch fewer per layer.
         assert!(joint_keys(&plain).is_empty(), "{what}");
         let joint = joint_keys(&w);
-        // Every layer whose QKV is one matrix (Q4_K_M's V has a type of its own: a
-        // multi-matrix dispatch, left as it is), if there are two or more (each layer's
-        // counters are zeroed by the next one's dispatch).
-        let single = joint_keys_plain_single(&plain);
-        let single = if single >= 2 { single } else { 0 };
-        assert_eq!(joint.len(), single, "{what}: {:?}", w.step_roles());
-        assert!(
-            !matches!(mix, "q4_0" | "q8_0" | "q6_k") || single == layers,
-            "{what}"
-        );
+        // Every layer (its QKV one matrix, or Q+K and V of a type of its own in a
+        // two-part dispatch), if there are two or more (each layer's counters are zeroed by
+        // the next one's dispatch).
+        let cand = joint_candidates(&plain);
+        assert_eq!(joint.len(), cand, "{what}: {:?}", w.step_roles());
+        assert_eq!(cand, layers, "{what}");
+        if matches!(mix, "q4_k_m" | "q2_k") {
+            assert!(
+                joint.iter().any(|k| matches!(
+                    k,
+                    KernelKey::MatVecAttn { mv, .. } if matches!(**mv, KernelKey::MatVecQ8Multi { .. })
+                )),
+                "{what}: {joint:?}"
+            );
+        }
         assert_eq!(
-            w.dispatches_per_token() + single,
+            w.dispatches_per_token() + cand,
             plain.dispatches_per_token(),
             "{what}"
         );
@@ -143,37 +152,46 @@ fn joint_kernel_texts_validate_and_bad_texts_are_refused() {
     }) else {
         return;
     };
+    // One-matrix QKV (Q4_0) and two-part QKV (Q4_K_M's second layer: V of its own type).
+    let mut multi = 0;
+    for mix in ["q4_k_m", "q4_0"] {
+        let m = load(mix, true, true, None).unwrap();
+        let keys = m.decode_keys_at(10);
+        let mut seen = 0;
+        for k in keys
+            .iter()
+            .filter(|k| matches!(k, KernelKey::MatVecAttn { .. }))
+        {
+            let src = Kernels::source(&ctx, k).unwrap();
+            validate_wgsl(&src, &format!("{k:?}"));
+            // The rows handed from the mat-vec to the attention: only atomic accesses.
+            assert!(src.contains("var<storage, read_write> mv_Y: array<atomic<u32>>;"));
+            for line in src.lines().map(|l| l.split("//").next().unwrap_or("")) {
+                let plain = line.matches("mv_Y[").count();
+                let atomic = line.matches("atomicLoad(&mv_Y[").count()
+                    + line.matches("atomicStore(&mv_Y[").count();
+                assert_eq!(
+                    plain, atomic,
+                    "{k:?}: a plain access of the hand-off: {line}"
+                );
+            }
+            assert!(src.contains("var q0 = bitcast<f32>(atomicLoad(&mv_Y[qo]));"));
+            // The attention's bindings follow the mat-vec's; the wait counters come last.
+            let two = matches!(k, KernelKey::MatVecAttn { mv, .. } if matches!(**mv, KernelKey::MatVecQ8Multi { .. }));
+            multi += usize::from(two);
+            let all = matvec_attn_kinds(&multi_binding_kinds(if two { 2 } else { 1 }));
+            assert!(src.contains(&format!(
+                "@binding({}) var<storage, read_write> AWF",
+                all.len() - 1
+            )));
+            assert!(src.contains("fn mv_main(lid: u32, wg: vec3<u32>)"), "{k:?}");
+            seen += 1;
+        }
+        assert_eq!(seen, m.cfg.n_layer);
+    }
+    assert!(multi > 0);
     let mut m = load("q4_0", true, true, None).unwrap();
     let keys = m.decode_keys_at(10);
-    let mut seen = 0;
-    for k in keys
-        .iter()
-        .filter(|k| matches!(k, KernelKey::MatVecAttn { .. }))
-    {
-        let src = Kernels::source(&ctx, k).unwrap();
-        validate_wgsl(&src, &format!("{k:?}"));
-        // The rows handed from the mat-vec to the attention: only atomic accesses.
-        assert!(src.contains("var<storage, read_write> mv_Y: array<atomic<u32>>;"));
-        for line in src.lines().map(|l| l.split("//").next().unwrap_or("")) {
-            let plain = line.matches("mv_Y[").count();
-            let atomic = line.matches("atomicLoad(&mv_Y[").count()
-                + line.matches("atomicStore(&mv_Y[").count();
-            assert_eq!(
-                plain, atomic,
-                "{k:?}: a plain access of the hand-off: {line}"
-            );
-        }
-        assert!(src.contains("var q0 = bitcast<f32>(atomicLoad(&mv_Y[qo]));"));
-        // The attention's bindings follow the mat-vec's; the wait counters come last.
-        let all = matvec_attn_kinds(b"rrwu");
-        assert!(src.contains(&format!(
-            "@binding({}) var<storage, read_write> AWF",
-            all.len() - 1
-        )));
-        assert!(src.contains("fn mv_main(lid: u32, wg: vec3<u32>)"), "{k:?}");
-        seen += 1;
-    }
-    assert_eq!(seen, m.cfg.n_layer);
     // A joint key of another mat-vec kind is refused, not compiled.
     if let Some(KernelKey::MatVecAttn { at, .. }) = keys
         .iter()
@@ -186,16 +204,19 @@ fn joint_kernel_texts_validate_and_bad_texts_are_refused() {
             ag: 4,
             rq: 2,
             rk: 1,
+            rv: 1,
         };
         let err = Kernels::source(&ctx, &bad).unwrap_err();
         assert!(err.to_string().contains("mat-vec and attention"), "{err}");
     }
     // Texts without the pieces the joint kernel needs are refused with an error.
     let mv = "@compute @workgroup_size(256)\nfn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>) {\n}\n";
-    let err = matvec_attn_source(mv, "fn main() {}", 12, 2, 1).unwrap_err();
+    let err = matvec_attn_source(mv, "fn main() {}", 12, [2, 1, 1]).unwrap_err();
     assert!(err.to_string().contains("mat-vec + attention"), "{err}");
-    // Row groups that are not whole KV heads (12 is not a multiple of 2 + 2 · 3).
-    let err = matvec_attn_source(mv, "fn main() {}", 12, 2, 3).unwrap_err();
+    // Row groups that are not whole KV heads (12 is not a multiple of 2 + 3 + 3), or none.
+    let err = matvec_attn_source(mv, "fn main() {}", 12, [2, 3, 3]).unwrap_err();
+    assert!(err.to_string().contains("KV heads"), "{err}");
+    let err = matvec_attn_source(mv, "fn main() {}", 12, [2, 1, 0]).unwrap_err();
     assert!(err.to_string().contains("KV heads"), "{err}");
     let _ = decode_steps(&mut m, 2);
 }

@@ -174,6 +174,13 @@ impl GpuContext {
             // take from it.
             tune.spin_wait = false;
         }
+        if info.device_type != wgpu::DeviceType::DiscreteGpu
+            && std::env::var("GGUFQ_ATTN_WAIT").as_deref() != Ok("1")
+        {
+            // The joint QKV + attention dispatch's waits rely on workgroups starting in
+            // index order: measured on a discrete GPU only (Tune::attn_wait).
+            tune.attn_wait = false;
+        }
         if tune.skip_roles != 0 {
             eprintln!(
                 "warning: GGUFQ_SKIP_ROLES leaves dispatches out of every forward pass: timings only, every output of this run is wrong"

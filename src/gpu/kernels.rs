@@ -703,9 +703,10 @@ pub struct Tune {
     pub attn_klanes: u32,
     /// The coalesced scoring also in the exact split and the unsplit kernel (short
     /// contexts: every decode attention kernel scores K rows the same way, so the exact
-    /// split keeps the unsplit kernel's bits); GGUFQ_ATTN_COAL_EXACT=1; off by default, on
-    /// by default with [`Tune::attn_wait`] (fewer registers in the joint mat-vec + attention
-    /// kernel).
+    /// split keeps the unsplit kernel's bits); on by default (session 16, with
+    /// [`Tune::attn_wait`]: fewer registers in the joint mat-vec + attention kernel; H100
+    /// 7B tg128 equal to the one-row-per-thread scoring without the joint kernel, session
+    /// 15); GGUFQ_ATTN_COAL_EXACT=0: one K row per thread.
     pub attn_coal_exact: bool,
     /// The split decode attention combines and rounds its own output for `wo`: the last
     /// workgroup of each group of 256 / head-size heads (a device-scope counter,
@@ -969,17 +970,18 @@ pub struct Tune {
     /// (GGUFQ_BLOCK_NORM_RS): 0 (default) warp 0 loops over all of them before its weight
     /// loads; 1 one load per thread, warp sums added after the loop.
     pub block_norm_rs: u32,
-    /// The decode attention runs in the QKV mat-vec's dispatch ([`KernelKey::MatVecAttn`],
-    /// GGUFQ_ATTN_WAIT=1; off by default): the mat-vec's row groups run in KV-head order
-    /// and count themselves per KV head; the attention's workgroups come after them and
-    /// each head waits for its KV head's count, instead of a barrier and a dispatch of its
-    /// own. H100, 7B tg128 (session 15): +1.1 % Q4_0, +1.2 % Q8_0 with
-    /// [`Tune::attn_coal_exact`] (its default with this); with the one-row-per-thread
-    /// scoring and one counter for all heads the joint kernel was 16 % slower (the
-    /// attention's registers taken by every mat-vec workgroup). Off by default because
-    /// three `--kernel-check` comparisons on the H100 (greedy against one call at a time,
-    /// the epilogue graphs) then differ by up to ~1e-3 in some steps, a nondeterminism not
-    /// found yet; its own comparison with the two dispatches agrees bit for bit.
+    /// The decode attention runs in the QKV mat-vec's dispatch ([`KernelKey::MatVecAttn`]):
+    /// the mat-vec's row groups run in KV-head order and count themselves per KV head; the
+    /// attention's workgroups come after them and each head waits for its KV head's count,
+    /// instead of a barrier and a dispatch of its own. The rows cross workgroups through
+    /// atomic stores and loads ([`atomic_f32_access`]). On by default on discrete GPUs
+    /// (which start workgroups in index order, so the waiting ones cannot hold back the
+    /// ones they wait for; `GpuContext::new` turns it off elsewhere),
+    /// GGUFQ_ATTN_WAIT=0 off, =1 on any adapter where [`super::model::wait_is_ordered`].
+    /// H100, 7B tg128: +1.1 % Q4_0, +1.2 % Q8_0 (session 15; with one counter for all heads
+    /// and the one-row-per-thread scoring 16 % slower). Session 15's plain stores and loads
+    /// of the rows made three `--kernel-check` comparisons differ on the H100 (stale rows
+    /// past the L1); with the atomics (session 16) every line agrees bit for bit.
     pub attn_wait: bool,
     /// With [`Tune::attn_wait`]: every attention workgroup waits for all KV heads' row
     /// groups (GGUFQ_ATTN_WAIT_ALL=1; a diagnostic form: the attention then starts after the
@@ -1249,7 +1251,9 @@ impl Tune {
         // The block-rounding residual mat-vecs, and with them the SwiGLU mat-vec that rounds
         // its own Q8_0 blocks in workgroups of 1024 (session 14).
         let block_norm = std::env::var("GGUFQ_BLOCK_NORM").as_deref() != Ok("0");
-        let attn_wait = std::env::var("GGUFQ_ATTN_WAIT").as_deref() == Ok("1");
+        // On by default; `GpuContext::new` turns it off on adapters that are not discrete
+        // GPUs unless GGUFQ_ATTN_WAIT=1 asks for it.
+        let attn_wait = std::env::var("GGUFQ_ATTN_WAIT").as_deref() != Ok("0");
         Tune {
             nr_decode: get("GGUFQ_NR_DECODE", 0, &[1, 2, 4, 8]),
             nr_prompt: get("GGUFQ_NR_PROMPT", NR_PROMPT, &[1, 2, 4]),
@@ -1287,7 +1291,7 @@ impl Tune {
             attn_coal: get("GGUFQ_ATTN_COAL", 1, &[0, 1, 2, 4, 8]),
             attn_vrows: get("GGUFQ_ATTN_VROWS", 8, &[4, 8, 16]),
             attn_klanes: get("GGUFQ_ATTN_KLANES", 8, &[4, 8, 16, 32]),
-            attn_coal_exact: get("GGUFQ_ATTN_COAL_EXACT", u32::from(attn_wait), &[0, 1]) == 1,
+            attn_coal_exact: get("GGUFQ_ATTN_COAL_EXACT", 1, &[0, 1]) == 1,
             attn_lastwg: get("GGUFQ_ATTN_LASTWG", 1, &[0, 1]),
             attn_coop: std::env::var("GGUFQ_ATTN_COOP").as_deref() != Ok("0"),
             actq_div: std::env::var("GGUFQ_ACTQ_DIV").as_deref() != Ok("0"),
@@ -1648,10 +1652,12 @@ pub enum KernelKey {
     /// [`KernelKey::MatVecQ8S`]) and the decode attention `at`
     /// ([`KernelKey::AttnDecodeQ`]) in one dispatch ([`Tune::attn_wait`],
     /// [`matvec_attn_source`]): workgroups `0 .. mvg` run the mat-vec's row groups in KV-head
-    /// order (per KV head: `rq` groups of its query heads' rows, `rk` of its K rows, `rk` of
+    /// order (per KV head: `rq` groups of its query heads' rows, `rk` of its K rows, `rv` of
     /// its V rows) and count themselves on the KV head's wait counter; the `ag` after them
     /// run the attention, each head waiting for its KV head's count before it reads the new
     /// token's Q/K/V. Same operations as the two dispatches, so the same outputs bit for bit.
+    /// `mv` may also be a [`KernelKey::MatVecQ8Multi`] of two parts in ranges (Q+K, then V
+    /// of a type of its own, `rv` row groups per KV head).
     MatVecAttn {
         mv: Box<KernelKey>,
         at: Box<KernelKey>,
@@ -1659,6 +1665,7 @@ pub enum KernelKey {
         ag: u32,
         rq: u32,
         rk: u32,
+        rv: u32,
     },
 }
 
@@ -3985,6 +3992,7 @@ pub fn long_context_key(key: &KernelKey) -> Option<KernelKey> {
             ag,
             rq,
             rk,
+            rv,
         } => long_context_key(at).map(|at| KernelKey::MatVecAttn {
             mv: mv.clone(),
             at: Box::new(at),
@@ -3992,6 +4000,7 @@ pub fn long_context_key(key: &KernelKey) -> Option<KernelKey> {
             ag,
             rq,
             rk,
+            rv,
         }),
         _ => None,
     }
@@ -4404,16 +4413,19 @@ pub const MATVEC_ATTN_PARAMS: u64 = 80;
 /// `mv_` and its entry point becomes the function `mv_main`; the attention reads the new
 /// token's Q/K/V from the mat-vec's output (`mv_Y`), its bindings follow the mat-vec's, and
 /// its entry point starts with the split: workgroup `g` below `mvg` runs `mv_main` on row
-/// group `mv_group(g)` (KV-head order: `rq` query, `rk` K and `rk` V row groups per KV
-/// head) and then counts itself on its KV head's wait counter; the others run the
-/// attention as workgroup `wg.x - mvg`, which waits for its KV head's `rq + 2·rk` arrivals
-/// right before it reads Q/K/V. Workgroup 0 zeroes the counters of the layer before
-/// (`wzero`), which finished in an earlier dispatch.
-pub fn matvec_attn_source(mv: &str, at: &str, mvg: u32, rq: u32, rk: u32) -> Result<String> {
-    let pg = rq + 2 * rk;
-    if pg == 0 || mvg % pg != 0 {
+/// group `mv_group(g)` (KV-head order, `groups` = `[rq, rk, rv]` query, K and V row groups
+/// per KV head; the mat-vec's own row groups are all query rows, then all K rows, then all V
+/// rows) and then counts itself on its KV head's wait counter; the others run the attention
+/// as workgroup `wg.x - mvg`, which waits for its KV head's `rq + rk + rv` arrivals right
+/// before it reads Q/K/V. Workgroup 0 zeroes the counters of the layer before (`wzero`),
+/// which finished in an earlier dispatch. The rows cross workgroups through atomics
+/// ([`atomic_f32_access`]).
+pub fn matvec_attn_source(mv: &str, at: &str, mvg: u32, groups: [u32; 3]) -> Result<String> {
+    let [rq, rk, rv] = groups;
+    let pg = rq + rk + rv;
+    if rq == 0 || rk == 0 || rv == 0 || mvg % pg != 0 {
         return Err(Error::msg(format!(
-            "internal: mat-vec + attention kernel: {mvg} row groups are not KV heads of {rq} + 2 × {rk}"
+            "internal: mat-vec + attention kernel: {mvg} row groups are not KV heads of {rq} + {rk} + {rv}"
         )));
     }
     let bad = |what: &str| {
@@ -4570,6 +4582,7 @@ pub fn matvec_attn_source(mv: &str, at: &str, mvg: u32, rq: u32, rk: u32) -> Res
 const MVG: u32 = {mvg}u;
 const RQ: u32 = {rq}u;
 const RK: u32 = {rk}u;
+const RV: u32 = {rv}u;
 const PG: u32 = {pg}u;
 const NGRP: u32 = {ngrp}u;
 var<workgroup> wcount: u32;
@@ -4583,7 +4596,7 @@ fn mv_group(g: u32) -> u32 {{
     if (r < RQ + RK) {{
         return NGRP * RQ + k * RK + (r - RQ);
     }}
-    return NGRP * (RQ + RK) + k * RK + (r - RQ - RK);
+    return NGRP * (RQ + RK) + k * RV + (r - RQ - RK);
 }}
 {at_text}
 ",
@@ -4917,11 +4930,14 @@ impl Kernels {
                 mvg,
                 rq,
                 rk,
+                rv,
                 ..
             } => {
                 if !matches!(
                     **mv,
-                    KernelKey::MatVecQ8 { .. } | KernelKey::MatVecQ8S { .. }
+                    KernelKey::MatVecQ8 { .. }
+                        | KernelKey::MatVecQ8S { .. }
+                        | KernelKey::MatVecQ8Multi { n: 2, order: 0, .. }
                 ) || !matches!(**at, KernelKey::AttnDecodeQ { .. })
                 {
                     return Err(Error::msg(format!(
@@ -4932,8 +4948,7 @@ impl Kernels {
                     &Self::source(ctx, mv)?,
                     &Self::source(ctx, at)?,
                     *mvg,
-                    *rq,
-                    *rk,
+                    [*rq, *rk, *rv],
                 )?
             }
         })

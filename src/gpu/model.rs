@@ -1882,7 +1882,7 @@ impl GpuModel {
                 &mut mem,
             )?
         } else {
-            None
+            [None, None]
         };
         mem.scratch += act.borrow().bytes;
         if attn_part.is_some() {
@@ -1986,7 +1986,9 @@ impl GpuModel {
                     Some(l) => &l.1,
                     None => return Err(Error::msg("internal: multi mat-vec without its layout")),
                 },
-                KernelKey::MatVecAttn { .. } => match &pl_wait {
+                KernelKey::MatVecAttn { ref mv, .. } => match &pl_wait
+                    [usize::from(matches!(mv.as_ref(), KernelKey::MatVecQ8Multi { .. }))]
+                {
                     Some(l) => l,
                     None => {
                         return Err(Error::msg(
@@ -3675,20 +3677,20 @@ fn attn_wait_pass(
     bufs: &std::collections::HashMap<usize, Vec<wgpu::Buffer>>,
     cfg: &LlamaConfig,
     mem: &mut MemoryUse,
-) -> Result<Option<wgpu::PipelineLayout>> {
+) -> Result<[Option<wgpu::PipelineLayout>; 2]> {
     if !ctx.tune.attn_wait || !wait_is_ordered(ctx) {
-        return Ok(None);
+        return Ok([None, None]);
     }
     let tune = &ctx.tune;
     let (n_head, n_kv, hd) = (cfg.n_head as u32, cfg.n_kv as u32, cfg.head_dim as u32);
     if n_kv == 0 || n_head % n_kv != 0 {
-        return Ok(None);
+        return Ok([None, None]);
     }
     let dec: Vec<usize> = (0..steps.len())
         .filter(|&i| steps[i].when.runs(When::Decode, 1))
         .collect();
-    // (mat-vec step, attention step, weight chunk, row groups, query / K row groups per KV
-    // head, attention workgroups)
+    // (mat-vec step, attention step, row groups, query / K / V row groups per KV head,
+    // attention workgroups)
     let mut pairs = Vec::new();
     for w in dec.windows(2) {
         let (i, j) = (w[0], w[1]);
@@ -3707,41 +3709,78 @@ fn attn_wait_pass(
         if ab.len() != 8 || mb.len() < 3 || ab[0] != mb[2] || ab[3] == mb[1] || ab[6] == mb[1] {
             continue;
         }
-        let (
-            KernelKey::MatVecQ8 { ty, .. } | KernelKey::MatVecQ8S { ty, .. },
-            StepKind::Mat { m, c, mode: 0, .. },
-        ) = (&steps[i].key, steps[i].kind)
-        else {
-            continue;
+        // Its weight chunks with (rows, first output row), and the rows per workgroup of
+        // each: one matrix of Q, K and V, or two (Q+K, then V of a type of its own).
+        let one = |m: usize, c: usize| mats.get(m).filter(|x| x.chunks.len() == 1)?.chunks.get(c);
+        let rpw = |key: &KernelKey, ty: u32| tune.rows_per_wg(key, tune.decode_nr(ty));
+        let parts: Vec<(&super::buffers::Chunk, u32, u32)> = match (&steps[i].key, steps[i].kind) {
+            (
+                KernelKey::MatVecQ8 { ty, .. } | KernelKey::MatVecQ8S { ty, .. },
+                StepKind::Mat { m, c, mode: 0, .. },
+            ) => one(m, c)
+                .map(|ch| vec![(ch, 0, rpw(&steps[i].key, *ty))])
+                .unwrap_or_default(),
+            (
+                KernelKey::MatVecQ8Multi {
+                    parts: kp,
+                    n: 2,
+                    order: 0,
+                },
+                StepKind::MatMulti {
+                    parts: sp,
+                    n: 2,
+                    mode: 0,
+                    ..
+                },
+            ) => sp[..2]
+                .iter()
+                .zip(&kp[..2])
+                .filter_map(|(&(m, c, y_off), k)| Some((one(m, c)?, y_off, rpw(&k.key(), k.ty))))
+                .collect(),
+            _ => continue,
         };
-        let Some(ch) = mats
-            .get(m)
-            .filter(|x| x.chunks.len() == 1)
-            .and_then(|x| x.chunks.get(c))
-        else {
-            continue;
+        let qk = (n_head + n_kv) * hd;
+        let shape_ok = match parts.as_slice() {
+            [(ch, 0, r)] => ch.row0 == 0 && ch.rows == qk + n_kv * hd && *r != 0 && hd % r == 0,
+            [(a, 0, r0), (b, y1, r1)] => {
+                a.row0 == 0
+                    && b.row0 == 0
+                    && a.rows == qk
+                    && b.rows == n_kv * hd
+                    && *y1 == qk
+                    && *r0 != 0
+                    && *r1 != 0
+                    && hd % r0 == 0
+                    && hd % r1 == 0
+            }
+            _ => false,
         };
-        // Row groups that split at head boundaries, over all of Q, K and V.
-        let r = tune.rows_per_wg(&steps[i].key, tune.decode_nr(*ty));
-        if r == 0 || hd % r != 0 || ch.row0 != 0 || ch.rows != (n_head + 2 * n_kv) * hd {
+        if !shape_ok {
             continue;
         }
-        let (rq, rk) = ((n_head / n_kv) * hd / r, hd / r);
-        pairs.push((i, j, m, c, ch.rows / r, rq, rk, n_head * nch));
+        // Row groups that split at head boundaries, over all of Q, K and V.
+        let (r0, rv) = (parts[0].2, parts[parts.len() - 1].2);
+        let (rq, rk, rv) = ((n_head / n_kv) * hd / r0, hd / r0, hd / rv);
+        let mvg = n_kv * (rq + rk + rv);
+        pairs.push((i, j, mvg, rq, rk, rv, n_head * nch));
     }
     if pairs.len() < 2 {
-        return Ok(None);
+        return Ok([None, None]);
     }
     let np = pairs.len() as u32;
     let counters = super::counters::counter_buffer(ctx, "attn wait counters", (np * n_kv) as usize);
     mem.scratch += 4 * (np * n_kv) as u64;
-    // The plain mat-vec's bindings (weights, input, output, parameters), then the
-    // attention's.
-    let kinds = b"rrwu";
-    let top = kinds.len() as u32 - 1;
-    let (bgl, pl) = buffer_layouts(ctx, "mat attn", &super::kernels::matvec_attn_kinds(kinds));
-    for (l, (i, j, m, c, mvg, rq, rk, ag)) in pairs.into_iter().enumerate() {
+    // The mat-vec's bindings (weights, input, output, parameters; a second part's weights
+    // at 4), then the attention's.
+    let mut layouts: [Option<(wgpu::BindGroupLayout, wgpu::PipelineLayout)>; 2] = [None, None];
+    for (l, (i, j, mvg, rq, rk, rv, ag)) in pairs.into_iter().enumerate() {
         let l = l as u32;
+        let multi = matches!(steps[i].kind, StepKind::MatMulti { .. });
+        let kinds = super::kernels::multi_binding_kinds(if multi { 2 } else { 1 });
+        let top = kinds.len() as u32 - 1;
+        let (bgl, _) = layouts[usize::from(multi)].get_or_insert_with(|| {
+            buffer_layouts(ctx, "mat attn", &super::kernels::matvec_attn_kinds(&kinds))
+        });
         let (mb, ab) = (&bufs[&steps[i].slot], &bufs[&steps[j].slot]);
         let uniform = |slot: usize, size: u64| {
             wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -3750,14 +3789,35 @@ fn attn_wait_pass(
                 size: wgpu::BufferSize::new(size),
             })
         };
-        let mut entries: Vec<wgpu::BindGroupEntry> = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: mats[m].chunks[c].binding(),
-        }];
+        let mut entries: Vec<wgpu::BindGroupEntry> = Vec::new();
+        match steps[i].kind {
+            StepKind::MatMulti { parts: sp, .. } => {
+                for (k, &(m, c, _)) in sp[..2].iter().enumerate() {
+                    entries.push(wgpu::BindGroupEntry {
+                        binding: if k == 0 { 0 } else { 3 + k as u32 },
+                        resource: mats[m].chunks[c].binding(),
+                    });
+                }
+                entries.push(wgpu::BindGroupEntry {
+                    binding: 3,
+                    resource: uniform(steps[i].slot, 48 * 2),
+                });
+            }
+            StepKind::Mat { m, c, .. } => {
+                entries.push(wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: mats[m].chunks[c].binding(),
+                });
+                entries.push(wgpu::BindGroupEntry {
+                    binding: 3,
+                    resource: uniform(steps[i].slot, 64),
+                });
+            }
+            _ => return Err(Error::msg("internal: a joint QKV step that is no mat-vec")),
+        }
         for (b, res) in [
             (1, mb[1].as_entire_binding()),
             (2, mb[2].as_entire_binding()),
-            (3, uniform(steps[i].slot, 64)),
             (top + 1, ab[1].as_entire_binding()),
             (top + 2, ab[2].as_entire_binding()),
             (top + 3, ab[3].as_entire_binding()),
@@ -3778,7 +3838,7 @@ fn attn_wait_pass(
         }
         steps[i].bind = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("mat attn"),
-            layout: &bgl,
+            layout: bgl,
             entries: &entries,
         });
         steps[i].key = KernelKey::MatVecAttn {
@@ -3788,12 +3848,13 @@ fn attn_wait_pass(
             ag,
             rq,
             rk,
+            rv,
         };
         if let StepKind::AttnDecode { wait, .. } = &mut steps[j].kind {
             *wait = Some((l, (l + np - 1) % np));
         }
     }
-    Ok(Some(pl))
+    Ok(layouts.map(|l| l.map(|(_, pl)| pl)))
 }
 
 /// [`Tune::mv_wait`]'s graph change: every decode NormQ8 step (bit 1) or activation
