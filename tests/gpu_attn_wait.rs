@@ -37,6 +37,8 @@ fn load_all(
     load_tuned("wide", mix, |c| {
         c.tune.attn_wait = wait;
         c.tune.attn_wait_all = all;
+        // The two-part QKV dispatches joined too (off by default: the H100 kernel check).
+        c.tune.attn_wait_multi = true;
         // The scoring form the joint kernel is measured with (fewer registers), both sides.
         c.tune.attn_coal_exact = true;
         if block_norm {
@@ -132,6 +134,23 @@ fn gpu_attention_in_the_qkv_dispatch_equals_the_two_dispatches_bit_for_bit() {
                 break;
             }
         }
+    }
+    // By default the two-part QKV dispatches keep their own dispatch (Tune::attn_wait_multi).
+    if let Some(m) = load_tuned("wide", "q4_k_m", |c| {
+        c.tune.attn_wait = true;
+        c.tune.attn_coal_exact = true;
+        gpu_fixture::engine_decode_graph(c);
+    }) {
+        let keys = m.decode_keys_at(10);
+        let multi = keys
+            .iter()
+            .filter(|k| matches!(k, KernelKey::MatVecQ8Multi { .. }))
+            .count();
+        assert!(multi > 0, "{keys:?}");
+        assert!(keys.iter().all(|k| !matches!(
+            k,
+            KernelKey::MatVecAttn { mv, .. } if matches!(**mv, KernelKey::MatVecQ8Multi { .. })
+        )));
     }
     // Every attention workgroup waiting for all KV heads (the diagnostic form).
     if let (Some(mut plain), Some(mut all)) = (

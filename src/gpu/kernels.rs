@@ -987,6 +987,14 @@ pub struct Tune {
     /// groups (GGUFQ_ATTN_WAIT_ALL=1; a diagnostic form: the attention then starts after the
     /// whole mat-vec, as with the barrier). Off by default.
     pub attn_wait_all: bool,
+    /// With [`Tune::attn_wait`]: two-part QKV dispatches (Q+K, then V of a type of its own:
+    /// Q4_K_M's and Q2_K's layers with a Q6_K / Q3_K V) are joined too
+    /// (GGUFQ_ATTN_WAIT_MULTI=1). Off by default: on the H100 (session 16, 7B tg128 p50)
+    /// Q4_K_M 2.92 → 2.95 ms, Q2_K 2.54 → 2.54, hybrid 2.82 → 2.77, and `--kernel-check` on
+    /// Q4_K_M found 8 of 300 steps differing from the two dispatches past position 288
+    /// (the flash-decoding chunks; up to 1.6e-3 in the logits), not explained yet; on
+    /// lavapipe they agree bit for bit (tests/gpu_attn_wait.rs).
+    pub attn_wait_multi: bool,
 }
 
 /// Bytes one [`KernelKey::Prefetch`] workgroup reads: 256 threads × 4 loads of 16 bytes,
@@ -1348,6 +1356,7 @@ impl Tune {
             block_norm_rs: get("GGUFQ_BLOCK_NORM_RS", 0, &[0, 1]),
             attn_wait,
             attn_wait_all: std::env::var("GGUFQ_ATTN_WAIT_ALL").as_deref() == Ok("1"),
+            attn_wait_multi: std::env::var("GGUFQ_ATTN_WAIT_MULTI").as_deref() == Ok("1"),
             q8_pair: std::env::var("GGUFQ_Q8_PAIR").as_deref() == Ok("1"),
             mv_wait: get("GGUFQ_MV_WAIT", 0, &[0, 1, 2, 3, 5, 6, 7]),
             persist: std::env::var("GGUFQ_MV_PERSIST")

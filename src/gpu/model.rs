@@ -3732,7 +3732,7 @@ fn attn_wait_pass(
                     mode: 0,
                     ..
                 },
-            ) => sp[..2]
+            ) if tune.attn_wait_multi => sp[..2]
                 .iter()
                 .zip(&kp[..2])
                 .filter_map(|(&(m, c, y_off), k)| Some((one(m, c)?, y_off, rpw(&k.key(), k.ty))))
