@@ -29,6 +29,9 @@ fn ctx(coal: u32, vrows: u32, klanes: u32, lmin: u32) -> Option<Arc<GpuContext>>
         c.tune.attn_coal = coal;
         c.tune.attn_vrows = vrows;
         c.tune.attn_klanes = klanes;
+        // The exact split's one-row-per-thread scoring (the coalesced one there is the
+        // default: `Tune::attn_coal_exact`, checked below).
+        c.tune.attn_coal_exact = false;
     })
 }
 
@@ -130,6 +133,11 @@ fn gpu_coalesced_kernel_text_only_in_flash_decoding_chunks() {
     assert!(flash.contains("const VU: u32 = 8u;"));
     let exact = Kernels::source(&c, &key(true)).unwrap();
     assert!(exact.contains("const COAL: bool = false;"));
+    // The default: the exact split scores coalesced too.
+    let dflt = context_tuned(|_| {}).unwrap();
+    assert!(dflt.tune.attn_coal_exact);
+    let exact = Kernels::source(&dflt, &key(true)).unwrap();
+    assert!(exact.contains("const COAL: bool = true;"));
     let off = ctx(0, 8, 8, 32).unwrap();
     let plain = Kernels::source(&off, &key(false)).unwrap();
     assert!(plain.contains("const COAL: bool = false;"));

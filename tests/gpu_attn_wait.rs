@@ -51,7 +51,7 @@ fn load_all(
 }
 
 fn joint_keys(m: &GpuModel) -> Vec<KernelKey> {
-    m.decode_keys_at(10)
+    m.decode_keys_at(0)
         .into_iter()
         .filter(|k| matches!(k, KernelKey::MatVecAttn { .. }))
         .collect()
@@ -60,7 +60,7 @@ fn joint_keys(m: &GpuModel) -> Vec<KernelKey> {
 /// Decode QKV mat-vecs right before an attention: of one matrix, or of two (Q+K, then V of
 /// a type of its own: a multi-matrix dispatch of two parts in ranges).
 fn joint_candidates(m: &GpuModel) -> usize {
-    let keys = m.decode_keys_at(10);
+    let keys = m.decode_keys_at(0);
     keys.windows(2)
         .filter(|w| {
             matches!(
@@ -85,7 +85,7 @@ fn gpu_attention_in_the_qkv_dispatch_equals_the_two_dispatches_bit_for_bit() {
         ("hybrid", true, None),
         ("q4_0", false, None),
         ("q4_k_m", false, None),
-        // Past 8 positions the flash-decoding kernel (its long-context key) runs.
+        // Past 8 positions the flash-decoding kernel runs, in its own dispatch again.
         ("q4_0", true, Some(8)),
     ] {
         let Some(mut plain) = load(mix, false, block_norm, exact_max) else {
@@ -105,6 +105,10 @@ fn gpu_attention_in_the_qkv_dispatch_equals_the_two_dispatches_bit_for_bit() {
         let cand = joint_candidates(&plain);
         assert_eq!(joint.len(), cand, "{what}: {:?}", w.step_roles());
         assert_eq!(cand, layers, "{what}");
+        // Past the exact split the two dispatches run again (the joint kernel's flash form
+        // is not used: Tune::attn_exact_max).
+        let far = exact_max.unwrap_or(256) + 4;
+        assert_eq!(w.decode_keys_at(far), plain.decode_keys_at(far), "{what}");
         if matches!(mix, "q4_k_m" | "q2_k") {
             assert!(
                 joint.iter().any(|k| matches!(

@@ -3994,23 +3994,6 @@ pub fn long_context_key(key: &KernelKey) -> Option<KernelKey> {
         KernelKey::AttnCombineQ { nch, exact: true } => {
             Some(KernelKey::AttnCombineQ { nch, exact: false })
         }
-        KernelKey::MatVecAttn {
-            ref mv,
-            ref at,
-            mvg,
-            ag,
-            rq,
-            rk,
-            rv,
-        } => long_context_key(at).map(|at| KernelKey::MatVecAttn {
-            mv: mv.clone(),
-            at: Box::new(at),
-            mvg,
-            ag,
-            rq,
-            rk,
-            rv,
-        }),
         _ => None,
     }
 }

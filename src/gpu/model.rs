@@ -367,6 +367,10 @@ pub struct GpuModel {
     disp_for: Option<(BatchShape, Vec<(u32, u32)>)>,
     /// One-token forwards run the fused decode graph.
     fused: bool,
+    /// The plain mat-vec's bind group of each joint QKV + attention step
+    /// ([`KernelKey::MatVecAttn`]), by the step's slot: past [`Tune::attn_exact_max`]
+    /// positions the two run as separate dispatches again ([`pass_step_key`]).
+    split_binds: std::collections::HashMap<usize, wgpu::BindGroup>,
     ctx: Arc<GpuContext>,
     /// Hyper-parameters.
     pub cfg: LlamaConfig,
@@ -1871,6 +1875,7 @@ impl GpuModel {
             )?;
         }
         // The decode attention inside the QKV mat-vec's dispatch (`Tune::attn_wait`).
+        let mut split_binds = std::collections::HashMap::new();
         let pl_wait = if fuse_norm && ctx.tune.persist == 0 && ctx.tune.prefetch_mb == 0 {
             attn_wait_pass(
                 &ctx,
@@ -1880,6 +1885,7 @@ impl GpuModel {
                 &bufs_of.borrow(),
                 &cfg,
                 &mut mem,
+                &mut split_binds,
             )?
         } else {
             [None, None]
@@ -2002,6 +2008,19 @@ impl GpuModel {
             if let Some(k) = super::kernels::long_context_key(&s.key) {
                 kernels.get_with_layout(&ctx, &k, pl)?;
             }
+            // The joint step's mat-vec alone (long-context passes: `pass_step_key`).
+            if let KernelKey::MatVecAttn { ref mv, .. } = s.key {
+                let mpl = match **mv {
+                    KernelKey::MatVecQ8Multi { n, .. } => match multi_layouts.get(&(n as usize)) {
+                        Some(l) => &l.1,
+                        None => {
+                            return Err(Error::msg("internal: multi mat-vec without its layout"))
+                        }
+                    },
+                    _ => &pl_mat,
+                };
+                kernels.get_with_layout(&ctx, mv, mpl)?;
+            }
             if let KernelKey::MatVec { ty, .. }
             | KernelKey::MatVecSplitK { ty, .. }
             | KernelKey::MatVecQ8 { ty, .. }
@@ -2046,6 +2065,7 @@ impl GpuModel {
             params_for: None,
             disp_for: None,
             fused,
+            split_binds,
             ctx,
             label: src.label(),
             cfg,
@@ -2213,8 +2233,8 @@ impl GpuModel {
         let long = self.long_context(last_pos);
         self.steps
             .iter()
-            .filter(|s| s.when.runs(When::Decode, 1) && !absorbed(s))
-            .map(|s| pass_key(&s.key, long))
+            .filter(|s| s.when.runs(When::Decode, 1))
+            .filter_map(|s| pass_step_key(s, long))
             .collect()
     }
 
@@ -3086,10 +3106,26 @@ impl GpuModel {
                     })
                     .forget_lifetime();
             }
-            if absorbed(s) {
+            let Some(joint_key) = pass_step_key(s, long) else {
                 // Runs inside the QKV mat-vec's dispatch.
                 continue;
-            }
+            };
+            // Past the exact split the joint step runs its mat-vec alone (its own bind
+            // group, without the attention's workgroups) and the attention step its own
+            // dispatch.
+            let (bind, wg) = match (&s.key, &joint_key) {
+                (KernelKey::MatVecAttn { ag, .. }, k)
+                    if !matches!(k, KernelKey::MatVecAttn { .. }) =>
+                {
+                    (
+                        self.split_binds.get(&s.slot).ok_or_else(|| {
+                            Error::msg("internal: a joint QKV step without its own bind group")
+                        })?,
+                        &(wg.0 - ag, wg.1),
+                    )
+                }
+                _ => (&s.bind, wg),
+            };
             let key = match (&s.key, s.kind) {
                 (
                     KernelKey::MatVec { ty, .. }
@@ -3116,11 +3152,11 @@ impl GpuModel {
                         }
                     }
                 }
-                (k, _) => pass_key(k, long),
+                _ => joint_key,
             };
             let pipe = self.kernels.cached(&key)?;
             pass.set_pipeline(pipe);
-            pass.set_bind_group(0, &s.bind, &[]);
+            pass.set_bind_group(0, bind, &[]);
             pass.dispatch_workgroups(wg.0, wg.1, 1);
         }
         if let Some((c, _)) = greedy {
@@ -3454,6 +3490,20 @@ pub fn prefetch_plan(sizes: &[u64], budget: u64) -> Vec<(usize, u64)> {
     out
 }
 
+/// The kernel step `s` dispatches in a pass (None: none, it runs inside another step's
+/// dispatch). Past [`Tune::attn_exact_max`] positions (`long`) a joint QKV + attention step
+/// ([`KernelKey::MatVecAttn`]) runs its mat-vec alone and the attention its own dispatch
+/// (flash-decoding proper): on the H100 (session 16) the joint kernel's flash-decoding form
+/// differed from the two dispatches in a few steps past position 288 on Q4_K_M
+/// (`--kernel-check`), while its exact-split form agrees bit for bit.
+fn pass_step_key(s: &Step, long: bool) -> Option<KernelKey> {
+    match &s.key {
+        KernelKey::MatVecAttn { mv, .. } if long => Some((**mv).clone()),
+        _ if absorbed(s) && !long => None,
+        k => Some(pass_key(k, long)),
+    }
+}
+
 /// The kernel a step with `key` dispatches in a pass: past [`Tune::attn_exact_max`]
 /// positions (`long`) the decode attention is flash-decoding proper
 /// ([`super::kernels::long_context_key`]).
@@ -3677,6 +3727,7 @@ fn attn_wait_pass(
     bufs: &std::collections::HashMap<usize, Vec<wgpu::Buffer>>,
     cfg: &LlamaConfig,
     mem: &mut MemoryUse,
+    split_binds: &mut std::collections::HashMap<usize, wgpu::BindGroup>,
 ) -> Result<[Option<wgpu::PipelineLayout>; 2]> {
     if !ctx.tune.attn_wait || !wait_is_ordered(ctx) {
         return Ok([None, None]);
@@ -3836,11 +3887,12 @@ fn attn_wait_pass(
                 resource: res,
             });
         }
-        steps[i].bind = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        let joint = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("mat attn"),
             layout: bgl,
             entries: &entries,
         });
+        split_binds.insert(steps[i].slot, std::mem::replace(&mut steps[i].bind, joint));
         steps[i].key = KernelKey::MatVecAttn {
             mv: Box::new(steps[i].key.clone()),
             at: Box::new(steps[j].key.clone()),
