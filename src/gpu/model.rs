@@ -3813,6 +3813,17 @@ fn attn_wait_pass(
         let (r0, rv) = (parts[0].2, parts[parts.len() - 1].2);
         let (rq, rk, rv) = ((n_head / n_kv) * hd / r0, hd / r0, hd / rv);
         let mvg = n_kv * (rq + rk + rv);
+        // The dispatch's own workgroup count must be the joint kernel's row groups.
+        if let KernelKey::MatVecQ8Multi {
+            parts: kp,
+            n,
+            order,
+        } = &steps[i].key
+        {
+            if super::kernels::multi_workgroups(&kp[..*n as usize], *order) != mvg {
+                continue;
+            }
+        }
         pairs.push((i, j, mvg, rq, rk, rv, n_head * nch));
     }
     if pairs.len() < 2 {
