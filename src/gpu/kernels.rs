@@ -978,10 +978,13 @@ pub struct Tune {
     /// (which start workgroups in index order, so the waiting ones cannot hold back the
     /// ones they wait for; `GpuContext::new` turns it off elsewhere),
     /// GGUFQ_ATTN_WAIT=0 off, =1 on any adapter where [`super::model::wait_is_ordered`].
-    /// H100, 7B tg128: +1.1 % Q4_0, +1.2 % Q8_0 (session 15; with one counter for all heads
-    /// and the one-row-per-thread scoring 16 % slower). Session 15's plain stores and loads
-    /// of the rows made three `--kernel-check` comparisons differ on the H100 (stale rows
-    /// past the L1); with the atomics (session 16) every line agrees bit for bit.
+    /// Used within the exact split only: past [`Tune::attn_exact_max`] positions the two
+    /// dispatches run (`model::pass_step_key`; the joint flash-decoding form differed from
+    /// them in a few H100 kernel-check steps). H100, 7B tg128 (session 16): +0.8–1.0 %
+    /// Q4_0, +0.6–0.7 % Q8_0 (with one counter for all heads and the one-row-per-thread
+    /// scoring 16 % slower, session 15). Session 15's plain stores and loads of the rows made
+    /// three `--kernel-check` comparisons differ on the H100 (stale rows past the L1); with
+    /// the atomics every line agrees bit for bit.
     pub attn_wait: bool,
     /// With [`Tune::attn_wait`]: every attention workgroup waits for all KV heads' row
     /// groups (GGUFQ_ATTN_WAIT_ALL=1; a diagnostic form: the attention then starts after the
@@ -991,9 +994,10 @@ pub struct Tune {
     /// Q4_K_M's and Q2_K's layers with a Q6_K / Q3_K V) are joined too
     /// (GGUFQ_ATTN_WAIT_MULTI=1). Off by default: on the H100 (session 16, 7B tg128 p50)
     /// Q4_K_M 2.92 → 2.95 ms, Q2_K 2.54 → 2.54, hybrid 2.82 → 2.77, and `--kernel-check` on
-    /// Q4_K_M found 8 of 300 steps differing from the two dispatches past position 288
-    /// (the flash-decoding chunks; up to 1.6e-3 in the logits), not explained yet; on
-    /// lavapipe they agree bit for bit (tests/gpu_attn_wait.rs).
+    /// Q4_K_M found 8 of 300 steps differing from the two dispatches past position 288 (up
+    /// to 1.6e-3 in the logits). Those were then traced to the joint kernel's flash-decoding
+    /// form, which is no longer used; the two-part join has not been re-checked on the H100
+    /// since. On lavapipe it agrees bit for bit (tests/gpu_attn_wait.rs).
     pub attn_wait_multi: bool,
 }
 
