@@ -261,4 +261,8 @@ fn hand_off_accesses_become_atomics() {
         assert!(err.contains("atomic accesses of Y"), "{bad}: {err}");
     }
     assert_eq!(atomic_f32_access("Yb[i] = Y;", "Y").unwrap(), "Yb[i] = Y;");
+    assert_eq!(
+        atomic_f32_access("/* Y[i] = 1.0; */ Y[i]", "Y").unwrap(),
+        "/* Y[i] = 1.0; */ bitcast<f32>(atomicLoad(&Y[i]))"
+    );
 }

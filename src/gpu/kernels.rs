@@ -5400,8 +5400,8 @@ fn main({params}) {{
 /// (`name` must then be declared `array<atomic<u32>>`): a store `name[i] = v;` becomes
 /// `atomicStore(&name[i], bitcast<u32>(v));` and every other use `name[i]` becomes
 /// `bitcast<f32>(atomicLoad(&name[i]))` (device scope, past the H100's non-coherent L1, as
-/// [`Tune::lw_atomic`] found for the epilogues' hand-offs). Comments are kept as they are;
-/// a compound assignment (`name[i] += v`) or a store without its `;` is refused.
+/// [`Tune::lw_atomic`] found for the epilogues' hand-offs). Comments (`//` and `/* */`) are
+/// kept as they are; a compound assignment (`name[i] += v`) or a store without its `;` is refused.
 pub fn atomic_f32_access(src: &str, name: &str) -> Result<String> {
     let b = src.as_bytes();
     let bad = |what: &str| {
@@ -5413,8 +5413,10 @@ pub fn atomic_f32_access(src: &str, name: &str) -> Result<String> {
     let mut i = 0;
     let mut last = 0;
     while i < b.len() {
-        if b[i] == b'/' && b.get(i + 1) == Some(&b'/') {
-            i = src[i..].find('\n').map_or(b.len(), |n| i + n);
+        // Past blanks and comments (copied as they are).
+        let j = skip_blank(src, i);
+        if j != i {
+            i = j;
             continue;
         }
         if !(b[i].is_ascii_alphabetic() || b[i] == b'_') || (i > 0 && is_ident(b[i - 1])) {

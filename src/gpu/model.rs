@@ -1971,8 +1971,9 @@ impl GpuModel {
         }
 
         let mut kernels = Kernels::default();
-        for s in &steps {
-            let pl = match s.key {
+        // The pipeline layout of a step's kernel.
+        let layout_of = |key: &KernelKey| -> Result<&wgpu::PipelineLayout> {
+            Ok(match *key {
                 KernelKey::Rope => &pl_rope,
                 KernelKey::Attention { .. } | KernelKey::AttentionCoop { .. } => &pl_attn,
                 KernelKey::MatVecNorm { .. }
@@ -2003,23 +2004,17 @@ impl GpuModel {
                     }
                 },
                 _ => &pl_mat,
-            };
+            })
+        };
+        for s in &steps {
+            let pl = layout_of(&s.key)?;
             kernels.get_with_layout(&ctx, &s.key, pl)?;
             if let Some(k) = super::kernels::long_context_key(&s.key) {
                 kernels.get_with_layout(&ctx, &k, pl)?;
             }
             // The joint step's mat-vec alone (long-context passes: `pass_step_key`).
             if let KernelKey::MatVecAttn { ref mv, .. } = s.key {
-                let mpl = match **mv {
-                    KernelKey::MatVecQ8Multi { n, .. } => match multi_layouts.get(&(n as usize)) {
-                        Some(l) => &l.1,
-                        None => {
-                            return Err(Error::msg("internal: multi mat-vec without its layout"))
-                        }
-                    },
-                    _ => &pl_mat,
-                };
-                kernels.get_with_layout(&ctx, mv, mpl)?;
+                kernels.get_with_layout(&ctx, mv, layout_of(mv)?)?;
             }
             if let KernelKey::MatVec { ty, .. }
             | KernelKey::MatVecSplitK { ty, .. }
