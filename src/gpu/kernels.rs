@@ -4539,8 +4539,8 @@ pub fn matvec_attn_source(mv: &str, at: &str, mvg: u32, groups: [u32; 3]) -> Res
             "    // Every row group of this head's KV head (its Q/K/V of the new token) before they
     // are read (every KV head's with `wall`). The whole workgroup loops (thread 0 polls, a
     // barrier shares the count), so every warp leaves the wait converged before the
-    // coalesced scoring's subgroup shuffles. (This replaced a wait by thread 0 alone; the
-    // kernel check's differences with GGUFQ_ATTN_WAIT=1 on the H100 remained with either.)
+    // coalesced scoring's subgroup shuffles. The rows themselves are read with atomic
+    // loads (plain ones returned stale L1 lines on the H100).
     let wkv = (wg.x / NCH) / (P.n_head / P.n_kv);
     let wk0 = select(wkv, 0u, P.wall != 0u);
     let wk1 = select(wkv + 1u, NGRP, P.wall != 0u);
