@@ -39,6 +39,8 @@ fn load_all(
         c.tune.attn_wait_all = all;
         // The two-part QKV dispatches joined too (off by default: the H100 kernel check).
         c.tune.attn_wait_multi = true;
+        // K-quant QKV mat-vecs joined too (off by default: Q4_K_M lost time on the H100).
+        c.tune.attn_wait_kquant = true;
         // The scoring form the joint kernel is measured with (fewer registers), both sides.
         c.tune.attn_coal_exact = true;
         if block_norm {
@@ -155,6 +157,16 @@ fn gpu_attention_in_the_qkv_dispatch_equals_the_two_dispatches_bit_for_bit() {
             k,
             KernelKey::MatVecAttn { mv, .. } if matches!(**mv, KernelKey::MatVecQ8Multi { .. })
         )));
+        // Nor do K-quant QKV mat-vecs of one matrix (Tune::attn_wait_kquant): Q4_K_M's
+        // layers all stay apart, while Q4_0's are joined.
+        assert!(joint_keys(&m).is_empty(), "{keys:?}");
+    }
+    if let Some(m) = load_tuned("wide", "q4_0", |c| {
+        c.tune.attn_wait = true;
+        c.tune.attn_coal_exact = true;
+        gpu_fixture::engine_decode_graph(c);
+    }) {
+        assert_eq!(joint_keys(&m).len(), m.cfg.n_layer);
     }
     // Every attention workgroup waiting for all KV heads (the diagnostic form).
     if let (Some(mut plain), Some(mut all)) = (

@@ -999,6 +999,12 @@ pub struct Tune {
     /// form, which is no longer used; the two-part join has not been re-checked on the H100
     /// since. On lavapipe it agrees bit for bit (tests/gpu_attn_wait.rs).
     pub attn_wait_multi: bool,
+    /// With [`Tune::attn_wait`]: QKV mat-vecs of K-quant types (Q2_K … Q6_K) are joined too
+    /// (GGUFQ_ATTN_WAIT_K=1). Off by default: on the H100 (session 17, 7B tg128, one process
+    /// per setting, two rounds) Q4_K_M, whose 16 one-matrix Q4_K QKV layers took the joint
+    /// kernel, ran at 333.3 / 333.9 t/s (p50 2.99 ms) joined against 341.7 / 341.8 (2.92)
+    /// apart, while Q4_0 (+0.2 %) and Q8_0 (+0.5 %) gained.
+    pub attn_wait_kquant: bool,
 }
 
 /// Bytes one [`KernelKey::Prefetch`] workgroup reads: 256 threads × 4 loads of 16 bytes,
@@ -1079,6 +1085,12 @@ pub const Q8_TYPES: &[&str] = &["Q4_0", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", 
 /// Q4_1/Q5_0/Q5_1 were not measured with unit lanes and keep group lanes.
 pub const UNIT_TYPES: &[&str] = &["Q4_0", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"];
 
+/// Whether type id `ty` is a K-quant (Q2_K … Q6_K: 256-weight super-blocks).
+pub fn is_kquant(ty: u32) -> bool {
+    GgmlType::from_id(ty)
+        .is_some_and(|t| ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"].contains(&t.name()))
+}
+
 impl Tune {
     /// Whether the decode kernel for type id `ty` uses unit lanes.
     pub fn unit_for(&self, ty: u32) -> bool {
@@ -1097,8 +1109,7 @@ impl Tune {
     /// Whether a decode mat-vec over rows of `units` 32-weight units of type id `ty` uses
     /// the split-K layout.
     pub fn splitk_for(&self, ty: u32, units: usize) -> bool {
-        let kquant = GgmlType::from_id(ty)
-            .is_some_and(|t| ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"].contains(&t.name()));
+        let kquant = is_kquant(ty);
         units >= 256
             && self.unit_for(ty)
             && match self.splitk {
@@ -1361,6 +1372,7 @@ impl Tune {
             attn_wait,
             attn_wait_all: std::env::var("GGUFQ_ATTN_WAIT_ALL").as_deref() == Ok("1"),
             attn_wait_multi: std::env::var("GGUFQ_ATTN_WAIT_MULTI").as_deref() == Ok("1"),
+            attn_wait_kquant: std::env::var("GGUFQ_ATTN_WAIT_K").as_deref() == Ok("1"),
             q8_pair: std::env::var("GGUFQ_Q8_PAIR").as_deref() == Ok("1"),
             mv_wait: get("GGUFQ_MV_WAIT", 0, &[0, 1, 2, 3, 5, 6, 7]),
             persist: std::env::var("GGUFQ_MV_PERSIST")

@@ -3763,7 +3763,7 @@ fn attn_wait_pass(
             (
                 KernelKey::MatVecQ8 { ty, .. } | KernelKey::MatVecQ8S { ty, .. },
                 StepKind::Mat { m, c, mode: 0, .. },
-            ) => one(m, c)
+            ) if tune.attn_wait_kquant || !super::kernels::is_kquant(*ty) => one(m, c)
                 .map(|ch| vec![(ch, 0, rpw(&steps[i].key, *ty))])
                 .unwrap_or_default(),
             (
