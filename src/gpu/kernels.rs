@@ -928,10 +928,16 @@ pub struct Tune {
     pub swiglu_q_lanes: u32,
     /// See [`Tune::swiglu_q_lanes`].
     pub swiglu_q_nr: u32,
-    /// Invocations per workgroup of that kernel (GGUFQ_SWIGLU_Q_WG: 256, 512 or 1024; 1024
+    /// Invocations per workgroup of that kernel (GGUFQ_SWIGLU_Q_WG: 256, 512 or 1024; 512
     /// by default with [`Tune::block_norm`], else 256; larger than the adapter allows: the
     /// rounding dispatch stays). Session 14 (H100, with block norm): 128 lanes × NR 4 in
     /// 1024 (two passes of 32 rows) beat NR 8 (one pass of 64 rows) by 2–3 % on Q4_0.
+    /// Session 17 (H100, 7B tg128 p50, one process per shape): workgroups of 512 (64 rows
+    /// each in passes, 344 `gate_up` workgroups that all fit at once instead of 1.3 waves
+    /// of 1024-invocation ones) Q4_0 2.49 → 2.36 ms with 64 lanes × NR 4 (2.38 with 128,
+    /// 2.36 with 32, 2.60 with 256), Q8_0 3.49 → 3.44 with 128 lanes × NR 4 (3.46 with 64);
+    /// so Q4_0 takes 64 lanes per row when [`Tune::swiglu_q_lanes`] is 0, other types the
+    /// plain mat-vec's.
     pub swiglu_q_wg: u32,
     /// The decode graph's K-quant `ffn_down` (Q2_K … Q6_K) reads its input rounded in
     /// 32-value blocks with an f16 scale (the Q8_0 rounding, as llama.cpp's CUDA mmvq reads
@@ -1005,6 +1011,13 @@ pub struct Tune {
     /// kernel, ran at 333.3 / 333.9 t/s (p50 2.99 ms) joined against 341.7 / 341.8 (2.92)
     /// apart, while Q4_0 (+0.2 %) and Q8_0 (+0.5 %) gained.
     pub attn_wait_kquant: bool,
+    /// Consecutive decode mat-vecs in one dispatch ([`KernelKey::MatVecJoin`]): `wo` →
+    /// `gate_up` (2) or `wo` → `gate_up` → `ffn_down` (3), where they are the block-rounding
+    /// residual and rounding SwiGLU kernels of one workgroup size (Q4_0, Q8_0 layers); each
+    /// part's workgroups wait for the previous part's on a counter and copy its packed
+    /// output into workgroup memory (GGUFQ_MV_JOIN = 0 off, 2 or 3). Only where workgroups
+    /// start in index order ([`super::model::wait_is_ordered`]). Off by default.
+    pub mv_join: u32,
 }
 
 /// Bytes one [`KernelKey::Prefetch`] workgroup reads: 256 threads × 4 loads of 16 bytes,
@@ -1235,6 +1248,10 @@ impl Tune {
             } => (wg / spl) * nr * passes,
             KernelKey::MatMat { .. } => 64,
             KernelKey::MatVecAttn { mv, .. } => self.rows_per_wg(mv, nr),
+            KernelKey::MatVecJoin { parts, .. } => match parts.first() {
+                Some(p) => self.rows_per_wg(p, nr),
+                None => 8 * nr,
+            },
             _ => 8 * nr,
         }
     }
@@ -1360,7 +1377,7 @@ impl Tune {
             swiglu_q_nr: get("GGUFQ_SWIGLU_Q_NR", 0, &[1, 2, 4, 8]),
             swiglu_q_wg: get(
                 "GGUFQ_SWIGLU_Q_WG",
-                if block_norm { 1024 } else { 256 },
+                if block_norm { 512 } else { 256 },
                 &[256, 512, 1024],
             ),
             swiglu_q32k: std::env::var("GGUFQ_SWIGLU_Q32K").as_deref() == Ok("1"),
@@ -1373,6 +1390,10 @@ impl Tune {
             attn_wait_all: std::env::var("GGUFQ_ATTN_WAIT_ALL").as_deref() == Ok("1"),
             attn_wait_multi: std::env::var("GGUFQ_ATTN_WAIT_MULTI").as_deref() == Ok("1"),
             attn_wait_kquant: std::env::var("GGUFQ_ATTN_WAIT_K").as_deref() == Ok("1"),
+            mv_join: std::env::var("GGUFQ_MV_JOIN")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
             q8_pair: std::env::var("GGUFQ_Q8_PAIR").as_deref() == Ok("1"),
             mv_wait: get("GGUFQ_MV_WAIT", 0, &[0, 1, 2, 3, 5, 6, 7]),
             persist: std::env::var("GGUFQ_MV_PERSIST")
@@ -1672,6 +1693,21 @@ pub enum KernelKey {
         parts: [MultiPart; MULTI_MAX],
         n: u32,
         order: u32,
+    },
+    /// Consecutive decode mat-vecs in one dispatch ([`Tune::mv_join`]): `parts` (the residual
+    /// [`KernelKey::MatVecQ8N`] and the SwiGLU [`KernelKey::MatVecQ8R`] kernels, all of one
+    /// workgroup size) with `groups[k]` workgroups each, in grid order. Part k > 0 reads
+    /// part k − 1's packed output: its workgroups wait until every workgroup of part k − 1
+    /// has counted itself, then copy up to three ranges of it into workgroup memory with
+    /// atomic loads (`xs[k]`: vec4 start and count of its quants, scales and per-block
+    /// sums; count 0 for none) and read their input there
+    /// ([`matvec_join_source`]). `ay[k]`: part k's output rows are accessed through atomics
+    /// (a residual row another part also reads and writes).
+    MatVecJoin {
+        parts: Vec<KernelKey>,
+        groups: Vec<u32>,
+        xs: Vec<[u32; 6]>,
+        ay: Vec<bool>,
     },
     /// The decode QKV mat-vec `mv` of one matrix ([`KernelKey::MatVecQ8`] or
     /// [`KernelKey::MatVecQ8S`]) and the decode attention `at`
@@ -4959,6 +4995,21 @@ impl Kernels {
                     [*rq, *rk, *rv],
                 )?
             }
+            KernelKey::MatVecJoin {
+                parts,
+                groups,
+                xs,
+                ay,
+            } => {
+                let mut texts = Vec::with_capacity(parts.len());
+                for p in parts {
+                    if !matches!(p, KernelKey::MatVecQ8N { .. } | KernelKey::MatVecQ8R { .. }) {
+                        return Err(Error::msg(format!("a joint mat-vec dispatch of {p:?}")));
+                    }
+                    texts.push(Self::source(ctx, p)?);
+                }
+                matvec_join_source(&texts, groups, xs, ay)?
+            }
         })
     }
 
@@ -5105,6 +5156,319 @@ pub fn multi_binding_kinds(n: usize) -> Vec<u8> {
     let mut k = b"rrwu".to_vec();
     k.extend(std::iter::repeat_n(b'r', n.saturating_sub(1)));
     k
+}
+
+/// `src` with every indexing `name[i]` (comments skipped) replaced by the call `new(i)`.
+fn call_access(src: &str, name: &str, new: &str) -> Result<String> {
+    let b = src.as_bytes();
+    let mut out = String::with_capacity(src.len() + src.len() / 8);
+    let (mut i, mut last) = (0, 0);
+    while i < b.len() {
+        let j = skip_blank(src, i);
+        if j != i {
+            i = j;
+            continue;
+        }
+        if !(b[i].is_ascii_alphabetic() || b[i] == b'_') || (i > 0 && is_ident(b[i - 1])) {
+            i += 1;
+            continue;
+        }
+        let id = ident_at(src, i);
+        let open = i + id.len();
+        if id != name || b.get(open) != Some(&b'[') {
+            i = open;
+            continue;
+        }
+        let close = close_of(src, open)
+            .ok_or_else(|| Error::msg(format!("internal: an unbalanced index of {name}")))?;
+        let index = call_access(&src[open + 1..close - 1], name, new)?;
+        out.push_str(&src[last..i]);
+        out.push_str(&format!("{new}({index})"));
+        i = close;
+        last = i;
+    }
+    out.push_str(&src[last..]);
+    Ok(out)
+}
+
+/// Binding kinds ([`buffer_layouts`]) of the residual block-rounding mat-vec
+/// ([`KernelKey::MatVecQ8N`]: weights, input, residual, norm weights, parameters, packed
+/// output).
+pub const BLOCK_NORM_KINDS: &[u8] = b"rrwruw";
+/// Binding kinds of the rounding SwiGLU mat-vec ([`KernelKey::MatVecQ8R`]: weights, input,
+/// output, parameters, packed output).
+pub const SWIGLU_Q_KINDS: &[u8] = b"rrwuw";
+
+/// Binding kinds of [`KernelKey::MatVecJoin`] over `parts`: each part's own kinds after
+/// the previous part's (its input binding 1 unused from the second part on; the first
+/// part's read-write, as its region may be a later part's output), then the wait counters
+/// and the join's parameters. None for a part of another kind.
+pub fn join_kinds(parts: &[KernelKey]) -> Option<Vec<u8>> {
+    let mut kinds = Vec::new();
+    for (k, p) in parts.iter().enumerate() {
+        let own = match p {
+            KernelKey::MatVecQ8N { .. } => BLOCK_NORM_KINDS,
+            KernelKey::MatVecQ8R { .. } => SWIGLU_Q_KINDS,
+            _ => return None,
+        };
+        let mut own = own.to_vec();
+        own[1] = if k > 0 { b'-' } else { b'w' };
+        kinds.extend(own);
+    }
+    kinds.extend(b"wu");
+    Some(kinds)
+}
+
+/// Size of [`KernelKey::MatVecJoin`]'s parameter block (the first part's slot, bound a
+/// second time): 16 words unused (the part's own), then the dispatch's block of wait
+/// counters (`slot`) and the block it zeroes (`zero`).
+pub const MATVEC_JOIN_PARAMS: u64 = 80;
+
+/// WGSL of [`KernelKey::MatVecJoin`] from its parts' texts (as [`Kernels::source`] gives
+/// them; `groups`, `xs`, `ay` as in the key). Every part's top-level names get the prefix
+/// `p{k}_`, its entry point becomes the function `p{k}_main` and its bindings follow the
+/// previous part's ([`join_kinds`]). Workgroup `g` of the dispatch runs the part whose
+/// range of `groups` holds it. A part with a successor stores its packed output (`R`)
+/// with atomics, then counts itself on its counter of the dispatch's block; the successor's
+/// workgroups wait for the full count (one thread polls, a barrier shares the result),
+/// copy their input from it into workgroup memory (`p{k}_XS`, atomic loads) and read it
+/// there instead of their input binding (which is left out). Workgroup 0 zeroes the
+/// block of the dispatch before (`zero`), which finished in an earlier dispatch.
+pub fn matvec_join_source(
+    texts: &[String],
+    groups: &[u32],
+    xs: &[[u32; 6]],
+    ay: &[bool],
+) -> Result<String> {
+    let n = texts.len();
+    let bad = |what: &str| {
+        Err(Error::msg(format!(
+            "internal: joint mat-vec dispatch: {what}"
+        )))
+    };
+    if n < 2 || groups.len() != n || xs.len() != n || ay.len() != n {
+        return bad("parts, groups, inputs and output flags of different counts");
+    }
+    if groups.contains(&0) || xs.iter().skip(1).any(|x| x[1] == 0 || x[3] == 0) {
+        return bad("a part without workgroups or input");
+    }
+    let re = |r: &str| regex::Regex::new(r).map_err(|e| Error::msg(format!("internal: {e}")));
+    let size_re = re(r"@compute @workgroup_size\((\d+)\)")?;
+    let binding = re(r"@binding\((\d+)\)")?;
+    let directive = |kw: &str| matches!(kw, "enable" | "requires" | "diagnostic");
+    let entry_params =
+        "fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>)";
+    let mut head: Vec<String> = Vec::new();
+    let mut body = String::new();
+    let mut wg_size = None;
+    let mut base = 0u32;
+    for (k, text) in texts.iter().enumerate() {
+        let items = wgsl_items(text)?;
+        for it in items.iter().filter(|it| directive(it.kw)) {
+            let code = it.text[skip_blank(it.text, 0)..].trim_end().to_string();
+            if !head.contains(&code) {
+                head.push(code);
+            }
+        }
+        let map: HashMap<&str, String> = items
+            .iter()
+            .filter(|it| !it.name.is_empty())
+            .map(|it| (it.name, format!("p{k}_{}", it.name)))
+            .collect();
+        for name in ["main", "X", "Y", "R", "P"] {
+            if !map.contains_key(name) {
+                return bad(&format!("part {k} has no {name}"));
+            }
+        }
+        let mut part = String::new();
+        for it in items.iter().filter(|it| !directive(it.kw)) {
+            // The input of a part after the first is read from workgroup memory.
+            if k > 0 && it.name == "X" {
+                if !it.text.contains("var<storage, read> X: array<vec4<u32>>;") {
+                    return bad(&format!("part {k}'s input is not a vec4 array"));
+                }
+                continue;
+            }
+            let text = if it.kw == "fn" && it.name == "main" {
+                let sizes: Vec<u32> = size_re
+                    .captures_iter(it.text)
+                    .filter_map(|c| c[1].parse().ok())
+                    .collect();
+                let [size] = sizes[..] else {
+                    return bad(&format!("part {k}'s entry point has no workgroup size"));
+                };
+                if *wg_size.get_or_insert(size) != size {
+                    return bad("parts of different workgroup sizes");
+                }
+                if it.text.matches(entry_params).count() != 1 {
+                    return bad(&format!("part {k}'s entry point is not the mat-vec form"));
+                }
+                size_re
+                    .replace(it.text, "")
+                    .replace(entry_params, "fn main(lid: u32, wg: vec3<u32>)")
+            } else {
+                it.text.to_string()
+            };
+            part.push_str(&rename_idents(&text, &map));
+        }
+        let top = binding
+            .captures_iter(&part)
+            .filter_map(|c| c[1].parse::<u32>().ok())
+            .max()
+            .unwrap_or(0);
+        let mut part = binding
+            .replace_all(&part, |c: &regex::Captures| {
+                let b: u32 = c[1].parse().unwrap_or(0);
+                format!("@binding({})", base + b)
+            })
+            .into_owned();
+        base += top + 1;
+        let (x, y, r) = (format!("p{k}_X"), format!("p{k}_Y"), format!("p{k}_R"));
+        if k == 0 {
+            let decl = format!("var<storage, read> {x}: array<vec4<u32>>;");
+            if part.matches(&decl).count() != 1 {
+                return bad("the first part's input is not a vec4 array");
+            }
+            part = part.replace(
+                &decl,
+                &format!("var<storage, read_write> {x}: array<vec4<u32>>;"),
+            );
+        } else {
+            part = call_access(&part, &x, &format!("p{k}_xs"))?;
+            if part.contains(&format!("{x}[")) || part.contains(&format!("&{x}")) {
+                return bad(&format!("part {k} reads its input other than by index"));
+            }
+        }
+        if k + 1 < n {
+            let decl = format!("var<storage, read_write> {r}: array<u32>;");
+            if part.matches(&decl).count() != 1 {
+                return bad(&format!("part {k}'s packed output is not a u32 array"));
+            }
+            part = part.replace(
+                &decl,
+                &format!("var<storage, read_write> {r}: array<atomic<u32>>;"),
+            );
+            part = atomic_access(&part, &r, false)?;
+        }
+        if ay[k] {
+            let decl = format!("var<storage, read_write> {y}: array<f32>;");
+            if part.matches(&decl).count() != 1 {
+                return bad(&format!("part {k}'s output is not an f32 array"));
+            }
+            part = part.replace(
+                &decl,
+                &format!("var<storage, read_write> {y}: array<atomic<u32>>;"),
+            );
+            part = atomic_access(&part, &y, true)?;
+        }
+        body.push_str(&format!("// Part {k} (names prefixed p{k}_).\n{part}\n"));
+        if k > 0 {
+            let [s0, n0, s1, n1, s2, n2] = xs[k];
+            let len = n0 + n1 + n2;
+            let (e0, e1, m01) = (s0 + n0, s1 + n1, n0 + n1);
+            body.push_str(&format!(
+                "// Part {k}'s input, copied from part {p}'s packed output: vec4 words {s0} .. {e0} (quants), {s1} .. {e1} (scales), {s2} .. {e2} (sums).
+const p{k}_NXS: u32 = {len}u;
+var<workgroup> p{k}_XS: array<vec4<u32>, {len}>;
+fn p{k}_xsrc(v: u32) -> u32 {{
+    if (v < {n0}u) {{
+        return {s0}u + v;
+    }}
+    if (v < {m01}u) {{
+        return {s1}u + (v - {n0}u);
+    }}
+    return {s2}u + (v - {m01}u);
+}}
+fn p{k}_xs(i: u32) -> vec4<u32> {{
+    if (i < {e0}u) {{
+        return p{k}_XS[i - {s0}u];
+    }}
+    if (i < {e1}u) {{
+        return p{k}_XS[i - {s1}u + {n0}u];
+    }}
+    return p{k}_XS[min(i - {s2}u + {m01}u, {last}u)];
+}}
+",
+                p = k - 1,
+                e2 = s2 + n2,
+                last = len.max(1) - 1,
+            ));
+        }
+    }
+    let Some(wgs) = wg_size else {
+        return bad("no entry point");
+    };
+    let nc = n as u32 - 1;
+    // The entry point: the parts in grid order.
+    let mut entry = format!(
+        "@compute @workgroup_size({wgs})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg_all: vec3<u32>) {{
+    let g = wg_all.x;
+    if (g == 0u && lid < NC) {{
+        atomicStore(&JC[JP.zero * NC + lid], 0u);
+    }}
+"
+    );
+    let mut first = 0u32;
+    for (k, &gk) in groups.iter().enumerate() {
+        entry.push_str(&format!("    if (g < {}u) {{\n", first + gk));
+        if k > 0 {
+            let p = k - 1;
+            entry.push_str(&format!(
+                "        // Every workgroup of part {p} has stored its output.
+        loop {{
+            if (lid == 0u) {{
+                jdone = u32(atomicLoad(&JC[JP.slot * NC + {p}u]) >= {}u);
+            }}
+            if (workgroupUniformLoad(&jdone) != 0u) {{
+                break;
+            }}
+        }}
+        for (var i = lid; i < p{k}_NXS; i += {wgs}u) {{
+            let w = p{k}_xsrc(i) * 4u;
+            p{k}_XS[i] = vec4<u32>(atomicLoad(&p{p}_R[w]), atomicLoad(&p{p}_R[w + 1u]), atomicLoad(&p{p}_R[w + 2u]), atomicLoad(&p{p}_R[w + 3u]));
+        }}
+        workgroupBarrier();
+",
+                groups[p]
+            ));
+        }
+        entry.push_str(&format!(
+            "        p{k}_main(lid, vec3<u32>(g - {first}u, wg_all.y, wg_all.z));\n"
+        ));
+        if k + 1 < n {
+            entry.push_str(&format!(
+                "        // Release: this workgroup's output before its arrival.
+        storageBarrier();
+        if (lid == 0u) {{
+            atomicAdd(&JC[JP.slot * NC + {k}u], 1u);
+        }}
+"
+            ));
+        }
+        entry.push_str("        return;\n    }\n");
+        first += gk;
+    }
+    entry.push_str("}\n");
+    Ok(format!(
+        "{}
+// Consecutive decode mat-vecs in one dispatch (KernelKey::MatVecJoin).
+{body}
+struct JoinParams {{
+    own: array<vec4<u32>, 4>,
+    slot: u32,
+    zero: u32,
+    pad0: u32,
+    pad1: u32,
+}}
+@group(0) @binding({base}) var<storage, read_write> JC: array<atomic<u32>>;
+@group(0) @binding({}) var<uniform> JP: JoinParams;
+const NC: u32 = {nc}u;
+var<workgroup> jdone: u32;
+{entry}",
+        head.join("\n"),
+        base + 1,
+    ))
 }
 
 /// A top-level item of a WGSL module: its text (leading comments and attributes included),
@@ -5415,6 +5779,11 @@ fn main({params}) {{
 /// [`Tune::lw_atomic`] found for the epilogues' hand-offs). Comments (`//` and `/* */`) are
 /// kept as they are; a compound assignment (`name[i] += v`) or a store without its `;` is refused.
 pub fn atomic_f32_access(src: &str, name: &str) -> Result<String> {
+    atomic_access(src, name, true)
+}
+
+/// [`atomic_f32_access`] for an array of f32 bits (`f32`) or of u32 words (no bitcasts).
+fn atomic_access(src: &str, name: &str, f32: bool) -> Result<String> {
     let b = src.as_bytes();
     let bad = |what: &str| {
         Err(Error::msg(format!(
@@ -5444,7 +5813,7 @@ pub fn atomic_f32_access(src: &str, name: &str) -> Result<String> {
         let Some(close) = close_of(src, open) else {
             return bad("an unbalanced index");
         };
-        let index = atomic_f32_access(&src[open + 1..close - 1], name)?;
+        let index = atomic_access(&src[open + 1..close - 1], name, f32)?;
         let mut j = close;
         while b.get(j) == Some(&b' ') {
             j += 1;
@@ -5473,13 +5842,19 @@ pub fn atomic_f32_access(src: &str, name: &str) -> Result<String> {
             if k >= b.len() {
                 return bad("a store without its ';'");
             }
-            let value = atomic_f32_access(src[j + 1..k].trim(), name)?;
-            out.push_str(&format!(
-                "atomicStore(&{name}[{index}], bitcast<u32>({value}));"
-            ));
+            let value = atomic_access(src[j + 1..k].trim(), name, f32)?;
+            out.push_str(&if f32 {
+                format!("atomicStore(&{name}[{index}], bitcast<u32>({value}));")
+            } else {
+                format!("atomicStore(&{name}[{index}], {value});")
+            });
             i = k + 1;
         } else {
-            out.push_str(&format!("bitcast<f32>(atomicLoad(&{name}[{index}]))"));
+            out.push_str(&if f32 {
+                format!("bitcast<f32>(atomicLoad(&{name}[{index}]))")
+            } else {
+                format!("atomicLoad(&{name}[{index}])")
+            });
             i = close;
         }
         last = i;

@@ -371,6 +371,12 @@ pub struct GpuModel {
     /// ([`KernelKey::MatVecAttn`]), by the step's slot: past [`Tune::attn_exact_max`]
     /// positions the two run as separate dispatches again ([`pass_step_key`]).
     split_binds: std::collections::HashMap<usize, wgpu::BindGroup>,
+    /// Decode steps that run inside another step's dispatch ([`KernelKey::MatVecJoin`],
+    /// `Tune::mv_join`), by slot.
+    joined: std::collections::HashSet<usize>,
+    /// Each joint mat-vec step's block of wait counters and the block it zeroes (parameter
+    /// words 16 and 17 of its slot), by slot.
+    join_words: std::collections::HashMap<usize, [u32; 2]>,
     ctx: Arc<GpuContext>,
     /// Hyper-parameters.
     pub cfg: LlamaConfig,
@@ -1676,7 +1682,11 @@ impl GpuModel {
         // The SwiGLU mat-vec rounds its own output for `ffn_down` (`Tune::swiglu_q`): its
         // workgroups own whole activation blocks, so the rounding step after it leaves the
         // decode graph.
-        let (bgl_sq, pl_sq) = buffer_layouts(&ctx, "swiglu rounding", b"rrwuw");
+        // The storage buffers of the block-rounding and SwiGLU-rounding mat-vecs after their
+        // weights, in binding order, by parameter slot (`Tune::mv_join` binds them again).
+        let mut bound: std::collections::HashMap<usize, Vec<wgpu::Buffer>> = Default::default();
+        let (bgl_sq, pl_sq) =
+            buffer_layouts(&ctx, "swiglu rounding", super::kernels::SWIGLU_Q_KINDS);
         if fuse_norm && ctx.tune.swiglu_q != 0 && ctx.tune.swiglu_q_wg <= ctx.facts.max_wg_threads {
             let dec: Vec<usize> = (0..steps.len())
                 .filter(|&i| steps[i].when.runs(When::Decode, 1))
@@ -1699,6 +1709,10 @@ impl GpuModel {
                     ));
                 };
                 let bind = bgw(&bgl_sq, ch, &[&pb[1], &pb[2], &ab[2]], steps[i].slot);
+                bound.insert(
+                    steps[i].slot,
+                    vec![pb[1].clone(), pb[2].clone(), ab[2].clone()],
+                );
                 steps[i].key = key;
                 steps[i].bind = bind;
                 steps[j].when = When::Batch;
@@ -1839,7 +1853,8 @@ impl GpuModel {
             Default::default()
         };
         // Residual mat-vecs that round the next norm's input themselves (`Tune::block_norm`).
-        let (bgl_bn, pl_bn) = buffer_layouts(&ctx, "mat block norm", b"rrwruw");
+        let (bgl_bn, pl_bn) =
+            buffer_layouts(&ctx, "mat block norm", super::kernels::BLOCK_NORM_KINDS);
         if fuse_norm
             && ctx.tune.block_norm
             && !ctx.tune.lw_norm
@@ -1854,6 +1869,7 @@ impl GpuModel {
                 &bufs_of.borrow(),
                 &bgl_bn,
                 d,
+                &mut bound,
                 |layout, ch, rest, slot| bgw(layout, ch, rest, slot),
             )?;
         }
@@ -1889,6 +1905,12 @@ impl GpuModel {
             )?
         } else {
             [None, None]
+        };
+        // Consecutive residual and SwiGLU mat-vecs in one dispatch (`Tune::mv_join`).
+        let joins = if fuse_norm && ctx.tune.persist == 0 && ctx.tune.prefetch_mb == 0 {
+            mv_join_pass(&ctx, &params, &mats, &mut steps, &bound, &mut mem)?
+        } else {
+            Joins::default()
         };
         mem.scratch += act.borrow().bytes;
         if attn_part.is_some() {
@@ -1993,6 +2015,14 @@ impl GpuModel {
                     Some(l) => &l.1,
                     None => return Err(Error::msg("internal: multi mat-vec without its layout")),
                 },
+                KernelKey::MatVecJoin { ref parts, .. } => {
+                    match super::kernels::join_kinds(parts).and_then(|k| joins.layouts.get(&k)) {
+                        Some(l) => &l.1,
+                        None => {
+                            return Err(Error::msg("internal: joint mat-vecs without their layout"))
+                        }
+                    }
+                }
                 KernelKey::MatVecAttn { ref mv, .. } => match &pl_wait
                     [usize::from(matches!(mv.as_ref(), KernelKey::MatVecQ8Multi { .. }))]
                 {
@@ -2039,6 +2069,7 @@ impl GpuModel {
                 s.when
                     .runs(if fused { When::Decode } else { When::Batch }, 1)
                     && !absorbed(s)
+                    && !joined(s, &joins.absorbed)
             })
             .count();
         let _ = (&xn, &qkvb, &att, &hid);
@@ -2061,6 +2092,8 @@ impl GpuModel {
             disp_for: None,
             fused,
             split_binds,
+            joined: joins.absorbed,
+            join_words: joins.words,
             ctx,
             label: src.label(),
             cfg,
@@ -2218,7 +2251,9 @@ impl GpuModel {
 
     /// Dispatches of a one-token forward call (the fused decode graph when in use).
     pub fn dispatches_per_token(&self) -> usize {
-        self.decode_steps().filter(|s| !absorbed(s)).count()
+        self.decode_steps()
+            .filter(|s| !absorbed(s) && !joined(s, &self.joined))
+            .count()
     }
 
     /// The kernels a one-token pass of the fused decode graph whose position is `last_pos`
@@ -2229,6 +2264,7 @@ impl GpuModel {
         self.steps
             .iter()
             .filter(|s| s.when.runs(When::Decode, 1))
+            .filter(|s| !joined(s, &self.joined))
             .filter_map(|s| pass_step_key(s, long))
             .collect()
     }
@@ -2608,9 +2644,20 @@ impl GpuModel {
                     pbytes[s.slot * SLOT + 64..s.slot * SLOT + 76]
                         .copy_from_slice(bytemuck::cast_slice(&words));
                 }
-                // The mat-vec's workgroups, then the attention's.
+                if let Some(words) = self
+                    .join_words
+                    .get(&s.slot)
+                    .filter(|_| s.when == When::Decode)
+                {
+                    // The joint mat-vec dispatch's wait counters (`Tune::mv_join`).
+                    pbytes[s.slot * SLOT + 64..s.slot * SLOT + 72]
+                        .copy_from_slice(bytemuck::cast_slice(words));
+                }
+                // The mat-vec's workgroups, then the attention's; a joint mat-vec dispatch's
+                // parts in turn.
                 let wg = match &s.key {
                     KernelKey::MatVecAttn { ag, .. } => (wg.0 + ag, wg.1),
+                    KernelKey::MatVecJoin { groups, .. } => (groups.iter().sum(), wg.1),
                     _ => wg,
                 };
                 disp.push(wg);
@@ -3101,6 +3148,10 @@ impl GpuModel {
                     })
                     .forget_lifetime();
             }
+            if joined(s, &self.joined) {
+                // Runs inside a joint mat-vec dispatch.
+                continue;
+            }
             let Some(joint_key) = pass_step_key(s, long) else {
                 // Runs inside the QKV mat-vec's dispatch.
                 continue;
@@ -3371,7 +3422,11 @@ fn swiglu_q_key(tune: &Tune, mats: &[GpuMatrix], p: &Step, a: &Step) -> Option<K
         _ => return None,
     };
     let bs: u32 = if kind == 3 { 32 } else { 256 };
+    let wg = tune.swiglu_q_wg;
     let spl = match tune.swiglu_q_lanes {
+        // Q4_0 rows of 128 or more units in workgroups of 512: 64 lanes per row
+        // (`Tune::swiglu_q_wg`, session 17).
+        0 if wg == 512 && ty == GgmlType::Q4_0.id() && spl > 64 => 64,
         0 => spl,
         l => l,
     };
@@ -3379,7 +3434,6 @@ fn swiglu_q_key(tune: &Tune, mats: &[GpuMatrix], p: &Step, a: &Step) -> Option<K
         0 => nr,
         n => n,
     };
-    let wg = tune.swiglu_q_wg;
     let rpw = (wg / spl) * nr;
     let opi = rpw / rows_per_out;
     if opi == 0 || (opi % bs != 0 && bs % opi != 0) {
@@ -3566,6 +3620,7 @@ fn block_norm_pass(
     bufs: &std::collections::HashMap<usize, Vec<wgpu::Buffer>>,
     layout: &wgpu::BindGroupLayout,
     d: usize,
+    bound: &mut std::collections::HashMap<usize, Vec<wgpu::Buffer>>,
     bgw: impl Fn(&wgpu::BindGroupLayout, &Chunk, &[&wgpu::Buffer], usize) -> wgpu::BindGroup,
 ) -> Result<usize> {
     let Some(wg) = block_norm_wg(ctx) else {
@@ -3640,7 +3695,13 @@ fn block_norm_pass(
             kind: steps[i].kind,
             when: When::Decode,
             role: steps[i].role,
-            bind: bgw(layout, ch, &[&pb[1], &pb[2], &nb[1], &nb[2]], steps[i].slot),
+            bind: {
+                bound.insert(
+                    steps[i].slot,
+                    vec![pb[1].clone(), pb[2].clone(), nb[1].clone(), nb[2].clone()],
+                );
+                bgw(layout, ch, &[&pb[1], &pb[2], &nb[1], &nb[2]], steps[i].slot)
+            },
             slot: steps[i].slot,
             key: KernelKey::MatVecQ8N {
                 ty,
@@ -3689,6 +3750,12 @@ fn block_norm_pass(
         }
     }
     Ok(removed)
+}
+
+/// Whether decode step `s` runs inside a joint mat-vec dispatch ([`KernelKey::MatVecJoin`]:
+/// its slot in `set`; a batch step sharing the slot does not).
+fn joined(s: &Step, set: &std::collections::HashSet<usize>) -> bool {
+    s.when == When::Decode && set.contains(&s.slot)
 }
 
 /// Whether step `s` runs inside another step's dispatch (the decode attention of
@@ -3913,6 +3980,246 @@ fn attn_wait_pass(
         }
     }
     Ok(layouts.map(|l| l.map(|(_, pl)| pl)))
+}
+
+/// The joint mat-vec dispatches of [`mv_join_pass`]: their pipeline layouts by binding
+/// kinds, the decode steps that run inside another step's dispatch (by slot), and each
+/// joint step's block of wait counters and the block it zeroes (by slot).
+#[derive(Default)]
+struct Joins {
+    layouts: std::collections::HashMap<Vec<u8>, (wgpu::BindGroupLayout, wgpu::PipelineLayout)>,
+    absorbed: std::collections::HashSet<usize>,
+    words: std::collections::HashMap<usize, [u32; 2]>,
+}
+
+/// [`Tune::mv_join`]'s graph change: runs of consecutive decode steps of the block-rounding
+/// residual mat-vec ([`KernelKey::MatVecQ8N`]) and the rounding SwiGLU mat-vec
+/// ([`KernelKey::MatVecQ8R`]), each reading the packed output of the one before (`wo` →
+/// `gate_up` → `ffn_down`), of one workgroup size, at most `mv_join` long, become one
+/// [`KernelKey::MatVecJoin`] dispatch on the first step (the others stay for their
+/// parameters and are not dispatched). Each joint dispatch has a block of wait counters,
+/// zeroed by the next one (cyclically), so at least two are needed; all get the length of
+/// the shortest. `bound` holds each such step's storage buffers after its weights, in
+/// binding order.
+fn mv_join_pass(
+    ctx: &GpuContext,
+    params: &wgpu::Buffer,
+    mats: &[GpuMatrix],
+    steps: &mut [Step],
+    bound: &std::collections::HashMap<usize, Vec<wgpu::Buffer>>,
+    mem: &mut MemoryUse,
+) -> Result<Joins> {
+    let mut joins = Joins::default();
+    let tune = &ctx.tune;
+    if tune.mv_join < 2 || !wait_is_ordered(ctx) {
+        return Ok(joins);
+    }
+    // (input binding, packed output binding, parameter binding, workgroup size) of a part.
+    let shape = |key: &KernelKey| match key {
+        KernelKey::MatVecQ8N { wg, .. } => Some((3usize, 4u32, *wg)),
+        KernelKey::MatVecQ8R {
+            wg, scaled: true, ..
+        } => Some((2, 3, *wg)),
+        _ => None,
+    };
+    let dec: Vec<usize> = (0..steps.len())
+        .filter(|&i| steps[i].when == When::Decode && !absorbed(&steps[i]))
+        .collect();
+    let mut chains: Vec<Vec<usize>> = Vec::new();
+    let mut a = 0;
+    while a < dec.len() {
+        let mut chain = vec![dec[a]];
+        while chain.len() < tune.mv_join as usize && a + chain.len() < dec.len() {
+            let (p, c) = (*chain.last().unwrap_or(&0), dec[a + chain.len()]);
+            let (Some((pr, _, pw)), Some((_, _, cw))) =
+                (shape(&steps[p].key), shape(&steps[c].key))
+            else {
+                break;
+            };
+            let (Some(pb), Some(cb)) = (bound.get(&steps[p].slot), bound.get(&steps[c].slot))
+            else {
+                break;
+            };
+            let alternates = matches!(
+                (&steps[p].key, &steps[c].key),
+                (KernelKey::MatVecQ8N { .. }, KernelKey::MatVecQ8R { .. })
+                    | (KernelKey::MatVecQ8R { .. }, KernelKey::MatVecQ8N { .. })
+            );
+            if !alternates || pw != cw || pb.get(pr) != cb.first() {
+                break;
+            }
+            chain.push(c);
+        }
+        a += chain.len();
+        if chain.len() >= 2 && shape(&steps[chain[0]].key).is_some() {
+            chains.push(chain);
+        }
+    }
+    let len = chains.iter().map(|c| c.len()).min().unwrap_or(0);
+    if chains.len() < 2 || len < 2 {
+        return Ok(joins);
+    }
+    let nc = (len - 1) as u32;
+    let nj = chains.len() as u32;
+    let counters =
+        super::counters::counter_buffer(ctx, "mat-vec join counters", (nj * nc) as usize);
+    mem.scratch += 4 * (nj * nc) as u64;
+    let uniform = |slot: usize, size: u64| {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: params,
+            offset: (slot * SLOT) as u64,
+            size: wgpu::BufferSize::new(size),
+        })
+    };
+    for (l, chain) in chains.iter().enumerate() {
+        let chain = &chain[..len];
+        let mut parts = Vec::with_capacity(len);
+        let (mut groups, mut xs, mut ay) = (Vec::new(), Vec::new(), Vec::new());
+        let mut shared = 0u64;
+        let mut ok = true;
+        for (k, &i) in chain.iter().enumerate() {
+            let StepKind::Mat { m, c, q8e, .. } = steps[i].kind else {
+                ok = false;
+                break;
+            };
+            let (Some(mat), Some(b)) = (mats.get(m), bound.get(&steps[i].slot)) else {
+                ok = false;
+                break;
+            };
+            let Some(ch) = mat.chunks.get(c).filter(|_| mat.chunks.len() == 1) else {
+                ok = false;
+                break;
+            };
+            groups.push(
+                ch.rows
+                    .div_ceil(tune.rows_per_wg(&steps[i].key, tune.decode_nr(mat.ty.id()))),
+            );
+            // The packed input a part after the first reads (vec4 words): its quants from
+            // word q8e, its per-32 scales from q8e + q8e / 4 and, after a block rounding
+            // (the SwiGLU part reads wo's), the per-block Σx² after the scales' region.
+            let units = (mat.cols / 32) as u32;
+            let sums = matches!(steps[i].key, KernelKey::MatVecQ8R { .. });
+            let x = [
+                q8e / 4,
+                (units * 8).div_ceil(4),
+                (q8e + q8e / 4) / 4,
+                units.div_ceil(4),
+                (q8e + q8e / 4 + q8e / 32) / 4,
+                if sums { units.div_ceil(4) } else { 0 },
+            ];
+            if k > 0 {
+                let prev = &bound[&steps[chain[k - 1]].slot];
+                let r = prev[shape(&steps[chain[k - 1]].key).map_or(0, |s| s.0)].size();
+                if q8e % 128 != 0 || x.chunks(2).any(|c| 16 * (c[0] + c[1]) as u64 > r) {
+                    ok = false;
+                }
+                shared += 16 * (x[1] + x[3] + x[5]) as u64;
+            }
+            xs.push(x);
+            // A residual row another part reads and writes goes through atomics.
+            let y = &b[1];
+            ay.push(
+                chain
+                    .iter()
+                    .any(|&o| o != i && bound[&steps[o].slot].get(1) == Some(y)),
+            );
+            parts.push(steps[i].key.clone());
+        }
+        // Read-only bindings of one part must not be written by another (wgpu's usage
+        // rules; the first part's input is bound read-write in the joint kernel: its region
+        // may be the packed output of a later part, as the attention's and the SwiGLU's
+        // roundings share one), and the copied inputs must leave room in workgroup memory.
+        let written: Vec<&wgpu::Buffer> = chain
+            .iter()
+            .flat_map(|i| {
+                let b = &bound[&steps[*i].slot];
+                let r = shape(&steps[*i].key).map_or(0, |s| s.0);
+                [&b[1], &b[r]]
+            })
+            .collect();
+        let read: Vec<&wgpu::Buffer> = chain
+            .iter()
+            .filter(|i| matches!(steps[**i].key, KernelKey::MatVecQ8N { .. }))
+            .map(|i| &bound[&steps[*i].slot][2])
+            .collect();
+        if !ok
+            || read.iter().any(|r| written.contains(r))
+            || shared * 2 > ctx.facts.shared_mem as u64
+        {
+            return Ok(Joins::default());
+        }
+        let Some(kinds) = super::kernels::join_kinds(&parts) else {
+            return Ok(Joins::default());
+        };
+        let (bgl, _) = joins
+            .layouts
+            .entry(kinds.clone())
+            .or_insert_with(|| buffer_layouts(ctx, "mat join", &kinds));
+        let mut entries: Vec<wgpu::BindGroupEntry> = Vec::new();
+        let mut base = 0u32;
+        for (k, &i) in chain.iter().enumerate() {
+            let StepKind::Mat { m, c, .. } = steps[i].kind else {
+                return Err(Error::msg(
+                    "internal: a joint mat-vec step that is no mat-vec",
+                ));
+            };
+            let (bufs, pbind, nb) = match steps[i].key {
+                KernelKey::MatVecQ8N { .. } => (&bound[&steps[i].slot], 4u32, 6u32),
+                _ => (&bound[&steps[i].slot], 3, 5),
+            };
+            entries.push(wgpu::BindGroupEntry {
+                binding: base,
+                resource: mats[m].chunks[c].binding(),
+            });
+            entries.push(wgpu::BindGroupEntry {
+                binding: base + pbind,
+                resource: uniform(steps[i].slot, 64),
+            });
+            let mut b = 1u32;
+            for buf in bufs {
+                if b == pbind {
+                    b += 1;
+                }
+                if !(k > 0 && b == 1) {
+                    entries.push(wgpu::BindGroupEntry {
+                        binding: base + b,
+                        resource: buf.as_entire_binding(),
+                    });
+                }
+                b += 1;
+            }
+            base += nb;
+        }
+        entries.push(wgpu::BindGroupEntry {
+            binding: base,
+            resource: counters.as_entire_binding(),
+        });
+        entries.push(wgpu::BindGroupEntry {
+            binding: base + 1,
+            resource: uniform(steps[chain[0]].slot, super::kernels::MATVEC_JOIN_PARAMS),
+        });
+        let joint = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("mat join"),
+            layout: bgl,
+            entries: &entries,
+        });
+        let first = chain[0];
+        steps[first].bind = joint;
+        steps[first].key = KernelKey::MatVecJoin {
+            parts,
+            groups,
+            xs,
+            ay,
+        };
+        let l = l as u32;
+        joins
+            .words
+            .insert(steps[first].slot, [l, (l + nj - 1) % nj]);
+        for &i in &chain[1..] {
+            joins.absorbed.insert(steps[i].slot);
+        }
+    }
+    Ok(joins)
 }
 
 /// [`Tune::mv_wait`]'s graph change: every decode NormQ8 step (bit 1) or activation
