@@ -129,16 +129,8 @@ fn gpu_attention_in_the_qkv_dispatch_equals_the_two_dispatches_bit_for_bit() {
         // 40 tokens: past the 32-position chunks, and the counters reused 40 times.
         let base = decode_steps(&mut plain, 40);
         let rows = decode_steps(&mut w, 40);
-        for (t, (a, b)) in base.iter().zip(&rows).enumerate() {
-            let diff = a
-                .iter()
-                .zip(b)
-                .filter(|(x, y)| x.to_bits() != y.to_bits())
-                .count();
-            if diff != 0 {
-                failures.push(format!("{what}: token {t}: {diff} logits differ"));
-                break;
-            }
+        if let Some((t, diff)) = gpu_fixture::first_bit_difference(&base, &rows) {
+            failures.push(format!("{what}: token {t}: {diff} logits differ"));
         }
     }
     // By default the two-part QKV dispatches keep their own dispatch (Tune::attn_wait_multi).

@@ -1016,7 +1016,9 @@ pub struct Tune {
     /// residual and rounding SwiGLU kernels of one workgroup size (Q4_0, Q8_0 layers); each
     /// part's workgroups wait for the previous part's on a counter and copy its packed
     /// output into workgroup memory (GGUFQ_MV_JOIN = 0 off, 2 or 3). Only where workgroups
-    /// start in index order ([`super::model::wait_is_ordered`]). Off by default.
+    /// start in index order ([`super::model::wait_is_ordered`]). Off by default (slower on
+    /// the H100, session 17); since the SwiGLU kernel's workgroups are 512 by default
+    /// ([`Tune::swiglu_q_wg`]) it needs GGUFQ_SWIGLU_Q_WG=1024 to find parts of one size.
     pub mv_join: u32,
 }
 
@@ -5158,11 +5160,11 @@ pub fn multi_binding_kinds(n: usize) -> Vec<u8> {
     k
 }
 
-/// `src` with every indexing `name[i]` (comments skipped) replaced by the call `new(i)`.
-fn call_access(src: &str, name: &str, new: &str) -> Result<String> {
+/// The next indexing `name[…]` of `src` from byte `from` on (comments skipped): the bytes of
+/// the name and of its `[`, and the byte just past the matching `]`.
+fn next_index(src: &str, name: &str, from: usize) -> Result<Option<(usize, usize, usize)>> {
     let b = src.as_bytes();
-    let mut out = String::with_capacity(src.len() + src.len() / 8);
-    let (mut i, mut last) = (0, 0);
+    let mut i = from;
     while i < b.len() {
         let j = skip_blank(src, i);
         if j != i {
@@ -5181,11 +5183,20 @@ fn call_access(src: &str, name: &str, new: &str) -> Result<String> {
         }
         let close = close_of(src, open)
             .ok_or_else(|| Error::msg(format!("internal: an unbalanced index of {name}")))?;
+        return Ok(Some((i, open, close)));
+    }
+    Ok(None)
+}
+
+/// `src` with every indexing `name[i]` (comments skipped) replaced by the call `new(i)`.
+fn call_access(src: &str, name: &str, new: &str) -> Result<String> {
+    let mut out = String::with_capacity(src.len() + src.len() / 8);
+    let mut last = 0;
+    while let Some((i, open, close)) = next_index(src, name, last)? {
         let index = call_access(&src[open + 1..close - 1], name, new)?;
         out.push_str(&src[last..i]);
         out.push_str(&format!("{new}({index})"));
-        i = close;
-        last = i;
+        last = close;
     }
     out.push_str(&src[last..]);
     Ok(out)
@@ -5791,27 +5802,12 @@ fn atomic_access(src: &str, name: &str, f32: bool) -> Result<String> {
         )))
     };
     let mut out = String::with_capacity(src.len() + src.len() / 4);
-    let mut i = 0;
     let mut last = 0;
-    while i < b.len() {
-        // Past blanks and comments (copied as they are).
-        let j = skip_blank(src, i);
-        if j != i {
-            i = j;
-            continue;
-        }
-        if !(b[i].is_ascii_alphabetic() || b[i] == b'_') || (i > 0 && is_ident(b[i - 1])) {
-            i += 1;
-            continue;
-        }
-        let id = ident_at(src, i);
-        let open = i + id.len();
-        if id != name || b.get(open) != Some(&b'[') {
-            i = open;
-            continue;
-        }
-        let Some(close) = close_of(src, open) else {
-            return bad("an unbalanced index");
+    loop {
+        let (i, open, close) = match next_index(src, name, last) {
+            Ok(Some(at)) => at,
+            Ok(None) => break,
+            Err(_) => return bad("an unbalanced index"),
         };
         let index = atomic_access(&src[open + 1..close - 1], name, f32)?;
         let mut j = close;
@@ -5848,16 +5844,15 @@ fn atomic_access(src: &str, name: &str, f32: bool) -> Result<String> {
             } else {
                 format!("atomicStore(&{name}[{index}], {value});")
             });
-            i = k + 1;
+            last = k + 1;
         } else {
             out.push_str(&if f32 {
                 format!("bitcast<f32>(atomicLoad(&{name}[{index}]))")
             } else {
                 format!("atomicLoad(&{name}[{index}])")
             });
-            i = close;
+            last = close;
         }
-        last = i;
     }
     out.push_str(&src[last..]);
     Ok(out)

@@ -174,6 +174,19 @@ pub fn decode_steps(m: &mut GpuModel, steps: usize) -> Vec<Vec<f32>> {
     decode_run(m, &tokens(nv, 3, 1), &tokens(nv, steps, 2))
 }
 
+/// The first step whose logits differ in any bit between two runs of [`decode_steps`], with
+/// the number of differing logits in it (None: equal bit for bit).
+pub fn first_bit_difference(a: &[Vec<f32>], b: &[Vec<f32>]) -> Option<(usize, usize)> {
+    a.iter().zip(b).enumerate().find_map(|(t, (x, y))| {
+        let diff = x
+            .iter()
+            .zip(y)
+            .filter(|(p, q)| p.to_bits() != q.to_bits())
+            .count();
+        (diff != 0 || x.len() != y.len()).then_some((t, diff))
+    })
+}
+
 /// Model options of the decode tests: 64 positions, batches of 8, one sequence.
 pub fn decode_opts() -> ModelOptions {
     ModelOptions {
