@@ -1114,6 +1114,12 @@ impl Tune {
         })
     }
 
+    /// Workgroups of a one-token dispatch of the mat-vec `key` (weights of type id `ty`)
+    /// over `rows` rows.
+    pub fn decode_groups(&self, key: &KernelKey, ty: u32, rows: u32) -> u32 {
+        rows.div_ceil(self.rows_per_wg(key, self.decode_nr(ty)))
+    }
+
     /// Whether the decode mat-vec of type id `ty` uses the integer (q8 activation) kernel.
     pub fn q8_for(&self, ty: u32) -> bool {
         self.q8dot
@@ -4479,61 +4485,28 @@ pub fn matvec_attn_source(mv: &str, at: &str, mvg: u32, groups: [u32; 3]) -> Res
             "internal: mat-vec + attention kernel: {what}"
         )))
     };
-    let re = |r: &str| regex::Regex::new(r).map_err(|e| Error::msg(format!("internal: {e}")));
-    let directive = |kw: &str| matches!(kw, "enable" | "requires" | "diagnostic");
-    // Directives of both first (a module starts with them), each once.
+    // Directives of both first (a module starts with them), each once; the mat-vec with
+    // every top-level name prefixed, its entry point a function.
     let mut head: Vec<String> = Vec::new();
     let (mv_items, at_items) = (wgsl_items(mv)?, wgsl_items(at)?);
-    for it in mv_items
-        .iter()
-        .chain(&at_items)
-        .filter(|it| directive(it.kw))
-    {
-        let code = it.text[skip_blank(it.text, 0)..].trim_end().to_string();
-        if !head.contains(&code) {
-            head.push(code);
-        }
+    add_directives(&at_items, &mut head);
+    let (body, size, names) = match prefixed_part(&mv_items, "mv_", &[], &mut head) {
+        Ok(p) => p,
+        Err(e) => return bad(&format!("the mat-vec: {e}")),
+    };
+    if !names.contains(&"Y") {
+        return bad("the mat-vec has no output Y");
     }
-    // The mat-vec: every top-level name prefixed, its entry point a function.
-    let map: HashMap<&str, String> = mv_items
-        .iter()
-        .filter(|it| !it.name.is_empty())
-        .map(|it| (it.name, format!("mv_{}", it.name)))
-        .collect();
-    if !map.contains_key("Y") || !map.contains_key("main") {
-        return bad("the mat-vec has no output Y or no entry point");
-    }
-    let entry_attrs = "@compute @workgroup_size(256)";
-    let entry_params =
-        "fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>)";
-    let mut body = String::new();
-    for it in mv_items.iter().filter(|it| !directive(it.kw)) {
-        let text = if it.kw == "fn" && it.name == "main" {
-            if it.text.matches(entry_attrs).count() != 1
-                || it.text.matches(entry_params).count() != 1
-            {
-                return bad("the mat-vec's entry point is not the 256-invocation form");
-            }
-            it.text
-                .replace(entry_attrs, "")
-                .replace(entry_params, "fn main(lid: u32, wg: vec3<u32>)")
-        } else {
-            it.text.to_string()
-        };
-        body.push_str(&rename_idents(&text, &map));
+    if size != 256 {
+        return bad("the mat-vec's entry point is not the 256-invocation form");
     }
     if !body.contains("var<storage, read_write> mv_Y: array<f32>;") {
         return bad("the mat-vec's output is not a read-write f32 array");
     }
-    let binding = re(r"@binding\((\d+)\)")?;
-    let top = binding
-        .captures_iter(&body)
-        .filter_map(|c| c[1].parse::<u32>().ok())
-        .max()
-        .unwrap_or(0);
+    let (body, top) = shift_bindings(&body, 0)?;
     // The attention: Q/K/V from the mat-vec's output, bindings after the mat-vec's.
     let mut at_text = String::new();
-    for it in at_items.iter().filter(|it| !directive(it.kw)) {
+    for it in at_items.iter().filter(|it| !is_directive(it.kw)) {
         at_text.push_str(it.text);
     }
     let qkv = "@group(0) @binding(0) var<storage, read> QKV: array<f32>;";
@@ -4552,12 +4525,7 @@ pub fn matvec_attn_source(mv: &str, at: &str, mvg: u32, groups: [u32; 3]) -> Res
     }
     let at_text = at_text.replace(qkv, "");
     let at_text = rename_idents(&at_text, &HashMap::from([("QKV", "mv_Y".to_string())]));
-    let at_text = binding
-        .replace_all(&at_text, |c: &regex::Captures| {
-            let k: u32 = c[1].parse().unwrap_or(0);
-            format!("@binding({})", top + k)
-        })
-        .into_owned();
+    let (at_text, _) = shift_bindings(&at_text, top)?;
     let at_text = at_text
         .replace(
             params_end,
@@ -5210,6 +5178,16 @@ pub const BLOCK_NORM_KINDS: &[u8] = b"rrwruw";
 /// output, parameters, packed output).
 pub const SWIGLU_Q_KINDS: &[u8] = b"rrwuw";
 
+/// The binding kinds of a kernel that can be a part of [`KernelKey::MatVecJoin`] (as it
+/// binds them alone): [`BLOCK_NORM_KINDS`] or [`SWIGLU_Q_KINDS`].
+pub fn join_part_kinds(key: &KernelKey) -> Option<&'static [u8]> {
+    match key {
+        KernelKey::MatVecQ8N { .. } => Some(BLOCK_NORM_KINDS),
+        KernelKey::MatVecQ8R { .. } => Some(SWIGLU_Q_KINDS),
+        _ => None,
+    }
+}
+
 /// Binding kinds of [`KernelKey::MatVecJoin`] over `parts`: each part's own kinds after
 /// the previous part's (its input binding 1 unused from the second part on; the first
 /// part's read-write, as its region may be a later part's output), then the wait counters
@@ -5217,12 +5195,7 @@ pub const SWIGLU_Q_KINDS: &[u8] = b"rrwuw";
 pub fn join_kinds(parts: &[KernelKey]) -> Option<Vec<u8>> {
     let mut kinds = Vec::new();
     for (k, p) in parts.iter().enumerate() {
-        let own = match p {
-            KernelKey::MatVecQ8N { .. } => BLOCK_NORM_KINDS,
-            KernelKey::MatVecQ8R { .. } => SWIGLU_Q_KINDS,
-            _ => return None,
-        };
-        let mut own = own.to_vec();
+        let mut own = join_part_kinds(p)?.to_vec();
         own[1] = if k > 0 { b'-' } else { b'w' };
         kinds.extend(own);
     }
@@ -5263,76 +5236,35 @@ pub fn matvec_join_source(
     if groups.contains(&0) || xs.iter().skip(1).any(|x| x[1] == 0 || x[3] == 0) {
         return bad("a part without workgroups or input");
     }
-    let re = |r: &str| regex::Regex::new(r).map_err(|e| Error::msg(format!("internal: {e}")));
-    let size_re = re(r"@compute @workgroup_size\((\d+)\)")?;
-    let binding = re(r"@binding\((\d+)\)")?;
-    let directive = |kw: &str| matches!(kw, "enable" | "requires" | "diagnostic");
-    let entry_params =
-        "fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>)";
     let mut head: Vec<String> = Vec::new();
     let mut body = String::new();
     let mut wg_size = None;
     let mut base = 0u32;
     for (k, text) in texts.iter().enumerate() {
         let items = wgsl_items(text)?;
-        for it in items.iter().filter(|it| directive(it.kw)) {
-            let code = it.text[skip_blank(it.text, 0)..].trim_end().to_string();
-            if !head.contains(&code) {
-                head.push(code);
-            }
+        // The input of a part after the first is read from workgroup memory.
+        let x_decl = "var<storage, read> X: array<vec4<u32>>;";
+        if k > 0
+            && !items
+                .iter()
+                .any(|it| it.name == "X" && it.text.contains(x_decl))
+        {
+            return bad(&format!("part {k}'s input is not a vec4 array"));
         }
-        let map: HashMap<&str, String> = items
-            .iter()
-            .filter(|it| !it.name.is_empty())
-            .map(|it| (it.name, format!("p{k}_{}", it.name)))
-            .collect();
-        for name in ["main", "X", "Y", "R", "P"] {
-            if !map.contains_key(name) {
+        let drop: &[&str] = if k > 0 { &["X"] } else { &[] };
+        let (part, size, names) = match prefixed_part(&items, &format!("p{k}_"), drop, &mut head) {
+            Ok(p) => p,
+            Err(e) => return bad(&format!("part {k}: {e}")),
+        };
+        for name in ["X", "Y", "R", "P"] {
+            if !names.contains(&name) {
                 return bad(&format!("part {k} has no {name}"));
             }
         }
-        let mut part = String::new();
-        for it in items.iter().filter(|it| !directive(it.kw)) {
-            // The input of a part after the first is read from workgroup memory.
-            if k > 0 && it.name == "X" {
-                if !it.text.contains("var<storage, read> X: array<vec4<u32>>;") {
-                    return bad(&format!("part {k}'s input is not a vec4 array"));
-                }
-                continue;
-            }
-            let text = if it.kw == "fn" && it.name == "main" {
-                let sizes: Vec<u32> = size_re
-                    .captures_iter(it.text)
-                    .filter_map(|c| c[1].parse().ok())
-                    .collect();
-                let [size] = sizes[..] else {
-                    return bad(&format!("part {k}'s entry point has no workgroup size"));
-                };
-                if *wg_size.get_or_insert(size) != size {
-                    return bad("parts of different workgroup sizes");
-                }
-                if it.text.matches(entry_params).count() != 1 {
-                    return bad(&format!("part {k}'s entry point is not the mat-vec form"));
-                }
-                size_re
-                    .replace(it.text, "")
-                    .replace(entry_params, "fn main(lid: u32, wg: vec3<u32>)")
-            } else {
-                it.text.to_string()
-            };
-            part.push_str(&rename_idents(&text, &map));
+        if *wg_size.get_or_insert(size) != size {
+            return bad("parts of different workgroup sizes");
         }
-        let top = binding
-            .captures_iter(&part)
-            .filter_map(|c| c[1].parse::<u32>().ok())
-            .max()
-            .unwrap_or(0);
-        let mut part = binding
-            .replace_all(&part, |c: &regex::Captures| {
-                let b: u32 = c[1].parse().unwrap_or(0);
-                format!("@binding({})", base + b)
-            })
-            .into_owned();
+        let (mut part, top) = shift_bindings(&part, base)?;
         base += top + 1;
         let (x, y, r) = (format!("p{k}_X"), format!("p{k}_Y"), format!("p{k}_R"));
         if k == 0 {
@@ -5480,6 +5412,95 @@ var<workgroup> jdone: u32;
         head.join("\n"),
         base + 1,
     ))
+}
+
+/// Whether a top-level WGSL keyword starts a directive (`enable`, `requires`, `diagnostic`).
+fn is_directive(kw: &str) -> bool {
+    matches!(kw, "enable" | "requires" | "diagnostic")
+}
+
+/// The directives of `items` added to `head`, each once (a module composed of several
+/// kernel texts starts with all of theirs).
+fn add_directives(items: &[WgslItem], head: &mut Vec<String>) {
+    for it in items.iter().filter(|it| is_directive(it.kw)) {
+        let code = it.text[skip_blank(it.text, 0)..].trim_end().to_string();
+        if !head.contains(&code) {
+            head.push(code);
+        }
+    }
+}
+
+/// A mat-vec kernel's `items` as a part of a composed module (the joint kernels): its
+/// directives added to `head` ([`add_directives`]), its other top-level items but those
+/// named in `drop` with every top-level name prefixed `prefix`, and its entry point
+/// (`@compute @workgroup_size(N)`, the mat-vec's parameters) made the function
+/// `{prefix}main(lid: u32, wg: vec3<u32>)`. Returns the text, N and the kernel's
+/// top-level names; Err says what the entry point lacks.
+fn prefixed_part<'a>(
+    items: &[WgslItem<'a>],
+    prefix: &str,
+    drop: &[&str],
+    head: &mut Vec<String>,
+) -> std::result::Result<(String, u32, Vec<&'a str>), String> {
+    add_directives(items, head);
+    let map: HashMap<&str, String> = items
+        .iter()
+        .filter(|it| !it.name.is_empty())
+        .map(|it| (it.name, format!("{prefix}{}", it.name)))
+        .collect();
+    let size_re =
+        regex::Regex::new(r"@compute @workgroup_size\((\d+)\)").map_err(|e| e.to_string())?;
+    let entry_params =
+        "fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wg: vec3<u32>)";
+    let mut size = 0;
+    let mut part = String::new();
+    for it in items
+        .iter()
+        .filter(|it| !is_directive(it.kw) && !drop.contains(&it.name))
+    {
+        let text = if it.kw == "fn" && it.name == "main" {
+            let sizes: Vec<u32> = size_re
+                .captures_iter(it.text)
+                .filter_map(|c| c[1].parse().ok())
+                .collect();
+            let [n] = sizes[..] else {
+                return Err("an entry point without one workgroup size".into());
+            };
+            if it.text.matches(entry_params).count() != 1 {
+                return Err("an entry point that is not the mat-vec form".into());
+            }
+            size = n;
+            size_re
+                .replace(it.text, "")
+                .replace(entry_params, "fn main(lid: u32, wg: vec3<u32>)")
+        } else {
+            it.text.to_string()
+        };
+        part.push_str(&rename_idents(&text, &map));
+    }
+    if size == 0 {
+        return Err("no entry point".into());
+    }
+    Ok((part, size, map.into_keys().collect()))
+}
+
+/// `text` with every `@binding(b)` made `@binding(b + by)`, and its highest binding before
+/// the shift (0 for none).
+fn shift_bindings(text: &str, by: u32) -> Result<(String, u32)> {
+    let binding = regex::Regex::new(r"@binding\((\d+)\)")
+        .map_err(|e| Error::msg(format!("internal: {e}")))?;
+    let top = binding
+        .captures_iter(text)
+        .filter_map(|c| c[1].parse::<u32>().ok())
+        .max()
+        .unwrap_or(0);
+    let out = binding
+        .replace_all(text, |c: &regex::Captures| {
+            let b: u32 = c[1].parse().unwrap_or(0);
+            format!("@binding({})", b + by)
+        })
+        .into_owned();
+    Ok((out, top))
 }
 
 /// A top-level item of a WGSL module: its text (leading comments and attributes included),

@@ -2068,8 +2068,7 @@ impl GpuModel {
             .filter(|s| {
                 s.when
                     .runs(if fused { When::Decode } else { When::Batch }, 1)
-                    && !absorbed(s)
-                    && !joined(s, &joins.absorbed)
+                    && !inside_another(s, &joins.absorbed)
             })
             .count();
         let _ = (&xn, &qkvb, &att, &hid);
@@ -2252,7 +2251,7 @@ impl GpuModel {
     /// Dispatches of a one-token forward call (the fused decode graph when in use).
     pub fn dispatches_per_token(&self) -> usize {
         self.decode_steps()
-            .filter(|s| !absorbed(s) && !joined(s, &self.joined))
+            .filter(|s| !inside_another(s, &self.joined))
             .count()
     }
 
@@ -2264,8 +2263,7 @@ impl GpuModel {
         self.steps
             .iter()
             .filter(|s| s.when.runs(When::Decode, 1))
-            .filter(|s| !joined(s, &self.joined))
-            .filter_map(|s| pass_step_key(s, long))
+            .filter_map(|s| pass_step_key(s, long, &self.joined))
             .collect()
     }
 
@@ -2499,9 +2497,7 @@ impl GpuModel {
                             cfg.eps.to_bits(),
                         ];
                         wg = if ntok == 1 {
-                            let groups = ch
-                                .rows
-                                .div_ceil(tune.rows_per_wg(&s.key, tune.decode_nr(mat.ty.id())));
+                            let groups = tune.decode_groups(&s.key, mat.ty.id(), ch.rows);
                             match s.key {
                                 // Persistent: a fixed number of workgroups walks the groups.
                                 KernelKey::MatVecQ8P { .. } => (groups.min(tune.persist.max(1)), 1),
@@ -3148,12 +3144,8 @@ impl GpuModel {
                     })
                     .forget_lifetime();
             }
-            if joined(s, &self.joined) {
-                // Runs inside a joint mat-vec dispatch.
-                continue;
-            }
-            let Some(joint_key) = pass_step_key(s, long) else {
-                // Runs inside the QKV mat-vec's dispatch.
+            let Some(joint_key) = pass_step_key(s, long, &self.joined) else {
+                // Runs inside the QKV mat-vec's or a joint mat-vec dispatch.
                 continue;
             };
             // Past the exact split the joint step runs its mat-vec alone (its own bind
@@ -3273,6 +3265,15 @@ impl GpuModel {
 
 /// A bind group of `res` with the step's parameter slot (64 bytes of `params` at
 /// `slot · SLOT`) inserted before the last binding of four, or at 4.
+/// The parameter block of step slot `slot` (its first `size` bytes) as a uniform binding.
+fn param_block(params: &wgpu::Buffer, slot: usize, size: u64) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer: params,
+        offset: (slot * SLOT) as u64,
+        size: wgpu::BufferSize::new(size),
+    })
+}
+
 fn bind_with_params<'a>(
     ctx: &GpuContext,
     params: &'a wgpu::Buffer,
@@ -3283,11 +3284,7 @@ fn bind_with_params<'a>(
     let n = res.len();
     res.insert(
         n.min(if n >= 5 { 4 } else { 3 }),
-        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-            buffer: params,
-            offset: (slot * SLOT) as u64,
-            size: wgpu::BufferSize::new(64),
-        }),
+        param_block(params, slot, 64),
     );
     let entries: Vec<wgpu::BindGroupEntry> = res
         .into_iter()
@@ -3545,8 +3542,13 @@ pub fn prefetch_plan(sizes: &[u64], budget: u64) -> Vec<(usize, u64)> {
 /// (flash-decoding proper): on the H100 (session 16) the joint kernel's flash-decoding form
 /// differed from the two dispatches in a few steps past position 288 on Q4_K_M
 /// (`--kernel-check`), while its exact-split form agrees bit for bit.
-fn pass_step_key(s: &Step, long: bool) -> Option<KernelKey> {
+fn pass_step_key(
+    s: &Step,
+    long: bool,
+    joined: &std::collections::HashSet<usize>,
+) -> Option<KernelKey> {
     match &s.key {
+        _ if is_joined(s, joined) => None,
         KernelKey::MatVecAttn { mv, .. } if long => Some((**mv).clone()),
         _ if absorbed(s) && !long => None,
         k => Some(pass_key(k, long)),
@@ -3754,8 +3756,14 @@ fn block_norm_pass(
 
 /// Whether decode step `s` runs inside a joint mat-vec dispatch ([`KernelKey::MatVecJoin`]:
 /// its slot in `set`; a batch step sharing the slot does not).
-fn joined(s: &Step, set: &std::collections::HashSet<usize>) -> bool {
+fn is_joined(s: &Step, set: &std::collections::HashSet<usize>) -> bool {
     s.when == When::Decode && set.contains(&s.slot)
+}
+
+/// Whether step `s` runs inside another step's dispatch at short positions ([`absorbed`] or
+/// [`is_joined`]): the steps a one-token pass does not count as its own dispatches.
+fn inside_another(s: &Step, joined: &std::collections::HashSet<usize>) -> bool {
+    absorbed(s) || is_joined(s, joined)
 }
 
 /// Whether step `s` runs inside another step's dispatch (the decode attention of
@@ -3906,13 +3914,6 @@ fn attn_wait_pass(
             buffer_layouts(ctx, "mat attn", &super::kernels::matvec_attn_kinds(&kinds))
         });
         let (mb, ab) = (&bufs[&steps[i].slot], &bufs[&steps[j].slot]);
-        let uniform = |slot: usize, size: u64| {
-            wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: params,
-                offset: (slot * SLOT) as u64,
-                size: wgpu::BufferSize::new(size),
-            })
-        };
         let mut entries: Vec<wgpu::BindGroupEntry> = Vec::new();
         match steps[i].kind {
             StepKind::MatMulti { parts: sp, .. } => {
@@ -3924,7 +3925,7 @@ fn attn_wait_pass(
                 }
                 entries.push(wgpu::BindGroupEntry {
                     binding: 3,
-                    resource: uniform(steps[i].slot, 48 * 2),
+                    resource: param_block(params, steps[i].slot, 48 * 2),
                 });
             }
             StepKind::Mat { m, c, .. } => {
@@ -3934,7 +3935,7 @@ fn attn_wait_pass(
                 });
                 entries.push(wgpu::BindGroupEntry {
                     binding: 3,
-                    resource: uniform(steps[i].slot, 64),
+                    resource: param_block(params, steps[i].slot, 64),
                 });
             }
             _ => return Err(Error::msg("internal: a joint QKV step that is no mat-vec")),
@@ -3947,7 +3948,7 @@ fn attn_wait_pass(
             (top + 3, ab[3].as_entire_binding()),
             (
                 top + 4,
-                uniform(steps[j].slot, super::kernels::MATVEC_ATTN_PARAMS),
+                param_block(params, steps[j].slot, super::kernels::MATVEC_ATTN_PARAMS),
             ),
             (top + 5, ab[4].as_entire_binding()),
             (top + 6, ab[5].as_entire_binding()),
@@ -4014,12 +4015,13 @@ fn mv_join_pass(
     if tune.mv_join < 2 || !wait_is_ordered(ctx) {
         return Ok(joins);
     }
-    // (input binding, packed output binding, parameter binding, workgroup size) of a part.
-    let shape = |key: &KernelKey| match key {
-        KernelKey::MatVecQ8N { wg, .. } => Some((3usize, 4u32, *wg)),
-        KernelKey::MatVecQ8R {
+    // The workgroup size of a step that can be a part. Its storage buffers in `bound` are
+    // its input first and its packed output last.
+    let wg_of = |key: &KernelKey| match key {
+        KernelKey::MatVecQ8N { wg, .. }
+        | KernelKey::MatVecQ8R {
             wg, scaled: true, ..
-        } => Some((2, 3, *wg)),
+        } => Some(*wg),
         _ => None,
     };
     let dec: Vec<usize> = (0..steps.len())
@@ -4031,9 +4033,7 @@ fn mv_join_pass(
         let mut chain = vec![dec[a]];
         while chain.len() < tune.mv_join as usize && a + chain.len() < dec.len() {
             let (p, c) = (*chain.last().unwrap_or(&0), dec[a + chain.len()]);
-            let (Some((pr, _, pw)), Some((_, _, cw))) =
-                (shape(&steps[p].key), shape(&steps[c].key))
-            else {
+            let (Some(pw), Some(cw)) = (wg_of(&steps[p].key), wg_of(&steps[c].key)) else {
                 break;
             };
             let (Some(pb), Some(cb)) = (bound.get(&steps[p].slot), bound.get(&steps[c].slot))
@@ -4045,13 +4045,13 @@ fn mv_join_pass(
                 (KernelKey::MatVecQ8N { .. }, KernelKey::MatVecQ8R { .. })
                     | (KernelKey::MatVecQ8R { .. }, KernelKey::MatVecQ8N { .. })
             );
-            if !alternates || pw != cw || pb.get(pr) != cb.first() {
+            if !alternates || pw != cw || pb.last() != cb.first() {
                 break;
             }
             chain.push(c);
         }
         a += chain.len();
-        if chain.len() >= 2 && shape(&steps[chain[0]].key).is_some() {
+        if chain.len() >= 2 && wg_of(&steps[chain[0]].key).is_some() {
             chains.push(chain);
         }
     }
@@ -4064,13 +4064,6 @@ fn mv_join_pass(
     let counters =
         super::counters::counter_buffer(ctx, "mat-vec join counters", (nj * nc) as usize);
     mem.scratch += 4 * (nj * nc) as u64;
-    let uniform = |slot: usize, size: u64| {
-        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-            buffer: params,
-            offset: (slot * SLOT) as u64,
-            size: wgpu::BufferSize::new(size),
-        })
-    };
     for (l, chain) in chains.iter().enumerate() {
         let chain = &chain[..len];
         let mut parts = Vec::with_capacity(len);
@@ -4090,10 +4083,7 @@ fn mv_join_pass(
                 ok = false;
                 break;
             };
-            groups.push(
-                ch.rows
-                    .div_ceil(tune.rows_per_wg(&steps[i].key, tune.decode_nr(mat.ty.id()))),
-            );
+            groups.push(tune.decode_groups(&steps[i].key, mat.ty.id(), ch.rows));
             // The packed input a part after the first reads (vec4 words): its quants from
             // word q8e, its per-32 scales from q8e + q8e / 4 and, after a block rounding
             // (the SwiGLU part reads wo's), the per-block Σx² after the scales' region.
@@ -4108,8 +4098,9 @@ fn mv_join_pass(
                 if sums { units.div_ceil(4) } else { 0 },
             ];
             if k > 0 {
-                let prev = &bound[&steps[chain[k - 1]].slot];
-                let r = prev[shape(&steps[chain[k - 1]].key).map_or(0, |s| s.0)].size();
+                let r = bound[&steps[chain[k - 1]].slot]
+                    .last()
+                    .map_or(0, |b| b.size());
                 if q8e % 128 != 0 || x.chunks(2).any(|c| 16 * (c[0] + c[1]) as u64 > r) {
                     ok = false;
                 }
@@ -4133,8 +4124,7 @@ fn mv_join_pass(
             .iter()
             .flat_map(|i| {
                 let b = &bound[&steps[*i].slot];
-                let r = shape(&steps[*i].key).map_or(0, |s| s.0);
-                [&b[1], &b[r]]
+                [&b[1], &b[b.len() - 1]]
             })
             .collect();
         let read: Vec<&wgpu::Buffer> = chain
@@ -4163,32 +4153,26 @@ fn mv_join_pass(
                     "internal: a joint mat-vec step that is no mat-vec",
                 ));
             };
-            let (bufs, pbind, nb) = match steps[i].key {
-                KernelKey::MatVecQ8N { .. } => (&bound[&steps[i].slot], 4u32, 6u32),
-                _ => (&bound[&steps[i].slot], 3, 5),
-            };
-            entries.push(wgpu::BindGroupEntry {
-                binding: base,
-                resource: mats[m].chunks[c].binding(),
-            });
-            entries.push(wgpu::BindGroupEntry {
-                binding: base + pbind,
-                resource: uniform(steps[i].slot, 64),
-            });
-            let mut b = 1u32;
-            for buf in bufs {
-                if b == pbind {
-                    b += 1;
-                }
-                if !(k > 0 && b == 1) {
-                    entries.push(wgpu::BindGroupEntry {
-                        binding: base + b,
-                        resource: buf.as_entire_binding(),
-                    });
-                }
-                b += 1;
+            // The part's bindings as it binds them alone: weights, parameters, and its
+            // storage buffers in order (its input left out after the first part).
+            let own = super::kernels::join_part_kinds(&steps[i].key).unwrap_or_default();
+            let mut bufs = bound[&steps[i].slot].iter();
+            for (b, kind) in own.iter().enumerate() {
+                let resource = match (b, kind) {
+                    (0, _) => mats[m].chunks[c].binding(),
+                    (_, b'u') => param_block(params, steps[i].slot, 64),
+                    _ => match bufs.next() {
+                        Some(_) if k > 0 && b == 1 => continue,
+                        Some(buf) => buf.as_entire_binding(),
+                        None => return Err(Error::msg("internal: a joint mat-vec part's buffers")),
+                    },
+                };
+                entries.push(wgpu::BindGroupEntry {
+                    binding: base + b as u32,
+                    resource,
+                });
             }
-            base += nb;
+            base += own.len() as u32;
         }
         entries.push(wgpu::BindGroupEntry {
             binding: base,
@@ -4196,7 +4180,11 @@ fn mv_join_pass(
         });
         entries.push(wgpu::BindGroupEntry {
             binding: base + 1,
-            resource: uniform(steps[chain[0]].slot, super::kernels::MATVEC_JOIN_PARAMS),
+            resource: param_block(
+                params,
+                steps[chain[0]].slot,
+                super::kernels::MATVEC_JOIN_PARAMS,
+            ),
         });
         let joint = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("mat join"),
@@ -4483,11 +4471,7 @@ fn merge_qkv(
             });
             entries.push(wgpu::BindGroupEntry {
                 binding: 3,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: params,
-                    offset: (first.slot * SLOT) as u64,
-                    size: wgpu::BufferSize::new(48 * n as u64),
-                }),
+                resource: param_block(params, first.slot, 48 * n as u64),
             });
             let bind = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("mat multi"),
