@@ -4500,9 +4500,6 @@ pub fn matvec_attn_source(mv: &str, at: &str, mvg: u32, groups: [u32; 3]) -> Res
     if size != 256 {
         return bad("the mat-vec's entry point is not the 256-invocation form");
     }
-    if !body.contains("var<storage, read_write> mv_Y: array<f32>;") {
-        return bad("the mat-vec's output is not a read-write f32 array");
-    }
     let (body, top) = shift_bindings(&body, 0)?;
     // The attention: Q/K/V from the mat-vec's output, bindings after the mat-vec's.
     let mut at_text = String::new();
@@ -4582,11 +4579,9 @@ pub fn matvec_attn_source(mv: &str, at: &str, mvg: u32, groups: [u32; 3]) -> Res
     // The hand-off crosses workgroups: the rows' stores and the attention's reads of them
     // go through atomics (a plain `storageBarrier()` does not order plain loads past the
     // H100's L1; see `Tune::lw_atomic`).
-    let decl = "var<storage, read_write> mv_Y: array<f32>;";
-    let body = atomic_f32_access(
-        &body.replace(decl, "var<storage, read_write> mv_Y: array<atomic<u32>>;"),
-        "mv_Y",
-    )?;
+    let Some(body) = atomic_array(&body, "mv_Y", true)? else {
+        return bad("the mat-vec's output is not a read-write f32 array");
+    };
     let at_text = atomic_f32_access(&at_text, "mv_Y")?;
     Ok(format!(
         "{}
@@ -5283,26 +5278,16 @@ pub fn matvec_join_source(
             }
         }
         if k + 1 < n {
-            let decl = format!("var<storage, read_write> {r}: array<u32>;");
-            if part.matches(&decl).count() != 1 {
+            let Some(p) = atomic_array(&part, &r, false)? else {
                 return bad(&format!("part {k}'s packed output is not a u32 array"));
-            }
-            part = part.replace(
-                &decl,
-                &format!("var<storage, read_write> {r}: array<atomic<u32>>;"),
-            );
-            part = atomic_access(&part, &r, false)?;
+            };
+            part = p;
         }
         if ay[k] {
-            let decl = format!("var<storage, read_write> {y}: array<f32>;");
-            if part.matches(&decl).count() != 1 {
+            let Some(p) = atomic_array(&part, &y, true)? else {
                 return bad(&format!("part {k}'s output is not an f32 array"));
-            }
-            part = part.replace(
-                &decl,
-                &format!("var<storage, read_write> {y}: array<atomic<u32>>;"),
-            );
-            part = atomic_access(&part, &y, true)?;
+            };
+            part = p;
         }
         body.push_str(&format!("// Part {k} (names prefixed p{k}_).\n{part}\n"));
         if k > 0 {
@@ -5812,6 +5797,22 @@ fn main({params}) {{
 /// kept as they are; a compound assignment (`name[i] += v`) or a store without its `;` is refused.
 pub fn atomic_f32_access(src: &str, name: &str) -> Result<String> {
     atomic_access(src, name, true)
+}
+
+/// `src` whose storage array `name`, declared once as `var<storage, read_write> name:
+/// array<f32>;` (`f32`) or `array<u32>;`, is declared `array<atomic<u32>>` with every access
+/// atomic ([`atomic_access`]); None without that declaration once.
+fn atomic_array(src: &str, name: &str, f32: bool) -> Result<Option<String>> {
+    let elem = if f32 { "f32" } else { "u32" };
+    let decl = format!("var<storage, read_write> {name}: array<{elem}>;");
+    if src.matches(&decl).count() != 1 {
+        return Ok(None);
+    }
+    let src = src.replace(
+        &decl,
+        &format!("var<storage, read_write> {name}: array<atomic<u32>>;"),
+    );
+    atomic_access(&src, name, f32).map(Some)
 }
 
 /// [`atomic_f32_access`] for an array of f32 bits (`f32`) or of u32 words (no bitcasts).
