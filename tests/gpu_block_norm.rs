@@ -45,6 +45,13 @@ fn gpu_block_norm_removes_the_normq8_steps_and_matches_the_cpu_backend() {
     };
     let off = ctx_with(false, 1024).unwrap();
     let wg256 = ctx_with(true, 256).unwrap();
+    // Four rows per lane group, 128 lanes per row (GGUFQ_BLOCK_NORM_NR=4, the default
+    // before session 18).
+    let nr4 = context_tuned(|c| {
+        c.tune.block_norm = true;
+        c.tune.block_norm_nr = 4;
+    })
+    .unwrap();
     let exact = ctx_unrounded().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();
@@ -58,6 +65,21 @@ fn gpu_block_norm_removes_the_normq8_steps_and_matches_the_cpu_backend() {
         let mut a = GpuModel::load(on.clone(), &src, decode_opts()).unwrap();
         let mut b = GpuModel::load(off.clone(), &src, decode_opts()).unwrap();
         let mut c = GpuModel::load(wg256.clone(), &src, decode_opts()).unwrap();
+        let mut n4 = GpuModel::load(nr4.clone(), &src, decode_opts()).unwrap();
+        let producers_of = |m: &GpuModel, spl: u32, nr: u32| {
+            m.step_keys()
+                .iter()
+                .filter(|k| {
+                    matches!(k, KernelKey::MatVecQ8N { wg: 1024, spl: s, nr: n, .. } if *s == spl && *n == nr)
+                })
+                .count()
+        };
+        assert_eq!(producers_of(&a, 64, 2), 4, "{mix}: default producers");
+        assert_eq!(
+            producers_of(&n4, 128, 4),
+            4,
+            "{mix}: four rows per lane group"
+        );
         let mut e = GpuModel::load(exact.clone(), &src, decode_opts()).unwrap();
         // Two layers: the NormQ8 after each `wo` and each `ffn_down` goes (4), the one
         // after the embedding stays. (Q8_0's `ffn_down` then takes the rounding dispatch
@@ -98,11 +120,12 @@ fn gpu_block_norm_removes_the_normq8_steps_and_matches_the_cpu_backend() {
             )),
             "{mix}: 256-invocation producers"
         );
-        let (ra, rb, rc, re) = (
+        let (ra, rb, rc, re, rn) = (
             decode_run(&mut a, &PROMPT, &DECODE),
             decode_run(&mut b, &PROMPT, &DECODE),
             decode_run(&mut c, &PROMPT, &DECODE),
             decode_run(&mut e, &PROMPT, &DECODE),
+            decode_run(&mut n4, &PROMPT, &DECODE),
         );
         // The prompt row runs the batch graph, which the switch does not touch.
         assert_eq!(ra[0], rb[0], "{mix}: prompt row");
@@ -121,7 +144,8 @@ fn gpu_block_norm_removes_the_normq8_steps_and_matches_the_cpu_backend() {
             assert_eq!(lg, ra[j + 1], "{mix}: backend vs model row {j}");
             worst = worst
                 .max(gpu_fixture::rms_rel(&lg, &lc))
-                .max(gpu_fixture::rms_rel(&rc[j + 1], &lc));
+                .max(gpu_fixture::rms_rel(&rc[j + 1], &lc))
+                .max(gpu_fixture::rms_rel(&rn[j + 1], &lc));
             far_on += gpu_fixture::rms_rel(&ra[j + 1], &re[j + 1]);
             far_off += gpu_fixture::rms_rel(&rb[j + 1], &re[j + 1]);
             top1 += usize::from(argmax(&lg) == argmax(&lc));
@@ -296,4 +320,34 @@ fn gpu_block_norm_with_the_swiglu_rounding_matches_the_cpu_backend() {
         }
     }
     assert!(failures.is_empty(), "{failures:?}");
+}
+
+#[test]
+fn gpu_block_norm_shapes_follow_the_tuning_and_refuse_what_the_kernel_cannot_run() {
+    use ggufq::gpu::model::block_norm_shape;
+    let Some(dflt) = ctx_with(true, 1024) else {
+        return;
+    };
+    // Default: 1024 invocations, 64 lanes × 2 rows, short rows and long alike.
+    assert_eq!(block_norm_shape(&dflt, 128), Some((1024, 64, 2)));
+    assert_eq!(block_norm_shape(&dflt, 344), Some((1024, 64, 2)));
+    // The long-row shape (GGUFQ_BLOCK_NORM_WG_LONG / _NR_LONG) from 256 units only.
+    let long = context_tuned(|c| {
+        c.tune.block_norm_long = (512, 8);
+        c.tune.block_norm_nr = 2;
+    })
+    .unwrap();
+    assert_eq!(block_norm_shape(&long, 255), Some((1024, 64, 2)));
+    assert_eq!(block_norm_shape(&long, 256), Some((512, 128, 8)));
+    // Only the rows per lane group of the long rows given: the workgroup size stays.
+    let nr_only = context_tuned(|c| c.tune.block_norm_long = (0, 8)).unwrap();
+    assert_eq!(block_norm_shape(&nr_only, 344), Some((1024, 256, 8)));
+    // 256 invocations × 1 row would leave 8 lanes per row, which the integer kernel has no
+    // form for: 32 lanes × 4 rows instead.
+    let narrow = context_tuned(|c| {
+        c.tune.block_norm_wg = 256;
+        c.tune.block_norm_nr = 1;
+    })
+    .unwrap();
+    assert_eq!(block_norm_shape(&narrow, 128), Some((256, 32, 4)));
 }

@@ -254,3 +254,45 @@ fn gpu_integer_matvec_q4k_unit_pairs_match_cpu() {
     check(&ctx, &mut runner, "Q4_K", 21, 768, 2);
     check(&ctx, &mut runner, "Q4_K", 9, 8192, nr);
 }
+
+#[test]
+fn gpu_integer_matvec_per_type_overrides_pick_the_kernel_shape() {
+    // GGUFQ_Q8_LANES_T / GGUFQ_NR_DECODE_T: a listed type's own lanes and rows per lane;
+    // other types keep the defaults; bad entries are skipped.
+    use ggufq::gpu::kernels::{type_overrides, KernelKey, NO_OVERRIDES};
+    let Some(mut ctx) = context() else { return };
+    let id = |n: &str| GgmlType::from_name(n).unwrap().id();
+    let (q6k, q8, q4k) = (id("Q6_K"), id("Q8_0"), id("Q4_K"));
+    let (lanes_q6k, nr_q4k) = (ctx.tune.q8_lanes(q6k, 128), ctx.tune.decode_nr(q4k));
+    // The default for Q8_0: 32 lanes on rows under 256 units, 128 for the SwiGLU kernel.
+    assert_eq!(ctx.tune.q8_lanes(q8, 128), 32);
+    assert_eq!(ctx.tune.q8_lanes_of(q8, 128, false), 128);
+    assert_eq!(ctx.tune.q8_lanes(q8, 344), 256);
+    let lanes = type_overrides(
+        "Q6_K=256, Q8_0 = 64, Q9_Z=64, Q4_K=48, junk",
+        &[32, 64, 128, 256],
+    );
+    assert_eq!(lanes[..2], [(q6k, 256), (q8, 64)]);
+    assert_eq!(lanes[2..], NO_OVERRIDES[2..]);
+    ctx.tune.q8_lanes_t = lanes;
+    ctx.tune.nr_decode_t = type_overrides("Q4_K=2", &[1, 2, 4, 8]);
+    assert_eq!(ctx.tune.q8_lanes(q6k, 128), 256);
+    assert_eq!(ctx.tune.q8_lanes(q8, 128), 64);
+    assert_eq!(ctx.tune.q8_lanes(q4k, 128), 128);
+    assert_ne!(lanes_q6k, 256);
+    assert_eq!(ctx.tune.decode_nr(q4k), 2);
+    assert_ne!(nr_q4k, 2);
+    assert_eq!(ctx.tune.decode_nr(q8), 4);
+    assert_eq!(
+        ctx.tune.matvec_key(q6k, 1, ctx.tune.decode_nr(q6k), 128),
+        KernelKey::MatVecQ8 {
+            ty: q6k,
+            nr: 4,
+            spl: 256
+        }
+    );
+    // The overridden shapes still compute the product.
+    let mut runner = MatRunner::new(&ctx);
+    check(&ctx, &mut runner, "Q6_K", 37, 4096, 4);
+    check(&ctx, &mut runner, "Q8_0", 37, 4096, 4);
+}

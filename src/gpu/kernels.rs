@@ -885,6 +885,23 @@ pub struct Tune {
     /// are then wrong: `ggufq bench` says so on stderr. `--profile`'s pass per dispatch keeps
     /// every dispatch. 0 (default) = none.
     pub skip_roles: u32,
+    /// Per-type overrides of [`Tune::q8_lanes`] (GGUFQ_Q8_LANES_T, e.g. `Q6_K=256,Q8_0=64`;
+    /// up to [`TYPE_OVERRIDES`] entries of type id and value, type id `u32::MAX` unused).
+    /// For tuning runs: a listed type's integer decode mat-vecs take these lanes, the SwiGLU
+    /// rounding kernel too unless [`Tune::swiglu_q_lanes`] sets its own.
+    pub q8_lanes_t: [(u32, u32); TYPE_OVERRIDES],
+    /// Per-type overrides of [`Tune::nr_decode`] (GGUFQ_NR_DECODE_T, same form).
+    pub nr_decode_t: [(u32, u32); TYPE_OVERRIDES],
+    /// Rows per lane group of [`KernelKey::MatVecQ8N`] (GGUFQ_BLOCK_NORM_NR: 1, 2 (default),
+    /// 4 or 8; the lanes per row follow, `wg` · NR / 32, as a workgroup owns 32 rows). H100,
+    /// 7B tg128 p50 (session 18), NR 4 (before) → 2: Q4_K_M 2.92 → 2.85 ms (three processes
+    /// each), Q2_K 2.55 → 2.51, hybrid 2.83 → 2.78, Q4_0 2.36 → 2.35, Q8_0 3.43 → 3.42;
+    /// NR 8 slower everywhere (Q4_K_M 3.19), NR 1 2.95.
+    pub block_norm_nr: u32,
+    /// Workgroup size and rows per lane group of [`KernelKey::MatVecQ8N`] over rows of 256
+    /// or more 32-weight units (`ffn_down` of the 7B shape; GGUFQ_BLOCK_NORM_WG_LONG,
+    /// GGUFQ_BLOCK_NORM_NR_LONG; 0 = those of the shorter rows).
+    pub block_norm_long: (u32, u32),
     /// Workgroups of the persistent decode mat-vecs ([`KernelKey::MatVecQ8P`]) that build
     /// their own rounded input, replacing the NormQ8 dispatches and the rounding before
     /// `ffn_down` (GGUFQ_MV_PERSIST; 0 = off: separate dispatches).
@@ -1214,10 +1231,25 @@ impl Tune {
     /// Lanes that share the units of one row group in the integer decode kernel (32, 64, 128
     /// or 256; the workgroup's 256 lanes hold 256 / lanes row groups of NR rows): by
     /// default the power of two ≥ the row's units (so that each lane takes about one
-    /// unit per row), at most 256; GGUFQ_Q8_LANES sets it for every matrix.
+    /// unit per row), at most 256, except Q8_0 rows of fewer than 256 units: 32 lanes (four
+    /// units per lane at 4096-long rows; H100, 7B Q8_0 tg128 p50 3.42 → 3.38 ms with the
+    /// SwiGLU kernel at 128, 3.39 with it at 32 too, 3.42–3.43 at 64, session 18).
+    /// GGUFQ_Q8_LANES sets it for every matrix, GGUFQ_Q8_LANES_T per type.
     pub fn q8_lanes(&self, ty: u32, units: usize) -> u32 {
+        self.q8_lanes_of(ty, units, true)
+    }
+
+    /// [`Tune::q8_lanes`]; `narrow` false leaves out the Q8_0 rule of 32 lanes (the SwiGLU
+    /// rounding kernel's default lanes, 128 at 4096-long rows, session 17).
+    pub fn q8_lanes_of(&self, ty: u32, units: usize, narrow: bool) -> u32 {
+        if let Some(l) = type_override(&self.q8_lanes_t, ty) {
+            return l;
+        }
         if self.q8_lanes != 0 {
             return self.q8_lanes;
+        }
+        if narrow && ty == GgmlType::Q8_0.id() && units < 256 {
+            return 32;
         }
         let steps = if self.pairs(ty, units) {
             units / 2
@@ -1280,6 +1312,9 @@ impl Tune {
 
     /// Rows per warp of the decode kernel for type id `ty`.
     pub fn decode_nr(&self, ty: u32) -> u32 {
+        if let Some(n) = type_override(&self.nr_decode_t, ty) {
+            return n;
+        }
         match self.nr_decode {
             0 if self.unit_for(ty) => 4,
             0 => NR_DECODE,
@@ -1416,6 +1451,15 @@ impl Tune {
                 .unwrap_or(0),
             attn_seg: std::env::var("GGUFQ_ATTN_SEG").as_deref() == Ok("1"),
             skip_roles: std::env::var("GGUFQ_SKIP_ROLES").map_or(0, |v| skip_role_bits(&v)),
+            q8_lanes_t: std::env::var("GGUFQ_Q8_LANES_T")
+                .map_or(NO_OVERRIDES, |v| type_overrides(&v, &[32, 64, 128, 256])),
+            nr_decode_t: std::env::var("GGUFQ_NR_DECODE_T")
+                .map_or(NO_OVERRIDES, |v| type_overrides(&v, &[1, 2, 4, 8])),
+            block_norm_nr: get("GGUFQ_BLOCK_NORM_NR", 2, &[1, 2, 4, 8]),
+            block_norm_long: (
+                get("GGUFQ_BLOCK_NORM_WG_LONG", 0, &[256, 512, 1024]),
+                get("GGUFQ_BLOCK_NORM_NR_LONG", 0, &[1, 2, 4, 8]),
+            ),
         }
     }
 }
@@ -1446,6 +1490,38 @@ pub const SKIPPABLE_ROLES: &[&str] = &[
     "qk_prep",
     "prefetch",
 ];
+
+/// Entries of a per-type override list ([`Tune::q8_lanes_t`]).
+pub const TYPE_OVERRIDES: usize = 4;
+/// An empty per-type override list.
+pub const NO_OVERRIDES: [(u32, u32); TYPE_OVERRIDES] = [(u32::MAX, 0); TYPE_OVERRIDES];
+
+/// Parse a per-type override list `TYPE=VALUE,...` (values from `ok`); unknown types, values
+/// out of range and entries past [`TYPE_OVERRIDES`] are reported on stderr and ignored.
+pub fn type_overrides(list: &str, ok: &[u32]) -> [(u32, u32); TYPE_OVERRIDES] {
+    let mut out = NO_OVERRIDES;
+    let mut n = 0;
+    for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let parsed = item.split_once('=').and_then(|(t, v)| {
+            let ty = GgmlType::from_name(t.trim())?;
+            let v: u32 = v.trim().parse().ok().filter(|v| ok.contains(v))?;
+            Some((ty.id(), v))
+        });
+        match parsed {
+            Some(e) if n < TYPE_OVERRIDES => {
+                out[n] = e;
+                n += 1;
+            }
+            _ => eprintln!("per-type override '{item}' ignored (TYPE=VALUE, VALUE one of {ok:?})"),
+        }
+    }
+    out
+}
+
+/// The value `list` gives type id `ty`, if any.
+fn type_override(list: &[(u32, u32); TYPE_OVERRIDES], ty: u32) -> Option<u32> {
+    list.iter().find(|(t, _)| *t == ty).map(|(_, v)| *v)
+}
 
 /// [`Tune::skip_roles`] bits of a comma-separated role list; an unknown name is reported on
 /// stderr and ignored.

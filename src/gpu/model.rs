@@ -3316,6 +3316,8 @@ struct SwigluRound {
     /// Matrix rows per output: 2 (mode 2, interleaved gate/up rows) or 1 (mode 3, the up
     /// rows; gate stored before).
     rows_per_out: u32,
+    /// 32-weight units per matrix row.
+    units: usize,
 }
 
 /// The [`SwigluRound`] of steps `p` and `a`, if they are one.
@@ -3356,6 +3358,7 @@ fn swiglu_round(mats: &[GpuMatrix], p: &Step, a: &Step) -> Option<SwigluRound> {
         k,
         q8e,
         rows_per_out,
+        units: mat.cols / 32,
     })
 }
 
@@ -3373,6 +3376,7 @@ fn act_epilogue(tune: &Tune, mats: &[GpuMatrix], p: &Step, a: &Step) -> Option<K
         k,
         q8e,
         rows_per_out,
+        ..
     } = swiglu_round(mats, p, a)?;
     let bs = match kind {
         3 => 32,
@@ -3411,6 +3415,7 @@ fn swiglu_q_key(tune: &Tune, mats: &[GpuMatrix], p: &Step, a: &Step) -> Option<K
         k,
         q8e,
         rows_per_out,
+        units,
     } = swiglu_round(mats, p, a)?;
     let kind = match kind {
         3 => 3,
@@ -3424,7 +3429,8 @@ fn swiglu_q_key(tune: &Tune, mats: &[GpuMatrix], p: &Step, a: &Step) -> Option<K
         // Q4_0 rows of 128 or more units in workgroups of 512: 64 lanes per row
         // (`Tune::swiglu_q_wg`, session 17).
         0 if wg == 512 && ty == GgmlType::Q4_0.id() && spl > 64 => 64,
-        0 => spl,
+        // Not the plain kernel's 32 lanes of Q8_0 (session 18).
+        0 => tune.q8_lanes_of(ty, units, false),
         l => l,
     };
     let nr = match tune.swiglu_q_nr {
@@ -3597,11 +3603,35 @@ pub fn wait_is_ordered(ctx: &GpuContext) -> bool {
 /// Invocations per workgroup of [`KernelKey::MatVecQ8N`] on this adapter:
 /// [`Tune::block_norm_wg`], halved until the adapter allows it (None below 256).
 pub fn block_norm_wg(ctx: &GpuContext) -> Option<u32> {
-    let mut wg = ctx.tune.block_norm_wg.clamp(256, 1024);
+    fit_wg(ctx, ctx.tune.block_norm_wg)
+}
+
+/// `wg` (256 … 1024) halved until the adapter allows it (None below 256).
+fn fit_wg(ctx: &GpuContext, wg: u32) -> Option<u32> {
+    let mut wg = wg.clamp(256, 1024);
     while wg > ctx.facts.max_wg_threads {
         wg /= 2;
     }
     (wg >= 256).then_some(wg)
+}
+
+/// Invocations, lanes per row and rows per lane group of [`KernelKey::MatVecQ8N`] over rows
+/// of `units` 32-weight units on this adapter ([`Tune::block_norm_wg`],
+/// [`Tune::block_norm_nr`], [`Tune::block_norm_long`] from 256 units): a workgroup owns 32
+/// rows, so the lanes per row are `wg` · NR / 32, at least 32 (more rows per lane group
+/// where NR would give fewer: 4 in workgroups of 256). None where the adapter's workgroups
+/// hold fewer than 256 invocations.
+pub fn block_norm_shape(ctx: &GpuContext, units: usize) -> Option<(u32, u32, u32)> {
+    let t = &ctx.tune;
+    let (mut wg, mut nr) = (t.block_norm_wg, t.block_norm_nr);
+    if units >= 256 {
+        let (lw, ln) = t.block_norm_long;
+        wg = if lw == 0 { wg } else { lw };
+        nr = if ln == 0 { nr } else { ln };
+    }
+    let wg = fit_wg(ctx, wg)?;
+    let spl = (wg * nr / 32).max(32);
+    Some((wg, spl, spl * 32 / wg))
 }
 
 /// [`Tune::block_norm`]'s graph change: every decode NormQ8 step whose decode predecessor is
@@ -3625,13 +3655,9 @@ fn block_norm_pass(
     bound: &mut std::collections::HashMap<usize, Vec<wgpu::Buffer>>,
     bgw: impl Fn(&wgpu::BindGroupLayout, &Chunk, &[&wgpu::Buffer], usize) -> wgpu::BindGroup,
 ) -> Result<usize> {
-    let Some(wg) = block_norm_wg(ctx) else {
-        return Ok(0);
-    };
-    if d % 32 != 0 {
+    if block_norm_wg(ctx).is_none() || d % 32 != 0 {
         return Ok(0);
     }
-    let (spl, nr) = (wg / 8, 4);
     let dec: Vec<usize> = (0..steps.len())
         .filter(|&i| steps[i].when.runs(When::Decode, 1))
         .collect();
@@ -3651,10 +3677,10 @@ fn block_norm_pass(
             continue;
         };
         let ty = *ty;
-        let Some(ch) = mats
+        let Some((ch, (wg, spl, nr))) = mats
             .get(m)
             .filter(|mat| mat.chunks.len() == 1 && mat.rows == d)
-            .and_then(|mat| mat.chunks.get(c))
+            .and_then(|mat| Some((mat.chunks.get(c)?, block_norm_shape(ctx, mat.cols / 32)?)))
         else {
             continue;
         };
