@@ -66,17 +66,20 @@ fn gpu_block_norm_removes_the_normq8_steps_and_matches_the_cpu_backend() {
         let mut b = GpuModel::load(off.clone(), &src, decode_opts()).unwrap();
         let mut c = GpuModel::load(wg256.clone(), &src, decode_opts()).unwrap();
         let mut n4 = GpuModel::load(nr4.clone(), &src, decode_opts()).unwrap();
-        let producers_of = |m: &GpuModel, spl: u32, nr: u32| {
+        // Default: 32 lanes × 1 row for Q8_0, 64 × 2 for other types; `n4` 128 × 4.
+        let q8 = GgmlType::Q8_0.id();
+        let producers_of = |m: &GpuModel, shape: &dyn Fn(u32) -> (u32, u32)| {
             m.step_keys()
                 .iter()
                 .filter(|k| {
-                    matches!(k, KernelKey::MatVecQ8N { wg: 1024, spl: s, nr: n, .. } if *s == spl && *n == nr)
+                    matches!(k, KernelKey::MatVecQ8N { wg: 1024, spl, nr, ty, .. } if (*spl, *nr) == shape(*ty))
                 })
                 .count()
         };
-        assert_eq!(producers_of(&a, 64, 2), 4, "{mix}: default producers");
+        let by_type = |t: u32| if t == q8 { (32, 1) } else { (64, 2) };
+        assert_eq!(producers_of(&a, &by_type), 4, "{mix}: default producers");
         assert_eq!(
-            producers_of(&n4, 128, 4),
+            producers_of(&n4, &|_| (128, 4)),
             4,
             "{mix}: four rows per lane group"
         );
@@ -329,19 +332,23 @@ fn gpu_block_norm_shapes_follow_the_tuning_and_refuse_what_the_kernel_cannot_run
         return;
     };
     // Default: 1024 invocations, 64 lanes × 2 rows, short rows and long alike.
-    assert_eq!(block_norm_shape(&dflt, 128), Some((1024, 64, 2)));
-    assert_eq!(block_norm_shape(&dflt, 344), Some((1024, 64, 2)));
+    let id = |n: &str| GgmlType::from_name(n).unwrap().id();
+    let (q4k, q8) = (id("Q4_K"), id("Q8_0"));
+    assert_eq!(block_norm_shape(&dflt, q4k, 128), Some((1024, 64, 2)));
+    assert_eq!(block_norm_shape(&dflt, q4k, 344), Some((1024, 64, 2)));
+    // Q8_0: 32 lanes × 1 row.
+    assert_eq!(block_norm_shape(&dflt, q8, 128), Some((1024, 32, 1)));
     // The long-row shape (GGUFQ_BLOCK_NORM_WG_LONG / _NR_LONG) from 256 units only.
     let long = context_tuned(|c| {
         c.tune.block_norm_long = (512, 8);
         c.tune.block_norm_nr = 2;
     })
     .unwrap();
-    assert_eq!(block_norm_shape(&long, 255), Some((1024, 64, 2)));
-    assert_eq!(block_norm_shape(&long, 256), Some((512, 128, 8)));
+    assert_eq!(block_norm_shape(&long, q8, 255), Some((1024, 64, 2)));
+    assert_eq!(block_norm_shape(&long, q4k, 256), Some((512, 128, 8)));
     // Only the rows per lane group of the long rows given: the workgroup size stays.
     let nr_only = context_tuned(|c| c.tune.block_norm_long = (0, 8)).unwrap();
-    assert_eq!(block_norm_shape(&nr_only, 344), Some((1024, 256, 8)));
+    assert_eq!(block_norm_shape(&nr_only, q4k, 344), Some((1024, 256, 8)));
     // 256 invocations × 1 row would leave 8 lanes per row, which the integer kernel has no
     // form for: 32 lanes × 4 rows instead.
     let narrow = context_tuned(|c| {
@@ -349,5 +356,5 @@ fn gpu_block_norm_shapes_follow_the_tuning_and_refuse_what_the_kernel_cannot_run
         c.tune.block_norm_nr = 1;
     })
     .unwrap();
-    assert_eq!(block_norm_shape(&narrow, 128), Some((256, 32, 4)));
+    assert_eq!(block_norm_shape(&narrow, q8, 128), Some((256, 32, 4)));
 }

@@ -283,16 +283,18 @@ fn gpu_integer_matvec_per_type_overrides_pick_the_kernel_shape() {
     assert_eq!(ctx.tune.decode_nr(q4k), 2);
     assert_ne!(nr_q4k, 2);
     assert_eq!(ctx.tune.decode_nr(q8), 4);
+    // Q6_K: 2 rows per lane group by default (session 18).
+    assert_eq!(ctx.tune.decode_nr(q6k), 2);
     assert_eq!(
         ctx.tune.matvec_key(q6k, 1, ctx.tune.decode_nr(q6k), 128),
         KernelKey::MatVecQ8 {
             ty: q6k,
-            nr: 4,
+            nr: 2,
             spl: 256
         }
     );
     // The overridden shapes still compute the product.
     let mut runner = MatRunner::new(&ctx);
-    check(&ctx, &mut runner, "Q6_K", 37, 4096, 4);
+    check(&ctx, &mut runner, "Q6_K", 37, 4096, 2);
     check(&ctx, &mut runner, "Q8_0", 37, 4096, 4);
 }

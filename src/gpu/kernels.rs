@@ -892,11 +892,9 @@ pub struct Tune {
     pub q8_lanes_t: [(u32, u32); TYPE_OVERRIDES],
     /// Per-type overrides of [`Tune::nr_decode`] (GGUFQ_NR_DECODE_T, same form).
     pub nr_decode_t: [(u32, u32); TYPE_OVERRIDES],
-    /// Rows per lane group of [`KernelKey::MatVecQ8N`] (GGUFQ_BLOCK_NORM_NR: 1, 2 (default),
-    /// 4 or 8; the lanes per row follow, `wg` · NR / 32, as a workgroup owns 32 rows). H100,
-    /// 7B tg128 p50 (session 18), NR 4 (before) → 2: Q4_K_M 2.92 → 2.85 ms (three processes
-    /// each), Q2_K 2.55 → 2.51, hybrid 2.83 → 2.78, Q4_0 2.36 → 2.35, Q8_0 3.43 → 3.42;
-    /// NR 8 slower everywhere (Q4_K_M 3.19), NR 1 2.95.
+    /// Rows per lane group of [`KernelKey::MatVecQ8N`] (GGUFQ_BLOCK_NORM_NR: 1, 2, 4 or 8;
+    /// 0 (default) = by type, [`Tune::block_norm_nr_for`]; the lanes per row follow, `wg` ·
+    /// NR / 32, as a workgroup owns 32 rows).
     pub block_norm_nr: u32,
     /// Workgroup size and rows per lane group of [`KernelKey::MatVecQ8N`] over rows of 256
     /// or more 32-weight units (`ffn_down` of the 7B shape; GGUFQ_BLOCK_NORM_WG_LONG,
@@ -1137,6 +1135,19 @@ impl Tune {
         rows.div_ceil(self.rows_per_wg(key, self.decode_nr(ty)))
     }
 
+    /// Rows per lane group of [`KernelKey::MatVecQ8N`] over weights of type id `ty`
+    /// ([`Tune::block_norm_nr`]): by default 1 for Q8_0, 2 for other types. H100, 7B tg128
+    /// (session 18), from NR 4 before: NR 2 Q4_K_M p50 2.92 → 2.85 ms (three processes each),
+    /// Q2_K 2.55 → 2.51, hybrid 2.83 → 2.78, Q4_0 2.36 → 2.35, Q8_0 3.43 → 3.42; NR 1 Q8_0
+    /// 296.1 → 297.5 t/s (p50 3.38 → 3.36) but Q4_K_M 2.95 ms; NR 8 slower everywhere.
+    pub fn block_norm_nr_for(&self, ty: u32) -> u32 {
+        match self.block_norm_nr {
+            0 if ty == GgmlType::Q8_0.id() => 1,
+            0 => 2,
+            n => n,
+        }
+    }
+
     /// Whether the decode mat-vec of type id `ty` uses the integer (q8 activation) kernel.
     pub fn q8_for(&self, ty: u32) -> bool {
         self.q8dot
@@ -1316,6 +1327,9 @@ impl Tune {
             return n;
         }
         match self.nr_decode {
+            // H100, 7B Q4_K_M tg128 (its V and output matrices): 350.6–350.9 t/s with 4,
+            // 352.4 with 2 (session 18).
+            0 if ty == GgmlType::Q6_K.id() => 2,
             0 if self.unit_for(ty) => 4,
             0 => NR_DECODE,
             n => n,
@@ -1455,7 +1469,7 @@ impl Tune {
                 .map_or(NO_OVERRIDES, |v| type_overrides(&v, &[32, 64, 128, 256])),
             nr_decode_t: std::env::var("GGUFQ_NR_DECODE_T")
                 .map_or(NO_OVERRIDES, |v| type_overrides(&v, &[1, 2, 4, 8])),
-            block_norm_nr: get("GGUFQ_BLOCK_NORM_NR", 2, &[1, 2, 4, 8]),
+            block_norm_nr: get("GGUFQ_BLOCK_NORM_NR", 0, &[1, 2, 4, 8]),
             block_norm_long: (
                 get("GGUFQ_BLOCK_NORM_WG_LONG", 0, &[256, 512, 1024]),
                 get("GGUFQ_BLOCK_NORM_NR_LONG", 0, &[1, 2, 4, 8]),

@@ -3616,14 +3616,14 @@ fn fit_wg(ctx: &GpuContext, wg: u32) -> Option<u32> {
 }
 
 /// Invocations, lanes per row and rows per lane group of [`KernelKey::MatVecQ8N`] over rows
-/// of `units` 32-weight units on this adapter ([`Tune::block_norm_wg`],
-/// [`Tune::block_norm_nr`], [`Tune::block_norm_long`] from 256 units): a workgroup owns 32
+/// of `units` 32-weight units of type id `ty` on this adapter ([`Tune::block_norm_wg`],
+/// [`Tune::block_norm_nr_for`], [`Tune::block_norm_long`] from 256 units): a workgroup owns 32
 /// rows, so the lanes per row are `wg` · NR / 32, at least 32 (more rows per lane group
 /// where NR would give fewer: 4 in workgroups of 256). None where the adapter's workgroups
 /// hold fewer than 256 invocations.
-pub fn block_norm_shape(ctx: &GpuContext, units: usize) -> Option<(u32, u32, u32)> {
+pub fn block_norm_shape(ctx: &GpuContext, ty: u32, units: usize) -> Option<(u32, u32, u32)> {
     let t = &ctx.tune;
-    let (mut wg, mut nr) = (t.block_norm_wg, t.block_norm_nr);
+    let (mut wg, mut nr) = (t.block_norm_wg, t.block_norm_nr_for(ty));
     if units >= 256 {
         let (lw, ln) = t.block_norm_long;
         wg = if lw == 0 { wg } else { lw };
@@ -3680,7 +3680,12 @@ fn block_norm_pass(
         let Some((ch, (wg, spl, nr))) = mats
             .get(m)
             .filter(|mat| mat.chunks.len() == 1 && mat.rows == d)
-            .and_then(|mat| Some((mat.chunks.get(c)?, block_norm_shape(ctx, mat.cols / 32)?)))
+            .and_then(|mat| {
+                Some((
+                    mat.chunks.get(c)?,
+                    block_norm_shape(ctx, ty, mat.cols / 32)?,
+                ))
+            })
         else {
             continue;
         };
