@@ -610,7 +610,8 @@ pub const NT_PROMPT: u32 = 8;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Tune {
     /// Rows per warp in the decode mat-vec (GGUFQ_NR_DECODE); 0 = per kernel: 4 with unit
-    /// lanes, 2 with 4-weight-group lanes (the best of NR = 1/2/4 for each on an H100).
+    /// lanes, 2 with 4-weight-group lanes (the best of NR = 1/2/4 for each on an H100), 2
+    /// for Q6_K (session 18, [`Tune::decode_nr`]).
     pub nr_decode: u32,
     /// Rows per warp in the small-batch kernel.
     pub nr_prompt: u32,
