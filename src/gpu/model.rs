@@ -3263,8 +3263,6 @@ impl GpuModel {
     }
 }
 
-/// A bind group of `res` with the step's parameter slot (64 bytes of `params` at
-/// `slot · SLOT`) inserted before the last binding of four, or at 4.
 /// The parameter block of step slot `slot` (its first `size` bytes) as a uniform binding.
 fn param_block(params: &wgpu::Buffer, slot: usize, size: u64) -> wgpu::BindingResource<'_> {
     wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -3274,6 +3272,8 @@ fn param_block(params: &wgpu::Buffer, slot: usize, size: u64) -> wgpu::BindingRe
     })
 }
 
+/// A bind group of `res` with the step's parameter slot (64 bytes of `params` at
+/// `slot · SLOT`) inserted before the last binding of four, or at 4.
 fn bind_with_params<'a>(
     ctx: &GpuContext,
     params: &'a wgpu::Buffer,
@@ -3600,12 +3600,6 @@ pub fn wait_is_ordered(ctx: &GpuContext) -> bool {
     !ctx.facts.is_cpu() || std::env::var("LP_NUM_THREADS").as_deref() == Ok("1")
 }
 
-/// Invocations per workgroup of [`KernelKey::MatVecQ8N`] on this adapter:
-/// [`Tune::block_norm_wg`], halved until the adapter allows it (None below 256).
-pub fn block_norm_wg(ctx: &GpuContext) -> Option<u32> {
-    fit_wg(ctx, ctx.tune.block_norm_wg)
-}
-
 /// `wg` (256 … 1024) halved until the adapter allows it (None below 256).
 fn fit_wg(ctx: &GpuContext, wg: u32) -> Option<u32> {
     let mut wg = wg.clamp(256, 1024);
@@ -3655,7 +3649,9 @@ fn block_norm_pass(
     bound: &mut std::collections::HashMap<usize, Vec<wgpu::Buffer>>,
     bgw: impl Fn(&wgpu::BindGroupLayout, &Chunk, &[&wgpu::Buffer], usize) -> wgpu::BindGroup,
 ) -> Result<usize> {
-    if block_norm_wg(ctx).is_none() || d % 32 != 0 {
+    // Each step's shape: `block_norm_shape` (None where the adapter's workgroups are too
+    // small, and then no step changes).
+    if d % 32 != 0 {
         return Ok(0);
     }
     let dec: Vec<usize> = (0..steps.len())
