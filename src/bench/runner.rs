@@ -141,6 +141,9 @@ pub struct RunConfig {
     /// token's logits read before the next call. Otherwise (and with `parallel` > 1 always the
     /// former) tg decodes greedily through [`Engine::decode_greedy`].
     pub tg_sync: bool,
+    /// Least time the untimed pp warm-up takes: the warm-up prompt (llama-bench runs it
+    /// once) is run again until this much has passed. [`PP_WARMUP`] in `ggufq bench`.
+    pub pp_warmup: Duration,
 }
 
 /// One sample of a soak run.
@@ -315,6 +318,12 @@ fn run_tg(
 /// the others).
 const TG_WARMUP: Duration = Duration::from_secs(1);
 
+/// `ggufq bench`'s [`RunConfig::pp_warmup`], the budget of the tg warm-up ([`TG_WARMUP`]).
+/// After one warm-up prompt, as llama-bench runs it, the first timed repetition was an
+/// outlier in two of five pp512 tests on the H100 (7B Q4_0 and Q8_0 right after their upload,
+/// session 19: 4.6 and 4.2 kt/s, the next four 7.6 kt/s each).
+pub const PP_WARMUP: Duration = TG_WARMUP;
+
 /// Run one test on an engine at KV depth `depth` (llama-bench's `-d`): positions
 /// `0..depth` of each sequence the test uses (tg: `parallel`, pp: one) are filled with
 /// random prompt tokens in batches of the engine's batch size, untimed, before the warm-up;
@@ -374,7 +383,13 @@ pub fn run_test(
     // Warm-up (llama-bench: one untimed run).
     match kind {
         TestKind::Pp(n) => {
-            run_pp(e, n, 0, depth, &mut rng, &mut scratch)?;
+            let t = Instant::now();
+            loop {
+                run_pp(e, n, 0, depth, &mut rng, &mut scratch)?;
+                if t.elapsed() >= cfg.pp_warmup {
+                    break;
+                }
+            }
         }
         TestKind::Tg(n) => {
             run_tg(
@@ -532,6 +547,7 @@ mod tests {
             duration: None,
             progress: false,
             tg_sync: false,
+            pp_warmup: Duration::ZERO,
         };
         let r = run_test(&mut e, TestKind::Tg(16), 0, &cfg).unwrap();
         assert_eq!(e.calls, 17 + 16 + 3 * 16);
@@ -648,6 +664,7 @@ mod tests {
             duration: None,
             progress: false,
             tg_sync,
+            pp_warmup: Duration::ZERO,
         }
     }
 
@@ -696,6 +713,40 @@ mod tests {
             r.samples_ns
         );
         assert!(r.avg_ts > 0.0 && r.bandwidth_gbps.is_none());
+    }
+
+    #[test]
+    fn pp_warm_up_repeats_the_prompt_until_its_budget_is_spent() {
+        // Instant calls: the warm-up prompt runs again and again until 20 ms have passed,
+        // each time at the same positions; then the timed repetitions.
+        let budget = Duration::from_millis(20);
+        let mut e = Kv::new(1, 0, Duration::ZERO);
+        let t = std::time::Instant::now();
+        let r = run_test(
+            &mut e,
+            TestKind::Pp(6),
+            0,
+            &RunConfig {
+                pp_warmup: budget,
+                ..cfg(2, 1, false)
+            },
+        )
+        .unwrap();
+        assert!(t.elapsed() >= budget);
+        assert_eq!(r.samples_ns.len(), 2);
+        let calls = e.after(0);
+        let runs = calls.len() / 2;
+        assert_eq!(calls.len() % 2, 0);
+        assert!(runs >= 2 + 2, "{runs} runs: more than one warm-up prompt");
+        for run in calls.chunks(2) {
+            assert_eq!(run[0], (0..4).map(|p| (0, p)).collect::<Vec<_>>());
+            assert_eq!(run[1], vec![(0, 4), (0, 5)]);
+        }
+        assert!(e.writes[0][..6].iter().all(|&c| c as usize == runs));
+        // No budget: one warm-up prompt, as llama-bench runs it.
+        let mut e = Kv::new(1, 0, Duration::ZERO);
+        run_test(&mut e, TestKind::Pp(6), 0, &cfg(2, 1, false)).unwrap();
+        assert_eq!(e.after(0).len(), 3 * 2);
     }
 
     #[test]

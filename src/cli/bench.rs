@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::Args as ClapArgs;
 
 use ggufq::bench::output::{render, ModelRow};
-use ggufq::bench::runner::{run_test, Engine, RunConfig, TestKind};
+use ggufq::bench::runner::{run_test, Engine, RunConfig, TestKind, PP_WARMUP};
 use ggufq::bench::BenchResult;
 
 use super::{EXIT_CHECK_FAILED, EXIT_OK};
@@ -580,6 +580,7 @@ fn run_cpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
         duration,
         progress: !args.quiet,
         tg_sync: args.tg_sync(),
+        pp_warmup: PP_WARMUP,
     };
     let mut rows = Vec::new();
     let mut failed = false;
@@ -821,6 +822,7 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
         duration,
         progress: !args.quiet,
         tg_sync: args.tg_sync(),
+        pp_warmup: PP_WARMUP,
     };
     let mut rows: Vec<(ModelRow, BenchResult)> = Vec::new();
     let mut failed = false;
