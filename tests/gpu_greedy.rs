@@ -189,6 +189,9 @@ fn gpu_argmax_kernel_follows_the_host_rule() {
     let Some(ctx) = context() else {
         return;
     };
+    // The default workgroup (1024 invocations where the adapter allows it) and 256.
+    let narrow = context_tuned(|c| c.tune.argmax_wg = 256).unwrap();
+    assert_eq!(ctx.tune.argmax_wg, 1024);
     let mut cases: Vec<Vec<f32>> = vec![
         vec![1.0, 3.0, 2.0, 3.0],
         vec![f32::NAN, 0.5, f32::NAN, 0.7],
@@ -197,8 +200,11 @@ fn gpu_argmax_kernel_follows_the_host_rule() {
         vec![-5.0, f32::INFINITY, f32::INFINITY],
         vec![0.25],
     ];
-    // Ties spread over threads and vocabularies not a multiple of 256.
-    for n in [255usize, 256, 257, 1000, 32000, 49152] {
+    // Ties spread over threads and vocabularies not a multiple of 256 (or of the 4 × 1024
+    // entries one step of the wide kernel reads).
+    for n in [
+        255usize, 256, 257, 1000, 4095, 4096, 4097, 8269, 32000, 49152,
+    ] {
         let mut v: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1009) as f32 * 0.01).collect();
         let top = v.iter().cloned().fold(f32::MIN, f32::max);
         v[n / 3] = top + 1.0;
@@ -207,10 +213,28 @@ fn gpu_argmax_kernel_follows_the_host_rule() {
         v[n / 3] = f32::NAN;
         cases.push(v);
     }
+    // Equal maxima that one thread of the wide kernel reads in one step (i, i + 1024,
+    // i + 2048, i + 3072) or in the tail after its last whole step, and a later larger one.
+    for (n, at) in [
+        (5000usize, vec![3072usize + 5, 1029, 2053]),
+        (8269, vec![8197, 4101]),
+        (8269, vec![8200, 7000, 8268]),
+    ] {
+        let mut v = vec![0.5f32; n];
+        for &a in &at {
+            v[a] = 2.0;
+        }
+        cases.push(v.clone());
+        v[n - 2] = 3.0;
+        cases.push(v);
+    }
     for (i, c) in cases.iter().enumerate() {
-        let (id, pos) = greedy_on_gpu(&ctx, c, 41).unwrap();
-        assert_eq!(id, greedy_token(c), "case {i} ({} logits)", c.len());
-        assert_eq!(pos, 42, "case {i}: the position advances");
+        let want = greedy_token(c);
+        for (wg, ctx) in [(1024, &ctx), (256, &narrow)] {
+            let (id, pos) = greedy_on_gpu(ctx, c, 41).unwrap();
+            assert_eq!(id, want, "case {i} ({} logits), {wg} invocations", c.len());
+            assert_eq!(pos, 42, "case {i}: the position advances");
+        }
     }
 }
 

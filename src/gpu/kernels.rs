@@ -893,6 +893,11 @@ pub struct Tune {
     pub q8_lanes_t: [(u32, u32); TYPE_OVERRIDES],
     /// Per-type overrides of [`Tune::nr_decode`] (GGUFQ_NR_DECODE_T, same form).
     pub nr_decode_t: [(u32, u32); TYPE_OVERRIDES],
+    /// Invocations of the greedy argmax's one workgroup ([`KernelKey::Argmax`],
+    /// GGUFQ_ARGMAX_WG: 256, 512 or 1024; 256 where the adapter allows fewer than asked).
+    /// Default 1024: four loads per thread and step, 8 steps over a 32000-entry vocabulary
+    /// where 256 invocations took 125 dependent ones.
+    pub argmax_wg: u32,
     /// Rows per lane group of [`KernelKey::MatVecQ8N`] (GGUFQ_BLOCK_NORM_NR: 1, 2, 4 or 8;
     /// 0 (default) = by type, [`Tune::block_norm_nr_for`]; the lanes per row follow, `wg` ·
     /// NR / 32, as a workgroup owns 32 rows).
@@ -1036,6 +1041,17 @@ pub struct Tune {
     /// the H100, session 17); since the SwiGLU kernel's workgroups are 512 by default
     /// ([`Tune::swiglu_q_wg`]) it needs GGUFQ_SWIGLU_Q_WG=1024 to find parts of one size.
     pub mv_join: u32,
+}
+
+/// WGSL of [`KernelKey::Argmax`] in workgroups of [`Tune::argmax_wg`] invocations, or of
+/// 256 where the adapter allows fewer.
+fn argmax_source(ctx: &GpuContext) -> String {
+    let wg = if ctx.tune.argmax_wg <= ctx.facts.max_wg_threads {
+        ctx.tune.argmax_wg
+    } else {
+        256
+    };
+    ARGMAX_WGSL.replace("$WG", &wg.to_string())
 }
 
 /// Bytes one [`KernelKey::Prefetch`] workgroup reads: 256 threads × 4 loads of 16 bytes,
@@ -1470,6 +1486,7 @@ impl Tune {
                 .map_or(NO_OVERRIDES, |v| type_overrides(&v, &[32, 64, 128, 256])),
             nr_decode_t: std::env::var("GGUFQ_NR_DECODE_T")
                 .map_or(NO_OVERRIDES, |v| type_overrides(&v, &[1, 2, 4, 8])),
+            argmax_wg: get("GGUFQ_ARGMAX_WG", 1024, &[256, 512, 1024]),
             block_norm_nr: get("GGUFQ_BLOCK_NORM_NR", 0, &[1, 2, 4, 8]),
             block_norm_long: (
                 get("GGUFQ_BLOCK_NORM_WG_LONG", 0, &[256, 512, 1024]),
@@ -4995,7 +5012,7 @@ impl Kernels {
                     .replace("$UPB", &layout(gt)?.units_per_block().to_string())
                     .replace("$DEQ", &deq_source(gt, "W", "", "P.d_off")?)
             }
-            KernelKey::Argmax => ARGMAX_WGSL.to_string(),
+            KernelKey::Argmax => argmax_source(ctx),
             KernelKey::NormRound { k4, act } => norm_round_source(*k4, *act)?,
             KernelKey::RmsNorm => RMSNORM_WGSL.to_string(),
             KernelKey::Rope => ROPE_WGSL.to_string(),
