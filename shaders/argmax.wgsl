@@ -3,8 +3,8 @@
 // is none (NaN never wins: its comparisons are false). It becomes the token id T[0] that the
 // next pass's embedding look-up reads, and that pass's position I[1] is this one's plus one,
 // so the next pass needs nothing from the host. The host's rule is the same
-// (`gpu::greedy_token`). One workgroup of WG threads (`Tune::argmax_wg`: 1024 where the
-// adapter allows it, else 256): a strided scan with four independent loads per step
+// (`gpu::greedy_token`). One workgroup of WG threads (`Tune::argmax_wg`: 1024, halved
+// until the adapter allows it): a strided scan with four independent loads per step
 // (indices i, i + WG, i + 2·WG, i + 3·WG, compared in that order, so each thread still sees
 // its indices ascending and keeps its lowest index of a tie), then a tree over workgroup
 // memory.

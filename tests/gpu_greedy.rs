@@ -189,7 +189,7 @@ fn gpu_argmax_kernel_follows_the_host_rule() {
     let Some(ctx) = context() else {
         return;
     };
-    // The default workgroup (1024 invocations where the adapter allows it) and 256.
+    // The default workgroup (1024 invocations, halved until the adapter allows it) and 256.
     let narrow = context_tuned(|c| c.tune.argmax_wg = 256).unwrap();
     assert_eq!(ctx.tune.argmax_wg, 1024);
     let mut cases: Vec<Vec<f32>> = vec![

@@ -536,6 +536,18 @@ fn size_label(n: u64) -> String {
     }
 }
 
+/// The test runner's settings of `args` (both backends).
+fn run_config(args: &Args, duration: Option<Duration>) -> RunConfig {
+    RunConfig {
+        reps: args.reps,
+        parallel: args.parallel,
+        duration,
+        progress: !args.quiet,
+        tg_sync: args.tg_sync(),
+        pp_warmup: PP_WARMUP,
+    }
+}
+
 /// `--backend cpu`: every test on `model::cpu::CpuBackend` (one instance per --parallel
 /// sequence, sharing the memory-mapped weights).
 fn run_cpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
@@ -574,14 +586,7 @@ fn run_cpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
     if !args.synth.is_empty() {
         bail!("--synth needs the `gpu` feature in this build");
     }
-    let cfgr = RunConfig {
-        reps: args.reps,
-        parallel: args.parallel,
-        duration,
-        progress: !args.quiet,
-        tg_sync: args.tg_sync(),
-        pp_warmup: PP_WARMUP,
-    };
+    let cfgr = run_config(&args, duration);
     let mut rows = Vec::new();
     let mut failed = false;
     for (path, label) in &paths {
@@ -816,14 +821,7 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
     for src in synths {
         sources.push((Box::new(src), None));
     }
-    let cfgr = RunConfig {
-        reps: args.reps,
-        parallel: args.parallel,
-        duration,
-        progress: !args.quiet,
-        tg_sync: args.tg_sync(),
-        pp_warmup: PP_WARMUP,
-    };
+    let cfgr = run_config(&args, duration);
     let mut rows: Vec<(ModelRow, BenchResult)> = Vec::new();
     let mut failed = false;
     for (src, path) in &sources {

@@ -894,7 +894,7 @@ pub struct Tune {
     /// Per-type overrides of [`Tune::nr_decode`] (GGUFQ_NR_DECODE_T, same form).
     pub nr_decode_t: [(u32, u32); TYPE_OVERRIDES],
     /// Invocations of the greedy argmax's one workgroup ([`KernelKey::Argmax`],
-    /// GGUFQ_ARGMAX_WG: 256, 512 or 1024; 256 where the adapter allows fewer than asked).
+    /// GGUFQ_ARGMAX_WG: 256, 512 or 1024; halved where the adapter allows fewer).
     /// Default 1024: four loads per thread and step, 8 steps over a 32000-entry vocabulary
     /// where 256 invocations took 125 dependent ones.
     pub argmax_wg: u32,
@@ -1043,14 +1043,19 @@ pub struct Tune {
     pub mv_join: u32,
 }
 
-/// WGSL of [`KernelKey::Argmax`] in workgroups of [`Tune::argmax_wg`] invocations, or of
-/// 256 where the adapter allows fewer.
+/// `wg` (256 … 1024) halved until the adapter allows it (None below 256).
+pub(super) fn fit_wg(ctx: &GpuContext, wg: u32) -> Option<u32> {
+    let mut wg = wg.clamp(256, 1024);
+    while wg > ctx.facts.max_wg_threads {
+        wg /= 2;
+    }
+    (wg >= 256).then_some(wg)
+}
+
+/// WGSL of [`KernelKey::Argmax`] in workgroups of [`Tune::argmax_wg`] invocations, halved
+/// until the adapter allows them ([`fit_wg`]; 256, the least every adapter has, otherwise).
 fn argmax_source(ctx: &GpuContext) -> String {
-    let wg = if ctx.tune.argmax_wg <= ctx.facts.max_wg_threads {
-        ctx.tune.argmax_wg
-    } else {
-        256
-    };
+    let wg = fit_wg(ctx, ctx.tune.argmax_wg).unwrap_or(256);
     ARGMAX_WGSL.replace("$WG", &wg.to_string())
 }
 

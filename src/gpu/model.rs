@@ -14,7 +14,9 @@ use super::buffers::{
     f32_buffer, scratch, upload_matrix_in, Chunk, GpuMatrix, UploadRing, WeightPool,
 };
 use super::device::GpuContext;
-use super::kernels::{buffer_layouts, KernelKey, Kernels, MatEpi, MultiPart, Tune, MULTI_MAX};
+use super::kernels::{
+    buffer_layouts, fit_wg, KernelKey, Kernels, MatEpi, MultiPart, Tune, MULTI_MAX,
+};
 use super::profile::{HostTimeline, TimelineRec, TL_STRIDE};
 use super::reference::dequantize;
 use super::source::{TensorView, WeightSource};
@@ -3598,15 +3600,6 @@ fn persist_key(tune: &Tune, ty: GgmlType, cols: usize, act: u32, norm: bool) -> 
 /// first, the others after it). GPUs: yes (the H100, `--kernel-check`).
 pub fn wait_is_ordered(ctx: &GpuContext) -> bool {
     !ctx.facts.is_cpu() || std::env::var("LP_NUM_THREADS").as_deref() == Ok("1")
-}
-
-/// `wg` (256 … 1024) halved until the adapter allows it (None below 256).
-fn fit_wg(ctx: &GpuContext, wg: u32) -> Option<u32> {
-    let mut wg = wg.clamp(256, 1024);
-    while wg > ctx.facts.max_wg_threads {
-        wg /= 2;
-    }
-    (wg >= 256).then_some(wg)
 }
 
 /// Invocations, lanes per row and rows per lane group of [`KernelKey::MatVecQ8N`] over rows
