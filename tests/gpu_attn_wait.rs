@@ -43,6 +43,9 @@ fn load_all(
         c.tune.attn_wait_kquant = true;
         // The scoring form the joint kernel is measured with (fewer registers), both sides.
         c.tune.attn_coal_exact = true;
+        // The attention's own chunks inside the dispatch, so both graphs add the same V
+        // partials (the longer joint chunks: `joint_chunks_equal_the_split_of_their_length`).
+        c.tune.attn_split_joint = 0;
         if block_norm {
             gpu_fixture::engine_decode_graph(c);
         }
@@ -169,6 +172,88 @@ fn gpu_attention_in_the_qkv_dispatch_equals_the_two_dispatches_bit_for_bit() {
         assert_eq!(decode_steps(&mut plain, 12), decode_steps(&mut all, 12));
     }
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// `Tune::attn_split_joint`: inside the QKV dispatch the exact split takes chunks of at
+/// least that many positions (fewer attention workgroups), whatever the attention's own split;
+/// its logits are those of the two-dispatch graph split at that length, bit for bit.
+#[test]
+fn joint_chunks_equal_the_split_of_their_length() {
+    std::env::set_var("LP_NUM_THREADS", "1");
+    let tuned = |wait: bool, split: u32, joint: u32| {
+        load_tuned("wide", "q8_0", move |c| {
+            c.tune.attn_wait = wait;
+            c.tune.attn_coal_exact = true;
+            c.tune.attn_split = split;
+            c.tune.attn_split_joint = joint;
+            gpu_fixture::engine_decode_graph(c);
+        })
+    };
+    // A context of 64: the attention in 4 chunks of 16, the joint one in 2 of 32.
+    let Some(mut joint) = tuned(true, 16, 32) else {
+        return;
+    };
+    let mut plain = tuned(false, 32, 0).unwrap();
+    let mut own = tuned(true, 16, 0).unwrap();
+    let n_head = joint.cfg.n_head as u32;
+    let keys = joint_keys(&joint);
+    assert_eq!(keys.len(), joint.cfg.n_layer);
+    for k in &keys {
+        let KernelKey::MatVecAttn { at, ag, .. } = k else {
+            unreachable!()
+        };
+        match **at {
+            KernelKey::AttnDecodeQ { nch, lmin, .. } => {
+                assert_eq!((nch, lmin), (2, 32), "{k:?}");
+                assert_eq!(*ag, n_head * 2, "{k:?}");
+            }
+            ref other => panic!("joint attention key {other:?}"),
+        }
+    }
+    // Without the joint length, the attention's own 4 chunks.
+    for k in joint_keys(&own) {
+        let KernelKey::MatVecAttn { at, ag, .. } = k else {
+            unreachable!()
+        };
+        assert!(
+            matches!(
+                *at,
+                KernelKey::AttnDecodeQ {
+                    nch: 4,
+                    lmin: 16,
+                    ..
+                }
+            ),
+            "{at:?}"
+        );
+        assert_eq!(ag, n_head * 4);
+    }
+    // The separate attention (past the exact split, or without the wait) keeps its 16.
+    assert!(joint.decode_keys_at(300).iter().any(|k| matches!(
+        k,
+        KernelKey::AttnDecodeQ {
+            nch: 4,
+            lmin: 16,
+            ..
+        }
+    )));
+    // 40 tokens: past the first 32-position chunk, so two live chunks add up.
+    let (a, b) = (decode_steps(&mut joint, 40), decode_steps(&mut plain, 40));
+    assert_eq!(gpu_fixture::first_bit_difference(&a, &b), None);
+    // The own-chunk joint graph adds four partials: the same logits up to rounding (a few
+    // flips of the rounded `wo` input: 0.014 on lavapipe), not bit for bit.
+    let c = decode_steps(&mut own, 40);
+    assert!(gpu_fixture::first_bit_difference(&a, &c).is_some());
+    let worst = a
+        .iter()
+        .flatten()
+        .zip(c.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst < 0.05,
+        "joint chunk lengths 32 vs 16: max |Δlogit| {worst}"
+    );
 }
 
 #[test]

@@ -341,6 +341,87 @@ fn gpu_greedy_decoding_with_more_passes_in_flight_is_the_same() {
     }
 }
 
+#[test]
+fn gpu_greedy_decoding_in_groups_of_passes_is_the_same() {
+    // 17 passes: groups of 2, 4 and 8 leave a shorter last group; one command buffer per
+    // pass or per group.
+    for (group, cb) in [(2u32, false), (2, true), (4, true), (8, false), (8, true)] {
+        let Some(mut m) = load("tiny", "q4_k_m", |c| {
+            c.tune.greedy_group = group;
+            c.tune.greedy_cb = cb;
+        }) else {
+            return;
+        };
+        let what = format!("group {group}, one command buffer {cb}");
+        let first = prompt(&mut m);
+        let chain = gpu_chain(&mut m, first, 3, 17);
+        let host = host_loop(&mut m, first, 3, 17);
+        assert_same(&chain, &host, &what);
+        // A stop inside a group, with a whole group queued behind it.
+        let got = m
+            .decode_greedy(first, 0, 3, 17, &mut |k, _, _| Ok(k < 2))
+            .unwrap();
+        assert_eq!(got, 3, "{what}");
+        let after = gpu_chain(&mut m, first, 3, 17);
+        assert_same(&after, &host, &format!("{what}, after a stop"));
+    }
+}
+
+#[test]
+fn gpu_greedy_passes_are_kept_in_the_host_timeline() {
+    use ggufq::gpu::profile::MARKS;
+    for group in [1u32, 4] {
+        let Some(mut m) = load("tiny", "q4_k_m", |c| c.tune.greedy_group = group) else {
+            return;
+        };
+        let first = prompt(&mut m);
+        let plain = gpu_chain(&mut m, first, 3, 9);
+        m.set_host_timeline(Some(6));
+        let timed = gpu_chain(&mut m, first, 3, 9);
+        assert_same(
+            &timed,
+            &plain,
+            &format!("group {group}: timeline on vs off"),
+        );
+        let tl = m.host_timeline().unwrap();
+        // The last 6 of the 9 passes, each a one-token call of the timeline.
+        assert_eq!(tl.marks.len(), 6, "group {group}");
+        for (i, mk) in tl.marks.iter().enumerate() {
+            for k in 1..MARKS.len() {
+                assert!(
+                    mk[k] >= mk[k - 1],
+                    "pass {i}: {} before {}",
+                    MARKS[k],
+                    MARKS[k - 1]
+                );
+            }
+            if i > 0 {
+                // Passes are read in order, and none is submitted after it is read.
+                assert!(
+                    mk[7] >= tl.marks[i - 1][7],
+                    "pass {i} read before pass {}",
+                    i - 1
+                );
+                assert!(mk[3] <= mk[6], "pass {i} waited for before its submit");
+            }
+        }
+        if m.context().facts.timestamps {
+            assert_eq!(tl.gpu.len(), 6);
+            for (i, g) in tl.gpu.iter().enumerate() {
+                assert!(g.1 >= g.0, "pass {i} ends before it begins: {g:?}");
+                if i > 0 {
+                    assert!(
+                        g.0 >= tl.gpu[i - 1].1,
+                        "pass {i} begins before pass {} ends",
+                        i - 1
+                    );
+                }
+            }
+        }
+        m.set_host_timeline(None);
+    }
+}
+
 /// `GpuBackend::decode_greedy` (what `ggufq run --backend gpu` calls): the GPU loop from the
 /// backend's position, which grows by the tokens reported.
 #[test]

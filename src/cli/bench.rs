@@ -159,7 +159,9 @@ pub struct Args {
     /// them) and print it after the tests: CPU phases of each call (prepare, record,
     /// submit, pre-record of the next, map callback, wake-up, read-back), the time between
     /// calls and, with GPU timestamps, each pass and the GPU's idle gap between passes
-    /// (mean and p50 µs). Implies --tg-sync.
+    /// (mean and p50 µs). The greedy passes' marks: record start, recorded, submitted,
+    /// map callback, wake-up, read-back (one submit may carry several passes,
+    /// `GGUFQ_GREEDY_GROUP`); with --tg-sync, llama-bench's loop of one-token calls.
     #[arg(long)]
     pub host_profile: bool,
     /// No progress output.
@@ -168,10 +170,9 @@ pub struct Args {
 }
 
 impl Args {
-    /// tg runs llama-bench's loop: asked for, or implied by `--host-profile` (its timeline
-    /// records one-token `forward` calls).
+    /// tg runs llama-bench's loop.
     fn tg_sync(&self) -> bool {
-        self.tg_sync || self.host_profile
+        self.tg_sync
     }
 }
 

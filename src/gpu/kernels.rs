@@ -850,6 +850,14 @@ pub struct Tune {
     /// 2: one pass queued behind the running one). A deeper queue rides out longer host
     /// stalls at one read-back buffer per pass.
     pub greedy_depth: u32,
+    /// Passes of [`GpuModel::decode_greedy`](super::GpuModel::decode_greedy) handed to the
+    /// queue in one submit (GGUFQ_GREEDY_GROUP: 1 (default), 2, 4 or 8; the passes in
+    /// flight grow to at least twice this), as separate command buffers or, with
+    /// [`Tune::greedy_cb`], one. The host reads each group's tokens when its last pass is done.
+    pub greedy_group: u32,
+    /// A group of greedy passes ([`Tune::greedy_group`]) is recorded into one command buffer
+    /// (GGUFQ_GREEDY_CB=1) instead of one per pass.
+    pub greedy_cb: bool,
     /// Weight chunks are sub-allocated in pooled buffers of at most this many bytes (each
     /// chunk at an offset aligned to `min_storage_buffer_offset_alignment` and at least 256
     /// bytes, bound with offset and size), so a submit tracks a few large buffers instead
@@ -1032,6 +1040,17 @@ pub struct Tune {
     /// kernel, ran at 333.3 / 333.9 t/s (p50 2.99 ms) joined against 341.7 / 341.8 (2.92)
     /// apart, while Q4_0 (+0.2 %) and Q8_0 (+0.5 %) gained.
     pub attn_wait_kquant: bool,
+    /// With [`Tune::attn_wait`]: the exact split inside the QKV dispatch cuts each head's
+    /// positions into chunks of at least this many (fewer chunks, as many as the context
+    /// needs but at least 2, of the attention's [`Tune::attn_split`] buffers), so fewer
+    /// attention workgroups wait beside the mat-vec's; 0 keeps the attention's own chunks
+    /// (GGUFQ_ATTN_SPLIT_JOINT: 0, 32, 64, 128 (default), 256). H100, 7B tg128 (session 20,
+    /// with `GGUFQ_ATTN_SPLIT=128` for the whole attention): Q8_0 p50 3.36 → 3.31 ms, while
+    /// Q4_K_M, whose attention has a dispatch of its own, lost 0.3 % with the same split.
+    /// The V rows add up in another grouping, so logits differ from the two-dispatch graph
+    /// of [`Tune::attn_split`] in rounding; they equal those of the attention split at this
+    /// length ([`Tune::joint_attn_split`]).
+    pub attn_split_joint: u32,
     /// Consecutive decode mat-vecs in one dispatch ([`KernelKey::MatVecJoin`]): `wo` →
     /// `gate_up` (2) or `wo` → `gate_up` → `ffn_down` (3), where they are the block-rounding
     /// residual and rounding SwiGLU kernels of one workgroup size (Q4_0, Q8_0 layers); each
@@ -1221,6 +1240,48 @@ impl Tune {
     }
 
     /// Whether the decode `ffn_down` mat-vec of type id `ty` rounds its own input.
+    /// The shortest chunk of the exact split inside the QKV dispatch ([`Tune::attn_split_joint`]):
+    /// the attention's own ([`Tune::attn_split`]) unless the joint one is longer; 0 where the
+    /// attention is not split.
+    pub fn joint_attn_split(&self) -> u32 {
+        if self.attn_split == 0 {
+            0
+        } else {
+            self.attn_split.max(self.attn_split_joint)
+        }
+    }
+
+    /// The attention key `at` (an exact-split [`KernelKey::AttnDecodeQ`], whose `ctx` is the
+    /// KV cache's length) as the QKV dispatch runs it ([`Tune::joint_attn_split`]), and its
+    /// chunks per head; other keys unchanged with `nch`.
+    pub fn joint_attn_key(&self, at: &KernelKey, nch: u32) -> (KernelKey, u32) {
+        match *at {
+            KernelKey::AttnDecodeQ {
+                ctx,
+                hd,
+                nch: n,
+                lmin,
+                exact: true,
+                reset,
+            } if n > 1 && self.joint_attn_split() > lmin => {
+                let lmin = self.joint_attn_split();
+                let nch = ctx.div_ceil(lmin).clamp(2, n);
+                (
+                    KernelKey::AttnDecodeQ {
+                        ctx,
+                        hd,
+                        nch,
+                        lmin,
+                        exact: true,
+                        reset,
+                    },
+                    nch,
+                )
+            }
+            _ => (at.clone(), nch),
+        }
+    }
+
     pub fn fold_actq_for(&self, ty: u32) -> bool {
         // With [`Tune::block_norm`] the default leaves `ffn_down` to the plain integer
         // kernel, which can round the next norm's input.
@@ -1438,7 +1499,9 @@ impl Tune {
             attn_pre: get("GGUFQ_ATTN_PRE", 0, &[0, 1, 2, 3]),
             kv_f32: std::env::var("GGUFQ_KV_F32").as_deref() == Ok("1"),
             spin_wait: std::env::var("GGUFQ_SPIN_WAIT").as_deref() != Ok("0"),
-            greedy_depth: get("GGUFQ_GREEDY_DEPTH", 2, &[2, 3, 4]),
+            greedy_depth: get("GGUFQ_GREEDY_DEPTH", 2, &[2, 3, 4, 6, 8, 16]),
+            greedy_group: get("GGUFQ_GREEDY_GROUP", 1, &[1, 2, 4, 8]),
+            greedy_cb: std::env::var("GGUFQ_GREEDY_CB").as_deref() == Ok("1"),
             weight_pool: std::env::var("GGUFQ_WEIGHT_POOL")
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok())
@@ -1469,6 +1532,7 @@ impl Tune {
             attn_wait_all: std::env::var("GGUFQ_ATTN_WAIT_ALL").as_deref() == Ok("1"),
             attn_wait_multi: std::env::var("GGUFQ_ATTN_WAIT_MULTI").as_deref() == Ok("1"),
             attn_wait_kquant: std::env::var("GGUFQ_ATTN_WAIT_K").as_deref() == Ok("1"),
+            attn_split_joint: get("GGUFQ_ATTN_SPLIT_JOINT", 128, &[0, 32, 64, 128, 256]),
             mv_join: std::env::var("GGUFQ_MV_JOIN")
                 .ok()
                 .and_then(|v| v.parse().ok())

@@ -2934,7 +2934,7 @@ impl GpuModel {
                 &self.tinfo,
                 nv,
             )?;
-            let staging = (0..ctx.tune.greedy_depth.max(2))
+            let staging = (0..ctx.tune.greedy_depth.max(2 * ctx.tune.greedy_group))
                 .map(|_| {
                     ctx.device.create_buffer(&wgpu::BufferDescriptor {
                         label: Some("greedy read-back"),
@@ -2978,7 +2978,9 @@ impl GpuModel {
     }
 
     /// The passes of [`decode_greedy`](Self::decode_greedy), up to one per read-back buffer
-    /// in flight.
+    /// in flight, handed to the queue in groups of [`Tune::greedy_group`]; with a host
+    /// timeline ([`set_host_timeline`](Self::set_host_timeline)) each pass's marks and GPU
+    /// begin and end are kept as a one-token call's.
     fn greedy_passes(
         &mut self,
         n: usize,
@@ -2988,32 +2990,79 @@ impl GpuModel {
         bytes: u64,
         on_token: &mut OnToken<'_>,
     ) -> Result<usize> {
-        let none: Slots = (None, None);
         let depth = self.chain.as_ref().map_or(2, |c| c.staging.len());
-        let rec = |m: &Self, k: usize| {
-            m.record(
-                1,
-                false,
-                mode,
-                disp,
-                Timestamps::Off,
-                0,
-                bytes,
-                none,
-                Some(k % depth),
-                m.long_context(pos + k as u32),
-            )
-            .map(|r| r.0)
-        };
-        let mut sub = std::collections::VecDeque::with_capacity(depth);
+        let group = (self.ctx.tune.greedy_group.max(1) as usize)
+            .min(depth / 2)
+            .max(1);
+        let one_cb = self.ctx.tune.greedy_cb;
+        // Per pass submitted and not yet read: its submission and host marks (record
+        // start, recorded, submitted).
+        let mut sub: std::collections::VecDeque<(wgpu::SubmissionIndex, [Instant; 3])> =
+            std::collections::VecDeque::with_capacity(depth);
         let mut next = 0;
+        let tl_base = self.timeline.as_ref().map(|t| t.calls);
+        let tl_slot = |m: &Self, k: usize| {
+            m.timeline
+                .as_ref()
+                .zip(tl_base)
+                .map(|(t, b)| ((b + k as u64) % t.cap as u64) as u32)
+        };
         for k in 0..n {
-            while next < n && sub.len() < depth {
-                let cmd = rec(self, next)?;
-                sub.push_back(self.ctx.queue.submit(Some(cmd)));
-                next += 1;
+            while next < n && sub.len() + group.min(n - next) <= depth {
+                let g = group.min(n - next);
+                let t0 = Instant::now();
+                let mut cmds = Vec::with_capacity(g);
+                let mut enc = None;
+                for j in next..next + g {
+                    let slots: Slots = (None, tl_slot(self, j));
+                    let long = self.long_context(pos + j as u32);
+                    if one_cb {
+                        let e = enc.get_or_insert_with(|| {
+                            self.ctx.device.create_command_encoder(&Default::default())
+                        });
+                        self.record_into(
+                            e,
+                            1,
+                            false,
+                            mode,
+                            disp,
+                            Timestamps::Off,
+                            None,
+                            bytes,
+                            slots,
+                            Some(j % depth),
+                            long,
+                        )?;
+                    } else {
+                        cmds.push(
+                            self.record(
+                                1,
+                                false,
+                                mode,
+                                disp,
+                                Timestamps::Off,
+                                0,
+                                bytes,
+                                slots,
+                                Some(j % depth),
+                                long,
+                            )?
+                            .0,
+                        );
+                    }
+                }
+                if let Some(e) = enc {
+                    cmds.push(e.finish());
+                }
+                let t1 = Instant::now();
+                let idx = self.ctx.queue.submit(cmds);
+                let t2 = Instant::now();
+                for _ in 0..g {
+                    sub.push_back((idx.clone(), [t0, t1, t2]));
+                }
+                next += g;
             }
-            let idx = sub
+            let (idx, marks) = sub
                 .pop_front()
                 .ok_or_else(|| Error::msg("internal: greedy pass not submitted"))?;
             let buf = &self
@@ -3027,16 +3076,19 @@ impl GpuModel {
             let res2 = res.clone();
             slice.map_async(wgpu::MapMode::Read, move |r| {
                 if let Ok(mut g) = res2.lock() {
-                    *g = Some(r);
+                    *g = Some((r, Instant::now()));
                 }
                 flag.store(true, std::sync::atomic::Ordering::Release);
             });
             self.ctx.wait_for_submission(&done, idx)?;
-            match res.lock().ok().and_then(|mut g| g.take()) {
-                Some(Ok(())) => {}
-                Some(Err(e)) => return Err(Error::msg(format!("GPU readback map failed: {e}"))),
+            let t_done = Instant::now();
+            let t_cb = match res.lock().ok().and_then(|mut g| g.take()) {
+                Some((Ok(()), t)) => t,
+                Some((Err(e), _)) => {
+                    return Err(Error::msg(format!("GPU readback map failed: {e}")))
+                }
                 None => return Err(Error::msg("GPU readback: the map did not complete")),
-            }
+            };
             let (mut logits, chosen) = {
                 let view = slice
                     .get_mapped_range()
@@ -3047,6 +3099,12 @@ impl GpuModel {
             };
             buf.unmap();
             self.cfg.ops.apply_softcap(&mut logits);
+            let slot = tl_slot(self, k);
+            if let (Some(tl), Some(slot)) = (self.timeline.as_mut(), slot) {
+                let [t0, t1, t2] = marks;
+                tl.marks[slot as usize] = [t0, t0, t1, t2, t2, t_cb, t_done, Instant::now()];
+                tl.calls += 1;
+            }
             if !on_token(k, &logits, chosen)? {
                 if !sub.is_empty() {
                     self.ctx.wait()?;
@@ -3084,14 +3142,65 @@ impl GpuModel {
                 count: n_q,
             })
         });
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        self.record_into(
+            &mut enc,
+            n,
+            all_logits,
+            mode,
+            disp,
+            ts,
+            qs.as_ref(),
+            bytes,
+            slots,
+            chain,
+            long,
+        )?;
+        let ts_bufs = qs.as_ref().map(|q| {
+            let size = 8 * n_q as u64;
+            let resolve = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("timestamps"),
+                size,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            let read = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("timestamps read"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            enc.resolve_query_set(q, 0..n_q, &resolve, 0);
+            enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, size);
+            read
+        });
+        Ok((enc.finish(), ts_bufs))
+    }
+
+    /// [`record`](Self::record)'s commands, appended to `enc`; `qs`: the query set of
+    /// per-step timestamps (`ts`), resolved by the caller.
+    #[allow(clippy::too_many_arguments)]
+    fn record_into(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        n: usize,
+        all_logits: bool,
+        mode: When,
+        disp: &[(u32, u32)],
+        ts: Timestamps,
+        qs: Option<&wgpu::QuerySet>,
+        bytes: u64,
+        slots: Slots,
+        chain: Option<usize>,
+        long: bool,
+    ) -> Result<()> {
         let tw = |i: u32| {
-            qs.as_ref().map(|q| wgpu::ComputePassTimestampWrites {
+            qs.map(|q| wgpu::ComputePassTimestampWrites {
                 query_set: q,
                 beginning_of_pass_write_index: Some(2 * i),
                 end_of_pass_write_index: Some(2 * i + 1),
             })
         };
-        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
         if let (Some(s), Some(ring)) = (slots.0, &self.ring) {
             let xb = (self.cfg.n_embd * 4) as u64;
             enc.copy_buffer_to_buffer(&ring.bufs[s], 0, &self.x, 0, xb);
@@ -3214,25 +3323,7 @@ impl GpuModel {
         } else {
             enc.copy_buffer_to_buffer(&self.logits, 0, &self.staging, 0, bytes);
         }
-        let ts_bufs = qs.as_ref().map(|q| {
-            let size = 8 * n_q as u64;
-            let resolve = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("timestamps"),
-                size,
-                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-                mapped_at_creation: false,
-            });
-            let read = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("timestamps read"),
-                size,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
-            enc.resolve_query_set(q, 0..n_q, &resolve, 0);
-            enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, size);
-            read
-        });
-        Ok((enc.finish(), ts_bufs))
+        Ok(())
     }
 
     /// The weight type holding most bytes, with the others listed: "Q4_K (+Q6_K)".
@@ -3914,7 +4005,9 @@ fn attn_wait_pass(
                 continue;
             }
         }
-        pairs.push((i, j, mvg, rq, rk, rv, n_head * nch));
+        // The attention's chunks inside the dispatch (`Tune::attn_split_joint`).
+        let (at, jn) = tune.joint_attn_key(&steps[j].key, nch);
+        pairs.push((i, j, mvg, rq, rk, rv, n_head * jn, at));
     }
     if pairs.len() < 2 {
         return Ok([None, None]);
@@ -3925,7 +4018,7 @@ fn attn_wait_pass(
     // The mat-vec's bindings (weights, input, output, parameters; a second part's weights
     // at 4), then the attention's.
     let mut layouts: [Option<(wgpu::BindGroupLayout, wgpu::PipelineLayout)>; 2] = [None, None];
-    for (l, (i, j, mvg, rq, rk, rv, ag)) in pairs.into_iter().enumerate() {
+    for (l, (i, j, mvg, rq, rk, rv, ag, at)) in pairs.into_iter().enumerate() {
         let l = l as u32;
         let multi = matches!(steps[i].kind, StepKind::MatMulti { .. });
         let kinds = super::kernels::multi_binding_kinds(if multi { 2 } else { 1 });
@@ -3989,7 +4082,7 @@ fn attn_wait_pass(
         split_binds.insert(steps[i].slot, std::mem::replace(&mut steps[i].bind, joint));
         steps[i].key = KernelKey::MatVecAttn {
             mv: Box::new(steps[i].key.clone()),
-            at: Box::new(steps[j].key.clone()),
+            at: Box::new(at),
             mvg,
             ag,
             rq,

@@ -586,8 +586,8 @@ pub fn mv_wait_decode_check(
 }
 
 /// The decode graph with the attention inside the QKV mat-vec's dispatch (`Tune::attn_wait`)
-/// against the two dispatches, both with the coalesced exact-split scoring and the engine's
-/// defaults otherwise, greedy decoding of `n_tok` steps from token 1: every logit must be
+/// against the two dispatches, both with the coalesced exact-split scoring, the attention split
+/// at the joint kernel's chunk length and the engine's defaults otherwise, greedy decoding of `n_tok` steps from token 1: every logit must be
 /// equal bit for bit.
 pub fn attn_wait_decode_check(
     ctx: &Arc<GpuContext>,
@@ -603,6 +603,8 @@ pub fn attn_wait_decode_check(
         |t, on| {
             t.attn_wait = on;
             t.attn_coal_exact = true;
+            // The two dispatches split as the joint attention does (`Tune::attn_split_joint`).
+            t.attn_split = t.joint_attn_split();
         },
     )
 }
