@@ -45,7 +45,7 @@ fn load_all(
         c.tune.attn_coal_exact = true;
         // The attention's own chunks inside the dispatch, so both graphs add the same V
         // partials (the longer joint chunks: `joint_chunks_equal_the_split_of_their_length`).
-        c.tune.attn_split_joint = 0;
+        c.tune.attn_split_joint = Some(0);
         if block_norm {
             gpu_fixture::engine_decode_graph(c);
         }
@@ -185,7 +185,7 @@ fn joint_chunks_equal_the_split_of_their_length() {
             c.tune.attn_wait = wait;
             c.tune.attn_coal_exact = true;
             c.tune.attn_split = split;
-            c.tune.attn_split_joint = joint;
+            c.tune.attn_split_joint = Some(joint);
             gpu_fixture::engine_decode_graph(c);
         })
     };
@@ -237,6 +237,28 @@ fn joint_chunks_equal_the_split_of_their_length() {
             ..
         }
     )));
+    // By default (`JOINT_SPLIT_TYPES`) Q8_0's QKV dispatch takes chunks of 128, Q4_0's its
+    // attention's own.
+    for (mix, lmin) in [("q8_0", 128u32), ("q4_0", 32)] {
+        let m = load_tuned("wide", mix, |c| {
+            c.tune.attn_wait = true;
+            c.tune.attn_split = 32;
+            c.tune.attn_split_joint = None;
+            gpu_fixture::engine_decode_graph(c);
+        })
+        .unwrap();
+        let keys = joint_keys(&m);
+        assert_eq!(keys.len(), m.cfg.n_layer, "{mix}");
+        for k in keys {
+            let KernelKey::MatVecAttn { at, .. } = k else {
+                unreachable!()
+            };
+            assert!(
+                matches!(*at, KernelKey::AttnDecodeQ { nch: 2, lmin: l, .. } if l == lmin),
+                "{mix}: {at:?}"
+            );
+        }
+    }
     // 40 tokens: past the first 32-position chunk, so two live chunks add up.
     let (a, b) = (decode_steps(&mut joint, 40), decode_steps(&mut plain, 40));
     assert_eq!(gpu_fixture::first_bit_difference(&a, &b), None);

@@ -1043,14 +1043,13 @@ pub struct Tune {
     /// With [`Tune::attn_wait`]: the exact split inside the QKV dispatch cuts each head's
     /// positions into chunks of at least this many (fewer chunks, as many as the context
     /// needs but at least 2, of the attention's [`Tune::attn_split`] buffers), so fewer
-    /// attention workgroups wait beside the mat-vec's; 0 keeps the attention's own chunks
-    /// (GGUFQ_ATTN_SPLIT_JOINT: 0, 32, 64, 128 (default), 256). H100, 7B tg128 (session 20,
-    /// with `GGUFQ_ATTN_SPLIT=128` for the whole attention): Q8_0 p50 3.36 → 3.31 ms, while
-    /// Q4_K_M, whose attention has a dispatch of its own, lost 0.3 % with the same split.
-    /// The V rows add up in another grouping, so logits differ from the two-dispatch graph
-    /// of [`Tune::attn_split`] in rounding; they equal those of the attention split at this
-    /// length ([`Tune::joint_attn_split`]).
-    pub attn_split_joint: u32,
+    /// attention workgroups wait beside the mat-vec's. None (default) = by the QKV matrix's
+    /// type ([`JOINT_SPLIT_TYPES`]); GGUFQ_ATTN_SPLIT_JOINT=N for every type (0 keeps the
+    /// attention's own chunks; 32, 64, 128, 256). H100, 7B tg128 p50 (session 20): Q8_0 3.36
+    /// → 3.30 ms with 128, Q4_0 2.35 → 2.37–2.38 (slower). The V rows add up in another
+    /// grouping, so logits differ from the two-dispatch graph of [`Tune::attn_split`] in
+    /// rounding; they equal those of the attention split at the joint length.
+    pub attn_split_joint: Option<u32>,
     /// Consecutive decode mat-vecs in one dispatch ([`KernelKey::MatVecJoin`]): `wo` →
     /// `gate_up` (2) or `wo` → `gate_up` → `ffn_down` (3), where they are the block-rounding
     /// residual and rounding SwiGLU kernels of one workgroup size (Q4_0, Q8_0 layers); each
@@ -1143,6 +1142,10 @@ pub fn attn_seg_fits(c: &GpuContext, ctx: u32, hd: u32, q_dim: u32) -> bool {
 /// ([`Tune::fold_actq`]). H100, 7B tg128 (session 5, NR 8): Q8_0 212.2 → 221.5 t/s, while
 /// Q4_K_M (274.1 → 266.7) and Q4_0 (316.3 → 307.6) lost.
 pub const FOLD_ACTQ_TYPES: &[&str] = &["Q8_0"];
+
+/// QKV types whose dispatch runs the attention in longer chunks by default
+/// ([`Tune::attn_split_joint`]), with the chunk length.
+pub const JOINT_SPLIT_TYPES: &[(&str, u32)] = &[("Q8_0", 128)];
 
 /// Types with an integer decode kernel (`idot` in dequant.wgsl): their activations are Q8_0
 /// (Q4_0, Q8_0) or Q8_K (K-quants) blocks on the CPU, whose int8 quants the kernel reads.
@@ -1240,21 +1243,26 @@ impl Tune {
     }
 
     /// Whether the decode `ffn_down` mat-vec of type id `ty` rounds its own input.
-    /// The shortest chunk of the exact split inside the QKV dispatch ([`Tune::attn_split_joint`]):
-    /// the attention's own ([`Tune::attn_split`]) unless the joint one is longer; 0 where the
-    /// attention is not split.
-    pub fn joint_attn_split(&self) -> u32 {
+    /// The shortest chunk of the exact split inside the dispatch of a QKV mat-vec of type id
+    /// `ty` ([`Tune::attn_split_joint`]): the attention's own ([`Tune::attn_split`]) unless
+    /// the joint one is longer; 0 where the attention is not split.
+    pub fn joint_attn_split(&self, ty: u32) -> u32 {
+        let joint = self.attn_split_joint.unwrap_or_else(|| {
+            GgmlType::from_id(ty)
+                .and_then(|t| JOINT_SPLIT_TYPES.iter().find(|(n, _)| *n == t.name()))
+                .map_or(0, |&(_, l)| l)
+        });
         if self.attn_split == 0 {
             0
         } else {
-            self.attn_split.max(self.attn_split_joint)
+            self.attn_split.max(joint)
         }
     }
 
     /// The attention key `at` (an exact-split [`KernelKey::AttnDecodeQ`], whose `ctx` is the
-    /// KV cache's length) as the QKV dispatch runs it ([`Tune::joint_attn_split`]), and its
-    /// chunks per head; other keys unchanged with `nch`.
-    pub fn joint_attn_key(&self, at: &KernelKey, nch: u32) -> (KernelKey, u32) {
+    /// KV cache's length) as the dispatch of a QKV mat-vec of type id `ty` runs it
+    /// ([`Tune::joint_attn_split`]), and its chunks per head; other keys unchanged with `nch`.
+    pub fn joint_attn_key(&self, at: &KernelKey, nch: u32, ty: u32) -> (KernelKey, u32) {
         match *at {
             KernelKey::AttnDecodeQ {
                 ctx,
@@ -1263,8 +1271,8 @@ impl Tune {
                 lmin,
                 exact: true,
                 reset,
-            } if n > 1 && self.joint_attn_split() > lmin => {
-                let lmin = self.joint_attn_split();
+            } if n > 1 && self.joint_attn_split(ty) > lmin => {
+                let lmin = self.joint_attn_split(ty);
                 let nch = ctx.div_ceil(lmin).clamp(2, n);
                 (
                     KernelKey::AttnDecodeQ {
@@ -1532,7 +1540,10 @@ impl Tune {
             attn_wait_all: std::env::var("GGUFQ_ATTN_WAIT_ALL").as_deref() == Ok("1"),
             attn_wait_multi: std::env::var("GGUFQ_ATTN_WAIT_MULTI").as_deref() == Ok("1"),
             attn_wait_kquant: std::env::var("GGUFQ_ATTN_WAIT_K").as_deref() == Ok("1"),
-            attn_split_joint: get("GGUFQ_ATTN_SPLIT_JOINT", 128, &[0, 32, 64, 128, 256]),
+            attn_split_joint: std::env::var("GGUFQ_ATTN_SPLIT_JOINT")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|v| [0, 32, 64, 128, 256].contains(v)),
             mv_join: std::env::var("GGUFQ_MV_JOIN")
                 .ok()
                 .and_then(|v| v.parse().ok())

@@ -4006,7 +4006,12 @@ fn attn_wait_pass(
             }
         }
         // The attention's chunks inside the dispatch (`Tune::attn_split_joint`).
-        let (at, jn) = tune.joint_attn_key(&steps[j].key, nch);
+        let qkv_ty = match &steps[i].key {
+            KernelKey::MatVecQ8 { ty, .. } | KernelKey::MatVecQ8S { ty, .. } => *ty,
+            KernelKey::MatVecQ8Multi { parts: kp, .. } => kp[0].ty,
+            _ => continue,
+        };
+        let (at, jn) = tune.joint_attn_key(&steps[j].key, nch, qkv_ty);
         pairs.push((i, j, mvg, rq, rk, rv, n_head * jn, at));
     }
     if pairs.len() < 2 {

@@ -484,6 +484,9 @@ pub fn attn_lastwg_check(
             if t.attn_split == 0 {
                 t.attn_split = 32;
             }
+            // The epilogue inside the QKV dispatch (`Tune::attn_wait`) with the combine's
+            // chunks.
+            t.attn_split_joint = Some(0);
             if lastwg == 0 {
                 t.actq_sub = 0;
                 t.actq_fastdiv = false;
@@ -586,8 +589,8 @@ pub fn mv_wait_decode_check(
 }
 
 /// The decode graph with the attention inside the QKV mat-vec's dispatch (`Tune::attn_wait`)
-/// against the two dispatches, both with the coalesced exact-split scoring, the attention split
-/// at the joint kernel's chunk length and the engine's defaults otherwise, greedy decoding of `n_tok` steps from token 1: every logit must be
+/// against the two dispatches, both with the coalesced exact-split scoring and the engine's
+/// defaults otherwise ([`graphs_agree`]: the attention's own chunks in both), greedy decoding of `n_tok` steps from token 1: every logit must be
 /// equal bit for bit.
 pub fn attn_wait_decode_check(
     ctx: &Arc<GpuContext>,
@@ -603,8 +606,6 @@ pub fn attn_wait_decode_check(
         |t, on| {
             t.attn_wait = on;
             t.attn_coal_exact = true;
-            // The two dispatches split as the joint attention does (`Tune::attn_split_joint`).
-            t.attn_split = t.joint_attn_split();
         },
     )
 }
@@ -708,13 +709,17 @@ impl Agreement {
 
 /// Greedy decoding of `n_tok` steps from token 1 with the model at `path` loaded under two
 /// tunings (the first one's choice of the next token), counting the steps whose logits
-/// differ in any bit.
+/// differ in any bit. Both keep the attention's own chunks inside the QKV dispatch
+/// ([`Tune::attn_split_joint`](super::kernels::Tune::attn_split_joint) 0), so a graph with
+/// the attention in that dispatch and one without add the same V partials.
 fn graphs_agree(
     a_ctx: &Arc<GpuContext>,
     b_ctx: &Arc<GpuContext>,
     path: &std::path::Path,
     n_tok: usize,
 ) -> Result<Agreement> {
+    let same_split = |c: &Arc<GpuContext>| c.retuned(|t| t.attn_split_joint = Some(0));
+    let (a_ctx, b_ctx) = (&same_split(a_ctx), &same_split(b_ctx));
     let src = super::source::GgufSource::open(path)?;
     let opts = ModelOptions {
         n_ctx: n_tok + 1,
