@@ -13,7 +13,9 @@ use ggufq::gpu::{GpuContext, GpuModel, SynthSource};
 
 #[path = "common/gpu_fixture.rs"]
 mod gpu_fixture;
-use gpu_fixture::{context, context_tuned, decode_opts, tiny_or_wide, tokens};
+use gpu_fixture::{
+    assert_timeline_in_order, context, context_tuned, decode_opts, tiny_or_wide, tokens,
+};
 
 fn load(shape: &str, mix: &str, tune: impl FnOnce(&mut GpuContext)) -> Option<GpuModel> {
     let ctx = context_tuned(tune)?;
@@ -321,55 +323,55 @@ fn run_backend_gpu_prints_the_text_of_the_host_loop() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown backend 'tpu'"));
 }
 
+/// Greedy decoding with the queue shaped by `tune`: 17 passes equal to the host loop, a stop
+/// after pass `stop` (passes already queued behind it run unreported), and the same passes
+/// again after the stop. False without an adapter.
+fn same_with_queue(what: &str, stop: usize, tune: impl FnOnce(&mut GpuContext)) -> bool {
+    let Some(mut m) = load("tiny", "q4_k_m", tune) else {
+        return false;
+    };
+    let first = prompt(&mut m);
+    let chain = gpu_chain(&mut m, first, 3, 17);
+    let host = host_loop(&mut m, first, 3, 17);
+    assert_same(&chain, &host, what);
+    let got = m
+        .decode_greedy(first, 0, 3, 17, &mut |k, _, _| Ok(k < stop))
+        .unwrap();
+    assert_eq!(got, stop + 1, "{what}");
+    let after = gpu_chain(&mut m, first, 3, 17);
+    assert_same(&after, &host, &format!("{what}, after a stop"));
+    true
+}
+
 #[test]
 fn gpu_greedy_decoding_with_more_passes_in_flight_is_the_same() {
-    for depth in [3u32, 4] {
-        let Some(mut m) = load("tiny", "q4_k_m", |c| c.tune.greedy_depth = depth) else {
-            return;
-        };
-        let first = prompt(&mut m);
-        let chain = gpu_chain(&mut m, first, 3, 17);
-        let host = host_loop(&mut m, first, 3, 17);
-        assert_same(&chain, &host, &format!("depth {depth}"));
+    for depth in [3u32, 4, 16] {
         // A stop with several passes queued behind it.
-        let got = m
-            .decode_greedy(first, 0, 3, 17, &mut |k, _, _| Ok(k < 1))
-            .unwrap();
-        assert_eq!(got, 2, "depth {depth}");
-        let after = gpu_chain(&mut m, first, 3, 17);
-        assert_same(&after, &host, &format!("depth {depth}, after a stop"));
+        if !same_with_queue(&format!("depth {depth}"), 1, |c| {
+            c.tune.greedy_depth = depth
+        }) {
+            return;
+        }
     }
 }
 
 #[test]
 fn gpu_greedy_decoding_in_groups_of_passes_is_the_same() {
     // 17 passes: groups of 2, 4 and 8 leave a shorter last group; one command buffer per
-    // pass or per group.
+    // pass or per group. A stop inside a group, with a whole group queued behind it.
     for (group, cb) in [(2u32, false), (2, true), (4, true), (8, false), (8, true)] {
-        let Some(mut m) = load("tiny", "q4_k_m", |c| {
+        let what = format!("group {group}, one command buffer {cb}");
+        if !same_with_queue(&what, 2, |c| {
             c.tune.greedy_group = group;
             c.tune.greedy_cb = cb;
-        }) else {
+        }) {
             return;
-        };
-        let what = format!("group {group}, one command buffer {cb}");
-        let first = prompt(&mut m);
-        let chain = gpu_chain(&mut m, first, 3, 17);
-        let host = host_loop(&mut m, first, 3, 17);
-        assert_same(&chain, &host, &what);
-        // A stop inside a group, with a whole group queued behind it.
-        let got = m
-            .decode_greedy(first, 0, 3, 17, &mut |k, _, _| Ok(k < 2))
-            .unwrap();
-        assert_eq!(got, 3, "{what}");
-        let after = gpu_chain(&mut m, first, 3, 17);
-        assert_same(&after, &host, &format!("{what}, after a stop"));
+        }
     }
 }
 
 #[test]
 fn gpu_greedy_passes_are_kept_in_the_host_timeline() {
-    use ggufq::gpu::profile::MARKS;
     for group in [1u32, 4] {
         let Some(mut m) = load("tiny", "q4_k_m", |c| c.tune.greedy_group = group) else {
             return;
@@ -385,38 +387,19 @@ fn gpu_greedy_passes_are_kept_in_the_host_timeline() {
         );
         let tl = m.host_timeline().unwrap();
         // The last 6 of the 9 passes, each a one-token call of the timeline.
-        assert_eq!(tl.marks.len(), 6, "group {group}");
-        for (i, mk) in tl.marks.iter().enumerate() {
-            for k in 1..MARKS.len() {
-                assert!(
-                    mk[k] >= mk[k - 1],
-                    "pass {i}: {} before {}",
-                    MARKS[k],
-                    MARKS[k - 1]
-                );
-            }
-            if i > 0 {
-                // Passes are read in order, and none is submitted after it is read.
-                assert!(
-                    mk[7] >= tl.marks[i - 1][7],
-                    "pass {i} read before pass {}",
-                    i - 1
-                );
-                assert!(mk[3] <= mk[6], "pass {i} waited for before its submit");
-            }
-        }
-        if m.context().facts.timestamps {
-            assert_eq!(tl.gpu.len(), 6);
-            for (i, g) in tl.gpu.iter().enumerate() {
-                assert!(g.1 >= g.0, "pass {i} ends before it begins: {g:?}");
-                if i > 0 {
-                    assert!(
-                        g.0 >= tl.gpu[i - 1].1,
-                        "pass {i} begins before pass {} ends",
-                        i - 1
-                    );
-                }
-            }
+        let what = format!("greedy passes in groups of {group}");
+        assert_timeline_in_order(&tl, 6, m.context().facts.timestamps, &what);
+        for (i, mk) in tl.marks.iter().enumerate().skip(1) {
+            // Passes are read in order, and none is waited for before its submit.
+            assert!(
+                mk[7] >= tl.marks[i - 1][7],
+                "{what}: pass {i} read before pass {}",
+                i - 1
+            );
+            assert!(
+                mk[3] <= mk[6],
+                "{what}: pass {i} waited for before its submit"
+            );
         }
         m.set_host_timeline(None);
     }

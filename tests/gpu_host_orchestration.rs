@@ -14,7 +14,7 @@ use ggufq::gpu::{DeviceOptions, GpuContext, GpuModel, SynthSource};
 
 #[path = "common/gpu_fixture.rs"]
 mod gpu_fixture;
-use gpu_fixture::{decode_opts, device, tiny_source, wide_shape};
+use gpu_fixture::{assert_timeline_in_order, decode_opts, device, tiny_source, wide_shape};
 
 /// A context with binding cap `cap` (None: the adapter's) and tuning `tune`.
 fn ctx(cap: Option<u64>, tune: impl FnOnce(&mut GpuContext)) -> Option<Arc<GpuContext>> {
@@ -201,38 +201,15 @@ fn gpu_host_timeline_marks_every_call_in_order() {
         let (a, b) = (run(&mut plain), run(&mut timed));
         assert_same(&a, &b, "timeline on vs off");
         let tl = timed.host_timeline().unwrap();
-        assert_eq!(tl.marks.len(), 6);
-        for (i, m) in tl.marks.iter().enumerate() {
-            for k in 1..MARKS.len() {
-                assert!(
-                    m[k] >= m[k - 1],
-                    "call {i}: {} before {}",
-                    MARKS[k],
-                    MARKS[k - 1]
-                );
-            }
-            if i > 0 {
-                assert!(
-                    m[0] >= tl.marks[i - 1][7],
-                    "call {i} starts before call {} ends",
-                    i - 1
-                );
-            }
-        }
         // The one-token calls after the second prompt batch are 3 of the last 6: the gap
         // before the first of them holds a whole prompt call.
-        if c.facts.timestamps {
-            assert_eq!(tl.gpu.len(), 6);
-            for (i, g) in tl.gpu.iter().enumerate() {
-                assert!(g.1 >= g.0, "pass {i} ends before it begins: {g:?}");
-                if i > 0 {
-                    assert!(
-                        g.0 >= tl.gpu[i - 1].1,
-                        "pass {i} begins before pass {} ends",
-                        i - 1
-                    );
-                }
-            }
+        assert_timeline_in_order(&tl, 6, c.facts.timestamps, "plain calls");
+        for (i, m) in tl.marks.iter().enumerate().skip(1) {
+            assert!(
+                m[0] >= tl.marks[i - 1][7],
+                "call {i} starts before call {} ends",
+                i - 1
+            );
         }
         let sum = tl.summary();
         assert!(sum.len() > MARKS.len());

@@ -1242,7 +1242,6 @@ impl Tune {
         self.swiglu_q_wg = 256;
     }
 
-    /// Whether the decode `ffn_down` mat-vec of type id `ty` rounds its own input.
     /// The shortest chunk of the exact split inside the dispatch of a QKV mat-vec of type id
     /// `ty` ([`Tune::attn_split_joint`]): the attention's own ([`Tune::attn_split`]) unless
     /// the joint one is longer; 0 where the attention is not split.
@@ -1263,33 +1262,27 @@ impl Tune {
     /// KV cache's length) as the dispatch of a QKV mat-vec of type id `ty` runs it
     /// ([`Tune::joint_attn_split`]), and its chunks per head; other keys unchanged with `nch`.
     pub fn joint_attn_key(&self, at: &KernelKey, nch: u32, ty: u32) -> (KernelKey, u32) {
-        match *at {
-            KernelKey::AttnDecodeQ {
-                ctx,
-                hd,
-                nch: n,
-                lmin,
-                exact: true,
-                reset,
-            } if n > 1 && self.joint_attn_split(ty) > lmin => {
-                let lmin = self.joint_attn_split(ty);
-                let nch = ctx.div_ceil(lmin).clamp(2, n);
-                (
-                    KernelKey::AttnDecodeQ {
-                        ctx,
-                        hd,
-                        nch,
-                        lmin,
-                        exact: true,
-                        reset,
-                    },
-                    nch,
-                )
+        let joint = self.joint_attn_split(ty);
+        let mut key = at.clone();
+        if let KernelKey::AttnDecodeQ {
+            ctx,
+            nch: n,
+            lmin,
+            exact: true,
+            ..
+        } = &mut key
+        {
+            if *n > 1 && joint > *lmin {
+                *lmin = joint;
+                *n = ctx.div_ceil(joint).clamp(2, *n);
+                let n = *n;
+                return (key, n);
             }
-            _ => (at.clone(), nch),
         }
+        (key, nch)
     }
 
+    /// Whether the decode `ffn_down` mat-vec of type id `ty` rounds its own input.
     pub fn fold_actq_for(&self, ty: u32) -> bool {
         // With [`Tune::block_norm`] the default leaves `ffn_down` to the plain integer
         // kernel, which can round the next norm's input.

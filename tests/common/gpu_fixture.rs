@@ -310,3 +310,40 @@ pub fn cpu_and_gpu_rows(
     };
     (rows(&mut cpu), rows(&mut gpu))
 }
+
+/// A host timeline's checks common to every recorder: each kept call's marks in
+/// [`MARKS`](ggufq::gpu::profile::MARKS) order, and with GPU timestamps `n` passes, each
+/// ending after it begins and beginning after the previous one ends.
+#[allow(dead_code)]
+pub fn assert_timeline_in_order(
+    tl: &ggufq::gpu::profile::HostTimeline,
+    n: usize,
+    timestamps: bool,
+    what: &str,
+) {
+    use ggufq::gpu::profile::MARKS;
+    assert_eq!(tl.marks.len(), n, "{what}");
+    for (i, m) in tl.marks.iter().enumerate() {
+        for k in 1..MARKS.len() {
+            assert!(
+                m[k] >= m[k - 1],
+                "{what}: call {i}: {} before {}",
+                MARKS[k],
+                MARKS[k - 1]
+            );
+        }
+    }
+    if timestamps {
+        assert_eq!(tl.gpu.len(), n, "{what}");
+        for (i, g) in tl.gpu.iter().enumerate() {
+            assert!(g.1 >= g.0, "{what}: pass {i} ends before it begins: {g:?}");
+            if i > 0 {
+                assert!(
+                    g.0 >= tl.gpu[i - 1].1,
+                    "{what}: pass {i} begins before pass {} ends",
+                    i - 1
+                );
+            }
+        }
+    }
+}
