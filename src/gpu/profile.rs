@@ -255,7 +255,8 @@ pub struct HostTimeline {
     pub gpu: Vec<(f64, f64)>,
 }
 
-/// One row of [`HostTimeline::summary`]: mean and median µs per token.
+/// One row of [`HostTimeline::summary`]: mean, median and largest µs per token, and the µs over
+/// the median.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Phase {
     /// What the interval is.
@@ -264,6 +265,11 @@ pub struct Phase {
     pub mean_us: f64,
     /// Median µs.
     pub p50_us: f64,
+    /// Largest µs.
+    pub max_us: f64,
+    /// µs over the median, summed over the calls (where a slow stretch of calls spent its
+    /// time: e.g. GPU idle gaps or slower passes).
+    pub excess_us: f64,
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -332,10 +338,13 @@ impl HostTimeline {
         rows.into_iter()
             .map(|(name, v)| {
                 let f: Vec<f64> = v.into_iter().filter(|x| x.is_finite()).collect();
+                let p50 = median(&f);
                 Phase {
                     name,
                     mean_us: f.iter().sum::<f64>() / f.len().max(1) as f64,
-                    p50_us: median(&f),
+                    p50_us: p50,
+                    max_us: f.iter().copied().fold(f64::NAN, f64::max),
+                    excess_us: f.iter().map(|x| (x - p50).max(0.0)).sum(),
                 }
             })
             .collect()
@@ -344,13 +353,13 @@ impl HostTimeline {
     /// Markdown table of [`summary`](Self::summary).
     pub fn to_markdown(&self, label: &str) -> String {
         let mut s = format!(
-            "Host timeline of {label} ({} one-token calls)\n\n| interval | mean µs | p50 µs |\n| --- | ---: | ---: |\n",
+            "Host timeline of {label} ({} one-token calls)\n\n| interval | mean µs | p50 µs | max µs | Σ over p50 µs |\n| --- | ---: | ---: | ---: | ---: |\n",
             self.marks.len()
         );
         for p in self.summary() {
             s.push_str(&format!(
-                "| {} | {:.1} | {:.1} |\n",
-                p.name, p.mean_us, p.p50_us
+                "| {} | {:.1} | {:.1} | {:.1} | {:.0} |\n",
+                p.name, p.mean_us, p.p50_us, p.max_us, p.excess_us
             ));
         }
         s
@@ -389,6 +398,9 @@ mod tests {
         assert_eq!(get("wall period (start → next start)").mean_us, 1000.0);
         assert_eq!(get("GPU pass").p50_us, 900.0);
         assert_eq!(get("GPU idle between passes").mean_us, 100.0);
+        // Wake-ups of 5, 3, 9 µs (aligned 2, 0, 6): the largest 6, 4 over the median of 2.
+        let wake = get("GPU pass end → map callback (aligned)");
+        assert_eq!((wake.max_us, wake.excess_us), (6.0, 4.0));
         // Aligned on the fastest wake-up (3 µs): 2, 0, 6 µs after it; launch 50 + 3.
         assert_eq!(get("GPU pass end → map callback (aligned)").p50_us, 2.0);
         let launch = get("submitted → GPU pass begin (aligned)");
@@ -401,7 +413,7 @@ mod tests {
         assert_eq!(cpu.summary().len(), MARKS.len() + 1);
         assert!(cpu
             .to_markdown("m")
-            .contains("| start → prepared | 1.0 | 1.0 |"));
+            .contains("| start → prepared | 1.0 | 1.0 | 1.0 | 0 |"));
     }
 }
 
