@@ -3016,39 +3016,24 @@ impl GpuModel {
                 for j in next..next + g {
                     let slots: Slots = (None, tl_slot(self, j));
                     let long = self.long_context(pos + j as u32);
-                    if one_cb {
-                        let e = enc.get_or_insert_with(|| {
-                            self.ctx.device.create_command_encoder(&Default::default())
-                        });
-                        self.record_into(
-                            e,
-                            1,
-                            false,
-                            mode,
-                            disp,
-                            Timestamps::Off,
-                            None,
-                            bytes,
-                            slots,
-                            Some(j % depth),
-                            long,
-                        )?;
-                    } else {
-                        cmds.push(
-                            self.record(
-                                1,
-                                false,
-                                mode,
-                                disp,
-                                Timestamps::Off,
-                                0,
-                                bytes,
-                                slots,
-                                Some(j % depth),
-                                long,
-                            )?
-                            .0,
-                        );
+                    let e = enc.get_or_insert_with(|| {
+                        self.ctx.device.create_command_encoder(&Default::default())
+                    });
+                    self.record_into(
+                        e,
+                        1,
+                        false,
+                        mode,
+                        disp,
+                        Timestamps::Off,
+                        None,
+                        bytes,
+                        slots,
+                        Some(j % depth),
+                        long,
+                    )?;
+                    if !one_cb {
+                        cmds.extend(enc.take().map(|e| e.finish()));
                     }
                 }
                 if let Some(e) = enc {
