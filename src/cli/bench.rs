@@ -159,7 +159,8 @@ pub struct Args {
     /// them) and print it after the tests: CPU phases of each call (prepare, record,
     /// submit, pre-record of the next, map callback, wake-up, read-back), the time between
     /// calls and, with GPU timestamps, each pass and the GPU's idle gap between passes
-    /// (mean and p50 µs). The greedy passes' marks: record start, recorded, submitted,
+    /// (mean, p50 and largest µs, and the µs over the p50 summed over the calls). The greedy
+    /// passes' marks: record start, recorded, submitted,
     /// map callback, wake-up, read-back (one submit may carry several passes,
     /// `GGUFQ_GREEDY_GROUP`); with --tg-sync, llama-bench's loop of one-token calls.
     #[arg(long)]
