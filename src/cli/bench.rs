@@ -160,21 +160,14 @@ pub struct Args {
     /// submit, pre-record of the next, map callback, wake-up, read-back), the time between
     /// calls and, with GPU timestamps, each pass and the GPU's idle gap between passes
     /// (mean, p50 and largest µs, and the µs over the p50 summed over the calls). The greedy
-    /// passes' marks: record start, recorded, submitted,
-    /// map callback, wake-up, read-back (one submit may carry several passes,
-    /// `GGUFQ_GREEDY_GROUP`); with --tg-sync, llama-bench's loop of one-token calls.
+    /// passes' marks: record start, recorded, submitted, map callback, wake-up, read-back
+    /// (one submit may carry several passes, `GGUFQ_GREEDY_GROUP`); with --tg-sync,
+    /// llama-bench's loop of one-token calls.
     #[arg(long)]
     pub host_profile: bool,
     /// No progress output.
     #[arg(short = 'q', long)]
     pub quiet: bool,
-}
-
-impl Args {
-    /// tg runs llama-bench's loop.
-    fn tg_sync(&self) -> bool {
-        self.tg_sync
-    }
 }
 
 /// Parse "90s", "10m", "1h", "500ms" or plain seconds.
@@ -517,7 +510,7 @@ fn print_rows(args: &Args, rows: &[(ModelRow, BenchResult)], failed: bool) -> an
     if greedy_tg && !args.quiet {
         eprintln!(
             "{}",
-            if args.tg_sync() {
+            if args.tg_sync {
                 "tg: random tokens, one call at a time, each waiting for its logits (llama-bench's loop)"
             } else {
                 "tg: greedy decoding, every token's logits read back (the GPU engine queues each \
@@ -545,7 +538,7 @@ fn run_config(args: &Args, duration: Option<Duration>) -> RunConfig {
         parallel: args.parallel,
         duration,
         progress: !args.quiet,
-        tg_sync: args.tg_sync(),
+        tg_sync: args.tg_sync,
         pp_warmup: PP_WARMUP,
     }
 }

@@ -590,8 +590,8 @@ pub fn mv_wait_decode_check(
 
 /// The decode graph with the attention inside the QKV mat-vec's dispatch (`Tune::attn_wait`)
 /// against the two dispatches, both with the coalesced exact-split scoring and the engine's
-/// defaults otherwise ([`graphs_agree`]: the attention's own chunks in both), greedy decoding of `n_tok` steps from token 1: every logit must be
-/// equal bit for bit.
+/// defaults otherwise ([`graphs_agree`]: the attention's own chunks in both), greedy
+/// decoding of `n_tok` steps from token 1: every logit must be equal bit for bit.
 pub fn attn_wait_decode_check(
     ctx: &Arc<GpuContext>,
     path: &std::path::Path,
