@@ -138,6 +138,28 @@ pub struct Args {
     /// adapter keeps resident at once.
     #[arg(long, value_delimiter = ',', default_values_t = [1u32, 2])]
     pub sync_workgroups: Vec<u32>,
+    /// With --kernels: the weight stream of a decode pass without dependent dispatches,
+    /// read-only (each word summed, nothing computed): --stream-layers layers of one type
+    /// (--kernel-types) and shapes (--chain-shapes, default the 7B layer's QKV, wo, gate_up,
+    /// ffn_down) as dependent dispatches, as one dispatch of --sync-workgroups workgroups with
+    /// no barrier, and with a grid barrier after every step, loading each --stream-prefetch
+    /// words (16 B) per thread of the next step before it. µs per layer, TB/s.
+    #[arg(long)]
+    pub grid_stream: bool,
+    /// With --kernels: a chain of Q8_0-sized integer mat-vecs (--chain-shapes, default the
+    /// 7B layer's, --stream-layers layers), each of --sync-workgroups workgroups as one
+    /// dependent dispatch per step and as one persistent dispatch with a grid barrier after
+    /// each step, each --stream-prefetch blocks per row of the next step loaded before it;
+    /// the outputs must equal bit for bit. µs per layer, TB/s.
+    #[arg(long)]
+    pub grid_matvec: bool,
+    /// With --grid-stream: 16-byte words per thread (with --grid-matvec: 32-weight blocks
+    /// per row of a lane's next tile) of the next step loaded before each grid barrier.
+    #[arg(long, value_delimiter = ',', default_values_t = [0u32, 4, 8])]
+    pub stream_prefetch: Vec<u32>,
+    /// With --grid-stream: layers per pass.
+    #[arg(long, default_value_t = 32)]
+    pub stream_layers: u32,
     /// Check the prompt-path kernels (tiled mat-mat, cooperative matrices where available,
     /// and the tiled attention) against CPU dequantization and the decode path; exit 1 on a
     /// mismatch. With model files: also their decode with the last-workgroup
@@ -769,6 +791,12 @@ fn run_gpu(args: Args, duration: Option<Duration>) -> anyhow::Result<i32> {
         }
         return Ok(if stale == 0 { 0 } else { EXIT_CHECK_FAILED });
     }
+    if args.kernels && args.grid_matvec {
+        return grid_matvec(&ctx, &args, peak);
+    }
+    if args.kernels && args.grid_stream {
+        return grid_stream(&ctx, &args, peak);
+    }
     if args.kernels && args.decode_chain {
         return chain_bench(&ctx, &args);
     }
@@ -947,36 +975,175 @@ fn synth_source(s: &str) -> anyhow::Result<ggufq::gpu::SynthSource> {
     Ok(ggufq::gpu::SynthSource::new(sh, m, name)?)
 }
 
+/// `--chain-shapes` as (rows, columns), or `default` when none were given.
+#[cfg(feature = "gpu")]
+fn chain_shapes(args: &Args, default: &[(usize, usize)]) -> anyhow::Result<Vec<(usize, usize)>> {
+    if args.chain_shapes.is_empty() {
+        return Ok(default.to_vec());
+    }
+    args.chain_shapes
+        .iter()
+        .map(|s| {
+            let (r, c) = s
+                .split_once(['x', 'X'])
+                .with_context(|| format!("--chain-shapes wants ROWSxCOLS, got '{s}'"))?;
+            let (r, c): (usize, usize) = (r.parse()?, c.parse()?);
+            if r == 0 || c == 0 || c % 256 != 0 {
+                bail!("--chain-shapes: '{s}' needs rows > 0 and columns a multiple of 256");
+            }
+            Ok((r, c))
+        })
+        .collect()
+}
+
+/// `ggufq bench --kernels --grid-stream`: the read-only weight stream of a decode pass as
+/// dependent dispatches, one dispatch without barriers, and a persistent dispatch with grid
+/// barriers (src/gpu/gridstream.rs); exit 1 if a sum differs or a barrier gave up.
+#[cfg(feature = "gpu")]
+fn grid_stream(
+    ctx: &ggufq::gpu::GpuContext,
+    args: &Args,
+    peak: Option<f64>,
+) -> anyhow::Result<i32> {
+    let shapes = chain_shapes(
+        args,
+        &[(12288, 4096), (4096, 4096), (22016, 4096), (4096, 11008)],
+    )?;
+    let names: Vec<String> = if args.kernel_types.is_empty() {
+        vec!["Q2_K".into(), "Q4_K".into(), "Q8_0".into()]
+    } else {
+        args.kernel_types
+            .iter()
+            .map(|s| s.to_ascii_uppercase())
+            .collect()
+    };
+    let reps = args.reps.max(3);
+    println!(
+        "Read-only decode weight stream: {} layers of {} steps ({}), median of {reps} passes. µs per layer, TB/s of the bytes read.\n",
+        args.stream_layers,
+        shapes.len(),
+        shapes.iter().map(|(r, c)| format!("{r}x{c}")).collect::<Vec<_>>().join(", ")
+    );
+    println!("| type | sync | workgroups | words ahead | µs / layer | TB/s | % of peak | sum |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |");
+    let mut bad = false;
+    for name in &names {
+        let ty = ggufq::quant::GgmlType::from_name(name)
+            .with_context(|| format!("--kernel-types: unknown type '{name}'"))?;
+        let steps: Vec<u64> = shapes
+            .iter()
+            .map(|&(r, c)| (r * c) as u64 / ty.block_size() * ty.type_size())
+            .collect();
+        let rows = ggufq::gpu::gridstream::grid_stream_bench(
+            ctx,
+            &steps,
+            args.stream_layers,
+            1792 << 20,
+            &args.sync_workgroups,
+            &args.stream_prefetch,
+            reps,
+        )?;
+        for r in rows {
+            let ok = r.sum_ok && !r.timed_out;
+            bad |= !ok;
+            println!(
+                "| {name} | {} | {} | {} | {:.2} | {:.2} | {} | {} |",
+                r.kind,
+                r.workgroups,
+                r.prefetch,
+                r.us_per_layer,
+                r.tbps,
+                peak.map(|p| format!("{:.1}", r.tbps * 1e5 / p))
+                    .unwrap_or_else(|| "-".into()),
+                if r.timed_out {
+                    "barrier gave up"
+                } else if r.sum_ok {
+                    "ok"
+                } else {
+                    "WRONG"
+                }
+            );
+        }
+    }
+    Ok(if bad { EXIT_CHECK_FAILED } else { EXIT_OK })
+}
+
+/// `ggufq bench --kernels --grid-matvec`: a chain of integer mat-vecs as dependent
+/// dispatches and in one persistent dispatch with grid barriers (src/gpu/gridmv.rs); exit 1
+/// if a variant's outputs differ from the dispatches' or a barrier gave up.
+#[cfg(feature = "gpu")]
+fn grid_matvec(
+    ctx: &ggufq::gpu::GpuContext,
+    args: &Args,
+    peak: Option<f64>,
+) -> anyhow::Result<i32> {
+    let shapes: Vec<(u32, u32)> = chain_shapes(
+        args,
+        &[(12288, 4096), (4096, 4096), (22016, 4096), (4096, 11008)],
+    )?
+    .into_iter()
+    .map(|(r, c)| Ok((u32::try_from(r)?, u32::try_from(c)?)))
+    .collect::<anyhow::Result<_>>()?;
+    let reps = args.reps.max(3);
+    let rows = ggufq::gpu::gridmv::grid_matvec_bench(
+        ctx,
+        &shapes,
+        args.stream_layers,
+        1792 << 20,
+        &args.sync_workgroups,
+        &args.stream_prefetch,
+        reps,
+    )?;
+    println!(
+        "Integer mat-vec chain (Q8_0-sized: int8 quants, f16 block scales): {} layers of {} steps ({}), median of {reps} passes. µs per layer, TB/s of weight bytes.\n",
+        args.stream_layers,
+        shapes.len(),
+        shapes.iter().map(|(r, c)| format!("{r}x{c}")).collect::<Vec<_>>().join(", ")
+    );
+    println!("| sync | workgroups | blocks ahead | µs / layer | TB/s | % of peak | outputs |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | --- |");
+    let mut bad = false;
+    for r in &rows {
+        let same = r.out == rows[0].out;
+        bad |= !same || r.timed_out;
+        println!(
+            "| {} | {} | {} | {:.2} | {:.2} | {} | {} |",
+            r.kind,
+            r.workgroups,
+            r.prefetch,
+            r.us_per_layer,
+            r.tbps,
+            peak.map(|p| format!("{:.1}", r.tbps * 1e5 / p))
+                .unwrap_or_else(|| "-".into()),
+            if r.timed_out {
+                "barrier gave up"
+            } else if same {
+                "= dispatches"
+            } else {
+                "DIFFER"
+            }
+        );
+    }
+    Ok(if bad { EXIT_CHECK_FAILED } else { EXIT_OK })
+}
+
 /// `--kernels --decode-chain`: the integer decode mat-vecs as chains of dependent
 /// dispatches (see [`ggufq::gpu::ops::decode_chain`]), every lanes × rows-per-group layout,
 /// the other load width and the kernel variants of this engine, per type and shape.
 #[cfg(feature = "gpu")]
 fn chain_bench(ctx: &ggufq::gpu::GpuContext, args: &Args) -> anyhow::Result<i32> {
     use ggufq::gpu::kernels::{KernelKey, WIDE_TYPES};
-    let shapes: Vec<(usize, usize)> = if args.chain_shapes.is_empty() {
-        vec![
+    let shapes = chain_shapes(
+        args,
+        &[
             (4096, 4096),
             (6144, 4096),
             (5120, 4096),
             (1024, 4096),
             (22016, 4096),
             (4096, 11008),
-        ]
-    } else {
-        args.chain_shapes
-            .iter()
-            .map(|s| {
-                let (r, c) = s
-                    .split_once(['x', 'X'])
-                    .with_context(|| format!("--chain-shapes wants ROWSxCOLS, got '{s}'"))?;
-                let (r, c): (usize, usize) = (r.parse()?, c.parse()?);
-                if r == 0 || c == 0 || c % 256 != 0 {
-                    bail!("--chain-shapes: '{s}' needs rows > 0 and columns a multiple of 256");
-                }
-                Ok((r, c))
-            })
-            .collect::<anyhow::Result<_>>()?
-    };
+        ],
+    )?;
     let names: Vec<String> = if args.kernel_types.is_empty() {
         ["Q4_K", "Q6_K", "Q4_0", "Q8_0", "Q2_K", "Q3_K", "Q5_K"]
             .iter()

@@ -10,6 +10,8 @@ pub mod counters;
 pub mod device;
 pub mod embed;
 pub mod greedy;
+pub mod gridmv;
+pub mod gridstream;
 pub mod gridsync;
 pub mod kernels;
 pub mod model;

@@ -1,0 +1,324 @@
+//! The weight stream of a decode pass without dependent dispatches: what a persistent
+//! kernel (one dispatch, workgroups meeting in a grid barrier between steps) would read per
+//! layer, and whether loading the next step's weights before the barrier hides it. Read-only
+//! throughout (nothing computed, the words summed): a floor for a "megakernel" decode, to set
+//! beside session 19's floor of dependent dispatches (`--decode-chain`'s read-only stream).
+//! `ggufq bench --kernels --grid-stream` (docs/gpu.md).
+
+use crate::error::{Error, Result};
+
+use super::buffers::{bind_buffers, uniform};
+use super::device::GpuContext;
+
+/// Bindings, parameters and the bounds-checked load of every variant. A step is one
+/// `seg` entry: its first 16-byte word in `w` and its length in words.
+const HEADER: &str = r#"
+struct P { first: u32, nseg: u32, g: u32, barrier: u32, slot: u32, pad0: u32, pad1: u32, pad2: u32 }
+@group(0) @binding(0) var<storage, read> w: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read> seg: array<vec2<u32>>;
+@group(0) @binding(2) var<storage, read_write> ctr: array<atomic<u32>>;
+@group(0) @binding(3) var<uniform> p: P;
+
+fn ld(s: vec2<u32>, j: u32) -> vec4<u32> {
+    if (j < s.y) {
+        return w[s.x + j];
+    }
+    return vec4<u32>(0u);
+}
+"#;
+
+/// Steps `first .. first + nseg` read by `g` workgroups of 256 threads, each thread every
+/// `g·256`-th word of a step (four loads in flight per loop turn). `PRE` words of a thread's
+/// share of step s + 1 are loaded before the barrier that ends step s and summed after it
+/// (`$DECL`, `$CONSUME`, `$PRE` are unrolled by [`source`]). With `barrier` ≠ 0, thread 0 of
+/// every workgroup counts itself on `ctr[0]` and spins until the whole grid has (a bounded
+/// spin: past 2^22 loads it sets `ctr[3]` and nobody waits any more, so a grid larger than
+/// the adapter keeps resident ends with a flag instead of a hang). The workgroup's sum is
+/// stored to a word of its own (`slot` + workgroup, after the four counters); the last
+/// workgroup out resets the barrier's counters.
+const BODY: &str = r#"
+var<workgroup> wsum: atomic<u32>;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) t: u32) {
+    let nt = p.g * 256u;
+    let gid = wg.x * 256u + t;
+    let end = p.first + p.nseg;
+    var acc = vec4<u32>(0u);
+    let s0 = seg[p.first];
+$DECL
+    for (var s = p.first; s < end; s++) {
+        let sg = seg[s];
+$CONSUME
+        var j = gid + PRE * nt;
+        for (; j + 3u * nt < sg.y; j += 4u * nt) {
+            let a = w[sg.x + j];
+            let b = w[sg.x + j + nt];
+            let c = w[sg.x + j + 2u * nt];
+            let d = w[sg.x + j + 3u * nt];
+            acc += (a + b) + (c + d);
+        }
+        for (; j < sg.y; j += nt) {
+            acc += w[sg.x + j];
+        }
+        if (s + 1u < end) {
+            let sn = seg[s + 1u];
+$PRE
+        }
+        if (p.barrier != 0u) {
+            workgroupBarrier();
+            if (t == 0u) {
+                atomicAdd(&ctr[0], 1u);
+                let goal = (s - p.first + 1u) * p.g;
+                var n = 0u;
+                loop {
+                    if (atomicLoad(&ctr[0]) >= goal || atomicLoad(&ctr[3]) != 0u) {
+                        break;
+                    }
+                    n += 1u;
+                    if (n > (1u << 22u)) {
+                        atomicStore(&ctr[3], 1u);
+                        break;
+                    }
+                }
+            }
+            workgroupBarrier();
+        }
+    }
+    atomicAdd(&wsum, (acc.x + acc.y) + (acc.z + acc.w));
+    workgroupBarrier();
+    if (t == 0u) {
+        atomicStore(&ctr[p.slot + wg.x], atomicLoad(&wsum));
+    }
+    if (p.barrier != 0u && t == 0u) {
+        if (atomicAdd(&ctr[1], 1u) == p.g - 1u) {
+            atomicStore(&ctr[0], 0u);
+            atomicStore(&ctr[1], 0u);
+        }
+    }
+}
+"#;
+
+/// The kernel with `pre` words per thread loaded ahead of each barrier.
+pub fn source(pre: u32) -> String {
+    let (mut decl, mut consume, mut next) = (String::new(), String::new(), String::new());
+    for i in 0..pre {
+        decl.push_str(&format!("    var q{i} = ld(s0, gid + {i}u * nt);\n"));
+        consume.push_str(&format!("        acc += q{i};\n"));
+        next.push_str(&format!("            q{i} = ld(sn, gid + {i}u * nt);\n"));
+    }
+    format!(
+        "const PRE: u32 = {pre}u;\n{HEADER}{}",
+        BODY.replace("$DECL\n", &decl)
+            .replace("$CONSUME\n", &consume)
+            .replace("$PRE\n", &next)
+    )
+}
+
+/// One measured way of streaming the pass's weights.
+#[derive(Debug, Clone)]
+pub struct StreamRow {
+    /// "dependent dispatches", "one dispatch, no barrier" or "grid barrier".
+    pub kind: &'static str,
+    /// Workgroups of 256 threads (of each dispatch, for the dependent dispatches).
+    pub workgroups: u32,
+    /// Words (16 B) per thread of the next step loaded before each barrier.
+    pub prefetch: u32,
+    /// Steps (dispatches or barriers) in the pass.
+    pub steps: u32,
+    /// GPU µs per layer (median pass / layers).
+    pub us_per_layer: f64,
+    /// Bytes read per second, TB/s.
+    pub tbps: f64,
+    /// The kernel's sum of every word read equals the host's.
+    pub sum_ok: bool,
+    /// A grid barrier gave up waiting (more workgroups than stay resident).
+    pub timed_out: bool,
+}
+
+/// Stream `layers` layers whose steps read `step_bytes` each (rounded up to 16 B) and time
+/// it for each of `workgroups` (the same kernel throughout) as dependent dispatches (one per
+/// step, the same counters bound read-write so that wgpu puts a barrier between two), as
+/// one dispatch with no barrier, and with a grid barrier after every step for each
+/// `prefetch` depth. The layers are distinct copies as far as one binding of at most
+/// `budget` bytes holds them (then repeated), so a step is not served from L2 when the
+/// copies exceed it. Median of `reps` passes; every variant's sum is checked once more after
+/// the timed passes.
+pub fn grid_stream_bench(
+    ctx: &GpuContext,
+    step_bytes: &[u64],
+    layers: u32,
+    budget: u64,
+    workgroups: &[u32],
+    prefetch: &[u32],
+    reps: usize,
+) -> Result<Vec<StreamRow>> {
+    grid_stream_run(
+        ctx, step_bytes, layers, budget, workgroups, prefetch, reps, 0,
+    )
+}
+
+/// [`grid_stream_bench`] whose sum check expects `skew` more than the words add up to
+/// (tests: with `skew` ≠ 0 no variant may pass).
+#[allow(clippy::too_many_arguments)]
+pub fn grid_stream_run(
+    ctx: &GpuContext,
+    step_bytes: &[u64],
+    layers: u32,
+    budget: u64,
+    workgroups: &[u32],
+    prefetch: &[u32],
+    reps: usize,
+    skew: u32,
+) -> Result<Vec<StreamRow>> {
+    let words: Vec<u64> = step_bytes.iter().map(|b| b.div_ceil(16)).collect();
+    let layer_words: u64 = words.iter().sum();
+    if step_bytes.is_empty() || words.contains(&0) || layers == 0 {
+        return Err(Error::msg(
+            "grid stream: steps of at least one byte and at least one layer",
+        ));
+    }
+    let limit = budget.min(ctx.facts.max_binding) / 16;
+    if layer_words > limit || layer_words > u32::MAX as u64 {
+        return Err(Error::msg(format!(
+            "grid stream: a layer of {} bytes does not fit one binding of {} bytes",
+            layer_words * 16,
+            limit * 16
+        )));
+    }
+    let copies = (limit / layer_words).clamp(1, layers as u64);
+    let total_words = (copies * layer_words) as usize;
+    // Random words (xorshift), and each step's wrapping sum of them.
+    let mut data = vec![0u32; total_words * 4];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for v in &mut data {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *v = (x >> 32) as u32;
+    }
+    let mut segs: Vec<[u32; 2]> = Vec::new();
+    let mut sums: Vec<u32> = Vec::new();
+    let mut at = 0u64;
+    for l in 0..layers as u64 {
+        if l < copies {
+            for &n in &words {
+                let s = &data[at as usize * 4..(at + n) as usize * 4];
+                sums.push(s.iter().fold(0u32, |a, &b| a.wrapping_add(b)));
+                segs.push([at as u32, n as u32]);
+                at += n;
+            }
+        } else {
+            let k = (l % copies) as usize * words.len();
+            for i in 0..words.len() {
+                segs.push(segs[k + i]);
+                sums.push(sums[k + i]);
+            }
+        }
+    }
+    let expect = sums.iter().fold(0u32, |a, &b| a.wrapping_add(b));
+    let steps = segs.len() as u32;
+    let bytes = words.iter().sum::<u64>() as f64 * 16.0 * layers as f64;
+    use wgpu::util::DeviceExt;
+    let wb = ctx
+        .device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("grid stream weights"),
+            contents: bytemuck::cast_slice(&data),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+    drop(data);
+    let sb = ctx
+        .device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("grid stream steps"),
+            contents: bytemuck::cast_slice(&segs),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+    let (bgl, layout) = super::kernels::buffer_layouts(ctx, "gridstream", b"rrwu");
+    // A CPU adapter runs workgroups on a few threads, each to its end: a grid barrier there
+    // only for one workgroup.
+    let grid_ok = |g: u32| g == 1 || !ctx.facts.is_cpu();
+    let mut plan: Vec<(&'static str, u32, u32)> = Vec::new();
+    for &g in workgroups.iter().filter(|&&g| g > 0) {
+        plan.push(("dependent dispatches", g, 0));
+        plan.push(("one dispatch, no barrier", g, 0));
+        if grid_ok(g) {
+            for &r in prefetch {
+                plan.push(("grid barrier", g, r));
+            }
+        }
+    }
+    // Partial sums: a word per workgroup and dispatch.
+    let ctr_words = 4 + steps as usize * workgroups.iter().map(|&g| g as usize).max().unwrap_or(0);
+    let ctr = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("grid stream ctr"),
+        size: ctr_words as u64 * 4,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let bind = |first: u32, nseg: u32, g: u32, barrier: u32, slot: u32| {
+        let ub = uniform(ctx, &[first, nseg, g, barrier, slot, 0, 0, 0]);
+        (
+            bind_buffers(ctx, &bgl, &[(0, &wb), (1, &sb), (2, &ctr), (3, &ub)]),
+            g,
+        )
+    };
+    let zeros = vec![0u8; ctr_words * 4];
+    let mut rows = Vec::new();
+    for (kind, g, pre) in plan {
+        let pipe = super::kernels::compile_pipeline(ctx, &layout, source(pre), true)
+            .map_err(|e| Error::msg(format!("grid stream kernel failed to compile: {e}")))?;
+        let groups: Vec<(wgpu::BindGroup, u32)> = if kind == "dependent dispatches" {
+            (0..steps).map(|s| bind(s, 1, g, 0, 4 + s * g)).collect()
+        } else {
+            vec![bind(0, steps, g, u32::from(kind == "grid barrier"), 4)]
+        };
+        let run = |pass: &mut wgpu::ComputePass<'_>| -> Result<()> {
+            pass.set_pipeline(&pipe);
+            for (bg, g) in &groups {
+                pass.set_bind_group(0, bg, &[]);
+                pass.dispatch_workgroups(*g, 1, 1);
+            }
+            Ok(())
+        };
+        ctx.queue.write_buffer(&ctr, 0, &zeros);
+        let secs = super::ops::time_pass_with(ctx, reps, &run)?;
+        let timed_out = read_ctr(ctx, &ctr, ctr_words)?[3] != 0;
+        // One pass more from zeroed counters: its sum must be the host's.
+        ctx.queue.write_buffer(&ctr, 0, &zeros);
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            run(&mut pass)?;
+        }
+        ctx.queue.submit(Some(enc.finish()));
+        ctx.wait()?;
+        let c = read_ctr(ctx, &ctr, ctr_words)?;
+        rows.push(StreamRow {
+            kind,
+            workgroups: g,
+            prefetch: pre,
+            steps,
+            us_per_layer: secs * 1e6 / layers as f64,
+            tbps: bytes / secs / 1e12,
+            sum_ok: c[2] == expect.wrapping_add(skew),
+            timed_out: timed_out || c[3] != 0,
+        });
+    }
+    Ok(rows)
+}
+
+/// The counter buffer's first words (the barrier's two counters, unused, the give-up flag)
+/// with the wrapping total of the `n` − 4 partial sums after them in the third.
+fn read_ctr(ctx: &GpuContext, ctr: &wgpu::Buffer, n: usize) -> Result<[u32; 4]> {
+    let v: Vec<u32> = ctx
+        .read_f32(ctr, 0, n)?
+        .iter()
+        .map(|x| x.to_bits())
+        .collect();
+    let sum = v[4..].iter().fold(0u32, |a, &b| a.wrapping_add(b));
+    Ok([v[0], v[1], sum, v[3]])
+}
