@@ -5,7 +5,17 @@
 //! lavapipe in CI; without an adapter these fail unless GGUFQ_SKIP_GPU=1.
 #![cfg(feature = "gpu")]
 
-use ggufq::gpu::gridstream::{grid_stream_bench, grid_stream_run, source};
+use ggufq::gpu::gridstream::{grid_stream_bench, grid_stream_run, source, GridPlan};
+
+fn plan(layers: u32, budget: u64, workgroups: &[u32], prefetch: &[u32]) -> GridPlan {
+    GridPlan {
+        layers,
+        budget,
+        workgroups: workgroups.to_vec(),
+        prefetch: prefetch.to_vec(),
+        reps: 1,
+    }
+}
 
 #[path = "common/gpu_fixture.rs"]
 mod gpu_fixture;
@@ -20,35 +30,36 @@ fn gpu_every_stream_reads_each_word_once() {
     // so three are repeats of them.
     let steps = [3 * 4096 + 5, 1000, 16 * 1000 + 16];
     let layer: u64 = steps.iter().map(|b: &u64| b.div_ceil(16) * 16).sum();
-    let rows = grid_stream_bench(&ctx, &steps, 5, 2 * layer, &[1, 2], &[0, 1, 3, 8], 1).unwrap();
+    let rows =
+        grid_stream_bench(&ctx, &steps, &plan(5, 2 * layer, &[1, 2], &[0, 1, 3, 8])).unwrap();
     let cpu = ctx.facts.is_cpu();
     // Per workgroup count: dispatches, the stream without barrier, and the grid barrier at
     // four depths where the adapter can run it (one workgroup on a CPU adapter).
     assert_eq!(rows.len(), if cpu { 6 + 2 } else { 2 * 6 }, "{rows:#?}");
     for r in &rows {
         assert!(r.sum_ok, "{r:?}");
-        assert!(!r.timed_out, "{r:?}");
+        assert!(!r.run.timed_out, "{r:?}");
         assert_eq!(r.steps, 15, "{r:?}");
         assert!(
-            r.us_per_layer > 0.0 && r.tbps > 0.0 && r.tbps.is_finite(),
+            r.run.us_per_layer > 0.0 && r.run.tbps > 0.0 && r.run.tbps.is_finite(),
             "{r:?}"
         );
     }
     let depths: Vec<u32> = rows
         .iter()
-        .filter(|r| r.kind == "grid barrier" && r.workgroups == 1)
-        .map(|r| r.prefetch)
+        .filter(|r| r.run.kind == "grid barrier" && r.run.workgroups == 1)
+        .map(|r| r.run.prefetch)
         .collect();
     assert_eq!(depths, [0, 1, 3, 8]);
     // Fault injection: a sum expected one higher fails every variant.
-    let rows = grid_stream_run(&ctx, &steps, 3, 2 * layer, &[1], &[2], 1, 1).unwrap();
+    let rows = grid_stream_run(&ctx, &steps, &plan(3, 2 * layer, &[1], &[2]), 1).unwrap();
     assert_eq!(rows.len(), 3, "{rows:#?}");
     assert!(rows.iter().all(|r| !r.sum_ok), "{rows:#?}");
     // Bad requests are errors, not panics.
-    assert!(grid_stream_bench(&ctx, &[], 1, 1 << 20, &[1], &[0], 1).is_err());
-    assert!(grid_stream_bench(&ctx, &[64, 0], 1, 1 << 20, &[1], &[0], 1).is_err());
-    assert!(grid_stream_bench(&ctx, &[64], 0, 1 << 20, &[1], &[0], 1).is_err());
-    let e = grid_stream_bench(&ctx, &[1 << 20], 1, 1 << 16, &[1], &[0], 1).unwrap_err();
+    assert!(grid_stream_bench(&ctx, &[], &plan(1, 1 << 20, &[1], &[0])).is_err());
+    assert!(grid_stream_bench(&ctx, &[64, 0], &plan(1, 1 << 20, &[1], &[0])).is_err());
+    assert!(grid_stream_bench(&ctx, &[64], &plan(0, 1 << 20, &[1], &[0])).is_err());
+    let e = grid_stream_bench(&ctx, &[1 << 20], &plan(1, 1 << 16, &[1], &[0])).unwrap_err();
     assert!(e.to_string().contains("does not fit"), "{e}");
 }
 
@@ -126,7 +137,7 @@ fn chain_on_host(chain: &ggufq::gpu::gridmv::Chain) -> Vec<f64> {
 
 #[test]
 fn gpu_matvec_chain_in_one_dispatch_equals_its_dispatches_and_the_host() {
-    use ggufq::gpu::gridmv::{grid_matvec_bench, plan};
+    use ggufq::gpu::gridmv::{grid_matvec_bench, layout_chain};
     let Some(ctx) = gpu_fixture::context() else {
         return;
     };
@@ -138,21 +149,21 @@ fn gpu_matvec_chain_in_one_dispatch_equals_its_dispatches_and_the_host() {
         .map(|&(r, k)| r as u64 * k as u64 * 17 / 16)
         .sum();
     let budget = 2 * bytes + 64;
-    let rows = grid_matvec_bench(&ctx, &shapes, 3, budget, &[1, 3], &[0, 1, 2], 1).unwrap();
+    let rows = grid_matvec_bench(&ctx, &shapes, &plan(3, budget, &[1, 3], &[0, 1, 2])).unwrap();
     let cpu = ctx.facts.is_cpu();
     // Per workgroup count: its dispatches and three depths of the grid barrier (one
     // workgroup only on a CPU adapter).
     assert_eq!(rows.len(), if cpu { 4 + 1 } else { 2 * 4 }, "{rows:#?}");
     for r in &rows {
-        assert!(!r.timed_out, "{r:?}");
+        assert!(!r.run.timed_out, "{r:?}");
         assert_eq!(
             r.out, rows[0].out,
             "{} {} {}",
-            r.kind, r.workgroups, r.prefetch
+            r.run.kind, r.run.workgroups, r.run.prefetch
         );
-        assert!(r.us_per_layer > 0.0 && r.tbps > 0.0, "{r:?}");
+        assert!(r.run.us_per_layer > 0.0 && r.run.tbps > 0.0, "{r:?}");
     }
-    let chain = plan(&ctx, &shapes, 3, budget).unwrap();
+    let chain = layout_chain(&ctx, &shapes, 3, budget).unwrap();
     assert_eq!(chain.segs.len(), 12);
     assert_eq!(chain.segs[8], chain.segs[0], "layer 3 repeats layer 1");
     assert_ne!(chain.segs[4], chain.segs[0]);
@@ -181,11 +192,13 @@ fn gpu_matvec_chain_in_one_dispatch_equals_its_dispatches_and_the_host() {
     // block, row or scale is off by the values' own size.
     assert!(worst <= 0.03 * scale, "worst {worst} of {scale}");
     // Shapes the chain cannot take.
-    assert!(plan(&ctx, &[], 1, budget).is_err());
-    assert!(plan(&ctx, &[(64, 100)], 1, budget).is_err());
-    assert!(plan(&ctx, &[(48, 64)], 1, budget).is_err());
-    assert!(plan(&ctx, &[(64, 128), (64, 128)], 1, budget).is_err());
-    let e = plan(&ctx, &[(4096, 4096)], 1, 1 << 16).err().unwrap();
+    assert!(layout_chain(&ctx, &[], 1, budget).is_err());
+    assert!(layout_chain(&ctx, &[(64, 100)], 1, budget).is_err());
+    assert!(layout_chain(&ctx, &[(48, 64)], 1, budget).is_err());
+    assert!(layout_chain(&ctx, &[(64, 128), (64, 128)], 1, budget).is_err());
+    let e = layout_chain(&ctx, &[(4096, 4096)], 1, 1 << 16)
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("does not fit"), "{e}");
 }
 

@@ -996,6 +996,40 @@ fn chain_shapes(args: &Args, default: &[(usize, usize)]) -> anyhow::Result<Vec<(
         .collect()
 }
 
+/// The persistent-pass benches' plan from the arguments (distinct weights up to 1.75 GiB).
+#[cfg(feature = "gpu")]
+fn grid_plan(args: &Args) -> ggufq::gpu::gridstream::GridPlan {
+    ggufq::gpu::gridstream::GridPlan {
+        layers: args.stream_layers,
+        budget: 1792 << 20,
+        workgroups: args.sync_workgroups.clone(),
+        prefetch: args.stream_prefetch.clone(),
+        reps: args.reps.max(3),
+    }
+}
+
+/// A persistent-pass row's cells from the sync column on: the run's, its TB/s as a
+/// percentage of `peak` GB/s (or "-"), and `last`.
+#[cfg(feature = "gpu")]
+fn grid_cells(r: &ggufq::gpu::gridstream::GridRun, peak: Option<f64>, last: &str) -> String {
+    let pct = peak
+        .map(|p| format!("{:.1}", r.tbps * 1e5 / p))
+        .unwrap_or_else(|| "-".into());
+    format!("{} | {pct} | {last}", r.cells())
+}
+
+/// The last column of a persistent-pass row.
+#[cfg(feature = "gpu")]
+fn verdict(timed_out: bool, ok: bool, good: &'static str, bad: &'static str) -> &'static str {
+    if timed_out {
+        "barrier gave up"
+    } else if ok {
+        good
+    } else {
+        bad
+    }
+}
+
 /// `ggufq bench --kernels --grid-stream`: the read-only weight stream of a decode pass as
 /// dependent dispatches, one dispatch without barriers, and a persistent dispatch with grid
 /// barriers (src/gpu/gridstream.rs); exit 1 if a sum differs or a barrier gave up.
@@ -1034,35 +1068,11 @@ fn grid_stream(
             .iter()
             .map(|&(r, c)| (r * c) as u64 / ty.block_size() * ty.type_size())
             .collect();
-        let rows = ggufq::gpu::gridstream::grid_stream_bench(
-            ctx,
-            &steps,
-            args.stream_layers,
-            1792 << 20,
-            &args.sync_workgroups,
-            &args.stream_prefetch,
-            reps,
-        )?;
+        let rows = ggufq::gpu::gridstream::grid_stream_bench(ctx, &steps, &grid_plan(args))?;
         for r in rows {
-            let ok = r.sum_ok && !r.timed_out;
-            bad |= !ok;
-            println!(
-                "| {name} | {} | {} | {} | {:.2} | {:.2} | {} | {} |",
-                r.kind,
-                r.workgroups,
-                r.prefetch,
-                r.us_per_layer,
-                r.tbps,
-                peak.map(|p| format!("{:.1}", r.tbps * 1e5 / p))
-                    .unwrap_or_else(|| "-".into()),
-                if r.timed_out {
-                    "barrier gave up"
-                } else if r.sum_ok {
-                    "ok"
-                } else {
-                    "WRONG"
-                }
-            );
+            bad |= !r.sum_ok || r.run.timed_out;
+            let last = verdict(r.run.timed_out, r.sum_ok, "ok", "WRONG");
+            println!("| {name} | {} |", grid_cells(&r.run, peak, last));
         }
     }
     Ok(if bad { EXIT_CHECK_FAILED } else { EXIT_OK })
@@ -1085,15 +1095,7 @@ fn grid_matvec(
     .map(|(r, c)| Ok((u32::try_from(r)?, u32::try_from(c)?)))
     .collect::<anyhow::Result<_>>()?;
     let reps = args.reps.max(3);
-    let rows = ggufq::gpu::gridmv::grid_matvec_bench(
-        ctx,
-        &shapes,
-        args.stream_layers,
-        1792 << 20,
-        &args.sync_workgroups,
-        &args.stream_prefetch,
-        reps,
-    )?;
+    let rows = ggufq::gpu::gridmv::grid_matvec_bench(ctx, &shapes, &grid_plan(args))?;
     println!(
         "Integer mat-vec chain (Q8_0-sized: int8 quants, f16 block scales): {} layers of {} steps ({}), median of {reps} passes. µs per layer, TB/s of weight bytes.\n",
         args.stream_layers,
@@ -1105,24 +1107,9 @@ fn grid_matvec(
     let mut bad = false;
     for r in &rows {
         let same = r.out == rows[0].out;
-        bad |= !same || r.timed_out;
-        println!(
-            "| {} | {} | {} | {:.2} | {:.2} | {} | {} |",
-            r.kind,
-            r.workgroups,
-            r.prefetch,
-            r.us_per_layer,
-            r.tbps,
-            peak.map(|p| format!("{:.1}", r.tbps * 1e5 / p))
-                .unwrap_or_else(|| "-".into()),
-            if r.timed_out {
-                "barrier gave up"
-            } else if same {
-                "= dispatches"
-            } else {
-                "DIFFER"
-            }
-        );
+        bad |= !same || r.run.timed_out;
+        let last = verdict(r.run.timed_out, same, "= dispatches", "DIFFER");
+        println!("| {} |", grid_cells(&r.run, peak, last));
     }
     Ok(if bad { EXIT_CHECK_FAILED } else { EXIT_OK })
 }

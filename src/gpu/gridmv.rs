@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 
 use super::buffers::{bind_buffers, uniform};
 use super::device::GpuContext;
+use super::gridstream::{settle, storage, GridPlan, GridRun};
 
 /// Bindings, parameters and helpers. A step is one `seg` entry: the vec4 word where its
 /// quants begin, the u32 word where its scales begin, its rows and its columns. `act` holds
@@ -133,29 +134,13 @@ $AMAX
 $PRE
         }
         if (p.barrier != 0u) {
-            if (t == 0u) {
-                atomicAdd(&ctr[0], 1u);
-                let goal = (s - p.first + 1u) * p.g;
-                var n = 0u;
-                loop {
-                    if (atomicLoad(&ctr[0]) >= goal || atomicLoad(&ctr[3]) != 0u) {
-                        break;
-                    }
-                    n += 1u;
-                    if (n > (1u << 22u)) {
-                        atomicStore(&ctr[3], 1u);
-                        break;
-                    }
-                }
-            }
+            grid_barrier(t, s - p.first + 1u);
+        } else {
             workgroupBarrier();
         }
     }
-    if (p.barrier != 0u && t == 0u) {
-        if (atomicAdd(&ctr[1], 1u) == p.g - 1u) {
-            atomicStore(&ctr[0], 0u);
-            atomicStore(&ctr[1], 0u);
-        }
+    if (p.barrier != 0u) {
+        grid_exit(t);
     }
 }
 "#;
@@ -220,7 +205,8 @@ pub fn source(pb: u32, sub: bool, max_k: u32, max_r: u32) -> String {
         )
     };
     format!(
-        "const PB: u32 = {pb}u;\nconst MAXK: u32 = {max_k}u;\nconst MAXR: u32 = {max_r}u;\n{HEADER}{}",
+        "const PB: u32 = {pb}u;\nconst MAXK: u32 = {max_k}u;\nconst MAXR: u32 = {max_r}u;\n{HEADER}{}{}",
+        super::gridstream::GRID_BARRIER_WGSL,
         BODY.replace("$DECL\n", &decl)
             .replace("$CONSUME\n", &consume)
             .replace("$PRE\n", &next)
@@ -232,58 +218,37 @@ pub fn source(pb: u32, sub: bool, max_k: u32, max_r: u32) -> String {
 /// One measured way of running the chain.
 #[derive(Debug, Clone)]
 pub struct MvRow {
-    /// "dependent dispatches" or "grid barrier".
-    pub kind: &'static str,
-    /// Workgroups of 256 threads.
-    pub workgroups: u32,
-    /// Blocks (32 weights) per row of the lane's next tile loaded before each barrier.
-    pub prefetch: u32,
-    /// GPU µs per layer (median pass / layers).
-    pub us_per_layer: f64,
-    /// Weight bytes read per second, TB/s.
-    pub tbps: f64,
+    /// How it ran ("dependent dispatches" or "grid barrier") and how fast.
+    pub run: GridRun,
     /// The last step's outputs after one pass from the initial input: quant words, then
     /// the f32 bits of the block scales.
     pub out: Vec<u32>,
-    /// A grid barrier gave up waiting (more workgroups than stay resident).
-    pub timed_out: bool,
 }
 
-/// A chain of `layers` layers of mat-vecs of the `shapes` (rows a multiple of 32, columns a
-/// multiple of 64; step i's input the first columns of step i − 1's output, so a step may
-/// not have more columns than the one before has rows), with random int8 weights and block
-/// scales: the layers are distinct copies as far as one binding of `budget` bytes holds
-/// them, then repeated. Timed for each of `workgroups` as one dispatch per step, then as one
-/// dispatch with a grid barrier after each step for each `prefetch` depth (median of `reps`
-/// passes). Each row carries the last step's outputs after one more pass from the initial
-/// input.
-#[allow(clippy::too_many_arguments)]
+/// A chain of `plan.layers` layers of mat-vecs of the `shapes` (rows a multiple of 32,
+/// columns a multiple of 64; step i's input the first columns of step i − 1's output, so a
+/// step may not have more columns than the one before has rows), with random int8 weights
+/// and block scales: the layers are distinct copies as far as one binding of `plan.budget`
+/// bytes holds them, then repeated. Timed for each of `plan.workgroups` as one dispatch per
+/// step, then as one dispatch with a grid barrier after each step for each `plan.prefetch`
+/// depth (blocks per row ahead; median of `plan.reps` passes). Each row carries the last
+/// step's outputs after one more pass from the initial input.
 pub fn grid_matvec_bench(
     ctx: &GpuContext,
     shapes: &[(u32, u32)],
-    layers: u32,
-    budget: u64,
-    workgroups: &[u32],
-    prefetch: &[u32],
-    reps: usize,
+    plan: &GridPlan,
 ) -> Result<Vec<MvRow>> {
-    let chain = plan(ctx, shapes, layers, budget)?;
+    let GridPlan {
+        layers,
+        budget,
+        ref workgroups,
+        ref prefetch,
+        reps,
+    } = *plan;
+    let chain = layout_chain(ctx, shapes, layers, budget)?;
     let ub_init = chain.input.clone();
-    use wgpu::util::DeviceExt;
-    let wb = ctx
-        .device
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("grid matvec weights"),
-            contents: bytemuck::cast_slice(&chain.words),
-            usage: wgpu::BufferUsages::STORAGE,
-        });
-    let sb = ctx
-        .device
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("grid matvec steps"),
-            contents: bytemuck::cast_slice(&chain.segs),
-            usage: wgpu::BufferUsages::STORAGE,
-        });
+    let wb = storage(ctx, "grid matvec weights", &chain.words);
+    let sb = storage(ctx, "grid matvec steps", bytemuck::cast_slice(&chain.segs));
     let ctr = super::buffers::scratch(ctx, "grid matvec ctr", 4);
     let act = super::buffers::scratch(ctx, "grid matvec act", chain.input.len());
     let (bgl, layout) = super::kernels::buffer_layouts(ctx, "gridmv", b"rrwwu");
@@ -301,12 +266,12 @@ pub fn grid_matvec_bench(
         ctx.queue
             .write_buffer(&act, 0, bytemuck::cast_slice(&ub_init));
     };
-    let mut plan: Vec<(&'static str, u32, u32)> = Vec::new();
+    let mut runs: Vec<(&'static str, u32, u32)> = Vec::new();
     for &g in workgroups {
-        plan.push(("dependent dispatches", g, 0));
+        runs.push(("dependent dispatches", g, 0));
         if g == 1 || !ctx.facts.is_cpu() {
             for &r in prefetch {
-                plan.push(("grid barrier", g, r));
+                runs.push(("grid barrier", g, r));
             }
         }
     }
@@ -314,7 +279,7 @@ pub fn grid_matvec_bench(
     let last = ((steps - 1) & 1) as u64 * half;
     let last_rows = chain.segs[steps as usize - 1][2] as usize;
     let mut rows = Vec::new();
-    for (kind, g, pre) in plan {
+    for (i, (kind, g, pre)) in runs.into_iter().enumerate() {
         if g == 0 {
             return Err(Error::msg("grid matvec: workgroups must be > 0"));
         }
@@ -335,6 +300,9 @@ pub fn grid_matvec_bench(
             Ok(())
         };
         reset();
+        if i == 0 {
+            settle(ctx, &run)?;
+        }
         let secs = super::ops::time_pass_with(ctx, reps, &run)?;
         let timed_out = ctx.read_f32(&ctr, 3, 1)?[0].to_bits() != 0;
         reset();
@@ -353,13 +321,15 @@ pub fn grid_matvec_bench(
         let scales = ctx.read_f32(&act, last + (chain.max_r / 4) as u64, last_rows / 32)?;
         out.extend(scales.iter().map(|v| v.to_bits()));
         rows.push(MvRow {
-            kind,
-            workgroups: g,
-            prefetch: pre,
-            us_per_layer: secs * 1e6 / layers as f64,
-            tbps: chain.bytes / secs / 1e12,
+            run: GridRun {
+                kind,
+                workgroups: g,
+                prefetch: pre,
+                us_per_layer: secs * 1e6 / layers as f64,
+                tbps: chain.bytes / secs / 1e12,
+                timed_out: timed_out || ctx.read_f32(&ctr, 3, 1)?[0].to_bits() != 0,
+            },
             out,
-            timed_out: timed_out || ctx.read_f32(&ctr, 3, 1)?[0].to_bits() != 0,
         });
     }
     Ok(rows)
@@ -385,7 +355,12 @@ pub struct Chain {
 
 /// Lay out the chain (see [`grid_matvec_bench`]): random quants, scales near
 /// 1 / (74 · √columns) so that values neither vanish nor (much) grow from step to step.
-pub fn plan(ctx: &GpuContext, shapes: &[(u32, u32)], layers: u32, budget: u64) -> Result<Chain> {
+pub fn layout_chain(
+    ctx: &GpuContext,
+    shapes: &[(u32, u32)],
+    layers: u32,
+    budget: u64,
+) -> Result<Chain> {
     if shapes.is_empty() || layers == 0 {
         return Err(Error::msg("grid matvec: at least one shape and one layer"));
     }

@@ -30,12 +30,9 @@ fn ld(s: vec2<u32>, j: u32) -> vec4<u32> {
 /// Steps `first .. first + nseg` read by `g` workgroups of 256 threads, each thread every
 /// `g·256`-th word of a step (four loads in flight per loop turn). `PRE` words of a thread's
 /// share of step s + 1 are loaded before the barrier that ends step s and summed after it
-/// (`$DECL`, `$CONSUME`, `$PRE` are unrolled by [`source`]). With `barrier` ≠ 0, thread 0 of
-/// every workgroup counts itself on `ctr[0]` and spins until the whole grid has (a bounded
-/// spin: past 2^22 loads it sets `ctr[3]` and nobody waits any more, so a grid larger than
-/// the adapter keeps resident ends with a flag instead of a hang). The workgroup's sum is
-/// stored to a word of its own (`slot` + workgroup, after the four counters); the last
-/// workgroup out resets the barrier's counters.
+/// (`$DECL`, `$CONSUME`, `$PRE` are unrolled by [`source`]). With `barrier` ≠ 0 the
+/// workgroups meet in [`GRID_BARRIER_WGSL`]'s grid barrier after each step. The workgroup's
+/// sum is stored to a word of its own (`slot` + workgroup, after the four counters).
 const BODY: &str = r#"
 var<workgroup> wsum: atomic<u32>;
 
@@ -66,23 +63,7 @@ $CONSUME
 $PRE
         }
         if (p.barrier != 0u) {
-            workgroupBarrier();
-            if (t == 0u) {
-                atomicAdd(&ctr[0], 1u);
-                let goal = (s - p.first + 1u) * p.g;
-                var n = 0u;
-                loop {
-                    if (atomicLoad(&ctr[0]) >= goal || atomicLoad(&ctr[3]) != 0u) {
-                        break;
-                    }
-                    n += 1u;
-                    if (n > (1u << 22u)) {
-                        atomicStore(&ctr[3], 1u);
-                        break;
-                    }
-                }
-            }
-            workgroupBarrier();
+            grid_barrier(t, s - p.first + 1u);
         }
     }
     atomicAdd(&wsum, (acc.x + acc.y) + (acc.z + acc.w));
@@ -90,11 +71,43 @@ $PRE
     if (t == 0u) {
         atomicStore(&ctr[p.slot + wg.x], atomicLoad(&wsum));
     }
-    if (p.barrier != 0u && t == 0u) {
-        if (atomicAdd(&ctr[1], 1u) == p.g - 1u) {
-            atomicStore(&ctr[0], 0u);
-            atomicStore(&ctr[1], 0u);
+    if (p.barrier != 0u) {
+        grid_exit(t);
+    }
+}
+"#;
+
+/// The grid barrier of both persistent kernels (this module's and src/gpu/gridmv.rs's,
+/// whose `ctr` and `p.g` it uses): after a workgroup barrier, thread 0 counts the workgroup
+/// on `ctr[0]` and spins until all `p.g` have arrived `done` times (a bounded spin: past
+/// 2^22 loads it sets `ctr[3]` and nobody waits any more, so a grid larger than the adapter
+/// keeps resident ends with a flag instead of a hang); then the whole workgroup goes on.
+/// `grid_exit`: the last workgroup out resets the counters for the next pass.
+pub(super) const GRID_BARRIER_WGSL: &str = r#"
+fn grid_barrier(t: u32, done: u32) {
+    workgroupBarrier();
+    if (t == 0u) {
+        atomicAdd(&ctr[0], 1u);
+        let goal = done * p.g;
+        var n = 0u;
+        loop {
+            if (atomicLoad(&ctr[0]) >= goal || atomicLoad(&ctr[3]) != 0u) {
+                break;
+            }
+            n += 1u;
+            if (n > (1u << 22u)) {
+                atomicStore(&ctr[3], 1u);
+                break;
+            }
         }
+    }
+    workgroupBarrier();
+}
+
+fn grid_exit(t: u32) {
+    if (t == 0u && atomicAdd(&ctr[1], 1u) == p.g - 1u) {
+        atomicStore(&ctr[0], 0u);
+        atomicStore(&ctr[1], 0u);
     }
 }
 "#;
@@ -108,69 +121,99 @@ pub fn source(pre: u32) -> String {
         next.push_str(&format!("            q{i} = ld(sn, gid + {i}u * nt);\n"));
     }
     format!(
-        "const PRE: u32 = {pre}u;\n{HEADER}{}",
+        "const PRE: u32 = {pre}u;\n{HEADER}{GRID_BARRIER_WGSL}{}",
         BODY.replace("$DECL\n", &decl)
             .replace("$CONSUME\n", &consume)
             .replace("$PRE\n", &next)
     )
 }
 
-/// One measured way of streaming the pass's weights.
+/// One timed way of running a persistent-pass bench (the part of both benches' rows they
+/// share).
 #[derive(Debug, Clone)]
-pub struct StreamRow {
+pub struct GridRun {
     /// "dependent dispatches", "one dispatch, no barrier" or "grid barrier".
     pub kind: &'static str,
     /// Workgroups of 256 threads (of each dispatch, for the dependent dispatches).
     pub workgroups: u32,
-    /// Words (16 B) per thread of the next step loaded before each barrier.
+    /// Loads per thread of the next step before each barrier (16-byte words here; 32-weight
+    /// blocks per row of the lane's next tile in src/gpu/gridmv.rs).
     pub prefetch: u32,
-    /// Steps (dispatches or barriers) in the pass.
-    pub steps: u32,
     /// GPU µs per layer (median pass / layers).
     pub us_per_layer: f64,
-    /// Bytes read per second, TB/s.
+    /// Weight bytes read per second, TB/s.
     pub tbps: f64,
-    /// The kernel's sum of every word read equals the host's.
-    pub sum_ok: bool,
     /// A grid barrier gave up waiting (more workgroups than stay resident).
     pub timed_out: bool,
 }
 
-/// Stream `layers` layers whose steps read `step_bytes` each (rounded up to 16 B) and time
-/// it for each of `workgroups` (the same kernel throughout) as dependent dispatches (one per
-/// step, the same counters bound read-write so that wgpu puts a barrier between two), as
-/// one dispatch with no barrier, and with a grid barrier after every step for each
-/// `prefetch` depth. The layers are distinct copies as far as one binding of at most
-/// `budget` bytes holds them (then repeated), so a step is not served from L2 when the
-/// copies exceed it. Median of `reps` passes; every variant's sum is checked once more after
-/// the timed passes.
+impl GridRun {
+    /// The row's cells as markdown: sync, workgroups, loads ahead, µs per layer, TB/s.
+    pub fn cells(&self) -> String {
+        format!(
+            "{} | {} | {} | {:.2} | {:.2}",
+            self.kind, self.workgroups, self.prefetch, self.us_per_layer, self.tbps
+        )
+    }
+}
+
+/// One measured way of streaming the pass's weights.
+#[derive(Debug, Clone)]
+pub struct StreamRow {
+    /// How it ran and how fast.
+    pub run: GridRun,
+    /// Steps (dispatches or barriers) in the pass.
+    pub steps: u32,
+    /// The kernel's sum of every word read equals the host's.
+    pub sum_ok: bool,
+}
+
+/// What a persistent-pass bench runs (here and in src/gpu/gridmv.rs).
+#[derive(Debug, Clone)]
+pub struct GridPlan {
+    /// Layers per pass.
+    pub layers: u32,
+    /// Most bytes of distinct weights (one binding): layers beyond repeat the first ones.
+    pub budget: u64,
+    /// Workgroup counts (of 256 threads) to run each variant with.
+    pub workgroups: Vec<u32>,
+    /// Depths of the loads ahead of each grid barrier to run.
+    pub prefetch: Vec<u32>,
+    /// Timed passes (the median is taken).
+    pub reps: usize,
+}
+
+/// Stream `plan.layers` layers whose steps read `step_bytes` each (rounded up to 16 B) and
+/// time it for each of `plan.workgroups` (the same kernel throughout) as dependent
+/// dispatches (one per step, the same counters bound read-write so that wgpu puts a barrier
+/// between two), as one dispatch with no barrier, and with a grid barrier after every step
+/// for each `plan.prefetch` depth (16-byte words per thread). The layers are distinct copies
+/// as far as one binding of at most `plan.budget` bytes holds them (then repeated), so a step
+/// is not served from L2 when the copies exceed it. Median of `plan.reps` passes; every
+/// variant's sum is checked once more after the timed passes.
 pub fn grid_stream_bench(
     ctx: &GpuContext,
     step_bytes: &[u64],
-    layers: u32,
-    budget: u64,
-    workgroups: &[u32],
-    prefetch: &[u32],
-    reps: usize,
+    plan: &GridPlan,
 ) -> Result<Vec<StreamRow>> {
-    grid_stream_run(
-        ctx, step_bytes, layers, budget, workgroups, prefetch, reps, 0,
-    )
+    grid_stream_run(ctx, step_bytes, plan, 0)
 }
 
 /// [`grid_stream_bench`] whose sum check expects `skew` more than the words add up to
 /// (tests: with `skew` ≠ 0 no variant may pass).
-#[allow(clippy::too_many_arguments)]
 pub fn grid_stream_run(
     ctx: &GpuContext,
     step_bytes: &[u64],
-    layers: u32,
-    budget: u64,
-    workgroups: &[u32],
-    prefetch: &[u32],
-    reps: usize,
+    plan: &GridPlan,
     skew: u32,
 ) -> Result<Vec<StreamRow>> {
+    let GridPlan {
+        layers,
+        budget,
+        ref workgroups,
+        ref prefetch,
+        reps,
+    } = *plan;
     let words: Vec<u64> = step_bytes.iter().map(|b| b.div_ceil(16)).collect();
     let layer_words: u64 = words.iter().sum();
     if step_bytes.is_empty() || words.contains(&0) || layers == 0 {
@@ -219,33 +262,20 @@ pub fn grid_stream_run(
     let expect = sums.iter().fold(0u32, |a, &b| a.wrapping_add(b));
     let steps = segs.len() as u32;
     let bytes = words.iter().sum::<u64>() as f64 * 16.0 * layers as f64;
-    use wgpu::util::DeviceExt;
-    let wb = ctx
-        .device
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("grid stream weights"),
-            contents: bytemuck::cast_slice(&data),
-            usage: wgpu::BufferUsages::STORAGE,
-        });
+    let wb = storage(ctx, "grid stream weights", &data);
     drop(data);
-    let sb = ctx
-        .device
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("grid stream steps"),
-            contents: bytemuck::cast_slice(&segs),
-            usage: wgpu::BufferUsages::STORAGE,
-        });
+    let sb = storage(ctx, "grid stream steps", bytemuck::cast_slice(&segs));
     let (bgl, layout) = super::kernels::buffer_layouts(ctx, "gridstream", b"rrwu");
     // A CPU adapter runs workgroups on a few threads, each to its end: a grid barrier there
     // only for one workgroup.
     let grid_ok = |g: u32| g == 1 || !ctx.facts.is_cpu();
-    let mut plan: Vec<(&'static str, u32, u32)> = Vec::new();
+    let mut runs: Vec<(&'static str, u32, u32)> = Vec::new();
     for &g in workgroups.iter().filter(|&&g| g > 0) {
-        plan.push(("dependent dispatches", g, 0));
-        plan.push(("one dispatch, no barrier", g, 0));
+        runs.push(("dependent dispatches", g, 0));
+        runs.push(("one dispatch, no barrier", g, 0));
         if grid_ok(g) {
             for &r in prefetch {
-                plan.push(("grid barrier", g, r));
+                runs.push(("grid barrier", g, r));
             }
         }
     }
@@ -268,7 +298,7 @@ pub fn grid_stream_run(
     };
     let zeros = vec![0u8; ctr_words * 4];
     let mut rows = Vec::new();
-    for (kind, g, pre) in plan {
+    for (i, (kind, g, pre)) in runs.into_iter().enumerate() {
         let pipe = super::kernels::compile_pipeline(ctx, &layout, source(pre), true)
             .map_err(|e| Error::msg(format!("grid stream kernel failed to compile: {e}")))?;
         let groups: Vec<(wgpu::BindGroup, u32)> = if kind == "dependent dispatches" {
@@ -285,6 +315,9 @@ pub fn grid_stream_run(
             Ok(())
         };
         ctx.queue.write_buffer(&ctr, 0, &zeros);
+        if i == 0 {
+            settle(ctx, &run)?;
+        }
         let secs = super::ops::time_pass_with(ctx, reps, &run)?;
         let timed_out = read_ctr(ctx, &ctr, ctr_words)?[3] != 0;
         // One pass more from zeroed counters: its sum must be the host's.
@@ -298,14 +331,16 @@ pub fn grid_stream_run(
         ctx.wait()?;
         let c = read_ctr(ctx, &ctr, ctr_words)?;
         rows.push(StreamRow {
-            kind,
-            workgroups: g,
-            prefetch: pre,
+            run: GridRun {
+                kind,
+                workgroups: g,
+                prefetch: pre,
+                us_per_layer: secs * 1e6 / layers as f64,
+                tbps: bytes / secs / 1e12,
+                timed_out: timed_out || c[3] != 0,
+            },
             steps,
-            us_per_layer: secs * 1e6 / layers as f64,
-            tbps: bytes / secs / 1e12,
             sum_ok: c[2] == expect.wrapping_add(skew),
-            timed_out: timed_out || c[3] != 0,
         });
     }
     Ok(rows)
@@ -321,4 +356,30 @@ fn read_ctr(ctx: &GpuContext, ctr: &wgpu::Buffer, n: usize) -> Result<[u32; 4]> 
         .collect();
     let sum = v[4..].iter().fold(0u32, |a, &b| a.wrapping_add(b));
     Ok([v[0], v[1], sum, v[3]])
+}
+
+/// A read-only storage buffer holding `words`.
+pub(super) fn storage(ctx: &GpuContext, label: &str, words: &[u32]) -> wgpu::Buffer {
+    use wgpu::util::DeviceExt;
+    ctx.device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: bytemuck::cast_slice(words),
+            usage: wgpu::BufferUsages::STORAGE,
+        })
+}
+
+/// Passes of `run` for at least a second before the first timed variant: on the H100 the
+/// first variant timed after a previous bench's buffers were dropped and these uploaded ran
+/// up to 2.2x slower for its timed passes than the same variant later (session 21, c8 and c9),
+/// past the timing helper's own 0.2 s of warm-up.
+pub(super) fn settle(
+    ctx: &GpuContext,
+    run: &dyn Fn(&mut wgpu::ComputePass<'_>) -> Result<()>,
+) -> Result<()> {
+    let start = std::time::Instant::now();
+    while start.elapsed().as_secs_f64() < 1.0 {
+        super::ops::time_pass_with(ctx, 1, run)?;
+    }
+    Ok(())
 }
