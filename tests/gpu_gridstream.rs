@@ -61,6 +61,20 @@ fn gpu_every_stream_reads_each_word_once() {
     assert!(grid_stream_bench(&ctx, &[64], &plan(0, 1 << 20, &[1], &[0])).is_err());
     let e = grid_stream_bench(&ctx, &[1 << 20], &plan(1, 1 << 16, &[1], &[0])).unwrap_err();
     assert!(e.to_string().contains("does not fit"), "{e}");
+    // Plans the kernels cannot run: refused before anything is allocated.
+    for (p, says) in [
+        (plan(5000, 1 << 20, &[1], &[0]), "5000 layers"),
+        (plan(1, 1 << 20, &[], &[0]), "workgroup counts []"),
+        (plan(1, 1 << 20, &[1, 0], &[0]), "workgroup counts [1, 0]"),
+        (plan(1, 1 << 20, &[70_000], &[0]), "each must be 1 to 65535"),
+        (plan(1, 1 << 20, &[1], &[65]), "65 loads ahead"),
+    ] {
+        let e = grid_stream_bench(&ctx, &[64], &p).unwrap_err();
+        assert!(e.to_string().contains(says), "{e}");
+    }
+    let e = ggufq::gpu::gridmv::grid_matvec_bench(&ctx, &[(64, 64)], &plan(1, 1 << 20, &[1], &[9]))
+        .unwrap_err();
+    assert!(e.to_string().contains("grid matvec: 9 loads ahead"), "{e}");
 }
 
 #[test]

@@ -245,6 +245,7 @@ pub fn grid_matvec_bench(
         ref prefetch,
         reps,
     } = *plan;
+    plan.check("grid matvec", 8)?;
     let chain = layout_chain(ctx, shapes, layers, budget)?;
     let ub_init = chain.input.clone();
     let wb = storage(ctx, "grid matvec weights", &chain.words);
@@ -280,9 +281,6 @@ pub fn grid_matvec_bench(
     let last_rows = chain.segs[steps as usize - 1][2] as usize;
     let mut rows = Vec::new();
     for (i, (kind, g, pre)) in runs.into_iter().enumerate() {
-        if g == 0 {
-            return Err(Error::msg("grid matvec: workgroups must be > 0"));
-        }
         let src = source(pre, ctx.subgroup32, chain.max_k, chain.max_r);
         let pipe = super::kernels::compile_pipeline(ctx, &layout, src, true)
             .map_err(|e| Error::msg(format!("grid matvec kernel failed to compile: {e}")))?;

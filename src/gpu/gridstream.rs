@@ -183,6 +183,33 @@ pub struct GridPlan {
     pub reps: usize,
 }
 
+impl GridPlan {
+    /// Refuse what the benches cannot run, naming `what`: no layers or more than 4096, no
+    /// workgroup counts, a count of 0 or over 65 535 (one dispatch dimension), more than
+    /// `most_ahead` loads ahead (each is unrolled into the kernel).
+    pub fn check(&self, what: &str, most_ahead: u32) -> Result<()> {
+        if !(1..=4096).contains(&self.layers) {
+            return Err(Error::msg(format!(
+                "{what}: {} layers; 1 to 4096 can run",
+                self.layers
+            )));
+        }
+        if self.workgroups.is_empty() || self.workgroups.iter().any(|&g| !(1..=65_535).contains(&g))
+        {
+            return Err(Error::msg(format!(
+                "{what}: workgroup counts {:?}; each must be 1 to 65535",
+                self.workgroups
+            )));
+        }
+        if let Some(&p) = self.prefetch.iter().find(|&&p| p > most_ahead) {
+            return Err(Error::msg(format!(
+                "{what}: {p} loads ahead of the barrier; at most {most_ahead}"
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Stream `plan.layers` layers whose steps read `step_bytes` each (rounded up to 16 B) and
 /// time it for each of `plan.workgroups` (the same kernel throughout) as dependent
 /// dispatches (one per step, the same counters bound read-write so that wgpu puts a barrier
@@ -214,12 +241,11 @@ pub fn grid_stream_run(
         ref prefetch,
         reps,
     } = *plan;
+    plan.check("grid stream", 64)?;
     let words: Vec<u64> = step_bytes.iter().map(|b| b.div_ceil(16)).collect();
     let layer_words: u64 = words.iter().sum();
-    if step_bytes.is_empty() || words.contains(&0) || layers == 0 {
-        return Err(Error::msg(
-            "grid stream: steps of at least one byte and at least one layer",
-        ));
+    if step_bytes.is_empty() || words.contains(&0) {
+        return Err(Error::msg("grid stream: steps of at least one byte"));
     }
     let limit = budget.min(ctx.facts.max_binding) / 16;
     if layer_words > limit || layer_words > u32::MAX as u64 {
@@ -270,7 +296,7 @@ pub fn grid_stream_run(
     // only for one workgroup.
     let grid_ok = |g: u32| g == 1 || !ctx.facts.is_cpu();
     let mut runs: Vec<(&'static str, u32, u32)> = Vec::new();
-    for &g in workgroups.iter().filter(|&&g| g > 0) {
+    for &g in workgroups {
         runs.push(("dependent dispatches", g, 0));
         runs.push(("one dispatch, no barrier", g, 0));
         if grid_ok(g) {
