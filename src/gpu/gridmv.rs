@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 
 use super::buffers::{bind_buffers, uniform};
 use super::device::GpuContext;
-use super::gridstream::{settle, storage, GridPlan, GridRun};
+use super::gridstream::{measure, storage, GridPlan, GridRun};
 
 /// Bindings, parameters and helpers. A step is one `seg` entry: the vec4 word where its
 /// quants begin, the u32 word where its scales begin, its rows and its columns. `act` holds
@@ -238,15 +238,8 @@ pub fn grid_matvec_bench(
     shapes: &[(u32, u32)],
     plan: &GridPlan,
 ) -> Result<Vec<MvRow>> {
-    let GridPlan {
-        layers,
-        budget,
-        ref workgroups,
-        ref prefetch,
-        reps,
-    } = *plan;
     plan.check("grid matvec", 8)?;
-    let chain = layout_chain(ctx, shapes, layers, budget)?;
+    let chain = layout_chain(ctx, shapes, plan.layers, plan.budget)?;
     let ub_init = chain.input.clone();
     let wb = storage(ctx, "grid matvec weights", &chain.words);
     let sb = storage(ctx, "grid matvec steps", bytemuck::cast_slice(&chain.segs));
@@ -267,20 +260,11 @@ pub fn grid_matvec_bench(
         ctx.queue
             .write_buffer(&act, 0, bytemuck::cast_slice(&ub_init));
     };
-    let mut runs: Vec<(&'static str, u32, u32)> = Vec::new();
-    for &g in workgroups {
-        runs.push(("dependent dispatches", g, 0));
-        if g == 1 || !ctx.facts.is_cpu() {
-            for &r in prefetch {
-                runs.push(("grid barrier", g, r));
-            }
-        }
-    }
     let half = (chain.max_r / 4 + chain.max_r / 32) as u64;
     let last = ((steps - 1) & 1) as u64 * half;
     let last_rows = chain.segs[steps as usize - 1][2] as usize;
     let mut rows = Vec::new();
-    for (i, (kind, g, pre)) in runs.into_iter().enumerate() {
+    for (i, (kind, g, pre)) in plan.runs(ctx, false).into_iter().enumerate() {
         let src = source(pre, ctx.subgroup32, chain.max_k, chain.max_r);
         let pipe = super::kernels::compile_pipeline(ctx, &layout, src, true)
             .map_err(|e| Error::msg(format!("grid matvec kernel failed to compile: {e}")))?;
@@ -297,20 +281,8 @@ pub fn grid_matvec_bench(
             }
             Ok(())
         };
-        reset();
-        if i == 0 {
-            settle(ctx, &run)?;
-        }
-        let secs = super::ops::time_pass_with(ctx, reps, &run)?;
-        let timed_out = ctx.read_f32(&ctr, 3, 1)?[0].to_bits() != 0;
-        reset();
-        let mut enc = ctx.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            run(&mut pass)?;
-        }
-        ctx.queue.submit(Some(enc.finish()));
-        ctx.wait()?;
+        let gave_up = || Ok(ctx.read_f32(&ctr, 3, 1)?[0].to_bits() != 0);
+        let (secs, timed_out) = measure(ctx, plan.reps, i == 0, &run, &reset, &gave_up)?;
         let mut out: Vec<u32> = ctx
             .read_f32(&act, last, last_rows / 4)?
             .iter()
@@ -323,9 +295,9 @@ pub fn grid_matvec_bench(
                 kind,
                 workgroups: g,
                 prefetch: pre,
-                us_per_layer: secs * 1e6 / layers as f64,
+                us_per_layer: secs * 1e6 / plan.layers as f64,
                 tbps: chain.bytes / secs / 1e12,
-                timed_out: timed_out || ctx.read_f32(&ctr, 3, 1)?[0].to_bits() != 0,
+                timed_out: timed_out || gave_up()?,
             },
             out,
         });
@@ -389,13 +361,8 @@ pub fn layout_chain(
     let q_total: u64 = copies * shapes.iter().map(qwords).sum::<u64>();
     let s_total: u64 = copies * shapes.iter().map(swords).sum::<u64>();
     let mut words = vec![0u32; (q_total + s_total).next_multiple_of(4) as usize];
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x >> 32) as u32
-    };
+    let mut rng = super::source::Rng(0x2545_f491_4f6c_dd1d);
+    let mut next = || rng.word();
     for v in &mut words[..q_total as usize] {
         *v = next();
     }

@@ -210,6 +210,26 @@ impl GridPlan {
     }
 }
 
+impl GridPlan {
+    /// The variants to time, in order: per workgroup count, dependent dispatches, one
+    /// dispatch with no barrier where `no_barrier`, then the grid barrier at each depth of
+    /// loads ahead (on a CPU adapter only for one workgroup: its threads run workgroups each
+    /// to its end, so a grid barrier over more would wait for ones queued behind it).
+    pub(super) fn runs(&self, ctx: &GpuContext, no_barrier: bool) -> Vec<(&'static str, u32, u32)> {
+        let mut runs = Vec::new();
+        for &g in &self.workgroups {
+            runs.push(("dependent dispatches", g, 0));
+            if no_barrier {
+                runs.push(("one dispatch, no barrier", g, 0));
+            }
+            if g == 1 || !ctx.facts.is_cpu() {
+                runs.extend(self.prefetch.iter().map(|&r| ("grid barrier", g, r)));
+            }
+        }
+        runs
+    }
+}
+
 /// Stream `plan.layers` layers whose steps read `step_bytes` each (rounded up to 16 B) and
 /// time it for each of `plan.workgroups` (the same kernel throughout) as dependent
 /// dispatches (one per step, the same counters bound read-write so that wgpu puts a barrier
@@ -234,20 +254,14 @@ pub fn grid_stream_run(
     plan: &GridPlan,
     skew: u32,
 ) -> Result<Vec<StreamRow>> {
-    let GridPlan {
-        layers,
-        budget,
-        ref workgroups,
-        ref prefetch,
-        reps,
-    } = *plan;
     plan.check("grid stream", 64)?;
+    let layers = plan.layers;
     let words: Vec<u64> = step_bytes.iter().map(|b| b.div_ceil(16)).collect();
     let layer_words: u64 = words.iter().sum();
     if step_bytes.is_empty() || words.contains(&0) {
         return Err(Error::msg("grid stream: steps of at least one byte"));
     }
-    let limit = budget.min(ctx.facts.max_binding) / 16;
+    let limit = plan.budget.min(ctx.facts.max_binding) / 16;
     if layer_words > limit || layer_words > u32::MAX as u64 {
         return Err(Error::msg(format!(
             "grid stream: a layer of {} bytes does not fit one binding of {} bytes",
@@ -257,15 +271,9 @@ pub fn grid_stream_run(
     }
     let copies = (limit / layer_words).clamp(1, layers as u64);
     let total_words = (copies * layer_words) as usize;
-    // Random words (xorshift), and each step's wrapping sum of them.
-    let mut data = vec![0u32; total_words * 4];
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    for v in &mut data {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *v = (x >> 32) as u32;
-    }
+    // Random words, and each step's wrapping sum of them.
+    let mut rng = super::source::Rng(0x9e37_79b9_7f4a_7c15);
+    let data: Vec<u32> = (0..total_words * 4).map(|_| rng.word()).collect();
     let mut segs: Vec<[u32; 2]> = Vec::new();
     let mut sums: Vec<u32> = Vec::new();
     let mut at = 0u64;
@@ -292,21 +300,14 @@ pub fn grid_stream_run(
     drop(data);
     let sb = storage(ctx, "grid stream steps", bytemuck::cast_slice(&segs));
     let (bgl, layout) = super::kernels::buffer_layouts(ctx, "gridstream", b"rrwu");
-    // A CPU adapter runs workgroups on a few threads, each to its end: a grid barrier there
-    // only for one workgroup.
-    let grid_ok = |g: u32| g == 1 || !ctx.facts.is_cpu();
-    let mut runs: Vec<(&'static str, u32, u32)> = Vec::new();
-    for &g in workgroups {
-        runs.push(("dependent dispatches", g, 0));
-        runs.push(("one dispatch, no barrier", g, 0));
-        if grid_ok(g) {
-            for &r in prefetch {
-                runs.push(("grid barrier", g, r));
-            }
-        }
-    }
     // Partial sums: a word per workgroup and dispatch.
-    let ctr_words = 4 + steps as usize * workgroups.iter().map(|&g| g as usize).max().unwrap_or(0);
+    let ctr_words = 4 + steps as usize
+        * plan
+            .workgroups
+            .iter()
+            .map(|&g| g as usize)
+            .max()
+            .unwrap_or(0);
     let ctr = ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("grid stream ctr"),
         size: ctr_words as u64 * 4,
@@ -324,7 +325,7 @@ pub fn grid_stream_run(
     };
     let zeros = vec![0u8; ctr_words * 4];
     let mut rows = Vec::new();
-    for (i, (kind, g, pre)) in runs.into_iter().enumerate() {
+    for (i, (kind, g, pre)) in plan.runs(ctx, true).into_iter().enumerate() {
         let pipe = super::kernels::compile_pipeline(ctx, &layout, source(pre), true)
             .map_err(|e| Error::msg(format!("grid stream kernel failed to compile: {e}")))?;
         let groups: Vec<(wgpu::BindGroup, u32)> = if kind == "dependent dispatches" {
@@ -340,21 +341,15 @@ pub fn grid_stream_run(
             }
             Ok(())
         };
-        ctx.queue.write_buffer(&ctr, 0, &zeros);
-        if i == 0 {
-            settle(ctx, &run)?;
-        }
-        let secs = super::ops::time_pass_with(ctx, reps, &run)?;
-        let timed_out = read_ctr(ctx, &ctr, ctr_words)?[3] != 0;
-        // One pass more from zeroed counters: its sum must be the host's.
-        ctx.queue.write_buffer(&ctr, 0, &zeros);
-        let mut enc = ctx.device.create_command_encoder(&Default::default());
-        {
-            let mut pass = enc.begin_compute_pass(&Default::default());
-            run(&mut pass)?;
-        }
-        ctx.queue.submit(Some(enc.finish()));
-        ctx.wait()?;
+        // The check pass starts from zeroed counters: its sum must be the host's.
+        let (secs, timed_out) = measure(
+            ctx,
+            plan.reps,
+            i == 0,
+            &run,
+            &|| ctx.queue.write_buffer(&ctr, 0, &zeros),
+            &|| Ok(read_ctr(ctx, &ctr, ctr_words)?[3] != 0),
+        )?;
         let c = read_ctr(ctx, &ctr, ctr_words)?;
         rows.push(StreamRow {
             run: GridRun {
@@ -395,17 +390,38 @@ pub(super) fn storage(ctx: &GpuContext, label: &str, words: &[u32]) -> wgpu::Buf
         })
 }
 
-/// Passes of `run` for at least a second before the first timed variant: on the H100 the
-/// first variant timed after a previous bench's buffers were dropped and these uploaded ran
-/// up to 2.2x slower for its timed passes than the same variant later (session 21, c8 and c9),
-/// past the timing helper's own 0.2 s of warm-up.
-pub(super) fn settle(
+/// One variant's pass, recorded into a compute pass.
+pub(super) type PassFn<'a> = dyn Fn(&mut wgpu::ComputePass<'_>) -> Result<()> + 'a;
+
+/// Time one variant of a grid bench and run it once more for its check: `reset` the buffers,
+/// run it for a second first where `first` (on the H100 the first variant timed after a
+/// previous bench's buffers were dropped and these uploaded ran up to 2.2x slower for its
+/// timed passes than the same variant later, session 21 c8 and c9, past the timing helper's
+/// own 0.2 s of warm-up), take the median GPU seconds of `reps` passes and whether `gave_up`
+/// says the grid barrier gave up in them, then `reset` and one pass whose results the caller
+/// reads.
+pub(super) fn measure(
     ctx: &GpuContext,
-    run: &dyn Fn(&mut wgpu::ComputePass<'_>) -> Result<()>,
-) -> Result<()> {
+    reps: usize,
+    first: bool,
+    run: &PassFn<'_>,
+    reset: &dyn Fn(),
+    gave_up: &dyn Fn() -> Result<bool>,
+) -> Result<(f64, bool)> {
+    reset();
     let start = std::time::Instant::now();
-    while start.elapsed().as_secs_f64() < 1.0 {
+    while first && start.elapsed().as_secs_f64() < 1.0 {
         super::ops::time_pass_with(ctx, 1, run)?;
     }
-    Ok(())
+    let secs = super::ops::time_pass_with(ctx, reps, run)?;
+    let timed_out = gave_up()?;
+    reset();
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        run(&mut pass)?;
+    }
+    ctx.queue.submit(Some(enc.finish()));
+    ctx.wait()?;
+    Ok((secs, timed_out))
 }

@@ -319,13 +319,19 @@ impl SynthSource {
     }
 }
 
-struct Rng(u64);
+/// A xorshift64 generator (seed: any non-zero state); also the grid benches' data
+/// (src/gpu/gridstream.rs, src/gpu/gridmv.rs).
+pub(super) struct Rng(pub(super) u64);
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
+    }
+    /// The high 32 bits of the next state.
+    pub(super) fn word(&mut self) -> u32 {
+        (self.next() >> 32) as u32
     }
     fn f(&mut self) -> f32 {
         (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
